@@ -1,0 +1,172 @@
+"""The transport phase of a finished NK handshake, over lossy, unordered links.
+
+Only a finished handshake makes one (``NKInitiator.into_transport()``); it
+holds the two cipher states, the remote static key, the handshake hash and
+the replay window, nothing else (STYLE.md section 2).
+
+Invariants:
+- Rule 1: every message carries its nonce explicitly (the envelope's
+  ``nonce`` field); the AEAD nonce is that number (Noise section 5.1 with
+  the nonce taken from the wire instead of counted). Sending uses each nonce
+  exactly once, 0, 1, 2, ... per direction.
+- Rule 2: keys rotate by Noise ``Rekey()`` (section 11.3) every
+  ``rekey_interval`` nonces: nonce ``n`` is sealed under the key of epoch
+  ``n // rekey_interval``. The receiver keeps the current epoch's key and the
+  previous one; since ``window <= rekey_interval``, every nonce inside the
+  replay window belongs to one of those two epochs, so reordering across a
+  rekey boundary still decrypts.
+- Rule 3: a failed decrypt changes nothing: the window, the epoch and its
+  keys move only after the tag verified.
+- Rule 4: limits. A message whose plaintext exceeds ``max_payload`` is
+  refused; after ``max_messages`` in a direction, or once ``now - started``
+  exceeds ``max_age`` (in the caller's clock units), the session is spent and
+  ``SessionExpired`` says to handshake again. The core has no clock: callers
+  pass ``now``.
+- Rule 5: the hot path allocates nothing on MicroPython: callers pass
+  buffers with offsets and lengths (``*_into`` returning a byte count).
+"""
+
+from device.errors import (BufferTooSmall, DecodeError, LocalError,
+                           MessageTooLarge, ReplayError, SessionExpired)
+from device.noise import MAX_PAYLOAD_BYTES, TAG_BYTES, rekey
+from device.replay import DEFAULT_WINDOW, ReplayWindow
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+NONCE_BYTES = const(8)  # the bare wire form of encrypt(): 8-byte big-endian nonce || ct
+DEFAULT_REKEY_INTERVAL = const(65536)
+DEFAULT_MAX_MESSAGES = 1 << 32  # per direction; Noise allows up to 2^64 - 2
+MAX_EPOCH_SKIP = const(8)  # bounds the Rekey() work a forged far-future nonce can cause
+
+
+class Transport:
+    """Encrypts and decrypts transport messages with explicit nonces."""
+
+    def __init__(self, backend, send_key, recv_key, remote_static, handshake_hash,
+                 window=DEFAULT_WINDOW, rekey_interval=DEFAULT_REKEY_INTERVAL,
+                 max_messages=DEFAULT_MAX_MESSAGES, max_age=None, now=None,
+                 max_payload=MAX_PAYLOAD_BYTES):
+        if rekey_interval < window:
+            raise LocalError("rekey_interval must be at least the replay window")
+        self._backend = backend
+        self.remote_static = remote_static
+        self.handshake_hash = handshake_hash
+        self.max_payload = max_payload
+        self.max_messages = max_messages
+        self.max_age = max_age
+        self.started = now
+        self._interval = rekey_interval
+        self.send_nonce = 0
+        self._s_epoch = 0
+        self._s_key = send_key
+        self._s = backend.cipher(send_key)
+        self._r_epoch = 0
+        self._r_key = recv_key
+        self._r_cur = backend.cipher(recv_key)
+        self._r_prev = None
+        self.window = ReplayWindow(window)
+
+    def expired(self, now=None):
+        """True once this session must be replaced by a new handshake."""
+        if self.send_nonce >= self.max_messages:
+            return True
+        if now is not None and self.max_age is not None and self.started is not None:
+            return now - self.started > self.max_age
+        return False
+
+    def _check_age(self, now):
+        if now is not None and self.max_age is not None and self.started is not None \
+                and now - self.started > self.max_age:
+            raise SessionExpired("session too old; handshake again")
+
+    def encrypt_into(self, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None):
+        """Seals ``src[src_off:src_off+src_len]`` under nonce ``self.send_nonce``
+        (read it first: it belongs in the authenticated header) into ``dst``
+        at ``dst_off``; returns the ciphertext length (``src_len + 16``).
+        Raises ``MessageTooLarge``, ``BufferTooSmall``, ``SessionExpired``."""
+        if src_len > self.max_payload:
+            raise MessageTooLarge("plaintext exceeds the maximum message size")
+        if len(dst) - dst_off < src_len + TAG_BYTES:
+            raise BufferTooSmall("ciphertext buffer too small")
+        n = self.send_nonce
+        if n >= self.max_messages:
+            raise SessionExpired("message limit reached; handshake again")
+        self._check_age(now)
+        epoch = n // self._interval
+        if epoch != self._s_epoch:
+            # Sending is sequential, so the epoch only ever moves up by one.
+            self._s_key = rekey(self._backend, self._s_key)
+            self._s = self._backend.cipher(self._s_key)
+            self._s_epoch = epoch
+        w = self._s.encrypt_into(n, ad, ad_len, src, src_off, src_len, dst, dst_off)
+        self.send_nonce = n + 1
+        return w
+
+    def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None):
+        """Opens a message sealed under ``nonce``; returns the plaintext length.
+        Raises ``ReplayError`` (duplicate, too old), ``DecodeError`` (nonce
+        beyond the session's limits), ``AuthError`` (anything that does not
+        authenticate), ``SessionExpired``. On any error nothing changes."""
+        if nonce < 0 or nonce >= self.max_messages:
+            raise DecodeError("nonce outside the session's range")
+        if src_len - TAG_BYTES > self.max_payload:
+            raise DecodeError("message exceeds the maximum message size")
+        self._check_age(now)
+        self.window.check(nonce)
+        epoch = nonce // self._interval
+        cur = self._r_epoch
+        new_key = None
+        prev_key = None
+        if epoch == cur:
+            c = self._r_cur
+        elif epoch == cur - 1 and self._r_prev is not None:
+            c = self._r_prev
+        elif epoch < cur:
+            raise ReplayError("message older than the replay window")
+        else:
+            if epoch - cur > MAX_EPOCH_SKIP:
+                raise DecodeError("nonce too far ahead")
+            new_key = self._r_key
+            while cur < epoch:
+                prev_key = new_key
+                new_key = rekey(self._backend, new_key)
+                cur += 1
+            c = self._backend.cipher(new_key)
+        n = c.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
+        # Authenticated: commit (Rule 3).
+        if new_key is not None:
+            self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \
+                else self._backend.cipher(prev_key)
+            self._r_cur = c
+            self._r_key = new_key
+            self._r_epoch = epoch
+        self.window.commit(nonce)
+        return n
+
+    # Convenience forms that allocate (CPython, tests, examples). The bare wire
+    # form is an 8-byte big-endian nonce followed by the ciphertext.
+
+    def encrypt(self, plaintext, ad=b"", now=None):
+        """Returns ``nonce (8 bytes, big-endian) || ciphertext``."""
+        out = bytearray(NONCE_BYTES + len(plaintext) + TAG_BYTES)
+        n = self.send_nonce
+        for i in range(NONCE_BYTES):
+            out[i] = (n >> (8 * (NONCE_BYTES - 1 - i))) & 0xFF
+        self.encrypt_into(ad, len(ad), plaintext, 0, len(plaintext), out, NONCE_BYTES, now)
+        return bytes(out)
+
+    def decrypt(self, message, ad=b"", now=None):
+        """Opens ``encrypt()``'s output. Raises as ``decrypt_into``."""
+        if len(message) < NONCE_BYTES + TAG_BYTES:
+            raise DecodeError("transport message truncated")
+        n = 0
+        for i in range(NONCE_BYTES):
+            n = (n << 8) | message[i]
+        out = bytearray(len(message) - NONCE_BYTES - TAG_BYTES)
+        self.decrypt_into(n, ad, len(ad), message, NONCE_BYTES,
+                          len(message) - NONCE_BYTES, out, 0, now)
+        return bytes(out)
