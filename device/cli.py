@@ -19,6 +19,7 @@ import click
 
 # (module, attribute) of each click command or group, in --help order.
 _SUBCOMMANDS: list[tuple[str, str]] = [
+    ("gateway.broker_cli", "broker_group"),
 ]
 
 

@@ -1,0 +1,159 @@
+"""``moteseal broker``: manage Mosquitto accounts and ACLs for moteseal.
+
+Each account is a password (``mosquitto_passwd -b``) plus an ACL block; after
+a change a running Mosquitto is reloaded with SIGHUP through its pid file.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import click
+
+from gateway import broker
+
+_DEFAULT_DIR = Path("/etc/mosquitto/moteseal")
+_DEFAULT_PID = Path("/run/mosquitto/mosquitto.pid")
+
+
+def _files(dir_: Path, passwd_file: Path | None, acl_file: Path | None) -> tuple[Path, Path]:
+    return passwd_file or dir_ / "passwd", acl_file or dir_ / "acl"
+
+
+def _valid_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return broker.check_id(value)
+    except broker.BrokerError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _reload(pid_file: Path, no_reload: bool) -> str:
+    if no_reload:
+        return "not reloaded (--no-reload)"
+    try:
+        if broker.reload_broker(pid_file):
+            return f"reloaded Mosquitto (pid file {pid_file})"
+    except broker.BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return (f"no running Mosquitto found through {pid_file}; reload it yourself "
+            "(e.g. systemctl reload mosquitto)")
+
+
+_common = [
+    click.option("--dir", "dir_", type=click.Path(path_type=Path), default=_DEFAULT_DIR,
+                 show_default=True, help="Directory holding passwd and acl."),
+    click.option("--passwd-file", type=click.Path(path_type=Path), default=None,
+                 help="Password file (default: DIR/passwd)."),
+    click.option("--acl-file", type=click.Path(path_type=Path), default=None,
+                 help="ACL file (default: DIR/acl)."),
+    click.option("--pid-file", type=click.Path(path_type=Path), default=_DEFAULT_PID,
+                 show_default=True, help="Mosquitto pid file, for the reload (SIGHUP)."),
+    click.option("--no-reload", is_flag=True, help="Do not signal Mosquitto."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+]
+
+
+def _with_common(f):  # type: ignore[no-untyped-def]
+    for option in reversed(_common):
+        f = option(f)
+    return f
+
+
+@click.group("broker")
+def broker_group() -> None:
+    """Manage Mosquitto accounts and ACLs (broker_config/mosquitto.conf).
+
+    \b
+    Examples:
+      moteseal broker add-device sensor-01
+      moteseal broker add-device gw1 --role gateway
+      moteseal broker remove-device sensor-01
+      moteseal broker list --dir ./broker
+    """
+
+
+@broker_group.command("add-device")
+@click.argument("device_id", callback=_valid_id)
+@click.option("--role", type=click.Choice(broker.ROLES), default="device", show_default=True,
+              help="device: own up/down topics; gateway: all up (read) and down "
+                   "(write); monitor: read everything.")
+@click.option("--password", default=None,
+              help="MQTT password (default: a new random one, printed once).")
+@_with_common
+def add_device(device_id: str, role: str, password: str | None, dir_: Path,
+               passwd_file: Path | None, acl_file: Path | None, pid_file: Path,
+               no_reload: bool, as_json: bool) -> None:
+    """Create or update the MQTT account DEVICE_ID and its ACL block.
+
+    The password is a broker credential, not a moteseal key: it only lets the
+    account reach its own topics.
+    """
+    pw_path, acl_path = _files(dir_, passwd_file, acl_file)
+    generated = password is None
+    password = password or secrets.token_urlsafe(18)
+    try:
+        broker.set_password(pw_path, device_id, password)
+        broker.set_acl_account(acl_path, device_id, role)
+    except (broker.BrokerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    reload_note = _reload(pid_file, no_reload)
+    if as_json:
+        out = {"id": device_id, "role": role, "passwd_file": str(pw_path),
+               "acl_file": str(acl_path), "reload": reload_note}
+        if generated:
+            out["password"] = password
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"added {role} {device_id} to {pw_path} and {acl_path}")
+    if generated:
+        click.echo(f"password: {password}")
+    click.echo(reload_note)
+
+
+@broker_group.command("remove-device")
+@click.argument("device_id", callback=_valid_id)
+@_with_common
+def remove_device(device_id: str, dir_: Path, passwd_file: Path | None,
+                  acl_file: Path | None, pid_file: Path, no_reload: bool,
+                  as_json: bool) -> None:
+    """Delete the MQTT account DEVICE_ID and its ACL block.
+
+    Exits 1 if the account was in neither file.
+    """
+    pw_path, acl_path = _files(dir_, passwd_file, acl_file)
+    try:
+        had_pw = broker.remove_password(pw_path, device_id)
+        had_acl = broker.remove_acl_account(acl_path, device_id)
+    except (broker.BrokerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not (had_pw or had_acl):
+        raise click.ClickException(f"{device_id} is not in {pw_path} or {acl_path}")
+    reload_note = _reload(pid_file, no_reload)
+    if as_json:
+        click.echo(json.dumps({"id": device_id, "removed": True, "reload": reload_note}))
+        return
+    click.echo(f"removed {device_id} from {pw_path} and {acl_path}")
+    click.echo(reload_note)
+
+
+@broker_group.command("list")
+@click.option("--dir", "dir_", type=click.Path(path_type=Path), default=_DEFAULT_DIR,
+              show_default=True, help="Directory holding acl.")
+@click.option("--acl-file", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def list_accounts(dir_: Path, acl_file: Path | None, as_json: bool) -> None:
+    """List the accounts in the ACL file with their role."""
+    acl_path = acl_file or dir_ / "acl"
+    _header, blocks = broker.read_acl(acl_path)
+    rows = []
+    for user, lines in blocks.items():
+        role = next((ln.strip()[2:] for ln in lines
+                     if ln.strip()[2:] in broker.ROLES and ln.strip().startswith("# ")), "custom")
+        rows.append({"id": user, "role": role})
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        for row in rows:
+            click.echo(f"{row['id']}\t{row['role']}")
