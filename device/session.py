@@ -1,0 +1,355 @@
+"""Sessions in envelopes: the device (initiator) and the peer (responder).
+
+This is where the Noise core (``noise``, ``transport``) meets the envelope
+(``envelope``) and the message-1 counter (``counter``). Still sans-I/O: bytes
+in, bytes out; the caller moves them over MQTT or a serial link and passes
+``now`` from its own clock.
+
+Invariants:
+- Rule 1: the routing header is bound to the crypto. Handshake prologue =
+  ``PROLOGUE || hs1 header``; transport associated data = the data
+  envelope's header bytes (docs/protocol.md, "Binding"). A relay that alters
+  src, dst, sid or nonce makes the message fail authentication.
+- Rule 2: message 1 carries a 4-byte big-endian counter before the app
+  payload. The peer accepts message 1 only if the counter exceeds the highest
+  accepted for that device, and stores the new value (``counter_set``,
+  durable) before it answers. Plain NK senders are anonymous: anybody who
+  knows the peer's public key can choose any counter, so for them the counter
+  stops only verbatim replays of a message 1 (docs/security.md).
+- Rule 3: anything that does not authenticate raises ``AuthError`` and
+  changes no session; a refused message 1 is counted by reason in the
+  directory (``count_refusal``).
+- Rule 4: a device re-handshakes on an (unauthenticated) hint at most once
+  per ``hint_interval`` of the caller's clock, so forged hints cannot force a
+  storm of handshakes.
+- Rule 5: ``DeviceSession.send_into`` and ``receive_into`` allocate nothing
+  per message on MicroPython once the session exists.
+"""
+
+from device import envelope as E
+from device.counter import COUNTER_BYTES, get_counter, put_counter
+from device.errors import (AuthError, DecodeError, LocalError, RemoteError,
+                           ReplayError, SessionExpired)
+from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES,
+                          TAG_BYTES, NKInitiator, NKResponder, parse_suite)
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+SID_SPACE = const(24)  # sids 0..23 encode in one CBOR byte; consecutive handshakes differ
+DEFAULT_HINT_INTERVAL = const(5)
+
+# Events returned by DeviceSession.receive_into.
+EV_NONE = const(0)  # nothing for the application (e.g. an ignored hint)
+EV_HANDSHAKE = const(1)  # handshake finished; out holds message 2's payload
+EV_DATA = const(2)  # out holds a transport plaintext
+EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
+
+
+def _limits(opts, now):
+    d = {}
+    for k in ("window", "rekey_interval", "max_messages", "max_age", "max_payload"):
+        if k in opts:
+            d[k] = opts[k]
+    d["now"] = now
+    return d
+
+
+class DeviceSession:
+    """A device's session with its peer, pinned to the peer's static key.
+
+    ``handshake(payload, now)`` -> hs1 envelope bytes (0-RTT payload);
+    ``receive_into(buf, n, out, now)`` -> an ``EV_*`` event, with
+    ``self.last_len`` bytes of plaintext in ``out``;
+    ``send_into(src, n, out, now)`` -> length of a data envelope in ``out``.
+    Optional keyword limits: window, rekey_interval, max_messages, max_age,
+    max_payload, hint_interval.
+    """
+
+    def __init__(self, backend, device_id, peer_id, peer_static, psk, counter,
+                 suite=DEFAULT_SUITE, **opts):
+        parse_suite(suite)
+        self._backend = backend
+        self.device_id = bytes(device_id)
+        self.peer_id = bytes(peer_id)
+        self.peer_static = bytes(peer_static)
+        self._psk = psk
+        self._counter = counter
+        self.suite = suite
+        self._opts = opts
+        self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
+        self._hint_interval = opts.get("hint_interval", DEFAULT_HINT_INTERVAL)
+        self._last_hint = None
+        self._hs = None
+        self._pending_sid = -1
+        self.transport = None
+        self.sid = -1
+        self.last_len = 0
+        self._env = E.Envelope()
+        self._hdr = bytearray(E.HEADER_MAX_BYTES)
+
+    def handshake(self, payload=b"", now=None):
+        """Starts a new handshake; returns the hs1 envelope. The current
+        session (if any) keeps working until message 2 arrives. Raises
+        ``MessageTooLarge``, ``LocalError`` (counter exhausted)."""
+        if len(payload) > self.max_payload:
+            from device.errors import MessageTooLarge
+            raise MessageTooLarge("payload exceeds the maximum message size")
+        c = self._counter.next()
+        sid = c % SID_SPACE
+        pt = bytearray(COUNTER_BYTES + len(payload))
+        put_counter(pt, 0, c)
+        pt[COUNTER_BYTES:] = payload
+        msg_len = DHLEN_BYTES + len(pt) + TAG_BYTES  # e, then the sealed payload
+        off = E.encode_header_into(self._hdr, E.HEAD_HS1, self.device_id,
+                                   self.peer_id, sid, -1, msg_len)
+        header = bytes(self._hdr[:off])
+        hs = NKInitiator(self._backend, self.peer_static, self._psk,
+                         E.PROLOGUE + header, self.suite,
+                         self.max_payload + COUNTER_BYTES)
+        msg = hs.write_message(pt)
+        self._hs = hs
+        self._pending_sid = sid
+        self._hs_started = now
+        return header + msg
+
+    @property
+    def handshaking(self):
+        return self._hs is not None
+
+    def receive_into(self, buf, n, out, now=None):
+        """Handles one envelope from the peer. Returns ``EV_*``. Raises
+        ``DecodeError`` (malformed, not for us, unexpected), ``ReplayError``,
+        ``AuthError``; on any error the session is unchanged, except that a
+        message 2 that fails authentication ends that handshake attempt."""
+        env = self._env.decode_into(buf, n)
+        if not env.dst_is(self.device_id) or not env.src_is(self.peer_id):
+            raise DecodeError("envelope not addressed to this device")
+        t = env.type
+        if t == E.DATA:
+            tr = self.transport
+            if tr is None or env.sid != self.sid:
+                raise DecodeError("no such session")
+            self.last_len = tr.decrypt_into(env.nonce, buf, env.msg_off, buf, env.msg_off,
+                                            env.msg_len, out, 0, now)
+            return EV_DATA
+        if t == E.HS2:
+            hs = self._hs
+            if hs is None or env.sid != self._pending_sid:
+                raise DecodeError("unexpected handshake message 2")
+            try:
+                payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
+            except RemoteError:
+                self._hs = None  # Noise handshakes cannot be retried; start over
+                raise
+            if len(payload) > len(out):
+                raise DecodeError("handshake payload larger than the buffer")
+            self.transport = hs.into_transport(**_limits(self._opts, now))
+            self.sid = self._pending_sid
+            self._hs = None
+            out[:len(payload)] = payload
+            self.last_len = len(payload)
+            return EV_HANDSHAKE
+        if t == E.HINT:
+            if env.sid != self.sid and env.sid != self._pending_sid:
+                return EV_NONE  # about a session we no longer have
+            if now is not None and self._last_hint is not None and \
+                    now - self._last_hint < self._hint_interval:
+                return EV_NONE  # Rule 4
+            self._last_hint = now
+            return EV_REHANDSHAKE
+        raise DecodeError("a device does not accept handshake message 1")
+
+    def receive(self, data, now=None):
+        """Allocating convenience: returns ``(event, payload_bytes)``."""
+        out = bytearray(max(self.max_payload, len(data)))
+        ev = self.receive_into(data, len(data), out, now)
+        return ev, bytes(out[:self.last_len])
+
+    def send_into(self, src, n, out, now=None):
+        """Seals ``src[:n]`` into a data envelope in ``out``; returns its
+        length. Raises ``LocalError`` (no session), ``SessionExpired``,
+        ``MessageTooLarge``, ``BufferTooSmall``."""
+        tr = self.transport
+        if tr is None:
+            raise LocalError("no session: handshake first")
+        if tr.expired(now):
+            raise SessionExpired("session spent; handshake again")
+        off = E.encode_header_into(out, E.HEAD_DATA, self.device_id, self.peer_id,
+                                   self.sid, tr.send_nonce, n + TAG_BYTES)
+        return off + tr.encrypt_into(out, off, src, 0, n, out, off, now)
+
+    def send(self, payload, now=None):
+        """Allocating convenience: returns the data envelope bytes."""
+        out = bytearray(E.HEADER_MAX_BYTES + len(payload) + TAG_BYTES)
+        return bytes(out[:self.send_into(payload, len(payload), out, now)])
+
+
+class NonpersistingDirectory:
+    """An in-memory peer directory: forgets counters and devices on restart.
+    Tests and the demo only; ``device.registry.Registry`` persists.
+
+    The directory duck type PeerSessions needs: ``psk_for(id)``,
+    ``is_revoked(id)``, ``counter_get(id)``, ``counter_set(id, v)`` (durable),
+    ``note_static_used(id, pub)``, ``statics()`` (newest first),
+    ``count_refusal(id, reason)``."""
+
+    def __init__(self, statics):
+        self._statics = list(statics)
+        self.psks = {}
+        self.revoked = set()
+        self.counters = {}
+        self.used = {}
+        self.refusals = {}
+
+    def add(self, device_id, psk):
+        self.psks[bytes(device_id)] = psk
+
+    def psk_for(self, device_id):
+        return self.psks.get(bytes(device_id))
+
+    def is_revoked(self, device_id):
+        return bytes(device_id) in self.revoked
+
+    def counter_get(self, device_id):
+        return self.counters.get(bytes(device_id), -1)
+
+    def counter_set(self, device_id, value):
+        self.counters[bytes(device_id)] = value
+
+    def note_static_used(self, device_id, static_pub):
+        self.used[bytes(device_id)] = static_pub
+
+    def statics(self):
+        return self._statics
+
+    def count_refusal(self, device_id, reason):
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+
+class Received:
+    """What ``PeerSessions.receive`` made of one envelope."""
+
+    def __init__(self, kind, device_id, payload, reply):
+        self.kind = kind  # "hs1" (0-RTT payload), "data", or "hint"
+        self.device_id = device_id
+        self.payload = payload  # decrypted application bytes, or None
+        self.reply = reply  # envelope to send back to device_id, or None
+
+
+class PeerSessions:
+    """The responder for many devices (the peer). One current session per
+    device, plus the previous one so messages in flight across a
+    re-handshake still decrypt.
+
+    ``receive(data, now)`` -> ``Received``; ``send(device_id, payload, now)``
+    -> data envelope. A refused message 1 raises ``AuthError`` or
+    ``ReplayError`` whose ``reply`` attribute holds a refusal hint to send."""
+
+    def __init__(self, backend, peer_id, directory, suite=DEFAULT_SUITE, **opts):
+        self._psk_pos = parse_suite(suite)[0]
+        self._backend = backend
+        self.peer_id = bytes(peer_id)
+        self.directory = directory
+        self.suite = suite
+        self._opts = opts
+        self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
+        self._sessions = {}  # device id -> [(sid, Transport) newest first, <= 2]
+        self._env = E.Envelope()
+
+    def sessions(self, device_id):
+        return self._sessions.get(bytes(device_id), [])
+
+    def _hint(self, env, reason):
+        return E.encode(E.HEAD_HINT, self.peer_id, env.src, env.sid, reason)
+
+    def _refuse(self, err, env, device_id, reason):
+        self.directory.count_refusal(device_id, reason)
+        err.reply = self._hint(env, E.HINT_REFUSED)
+        err.reason = reason
+        return err
+
+    def receive(self, data, now=None):
+        env = self._env.decode_into(data, len(data))
+        if not env.dst_is(self.peer_id):
+            raise DecodeError("envelope not addressed to this peer")
+        dev = env.src
+        if env.type == E.HS1:
+            return self._hs1(data, env, dev, now)
+        if env.type == E.DATA:
+            return self._data(data, env, dev, now)
+        raise DecodeError("a peer accepts only handshake message 1 and data")
+
+    def _hs1(self, data, env, dev, now):
+        d = self.directory
+        psk = None
+        if self._psk_pos >= 0:
+            if d.is_revoked(dev):
+                raise self._refuse(AuthError("message does not authenticate"), env, dev, "revoked")
+            psk = d.psk_for(dev)
+            if psk is None:
+                raise self._refuse(AuthError("message does not authenticate"), env, dev, "unknown-device")
+        prologue = E.PROLOGUE + bytes(data[:env.msg_off])
+        msg = env.msg
+        hs = payload = used = None
+        for priv, pub in d.statics():  # two during a key rotation overlap
+            cand = NKResponder(self._backend, (priv, pub), psk, prologue, self.suite,
+                               self.max_payload + COUNTER_BYTES)
+            try:
+                payload = cand.read_message(msg)
+            except AuthError:
+                continue
+            except DecodeError as e:
+                raise self._refuse(e, env, dev, "malformed")
+            hs, used = cand, pub
+            break
+        if hs is None:
+            raise self._refuse(AuthError("message does not authenticate"), env, dev, "auth")
+        if len(payload) < COUNTER_BYTES:
+            raise self._refuse(DecodeError("message 1 lacks its counter"), env, dev, "malformed")
+        c = get_counter(payload, 0)
+        if c <= d.counter_get(dev):
+            raise self._refuse(ReplayError("replayed handshake message 1"), env, dev, "replay")
+        d.counter_set(dev, c)  # durable before we answer (Rule 2)
+        d.note_static_used(dev, used)
+        msg2 = hs.write_message(b"")
+        reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, msg2)
+        tr = hs.into_transport(**_limits(self._opts, now))
+        old = [s for s in self._sessions.get(dev, []) if s[0] != env.sid]
+        self._sessions[dev] = [(env.sid, tr)] + old[:1]
+        return Received("hs1", dev, bytes(payload[COUNTER_BYTES:]), reply)
+
+    def _data(self, data, env, dev, now):
+        tr = None
+        for sid, t in self._sessions.get(dev, []):
+            if sid == env.sid:
+                tr = t
+        if tr is None:
+            return Received("hint", dev, None, self._hint(env, E.HINT_UNKNOWN_SESSION))
+        out = bytearray(max(0, env.msg_len - TAG_BYTES))
+        try:
+            n = tr.decrypt_into(env.nonce, data, env.msg_off, data, env.msg_off,
+                                env.msg_len, out, 0, now)
+        except SessionExpired:
+            self._sessions[dev] = [s for s in self._sessions[dev] if s[1] is not tr]
+            return Received("hint", dev, None, self._hint(env, E.HINT_SESSION_EXPIRED))
+        return Received("data", dev, bytes(out[:n]), None)
+
+    def send(self, device_id, payload, now=None):
+        """A data envelope to ``device_id`` on its newest session. Raises
+        ``LocalError`` if the device has no session."""
+        dev = bytes(device_id)
+        s = self._sessions.get(dev)
+        if not s:
+            raise LocalError("no session with that device")
+        sid, tr = s[0]
+        if tr.expired(now):
+            raise SessionExpired("session spent; the device must handshake again")
+        out = bytearray(E.HEADER_MAX_BYTES + len(payload) + TAG_BYTES)
+        off = E.encode_header_into(out, E.HEAD_DATA, self.peer_id, dev, sid,
+                                   tr.send_nonce, len(payload) + TAG_BYTES)
+        n = off + tr.encrypt_into(out, off, payload, 0, len(payload), out, off, now)
+        return bytes(out[:n])
