@@ -259,6 +259,15 @@ class FrameDecoder:
         finally:
             self._frames = None
 
+    def reset(self):
+        """Discard a partly received frame (the link went away mid-frame);
+        it counts as ``truncated`` if any of it had arrived."""
+        if self._code != 0 and self._bad < 0:
+            self.drops[DROP_TRUNCATED] += 1
+        elif self._bad >= 0:
+            self.drops[self._bad] += 1
+        self._reset()
+
     def pending(self):
         """Bytes of an unfinished frame held since the last delimiter."""
         return self._n

@@ -1,0 +1,125 @@
+"""Real pseudo-terminals for the serial tests: a pty that can be unplugged
+and plugged back in under the same path, the way udev re-creates
+/dev/ttyUSB0 (or a /dev/serial/by-id link) after a USB re-plug."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+import tty
+from pathlib import Path
+
+from device.framing import FrameDecoder, encode
+
+
+class PlugPty:
+    """The far end of a serial cable: we hold the pty master, the code under
+    test opens ``path`` (a symlink to the pty slave)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.master: int | None = None
+        self.decoder = FrameDecoder()
+
+    def plug(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        name = os.ttyname(slave)
+        # The slave stays open here too: without an open slave, reads on
+        # the master fail with EIO between plug() and the link's open.
+        self._slave = slave
+        self.master = master
+        tmp = self.path.with_suffix(".tmp")
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(name, tmp)
+        os.replace(tmp, self.path)
+        self.decoder = FrameDecoder()
+
+    def unplug(self) -> None:
+        if self.path.is_symlink():
+            self.path.unlink()
+        if self.master is not None:
+            os.close(self.master)
+            os.close(self._slave)
+            self.master = None
+
+    def write(self, data: bytes) -> None:
+        assert self.master is not None
+        view = memoryview(data)
+        while view:
+            n = os.write(self.master, view)
+            view = view[n:]
+
+    def send_frame(self, payload: bytes) -> None:
+        self.write(encode(payload))
+
+    def read_frames(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        """Read until ``count`` intact frames arrived or ``timeout`` passed."""
+        assert self.master is not None
+        frames: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(frames) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([self.master], [], [], left)
+            if r:
+                frames.extend(self.decoder.feed(os.read(self.master, 65536)))
+        return frames
+
+    def close(self) -> None:
+        self.unplug()
+
+
+class SocatPair:
+    """Two linked ptys from socat (``pty,raw,echo=0,link=...`` twice). Killing
+    socat is a pulled cable for both ends; starting it again re-plugs."""
+
+    def __init__(self, a: Path, b: Path) -> None:
+        self.a, self.b = a, b
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("socat") is not None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "socat",
+                f"pty,raw,echo=0,link={self.a}",
+                f"pty,raw,echo=0,link={self.b}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not (self.a.exists() and self.b.exists()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("socat did not create its ptys")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def wait_for(cond, timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Poll ``cond()`` until true or ``timeout``; returns the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() > deadline:
+            return bool(v)
+        time.sleep(step)
