@@ -1,0 +1,238 @@
+"""The relay core: decide, per envelope, to forward it or to drop and count it.
+
+No I/O here. A link (the MQTT adapter ``gateway.mqtt``, the serial bridge)
+hands each envelope it receives to ``Relay.handle(envelope, arrived_from,
+link, done)``, where ``arrived_from`` is the id the link authenticated (the
+MQTT topic, which the broker's ACL binds to the account; the serial port's
+attachment). The relay validates the outer envelope, applies the route table
+and the sender's token bucket, and calls ``send(dst, envelope, done)`` on the
+link that reaches ``dst``.
+
+Invariants:
+- The bytes forwarded are the bytes received, unchanged.
+- Every envelope is either forwarded once or counted once under exactly one
+  drop reason; ``handle`` never raises for anything a sender can do.
+- ``done`` is called exactly once: at once for a drop, and by the
+  destination link once it has taken responsibility for the message (MQTT:
+  the broker's PUBACK; serial: written or queued on disk). Links acknowledge
+  their own inbound message only in ``done``, so a relay that dies between
+  receiving and forwarding loses nothing: the sender's broker re-delivers.
+- Per-sender work before the rate limit is O(1), so a flooding sender costs
+  little and cannot delay others.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from typing import Callable, Iterable, Mapping, Protocol
+
+from gateway.envelope import (DEFAULT_MAX_ENVELOPE_BYTES, MALFORMED, OVERSIZE,
+                              UNKNOWN_VERSION, Rejected, read_header)
+
+__all__ = [
+    "Link",
+    "Done",
+    "RouteTable",
+    "RateLimiter",
+    "RelayStats",
+    "Relay",
+    "DROP_REASONS",
+    "RATE_LIMITED",
+    "SRC_MISMATCH",
+    "UNKNOWN_SOURCE",
+    "UNKNOWN_DESTINATION",
+    "LINK_ERROR",
+]
+
+Done = Callable[[], None]
+
+RATE_LIMITED = "rate_limited"
+SRC_MISMATCH = "src_mismatch"
+UNKNOWN_SOURCE = "unknown_source"
+UNKNOWN_DESTINATION = "unknown_destination"
+LINK_ERROR = "link_error"
+DROP_REASONS = (OVERSIZE, MALFORMED, UNKNOWN_VERSION, RATE_LIMITED, SRC_MISMATCH,
+                UNKNOWN_SOURCE, UNKNOWN_DESTINATION, LINK_ERROR)
+
+
+class Link(Protocol):
+    """What the relay needs from a link: deliver ``envelope`` to device ``dst``
+    and call ``done`` once the link has taken responsibility for it.
+
+    ``send`` may raise ``OSError`` (or any ``Exception``) if it cannot take the
+    message at all; the relay then counts a ``link_error`` drop.
+    """
+
+    def send(self, dst: str, envelope: bytes, done: Done | None) -> None: ...
+
+
+class RouteTable:
+    """Which link reaches which device id.
+
+    ``routes`` maps a link name to id patterns (exact ids, or ``fnmatch``
+    patterns such as ``sensor-*``). Exact ids win over patterns; patterns are
+    tried in the order given. Lookups are cached (ids are at most 16 bytes and
+    the cache is bounded).
+    """
+
+    _CACHE_MAX = 65536
+
+    def __init__(self, routes: Mapping[str, Iterable[str]]) -> None:
+        self._exact: dict[str, str] = {}
+        self._patterns: list[tuple[re.Pattern[str], str]] = []
+        for link, ids in routes.items():
+            for pattern in ids:
+                if any(ch in pattern for ch in "*?["):
+                    self._patterns.append((re.compile(fnmatch.translate(pattern)), link))
+                else:
+                    self._exact.setdefault(pattern, link)
+        self._cache: dict[str, str | None] = {}
+
+    def link_for(self, device_id: str) -> str | None:
+        """The link name that reaches ``device_id``, or None."""
+        try:
+            return self._cache[device_id]
+        except KeyError:
+            pass
+        link = self._exact.get(device_id)
+        if link is None:
+            for regex, name in self._patterns:
+                if regex.match(device_id):
+                    link = name
+                    break
+        if len(self._cache) >= self._CACHE_MAX:
+            self._cache.clear()
+        self._cache[device_id] = link
+        return link
+
+
+class RateLimiter:
+    """One token bucket per sender: ``rate`` envelopes per second on average,
+    bursts up to ``burst``. ``rate <= 0`` disables limiting.
+
+    Memory is bounded: past ``max_senders`` buckets, idle (full) ones are
+    forgotten, which changes nothing since a new bucket starts full.
+    """
+
+    def __init__(self, rate: float, burst: float, max_senders: int = 100_000) -> None:
+        self.rate = float(rate)
+        self.burst = max(1.0, float(burst))
+        self.max_senders = max_senders
+        self._buckets: dict[str, list[float]] = {}  # id -> [tokens, last]
+
+    def allow(self, sender: str, now: float) -> bool:
+        """Take one token from ``sender``'s bucket; False if it is empty."""
+        if self.rate <= 0:
+            return True
+        bucket = self._buckets.get(sender)
+        if bucket is None:
+            if len(self._buckets) >= self.max_senders:
+                self._forget_idle(now)
+            bucket = self._buckets[sender] = [self.burst, now]
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def _forget_idle(self, now: float) -> None:
+        full = [k for k, (tokens, last) in self._buckets.items()
+                if tokens + (now - last) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) >= self.max_senders:
+            self._buckets.clear()
+
+
+class RelayStats:
+    """Counters read by the metrics endpoint and the status file."""
+
+    def __init__(self) -> None:
+        self.relayed: dict[str, int] = {}  # destination link -> count
+        self.dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
+        self.last_seen: dict[str, float] = {}  # device id -> wall-clock seconds
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "relayed": sum(self.relayed.values()),
+            "relayed_by_link": dict(self.relayed),
+            "dropped": dict(self.dropped),
+            "last_seen": dict(self.last_seen),
+        }
+
+
+DropHook = Callable[[str, str, str, int], None]
+
+
+class Relay:
+    """Validate, route, rate-limit and forward envelopes between links.
+
+    ``links`` maps a link name to a ``Link``; links may be added later with
+    ``add_link``. ``on_drop(reason, arrived_from, link, size)`` is called for
+    each drop (the runner logs it, without payload bytes). ``clock`` is a
+    monotonic clock for the token buckets and ``wall_clock`` stamps last-seen.
+    """
+
+    def __init__(self, routes: RouteTable, limiter: RateLimiter,
+                 links: Mapping[str, Link] | None = None, *,
+                 max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
+                 on_drop: DropHook | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.routes = routes
+        self.limiter = limiter
+        self.links: dict[str, Link] = dict(links or {})
+        self.max_envelope_bytes = max_envelope_bytes
+        self.on_drop = on_drop
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.stats = RelayStats()
+
+    def add_link(self, name: str, link: Link) -> None:
+        self.links[name] = link
+
+    def handle(self, envelope: bytes, arrived_from: str, link: str,
+               done: Done | None = None) -> str | None:
+        """Forward ``envelope`` (which ``link`` received from ``arrived_from``)
+        or drop it. Returns None if forwarded, else the drop reason."""
+        if len(envelope) > self.max_envelope_bytes:
+            return self._drop(OVERSIZE, arrived_from, link, len(envelope), done)
+        if not self.limiter.allow(arrived_from, self.clock()):
+            return self._drop(RATE_LIMITED, arrived_from, link, len(envelope), done)
+        try:
+            header = read_header(envelope, self.max_envelope_bytes)
+        except Rejected as exc:
+            return self._drop(exc.reason, arrived_from, link, len(envelope), done)
+        if header.src != arrived_from:
+            return self._drop(SRC_MISMATCH, arrived_from, link, len(envelope), done)
+        if self.routes.link_for(header.src) != link:
+            # Also catches a device claiming, on one link, an id that lives on another.
+            return self._drop(UNKNOWN_SOURCE, arrived_from, link, len(envelope), done)
+        out_name = self.routes.link_for(header.dst)
+        out = self.links.get(out_name) if out_name is not None else None
+        if out is None:
+            return self._drop(UNKNOWN_DESTINATION, arrived_from, link, len(envelope), done)
+        try:
+            out.send(header.dst, envelope, done)
+        except Exception:
+            return self._drop(LINK_ERROR, arrived_from, link, len(envelope), done)
+        stats = self.stats
+        stats.relayed[out_name] = stats.relayed.get(out_name, 0) + 1  # type: ignore[index]
+        stats.last_seen[header.src] = self.wall_clock()
+        return None
+
+    def _drop(self, reason: str, arrived_from: str, link: str, size: int,
+              done: Done | None) -> str:
+        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        if self.on_drop is not None:
+            try:
+                self.on_drop(reason, arrived_from, link, size)
+            except Exception:
+                pass  # a logging failure must not stop the relay
+        if done is not None:
+            done()
+        return reason
