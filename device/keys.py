@@ -22,7 +22,8 @@ Invariants:
   the new one, never half of either.
 - A key file that group or others may access (any of mode 0o077) is refused
   before it is parsed, as OpenSSH refuses a private key that is too open.
-- Every load checks that ``pub`` is the public key of the private key, so a
+- Private scalars are stored clamped (RFC 7748 section 5), and every load
+  checks that and that ``pub`` is the public key of the private key, so a
   flipped bit anywhere in ``pub`` or ``priv`` is an error, not a silent key
   change. For encrypted files the Poly1305 tag covers ``priv`` and the
   argon2id key covers ``salt``, ``ops`` and ``mem``.
@@ -101,10 +102,20 @@ class KeyPair:
         return f"KeyPair(pub={self.pub.hex()})"
 
 
+def _clamp(priv: bytes) -> bytes:
+    # RFC 7748 section 5 decodeScalar25519. X25519 ignores these bits, so a
+    # stored key is kept clamped: then every bit of it matters, and a flipped
+    # bit shows up as a public key mismatch or an unclamped key on load.
+    b = bytearray(priv)
+    b[0] &= 248
+    b[31] = (b[31] & 127) | 64
+    return bytes(b)
+
+
 def generate_keypair() -> KeyPair:
-    """A fresh X25519 key pair from libsodium's CSPRNG."""
-    sk = nacl.public.PrivateKey.generate()
-    return KeyPair(bytes(sk), bytes(sk.public_key))
+    """A fresh X25519 key pair from libsodium's CSPRNG (scalar stored clamped)."""
+    priv = _clamp(nacl.utils.random(KEY_BYTES))
+    return KeyPair(priv, public_of(priv))
 
 
 def public_of(priv: bytes) -> bytes:
@@ -281,7 +292,7 @@ def decode_key_file(data: bytes, passphrase: bytes | None, source: str = "key fi
             raise WrongPassphrase(f"{source}: wrong passphrase, or the encrypted key was altered") from None
     else:
         priv = _field(doc, "priv", bytes, source, KEY_BYTES)
-    if public_of(priv) != pub:
+    if _clamp(priv) != priv or public_of(priv) != pub:
         raise KeyFileError(f"{source}: the public key does not match the private key (corrupted or edited file)")
     return KeyPair(priv, pub)
 

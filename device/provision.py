@@ -249,3 +249,19 @@ def provision_device(
     rec = registry.provision(device_id, psk, suite, replace=replace)
     bundle = Bundle(device_id, [(registry.peer_id, rec.pins)], psk, suite, link, rec.generation)
     return rec, bundle
+
+
+def device_session(backend: Any, bundle: Bundle, counter: Any, peer_id: bytes | None = None, **opts: Any) -> Any:
+    """A ``device.session.DeviceSession`` for ``bundle``, talking to
+    ``peer_id`` (default: the bundle's first peer) on its newest pinned key.
+
+    During a rotation overlap the bundle pins two keys; the newest is the one
+    the peer answers on after the old one is retired. ``counter`` is a
+    ``device.counter.Msg1Counter``. Raises ``KeyError`` for a peer the bundle
+    does not name.
+    """
+    from device.session import DeviceSession
+
+    pid = bundle.peer_id if peer_id is None else peer_id
+    keys = bundle.pinned_keys(pid)
+    return DeviceSession(backend, bundle.device_id, pid, keys[0], bundle.psk, counter, bundle.suite, **opts)

@@ -82,10 +82,11 @@ def parse_id(text: str | bytes, what: str = "device id") -> bytes:
 
 
 def show_id(b: bytes) -> str:
-    """An id for logs and tables; non-ASCII bytes escaped (log injection)."""
+    """An id for logs and tables; bytes outside the id alphabet escaped as
+    ``\\xNN`` so a forged id cannot inject log lines."""
     if b == UNKNOWN_DEVICE:
         return "(unknown)"
-    return b.decode("ascii", "backslashreplace")
+    return "".join(chr(c) if c in _ID_CHARS else "\\x%02x" % c for c in b)
 
 
 _DDL = """
