@@ -66,11 +66,23 @@ def _make_table():
 _TABLE = _make_table()
 
 
-def crc16_into(buf, n, crc=0xFFFF):
-    """CRC-16/CCITT-FALSE of ``buf[:n]``, continuing from ``crc``.
+try:
+    # CPython's C implementation of the same CRC; MicroPython lacks it.
+    from binascii import crc_hqx as _crc_hqx
+except ImportError:
+    _crc_hqx = None
 
-    Table-driven, pure Python (MicroPython has no ``crc_hqx``). Returns an
-    int in 0..0xFFFF."""
+
+def crc16_into(buf, n, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE of ``buf[:n]``, continuing from ``crc``. Returns
+    an int in 0..0xFFFF. Uses ``binascii.crc_hqx`` where it exists."""
+    if _crc_hqx is not None:
+        return _crc_hqx(memoryview(buf)[:n], crc)
+    return crc16_py_into(buf, n, crc)
+
+
+def crc16_py_into(buf, n, crc=0xFFFF):
+    """The table-driven pure-Python CRC (what MicroPython runs)."""
     t = _TABLE
     for i in range(n):
         crc = ((crc << 8) & 0xFFFF) ^ t[((crc >> 8) ^ buf[i]) & 0xFF]
