@@ -132,7 +132,7 @@ def _when(t: float | None) -> str:
 def _new_passphrase(prompt: bool) -> bytes | None:
     if prompt:
         return normalize_passphrase(
-            click.prompt("Passphrase for the new key", hide_input=True, confirmation_prompt=True)
+            click.prompt("Passphrase for the new key", hide_input=True, err=True, confirmation_prompt=True)
         )
     return passphrase_from_env()
 
@@ -243,7 +243,7 @@ def _read_any(path: str, passphrase: bool) -> tuple[str, list[tuple[str, bytes]]
 
         if not isinstance(e, PassphraseRequired) or not passphrase:
             raise
-        pw = normalize_passphrase(click.prompt(f"Passphrase for {path}", hide_input=True))
+        pw = normalize_passphrase(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
         kp = decode_key_file(data, pw, path)
     return "key", [("", kp.pub)]
 
@@ -581,7 +581,7 @@ def registry_keys(check: bool, passphrase: bool, peer: str | None, registry_path
         keys = reg.peer_keys()
         if check:
             if passphrase:
-                reg._passphrase = normalize_passphrase(click.prompt("Passphrase for the peer keys", hide_input=True))
+                reg._passphrase = normalize_passphrase(click.prompt("Passphrase for the peer keys", hide_input=True, err=True))
             reg.statics()
     finally:
         reg.close()
