@@ -29,10 +29,10 @@ A backend provides:
         ``dst`` at ``dst_off``. Returns ``src_len + 16``. ``src`` and ``dst``
         may be the same buffer with the same offset (in place).
     ``decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off) -> int``
-        Verifies the tag in constant time *before* writing anything, then
-        writes the plaintext and returns ``src_len - 16``. Raises
-        ``errors.AuthError`` (and writes nothing) if the tag is wrong or
-        ``src_len < 16``.
+        Verifies the tag in constant time, writes the plaintext and returns
+        ``src_len - 16``. Raises ``errors.AuthError`` if the tag is wrong or
+        ``src_len < 16``; the output range then holds no plaintext (it is
+        left untouched or zeroed). In place is allowed, as for encryption.
 ``hash(name) -> hash``
     ``name`` is ``"SHA256"`` or ``"BLAKE2s"``. The object has ``HASHLEN``
     (32), ``BLOCKLEN`` (64), ``digest(data) -> bytes`` and
@@ -55,10 +55,8 @@ KEY_BYTES = 32
 def is_all_zero(b):
     """Constant-time check that ``b`` is all zero bytes (low-order DH output,
     RFC 7748 section 6.1)."""
-    acc = 0
-    for x in b:
-        acc |= x
-    return acc == 0
+    # int.from_bytes reads every byte whatever their values.
+    return int.from_bytes(b, "little") == 0
 
 
 def ct_equal(a, b):

@@ -50,6 +50,14 @@ ENVELOPE_MAX_BYTES = const(1200)  # >= HEADER_MAX_BYTES + 1076, rounded up
 PROLOGUE = b"moteseal/v1"
 
 
+def envelope_limit(max_payload):
+    """The largest envelope a session with this plaintext bound can produce:
+    header + e (32) + counter (4) + payload + tag (16); the default, with a
+    1024-byte payload, is within ``ENVELOPE_MAX_BYTES``."""
+    n = HEADER_MAX_BYTES + 32 + 4 + max_payload + 16
+    return n if n > ENVELOPE_MAX_BYTES else ENVELOPE_MAX_BYTES
+
+
 def _uint_size(v):
     if v < 24:
         return 1

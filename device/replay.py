@@ -47,6 +47,11 @@ class ReplayWindow:
         """Marks ``n`` as seen; call only after ``check(n)`` and authentication."""
         size = self.size
         bits = self._bits
+        if n == self.hi + 1:  # in-order arrival: the slot n takes is the one n - size leaves
+            self.hi = n
+            i = n % size
+            bits[i >> 3] |= 1 << (i & 7)
+            return
         if n > self.hi:
             # Clear the slots of the nonces the window slides over.
             gap = n - self.hi

@@ -90,6 +90,7 @@ class DeviceSession:
         self.last_len = 0
         self._env = E.Envelope()
         self._hdr = bytearray(E.HEADER_MAX_BYTES)
+        self._limit = E.envelope_limit(self.max_payload)
 
     def handshake(self, payload=b"", now=None):
         """Starts a new handshake; returns the hs1 envelope. The current
@@ -125,7 +126,7 @@ class DeviceSession:
         ``DecodeError`` (malformed, not for us, unexpected), ``ReplayError``,
         ``AuthError``; on any error the session is unchanged, except that a
         message 2 that fails authentication ends that handshake attempt."""
-        env = self._env.decode_into(buf, n)
+        env = self._env.decode_into(buf, n, self._limit)
         if not env.dst_is(self.device_id) or not env.src_is(self.peer_id):
             raise DecodeError("envelope not addressed to this device")
         t = env.type
@@ -259,6 +260,7 @@ class PeerSessions:
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
         self._sessions = {}  # device id -> [(sid, Transport) newest first, <= 2]
         self._env = E.Envelope()
+        self._limit = E.envelope_limit(self.max_payload)
 
     def sessions(self, device_id):
         return self._sessions.get(bytes(device_id), [])
@@ -273,7 +275,7 @@ class PeerSessions:
         return err
 
     def receive(self, data, now=None):
-        env = self._env.decode_into(data, len(data))
+        env = self._env.decode_into(data, len(data), self._limit)
         if not env.dst_is(self.peer_id):
             raise DecodeError("envelope not addressed to this peer")
         dev = env.src

@@ -64,6 +64,7 @@ class Transport:
         self._s_epoch = 0
         self._s_key = send_key
         self._s = backend.cipher(send_key)
+        self._s_next = min(rekey_interval, max_messages)  # first nonce needing _send_slow
         self._r_epoch = 0
         self._r_key = recv_key
         self._r_cur = backend.cipher(recv_key)
@@ -90,9 +91,14 @@ class Transport:
         Raises ``MessageTooLarge``, ``BufferTooSmall``, ``SessionExpired``."""
         if src_len > self.max_payload:
             raise MessageTooLarge("plaintext exceeds the maximum message size")
-        if len(dst) - dst_off < src_len + TAG_BYTES:
-            raise BufferTooSmall("ciphertext buffer too small")
         n = self.send_nonce
+        if n >= self._s_next or (now is not None and self.max_age is not None):
+            self._send_slow(n, now)  # epoch boundary, message limit or age limit
+        w = self._s.encrypt_into(n, ad, ad_len, src, src_off, src_len, dst, dst_off)
+        self.send_nonce = n + 1
+        return w
+
+    def _send_slow(self, n, now):
         if n >= self.max_messages:
             raise SessionExpired("message limit reached; handshake again")
         self._check_age(now)
@@ -102,48 +108,55 @@ class Transport:
             self._s_key = rekey(self._backend, self._s_key)
             self._s = self._backend.cipher(self._s_key)
             self._s_epoch = epoch
-        w = self._s.encrypt_into(n, ad, ad_len, src, src_off, src_len, dst, dst_off)
-        self.send_nonce = n + 1
-        return w
+        self._s_next = min((epoch + 1) * self._interval, self.max_messages)
 
     def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None):
         """Opens a message sealed under ``nonce``; returns the plaintext length.
         Raises ``ReplayError`` (duplicate, too old), ``DecodeError`` (nonce
-        beyond the session's limits), ``AuthError`` (anything that does not
-        authenticate), ``SessionExpired``. On any error nothing changes."""
+        beyond the session's limits, oversized), ``AuthError`` (anything that
+        does not authenticate), ``SessionExpired``. On any error nothing
+        changes (Rule 3)."""
         if nonce < 0 or nonce >= self.max_messages:
             raise DecodeError("nonce outside the session's range")
         if src_len - TAG_BYTES > self.max_payload:
             raise DecodeError("message exceeds the maximum message size")
-        self._check_age(now)
-        self.window.check(nonce)
+        if now is not None and self.max_age is not None:
+            self._check_age(now)
+        w = self.window
+        w.check(nonce)
         epoch = nonce // self._interval
+        if epoch == self._r_epoch:
+            n = self._r_cur.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
+            w.commit(nonce)
+            return n
+        return self._decrypt_other_epoch(epoch, nonce, ad, ad_len, src, src_off, src_len,
+                                         dst, dst_off)
+
+    def _decrypt_other_epoch(self, epoch, nonce, ad, ad_len, src, src_off, src_len,
+                             dst, dst_off):
         cur = self._r_epoch
-        new_key = None
-        prev_key = None
-        if epoch == cur:
-            c = self._r_cur
-        elif epoch == cur - 1 and self._r_prev is not None:
-            c = self._r_prev
-        elif epoch < cur:
+        if epoch == cur - 1 and self._r_prev is not None:
+            n = self._r_prev.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
+            self.window.commit(nonce)
+            return n
+        if epoch < cur:
             raise ReplayError("message older than the replay window")
-        else:
-            if epoch - cur > MAX_EPOCH_SKIP:
-                raise DecodeError("nonce too far ahead")
-            new_key = self._r_key
-            while cur < epoch:
-                prev_key = new_key
-                new_key = rekey(self._backend, new_key)
-                cur += 1
-            c = self._backend.cipher(new_key)
+        if epoch - cur > MAX_EPOCH_SKIP:
+            raise DecodeError("nonce too far ahead")
+        new_key = self._r_key
+        prev_key = None
+        while cur < epoch:
+            prev_key = new_key
+            new_key = rekey(self._backend, new_key)
+            cur += 1
+        c = self._backend.cipher(new_key)
         n = c.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
         # Authenticated: commit (Rule 3).
-        if new_key is not None:
-            self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \
-                else self._backend.cipher(prev_key)
-            self._r_cur = c
-            self._r_key = new_key
-            self._r_epoch = epoch
+        self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \
+            else self._backend.cipher(prev_key)
+        self._r_cur = c
+        self._r_key = new_key
+        self._r_epoch = epoch
         self.window.commit(nonce)
         return n
 

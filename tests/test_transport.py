@@ -110,8 +110,10 @@ def test_limits():
     with pytest.raises(SessionExpired):
         a.encrypt(b"x")
     assert a.expired()
+    a, b = transports()
     with pytest.raises(BufferTooSmall):
         a.encrypt_into(b"", 0, b"xx", 0, 2, bytearray(17), 0)
+    assert a.send_nonce == 0
 
 
 def test_truncated_bare_message():
