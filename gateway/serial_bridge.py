@@ -42,10 +42,8 @@ from gateway.queue import DEFAULT_MAX_AGE_S, DEFAULT_MAX_PER_DEVICE, DurableQueu
 
 __all__ = [
     "SerialConfig",
-    "QueueConfig",
     "parse_serial_config",
-    "serial_routes",
-    "bridges_from_config",
+    "open_links",
     "SerialBridge",
 ]
 
@@ -53,80 +51,85 @@ log = logging.getLogger("moteseal.gateway.serial")
 
 Done = Callable[[], None]
 
+_KEYS = {
+    "name", "port", "baudrate", "devices", "queue", "queue_max", "queue_max_age_s",
+    "config_dir",
+}
+
 
 class SerialConfig(NamedTuple):
-    """One ``[[serial]]`` table."""
+    """One ``[[serial]]`` table of ``gateway.toml``::
 
-    name: str  # the link name in the route table and in metrics
-    port: str  # any pyserial URL: /dev/ttyUSB0, socket://h:p, rfc2217://h:p
+        [[serial]]
+        name = "uart0"                  # link name in routes and metrics
+        port = "/dev/ttyUSB0"           # or socket://h:p, rfc2217://h:p, loop://
+        baudrate = 115200
+        devices = ["mote-1", "mote-2"]  # ids (or patterns) attached to this port
+        queue = "uart0-queue.sqlite"    # durable queue, relative to the config
+        queue_max = 1000                # envelopes per device, oldest dropped
+        queue_max_age_s = 604800        # older envelopes expire (7 days)
+    """
+
+    name: str
+    port: str
     baudrate: int
-    devices: tuple[str, ...]  # device ids (or fnmatch patterns) on this port
+    devices: tuple[str, ...]
+    queue_path: str
+    queue_max: int = DEFAULT_MAX_PER_DEVICE
+    queue_max_age_s: float = DEFAULT_MAX_AGE_S
 
 
-class QueueConfig(NamedTuple):
-    """The ``[serial_queue]`` table."""
-
-    path: str
-    max_per_device: int
-    max_age_s: float
+def _table(i: int, t: Any, base_dir: Path | None) -> SerialConfig:
+    where = f"[[serial]] {i}"
+    if not isinstance(t, Mapping):
+        raise ValueError(f"{where}: expected a table")
+    unknown = set(t) - _KEYS
+    if unknown:
+        raise ValueError(f"{where} {sorted(unknown)[0]}: unknown key")
+    name = t.get("name", f"serial{i}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where} name: expected a non-empty string")
+    port = t.get("port")
+    if not isinstance(port, str) or not port:
+        raise ValueError(f"{where} port: a device path or pyserial URL is required")
+    baud = t.get("baudrate", 115200)
+    if not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0:
+        raise ValueError(f"{where} baudrate: expected a positive integer")
+    devices = t.get("devices")
+    if (
+        not isinstance(devices, list)
+        or not devices
+        or not all(isinstance(d, str) and 1 <= len(d) <= 16 for d in devices)
+    ):
+        raise ValueError(f"{where} devices: expected a non-empty list of device ids")
+    if "config_dir" in t:  # set by gateway.config: the config file's directory
+        base_dir = Path(str(t["config_dir"]))
+    path = Path(str(t.get("queue", f"{name}-queue.sqlite")))
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    qmax = t.get("queue_max", DEFAULT_MAX_PER_DEVICE)
+    if not isinstance(qmax, int) or isinstance(qmax, bool) or qmax < 1:
+        raise ValueError(f"{where} queue_max: expected an integer >= 1")
+    qage = t.get("queue_max_age_s", DEFAULT_MAX_AGE_S)
+    if not isinstance(qage, (int, float)) or isinstance(qage, bool) or qage <= 0:
+        raise ValueError(f"{where} queue_max_age_s: expected a number > 0")
+    return SerialConfig(name, port, baud, tuple(devices), str(path), qmax, float(qage))
 
 
 def parse_serial_config(
-    conf: Mapping[str, Any], base_dir: Path | None = None
-) -> tuple[list[SerialConfig], QueueConfig]:
-    """Read ``[[serial]]`` tables and the ``[serial_queue]`` table from a
-    parsed gateway TOML document.
-
-    ``[[serial]]``: ``port`` (required), ``devices`` (required, non-empty
-    list of ids), ``baudrate`` (115200), ``name`` (``serial<N>``).
-    ``[serial_queue]``: ``path`` (``serial-queue.sqlite``, relative to
-    ``base_dir``), ``max_per_device`` (1000), ``max_age_s`` (7 days).
-    Raises ``ValueError`` naming the bad key."""
-    links: list[SerialConfig] = []
-    seen: set[str] = set()
-    tables = conf.get("serial", [])
+    tables: Any, base_dir: Path | None = None
+) -> list[SerialConfig]:
+    """Check the ``[[serial]]`` tables (a list of dicts). Relative queue
+    paths are taken from ``base_dir`` (or the table's ``config_dir``, or the
+    working directory). Raises ``ValueError`` naming the table and key."""
     if not isinstance(tables, list):
-        raise ValueError("serial: must be an array of tables ([[serial]])")
-    for i, t in enumerate(tables):
-        if not isinstance(t, Mapping):
-            raise ValueError(f"serial[{i}]: must be a table")
-        unknown = set(t) - {"name", "port", "baudrate", "devices"}
-        if unknown:
-            raise ValueError(f"serial[{i}]: unknown key {sorted(unknown)[0]!r}")
-        port = t.get("port")
-        if not isinstance(port, str) or not port:
-            raise ValueError(f"serial[{i}].port: a device path or pyserial URL is required")
-        baud = t.get("baudrate", 115200)
-        if not isinstance(baud, int) or isinstance(baud, bool) or baud <= 0:
-            raise ValueError(f"serial[{i}].baudrate: must be a positive integer")
-        devices = t.get("devices")
-        if (
-            not isinstance(devices, list)
-            or not devices
-            or not all(isinstance(d, str) and 1 <= len(d) <= 16 for d in devices)
-        ):
-            raise ValueError(f"serial[{i}].devices: a non-empty list of device ids")
-        name = t.get("name", f"serial{i}")
-        if not isinstance(name, str) or not name or name in seen:
-            raise ValueError(f"serial[{i}].name: must be a unique non-empty string")
-        seen.add(name)
-        links.append(SerialConfig(name, port, baud, tuple(devices)))
-    q = conf.get("serial_queue", {})
-    if not isinstance(q, Mapping):
-        raise ValueError("serial_queue: must be a table")
-    unknown = set(q) - {"path", "max_per_device", "max_age_s"}
-    if unknown:
-        raise ValueError(f"serial_queue: unknown key {sorted(unknown)[0]!r}")
-    path = Path(str(q.get("path", "serial-queue.sqlite")))
-    if base_dir is not None and not path.is_absolute():
-        path = base_dir / path
-    max_n = q.get("max_per_device", DEFAULT_MAX_PER_DEVICE)
-    max_age = q.get("max_age_s", DEFAULT_MAX_AGE_S)
-    if not isinstance(max_n, int) or max_n < 1:
-        raise ValueError("serial_queue.max_per_device: must be an integer >= 1")
-    if not isinstance(max_age, (int, float)) or max_age <= 0:
-        raise ValueError("serial_queue.max_age_s: must be a number > 0")
-    return links, QueueConfig(str(path), max_n, float(max_age))
+        raise ValueError("[[serial]]: expected an array of tables")
+    links = [_table(i, t, base_dir) for i, t in enumerate(tables)]
+    names = [lc.name for lc in links]
+    for lc in links:
+        if names.count(lc.name) > 1:
+            raise ValueError(f"[[serial]] name: {lc.name!r} is used twice")
+    return links
 
 
 class _Relay:
@@ -138,14 +141,19 @@ class _Relay:
 
 
 class SerialBridge:
-    """One serial port as a relay link (``gateway.relay.Link``)."""
+    """One serial port as a relay link (``gateway.relay.Link``).
+
+    ``queue`` may be shared by several bridges; without one, the bridge
+    opens (and on ``stop()`` closes) its own at ``config.queue_path``.
+    ``log`` is an optional ``gateway.logs.JsonLog`` for link events."""
 
     def __init__(
         self,
         config: SerialConfig,
         relay: _Relay,
-        queue: DurableQueue,
+        queue: DurableQueue | None = None,
         *,
+        log: Any = None,
         relay_lock: threading.Lock | None = None,
         backoff_max: float = 2.0,
         max_envelope_bytes: int = 1200,
@@ -153,7 +161,15 @@ class SerialBridge:
         self.name = config.name
         self.config = config
         self._relay = relay
+        self._owns_queue = queue is None
+        if queue is None:
+            queue = DurableQueue(
+                config.queue_path,
+                max_per_device=config.queue_max,
+                max_age_s=config.queue_max_age_s,
+            )
         self._queue = queue
+        self._jlog = log
         # Relay.handle is called from this port's reader thread and from the
         # MQTT thread; the runner passes one lock shared by all links.
         self._relay_lock = relay_lock or threading.Lock()
@@ -166,6 +182,7 @@ class SerialBridge:
         self._backlog = any(self.serves(d) for d in queue.depths())
         self.written = 0
         self.queued = 0
+        self._closed = False
         from device.serial_link import SerialLink
 
         self.link = SerialLink(
@@ -193,12 +210,33 @@ class SerialBridge:
         self.link.start()
         return self
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Close the port and stop the queue worker; queued envelopes stay
+        on disk for the next start. Idempotent."""
         self._stop.set()
         self._wake.set()
         self.link.close()
         if self._worker.is_alive():
             self._worker.join(timeout=10)
+        if self._owns_queue and not self._closed:
+            self._closed = True
+            self._queue.close()
+
+    close = stop
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
+
+    def queue_depth(self) -> int:
+        """Envelopes waiting on disk for this port's devices."""
+        return sum(n for d, n in self._queue.depths().items() if self.serves(d))
+
+    def _event(self, name: str, **fields: Any) -> None:
+        if self._jlog is not None:
+            self._jlog.event(name, link=self.name, **fields)
+        else:
+            log.info("%s %s %s", name, self.name, fields)
 
     def stats(self) -> dict[str, Any]:
         """Port, frame and queue counters (no payload bytes)."""
@@ -206,7 +244,7 @@ class SerialBridge:
         s.update(
             written=self.written,
             queued=self.queued,
-            queue_depth=sum(n for d, n in self._queue.depths().items() if self.serves(d)),
+            queue_depth=self.queue_depth(),
         )
         return s
 
@@ -251,7 +289,7 @@ class SerialBridge:
                 dests = [d for d in self._queue.depths() if self.serves(d)]
                 n = self._queue.drain(dests, self._write_queued)
                 if n:
-                    log.info("serial %s: delivered %d queued envelopes", self.name, n)
+                    self._event("serial_queue_delivered", count=n)
             except OSError:  # LinkDown: on_state(True) wakes us again
                 continue
             except Exception:
@@ -270,7 +308,7 @@ class SerialBridge:
     # -- device -> relay ---------------------------------------------------------
 
     def _on_state(self, up: bool) -> None:
-        log.info("serial %s: link %s", self.name, "up" if up else "down")
+        self._event("serial_link_up" if up else "serial_link_down", port=self.config.port)
         if up:
             self._wake.set()
 
@@ -292,33 +330,29 @@ def _is_pattern(device_id: str) -> bool:
     return any(ch in device_id for ch in "*?[")
 
 
-def serial_routes(conf: Mapping[str, Any]) -> dict[str, list[str]]:
-    """``{link name: device ids}`` of the ``[[serial]]`` tables, for the
-    runner's route table (exact ids win over the MQTT link's patterns).
-    Raises ``ValueError`` for a bad table."""
-    links, _ = parse_serial_config(conf)
-    return {lc.name: list(lc.devices) for lc in links}
-
-
-def bridges_from_config(
-    conf: Mapping[str, Any],
+def open_links(
+    specs: list[dict[str, Any]],
     relay: Any,
+    log: Any = None,
     *,
     base_dir: Path | None = None,
-    relay_lock: threading.Lock | None = None,
-) -> tuple[list[SerialBridge], DurableQueue | None]:
-    """The gateway runner's hook, after it built the relay with
-    ``serial_routes(conf)`` in its route table: one bridge per
-    ``[[serial]]`` table, each added to ``relay`` with ``relay.add_link``
-    and not yet started. Returns the bridges and their shared queue (None
-    without serial links). Raises ``ValueError`` for a bad table."""
-    links, qconf = parse_serial_config(conf, base_dir)
-    if not links:
-        return [], None
-    queue = DurableQueue(qconf.path, max_per_device=qconf.max_per_device, max_age_s=qconf.max_age_s)
-    bridges = []
-    for lc in links:
-        b = SerialBridge(lc, relay, queue, relay_lock=relay_lock)
-        relay.add_link(lc.name, b)
-        bridges.append(b)
-    return bridges, queue
+) -> list[SerialBridge]:
+    """The gateway runner's hook (``gateway.runner``): one bridge per
+    ``[[serial]]`` table, not yet started; the runner adds each to the
+    relay under its ``name`` (the config already routed the table's
+    ``devices`` to it). Serial envelopes go through the same ``relay.handle``
+    as MQTT ones. Raises ``gateway.config.ConfigError`` naming a bad table
+    or key."""
+    try:
+        configs = parse_serial_config(specs, base_dir)
+    except ValueError as exc:
+        from gateway.config import ConfigError
+
+        raise ConfigError(str(exc)) from None
+    max_env = int(getattr(relay, "max_envelope_bytes", 1200))
+    # One lock for every serial reader thread calling relay.handle.
+    lock = getattr(relay, "lock", None) or threading.Lock()
+    return [
+        SerialBridge(c, relay, log=log, relay_lock=lock, max_envelope_bytes=max_env)
+        for c in configs
+    ]

@@ -13,13 +13,7 @@ import pytest
 
 from gateway.queue import DurableQueue
 from gateway.relay import RateLimiter, Relay, RouteTable
-from gateway.serial_bridge import (
-    SerialBridge,
-    SerialConfig,
-    bridges_from_config,
-    parse_serial_config,
-    serial_routes,
-)
+from gateway.serial_bridge import SerialBridge, SerialConfig, open_links, parse_serial_config
 from tests.serial_fixtures import PlugPty, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -49,7 +43,8 @@ class Rig:
         self.tmp = tmp
         self.pty = pty
         self.mqtt = RecordingLink()
-        conf = SerialConfig("uart0", str(pty.path), 115200, ("sensor-1", "sensor-2"))
+        conf = SerialConfig("uart0", str(pty.path), 115200, ("sensor-1", "sensor-2"),
+                            str(tmp / "q.sqlite"))
         self.conf = conf
         routes = {"mqtt": ["peer*"], **{conf.name: list(conf.devices)}}
         self.relay = Relay(RouteTable(routes), RateLimiter(rate, 5), {"mqtt": self.mqtt})
@@ -186,58 +181,54 @@ def test_queue_survives_a_gateway_restart_while_the_cable_is_out(rig: Rig) -> No
 
 
 def test_serial_config_tables_are_parsed_and_checked(tmp_path: Path) -> None:
-    conf = {
-        "serial": [
-            {"name": "uart0", "port": "/dev/ttyUSB0", "devices": ["sensor-1", "sensor-2"]},
-            {"port": "rfc2217://10.0.0.5:4000", "baudrate": 9600, "devices": ["pump-*"]},
-        ],
-        "serial_queue": {"path": "q.sqlite", "max_per_device": 50, "max_age_s": 3600},
-    }
-    links, q = parse_serial_config(conf, tmp_path)
-    assert links == [
-        SerialConfig("uart0", "/dev/ttyUSB0", 115200, ("sensor-1", "sensor-2")),
-        SerialConfig("serial1", "rfc2217://10.0.0.5:4000", 9600, ("pump-*",)),
+    tables = [
+        {"name": "uart0", "port": "/dev/ttyUSB0", "devices": ["sensor-1", "sensor-2"]},
+        {"port": "rfc2217://10.0.0.5:4000", "baudrate": 9600, "devices": ["pump-*"],
+         "queue": "/var/lib/moteseal/pumps.sqlite", "queue_max": 50, "queue_max_age_s": 3600},
     ]
-    assert q.path == str(tmp_path / "q.sqlite") and q.max_per_device == 50
-    assert serial_routes(conf) == {"uart0": ["sensor-1", "sensor-2"], "serial1": ["pump-*"]}
+    assert parse_serial_config(tables, tmp_path) == [
+        SerialConfig("uart0", "/dev/ttyUSB0", 115200, ("sensor-1", "sensor-2"),
+                     str(tmp_path / "uart0-queue.sqlite")),
+        SerialConfig("serial1", "rfc2217://10.0.0.5:4000", 9600, ("pump-*",),
+                     "/var/lib/moteseal/pumps.sqlite", 50, 3600.0),
+    ]
     for bad in (
-        {"serial": [{"port": "/dev/x"}]},
-        {"serial": [{"port": "/dev/x", "devices": []}]},
-        {"serial": [{"devices": ["a"]}]},
-        {"serial": [{"port": "/dev/x", "devices": ["a"], "baud": 9600}]},
-        {"serial": [{"port": "/dev/x", "devices": ["a"], "baudrate": "fast"}]},
-        {"serial": [{"port": "/a", "devices": ["a"], "name": "x"},
-                    {"port": "/b", "devices": ["b"], "name": "x"}]},
-        {"serial_queue": {"max_per_device": 0}},
+        [{"port": "/dev/x"}],
+        [{"port": "/dev/x", "devices": []}],
+        [{"devices": ["a"]}],
+        [{"port": "/dev/x", "devices": ["a"], "baud": 9600}],
+        [{"port": "/dev/x", "devices": ["a"], "baudrate": "fast"}],
+        [{"port": "/dev/x", "devices": ["a"], "queue_max": 0}],
+        [{"port": "/a", "devices": ["a"], "name": "x"}, {"port": "/b", "devices": ["b"], "name": "x"}],
+        {"port": "/dev/x"},
     ):
         with pytest.raises(ValueError):
             parse_serial_config(bad)
 
 
-def test_bridges_from_config_attach_to_the_relay(tmp_path: Path) -> None:
+def test_open_links_is_the_runners_hook(tmp_path: Path) -> None:
     pty = PlugPty(tmp_path / "ttyS1")
     pty.plug()
-    conf = {
-        "serial": [{"name": "uart0", "port": str(pty.path), "devices": ["sensor-1"]}],
-        "serial_queue": {"path": "q.sqlite"},
-    }
+    specs = [{"name": "uart0", "port": str(pty.path), "devices": ["sensor-1"],
+              "config_dir": str(tmp_path)}]
     mqtt = RecordingLink()
-    relay = Relay(RouteTable({"mqtt": ["*"], **serial_routes(conf)}), RateLimiter(0, 1),
+    relay = Relay(RouteTable({"mqtt": ["*"], "uart0": ["sensor-1"]}), RateLimiter(0, 1),
                   {"mqtt": mqtt})
-    bridges, queue = bridges_from_config(conf, relay, base_dir=tmp_path)
+    links = open_links(specs, relay)
     try:
-        assert queue is not None and queue.path == tmp_path / "q.sqlite"
-        assert relay.links["uart0"] is bridges[0]
-        bridges[0].start()
-        assert bridges[0].link.wait_connected(10)
+        assert [x.name for x in links] == ["uart0"]
+        relay.add_link("uart0", links[0])
+        links[0].start()
+        assert wait_for(lambda: links[0].connected)
         pty.send_frame(data_env("sensor-1", "peer", 1))
         assert wait_for(lambda: mqtt.got == [("peer", data_env("sensor-1", "peer", 1))])
         relay.handle(data_env("peer", "sensor-1", 2), "peer", "mqtt")
         assert pty.read_frames(1) == [data_env("peer", "sensor-1", 2)]
+        assert links[0].queue_depth() == 0
+        assert (tmp_path / "uart0-queue.sqlite").exists()
     finally:
-        for b in bridges:
-            b.close()
-        if queue is not None:
-            queue.close()
+        for x in links:
+            x.stop()
         pty.close()
-    assert bridges_from_config({}, relay) == ([], None)
+    with pytest.raises(ValueError):
+        open_links([{"name": "bad", "devices": ["a"]}], relay)
