@@ -158,22 +158,6 @@ class Config:
         """The default SQLite registry of ``peer_id``: ``<registry.dir>/<peer_id>.sqlite``."""
         return Path(os.path.expanduser(self.get("registry", "dir"))) / (peer_id + ".sqlite")
 
-    def link_settings(self) -> dict[str, Any]:
-        """The ``[link]`` table as it goes into a bundle (unset keys omitted)."""
-        kind = self.get("link", "kind")
-        if kind == "none":
-            return {"kind": "none"}
-        if kind == "serial":
-            keys = ("serial_port", "baud")
-        else:
-            keys = ("host", "port", "username", "password")
-        out: dict[str, Any] = {"kind": kind}
-        for k in keys:
-            v = self.get("link", k)
-            if v is not None:
-                out["port" if k == "serial_port" else k] = v
-        return out
-
 
 def _default_path(env: Mapping[str, str]) -> tuple[Path | None, bool]:
     """(path, must_exist) for the config file when ``--config`` is absent."""

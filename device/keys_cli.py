@@ -110,9 +110,9 @@ def _resolve_registry(cfg: Config, peer: str | None, registry_path: str | None) 
     return cfg.registry_path(peer), peer
 
 
-def _open_registry(cfg: Config, peer: str | None, registry_path: str | None) -> Registry:
+def _open_registry(cfg: Config, peer: str | None, registry_path: str | None, passphrase: bytes | None = None) -> Registry:
     path, peer = _resolve_registry(cfg, peer, registry_path)
-    reg = Registry(path)
+    reg = Registry(path, passphrase=passphrase)
     if peer and reg.peer_id != peer.encode():
         reg.close()
         raise RegistryError(f"{path}: this is the registry of peer {show_id(reg.peer_id)}, not {peer}")
@@ -576,13 +576,15 @@ def registry_keys(check: bool, passphrase: bool, peer: str | None, registry_path
     Example:
       moteseal registry keys --peer hub1 --check
     """
-    reg = _open_registry(load_config(config_path), peer, registry_path)
+    cfg = load_config(config_path)
+    pw = None
+    if check and passphrase:
+        pw = normalize_passphrase(click.prompt("Passphrase for the peer keys", hide_input=True, err=True))
+    reg = _open_registry(cfg, peer, registry_path, pw)
     try:
         keys = reg.peer_keys()
         if check:
-            if passphrase:
-                reg._passphrase = normalize_passphrase(click.prompt("Passphrase for the peer keys", hide_input=True, err=True))
-            reg.statics()
+            reg.check_statics()
     finally:
         reg.close()
     doc = {"keys": [{"public_key": k["pub"].hex(), "state": k["state"], "key_file": k["key_path"],
@@ -615,7 +617,8 @@ def rotate(out: str | None, pub_out: str | None, passphrase: bool, kdf: str | No
     re-provision the devices that pin only the old key ('rotate --status'
     or 'registry list --old-key' lists them). Step 3 (--retire): the old key
     is no longer served; refused while devices still pin only it, unless
-    --force. Restart or reload the peer after each step.
+    --force. A running peer picks up each step at the next handshake (check
+    that it can open the new key: 'registry keys --check').
 
     \b
     Examples:

@@ -201,6 +201,7 @@ class Registry:
         self._pending: dict[tuple[bytes, str], int] = {}
         self._last_flush = time.monotonic()
         self._last_log: dict[tuple[bytes, str], tuple[float, int]] = {}
+        self._key_error_logged: dict[str, float] = {}
         exists = self.path.exists()
         if not exists:
             if create_for_peer is None:
@@ -470,21 +471,48 @@ class Registry:
     def statics(self) -> list[tuple[bytes, bytes]]:
         """The peer's live static key pairs ``(priv, pub)``, newest first.
 
-        Raises ``KeyFileError`` (or a subclass) if a key file is missing,
-        unreadable, too open, needs a passphrase, or holds another key.
+        A live key whose file cannot be opened (missing, too open, needs a
+        passphrase, wrong passphrase, holds another key) is logged as an
+        error and left out, so one bad file during a rotation does not stop
+        the devices on the other key. Raises that ``KeyFileError`` if no
+        live key opens at all.
         """
+        out, errors = self._open_statics()
+        if errors:
+            now = time.monotonic()
+            for path, err in errors:
+                if now - self._key_error_logged.get(path, -1e9) >= _REFUSAL_LOG_SECONDS:
+                    self._key_error_logged[path] = now
+                    log.error("peer key not served: %s", err)
+            if not out:
+                raise errors[0][1]
+        return out
+
+    def check_statics(self) -> list[tuple[bytes, bytes]]:
+        """Like ``statics()``, but raises on the first key that does not open."""
+        out, errors = self._open_statics()
+        if errors:
+            raise errors[0][1]
+        return out
+
+    def _open_statics(self) -> tuple[list[tuple[bytes, bytes]], list[tuple[str, KeyFileError]]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT pub, key_path FROM peer_keys WHERE state != 'retired' ORDER BY created_at DESC, rowid DESC"
             ).fetchall()
             out = []
+            errors = []
             for r in rows:
                 kp = self._keys.get(r["pub"])
                 if kp is None:
-                    kp = self._load_key(r["key_path"], r["pub"])
+                    try:
+                        kp = self._load_key(r["key_path"], r["pub"])
+                    except KeyFileError as e:
+                        errors.append((r["key_path"], e))
+                        continue
                     self._keys[r["pub"]] = kp
                 out.append((kp.priv, kp.pub))
-            return out
+            return out, errors
 
     def _load_key(self, key_path: str, pub: bytes) -> KeyPair:
         pw = self._passphrase(key_path) if callable(self._passphrase) else self._passphrase
@@ -492,6 +520,8 @@ class Registry:
             kp = read_key_file(key_path, pw)
         except FileNotFoundError:
             raise KeyFileError(f"{key_path}: peer key file registered in {self.path} is missing") from None
+        except OSError as e:
+            raise KeyFileError(f"{key_path}: cannot read the peer key file: {e.strerror}") from None
         if kp.pub != pub:
             raise KeyFileError(
                 f"{key_path}: holds a different key than the one registered in {self.path}; "

@@ -238,3 +238,20 @@ def test_provisioning_needs_a_peer_key(tmp_path: Path) -> None:
     with Registry(tmp_path / "r.sqlite", create_for_peer=b"p") as reg:
         with pytest.raises(RegistryError, match="no static key"):
             reg.provision(b"s1", os.urandom(32), SUITE)
+
+
+def test_a_bad_new_key_during_an_overlap_does_not_stop_the_old_one(
+    tmp_path: Path, peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg, old = peer
+    new = generate_keypair()
+    write_key_file(tmp_path / "new.key", new, b"other passphrase", kdf="interactive")
+    reg.rotate_to(new.pub, tmp_path / "new.key")
+    caplog.set_level(logging.ERROR, logger="moteseal.registry")
+    with Registry(reg.path) as responder:  # no passphrase for the new key
+        assert responder.statics() == [(old.priv, old.pub)]
+        assert any("new.key" in r.getMessage() and "not served" in r.getMessage() for r in caplog.records)
+        with pytest.raises(KeyFileError, match="encrypted"):
+            responder.check_statics()
+    with Registry(reg.path, passphrase=lambda p: b"other passphrase" if p.endswith("new.key") else None) as ok:
+        assert ok.check_statics() == [(new.priv, new.pub), (old.priv, old.pub)]
