@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+
+try:  # the C one-shot behind hmac.digest, without its Python wrapper
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover - CPython built without OpenSSL
+    _hmac_digest = None
 import os
 import struct
 
@@ -110,18 +115,21 @@ _pack = _NONCE.pack
 
 
 class _Hash:
-    __slots__ = ("HASHLEN", "BLOCKLEN", "_new", "_digestmod")
+    __slots__ = ("HASHLEN", "BLOCKLEN", "_new", "_digestmod", "_fast")
 
     def __init__(self, new, digestmod) -> None:
         self.HASHLEN = 32
         self.BLOCKLEN = 64
         self._new = new
         self._digestmod = digestmod
+        self._fast = _hmac_digest if isinstance(digestmod, str) else None
 
     def digest(self, data) -> bytes:
         return self._new(data).digest()
 
     def hmac(self, key, data) -> bytes:
+        if self._fast is not None:
+            return self._fast(key, data, self._digestmod)
         return hmac.digest(key, data, self._digestmod)
 
 
