@@ -36,9 +36,10 @@ except ImportError:
 from device.errors import BufferTooSmall, LocalError, MessageTooLarge
 
 CRC_BYTES = const(2)
-# Largest payload a frame carries: a whole moteseal envelope (1 KiB of
-# plaintext + 16-byte tag + at most 60 bytes of CBOR routing header, with
-# room to spare). A bound so that a receiver needs one fixed buffer.
+# Largest payload a frame carries: one whole envelope, equal to
+# envelope.ENVELOPE_MAX_BYTES (tests/test_framing.py keeps them equal; not
+# imported, so the gateway's framing needs no envelope code). A bound so
+# that a receiver needs one fixed buffer.
 FRAME_PAYLOAD_MAX_BYTES = const(1200)
 # COBS adds one code byte per started run of 254 non-zero bytes:
 # n + n // 254 + 1 for n = 1200 + 2 (payload + CRC) is 1202 + 4 + 1 = 1207;

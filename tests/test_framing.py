@@ -105,6 +105,13 @@ def test_frame_max_bytes_is_the_largest_encoding() -> None:
     assert FrameDecoder().feed(wire) == [payload]
 
 
+def test_a_frame_holds_exactly_the_largest_envelope() -> None:
+    from device.envelope import ENVELOPE_MAX_BYTES
+    from gateway.envelope import DEFAULT_MAX_ENVELOPE_BYTES
+
+    assert FRAME_PAYLOAD_MAX_BYTES == ENVELOPE_MAX_BYTES == DEFAULT_MAX_ENVELOPE_BYTES
+
+
 def test_payload_over_the_limit_is_a_local_error_and_leaves_out_untouched() -> None:
     out = bytearray(b"\xaa" * (FRAME_MAX_BYTES + 10))
     with pytest.raises(MessageTooLarge):

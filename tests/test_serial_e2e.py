@@ -11,13 +11,14 @@ the session layer's own tests).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cbor2
 import pytest
 
 from device.framing import encode
-from tests.serial_fixtures import PlugPty, wait_for
+from tests.serial_fixtures import PlugPty, SocatPair, wait_for
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(180)]
 
@@ -133,3 +134,84 @@ def test_cable_pulled_and_gateway_restarted_delivers_the_queue(
     # And the live path works again after the backlog.
     assert peer.publish(UP + "peer", data_env("peer", "mote-1", 30)) == 0
     assert pty.read_frames(1, timeout=10)[-1:] == [data_env("peer", "mote-1", 30)]
+
+
+@pytest.mark.skipif(not SocatPair.available(), reason="socat not installed")
+def test_noise_session_between_a_serial_device_and_an_mqtt_peer(
+    mosquitto, mqtt_client, gateway_process, tmp_path: Path
+) -> None:
+    """A CPython device on ``device.serial_link`` (one end of a socat pty
+    pair; the gateway holds the other) runs a real NKpsk0 session with a
+    peer on MQTT: 0-RTT telemetry, transport messages both ways, then the
+    cable is pulled and the gateway SIGKILLed while the peer keeps sending;
+    everything decrypts at the device, in order, once it is back."""
+    from device import NaclBackend
+    from device.counter import Msg1Counter, NonpersistingCounterStore
+    from device.serial_link import SerialLink
+    from device.session import (EV_DATA, EV_HANDSHAKE, DeviceSession,
+                                NonpersistingDirectory, PeerSessions)
+
+    backend = NaclBackend()
+    priv, pub = backend.generate_keypair()
+    psk = backend.random_bytes(32)
+    directory = NonpersistingDirectory([(priv, pub)])
+    directory.add(b"mote-1", psk)
+    peer_sessions = PeerSessions(backend, b"peer", directory)
+    device = DeviceSession(backend, b"mote-1", b"peer", pub, psk,
+                           Msg1Counter(NonpersistingCounterStore()))
+
+    broker = mosquitto(auth=True, accounts={"gw": "gateway", "peer": "device"})
+    cable = SocatPair(tmp_path / "gw-tty", tmp_path / "mote-tty")
+    cable.start()
+    gp = gateway_process(broker, start=False, routes={"mqtt": ["peer"]})
+    with open(gp.config, "a") as f:
+        f.write(f'\n[[serial]]\nname = "uart0"\nport = "{cable.a}"\n'
+                f'devices = ["mote-1"]\nqueue = "{tmp_path / "q.sqlite"}"\n')
+    gp.start()
+    peer = mqtt_client(broker, user="peer")
+    assert peer.subscribe(DOWN + "peer") == [1]
+    events: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+
+    def on_frame(env: bytes) -> None:
+        with lock:
+            events.append(device.receive(env))
+
+    link = SerialLink(str(cable.b), on_frame=on_frame, backoff_max=0.2).start()
+    try:
+        assert link.wait_connected(10)
+        assert wait_for(lambda: _link(gp).get("connected"), timeout=15)
+
+        # 0-RTT telemetry in message 1; message 2 back over MQTT and serial.
+        link.send(device.handshake(b"t=21.5C"))
+        [(_, hs1)] = peer.collect(1, timeout=15)
+        got = peer_sessions.receive(hs1)
+        assert (got.kind, got.payload) == ("hs1", b"t=21.5C")
+        assert peer.publish(UP + "peer", got.reply) == 0
+        assert wait_for(lambda: events == [(EV_HANDSHAKE, b"")], timeout=15)
+
+        # Transport messages both ways.
+        for i in range(5):
+            link.send(device.send(b"t=%d" % i))
+        readings = [peer_sessions.receive(env).payload for _, env in peer.collect(5, 15)]
+        assert readings == [b"t=%d" % i for i in range(5)]
+        assert peer.publish(UP + "peer", peer_sessions.send(b"mote-1", b"interval=60")) == 0
+        assert wait_for(lambda: len(events) == 2, timeout=15)
+        assert events[1] == (EV_DATA, b"interval=60")
+
+        # Cable pulled; the peer keeps sending; the gateway is killed and
+        # restarted; the cable comes back: every command decrypts, in order.
+        cable.stop()
+        assert wait_for(lambda: _link(gp).get("connected") is False, timeout=15)
+        for i in range(10):
+            cmd = peer_sessions.send(b"mote-1", b"cmd %d" % i)
+            assert peer.publish(UP + "peer", cmd) == 0
+        assert wait_for(lambda: _link(gp).get("queue_depth") == 10, timeout=20)
+        gp.kill()
+        gp.start()
+        cable.start()
+        assert wait_for(lambda: len(events) == 12, timeout=30)
+        assert events[2:] == [(EV_DATA, b"cmd %d" % i) for i in range(10)]
+    finally:
+        link.close()
+        cable.stop()
