@@ -19,12 +19,13 @@ import click
 
 # (module, attribute) of each click command or group, in --help order.
 _SUBCOMMANDS: list[tuple[str, str]] = [
+    ("gateway.cli", "gateway_group"),
     ("gateway.broker_cli", "broker_group"),
     ("device.keys_cli", "keygen"),
     ("device.keys_cli", "fingerprint"),
     ("device.keys_cli", "provision"),
-    ("device.keys_cli", "registry"),
-    ("device.keys_cli", "rotate"),
+    ("device.registry_cli", "registry"),
+    ("device.registry_cli", "rotate"),
 ]
 
 

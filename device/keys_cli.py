@@ -1,4 +1,5 @@
-"""``moteseal keygen | fingerprint | provision | registry | rotate`` (CPython).
+"""``moteseal keygen | fingerprint | provision``, and the plumbing that
+``device.registry_cli`` (``registry``, ``rotate``) shares (CPython).
 
 Exit codes (as for every moteseal command):
   0  success
@@ -29,19 +30,22 @@ from device import fingerprint as fp
 from device.config import KDF_LEVELS, SUITES, Config, ConfigError, load_config
 from device.errors import LocalError
 from device.keys import (
-    KeyFileError,
     MAX_KEY_FILE_BYTES,
+    PUB_PREFIX,
+    KeyFileError,
     KeyPair,
+    PassphraseRequired,
     decode_key_file,
     generate_keypair,
     normalize_passphrase,
+    parse_public,
     passphrase_from_env,
     read_private_file,
     write_key_file,
     write_public_file,
 )
-from device.provision import MAX_BUNDLE_BYTES, BundleError, decode_bundle, provision_device, write_bundle
-from device.registry import DeviceRecord, Registry, RegistryError, RegistryRefusal, parse_id, show_id
+from device.provision import MAX_BUNDLE_BYTES, decode_bundle, provision_device, write_bundle
+from device.registry import Registry, RegistryError, RegistryRefusal, parse_id, show_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +60,7 @@ def _fail(message: str, code: int, as_json: bool) -> None:
     sys.exit(code)
 
 
-def _errors(f: F) -> F:
+def handle_errors(f: F) -> F:
     """Turn expected failures into one line and an exit code (no traceback)."""
 
     @functools.wraps(f)
@@ -76,7 +80,7 @@ def _errors(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _common(f: F) -> F:
+def common_options(f: F) -> F:
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")(f)
     f = click.option(
         "--config",
@@ -88,7 +92,7 @@ def _common(f: F) -> F:
     return f
 
 
-def _registry_opts(f: F) -> F:
+def registry_options(f: F) -> F:
     f = click.option("--peer", "peer", default=None, help="Peer id (default: [registry] peer in the config).")(f)
     f = click.option(
         "--registry",
@@ -110,7 +114,7 @@ def _resolve_registry(cfg: Config, peer: str | None, registry_path: str | None) 
     return cfg.registry_path(peer), peer
 
 
-def _open_registry(cfg: Config, peer: str | None, registry_path: str | None, passphrase: bytes | None = None) -> Registry:
+def open_registry(cfg: Config, peer: str | None, registry_path: str | None, passphrase: bytes | None = None) -> Registry:
     path, peer = _resolve_registry(cfg, peer, registry_path)
     reg = Registry(path, passphrase=passphrase)
     if peer and reg.peer_id != peer.encode():
@@ -119,11 +123,11 @@ def _open_registry(cfg: Config, peer: str | None, registry_path: str | None, pas
     return reg
 
 
-def _emit(as_json: bool, doc: Any, human: str) -> None:
+def emit(as_json: bool, doc: Any, human: str) -> None:
     click.echo(json.dumps(doc, sort_keys=True) if as_json else human)
 
 
-def _when(t: float | None) -> str:
+def when(t: float | None) -> str:
     if t is None:
         return "-"
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -137,7 +141,7 @@ def _new_passphrase(prompt: bool) -> bytes | None:
     return passphrase_from_env()
 
 
-def _make_key(out: str, pub_out: str | None, passphrase: bool, kdf: str, force: bool) -> tuple[KeyPair, str]:
+def make_key(out: str, pub_out: str | None, passphrase: bool, kdf: str, force: bool) -> tuple[KeyPair, str]:
     kp = generate_keypair()
     pub_path = pub_out or (str(Path(out).with_suffix(".pub")) if Path(out).suffix == ".key" else out + ".pub")
     if not force:
@@ -149,7 +153,7 @@ def _make_key(out: str, pub_out: str | None, passphrase: bool, kdf: str, force: 
     return kp, pub_path
 
 
-_PASS_HELP = "Encrypt (or open) the key with a passphrase, prompted for; services set $MOTESEAL_PASSPHRASE instead."
+PASS_HELP = "Encrypt (or open) the key with a passphrase, prompted for; services set $MOTESEAL_PASSPHRASE instead."
 
 
 # ---------------------------------------------------------------- keygen
@@ -158,12 +162,12 @@ _PASS_HELP = "Encrypt (or open) the key with a passphrase, prompted for; service
 @click.command("keygen")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Private key file to write (0600).")
 @click.option("--pub", "pub_out", type=click.Path(dir_okay=False), help="Public key file (default: OUT with .pub).")
-@click.option("--passphrase", is_flag=True, help=_PASS_HELP)
+@click.option("--passphrase", is_flag=True, help=PASS_HELP)
 @click.option("--kdf", type=click.Choice(KDF_LEVELS), default=None, help="argon2id cost (default: [keys] kdf).")
 @click.option("--force", is_flag=True, help="Replace existing files (a key change: devices pinned to the old key stop working).")
-@_registry_opts
-@_common
-@_errors
+@registry_options
+@common_options
+@handle_errors
 def keygen(out: str, pub_out: str | None, passphrase: bool, kdf: str | None, force: bool,
            peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
     """Make a peer's static X25519 key pair.
@@ -195,7 +199,7 @@ def keygen(out: str, pub_out: str | None, passphrase: bool, kdf: str | None, for
             if not peer:
                 raise ConfigError("a new registry needs --peer PEER_ID")
             reg = Registry(path, create_for_peer=peer.encode())
-    kp, pub_path = _make_key(out, pub_out, passphrase, kdf, force)
+    kp, pub_path = make_key(out, pub_out, passphrase, kdf, force)
     if reg is not None:
         reg.add_peer_key(kp.pub, out)
         reg.close()
@@ -208,7 +212,7 @@ def keygen(out: str, pub_out: str | None, passphrase: bool, kdf: str | None, for
         "encrypted": bool(passphrase or passphrase_from_env()),
         "registry": str(reg.path) if reg else None,
     }
-    _emit(as_json, doc, f"wrote {out} and {pub_path}\nsafety number:\n{fp.format_block(number)}")
+    emit(as_json, doc, f"wrote {out} and {pub_path}\nsafety number:\n{fp.format_block(number)}")
 
 
 # ---------------------------------------------------------------- fingerprint
@@ -224,8 +228,6 @@ def _cbor_format(data: bytes) -> Any:
 
 def _read_any(path: str, passphrase: bool) -> tuple[str, list[tuple[str, bytes]]]:
     """(kind, [(label, pub)]) for a .pub, key or bundle file."""
-    from device.keys import PUB_PREFIX, parse_public
-
     with open(path, "rb") as f:
         head = f.read(len(PUB_PREFIX))
     if head == PUB_PREFIX.encode():
@@ -239,8 +241,6 @@ def _read_any(path: str, passphrase: bool) -> tuple[str, list[tuple[str, bytes]]
     try:
         kp = decode_key_file(data, passphrase_from_env(), path)
     except KeyFileError as e:
-        from device.keys import PassphraseRequired
-
         if not isinstance(e, PassphraseRequired) or not passphrase:
             raise
         pw = normalize_passphrase(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
@@ -253,8 +253,8 @@ def _read_any(path: str, passphrase: bool) -> tuple[str, list[tuple[str, bytes]]
 @click.option("--qr", is_flag=True, help="Also draw the safety number as a QR code in the terminal.")
 @click.option("--qr-out", type=click.Path(dir_okay=False), help="Write the QR code to a .png or .svg file.")
 @click.option("--passphrase", is_flag=True, help="Prompt for the passphrase of an encrypted key file.")
-@_common
-@_errors
+@common_options
+@handle_errors
 def fingerprint(file: str, qr: bool, qr_out: str | None, passphrase: bool, config_path: str | None, as_json: bool) -> None:
     """Print the safety number of a key, a .pub file or a bundle's pinned keys.
 
@@ -283,7 +283,7 @@ def fingerprint(file: str, qr: bool, qr_out: str | None, passphrase: bool, confi
         except ValueError as e:
             raise click.UsageError(str(e))
     if as_json:
-        _emit(True, {"file": file, "kind": kind, "keys": out, "qr_file": qr_out}, "")
+        emit(True, {"file": file, "kind": kind, "keys": out, "qr_file": qr_out}, "")
         return
     for entry in out:
         if entry["label"]:
@@ -346,7 +346,7 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
 
 @click.command("provision")
 @click.argument("device_id", required=False)
-@_registry_opts
+@registry_options
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Bundle file (default: <[provision] out_dir>/<id>.bundle).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Directory for bundles (default: [provision] out_dir).")
 @click.option("--replace", is_flag=True, help="Re-provision: new PSK, the old one stops working at once.")
@@ -359,8 +359,8 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
 @click.option("--serial-port", default=None, help="Serial device, e.g. /dev/ttyUSB0.")
 @click.option("--baud", type=click.IntRange(1), default=None, help="Serial baud rate.")
 @click.option("--from-csv", "csv_path", type=click.Path(dir_okay=False, exists=True), help="Provision every row of a CSV.")
-@_common
-@_errors
+@common_options
+@handle_errors
 def provision(device_id: str | None, peer: str | None, registry_path: str | None, out: str | None, out_dir: str | None,
               replace: bool, suite: str | None, kind: str | None, host: str | None, port: int | None,
               username: str | None, password: str | None, serial_port: str | None, baud: int | None,
@@ -389,19 +389,19 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
     if csv_path is None:
         if device_id is None:
             raise click.UsageError("give a DEVICE_ID or --from-csv FILE")
-        reg = _open_registry(cfg, peer, registry_path)
+        reg = open_registry(cfg, peer, registry_path)
         try:
             target = Path(out) if out else bundle_dir / f"{device_id}.bundle"
             result = _provision_one(reg, device_id, suite, _link(cfg, cli_link), target, replace)
         finally:
             reg.close()
-        _emit(as_json, result, f"provisioned {device_id} (generation {result['generation']}) -> {result['bundle']}")
+        emit(as_json, result, f"provisioned {device_id} (generation {result['generation']}) -> {result['bundle']}")
         return
     if device_id is not None or out is not None:
         raise click.UsageError("--from-csv takes no DEVICE_ID and no --out (use --out-dir or an 'out' column)")
     rows = _read_fleet_csv(csv_path, cfg)
     results = _provision_rows(cfg, csv_path, rows, peer, registry_path, suite, cli_link, bundle_dir, replace)
-    _emit(as_json, {"provisioned": results}, f"provisioned {len(results)} device(s) into {bundle_dir}")
+    emit(as_json, {"provisioned": results}, f"provisioned {len(results)} device(s) into {bundle_dir}")
 
 
 def _read_fleet_csv(csv_path: str, cfg: Config) -> list[dict[str, str]]:
@@ -444,7 +444,7 @@ def _provision_rows(cfg: Config, csv_path: str, rows: list[dict[str, str]], peer
             rpeer = r.get("peer") or peer
             key = rpeer or ""
             if key not in regs:
-                regs[key] = _open_registry(cfg, rpeer, registry_path)
+                regs[key] = open_registry(cfg, rpeer, registry_path)
             reg = regs[key]
             target = Path(r["out"]) if r.get("out") else bundle_dir / f"{r['device_id']}.bundle"
             if not replace:
@@ -467,186 +467,3 @@ def _provision_rows(cfg: Config, csv_path: str, rows: list[dict[str, str]], peer
     finally:
         for reg in regs.values():
             reg.close()
-
-
-# ---------------------------------------------------------------- registry
-
-
-@click.group("registry")
-def registry() -> None:
-    """Inspect the devices a peer knows, and revoke them.
-
-    \b
-    Examples:
-      moteseal registry list --peer hub1
-      moteseal registry list --peer hub1 --old-key --json
-      moteseal registry show sensor-7 --peer hub1
-      moteseal registry revoke sensor-7 --peer hub1 --reason "stolen"
-      moteseal registry keys --peer hub1
-    """
-
-
-def _device_line(d: DeviceRecord) -> str:
-    pins = "+".join(d.pin_states())
-    status = "REVOKED" if d.revoked else ("old-key" if d.on_old_key else "ok")
-    return f"{show_id(d.device_id):16}  {status:8}  gen {d.generation:<3} pins {pins:17} last {d.last_key_state or '-':8} seen {_when(d.last_seen)}"
-
-
-@registry.command("list")
-@click.option("--old-key", is_flag=True, help="Only devices that still use or pin only an old peer key.")
-@_registry_opts
-@_common
-@_errors
-def registry_list(old_key: bool, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """List provisioned devices with their key status.
-
-    Status 'old-key' means the device pins no current peer key or last
-    handshook on the previous one; 'pins' shows the state of each key the
-    device pins (current, previous, retired).
-
-    \b
-    Examples:
-      moteseal registry list --peer hub1
-      moteseal registry list --peer hub1 --old-key --json | jq '.devices[].device_id'
-    """
-    with _open_registry(load_config(config_path), peer, registry_path) as reg:
-        devices = [d for d in reg.list_devices() if d.on_old_key or not old_key]
-        doc = {"peer_id": show_id(reg.peer_id), "devices": [d.to_json() for d in devices]}
-    _emit(as_json, doc, "\n".join(_device_line(d) for d in devices) or "(no devices)")
-
-
-@registry.command("show")
-@click.argument("device_id")
-@_registry_opts
-@_common
-@_errors
-def registry_show(device_id: str, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """Show one device: pinned keys, counter, revocation, refusals.
-
-    \b
-    Example:
-      moteseal registry show sensor-7 --peer hub1 --json
-    """
-    with _open_registry(load_config(config_path), peer, registry_path) as reg:
-        d = reg.get(parse_id(device_id))
-        doc = d.to_json()
-        doc["refusals"] = reg.refusals(d.device_id)
-    lines = [f"device       {doc['device_id']}", f"generation   {d.generation} (provisioned {_when(d.provisioned_at)})",
-             f"suite        {d.suite}",
-             f"revoked      {'yes, ' + _when(d.revoked_at) + ': ' + (d.revoke_reason or '') if d.revoked else 'no'}",
-             f"counter      {d.counter}", f"last seen    {_when(d.last_seen)} on {d.last_key_state or '-'} key"]
-    for p, s in zip(d.pins, d.pin_states()):
-        lines.append(f"pins         {fp.short_id(p)} ... ({s})")
-    for r in doc["refusals"]:
-        lines.append(f"refused      {r['count']} x {r['reason']} (last {_when(r['last_at'])})")
-    _emit(as_json, doc, "\n".join(lines))
-
-
-@registry.command("revoke")
-@click.argument("device_id")
-@click.option("--reason", default="revoked by operator", help="Recorded with the revocation.")
-@_registry_opts
-@_common
-@_errors
-def registry_revoke(device_id: str, reason: str, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """Revoke a device: the peer refuses its next handshake message 1.
-
-    A running peer sees the revocation at once (it reads the registry at
-    every handshake). Undo by re-provisioning with --replace (new PSK).
-
-    \b
-    Example:
-      moteseal registry revoke sensor-7 --peer hub1 --reason "lost in the field"
-    """
-    with _open_registry(load_config(config_path), peer, registry_path) as reg:
-        d = reg.revoke(parse_id(device_id), reason)
-    _emit(as_json, d.to_json(), f"revoked {device_id} ({d.revoke_reason})")
-
-
-@registry.command("keys")
-@click.option("--check", is_flag=True, help="Open every live key file as the peer would (needs its passphrase).")
-@click.option("--passphrase", is_flag=True, help="Prompt for the key files' passphrase.")
-@_registry_opts
-@_common
-@_errors
-def registry_keys(check: bool, passphrase: bool, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """List the peer's static keys (current, previous, retired).
-
-    \b
-    Example:
-      moteseal registry keys --peer hub1 --check
-    """
-    cfg = load_config(config_path)
-    pw = None
-    if check and passphrase:
-        pw = normalize_passphrase(click.prompt("Passphrase for the peer keys", hide_input=True, err=True))
-    reg = _open_registry(cfg, peer, registry_path, pw)
-    try:
-        keys = reg.peer_keys()
-        if check:
-            reg.check_statics()
-    finally:
-        reg.close()
-    doc = {"keys": [{"public_key": k["pub"].hex(), "state": k["state"], "key_file": k["key_path"],
-                     "safety_number": fp.safety_number(k["pub"]), "created_at": k["created_at"],
-                     "retired_at": k["retired_at"]} for k in keys], "checked": check}
-    lines = [f"{k['state']:9} {fp.short_id(k['pub'])} ...  {k['key_path']}" for k in keys]
-    _emit(as_json, doc, "\n".join(lines) + ("\nall live key files open and match" if check else ""))
-
-
-# ---------------------------------------------------------------- rotate
-
-
-@click.command("rotate")
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="File for the new private key (0600).")
-@click.option("--pub", "pub_out", type=click.Path(dir_okay=False), help="Public key file (default: OUT with .pub).")
-@click.option("--passphrase", is_flag=True, help=_PASS_HELP)
-@click.option("--kdf", type=click.Choice(KDF_LEVELS), default=None, help="argon2id cost (default: [keys] kdf).")
-@click.option("--retire", is_flag=True, help="End the overlap: stop answering on the previous key.")
-@click.option("--status", is_flag=True, help="Only report which devices still use the old key.")
-@click.option("--force", is_flag=True, help="With --retire: retire even if devices pin only the old key.")
-@_registry_opts
-@_common
-@_errors
-def rotate(out: str | None, pub_out: str | None, passphrase: bool, kdf: str | None, retire: bool, status: bool,
-           force: bool, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """Rotate the peer's static key with an overlap.
-
-    Step 1 (--out NEW.key): a new key becomes current; the peer answers on
-    both keys, and devices provisioned from now on pin both. Step 2:
-    re-provision the devices that pin only the old key ('rotate --status'
-    or 'registry list --old-key' lists them). Step 3 (--retire): the old key
-    is no longer served; refused while devices still pin only it, unless
-    --force. A running peer picks up each step at the next handshake (check
-    that it can open the new key: 'registry keys --check').
-
-    \b
-    Examples:
-      moteseal rotate --peer hub1 --out hub1-2026.key
-      moteseal rotate --peer hub1 --status --json
-      moteseal rotate --peer hub1 --retire
-    """
-    cfg = load_config(config_path)
-    if sum((bool(out), retire, status)) != 1:
-        raise click.UsageError("give exactly one of --out NEW.key, --retire, --status")
-    with _open_registry(cfg, peer, registry_path) as reg:
-        if out:
-            reg.check_can_rotate()  # refuse before a key file is written
-            kp, pub_path = _make_key(out, pub_out, passphrase, kdf or cfg.get("keys", "kdf"), force=False)
-            reg.rotate_to(kp.pub, out)
-            action = {"rotated_to": kp.pub.hex(), "key_file": out, "public_key_file": pub_path,
-                      "safety_number": fp.safety_number(kp.pub)}
-            human = f"new current key {fp.short_id(kp.pub)} ... in {out}; the previous key is served until 'rotate --retire'"
-        elif retire:
-            old = reg.retire_previous(force=force)
-            action = {"retired": old.hex()}
-            human = f"retired {fp.short_id(old)} ...; the peer no longer answers on it"
-        else:
-            action = {}
-            human = ""
-        stuck = [d for d in reg.list_devices() if not d.revoked and d.on_old_key]
-    doc = dict(action, devices_on_old_key=[d.to_json() for d in stuck])
-    lines = [human] if human else []
-    lines.append(f"{len(stuck)} device(s) still on an old key" + (":" if stuck else ""))
-    lines += ["  " + _device_line(d) for d in stuck]
-    _emit(as_json, doc, "\n".join(lines))
