@@ -147,3 +147,132 @@ def mqtt_client() -> Iterator[Callable[..., MqttTestClient]]:
     finally:
         for c in clients:
             c.close()
+
+
+class GatewayProcess:
+    """``moteseal gateway run`` as a real subprocess against a test broker."""
+
+    def __init__(self, broker: LocalBroker, workdir: Path, name: str = "gw",
+                 user: str = "gw", rate: float = 1000.0, burst: float = 1000.0,
+                 routes: dict[str, list[str]] | None = None, share_group: str = "moteseal",
+                 metrics_port: int = 0, max_envelope_bytes: int = 1200,
+                 max_inflight: int = 200) -> None:
+        import json as _json
+
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.status_file = workdir / "status.json"
+        self.log_file = workdir / "gateway.log"
+        self.config = workdir / "gateway.toml"
+        (workdir / "gw.password").write_text(broker.passwords.get(user, ""))
+        routes = routes or {"mqtt": ["*"]}
+        route_lines = "\n".join(f"{k} = {_json.dumps(v)}" for k, v in routes.items())
+        self.config.write_text(f"""
+[gateway]
+name = "{name}"
+max_envelope_bytes = {max_envelope_bytes}
+status_file = "status.json"
+status_interval = 0.2
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+username = "{user}"
+password_file = "gw.password"
+client_id = "moteseal-gateway-{name}"
+share_group = "{share_group}"
+max_inflight = {max_inflight}
+
+[rate_limit]
+rate = {rate}
+burst = {burst}
+
+[routes]
+{route_lines}
+
+[metrics]
+port = {metrics_port}
+
+[log]
+file = "gateway.log"
+""")
+        self.proc: "subprocess.Popen[bytes] | None" = None
+
+    def start(self, timeout: float = 15.0) -> "GatewayProcess":
+        import subprocess
+        import sys
+
+        try:
+            self.status_file.unlink()
+        except FileNotFoundError:
+            pass
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "device.cli", "gateway", "run", "--config", str(self.config)],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out_text = (self.workdir / "stdout.log").read_text(errors="replace")
+                raise RuntimeError(f"gateway exited {self.proc.returncode}: {out_text}")
+            s = self.status()
+            if s and s["links"]["mqtt"]["connected"]:
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError("gateway did not connect; log:\n" + self.log_text())
+
+    def status(self) -> dict | None:
+        import json as _json
+
+        try:
+            return _json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text()
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no final status, in-flight work lost."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Factory: ``gateway_process(broker, name="gw", ...)`` writes a
+    gateway.toml for ``broker`` and starts ``moteseal gateway run`` on it,
+    waiting until it holds its subscription; every one is stopped at teardown."""
+    procs: list[GatewayProcess] = []
+
+    def make(broker: LocalBroker, name: str = "gw", start: bool = True,
+             **kw: object) -> GatewayProcess:
+        gp = GatewayProcess(broker, tmp_path / f"gateway-{name}-{len(procs)}", name=name, **kw)  # type: ignore[arg-type]
+        procs.append(gp)
+        return gp.start() if start else gp
+
+    try:
+        yield make
+    finally:
+        for gp in procs:
+            gp.stop()

@@ -1,0 +1,238 @@
+"""``gateway.toml``: the gateway's configuration (tomllib).
+
+Every error names the file and the key (``gateway.toml: [mqtt] port: expected
+an integer from 1 to 65535``). Unknown keys are errors too, so that a typo
+does not silently fall back to a default.
+
+Example (every key optional except where noted)::
+
+    [gateway]
+    name = "gw1"                  # log field and default MQTT client id suffix
+    max_envelope_bytes = 1200     # larger envelopes are dropped as "oversize"
+    status_file = "gateway-status.json"   # written every status_interval s
+    status_interval = 2.0
+
+    [mqtt]
+    host = "127.0.0.1"
+    port = 1883
+    username = "gw1"
+    password_file = "gw1.password"   # or: password = "..."
+    tls = false                      # true: CA in ca_file (system CAs if empty)
+    ca_file = ""
+    client_id = "moteseal-gateway-gw1"
+    share_group = "moteseal"         # "" subscribes without $share
+    session_expiry = 3600            # s the broker keeps our queue while we are down
+    keepalive = 30
+    max_inflight = 200               # QoS-1 publishes awaiting PUBACK
+
+    [rate_limit]
+    rate = 20.0                      # envelopes/s per device (0: unlimited)
+    burst = 40
+
+    [routes]                         # link name -> device ids or patterns
+    mqtt = ["hub", "sensor-*"]
+
+    [metrics]
+    host = "127.0.0.1"
+    port = 9108                      # 0: no Prometheus endpoint
+
+    [log]
+    file = ""                        # JSON lines; stderr when empty
+    level = "info"                   # "debug" also logs each relayed envelope's size
+
+    [[serial]]                       # serial links (gateway.serial_bridge)
+    name = "serial0"
+    devices = ["mote-1"]             # added to [routes] for this link
+    # port, baudrate, ...: read by the serial bridge
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.envelope import DEFAULT_MAX_ENVELOPE_BYTES
+
+__all__ = ["ConfigError", "GatewayConfig", "MqttConfig", "load_config", "parse_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names file and key."""
+
+
+@dataclass
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    client_id: str = ""
+    share_group: str = "moteseal"
+    session_expiry: int = 3600
+    keepalive: int = 30
+    max_inflight: int = 200
+
+
+@dataclass
+class GatewayConfig:
+    name: str = "gateway"
+    max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+    status_file: str = ""
+    status_interval: float = 2.0
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    rate: float = 20.0
+    burst: float = 40.0
+    routes: dict[str, list[str]] = field(default_factory=lambda: {"mqtt": ["*"]})
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    log_file: str = ""
+    log_level: str = "info"
+    serial: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "<defaults>"
+
+
+class _Table:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, source: str, name: str, data: object) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: [{name}]: expected a table")
+        self.source, self.name, self.data = source, name, data
+        self.seen: set[str] = set()
+
+    def _err(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: [{self.name}] {key}: {msg}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise self._err(key, f"expected a number, got {value!r}")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "number"
+            raise self._err(key, f"expected {want}, got {value!r}")
+        return value
+
+    def int_in(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.get(key, int, default)
+        if not lo <= value <= hi:
+            raise self._err(key, f"expected an integer from {lo} to {hi}, got {value}")
+        return int(value)
+
+    def number(self, key: str, default: float, lo: float = 0.0) -> float:
+        value = float(self.get(key, (int, float), default))
+        if value < lo:
+            raise self._err(key, f"expected a number >= {lo}, got {value}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self._err(unknown[0], "unknown key")
+
+
+def _id_list(table: _Table, key: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise table._err(key, "expected a list of device ids or patterns")
+    return list(value)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>",
+                 base_dir: Path | None = None) -> GatewayConfig:
+    """Build a ``GatewayConfig`` from parsed TOML. Relative paths are taken
+    from ``base_dir`` (the config file's directory). Raises ``ConfigError``."""
+    base = base_dir or Path.cwd()
+    cfg = GatewayConfig(source=source)
+    known = {"gateway", "mqtt", "rate_limit", "routes", "metrics", "log", "serial"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{source}: [{key}]: unknown table")
+
+    t = _Table(source, "gateway", data.get("gateway", {}))
+    cfg.name = t.get("name", str, cfg.name)
+    cfg.max_envelope_bytes = t.int_in("max_envelope_bytes", cfg.max_envelope_bytes, 64, 65536)
+    status = t.get("status_file", str, "")
+    cfg.status_file = str(base / status) if status else ""
+    cfg.status_interval = t.number("status_interval", cfg.status_interval, lo=0.1)
+    t.done()
+
+    t = _Table(source, "mqtt", data.get("mqtt", {}))
+    m = cfg.mqtt
+    m.host = t.get("host", str, m.host)
+    m.port = t.int_in("port", m.port, 1, 65535)
+    m.username = t.get("username", str, "")
+    m.password = t.get("password", str, "")
+    pw_file = t.get("password_file", str, "")
+    if pw_file:
+        if m.password:
+            raise t._err("password_file", "set either password or password_file, not both")
+        try:
+            m.password = (base / pw_file).read_text().strip()
+        except OSError as exc:
+            raise t._err("password_file", f"cannot read {base / pw_file}: {exc.strerror}") from None
+    m.tls = t.get("tls", bool, False)
+    ca = t.get("ca_file", str, "")
+    m.ca_file = str(base / ca) if ca else ""
+    m.client_id = t.get("client_id", str, "") or f"moteseal-gateway-{cfg.name}"
+    m.share_group = t.get("share_group", str, m.share_group)
+    if any(ch in m.share_group for ch in "/+#"):
+        raise t._err("share_group", "must not contain / + or #")
+    m.session_expiry = t.int_in("session_expiry", m.session_expiry, 0, 0xFFFFFFFF)
+    m.keepalive = t.int_in("keepalive", m.keepalive, 5, 65535)
+    m.max_inflight = t.int_in("max_inflight", m.max_inflight, 1, 65535)
+    t.done()
+
+    t = _Table(source, "rate_limit", data.get("rate_limit", {}))
+    cfg.rate = t.number("rate", cfg.rate)
+    cfg.burst = t.number("burst", max(cfg.burst, cfg.rate), lo=1.0)
+    t.done()
+
+    if "routes" in data:
+        t = _Table(source, "routes", data["routes"])
+        cfg.routes = {link: _id_list(t, link, ids) for link, ids in t.data.items()}
+
+    t = _Table(source, "metrics", data.get("metrics", {}))
+    cfg.metrics_host = t.get("host", str, cfg.metrics_host)
+    cfg.metrics_port = t.int_in("port", cfg.metrics_port, 0, 65535)
+    t.done()
+
+    t = _Table(source, "log", data.get("log", {}))
+    log_file = t.get("file", str, "")
+    cfg.log_file = str(base / log_file) if log_file else ""
+    cfg.log_level = t.get("level", str, cfg.log_level)
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise t._err("level", f"expected debug, info, warning or error, got {cfg.log_level!r}")
+    t.done()
+
+    serial = data.get("serial", [])
+    if not isinstance(serial, list):
+        raise ConfigError(f"{source}: [[serial]]: expected an array of tables")
+    for i, spec in enumerate(serial):
+        t = _Table(source, f"serial {i}", spec)
+        name = t.get("name", str, f"serial{i}")
+        devices = _id_list(t, "devices", spec.get("devices", []))
+        if name == "mqtt":
+            raise t._err("name", "'mqtt' is the MQTT link's name")
+        cfg.routes.setdefault(name, [])
+        cfg.routes[name] = cfg.routes[name] + [d for d in devices if d not in cfg.routes[name]]
+        cfg.serial.append(dict(spec, name=name))
+    return cfg
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and check ``path``. Raises ``ConfigError`` naming the file and key."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, str(path), path.resolve().parent)

@@ -1,0 +1,116 @@
+"""gateway.toml: defaults, relative paths, and errors that name file and key;
+JSON logs that refuse bytes and limit drop lines."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import gateway_group
+from gateway.config import ConfigError, load_config
+from gateway.logs import DropLog, JsonLog
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_is_read(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = load_config(write(tmp_path, """
+[gateway]
+name = "edge-1"
+max_envelope_bytes = 512
+status_file = "run/status.json"
+[mqtt]
+port = 8883
+username = "edge-1"
+password_file = "pw"
+tls = true
+ca_file = "ca.pem"
+share_group = "fleet"
+[rate_limit]
+rate = 2
+burst = 4
+[routes]
+mqtt = ["hub", "s-*"]
+[metrics]
+port = 9200
+[[serial]]
+name = "uart0"
+devices = ["mote-1", "mote-2"]
+port = "/dev/ttyUSB0"
+"""))
+    assert cfg.name == "edge-1" and cfg.max_envelope_bytes == 512
+    assert cfg.status_file == str(tmp_path / "run/status.json")
+    assert cfg.mqtt.password == "s3cret" and cfg.mqtt.tls and cfg.mqtt.ca_file == str(tmp_path / "ca.pem")
+    assert cfg.mqtt.client_id == "moteseal-gateway-edge-1" and cfg.mqtt.share_group == "fleet"
+    assert (cfg.rate, cfg.burst, cfg.metrics_port) == (2.0, 4.0, 9200)
+    assert cfg.routes == {"mqtt": ["hub", "s-*"], "uart0": ["mote-1", "mote-2"]}
+    assert cfg.serial[0]["port"] == "/dev/ttyUSB0"
+
+
+def test_empty_config_has_safe_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.mqtt.host == "127.0.0.1" and cfg.max_envelope_bytes == 1200
+    assert cfg.metrics_port == 0 and cfg.routes == {"mqtt": ["*"]}
+
+
+@pytest.mark.parametrize("text,where", [
+    ("[mqtt]\nport = 70000\n", "[mqtt] port"),
+    ("[mqtt]\nport = \"1883\"\n", "[mqtt] port"),
+    ("[mqtt]\nprot = 1883\n", "[mqtt] prot: unknown key"),
+    ("[mqtt]\npassword_file = \"missing\"\n", "[mqtt] password_file"),
+    ("[mqtt]\nshare_group = \"a/b\"\n", "[mqtt] share_group"),
+    ("[gateway]\nmax_envelope_bytes = true\n", "[gateway] max_envelope_bytes"),
+    ("[rate_limit]\nrate = -1\n", "[rate_limit] rate"),
+    ("[routes]\nmqtt = \"hub\"\n", "[routes] mqtt"),
+    ("[log]\nlevel = \"loud\"\n", "[log] level"),
+    ("[gatway]\n", "[gatway]: unknown table"),
+    ("[[serial]]\nname = \"mqtt\"\n", "[serial 0] name"),
+    ("[mqtt\n", "gateway.toml"),
+])
+def test_errors_name_the_file_and_key(tmp_path, text, where):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and where in str(e.value)
+
+
+def test_cli_reports_config_errors_as_usage_errors(tmp_path):
+    path = write(tmp_path, "[metrics]\nport = -3\n")
+    result = CliRunner().invoke(gateway_group, ["run", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "[metrics] port" in result.output
+
+
+def test_log_lines_are_json_and_refuse_bytes():
+    out = io.StringIO()
+    log = JsonLog(out, clock=lambda: 1.5)
+    log.event("drop", reason="malformed", size=3)
+    assert json.loads(out.getvalue()) == {"ts": 1.5, "level": "info", "component": "gateway",
+                                          "event": "drop", "reason": "malformed", "size": 3}
+    with pytest.raises(TypeError):
+        log.event("oops", payload=b"\x00secret")
+
+
+def test_drop_lines_are_limited_per_reason_and_suppressions_counted():
+    out = io.StringIO()
+    now = [0.0]
+    drops = DropLog(JsonLog(out), per_second=3, clock=lambda: now[0])
+    for _ in range(10):
+        drops("rate_limited", "s1", "mqtt", 40)
+    drops("malformed", "s2", "mqtt", 5)
+    now[0] = 1.5
+    drops("rate_limited", "s1", "mqtt", 40)
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    events = [(r["event"], r["reason"]) for r in recs]
+    assert events == [("drop", "rate_limited")] * 3 + [("drop", "malformed"),
+                      ("drops_suppressed", "rate_limited"), ("drop", "rate_limited")]
+    assert recs[4]["count"] == 7
