@@ -236,11 +236,16 @@ class SerialLink:
     def _run(self) -> None:
         delay = self._backoff_initial
         on_frame = self._deliver
+        warned = False
         while not self._stop.is_set():
             try:
                 port = self._open()
-            except (serial.SerialException, OSError, ValueError) as e:
-                log.debug("serial %s: open failed: %s", self.name, e)
+            except Exception as e:  # absent device, bad URL, refused socket
+                # Once per outage at warning level, then quietly.
+                (log.debug if warned else log.warning)(
+                    "serial %s: open failed (%s); retrying", self.name, e
+                )
+                warned = True
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff_max)
                 continue
@@ -251,6 +256,7 @@ class SerialLink:
                 self._port = port
             self.opens += 1
             delay = self._backoff_initial
+            warned = False
             log.info("serial %s: open", self.name)
             self._set_state(True)
             try:
@@ -260,9 +266,11 @@ class SerialLink:
                     data = port.read(max(1, port.in_waiting))
                     if data:
                         self._decoder.feed_into(data, len(data), on_frame)
-            except (serial.SerialException, OSError, TypeError, AttributeError) as e:
-                # TypeError/AttributeError: pyserial touching a port that
-                # close() already tore down from another thread.
+            except Exception as e:
+                # SerialException/OSError: the port went away. Anything else
+                # (pyserial touching a port that close() tore down from
+                # another thread, a driver bug) is treated the same way:
+                # the reader must outlive any one port.
                 with self._lock:
                     if self._port is port:
                         self._fail_locked(e)
