@@ -17,7 +17,7 @@ import importlib
 
 import click
 
-# (module, attribute) of each click command or group, in --help order.
+# (module, attribute) of each click command or group; --help lists them sorted.
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("gateway.cli", "gateway_group"),
     ("gateway.broker_cli", "broker_group"),
@@ -29,7 +29,39 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand (or the
+    listing in --help) needs it, so one slow or broken module neither slows
+    nor breaks the others."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        for mod, attr in _SUBCOMMANDS:
+            cmd = self._load(mod, attr)
+            if cmd is not None:
+                names.add(cmd.name)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        for mod, attr in _SUBCOMMANDS:
+            loaded = self._load(mod, attr)
+            if loaded is not None and loaded.name == name:
+                return loaded
+        return None
+
+    @staticmethod
+    def _load(mod: str, attr: str) -> click.Command | None:
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            click.echo(f"moteseal: subcommand {mod}:{attr} unavailable: {e}", err=True)
+            return None
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="moteseal")
 def main() -> None:
     """moteseal: end-to-end encrypted telemetry for constrained devices.
@@ -40,10 +72,6 @@ def main() -> None:
       moteseal keygen --out peer.key
       moteseal vectors run ../shared/vectors/noise_nk_cacophony.json
     """
-
-
-for _mod, _attr in _SUBCOMMANDS:
-    main.add_command(getattr(importlib.import_module(_mod), _attr))
 
 
 if __name__ == "__main__":
