@@ -28,8 +28,8 @@ Invariants:
 
 from device import envelope as E
 from device.counter import COUNTER_BYTES, get_counter, put_counter
-from device.errors import (AuthError, DecodeError, LocalError, RemoteError,
-                           ReplayError, SessionExpired)
+from device.errors import (AuthError, DecodeError, LocalError, MessageTooLarge,
+                           RemoteError, ReplayError, SessionExpired)
 from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES,
                           TAG_BYTES, NKInitiator, NKResponder, parse_suite)
 
@@ -97,7 +97,6 @@ class DeviceSession:
         session (if any) keeps working until message 2 arrives. Raises
         ``MessageTooLarge``, ``LocalError`` (counter exhausted)."""
         if len(payload) > self.max_payload:
-            from device.errors import MessageTooLarge
             raise MessageTooLarge("payload exceeds the maximum message size")
         c = self._counter.next()
         sid = c % SID_SPACE
@@ -114,7 +113,6 @@ class DeviceSession:
         msg = hs.write_message(pt)
         self._hs = hs
         self._pending_sid = sid
-        self._hs_started = now
         return header + msg
 
     @property
