@@ -41,6 +41,7 @@ except ImportError:
 
 SID_SPACE = const(24)  # sids 0..23 encode in one CBOR byte; consecutive handshakes differ
 DEFAULT_HINT_INTERVAL = const(5)
+DEFAULT_MAX_DEVICES = const(65536)  # sessions a peer holds before evicting the oldest
 
 # Events returned by DeviceSession.receive_into.
 EV_NONE = const(0)  # nothing for the application (e.g. an ignored hint)
@@ -51,7 +52,7 @@ EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
 
 def _limits(opts, now):
     d = {}
-    for k in ("window", "rekey_interval", "max_messages", "max_age", "max_payload"):
+    for k in ("window", "rekey_interval", "max_messages", "max_age", "max_payload"):  # Transport's
         if k in opts:
             d[k] = opts[k]
     d["now"] = now
@@ -257,6 +258,7 @@ class PeerSessions:
         self._opts = opts
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
         self._sessions = {}  # device id -> [(sid, Transport) newest first, <= 2]
+        self._max_devices = opts.get("max_devices", DEFAULT_MAX_DEVICES)
         self._env = E.Envelope()
         self._limit = E.envelope_limit(self.max_payload)
 
@@ -319,6 +321,9 @@ class PeerSessions:
         reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, msg2)
         tr = hs.into_transport(**_limits(self._opts, now))
         old = [s for s in self._sessions.get(dev, []) if s[0] != env.sid]
+        if not old and len(self._sessions) >= self._max_devices:
+            # Bounded memory: plain NK lets anyone open sessions under new ids.
+            del self._sessions[next(iter(self._sessions))]
         self._sessions[dev] = [(env.sid, tr)] + old[:1]
         return Received("hs1", dev, bytes(payload[COUNTER_BYTES:]), reply)
 

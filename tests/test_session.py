@@ -197,3 +197,13 @@ def test_envelope_for_someone_else_is_refused():
         p.device.receive(E.encode(E.HEAD_HINT, b"hub", b"sensor-2", 0, 0))
     with pytest.raises(LocalError):
         Pair().device.send(b"no session yet")
+
+
+def test_peer_session_table_is_bounded():
+    p = Pair("Noise_NK_25519_ChaChaPoly_SHA256", max_devices=3)
+    for i in range(5):
+        d = DeviceSession(p.backend, b"anon-%d" % i, b"hub", p.static[1], None,
+                          Msg1Counter(NonpersistingCounterStore()), suite=p.peer.suite)
+        p.peer.receive(d.handshake())
+    assert len(p.peer._sessions) == 3
+    assert p.peer.sessions(b"anon-0") == [] and p.peer.sessions(b"anon-4")
