@@ -180,11 +180,9 @@ LIMB_MAX = 9216  # invariant L of _fe25519_viper
 
 
 class _Int32(int):
-    """An int whose every arithmetic result must fit a signed 32-bit word,
-    and whose right shifts only ever see non-negative values (so arithmetic
-    and logical shifts agree): the conditions under which the viper code
-    computes the same on a 32-bit microcontroller as on the 64-bit unix port.
-    """
+    """An int whose every arithmetic result must fit a signed 32-bit word:
+    the condition under which viper ``int`` code computes the same on a
+    32-bit microcontroller as on the 64-bit unix port."""
 
     def _chk(self, v: int) -> "_Int32":
         if not _INT32_MIN <= v <= _INT32_MAX:
@@ -211,8 +209,8 @@ class _Int32(int):
         return self._chk(int(self) << int(o))
 
     def __rshift__(self, o: int) -> "_Int32":
-        if int(self) < 0:
-            raise OverflowError("right shift of a negative value")
+        # viper ``int`` shifts are arithmetic on every port; with the value in
+        # the signed 32-bit range the result is the same on 32 and 64 bits.
         return self._chk(int(self) >> int(o))
 
     def __and__(self, o: int) -> "_Int32":
@@ -270,15 +268,6 @@ def _limbs(n: int) -> list[int]:
 
 def _value(words: list[int]) -> int:
     return sum(w << (13 * i) for i, w in enumerate(words)) % P
-
-
-def test_generated_field_code_is_current() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "gen_fe25519", ROOT / "micropython_port" / "tools" / "gen_fe25519.py"
-    )
-    gen = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(gen)  # type: ignore[union-attr]
-    assert (ROOT / "micropython_port" / "_fe25519_viper.py").read_text() == gen.generate()
 
 
 def _fe_inputs() -> list[list[int]]:
@@ -350,3 +339,477 @@ def test_ladder_under_the_32_bit_model_matches_the_rfc(monkeypatch: pytest.Monke
     assert X.x25519(bytes(32), u_max) == nacl.bindings.crypto_scalarmult(
         bytes(32), ((2**255 - 1) % P).to_bytes(32, "little")
     )
+
+
+# --- ChaCha20-Poly1305 ----------------------------------------------------------
+
+SUNSCREEN = (
+    b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for "
+    b"the future, sunscreen would be it."
+)
+KEY_00_1F = bytes(range(32)).hex()
+RFC8439_2_3_2 = (
+    KEY_00_1F,
+    1,
+    "000000090000004a00000000",
+    "10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4e"
+    "d2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e",
+)
+RFC8439_2_4_2 = (
+    KEY_00_1F,
+    1,
+    "000000000000004a00000000",
+    "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0b"
+    "f91b65c5524733ab8f593dabcd62b3571639d624e65152ab8f530c359f0861d8"
+    "07ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab7793736"
+    "5af90bbf74a35be6b40b8eedf2785e42874d",
+)
+RFC8439_2_5_2 = (
+    "85d6be7857556d337f4452fe42d506a80103808afb0db2fd4abff6af4149f51b",
+    b"Cryptographic Forum Research Group".hex(),
+    "a8061dc1305136c6c22b8baf0c0127a9",
+)
+RFC8439_2_8_2 = (
+    bytes(range(0x80, 0xA0)).hex(),
+    "070000004041424344454647",
+    "50515253c0c1c2c3c4c5c6c7",
+    SUNSCREEN.hex(),
+    "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d6"
+    "3dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b36"
+    "92ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc"
+    "3ff4def08e4b7a9de576d26586cec64b6116"
+    "1ae10b594f09e26a7e902ecbd0600691",
+)
+RFC8439_A_5 = (
+    "1c9240a5eb55d38af333888604f6b5f0473917c1402b80099dca5cbc207075c0",
+    "000000000102030405060708",
+    "f33388860000000000004e91",
+    "64a0861575861af460f062c79be643bd5e805cfd345cf389f108670ac76c8cb2"
+    "4c6cfc18755d43eea09ee94e382d26b0bdb7b73c321b0100d4f03b7f355894cf"
+    "332f830e710b97ce98c8a84abd0b948114ad176e008d33bd60f982b1ff37c855"
+    "9797a06ef4f0ef61c186324e2b3506383606907b6a7c02b0f9f6157b53c867e4"
+    "b9166c767b804d46a59b5216cde7a4e99040c5a40433225ee282a1b0a06c523e"
+    "af4534d7f83fa1155b0047718cbc546a0d072b04b3564eea1b422273f548271a"
+    "0bb2316053fa76991955ebd63159434ecebb4e466dae5a1073a6727627097a10"
+    "49e617d91d361094fa68f0ff77987130305beaba2eda04df997b714d6c6f2c29"
+    "a6ad5cb4022b02709b"
+    "eead9d67890cbb22392336fea1851f38",
+    "496e7465726e65742d4472616674732061726520647261667420646f63756d65"
+    "6e74732076616c696420666f722061206d6178696d756d206f6620736978206d"
+    "6f6e74687320616e64206d617920626520757064617465642c207265706c6163"
+    "65642c206f72206f62736f6c65746564206279206f7468657220646f63756d65"
+    "6e747320617420616e792074696d652e20497420697320696e617070726f7072"
+    "6961746520746f2075736520496e7465726e65742d4472616674732061732072"
+    "65666572656e6365206d6174657269616c206f7220746f206369746520746865"
+    "6d206f74686572207468616e206173202fe2809c776f726b20696e2070726f67"
+    "726573732e2fe2809d",
+)
+
+_MP_AEAD_PRELUDE = """
+import json
+from binascii import hexlify, unhexlify
+from micropython_port import chacha20poly1305 as C
+from device.errors import AuthError
+C.force_fallback_for_testing_only({fallback})
+def hx(b):
+    return hexlify(b).decode()
+"""
+
+
+def _mp_aead(path: str, body: str, timeout: float = 120) -> object:
+    code = _MP_AEAD_PRELUDE.format(fallback=path == "fallback") + body
+    return run_mp_json(code, timeout=timeout)
+
+
+def test_rfc8439_vectors_are_the_published_ones() -> None:
+    # Cross-check the transcribed vectors against an independent library.
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    k, iv, ad, pt, ct = RFC8439_2_8_2
+    assert ChaCha20Poly1305(bytes.fromhex(k)).encrypt(bytes.fromhex(iv), bytes.fromhex(pt), bytes.fromhex(ad)).hex() == ct
+    k, iv, ad, ct, pt = RFC8439_A_5
+    assert ChaCha20Poly1305(bytes.fromhex(k)).decrypt(bytes.fromhex(iv), bytes.fromhex(ct), bytes.fromhex(ad)).hex() == pt
+
+
+def test_aead_fast_path_loads_on_the_unix_port() -> None:
+    assert _mp_aead("fast", "print(json.dumps(C.has_fast_path()))") is True
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rfc8439_section_2_3_2_block_function(path: str) -> None:
+    k, ctr, iv, want = RFC8439_2_3_2
+    out = _mp_aead(path, f"print(json.dumps(hx(C.chacha20_block(unhexlify('{k}'), {ctr}, unhexlify('{iv}')))))")
+    assert out == want
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rfc8439_section_2_4_2_chacha20_encryption(path: str) -> None:
+    k, ctr, iv, want = RFC8439_2_4_2
+    out = _mp_aead(
+        path,
+        f"print(json.dumps(hx(C.chacha20_encrypt(unhexlify('{k}'), {ctr}, unhexlify('{iv}'), unhexlify('{SUNSCREEN.hex()}')))))",
+    )
+    assert out == want
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rfc8439_section_2_5_2_poly1305(path: str) -> None:
+    k, msg, want = RFC8439_2_5_2
+    out = _mp_aead(path, f"print(json.dumps(hx(C.poly1305(unhexlify('{k}'), unhexlify('{msg}')))))")
+    assert out == want
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rfc8439_section_2_8_2_aead_encryption(path: str) -> None:
+    k, iv, ad, pt, ct = RFC8439_2_8_2
+    body = f"""
+c = C.ChaCha20Poly1305(unhexlify('{k}'))
+ct = c.encrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))
+print(json.dumps([hx(ct), hx(c.decrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), ct))]))
+"""
+    assert _mp_aead(path, body) == [ct, pt]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rfc8439_appendix_a_5_decryption(path: str) -> None:
+    k, iv, ad, ct, pt = RFC8439_A_5
+    body = f"""
+c = C.ChaCha20Poly1305(unhexlify('{k}'))
+print(json.dumps(hx(c.decrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{ct}')))))
+"""
+    assert _mp_aead(path, body) == pt
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_flip_at_every_byte_of_ciphertext_and_tag_is_rejected_and_writes_nothing(path: str) -> None:
+    body = """
+c = C.ChaCha20Poly1305(bytes(range(32)))
+ad = b"routing header"
+pt = bytes(range(100, 141))  # 41 bytes: two full blocks and a short one
+wire = bytearray(len(pt) + 16)
+c.encrypt_into(7, ad, len(ad), pt, 0, len(pt), wire, 0)
+res = {"flips": 0, "rejected": 0, "untouched": 0}
+dst = bytearray(b"\\xa5" * 64)
+for i in range(len(wire)):
+    for bit in (0x01, 0x80):
+        bad = bytearray(wire)
+        bad[i] ^= bit
+        res["flips"] += 1
+        try:
+            c.decrypt_into(7, ad, len(ad), bad, 0, len(bad), dst, 3)
+        except AuthError:
+            res["rejected"] += 1
+        if dst == bytearray(b"\\xa5" * 64):
+            res["untouched"] += 1
+other = []
+for args in ((8, ad, len(ad)), (7, b"routing headeR", len(ad)), (7, ad, len(ad) - 1)):
+    try:
+        c.decrypt_into(args[0], args[1], args[2], wire, 0, len(wire), dst, 3)
+        other.append("accepted")
+    except AuthError:
+        other.append("rejected")
+for n in (0, 15):
+    try:
+        c.decrypt_into(7, ad, len(ad), wire, 0, n, dst, 3)
+        other.append("accepted")
+    except AuthError:
+        other.append("rejected")
+res["other"] = other
+res["untouched_after_other"] = dst == bytearray(b"\\xa5" * 64)
+n = c.decrypt_into(7, ad, len(ad), wire, 0, len(wire), dst, 3)
+res["good"] = bytes(dst[3:3 + n]) == pt and dst[:3] == b"\\xa5\\xa5\\xa5" and dst[3 + n] == 0xa5
+print(json.dumps(res))
+"""
+    res = _mp_aead(path, body)
+    assert res["flips"] == 2 * (41 + 16)
+    assert res["rejected"] == res["flips"]
+    assert res["untouched"] == res["flips"]
+    assert res["other"] == ["rejected"] * 5
+    assert res["untouched_after_other"] is True
+    assert res["good"] is True
+
+
+def test_aead_allocates_nothing_per_call_under_heap_lock() -> None:
+    body = """
+import micropython
+c = C.ChaCha20Poly1305(bytes(range(32)))
+ad = bytearray(b"header bytes")
+buf = bytearray(1100)
+out = bytearray(1100)
+sizes = (0, 1, 15, 16, 17, 63, 64, 65, 200, 1024)
+for i in range(len(buf)):
+    buf[i] = i & 0xFF
+want = bytes(buf)
+ok = bytearray(31)  # results go into preallocated storage: no list growth
+big = 2**40
+i = 0
+micropython.heap_lock()
+try:
+    for n in sizes:
+        for ad_len in (0, 5, 12):
+            m = c.encrypt_into(n + 1000, ad, ad_len, buf, 10, n, out, 3)
+            k = c.decrypt_into(n + 1000, ad, ad_len, out, 3, m, buf, 10)
+            ok[i] = m == n + 16 and k == n
+            i += 1
+    # in place: same buffer, same offset
+    m = c.encrypt_into(big, ad, 12, buf, 0, 64, buf, 0)
+    k = c.decrypt_into(big, ad, 12, buf, 0, m, buf, 0)
+    ok[i] = k == 64
+finally:
+    micropython.heap_unlock()
+# buf[64:80] now holds the in-place tag; everything else is the plaintext again
+print(json.dumps([all(ok), i + 1, bytes(buf[:64]) == want[:64] and bytes(buf[80:]) == want[80:]]))
+"""
+    assert _mp_aead("fast", body) == [True, 31, True]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_aead_matches_cryptography_on_random_inputs(path: str) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    rng = random.Random(8439)
+    cases = []
+    for _ in range(40):
+        key = rng.randbytes(32)
+        nonce = rng.choice([0, 1, rng.randrange(1 << 32), rng.randrange(1 << 64), (1 << 64) - 1])
+        ad = rng.randbytes(rng.choice([0, 1, 13, 16, 40]))
+        pt = rng.randbytes(rng.choice([0, 1, 15, 16, 17, 64, 100, 257]))
+        ref = ChaCha20Poly1305(key).encrypt(b"\0\0\0\0" + nonce.to_bytes(8, "little"), pt, ad)
+        cases.append((key.hex(), nonce, ad.hex(), pt.hex(), ref.hex()))
+    body = f"""
+res = []
+for k, nonce, ad, pt in {[c[:4] for c in cases]!r}:
+    c = C.ChaCha20Poly1305(unhexlify(k))
+    ad = unhexlify(ad)
+    pt = unhexlify(pt)
+    dst = bytearray(len(pt) + 16 + 5)
+    n = c.encrypt_into(nonce, ad, len(ad), pt, 0, len(pt), dst, 5)
+    back = bytearray(len(pt))
+    c.decrypt_into(nonce, ad, len(ad), dst, 5, n, back, 0)
+    res.append([hx(dst[5:5 + n]), back == pt])
+print(json.dumps(res))
+"""
+    out = _mp_aead(path, body)
+    assert [o[0] for o in out] == [c[4] for c in cases]
+    assert all(o[1] for o in out)
+
+
+def test_aead_fallback_matches_fast_path_on_one_interpreter() -> None:
+    body = """
+res = []
+for fb in (False, True):
+    C.force_fallback_for_testing_only(fb)
+    c = C.ChaCha20Poly1305(bytes(range(1, 33)))
+    out = []
+    for n in (0, 5, 64, 130):
+        dst = bytearray(n + 16)
+        c.encrypt_into(n * 3 + 1, b"ad", 2, bytes(range(n)), 0, n, dst, 0)
+        out.append(hx(dst))
+    res.append(out)
+print(json.dumps(res[0] == res[1]))
+"""
+    assert _mp_aead("fast", body) is True
+
+
+def test_bad_ranges_raise_local_errors_before_touching_memory() -> None:
+    body = """
+from device.errors import LocalError, BufferTooSmall
+c = C.ChaCha20Poly1305(bytes(32))
+res = []
+for args in ((0, b"", 0, bytes(10), 0, 11, bytearray(40), 0),
+             (0, b"", 0, bytes(10), 0, 10, bytearray(25), 0),
+             (0, b"", 0, bytes(10), 0, 10, bytearray(26), 1),
+             (0, b"ab", 3, bytes(10), 0, 10, bytearray(40), 0),
+             (-1, b"", 0, bytes(10), 0, 10, bytearray(40), 0),
+             (1 << 64, b"", 0, bytes(10), 0, 10, bytearray(40), 0),
+             (0, b"", 0, bytes(10), -1, 10, bytearray(40), 0)):
+    try:
+        c.encrypt_into(*args)
+        res.append("ok")
+    except BufferTooSmall:
+        res.append("small")
+    except LocalError:
+        res.append("local")
+try:
+    C.ChaCha20Poly1305(bytes(31))
+    res.append("ok")
+except LocalError:
+    res.append("local")
+print(json.dumps(res))
+"""
+    assert _mp_aead("fast", body) == ["local", "small", "small", "local", "local", "local", "local", "local"]
+
+
+# --- 32-bit models of the viper ChaCha20 / Poly1305 -----------------------------
+
+
+class _U32Wrap(int):
+    """A ``uint`` on a 32-bit port: every result wraps mod 2**32."""
+
+    def _w(self, v: int) -> "_U32Wrap":
+        return _U32Wrap(v & 0xFFFFFFFF)
+
+    def __add__(self, o: int) -> "_U32Wrap":
+        return self._w(int(self) + int(o))
+
+    __radd__ = __add__
+
+    def __lshift__(self, o: int) -> "_U32Wrap":
+        return self._w(int(self) << int(o))
+
+    def __rshift__(self, o: int) -> "_U32Wrap":
+        return self._w(int(self) >> int(o))
+
+    def __and__(self, o: int) -> "_U32Wrap":
+        return self._w(int(self) & int(o))
+
+    __rand__ = __and__
+
+    def __or__(self, o: int) -> "_U32Wrap":
+        return self._w(int(self) | int(o))
+
+    __ror__ = __or__
+
+    def __xor__(self, o: int) -> "_U32Wrap":
+        return self._w(int(self) ^ int(o))
+
+    __rxor__ = __xor__
+
+
+class _U64(int):
+    """A ``uint`` on the 64-bit unix port: no wrap below 2**64."""
+
+    def _w(self, v: int) -> "_U64":
+        if not 0 <= v < 1 << 64:
+            raise OverflowError(v)
+        return _U64(v)
+
+    __add__ = lambda s, o: s._w(int(s) + int(o))  # noqa: E731
+    __radd__ = __add__
+    __lshift__ = lambda s, o: s._w(int(s) << int(o))  # noqa: E731
+    __rshift__ = lambda s, o: s._w(int(s) >> int(o))  # noqa: E731
+    __and__ = lambda s, o: s._w(int(s) & int(o))  # noqa: E731
+    __rand__ = __and__
+    __or__ = lambda s, o: s._w(int(s) | int(o))  # noqa: E731
+    __ror__ = __or__
+    __xor__ = lambda s, o: s._w(int(s) ^ int(o))  # noqa: E731
+    __rxor__ = __xor__
+
+
+class _Ptr8:
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+
+    def __getitem__(self, i: int) -> int:
+        return self.buf[i]
+
+    def __setitem__(self, i: int, v: int) -> None:
+        if not 0 <= int(v) <= 0xFF:
+            raise OverflowError(f"stored {v} into a byte")
+        self.buf[i] = int(v)
+
+
+@pytest.mark.parametrize("uint", [_U32Wrap, _U64], ids=["32-bit", "64-bit"])
+def test_chacha20_viper_code_is_word_size_independent(uint: type) -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    cp = _load_viper_model("_chachapoly_viper")
+    cp.uint = uint  # type: ignore[attr-defined]
+    k, ctr, iv, want = RFC8439_2_4_2
+    st = [0] * 48
+    cp.chacha_setkey(_Ptr32(st), _Ptr8(bytearray.fromhex(k)))
+    cp.chacha_setiv(_Ptr32(st), _Ptr8(bytearray.fromhex(iv)))
+    st[12], st[16], st[17], st[18] = ctr, 0, 0, len(SUNSCREEN)
+    out = bytearray(len(SUNSCREEN))
+    cp.chacha_xor(_Ptr32(st), _Ptr8(bytearray(SUNSCREEN)), _Ptr8(out))
+    assert out.hex() == want
+    # Poly1305 key of the RFC 8439 section 2.6.2 example, via the polykey path
+    key = bytes(range(0x80, 0xA0))
+    iv12 = bytes.fromhex("000000000001020304050607")
+    cp.chacha_setkey(_Ptr32(st), _Ptr8(bytearray(key)))
+    cp.chacha_setiv(_Ptr32(st), _Ptr8(bytearray(iv12)))
+    ps = [0] * 40
+    cp.chacha_polykey(_Ptr32(st), _Ptr32(ps))
+    block0 = Cipher(algorithms.ChaCha20(key, bytes(4) + iv12), mode=None).encryptor().update(bytes(32))
+    r = int.from_bytes(block0[:16], "little") & 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
+    assert [(r >> (13 * i)) & 0x1FFF for i in range(10)] == ps[10:20]
+    assert [int.from_bytes(block0[16 + 2 * i : 18 + 2 * i], "little") for i in range(8)] == ps[20:28]
+    assert block0.hex() == "8ad5a08b905f81cc815040274ab29471a833b637e3fd0da508dbb8e2fdd1a646"
+
+
+def _poly_model() -> types.ModuleType:
+    cp = _load_viper_model("_chachapoly_viper")
+    cp.int = _Int32  # type: ignore[attr-defined]  # viper int() casts give checked words
+    return cp
+
+
+def test_poly1305_worst_case_limbs_fit_32_bits() -> None:
+    cp = _poly_model()
+    gen = _load_generator("gen_chachapoly")
+    P1305 = (1 << 130) - 5
+    rng = random.Random(130)
+    for trial in range(60):
+        ps = [0] * 40
+        if trial == 0:  # every limb at its bound, all-ones message
+            h_limbs = [gen.H_AFTER_MUL] * 10
+            r_limbs = list(gen.R_MAX)
+            msg = b"\xff" * 48
+        else:
+            h_limbs = [rng.randrange(gen.H_AFTER_MUL + 1) for _ in range(10)]
+            r_limbs = [rng.randrange(m + 1) for m in gen.R_MAX]
+            msg = rng.randbytes(rng.randrange(60))
+        ps[0:10] = h_limbs
+        ps[10:20] = r_limbs
+        ps[20:28] = [rng.randrange(1 << 16) for _ in range(8)]
+        ps[28], ps[29], ps[30], ps[33] = 0, len(msg), 1 | 4, 0
+        tag = bytearray(16)
+        cp.poly_update(_Ptr32(ps), _Ptr8(bytearray(msg)), _Ptr8(bytearray(16)), _Ptr8(tag))
+        assert max(ps[0:10]) <= gen.H_AFTER_MUL
+        # the same computation on big integers
+        h = sum(x << (13 * i) for i, x in enumerate(h_limbs))
+        r = sum(x << (13 * i) for i, x in enumerate(r_limbs))
+        for o in range(0, len(msg), 16):
+            h = (h + int.from_bytes(msg[o : o + 16].ljust(16, b"\0"), "little") + (1 << 128)) * r % P1305
+        assert sum(x << (13 * i) for i, x in enumerate(ps[0:10])) % P1305 == h
+        s = sum(x << (16 * i) for i, x in enumerate(ps[20:28]))
+        assert int.from_bytes(tag, "little") == (h + s) % (1 << 128)
+
+
+def test_poly1305_final_reduction_at_the_edges_of_p() -> None:
+    # h in [p - 3, p + 3] and near 2**130 exercises the constant-time select.
+    cp = _poly_model()
+    P1305 = (1 << 130) - 5
+    for h in [P1305 - 3, P1305 - 1, P1305, P1305 + 1, P1305 + 3, (1 << 130) - 1, 0, 1]:
+        ps = [0] * 40
+        ps[0:10] = [(h >> (13 * i)) & 0x1FFF for i in range(10)]
+        ps[28], ps[29], ps[30], ps[33] = 0, 0, 4, 0
+        tag = bytearray(16)
+        cp.poly_update(_Ptr32(ps), _Ptr8(bytearray(0)), _Ptr8(bytearray(16)), _Ptr8(tag))
+        assert int.from_bytes(tag, "little") == (h % P1305) % (1 << 128)
+
+
+def _load_generator(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "micropython_port" / "tools" / f"{name}.py")
+    gen = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(gen)  # type: ignore[union-attr]
+    return gen
+
+
+@pytest.mark.parametrize("name", ["fe25519", "chachapoly"])
+def test_generated_viper_code_is_current(name: str) -> None:
+    gen = _load_generator(f"gen_{name}")
+    target = "_fe25519_viper.py" if name == "fe25519" else "_chachapoly_viper.py"
+    assert (ROOT / "micropython_port" / target).read_text() == gen.generate()
+
+
+@pytest.mark.parametrize("target", ["_fe25519_viper.py", "_chachapoly_viper.py"])
+def test_viper_code_has_no_literal_beyond_a_32_bit_small_int(target: str) -> None:
+    # On a 32-bit port a literal >= 2**30 is a heap integer object, which viper
+    # would treat as an object, not a machine word.
+    import io
+    import tokenize
+
+    src = (ROOT / "micropython_port" / target).read_text()
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.NUMBER:
+            assert int(tok.string, 0) < 1 << 30, tok

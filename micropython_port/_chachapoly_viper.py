@@ -1,0 +1,918 @@
+"""Viper ChaCha20 and Poly1305 (RFC 8439) on preallocated arrays (generated
+by ``micropython_port/tools/gen_chachapoly.py``; do not edit by hand).
+
+Word-size rules (viper ``int``/``uint`` is 32 bits on ESP32, RP2040 and STM32
+and 64 bits on the unix port; both must compute the same):
+- No integer literal above 2**30 - 1 (it would not be a small int on a 32-bit
+  port, and viper would see an object): the ChaCha constants and the 32-bit
+  mask are built from 16-bit halves at run time.
+- ChaCha20 works on ``uint`` words and masks every sum and left shift with
+  ``M = 0xFFFFFFFF``: on a 32-bit word the mask is the identity and the wrap
+  is the hardware's; on a 64-bit word the mask does the wrap. Right shifts of
+  ``uint`` are logical on both.
+- Poly1305 uses 10 limbs of 13 bits (the scheme of poly1305-donna-16): h limbs
+  are <= 16894 when a product starts, r limbs are at most [8191, 8191, 7939, 8191, 255, 8190, 8191, 8065, 8191, 127]
+  after clamping, and 5 * r <= 5 * 8191 = 40_955. A column of the product is
+  the sum of ten terms h[j] * r' (r' = r or 5 * r); the generator splits a
+  column's running sum (carrying its high part into the next column) before
+  it could pass 2**31 - 1, so every signed intermediate stays below 2**31 and
+  the arithmetic shift is exact. After the final carry every h limb is < 2**13
+  except limb 1, which is <= 8703.
+
+Buffers and parameters (to keep viper calls at <= 4 arguments and free of
+heap objects):
+- ``st``: 48 words. 0..15 the ChaCha20 input state (constants, key, block
+  counter, nonce); 16 = source offset, 17 = destination offset, 18 = length;
+  20..23 = a 64-bit Noise nonce as four 16-bit pieces; 32..47 keystream
+  scratch.
+- ``ps``: 40 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = offset,
+  29 = length, 30 = mode bits (see ``poly_update``), 31 = AD length,
+  32 = ciphertext length, 33 = tag offset.
+- Multi-byte values are assembled from single bytes, so nothing depends on the
+  machine's byte order.
+"""
+
+import micropython
+
+
+@micropython.viper
+def chacha_setkey(st: ptr32, key: ptr8):
+    """st[0..3] = "expand 32-byte k", st[4..11] = the 32-byte key."""
+    st[0] = (uint(0x6170) << 16) | 0x7865
+    st[1] = (uint(0x3320) << 16) | 0x646E
+    st[2] = (uint(0x7962) << 16) | 0x2D32
+    st[3] = (uint(0x6B20) << 16) | 0x6574
+    st[4] = (uint(key[3]) << 24) | (key[2] << 16) | (key[1] << 8) | key[0]
+    st[5] = (uint(key[7]) << 24) | (key[6] << 16) | (key[5] << 8) | key[4]
+    st[6] = (uint(key[11]) << 24) | (key[10] << 16) | (key[9] << 8) | key[8]
+    st[7] = (uint(key[15]) << 24) | (key[14] << 16) | (key[13] << 8) | key[12]
+    st[8] = (uint(key[19]) << 24) | (key[18] << 16) | (key[17] << 8) | key[16]
+    st[9] = (uint(key[23]) << 24) | (key[22] << 16) | (key[21] << 8) | key[20]
+    st[10] = (uint(key[27]) << 24) | (key[26] << 16) | (key[25] << 8) | key[24]
+    st[11] = (uint(key[31]) << 24) | (key[30] << 16) | (key[29] << 8) | key[28]
+
+
+@micropython.viper
+def chacha_setiv(st: ptr32, iv: ptr8):
+    """st[13..15] = a 12-byte nonce (RFC 8439 section 2.3)."""
+    st[13] = (uint(iv[3]) << 24) | (iv[2] << 16) | (iv[1] << 8) | iv[0]
+    st[14] = (uint(iv[7]) << 24) | (iv[6] << 16) | (iv[5] << 8) | iv[4]
+    st[15] = (uint(iv[11]) << 24) | (iv[10] << 16) | (iv[9] << 8) | iv[8]
+
+
+@micropython.viper
+def chacha_setnonce(st: ptr32):
+    """Noise nonce: st[13] = 0, st[14..15] = the uint64 in st[20..23]
+    (four 16-bit pieces, little-endian), Noise section 12.3."""
+    st[13] = 0
+    st[14] = (uint(st[21]) << 16) | st[20]
+    st[15] = (uint(st[23]) << 16) | st[22]
+
+
+@micropython.viper
+def chacha_polykey(st: ptr32, ps: ptr32):
+    """RFC 8439 section 2.6: the Poly1305 key is the first 32 bytes of
+    ChaCha20 block 0; set r (clamped, 13-bit limbs), s and h = 0 in ps
+    straight from the block words. Leaves the block counter at 1."""
+    M = (uint(0xFFFF) << 16) | 0xFFFF
+    st[12] = 0
+    x0 = uint(st[0])
+    x1 = uint(st[1])
+    x2 = uint(st[2])
+    x3 = uint(st[3])
+    x4 = uint(st[4])
+    x5 = uint(st[5])
+    x6 = uint(st[6])
+    x7 = uint(st[7])
+    x8 = uint(st[8])
+    x9 = uint(st[9])
+    x10 = uint(st[10])
+    x11 = uint(st[11])
+    x12 = uint(st[12])
+    x13 = uint(st[13])
+    x14 = uint(st[14])
+    x15 = uint(st[15])
+    for _ in range(10):
+        x0 = (x0 + x4) & M
+        x12 ^= x0
+        x12 = ((x12 << 16) & M) | (x12 >> 16)
+        x8 = (x8 + x12) & M
+        x4 ^= x8
+        x4 = ((x4 << 12) & M) | (x4 >> 20)
+        x0 = (x0 + x4) & M
+        x12 ^= x0
+        x12 = ((x12 << 8) & M) | (x12 >> 24)
+        x8 = (x8 + x12) & M
+        x4 ^= x8
+        x4 = ((x4 << 7) & M) | (x4 >> 25)
+        x1 = (x1 + x5) & M
+        x13 ^= x1
+        x13 = ((x13 << 16) & M) | (x13 >> 16)
+        x9 = (x9 + x13) & M
+        x5 ^= x9
+        x5 = ((x5 << 12) & M) | (x5 >> 20)
+        x1 = (x1 + x5) & M
+        x13 ^= x1
+        x13 = ((x13 << 8) & M) | (x13 >> 24)
+        x9 = (x9 + x13) & M
+        x5 ^= x9
+        x5 = ((x5 << 7) & M) | (x5 >> 25)
+        x2 = (x2 + x6) & M
+        x14 ^= x2
+        x14 = ((x14 << 16) & M) | (x14 >> 16)
+        x10 = (x10 + x14) & M
+        x6 ^= x10
+        x6 = ((x6 << 12) & M) | (x6 >> 20)
+        x2 = (x2 + x6) & M
+        x14 ^= x2
+        x14 = ((x14 << 8) & M) | (x14 >> 24)
+        x10 = (x10 + x14) & M
+        x6 ^= x10
+        x6 = ((x6 << 7) & M) | (x6 >> 25)
+        x3 = (x3 + x7) & M
+        x15 ^= x3
+        x15 = ((x15 << 16) & M) | (x15 >> 16)
+        x11 = (x11 + x15) & M
+        x7 ^= x11
+        x7 = ((x7 << 12) & M) | (x7 >> 20)
+        x3 = (x3 + x7) & M
+        x15 ^= x3
+        x15 = ((x15 << 8) & M) | (x15 >> 24)
+        x11 = (x11 + x15) & M
+        x7 ^= x11
+        x7 = ((x7 << 7) & M) | (x7 >> 25)
+        x0 = (x0 + x5) & M
+        x15 ^= x0
+        x15 = ((x15 << 16) & M) | (x15 >> 16)
+        x10 = (x10 + x15) & M
+        x5 ^= x10
+        x5 = ((x5 << 12) & M) | (x5 >> 20)
+        x0 = (x0 + x5) & M
+        x15 ^= x0
+        x15 = ((x15 << 8) & M) | (x15 >> 24)
+        x10 = (x10 + x15) & M
+        x5 ^= x10
+        x5 = ((x5 << 7) & M) | (x5 >> 25)
+        x1 = (x1 + x6) & M
+        x12 ^= x1
+        x12 = ((x12 << 16) & M) | (x12 >> 16)
+        x11 = (x11 + x12) & M
+        x6 ^= x11
+        x6 = ((x6 << 12) & M) | (x6 >> 20)
+        x1 = (x1 + x6) & M
+        x12 ^= x1
+        x12 = ((x12 << 8) & M) | (x12 >> 24)
+        x11 = (x11 + x12) & M
+        x6 ^= x11
+        x6 = ((x6 << 7) & M) | (x6 >> 25)
+        x2 = (x2 + x7) & M
+        x13 ^= x2
+        x13 = ((x13 << 16) & M) | (x13 >> 16)
+        x8 = (x8 + x13) & M
+        x7 ^= x8
+        x7 = ((x7 << 12) & M) | (x7 >> 20)
+        x2 = (x2 + x7) & M
+        x13 ^= x2
+        x13 = ((x13 << 8) & M) | (x13 >> 24)
+        x8 = (x8 + x13) & M
+        x7 ^= x8
+        x7 = ((x7 << 7) & M) | (x7 >> 25)
+        x3 = (x3 + x4) & M
+        x14 ^= x3
+        x14 = ((x14 << 16) & M) | (x14 >> 16)
+        x9 = (x9 + x14) & M
+        x4 ^= x9
+        x4 = ((x4 << 12) & M) | (x4 >> 20)
+        x3 = (x3 + x4) & M
+        x14 ^= x3
+        x14 = ((x14 << 8) & M) | (x14 >> 24)
+        x9 = (x9 + x14) & M
+        x4 ^= x9
+        x4 = ((x4 << 7) & M) | (x4 >> 25)
+    x0 = ((x0 + uint(st[0])) & M) & 0x0FFFFFFF
+    x1 = ((x1 + uint(st[1])) & M) & 0x0FFFFFFC
+    x2 = ((x2 + uint(st[2])) & M) & 0x0FFFFFFC
+    x3 = ((x3 + uint(st[3])) & M) & 0x0FFFFFFC
+    x4 = (x4 + uint(st[4])) & M
+    x5 = (x5 + uint(st[5])) & M
+    x6 = (x6 + uint(st[6])) & M
+    x7 = (x7 + uint(st[7])) & M
+    t0 = x0 & 0xFFFF
+    t1 = x0 >> 16
+    t2 = x1 & 0xFFFF
+    t3 = x1 >> 16
+    t4 = x2 & 0xFFFF
+    t5 = x2 >> 16
+    t6 = x3 & 0xFFFF
+    t7 = x3 >> 16
+    ps[10] = (t0) & 0x1FFF
+    ps[0] = 0
+    ps[11] = ((t0 >> 13) | (t1 << 3)) & 0x1FFF
+    ps[1] = 0
+    ps[12] = ((t1 >> 10) | (t2 << 6)) & 0x1FFF
+    ps[2] = 0
+    ps[13] = ((t2 >> 7) | (t3 << 9)) & 0x1FFF
+    ps[3] = 0
+    ps[14] = ((t3 >> 4) | (t4 << 12)) & 0x1FFF
+    ps[4] = 0
+    ps[15] = ((t4 >> 1)) & 0x1FFF
+    ps[5] = 0
+    ps[16] = ((t4 >> 14) | (t5 << 2)) & 0x1FFF
+    ps[6] = 0
+    ps[17] = ((t5 >> 11) | (t6 << 5)) & 0x1FFF
+    ps[7] = 0
+    ps[18] = ((t6 >> 8) | (t7 << 8)) & 0x1FFF
+    ps[8] = 0
+    ps[19] = ((t7 >> 5)) & 0x1FFF
+    ps[9] = 0
+    ps[20] = x4 & 0xFFFF
+    ps[21] = x4 >> 16
+    ps[22] = x5 & 0xFFFF
+    ps[23] = x5 >> 16
+    ps[24] = x6 & 0xFFFF
+    ps[25] = x6 >> 16
+    ps[26] = x7 & 0xFFFF
+    ps[27] = x7 >> 16
+    st[12] = 1
+
+
+@micropython.viper
+def chacha_xor(st: ptr32, src: ptr8, dst: ptr8):
+    """dst[st[17]:][:n] = src[st[16]:][:n] ^ keystream, n = st[18], starting
+    at block counter st[12], which ends one past the last block used.
+    src and dst may be the same buffer at the same offset."""
+    M = (uint(0xFFFF) << 16) | 0xFFFF
+    so = int(st[16])
+    do = int(st[17])
+    n = int(st[18])
+    while n > 0:
+        x0 = uint(st[0])
+        x1 = uint(st[1])
+        x2 = uint(st[2])
+        x3 = uint(st[3])
+        x4 = uint(st[4])
+        x5 = uint(st[5])
+        x6 = uint(st[6])
+        x7 = uint(st[7])
+        x8 = uint(st[8])
+        x9 = uint(st[9])
+        x10 = uint(st[10])
+        x11 = uint(st[11])
+        x12 = uint(st[12])
+        x13 = uint(st[13])
+        x14 = uint(st[14])
+        x15 = uint(st[15])
+        for _ in range(10):
+            x0 = (x0 + x4) & M
+            x12 ^= x0
+            x12 = ((x12 << 16) & M) | (x12 >> 16)
+            x8 = (x8 + x12) & M
+            x4 ^= x8
+            x4 = ((x4 << 12) & M) | (x4 >> 20)
+            x0 = (x0 + x4) & M
+            x12 ^= x0
+            x12 = ((x12 << 8) & M) | (x12 >> 24)
+            x8 = (x8 + x12) & M
+            x4 ^= x8
+            x4 = ((x4 << 7) & M) | (x4 >> 25)
+            x1 = (x1 + x5) & M
+            x13 ^= x1
+            x13 = ((x13 << 16) & M) | (x13 >> 16)
+            x9 = (x9 + x13) & M
+            x5 ^= x9
+            x5 = ((x5 << 12) & M) | (x5 >> 20)
+            x1 = (x1 + x5) & M
+            x13 ^= x1
+            x13 = ((x13 << 8) & M) | (x13 >> 24)
+            x9 = (x9 + x13) & M
+            x5 ^= x9
+            x5 = ((x5 << 7) & M) | (x5 >> 25)
+            x2 = (x2 + x6) & M
+            x14 ^= x2
+            x14 = ((x14 << 16) & M) | (x14 >> 16)
+            x10 = (x10 + x14) & M
+            x6 ^= x10
+            x6 = ((x6 << 12) & M) | (x6 >> 20)
+            x2 = (x2 + x6) & M
+            x14 ^= x2
+            x14 = ((x14 << 8) & M) | (x14 >> 24)
+            x10 = (x10 + x14) & M
+            x6 ^= x10
+            x6 = ((x6 << 7) & M) | (x6 >> 25)
+            x3 = (x3 + x7) & M
+            x15 ^= x3
+            x15 = ((x15 << 16) & M) | (x15 >> 16)
+            x11 = (x11 + x15) & M
+            x7 ^= x11
+            x7 = ((x7 << 12) & M) | (x7 >> 20)
+            x3 = (x3 + x7) & M
+            x15 ^= x3
+            x15 = ((x15 << 8) & M) | (x15 >> 24)
+            x11 = (x11 + x15) & M
+            x7 ^= x11
+            x7 = ((x7 << 7) & M) | (x7 >> 25)
+            x0 = (x0 + x5) & M
+            x15 ^= x0
+            x15 = ((x15 << 16) & M) | (x15 >> 16)
+            x10 = (x10 + x15) & M
+            x5 ^= x10
+            x5 = ((x5 << 12) & M) | (x5 >> 20)
+            x0 = (x0 + x5) & M
+            x15 ^= x0
+            x15 = ((x15 << 8) & M) | (x15 >> 24)
+            x10 = (x10 + x15) & M
+            x5 ^= x10
+            x5 = ((x5 << 7) & M) | (x5 >> 25)
+            x1 = (x1 + x6) & M
+            x12 ^= x1
+            x12 = ((x12 << 16) & M) | (x12 >> 16)
+            x11 = (x11 + x12) & M
+            x6 ^= x11
+            x6 = ((x6 << 12) & M) | (x6 >> 20)
+            x1 = (x1 + x6) & M
+            x12 ^= x1
+            x12 = ((x12 << 8) & M) | (x12 >> 24)
+            x11 = (x11 + x12) & M
+            x6 ^= x11
+            x6 = ((x6 << 7) & M) | (x6 >> 25)
+            x2 = (x2 + x7) & M
+            x13 ^= x2
+            x13 = ((x13 << 16) & M) | (x13 >> 16)
+            x8 = (x8 + x13) & M
+            x7 ^= x8
+            x7 = ((x7 << 12) & M) | (x7 >> 20)
+            x2 = (x2 + x7) & M
+            x13 ^= x2
+            x13 = ((x13 << 8) & M) | (x13 >> 24)
+            x8 = (x8 + x13) & M
+            x7 ^= x8
+            x7 = ((x7 << 7) & M) | (x7 >> 25)
+            x3 = (x3 + x4) & M
+            x14 ^= x3
+            x14 = ((x14 << 16) & M) | (x14 >> 16)
+            x9 = (x9 + x14) & M
+            x4 ^= x9
+            x4 = ((x4 << 12) & M) | (x4 >> 20)
+            x3 = (x3 + x4) & M
+            x14 ^= x3
+            x14 = ((x14 << 8) & M) | (x14 >> 24)
+            x9 = (x9 + x14) & M
+            x4 ^= x9
+            x4 = ((x4 << 7) & M) | (x4 >> 25)
+        x0 = (x0 + uint(st[0])) & M
+        x1 = (x1 + uint(st[1])) & M
+        x2 = (x2 + uint(st[2])) & M
+        x3 = (x3 + uint(st[3])) & M
+        x4 = (x4 + uint(st[4])) & M
+        x5 = (x5 + uint(st[5])) & M
+        x6 = (x6 + uint(st[6])) & M
+        x7 = (x7 + uint(st[7])) & M
+        x8 = (x8 + uint(st[8])) & M
+        x9 = (x9 + uint(st[9])) & M
+        x10 = (x10 + uint(st[10])) & M
+        x11 = (x11 + uint(st[11])) & M
+        x12 = (x12 + uint(st[12])) & M
+        x13 = (x13 + uint(st[13])) & M
+        x14 = (x14 + uint(st[14])) & M
+        x15 = (x15 + uint(st[15])) & M
+        st[12] = (uint(st[12]) + 1) & M
+        if n >= 64:
+            dst[do + 0] = src[so + 0] ^ ((x0) & 0xFF)
+            dst[do + 1] = src[so + 1] ^ ((x0 >> 8) & 0xFF)
+            dst[do + 2] = src[so + 2] ^ ((x0 >> 16) & 0xFF)
+            dst[do + 3] = src[so + 3] ^ ((x0 >> 24) & 0xFF)
+            dst[do + 4] = src[so + 4] ^ ((x1) & 0xFF)
+            dst[do + 5] = src[so + 5] ^ ((x1 >> 8) & 0xFF)
+            dst[do + 6] = src[so + 6] ^ ((x1 >> 16) & 0xFF)
+            dst[do + 7] = src[so + 7] ^ ((x1 >> 24) & 0xFF)
+            dst[do + 8] = src[so + 8] ^ ((x2) & 0xFF)
+            dst[do + 9] = src[so + 9] ^ ((x2 >> 8) & 0xFF)
+            dst[do + 10] = src[so + 10] ^ ((x2 >> 16) & 0xFF)
+            dst[do + 11] = src[so + 11] ^ ((x2 >> 24) & 0xFF)
+            dst[do + 12] = src[so + 12] ^ ((x3) & 0xFF)
+            dst[do + 13] = src[so + 13] ^ ((x3 >> 8) & 0xFF)
+            dst[do + 14] = src[so + 14] ^ ((x3 >> 16) & 0xFF)
+            dst[do + 15] = src[so + 15] ^ ((x3 >> 24) & 0xFF)
+            dst[do + 16] = src[so + 16] ^ ((x4) & 0xFF)
+            dst[do + 17] = src[so + 17] ^ ((x4 >> 8) & 0xFF)
+            dst[do + 18] = src[so + 18] ^ ((x4 >> 16) & 0xFF)
+            dst[do + 19] = src[so + 19] ^ ((x4 >> 24) & 0xFF)
+            dst[do + 20] = src[so + 20] ^ ((x5) & 0xFF)
+            dst[do + 21] = src[so + 21] ^ ((x5 >> 8) & 0xFF)
+            dst[do + 22] = src[so + 22] ^ ((x5 >> 16) & 0xFF)
+            dst[do + 23] = src[so + 23] ^ ((x5 >> 24) & 0xFF)
+            dst[do + 24] = src[so + 24] ^ ((x6) & 0xFF)
+            dst[do + 25] = src[so + 25] ^ ((x6 >> 8) & 0xFF)
+            dst[do + 26] = src[so + 26] ^ ((x6 >> 16) & 0xFF)
+            dst[do + 27] = src[so + 27] ^ ((x6 >> 24) & 0xFF)
+            dst[do + 28] = src[so + 28] ^ ((x7) & 0xFF)
+            dst[do + 29] = src[so + 29] ^ ((x7 >> 8) & 0xFF)
+            dst[do + 30] = src[so + 30] ^ ((x7 >> 16) & 0xFF)
+            dst[do + 31] = src[so + 31] ^ ((x7 >> 24) & 0xFF)
+            dst[do + 32] = src[so + 32] ^ ((x8) & 0xFF)
+            dst[do + 33] = src[so + 33] ^ ((x8 >> 8) & 0xFF)
+            dst[do + 34] = src[so + 34] ^ ((x8 >> 16) & 0xFF)
+            dst[do + 35] = src[so + 35] ^ ((x8 >> 24) & 0xFF)
+            dst[do + 36] = src[so + 36] ^ ((x9) & 0xFF)
+            dst[do + 37] = src[so + 37] ^ ((x9 >> 8) & 0xFF)
+            dst[do + 38] = src[so + 38] ^ ((x9 >> 16) & 0xFF)
+            dst[do + 39] = src[so + 39] ^ ((x9 >> 24) & 0xFF)
+            dst[do + 40] = src[so + 40] ^ ((x10) & 0xFF)
+            dst[do + 41] = src[so + 41] ^ ((x10 >> 8) & 0xFF)
+            dst[do + 42] = src[so + 42] ^ ((x10 >> 16) & 0xFF)
+            dst[do + 43] = src[so + 43] ^ ((x10 >> 24) & 0xFF)
+            dst[do + 44] = src[so + 44] ^ ((x11) & 0xFF)
+            dst[do + 45] = src[so + 45] ^ ((x11 >> 8) & 0xFF)
+            dst[do + 46] = src[so + 46] ^ ((x11 >> 16) & 0xFF)
+            dst[do + 47] = src[so + 47] ^ ((x11 >> 24) & 0xFF)
+            dst[do + 48] = src[so + 48] ^ ((x12) & 0xFF)
+            dst[do + 49] = src[so + 49] ^ ((x12 >> 8) & 0xFF)
+            dst[do + 50] = src[so + 50] ^ ((x12 >> 16) & 0xFF)
+            dst[do + 51] = src[so + 51] ^ ((x12 >> 24) & 0xFF)
+            dst[do + 52] = src[so + 52] ^ ((x13) & 0xFF)
+            dst[do + 53] = src[so + 53] ^ ((x13 >> 8) & 0xFF)
+            dst[do + 54] = src[so + 54] ^ ((x13 >> 16) & 0xFF)
+            dst[do + 55] = src[so + 55] ^ ((x13 >> 24) & 0xFF)
+            dst[do + 56] = src[so + 56] ^ ((x14) & 0xFF)
+            dst[do + 57] = src[so + 57] ^ ((x14 >> 8) & 0xFF)
+            dst[do + 58] = src[so + 58] ^ ((x14 >> 16) & 0xFF)
+            dst[do + 59] = src[so + 59] ^ ((x14 >> 24) & 0xFF)
+            dst[do + 60] = src[so + 60] ^ ((x15) & 0xFF)
+            dst[do + 61] = src[so + 61] ^ ((x15 >> 8) & 0xFF)
+            dst[do + 62] = src[so + 62] ^ ((x15 >> 16) & 0xFF)
+            dst[do + 63] = src[so + 63] ^ ((x15 >> 24) & 0xFF)
+            so += 64
+            do += 64
+            n -= 64
+        else:
+            st[32] = x0
+            st[33] = x1
+            st[34] = x2
+            st[35] = x3
+            st[36] = x4
+            st[37] = x5
+            st[38] = x6
+            st[39] = x7
+            st[40] = x8
+            st[41] = x9
+            st[42] = x10
+            st[43] = x11
+            st[44] = x12
+            st[45] = x13
+            st[46] = x14
+            st[47] = x15
+            for i in range(n):
+                dst[do + i] = src[so + i] ^ ((uint(st[32 + (i >> 2)]) >> ((i & 3) << 3)) & 0xFF)
+            n = 0
+
+
+@micropython.viper
+def poly_init(ps: ptr32, key: ptr8):
+    """h = 0; r = clamp(key[0..15]) as 13-bit limbs; s = key[16..31]."""
+    t0 = key[0] | (key[1] << 8)
+    t1 = key[2] | ((key[3] & 15) << 8)
+    t2 = (key[4] & 252) | (key[5] << 8)
+    t3 = key[6] | ((key[7] & 15) << 8)
+    t4 = (key[8] & 252) | (key[9] << 8)
+    t5 = key[10] | ((key[11] & 15) << 8)
+    t6 = (key[12] & 252) | (key[13] << 8)
+    t7 = key[14] | ((key[15] & 15) << 8)
+    ps[10] = (t0) & 0x1FFF
+    ps[0] = 0
+    ps[11] = ((t0 >> 13) | (t1 << 3)) & 0x1FFF
+    ps[1] = 0
+    ps[12] = ((t1 >> 10) | (t2 << 6)) & 0x1FFF
+    ps[2] = 0
+    ps[13] = ((t2 >> 7) | (t3 << 9)) & 0x1FFF
+    ps[3] = 0
+    ps[14] = ((t3 >> 4) | (t4 << 12)) & 0x1FFF
+    ps[4] = 0
+    ps[15] = ((t4 >> 1)) & 0x1FFF
+    ps[5] = 0
+    ps[16] = ((t4 >> 14) | (t5 << 2)) & 0x1FFF
+    ps[6] = 0
+    ps[17] = ((t5 >> 11) | (t6 << 5)) & 0x1FFF
+    ps[7] = 0
+    ps[18] = ((t6 >> 8) | (t7 << 8)) & 0x1FFF
+    ps[8] = 0
+    ps[19] = ((t7 >> 5)) & 0x1FFF
+    ps[9] = 0
+    ps[20] = key[16] | (key[17] << 8)
+    ps[21] = key[18] | (key[19] << 8)
+    ps[22] = key[20] | (key[21] << 8)
+    ps[23] = key[22] | (key[23] << 8)
+    ps[24] = key[24] | (key[25] << 8)
+    ps[25] = key[26] | (key[27] << 8)
+    ps[26] = key[28] | (key[29] << 8)
+    ps[27] = key[30] | (key[31] << 8)
+
+
+@micropython.viper
+def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8):
+    """Absorb m[ps[28]:][:ps[29]] into h. Mode bits in ps[30]: 1 = zero-pad
+    a short block to 16 bytes and treat it as full (AEAD, RFC 8439 section
+    2.8), else append 0x01 without the high bit (plain Poly1305); 2 = then
+    absorb le64(ps[31]) || le64(ps[32]) (the AEAD length block); 4 = then
+    write the tag to out[ps[33]:][:16]. blk: 16 bytes of scratch."""
+    o = int(ps[28])
+    n = int(ps[29])
+    mode = int(ps[30])
+    lens = mode & 2
+    h0 = int(ps[0])
+    r0 = int(ps[10])
+    h1 = int(ps[1])
+    r1 = int(ps[11])
+    h2 = int(ps[2])
+    r2 = int(ps[12])
+    h3 = int(ps[3])
+    r3 = int(ps[13])
+    h4 = int(ps[4])
+    r4 = int(ps[14])
+    h5 = int(ps[5])
+    r5 = int(ps[15])
+    h6 = int(ps[6])
+    r6 = int(ps[16])
+    h7 = int(ps[7])
+    r7 = int(ps[17])
+    h8 = int(ps[8])
+    r8 = int(ps[18])
+    h9 = int(ps[9])
+    r9 = int(ps[19])
+    s1 = r1 * 5
+    s2 = r2 * 5
+    s3 = r3 * 5
+    s4 = r4 * 5
+    s5 = r5 * 5
+    s6 = r6 * 5
+    s7 = r7 * 5
+    s8 = r8 * 5
+    s9 = r9 * 5
+    while True:
+        p = m
+        hibit = 1 << 11  # 2**128 = bit 11 of limb 9 (9 * 13 + 11 = 128)
+        if n >= 16:
+            n -= 16
+        elif n > 0:
+            for i in range(16):
+                blk[i] = 0
+            for i in range(n):
+                blk[i] = m[o + i]
+            if (mode & 1) == 0:
+                blk[n] = 1
+                hibit = 0
+            p = blk
+            o = 0
+            n = 0
+        elif lens:
+            a = int(ps[31])
+            b = int(ps[32])
+            for i in range(16):
+                blk[i] = 0
+            for i in range(4):
+                blk[i] = (a >> (i << 3)) & 0xFF
+                blk[8 + i] = (b >> (i << 3)) & 0xFF
+            p = blk
+            o = 0
+            lens = 0
+        else:
+            break
+        t0 = p[o + 0] | (p[o + 1] << 8)
+        t1 = p[o + 2] | (p[o + 3] << 8)
+        t2 = p[o + 4] | (p[o + 5] << 8)
+        t3 = p[o + 6] | (p[o + 7] << 8)
+        t4 = p[o + 8] | (p[o + 9] << 8)
+        t5 = p[o + 10] | (p[o + 11] << 8)
+        t6 = p[o + 12] | (p[o + 13] << 8)
+        t7 = p[o + 14] | (p[o + 15] << 8)
+        h0 += (t0) & 0x1FFF
+        h1 += ((t0 >> 13) | (t1 << 3)) & 0x1FFF
+        h2 += ((t1 >> 10) | (t2 << 6)) & 0x1FFF
+        h3 += ((t2 >> 7) | (t3 << 9)) & 0x1FFF
+        h4 += ((t3 >> 4) | (t4 << 12)) & 0x1FFF
+        h5 += ((t4 >> 1)) & 0x1FFF
+        h6 += ((t4 >> 14) | (t5 << 2)) & 0x1FFF
+        h7 += ((t5 >> 11) | (t6 << 5)) & 0x1FFF
+        h8 += ((t6 >> 8) | (t7 << 8)) & 0x1FFF
+        h9 += (((t7 >> 5)) & 0x1FFF) | hibit
+        o += 16
+        c = 0
+        d = c + h0 * r0
+        c = 0
+        d += h1 * s9
+        d += h2 * s8
+        d += h3 * s7
+        c += d >> 13
+        d &= 0x1FFF
+        d += h4 * s6
+        d += h5 * s5
+        d += h6 * s4
+        d += h7 * s3
+        c += d >> 13
+        d &= 0x1FFF
+        d += h8 * s2
+        d += h9 * s1
+        c += d >> 13
+        g0 = d & 0x1FFF
+        d = c + h0 * r1
+        c = 0
+        d += h1 * r0
+        d += h2 * s9
+        d += h3 * s8
+        d += h4 * s7
+        c += d >> 13
+        d &= 0x1FFF
+        d += h5 * s6
+        d += h6 * s5
+        d += h7 * s4
+        d += h8 * s3
+        c += d >> 13
+        d &= 0x1FFF
+        d += h9 * s2
+        c += d >> 13
+        g1 = d & 0x1FFF
+        d = c + h0 * r2
+        c = 0
+        d += h1 * r1
+        d += h2 * r0
+        d += h3 * s9
+        d += h4 * s8
+        d += h5 * s7
+        c += d >> 13
+        d &= 0x1FFF
+        d += h6 * s6
+        d += h7 * s5
+        d += h8 * s4
+        d += h9 * s3
+        c += d >> 13
+        g2 = d & 0x1FFF
+        d = c + h0 * r3
+        c = 0
+        d += h1 * r2
+        d += h2 * r1
+        d += h3 * r0
+        d += h4 * s9
+        d += h5 * s8
+        d += h6 * s7
+        c += d >> 13
+        d &= 0x1FFF
+        d += h7 * s6
+        d += h8 * s5
+        d += h9 * s4
+        c += d >> 13
+        g3 = d & 0x1FFF
+        d = c + h0 * r4
+        c = 0
+        d += h1 * r3
+        d += h2 * r2
+        d += h3 * r1
+        d += h4 * r0
+        d += h5 * s9
+        d += h6 * s8
+        d += h7 * s7
+        c += d >> 13
+        d &= 0x1FFF
+        d += h8 * s6
+        d += h9 * s5
+        c += d >> 13
+        g4 = d & 0x1FFF
+        d = c + h0 * r5
+        c = 0
+        d += h1 * r4
+        d += h2 * r3
+        d += h3 * r2
+        d += h4 * r1
+        d += h5 * r0
+        d += h6 * s9
+        d += h7 * s8
+        d += h8 * s7
+        c += d >> 13
+        d &= 0x1FFF
+        d += h9 * s6
+        c += d >> 13
+        g5 = d & 0x1FFF
+        d = c + h0 * r6
+        c = 0
+        d += h1 * r5
+        d += h2 * r4
+        d += h3 * r3
+        d += h4 * r2
+        d += h5 * r1
+        d += h6 * r0
+        d += h7 * s9
+        d += h8 * s8
+        c += d >> 13
+        d &= 0x1FFF
+        d += h9 * s7
+        c += d >> 13
+        g6 = d & 0x1FFF
+        d = c + h0 * r7
+        c = 0
+        d += h1 * r6
+        d += h2 * r5
+        d += h3 * r4
+        d += h4 * r3
+        d += h5 * r2
+        d += h6 * r1
+        d += h7 * r0
+        d += h8 * s9
+        d += h9 * s8
+        c += d >> 13
+        g7 = d & 0x1FFF
+        d = c + h0 * r8
+        c = 0
+        d += h1 * r7
+        d += h2 * r6
+        d += h3 * r5
+        d += h4 * r4
+        d += h5 * r3
+        d += h6 * r2
+        d += h7 * r1
+        d += h8 * r0
+        d += h9 * s9
+        c += d >> 13
+        g8 = d & 0x1FFF
+        d = c + h0 * r9
+        c = 0
+        d += h1 * r8
+        d += h2 * r7
+        d += h3 * r6
+        d += h4 * r5
+        d += h5 * r4
+        d += h6 * r3
+        d += h7 * r2
+        d += h8 * r1
+        d += h9 * r0
+        c += d >> 13
+        g9 = d & 0x1FFF
+        c = c * 5 + g0
+        h0 = c & 0x1FFF
+        h1 = g1 + (c >> 13)
+        h2 = g2
+        h3 = g3
+        h4 = g4
+        h5 = g5
+        h6 = g6
+        h7 = g7
+        h8 = g8
+        h9 = g9
+    ps[0] = h0
+    ps[1] = h1
+    ps[2] = h2
+    ps[3] = h3
+    ps[4] = h4
+    ps[5] = h5
+    ps[6] = h6
+    ps[7] = h7
+    ps[8] = h8
+    ps[9] = h9
+    if mode & 4:
+        o = int(ps[33])
+        c = h1 >> 13
+        h1 &= 0x1FFF
+        h2 += c
+        c = h2 >> 13
+        h2 &= 0x1FFF
+        h3 += c
+        c = h3 >> 13
+        h3 &= 0x1FFF
+        h4 += c
+        c = h4 >> 13
+        h4 &= 0x1FFF
+        h5 += c
+        c = h5 >> 13
+        h5 &= 0x1FFF
+        h6 += c
+        c = h6 >> 13
+        h6 &= 0x1FFF
+        h7 += c
+        c = h7 >> 13
+        h7 &= 0x1FFF
+        h8 += c
+        c = h8 >> 13
+        h8 &= 0x1FFF
+        h9 += c
+        c = h9 >> 13
+        h9 &= 0x1FFF
+        h0 += c * 5
+        c = h0 >> 13
+        h0 &= 0x1FFF
+        h1 += c
+        c = h1 >> 13
+        h1 &= 0x1FFF
+        h2 += c
+        c = h2 >> 13
+        h2 &= 0x1FFF
+        h3 += c
+        c = h3 >> 13
+        h3 &= 0x1FFF
+        h4 += c
+        c = h4 >> 13
+        h4 &= 0x1FFF
+        h5 += c
+        c = h5 >> 13
+        h5 &= 0x1FFF
+        h6 += c
+        c = h6 >> 13
+        h6 &= 0x1FFF
+        h7 += c
+        c = h7 >> 13
+        h7 &= 0x1FFF
+        h8 += c
+        c = h8 >> 13
+        h8 &= 0x1FFF
+        h9 += c
+        # now h = sum(h[i] << 13 i) < 2**130 + 2**117 < 2 p, limbs 0..8 < 2**13
+        # and limb 9 <= 2**13; g = h + 5 - 2**130 = h - p
+        g0 = h0 + 5
+        c = g0 >> 13
+        g0 &= 0x1FFF
+        g1 = h1 + c
+        c = g1 >> 13
+        g1 &= 0x1FFF
+        g2 = h2 + c
+        c = g2 >> 13
+        g2 &= 0x1FFF
+        g3 = h3 + c
+        c = g3 >> 13
+        g3 &= 0x1FFF
+        g4 = h4 + c
+        c = g4 >> 13
+        g4 &= 0x1FFF
+        g5 = h5 + c
+        c = g5 >> 13
+        g5 &= 0x1FFF
+        g6 = h6 + c
+        c = g6 >> 13
+        g6 &= 0x1FFF
+        g7 = h7 + c
+        c = g7 >> 13
+        g7 &= 0x1FFF
+        g8 = h8 + c
+        c = g8 >> 13
+        g8 &= 0x1FFF
+        g9 = h9 + c - (1 << 13)
+        # h < p  <=>  g9 < 0: mh = -1 selects h, else 0 selects g
+        mh = g9 >> 30
+        mg = -1 - mh
+        h0 = (h0 & mh) | (g0 & mg)
+        h1 = (h1 & mh) | (g1 & mg)
+        h2 = (h2 & mh) | (g2 & mg)
+        h3 = (h3 & mh) | (g3 & mg)
+        h4 = (h4 & mh) | (g4 & mg)
+        h5 = (h5 & mh) | (g5 & mg)
+        h6 = (h6 & mh) | (g6 & mg)
+        h7 = (h7 & mh) | (g7 & mg)
+        h8 = (h8 & mh) | (g8 & mg)
+        h9 = (h9 & mh) | (g9 & mg)
+        w0 = (h0 | (h1 << 13)) & 0xFFFF
+        w1 = ((h1 >> 3) | (h2 << 10)) & 0xFFFF
+        w2 = ((h2 >> 6) | (h3 << 7)) & 0xFFFF
+        w3 = ((h3 >> 9) | (h4 << 4)) & 0xFFFF
+        w4 = ((h4 >> 12) | (h5 << 1) | (h6 << 14)) & 0xFFFF
+        w5 = ((h6 >> 2) | (h7 << 11)) & 0xFFFF
+        w6 = ((h7 >> 5) | (h8 << 8)) & 0xFFFF
+        w7 = ((h8 >> 8) | (h9 << 5)) & 0xFFFF
+        f = 0
+        f += w0 + ps[20]
+        out[o + 0] = f & 0xFF
+        out[o + 1] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w1 + ps[21]
+        out[o + 2] = f & 0xFF
+        out[o + 3] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w2 + ps[22]
+        out[o + 4] = f & 0xFF
+        out[o + 5] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w3 + ps[23]
+        out[o + 6] = f & 0xFF
+        out[o + 7] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w4 + ps[24]
+        out[o + 8] = f & 0xFF
+        out[o + 9] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w5 + ps[25]
+        out[o + 10] = f & 0xFF
+        out[o + 11] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w6 + ps[26]
+        out[o + 12] = f & 0xFF
+        out[o + 13] = (f >> 8) & 0xFF
+        f >>= 16
+        f += w7 + ps[27]
+        out[o + 14] = f & 0xFF
+        out[o + 15] = (f >> 8) & 0xFF
+        f >>= 16
+
+
+@micropython.viper
+def tag_diff(ps: ptr32, a: ptr8, b: ptr8) -> int:
+    """OR of the XORs of a[ps[28]:][:16] and b[:16]: 0 iff equal; no
+    early exit, so the time does not depend on where they differ."""
+    o = int(ps[28])
+    acc = 0
+    for i in range(16):
+        acc |= a[o + i] ^ b[i]
+    return acc

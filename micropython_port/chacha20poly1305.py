@@ -1,0 +1,429 @@
+"""ChaCha20-Poly1305 AEAD (RFC 8439) for MicroPython, with a pure-Python
+fallback that also runs on CPython.
+
+Invariants:
+- ``decrypt_into`` computes the tag over the ciphertext, compares it in
+  constant time, and only then writes plaintext. On a mismatch (or
+  ``src_len < 16``) it raises ``AuthError`` and ``dst`` is untouched.
+- Once a ``ChaCha20Poly1305`` object exists, ``encrypt_into`` and
+  ``decrypt_into`` on the fast path allocate nothing on the heap (a test runs
+  them under ``micropython.heap_lock()``): state, keystream, Poly1305 key,
+  padding block and tag live in buffers made by ``__init__``, and offsets and
+  lengths reach the viper code through those buffers, never through slices.
+  (A nonce of 2**30 or more on a 32-bit port, or 2**62 on a 64-bit one, is a
+  heap integer already; splitting it allocates.)
+- Every offset and length is checked before viper code touches memory: viper
+  does no bounds checks.
+- Fast path: ``_chachapoly_viper`` (32-bit-safe viper, see its docstring),
+  used when the port has the native emitter; otherwise, and on CPython, the
+  pure-Python classes below run. ``force_fallback_for_testing_only`` switches
+  paths so tests can compare them on one interpreter.
+"""
+
+from device.errors import AuthError, BufferTooSmall, LocalError
+
+KEY_BYTES = 32
+TAG_BYTES = 16
+IV_BYTES = 12
+
+try:
+    import array
+
+    from micropython_port import _chachapoly_viper as _v
+except Exception:  # noqa: BLE001 - CPython, or a port without the native emitter
+    _v = None
+
+_use_fast = _v is not None
+
+
+def has_fast_path():
+    """True if the viper ChaCha20/Poly1305 loaded on this interpreter."""
+    return _v is not None
+
+
+def force_fallback_for_testing_only(flag):
+    """Make new ``ChaCha20Poly1305`` objects use the pure-Python code
+    (``flag=True``) or the viper code (``False``); returns the previous
+    setting."""
+    global _use_fast
+    prev = not _use_fast
+    _use_fast = (not flag) and _v is not None
+    return prev
+
+
+def ChaCha20Poly1305(key):  # noqa: N802 - a factory standing in for a class
+    """A cipher object for the 32-byte ``key`` with ``encrypt_into`` and
+    ``decrypt_into`` (see ``device/backend.py``). Raises ``LocalError`` for a
+    key of the wrong length."""
+    if len(key) != KEY_BYTES:
+        raise LocalError("ChaCha20-Poly1305 key must be 32 bytes")
+    if _use_fast:
+        return _ViperChaCha20Poly1305(key)
+    return _PyChaCha20Poly1305(key)
+
+
+def _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, out_len):
+    if ad_len < 0 or src_off < 0 or src_len < 0 or dst_off < 0:
+        raise LocalError("negative offset or length")
+    if ad_len and ad_len > len(ad):
+        raise LocalError("ad_len exceeds ad")
+    if src_off + src_len > len(src):
+        raise LocalError("src range exceeds src")
+    if dst_off + out_len > len(dst):
+        raise BufferTooSmall("dst cannot hold the output")
+
+
+def _check_nonce(nonce):
+    if nonce < 0 or nonce >> 64:
+        raise LocalError("nonce must be a uint64")
+
+
+class _Cipher:
+    """The RFC 8439 section 2.8 construction over the ``_set_*``, ``_xor``,
+    ``_poly_*`` primitives of a subclass."""
+
+    def encrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
+        """Encrypt ``src[src_off:src_off+src_len]`` under the Noise nonce
+        ``nonce`` (uint64) and ``ad[:ad_len]``; write ciphertext || tag at
+        ``dst[dst_off:]``; return ``src_len + 16``. Raises ``LocalError`` for
+        a bad range or nonce, ``BufferTooSmall`` if ``dst`` is too short."""
+        _check_nonce(nonce)
+        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
+        self._set_nonce(nonce)
+        return self._seal(ad, ad_len, src, src_off, src_len, dst, dst_off)
+
+    def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
+        """Verify and decrypt ``src[src_off:src_off+src_len]`` (ciphertext ||
+        tag); write the plaintext at ``dst[dst_off:]`` and return
+        ``src_len - 16``. Raises ``AuthError``, writing nothing, if the tag is
+        wrong or ``src_len < 16``; ``LocalError``/``BufferTooSmall`` for bad
+        ranges."""
+        _check_nonce(nonce)
+        if src_len < TAG_BYTES:
+            raise AuthError("authentication failed")
+        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len - TAG_BYTES)
+        self._set_nonce(nonce)
+        return self._open(ad, ad_len, src, src_off, src_len, dst, dst_off)
+
+    def encrypt_iv(self, iv, ad, pt):
+        """RFC 8439 AEAD with a raw 12-byte nonce; returns ciphertext || tag
+        (allocates; for vectors and tests)."""
+        out = bytearray(len(pt) + TAG_BYTES)
+        self._set_iv(iv)
+        self._seal(ad, len(ad), pt, 0, len(pt), out, 0)
+        return bytes(out)
+
+    def decrypt_iv(self, iv, ad, ct):
+        """Inverse of ``encrypt_iv``; raises ``AuthError``."""
+        if len(ct) < TAG_BYTES:
+            raise AuthError("authentication failed")
+        out = bytearray(len(ct) - TAG_BYTES)
+        self._set_iv(iv)
+        self._open(ad, len(ad), ct, 0, len(ct), out, 0)
+        return bytes(out)
+
+    def _seal(self, ad, ad_len, src, src_off, src_len, dst, dst_off):
+        self._start()  # Poly1305 key from block 0; counter is now 1
+        self._xor(src, src_off, dst, dst_off, src_len)
+        self._mac(ad, ad_len, dst, dst_off, src_len)
+        self._poly_finish(dst, dst_off + src_len)
+        return src_len + TAG_BYTES
+
+    def _open(self, ad, ad_len, src, src_off, src_len, dst, dst_off):
+        ct_len = src_len - TAG_BYTES
+        self._start()
+        self._mac(ad, ad_len, src, src_off, ct_len)
+        if not self._tag_matches(src, src_off + ct_len):
+            raise AuthError("authentication failed")
+        self._xor(src, src_off, dst, dst_off, ct_len)
+        return ct_len
+
+    def _mac(self, ad, ad_len, ct, ct_off, ct_len):
+        # RFC 8439 section 2.8: ad || pad16 || ct || pad16 || le64(ad_len) || le64(ct_len)
+        if ad_len:
+            self._poly_update(ad, 0, ad_len)
+        if ct_len:
+            self._poly_update(ct, ct_off, ct_len)
+        lens = self._lens
+        for i in range(4):
+            lens[i] = (ad_len >> (8 * i)) & 0xFF
+            lens[8 + i] = (ct_len >> (8 * i)) & 0xFF
+        self._poly_update(lens, 0, 16)
+
+
+class _ViperChaCha20Poly1305(_Cipher):
+    """The fast path. ``encrypt_into``/``decrypt_into`` are written out flat
+    (no helper calls) because on MicroPython each Python-level call costs
+    about as much as absorbing a Poly1305 block."""
+
+    def __init__(self, key):
+        self._st = array.array("I", bytes(4 * 48))
+        self._ps = array.array("I", bytes(4 * 40))
+        self._blk = bytearray(16)
+        self._tag = bytearray(16)
+        _v.chacha_setkey(self._st, key)
+
+    def encrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
+        if nonce < 0 or nonce >> 64:
+            raise LocalError("nonce must be a uint64")
+        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
+        st = self._st
+        ps = self._ps
+        v = _v
+        st[20] = nonce & 0xFFFF
+        st[21] = (nonce >> 16) & 0xFFFF
+        st[22] = (nonce >> 32) & 0xFFFF
+        st[23] = (nonce >> 48) & 0xFFFF
+        v.chacha_setnonce(st)
+        v.chacha_polykey(st, ps)  # block 0 -> r, s; counter = 1
+        st[16] = src_off
+        st[17] = dst_off
+        st[18] = src_len
+        v.chacha_xor(st, src, dst)
+        ps[31] = ad_len
+        ps[32] = src_len
+        ps[33] = dst_off + src_len  # the tag follows the ciphertext
+        if ad_len:
+            ps[28] = 0
+            ps[29] = ad_len
+            ps[30] = 1
+            v.poly_update(ps, ad, self._blk, dst)
+        ps[28] = dst_off
+        ps[29] = src_len
+        ps[30] = 7  # pad, then the length block, then the tag
+        v.poly_update(ps, dst, self._blk, dst)
+        return src_len + TAG_BYTES
+
+    def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
+        if nonce < 0 or nonce >> 64:
+            raise LocalError("nonce must be a uint64")
+        if src_len < TAG_BYTES:
+            raise AuthError("authentication failed")
+        ct_len = src_len - TAG_BYTES
+        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, ct_len)
+        st = self._st
+        ps = self._ps
+        v = _v
+        st[20] = nonce & 0xFFFF
+        st[21] = (nonce >> 16) & 0xFFFF
+        st[22] = (nonce >> 32) & 0xFFFF
+        st[23] = (nonce >> 48) & 0xFFFF
+        v.chacha_setnonce(st)
+        v.chacha_polykey(st, ps)
+        ps[31] = ad_len
+        ps[32] = ct_len
+        ps[33] = 0
+        if ad_len:
+            ps[28] = 0
+            ps[29] = ad_len
+            ps[30] = 1
+            v.poly_update(ps, ad, self._blk, self._tag)
+        ps[28] = src_off
+        ps[29] = ct_len
+        ps[30] = 7
+        v.poly_update(ps, src, self._blk, self._tag)
+        ps[28] = src_off + ct_len
+        if v.tag_diff(ps, src, self._tag):
+            raise AuthError("authentication failed")
+        st[16] = src_off
+        st[17] = dst_off
+        st[18] = ct_len
+        v.chacha_xor(st, src, dst)
+        return ct_len
+
+    # primitives for the shared encrypt_iv/decrypt_iv and the raw functions
+
+    def _set_iv(self, iv):
+        if len(iv) != IV_BYTES:
+            raise LocalError("nonce must be 12 bytes")
+        _v.chacha_setiv(self._st, iv)
+
+    def _start(self):
+        _v.chacha_polykey(self._st, self._ps)
+
+    def _xor(self, src, src_off, dst, dst_off, n):
+        st = self._st
+        st[16] = src_off
+        st[17] = dst_off
+        st[18] = n
+        _v.chacha_xor(st, src, dst)
+
+    def _mac(self, ad, ad_len, ct, ct_off, ct_len):
+        ps = self._ps
+        ps[31] = ad_len
+        ps[32] = ct_len
+        ps[33] = 0
+        if ad_len:
+            ps[28] = 0
+            ps[29] = ad_len
+            ps[30] = 1
+            _v.poly_update(ps, ad, self._blk, self._tag)
+        ps[28] = ct_off
+        ps[29] = ct_len
+        ps[30] = 7
+        _v.poly_update(ps, ct, self._blk, self._tag)
+
+    def _poly_finish(self, out, off):
+        tag = self._tag
+        for i in range(TAG_BYTES):
+            out[off + i] = tag[i]
+
+    def _tag_matches(self, src, off):
+        self._ps[28] = off
+        return _v.tag_diff(self._ps, src, self._tag) == 0
+
+
+# --- pure Python ------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+_P1305 = (1 << 130) - 5
+
+
+def _rotl(v, n):
+    return ((v << n) & _M32) | (v >> (32 - n))
+
+
+def _qr(x, a, b, c, d):
+    x[a] = (x[a] + x[b]) & _M32
+    x[d] = _rotl(x[d] ^ x[a], 16)
+    x[c] = (x[c] + x[d]) & _M32
+    x[b] = _rotl(x[b] ^ x[c], 12)
+    x[a] = (x[a] + x[b]) & _M32
+    x[d] = _rotl(x[d] ^ x[a], 8)
+    x[c] = (x[c] + x[d]) & _M32
+    x[b] = _rotl(x[b] ^ x[c], 7)
+
+
+def _le32(b, o):
+    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
+
+
+class _PyChaCha20Poly1305(_Cipher):
+    def __init__(self, key):
+        self._state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574]
+        self._state += [_le32(key, 4 * i) for i in range(8)] + [0, 0, 0, 0]
+        self._lens = bytearray(16)
+        self._ks = bytearray(64)
+
+    def _set_nonce(self, nonce):
+        self._state[13] = 0
+        self._state[14] = nonce & _M32
+        self._state[15] = nonce >> 32
+
+    def _set_iv(self, iv):
+        if len(iv) != IV_BYTES:
+            raise LocalError("nonce must be 12 bytes")
+        for i in range(3):
+            self._state[13 + i] = _le32(iv, 4 * i)
+
+    def _block(self):
+        """Keystream block for the current counter into self._ks; counter += 1."""
+        s = self._state
+        x = list(s)
+        for _ in range(10):
+            _qr(x, 0, 4, 8, 12)
+            _qr(x, 1, 5, 9, 13)
+            _qr(x, 2, 6, 10, 14)
+            _qr(x, 3, 7, 11, 15)
+            _qr(x, 0, 5, 10, 15)
+            _qr(x, 1, 6, 11, 12)
+            _qr(x, 2, 7, 8, 13)
+            _qr(x, 3, 4, 9, 14)
+        ks = self._ks
+        for i in range(16):
+            v = (x[i] + s[i]) & _M32
+            ks[4 * i] = v & 0xFF
+            ks[4 * i + 1] = (v >> 8) & 0xFF
+            ks[4 * i + 2] = (v >> 16) & 0xFF
+            ks[4 * i + 3] = v >> 24
+        s[12] = (s[12] + 1) & _M32
+
+    def _start(self):
+        self._state[12] = 0
+        self._block()
+        pk = self._ks
+        self._r = int.from_bytes(bytes(pk[0:16]), "little") & 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
+        self._s = int.from_bytes(bytes(pk[16:32]), "little")
+        self._h = 0
+
+    def _xor(self, src, src_off, dst, dst_off, n):
+        ks = self._ks
+        done = 0
+        while done < n:
+            self._block()
+            m = min(64, n - done)
+            for i in range(m):
+                dst[dst_off + done + i] = src[src_off + done + i] ^ ks[i]
+            done += m
+
+    def _poly_update(self, m, off, n, pad=True):
+        h, r = self._h, self._r
+        end = off + n
+        while off < end:
+            chunk = bytes(m[off : min(off + 16, end)])
+            if pad or len(chunk) == 16:
+                v = int.from_bytes(chunk, "little") + (1 << 128)
+            else:
+                v = int.from_bytes(chunk, "little") + (1 << (8 * len(chunk)))
+            h = (h + v) * r % _P1305
+            off += 16
+        self._h = h
+
+    def _tag_bytes(self):
+        return ((self._h + self._s) & ((1 << 128) - 1)).to_bytes(16, "little")
+
+    def _poly_finish(self, out, off):
+        tag = self._tag_bytes()
+        for i in range(16):
+            out[off + i] = tag[i]
+
+    def _tag_matches(self, src, off):
+        tag = self._tag_bytes()
+        acc = 0
+        for i in range(16):
+            acc |= src[off + i] ^ tag[i]
+        return acc == 0
+
+
+# --- raw RFC 8439 primitives (allocating; for vectors and tests) -------------
+
+
+def chacha20_encrypt(key, counter, iv, data):
+    """RFC 8439 section 2.4 ChaCha20 of ``data`` from block ``counter``."""
+    c = ChaCha20Poly1305(key)
+    c._set_iv(iv)
+    out = bytearray(len(data))
+    if isinstance(c, _ViperChaCha20Poly1305):
+        c._st[12] = counter
+    else:
+        c._state[12] = counter
+    c._xor(data, 0, out, 0, len(data))
+    return bytes(out)
+
+
+def chacha20_block(key, counter, iv):
+    """RFC 8439 section 2.3 block function: 64 keystream bytes."""
+    return chacha20_encrypt(key, counter, iv, bytes(64))
+
+
+def poly1305(key, msg):
+    """RFC 8439 section 2.5 one-time authenticator of ``msg`` under the
+    32-byte ``key``."""
+    if len(key) != KEY_BYTES:
+        raise LocalError("Poly1305 key must be 32 bytes")
+    if _use_fast:
+        ps = array.array("I", bytes(4 * 40))
+        out = bytearray(16)
+        _v.poly_init(ps, key)
+        ps[28] = 0
+        ps[29] = len(msg)
+        ps[30] = 4  # plain Poly1305 padding, then the tag
+        ps[33] = 0
+        _v.poly_update(ps, msg, bytearray(16), out)
+        return bytes(out)
+    p = _PyChaCha20Poly1305(bytes(32))
+    p._r = int.from_bytes(bytes(key[0:16]), "little") & 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
+    p._s = int.from_bytes(bytes(key[16:32]), "little")
+    p._h = 0
+    p._poly_update(msg, 0, len(msg), pad=False)
+    return p._tag_bytes()
