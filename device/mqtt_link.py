@@ -1,0 +1,163 @@
+"""MQTT transport for devices and the peer on CPython (paho-mqtt 2.x).
+
+A link belongs to one id. It publishes envelopes to ``moteseal/v1/up/<id>``
+and receives from ``moteseal/v1/down/<id>`` (docs/protocol.md, "MQTT
+topics"); the gateway routes between the two by the envelope's ``dst``. The
+peer is just another id with its own link.
+
+Invariants:
+- QoS 1 both ways and a persistent session (clean_start False, a session
+  expiry interval, a fixed client id ``moteseal-<id>``), so the broker
+  queues what arrives for a sleeping or disconnected device and delivers it
+  on reconnect. QoS 1 may deliver twice; the session layer's replay window
+  discards the duplicate.
+- The link moves opaque envelope bytes; it holds no key and logs nothing.
+- ``recv`` hands envelopes over in arrival order through a bounded inbox;
+  when the inbox is full, the newest is dropped and counted (``dropped``).
+- TCP_NODELAY on the socket: one small envelope must not wait ~40 ms for
+  Nagle's algorithm.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import ssl
+import threading
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+__all__ = ["UP_PREFIX", "DOWN_PREFIX", "MqttLink", "LinkError"]
+
+UP_PREFIX = "moteseal/v1/up/"
+DOWN_PREFIX = "moteseal/v1/down/"
+DEFAULT_SESSION_EXPIRY = 86400  # s the broker keeps a device's queue while it sleeps
+INBOX_MAX = 1024  # envelopes buffered between paho's thread and the caller
+
+
+class LinkError(OSError):
+    """The broker refused or could not be reached in time."""
+
+
+class MqttLink:
+    """One id's MQTT connection: ``send(envelope)``, ``recv(timeout)``.
+
+    Pass ``on_envelope`` to get each envelope in paho's network thread
+    instead of through ``recv``.
+    """
+
+    def __init__(self, device_id: str, host: str = "127.0.0.1", port: int = 1883, *,
+                 username: str | None = None, password: str | None = None,
+                 tls: bool = False, ca_file: str | None = None,
+                 client_id: str | None = None, clean_start: bool = False,
+                 session_expiry: int = DEFAULT_SESSION_EXPIRY, keepalive: int = 30,
+                 max_inflight: int = 100,
+                 on_envelope: Callable[[bytes], None] | None = None) -> None:
+        self.device_id = device_id
+        self.host, self.port = host, port
+        self.up_topic = UP_PREFIX + device_id
+        self.down_topic = DOWN_PREFIX + device_id
+        self.connected = threading.Event()  # set once the down subscription is held
+        self.refused: str | None = None
+        self.dropped = 0
+        self.received = 0
+        self._inbox: "queue.Queue[bytes]" = queue.Queue(INBOX_MAX)
+        self._on_envelope = on_envelope
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._keepalive = keepalive
+        self._max_inflight = max_inflight
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"moteseal-{device_id}",
+                        protocol=mqtt.MQTTv5)
+        if username:
+            c.username_pw_set(username, password)
+        if tls:
+            c.tls_set(ca_certs=ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.max_inflight_messages_set(max_inflight)
+        c.reconnect_delay_set(1, 10)
+        c.on_socket_open = lambda client, userdata, sock: _nodelay(sock)
+        c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
+        c.on_disconnect = lambda client, userdata, flags, rc, props: self.connected.clear()
+        c.on_message = self._on_message
+        self.client = c
+
+    def start(self, timeout: float | None = 10.0) -> "MqttLink":
+        """Connect in the background; with ``timeout``, wait until the down
+        subscription is held. Raises ``LinkError`` on refusal or timeout."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry
+        props.ReceiveMaximum = self._max_inflight
+        self.client.connect_async(self.host, self.port, keepalive=self._keepalive,
+                                  clean_start=self._clean_start, properties=props)
+        self.client.loop_start()
+        if timeout is not None and not self.connected.wait(timeout):
+            reason = self.refused or "timed out"
+            self.close()
+            raise LinkError(f"MQTT {self.host}:{self.port} as {self.device_id}: {reason}")
+        return self
+
+    def send(self, envelope: bytes) -> mqtt.MQTTMessageInfo:
+        """Publish one envelope on the up topic (QoS 1). While disconnected,
+        paho keeps it and sends it after reconnecting."""
+        return self.client.publish(self.up_topic, envelope, qos=1)
+
+    def recv(self, timeout: float | None = 0.0) -> bytes | None:
+        """The next envelope from the down topic, or None after ``timeout``
+        seconds (0: do not wait; None: wait forever)."""
+        try:
+            if timeout == 0.0:
+                return self._inbox.get_nowait()
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Disconnect. The broker keeps the session (and queues for it) for
+        the session expiry interval."""
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    # paho callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any) -> None:
+        if rc.is_failure:
+            self.refused = str(rc)
+            if rc.value in (134, 135):  # bad credentials, not authorised: retrying is futile
+                client.disconnect()
+            return
+        client.subscribe(self.down_topic, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any,
+                      props: Any) -> None:
+        if any(rc.is_failure for rc in rcs):
+            self.refused = f"subscription to {self.down_topic} refused"
+            return
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.down_topic:
+            return
+        self.received += 1
+        payload = bytes(msg.payload)
+        if self._on_envelope is not None:
+            self._on_envelope(payload)
+            return
+        try:
+            self._inbox.put_nowait(payload)
+        except queue.Full:
+            self.dropped += 1
+
+
+def _nodelay(sock: Any) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass

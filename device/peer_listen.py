@@ -1,0 +1,121 @@
+"""The peer on CPython: answer handshakes and decrypt telemetry from MQTT.
+
+``PeerListener`` couples a ``device.session.PeerSessions`` (the responder for
+many devices) to the peer's own ``MqttLink``: envelopes arrive on the peer's
+down topic, replies (handshake message 2, hints) leave on its up topic and
+the gateway routes them by ``dst``. One thread (``run``) touches the
+sessions.
+
+Invariants:
+- Every envelope yields exactly one report: ``telemetry`` (decrypted, from a
+  message 1 or a data envelope), ``hint_sent`` (the device's session is
+  unknown here, e.g. after a peer restart; the device re-handshakes), or
+  ``refused`` / ``rejected`` with the error's class and reason. Bad bytes
+  never stop the listener.
+- Reports hold ids, sizes, kinds and decrypted readings, never a key, a PSK
+  or ciphertext.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from device.errors import RemoteError
+from device.mqtt_link import MqttLink
+from device.session import PeerSessions
+from device.simulate import decode_reading
+
+__all__ = ["PeerListener", "format_report"]
+
+Report = dict[str, Any]
+
+
+class PeerListener:
+    """Drive ``sessions`` from ``link``; hand each report to ``on_report``."""
+
+    def __init__(self, sessions: PeerSessions, link: MqttLink,
+                 on_report: Callable[[Report], None],
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.sessions = sessions
+        self.link = link
+        self.on_report = on_report
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0}
+        self._lock = threading.Lock()
+
+    def handle(self, data: bytes) -> Report:
+        """Process one envelope; returns (and reports) what it was."""
+        with self._lock:
+            now = self.clock()
+            try:
+                got = self.sessions.receive(data, now)
+            except RemoteError as exc:
+                reply = getattr(exc, "reply", None)
+                if reply is not None:
+                    self.link.send(reply)
+                    self.counts["refused"] += 1
+                    report = {"event": "refused", "error": type(exc).__name__,
+                              "reason": getattr(exc, "reason", ""), "size": len(data)}
+                else:
+                    self.counts["rejected"] += 1
+                    report = {"event": "rejected", "error": type(exc).__name__, "size": len(data)}
+                return self._report(report)
+            device = got.device_id.decode("ascii", "replace")
+            if got.reply is not None:
+                self.link.send(got.reply)
+            if got.kind == "hint":
+                self.counts["hints"] += 1
+                return self._report({"event": "hint_sent", "device": device, "size": len(data)})
+            if got.kind == "hs1":
+                self.counts["handshakes"] += 1
+            self.counts["telemetry"] += 1
+            report: Report = {"event": "telemetry", "device": device, "via": got.kind,
+                              "size": len(data)}
+            reading = decode_reading(got.payload or b"")
+            if reading is not None:
+                report["reading"] = reading
+            else:
+                report["payload_bytes"] = len(got.payload or b"")
+            return self._report(report)
+
+    def send(self, device_id: str, payload: bytes) -> bytes:
+        """Encrypt ``payload`` to a device on its current session and publish
+        it; returns the envelope. Raises ``LocalError`` if there is no session."""
+        with self._lock:
+            env = self.sessions.send(device_id.encode(), payload, self.clock())
+        self.link.send(env)
+        return env
+
+    def _report(self, report: Report) -> Report:
+        report["ts"] = round(self.wall_clock(), 3)
+        try:
+            self.on_report(report)
+        except Exception:
+            pass  # a broken printer must not stop decryption
+        return report
+
+    def run(self, stop: threading.Event) -> None:
+        """Handle envelopes until ``stop`` is set."""
+        while not stop.is_set():
+            data = self.link.recv(timeout=0.2)
+            if data is not None:
+                self.handle(data)
+
+
+def format_report(r: Report) -> str:
+    """One human-readable line for a report."""
+    ev = r["event"]
+    if ev == "telemetry":
+        reading = r.get("reading")
+        if reading:
+            body = "  ".join(f"{k}={v}" for k, v in sorted(reading.items()))
+        else:
+            body = f"{r.get('payload_bytes', 0)} bytes"
+        return f"{r['device']:<16} {r['via']:<4} {body}"
+    if ev == "hint_sent":
+        return f"{r['device']:<16} unknown session: asked it to handshake again"
+    return f"{'?':<16} {ev}: {r.get('error', '')} {r.get('reason', '')}".rstrip()

@@ -1,0 +1,197 @@
+"""Simulated sensors on CPython: encrypted telemetry over MQTT.
+
+Each sensor owns a ``device.session.DeviceSession`` and a
+``device.mqtt_link.MqttLink``. Readings are a small CBOR map encoded *inside*
+the encrypted payload: the first reading rides in handshake message 1
+(0-RTT), later ones in data envelopes. One thread drives every sensor of a
+``Fleet``, so the (not thread-safe) sessions are only touched there.
+
+Invariants:
+- A sensor handshakes when it has no session, when its session is spent,
+  when the peer answers that the session is unknown (a hint, which
+  ``DeviceSession`` itself accepts at most once per ``hint_interval``), or
+  when message 2 does not come within ``handshake_timeout``. Handshakes are
+  at least ``min_handshake_gap`` seconds apart whatever the trigger, so
+  forged hints cannot make a sensor flood its peer.
+- Nothing is logged or reported that holds a key, a PSK or a reading's
+  ciphertext; events carry ids, sizes, sequence numbers and kinds.
+- Bad envelopes from the network (``RemoteError``) are counted and ignored.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from typing import Any, Callable
+
+import cbor2
+
+from device.errors import LocalError, RemoteError, SessionExpired
+from device.mqtt_link import MqttLink
+from device.session import EV_DATA, EV_HANDSHAKE, EV_REHANDSHAKE, DeviceSession
+
+__all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading"]
+
+Event = dict[str, Any]
+
+
+def encode_reading(seq: int, temp_c: float, rh: float, battery_mv: int) -> bytes:
+    """The telemetry payload: canonical CBOR ``{"seq", "t", "rh", "bat"}``."""
+    return cbor2.dumps({"seq": seq, "t": round(temp_c, 2), "rh": round(rh, 1),
+                        "bat": battery_mv}, canonical=True)
+
+
+def decode_reading(payload: bytes) -> dict[str, Any] | None:
+    """The reading in a decrypted payload, or None if it is not one."""
+    try:
+        value = cbor2.loads(payload)
+    except Exception:
+        return None
+    return value if isinstance(value, dict) and "seq" in value else None
+
+
+class SimulatedSensor:
+    """One sensor: a random-walk thermometer on a session and a link."""
+
+    def __init__(self, session: DeviceSession, link: MqttLink, interval: float = 5.0, *,
+                 seed: int | None = None, handshake_timeout: float = 5.0,
+                 min_handshake_gap: float = 1.0,
+                 on_event: Callable[[Event], None] | None = None) -> None:
+        self.session = session
+        self.link = link
+        self.id = session.device_id.decode()
+        self.interval = interval
+        self.handshake_timeout = handshake_timeout
+        self.min_handshake_gap = min_handshake_gap
+        self.on_event = on_event
+        self.rng = random.Random(seed)
+        self.temp = 18.0 + self.rng.random() * 6
+        self.rh = 35.0 + self.rng.random() * 20
+        self.battery = 3000 + self.rng.randrange(300)
+        self.seq = 0
+        self.next_due = 0.0
+        self.last_handshake: float | None = None
+        self.session_lost = False
+        self.counts = {"readings": 0, "handshakes": 0, "rehandshakes": 0,
+                       "skipped": 0, "bad_envelopes": 0, "from_peer": 0}
+
+    def _emit(self, **event: Any) -> None:
+        if self.on_event is not None:
+            self.on_event({"device": self.id, **event})
+
+    def _next_reading(self) -> bytes:
+        self.temp += self.rng.uniform(-0.3, 0.3)
+        self.rh = min(95.0, max(5.0, self.rh + self.rng.uniform(-1, 1)))
+        self.battery -= self.rng.randrange(2)
+        payload = encode_reading(self.seq, self.temp, self.rh, self.battery)
+        self.seq += 1
+        return payload
+
+    def _can_handshake(self, now: float) -> bool:
+        return self.last_handshake is None or now - self.last_handshake >= self.min_handshake_gap
+
+    def _handshake(self, payload: bytes, now: float, why: str) -> None:
+        env = self.session.handshake(payload, now)
+        self.link.send(env)
+        self.last_handshake = now
+        self.counts["handshakes"] += 1
+        self.counts["readings"] += 1
+        self._emit(event="handshake", why=why, seq=self.seq - 1, size=len(env))
+
+    def tick(self, now: float) -> None:
+        """Send a reading if one is due."""
+        if now < self.next_due:
+            return
+        self.next_due = now + self.interval
+        s = self.session
+        stale_hs = (s.handshaking and self.last_handshake is not None
+                    and now - self.last_handshake >= self.handshake_timeout)
+        need_hs = s.transport is None or self.session_lost
+        if need_hs and (not s.handshaking or stale_hs):
+            if self._can_handshake(now):
+                self._handshake(self._next_reading(), now,
+                                "timeout" if stale_hs else ("lost" if self.session_lost else "new"))
+            else:
+                self.counts["skipped"] += 1
+            return
+        if need_hs:  # waiting for message 2
+            self.counts["skipped"] += 1
+            return
+        payload = self._next_reading()
+        try:
+            env = s.send(payload, now)
+        except SessionExpired:
+            self.seq -= 1
+            if self._can_handshake(now):
+                self._handshake(self._next_reading(), now, "expired")
+            return
+        self.link.send(env)
+        self.counts["readings"] += 1
+        self._emit(event="sent", seq=self.seq - 1, size=len(env))
+
+    def on_envelope(self, data: bytes, now: float) -> None:
+        """Handle one envelope from the peer."""
+        try:
+            ev, payload = self.session.receive(data, now)
+        except RemoteError as exc:
+            self.counts["bad_envelopes"] += 1
+            self._emit(event="rejected", error=type(exc).__name__, size=len(data))
+            return
+        if ev == EV_HANDSHAKE:
+            self.session_lost = False
+            self._emit(event="session", sid=self.session.sid)
+        elif ev == EV_DATA:
+            self.counts["from_peer"] += 1
+            self._emit(event="from_peer", size=len(payload))
+        elif ev == EV_REHANDSHAKE:
+            self.counts["rehandshakes"] += 1
+            self.session_lost = True
+            self._emit(event="hint", action="rehandshake")
+            if self._can_handshake(now):
+                self._handshake(self._next_reading(), now, "hint")
+                self.next_due = now + self.interval
+
+
+class Fleet:
+    """Drives sensors from one thread; envelopes from paho's threads reach
+    it through one queue. ``run(stop)`` returns when ``stop`` is set."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sensors: list[SimulatedSensor] = []
+        self.inbox: "queue.Queue[tuple[SimulatedSensor, bytes]]" = queue.Queue()
+        self.clock = clock
+        self.errors: list[str] = []
+
+    def add(self, sensor: SimulatedSensor, stagger: float = 0.0) -> SimulatedSensor:
+        sensor.next_due = self.clock() + stagger
+        self.sensors.append(sensor)
+        return sensor
+
+    def deliver(self, sensor: SimulatedSensor) -> Callable[[bytes], None]:
+        """The ``on_envelope`` callback to give ``sensor``'s link."""
+        return lambda data: self.inbox.put((sensor, data))
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            now = self.clock()
+            for sensor in self.sensors:
+                try:
+                    sensor.tick(now)
+                except LocalError as exc:  # e.g. counter exhausted: stop that sensor
+                    self.errors.append(f"{sensor.id}: {exc}")
+                    sensor.next_due = float("inf")
+            due = min((s.next_due for s in self.sensors), default=now + 0.5)
+            try:
+                sensor, data = self.inbox.get(timeout=max(0.0, min(0.5, due - self.clock())))
+            except queue.Empty:
+                continue
+            sensor.on_envelope(data, self.clock())
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.sensors:
+            for k, v in s.counts.items():
+                out[k] = out.get(k, 0) + v
+        return out
