@@ -16,6 +16,14 @@ pyserial URL (``/dev/ttyUSB0``, ``loop://``, ``socket://host:port``,
 ``LinkDown`` while the port is closed or if the write fails; the caller
 decides whether to queue (the gateway does, ``gateway.queue``). A frame cut
 short by a failure is harmless: the next frame's leading delimiter ends it.
+
+Hellos (docs/protocol.md, "Hello frames"): an empty frame is link-level, not
+an envelope. The link sends one each time it opens the port; a device link
+(``answer_hello=True``) also answers each hello it receives. ``peer_ready``
+is set once any intact frame has arrived since the port opened: only then
+is the other end known to be listening, since bytes written into a port
+before its reader opens it are discarded (pyserial flushes input on open,
+and a UART whose device is off drops them).
 """
 
 from __future__ import annotations
@@ -52,8 +60,10 @@ class SerialLink:
 
     ``on_frame(payload)`` runs on the reader thread; it must not block for
     long. ``on_state(connected)`` runs on the reader thread after each open
-    and each failure. Exceptions from either callback are logged and do not
-    stop the link.
+    and each failure, ``on_ready()`` when the first frame after an open
+    arrives. Exceptions from callbacks are logged and do not stop the link.
+    Empty frames (hellos) never reach ``on_frame``. Set ``answer_hello`` on
+    a device's link, never on the gateway's.
     """
 
     def __init__(
@@ -63,6 +73,8 @@ class SerialLink:
         *,
         on_frame: Callable[[bytes], None] | None = None,
         on_state: Callable[[bool], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+        answer_hello: bool = False,
         max_payload: int = FRAME_PAYLOAD_MAX_BYTES,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
@@ -75,6 +87,10 @@ class SerialLink:
         self.name = name or url
         self._on_frame = on_frame
         self._on_state = on_state
+        self._on_ready = on_ready
+        # Never on both ends of one cable (nor with loop://): two answering
+        # ends would bounce hellos forever.
+        self._answer_hello = answer_hello
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._decoder = FrameDecoder(max_payload)
@@ -84,9 +100,11 @@ class SerialLink:
         self._port: serial.SerialBase | None = None
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.frames_rx = 0
         self.frames_tx = 0
+        self.hellos_rx = 0
         self.rx_overflow = 0
         self.opens = 0
         self.failures = 0
@@ -123,10 +141,22 @@ class SerialLink:
         """Block until the port is open; False on timeout."""
         return self._connected.wait(timeout)
 
+    @property
+    def peer_ready(self) -> bool:
+        """The port is open and a frame (a hello or an envelope) has
+        arrived since it opened: the other end is listening."""
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until ``peer_ready``; False on timeout."""
+        return self._ready.wait(timeout)
+
     def stats(self) -> dict[str, Any]:
         """Counters for logs and metrics (no payload bytes)."""
         return {
             "connected": self.connected,
+            "peer_ready": self.peer_ready,
+            "hellos_rx": self.hellos_rx,
             "frames_rx": self.frames_rx,
             "frames_tx": self.frames_tx,
             "rx_overflow": self.rx_overflow,
@@ -179,6 +209,18 @@ class SerialLink:
                 yield p
 
     def _deliver(self, buf: memoryview, n: int) -> None:
+        if not self._ready.is_set():
+            self._ready.set()
+            if self._on_ready is not None:
+                try:
+                    self._on_ready()
+                except Exception:
+                    log.exception("serial %s: on_ready callback failed", self.name)
+        if n == 0:
+            self.hellos_rx += 1
+            if self._answer_hello:
+                self._hello()
+            return
         payload = bytes(buf[:n])
         self.frames_rx += 1
         if self._on_frame is not None:
@@ -202,11 +244,19 @@ class SerialLink:
             write_timeout=WRITE_TIMEOUT_S,
         )
 
+    def _hello(self) -> None:
+        try:
+            self.send(b"")
+            self.frames_tx -= 1  # count envelopes only
+        except LinkDown:
+            pass  # the reader notices a failed port
+
     def _set_state(self, up: bool) -> None:
         if up:
             self._connected.set()
         else:
             self._connected.clear()
+            self._ready.clear()
         if self._on_state is not None:
             try:
                 self._on_state(up)
@@ -258,7 +308,9 @@ class SerialLink:
             delay = self._backoff_initial
             warned = False
             log.info("serial %s: open", self.name)
+            self._ready.clear()
             self._set_state(True)
+            self._hello()
             try:
                 while not self._stop.is_set():
                     if self._port is not port:

@@ -221,7 +221,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
             raise t._err("name", "'mqtt' is the MQTT link's name")
         cfg.routes.setdefault(name, [])
         cfg.routes[name] = cfg.routes[name] + [d for d in devices if d not in cfg.routes[name]]
-        cfg.serial.append(dict(spec, name=name))
+        # config_dir: the serial bridge resolves its relative queue path from it.
+        cfg.serial.append(dict(spec, name=name, config_dir=str(base)))
     return cfg
 
 

@@ -13,7 +13,9 @@ with the table's device ids routed to it.
   relay then counts ``src_mismatch``, or ``malformed`` for bad bytes). The
   frame layer's own drops (crc, cobs, ...) are counted by the link.
 - Outbound (relay -> device): ``send(dst, envelope, done)`` writes one frame
-  if the port is up and nothing older is waiting; otherwise the envelope
+  if the port is up, the device has been heard since it opened (a hello or
+  an envelope: ``SerialLink.peer_ready``) and nothing older is waiting;
+  otherwise the envelope
   goes to the durable queue (``gateway.queue.DurableQueue``), and a worker
   thread delivers the queue in order when the port returns, including
   after a gateway restart. ``done`` is called once the envelope is written
@@ -190,6 +192,7 @@ class SerialBridge:
             config.baudrate,
             on_frame=self._on_frame,
             on_state=self._on_state,
+            on_ready=self._wake.set,
             backoff_max=backoff_max,
             name=config.name,
         )
@@ -256,7 +259,7 @@ class SerialBridge:
         envelope is written or on disk. Raises only if the queue's disk
         write fails (the relay counts ``link_error``)."""
         with self._order:
-            if not self._backlog and self.link.connected:
+            if not self._backlog and self.link.peer_ready:
                 try:
                     self.link.send(envelope)
                     self.written += 1
@@ -283,7 +286,7 @@ class SerialBridge:
             self._wake.clear()
             if self._stop.is_set():
                 break
-            if not self._backlog or not self.link.connected:
+            if not self._backlog or not self.link.peer_ready:
                 continue
             try:
                 dests = [d for d in self._queue.depths() if self.serves(d)]
@@ -309,8 +312,6 @@ class SerialBridge:
 
     def _on_state(self, up: bool) -> None:
         self._event("serial_link_up" if up else "serial_link_down", port=self.config.port)
-        if up:
-            self._wake.set()
 
     def _on_frame(self, payload: bytes) -> None:
         sender = self.name

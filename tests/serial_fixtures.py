@@ -23,6 +23,7 @@ class PlugPty:
         self.path = path
         self.master: int | None = None
         self.decoder = FrameDecoder()
+        self.hellos = 0
 
     def plug(self) -> None:
         master, slave = os.openpty()
@@ -58,8 +59,13 @@ class PlugPty:
     def send_frame(self, payload: bytes) -> None:
         self.write(encode(payload))
 
+    def hello(self) -> None:
+        """What a device sends when it starts listening: an empty frame."""
+        self.send_frame(b"")
+
     def read_frames(self, count: int, timeout: float = 10.0) -> list[bytes]:
-        """Read until ``count`` intact frames arrived or ``timeout`` passed."""
+        """Read until ``count`` intact non-empty frames arrived or ``timeout``
+        passed. Hellos (empty frames) are counted in ``hellos``, not returned."""
         assert self.master is not None
         frames: list[bytes] = []
         deadline = time.monotonic() + timeout
@@ -69,7 +75,11 @@ class PlugPty:
                 break
             r, _, _ = select.select([self.master], [], [], left)
             if r:
-                frames.extend(self.decoder.feed(os.read(self.master, 65536)))
+                for f in self.decoder.feed(os.read(self.master, 65536)):
+                    if f:
+                        frames.append(f)
+                    else:
+                        self.hellos += 1
         return frames
 
     def close(self) -> None:

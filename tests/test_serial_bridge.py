@@ -81,6 +81,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     r = Rig(tmp_path, pty)
     try:
         assert r.bridge.link.wait_connected(10)
+        pty.hello()  # the device is listening
+        assert r.bridge.link.wait_ready(10)
         yield r
     finally:
         r.close()
@@ -150,6 +152,7 @@ def test_cable_pulled_queues_then_replug_delivers_in_order(rig: Rig) -> None:
     assert rig.queue.depth("sensor-1") == 30
     rig.pty.plug()
     assert rig.bridge.link.wait_connected(10)
+    rig.pty.hello()
     # Sent while the queue drains: must come after the queued ones.
     for i in range(31, 41):
         rig.from_peer("sensor-1", i)
@@ -158,6 +161,23 @@ def test_cable_pulled_queues_then_replug_delivers_in_order(rig: Rig) -> None:
     ]
     assert wait_for(lambda: rig.queue.depth() == 0)
     assert rig.queue.counters()["delivered"] >= 30
+
+
+def test_nothing_is_written_before_the_device_is_heard(rig: Rig) -> None:
+    # Re-plugged, the port opens at once, but a device that has not spoken
+    # may not be listening yet: bytes written now could be flushed unread.
+    rig.pty.unplug()
+    assert wait_for(lambda: not rig.bridge.link.connected)
+    rig.pty.plug()
+    assert rig.bridge.link.wait_connected(10)
+    for i in range(5):
+        rig.from_peer("sensor-1", i)
+    assert rig.pty.read_frames(1, timeout=0.5) == []
+    assert rig.pty.hellos == 1  # the gateway greeted the port when it opened
+    assert rig.queue.depth("sensor-1") == 5 and not rig.bridge.link.peer_ready
+    rig.pty.send_frame(data_env("sensor-1", "peer", 100))  # any frame will do
+    assert rig.pty.read_frames(5) == [data_env("peer", "sensor-1", i) for i in range(5)]
+    assert wait_for(lambda: rig.mqtt.got == [("peer", data_env("sensor-1", "peer", 100))])
 
 
 def test_queue_survives_a_gateway_restart_while_the_cable_is_out(rig: Rig) -> None:
@@ -169,6 +189,7 @@ def test_queue_survives_a_gateway_restart_while_the_cable_is_out(rig: Rig) -> No
     assert rig.queue.depth() == 15
     rig.pty.plug()
     assert rig.bridge.link.wait_connected(10)
+    rig.pty.hello()
     frames = rig.pty.read_frames(15, timeout=20)
     assert sorted(frames) == sorted(
         data_env("peer", "sensor-2" if i % 3 else "sensor-1", i) for i in range(15)
@@ -220,6 +241,7 @@ def test_open_links_is_the_runners_hook(tmp_path: Path) -> None:
         relay.add_link("uart0", links[0])
         links[0].start()
         assert wait_for(lambda: links[0].connected)
+        pty.hello()
         pty.send_frame(data_env("sensor-1", "peer", 1))
         assert wait_for(lambda: mqtt.got == [("peer", data_env("sensor-1", "peer", 1))])
         relay.handle(data_env("peer", "sensor-1", 2), "peer", "mqtt")

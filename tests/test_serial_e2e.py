@@ -39,7 +39,7 @@ name = "uart0"
 port = "{pty.path}"
 baudrate = 115200
 devices = ["mote-1", "mote-2"]
-queue = "{tmp_path / 'uart0-queue.sqlite'}"
+queue = "uart0-queue.sqlite"
 queue_max = 100
 """)
     return gp.start()
@@ -66,6 +66,9 @@ def test_serial_telemetry_reaches_the_mqtt_peer_and_replies_come_back(
     broker = mosquitto(auth=True, accounts={"gw": "gateway", "peer": "device"})
     gp = _serial_gateway(broker, gateway_process, pty, tmp_path)
     assert wait_for(lambda: _link(gp).get("connected"), timeout=15)
+    pty.hello()
+    # A relative queue path is taken from the config file's directory.
+    assert (gp.config.parent / "uart0-queue.sqlite").exists()
     peer = mqtt_client(broker, user="peer")
     assert peer.subscribe(DOWN + "peer") == [1]
 
@@ -119,7 +122,9 @@ def test_cable_pulled_and_gateway_restarted_delivers_the_queue(
     gp.start()
     assert _link(gp).get("connected") is False
 
-    pty.plug()  # and back in
+    pty.plug()  # and back in; the device says hello once the port is open
+    assert wait_for(lambda: _link(gp).get("connected"), timeout=15)
+    pty.hello()
     # Re-delivery after a kill may repeat an envelope (the device's replay
     # window discards it); none is lost and the order holds.
     frames = pty.read_frames(30, timeout=30)
@@ -177,7 +182,8 @@ def test_noise_session_between_a_serial_device_and_an_mqtt_peer(
         with lock:
             events.append(device.receive(env))
 
-    link = SerialLink(str(cable.b), on_frame=on_frame, backoff_max=0.2).start()
+    link = SerialLink(str(cable.b), on_frame=on_frame, answer_hello=True,
+                      backoff_max=0.2).start()
     try:
         assert link.wait_connected(10)
         assert wait_for(lambda: _link(gp).get("connected"), timeout=15)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from device.errors import MessageTooLarge
-from device.framing import FRAME_PAYLOAD_MAX_BYTES, encode
+from device.framing import FRAME_PAYLOAD_MAX_BYTES, FrameDecoder, encode
 from device.serial_link import LinkDown, SerialLink
 from tests.serial_fixtures import PlugPty, SocatPair, wait_for
 
@@ -159,7 +159,11 @@ def test_socket_url_reconnects_when_the_server_returns() -> None:
             assert link.recv(timeout=5) == b"back"
             link.send(b"to server")
             conn.settimeout(5)
-            assert conn.recv(100) == encode(b"to server")
+            dec = FrameDecoder()
+            frames: list[bytes] = []
+            while b"to server" not in frames:
+                frames += dec.feed(conn.recv(100))
+            assert frames == [b"", b"to server"]  # the hello on open, then ours
             conn.close()
     finally:
         srv.close()
@@ -184,3 +188,36 @@ def test_two_links_over_socat_survive_a_restart(tmp_path: Path) -> None:
             assert a.recv(timeout=5) == b"pong"
     finally:
         pair.stop()
+
+
+def test_link_says_hello_and_is_ready_only_once_the_device_speaks(pty: PlugPty) -> None:
+    with SerialLink(str(pty.path), backoff_max=0.1) as link:
+        assert link.wait_connected(5)
+        assert pty.read_frames(1, timeout=0.3) == []
+        assert pty.hellos == 1  # an empty frame on open
+        assert not link.peer_ready
+        pty.hello()
+        assert link.wait_ready(5)
+        assert link.recv(timeout=0.2) is None  # hellos are not envelopes
+        assert link.stats()["hellos_rx"] == 1 and link.stats()["frames_rx"] == 0
+
+        pty.unplug()
+        assert wait_for(lambda: not link.connected)
+        assert not link.peer_ready
+        pty.plug()
+        assert link.wait_connected(10)
+        assert not link.peer_ready  # a new port: not heard yet
+        pty.send_frame(b"an envelope counts too")
+        assert link.wait_ready(5)
+        assert link.recv(timeout=5) == b"an envelope counts too"
+
+
+def test_device_link_answers_each_hello(pty: PlugPty) -> None:
+    with SerialLink(str(pty.path), answer_hello=True, backoff_max=0.1) as link:
+        assert link.wait_connected(5)
+        pty.read_frames(1, timeout=0.3)
+        assert pty.hellos == 1
+        pty.hello()
+        pty.hello()
+        assert wait_for(lambda: (pty.read_frames(1, timeout=0.1), pty.hellos)[1] == 3)
+        assert link.stats()["frames_tx"] == 0  # hellos are not counted as envelopes
