@@ -21,6 +21,8 @@ import click
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("gateway.cli", "gateway_group"),
     ("gateway.broker_cli", "broker_group"),
+    ("device.simulate", "device_group"),
+    ("device.peer_listen", "peer_group"),
     ("device.keys_cli", "keygen"),
     ("device.keys_cli", "fingerprint"),
     ("device.keys_cli", "provision"),

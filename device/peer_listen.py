@@ -119,3 +119,94 @@ def format_report(r: Report) -> str:
     if ev == "hint_sent":
         return f"{r['device']:<16} unknown session: asked it to handshake again"
     return f"{'?':<16} {ev}: {r.get('error', '')} {r.get('reason', '')}".rstrip()
+
+
+# ---------------------------------------------------------------- CLI
+
+import json as _json  # noqa: E402
+import signal as _signal  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+import click  # noqa: E402
+
+
+@click.group("peer")
+def peer_group() -> None:
+    """The peer: the responder that decrypts telemetry."""
+
+
+@peer_group.command("listen")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False), default=None,
+              help="The peer's registry (default: <[registry] dir>/<peer>.sqlite).")
+@click.option("--peer", default=None, help="Peer id (default: [registry] peer in the config).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="moteseal config.toml (see `moteseal provision --help`).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Broker host.")
+@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True)
+@click.option("--username", default=None, help="MQTT account (default: the peer id).")
+@click.option("--password-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the MQTT password.")
+@click.option("--tls", is_flag=True)
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--suite", default=None, help="Noise suite (default: the library default).")
+@click.option("--seconds", type=click.FloatRange(0), default=None,
+              help="Stop after this long (default: until Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def listen(registry_path: str | None, peer: str | None, config_path: str | None, host: str,
+           port: int, username: str | None, password_file: str | None, tls: bool,
+           ca_file: str | None, suite: str | None, seconds: float | None, as_json: bool) -> None:
+    """Answer handshakes and print decrypted telemetry, one line per message.
+
+    Private keys come from the registry's key files (a passphrase-protected
+    key file reads the passphrase from $MOTESEAL_PASSPHRASE). Nothing secret
+    is printed.
+
+    \b
+    Example:
+      moteseal peer listen --registry hub.sqlite --password-file hub.mqtt --json
+    """
+    from device.backend_nacl import NaclBackend
+    from device.config import load_config
+    from device.errors import LocalError
+    from device.keys import passphrase_from_env
+    from device.keys_cli import open_registry
+    from device.mqtt_link import LinkError
+    from device.session import DEFAULT_SUITE
+
+    try:
+        reg = open_registry(load_config(config_path), peer, registry_path,
+                            passphrase=passphrase_from_env())
+        reg.check_statics()
+    except LocalError as exc:
+        raise click.ClickException(str(exc)) from None
+    peer_id = reg.peer_id.decode()
+    password = _Path(password_file).read_text().strip() if password_file else None
+    lock = threading.Lock()
+
+    def show(r: Report) -> None:
+        with lock:
+            click.echo(_json.dumps(r, sort_keys=True) if as_json else format_report(r))
+
+    sessions = PeerSessions(NaclBackend(), reg.peer_id, reg, suite or DEFAULT_SUITE)
+    link = MqttLink(peer_id, host, port, username=username or peer_id, password=password,
+                    tls=tls, ca_file=ca_file)
+    try:
+        link.start()
+    except LinkError as exc:
+        reg.close()
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, lambda *_: stop.set())
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    listener = PeerListener(sessions, link, show)
+    if not as_json:
+        click.echo(f"peer {peer_id} listening on {host}:{port} (Ctrl-C stops)", err=True)
+    try:
+        listener.run(stop)
+    finally:
+        link.close()
+        reg.close()

@@ -195,3 +195,131 @@ class Fleet:
             for k, v in s.counts.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+
+# ---------------------------------------------------------------- CLI
+
+import json as _json  # noqa: E402
+import signal as _signal  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+import click  # noqa: E402
+
+
+@click.group("device")
+def device_group() -> None:
+    """Device-side tools on CPython (simulated sensors)."""
+
+
+def _bundles(bundle_files: tuple[str, ...], bundle_dir: str | None, count: int | None) -> list[Any]:
+    from device.provision import read_bundle
+
+    paths = [_Path(p) for p in bundle_files]
+    if bundle_dir:
+        paths += sorted(_Path(bundle_dir).glob("*.bundle"))
+    if count is not None:
+        if count > len(paths):
+            raise click.UsageError(f"--count {count}: only {len(paths)} bundle(s) given")
+        paths = paths[:count]
+    if not paths:
+        raise click.UsageError("give --bundle FILE or --bundle-dir DIR (from `moteseal provision`)")
+    return [read_bundle(p) for p in paths]
+
+
+@device_group.command("simulate")
+@click.option("--count", "-n", type=click.IntRange(1, 1000), default=None,
+              help="Run the first N bundles (default: all given).")
+@click.option("--bundle", "bundle_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A device bundle (repeatable).")
+@click.option("--bundle-dir", type=click.Path(file_okay=False), default=None,
+              help="Every *.bundle in this directory, sorted by name.")
+@click.option("--host", default=None, help="Broker host (default: the bundle's, else 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Broker port (default: the bundle's, else 1883).")
+@click.option("--tls", is_flag=True, help="Connect with TLS.")
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--interval", type=click.FloatRange(0.01), default=5.0, show_default=True,
+              help="Seconds between readings per sensor.")
+@click.option("--seconds", type=click.FloatRange(0), default=None,
+              help="Stop after this long (default: until Ctrl-C).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=".moteseal-sim",
+              show_default=True, help="Message-1 counter files, one per device.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str | None,
+             host: str | None, port: int | None, tls: bool, ca_file: str | None,
+             interval: float, seconds: float | None, state_dir: str, as_json: bool) -> None:
+    """Run simulated sensors that send encrypted telemetry over MQTT.
+
+    Each sensor uses its bundle's PSK and pinned peer key, and its bundle's
+    MQTT account unless overridden. Readings (CBOR) travel inside the
+    encryption; the broker and the gateway see only envelopes.
+
+    \b
+    Example:
+      moteseal device simulate --bundle-dir bundles --count 5 --interval 2
+    """
+    from device.backend_nacl import NaclBackend
+    from device.counter import Msg1Counter
+    from device.counter_file import FileCounterStore
+    from device.errors import LocalError as _LocalError
+    from device.mqtt_link import LinkError
+    from device.provision import device_session
+
+    try:
+        bundles = _bundles(bundle_files, bundle_dir, count)
+    except _LocalError as exc:
+        raise click.UsageError(str(exc)) from None
+    state = _Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    backend = NaclBackend()
+    fleet = Fleet()
+    lock = threading.Lock()
+
+    def show(ev: Event) -> None:
+        with lock:
+            if as_json:
+                click.echo(_json.dumps(ev, sort_keys=True))
+            else:
+                rest = " ".join(f"{k}={v}" for k, v in sorted(ev.items()) if k not in ("device", "event"))
+                click.echo(f"{ev['device']:<16} {ev['event']:<9} {rest}")
+
+    links = []
+    stop = threading.Event()
+    try:
+        for i, b in enumerate(bundles):
+            name = b.device_id.decode()
+            link_cfg = b.link if b.link.get("kind") == "mqtt" else {}
+            counter = Msg1Counter(FileCounterStore(str(state / f"{name}.counter")))
+            session = device_session(backend, b, counter)
+            sensor = SimulatedSensor(session, None, interval, on_event=show)  # type: ignore[arg-type]
+            link = MqttLink(name, host or link_cfg.get("host", "127.0.0.1"),
+                            port or link_cfg.get("port", 1883),
+                            username=link_cfg.get("username", name),
+                            password=link_cfg.get("password"), tls=tls, ca_file=ca_file,
+                            on_envelope=fleet.deliver(sensor))
+            sensor.link = link
+            links.append(link)
+            link.start()
+            fleet.add(sensor, stagger=interval * i / max(1, len(bundles)))
+    except LinkError as exc:
+        for link in links:
+            link.close()
+        raise click.ClickException(str(exc)) from None
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, lambda *_: stop.set())
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        fleet.run(stop)
+    finally:
+        for link in links:
+            link.close()
+    totals = fleet.totals()
+    if as_json:
+        click.echo(_json.dumps({"event": "summary", **totals}, sort_keys=True))
+    else:
+        click.echo("summary: " + " ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+    for err in fleet.errors:
+        click.echo(f"error: {err}", err=True)
