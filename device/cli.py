@@ -28,6 +28,8 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("device.keys_cli", "provision"),
     ("device.registry_cli", "registry"),
     ("device.registry_cli", "rotate"),
+    ("device.conformance_cli", "vectors_group"),
+    ("device.conformance_cli", "interop_cmd"),
 ]
 
 
