@@ -23,6 +23,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("gateway.broker_cli", "broker_group"),
     ("device.simulate", "device_group"),
     ("device.peer_listen", "peer_group"),
+    ("device.demo", "demo"),
     ("device.keys_cli", "keygen"),
     ("device.keys_cli", "fingerprint"),
     ("device.keys_cli", "provision"),

@@ -29,7 +29,7 @@ import time
 from typing import Callable, Iterable, Mapping, Protocol
 
 from gateway.envelope import (DEFAULT_MAX_ENVELOPE_BYTES, MALFORMED, OVERSIZE,
-                              UNKNOWN_VERSION, Rejected, read_header)
+                              UNKNOWN_VERSION, Header, Rejected, read_header)
 
 __all__ = [
     "Link",
@@ -166,6 +166,7 @@ class RelayStats:
 
 
 DropHook = Callable[[str, str, str, int], None]
+ForwardHook = Callable[[Header, int, str], None]
 
 
 class Relay:
@@ -173,7 +174,9 @@ class Relay:
 
     ``links`` maps a link name to a ``Link``; links may be added later with
     ``add_link``. ``on_drop(reason, arrived_from, link, size)`` is called for
-    each drop (the runner logs it, without payload bytes). ``clock`` is a
+    each drop (the runner logs it, without payload bytes);
+    ``on_forward(header, size, out_link)`` for each forwarded envelope (the
+    demo shows what the gateway sees: ids, kinds, sizes). ``clock`` is a
     monotonic clock for the token buckets and ``wall_clock`` stamps last-seen.
     """
 
@@ -181,6 +184,7 @@ class Relay:
                  links: Mapping[str, Link] | None = None, *,
                  max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES,
                  on_drop: DropHook | None = None,
+                 on_forward: ForwardHook | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.routes = routes
@@ -188,6 +192,7 @@ class Relay:
         self.links: dict[str, Link] = dict(links or {})
         self.max_envelope_bytes = max_envelope_bytes
         self.on_drop = on_drop
+        self.on_forward = on_forward
         self.clock = clock
         self.wall_clock = wall_clock
         self.stats = RelayStats()
@@ -223,6 +228,11 @@ class Relay:
         stats = self.stats
         stats.relayed[out_name] = stats.relayed.get(out_name, 0) + 1  # type: ignore[index]
         stats.last_seen[header.src] = self.wall_clock()
+        if self.on_forward is not None:
+            try:
+                self.on_forward(header, len(envelope), out_name)  # type: ignore[arg-type]
+            except Exception:
+                pass  # an observer must not stop the relay
         return None
 
     def _drop(self, reason: str, arrived_from: str, link: str, size: int,
