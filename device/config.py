@@ -41,14 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from device.errors import LocalError
+from device.noise import DEFAULT_SUITE, SUITES  # the core's list of suites is the truth
 
-SUITES = (
-    "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
-    "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s",
-    "Noise_NK_25519_ChaChaPoly_SHA256",
-    "Noise_NK_25519_ChaChaPoly_BLAKE2s",
-)
-DEFAULT_SUITE = SUITES[0]
 KDF_LEVELS = ("interactive", "moderate", "sensitive")
 
 

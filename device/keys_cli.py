@@ -44,7 +44,8 @@ from device.keys import (
     write_key_file,
     write_public_file,
 )
-from device.provision import MAX_BUNDLE_BYTES, decode_bundle, provision_device, write_bundle
+from device.bundle import is_text
+from device.provision import MAX_BUNDLE_BYTES, decode_bundle, describe_bundle, provision_device, write_bundle
 from device.registry import Registry, RegistryError, RegistryRefusal, parse_id, show_id
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -312,6 +313,8 @@ def _link(cfg: Config, overrides: dict[str, Any]) -> dict[str, Any]:
         if v in (None, ""):
             v = cfg.get("link", k)
         if v is not None:
+            if isinstance(v, str) and not is_text(v):
+                raise ConfigError(f"link setting {k}: only printable ASCII fits in a bundle")
             link["port" if k == "serial_port" else k] = v
     return link
 
@@ -340,7 +343,7 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
         "generation": rec.generation,
         "pinned_keys": [p.hex() for p in rec.pins],
         "suite": suite,
-        "link": bundle.describe()["link"],
+        "link": describe_bundle(bundle)["link"],
     }
 
 

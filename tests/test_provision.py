@@ -15,6 +15,7 @@ from device.provision import (
     Bundle,
     BundleError,
     decode_bundle,
+    describe_bundle,
     encode_bundle,
     provision_device,
     read_bundle,
@@ -63,7 +64,7 @@ def test_serial_link_and_no_link_round_trip() -> None:
 def test_repr_and_describe_hide_secrets() -> None:
     b = sample()
     assert b.psk.hex() not in repr(b) and "pw" not in repr(b)
-    d = b.describe()
+    d = describe_bundle(b)
     assert d["link"]["password"] == "(set)" and b.psk.hex() not in str(d)
 
 
