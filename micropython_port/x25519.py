@@ -158,10 +158,10 @@ def _get_int(fe):
 
 def _sqn(r, a, n):
     # r = a ** (2 ** n)
-    sq = _fe.fe_sq
-    sq(r, a)
+    mul = _fe.fe_mul
+    mul(r, a, a)
     for _ in range(n - 1):
-        sq(r, r)
+        mul(r, r, r)
 
 
 def _invert(s, out, z):
@@ -199,7 +199,7 @@ def _ladder_fast(kb, u):
     s = _scratch
     if s is None:
         s = _scratch = _Scratch()
-    mul, sq, addsub = _fe.fe_mul, _fe.fe_sq, _fe.fe_addsub
+    mul, addsub = _fe.fe_mul, _fe.fe_addsub
     sub, a24, cswap = _fe.fe_sub, _fe.fe_a24_add, _fe.fe_cswap
     x1, x2, z2, x3, z3 = s.x1, s.x2, s.z2, s.x3, s.z3
     a, b, c, d, aa, bb, e = s.a, s.b, s.c, s.d, s.aa, s.bb, s.e
@@ -216,14 +216,14 @@ def _ladder_fast(kb, u):
         swap = kt
         addsub(a, b, x2, z2)  # A = x2 + z2, B = x2 - z2
         addsub(c, d, x3, z3)  # C = x3 + z3, D = x3 - z3
-        sq(aa, a)  # AA = A^2
-        sq(bb, b)  # BB = B^2
+        mul(aa, a, a)  # AA = A^2
+        mul(bb, b, b)  # BB = B^2
         sub(e, aa, bb)  # E = AA - BB
         mul(da, d, a)  # DA = D * A
         mul(cb, c, b)  # CB = C * B
         addsub(x3, t1, da, cb)  # DA + CB, DA - CB
-        sq(x3, x3)  # x3 = (DA + CB)^2
-        sq(t1, t1)
+        mul(x3, x3, x3)  # x3 = (DA + CB)^2
+        mul(t1, t1, t1)
         mul(z3, x1, t1)  # z3 = x1 * (DA - CB)^2
         mul(x2, aa, bb)  # x2 = AA * BB
         a24(t1, e, aa)  # AA + a24 * E
