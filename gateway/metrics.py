@@ -11,6 +11,8 @@ Metric names (all prefixed ``moteseal_gateway_``):
   device_last_seen_timestamp_seconds{device}  last relayed envelope from a device
   queue_depth{link}                       envelopes a link holds for delivery
   link_up{link}                           1 if the link is connected
+  serial_frames_dropped_total{link,reason}  serial frames failing crc/cobs/size checks
+  serial_queue_dropped_total{link,reason}   queued envelopes dropped (full, expired)
   uptime_seconds
 """
 
@@ -58,11 +60,23 @@ class StatusCollector(Collector):
         depth = GaugeMetricFamily(PREFIX + "queue_depth",
                                   "Envelopes a link holds for delivery", labels=["link"])
         up = GaugeMetricFamily(PREFIX + "link_up", "1 if the link is connected", labels=["link"])
+        frames = CounterMetricFamily(PREFIX + "serial_frames_dropped",
+                                     "Serial frames dropped by the framing layer, by reason",
+                                     labels=["link", "reason"])
+        qdrop = CounterMetricFamily(PREFIX + "serial_queue_dropped",
+                                    "Queued envelopes dropped (full, expired)",
+                                    labels=["link", "reason"])
         for link, info in s["links"].items():
             depth.add_metric([link], info["queue_depth"])
             up.add_metric([link], 1 if info["connected"] else 0)
+            for reason, n in info.get("frame_drops", {}).items():
+                frames.add_metric([link, reason], n)
+            for reason, n in info.get("queue_dropped", {}).items():
+                qdrop.add_metric([link, reason], n)
         yield depth
         yield up
+        yield frames
+        yield qdrop
         yield GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the gateway started",
                                 value=s["uptime_s"])
 

@@ -75,6 +75,9 @@ class Gateway:
         for link in self.extra_links:
             links[link.name] = {"connected": _is_connected(link),
                                 "queue_depth": int(link.queue_depth())}
+            extra = getattr(link, "status_extra", None)  # serial: frame and queue drops
+            if extra is not None:
+                links[link.name].update(extra())
         now = time.time()
         return {"name": self.cfg.name, "pid": os.getpid(), "started": self.started,
                 "updated": now, "uptime_s": round(now - self.started, 3),

@@ -235,6 +235,22 @@ class SerialBridge:
         """Envelopes waiting on disk for this port's devices."""
         return sum(n for d, n in self._queue.depths().items() if self.serves(d))
 
+    def status_extra(self) -> dict[str, Any]:
+        """For the gateway's status file and metrics (``gateway.runner``):
+        JSON-able counters, no payload bytes. Queue drops are the queue
+        file's totals (shared by the links that share the file)."""
+        link = self.link.stats()
+        q = self._queue.counters()
+        return {
+            "peer_ready": link["peer_ready"],
+            "frames_rx": link["frames_rx"],
+            "frames_written": self.written,
+            "queued": self.queued,
+            "reconnects": link["failures"],
+            "frame_drops": link["drops"],
+            "queue_dropped": {"full": q["dropped_full"], "expired": q["dropped_expired"]},
+        }
+
     def _event(self, name: str, **fields: Any) -> None:
         if self._jlog is not None:
             self._jlog.event(name, link=self.name, **fields)

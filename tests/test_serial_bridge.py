@@ -254,3 +254,42 @@ def test_open_links_is_the_runners_hook(tmp_path: Path) -> None:
         pty.close()
     with pytest.raises(ValueError):
         open_links([{"name": "bad", "devices": ["a"]}], relay)
+
+
+def test_frame_and_queue_drops_reach_the_status_and_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.metrics import StatusCollector
+
+    pty = PlugPty(tmp_path / "ttyUSB0")
+    pty.plug()
+    mqtt = RecordingLink()
+    conf = SerialConfig("uart0", str(pty.path), 115200, ("sensor-1",),
+                        str(tmp_path / "q.sqlite"), queue_max=2)
+    relay = Relay(RouteTable({"mqtt": ["*"], "uart0": ["sensor-1"]}), RateLimiter(0, 1),
+                  {"mqtt": mqtt})
+    bridge = SerialBridge(conf, relay, backoff_max=0.1)
+    relay.add_link("uart0", bridge)
+    bridge.start()
+    try:
+        assert bridge.link.wait_connected(10)
+        pty.write(b"\x00\x05\x01\x02\x00")  # cobs
+        for i in range(3):  # the device is silent: all three queue, one is dropped
+            relay.handle(data_env("peer", "sensor-1", i), "peer", "mqtt")
+        assert wait_for(lambda: bridge.status_extra()["frame_drops"]["cobs"] == 1)
+        extra = bridge.status_extra()
+        assert extra["queue_dropped"] == {"full": 1, "expired": 0}
+        assert bridge.queue_depth() == 2 and extra["peer_ready"] is False
+
+        status = {"relayed_by_link": {}, "dropped": {}, "last_seen": {}, "uptime_s": 1.0,
+                  "links": {"uart0": {"connected": bridge.connected,
+                                      "queue_depth": bridge.queue_depth(), **extra}}}
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatusCollector(lambda: status))
+        text = generate_latest(registry).decode()
+        assert 'moteseal_gateway_serial_frames_dropped_total{link="uart0",reason="cobs"} 1.0' in text
+        assert 'moteseal_gateway_serial_queue_dropped_total{link="uart0",reason="full"} 1.0' in text
+        assert 'moteseal_gateway_queue_depth{link="uart0"} 2.0' in text
+    finally:
+        bridge.stop()
+        pty.close()

@@ -95,6 +95,7 @@ def test_serial_telemetry_reaches_the_mqtt_peer_and_replies_come_back(
     pty.send_frame(data_env("mote-1", "peer", 21))
     assert peer.collect(1, timeout=10) == [(DOWN + "peer", data_env("mote-1", "peer", 21))]
     assert wait_for(lambda: (gp.status() or {}).get("dropped", {}).get("src_mismatch") == 1)
+    assert wait_for(lambda: _link(gp).get("frame_drops", {}).get("crc") == 1)
     assert peer.quiet(0.5) == []
 
 
