@@ -19,6 +19,7 @@ import datetime
 import functools
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -72,11 +73,13 @@ def handle_errors(f: F) -> F:
         except LocalError as e:
             _fail(str(e), getattr(e, "exit_code", 1), as_json)
         except FileExistsError as e:
-            _fail(f"{e.filename}: already exists; refusing to overwrite (pass --force to replace it)", 2, as_json)
+            _fail(f"{e.filename}: already exists; refusing to overwrite it", 2, as_json)
         except FileNotFoundError as e:
             _fail(f"{e.filename}: no such file", 2, as_json)
         except OSError as e:
             _fail(f"{e.filename or ''}: {e.strerror}", 1, as_json)
+        except sqlite3.Error as e:  # e.g. locked past the timeout, disk full
+            _fail(f"registry: {e}", 1, as_json)
 
     return wrapper  # type: ignore[return-value]
 
@@ -142,13 +145,27 @@ def _new_passphrase(prompt: bool) -> bytes | None:
     return passphrase_from_env()
 
 
-def make_key(out: str, pub_out: str | None, passphrase: bool, kdf: str, force: bool) -> tuple[KeyPair, str]:
-    kp = generate_keypair()
+class FileInTheWay(LocalError):
+    """A key file to be written exists already (exit 2)."""
+
+    exit_code = 2
+
+
+def key_paths(out: str, pub_out: str | None, force: bool, hint: str) -> str:
+    """The public key path for ``out``; raises ``FileInTheWay`` if either
+    file exists and not ``force``."""
     pub_path = pub_out or (str(Path(out).with_suffix(".pub")) if Path(out).suffix == ".key" else out + ".pub")
     if not force:
         for p in (out, pub_path):
             if os.path.exists(p):
-                raise FileExistsError(17, "exists", p)
+                raise FileInTheWay(f"{p}: already exists; refusing to overwrite a key ({hint})")
+    return pub_path
+
+
+def make_key(out: str, pub_out: str | None, passphrase: bool, kdf: str, force: bool,
+             hint: str = "choose another --out") -> tuple[KeyPair, str]:
+    pub_path = key_paths(out, pub_out, force, hint)
+    kp = generate_keypair()
     write_key_file(out, kp, _new_passphrase(passphrase), kdf, overwrite=force)
     write_public_file(pub_path, kp.pub, overwrite=force)
     return kp, pub_path
@@ -187,6 +204,8 @@ def keygen(out: str, pub_out: str | None, passphrase: bool, kdf: str | None, for
     cfg = load_config(config_path)
     kdf = kdf or cfg.get("keys", "kdf")
     reg = None
+    hint = "--force replaces it: devices pinned to the old key stop working"
+    key_paths(out, pub_out, force, hint)  # before a registry is created
     if peer or registry_path:
         path, peer = _resolve_registry(cfg, peer, registry_path)
         if path.exists():
@@ -200,7 +219,7 @@ def keygen(out: str, pub_out: str | None, passphrase: bool, kdf: str | None, for
             if not peer:
                 raise ConfigError("a new registry needs --peer PEER_ID")
             reg = Registry(path, create_for_peer=peer.encode())
-    kp, pub_path = make_key(out, pub_out, passphrase, kdf, force)
+    kp, pub_path = make_key(out, pub_out, passphrase, kdf, force, hint)
     if reg is not None:
         reg.add_peer_key(kp.pub, out)
         reg.close()
@@ -242,7 +261,7 @@ def _read_any(path: str, passphrase: bool) -> tuple[str, list[tuple[str, bytes]]
     try:
         kp = decode_key_file(data, passphrase_from_env(), path)
     except KeyFileError as e:
-        if not isinstance(e, PassphraseRequired) or not passphrase:
+        if not isinstance(e, PassphraseRequired) or not (passphrase or sys.stdin.isatty()):
             raise
         pw = normalize_passphrase(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
         kp = decode_key_file(data, pw, path)

@@ -74,7 +74,10 @@ def test_keygen_writes_0600_key_and_public_file(cli: Cli) -> None:
 def test_keygen_never_overwrites_silently(cli: Cli) -> None:
     first = cli.json("keygen", "--out", "hub1.key")
     err = cli.json("keygen", "--out", "hub1.key", code=2)
-    assert "already exists" in err["error"] and err["exit_code"] == 2
+    assert "already exists" in err["error"] and "--force" in err["error"] and err["exit_code"] == 2
+    # Refused before anything else happens: no registry appears for --peer.
+    cli("keygen", "--out", "hub1.key", "--peer", "hubz", code=2)
+    assert not (cli.tmp / "data" / "moteseal" / "hubz.sqlite").exists()
     assert cli.json("fingerprint", "hub1.key")["keys"][0]["public_key"] == first["public_key"]
     second = cli.json("keygen", "--out", "hub1.key", "--force")
     assert second["public_key"] != first["public_key"]
@@ -210,6 +213,7 @@ def test_rotate_status_and_retire(cli: Cli) -> None:
     cli("keygen", "--out", "hub1.key", "--peer", "hub1")
     cli("provision", "old", "--peer", "hub1")
     cli("rotate", "--peer", "hub1", code=2)  # needs one of --out/--retire/--status
+    assert "another --out" in cli.json("rotate", "--peer", "hub1", "--out", "hub1.key", code=2)["error"]
     rot = cli.json("rotate", "--peer", "hub1", "--out", "hub1-b.key")
     assert mode(cli.tmp / "hub1-b.key") == 0o600
     assert [d["device_id"] for d in rot["devices_on_old_key"]] == ["old"]
