@@ -104,7 +104,8 @@ def encoded_len(n):
 def encode_into(payload, n, out):
     """Frame ``payload[:n]`` into ``out`` and return the byte count.
 
-    ``out`` needs ``encoded_len(n)`` bytes (at most ``FRAME_MAX_BYTES``).
+    ``out`` needs ``encoded_len(n)`` bytes (at most ``FRAME_MAX_BYTES``)
+    and must not overlap ``payload[:n]``.
     Raises ``MessageTooLarge`` if ``n > FRAME_PAYLOAD_MAX_BYTES`` and
     ``BufferTooSmall`` if ``out`` is too short; ``out`` is then untouched.
     """
@@ -230,34 +231,52 @@ class FrameDecoder:
             raise LocalError("n out of range")
         buf = self._buf
         cap = self._cap
+        # State in locals for speed (attribute access per byte is the cost
+        # on both interpreters); written back before _end and at the end.
+        k = self._n
+        left = self._left
+        code = self._code
+        bad = self._bad
         for i in range(n):
             b = data[i]
             if b == 0:
+                self._n = k
+                self._left = left
+                self._code = code
+                self._bad = bad
                 try:
                     self._end(on_frame)
                 finally:
                     self._reset()
+                k = 0
+                left = 0
+                code = 0
+                bad = -1
                 continue
-            if self._bad >= 0:
+            if bad >= 0:
                 continue  # skip to the next delimiter
-            if self._left == 0:
+            if left == 0:
                 # A code byte. A block shorter than 254 data bytes that is
                 # followed by another block stood for a zero byte.
-                if self._code != 0 and self._code != 0xFF:
-                    if self._n >= cap:
-                        self._bad = DROP_OVERSIZE
+                if code != 0 and code != 0xFF:
+                    if k >= cap:
+                        bad = DROP_OVERSIZE
                         continue
-                    buf[self._n] = 0
-                    self._n += 1
-                self._code = b
-                self._left = b - 1
+                    buf[k] = 0
+                    k += 1
+                code = b
+                left = b - 1
             else:
-                if self._n >= cap:
-                    self._bad = DROP_OVERSIZE
+                if k >= cap:
+                    bad = DROP_OVERSIZE
                     continue
-                buf[self._n] = b
-                self._n += 1
-                self._left -= 1
+                buf[k] = b
+                k += 1
+                left -= 1
+        self._n = k
+        self._left = left
+        self._code = code
+        self._bad = bad
 
     def _collect(self, buf, n):
         self._frames.append(bytes(buf[:n]))
