@@ -10,6 +10,9 @@ Invariants:
   would otherwise silently fall back to a default.
 - The environment override for ``[section] key`` is ``MOTESEAL_SECTION_KEY``
   (upper case), e.g. ``MOTESEAL_LINK_PORT=8883``.
+- Relative paths in the file (``[registry] dir``, ``[provision] out_dir``)
+  are relative to the file's directory; in the environment or on the
+  command line, to the working directory.
 - File search order: ``--config PATH``, then ``$MOTESEAL_CONFIG``, then
   ``$XDG_CONFIG_HOME/moteseal/config.toml`` (``~/.config/...``) if it exists;
   otherwise built-in defaults only. A file named explicitly must exist.
@@ -113,6 +116,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
 }
 
 
+# Paths in a config file are relative to the file's directory.
+_PATH_KEYS = {("registry", "dir"), ("provision", "out_dir")}
+
+
 def env_name(section: str, key: str) -> str:
     return "MOTESEAL_" + section.upper() + "_" + key.upper()
 
@@ -202,6 +209,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             validator = SCHEMA[section][key][0]
             try:
                 values[section][key] = validator(value)
+                if (section, key) in _PATH_KEYS:
+                    # Relative to the config file, not to wherever a service starts.
+                    values[section][key] = str(cfg_path.parent / os.path.expanduser(value))
             except ValueError as e:
                 shown = "(hidden)" if key == "password" else repr(value)
                 raise ConfigError(f"{cfg_path}: [{section}] {key}: {e}, got {shown}") from None

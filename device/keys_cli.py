@@ -348,6 +348,7 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
             )
         if out.exists():
             raise RegistryError(f"{out}: already exists; pass --replace to overwrite it, or choose --out")
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # before the registry changes
     rec, bundle = provision_device(reg, device_id, suite, link, replace=replace)
     try:
         write_bundle(out, bundle, overwrite=replace)

@@ -585,10 +585,3 @@ class _Tx:
                 self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
-
-
-def open_registry(path: str | os.PathLike[str], passphrase: Passphrase = None) -> Registry:
-    """Open an existing registry. Raises ``RegistryError``,
-    ``KeyPermissionError``."""
-    return Registry(path, passphrase=passphrase)
-

@@ -231,21 +231,26 @@ def test_rotate_status_and_retire(cli: Cli) -> None:
 
 
 def test_config_file_supplies_defaults(cli: Cli) -> None:
-    cfg = cli.tmp / "moteseal.toml"
+    etc = cli.tmp / "etc"
+    etc.mkdir()
+    cfg = etc / "moteseal.toml"
     cfg.write_text(
-        f'[registry]\ndir = "{cli.tmp / "regs"}"\npeer = "hubx"\n'
+        '[registry]\ndir = "regs"\npeer = "hubx"\n'
         '[provision]\nout_dir = "out"\n[link]\nkind = "serial"\nserial_port = "/dev/ttyACM0"\nbaud = 9600\n'
     )
     cli("keygen", "--out", "hubx.key", "--peer", "hubx", "--config", str(cfg))
-    assert (cli.tmp / "regs" / "hubx.sqlite").exists()
-    Path("out").mkdir()
+    assert (etc / "regs" / "hubx.sqlite").exists()  # relative to the config file, not the cwd
+    (etc / "out").mkdir()
     doc = cli.json("provision", "d1", "--config", str(cfg))  # peer from the config
-    assert doc["bundle"] == "out/d1.bundle"
-    assert read_bundle("out/d1.bundle").link == {"kind": "serial", "port": "/dev/ttyACM0", "baud": 9600}
+    assert doc["bundle"] == str(etc / "out" / "d1.bundle")
+    assert read_bundle(etc / "out" / "d1.bundle").link == {"kind": "serial", "port": "/dev/ttyACM0", "baud": 9600}
     # $MOTESEAL_CONFIG is the default file; env overrides the file.
     env = {"MOTESEAL_CONFIG": str(cfg), "MOTESEAL_LINK_BAUD": "57600"}
     cli("provision", "d2", env=env)
-    assert read_bundle("out/d2.bundle").link["baud"] == 57600
+    assert read_bundle(etc / "out" / "d2.bundle").link["baud"] == 57600
+    cli("provision", "d3", env={**env, "MOTESEAL_PROVISION_OUT_DIR": "here"})  # relative to the cwd
+    assert read_bundle("here/d3.bundle").device_id == b"d3"
+    assert mode(cli.tmp / "here") == 0o700
 
 
 @pytest.mark.parametrize(
