@@ -249,7 +249,8 @@ def _load_viper_model(name: str) -> types.ModuleType:
     stub.const = lambda x: x  # type: ignore[attr-defined]
     src = (ROOT / "micropython_port" / f"{name}.py").read_text()
     mod = types.ModuleType(f"{name}_model")
-    mod.__dict__.update(ptr32=object, ptr8=object, ptr16=object, uint=int)
+    ident = lambda x: x  # noqa: E731 - viper pointer casts are the identity here
+    mod.__dict__.update(ptr32=ident, ptr8=ident, ptr16=ident, uint=int)
     saved = sys.modules.get("micropython")
     sys.modules["micropython"] = stub
     try:
