@@ -63,6 +63,9 @@ def ChaCha20Poly1305(key):  # noqa: N802 - a factory standing in for a class
 
 
 def _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, out_len):
+    if dst.__class__ is bytes:
+        # viper would write into an immutable (possibly frozen, in-flash) object
+        raise LocalError("dst must be writable")
     if ad_len < 0 or src_off < 0 or src_len < 0 or dst_off < 0:
         raise LocalError("negative offset or length")
     if ad_len and ad_len > len(ad):

@@ -623,7 +623,8 @@ for args in ((0, b"", 0, bytes(10), 0, 11, bytearray(40), 0),
              (0, b"ab", 3, bytes(10), 0, 10, bytearray(40), 0),
              (-1, b"", 0, bytes(10), 0, 10, bytearray(40), 0),
              (1 << 64, b"", 0, bytes(10), 0, 10, bytearray(40), 0),
-             (0, b"", 0, bytes(10), -1, 10, bytearray(40), 0)):
+             (0, b"", 0, bytes(10), -1, 10, bytearray(40), 0),
+             (0, b"", 0, bytes(10), 0, 10, bytes(40), 0)):
     try:
         c.encrypt_into(*args)
         res.append("ok")
@@ -638,7 +639,7 @@ except LocalError:
     res.append("local")
 print(json.dumps(res))
 """
-    assert _mp_aead("fast", body) == ["local", "small", "small", "local", "local", "local", "local", "local"]
+    assert _mp_aead("fast", body) == ["local", "small", "small", "local", "local", "local", "local", "local", "local"]
 
 
 # --- 32-bit models of the viper ChaCha20 / Poly1305 -----------------------------
