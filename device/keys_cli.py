@@ -182,7 +182,8 @@ PASS_HELP = "Encrypt (or open) the key with a passphrase, prompted for; services
 @click.option("--pub", "pub_out", type=click.Path(dir_okay=False), help="Public key file (default: OUT with .pub).")
 @click.option("--passphrase", is_flag=True, help=PASS_HELP)
 @click.option("--kdf", type=click.Choice(KDF_LEVELS), default=None, help="argon2id cost (default: [keys] kdf).")
-@click.option("--force", is_flag=True, help="Replace existing files (a key change: devices pinned to the old key stop working).")
+@click.option("--force", is_flag=True,
+              help="Replace existing files (a key change: devices pinned to the old key stop working).")
 @registry_options
 @common_options
 @handle_errors
@@ -370,11 +371,13 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
 @click.command("provision")
 @click.argument("device_id", required=False)
 @registry_options
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Bundle file (default: <[provision] out_dir>/<id>.bundle).")
+@click.option("--out", "out", type=click.Path(dir_okay=False),
+              help="Bundle file (default: <[provision] out_dir>/<id>.bundle).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Directory for bundles (default: [provision] out_dir).")
 @click.option("--replace", is_flag=True, help="Re-provision: new PSK, the old one stops working at once.")
 @click.option("--suite", type=click.Choice(SUITES), default=None, help="Noise suite (default: [provision] suite).")
-@click.option("--link", "kind", type=click.Choice(["mqtt", "serial", "none"]), default=None, help="Link kind (default: [link] kind).")
+@click.option("--link", "kind", type=click.Choice(["mqtt", "serial", "none"]), default=None,
+              help="Link kind (default: [link] kind).")
 @click.option("--host", default=None, help="MQTT broker host.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="MQTT broker port.")
 @click.option("--username", default=None, help="MQTT username.")

@@ -26,7 +26,9 @@ Invariants:
   counter to -1 (the fresh firmware counts from 0; messages under the old
   PSK no longer authenticate) and bumps its generation.
 - Refusal counts are buffered in memory and written at most once a second
-  (and on ``close``), so a flood of forged message 1s costs no fsync each.
+  (the first of a quiet period at once, the rest of a burst within a
+  second, and on ``close``), so a flood of forged message 1s costs no fsync
+  each, and ``moteseal registry show`` sees a running peer's counts.
   Unknown device ids are folded into one row (``UNKNOWN_DEVICE``) so forged
   ids cannot grow the file.
 """
@@ -199,9 +201,11 @@ class Registry:
         self._lock = threading.RLock()
         self._keys: dict[bytes, KeyPair] = {}
         self._pending: dict[tuple[bytes, str], int] = {}
-        self._last_flush = time.monotonic()
+        self._last_flush = time.monotonic() - _REFUSAL_FLUSH_SECONDS  # first refusal: written at once
         self._last_log: dict[tuple[bytes, str], tuple[float, int]] = {}
         self._key_error_logged: dict[str, float] = {}
+        self._flush_timer: threading.Timer | None = None
+        self._closed = False
         exists = self.path.exists()
         if not exists:
             if create_for_peer is None:
@@ -242,7 +246,13 @@ class Registry:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
             self.flush_refusals()
+            self._closed = True
             self._db.close()
 
     def __enter__(self) -> "Registry":
@@ -548,9 +558,26 @@ class Registry:
                 self._last_log[(device_id, key[1])] = (last, suppressed + 1)
             if now - self._last_flush >= _REFUSAL_FLUSH_SECONDS:
                 self.flush_refusals()
+            elif self._flush_timer is None and not self._closed:
+                # The tail of a burst reaches the file within a second even
+                # if no further refusal comes to flush it.
+                t = threading.Timer(_REFUSAL_FLUSH_SECONDS, self._timed_flush)
+                t.daemon = True
+                self._flush_timer = t
+                t.start()
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._flush_timer = None
+            if not self._closed:
+                try:
+                    self.flush_refusals()
+                except sqlite3.Error as e:  # counts stay pending for the next flush
+                    log.error("registry %s: refusal counts not written: %s", self.path, e)
 
     def flush_refusals(self) -> None:
-        """Write buffered refusal counts (called on close and once a second)."""
+        """Write buffered refusal counts (on close, and within a second of a
+        refusal)."""
         with self._lock:
             self._last_flush = time.monotonic()
             if not self._pending:

@@ -44,7 +44,9 @@ def registry() -> None:
 def _device_line(d: DeviceRecord) -> str:
     pins = "+".join(d.pin_states())
     status = "REVOKED" if d.revoked else ("old-key" if d.on_old_key else "ok")
-    return f"{show_id(d.device_id):16}  {status:8}  gen {d.generation:<3} pins {pins:17} last {d.last_key_state or '-':8} seen {when(d.last_seen)}"
+    last = d.last_key_state or "-"
+    return (f"{show_id(d.device_id):16}  {status:8}  gen {d.generation:<3} pins {pins:17} "
+            f"last {last:8} seen {when(d.last_seen)}")
 
 
 @registry.command("list")
@@ -52,7 +54,8 @@ def _device_line(d: DeviceRecord) -> str:
 @registry_options
 @common_options
 @handle_errors
-def registry_list(old_key: bool, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
+def registry_list(old_key: bool, peer: str | None, registry_path: str | None, config_path: str | None,
+                  as_json: bool) -> None:
     """List provisioned devices with their key status.
 
     Status 'old-key' means the device pins no current peer key or last
@@ -75,7 +78,8 @@ def registry_list(old_key: bool, peer: str | None, registry_path: str | None, co
 @registry_options
 @common_options
 @handle_errors
-def registry_show(device_id: str, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
+def registry_show(device_id: str, peer: str | None, registry_path: str | None, config_path: str | None,
+                  as_json: bool) -> None:
     """Show one device: pinned keys, counter, revocation, refusals.
 
     \b
@@ -103,7 +107,8 @@ def registry_show(device_id: str, peer: str | None, registry_path: str | None, c
 @registry_options
 @common_options
 @handle_errors
-def registry_revoke(device_id: str, reason: str, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
+def registry_revoke(device_id: str, reason: str, peer: str | None, registry_path: str | None,
+                    config_path: str | None, as_json: bool) -> None:
     """Revoke a device: the peer refuses its next handshake message 1.
 
     A running peer sees the revocation at once (it reads the registry at
@@ -124,7 +129,8 @@ def registry_revoke(device_id: str, reason: str, peer: str | None, registry_path
 @registry_options
 @common_options
 @handle_errors
-def registry_keys(check: bool, passphrase: bool, peer: str | None, registry_path: str | None, config_path: str | None, as_json: bool) -> None:
+def registry_keys(check: bool, passphrase: bool, peer: str | None, registry_path: str | None,
+                  config_path: str | None, as_json: bool) -> None:
     """List the peer's static keys (current, previous, retired).
 
     \b

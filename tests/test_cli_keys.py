@@ -273,7 +273,8 @@ def test_config_errors_name_the_file_and_the_key(cli: Cli, toml: str, needle: st
 def test_environment_override_errors_name_the_variable(cli: Cli) -> None:
     err = cli.json("registry", "list", "--peer", "hub1", env={"MOTESEAL_LINK_PORT": "99999"}, code=2)["error"]
     assert "MOTESEAL_LINK_PORT" in err and "[link] port" in err
-    err = cli.json("registry", "list", "--peer", "hub1", env={"MOTESEAL_LINK_PASSWORD": "x", "MOTESEAL_LINK_KIND": "carrier-pigeon"}, code=2)["error"]
+    env = {"MOTESEAL_LINK_PASSWORD": "x", "MOTESEAL_LINK_KIND": "carrier-pigeon"}
+    err = cli.json("registry", "list", "--peer", "hub1", env=env, code=2)["error"]
     assert "MOTESEAL_LINK_KIND" in err
     cli("registry", "list", "--config", "nope.toml", "--peer", "hub1", code=2)
 

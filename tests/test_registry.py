@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,26 @@ def test_a_bad_new_key_during_an_overlap_does_not_stop_the_old_one(
             responder.check_statics()
     with Registry(reg.path, passphrase=lambda p: b"other passphrase" if p.endswith("new.key") else None) as ok:
         assert ok.check_statics() == [(new.priv, new.pub), (old.priv, old.pub)]
+
+
+def test_a_running_peers_refusals_reach_the_file_within_a_second(peer) -> None:
+    reg, _ = peer
+    reg.provision(b"s1", os.urandom(32), SUITE)
+
+    def on_disk() -> int:
+        c = sqlite3.connect(reg.path)
+        try:
+            row = c.execute("SELECT SUM(count) FROM refusals").fetchone()
+        finally:
+            c.close()
+        return row[0] or 0
+
+    reg.count_refusal(b"s1", "auth")  # first after a quiet period: written at once
+    assert on_disk() == 1
+    for _ in range(5):
+        reg.count_refusal(b"s1", "auth")  # a burst: buffered ...
+    assert on_disk() < 6
+    deadline = time.monotonic() + 10
+    while on_disk() < 6 and time.monotonic() < deadline:  # ... and flushed by the timer
+        time.sleep(0.05)
+    assert on_disk() == 6
