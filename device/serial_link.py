@@ -237,11 +237,11 @@ class SerialLink:
     # -- the reader thread -----------------------------------------------------
 
     def _open(self) -> serial.SerialBase:
+        # pyserial's rfc2217:// refuses a write timeout; its writes go to a
+        # TCP socket, which the kernel buffers.
+        wt = None if self.url.lower().startswith("rfc2217:") else WRITE_TIMEOUT_S
         return serial.serial_for_url(
-            self.url,
-            baudrate=self.baudrate,
-            timeout=_READ_TIMEOUT_S,
-            write_timeout=WRITE_TIMEOUT_S,
+            self.url, baudrate=self.baudrate, timeout=_READ_TIMEOUT_S, write_timeout=wt
         )
 
     def _hello(self) -> None:

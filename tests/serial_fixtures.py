@@ -8,6 +8,7 @@ import os
 import select
 import shutil
 import subprocess
+import threading
 import time
 import tty
 from pathlib import Path
@@ -133,3 +134,78 @@ def wait_for(cond, timeout: float = 10.0, step: float = 0.01) -> bool:
         if v or time.monotonic() > deadline:
             return bool(v)
         time.sleep(step)
+
+
+class Rfc2217Server:
+    """A serial-over-network server (RFC 2217, pyserial's ``PortManager``)
+    on 127.0.0.1 that serves the pyserial port ``port_url`` to one client
+    at a time, like ser2net or an industrial serial server would."""
+
+    def __init__(self, port_url: str) -> None:
+        import socket
+
+        self.port_url = port_url
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._drop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def drop_client(self) -> None:
+        """Hang up on the current client (the network went away)."""
+        self._drop.set()
+
+    def _serve(self) -> None:
+        import socket
+
+        import serial
+        import serial.rfc2217 as rfc2217
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            self._drop.clear()
+            ser = serial.serial_for_url(self.port_url, timeout=0.05)
+
+            class _Writer:
+                def write(self, data: bytes) -> None:
+                    conn.sendall(data)
+
+            pm = rfc2217.PortManager(ser, _Writer())
+            done = threading.Event()
+
+            def to_net() -> None:
+                while not done.is_set():
+                    try:
+                        data = ser.read(ser.in_waiting or 1)
+                        if data:
+                            conn.sendall(b"".join(pm.escape(data)))
+                    except OSError:
+                        return
+
+            t = threading.Thread(target=to_net, daemon=True)
+            t.start()
+            conn.settimeout(0.05)
+            while not (self._stop.is_set() or self._drop.is_set()):
+                try:
+                    data = conn.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                ser.write(b"".join(pm.filter(data)))
+            done.set()
+            t.join(2)
+            conn.close()
+            ser.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

@@ -14,7 +14,7 @@ import pytest
 from device.errors import MessageTooLarge
 from device.framing import FRAME_PAYLOAD_MAX_BYTES, FrameDecoder, encode
 from device.serial_link import LinkDown, SerialLink
-from tests.serial_fixtures import PlugPty, SocatPair, wait_for
+from tests.serial_fixtures import PlugPty, Rfc2217Server, SocatPair, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -221,3 +221,21 @@ def test_device_link_answers_each_hello(pty: PlugPty) -> None:
         pty.hello()
         assert wait_for(lambda: (pty.read_frames(1, timeout=0.1), pty.hellos)[1] == 3)
         assert link.stats()["frames_tx"] == 0  # hellos are not counted as envelopes
+
+
+def test_rfc2217_url_through_a_serial_server_survives_a_hangup() -> None:
+    # The serial server echoes (its port is loop://): what we send comes back.
+    server = Rfc2217Server("loop://")
+    try:
+        with SerialLink(f"rfc2217://127.0.0.1:{server.port}", backoff_max=0.1) as link:
+            assert link.wait_connected(10)
+            link.send(b"over the network")
+            assert link.recv(timeout=5) == b"over the network"
+            assert link.wait_ready(5)  # our own hello came back
+            server.drop_client()
+            assert wait_for(lambda: not link.connected)
+            assert link.wait_connected(10)
+            link.send(b"again")
+            assert link.recv(timeout=5) == b"again"
+    finally:
+        server.close()
