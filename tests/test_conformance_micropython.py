@@ -12,9 +12,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from device import conformance, vectorgen
 from tests.mp_helpers import ROOT, mp_binary, mp_env, run_mp
 from tests.test_conformance import mixed_doc, shared_doc
+
+pytestmark = pytest.mark.micropython
 
 TIMEOUT = 300  # pure-Python fallbacks on a slow CI core
 
