@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.queue import DurableQueue
 
@@ -121,3 +123,78 @@ def test_bad_limits_are_refused(tmp_path: Path) -> None:
         DurableQueue(tmp_path / "b.sqlite", max_age_s=0)
     with pytest.raises(ValueError):
         DurableQueue(tmp_path / "c.sqlite", synchronous="OFF")
+
+
+# ("put", "a3") puts three envelopes for "a": bursts reach the count limit.
+_put = st.tuples(st.just("put"), st.sampled_from("abc").flatmap(
+    lambda d: st.integers(1, 8).map(lambda k: f"{d}{k}")))
+_ops = st.lists(
+    st.one_of(
+        _put,
+        _put,
+        st.tuples(st.just("drain"), st.integers(0, 12)),  # fail after k sends
+        st.tuples(st.just("restart"), st.just(0)),
+        st.tuples(st.just("age"), st.integers(1, 40)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops)
+@example([("put", "a7"), ("drain", 3), ("age", 40), ("put", "b1"), ("age", 70),
+          ("restart", 0), ("drain", 12)])
+def test_queue_matches_a_bounded_fifo_model(tmp_path_factory, ops) -> None:
+    """Whatever the interleaving of puts, partial drains, restarts and time
+    passing, the queue behaves like per-device FIFOs that keep the newest
+    ``max_per_device`` envelopes younger than ``max_age_s``."""
+    path = tmp_path_factory.mktemp("q") / "q.sqlite"
+    clock = FakeClock()
+    limits = {"max_per_device": 5, "max_age_s": 100.0, "clock": clock}
+    model: dict[str, list[tuple[float, bytes]]] = {"a": [], "b": [], "c": []}
+    delivered: list[tuple[str, bytes]] = []
+    expected: list[tuple[str, bytes]] = []
+    seq = 0
+    q = DurableQueue(path, **limits)
+    try:
+        for op, arg in ops:
+            if op in ("put", "drain"):  # the queue expires when it is written
+                for d in model:
+                    model[d] = [(t, p) for t, p in model[d] if t >= clock.t - 100.0]
+            if op == "put":
+                dest, k = arg[0], int(arg[1:])
+                for _ in range(k):
+                    seq += 1
+                    payload = b"%s%d" % (dest.encode(), seq)
+                    q.put(dest, payload)
+                    model[dest] = (model[dest] + [(clock.t, payload)])[-5:]
+            elif op == "drain":
+                sent = 0
+
+                def send(dest: str, payload: bytes) -> None:
+                    nonlocal sent
+                    if sent == arg:
+                        raise OSError("link down")
+                    sent += 1
+                    delivered.append((dest, payload))
+
+                try:
+                    q.drain(["a", "b", "c"], send)
+                except OSError:
+                    pass
+                for d in ("a", "b", "c"):
+                    take = min(arg, len(model[d]))
+                    expected.extend((d, p) for _, p in model[d][:take])
+                    model[d] = model[d][take:]
+                    arg -= take
+                    if arg == 0:
+                        break
+            elif op == "restart":
+                q.close()
+                q = DurableQueue(path, **limits)
+            else:
+                clock.t += arg
+            assert q.depths() == {d: len(v) for d, v in model.items() if v}
+        assert delivered == expected
+    finally:
+        q.close()
