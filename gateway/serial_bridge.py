@@ -185,8 +185,10 @@ class SerialBridge:
         self.written = 0
         self.queued = 0
         self._closed = False
+        from device.framing import FRAME_PAYLOAD_MAX_BYTES
         from device.serial_link import SerialLink
 
+        self._frame_max = FRAME_PAYLOAD_MAX_BYTES
         self.link = SerialLink(
             config.port,
             config.baudrate,
@@ -272,8 +274,12 @@ class SerialBridge:
     def send(self, dst: str, envelope: bytes, done: Done | None) -> None:
         """Write ``envelope`` for ``dst`` now, or queue it durably if the
         port is down or older envelopes still wait. Calls ``done`` when the
-        envelope is written or on disk. Raises only if the queue's disk
-        write fails (the relay counts ``link_error``)."""
+        envelope is written or on disk. Raises ``OSError`` for an envelope
+        larger than a frame holds (only if the gateway's
+        ``max_envelope_bytes`` exceeds ``FRAME_PAYLOAD_MAX_BYTES``) and if
+        the queue's disk write fails; the relay counts ``link_error``."""
+        if len(envelope) > self._frame_max:
+            raise OSError(f"envelope of {len(envelope)} bytes exceeds a serial frame")
         with self._order:
             if not self._backlog and self.link.peer_ready:
                 try:

@@ -293,3 +293,30 @@ def test_frame_and_queue_drops_reach_the_status_and_metrics(tmp_path: Path) -> N
     finally:
         bridge.stop()
         pty.close()
+
+
+def test_an_envelope_too_large_for_a_frame_is_a_link_error_not_a_stuck_queue(
+    tmp_path: Path,
+) -> None:
+    # A gateway configured for envelopes larger than a serial frame holds.
+    pty = PlugPty(tmp_path / "ttyUSB0")
+    pty.plug()
+    mqtt = RecordingLink()
+    conf = SerialConfig("uart0", str(pty.path), 115200, ("sensor-1",), str(tmp_path / "q.sqlite"))
+    relay = Relay(RouteTable({"mqtt": ["*"], "uart0": ["sensor-1"]}), RateLimiter(0, 1),
+                  {"mqtt": mqtt}, max_envelope_bytes=4000)
+    bridge = SerialBridge(conf, relay, backoff_max=0.1)
+    relay.add_link("uart0", bridge)
+    bridge.start()
+    try:
+        assert bridge.link.wait_connected(10)
+        big = cbor2.dumps([6, b"peer", b"sensor-1", 7, 1, b"\x11" * 1300], canonical=True)
+        done: list[int] = []
+        assert relay.handle(big, "peer", "mqtt", lambda: done.append(1)) == "link_error"
+        assert done == [1] and bridge.queue_depth() == 0
+        relay.handle(data_env("peer", "sensor-1", 2), "peer", "mqtt")  # queued: not heard yet
+        pty.hello()
+        assert pty.read_frames(1) == [data_env("peer", "sensor-1", 2)]
+    finally:
+        bridge.stop()
+        pty.close()
