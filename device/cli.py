@@ -31,6 +31,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
     ("device.registry_cli", "rotate"),
     ("device.conformance_cli", "vectors_group"),
     ("device.conformance_cli", "interop_cmd"),
+    ("device.flash_cli", "flash_group"),
 ]
 
 

