@@ -281,6 +281,11 @@ def main() -> None:
     print(f"framing CPU per {size}-byte frame ({wire_len} bytes on the wire): "
           f"encode {enc * 1e6:.1f} us, decode {de * 1e6:.1f} us; "
           f"plain pty one-way cost per message {1e6 / base[1]:.1f} us")
+    for baud in (115200, 921600):
+        wire_us = wire_len * 10 / baud * 1e6  # 8N1: 10 bit times per byte
+        print(f"at {baud} baud the frame spends {wire_us:.0f} us on the wire "
+              f"({baud / 10 / wire_len:.0f} frames/s); framing CPU is "
+              f"{(enc + de) * 1e6 / wire_us * 100:.1f}% of that")
 
 
 if __name__ == "__main__":
