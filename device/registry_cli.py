@@ -60,7 +60,8 @@ def registry_list(old_key: bool, peer: str | None, registry_path: str | None, co
 
     Status 'old-key' means the device pins no current peer key or last
     handshook on the previous one; 'pins' shows the state of each key the
-    device pins (current, previous, retired).
+    device pins (current, previous, retired); 'refused' counts its refused
+    handshakes ('registry show' gives them by reason).
 
     \b
     Examples:
@@ -69,8 +70,15 @@ def registry_list(old_key: bool, peer: str | None, registry_path: str | None, co
     """
     with open_registry(load_config(config_path), peer, registry_path) as reg:
         devices = [d for d in reg.list_devices() if d.on_old_key or not old_key]
-        doc = {"peer_id": show_id(reg.peer_id), "devices": [d.to_json() for d in devices]}
-    emit(as_json, doc, "\n".join(_device_line(d) for d in devices) or "(no devices)")
+        totals: dict[str, int] = {}
+        for r in reg.refusals():
+            totals[r["device_id"]] = totals.get(r["device_id"], 0) + r["count"]
+        docs = [dict(d.to_json(), refused=totals.get(show_id(d.device_id), 0)) for d in devices]
+        doc = {"peer_id": show_id(reg.peer_id), "devices": docs, "refused_unknown": totals.get("(unknown)", 0)}
+    lines = [_device_line(d) + (f"  refused {n['refused']}" if n["refused"] else "") for d, n in zip(devices, docs)]
+    if doc["refused_unknown"]:
+        lines.append(f"(unknown devices refused {doc['refused_unknown']} time(s))")
+    emit(as_json, doc, "\n".join(lines) or "(no devices)")
 
 
 @registry.command("show")

@@ -86,6 +86,8 @@ def test_revoked_device_is_refused_at_its_next_message1(fleet: Fleet) -> None:
         reg.close()
     shown = fleet.cli("registry", "show", "s1", "--registry", str(fleet.reg_path))
     assert shown["revoked"] and shown["revoke_reason"] == "stolen"
+    listed = fleet.cli("registry", "list", "--registry", str(fleet.reg_path))
+    assert [(d["device_id"], d["refused"]) for d in listed["devices"]] == [("s1", 1)]
     assert {r["reason"]: r["count"] for r in shown["refusals"]} == {"revoked": 1}
 
 
@@ -115,6 +117,8 @@ def test_unknown_device_is_a_hard_stop(fleet: Fleet) -> None:
         assert {r["device_id"]: r["reason"] for r in reg.refusals()} == {"(unknown)": "unknown-device"}
     finally:
         reg.close()
+    listed = fleet.cli("registry", "list", "--registry", str(fleet.reg_path))
+    assert listed["refused_unknown"] == 1 and listed["devices"][0]["refused"] == 0
 
 
 def test_replay_stays_refused_after_a_peer_restart(fleet: Fleet) -> None:
