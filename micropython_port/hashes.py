@@ -10,12 +10,38 @@ Invariants:
   rather than byte by byte, which on MicroPython is the fast way.
 - Runs unchanged on CPython, where tests check both against ``hashlib`` and
   ``hmac``.
-- BLAKE2s here is for interoperability with ``Noise_*_BLAKE2s`` peers, not
-  for speed: it works on Python integers (about 1 ms per 64-byte block on a
-  fast unix host). SHA-256 is the one to pick on a device.
+- BLAKE2s compresses with ``_blake2s_viper`` where the native emitter exists
+  (32-bit safe, see its docstring), and on Python integers otherwise (about
+  60 us per 64-byte block on a fast unix host, and far slower on a 32-bit
+  board, where every word above 2**30 is a heap integer).
+  ``force_fallback_for_testing_only`` switches paths for tests. SHA-256 is
+  still the one to pick on a device: it is built in.
 """
 
 import hashlib
+
+try:
+    import array
+
+    from micropython_port import _blake2s_viper as _bv
+except Exception:  # noqa: BLE001 - CPython, or a port without the native emitter
+    _bv = None
+
+_use_fast = _bv is not None
+
+
+def has_fast_path():
+    """True if the viper BLAKE2s compression loaded on this interpreter."""
+    return _bv is not None
+
+
+def force_fallback_for_testing_only(flag):
+    """Make BLAKE2s use the pure-Python compression (``flag=True``) or the
+    viper one (``False``); returns the previous setting."""
+    global _use_fast
+    prev = not _use_fast
+    _use_fast = (not flag) and _bv is not None
+    return prev
 
 HASHLEN = 32
 BLOCKLEN = 64
@@ -122,16 +148,43 @@ def _compress(h, block, t, last):
 
 def blake2s(data):
     """Unkeyed BLAKE2s-256 of ``data`` (RFC 7693)."""
-    data = bytes(data)
-    h = list(_IV)
-    h[0] ^= 0x01010000 ^ HASHLEN  # parameter block: depth 1, fanout 1, no key
+    if _use_fast:
+        return _blake2s_viper(data)
+    return _blake2s_int(data)
+
+
+_PARAM0 = 0x01010000 ^ HASHLEN  # parameter block word 0: depth 1, fanout 1, no key
+# The viper state template: h = IV ^ parameter block, t = 0, f = 0, scratch.
+_BS0 = None
+if _bv is not None:
+    _BS0 = array.array("I", bytes(4 * 32))
+    for _i in range(8):
+        _BS0[_i] = _IV[_i]
+    _BS0[0] ^= _PARAM0
+
+
+def _blake2s_viper(data):
+    bs = array.array("I", _BS0)
+    sigma = _bv.SIGMA_BYTES
+    compress = _bv.compress
     n = len(data)
     off = 0
-    while n - off > BLOCKLEN:
-        _compress(h, data[off:off + BLOCKLEN], off + BLOCKLEN, False)
-        off += BLOCKLEN
-    last = data[off:]
-    _compress(h, last + _ZERO_BLOCK[len(last):], n, True)
+    while n - off > 64:
+        bs[8] = off + 64
+        bs[11] = off
+        compress(bs, data, sigma)
+        off += 64
+    last = bytearray(64)
+    last[0 : n - off] = data[off:n]
+    bs[8] = n
+    bs[10] = 1
+    bs[11] = 0
+    compress(bs, last, sigma)
+    _bv.output(bs, last)
+    return bytes(last[0:HASHLEN])
+
+
+def _words_le(h):
     out = bytearray(HASHLEN)
     for i in range(8):
         w = h[i]
@@ -142,8 +195,22 @@ def blake2s(data):
     return bytes(out)
 
 
+def _blake2s_int(data):
+    data = bytes(data)
+    h = list(_IV)
+    h[0] ^= _PARAM0
+    n = len(data)
+    off = 0
+    while n - off > BLOCKLEN:
+        _compress(h, data[off:off + BLOCKLEN], off + BLOCKLEN, False)
+        off += BLOCKLEN
+    last = data[off:]
+    _compress(h, last + _ZERO_BLOCK[len(last):], n, True)
+    return _words_le(h)
+
+
 class Blake2s(_HmacHash):
-    """BLAKE2s-256 in pure Python (``hashlib`` on MicroPython has none)."""
+    """BLAKE2s-256 (``hashlib`` on MicroPython has none)."""
 
     name = "BLAKE2s"
 

@@ -797,14 +797,38 @@ def _load_generator(name: str) -> types.ModuleType:
     return gen
 
 
-@pytest.mark.parametrize("name", ["fe25519", "chachapoly"])
+@pytest.mark.parametrize("name", ["fe25519", "chachapoly", "blake2s"])
 def test_generated_viper_code_is_current(name: str) -> None:
     gen = _load_generator(f"gen_{name}")
-    target = "_fe25519_viper.py" if name == "fe25519" else "_chachapoly_viper.py"
-    assert (ROOT / "micropython_port" / target).read_text() == gen.generate()
+    assert (ROOT / "micropython_port" / f"_{name}_viper.py").read_text() == gen.generate()
 
 
-@pytest.mark.parametrize("target", ["_fe25519_viper.py", "_chachapoly_viper.py"])
+@pytest.mark.parametrize("uint", [_U32Wrap, _U64], ids=["32-bit", "64-bit"])
+def test_blake2s_viper_code_is_word_size_independent(uint: type) -> None:
+    import hashlib
+
+    from micropython_port import hashes
+
+    b2 = _load_viper_model("_blake2s_viper")
+    b2.uint = uint  # type: ignore[attr-defined]
+    for msg in (b"", b"abc", bytes(range(64)), bytes(range(200))):
+        h = list(hashes._IV)
+        h[0] ^= hashes._PARAM0
+        bs = h + [0] * 24
+        off = 0
+        while len(msg) - off > 64:
+            bs[8], bs[11] = off + 64, off
+            b2.compress(_Ptr32(bs), _Ptr8(bytearray(msg)), _Ptr8(bytearray(b2.SIGMA_BYTES)))
+            off += 64
+        last = bytearray(msg[off:]).ljust(64, b"\0")
+        bs[8], bs[10], bs[11] = len(msg), 1, 0
+        b2.compress(_Ptr32(bs), _Ptr8(last), _Ptr8(bytearray(b2.SIGMA_BYTES)))
+        out = bytearray(32)
+        b2.output(_Ptr32(bs), _Ptr8(out))
+        assert out.hex() == hashlib.blake2s(msg).hexdigest()
+
+
+@pytest.mark.parametrize("target", ["_fe25519_viper.py", "_chachapoly_viper.py", "_blake2s_viper.py"])
 def test_viper_code_has_no_literal_beyond_a_32_bit_small_int(target: str) -> None:
     # On a 32-bit port a literal >= 2**30 is a heap integer object, which viper
     # would treat as an object, not a machine word.
@@ -827,6 +851,7 @@ from micropython_port.backend import MicroBackend
 from device.errors import LocalError, AuthError
 X.force_fallback_for_testing_only({fallback})
 C.force_fallback_for_testing_only({fallback})
+hashes.force_fallback_for_testing_only({fallback})
 def hx(b):
     return hexlify(b).decode()
 """
@@ -837,7 +862,12 @@ def _mp_backend(path: str, body: str, timeout: float = 120) -> object:
     return run_mp_json(code, timeout=timeout)
 
 
-def test_blake2s_rfc7693_vector_and_lengths_around_the_block_size() -> None:
+def test_blake2s_fast_path_loads_on_the_unix_port() -> None:
+    assert _mp_backend("fast", "print(json.dumps(hashes.has_fast_path()))") is True
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_blake2s_rfc7693_vector_and_lengths_around_the_block_size(path: str) -> None:
     import hashlib
 
     lengths = [0, 1, 3, 63, 64, 65, 127, 128, 129, 300]
@@ -847,13 +877,14 @@ out = [hx(hashes.blake2s(b"abc"))]
 out += [hx(hashes.blake2s(unhexlify(m))) for m in {[m.hex() for m in msgs]!r}]
 print(json.dumps(out))
 """
-    out = _mp_backend("fast", body)
+    out = _mp_backend(path, body)
     # RFC 7693 Appendix B: BLAKE2s-256("abc")
     assert out[0] == "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982"
     assert out[1:] == [hashlib.blake2s(m).hexdigest() for m in msgs]
 
 
-def test_hmac_sha256_and_hmac_blake2s_match_cpython() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_hmac_sha256_and_hmac_blake2s_match_cpython(path: str) -> None:
     import hashlib
     import hmac
 
@@ -868,7 +899,7 @@ for k, d in {[(k.hex(), d.hex()) for k, d in cases]!r}:
                 hx(b.hash("SHA256").digest(d))])
 print(json.dumps(out))
 """
-    out = _mp_backend("fast", body)
+    out = _mp_backend(path, body)
     want = [
         [hmac.new(k, d, "sha256").hexdigest(), hmac.new(k, d, hashlib.blake2s).hexdigest(), hashlib.sha256(d).hexdigest()]
         for k, d in cases
@@ -1020,7 +1051,7 @@ print(json.dumps(res))
 _MPY_ARCH = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em",
              7: "armv7emsp", 8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
 _PRIMITIVE_MODULES = ["__init__", "x25519", "_fe25519_viper", "chacha20poly1305", "_chachapoly_viper",
-                      "hashes", "backend"]
+                      "hashes", "_blake2s_viper", "backend"]
 
 
 def test_vectors_pass_from_mpy_built_for_the_native_arch(tmp_path: Path) -> None:
@@ -1053,11 +1084,13 @@ micropython.heap_unlock()
 print(json.dumps([X.__file__, C.__file__, X.has_fast_path(), C.has_fast_path(),
     hexlify(X.x25519(unhexlify('{k}'), unhexlify('{u}'))).decode(),
     hexlify(c.encrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))).decode(),
-    hexlify(MicroBackend().hash("SHA256").hmac(b"k", b"d")).decode(), [n, m]]))
+    hexlify(MicroBackend().hash("SHA256").hmac(b"k", b"d")).decode(),
+    hexlify(MicroBackend().hash("BLAKE2s").digest(b"abc")).decode(), [n, m]]))
 """
     import hashlib
     import hmac
 
     out = run_mp_json(body, extra_path=[tmp_path])
     assert out[0].endswith(".mpy") and out[1].endswith(".mpy")
-    assert out[2:] == [True, True, want_x, want_ct, hmac.new(b"k", b"d", hashlib.sha256).hexdigest(), [116, 100]]
+    assert out[2:] == [True, True, want_x, want_ct, hmac.new(b"k", b"d", hashlib.sha256).hexdigest(),
+                       hashlib.blake2s(b"abc").hexdigest(), [116, 100]]
