@@ -185,6 +185,9 @@ class SerialBridge:
         self.written = 0
         self.queued = 0
         self._closed = False
+        self._last_depth = 0
+        self._status_lock = threading.Lock()  # status reads vs closing the queue
+        self._last_counters: dict[str, int] = {}
         from device.framing import FRAME_PAYLOAD_MAX_BYTES
         from device.serial_link import SerialLink
 
@@ -223,9 +226,13 @@ class SerialBridge:
         self.link.close()
         if self._worker.is_alive():
             self._worker.join(timeout=10)
-        if self._owns_queue and not self._closed:
-            self._closed = True
-            self._queue.close()
+        self.queue_depth()  # keep the last numbers for a final status
+        self.status_extra()
+        with self._status_lock:
+            if not self._closed:
+                self._closed = True
+                if self._owns_queue:
+                    self._queue.close()
 
     close = stop
 
@@ -234,15 +241,24 @@ class SerialBridge:
         return self.link.connected
 
     def queue_depth(self) -> int:
-        """Envelopes waiting on disk for this port's devices."""
-        return sum(n for d, n in self._queue.depths().items() if self.serves(d))
+        """Envelopes waiting on disk for this port's devices (the last
+        value read once the bridge is stopped)."""
+        with self._status_lock:
+            if not self._closed:
+                self._last_depth = sum(
+                    n for d, n in self._queue.depths().items() if self.serves(d)
+                )
+            return self._last_depth
 
     def status_extra(self) -> dict[str, Any]:
         """For the gateway's status file and metrics (``gateway.runner``):
         JSON-able counters, no payload bytes. Queue drops are the queue
         file's totals (shared by the links that share the file)."""
         link = self.link.stats()
-        q = self._queue.counters()
+        with self._status_lock:
+            if not self._closed:
+                self._last_counters = self._queue.counters()
+            q = self._last_counters
         return {
             "peer_ready": link["peer_ready"],
             "frames_rx": link["frames_rx"],
@@ -349,6 +365,34 @@ class SerialBridge:
             self._relay.handle(payload, sender, self.name, None)
 
 
+class _JsonLogHandler(logging.Handler):
+    """Sends ``device.serial_link``'s stdlib log records (port opened,
+    failed, reopened; never payload bytes) to the gateway's JSON log."""
+
+    def __init__(self, jlog: Any) -> None:
+        super().__init__(logging.INFO)
+        self.jlog = jlog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(
+            record.levelno, "error"
+        )
+        try:
+            self.jlog.event("serial_port", level=level, message=record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+def _route_link_logs(jlog: Any) -> None:
+    logger = logging.getLogger("moteseal.serial")
+    for h in list(logger.handlers):
+        if isinstance(h, _JsonLogHandler):
+            logger.removeHandler(h)
+    logger.addHandler(_JsonLogHandler(jlog))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _is_pattern(device_id: str) -> bool:
     return any(ch in device_id for ch in "*?[")
 
@@ -372,6 +416,8 @@ def open_links(
         from gateway.config import ConfigError
 
         raise ConfigError(str(exc)) from None
+    if log is not None:
+        _route_link_logs(log)
     max_env = int(getattr(relay, "max_envelope_bytes", 1200))
     # One lock for every serial reader thread calling relay.handle.
     lock = getattr(relay, "lock", None) or threading.Lock()

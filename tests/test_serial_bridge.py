@@ -293,6 +293,9 @@ def test_frame_and_queue_drops_reach_the_status_and_metrics(tmp_path: Path) -> N
     finally:
         bridge.stop()
         pty.close()
+    # The runner writes a final status after stopping its links.
+    assert bridge.queue_depth() == 2
+    assert bridge.status_extra()["queue_dropped"]["full"] == 1
 
 
 def test_an_envelope_too_large_for_a_frame_is_a_link_error_not_a_stuck_queue(
