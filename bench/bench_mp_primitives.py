@@ -7,8 +7,8 @@ Runs the real MicroPython unix port (``micropython``) for our primitives,
 viper path and pure-Python fallback, and CPython for PyNaCl (libsodium) and
 hmac/hashlib, then prints: X25519 ms per scalar multiplication; AEAD
 (ChaCha20-Poly1305, encrypt_into and decrypt_into) MB/s at 64 B and 1 KiB;
-HMAC-SHA256 us on a 32-byte key and 64-byte message; and whether the AEAD
-calls ran under ``micropython.heap_lock()``.
+HMAC-SHA256 and HMAC-BLAKE2s us on a 32-byte key and 64-byte message; and
+checks that the viper AEAD calls run under ``micropython.heap_lock()``.
 
 The ratio column is MicroPython time / CPython time (so 2.0x = half as fast),
 or CPython MB/s / MicroPython MB/s for throughput.
@@ -35,7 +35,8 @@ SCALE = 0.25 if QUICK else 1.0
 MP_BENCH = """
 import json, time, micropython
 from micropython_port import x25519 as X, chacha20poly1305 as C
-from micropython_port.hashes import SHA256
+from micropython_port import hashes
+from micropython_port.hashes import SHA256, BLAKE2S
 SCALE = %r
 
 def per_call_us(fn, n):
@@ -77,6 +78,9 @@ for fb, label, n in ((False, "viper", 200), (True, "python", 40)):
 res["heap_locked"] = True
 key, msg = bytes(32), bytes(64)
 res["hmac_sha256"] = per_call_us(lambda: SHA256.hmac(key, msg), 5000)
+for fb, label, n in ((False, "viper", 2000), (True, "python", 100)):
+    hashes.force_fallback_for_testing_only(fb)
+    res["hmac_blake2s_" + label] = per_call_us(lambda: BLAKE2S.hmac(key, msg), n)
 print(json.dumps(res))
 """ % SCALE
 
@@ -107,6 +111,7 @@ def cpython_figures() -> dict[str, float]:
         res[f"aead_dec_{size}"] = size / per_call_us(lambda: dec(ct, ad, nonce, key), 50000)
     hk, msg = bytes(32), bytes(64)
     res["hmac_sha256"] = per_call_us(lambda: hmac.digest(hk, msg, hashlib.sha256), 50000)
+    res["hmac_blake2s"] = per_call_us(lambda: hmac.digest(hk, msg, hashlib.blake2s), 50000)
     return res
 
 
@@ -125,6 +130,8 @@ def main() -> None:
             rows.append((name, f"{v:.1f}", f"{p:.2f}", f"{c:.1f}", f"{c / v:.1f}x"))
     h = mp["hmac_sha256"]
     rows.append(("HMAC-SHA256 32 B key, 64 B (us)", f"{h:.1f}", f"{h:.1f}", f"{cp['hmac_sha256']:.2f}", f"{h / cp['hmac_sha256']:.1f}x"))
+    b, bp, bc = mp["hmac_blake2s_viper"], mp["hmac_blake2s_python"], cp["hmac_blake2s"]
+    rows.append(("HMAC-BLAKE2s 32 B key, 64 B (us)", f"{b:.1f}", f"{bp:.1f}", f"{bc:.2f}", f"{b / bc:.1f}x"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
