@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Sequence
 from device.errors import LocalError
 
 __all__ = [
-    "ARCHES", "BOARDS", "CORE_MODULES", "PORT_MODULES", "FlashError", "Manifest",
+    "ARCHES", "BOARDS", "CORE_MODULES", "FlashError", "Manifest",
     "build", "deploy", "mpremote_argv", "board_info_script", "hash_script",
     "parse_board_info", "parse_hashes", "verify_local", "compare_hashes",
 ]
@@ -57,10 +57,7 @@ CORE_MODULES = (
     "__init__", "errors", "backend", "noise", "transport", "replay", "envelope",
     "counter", "session", "counter_file", "framing", "bundle",
 )
-PORT_MODULES = (
-    "__init__", "x25519", "_fe25519_viper", "chacha20poly1305", "_chachapoly_viper",
-    "hashes", "backend", "mqtt_codec", "mqtt", "uart_link", "main",
-)
+# Every top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy
 # (bits 10..15; py/persistentcode.h MP_NATIVE_ARCH_*).
 ARCHES = {
@@ -194,7 +191,8 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     os.chmod(out_dir, 0o700)
     core, port = source_dirs()
     paths: list[str] = []
-    for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, PORT_MODULES)):
+    port_modules = sorted(p.stem for p in port.glob("*.py"))
+    for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, port_modules)):
         for name in names:
             rel = f"{pkg}/{name}.mpy"
             compile_module(base / f"{name}.py", out_dir / rel, arch, f"{pkg}/{name}.py")

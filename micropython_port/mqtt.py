@@ -114,6 +114,8 @@ class MQTTClient:
         self._on_packet = self._packet  # bound once: no allocation per feed
         self.reconnects = 0
         self.dropped_connections = 0
+        self.pings = 0
+        self.retransmits = 0
 
     # -- connection -----------------------------------------------------
 
@@ -375,6 +377,7 @@ class MQTTClient:
         pkt = self._slots[i]
         pkt[0] |= 0x08  # DUP: a retransmission (section 3.3.1.1)
         self._slot_t[i] = now
+        self.retransmits += 1
         self._write(pkt, 0, self._slot_len[i])
 
     def poll(self, timeout_ms=0):
@@ -406,6 +409,7 @@ class MQTTClient:
                     self._ctl[1] = 0
                     self._write(self._ctl, 0, 2)
                     self._ping_sent = now
+                    self.pings += 1
         except (OSError, DecodeError):
             self._drop()
             return False

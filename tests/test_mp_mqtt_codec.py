@@ -1,0 +1,198 @@
+"""The device MQTT client's packets (``micropython_port.mqtt_codec``): byte
+tables from MQTT 3.1.1, every refusal, and the fuzz invariant (a parse
+either delivers packets or raises ``DecodeError``, whole input or one byte
+at a time), on CPython and under the real MicroPython with the heap locked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device.errors import DecodeError
+from micropython_port.mqtt_codec import (TOPIC_MAX_BYTES, PacketParser,
+                                         encode_ack_into, encode_connect_into,
+                                         encode_subscribe_into,
+                                         publish_header_into)
+from tests.mp_helpers import run_mp
+
+# (name, wire bytes, expected [(type, flags, head bytes, payload bytes, pid)])
+PACKETS = [
+    # CONNACK: session present 1, return code 0 (section 3.2)
+    ("connack", bytes.fromhex("20 02 01 00"), [(0x20, 0, "0100", "", 0)]),
+    # PUBACK for packet id 0x1234 (section 3.4)
+    ("puback", bytes.fromhex("40 02 12 34"), [(0x40, 0, "1234", "", 0x1234)]),
+    # SUBACK pid 7, granted QoS 1 (section 3.9)
+    ("suback", bytes.fromhex("90 03 00 07 01"), [(0x90, 0, "000701", "", 7)]),
+    ("pingresp", bytes.fromhex("d0 00"), [(0xD0, 0, "", "", 0)]),
+    # PUBLISH QoS 0 "a/b" payload "hi": no packet id
+    ("publish qos0", bytes.fromhex("30 07 00 03 61 2f 62 68 69"),
+     [(0x30, 0, "0003612f62", "6869", 0)]),
+    # PUBLISH QoS 1, DUP, pid 0x0102, empty payload
+    ("publish qos1 dup", bytes.fromhex("3a 07 00 03 61 2f 62 01 02"),
+     [(0x30, 0xA, "0003612f620102", "", 0x0102)]),
+    # a 200-byte payload: two-byte remaining length 0xCB 0x01 = 203
+    ("publish 200", bytes.fromhex("30 cb 01 00 01 74") + bytes(range(200)),
+     [(0x30, 0, "000174", bytes(range(200)).hex(), 0)]),
+    ("stream", bytes.fromhex("d0 00 40 02 00 01 30 04 00 01 74 58"),
+     [(0xD0, 0, "", "", 0), (0x40, 0, "0001", "", 1), (0x30, 0, "000174", "58", 0)]),
+]
+
+BAD = [
+    ("reserved type 0", "00 00"),
+    ("reserved type 15", "f0 00"),
+    ("client-only CONNECT", "10 00"),
+    ("PUBREL (QoS 2 only)", "62 02 00 01"),
+    ("PUBLISH QoS 3", "36 03 00 01 74"),
+    ("CONNACK flags", "21 02 00 00"),
+    ("CONNACK length", "20 03 00 00 00"),
+    ("PUBACK length", "40 01 00"),
+    ("SUBACK too short", "90 02 00 01"),
+    ("PINGRESP with a body", "d0 01 00"),
+    ("remaining length of 5 bytes", "30 ff ff ff ff 7f"),
+    ("PUBLISH too short", "30 02 00 01"),
+    ("empty topic", "30 03 00 00 58"),
+    ("topic past the packet", "30 04 00 05 74 74"),
+    ("topic too long", "30 43 00 41" + " 74" * 65),
+    ("QoS 1 packet id 0", "32 05 00 01 74 00 00"),
+    ("payload over the buffer", "30 8a 08 00 01 74" + " 00" * 1031),
+]
+
+
+def _parse(data: bytes, step: int | None = None, max_payload: int = 1024) -> list[tuple]:
+    p = PacketParser(max_payload)
+    got: list[tuple] = []
+
+    def on_packet(t: int, flags: int) -> None:
+        got.append((t, flags, bytes(p.head[:p.head_len]).hex(),
+                    bytes(p.payload[:p.payload_len]).hex(), p.pid))
+
+    if step is None:
+        p.feed_into(data, len(data), on_packet)
+    else:
+        for i in range(0, len(data), step):
+            chunk = data[i:i + step]
+            p.feed_into(chunk, len(chunk), on_packet)
+    return got
+
+
+@pytest.mark.parametrize("name,wire,expected", PACKETS, ids=[p[0] for p in PACKETS])
+@pytest.mark.parametrize("step", [None, 1, 3])
+def test_broker_packets_parse_whole_and_in_pieces(name: str, wire: bytes, expected: list,
+                                                  step: int | None) -> None:
+    assert _parse(wire, step) == expected
+
+
+@pytest.mark.parametrize("name,wire", BAD, ids=[b[0] for b in BAD])
+def test_bad_broker_bytes_raise_decode_error_and_stay_refused(name: str, wire: str) -> None:
+    p = PacketParser(1024)
+    data = bytes.fromhex(wire)
+    with pytest.raises(DecodeError):
+        p.feed_into(data, len(data), lambda t, f: None)
+    # Out of step: everything is refused until reset().
+    with pytest.raises(DecodeError):
+        p.feed_into(b"\xd0\x00", 2, lambda t, f: None)
+    p.reset()
+    seen = []
+    p.feed_into(b"\xd0\x00", 2, lambda t, f: seen.append(t))
+    assert seen == [0xD0]
+
+
+def test_publish_payload_lands_at_offset_zero_for_receive_into() -> None:
+    p = PacketParser(64)
+    out = bytearray(80)
+    off = publish_header_into(out, b"moteseal/v1/down/mote-1", 5, 1, 9)
+    out[off:off + 5] = b"\x86\x06ABC"
+    seen = []
+    p.feed_into(out, off + 5, lambda t, f: seen.append((p.topic_is(b"moteseal/v1/down/mote-1"),
+                                                       bytes(p.payload[:p.payload_len]), p.pid)))
+    assert seen == [(True, b"\x86\x06ABC", 9)]
+
+
+def test_encoders_match_the_spec_bytes() -> None:
+    buf = bytearray(128)
+    # CONNECT, 3.1.1, clean session off, keepalive 30, user "u", password "pw"
+    n = encode_connect_into(buf, b"moteseal-m1", 30, b"u", b"pw", False)
+    assert bytes(buf[:n]) == bytes.fromhex(
+        "10 1e 0004 4d515454 04 c0 001e 000b") + b"moteseal-m1" + bytes.fromhex("0001") + b"u" + \
+        bytes.fromhex("0002") + b"pw"
+    n = encode_connect_into(buf, b"c", 0, None, None, True)
+    assert bytes(buf[:n]) == bytes.fromhex("10 0d 0004 4d515454 04 02 0000 0001 63")
+    n = encode_subscribe_into(buf, 0x0102, b"a/b", 1)
+    assert bytes(buf[:n]) == bytes.fromhex("82 08 0102 0003 612f62 01")
+    n = encode_ack_into(buf, 0x40, 0xBEEF)
+    assert bytes(buf[:n]) == bytes.fromhex("40 02 be ef")
+    off = publish_header_into(buf, b"t", 200, 1, 5, dup=True)
+    assert bytes(buf[:off]) == bytes.fromhex("3a cd 01 0001 74 0005")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 7))
+def test_fuzz_parser_returns_packets_or_raises_decode_error(data: bytes, step: int) -> None:
+    for s in (None, step):
+        try:
+            _parse(data, s, max_payload=128)
+        except DecodeError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=TOPIC_MAX_BYTES), st.binary(max_size=256),
+       st.integers(0, 1), st.integers(1, 65535))
+def test_every_publish_we_encode_parses_back(topic: bytes, payload: bytes, qos: int, pid: int) -> None:
+    buf = bytearray(5 + 2 + len(topic) + 2 + len(payload))
+    off = publish_header_into(buf, topic, len(payload), qos, pid)
+    buf[off:off + len(payload)] = payload
+    [(t, flags, head, body, got_pid)] = _parse(bytes(buf[:off + len(payload)]), None, 256)
+    assert (t, flags >> 1, bytes.fromhex(body)) == (0x30, qos, payload)
+    assert got_pid == (pid if qos else 0)
+
+
+@pytest.mark.micropython
+def test_parser_on_micropython_same_results_and_no_allocation() -> None:
+    rows = [(w.hex(), exp) for _, w, exp in PACKETS]
+    bad = [b for _, b in BAD]
+    code = f"""
+import json, micropython
+from binascii import unhexlify, hexlify
+from device.errors import DecodeError
+from micropython_port.mqtt_codec import PacketParser
+p = PacketParser(1024)
+got = []
+def on_packet(t, f):
+    got.append([t, f, hexlify(p.head[:p.head_len]).decode(), hexlify(p.payload[:p.payload_len]).decode(), p.pid])
+res = []
+for w, _ in {rows!r}:
+    got = []
+    d = unhexlify(w)
+    p.reset()
+    p.feed_into(d, len(d), on_packet)
+    res.append(got)
+refused = 0
+for w in {bad!r}:
+    d = unhexlify(w.replace(" ", ""))
+    p.reset()
+    try:
+        p.feed_into(d, len(d), lambda t, f: None)
+    except DecodeError:
+        refused += 1
+# The parse path allocates nothing: a 200-byte PUBLISH and a PUBACK, heap locked.
+d = bytearray(unhexlify("30cb0100017" + "4" + "00" * 200 + "40020001"))
+n = [0]
+def count(t, f):
+    n[0] += 1
+p.reset()
+micropython.heap_lock()
+try:
+    p.feed_into(d, len(d), count)
+finally:
+    micropython.heap_unlock()
+print(json.dumps([res, refused, n[0]]))
+"""
+    res, refused, locked = json.loads(run_mp(code).splitlines()[-1])
+    assert [[tuple(x) for x in r] for r in res] == [exp for _, exp in rows]
+    assert refused == len(BAD)
+    assert locked == 2
