@@ -137,4 +137,4 @@ def device_session(backend: Any, bundle: Bundle, counter: Any, peer_id: bytes | 
 
     pid = bundle.peer_id if peer_id is None else peer_id
     keys = bundle.pinned_keys(pid)
-    return DeviceSession(backend, bundle.device_id, pid, keys[0], bundle.psk, counter, bundle.suite, **opts)
+    return DeviceSession(backend, bundle.device_id, pid, keys, bundle.psk, counter, bundle.suite, **opts)

@@ -48,6 +48,7 @@ EV_NONE = const(0)  # nothing for the application (e.g. an ignored hint)
 EV_HANDSHAKE = const(1)  # handshake finished; out holds message 2's payload
 EV_DATA = const(2)  # out holds a transport plaintext
 EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
+EV_REFUSED = const(4)  # the peer refused our message 1 (wrong pinned key, PSK, revoked)
 
 
 def _limits(opts, now):
@@ -76,7 +77,14 @@ class DeviceSession:
         self._backend = backend
         self.device_id = bytes(device_id)
         self.peer_id = bytes(peer_id)
-        self.peer_static = bytes(peer_static)
+        # One pinned key, or several (newest first) during a key rotation overlap.
+        pins = [peer_static] if len(peer_static) == DHLEN_BYTES and \
+            isinstance(peer_static[0], int) else list(peer_static)
+        self._pins = [bytes(k) for k in pins]
+        for k in self._pins:
+            if len(k) != DHLEN_BYTES:
+                raise LocalError("pinned peer keys are 32 bytes")
+        self._pin = 0
         self._psk = psk
         self._counter = counter
         self.suite = suite
@@ -117,6 +125,11 @@ class DeviceSession:
         return header + msg
 
     @property
+    def peer_static(self):
+        """The pinned peer key the next handshake uses."""
+        return self._pins[self._pin]
+
+    @property
     def handshaking(self):
         return self._hs is not None
 
@@ -154,6 +167,13 @@ class DeviceSession:
             self.last_len = len(payload)
             return EV_HANDSHAKE
         if t == E.HINT:
+            if env.reason == E.HINT_REFUSED and self._hs is not None \
+                    and env.sid == self._pending_sid:
+                # Unauthenticated, so it only ends this attempt; the next
+                # handshake tries the next pinned key, if there is one.
+                self._hs = None
+                self._pin = (self._pin + 1) % len(self._pins)
+                return EV_REFUSED
             if env.sid != self.sid and env.sid != self._pending_sid:
                 return EV_NONE  # about a session we no longer have
             if now is not None and self._last_hint is not None and \

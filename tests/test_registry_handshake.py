@@ -17,7 +17,7 @@ from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import AuthError, ReplayError
 from device.provision import device_session, read_bundle
 from device.registry import Registry
-from device.session import EV_DATA, EV_HANDSHAKE, EV_REHANDSHAKE, DeviceSession, PeerSessions
+from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, DeviceSession, PeerSessions
 
 
 class Fleet:
@@ -205,7 +205,7 @@ def test_device_with_a_wrong_pinned_key_cannot_complete_and_says_why(fleet: Flee
         assert e.value.reason == "auth"
         hint = E.decode(e.value.reply)
         assert (hint.type, hint.reason) == (E.HINT, E.HINT_REFUSED)  # the device learns it was refused
-        assert dev.receive(e.value.reply)[0] == EV_REHANDSHAKE and dev.transport is None
+        assert dev.receive(e.value.reply)[0] == EV_REFUSED and dev.transport is None
     finally:
         reg.close()
     shown = fleet.cli("registry", "show", "s1", "--registry", str(fleet.reg_path))

@@ -7,7 +7,8 @@ from device import envelope as E
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.counter_file import FileCounterStore
 from device.errors import AuthError, DecodeError, LocalError, RemoteError, ReplayError
-from device.session import EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REHANDSHAKE, DeviceSession
+from device.session import (EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REFUSED, EV_REHANDSHAKE,
+                            DeviceSession)
 from tests.pair import Pair
 
 ALL = ["Noise_NK_25519_ChaChaPoly_SHA256", "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
@@ -207,3 +208,16 @@ def test_peer_session_table_is_bounded():
         p.peer.receive(d.handshake())
     assert len(p.peer._sessions) == 3
     assert p.peer.sessions(b"anon-0") == [] and p.peer.sessions(b"anon-4")
+
+
+def test_a_refused_handshake_says_so_and_tries_the_next_pinned_key():
+    p = Pair()
+    retired = p.backend.generate_keypair()
+    dev = DeviceSession(p.backend, b"sensor-1", b"hub", [retired[1], p.static[1]], p.psk,
+                        Msg1Counter(NonpersistingCounterStore()))
+    with pytest.raises(AuthError) as e:
+        p.peer.receive(dev.handshake(b"r"))
+    assert dev.receive(e.value.reply)[0] == EV_REFUSED and not dev.handshaking
+    assert dev.peer_static == p.static[1]
+    r = p.peer.receive(dev.handshake(b"r2"))
+    assert dev.receive(r.reply)[0] == EV_HANDSHAKE and r.payload == b"r2"
