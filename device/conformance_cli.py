@@ -89,7 +89,11 @@ def generate_cmd(out: str) -> None:
         click.echo(f"moteseal: error: generated vectors fail against moteseal "
                    f"({conformance.summary(counts)}); nothing written", err=True)
         sys.exit(1)
-    Path(out).write_text(vectorgen.dumps(doc))
+    try:
+        Path(out).write_text(vectorgen.dumps(doc))
+    except OSError as e:
+        click.echo(f"moteseal: error: {out}: {e.strerror}", err=True)
+        sys.exit(2)
     click.echo(f"wrote {len(doc['vectors'])} vectors to {out} ({conformance.summary(counts)})")
 
 

@@ -52,10 +52,13 @@ def _put(inp: IO[bytes], msg: bytes) -> None:
 def run_against(suite: str, our_role: str, payloads: Sequence[bytes] = (b"hello", b"", b"x" * 300),
                 moteseal_leads: bool = False, psk: bytes | None = None,
                 prologue: bytes = b"", timeout: float = 30.0,
-                driver_psk: bytes | None = None) -> tuple[int, str]:
+                driver_psk: bytes | None = None,
+                flip_first_transport: bool = False) -> tuple[int, str]:
     """Runs ``moteseal interop`` in the other role against ``noiseprotocol``
     playing ``our_role``; returns ``(moteseal exit status, its stderr)``.
-    ``driver_psk`` makes noiseprotocol use a different PSK than moteseal.
+    ``driver_psk`` makes noiseprotocol use a different PSK than moteseal;
+    ``flip_first_transport`` flips one bit of the driver's first transport
+    message (moteseal must then refuse it and exit 1).
     Raises ``DriverFailed`` if a message or an echo is wrong."""
     if psk is None and "_NK_" not in suite:
         psk = os.urandom(32)
@@ -105,7 +108,12 @@ def run_against(suite: str, our_role: str, payloads: Sequence[bytes] = (b"hello"
                 _put(proc.stdin, conn.encrypt(conn.decrypt(_line(proc.stdout, f"message {i + 1}"))))
         else:
             for i, p in enumerate(payloads):
-                _put(proc.stdin, conn.encrypt(p))
+                ct = conn.encrypt(p)
+                if flip_first_transport and i == 0:
+                    ct = bytes([ct[0] ^ 1]) + ct[1:]
+                    _put(proc.stdin, ct)
+                    break
+                _put(proc.stdin, ct)
                 if conn.decrypt(_line(proc.stdout, f"echo {i + 1}")) != p:
                     raise DriverFailed(f"echo {i + 1} differs")
         proc.stdin.close()

@@ -47,6 +47,12 @@ def test_generate_writes_the_same_file_every_time(tmp_path: Path) -> None:
     assert json.loads(a.read_text())["moteseal_vectors"] == 1
 
 
+def test_generate_to_an_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["vectors", "generate", "--out", str(tmp_path / "no" / "x.json")])
+    assert r.exit_code == 2
+    assert "x.json" in r.output
+
+
 def test_the_generated_file_passes_the_runner(tmp_path: Path, doc: dict[str, Any]) -> None:
     code, lines = _run(tmp_path, doc)
     assert code == 0

@@ -121,6 +121,14 @@ def test_the_driver_notices_a_psk_mismatch() -> None:
                     timeout=TIMEOUT, driver_psk=os.urandom(32))
 
 
+@pytest.mark.parametrize("their_role", ["initiator", "responder"])
+def test_a_flipped_transport_message_is_refused(their_role: str) -> None:
+    rc, err = run_against("Noise_NKpsk2_25519_ChaChaPoly_SHA256", their_role,
+                          timeout=TIMEOUT, flip_first_transport=True)
+    assert rc == 1
+    assert "transport message 1 rejected: AuthError" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--role", "responder", "--suite", "Noise_NK_25519_ChaChaPoly_SHA256"], "needs --static"),
     (["--role", "initiator", "--suite", "Noise_NK_25519_ChaChaPoly_SHA256",
