@@ -61,6 +61,14 @@ def _h(v, key, required=True):
         raise VectorFailed(key + " is not hex")
 
 
+def _int(d, key):
+    # A required non-negative integer field.
+    x = d.get(key)
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise VectorFailed("vector lacks " + key + " (a non-negative integer)")
+    return x
+
+
 def diff(what, got, want):
     """``None`` if equal, else a reason naming the first differing byte."""
     got = bytes(got)
@@ -201,7 +209,7 @@ def _ids(v):
 
 
 def _opts(v):
-    return {"window": v.get("window", 64), "rekey_interval": v.get("rekey_interval", 65536)}
+    return {"window": _int(v, "window"), "rekey_interval": _int(v, "rekey_interval")}
 
 
 def _envelope_parts(v):
@@ -259,7 +267,7 @@ def _moteseal_initiator(v, make_backend):
     _check("peer_static_public", peer_pub, _h(v, "peer_static_public"))
     psk = _h(v, "psk") if psk_pos >= 0 else None
     dev = DeviceSession(b, dev_id, peer_id, peer_pub, psk,
-                        Msg1Counter(NonpersistingCounterStore(hs1.get("counter", 0))),
+                        Msg1Counter(NonpersistingCounterStore(_int(hs1, "counter"))),
                         name, **_opts(v))
     env1 = dev.handshake(_h(hs1, "payload"))
     _check("hs1 envelope", env1, _h(hs1, "envelope"))
@@ -276,8 +284,8 @@ def _moteseal_initiator(v, make_backend):
     _check("hs2 payload", pt, _h(hs2, "payload"))
     _check("handshake hash", dev.transport.handshake_hash, _h(v, "handshake_hash"))
     for s in _sends(v, "initiator"):
-        label = "send nonce " + str(s.get("nonce"))
-        _advance(dev.transport, s.get("nonce", -1), dev.send, label)
+        label = "send nonce " + str(_int(s, "nonce"))
+        _advance(dev.transport, s["nonce"], dev.send, label)
         _check_send(label, s, dev.send(_h(s, "payload")))
 
     def receive(env):
@@ -307,8 +315,8 @@ def _moteseal_responder(v, make_backend):
     tr = peer.sessions(dev_id)[0][1]
     _check("handshake hash", tr.handshake_hash, _h(v, "handshake_hash"))
     for snd in _sends(v, "responder"):
-        label = "send nonce " + str(snd.get("nonce"))
-        _advance(tr, snd.get("nonce", -1), lambda p: peer.send(dev_id, p), label)
+        label = "send nonce " + str(_int(snd, "nonce"))
+        _advance(tr, snd["nonce"], lambda p: peer.send(dev_id, p), label)
         _check_send(label, snd, peer.send(dev_id, _h(snd, "payload")))
 
     def receive(env):
@@ -356,7 +364,12 @@ def run_vectors(doc, make_backend, emit):
     index = 0
     for v in doc["vectors"]:
         index += 1
-        name = v.get("protocol_name", "?") if isinstance(v, dict) else "?"
+        if not isinstance(v, dict):
+            for role in ROLES:
+                counts[1] += 1
+                emit(FAIL + " #" + str(index) + " ? " + role + ": malformed vector (not an object)")
+            continue
+        name = v.get("protocol_name", "?")
         head = "#" + str(index) + " " + str(name)
         if ours is not None:
             head += " " + str(v.get("name", "?"))

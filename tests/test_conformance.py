@@ -185,6 +185,7 @@ def test_a_malformed_vector_fails_alone(tmp_path: Path, shared_vectors: Path) ->
     del doc["vectors"][0]["resp_ephemeral"]
     doc["vectors"][1]["messages"] = doc["vectors"][1]["messages"][:1]
     doc["vectors"][2]["init_ephemeral"] = "zz"
+    doc["vectors"].append(["not", "a", "vector"])
     code, lines = run_cli(tmp_path, doc)
     assert code == 1
     assert any(ln.startswith("FAIL #1 ") and ln.endswith("responder: vector lacks resp_ephemeral")
@@ -192,7 +193,8 @@ def test_a_malformed_vector_fails_alone(tmp_path: Path, shared_vectors: Path) ->
     assert sum("vector has fewer than the 2 handshake messages" in ln for ln in lines) == 2
     assert any(ln.startswith("FAIL #3 ") and ln.endswith("initiator: init_ephemeral is not hex")
                for ln in lines)
-    assert lines[-1] == "8 passed, 4 failed, 0 skipped"
+    assert "FAIL #7 ? responder: malformed vector (not an object)" in lines
+    assert lines[-1] == "8 passed, 6 failed, 0 skipped"
 
 
 def test_unreadable_files_are_usage_errors(tmp_path: Path) -> None:
