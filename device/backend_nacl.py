@@ -152,9 +152,11 @@ class NaclBackend:
     def x25519(self, priv: bytes, pub: bytes) -> bytes:
         if len(priv) != 32 or len(pub) != 32:
             raise LocalError("X25519 keys are 32 bytes")
-        # libsodium returns -1 for an all-zero result (low-order point) and
-        # still writes the zeros; the core rejects all-zero output itself.
-        lib.crypto_scalarmult(self._outp, priv, pub)
+        # libsodium returns -1 for a low-order point WITHOUT writing the
+        # output (the buffer would still hold the previous DH result), so
+        # return the all-zero value the contract names; the core rejects it.
+        if lib.crypto_scalarmult(self._outp, priv, pub) != 0:
+            return bytes(32)
         return bytes(self._out)
 
     def x25519_base(self, priv: bytes) -> bytes:

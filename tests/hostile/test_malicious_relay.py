@@ -401,6 +401,21 @@ def test_a_new_handshake_never_reuses_the_live_session_id():
     w.check()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "reported to the lead: PeerSessions.send seals on the newest session as soon "
+    "as message 1 is accepted, before the device has message 2; if message 2 is "
+    "lost or killed the device (still on its previous session) cannot open the "
+    "downlink and nobody is told. Fix: send on the newest session the device has "
+    "been heard on (promote a new session at its first authenticated data)."))
+def test_downlink_sent_while_message2_is_lost_still_reaches_the_device():
+    w = World()
+    w.handshake(S1)
+    w.up(w.hs1(S1))  # the relay drops the answer
+    assert w.up(w.data_up(S1)) is None  # the device still talks on its session
+    assert w.down(S1, w.data_down(S1)) == EV_DATA
+    w.check()
+
+
 # -- forged hints and floods --------------------------------------------------------
 
 

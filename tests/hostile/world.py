@@ -52,6 +52,7 @@ class World:
         self.peer_errors: collections.Counter[str] = collections.Counter()
         self.device_errors: collections.Counter[str] = collections.Counter()
         self.rehandshake_requests: collections.Counter[bytes] = collections.Counter()
+        self.attempt_failed: set[bytes] = set()  # devices whose message 2 failed
 
     # -- set-up -------------------------------------------------------------
 
@@ -121,10 +122,14 @@ class World:
         """Hands ``env`` to device ``dev``; returns the event or the error
         class name."""
         self.view.append(bytes(env))
+        s = self.devices[dev]
+        was_handshaking = s.handshaking
         try:
-            ev, payload = self.devices[dev].receive(env, now)
+            ev, payload = s.receive(env, now)
         except RemoteError as e:
             self.device_errors[type(e).__name__] += 1
+            if was_handshaking and not s.handshaking:
+                self.attempt_failed.add(dev)  # the app will try again
             return type(e).__name__
         if ev == EV_DATA or (ev == EV_HANDSHAKE and payload):
             self.device_app[dev].append(payload)
@@ -139,11 +144,12 @@ class World:
 
     def exchange(self, dev: bytes, now: float) -> None:
         """Honest traffic as an application does it: (re-)handshake when it
-        has no session or an attempt is still unanswered, then one message
-        each way, both of which must arrive."""
+        has no session, an attempt is still unanswered or its message 2
+        failed, then one message each way, both of which must arrive."""
         s = self.devices[dev]
         for _ in range(3):
-            if s.transport is None or s.handshaking:
+            if s.transport is None or s.handshaking or dev in self.attempt_failed:
+                self.attempt_failed.discard(dev)
                 self.handshake(dev, now)
             before = len(self.peer_app)
             reply = self.up(self.data_up(dev, now), now)
