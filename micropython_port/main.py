@@ -37,11 +37,10 @@ except ImportError:
 
 from time import ticks_add, ticks_diff, ticks_ms
 
-from device.bundle import load_bundle
 from device.counter import DEFAULT_CHUNK, Msg1Counter
 from device.counter_file import FileCounterStore
 from device.errors import LocalError, RemoteError, SessionExpired
-from device.session import (EV_DATA, EV_HANDSHAKE, EV_REHANDSHAKE,
+from device.session import (EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE,
                             DeviceSession)
 
 UP_PREFIX = b"moteseal/v1/up/"
@@ -160,7 +159,7 @@ class Device:
             backend = MicroBackend()
         self.counter = Msg1Counter(FileCounterStore(counter_path), chunk)
         self.session = DeviceSession(backend, bundle.device_id, bundle.peer_id,
-                                     bundle.peer_keys[0], bundle.psk, self.counter,
+                                     bundle.peer_keys, bundle.psk, self.counter,
                                      bundle.suite, max_payload=MAX_PAYLOAD_BYTES)
         link = dict(bundle.link)
         if link_override:
@@ -180,7 +179,7 @@ class Device:
         self.interval_ms = DEFAULT_INTERVAL_MS
         self.seq = 0
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
-                       "replies": 0, "bad_envelopes": 0, "send_errors": 0}
+                       "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0}
         self._need_hs = True
         self._hs_at = 0
         self._hs_done = False
@@ -219,6 +218,13 @@ class Device:
             self.counts["rehandshakes"] += 1
             self._need_hs = True
             self._event("rehandshake", "hint")
+        elif ev == EV_REFUSED:
+            # The peer refused message 1 (the hint is unauthenticated, so
+            # this only ends the attempt); the next one tries the next
+            # pinned key, at most once per HS_GAP_MS (Rule 1).
+            self.counts["refused"] += 1
+            self._need_hs = True
+            self._event("refused", None)
 
     def on_reply(self, buf, n):
         """A command from the peer. Understood: ``interval=<seconds>`` and
@@ -287,7 +293,7 @@ class Device:
         """Poll the link until a session exists (or timeout)."""
         t0 = ticks_ms()
         while self.session.transport is None or self.session.handshaking:
-            if ticks_diff(ticks_ms(), t0) >= timeout_ms:
+            if self._need_hs or ticks_diff(ticks_ms(), t0) >= timeout_ms:
                 return False
             self.link.poll(20)
             if self.session.handshaking and \
@@ -369,6 +375,21 @@ def _args(argv):
     return opts
 
 
+def _load_bundle(path):
+    # The bundle reader runs once: drop its module afterwards so its code's
+    # RAM (several KiB) is free for the session.
+    import gc
+    from device.bundle import load_bundle
+    try:
+        return load_bundle(path)
+    finally:
+        sys.modules.pop("device.bundle", None)
+        pkg = sys.modules.get("device")
+        if pkg is not None and hasattr(pkg, "bundle"):
+            delattr(pkg, "bundle")
+        gc.collect()
+
+
 def _print_event(name, detail):
     import json
     print(json.dumps({"event": name, "detail": detail}))
@@ -383,7 +404,7 @@ def main(argv=None):
     import gc
     import json
     opts = _args(sys.argv if argv is None else argv)
-    bundle = load_bundle(opts.get("bundle", "moteseal.bundle"))
+    bundle = _load_bundle(opts.get("bundle", "moteseal.bundle"))
     override = {}
     if "host" in opts:
         override["host"] = opts["host"]
@@ -395,6 +416,8 @@ def main(argv=None):
     dev = Device(bundle, opts.get("state", "moteseal.ctr"), override,
                  hs_timeout_ms=int(opts.get("hs-timeout-ms", DEFAULT_HS_TIMEOUT_MS)),
                  log=None if opts.get("quiet") else _print_event)
+    bundle = None  # its class keeps the bundle reader's code alive
+    gc.collect()
     if "interval-ms" in opts:
         dev.interval_ms = int(opts["interval-ms"])
     count = int(opts["count"]) if "count" in opts else None

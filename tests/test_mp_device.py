@@ -1,0 +1,284 @@
+"""The whole MicroPython device (``micropython_port/main.py`` from the built
+``.mpy`` flash directory) against a CPython peer through real Mosquitto and
+a real ``moteseal gateway run``: 0-RTT telemetry, 100 data envelopes,
+replies, a re-handshake when the peer forgets the session, the message-1
+counter persisted across runs, and the same over a pty to the gateway's
+serial bridge.
+
+The peer is ``device.peer_listen.PeerListener`` (what ``moteseal peer
+listen`` runs) over its own MQTT link, in this process so the test can read
+its reports and make it reply or forget sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device.backend_nacl import NaclBackend
+from device.flash import build
+from device.mqtt_link import MqttLink
+from device.peer_listen import PeerListener
+from device.provision import Bundle, write_bundle
+from device.session import NonpersistingDirectory, PeerSessions
+from tests.mp_helpers import MicroPythonFailed, mp_binary
+from tests.serial_fixtures import SocatPair, wait_for
+
+pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeout(240)]
+
+DEVICE = "mote-1"
+PEER = "hub"
+# The smallest heap the device runs in on the 64-bit unix port, from
+# bench/bench_mp_device.py, rounded up to 16 KiB (see docs/micropython.md).
+DEVICE_HEAP = "144k"
+
+
+class Fleet:
+    """A peer key pair, one device's PSK, and the flash directory built for it."""
+
+    def __init__(self, root: Path) -> None:
+        self.backend = NaclBackend()
+        self.priv, self.pub = self.backend.generate_keypair()
+        self.psk = self.backend.random_bytes(32)
+        self.root = root
+
+    def bundle(self, link: dict[str, Any]) -> Path:
+        path = self.root / f"{DEVICE}-{link['kind']}.bundle"
+        if not path.exists():
+            write_bundle(path, Bundle(DEVICE.encode(), [(PEER.encode(), [self.pub])], self.psk,
+                                      "Noise_NKpsk0_25519_ChaChaPoly_SHA256", link))
+        return path
+
+    def directory(self) -> NonpersistingDirectory:
+        d = NonpersistingDirectory([(self.priv, self.pub)])
+        d.add(DEVICE.encode(), self.psk)
+        return d
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    f = Fleet(tmp_path_factory.mktemp("fleet"))
+    # One flash build (the compiled core and port) for the module; each test
+    # passes its own bundle and broker port to main.py.
+    f.flash = f.root / "flash"  # type: ignore[attr-defined]
+    build(f.bundle({"kind": "mqtt", "host": "127.0.0.1", "port": 1883}), f.flash, "x64")  # type: ignore[attr-defined]
+    return f
+
+
+class Peer:
+    """``PeerListener`` on MQTT in a thread; ``reports`` collects its output."""
+
+    def __init__(self, fleet: Fleet, broker: Any) -> None:
+        self.fleet = fleet
+        self.directory = fleet.directory()
+        self.reports: list[dict[str, Any]] = []
+        self.link = MqttLink(PEER, "127.0.0.1", broker.port, username=PEER,
+                             password=broker.passwords[PEER]).start()
+        self.listener = PeerListener(PeerSessions(NaclBackend(), PEER.encode(), self.directory),
+                                     self.link, self.reports.append)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.listener.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        return [r for r in list(self.reports) if r["event"] == "telemetry"]
+
+    def forget_sessions(self) -> None:
+        """A peer restart: same keys and counters, no sessions."""
+        with self.listener._lock:
+            self.listener.sessions = PeerSessions(NaclBackend(), PEER.encode(), self.directory)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.link.close()
+
+
+def run_device(fleet: Fleet, bundle: Path, state: Path, *args: str, heap: str = DEVICE_HEAP,
+               timeout: float = 120) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``micropython main.py`` from the flash directory; returns the summary
+    and the event lines."""
+    flash = fleet.flash  # type: ignore[attr-defined]
+    env = {"MICROPYPATH": f"{flash}:.frozen", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([mp_binary(), "-X", f"heapsize={heap}", str(flash / "main.py"),
+                           "--bundle", str(bundle), "--state", str(state), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=flash)
+    lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines or lines[-1].get("event") != "summary":
+        raise MicroPythonFailed(f"device exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return lines[-1], lines[:-1]
+
+
+@pytest.fixture
+def mqtt_setup(mosquitto, gateway_process, fleet):
+    broker = mosquitto(auth=True, accounts={"gw": "gateway", PEER: "device", DEVICE: "device"})
+    gateway_process(broker)
+    peer = Peer(fleet, broker)
+    try:
+        yield broker, peer
+    finally:
+        peer.close()
+
+
+def _mqtt_bundle(fleet: Fleet, broker: Any) -> Path:
+    # Bundles are per broker: the password is the broker's.
+    path = fleet.root / f"{DEVICE}-{broker.port}.bundle"
+    if not path.exists():
+        write_bundle(path, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk,
+                                  "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                                  {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                                   "username": DEVICE, "password": broker.passwords[DEVICE]}))
+    return path
+
+
+def test_device_sends_0rtt_and_100_readings_and_obeys_a_reply(mqtt_setup, fleet, tmp_path) -> None:
+    broker, peer = mqtt_setup
+    replied = threading.Event()
+
+    def reply_once(report: dict[str, Any]) -> None:
+        peer.reports.append(report)
+        if report["event"] == "telemetry" and report["via"] == "data" and not replied.is_set():
+            replied.set()
+            peer.link.send(peer.listener.sessions.send(DEVICE.encode(), b"interval_ms=2"))
+
+    peer.listener.on_report = reply_once
+    state = tmp_path / "moteseal.ctr"
+    summary, events = run_device(fleet, _mqtt_bundle(fleet, broker), state, "--count", "101",
+                                 "--interval-ms", "10", "--linger-ms", "300")
+    assert wait_for(lambda: len(peer.telemetry()) == 101, timeout=20)
+    tele = peer.telemetry()
+    assert [r["via"] for r in tele] == ["hs1"] + ["data"] * 100
+    assert [r["reading"]["seq"] for r in tele] == list(range(101))
+    assert summary["handshakes"] == 1 and summary["data"] == 100 and summary["readings"] == 101
+    assert summary["bad_envelopes"] == 0
+    assert summary["replies"] == 1 and summary["interval_ms"] == 2
+    assert [e["event"] for e in events][:2] == ["handshake_sent", "handshake"]
+    # Counter: one chunk of 32 reserved on flash before the first handshake.
+    assert state.read_text() == "32"
+
+    # A second boot: the counter continues above the stored ceiling, so the
+    # peer accepts message 1 (a reused counter would be refused as a replay).
+    summary2, _ = run_device(fleet, _mqtt_bundle(fleet, broker), state, "--count", "3",
+                             "--interval-ms", "0")
+    assert wait_for(lambda: len(peer.telemetry()) == 104, timeout=20)
+    assert [r["via"] for r in peer.telemetry()[101:]] == ["hs1", "data", "data"]
+    assert summary2["handshakes"] == 1 and summary2["refused"] == 0
+    assert state.read_text() == "64"
+    assert peer.directory.counters[DEVICE.encode()] == 32
+
+
+def test_device_handshakes_again_when_the_peer_forgot_its_session(mqtt_setup, fleet, tmp_path) -> None:
+    broker, peer = mqtt_setup
+    result: dict[str, Any] = {}
+
+    def device() -> None:
+        try:
+            result["summary"], result["events"] = run_device(
+                fleet, _mqtt_bundle(fleet, broker), tmp_path / "ctr", "--count", "40",
+                "--interval-ms", "100", "--linger-ms", "300")
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    t = threading.Thread(target=device)
+    t.start()
+    try:
+        assert wait_for(lambda: len(peer.telemetry()) >= 10, timeout=30)
+        peer.forget_sessions()
+    finally:
+        t.join(120)
+    assert "error" not in result, result.get("error")
+    summary = result["summary"]
+    assert summary["rehandshakes"] >= 1 and summary["handshakes"] == 2
+    hints = [r for r in peer.reports if r["event"] == "hint_sent"]
+    assert hints, peer.reports
+    vias = [r["via"] for r in peer.telemetry()]
+    assert vias.count("hs1") == 2 and vias[0] == "hs1"
+    assert vias[vias.index("hs1", 1) + 1:] and set(vias[vias.index("hs1", 1) + 1:]) == {"data"}
+    # Lost: only readings sent between the peer's restart and the hint.
+    assert len(vias) + len(hints) == summary["readings"]
+    assert {"event": "rehandshake", "detail": "hint"} in result["events"]
+
+
+@pytest.mark.skipif(not SocatPair.available(), reason="socat not installed")
+def test_device_on_a_pty_reaches_the_mqtt_peer_through_the_serial_bridge(
+        mosquitto, gateway_process, fleet, tmp_path) -> None:
+    broker = mosquitto(auth=True, accounts={"gw": "gateway", PEER: "device"})
+    cable = SocatPair(tmp_path / "gw-tty", tmp_path / "mote-tty")
+    cable.start()
+    try:
+        gp = gateway_process(broker, start=False, routes={"mqtt": [PEER]})
+        with open(gp.config, "a") as f:
+            f.write(f'\n[[serial]]\nname = "uart0"\nport = "{cable.a}"\n'
+                    f'devices = ["{DEVICE}"]\nqueue = "{tmp_path / "q.sqlite"}"\n')
+        gp.start()
+        peer = Peer(fleet, broker)
+        try:
+            bundle = fleet.bundle({"kind": "serial", "port": str(cable.b), "baud": 115200})
+            replied = threading.Event()
+
+            def reply_once(report: dict[str, Any]) -> None:
+                peer.reports.append(report)
+                if report["event"] == "telemetry" and report["via"] == "data" and not replied.is_set():
+                    replied.set()
+                    peer.link.send(peer.listener.sessions.send(DEVICE.encode(), b"interval=0"))
+
+            peer.listener.on_report = reply_once
+            summary, events = run_device(fleet, bundle, tmp_path / "ctr", "--count", "20",
+                                         "--interval-ms", "50", "--linger-ms", "1000")
+            assert wait_for(lambda: len(peer.telemetry()) == 20, timeout=20)
+        finally:
+            peer.close()
+    finally:
+        cable.stop()
+    tele = peer.telemetry()
+    assert [r["via"] for r in tele] == ["hs1"] + ["data"] * 19
+    assert [r["reading"]["seq"] for r in tele] == list(range(20))
+    assert summary["handshakes"] == 1 and summary["data"] == 19
+    assert summary["replies"] == 1 and summary["interval_ms"] == 0
+
+
+def test_a_bundle_for_another_peer_key_is_refused_not_retried_in_a_storm(mqtt_setup, fleet,
+                                                                          tmp_path) -> None:
+    """A device pinned to a key the peer does not hold: the peer refuses
+    message 1 with a hint; the device counts it and tries again at most
+    once per second (docs/protocol.md, hint handling)."""
+    broker, peer = mqtt_setup
+    wrong = NaclBackend().generate_keypair()[1]
+    bundle = tmp_path / "wrong.bundle"
+    write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [wrong])], fleet.psk,
+                                "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                                {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                                 "username": DEVICE, "password": broker.passwords[DEVICE]}))
+    summary, _ = run_device(fleet, bundle, tmp_path / "ctr", "--count", "3",
+                            "--interval-ms", "0", "--hs-timeout-ms", "1500")
+    refused = [r for r in peer.reports if r["event"] == "refused"]
+    assert peer.telemetry() == []
+    assert summary["refused"] >= 1 and len(refused) == summary["handshakes"] == 3
+    assert summary["data"] == 0
+
+
+def test_the_flash_build_runs_the_cli_and_refuses_a_readable_bundle(fleet, tmp_path) -> None:
+    bundle = fleet.bundle({"kind": "none"})
+    out = tmp_path / "flash"
+    cli = [sys.executable, "-m", "device.cli", "flash", "build", "--device", DEVICE,
+           "--bundle", str(bundle), "--board", "unix", "--out", str(out), "--json"]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["device"] == DEVICE and doc["arch"] == "x64" and doc["mpy"] == "6.3"
+    assert (out / "moteseal.bundle").stat().st_mode & 0o777 == 0o600
+    assert (out / "device" / "session.mpy").exists() and (out / "main.py").exists()
+    bundle.chmod(0o644)
+    try:
+        r = subprocess.run(cli[:-3] + ["--out", str(tmp_path / "f2")], capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        bundle.chmod(0o600)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert not (tmp_path / "f2").exists()
