@@ -16,7 +16,8 @@ Invariants:
   does no bounds checks.
 - Fast path: ``_chachapoly_viper`` (32-bit-safe viper, see its docstring),
   used when the port has the native emitter; otherwise, and on CPython, the
-  pure-Python classes below run. ``force_fallback_for_testing_only`` switches
+  pure-Python class of ``_chachapoly_py`` runs (imported only then, so a
+  board with the emitter never loads it into RAM). ``force_fallback_for_testing_only`` switches
   paths so tests can compare them on one interpreter.
 """
 
@@ -59,7 +60,9 @@ def ChaCha20Poly1305(key):  # noqa: N802 - a factory standing in for a class
         raise LocalError("ChaCha20-Poly1305 key must be 32 bytes")
     if _use_fast:
         return _ViperChaCha20Poly1305(key)
-    return _PyChaCha20Poly1305(key)
+    from micropython_port._chachapoly_py import PyChaCha20Poly1305
+
+    return PyChaCha20Poly1305(key)
 
 
 def _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, out_len):
@@ -82,31 +85,10 @@ def _check_nonce(nonce):
 
 
 class _Cipher:
-    """The RFC 8439 section 2.8 construction over the ``_set_*``, ``_xor``,
-    ``_poly_*`` primitives of a subclass."""
-
-    def encrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
-        """Encrypt ``src[src_off:src_off+src_len]`` under the Noise nonce
-        ``nonce`` (uint64) and ``ad[:ad_len]``; write ciphertext || tag at
-        ``dst[dst_off:]``; return ``src_len + 16``. Raises ``LocalError`` for
-        a bad range or nonce, ``BufferTooSmall`` if ``dst`` is too short."""
-        _check_nonce(nonce)
-        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
-        self._set_nonce(nonce)
-        return self._seal(ad, ad_len, src, src_off, src_len, dst, dst_off)
-
-    def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
-        """Verify and decrypt ``src[src_off:src_off+src_len]`` (ciphertext ||
-        tag); write the plaintext at ``dst[dst_off:]`` and return
-        ``src_len - 16``. Raises ``AuthError``, writing nothing, if the tag is
-        wrong or ``src_len < 16``; ``LocalError``/``BufferTooSmall`` for bad
-        ranges."""
-        _check_nonce(nonce)
-        if src_len < TAG_BYTES:
-            raise AuthError("authentication failed")
-        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len - TAG_BYTES)
-        self._set_nonce(nonce)
-        return self._open(ad, ad_len, src, src_off, src_len, dst, dst_off)
+    """The RFC 8439 section 2.8 construction with a raw 12-byte nonce, over
+    the ``_set_iv``, ``_start``, ``_xor``, ``_mac``, ``_poly_finish`` and
+    ``_tag_matches`` primitives of a subclass (for vectors and tests; the
+    subclasses' ``encrypt_into``/``decrypt_into`` are the hot path)."""
 
     def encrypt_iv(self, iv, ad, pt):
         """RFC 8439 AEAD with a raw 12-byte nonce; returns ciphertext || tag
@@ -140,18 +122,6 @@ class _Cipher:
             raise AuthError("authentication failed")
         self._xor(src, src_off, dst, dst_off, ct_len)
         return ct_len
-
-    def _mac(self, ad, ad_len, ct, ct_off, ct_len):
-        # RFC 8439 section 2.8: ad || pad16 || ct || pad16 || le64(ad_len) || le64(ct_len)
-        if ad_len:
-            self._poly_update(ad, 0, ad_len)
-        if ct_len:
-            self._poly_update(ct, ct_off, ct_len)
-        lens = self._lens
-        for i in range(4):
-            lens[i] = (ad_len >> (8 * i)) & 0xFF
-            lens[8 + i] = (ct_len >> (8 * i)) & 0xFF
-        self._poly_update(lens, 0, 16)
 
 
 class _ViperChaCha20Poly1305(_Cipher):
@@ -276,118 +246,6 @@ class _ViperChaCha20Poly1305(_Cipher):
         return _v.tag_diff(self._ps, src, self._tag) == 0
 
 
-# --- pure Python ------------------------------------------------------------
-
-_M32 = 0xFFFFFFFF
-_P1305 = (1 << 130) - 5
-
-
-def _rotl(v, n):
-    return ((v << n) & _M32) | (v >> (32 - n))
-
-
-def _qr(x, a, b, c, d):
-    x[a] = (x[a] + x[b]) & _M32
-    x[d] = _rotl(x[d] ^ x[a], 16)
-    x[c] = (x[c] + x[d]) & _M32
-    x[b] = _rotl(x[b] ^ x[c], 12)
-    x[a] = (x[a] + x[b]) & _M32
-    x[d] = _rotl(x[d] ^ x[a], 8)
-    x[c] = (x[c] + x[d]) & _M32
-    x[b] = _rotl(x[b] ^ x[c], 7)
-
-
-def _le32(b, o):
-    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
-
-
-class _PyChaCha20Poly1305(_Cipher):
-    def __init__(self, key):
-        self._state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574]
-        self._state += [_le32(key, 4 * i) for i in range(8)] + [0, 0, 0, 0]
-        self._lens = bytearray(16)
-        self._ks = bytearray(64)
-
-    def _set_nonce(self, nonce):
-        self._state[13] = 0
-        self._state[14] = nonce & _M32
-        self._state[15] = nonce >> 32
-
-    def _set_iv(self, iv):
-        if len(iv) != IV_BYTES:
-            raise LocalError("nonce must be 12 bytes")
-        for i in range(3):
-            self._state[13 + i] = _le32(iv, 4 * i)
-
-    def _block(self):
-        """Keystream block for the current counter into self._ks; counter += 1."""
-        s = self._state
-        x = list(s)
-        for _ in range(10):
-            _qr(x, 0, 4, 8, 12)
-            _qr(x, 1, 5, 9, 13)
-            _qr(x, 2, 6, 10, 14)
-            _qr(x, 3, 7, 11, 15)
-            _qr(x, 0, 5, 10, 15)
-            _qr(x, 1, 6, 11, 12)
-            _qr(x, 2, 7, 8, 13)
-            _qr(x, 3, 4, 9, 14)
-        ks = self._ks
-        for i in range(16):
-            v = (x[i] + s[i]) & _M32
-            ks[4 * i] = v & 0xFF
-            ks[4 * i + 1] = (v >> 8) & 0xFF
-            ks[4 * i + 2] = (v >> 16) & 0xFF
-            ks[4 * i + 3] = v >> 24
-        s[12] = (s[12] + 1) & _M32
-
-    def _start(self):
-        self._state[12] = 0
-        self._block()
-        pk = self._ks
-        self._r = int.from_bytes(bytes(pk[0:16]), "little") & 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
-        self._s = int.from_bytes(bytes(pk[16:32]), "little")
-        self._h = 0
-
-    def _xor(self, src, src_off, dst, dst_off, n):
-        ks = self._ks
-        done = 0
-        while done < n:
-            self._block()
-            m = min(64, n - done)
-            for i in range(m):
-                dst[dst_off + done + i] = src[src_off + done + i] ^ ks[i]
-            done += m
-
-    def _poly_update(self, m, off, n, pad=True):
-        h, r = self._h, self._r
-        end = off + n
-        while off < end:
-            chunk = bytes(m[off : min(off + 16, end)])
-            if pad or len(chunk) == 16:
-                v = int.from_bytes(chunk, "little") + (1 << 128)
-            else:
-                v = int.from_bytes(chunk, "little") + (1 << (8 * len(chunk)))
-            h = (h + v) * r % _P1305
-            off += 16
-        self._h = h
-
-    def _tag_bytes(self):
-        return ((self._h + self._s) & ((1 << 128) - 1)).to_bytes(16, "little")
-
-    def _poly_finish(self, out, off):
-        tag = self._tag_bytes()
-        for i in range(16):
-            out[off + i] = tag[i]
-
-    def _tag_matches(self, src, off):
-        tag = self._tag_bytes()
-        acc = 0
-        for i in range(16):
-            acc |= src[off + i] ^ tag[i]
-        return acc == 0
-
-
 # --- raw RFC 8439 primitives (allocating; for vectors and tests) -------------
 
 
@@ -424,7 +282,9 @@ def poly1305(key, msg):
         ps[33] = 0
         _v.poly_update(ps, msg, bytearray(16), out)
         return bytes(out)
-    p = _PyChaCha20Poly1305(bytes(32))
+    from micropython_port._chachapoly_py import PyChaCha20Poly1305
+
+    p = PyChaCha20Poly1305(bytes(32))
     p._r = int.from_bytes(bytes(key[0:16]), "little") & 0x0FFFFFFC0FFFFFFC0FFFFFFC0FFFFFFF
     p._s = int.from_bytes(bytes(key[16:32]), "little")
     p._h = 0

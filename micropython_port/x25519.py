@@ -13,7 +13,8 @@ Invariants:
 - Fast path: viper field arithmetic on 20 limbs of 13 bits in preallocated
   ``array('I')`` scratch (``_fe25519_viper``, whose docstring proves the
   32-bit bounds). It is used when the port has the native emitter; otherwise,
-  and on CPython, the big-integer ladder runs. The scratch is module-global:
+  and on CPython, the big-integer ladder of ``_x25519_py`` runs (imported
+  only then, so a board with the emitter never loads it into RAM). The scratch is module-global:
   one scalar multiplication at a time (MicroPython boards run one thread).
 """
 
@@ -64,62 +65,6 @@ def _decode_u(u):
     # Mask the top bit (RFC 7748 section 5); values in [p, 2**255) stay as they
     # are and are reduced by the arithmetic.
     return int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
-
-
-# --- big-integer fallback ---------------------------------------------------
-
-
-def _ladder_int(kb, u):
-    """RFC 7748 section 5 ladder on Python integers."""
-    x1 = u % P
-    x2, z2, x3, z3 = 1, 0, x1, 1
-    swap = 0
-    for t in range(254, -1, -1):
-        kt = (kb[t >> 3] >> (t & 7)) & 1
-        swap ^= kt
-        # cswap with a mask rather than a branch on the bit
-        m = -swap
-        d = m & (x2 ^ x3)
-        x2 ^= d
-        x3 ^= d
-        d = m & (z2 ^ z3)
-        z2 ^= d
-        z3 ^= d
-        swap = kt
-        a = x2 + z2
-        aa = a * a % P
-        b = x2 - z2
-        bb = b * b % P
-        e = aa - bb
-        c = x3 + z3
-        d = x3 - z3
-        da = d * a % P
-        cb = c * b % P
-        x3 = (da + cb) ** 2 % P
-        z3 = x1 * (da - cb) ** 2 % P
-        x2 = aa * bb % P
-        z2 = e * (aa + A24 * e) % P
-    m = -swap
-    d = m & (x2 ^ x3)
-    x2 ^= d
-    d = m & (z2 ^ z3)
-    z2 ^= d
-    return x2 * _inv_int(z2) % P
-
-
-def _inv_int(z):
-    try:
-        return pow(z, P - 2, P)
-    except (TypeError, NotImplementedError):  # port without 3-argument pow
-        r = 1
-        e = P - 2
-        b = z % P
-        while e:
-            if e & 1:
-                r = r * b % P
-            b = b * b % P
-            e >>= 1
-        return r
 
 
 # --- viper fast path --------------------------------------------------------
@@ -246,7 +191,9 @@ def x25519(k, u):
     if _use_fast:
         r = _ladder_fast(kb, un)
     else:
-        r = _ladder_int(kb, un)
+        from micropython_port._x25519_py import ladder_int
+
+        r = ladder_int(kb, un)
     return r.to_bytes(_BYTES, "little")
 
 
