@@ -96,6 +96,8 @@ class DeviceSession:
         self._pending_sid = -1
         self.transport = None
         self.sid = -1
+        self._prev = None  # the session before the current one, for downlink in flight
+        self._prev_sid = -1
         self.last_len = 0
         self._env = E.Envelope()
         self._hdr = bytearray(E.HEADER_MAX_BYTES)
@@ -109,6 +111,10 @@ class DeviceSession:
             raise MessageTooLarge("payload exceeds the maximum message size")
         c = self._counter.next()
         sid = c % SID_SPACE
+        if sid == self.sid:
+            # Never the live session's id: the peer would replace that session
+            # at once, and if this attempt then dies the live one is gone too.
+            sid = (sid + 1) % SID_SPACE
         pt = bytearray(COUNTER_BYTES + len(payload))
         put_counter(pt, 0, c)
         pt[COUNTER_BYTES:] = payload
@@ -144,8 +150,10 @@ class DeviceSession:
         t = env.type
         if t == E.DATA:
             tr = self.transport
-            if tr is None or env.sid != self.sid:
-                raise DecodeError("no such session")
+            if env.sid != self.sid or tr is None:
+                tr = self._prev if env.sid == self._prev_sid else None
+                if tr is None:
+                    raise DecodeError("no such session")
             self.last_len = tr.decrypt_into(env.nonce, buf, env.msg_off, buf, env.msg_off,
                                             env.msg_len, out, 0, now)
             return EV_DATA
@@ -160,6 +168,8 @@ class DeviceSession:
                 raise
             if len(payload) > len(out):
                 raise DecodeError("handshake payload larger than the buffer")
+            if self.transport is not None:
+                self._prev, self._prev_sid = self.transport, self.sid
             self.transport = hs.into_transport(**_limits(self._opts, now))
             self.sid = self._pending_sid
             self._hs = None
@@ -283,7 +293,8 @@ class PeerSessions:
         self._limit = E.envelope_limit(self.max_payload)
 
     def sessions(self, device_id):
-        return self._sessions.get(bytes(device_id), [])
+        """``[(sid, Transport), ...]`` for a device, newest first (at most 2)."""
+        return [(e[0], e[1]) for e in self._sessions.get(bytes(device_id), [])]
 
     def _hint(self, env, reason):
         return E.encode(E.HEAD_HINT, self.peer_id, env.src, env.sid, reason)
@@ -344,14 +355,16 @@ class PeerSessions:
         if not old and len(self._sessions) >= self._max_devices:
             # Bounded memory: plain NK lets anyone open sessions under new ids.
             del self._sessions[next(iter(self._sessions))]
-        self._sessions[dev] = [(env.sid, tr)] + old[:1]
+        # [sid, transport, confirmed]: confirmed once the device has sent
+        # authenticated data on it, which proves it holds message 2's keys.
+        self._sessions[dev] = [[env.sid, tr, False]] + old[:1]
         return Received("hs1", dev, bytes(payload[COUNTER_BYTES:]), reply)
 
     def _data(self, data, env, dev, now):
-        tr = None
-        for sid, t in self._sessions.get(dev, []):
-            if sid == env.sid:
-                tr = t
+        tr = entry = None
+        for e in self._sessions.get(dev, []):
+            if e[0] == env.sid:
+                entry, tr = e, e[1]
         if tr is None:
             return Received("hint", dev, None, self._hint(env, E.HINT_UNKNOWN_SESSION))
         out = bytearray(max(0, env.msg_len - TAG_BYTES))
@@ -361,16 +374,23 @@ class PeerSessions:
         except SessionExpired:
             self._sessions[dev] = [s for s in self._sessions[dev] if s[1] is not tr]
             return Received("hint", dev, None, self._hint(env, E.HINT_SESSION_EXPIRED))
+        entry[2] = True
         return Received("data", dev, bytes(out[:n]), None)
 
     def send(self, device_id, payload, now=None):
-        """A data envelope to ``device_id`` on its newest session. Raises
-        ``LocalError`` if the device has no session."""
+        """A data envelope to ``device_id`` on the newest session the device
+        is known to hold: the newest one it has sent data on, else the
+        newest (message 2 may still be on its way). Raises ``LocalError`` if
+        the device has no session."""
         dev = bytes(device_id)
         s = self._sessions.get(dev)
         if not s:
             raise LocalError("no session with that device")
-        sid, tr = s[0]
+        sid, tr = s[0][0], s[0][1]
+        for e in s:
+            if e[2]:
+                sid, tr = e[0], e[1]
+                break
         if tr.expired(now):
             raise SessionExpired("session spent; the device must handshake again")
         out = bytearray(E.HEADER_MAX_BYTES + len(payload) + TAG_BYTES)
