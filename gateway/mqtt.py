@@ -16,6 +16,12 @@ Invariants:
   restarts. No device state is kept here.
 - Client sockets run with TCP_NODELAY: small envelopes must not wait for
   Nagle's algorithm.
+- At most ``window`` forwarded publishes await a PUBACK (the smaller of our
+  ``max_inflight`` and the broker's Receive Maximum); more wait in our own
+  FIFO. paho's own in-flight limit is off because it rescans every
+  outstanding message on each PUBACK (O(window) per message).
+- A forward is written to the socket inside the receive callback, not on the
+  loop's next turn: one select round less on the hot path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections import deque
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -56,6 +63,38 @@ def up_subscription(share_group: str) -> str:
     return f"$share/{share_group}/{topic}" if share_group else topic
 
 
+class _Client(mqtt.Client):
+    """paho's client with one change on the hot path: a packet queued from
+    paho's own network thread (a forward or an ack from inside a callback) is
+    not announced through paho's wake-up socket pair, because the loop selects
+    for writing whenever packets are queued anyway. That saves a send and a
+    recv system call per packet. Packets from other threads (a serial link)
+    still wake the loop. Used only if paho's internals match
+    (``_FAST_QUEUE``); otherwise the stock client is used."""
+
+    def _packet_queue(self, command, packet, mid, qos, info=None):  # type: ignore[no-untyped-def]
+        if threading.current_thread() is self._thread:
+            self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
+                                     "to_process": len(packet), "packet": packet, "info": info})
+            return mqtt.MQTT_ERR_SUCCESS
+        return super()._packet_queue(command, packet, mid, qos, info)
+
+
+def _fast_queue_fits() -> bool:
+    import inspect
+
+    try:
+        params = list(inspect.signature(mqtt.Client._packet_queue).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    probe = mqtt.Client(CallbackAPIVersion.VERSION2)
+    return (params[:6] == ["self", "command", "packet", "mid", "qos", "info"]
+            and hasattr(probe, "_out_packet") and hasattr(probe, "_thread"))
+
+
+_FAST_QUEUE = _fast_queue_fits()
+
+
 class MqttLink:
     """The ``mqtt`` link of a relay: feeds up-topic messages to
     ``relay.handle`` and implements ``send`` by publishing to down topics."""
@@ -70,14 +109,16 @@ class MqttLink:
         self._lock = threading.Lock()
         self._pending: dict[int, Done | None] = {}  # mid -> done, awaiting PUBACK
         self._early: set[int] = set()  # PUBACKs that beat the bookkeeping in send()
+        self._backlog: deque[tuple[str, bytes, Done | None]] = deque()  # beyond the window
+        self.window = cfg.max_inflight
         self._debug = log.enabled("debug")
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+        c = (_Client if _FAST_QUEUE else mqtt.Client)(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
                         protocol=mqtt.MQTTv5, manual_ack=True)
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.password or None)
         if cfg.tls:
             c.tls_set(ca_certs=cfg.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        c.max_inflight_messages_set(cfg.max_inflight)
+        c.max_inflight_messages_set(0)  # our own window instead (see Invariants)
         c.reconnect_delay_set(1, 5)
         c.on_socket_open = lambda client, userdata, sock: set_nodelay(sock)
         c.on_connect = self._on_connect
@@ -104,8 +145,8 @@ class MqttLink:
         self.connected.clear()
 
     def queue_depth(self) -> int:
-        """Forwarded envelopes awaiting the broker's PUBACK."""
-        return len(self._pending)
+        """Forwarded envelopes awaiting the broker's PUBACK or a window slot."""
+        return len(self._pending) + len(self._backlog)
 
     # -- paho callbacks (network thread) ---------------------------------
 
@@ -115,6 +156,8 @@ class MqttLink:
             self.log.event("mqtt_connect_failed", level="error", reason=str(rc),
                            host=self.cfg.host, port=self.cfg.port)
             return
+        server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
+        self.window = min(self.cfg.max_inflight, server_max or 65535)
         topic = up_subscription(self.cfg.share_group)
         client.subscribe(topic, options=SubscribeOptions(qos=1))
         self.log.event("mqtt_connected", host=self.cfg.host, port=self.cfg.port,
@@ -147,6 +190,9 @@ class MqttLink:
         # Ack only once the relay is done: dropped, or forwarded and PUBACKed.
         self.relay.handle(msg.payload, arrived_from, LINK_NAME,
                           (lambda: client.ack(mid, qos)) if qos else None)
+        # We are on paho's network thread, the socket's only writer: send the
+        # forward now rather than after another select().
+        client.loop_write()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
                     props: Any) -> None:
@@ -155,14 +201,29 @@ class MqttLink:
             if done is _MISSING:
                 self._early.add(mid)
                 return
+            nxt = self._backlog.popleft() if self._backlog else None
         if done is not None:
             done()  # type: ignore[operator]
+        if nxt is not None:
+            try:
+                self._publish(*nxt)
+            except OSError as exc:
+                self.log.event("forward_failed", level="error", dst=nxt[0], error=str(exc))
+                if nxt[2] is not None:
+                    nxt[2]()
 
     # -- Link ------------------------------------------------------------
 
     def send(self, dst: str, envelope: bytes, done: Done | None) -> None:
         """Publish ``envelope`` to ``dst``'s down topic (QoS 1); ``done`` runs
         on the broker's PUBACK. Raises ``OSError`` if paho refuses it."""
+        with self._lock:
+            if len(self._pending) >= self.window or self._backlog:
+                self._backlog.append((dst, envelope, done))
+                return
+        self._publish(dst, envelope, done)
+
+    def _publish(self, dst: str, envelope: bytes, done: Done | None) -> None:
         info = self.client.publish(DOWN_PREFIX + dst, envelope, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN: paho keeps the message and sends it after reconnecting.
