@@ -188,7 +188,7 @@ mqtt = ["bench-dev", "bench-sink"]
 [log]
 file = "gateway.log"
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "gateway", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

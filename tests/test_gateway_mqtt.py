@@ -143,3 +143,35 @@ def test_two_gateways_on_a_shared_subscription_deliver_each_message_once(
     time.sleep(0.5)
     r1, r2 = g1.status()["relayed"], g2.status()["relayed"]
     assert r1 + r2 == 200 and r1 > 0 and r2 > 0, (r1, r2)
+
+
+def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(broker, mqtt_client):
+    """The MQTT link's own window: sends from another thread (as a serial link
+    would) beyond ``max_inflight`` are held in order, published as PUBACKs
+    free slots, and each ``done`` runs once."""
+    from gateway.config import MqttConfig
+    from gateway.logs import JsonLog
+    from gateway.mqtt import MqttLink
+    from gateway.relay import RateLimiter, Relay, RouteTable
+
+    hub = mqtt_client(broker, "hub")
+    hub.subscribe("moteseal/v1/down/hub")
+    cfg = MqttConfig(port=broker.port, username="gw", password=broker.passwords["gw"],
+                     client_id="window-test", max_inflight=2, session_expiry=0)
+    relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
+    link = MqttLink(cfg, relay, JsonLog(open("/dev/null", "w")))
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        done: list[int] = []
+        for i in range(60):
+            link.send("hub", data("sensor-1", "hub", i), lambda i=i: done.append(i))
+        assert link.queue_depth() > 2  # the rest waits in the link's own FIFO
+        got = hub.collect(60, timeout=15)
+        assert nonces(got) == list(range(60))  # in order
+        deadline = time.monotonic() + 10
+        while len(done) < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(done) == list(range(60)) and link.queue_depth() == 0
+    finally:
+        link.stop()

@@ -196,3 +196,21 @@ def test_the_relay_path_loads_no_device_module():
             "print(bad); sys.exit(1 if bad else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_m_gateway_runs_without_loading_device_code(tmp_path):
+    code = ("import runpy, sys\n"
+            "sys.argv = ['gateway', 'status', '--status-file', sys.argv[1]]\n"
+            "try:\n"
+            "    runpy.run_module('gateway', run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('device', 'noise', 'nacl')]\n"
+            "print('LOADED', bad)\n")
+    status = tmp_path / "status.json"
+    status.write_text('{"relayed": 1, "relayed_by_link": {"mqtt": 1}, "dropped": {}, '
+                      '"last_seen": {}, "links": {}, "stopped": true}')
+    result = subprocess.run([sys.executable, "-c", code, str(status)], capture_output=True,
+                            text=True, timeout=60)
+    assert "relayed     1" in result.stdout, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout
