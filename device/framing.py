@@ -50,7 +50,7 @@ FRAME_MAX_BYTES = const(1200 + 2 + (1200 + 2) // 254 + 1 + 2)  # 1209
 DROP_CRC = const(0)  # COBS decoded, CRC mismatch
 DROP_OVERSIZE = const(1)  # more than FRAME_PAYLOAD_MAX_BYTES + 2 decoded bytes
 DROP_COBS = const(2)  # a code byte points past the end of the frame
-DROP_TRUNCATED = const(3)  # fewer than the 2 CRC bytes, i.e. too short
+DROP_TRUNCATED = const(3)  # fewer than the 2 CRC bytes, or cut off by reset()
 DROP_REASONS = ("crc", "oversize", "cobs", "truncated")
 
 

@@ -223,6 +223,7 @@ def test_device_link_answers_each_hello(pty: PlugPty) -> None:
         assert link.stats()["frames_tx"] == 0  # hellos are not counted as envelopes
 
 
+@pytest.mark.filterwarnings("ignore:set(Name|Daemon)\\(\\) is deprecated:DeprecationWarning")
 def test_rfc2217_url_through_a_serial_server_survives_a_hangup() -> None:
     # The serial server echoes (its port is loop://): what we send comes back.
     server = Rfc2217Server("loop://")
