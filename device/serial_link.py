@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,6 +50,9 @@ _READ_TIMEOUT_S = 0.05
 # A write that cannot finish in this time (peer not reading, flow control
 # stuck) fails with LinkDown instead of blocking senders forever.
 WRITE_TIMEOUT_S = 2.0
+# A device answers at most one hello per this interval, so two answering
+# ends (a misconfiguration) exchange a few hellos per second, not a storm.
+HELLO_ANSWER_INTERVAL_S = 0.2
 
 
 class LinkDown(OSError):
@@ -91,6 +95,7 @@ class SerialLink:
         # Never on both ends of one cable (nor with loop://): two answering
         # ends would bounce hellos forever.
         self._answer_hello = answer_hello
+        self._last_answer = -HELLO_ANSWER_INTERVAL_S
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._decoder = FrameDecoder(max_payload)
@@ -219,7 +224,10 @@ class SerialLink:
         if n == 0:
             self.hellos_rx += 1
             if self._answer_hello:
-                self._hello()
+                now = time.monotonic()
+                if now - self._last_answer >= HELLO_ANSWER_INTERVAL_S:
+                    self._last_answer = now
+                    self._hello()
             return
         payload = bytes(buf[:n])
         self.frames_rx += 1

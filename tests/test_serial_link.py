@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from device.errors import MessageTooLarge
 from device.framing import FRAME_PAYLOAD_MAX_BYTES, FrameDecoder, encode
-from device.serial_link import LinkDown, SerialLink
+from device.serial_link import HELLO_ANSWER_INTERVAL_S, LinkDown, SerialLink
 from tests.serial_fixtures import PlugPty, Rfc2217Server, SocatPair, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -218,9 +219,19 @@ def test_device_link_answers_each_hello(pty: PlugPty) -> None:
         pty.read_frames(1, timeout=0.3)
         assert pty.hellos == 1
         pty.hello()
+        assert wait_for(lambda: (pty.read_frames(1, timeout=0.05), pty.hellos)[1] == 2)
+        time.sleep(HELLO_ANSWER_INTERVAL_S)
         pty.hello()
-        assert wait_for(lambda: (pty.read_frames(1, timeout=0.1), pty.hellos)[1] == 3)
+        assert wait_for(lambda: (pty.read_frames(1, timeout=0.05), pty.hellos)[1] == 3)
         assert link.stats()["frames_tx"] == 0  # hellos are not counted as envelopes
+
+
+def test_two_answering_ends_do_not_bounce_hellos_at_line_rate() -> None:
+    # loop:// echoes: an answering link hears its own hellos, the worst case.
+    with SerialLink("loop://", answer_hello=True, backoff_max=0.1) as link:
+        assert link.wait_connected(5)
+        time.sleep(1.0)
+        assert link.stats()["hellos_rx"] <= 1.0 / HELLO_ANSWER_INTERVAL_S + 2
 
 
 @pytest.mark.filterwarnings("ignore:set(Name|Daemon)\\(\\) is deprecated:DeprecationWarning")
