@@ -58,6 +58,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
       moteseal flash build --device sensor-7
       moteseal flash build --device sensor-7 --board rp2 --out /tmp/s7 --force --json
     """
+    from device.bundle import BundleError
     from device.keys import KeyFileError
 
     if bundle_path is None:
@@ -74,7 +75,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
         _fail(f"{exc.filename or bundle_path}: no such file (moteseal provision {device_id} writes it)",
               2, as_json)
         return
-    except KeyFileError as exc:
+    except (KeyFileError, BundleError) as exc:  # tampered, readable by others, malformed
         _fail(str(exc), 3, as_json)
         return
     except FlashError as exc:

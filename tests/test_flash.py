@@ -1,0 +1,258 @@
+"""``moteseal flash build`` and ``deploy`` without a board.
+
+What runs on the board during a deploy is MicroPython source that mpremote
+``exec``s (``board_info_script``, ``hash_script``); here it runs under the
+real MicroPython unix port in a directory that stands for the board's
+filesystem. The mpremote command lines are parsed by mpremote's own
+argument parsers. What cannot run here: mpremote's serial transport itself
+(the unix port has no raw REPL), so ``fs cp`` is carried out by
+``UnixDirBoardForTestingOnly`` as a file copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from device.backend_nacl import NaclBackend
+from device.flash import (ARCHES, BOARDS, CORE_MODULES, FlashError, Manifest,
+                          board_info_script, build, check_board, compare_hashes,
+                          deploy, hash_script, mpremote_argv, parse_board_info,
+                          parse_hashes, verify_local)
+from device.flash_cli import flash_group
+from device.provision import Bundle, write_bundle
+from tests.mp_helpers import mp_binary
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def bundle_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    b = NaclBackend()
+    path = tmp_path_factory.mktemp("bundle") / "mote-1.bundle"
+    write_bundle(path, Bundle(b"mote-1", [(b"hub", [b.generate_keypair()[1]])], b.random_bytes(32),
+                              "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                              {"kind": "mqtt", "host": "10.0.0.2", "port": 1883,
+                               "username": "mote-1", "password": "s3cret"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(bundle_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    out = tmp_path_factory.mktemp("out") / "flash"
+    return out, build(bundle_file, out, "x64", device_id="mote-1")
+
+
+def test_build_writes_the_core_the_port_the_bundle_and_a_true_manifest(built, bundle_file) -> None:
+    out, manifest = built
+    paths = [p for p, _, _ in manifest.files]
+    assert {f"device/{m}.mpy" for m in CORE_MODULES} <= set(paths)
+    assert {"micropython_port/main.mpy", "micropython_port/mqtt.mpy", "micropython_port/uart_link.mpy",
+            "micropython_port/backend.mpy", "main.py", "moteseal.bundle"} <= set(paths)
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted(paths + ["manifest.json"])
+    for path, size, digest in manifest.files:
+        data = (out / path).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, digest)
+        if path.endswith(".mpy"):
+            assert data[0] == ord("M") and data[1] == 6  # .mpy header, version 6
+    assert (out / "moteseal.bundle").read_bytes() == bundle_file.read_bytes()
+    assert (out / "moteseal.bundle").stat().st_mode & 0o777 == 0o600
+    assert out.stat().st_mode & 0o777 == 0o700
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc["device"] == "mote-1" and doc["arch"] == "x64" and doc["mpy"] == [6, 3]
+    text = (out / "manifest.json").read_text()
+    assert "s3cret" not in text and Manifest.load(out).files == manifest.files
+
+
+def test_build_refuses_another_device_an_existing_dir_and_an_unknown_arch(bundle_file, tmp_path) -> None:
+    with pytest.raises(FlashError) as e:
+        build(bundle_file, tmp_path / "a", "x64", device_id="mote-2")
+    assert e.value.exit_code == 3 and not (tmp_path / "a").exists()
+    with pytest.raises(FlashError) as e:
+        build(bundle_file, tmp_path / "b", "z80")
+    assert e.value.exit_code == 2
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FlashError) as e:
+        build(bundle_file, tmp_path / "c", "x64")
+    assert e.value.exit_code == 2
+    assert build(bundle_file, tmp_path / "c", "armv6m", force=True).arch == "armv6m"
+
+
+def test_every_board_maps_to_an_arch_mpy_cross_accepts() -> None:
+    assert set(BOARDS.values()) <= set(ARCHES)
+
+
+def test_build_refuses_a_tampered_bundle_with_exit_3(bundle_file, tmp_path) -> None:
+    bad = tmp_path / "bad.bundle"
+    data = bytearray(bundle_file.read_bytes())
+    data[-20] ^= 1
+    write_bundle(bad, Bundle(b"x", [(b"p", [bytes(32)])], bytes(32), "Noise_NK_25519_ChaChaPoly_SHA256",
+                             {"kind": "none"}))
+    bad.write_bytes(bytes(data))
+    r = CliRunner().invoke(flash_group, ["build", "--device", "mote-1", "--bundle", str(bad),
+                                         "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 3, r.output
+    assert json.loads(r.output.splitlines()[0])["exit_code"] == 3
+    assert not (tmp_path / "o").exists()
+
+
+def test_verify_local_names_a_changed_or_missing_file(built, tmp_path) -> None:
+    out, manifest = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert verify_local(copy, manifest) == []
+    (copy / "device" / "noise.mpy").write_bytes(b"M\x06 not the build")
+    (copy / "micropython_port" / "mqtt.mpy").unlink()
+    assert verify_local(copy, manifest) == ["device/noise.mpy", "micropython_port/mqtt.mpy"]
+
+
+# --- the board side, run by the real MicroPython ------------------------------
+
+
+def _exec_on(board: Path, script: str) -> str:
+    p = subprocess.run([mp_binary(), "-c", script], cwd=board, capture_output=True, text=True,
+                       timeout=60, env={"MICROPYPATH": ".frozen", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_board_info_reports_the_unix_port_and_removes_shadowing_py(built, tmp_path) -> None:
+    _, manifest = built
+    board = tmp_path / "board"
+    (board / "device").mkdir(parents=True)
+    (board / "device" / "session.py").write_text("raise ImportError('stale')\n")
+    (board / "boot.py").write_text("# kept\n")
+    mpys = [p for p, _, _ in manifest.files if p.endswith(".mpy")]
+    major, sub, arch, removed = parse_board_info(_exec_on(board, board_info_script(mpys)))
+    assert (major, sub, arch) == (6, 3, ARCHES["x64"])
+    assert removed == ["device/session.py"] and not (board / "device" / "session.py").exists()
+    assert (board / "boot.py").exists() and (board / "micropython_port").is_dir()
+    check_board(manifest, major, sub, arch)
+    with pytest.raises(FlashError, match="native architecture is x64"):
+        check_board(Manifest("d", "xtensawin", (6, 3), []), major, sub, arch)
+    with pytest.raises(FlashError, match=r"loads \.mpy v6\.3; this bundle is v6\.2"):
+        check_board(Manifest("d", "x64", (6, 2), []), major, sub, arch)
+    with pytest.raises(FlashError, match="no native emitter"):
+        check_board(manifest, 6, 3, 0)
+    with pytest.raises(FlashError, match="did not report"):
+        parse_board_info("MicroPython v1.22 REPL noise\n")
+
+
+def test_hash_script_reads_back_what_the_manifest_says(built, tmp_path) -> None:
+    out, manifest = built
+    board = tmp_path / "board"
+    shutil.copytree(out, board)
+    paths = [p for p, _, _ in manifest.files]
+    assert compare_hashes(manifest, parse_hashes(_exec_on(board, hash_script(paths)))) == []
+    (board / "device" / "transport.mpy").write_bytes(b"corrupted in flash")
+    (board / "moteseal.bundle").unlink()
+    got = parse_hashes(_exec_on(board, hash_script(paths)))
+    assert got["moteseal.bundle"] is None
+    assert compare_hashes(manifest, got) == ["device/transport.mpy", "moteseal.bundle"]
+
+
+# --- mpremote command lines and the deploy flow --------------------------------
+
+
+def parse_with_mpremote(argv: list[str]) -> list[tuple[str, argparse.Namespace]]:
+    """Split an mpremote command line the way ``mpremote.main.main`` does,
+    with mpremote's own parsers, without executing anything."""
+    from mpremote.main import _COMMANDS
+
+    assert argv[1:3] == ["-m", "mpremote"]
+    rest = argv[3:]
+    parsed = []
+    while rest:
+        cmd = rest.pop(0)
+        parser = _COMMANDS[cmd][1]()
+        parser.add_argument("next_command", nargs=argparse.REMAINDER)
+        args = parser.parse_args(rest)
+        parsed.append((cmd, args))
+        rest = args.next_command
+    return parsed
+
+
+def test_mpremote_command_lines_parse_with_mpremote() -> None:
+    [(c1, a1), (c2, _), (c3, a3)] = parse_with_mpremote(mpremote_argv("/dev/ttyUSB0", "exec", "print(1)"))
+    assert (c1, a1.device, c2, c3, a3.expr) == ("connect", ["/dev/ttyUSB0"], "resume", "exec", ["print(1)"])
+    [_, _, (c, a)] = parse_with_mpremote(mpremote_argv("/dev/ttyACM0", "fs", "cp", "/tmp/x.mpy", ":device/x.mpy"))
+    assert (c, a.command, a.path) == ("fs", ["cp"], ["/tmp/x.mpy", ":device/x.mpy"])
+
+
+class UnixDirBoardForTestingOnly:
+    """Carries out deploy's mpremote commands on a directory: ``exec`` runs
+    the script under the real MicroPython there, ``fs cp`` copies the file
+    (optionally damaging one, as a bad flash write would)."""
+
+    def __init__(self, root: Path, damage: str | None = None) -> None:
+        self.root = root
+        self.damage = damage
+        self.commands: list[str] = []
+
+    def __call__(self, argv: list[str]) -> str:
+        parsed = parse_with_mpremote(argv)
+        assert [c for c, _ in parsed[:2]] == ["connect", "resume"]
+        cmd, args = parsed[2]
+        self.commands.append(cmd if cmd != "fs" else "cp " + args.path[1])
+        if cmd == "exec":
+            return _exec_on(self.root, args.expr[0])
+        src, dest = args.path
+        assert cmd == "fs" and args.command == ["cp"] and dest.startswith(":")
+        data = Path(src).read_bytes()
+        if dest[1:] == self.damage:
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        (self.root / dest[1:]).write_bytes(data)
+        return ""
+
+
+def test_deploy_copies_every_file_with_progress_and_verifies_the_read_back(built, tmp_path) -> None:
+    out, manifest = built
+    board = UnixDirBoardForTestingOnly(tmp_path / "board")
+    board.root.mkdir()
+    (board.root / "micropython_port").mkdir()
+    (board.root / "micropython_port" / "mqtt.py").write_text("stale = True\n")
+    seen: list[tuple[str, int]] = []
+    got = deploy(out, "/dev/ttyUSB0", runner=board, progress=lambda p, n: seen.append((p, n)))
+    assert got.files == manifest.files
+    assert seen == [(p, n) for p, n, _ in manifest.files]
+    assert board.commands[0] == "exec" and board.commands[-1] == "exec"
+    assert len(board.commands) == 2 + len(manifest.files)
+    assert not (board.root / "micropython_port" / "mqtt.py").exists()
+    for path, _, digest in manifest.files:
+        assert hashlib.sha256((board.root / path).read_bytes()).hexdigest() == digest
+
+
+def test_deploy_fails_naming_a_file_the_board_holds_differently(built, tmp_path) -> None:
+    out, _ = built
+    board = UnixDirBoardForTestingOnly(tmp_path / "board", damage="device/envelope.mpy")
+    board.root.mkdir()
+    with pytest.raises(FlashError, match=r"verification failed on the board for: device/envelope\.mpy$"):
+        deploy(out, "/dev/ttyUSB0", runner=board)
+
+
+def test_deploy_refuses_a_changed_flash_dir_before_touching_the_board(built, tmp_path) -> None:
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "main.py").write_text("import evil\n")
+    board = UnixDirBoardForTestingOnly(tmp_path / "board")
+    with pytest.raises(FlashError, match="changed since the build: main.py"):
+        deploy(copy, "/dev/ttyUSB0", runner=board)
+    assert board.commands == []
+
+
+def test_deploy_cli_without_a_board_fails_with_mpremotes_reason(built, tmp_path) -> None:
+    out, _ = built
+    r = CliRunner().invoke(flash_group, ["deploy", "--dir", str(out), "--port",
+                                         str(tmp_path / "no-such-tty"), "--json"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads([ln for ln in r.output.splitlines() if ln.startswith("{")][0])
+    assert "mpremote" in doc["error"] and "no-such-tty" in doc["error"]
