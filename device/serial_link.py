@@ -178,6 +178,10 @@ class SerialLink:
         Raises ``LinkDown`` if the port is closed or the write fails or
         times out, and ``device.errors.MessageTooLarge`` if ``payload``
         exceeds ``FRAME_PAYLOAD_MAX_BYTES``."""
+        self._write(payload)
+        self.frames_tx += 1
+
+    def _write(self, payload: bytes) -> None:
         with self._lock:
             port = self._port
             if port is None:
@@ -192,7 +196,6 @@ class SerialLink:
             except (serial.SerialException, OSError) as e:
                 self._fail_locked(e)
                 raise LinkDown(f"serial link {self.name} failed: {e}") from e
-            self.frames_tx += 1
 
     # -- receiving -------------------------------------------------------------
 
@@ -254,8 +257,7 @@ class SerialLink:
 
     def _hello(self) -> None:
         try:
-            self.send(b"")
-            self.frames_tx -= 1  # count envelopes only
+            self._write(b"")  # not counted in frames_tx (envelopes only)
         except LinkDown:
             pass  # the reader notices a failed port
 
