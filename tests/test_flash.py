@@ -256,3 +256,20 @@ def test_deploy_cli_without_a_board_fails_with_mpremotes_reason(built, tmp_path)
     assert r.exit_code == 1, r.output
     doc = json.loads([ln for ln in r.output.splitlines() if ln.startswith("{")][0])
     assert "mpremote" in doc["error"] and "no-such-tty" in doc["error"]
+
+
+def test_package_json_installs_what_a_flash_build_ships() -> None:
+    """``mpremote mip install micropython_port/package.json`` copies the same
+    modules (as source) that ``flash build`` compiles; relative URLs resolve
+    from the package.json's directory, as mip resolves them."""
+    from device.flash import source_dirs
+
+    core, port = source_dirs()
+    doc = json.loads((port / "package.json").read_text())
+    targets = [t for t, _ in doc["urls"]]
+    assert sorted(targets) == sorted([f"device/{m}.py" for m in CORE_MODULES] +
+                                     [f"micropython_port/{p.name}" for p in port.glob("*.py")])
+    for target, url in doc["urls"]:
+        src = (port / url).resolve()
+        assert src.is_file() and src == (core.parent / target).resolve(), (target, url)
+    assert doc["deps"] == []
