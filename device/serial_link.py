@@ -178,10 +178,9 @@ class SerialLink:
         Raises ``LinkDown`` if the port is closed or the write fails or
         times out, and ``device.errors.MessageTooLarge`` if ``payload``
         exceeds ``FRAME_PAYLOAD_MAX_BYTES``."""
-        self._write(payload)
-        self.frames_tx += 1
+        self._write(payload, 1)
 
-    def _write(self, payload: bytes) -> None:
+    def _write(self, payload: bytes, count: int) -> None:
         with self._lock:
             port = self._port
             if port is None:
@@ -196,6 +195,7 @@ class SerialLink:
             except (serial.SerialException, OSError) as e:
                 self._fail_locked(e)
                 raise LinkDown(f"serial link {self.name} failed: {e}") from e
+            self.frames_tx += count
 
     # -- receiving -------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class SerialLink:
 
     def _hello(self) -> None:
         try:
-            self._write(b"")  # not counted in frames_tx (envelopes only)
+            self._write(b"", 0)  # frames_tx counts envelopes only
         except LinkDown:
             pass  # the reader notices a failed port
 
