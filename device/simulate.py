@@ -30,7 +30,7 @@ import cbor2
 
 from device.errors import LocalError, RemoteError, SessionExpired
 from device.mqtt_link import MqttLink
-from device.session import EV_DATA, EV_HANDSHAKE, EV_REHANDSHAKE, DeviceSession
+from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE, DeviceSession
 
 __all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading"]
 
@@ -74,7 +74,7 @@ class SimulatedSensor:
         self.next_due = 0.0
         self.last_handshake: float | None = None
         self.session_lost = False
-        self.counts = {"readings": 0, "handshakes": 0, "rehandshakes": 0,
+        self.counts = {"readings": 0, "handshakes": 0, "rehandshakes": 0, "refused": 0,
                        "skipped": 0, "bad_envelopes": 0, "from_peer": 0}
 
     def _emit(self, **event: Any) -> None:
@@ -145,6 +145,12 @@ class SimulatedSensor:
         elif ev == EV_DATA:
             self.counts["from_peer"] += 1
             self._emit(event="from_peer", size=len(payload))
+        elif ev == EV_REFUSED:
+            # The peer refused message 1 (unknown or revoked device, wrong PSK
+            # or pinned key). The next reading retries, at most once per
+            # min_handshake_gap, on the next pinned key if there is one.
+            self.counts["refused"] += 1
+            self._emit(event="refused")
         elif ev == EV_REHANDSHAKE:
             self.counts["rehandshakes"] += 1
             self.session_lost = True

@@ -66,8 +66,13 @@ class DropLog:
         self.per_second = per_second
         self.clock = clock
         self._window: dict[str, list[float | int]] = {}  # reason -> [start, logged, suppressed]
+        self._lock = threading.Lock()  # links call the relay from several threads
 
     def __call__(self, reason: str, arrived_from: str, link: str, size: int) -> None:
+        with self._lock:
+            self._log_drop(reason, arrived_from, link, size)
+
+    def _log_drop(self, reason: str, arrived_from: str, link: str, size: int) -> None:
         now = self.clock()
         w = self._window.get(reason)
         if w is None or now - w[0] >= 1.0:

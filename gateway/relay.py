@@ -19,12 +19,16 @@ Invariants:
   receiving and forwarding loses nothing: the sender's broker re-delivers.
 - Per-sender work before the rate limit is O(1), so a flooding sender costs
   little and cannot delay others.
+- ``handle`` may be called from several links' threads at once: decisions
+  and counters are taken under one lock, and ``send`` is called outside it,
+  so a slow link never holds up the others.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import threading
 import time
 from typing import Callable, Iterable, Mapping, Protocol
 
@@ -196,38 +200,37 @@ class Relay:
         self.clock = clock
         self.wall_clock = wall_clock
         self.stats = RelayStats()
+        self._lock = threading.Lock()
 
     def add_link(self, name: str, link: Link) -> None:
         self.links[name] = link
+
+    def snapshot(self) -> dict[str, object]:
+        """A consistent copy of the counters (safe from any thread)."""
+        with self._lock:
+            return self.stats.snapshot()
 
     def handle(self, envelope: bytes, arrived_from: str, link: str,
                done: Done | None = None) -> str | None:
         """Forward ``envelope`` (which ``link`` received from ``arrived_from``)
         or drop it. Returns None if forwarded, else the drop reason."""
-        if len(envelope) > self.max_envelope_bytes:
-            return self._drop(OVERSIZE, arrived_from, link, len(envelope), done)
-        if not self.limiter.allow(arrived_from, self.clock()):
-            return self._drop(RATE_LIMITED, arrived_from, link, len(envelope), done)
+        with self._lock:
+            reason, header, out_name = self._decide(envelope, arrived_from, link)
+            if reason is not None:
+                self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        if reason is not None:
+            return self._dropped(reason, arrived_from, link, len(envelope), done)
+        out = self.links[out_name]  # type: ignore[index]
         try:
-            header = read_header(envelope, self.max_envelope_bytes)
-        except Rejected as exc:
-            return self._drop(exc.reason, arrived_from, link, len(envelope), done)
-        if header.src != arrived_from:
-            return self._drop(SRC_MISMATCH, arrived_from, link, len(envelope), done)
-        if self.routes.link_for(header.src) != link:
-            # Also catches a device claiming, on one link, an id that lives on another.
-            return self._drop(UNKNOWN_SOURCE, arrived_from, link, len(envelope), done)
-        out_name = self.routes.link_for(header.dst)
-        out = self.links.get(out_name) if out_name is not None else None
-        if out is None:
-            return self._drop(UNKNOWN_DESTINATION, arrived_from, link, len(envelope), done)
-        try:
-            out.send(header.dst, envelope, done)
+            out.send(header.dst, envelope, done)  # type: ignore[union-attr]
         except Exception:
-            return self._drop(LINK_ERROR, arrived_from, link, len(envelope), done)
-        stats = self.stats
-        stats.relayed[out_name] = stats.relayed.get(out_name, 0) + 1  # type: ignore[index]
-        stats.last_seen[header.src] = self.wall_clock()
+            with self._lock:
+                self.stats.dropped[LINK_ERROR] += 1
+            return self._dropped(LINK_ERROR, arrived_from, link, len(envelope), done)
+        with self._lock:
+            stats = self.stats
+            stats.relayed[out_name] = stats.relayed.get(out_name, 0) + 1  # type: ignore[index]
+            stats.last_seen[header.src] = self.wall_clock()  # type: ignore[union-attr]
         if self.on_forward is not None:
             try:
                 self.on_forward(header, len(envelope), out_name)  # type: ignore[arg-type]
@@ -235,9 +238,28 @@ class Relay:
                 pass  # an observer must not stop the relay
         return None
 
-    def _drop(self, reason: str, arrived_from: str, link: str, size: int,
-              done: Done | None) -> str:
-        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+    def _decide(self, envelope: bytes, arrived_from: str,
+                link: str) -> tuple[str | None, Header | None, str | None]:
+        if len(envelope) > self.max_envelope_bytes:
+            return OVERSIZE, None, None
+        if not self.limiter.allow(arrived_from, self.clock()):
+            return RATE_LIMITED, None, None
+        try:
+            header = read_header(envelope, self.max_envelope_bytes)
+        except Rejected as exc:
+            return exc.reason, None, None
+        if header.src != arrived_from:
+            return SRC_MISMATCH, None, None
+        if self.routes.link_for(header.src) != link:
+            # Also catches a device claiming, on one link, an id that lives on another.
+            return UNKNOWN_SOURCE, None, None
+        out_name = self.routes.link_for(header.dst)
+        if out_name is None or out_name not in self.links:
+            return UNKNOWN_DESTINATION, None, None
+        return None, header, out_name
+
+    def _dropped(self, reason: str, arrived_from: str, link: str, size: int,
+                 done: Done | None) -> str:
         if self.on_drop is not None:
             try:
                 self.on_drop(reason, arrived_from, link, size)

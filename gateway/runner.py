@@ -69,7 +69,7 @@ class Gateway:
 
     def status(self) -> dict[str, Any]:
         """Counters, last-seen times and link states, as a JSON-able dict."""
-        snap = self.relay.stats.snapshot()
+        snap = self.relay.snapshot()
         links = {self.mqtt.name: {"connected": self.mqtt.connected.is_set(),
                                   "queue_depth": self.mqtt.queue_depth()}}
         for link in self.extra_links:

@@ -214,3 +214,27 @@ def test_python_m_gateway_runs_without_loading_device_code(tmp_path):
                             text=True, timeout=60)
     assert "relayed     1" in result.stdout, result.stdout + result.stderr
     assert "LOADED []" in result.stdout
+
+
+def test_links_on_several_threads_count_exactly():
+    import threading
+
+    sink = MemoryLink()
+    relay = Relay(RouteTable({"mqtt": ["hub", "m-*"], "serial0": ["s-*"]}),
+                  RateLimiter(rate=0, burst=1), {"mqtt": sink, "serial0": MemoryLink()})
+
+    def worker(name: str, link: str) -> None:
+        for i in range(2000):
+            relay.handle(data(name, "hub", i), name, link)
+            relay.handle(b"junk", name, link)
+
+    threads = [threading.Thread(target=worker, args=(f"{p}-{i}", "mqtt" if p == "m" else "serial0"))
+               for i in range(3) for p in ("m", "s")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = relay.snapshot()
+    assert snap["relayed"] == 6 * 2000 == len(sink.sent)
+    assert snap["dropped"]["malformed"] == 6 * 2000
+    assert set(snap["last_seen"]) == {f"{p}-{i}" for i in range(3) for p in ("m", "s")}
