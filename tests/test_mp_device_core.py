@@ -79,15 +79,19 @@ slen = [0] * K
 evs = [0] * K
 plen = [0] * K
 src = bytearray(b"reading-00")
-gc.collect()
-micropython.heap_lock()
-try:
+def locked_path():
+    # A function, so loop variables are locals (a new global could grow the
+    # module dict, an allocation that is the script's, not the session's).
     for i in range(K):
         evs[i] = dev.receive_into(envs[i], lens[i], outs[i], 1)
         plen[i] = dev.last_len
         src[8] = 48 + i // 10
         src[9] = 48 + i % 10
         slen[i] = dev.send_into(src, 10, sent[i], 1)
+gc.collect()
+micropython.heap_lock()
+try:
+    locked_path()
 finally:
     micropython.heap_unlock()
 print(json.dumps([evs, [hexlify(outs[i][:plen[i]]).decode() for i in range(K)],

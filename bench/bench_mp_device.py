@@ -1,0 +1,306 @@
+"""The MicroPython device vs the same operations on CPython, side by side in
+one run, with ratios. Not a test: figures vary by machine.
+
+    python3 bench/bench_mp_device.py [--quick] [--no-heap]
+
+Prints:
+- full Noise_NKpsk0 initiator handshake (write message 1, read message 2,
+  split) in ms: ``MicroBackend`` on the MicroPython unix port vs
+  ``NaclBackend`` on CPython; the same fixed ephemeral keys on both sides,
+  so both produce the same message 1 (checked);
+- one transport envelope, ``DeviceSession.send_into`` of a 32-byte reading
+  (and ``receive_into`` of one from the peer), in us;
+- the smallest ``-X heapsize`` in which the whole device (``main.py`` from
+  the built ``.mpy`` flash directory: core, port, MQTT link, one handshake,
+  100 telemetry messages through real Mosquitto and ``moteseal gateway
+  run`` to a CPython peer) completes: binary search in 4 KiB steps;
+- the ``.mpy`` flash directory size for the unix port (x64) and, compiled
+  only, for an RP2040 (armv6m) and an ESP32 (xtensawin), next to the size of
+  the same modules as CPython source.
+
+The ratio is MicroPython time / CPython time (2.0x = half as fast).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from device.backend_nacl import NaclBackend  # noqa: E402
+from device.counter import Msg1Counter, NonpersistingCounterStore  # noqa: E402
+from device.flash import CORE_MODULES, build, source_dirs  # noqa: E402
+from device.noise import NKInitiator, NKResponder  # noqa: E402
+from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
+from tests.mp_helpers import mp_binary, run_mp_json  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
+PROLOGUE = b"moteseal/v1 bench"
+
+MP_BENCH = """
+import json, time, gc, micropython
+from binascii import unhexlify as U
+from micropython_port.backend import MicroBackend
+from device.noise import NKInitiator
+from device.session import DeviceSession, PeerSessions, NonpersistingDirectory
+from device.counter import Msg1Counter, NonpersistingCounterStore
+pub, psk, e, msg1, msg2 = [U(x) for x in %r]
+suite, prologue, n_hs, n_env = %r, %r, %d, %d
+b = MicroBackend()
+
+def handshake():
+    b.fixed_ephemeral_key_for_testing_only = [e]
+    hs = NKInitiator(b, pub, psk, prologue, suite)
+    m1 = hs.write_message(b"")
+    hs.read_message(msg2)
+    hs.into_transport()
+    return m1
+
+same = handshake() == msg1
+best = None
+for _ in range(3):
+    t0 = time.ticks_us()
+    for _ in range(n_hs):
+        handshake()
+    dt = time.ticks_diff(time.ticks_us(), t0) / n_hs
+    best = dt if best is None or dt < best else best
+hs_ms = best / 1000
+
+# A device session against an in-interpreter peer (the peer's work is untimed).
+priv = b.random_bytes(32)
+ppub = b.x25519_base(priv)
+d = NonpersistingDirectory([(priv, ppub)])
+d.add(b"mote-1", psk)
+peer = PeerSessions(b, b"peer", d, suite)
+dev = DeviceSession(b, b"mote-1", b"peer", ppub, psk, Msg1Counter(NonpersistingCounterStore()), suite)
+dev.receive(peer.receive(dev.handshake(b"")).reply)
+src = bytearray(32)
+out = bytearray(128)
+t0 = time.ticks_us()
+for _ in range(n_env):
+    dev.send_into(src, 32, out, 0)
+enc_us = time.ticks_diff(time.ticks_us(), t0) / n_env
+envs = [bytearray(peer.send(b"mote-1", bytes(32))) for _ in range(n_env)]
+pt = bytearray(64)
+
+def receive_all():
+    # In a function: loop variables are locals, so a new global cannot
+    # grow the module dict while the heap is locked.
+    t0 = time.ticks_us()
+    for i in range(n_env):
+        x = envs[i]
+        dev.receive_into(x, len(x), pt, 0)
+    return time.ticks_diff(time.ticks_us(), t0)
+
+gc.collect()
+micropython.heap_lock()
+try:
+    dt = receive_all()
+finally:
+    micropython.heap_unlock()
+dec_us = dt / n_env
+print(json.dumps({"same_msg1": same, "hs_ms": hs_ms, "enc_us": enc_us, "dec_us": dec_us}))
+"""
+
+
+def cpython_figures(pub: bytes, psk: bytes, e: bytes, msg2: bytes, n_hs: int, n_env: int) -> dict:
+    b = NaclBackend()
+
+    def handshake() -> bytes:
+        b.fixed_ephemeral_key_for_testing_only = [e]
+        hs = NKInitiator(b, pub, psk, PROLOGUE, SUITE)
+        m1 = hs.write_message(b"")
+        hs.read_message(msg2)
+        hs.into_transport()
+        return m1
+
+    best = min(_timed(handshake, n_hs) for _ in range(3))
+    priv, ppub = b.generate_keypair()
+    d = NonpersistingDirectory([(priv, ppub)])
+    d.add(b"mote-1", psk)
+    peer = PeerSessions(b, b"peer", d, SUITE)
+    dev = DeviceSession(b, b"mote-1", b"peer", ppub, psk, Msg1Counter(NonpersistingCounterStore()), SUITE)
+    dev.receive(peer.receive(dev.handshake(b"")).reply)
+    src, out = bytearray(32), bytearray(128)
+    enc = _timed(lambda: dev.send_into(src, 32, out, 0), n_env)
+    envs = [bytearray(peer.send(b"mote-1", bytes(32))) for _ in range(n_env)]
+    pt = bytearray(64)
+    it = iter(envs)
+
+    def dec() -> None:
+        x = next(it)
+        dev.receive_into(x, len(x), pt, 0)
+
+    return {"hs_ms": best * 1000, "enc_us": enc * 1e6, "dec_us": _timed(dec, n_env) * 1e6}
+
+
+def _timed(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def fixed_handshake() -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """Keys, a fixed initiator ephemeral, and the responder's message 2 for it."""
+    b = NaclBackend()
+    priv, pub = b.generate_keypair()
+    psk = b.random_bytes(32)
+    e = b.random_bytes(32)
+    b.fixed_ephemeral_key_for_testing_only = [e]
+    init = NKInitiator(b, pub, psk, PROLOGUE, SUITE)
+    msg1 = init.write_message(b"")
+    resp = NKResponder(b, (priv, pub), psk, PROLOGUE, SUITE)
+    resp.read_message(msg1)
+    msg2 = resp.write_message(b"")
+    init.read_message(msg2)
+    return pub, psk, e, msg1, msg2
+
+
+# --- smallest heap ----------------------------------------------------------------
+
+
+class DeviceRig:
+    """Mosquitto, a gateway, a CPython peer and a built flash directory."""
+
+    def __init__(self, root: Path) -> None:
+        from device.mqtt_link import MqttLink
+        from device.peer_listen import PeerListener
+        from device.provision import Bundle, write_bundle
+        from gateway.broker import LocalBroker
+        from tests.conftest import GatewayProcess
+
+        self.root = root
+        self.broker = LocalBroker(root / "broker", auth=True)
+        for user, role in (("gw", "gateway"), ("hub", "device"), ("mote-1", "device")):
+            self.broker.add(user, role)
+        self.broker.start()
+        self.gw = GatewayProcess(self.broker, root / "gw").start()
+        b = NaclBackend()
+        priv, pub = b.generate_keypair()
+        psk = b.random_bytes(32)
+        self.bundle = root / "mote-1.bundle"
+        write_bundle(self.bundle, Bundle(b"mote-1", [(b"hub", [pub])], psk, SUITE,
+                                         {"kind": "mqtt", "host": "127.0.0.1", "port": self.broker.port,
+                                          "username": "mote-1",
+                                          "password": self.broker.passwords["mote-1"]}))
+        d = NonpersistingDirectory([(priv, pub)])
+        d.add(b"mote-1", psk)
+        self.telemetry = 0
+        self.link = MqttLink("hub", "127.0.0.1", self.broker.port, username="hub",
+                             password=self.broker.passwords["hub"]).start()
+
+        def count(r: dict) -> None:
+            if r["event"] == "telemetry":
+                self.telemetry += 1
+
+        self.listener = PeerListener(PeerSessions(b, b"hub", d, SUITE), self.link, count)
+        self.stop_ev = threading.Event()
+        self.thread = threading.Thread(target=self.listener.run, args=(self.stop_ev,), daemon=True)
+        self.thread.start()
+        self.flash = root / "flash"
+        build(self.bundle, self.flash, "x64")
+
+    def runs_in(self, heap_k: int) -> bool:
+        before = self.telemetry
+        env = {"MICROPYPATH": f"{self.flash}:.frozen", "PATH": "/usr/bin:/bin"}
+        p = subprocess.run([mp_binary(), "-X", f"heapsize={heap_k}k", str(self.flash / "main.py"),
+                            "--bundle", str(self.bundle), "--state", str(self.root / "ctr"),
+                            "--count", "101", "--interval-ms", "0", "--quiet"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=self.flash)
+        if p.returncode != 0:
+            return False
+        summary = json.loads(p.stdout.splitlines()[-1])
+        deadline = time.monotonic() + 5
+        while self.telemetry - before < 101 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return summary["data"] == 100 and self.telemetry - before == 101
+
+    def close(self) -> None:
+        self.stop_ev.set()
+        self.thread.join(5)
+        self.link.close()
+        self.gw.stop()
+        self.broker.stop()
+
+
+def smallest_heap_k(rig: DeviceRig, lo: int = 32, hi: int = 512) -> int:
+    """Binary search (4 KiB steps) for the smallest heap the device run passes in."""
+    if not rig.runs_in(hi):
+        raise RuntimeError(f"the device does not run even in {hi} KiB")
+    while hi - lo > 4:
+        mid = (lo + hi) // 2 // 4 * 4
+        if rig.runs_in(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def mpy_sizes(flash: Path, bundle: Path, root: Path) -> dict[str, int]:
+    sizes = {"x64": sum(p.stat().st_size for p in flash.rglob("*") if p.is_file()
+                        and p.name != "manifest.json")}
+    for arch in ("armv6m", "xtensawin"):
+        out = root / f"flash-{arch}"
+        sizes[arch] = build(bundle, out, arch).total_bytes
+    core, port = source_dirs()
+    src = [core / f"{m}.py" for m in CORE_MODULES] + list(port.glob("*.py"))
+    sizes["cpython_source"] = sum(p.stat().st_size for p in src)
+    return sizes
+
+
+def main() -> None:
+    n_hs, n_env = (5, 500) if QUICK else (20, 3000)
+    pub, psk, e, msg1, msg2 = fixed_handshake()
+    mp = run_mp_json(MP_BENCH % ([x.hex() for x in (pub, psk, e, msg1, msg2)], SUITE, PROLOGUE,
+                                 n_hs, n_env), timeout=600)
+    cp = cpython_figures(pub, psk, e, msg2, n_hs * 20, n_env)
+    rows = [
+        ("NKpsk0 initiator handshake", "ms", mp["hs_ms"], cp["hs_ms"]),
+        ("envelope encrypt, 32 B (send_into)", "us", mp["enc_us"], cp["enc_us"]),
+        ("envelope decrypt, 32 B (receive_into)", "us", mp["dec_us"], cp["dec_us"]),
+    ]
+    print(f"{'operation':<40} {'MicroPython':>12} {'CPython':>12} {'ratio':>8}")
+    for name, unit, m, c in rows:
+        print(f"{name:<40} {m:>9.2f} {unit:<2} {c:>9.2f} {unit:<2} {m / c:>7.1f}x")
+    print(f"same message 1 from both backends: {mp['same_msg1']}; "
+          "receive_into ran under heap_lock (0 allocations)")
+    root = Path(tempfile.mkdtemp(prefix="bench_mp_device_"))
+    try:
+        rig = None
+        if "--no-heap" not in sys.argv:
+            rig = DeviceRig(root)
+            heap = smallest_heap_k(rig)
+            print(f"{'smallest heap, whole device (.mpy, 101 msgs)':<40} {heap:>9d} KiB "
+                  f"{'n/a':>12} {'':>8}  (goal 48 KiB; 64-bit unix port)")
+            flash, bundle = rig.flash, rig.bundle
+        else:
+            from device.provision import Bundle, write_bundle
+            b = NaclBackend()
+            bundle = root / "d.bundle"
+            write_bundle(bundle, Bundle(b"mote-1", [(b"hub", [b.generate_keypair()[1]])],
+                                        b.random_bytes(32), SUITE, {"kind": "none"}))
+            flash = root / "flash"
+            build(bundle, flash, "x64")
+        sizes = mpy_sizes(flash, bundle, root)
+        for arch in ("x64", "armv6m", "xtensawin"):
+            print(f"{'flash bundle size, ' + arch:<40} {sizes[arch] / 1024:>8.1f} KiB "
+                  f"{sizes['cpython_source'] / 1024:>8.1f} KiB {sizes[arch] / sizes['cpython_source']:>7.2f}x"
+                  "  (CPython column: the same modules as source)")
+        if rig is not None:
+            rig.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
