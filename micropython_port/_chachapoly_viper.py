@@ -336,12 +336,15 @@ def poly_init(ps: ptr32, key: ptr8):
 
 
 @micropython.viper
-def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8):
+def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:
     """Absorb m[ps[28]:][:ps[29]] into h. Mode bits in ps[30]: 1 = zero-pad
     a short block to 16 bytes and treat it as full (AEAD, RFC 8439 section
     2.8), else append 0x01 without the high bit (plain Poly1305); 2 = then
     absorb le64(ps[31]) || le64(ps[32]) (the AEAD length block); 4 = then
-    write the tag to out[ps[33]:][:16]. blk: 16 bytes of scratch."""
+    finish: write the tag to out[ps[33]:][:16], or with 8 as well, compare
+    it with those bytes instead and return the OR of the byte XORs (0 iff
+    equal; no early exit, so the time does not depend on where they
+    differ). Returns 0 otherwise. blk: 16 bytes of scratch."""
     o = int(ps[28])
     n = int(ps[29])
     mode = int(ps[30])
@@ -702,45 +705,62 @@ def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8):
         w7 = ((h8 >> 8) | (h9 << 5)) & 0xFFFF
         f = 0
         f += w0 + ps[20]
-        out[o + 0] = f & 0xFF
-        out[o + 1] = (f >> 8) & 0xFF
+        w0 = f & 0xFFFF
         f >>= 16
         f += w1 + ps[21]
-        out[o + 2] = f & 0xFF
-        out[o + 3] = (f >> 8) & 0xFF
+        w1 = f & 0xFFFF
         f >>= 16
         f += w2 + ps[22]
-        out[o + 4] = f & 0xFF
-        out[o + 5] = (f >> 8) & 0xFF
+        w2 = f & 0xFFFF
         f >>= 16
         f += w3 + ps[23]
-        out[o + 6] = f & 0xFF
-        out[o + 7] = (f >> 8) & 0xFF
+        w3 = f & 0xFFFF
         f >>= 16
         f += w4 + ps[24]
-        out[o + 8] = f & 0xFF
-        out[o + 9] = (f >> 8) & 0xFF
+        w4 = f & 0xFFFF
         f >>= 16
         f += w5 + ps[25]
-        out[o + 10] = f & 0xFF
-        out[o + 11] = (f >> 8) & 0xFF
+        w5 = f & 0xFFFF
         f >>= 16
         f += w6 + ps[26]
-        out[o + 12] = f & 0xFF
-        out[o + 13] = (f >> 8) & 0xFF
+        w6 = f & 0xFFFF
         f >>= 16
         f += w7 + ps[27]
-        out[o + 14] = f & 0xFF
-        out[o + 15] = (f >> 8) & 0xFF
+        w7 = f & 0xFFFF
         f >>= 16
-
-
-@micropython.viper
-def tag_diff(ps: ptr32, a: ptr8, b: ptr8) -> int:
-    """OR of the XORs of a[ps[28]:][:16] and b[:16]: 0 iff equal; no
-    early exit, so the time does not depend on where they differ."""
-    o = int(ps[28])
-    acc = 0
-    for i in range(16):
-        acc |= a[o + i] ^ b[i]
-    return acc
+        if mode & 8:
+            acc = 0
+            acc |= out[o + 0] ^ (w0 & 0xFF)
+            acc |= out[o + 1] ^ (w0 >> 8)
+            acc |= out[o + 2] ^ (w1 & 0xFF)
+            acc |= out[o + 3] ^ (w1 >> 8)
+            acc |= out[o + 4] ^ (w2 & 0xFF)
+            acc |= out[o + 5] ^ (w2 >> 8)
+            acc |= out[o + 6] ^ (w3 & 0xFF)
+            acc |= out[o + 7] ^ (w3 >> 8)
+            acc |= out[o + 8] ^ (w4 & 0xFF)
+            acc |= out[o + 9] ^ (w4 >> 8)
+            acc |= out[o + 10] ^ (w5 & 0xFF)
+            acc |= out[o + 11] ^ (w5 >> 8)
+            acc |= out[o + 12] ^ (w6 & 0xFF)
+            acc |= out[o + 13] ^ (w6 >> 8)
+            acc |= out[o + 14] ^ (w7 & 0xFF)
+            acc |= out[o + 15] ^ (w7 >> 8)
+            return acc
+        out[o + 0] = w0 & 0xFF
+        out[o + 1] = w0 >> 8
+        out[o + 2] = w1 & 0xFF
+        out[o + 3] = w1 >> 8
+        out[o + 4] = w2 & 0xFF
+        out[o + 5] = w2 >> 8
+        out[o + 6] = w3 & 0xFF
+        out[o + 7] = w3 >> 8
+        out[o + 8] = w4 & 0xFF
+        out[o + 9] = w4 >> 8
+        out[o + 10] = w5 & 0xFF
+        out[o + 11] = w5 >> 8
+        out[o + 12] = w6 & 0xFF
+        out[o + 13] = w6 >> 8
+        out[o + 14] = w7 & 0xFF
+        out[o + 15] = w7 >> 8
+    return 0

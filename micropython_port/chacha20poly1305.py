@@ -185,18 +185,16 @@ class _ViperChaCha20Poly1305(_Cipher):
         v.chacha_polykey(st, ps)
         ps[31] = ad_len
         ps[32] = ct_len
-        ps[33] = 0
+        ps[33] = src_off + ct_len  # the received tag, compared in place
         if ad_len:
             ps[28] = 0
             ps[29] = ad_len
             ps[30] = 1
-            v.poly_update(ps, ad, self._blk, self._tag)
+            v.poly_update(ps, ad, self._blk, src)
         ps[28] = src_off
         ps[29] = ct_len
-        ps[30] = 7
-        v.poly_update(ps, src, self._blk, self._tag)
-        ps[28] = src_off + ct_len
-        if v.tag_diff(ps, src, self._tag):
+        ps[30] = 15  # pad, length block, finish, compare (constant time)
+        if v.poly_update(ps, src, self._blk, src):
             raise AuthError("authentication failed")
         st[16] = src_off
         st[17] = dst_off
@@ -242,8 +240,11 @@ class _ViperChaCha20Poly1305(_Cipher):
             out[off + i] = tag[i]
 
     def _tag_matches(self, src, off):
-        self._ps[28] = off
-        return _v.tag_diff(self._ps, src, self._tag) == 0
+        tag = self._tag
+        acc = 0
+        for i in range(TAG_BYTES):
+            acc |= src[off + i] ^ tag[i]
+        return acc == 0
 
 
 # --- raw RFC 8439 primitives (allocating; for vectors and tests) -------------

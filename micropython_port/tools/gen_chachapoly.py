@@ -261,12 +261,15 @@ def column_schedule():
 
 
 def gen_update():
-    L = ["@micropython.viper", "def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8):",
+    L = ["@micropython.viper", "def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:",
          '    """Absorb m[ps[28]:][:ps[29]] into h. Mode bits in ps[30]: 1 = zero-pad',
          '    a short block to 16 bytes and treat it as full (AEAD, RFC 8439 section',
          '    2.8), else append 0x01 without the high bit (plain Poly1305); 2 = then',
          '    absorb le64(ps[31]) || le64(ps[32]) (the AEAD length block); 4 = then',
-         '    write the tag to out[ps[33]:][:16]. blk: 16 bytes of scratch."""',
+         '    finish: write the tag to out[ps[33]:][:16], or with 8 as well, compare',
+         '    it with those bytes instead and return the OR of the byte XORs (0 iff',
+         '    equal; no early exit, so the time does not depend on where they',
+         '    differ). Returns 0 otherwise. blk: 16 bytes of scratch."""',
          "    o = int(ps[28])",
          "    n = int(ps[29])",
          "    mode = int(ps[30])",
@@ -328,6 +331,7 @@ def gen_update():
         L.append(f"    ps[{i}] = h{i}")
     L.append("    if mode & 4:")
     L += ["    " + x for x in finish_lines()]
+    L.append("    return 0")
     return L
 
 
@@ -365,29 +369,27 @@ def finish_lines():
             if -13 < lo < 16:
                 parts.append(f"(h{i} << {lo})" if lo > 0 else (f"(h{i} >> {-lo})" if lo < 0 else f"h{i}"))
         L.append(f"    w{k} = (" + " | ".join(parts) + ") & 0xFFFF")
+    # tag = (h + s) mod 2**128, 16 bits at a time with the carry in f
     L.append("    f = 0")
     for k in range(8):
         L += [f"    f += w{k} + ps[{20 + k}]",
-              f"    out[o + {2 * k}] = f & 0xFF",
-              f"    out[o + {2 * k + 1}] = (f >> 8) & 0xFF",
+              f"    w{k} = f & 0xFFFF",
               "    f >>= 16"]
+    L.append("    if mode & 8:")
+    L.append("        acc = 0")
+    for k in range(8):
+        L += [f"        acc |= out[o + {2 * k}] ^ (w{k} & 0xFF)",
+              f"        acc |= out[o + {2 * k + 1}] ^ (w{k} >> 8)"]
+    L.append("        return acc")
+    for k in range(8):
+        L += [f"    out[o + {2 * k}] = w{k} & 0xFF",
+              f"    out[o + {2 * k + 1}] = w{k} >> 8"]
     return L
-
-
-def gen_tagdiff():
-    return ["@micropython.viper", "def tag_diff(ps: ptr32, a: ptr8, b: ptr8) -> int:",
-            '    """OR of the XORs of a[ps[28]:][:16] and b[:16]: 0 iff equal; no',
-            '    early exit, so the time does not depend on where they differ."""',
-            "    o = int(ps[28])",
-            "    acc = 0",
-            "    for i in range(16):",
-            "        acc |= a[o + i] ^ b[i]",
-            "    return acc"]
 
 
 def generate():
     parts = [gen_setkey(), gen_setiv(), gen_setnonce(), gen_block(), gen_polykey(), gen_xor(),
-             gen_init(), gen_update(), gen_tagdiff()]
+             gen_init(), gen_update()]
     body = "\n\n\n".join("\n".join(p) for p in parts)
     hdr = HEADER.format(h_max=H_MAX, r_max=R_MAX, h_after=H_AFTER_MUL)
     return hdr + "\n" + body + "\n"
