@@ -1,33 +1,38 @@
 """moteseal device stack: the sans-I/O protocol core.
 
-This package's ``__init__`` imports only core modules, which run unchanged on
-MicroPython. CPython-only modules (``cli``, ``backend_nacl``, transports) are
-imported by name where they are needed; ``NaclBackend`` is re-exported here
-only where PyNaCl imports.
+The public API is re-exported here, lazily (PEP 562 module ``__getattr__``,
+which MicroPython also has): importing one module of the package, such as
+``device.framing`` in the gateway's serial bridge, loads no Noise, session
+or key code. Core modules run unchanged on MicroPython; CPython-only modules
+(``cli``, ``backend_nacl``, transports) are imported by name where needed.
 """
 
-from device.errors import (AuthError, BufferTooSmall, DecodeError,
-                           HandshakeFailed, LocalError, MessageTooLarge,
-                           MotesealError, RemoteError, ReplayError,
-                           SessionExpired)
-from device.noise import DEFAULT_SUITE, SUITES, NKInitiator, NKResponder
-from device.transport import Transport
-from device.replay import ReplayWindow
-from device.counter import Msg1Counter, NonpersistingCounterStore
-from device.session import (DeviceSession, NonpersistingDirectory,
-                            PeerSessions, Received)
+_EXPORTS = {
+    "MotesealError": "device.errors", "LocalError": "device.errors",
+    "RemoteError": "device.errors", "DecodeError": "device.errors",
+    "ReplayError": "device.errors", "AuthError": "device.errors",
+    "HandshakeFailed": "device.errors", "SessionExpired": "device.errors",
+    "BufferTooSmall": "device.errors", "MessageTooLarge": "device.errors",
+    "DEFAULT_SUITE": "device.noise", "SUITES": "device.noise",
+    "NKInitiator": "device.noise", "NKResponder": "device.noise",
+    "Transport": "device.transport", "ReplayWindow": "device.replay",
+    "Msg1Counter": "device.counter", "NonpersistingCounterStore": "device.counter",
+    "DeviceSession": "device.session", "PeerSessions": "device.session",
+    "NonpersistingDirectory": "device.session", "Received": "device.session",
+    "FrameDecoder": "device.framing",
+    "NaclBackend": "device.backend_nacl",  # CPython only
+}
 
-__all__ = [
-    "AuthError", "BufferTooSmall", "DecodeError", "HandshakeFailed",
-    "LocalError", "MessageTooLarge", "MotesealError", "RemoteError",
-    "ReplayError", "SessionExpired",
-    "DEFAULT_SUITE", "SUITES", "NKInitiator", "NKResponder", "Transport",
-    "ReplayWindow", "Msg1Counter", "NonpersistingCounterStore",
-    "DeviceSession", "NonpersistingDirectory", "PeerSessions", "Received",
-]
+__all__ = list(_EXPORTS)
 
-try:
-    from device.backend_nacl import NaclBackend  # CPython only
-    __all__.append("NaclBackend")
-except ImportError:
-    pass
+
+def __getattr__(name):
+    mod = _EXPORTS.get(name)
+    if mod is not None:
+        return getattr(__import__(mod, None, None, [name]), name)
+    # MicroPython resolves ``from device import envelope`` through this hook
+    # too; CPython imports submodules before it gets here.
+    try:
+        return __import__("device." + name, None, None, [name])
+    except ImportError:
+        raise AttributeError(name)
