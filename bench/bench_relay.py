@@ -5,6 +5,8 @@ For 64-byte telemetry envelopes at QoS 1 it measures, on each path:
 - throughput when flooded (as fast as the publisher's in-flight window allows).
 
 Direct: publisher -> bench/direct -> subscriber on the same topic.
+Bare relay (reference): publisher -> bench/bare/up -> a paho client that
+republishes every message unchecked -> bench/bare/down -> subscriber.
 Gateway: publisher -> moteseal/v1/up/bench-dev -> ``moteseal gateway run``
 (a separate process) -> moteseal/v1/down/bench-sink -> subscriber.
 
@@ -170,13 +172,40 @@ def run_path(port: int, topic: str, sink_topic: str, rate: float, seconds: float
         pub.loop_stop()
 
 
+BARE_RELAY = r"""
+import socket, sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+port = int(sys.argv[1])
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bare-relay", protocol=mqtt.MQTTv5)
+c.on_socket_open = lambda cl, ud, sock: sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.max_inflight_messages_set(100)
+c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe("bench/bare/up", 1)
+c.on_subscribe = lambda *a: print("ready", flush=True)
+c.on_message = lambda cl, ud, m: cl.publish("bench/bare/down", m.payload, qos=1)
+c.connect("127.0.0.1", port)
+c.loop_forever()
+"""
+
+
+def start_bare_relay(port: int) -> subprocess.Popen:
+    """The reference: paho that republishes every message, no checks at all."""
+    proc = subprocess.Popen([sys.executable, "-c", BARE_RELAY, str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("bare relay did not start")
+    return proc
+
+
 def start_gateway(port: int, workdir: Path) -> subprocess.Popen:
     cfg = workdir / "gateway.toml"
     cfg.write_text(f"""
 [gateway]
 name = "bench"
 status_file = "status.json"
-status_interval = 0.2
+status_interval = 1.0
 [mqtt]
 port = {port}
 client_id = "moteseal-gateway-bench"
@@ -214,10 +243,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="moteseal-bench-") as tmp:
         work = Path(tmp)
         broker = LocalBroker(work / "broker", auth=False).start()
-        gw = None
+        gw = bare = None
         try:
             gw = start_gateway(broker.port, work)
-            runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
+            bare = start_bare_relay(broker.port)
+            runs: dict[str, list[dict]] = {"direct": [], "gateway": [], "bare": []}
             for _ in range(args.repeat):
                 # Direct uses a topic the gateway does not subscribe to, so
                 # the gateway idles while direct is measured.
@@ -226,10 +256,13 @@ def main() -> None:
                 runs["gateway"].append(run_path(broker.port, "moteseal/v1/up/bench-dev",
                                                 "moteseal/v1/down/bench-sink",
                                                 args.rate, args.seconds, args.flood))
+                runs["bare"].append(run_path(broker.port, "bench/bare/up", "bench/bare/down",
+                                             args.rate, args.seconds, args.flood))
         finally:
-            if gw is not None:
-                gw.terminate()
-                gw.wait(10)
+            for proc in (gw, bare):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
             broker.stop()
 
     def med(path: str, part: str, key: str) -> float:
@@ -238,8 +271,7 @@ def main() -> None:
     rows = [("flood throughput (msg/s)", "flood", "msgs_per_s"),
             (f"p50 latency at {args.rate:g} msg/s (ms)", "fixed", "p50_ms"),
             (f"p99 latency at {args.rate:g} msg/s (ms)", "fixed", "p99_ms")]
-    result = {key: {"direct": med("direct", part, key), "gateway": med("gateway", part, key)}
-              for _label, part, key in rows}
+    result = {key: {p: med(p, part, key) for p in runs} for _label, part, key in rows}
     lost = {p: sum(r["fixed"]["sent"] - r["fixed"]["received"] + r["flood"]["sent"]
                    - r["flood"]["received"] for r in runs[p]) for p in runs}
     if args.json:
@@ -248,10 +280,10 @@ def main() -> None:
     print(f"moteseal relay benchmark: {ENVELOPE_BYTES}-byte envelopes, QoS 1, "
           f"median of {args.repeat} runs ({args.seconds:g} s at {args.rate:g} msg/s, "
           f"flood of {args.flood})")
-    print(f"{'':40} {'direct':>10} {'gateway':>10} {'gateway/direct':>15}")
+    print(f"{'':40} {'direct':>10} {'gateway':>10} {'gw/direct':>10} {'bare relay':>11} {'bare/direct':>12}")
     for label, _part, key in rows:
-        d, g = result[key]["direct"], result[key]["gateway"]
-        print(f"{label:40} {d:10.3f} {g:10.3f} {g / d if d else float('nan'):14.2f}x")
+        d, g, b = result[key]["direct"], result[key]["gateway"], result[key]["bare"]
+        print(f"{label:40} {d:10.3f} {g:10.3f} {g / d:9.2f}x {b:11.3f} {b / d:11.2f}x")
     tput = result["msgs_per_s"]["gateway"] / result["msgs_per_s"]["direct"]
     p50 = result["p50_ms"]["gateway"] / result["p50_ms"]["direct"]
     print(f"goals: throughput >= 0.60 of direct: {tput:.2f} ({'met' if tput >= 0.6 else 'NOT met'}); "
