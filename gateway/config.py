@@ -23,7 +23,7 @@ Example (every key optional except where noted)::
     share_group = "moteseal"         # "" subscribes without $share
     session_expiry = 3600            # s the broker keeps our queue while we are down
     keepalive = 30
-    max_inflight = 200               # QoS-1 publishes awaiting PUBACK
+    max_inflight = 100               # forwards awaiting PUBACK (capped by the broker)
 
     [rate_limit]
     rate = 20.0                      # envelopes/s per device (0: unlimited)
@@ -74,7 +74,7 @@ class MqttConfig:
     share_group: str = "moteseal"
     session_expiry: int = 3600
     keepalive: int = 30
-    max_inflight: int = 200
+    max_inflight: int = 100
 
 
 @dataclass
