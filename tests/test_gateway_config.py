@@ -114,3 +114,19 @@ def test_drop_lines_are_limited_per_reason_and_suppressions_counted():
     assert events == [("drop", "rate_limited")] * 3 + [("drop", "malformed"),
                       ("drops_suppressed", "rate_limited"), ("drop", "rate_limited")]
     assert recs[4]["count"] == 7
+
+
+def test_status_reports_a_stale_status_file_and_exits_1(tmp_path):
+    import time as _time
+
+    status = tmp_path / "status.json"
+    doc = {"name": "gw1", "relayed": 5, "relayed_by_link": {"mqtt": 5},
+           "dropped": {"malformed": 2, "oversize": 0}, "last_seen": {"s-1": _time.time() - 3},
+           "links": {"mqtt": {"connected": True, "queue_depth": 0}},
+           "uptime_s": 60, "status_interval": 2.0}
+    status.write_text(json.dumps(dict(doc, updated=_time.time())))
+    fresh = CliRunner().invoke(gateway_group, ["status", "--status-file", str(status)])
+    assert fresh.exit_code == 0 and "malformed=2" in fresh.output and "s-1" in fresh.output
+    status.write_text(json.dumps(dict(doc, updated=_time.time() - 60)))
+    stale = CliRunner().invoke(gateway_group, ["status", "--status-file", str(status), "--json"])
+    assert stale.exit_code == 1 and json.loads(stale.output)["stale"] is True
