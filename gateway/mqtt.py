@@ -112,8 +112,9 @@ class MqttLink:
         self._backlog: deque[tuple[str, bytes, Done | None]] = deque()  # beyond the window
         self.window = cfg.max_inflight
         self._debug = log.enabled("debug")
-        c = (_Client if _FAST_QUEUE else mqtt.Client)(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+        client_class = _Client if _FAST_QUEUE else mqtt.Client
+        c = client_class(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                         protocol=mqtt.MQTTv5, manual_ack=True)
         if cfg.username:
             c.username_pw_set(cfg.username, cfg.password or None)
         if cfg.tls:
