@@ -460,6 +460,45 @@ def test_rfc8439_section_2_5_2_poly1305(path: str) -> None:
     assert out == want
 
 
+def _poly1305_edge_cases() -> list[tuple[bytes, bytes]]:
+    """Keys and messages shaped like RFC 8439 appendix A.3 #5-#11 (h or
+    h + s next to p or 2**128, carries through every limb), plus random ones;
+    the expected tags come from ``cryptography``."""
+    ff16 = b"\xff" * 16
+
+    def key(r: bytes, s: bytes = b"") -> bytes:
+        return r.ljust(16, b"\0") + s.ljust(16, b"\0")
+
+    cases = [
+        (key(b"\x02"), ff16),  # A.3 #5: h = p + 3 before the final reduction
+        (key(b"\x02", ff16), b"\x02" + bytes(15)),  # #6: s + h wraps 2**128
+        (key(b"\x01"), ff16 + b"\xf0" + b"\xff" * 15 + b"\x11" + bytes(15)),  # #7
+        (key(b"\x01"), ff16 + b"\xfb" + b"\xfe" * 15 + b"\x01" * 16),  # #8: h = p + 2**128: a zero tag
+        (key(b"\x02"), b"\xfd" + b"\xff" * 15),  # #9: h = p - 1
+        (key(b"\x01" + bytes(7) + b"\x04"), bytes.fromhex(
+            "e33594d7505e43b900000000000000003394d7505e4379cd01000000000000000000000000000000000000000000000000000000000000000000000000000000")),  # #10
+        (key(b"\x01" + bytes(7) + b"\x04"), bytes.fromhex(
+            "e33594d7505e43b900000000000000003394d7505e4379cd010000000000000000000000000000000000000000000000")),  # #11
+        (b"\xff" * 32, ff16 * 4 + b"\xff"),  # every r bit the clamp allows
+        (bytes(32), ff16),  # r = 0, s = 0
+    ]
+    rng = random.Random(1305)
+    cases += [(rng.randbytes(32), rng.randbytes(n)) for n in (0, 1, 15, 16, 17, 31, 32, 33, 64, 100, 300)]
+    return cases
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_poly1305_edge_cases_match_cryptography(path: str) -> None:
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+    cases = _poly1305_edge_cases()
+    want = [Poly1305.generate_tag(k, m).hex() for k, m in cases]
+    body = f"""
+print(json.dumps([hx(C.poly1305(unhexlify(k), unhexlify(m))) for k, m in {[(k.hex(), m.hex()) for k, m in cases]!r}]))
+"""
+    assert _mp_aead(path, body) == want
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_rfc8439_section_2_8_2_aead_encryption(path: str) -> None:
     k, iv, ad, pt, ct = RFC8439_2_8_2
