@@ -126,7 +126,8 @@ def transport_state(tr) -> tuple:
 
 
 def peer_state(peer: PeerSessions) -> tuple:
-    table = tuple(sorted((dev, tuple((sid, id(tr), transport_state(tr)) for sid, tr in s))
+    table = tuple(sorted((dev, tuple((sid, id(tr), confirmed, transport_state(tr))
+                                     for sid, tr, confirmed in s))
                          for dev, s in peer._sessions.items()))
     return table, tuple(sorted(peer.directory.counters.items()))
 
