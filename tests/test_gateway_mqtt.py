@@ -117,8 +117,10 @@ def test_gateway_killed_mid_stream_loses_no_qos1_message(broker, mqtt_client, ga
     for i in range(total):
         s1.client.publish("moteseal/v1/up/sensor-1", data("sensor-1", "hub", i), qos=1)
         if i == 300:
-            while hub.messages.qsize() < 20:
+            deadline = time.monotonic() + 10
+            while hub.messages.qsize() < 20 and time.monotonic() < deadline:
                 time.sleep(0.001)
+            assert hub.messages.qsize() >= 20, "the gateway relayed nothing before the kill"
             gw.kill()  # SIGKILL mid-stream
     time.sleep(0.5)
     gw.start()
