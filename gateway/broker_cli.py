@@ -71,6 +71,7 @@ def broker_group() -> None:
       moteseal broker add-device gw1 --role gateway
       moteseal broker remove-device sensor-01
       moteseal broker list --dir ./broker
+      moteseal broker config > /etc/mosquitto/conf.d/moteseal.conf
     """
 
 
@@ -136,6 +137,13 @@ def remove_device(device_id: str, dir_: Path, passwd_file: Path | None,
         return
     click.echo(f"removed {device_id} from {pw_path} and {acl_path}")
     click.echo(reload_note)
+
+
+@broker_group.command("config")
+@click.option("--local", is_flag=True, help="The loopback-only config (no TLS) instead.")
+def show_config(local: bool) -> None:
+    """Print the Mosquitto config moteseal ships (broker_config/)."""
+    click.echo(broker.config_template("local.conf" if local else "mosquitto.conf"), nl=False)
 
 
 @broker_group.command("list")

@@ -174,3 +174,11 @@ def test_production_config_serves_tls_and_loopback_with_acls(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
         print(out.decode(errors="replace"))  # shown by pytest only on failure
+
+
+def test_config_prints_the_shipped_configs():
+    prod = CliRunner().invoke(broker_group, ["config"])
+    local = CliRunner().invoke(broker_group, ["config", "--local"])
+    assert prod.exit_code == 0 and "listener 8883" in prod.output and "acl_file" in prod.output
+    assert local.exit_code == 0 and "listener 1883 127.0.0.1" in local.output
+    assert "certfile" not in local.output

@@ -165,6 +165,9 @@ def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(bro
     link.start()
     try:
         assert link.connected.wait(10)
+        import socket as _socket
+        sock = link.client.socket()
+        assert sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY) != 0
         done: list[int] = []
         for i in range(60):
             link.send("hub", data("sensor-1", "hub", i), lambda i=i: done.append(i))

@@ -160,6 +160,13 @@ def test_only_ciphertext_crosses_the_broker(world, mqtt_client):
         assert secret.hex() not in log
 
 
+def test_device_links_disable_nagle(world):
+    import socket
+
+    for link in world.links:
+        assert link.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_an_offline_device_gets_what_was_queued_for_it_on_reconnect(world):
     assert world.wait_for(lambda: len(world.telemetry("sensor-1")) >= 3)
     sensor = world.sensors["sensor-1"]
