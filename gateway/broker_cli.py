@@ -71,7 +71,7 @@ def broker_group() -> None:
       moteseal broker add-device gw1 --role gateway
       moteseal broker remove-device sensor-01
       moteseal broker list --dir ./broker
-      moteseal broker config > /etc/mosquitto/conf.d/moteseal.conf
+      moteseal broker config > /etc/mosquitto/mosquitto.conf
     """
 
 
