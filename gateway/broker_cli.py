@@ -7,6 +7,8 @@ a change a running Mosquitto is reloaded with SIGHUP through its pid file.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import secrets
 from pathlib import Path
 
@@ -27,6 +29,20 @@ def _valid_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
         return broker.check_id(value)
     except broker.BrokerError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _give_to(owner: str, *paths: Path) -> None:
+    """Hand the files to the broker's user: Mosquitto re-reads them on SIGHUP
+    after it has dropped root, so a root-owned 0600 file would lock it out."""
+    if os.geteuid() != 0 or not owner:
+        return
+    try:
+        entry = pwd.getpwnam(owner)
+    except KeyError:
+        return  # no such user here (e.g. a development machine)
+    for path in paths:
+        if path.exists():
+            os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def _reload(pid_file: Path, no_reload: bool) -> str:
@@ -51,6 +67,8 @@ _common = [
     click.option("--pid-file", type=click.Path(path_type=Path), default=_DEFAULT_PID,
                  show_default=True, help="Mosquitto pid file, for the reload (SIGHUP)."),
     click.option("--no-reload", is_flag=True, help="Do not signal Mosquitto."),
+    click.option("--owner", default="mosquitto", show_default=True,
+                 help="When run as root, give the files to this user (the broker's)."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
 ]
 
@@ -85,7 +103,7 @@ def broker_group() -> None:
 @_with_common
 def add_device(device_id: str, role: str, password: str | None, dir_: Path,
                passwd_file: Path | None, acl_file: Path | None, pid_file: Path,
-               no_reload: bool, as_json: bool) -> None:
+               no_reload: bool, owner: str, as_json: bool) -> None:
     """Create or update the MQTT account DEVICE_ID and its ACL block.
 
     The password is a broker credential, not a moteseal key: it only lets the
@@ -97,6 +115,7 @@ def add_device(device_id: str, role: str, password: str | None, dir_: Path,
     try:
         broker.set_password(pw_path, device_id, password)
         broker.set_acl_account(acl_path, device_id, role)
+        _give_to(owner, pw_path, acl_path)
     except (broker.BrokerError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     reload_note = _reload(pid_file, no_reload)
@@ -117,7 +136,7 @@ def add_device(device_id: str, role: str, password: str | None, dir_: Path,
 @click.argument("device_id", callback=_valid_id)
 @_with_common
 def remove_device(device_id: str, dir_: Path, passwd_file: Path | None,
-                  acl_file: Path | None, pid_file: Path, no_reload: bool,
+                  acl_file: Path | None, pid_file: Path, no_reload: bool, owner: str,
                   as_json: bool) -> None:
     """Delete the MQTT account DEVICE_ID and its ACL block.
 
@@ -127,6 +146,7 @@ def remove_device(device_id: str, dir_: Path, passwd_file: Path | None,
     try:
         had_pw = broker.remove_password(pw_path, device_id)
         had_acl = broker.remove_acl_account(acl_path, device_id)
+        _give_to(owner, pw_path, acl_path)
     except (broker.BrokerError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not (had_pw or had_acl):

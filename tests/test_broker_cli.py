@@ -182,3 +182,16 @@ def test_config_prints_the_shipped_configs():
     assert prod.exit_code == 0 and "listener 8883" in prod.output and "acl_file" in prod.output
     assert local.exit_code == 0 and "listener 1883 127.0.0.1" in local.output
     assert "certfile" not in local.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_files_are_handed_to_the_broker_user(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    result = CliRunner().invoke(broker_group, ["add-device", "s1", "--dir", str(tmp_path),
+                                               "--no-reload", "--owner", "nobody"])
+    assert result.exit_code == 0, result.output
+    for name in ("passwd", "acl"):
+        st = (tmp_path / name).stat()
+        assert st.st_uid == nobody.pw_uid and st.st_mode & 0o077 == 0
