@@ -1,0 +1,717 @@
+"""Soak: many devices through real Mosquitto and the gateway, under faults,
+with every message accounted for (issue 8).
+
+    python bench/soak.py                      # 10 minutes, 50 CPython devices
+    python bench/soak.py --seconds 3600 --devices 100 --interval 0.2
+    python bench/soak.py --no-micropython     # without the MicroPython device
+
+The world: a real Mosquitto (``broker_config/local.conf``, persistence on),
+a real ``moteseal gateway run`` process with an MQTT link and a serial link,
+the peer (``PeerSessions`` on its own MQTT link, in this process), ``N``
+simulated CPython sensors (``device.simulate.SimulatedSensor``, each on its
+own MQTT connection, persistent session, QoS 1), one CPython sensor on a
+serial cable (``device.serial_link.SerialLink`` over a socat pty pair) and
+one real MicroPython device (``micropython micropython_port/main.py``, its
+own MQTT client).
+
+The faults, in a loop until the time is up: the gateway SIGKILLed and
+restarted, Mosquitto stopped and started (its persistence file carries the
+queues), the serial cable pulled and plugged back, sensors rebooted (a new
+``DeviceSession`` on the same counter file: a new handshake and a higher
+message-1 counter), the gateway stopped gracefully while sensors reboot.
+
+The accounting (``Soak.verdict``), per message, keyed by (device, seq):
+- a message whose QoS-1 PUBLISH the broker acknowledged (``PUBACK``) must
+  be delivered to the peer's application exactly once: ``lost`` otherwise;
+- a message without a PUBACK (the device rebooted, or the link failed, with
+  it in flight) was reported to the sender as failed; it may still arrive
+  once (the PUBACK was lost, not the message);
+- nothing is delivered twice (``duplicates``) and nothing arrives that no
+  device sent (``forged``);
+- message-1 counters accepted by the peer increase strictly per device,
+  across reboots (``counter_regressions``).
+The serial cable has no acknowledgement: a frame written while the gateway
+is down is gone without a word. For the serial sensor the accounting
+checks duplicates and forgeries, and counts ``serial_unacknowledged_lost``
+(reported, not failed). The MicroPython device reports its counts at exit:
+every reading it did not count as a send error must arrive exactly once.
+
+Prints one JSON summary; exits 1 if any check failed. ``tests/test_soak.py``
+runs it for about two minutes in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from device.backend_nacl import NaclBackend  # noqa: E402
+from device.counter import Msg1Counter  # noqa: E402
+from device.counter_file import FileCounterStore  # noqa: E402
+from device.errors import LocalError, RemoteError  # noqa: E402
+from device.mqtt_link import MqttLink  # noqa: E402
+from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
+from device.simulate import SimulatedSensor, decode_reading  # noqa: E402
+from gateway.broker import LocalBroker  # noqa: E402
+
+PEER = "hub"
+
+
+def _log(msg: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class CountingDirectory(NonpersistingDirectory):
+    """The peer's directory; remembers every message-1 counter it accepted,
+    in order, per device."""
+
+    def __init__(self, statics: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(statics)
+        self.accepted: dict[bytes, list[int]] = defaultdict(list)
+
+    def counter_set(self, device_id: bytes, value: int) -> None:
+        self.accepted[bytes(device_id)].append(value)
+        super().counter_set(device_id, value)
+
+
+def _puback(info: Any) -> bool:
+    """True once the broker acknowledged this QoS-1 PUBLISH. paho's
+    ``is_published()`` raises for a message queued while disconnected
+    (``rc`` stays NO_CONN even after paho sends it on reconnect and gets the
+    PUBACK), so read the flag paho sets on PUBACK."""
+    if info is True or info is False:
+        return info
+    with info._condition:
+        return bool(info._published)
+
+
+class AccountingLink(MqttLink):
+    """An ``MqttLink`` that remembers the last publish's ``MQTTMessageInfo``
+    so the harness can tie it to the reading the sensor just sent."""
+
+    last: Any = None
+
+    def send(self, envelope: bytes):  # type: ignore[override]
+        self.last = super().send(envelope)
+        return self.last
+
+
+class SerialSensorLink:
+    """A serial cable for a ``SimulatedSensor``: ``send(env)`` frames the
+    envelope onto the pty; a pulled cable is a ``LinkDown``, which the
+    sensor sees as a failed send (``last`` is False)."""
+
+    def __init__(self, path: str, on_envelope: Callable[[bytes], None]) -> None:
+        from device.serial_link import SerialLink
+        self.link = SerialLink(path, on_frame=on_envelope, answer_hello=True,
+                               backoff_initial=0.05, backoff_max=0.5, name="serial-sensor")
+        self.last: bool | None = None
+
+    def start(self) -> "SerialSensorLink":
+        self.link.start()
+        return self
+
+    def send(self, envelope: bytes) -> None:
+        from device.serial_link import LinkDown
+        try:
+            self.link.send(envelope)
+            self.last = True
+        except LinkDown:
+            self.last = False
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class GatewayProc:
+    """``moteseal gateway run`` as a child process."""
+
+    def __init__(self, workdir: Path, broker: LocalBroker, serial_port: Path | None,
+                 serial_devices: list[str]) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.status_file = workdir / "status.json"
+        (workdir / "gw.password").write_text(broker.passwords["gw"])
+        serial = ""
+        if serial_port is not None:
+            serial = f"""
+[[serial]]
+name = "uart0"
+port = "{serial_port}"
+baudrate = 115200
+devices = {json.dumps(serial_devices)}
+queue = "uart0-queue.sqlite"
+queue_max = 1000
+"""
+        self.config = workdir / "gateway.toml"
+        self.config.write_text(f"""
+[gateway]
+name = "soak"
+status_file = "status.json"
+status_interval = 0.2
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+username = "gw"
+password_file = "gw.password"
+client_id = "moteseal-gateway-soak"
+max_inflight = 200
+
+[rate_limit]
+rate = 1000.0
+burst = 1000.0
+
+[routes]
+mqtt = ["{PEER}", "sensor-*", "mp-*"]
+
+[log]
+file = "gateway.log"
+{serial}""")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def start(self, timeout: float = 30.0) -> None:
+        try:
+            self.status_file.unlink()
+        except FileNotFoundError:
+            pass
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "device.cli", "gateway", "run", "--config", str(self.config)],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gateway exited: " + (self.workdir / "stdout.log").read_text()[-2000:])
+            s = self.status()
+            if s and s.get("links", {}).get("mqtt", {}).get("connected"):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("gateway did not connect")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+class Socat:
+    """A pty pair joined by socat: stopping it pulls the cable for both ends."""
+
+    def __init__(self, a: Path, b: Path) -> None:
+        self.a, self.b = a, b
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={self.a}",
+                                      f"pty,raw,echo=0,link={self.b}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not (self.a.exists() and self.b.exists()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("socat did not create its ptys")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+class Soak:
+    """Set up the world, run faults for ``seconds``, drain, and account."""
+
+    def __init__(self, workdir: Path, devices: int = 50, interval: float = 0.5,
+                 seconds: float = 60.0, micropython: bool = True, serial: bool = True,
+                 seed: int = 1, faults: tuple[str, ...] | None = None, drain_timeout: float = 60.0,
+                 log: Callable[[str], None] = _log) -> None:
+        self.workdir = workdir
+        self.n = devices
+        self.interval = interval
+        self.seconds = seconds
+        self.use_mp = micropython and shutil.which(os.environ.get("MICROPYTHON", "micropython")) is not None
+        self.use_serial = serial and shutil.which("socat") is not None
+        self.rng = random.Random(seed)
+        self.fault_names = tuple(faults if faults is not None else self.FAULTS)
+        self.drain_timeout = drain_timeout
+        self.log = log
+        self.backend = NaclBackend()
+        self.static = self.backend.generate_keypair()
+        self.directory = CountingDirectory([self.static])
+        self.names = [f"sensor-{i:02d}" for i in range(devices)]
+        self.psks: dict[str, bytes] = {}
+        self.lock = threading.Lock()  # guards every session, sensor and record below
+        self.stop_sending = threading.Event()
+        self.stop_all = threading.Event()
+        self.inbox: list[tuple[SimulatedSensor, bytes]] = []
+        self.inbox_cv = threading.Condition()
+        self.sensors: dict[str, SimulatedSensor] = {}
+        self.boots: Counter[str] = Counter()
+        # Accounting.
+        self.sent: dict[tuple[str, int], Any] = {}  # (device, seq) -> MQTTMessageInfo / bool
+        self.failed: set[tuple[str, int]] = set()  # reported to the sender as failed
+        self.delivered: Counter[tuple[str, int]] = Counter()
+        self.mp_delivered: dict[int, Counter[int]] = defaultdict(Counter)
+        self.mp_boot = 0
+        self.peer_events: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.t0 = time.monotonic()
+        self.sent_at: dict[tuple[str, int], float] = {}
+        self.fault_log: list[tuple[float, str]] = []
+        self.threads: list[threading.Thread] = []
+        self.mp_procs: list[tuple[subprocess.Popen[str], Path]] = []
+        self.broker: LocalBroker | None = None
+        self.gateway: GatewayProc | None = None
+        self.socat: Socat | None = None
+        self.peer_link: MqttLink | None = None
+
+    # -- the world ------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.broker = LocalBroker(self.workdir / "broker")
+        b = self.broker
+        b.add("gw", "gateway")
+        b.add(PEER, "device")
+        for name in self.names + ["mp-1"]:
+            b.add(name, "device")
+        b.start()
+        self.log(f"mosquitto on 127.0.0.1:{b.port} with persistence")
+        for name in self.names + ["serial-1", "mp-1"]:
+            self.psks[name] = self.backend.random_bytes(32)
+            self.directory.add(name.encode(), self.psks[name])
+        serial_port = None
+        if self.use_serial:
+            self.socat = Socat(self.workdir / "tty-device", self.workdir / "tty-gateway")
+            self.socat.start()
+            serial_port = self.socat.b
+        self.gateway = GatewayProc(self.workdir / "gateway", b, serial_port, ["serial-1"])
+        self.gateway.start()
+        self.peer = PeerSessions(self.backend, PEER.encode(), self.directory)
+        self.peer_link = MqttLink(PEER, "127.0.0.1", b.port, username=PEER,
+                                  password=b.passwords[PEER], on_envelope=self._peer_envelope,
+                                  max_inflight=200).start(30)
+        for name in self.names:
+            self._boot(name)
+        if self.use_serial:
+            self._boot("serial-1")
+        t = threading.Thread(target=self._fleet, name="fleet", daemon=True)
+        t.start()
+        self.threads.append(t)
+        if self.use_mp:
+            self._start_mp(count=max(20, int(self.seconds / 0.4)), interval_ms=400)
+        self.log(f"{len(self.sensors)} CPython sensors" + (" + serial" if self.use_serial else "")
+                 + (" + MicroPython" if self.use_mp else ""))
+
+    def _counter_store(self, name: str) -> FileCounterStore:
+        return FileCounterStore(str(self.workdir / f"{name}.ctr"))
+
+    def _boot(self, name: str) -> None:
+        """Power a sensor on: a fresh session on its counter file and a fresh
+        link; it handshakes on its first tick. Caller holds no lock."""
+        assert self.broker is not None
+        old = self.sensors.get(name)
+        session = DeviceSession(self.backend, name.encode(), PEER.encode(), self.static[1],
+                                self.psks[name], Msg1Counter(self._counter_store(name)))
+        sensor = SimulatedSensor(session, None, self.interval,  # type: ignore[arg-type]
+                                 seed=self.rng.randrange(1 << 30), handshake_timeout=3.0,
+                                 on_event=self._device_event)
+        deliver = self._deliver(sensor)
+        if name == "serial-1":
+            assert self.socat is not None
+            link: Any = SerialSensorLink(str(self.socat.a), deliver).start()
+        else:
+            link = AccountingLink(name, "127.0.0.1", self.broker.port, username=name,
+                                  password=self.broker.passwords[name], on_envelope=deliver)
+            link.start(timeout=None)  # connects in the background, as after a power-up
+        sensor.link = link
+        if old is not None:
+            sensor.seq = old.seq  # keep (device, seq) unique across boots
+        sensor.next_due = time.monotonic() + self.rng.random() * self.interval
+        with self.lock:
+            self.sensors[name] = sensor
+            self.boots[name] += 1
+
+    def _reboot(self, name: str) -> None:
+        with self.lock:
+            old = self.sensors.pop(name)
+            # Power off: what the broker has not acknowledged is reported failed.
+            self._settle(name)
+        old.link.close()
+        self._boot(name)
+        with self.lock:
+            self.sensors[name].seq = old.seq
+        self.faults["device_reboot"] += 1
+
+    def _settle(self, name: str | None = None) -> None:
+        # Caller holds the lock: every send of ``name`` (or everyone) that has
+        # no PUBACK now is one the sender knows failed.
+        for key, info in self.sent.items():
+            if (name is None or key[0] == name) and key not in self.failed:
+                if not _puback(info):
+                    self.failed.add(key)
+
+    def _deliver(self, sensor: SimulatedSensor) -> Callable[[bytes], None]:
+        def put(data: bytes) -> None:
+            with self.inbox_cv:
+                self.inbox.append((sensor, data))
+                self.inbox_cv.notify()
+        return put
+
+    def _device_event(self, ev: dict[str, Any]) -> None:
+        # Called by the sensor in the fleet thread right after link.send.
+        if ev["event"] in ("sent", "handshake"):
+            name = ev["device"]
+            sensor = self.sensors.get(name)
+            link = sensor.link if sensor is not None else None
+            info = link.last if link is not None else False
+            self.sent[(name, ev["seq"])] = info
+            self.sent_at[(name, ev["seq"])] = round(time.monotonic() - self.t0, 2)
+
+    def _fleet(self) -> None:
+        while not self.stop_all.is_set():
+            now = time.monotonic()
+            if not self.stop_sending.is_set():
+                with self.lock:
+                    for s in list(self.sensors.values()):
+                        try:
+                            s.tick(now)
+                        except LocalError as e:
+                            self.log(f"{s.id}: {e}")
+            with self.inbox_cv:
+                if not self.inbox:
+                    self.inbox_cv.wait(0.02)
+                batch, self.inbox = self.inbox, []
+            if batch:
+                with self.lock:
+                    for sensor, data in batch:
+                        sensor.on_envelope(data, time.monotonic())
+
+    def _peer_envelope(self, data: bytes) -> None:
+        # paho's network thread of the peer's link.
+        assert self.peer_link is not None
+        with self.lock:
+            try:
+                got = self.peer.receive(data, time.monotonic())
+            except RemoteError as e:
+                self.peer_events[type(e).__name__] += 1
+                reply = getattr(e, "reply", None)
+            else:
+                reply = got.reply
+                self.peer_events[got.kind] += 1
+                if got.payload is not None:
+                    dev = got.device_id.decode()
+                    reading = decode_reading(got.payload)
+                    if reading is None:
+                        self.peer_events["unreadable"] += 1
+                    elif dev == "mp-1":
+                        self.mp_delivered[self.mp_boot][reading["seq"]] += 1
+                    else:
+                        self.delivered[(dev, reading["seq"])] += 1
+        if reply is not None:
+            self.peer_link.send(reply)
+
+    # -- MicroPython ------------------------------------------------------------
+
+    def _start_mp(self, count: int, interval_ms: int) -> None:
+        from device.bundle import Bundle
+        from device.provision import encode_bundle
+        assert self.broker is not None
+        bundle_path = self.workdir / "mp-1.bundle"
+        if not bundle_path.exists():
+            b = Bundle(b"mp-1", [(PEER.encode(), [self.static[1]])], self.psks["mp-1"],
+                       "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                       {"kind": "mqtt", "host": "127.0.0.1", "port": self.broker.port,
+                        "username": "mp-1", "password": self.broker.passwords["mp-1"]})
+            bundle_path.write_bytes(encode_bundle(b))
+            os.chmod(bundle_path, 0o600)
+        with self.lock:
+            self.mp_boot += 1
+        out = self.workdir / f"mp-1.boot{self.mp_boot}.log"
+        env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(REPO), ".frozen"]))
+        exe = os.environ.get("MICROPYTHON", "micropython")
+        proc = subprocess.Popen(
+            [exe, str(REPO / "micropython_port" / "main.py"), "--bundle", str(bundle_path),
+             "--state", str(self.workdir / "mp-1.ctr"), "--count", str(count),
+             "--interval-ms", str(interval_ms), "--hs-timeout-ms", "3000",
+             "--port", str(self.broker.port), "--quiet"],
+            cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+            stdout=open(out, "w"), stderr=subprocess.STDOUT, text=True)
+        self.mp_procs.append((proc, out))
+
+    def _wait_mp(self, timeout: float) -> dict[str, Any] | None:
+        proc, out = self.mp_procs[-1]
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            self.log("MicroPython device did not finish in time")
+            return None
+        for line in reversed(out.read_text().splitlines()):
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if d.get("event") == "summary":
+                return d
+        self.log("MicroPython device printed no summary: " + out.read_text()[-1500:])
+        return None
+
+    # -- faults -------------------------------------------------------------------
+
+    def _pause(self, seconds: float) -> None:
+        self.stop_all.wait(seconds)
+
+    def fault_gateway_kill(self) -> None:
+        assert self.gateway is not None
+        self.gateway.kill()
+        self._pause(2)
+        self.gateway.start()
+        self.faults["gateway_kill"] += 1
+
+    def fault_gateway_restart_with_reboots(self) -> None:
+        assert self.gateway is not None
+        self.gateway.stop()
+        for name in self.rng.sample(self.names, 2):
+            self._reboot(name)
+        self._pause(1)
+        self.gateway.start()
+        self.faults["gateway_restart"] += 1
+
+    def fault_broker_restart(self) -> None:
+        assert self.broker is not None
+        self.broker.stop()
+        self._pause(1)
+        self.broker.start()
+        self.faults["broker_restart"] += 1
+
+    def fault_serial_cut(self) -> None:
+        if self.socat is None:
+            return
+        self.socat.stop()
+        self._pause(2)
+        self.socat.start()
+        self.faults["serial_cut"] += 1
+
+    def fault_reboots(self) -> None:
+        for name in self.rng.sample(self.names, min(5, len(self.names))):
+            self._reboot(name)
+
+    def fault_broker_restart_gateway_down(self) -> None:
+        """Mosquitto restarts while the gateway is down, and devices publish
+        before the gateway is back: their messages must wait in the
+        gateway's persistent session (restored from the persistence file)."""
+        assert self.broker is not None and self.gateway is not None
+        self.gateway.stop()
+        self.broker.stop()
+        self.broker.start()
+        self._pause(4)
+        self.gateway.start()
+        self.faults["broker_restart_gateway_down"] += 1
+
+    FAULTS = ("gateway_kill", "broker_restart", "serial_cut", "reboots",
+              "gateway_restart_with_reboots")
+
+    def run(self) -> None:
+        schedule = [getattr(self, "fault_" + name) for name in self.fault_names]
+        gap = 5.0
+        end = time.monotonic() + self.seconds
+        self._pause(gap)
+        i = 0
+        while time.monotonic() < end - gap:
+            f = schedule[i % len(schedule)]
+            self.log(f"fault: {f.__name__[6:]}")
+            self.fault_log.append((round(time.monotonic() - self.t0, 2), f.__name__[6:]))
+            f()
+            self.fault_log.append((round(time.monotonic() - self.t0, 2), "done"))
+            i += 1
+            self._pause(gap)
+
+    # -- the end ------------------------------------------------------------------
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Stop new readings, then wait until every acknowledged message has
+        arrived (or ``timeout``, default ``drain_timeout``)."""
+        timeout = self.drain_timeout if timeout is None else timeout
+        self.stop_sending.set()
+        mp_summary = self._wait_mp(max(timeout, 60.0)) if self.use_mp else None
+        self.mp_summaries = [mp_summary]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                pending = [k for k, info in self.sent.items()
+                           if info is not False and info is not True and not _puback(info)
+                           and k not in self.failed]
+                missing = [k for k in self._acked() if self.delivered[k] == 0]
+            if not pending and not missing:
+                break
+            time.sleep(0.25)
+        if self.use_mp:
+            # A clean reboot of the MicroPython device: the same counter file,
+            # a new handshake, a higher counter.
+            self._start_mp(count=5, interval_ms=200)
+            self.mp_summaries.append(self._wait_mp(60))
+            time.sleep(1.0)
+        time.sleep(1.0)  # late duplicates, if any, would show now
+        with self.lock:
+            self._settle()
+
+    def _acked(self) -> list[tuple[str, int]]:
+        return [k for k, info in self.sent.items()
+                if info is not False and info is not True and _puback(info)]
+
+    def verdict(self) -> dict[str, Any]:
+        with self.lock:
+            acked = set(self._acked())
+            serial_sent = {k for k, v in self.sent.items() if k[0] == "serial-1" and v is True}
+            lost = sorted(k for k in acked if self.delivered[k] == 0)
+            dups = sorted(k for k, c in self.delivered.items() if c > 1)
+            forged = sorted(k for k in self.delivered if k not in self.sent)
+            late_ok = sum(1 for k in self.failed if self.delivered[k] == 1)
+            regress = {d.decode(): v for d, v in self.directory.accepted.items()
+                       if any(b <= a for a, b in zip(v, v[1:]))}
+            serial_lost = sorted(k for k in serial_sent if self.delivered[k] == 0)
+            mp = []
+            for boot, summary in enumerate(self.mp_summaries if self.use_mp else [], start=1):
+                got = self.mp_delivered[boot]
+                row: dict[str, Any] = {"boot": boot, "summary": summary,
+                                       "delivered": len(got),
+                                       "missing": sorted(set(range(summary["readings"])) - set(got))
+                                       if summary else None,
+                                       "duplicates": sorted(s for s, c in got.items() if c > 1)}
+                if summary is None:
+                    row["ok"] = False
+                else:
+                    accepted = summary["readings"] - summary["send_errors"]
+                    row["ok"] = (not row["duplicates"] and len(got) >= accepted
+                                 and all(s < summary["readings"] for s in got))
+                mp.append(row)
+            mp_counters = self.directory.accepted.get(b"mp-1", [])
+        result = {
+            "devices": len(self.names) + (1 if self.use_serial else 0) + (1 if self.use_mp else 0),
+            "faults": dict(self.faults),
+            "sent": len(self.sent), "acked": len(acked), "delivered": sum(self.delivered.values()),
+            "reported_failed": len(self.failed), "failed_but_arrived_once": late_ok,
+            "lost": [list(k) + [self.sent_at.get(k)] for k in lost[:20]], "lost_count": len(lost),
+            "fault_log": self.fault_log,
+            "duplicates": [list(k) for k in dups[:20]], "forged": [list(k) for k in forged[:20]],
+            "counter_regressions": regress,
+            "serial_sent": len(serial_sent), "serial_unacknowledged_lost": len(serial_lost),
+            "micropython": mp, "micropython_counters": mp_counters,
+            "reboots": sum(v - 1 for v in self.boots.values()),
+            "peer_events": dict(self.peer_events),
+        }
+        result["ok"] = (not lost and not dups and not forged and not regress
+                        and all(r["ok"] for r in mp)
+                        and (not self.use_mp or len(mp_counters) >= 2))
+        return result
+
+    def close(self) -> None:
+        self.stop_sending.set()
+        self.stop_all.set()
+        for t in self.threads:
+            t.join(5)
+        for proc, _ in self.mp_procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for s in list(self.sensors.values()):
+            try:
+                s.link.close()
+            except Exception:
+                pass
+        if self.peer_link is not None:
+            self.peer_link.close()
+        if self.gateway is not None:
+            self.gateway.stop()
+        if self.socat is not None:
+            self.socat.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def run_soak(workdir: Path, **kw: Any) -> dict[str, Any]:
+    soak = Soak(workdir, **kw)
+    try:
+        soak.setup()
+        soak.run()
+        soak.drain()
+        return soak.verdict()
+    finally:
+        soak.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--interval", type=float, default=0.5, help="seconds between readings per sensor")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-micropython", action="store_true")
+    ap.add_argument("--no-serial", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--faults", default=",".join(Soak.FAULTS),
+                    help="comma-separated, in order, repeated until the time is up; one of "
+                         + ", ".join(Soak.FAULTS + ("broker_restart_gateway_down",)))
+    a = ap.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="moteseal-soak-"))
+    t0 = time.monotonic()
+    try:
+        result = run_soak(workdir, devices=a.devices, seconds=a.seconds, interval=a.interval,
+                          micropython=not a.no_micropython, serial=not a.no_serial, seed=a.seed,
+                          faults=tuple(f for f in a.faults.split(",") if f))
+    finally:
+        if a.keep:
+            _log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["wall_seconds"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    sys.exit(main())
