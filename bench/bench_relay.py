@@ -7,6 +7,8 @@ For 64-byte telemetry envelopes at QoS 1 it measures, on each path:
 Direct: publisher -> bench/direct -> subscriber on the same topic.
 Bare relay (reference): publisher -> bench/bare/up -> a paho client that
 republishes every message unchecked -> bench/bare/down -> subscriber.
+Raw relay (reference): the same without paho, MQTT 3.1.1 over a raw socket:
+the floor of one Python hop through the broker.
 Gateway: publisher -> moteseal/v1/up/bench-dev -> ``moteseal gateway run``
 (a separate process) -> moteseal/v1/down/bench-sink -> subscriber.
 
@@ -188,9 +190,54 @@ c.loop_forever()
 """
 
 
-def start_bare_relay(port: int) -> subprocess.Popen:
+# Reference 2: the floor of a Python hop without paho: MQTT 3.1.1 over a raw
+# socket, republish + PUBACK in one write, no checks, no flow control.
+RAW_RELAY = r"""
+import socket, struct, sys, select
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def pkt(t, body): 
+    n = len(body); rl = bytearray()
+    while True:
+        b = n % 128; n //= 128
+        rl.append(b | (128 if n else 0))
+        if not n: break
+    return bytes([t]) + bytes(rl) + body
+def s16(x): return struct.pack(">H", len(x)) + x
+s.sendall(pkt(0x10, s16(b"MQTT") + bytes([4, 2]) + struct.pack(">H", 60) + s16(b"rawrelay")))
+buf = bytearray()
+def read_packets():
+    global buf
+    data = s.recv(65536)
+    if not data: sys.exit(0)
+    buf += data
+    out = []
+    while True:
+        if len(buf) < 2: break
+        mult, n, i = 1, 0, 1
+        while True:
+            if i >= len(buf): return out
+            b = buf[i]; n += (b & 127) * mult; mult *= 128; i += 1
+            if not b & 128: break
+        if len(buf) < i + n: break
+        out.append((buf[0], bytes(buf[i:i+n]))); del buf[:i+n]
+    return out
+s.sendall(pkt(0x82, struct.pack(">H", 1) + s16(b"bench/raw/up") + b"\x01"))
+mid = 1
+print("ready", flush=True)
+while True:
+    for t, body in read_packets():
+        if t >> 4 == 3:
+            tl = struct.unpack(">H", body[:2])[0]
+            pid = body[2+tl:4+tl]; payload = body[4+tl:]
+            mid = mid % 65535 + 1
+            s.sendall(pkt(0x32, s16(b"bench/raw/down") + struct.pack(">H", mid) + payload) + pkt(0x40, pid))
+"""
+
+
+def start_bare_relay(port: int, script: str = BARE_RELAY) -> subprocess.Popen:
     """The reference: paho that republishes every message, no checks at all."""
-    proc = subprocess.Popen([sys.executable, "-c", BARE_RELAY, str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
@@ -243,11 +290,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="moteseal-bench-") as tmp:
         work = Path(tmp)
         broker = LocalBroker(work / "broker", auth=False).start()
-        gw = bare = None
+        gw = bare = raw = None
         try:
             gw = start_gateway(broker.port, work)
             bare = start_bare_relay(broker.port)
-            runs: dict[str, list[dict]] = {"direct": [], "gateway": [], "bare": []}
+            raw = start_bare_relay(broker.port, RAW_RELAY)
+            runs: dict[str, list[dict]] = {"direct": [], "gateway": [], "bare": [], "raw": []}
             for _ in range(args.repeat):
                 # Direct uses a topic the gateway does not subscribe to, so
                 # the gateway idles while direct is measured.
@@ -258,8 +306,10 @@ def main() -> None:
                                                 args.rate, args.seconds, args.flood))
                 runs["bare"].append(run_path(broker.port, "bench/bare/up", "bench/bare/down",
                                              args.rate, args.seconds, args.flood))
+                runs["raw"].append(run_path(broker.port, "bench/raw/up", "bench/raw/down",
+                                            args.rate, args.seconds, args.flood))
         finally:
-            for proc in (gw, bare):
+            for proc in (gw, bare, raw):
                 if proc is not None:
                     proc.terminate()
                     proc.wait(10)
@@ -280,10 +330,13 @@ def main() -> None:
     print(f"moteseal relay benchmark: {ENVELOPE_BYTES}-byte envelopes, QoS 1, "
           f"median of {args.repeat} runs ({args.seconds:g} s at {args.rate:g} msg/s, "
           f"flood of {args.flood})")
-    print(f"{'':40} {'direct':>10} {'gateway':>10} {'gw/direct':>10} {'bare relay':>11} {'bare/direct':>12}")
+    print(f"{'':36} {'direct':>9} {'gateway':>9} {'gw/dir':>7} {'bare':>9} {'bare/dir':>8}"
+          f" {'raw':>9} {'raw/dir':>7}")
     for label, _part, key in rows:
-        d, g, b = result[key]["direct"], result[key]["gateway"], result[key]["bare"]
-        print(f"{label:40} {d:10.3f} {g:10.3f} {g / d:9.2f}x {b:11.3f} {b / d:11.2f}x")
+        d, g = result[key]["direct"], result[key]["gateway"]
+        b, r = result[key]["bare"], result[key]["raw"]
+        print(f"{label:36} {d:9.3f} {g:9.3f} {g / d:6.2f}x {b:9.3f} {b / d:7.2f}x {r:9.3f} {r / d:6.2f}x")
+    print("bare: paho republishing every message unchecked; raw: the same over a raw socket, no paho")
     tput = result["msgs_per_s"]["gateway"] / result["msgs_per_s"]["direct"]
     p50 = result["p50_ms"]["gateway"] / result["p50_ms"]["direct"]
     print(f"goals: throughput >= 0.60 of direct: {tput:.2f} ({'met' if tput >= 0.6 else 'NOT met'}); "
