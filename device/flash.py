@@ -167,9 +167,24 @@ def compile_module(src: Path, dest: Path, arch: str, source_name: str) -> None:
     _mpy_cross([f"-march={arch}", "-s", source_name, "-o", str(dest), str(src)])
 
 
+def unused_modules(link_kind: str, suite: str) -> set[str]:
+    """Modules a device with this link and suite never imports, left out of
+    its build to save flash and RAM: the other link, and BLAKE2s for a
+    SHA-256 suite (``hashes`` loads ``_blake2s_viper`` only if present)."""
+    unused = set()
+    if link_kind == "mqtt":
+        unused |= {"micropython_port/uart_link", "device/framing"}
+    elif link_kind == "serial":
+        unused |= {"micropython_port/mqtt", "micropython_port/mqtt_codec"}
+    if not suite.endswith("_BLAKE2s"):
+        unused |= {"micropython_port/_blake2s_viper", "micropython_port/_blake2s_py"}
+    return unused
+
+
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
-          device_id: str | None = None) -> Manifest:
-    """Write a flash directory for the device of ``bundle_path`` (Rules 1-2).
+          device_id: str | None = None, all_modules: bool = False) -> Manifest:
+    """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
+    without ``unused_modules`` unless ``all_modules``.
 
     Raises ``FlashError`` (exists, compile failure), ``BundleError`` /
     ``KeyPermissionError`` (a bad bundle), ``FileNotFoundError``.
@@ -192,8 +207,11 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     core, port = source_dirs()
     paths: list[str] = []
     port_modules = sorted(p.stem for p in port.glob("*.py"))
+    skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
     for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, port_modules)):
         for name in names:
+            if f"{pkg}/{name}" in skip:
+                continue
             rel = f"{pkg}/{name}.mpy"
             compile_module(base / f"{name}.py", out_dir / rel, arch, f"{pkg}/{name}.py")
             paths.append(rel)

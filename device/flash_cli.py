@@ -42,16 +42,21 @@ def flash_group() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory to write (default: flash/<device>).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--all-modules", is_flag=True,
+              help="Also ship modules this device's link and suite do not use (e.g. to run vectors).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="moteseal config.toml.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | None,
-              out_dir: Path | None, force: bool, config_path: str | None, as_json: bool) -> None:
+              out_dir: Path | None, force: bool, all_modules: bool, config_path: str | None,
+              as_json: bool) -> None:
     """Compile the core and the MicroPython port to .mpy and add the device's bundle.
 
     The output directory (0700) holds main.py, moteseal.bundle (0600: it
     holds the PSK), device/*.mpy, micropython_port/*.mpy and manifest.json
-    (sizes and SHA-256 of every file; no secrets).
+    (sizes and SHA-256 of every file; no secrets). Modules the bundle's link
+    and suite never use are left out (the UART link for an MQTT device,
+    BLAKE2s for a SHA-256 suite) unless --all-modules.
 
     \b
     Examples:
@@ -70,7 +75,8 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
         bundle_path = out / f"{device_id}.bundle"
     out_dir = out_dir or Path("flash") / device_id
     try:
-        manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id)
+        manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id,
+                         all_modules=all_modules)
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or bundle_path}: no such file (moteseal provision {device_id} writes it)",
               2, as_json)

@@ -53,9 +53,12 @@ def built(bundle_file: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 def test_build_writes_the_core_the_port_the_bundle_and_a_true_manifest(built, bundle_file) -> None:
     out, manifest = built
     paths = [p for p, _, _ in manifest.files]
-    assert {f"device/{m}.mpy" for m in CORE_MODULES} <= set(paths)
-    assert {"micropython_port/main.mpy", "micropython_port/mqtt.mpy", "micropython_port/uart_link.mpy",
+    assert {f"device/{m}.mpy" for m in CORE_MODULES if m != "framing"} <= set(paths)
+    assert {"micropython_port/main.mpy", "micropython_port/mqtt.mpy", "micropython_port/mqtt_codec.mpy",
             "micropython_port/backend.mpy", "main.py", "moteseal.bundle"} <= set(paths)
+    # An MQTT device with a SHA-256 suite: no UART link, no BLAKE2s.
+    assert not {"micropython_port/uart_link.mpy", "device/framing.mpy",
+                "micropython_port/_blake2s_viper.mpy"} & set(paths)
     on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert on_disk == sorted(paths + ["manifest.json"])
     for path, size, digest in manifest.files:

@@ -55,6 +55,15 @@ class Fleet:
                                       "Noise_NKpsk0_25519_ChaChaPoly_SHA256", link))
         return path
 
+    def flash(self, kind: str) -> Path:
+        """The flash build (compiled core and port) for a device on this kind
+        of link, built once per module; each test passes its own bundle
+        (broker port, password) to main.py."""
+        out = self.root / f"flash-{kind}"
+        if not out.exists():
+            build(self.bundle({"kind": kind}), out, "x64")
+        return out
+
     def directory(self) -> NonpersistingDirectory:
         d = NonpersistingDirectory([(self.priv, self.pub)])
         d.add(DEVICE.encode(), self.psk)
@@ -63,12 +72,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    f = Fleet(tmp_path_factory.mktemp("fleet"))
-    # One flash build (the compiled core and port) for the module; each test
-    # passes its own bundle and broker port to main.py.
-    f.flash = f.root / "flash"  # type: ignore[attr-defined]
-    build(f.bundle({"kind": "mqtt", "host": "127.0.0.1", "port": 1883}), f.flash, "x64")  # type: ignore[attr-defined]
-    return f
+    return Fleet(tmp_path_factory.mktemp("fleet"))
 
 
 class Peer:
@@ -104,7 +108,7 @@ def run_device(fleet: Fleet, bundle: Path, state: Path, *args: str, heap: str = 
                timeout: float = 120) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``micropython main.py`` from the flash directory; returns the summary
     and the event lines."""
-    flash = fleet.flash  # type: ignore[attr-defined]
+    flash = fleet.flash("serial" if "serial" in bundle.name else "mqtt")
     env = {"MICROPYPATH": f"{flash}:.frozen", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([mp_binary(), "-X", f"heapsize={heap}", str(flash / "main.py"),
                            "--bundle", str(bundle), "--state", str(state), *args],

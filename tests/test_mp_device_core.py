@@ -198,7 +198,7 @@ def flash_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                            b.random_bytes(32),
                                            "Noise_NKpsk0_25519_ChaChaPoly_SHA256", {"kind": "none"}))
     out = root / "flash"
-    build(root / "d.bundle", out, "x64")
+    build(root / "d.bundle", out, "x64", all_modules=True)  # the vectors need BLAKE2s too
     # The vector runner is not part of a device build; compile it beside
     # the rest so `-m device.conformance` loads only .mpy.
     core, _ = source_dirs()
