@@ -299,6 +299,7 @@ class Soak:
         self.faults: Counter[str] = Counter()
         self.t0 = time.monotonic()
         self.sent_at: dict[tuple[str, int], float] = {}
+        self.rebooted_at: dict[str, int] = {}
         self.fault_log: list[tuple[float, str]] = []
         self.threads: list[threading.Thread] = []
         self.mp_procs: list[tuple[subprocess.Popen[str], Path]] = []
@@ -382,6 +383,7 @@ class Soak:
         self._boot(name)
         with self.lock:
             self.sensors[name].seq = old.seq
+            self.rebooted_at[name] = old.seq  # readings from here on are the new boot's
         self.faults["device_reboot"] += 1
 
     def _settle(self, name: str | None = None) -> None:
@@ -613,6 +615,14 @@ class Soak:
             regress = {d.decode(): v for d, v in self.directory.accepted.items()
                        if any(b <= a for a, b in zip(v, v[1:]))}
             serial_lost = sorted(k for k in serial_sent if self.delivered[k] == 0)
+            cuts = [t for i, (t, f) in enumerate(self.fault_log) if f == "done"
+                     and i > 0 and self.fault_log[i - 1][1] == "serial_cut"]
+            serial_recovered = (not cuts) or any(
+                d == "serial-1" and self.sent_at.get((d, q), 0) > cuts[-1]
+                for d, q in self.delivered)
+            # Each rebooted sensor handshook again and was heard after its last reboot.
+            silent = sorted(n for n, first in self.rebooted_at.items()
+                            if not any(d == n and q >= first for d, q in self.delivered))
             mp = []
             for boot, summary in enumerate(self.mp_summaries if self.use_mp else [], start=1):
                 got = self.mp_delivered[boot]
@@ -639,11 +649,14 @@ class Soak:
             "duplicates": [list(k) for k in dups[:20]], "forged": [list(k) for k in forged[:20]],
             "counter_regressions": regress,
             "serial_sent": len(serial_sent), "serial_unacknowledged_lost": len(serial_lost),
+            "serial_recovered_after_last_cut": serial_recovered,
             "micropython": mp, "micropython_counters": mp_counters,
             "reboots": sum(v - 1 for v in self.boots.values()),
+            "silent_after_reboot": silent,
             "peer_events": dict(self.peer_events),
         }
-        result["ok"] = (not lost and not dups and not forged and not regress
+        result["ok"] = (not lost and not dups and not forged and not regress and not silent
+                        and (not self.use_serial or serial_recovered)
                         and all(r["ok"] for r in mp)
                         and (not self.use_mp or len(mp_counters) >= 2))
         return result

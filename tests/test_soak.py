@@ -54,6 +54,8 @@ def test_soak_every_acknowledged_message_arrives_exactly_once_through_faults(tmp
     assert v["lost"] == [] and v["lost_count"] == 0
     assert v["duplicates"] == [] and v["forged"] == []
     assert v["counter_regressions"] == {}
+    assert v["serial_recovered_after_last_cut"]
+    assert v["silent_after_reboot"] == []  # every rebooted sensor handshook again and was heard
     assert [m["ok"] for m in v["micropython"]] == [True, True], v["micropython"]
     # The MicroPython device's reboot: a fresh handshake with a higher counter.
     assert len(v["micropython_counters"]) >= 2
