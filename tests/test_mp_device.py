@@ -34,9 +34,11 @@ pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeou
 
 DEVICE = "mote-1"
 PEER = "hub"
-# The smallest heap the device runs in on the 64-bit unix port, from
-# bench/bench_mp_device.py, rounded up to 16 KiB (see docs/micropython.md).
-DEVICE_HEAP = "144k"
+# Every device run here is limited to this heap: the smallest one the whole
+# device runs in on the 64-bit unix port (bench/bench_mp_device.py: 116 KiB)
+# plus a margin. The issue's goal is 64 KiB; see the xfail test below and
+# docs/micropython.md ("Memory").
+DEVICE_HEAP = "128k"
 
 
 class Fleet:
@@ -286,3 +288,17 @@ def test_the_flash_build_runs_the_cli_and_refuses_a_readable_bundle(fleet, tmp_p
         bundle.chmod(0o600)
     assert r.returncode == 3, r.stdout + r.stderr
     assert not (tmp_path / "f2").exists()
+
+
+@pytest.mark.xfail(strict=True, raises=MicroPythonFailed,
+                   reason="the device needs ~116 KiB on the 64-bit unix port: about 78 KiB is "
+                          "the loaded .mpy code itself (docs/micropython.md, Memory)")
+def test_whole_device_runs_in_a_64k_heap_from_the_mpy_build(mqtt_setup, fleet, tmp_path) -> None:
+    """The issue's target: core, port, MQTT link, one handshake and 100
+    telemetry messages in ``-X heapsize=64k``. Strict: once it fits, this
+    XPASS fails the suite and DEVICE_HEAP above should drop to 64k."""
+    broker, peer = mqtt_setup
+    summary, _ = run_device(fleet, _mqtt_bundle(fleet, broker), tmp_path / "ctr", "--count", "101",
+                            "--interval-ms", "0", "--quiet", heap="64k")
+    assert summary["data"] == 100
+    assert wait_for(lambda: len(peer.telemetry()) == 101, timeout=20)
