@@ -10,6 +10,7 @@ A flash directory::
 
     main.py                 import micropython_port.main (a board runs main.py at boot)
     moteseal.bundle         the provisioned bundle (holds the PSK: 0600)
+    wifi.json               optional: {"ssid", "password"} for ESP32 / Pico W (0600)
     device/*.mpy            the core, the same files CPython runs
     micropython_port/*.mpy  primitives, backend, MQTT and UART links, the device program
     manifest.json           {"format": "moteseal-flash", "v": 1, "device", "arch",
@@ -50,6 +51,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 BUNDLE_NAME = "moteseal.bundle"
+WIFI_NAME = "wifi.json"
 MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 
 # The core modules a device imports (device/__init__ imports the first six).
@@ -182,7 +184,8 @@ def unused_modules(link_kind: str, suite: str) -> set[str]:
 
 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
-          device_id: str | None = None, all_modules: bool = False) -> Manifest:
+          device_id: str | None = None, all_modules: bool = False,
+          wifi: tuple[str, str] | None = None) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` unless ``all_modules``.
 
@@ -222,6 +225,12 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     paths.append(BUNDLE_NAME)
+    if wifi is not None:
+        # Read by micropython_port/main.py network_up(); a secret, like the bundle.
+        fd = os.open(out_dir / WIFI_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"ssid": wifi[0], "password": wifi[1]}, f)
+        paths.append(WIFI_NAME)
     files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
     manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")

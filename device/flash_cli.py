@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,12 +45,14 @@ def flash_group() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--all-modules", is_flag=True,
               help="Also ship modules this device's link and suite do not use (e.g. to run vectors).")
+@click.option("--wifi-ssid", default=None,
+              help="Write wifi.json so the board joins this network (password from $MOTESEAL_WIFI_PASSWORD).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="moteseal config.toml.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | None,
-              out_dir: Path | None, force: bool, all_modules: bool, config_path: str | None,
-              as_json: bool) -> None:
+              out_dir: Path | None, force: bool, all_modules: bool, wifi_ssid: str | None,
+              config_path: str | None, as_json: bool) -> None:
     """Compile the core and the MicroPython port to .mpy and add the device's bundle.
 
     The output directory (0700) holds main.py, moteseal.bundle (0600: it
@@ -62,6 +65,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     Examples:
       moteseal flash build --device sensor-7
       moteseal flash build --device sensor-7 --board rp2 --out /tmp/s7 --force --json
+      MOTESEAL_WIFI_PASSWORD=... moteseal flash build --device sensor-7 --wifi-ssid farm
     """
     from device.bundle import BundleError
     from device.keys import KeyFileError
@@ -76,7 +80,9 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     out_dir = out_dir or Path("flash") / device_id
     try:
         manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id,
-                         all_modules=all_modules)
+                         all_modules=all_modules,
+                         wifi=None if wifi_ssid is None else
+                         (wifi_ssid, os.environ.get("MOTESEAL_WIFI_PASSWORD", "")))
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or bundle_path}: no such file (moteseal provision {device_id} writes it)",
               2, as_json)

@@ -390,6 +390,35 @@ def _load_bundle(path):
         gc.collect()
 
 
+def network_up(path="wifi.json", timeout_ms=20000):
+    """On a board with ``network.WLAN`` (ESP32, Pico W): join the Wi-Fi
+    named in ``path`` (``{"ssid": ..., "password": ...}``, written by
+    ``moteseal flash build --wifi-ssid``) unless already connected. Does
+    nothing on the unix port or without the file. Raises ``OSError`` if the
+    network does not come up in time."""
+    try:
+        import network
+    except ImportError:
+        return False
+    try:
+        with open(path) as f:
+            import json
+            cfg = json.load(f)
+    except OSError:
+        return False
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if not wlan.isconnected():
+        wlan.connect(cfg["ssid"], cfg.get("password", ""))
+        t0 = ticks_ms()
+        while not wlan.isconnected():
+            if ticks_diff(ticks_ms(), t0) > timeout_ms:
+                raise OSError("Wi-Fi did not connect")
+            from time import sleep_ms
+            sleep_ms(100)
+    return True
+
+
 def _print_event(name, detail):
     import json
     print(json.dumps({"event": name, "detail": detail}))
@@ -404,6 +433,7 @@ def main(argv=None):
     import gc
     import json
     opts = _args(sys.argv if argv is None else argv)
+    network_up()
     bundle = _load_bundle(opts.get("bundle", "moteseal.bundle"))
     override = {}
     if "host" in opts:

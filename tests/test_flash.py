@@ -276,3 +276,18 @@ def test_package_json_installs_what_a_flash_build_ships() -> None:
         src = (port / url).resolve()
         assert src.is_file() and src == (core.parent / target).resolve(), (target, url)
     assert doc["deps"] == []
+
+
+def test_wifi_credentials_go_in_a_private_file_listed_by_hash_only(bundle_file, tmp_path) -> None:
+    out = tmp_path / "w"
+    m = build(bundle_file, out, "x64", wifi=("farm-net", "hunter2-wifi"))
+    assert "wifi.json" in [p for p, _, _ in m.files]
+    assert json.loads((out / "wifi.json").read_text()) == {"ssid": "farm-net", "password": "hunter2-wifi"}
+    assert (out / "wifi.json").stat().st_mode & 0o777 == 0o600
+    assert "hunter2-wifi" not in (out / "manifest.json").read_text()
+    # On the unix port there is no `network` module: main.py's network_up
+    # is a no-op even with the file present.
+    p = subprocess.run([mp_binary(), "-c", "from micropython_port.main import network_up; "
+                        "print(network_up('wifi.json'))"], cwd=out, capture_output=True, text=True,
+                       timeout=60, env={"MICROPYPATH": str(out), "PATH": "/usr/bin:/bin"})
+    assert (p.returncode, p.stdout.strip()) == (0, "False"), p.stderr
