@@ -65,9 +65,12 @@ class MqttDeviceLink:
                                  max_payload=max_payload, on_message=on_envelope)
 
     def open(self):
-        """Connect and subscribe. Raises ``OSError``."""
-        self.client.connect()
+        """Connect and subscribe, or keep trying from ``poll`` if the broker
+        is not there yet (a board may boot before its broker)."""
+        # Remembered, and sent with every CONNECT that finds no session,
+        # ahead of any publish (so message 2 cannot beat the subscription).
         self.client.subscribe(self.down, 1)
+        self.client.start()
 
     def send(self, buf, n):
         self.client.publish(self.up, buf, n, 1)

@@ -161,12 +161,24 @@ class MQTTClient:
         self._backoff = self._backoff_min
         if not self.session_present:
             for topic, qos in self._subs:
-                self._send_subscribe(topic, qos)
+                self._send_subscribe(topic, qos)  # its SUBACK is read in poll()
         now = ticks_ms()
         for i in range(len(self._slots)):
             if self._slot_len[i]:
                 self._resend(i, now)
         return self.session_present
+
+    def start(self):
+        """``connect()`` now if the broker answers, otherwise later from
+        ``poll()`` with backoff; never raises for network trouble, so a
+        board that boots before its broker keeps trying. Returns True if
+        connected now."""
+        try:
+            self.connect()
+            return True
+        except (OSError, DecodeError):
+            self._drop()
+            return False
 
     def close(self):
         """Close the socket (no DISCONNECT: see ``disconnect``)."""
@@ -300,13 +312,16 @@ class MQTTClient:
 
     def subscribe(self, topic, qos=1):
         """Subscribe and wait for the SUBACK; remembered and restored on a
-        new session. Raises ``OSError`` (refused, no answer),
-        ``LocalError`` (topic too long)."""
+        new session. While disconnected it is only remembered (returns
+        None) and sent on the next connect. Raises ``OSError`` (refused, no
+        answer), ``LocalError`` (topic too long)."""
         topic = _b(topic)
         if len(topic) > TOPIC_MAX_BYTES:
             raise LocalError("topic longer than TOPIC_MAX_BYTES")
         if (topic, qos) not in self._subs:
             self._subs.append((topic, qos))
+        if not self.connected:
+            return None
         self._send_subscribe(topic, qos)
         rc = self._await(SUBACK)
         if rc & 0x80:

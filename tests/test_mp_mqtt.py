@@ -294,3 +294,35 @@ print(json.dumps({{"inflight": c.inflight(), "retransmits": c.retransmits,
     assert first[1:] == again[1:]  # same packet id, topic and payload
     assert result["reconnect"] == 0x10
     assert _last_json(out) == {"inflight": 0, "retransmits": 1, "dropped": 1, "up": True}
+
+
+def test_a_client_started_before_its_broker_connects_and_subscribes_later(tmp_path) -> None:
+    """A board that boots before its broker: ``start()`` does not raise,
+    the subscription is remembered, and ``poll()`` connects once the broker
+    is up; a publish made while offline is delivered then."""
+    from gateway.broker import LocalBroker, free_port
+
+    port = free_port()
+    mp = MpProcess(f"""
+import json, time
+from micropython_port.mqtt import MQTTClient
+got = []
+c = MQTTClient("early", "127.0.0.1", {port}, keepalive=5, on_message=lambda b, n: got.append(bytes(b[:n])),
+               backoff_min_ms=100, backoff_max_ms=300)
+print("start", c.start(), c.subscribe(b"t/early", 1))
+c.publish(b"t/early", b"queued while offline", 20, 1)
+t0 = time.ticks_ms()
+while not got and time.ticks_diff(time.ticks_ms(), t0) < 20000:
+    c.poll(50)
+print(json.dumps({{"got": [g.decode() for g in got], "up": c.connected, "inflight": c.inflight()}}))
+""", tmp_path)
+    broker = LocalBroker(tmp_path / "late", auth=False, port=port)
+    try:
+        assert mp.wait_line("start") == "start False None"
+        time.sleep(0.5)
+        broker.start()
+        res = mp.finish(timeout=60)
+    finally:
+        mp.stop()
+        broker.stop()
+    assert res == {"got": ["queued while offline"], "up": True, "inflight": 0}
