@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from device.errors import LocalError
-from device.noise import DEFAULT_SUITE, SUITES  # the core's list of suites is the truth
+from device.noise import DEFAULT_SUITE
+from device.session import SESSION_SUITES as SUITES  # the core's list of session suites is the truth
 
 KDF_LEVELS = ("interactive", "moderate", "sensitive")
 

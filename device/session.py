@@ -24,6 +24,11 @@ Invariants:
   storm of handshakes.
 - Rule 5: ``DeviceSession.send_into`` and ``receive_into`` allocate nothing
   per message on MicroPython once the session exists.
+- Rule 6: sessions run NK or NKpsk0 (``SESSION_SUITES``). NKpsk2 mixes the
+  PSK in only at message 2, so its message 1 (the 0-RTT reading and the
+  replay counter) would authenticate nobody: anyone knowing the peer's key
+  could forge readings for any device and lock it out with a high counter.
+  NKpsk2 stays available at the Noise layer (``device.noise``).
 """
 
 from device import envelope as E
@@ -51,6 +56,21 @@ EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
 EV_REFUSED = const(4)  # the peer refused our message 1 (wrong pinned key, PSK, revoked)
 
 
+SESSION_SUITES = (
+    "Noise_NK_25519_ChaChaPoly_SHA256",
+    "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+    "Noise_NK_25519_ChaChaPoly_BLAKE2s",
+    "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s",
+)
+
+
+def _session_suite(suite):
+    parse_suite(suite)
+    if suite not in SESSION_SUITES:
+        raise LocalError("sessions use NK or NKpsk0; NKpsk2 leaves message 1 "
+                         "unauthenticated (device/session.py Rule 6)")
+
+
 def _limits(opts, now):
     d = {}
     for k in ("window", "rekey_interval", "max_messages", "max_age", "max_payload"):  # Transport's
@@ -73,7 +93,7 @@ class DeviceSession:
 
     def __init__(self, backend, device_id, peer_id, peer_static, psk, counter,
                  suite=DEFAULT_SUITE, **opts):
-        parse_suite(suite)
+        _session_suite(suite)
         self._backend = backend
         self.device_id = bytes(device_id)
         self.peer_id = bytes(peer_id)
@@ -280,6 +300,7 @@ class PeerSessions:
     ``ReplayError`` whose ``reply`` attribute holds a refusal hint to send."""
 
     def __init__(self, backend, peer_id, directory, suite=DEFAULT_SUITE, **opts):
+        _session_suite(suite)
         self._psk_pos = parse_suite(suite)[0]
         self._backend = backend
         self.peer_id = bytes(peer_id)
@@ -355,9 +376,16 @@ class PeerSessions:
         if not old and len(self._sessions) >= self._max_devices:
             # Bounded memory: plain NK lets anyone open sessions under new ids.
             del self._sessions[next(iter(self._sessions))]
+        # Keep the newest confirmed session, so a flood of message 1s (with
+        # plain NK, from anybody) cannot push out a working session.
+        keep = old[:1]
+        for e in old:
+            if e[2]:
+                keep = [e]
+                break
         # [sid, transport, confirmed]: confirmed once the device has sent
         # authenticated data on it, which proves it holds message 2's keys.
-        self._sessions[dev] = [[env.sid, tr, False]] + old[:1]
+        self._sessions[dev] = [[env.sid, tr, False]] + keep
         return Received("hs1", dev, bytes(payload[COUNTER_BYTES:]), reply)
 
     def _data(self, data, env, dev, now):

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from device import envelope as E
 from device.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
-from device.noise import SUITES
+from device.session import SESSION_SUITES as SUITES
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions
 from device.transport import MAX_EPOCH_SKIP
 

@@ -12,8 +12,7 @@ from device.session import (EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REFUSED, EV_REHAN
 from tests.pair import Pair
 
 ALL = ["Noise_NK_25519_ChaChaPoly_SHA256", "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
-       "Noise_NK_25519_ChaChaPoly_BLAKE2s", "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s",
-       "Noise_NKpsk2_25519_ChaChaPoly_SHA256"]
+       "Noise_NK_25519_ChaChaPoly_BLAKE2s", "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s"]
 
 
 @pytest.mark.parametrize("suite", ALL)
@@ -221,3 +220,24 @@ def test_a_refused_handshake_says_so_and_tries_the_next_pinned_key():
     assert dev.peer_static == p.static[1]
     r = p.peer.receive(dev.handshake(b"r2"))
     assert dev.receive(r.reply)[0] == EV_HANDSHAKE and r.payload == b"r2"
+
+
+def test_sessions_refuse_nkpsk2_whose_message1_authenticates_nobody():
+    with pytest.raises(LocalError, match="NKpsk2"):
+        Pair("Noise_NKpsk2_25519_ChaChaPoly_SHA256")
+    p = Pair()
+    with pytest.raises(LocalError, match="NKpsk2"):
+        DeviceSession(p.backend, b"s", b"hub", p.static[1], p.psk,
+                      Msg1Counter(NonpersistingCounterStore()),
+                      suite="Noise_NKpsk2_25519_ChaChaPoly_SHA256")
+
+
+def test_handshakes_whose_message2_is_lost_do_not_push_out_a_working_session():
+    p = Pair()
+    p.handshake()
+    assert p.peer.receive(p.device.send(b"confirmed")).payload == b"confirmed"
+    for _ in range(5):  # five new attempts; every message 2 is lost
+        p.peer.receive(p.device.handshake())
+    assert len(p.peer.sessions(b"sensor-1")) == 2
+    assert p.peer.receive(p.device.send(b"still here")).payload == b"still here"
+    assert p.device.receive(p.peer.send(b"sensor-1", b"down"))[0] == EV_DATA

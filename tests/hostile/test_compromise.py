@@ -17,8 +17,8 @@ from device.noise import NKResponder
 from .world import PEER, World
 
 S1, S2 = b"sensor-1", b"sensor-2"
-SUITES = ["Noise_NKpsk0_25519_ChaChaPoly_SHA256", "Noise_NK_25519_ChaChaPoly_SHA256",
-          "Noise_NKpsk2_25519_ChaChaPoly_SHA256"]
+# The session suites (device/session.py Rule 6 refuses NKpsk2 for sessions).
+SUITES = ["Noise_NKpsk0_25519_ChaChaPoly_SHA256", "Noise_NK_25519_ChaChaPoly_SHA256"]
 
 
 def _record(suite):
@@ -39,9 +39,6 @@ def test_message1_payloads_lack_forward_secrecy_against_the_peer_key(suite):
     prologue = E.PROLOGUE + hs1[:env.msg_off]
     # Later: the peer's static key leaks, with the registry (PSKs) beside it.
     psk = w.psks[S1]
-    if "psk2" in suite:
-        # NKpsk2 mixes the PSK in only after message 1: the static key alone opens it.
-        psk = w.backend.random_bytes(32)
     thief = NKResponder(w.backend, w.static, psk, prologue, suite)
     assert thief.read_message(env.msg)[4:] == reading
 

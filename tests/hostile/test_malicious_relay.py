@@ -17,14 +17,13 @@ import random
 import pytest
 
 from device import envelope as E
-from device.errors import AuthError, DecodeError, ReplayError
+from device.errors import AuthError, DecodeError, LocalError, ReplayError
 from device.noise import NKInitiator, NKResponder
 from device.session import EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REHANDSHAKE
 
 from .world import HOUR, PEER, World, flips, hint, rewrite
 
-PSK_SUITES = ["Noise_NKpsk0_25519_ChaChaPoly_SHA256", "Noise_NKpsk2_25519_ChaChaPoly_SHA256",
-              "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s"]
+PSK_SUITES = ["Noise_NKpsk0_25519_ChaChaPoly_SHA256", "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s"]
 ALL_SUITES = PSK_SUITES + ["Noise_NK_25519_ChaChaPoly_SHA256"]
 S1, S2 = b"sensor-1", b"sensor-2"
 
@@ -492,27 +491,12 @@ def test_plain_nk_senders_are_anonymous_as_documented():
     w.assert_no_plaintext_revealed()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reported to the lead: with NKpsk2 the PSK enters only at message 2, so message 1 "
-    "(its 0-RTT payload and counter) authenticates nobody; PeerSessions still hands the "
-    "payload to the app as that device's and stores the counter, so anyone who knows "
-    "the peer's public key forges readings for any device and locks it out with a high "
-    "counter. Fix: for psk2, hold message 1's payload and counter with the new session "
-    "and release/commit them only when the first data message on it authenticates "
-    "(or refuse 0-RTT payloads with psk2)."))
-def test_nkpsk2_message1_without_the_psk_is_not_attributed_to_the_device():
-    w = World(suite="Noise_NKpsk2_25519_ChaChaPoly_SHA256")
-    w.handshake(S1)
-    hdr = bytearray(E.HEADER_MAX_BYTES)
-    off = E.encode_header_into(hdr, E.HEAD_HS1, S1, PEER, 5, -1, 32 + 4 + 5 + 16)
-    header = bytes(hdr[:off])
-    mallory = NKInitiator(w.backend, w.static[1], w.backend.random_bytes(32),
-                          E.PROLOGUE + header, w.suite)
-    w.up(header + mallory.write_message(b"\x7f\x00\x00\x00fake!"))
-    assert (S1, b"fake!") not in w.peer_app, "a reading forged without the PSK was delivered"
-    w.devices[S1].transport = None
-    w.exchange(S1, now=1)  # the genuine device is not locked out by the forged counter
-    w.check()
+def test_nkpsk2_is_refused_for_sessions_because_its_message1_authenticates_nobody():
+    """With NKpsk2 the PSK enters only at message 2, so anyone who knows the
+    peer's public key could forge a 0-RTT reading and a high counter for any
+    device; the session layer therefore refuses that suite outright."""
+    with pytest.raises(LocalError, match="NKpsk2"):
+        World(suite="Noise_NKpsk2_25519_ChaChaPoly_SHA256")
 
 
 # -- everything at once ---------------------------------------------------------
