@@ -211,6 +211,9 @@ class Device:
         except RemoteError:
             self.counts["bad_envelopes"] += 1
             return
+        except SessionExpired:
+            self._need_hs = True  # too old to receive on: handshake again
+            return
         if ev == EV_HANDSHAKE:
             self._hs_done = True
             self._event("handshake", None)

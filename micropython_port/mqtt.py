@@ -116,6 +116,7 @@ class MQTTClient:
         self.dropped_connections = 0
         self.pings = 0
         self.retransmits = 0
+        self.oversized = 0
 
     # -- connection -----------------------------------------------------
 
@@ -280,7 +281,9 @@ class MQTTClient:
         p = self.parser
         if t == PUBLISH:
             qos = (flags >> 1) & 3
-            if self.on_message is not None:
+            if p.oversize:
+                self.oversized += 1  # acknowledged below, never delivered
+            elif self.on_message is not None:
                 self.on_message(p.payload, p.payload_len)
             if qos:
                 n = encode_ack_into(self._ctl, PUBACK, p.pid)

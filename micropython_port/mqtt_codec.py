@@ -20,10 +20,13 @@ Invariants:
   ``__init__``; feeding bytes allocates nothing.
 
 Limits: ``max_payload`` bounds a PUBLISH payload (default
-``ENVELOPE_MAX_BYTES``, one envelope); ``TOPIC_MAX_BYTES`` bounds a topic
-(ours are ``moteseal/v1/down/`` + a 16-byte id = 34 bytes). A larger packet
-is a ``DecodeError``: a device has no room to hold it, and the broker never
-sends one on our topics.
+``ENVELOPE_MAX_BYTES``, one envelope): a longer payload is skipped, not
+stored, and delivered with ``oversize`` set and no bytes, so the client can
+still acknowledge it (a QoS 1 message that failed the connection would be
+redelivered after every reconnect and wedge the device). ``TOPIC_MAX_BYTES``
+bounds a topic (ours are ``moteseal/v1/down/`` + a 16-byte id = 34 bytes);
+a longer one is a ``DecodeError``: the broker only sends on topics we
+subscribed to.
 """
 
 try:
@@ -66,11 +69,12 @@ class PacketParser:
     ``feed_into(data, n, on_packet)`` calls ``on_packet(ptype, flags)`` for
     each whole packet; during the call ``head[:head_len]`` holds the
     variable header (for PUBLISH: ``topic_off``, ``topic_len``, ``pid``) and
-    ``payload[:payload_len]`` a PUBLISH payload. Raises ``DecodeError``
-    (Rule 1) for: a reserved or client-only packet type, wrong fixed-header
-    flags, QoS 3, a remaining length longer than 4 bytes, a packet larger
-    than the buffers, a topic longer than ``TOPIC_MAX_BYTES`` or beyond the
-    packet, a malformed CONNACK/PUBACK/SUBACK/PINGRESP.
+    ``payload[:payload_len]`` a PUBLISH payload (``oversize`` True and no
+    bytes if it exceeded ``max_payload``). Raises ``DecodeError`` (Rule 1)
+    for: a reserved or client-only packet type, wrong fixed-header flags,
+    QoS 3, a remaining length longer than 4 bytes, a topic longer than
+    ``TOPIC_MAX_BYTES`` or beyond the packet, a malformed
+    CONNACK/PUBACK/SUBACK/PINGRESP.
     """
 
     def __init__(self, max_payload=DEFAULT_MAX_PAYLOAD):
@@ -95,6 +99,7 @@ class PacketParser:
         self.topic_off = 0
         self.topic_len = 0
         self.pid = 0
+        self.oversize = False
 
     def _fail(self, why):
         self._state = _S_FAILED
@@ -127,12 +132,11 @@ class PacketParser:
         self._split = -1
         self.head_len = 0
         self.payload_len = 0
+        self.oversize = False
         if t == PUBLISH:
             # topic length (2) + topic + [pid (2)] + payload: at least 2 + 1.
             if rem < 3:
                 self._fail("PUBLISH too short")
-            if rem - 2 > HEAD_BYTES - 2 + self.max_payload:
-                self._fail("PUBLISH larger than the buffers")
         elif t == CONNACK or t == PUBACK:
             if rem != 2:
                 self._fail("bad CONNACK/PUBACK length")
@@ -152,8 +156,7 @@ class PacketParser:
         split = 2 + tl + (2 if self._byte1 & 0x06 else 0)
         if split > self._rem:
             self._fail("topic runs past the packet")
-        if self._rem - split > self.max_payload:
-            self._fail("PUBLISH payload larger than the buffer")
+        self.oversize = self._rem - split > self.max_payload  # skipped, see Limits
         self.topic_off = 2
         self.topic_len = tl
         self._split = split
@@ -164,7 +167,7 @@ class PacketParser:
         if t == PUBLISH:
             s = self._split
             self.head_len = s
-            self.payload_len = self._rem - s
+            self.payload_len = 0 if self.oversize else self._rem - s
             self.pid = 0
             if b1 & 0x06:
                 h = self.head
@@ -208,7 +211,7 @@ class PacketParser:
                 else:
                     if g < s:
                         head[g] = b
-                    else:
+                    elif not self.oversize:
                         payload[g - s] = b
                     g += 1
                 self._got = g

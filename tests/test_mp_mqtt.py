@@ -243,7 +243,7 @@ class ScriptedBroker:
         return head + exact(rem)
 
 
-def test_missing_puback_is_retransmitted_with_dup_and_garbage_forces_a_reconnect(tmp_path) -> None:
+def test_missing_puback_is_retransmitted_oversized_is_acked_and_garbage_reconnects(tmp_path) -> None:
     srv = ScriptedBroker()
     seen: list[bytes] = []
     result: dict = {}
@@ -258,6 +258,11 @@ def test_missing_puback_is_retransmitted_with_dup_and_garbage_forces_a_reconnect
             again = ScriptedBroker.read_packet(conn)  # the retransmission
             seen.extend([first, again])
             conn.sendall(bytes([0x40, 2]) + again[-6:-4])  # PUBACK for its packet id
+            # A QoS 1 message larger than the client's buffer: skipped, but
+            # acknowledged, so a broker would not redeliver it forever.
+            body = b"\x00\x01t\x07\x77" + b"\xee" * 2000
+            conn.sendall(bytes([0x32, len(body) & 0x7F | 0x80, len(body) >> 7]) + body)
+            result["ack_oversized"] = ScriptedBroker.read_packet(conn)
             conn.sendall(bytes.fromhex("f0 00"))  # a reserved packet type: garbage
             conn2, _ = srv.sock.accept()  # the client drops and comes back
             conn2.settimeout(10)
@@ -283,7 +288,7 @@ t0 = time.ticks_ms()
 while time.ticks_diff(time.ticks_ms(), t0) < 3000 and (c.dropped_connections == 0 or not c.connected):
     c.poll(20)
 print(json.dumps({{"inflight": c.inflight(), "retransmits": c.retransmits,
-                   "dropped": c.dropped_connections, "up": c.connected}}))
+                   "dropped": c.dropped_connections, "up": c.connected, "oversized": c.oversized}}))
 """, timeout=60)
     finally:
         t.join(15)
@@ -293,7 +298,9 @@ print(json.dumps({{"inflight": c.inflight(), "retransmits": c.retransmits,
     assert first[0] == 0x32 and again[0] == 0x3A  # QoS 1, then QoS 1 with DUP
     assert first[1:] == again[1:]  # same packet id, topic and payload
     assert result["reconnect"] == 0x10
-    assert _last_json(out) == {"inflight": 0, "retransmits": 1, "dropped": 1, "up": True}
+    assert result["ack_oversized"] == bytes.fromhex("40 02 07 77")
+    assert _last_json(out) == {"inflight": 0, "retransmits": 1, "dropped": 1, "up": True,
+                               "oversized": 1}
 
 
 def test_a_client_started_before_its_broker_connects_and_subscribes_later(tmp_path) -> None:
@@ -312,7 +319,7 @@ c = MQTTClient("early", "127.0.0.1", {port}, keepalive=5, on_message=lambda b, n
 print("start", c.start(), c.subscribe(b"t/early", 1))
 c.publish(b"t/early", b"queued while offline", 20, 1)
 t0 = time.ticks_ms()
-while not got and time.ticks_diff(time.ticks_ms(), t0) < 20000:
+while (not got or c.inflight()) and time.ticks_diff(time.ticks_ms(), t0) < 20000:
     c.poll(50)
 print(json.dumps({{"got": [g.decode() for g in got], "up": c.connected, "inflight": c.inflight()}}))
 """, tmp_path)

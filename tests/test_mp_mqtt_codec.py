@@ -58,7 +58,6 @@ BAD = [
     ("topic past the packet", "30 04 00 05 74 74"),
     ("topic too long", "30 43 00 41" + " 74" * 65),
     ("QoS 1 packet id 0", "32 05 00 01 74 00 00"),
-    ("payload over the buffer", "30 8a 08 00 01 74" + " 00" * 1031),
 ]
 
 
@@ -99,6 +98,23 @@ def test_bad_broker_bytes_raise_decode_error_and_stay_refused(name: str, wire: s
     seen = []
     p.feed_into(b"\xd0\x00", 2, lambda t, f: seen.append(t))
     assert seen == [0xD0]
+
+
+def test_an_oversized_publish_is_skipped_whole_and_the_stream_goes_on() -> None:
+    # 1025-byte payload over a 1024-byte buffer, then a PINGRESP: the
+    # PUBLISH is delivered flagged, with no bytes; QoS 1 keeps its packet
+    # id so the client can acknowledge it.
+    p = PacketParser(1024)
+    # remaining length 1030 = 0x86 0x08: topic length 2 + "t" + packet id 2 + 1025
+    wire = bytes.fromhex("32 86 08 00 01 74 00 2a") + bytes([0x55]) * 1025 + bytes.fromhex("d0 00")
+    for step in (None, 1, 100):
+        got: list[tuple] = []
+        p.reset()
+        chunks = [wire] if step is None else [wire[i:i + step] for i in range(0, len(wire), step)]
+        for c in chunks:
+            p.feed_into(c, len(c), lambda t, f: got.append((t, p.oversize, p.payload_len, p.pid)))
+        assert got == [(0x30, True, 0, 42), (0xD0, False, 0, 42)]
+        assert bytes(p.payload) == bytes(1024)  # nothing of it was stored
 
 
 def test_publish_payload_lands_at_offset_zero_for_receive_into() -> None:
