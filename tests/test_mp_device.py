@@ -302,3 +302,58 @@ def test_whole_device_runs_in_a_64k_heap_from_the_mpy_build(mqtt_setup, fleet, t
                             "--interval-ms", "0", "--quiet", heap="64k")
     assert summary["data"] == 100
     assert wait_for(lambda: len(peer.telemetry()) == 101, timeout=20)
+
+
+LOCKED_DEVICE = """
+import sys, gc, json, micropython
+import micropython_port.main as M
+opts = M._args(["main", "--bundle", sys.argv[1], "--state", sys.argv[2]])
+dev = M.Device(M._load_bundle(opts["bundle"]), opts["state"], None)
+dev.interval_ms = 0
+dev.link.open()
+dev.step()  # the handshake allocates (Noise objects, message 1)
+assert dev.wait_session(10000)
+for _ in range(3):  # first data messages: lazily made objects
+    dev.step()
+    dev.link.poll(20)
+
+def locked(k):
+    # Reading -> send_into -> MQTT publish (slot copy, socket write) ->
+    # poll (PUBACKs through the parser): one device message, k times.
+    n = 0
+    for _ in range(k):
+        if dev.step():
+            n += 1
+        dev.link.poll(0)
+    return n
+
+gc.collect()
+micropython.heap_lock()
+try:
+    n = locked(50)
+finally:
+    micropython.heap_unlock()
+dev.link.flush(5000)
+print(json.dumps({"locked": n, "inflight": dev.link.client.inflight(), "counts": dev.counts}))
+"""
+
+
+def test_a_device_message_over_mqtt_allocates_nothing(mqtt_setup, fleet, tmp_path) -> None:
+    """The device's whole per-message path, from the reading to the socket
+    and the PUBACK back through the parser, runs 50 times between
+    ``heap_lock()`` and ``heap_unlock()``: any allocation raises
+    MemoryError and fails the run."""
+    broker, peer = mqtt_setup
+    flash = fleet.flash("mqtt")
+    script = tmp_path / "locked.py"
+    script.write_text(LOCKED_DEVICE)
+    p = subprocess.run([mp_binary(), "-X", f"heapsize={DEVICE_HEAP}", str(script),
+                        str(_mqtt_bundle(fleet, broker)), str(tmp_path / "ctr")],
+                       capture_output=True, text=True, timeout=120, cwd=flash,
+                       env={"MICROPYPATH": f"{flash}:.frozen", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(p.stdout.splitlines()[-1])
+    assert res["locked"] == 50 and res["inflight"] == 0
+    assert res["counts"]["data"] == 53 and res["counts"]["send_errors"] == 0
+    assert wait_for(lambda: len(peer.telemetry()) == 54, timeout=20)
+    assert [r["reading"]["seq"] for r in peer.telemetry()] == list(range(54))
