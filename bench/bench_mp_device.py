@@ -10,6 +10,9 @@ Prints:
   so both produce the same message 1 (checked);
 - one transport envelope, ``DeviceSession.send_into`` of a 32-byte reading
   (and ``receive_into`` of one from the peer), in us;
+- whether the device's whole per-message path (reading, ``send_into``, MQTT
+  slot, socket write, PUBACK through the parser) allocates: 50 messages
+  under ``micropython.heap_lock()``;
 - the smallest ``-X heapsize`` in which the whole device (``main.py`` from
   the built ``.mpy`` flash directory: core, port, MQTT link, one handshake,
   100 telemetry messages through real Mosquitto and ``moteseal gateway
@@ -225,6 +228,20 @@ class DeviceRig:
             time.sleep(0.02)
         return summary["data"] == 100 and self.telemetry - before == 101
 
+    def locked_messages(self) -> int:
+        """Device messages (reading -> socket -> PUBACK) sent under
+        heap_lock; the script fails with MemoryError at the first allocation."""
+        from tests.test_mp_device import LOCKED_DEVICE
+
+        script = self.root / "locked.py"
+        script.write_text(LOCKED_DEVICE)
+        env = {"MICROPYPATH": f"{self.flash}:.frozen", "PATH": "/usr/bin:/bin"}
+        p = subprocess.run([mp_binary(), str(script), str(self.bundle), str(self.root / "ctr")],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=self.flash)
+        if p.returncode != 0:
+            return 0
+        return int(json.loads(p.stdout.splitlines()[-1])["locked"])
+
     def close(self) -> None:
         self.stop_ev.set()
         self.thread.join(5)
@@ -279,6 +296,9 @@ def main() -> None:
         rig = None
         if "--no-heap" not in sys.argv:
             rig = DeviceRig(root)
+            locked = rig.locked_messages()
+            print(f"{'whole device, allocations per message':<40} {0 if locked == 50 else 'some':>9} "
+                  f"   {'':>12} {'':>8}  ({locked}/50 messages over MQTT under heap_lock)")
             heap = smallest_heap_k(rig)
             print(f"{'smallest heap, whole device (.mpy, 101 msgs)':<40} {heap:>9d} KiB "
                   f"{'n/a':>12} {'':>8}  (goal 48 KiB; 64-bit unix port)")
