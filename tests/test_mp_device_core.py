@@ -263,3 +263,64 @@ print(json.dumps(out))
     assert out["low"] == ["00" * 32] * len(LOW_ORDER)
     assert out["2.8.2"] == ct
     assert out["A.5"] == pt5
+
+
+PEER_DRIVER = """
+import sys, json
+from binascii import hexlify, unhexlify
+from micropython_port.backend import MicroBackend
+from device.session import PeerSessions, NonpersistingDirectory
+from device.errors import RemoteError
+priv, psk, suite = unhexlify(sys.argv[1]), unhexlify(sys.argv[2]) or None, sys.argv[3]
+b = MicroBackend()
+d = NonpersistingDirectory([(priv, b.x25519_base(priv))])
+d.add(b"mote-1", psk)
+peer = PeerSessions(b, b"peer", d, suite)
+while True:
+    line = sys.stdin.readline().strip()
+    if not line:
+        break
+    try:
+        r = peer.receive(unhexlify(line))
+    except RemoteError as e:
+        print(json.dumps({"error": type(e).__name__, "reply": hexlify(e.reply).decode()}))
+        continue
+    out = {"kind": r.kind, "payload": hexlify(r.payload or b"").decode(),
+           "reply": hexlify(r.reply).decode() if r.reply else None}
+    if r.kind == "data":
+        out["answer"] = hexlify(peer.send(b"mote-1", r.payload.upper())).decode()
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("suite", ["Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                                   "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s"])
+def test_cpython_device_talks_to_a_micropython_peer(tmp_path: Path, suite: str) -> None:
+    """The reverse roles at the session level: the peer (responder,
+    ``PeerSessions``) on MicroPython, the device on CPython; a replayed
+    message 1 is refused there with a hint."""
+    from device.counter import Msg1Counter, NonpersistingCounterStore
+    from device.session import EV_HANDSHAKE, DeviceSession
+
+    backend = NaclBackend()
+    priv, pub = backend.generate_keypair()
+    psk = backend.random_bytes(32)
+    dev = DeviceSession(backend, b"mote-1", b"peer", pub, psk,
+                        Msg1Counter(NonpersistingCounterStore()), suite)
+    mp = MpPipe(PEER_DRIVER, tmp_path, [priv.hex(), psk.hex(), suite])
+    try:
+        hs1 = dev.handshake(b"t=21.5C")
+        mp.send(hs1.hex())
+        r = json.loads(mp.recv())
+        assert (r["kind"], bytes.fromhex(r["payload"])) == ("hs1", b"t=21.5C")
+        assert dev.receive(bytes.fromhex(r["reply"]))[0] == EV_HANDSHAKE
+        for i in range(5):
+            mp.send(dev.send(b"reading %d" % i).hex())
+            r = json.loads(mp.recv())
+            assert (r["kind"], bytes.fromhex(r["payload"])) == ("data", b"reading %d" % i)
+            assert dev.receive(bytes.fromhex(r["answer"])) == (EV_DATA, b"READING %d" % i)
+        mp.send(hs1.hex())  # the same message 1 again
+        r = json.loads(mp.recv())
+        assert r["error"] == "ReplayError" and r["reply"]
+    finally:
+        mp.close()
