@@ -88,31 +88,6 @@ class MqttDeviceLink:
         self.client.disconnect()
 
 
-class SerialDeviceLink:
-    """The device's UART link (a tty path on the unix port)."""
-
-    def __init__(self, link, on_envelope):
-        from micropython_port.uart_link import UartLink
-        self._args = (link.get("port", "1"), on_envelope, link.get("baud", 115200))
-        self.link = None
-        self._UartLink = UartLink
-
-    def open(self):
-        self.link = self._UartLink(self._args[0], self._args[1], self._args[2])
-
-    def send(self, buf, n):
-        self.link.send(buf, n)
-
-    def poll(self, timeout_ms):
-        self.link.poll(timeout_ms)
-
-    def flush(self, timeout_ms):
-        pass  # writes to a tty are complete when send returns
-
-    def close(self):
-        self.link.close()
-
-
 def _put_uint(buf, off, v):
     # CBOR unsigned integer, shortest form (values below 2^32).
     if v < 24:
@@ -169,7 +144,9 @@ class Device:
             link.update(link_override)
         self._on_env = self._envelope  # bound once
         if link.get("kind") == "serial":
-            self.link = SerialDeviceLink(link, self._on_env)
+            from micropython_port.uart_link import UartLink
+            self.link = UartLink(link.get("port", "1"), self._on_env, link.get("baud", 115200),
+                                 opened=False)
         elif link.get("kind") == "mqtt":
             self.link = MqttDeviceLink(bundle.device_id, link, self._on_env)
         else:

@@ -323,11 +323,6 @@ def publish_header_into(buf, topic, n, qos, pid, dup=False):
     return off
 
 
-def publish_header_size(topic, n, qos):
-    rem = 2 + len(topic) + (2 if qos else 0) + n
-    return 1 + _len_size(rem) + rem - n
-
-
 def encode_subscribe_into(buf, pid, topic, qos):
     rem = 2 + 2 + len(topic) + 1
     buf[0] = SUBSCRIBE
@@ -349,4 +344,4 @@ def encode_ack_into(buf, ptype, pid):
 
 __all__ = ["PacketParser", "TOPIC_MAX_BYTES", "HEAD_BYTES", "DEFAULT_MAX_PAYLOAD",
            "encode_connect_into", "encode_subscribe_into", "publish_header_into",
-           "publish_header_size", "encode_ack_into"]
+           "encode_ack_into"]

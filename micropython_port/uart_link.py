@@ -143,9 +143,10 @@ class UartLink:
     """
 
     def __init__(self, port, on_envelope, baud=DEFAULT_BAUD,
-                 max_payload=FRAME_PAYLOAD_MAX_BYTES):
+                 max_payload=FRAME_PAYLOAD_MAX_BYTES, opened=True):
         self.on_envelope = on_envelope
-        self._port = port if hasattr(port, "wait") else open_port(port, baud)
+        self._spec = (port, baud)
+        self._port = None
         self._dec = FrameDecoder(max_payload)
         self._rx = bytearray(RX_CHUNK_BYTES)
         self._tx = bytearray(encoded_len(max_payload))
@@ -153,7 +154,17 @@ class UartLink:
         self.hellos_rx = 0
         self.frames_rx = 0
         self.frames_tx = 0
+        if opened:
+            self.open()
+
+    def open(self):
+        """Open the port and say hello (Rule 2). Raises ``OSError``."""
+        port, baud = self._spec
+        self._port = port if hasattr(port, "wait") else open_port(port, baud)
         self.hello()
+
+    def flush(self, timeout_ms=0):
+        """Writes are complete when ``send`` returns: nothing to wait for."""
 
     @property
     def drops(self):
