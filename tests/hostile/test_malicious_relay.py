@@ -130,14 +130,15 @@ def test_replayed_old_session_traffic_after_a_rehandshake_is_not_delivered():
     old_up, old_down = w.data_up(S1, now=0), w.data_down(S1, now=0)
     w.up(old_up)
     w.down(S1, old_down)
-    for i in range(3):  # three handshakes later the peer has forgotten the first session
+    for i in range(3):  # three used sessions later, both sides have forgotten the first
         w.handshake(S1, now=10 + i)
+        assert w.up(w.data_up(S1, now=10 + i), now=10 + i) is None
     assert w.up(old_up, now=HOUR) is not None  # an unknown-session hint
     assert w.peer_errors["hint"] == 1
     # The device has moved on: the old session's data and the hint about it are ignored.
     assert w.down(S1, old_down, now=HOUR) == "DecodeError"
     assert w.down(S1, hint(S1, E.decode(old_up).sid), now=HOUR) == EV_NONE
-    assert len(w.peer_app) == 1 + 3 + 1 and w.device_app[S1] == [w.device_app[S1][0]]
+    assert len(w.peer_app) == 2 + 3 * 2 and w.device_app[S1] == [w.device_app[S1][0]]
     w.exchange(S1, now=HOUR + 1)
     w.check()
 
