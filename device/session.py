@@ -34,7 +34,7 @@ Invariants:
 from device import envelope as E
 from device.counter import COUNTER_BYTES, get_counter, put_counter
 from device.errors import (AuthError, DecodeError, LocalError, MessageTooLarge,
-                           RemoteError, ReplayError, SessionExpired)
+                           ReplayError, SessionExpired)
 from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES,
                           TAG_BYTES, NKInitiator, NKResponder, parse_suite)
 
@@ -181,18 +181,16 @@ class DeviceSession:
             hs = self._hs
             if hs is None or env.sid != self._pending_sid:
                 raise DecodeError("unexpected handshake message 2")
-            try:
-                payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
-            except RemoteError:
-                self._hs = None  # Noise handshakes cannot be retried; start over
-                raise
-            if len(payload) > len(out):
+            if env.msg_len - DHLEN_BYTES - TAG_BYTES > len(out):
                 raise DecodeError("handshake payload larger than the buffer")
+            # Spent whatever happens: a Noise handshake cannot be retried, so
+            # a replayed message 2 meets "unexpected", a remote error.
+            self._hs = None
+            payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
             if self.transport is not None:
                 self._prev, self._prev_sid = self.transport, self.sid
             self.transport = hs.into_transport(**_limits(self._opts, now))
             self.sid = self._pending_sid
-            self._hs = None
             out[:len(payload)] = payload
             self.last_len = len(payload)
             return EV_HANDSHAKE

@@ -589,12 +589,6 @@ def test_a_random_attack_campaign_then_honest_traffic_recovers(seed):
     assert w.peer_app and sum(len(v) for v in w.device_app.values()) > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reported to the lead: DeviceSession.receive_into raises DecodeError for a message 2 "
-    "whose payload exceeds `out` only after read_message succeeded, leaving the spent "
-    "handshake pending; a replayed copy then makes read_message raise LocalError "
-    "('out of turn') on remote bytes. Fix: check env.msg_len - 48 > len(out) before "
-    "read_message (or drop self._hs before raising)."))
 def test_a_replayed_message2_never_raises_anything_but_remote_error():
     w = World()
     dev = w.devices[S1]
