@@ -24,6 +24,7 @@ Example (every key optional except where noted)::
     session_expiry = 3600            # s the broker keeps our queue while we are down
     keepalive = 30
     max_inflight = 100               # forwards awaiting PUBACK (capped by the broker)
+    client = "paho"                  # or "lean": gateway/mqtt_lean.py, lower latency
 
     [rate_limit]
     rate = 20.0                      # envelopes/s per device (0: unlimited)
@@ -75,6 +76,7 @@ class MqttConfig:
     session_expiry: int = 3600
     keepalive: int = 30
     max_inflight: int = 100
+    client: str = "paho"
 
 
 @dataclass
@@ -186,6 +188,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     m.session_expiry = t.int_in("session_expiry", m.session_expiry, 0, 0xFFFFFFFF)
     m.keepalive = t.int_in("keepalive", m.keepalive, 5, 65535)
     m.max_inflight = t.int_in("max_inflight", m.max_inflight, 1, 65535)
+    m.client = t.get("client", str, m.client)
+    if m.client not in ("paho", "lean"):
+        raise t._err("client", f"expected \"paho\" or \"lean\", got {m.client!r}")
     t.done()
 
     t = _Table(source, "rate_limit", data.get("rate_limit", {}))

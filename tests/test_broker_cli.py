@@ -117,6 +117,8 @@ def test_production_config_serves_tls_and_loopback_with_acls(tmp_path):
     broker_mod.set_acl_account(tmp_path / "acl", "s1", "device")
     broker_mod.set_password(tmp_path / "passwd", "mon", "pw2")
     broker_mod.set_acl_account(tmp_path / "acl", "mon", "monitor")
+    broker_mod.set_password(tmp_path / "passwd", "gw", "pw3")
+    broker_mod.set_acl_account(tmp_path / "acl", "gw", "gateway")
     tls_port, local_port = broker_mod.free_port(), broker_mod.free_port()
     text = broker_mod.config_template("mosquitto.conf")
     for old, new in [("/etc/mosquitto/moteseal/", f"{tmp_path}/"),
@@ -167,6 +169,36 @@ def test_production_config_serves_tls_and_loopback_with_acls(tmp_path):
             time.sleep(0.02)
         time.sleep(0.2)
         assert got == [b"over tls"]
+
+        # Both gateway MQTT clients relay over the TLS listener.
+        import cbor2
+
+        from gateway.config import MqttConfig
+        from gateway.logs import JsonLog
+        from gateway.mqtt import MqttLink
+        from gateway.mqtt_lean import LeanMqttLink
+        from gateway.relay import RateLimiter, Relay, RouteTable
+
+        mon.on_message = lambda c, u, m: got.append((m.topic, m.payload))
+        for n, impl in enumerate((MqttLink, LeanMqttLink)):
+            cfg = MqttConfig(host="127.0.0.1", port=tls_port, tls=True, ca_file=str(crt),
+                             username="gw", password="pw3", client_id=f"gw-tls-{n}",
+                             session_expiry=0)
+            relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
+            link = impl(cfg, relay, JsonLog(open(os.devnull, "w")))
+            relay.add_link("mqtt", link)
+            link.start()
+            try:
+                assert link.connected.wait(10), impl.__name__
+                got.clear()
+                env = cbor2.dumps([6, b"s1", b"s2", 1, n, b"tls"])
+                dev.publish("moteseal/v1/up/s1", env, 1).wait_for_publish(10)
+                deadline = time.monotonic() + 10
+                while ("moteseal/v1/down/s2", env) not in got and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert ("moteseal/v1/down/s2", env) in got, impl.__name__
+            finally:
+                link.stop()
         for c in (dev, mon):
             c.disconnect()
             c.loop_stop()
