@@ -537,11 +537,17 @@ BUNDLE_MUTATOR = _bundle_mutator()
 
 
 def fuzz_bundle(data: bytes) -> None:
-    """``device.bundle.decode_bundle`` (the reader devices run): a ``Bundle``
-    or ``BundleError``; nothing accepted but the genuine files."""
+    """``device.bundle.decode_bundle`` (the reader devices run) and
+    ``device.provision.decode_bundle``: a ``Bundle`` or ``BundleError``;
+    nothing accepted but the genuine files."""
     from device.bundle import BundleError, decode_bundle
+    from device.provision import decode_bundle as provision_decode
 
     blob = BUNDLE_MUTATOR(data)
+    try:
+        provision_decode(blob, "fuzz")  # the CPython entry point: same reader, same error
+    except BundleError:
+        pass
     try:
         decode_bundle(blob)
     except BundleError:
