@@ -428,7 +428,8 @@ class Soak:
             if batch:
                 with self.lock:
                     for sensor, data in batch:
-                        sensor.on_envelope(data, time.monotonic())
+                        if self.sensors.get(sensor.id) is sensor:  # a powered-off one hears nothing
+                            sensor.on_envelope(data, time.monotonic())
 
     def _peer_envelope(self, data: bytes) -> None:
         # paho's network thread of the peer's link.
