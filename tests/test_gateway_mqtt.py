@@ -189,3 +189,23 @@ def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(bro
         assert sorted(done) == list(range(60)) and link.queue_depth() == 0
     finally:
         link.stop()
+
+
+def test_a_plain_subscription_survives_a_broker_restart_while_the_gateway_is_down(
+        broker, mqtt_client, gateway):
+    """Mosquitto restores persistent MQTT 5 sessions and their plain
+    subscriptions from its persistence file, but not $share subscriptions
+    (2.0.x). With share_group = "" the broker queues for the stopped gateway
+    across its own restart, so nothing acknowledged to a device is lost."""
+    gw = gateway(broker, share_group="")
+    gw.stop()  # the gateway's session and subscription stay with the broker
+    broker.stop()
+    broker.start()  # same port, state restored from the persistence file
+    hub = mqtt_client(broker, "hub", client_id="hub-restart", clean_start=False, session_expiry=600)
+    hub.subscribe("moteseal/v1/down/hub")
+    s1 = mqtt_client(broker, "sensor-1")
+    for i in range(20):
+        assert s1.publish("moteseal/v1/up/sensor-1", data("sensor-1", "hub", i)) == 0
+    gw.start()
+    got = hub.collect(20, timeout=15) + hub.quiet(0.3)
+    assert set(nonces(got)) == set(range(20))
