@@ -17,8 +17,8 @@ _EXPORTS = {
     "NKInitiator": "device.noise", "NKResponder": "device.noise",
     "Transport": "device.transport", "ReplayWindow": "device.replay",
     "Msg1Counter": "device.counter", "NonpersistingCounterStore": "device.counter",
-    "DeviceSession": "device.session", "PeerSessions": "device.session",
-    "NonpersistingDirectory": "device.session", "Received": "device.session",
+    "DeviceSession": "device.session", "PeerSessions": "device.peer",
+    "NonpersistingDirectory": "device.peer", "Received": "device.peer",
     "FrameDecoder": "device.framing",
     "NaclBackend": "device.backend_nacl",  # CPython only
 }

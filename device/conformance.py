@@ -25,8 +25,8 @@ from device import envelope as E
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import LocalError, MotesealError, RemoteError
 from device.noise import NKInitiator, NKResponder, TAG_BYTES, parse_suite
-from device.session import (EV_DATA, EV_HANDSHAKE, DeviceSession,
-                            NonpersistingDirectory, PeerSessions)
+from device.peer import NonpersistingDirectory, PeerSessions
+from device.session import EV_DATA, EV_HANDSHAKE, DeviceSession
 
 PATTERNS = ("NK", "NKpsk0", "NKpsk2")
 DHS = ("25519",)

@@ -54,7 +54,8 @@ def run_demo(sensors: int = 3, seconds: float | None = None, interval: float = 1
     from device.counter import Msg1Counter, NonpersistingCounterStore
     from device.mqtt_link import MqttLink
     from device.peer_listen import PeerListener
-    from device.session import DeviceSession, NonpersistingDirectory, PeerSessions
+    from device.peer import NonpersistingDirectory, PeerSessions
+    from device.session import DeviceSession
     from device.simulate import Fleet, SimulatedSensor
     from gateway.broker import LocalBroker
     from gateway.config import GatewayConfig

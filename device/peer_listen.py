@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from device.errors import RemoteError
 from device.mqtt_link import MqttLink
-from device.session import PeerSessions
+from device.peer import PeerSessions
 from device.simulate import decode_reading
 
 __all__ = ["PeerListener", "format_report"]

@@ -28,7 +28,8 @@ from device import envelope as E
 from device.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.session import SESSION_SUITES as SUITES
-from device.session import DeviceSession, NonpersistingDirectory, PeerSessions
+from device.peer import NonpersistingDirectory, PeerSessions
+from device.session import DeviceSession
 from device.transport import MAX_EPOCH_SKIP
 
 FORMAT = 1

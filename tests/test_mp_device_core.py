@@ -199,11 +199,12 @@ def flash_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                            "Noise_NKpsk0_25519_ChaChaPoly_SHA256", {"kind": "none"}))
     out = root / "flash"
     build(root / "d.bundle", out, "x64", all_modules=True)  # the vectors need BLAKE2s too
-    # The vector runner is not part of a device build; compile it beside
+    # The vector runner and the peer side are not part of a device build; compile them beside
     # the rest so `-m device.conformance` loads only .mpy.
     core, _ = source_dirs()
-    compile_module(core / "conformance.py", out / "device" / "conformance.mpy", "x64",
-                   "device/conformance.py")
+    for name in ("conformance", "peer"):  # the runner plays the peer too
+        compile_module(core / f"{name}.py", out / "device" / f"{name}.mpy", "x64",
+                       f"device/{name}.py")
     assert [p.name for p in out.rglob("*.py")] == ["main.py"]
     return out
 
