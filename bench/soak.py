@@ -4,6 +4,7 @@ with every message accounted for (issue 8).
     python bench/soak.py                      # 10 minutes, 50 CPython devices
     python bench/soak.py --seconds 3600 --devices 100 --interval 0.2
     python bench/soak.py --no-micropython     # without the MicroPython device
+    python bench/soak.py --share-group moteseal   # $share: Mosquitto 2.0 loses it on restart
 
 The world: a real Mosquitto (``broker_config/local.conf``, persistence on),
 a real ``moteseal gateway run`` process with an MQTT link and a serial link,
@@ -143,7 +144,7 @@ class GatewayProc:
     """``moteseal gateway run`` as a child process."""
 
     def __init__(self, workdir: Path, broker: LocalBroker, serial_port: Path | None,
-                 serial_devices: list[str]) -> None:
+                 serial_devices: list[str], share_group: str = "") -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.status_file = workdir / "status.json"
@@ -172,6 +173,7 @@ port = {broker.port}
 username = "gw"
 password_file = "gw.password"
 client_id = "moteseal-gateway-soak"
+share_group = "{share_group}"
 max_inflight = 200
 
 [rate_limit]
@@ -266,6 +268,7 @@ class Soak:
     def __init__(self, workdir: Path, devices: int = 50, interval: float = 0.5,
                  seconds: float = 60.0, micropython: bool = True, serial: bool = True,
                  seed: int = 1, faults: tuple[str, ...] | None = None, drain_timeout: float = 60.0,
+                 share_group: str = "",
                  log: Callable[[str], None] = _log) -> None:
         self.workdir = workdir
         self.n = devices
@@ -276,6 +279,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.fault_names = tuple(faults if faults is not None else self.FAULTS)
         self.drain_timeout = drain_timeout
+        self.share_group = share_group
         self.log = log
         self.backend = NaclBackend()
         self.static = self.backend.generate_keypair()
@@ -327,7 +331,8 @@ class Soak:
             self.socat = Socat(self.workdir / "tty-device", self.workdir / "tty-gateway")
             self.socat.start()
             serial_port = self.socat.b
-        self.gateway = GatewayProc(self.workdir / "gateway", b, serial_port, ["serial-1"])
+        self.gateway = GatewayProc(self.workdir / "gateway", b, serial_port, ["serial-1"],
+                                   self.share_group)
         self.gateway.start()
         self.peer = PeerSessions(self.backend, PEER.encode(), self.directory)
         self.peer_link = MqttLink(PEER, "127.0.0.1", b.port, username=PEER,
@@ -706,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-micropython", action="store_true")
     ap.add_argument("--no-serial", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--share-group", default="", help="the gateway's $share group (\"\" = plain subscription)")
     ap.add_argument("--faults", default=",".join(Soak.FAULTS),
                     help="comma-separated, in order, repeated until the time is up; one of "
                          + ", ".join(Soak.FAULTS + ("broker_restart_gateway_down",)))
@@ -715,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_soak(workdir, devices=a.devices, seconds=a.seconds, interval=a.interval,
                           micropython=not a.no_micropython, serial=not a.no_serial, seed=a.seed,
-                          faults=tuple(f for f in a.faults.split(",") if f))
+                          faults=tuple(f for f in a.faults.split(",") if f),
+                          share_group=a.share_group)
     finally:
         if a.keep:
             _log(f"kept {workdir}")

@@ -4,8 +4,8 @@
 real MicroPython device send QoS-1 telemetry through real Mosquitto
 (persistence on) and a real ``moteseal gateway run`` process, while the
 harness SIGKILLs and restarts the gateway, stops it gracefully while sensors
-reboot, pulls and re-plugs the serial cable and reboots sensors (a new
-session on the same counter file). Then every message is accounted for:
+reboot, restarts Mosquitto, pulls and re-plugs the serial cable and reboots
+sensors (a new session on the same counter file). Then every message is accounted for:
 each one the broker acknowledged reached the peer's application exactly
 once, none twice, none forged, message-1 counters only ever went up, and
 the MicroPython device's readings (across a reboot) arrived exactly once.
@@ -42,13 +42,13 @@ def _run(tmp_path: Path, **kw) -> dict:
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed (make setup)")
 def test_soak_every_acknowledged_message_arrives_exactly_once_through_faults(tmp_path):
-    v = _run(tmp_path, devices=50, seconds=60, interval=0.5,
-             faults=("gateway_kill", "serial_cut", "reboots", "gateway_restart_with_reboots"))
+    v = _run(tmp_path, devices=50, seconds=60, interval=0.5)  # every fault in Soak.FAULTS
     summary = {k: v[k] for k in ("sent", "acked", "delivered", "reported_failed", "faults",
                                  "serial_sent", "serial_unacknowledged_lost", "reboots")}
     print(summary)
     assert v["devices"] >= 52  # 50 MQTT + serial + MicroPython
-    assert v["faults"].get("gateway_kill", 0) >= 1 and v["faults"].get("serial_cut", 0) >= 1
+    for fault in ("gateway_kill", "broker_restart", "serial_cut", "gateway_restart"):
+        assert v["faults"].get(fault, 0) >= 1, v["faults"]
     assert v["reboots"] >= 5
     assert v["acked"] > 1000 and v["serial_sent"] > 0
     assert v["lost"] == [] and v["lost_count"] == 0
@@ -63,15 +63,12 @@ def test_soak_every_acknowledged_message_arrives_exactly_once_through_faults(tmp
     assert v["ok"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reported: Mosquitto 2.0.x restores neither MQTT v5 sessions nor $share "
-    "subscriptions from its persistence file, so messages published after a "
-    "restart and before the gateway re-subscribes are PUBACKed and dropped. "
-    "Fix: gateway (and peer link) on MQTT 3.1.1, clean_session=False, without "
-    "$share, whose sessions survive the restart; or end-to-end acknowledgements."))
-def test_soak_a_mosquitto_restart_loses_no_acknowledged_message(tmp_path):
-    v = _run(tmp_path, devices=10, seconds=16, interval=0.5, serial=False,
-             faults=("broker_restart_gateway_down",), drain_timeout=15)
+def test_soak_a_mosquitto_restart_while_the_gateway_is_down_loses_nothing(tmp_path):
+    # Devices publish for 4 s into a broker that restarted while the gateway
+    # was stopped: the gateway's persistent session (a plain subscription;
+    # Mosquitto 2.0 does not restore $share ones, docs/gateway.md) holds them.
+    v = _run(tmp_path, devices=10, seconds=12, interval=0.5, serial=False,
+             faults=("broker_restart_gateway_down",), drain_timeout=30)
     assert v["faults"] == {"broker_restart_gateway_down": 1}
     assert v["duplicates"] == [] and v["forged"] == [] and v["counter_regressions"] == {}
     assert v["lost_count"] == 0, f"{v['lost_count']} acknowledged messages lost: {v['lost'][:5]}"
