@@ -12,8 +12,11 @@ Invariants:
   on reconnect. QoS 1 may deliver twice; the session layer's replay window
   discards the duplicate.
 - The link moves opaque envelope bytes; it holds no key and logs nothing.
-- ``recv`` hands envelopes over in arrival order through a bounded inbox;
-  when the inbox is full, the newest is dropped and counted (``dropped``).
+- An envelope is acknowledged to the broker (PUBACK, paho's manual_ack)
+  only once the application has it: when ``recv`` hands it over, or when
+  ``on_envelope`` returns. Until then the broker keeps it, and with Receive
+  Maximum = ``max_inflight`` it sends at most that many unacknowledged, so
+  a slow or absent reader is backpressure, never loss.
 - TCP_NODELAY on the socket: one small envelope must not wait ~40 ms for
   Nagle's algorithm.
 """
@@ -37,7 +40,7 @@ __all__ = ["UP_PREFIX", "DOWN_PREFIX", "MqttLink", "LinkError"]
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
 DEFAULT_SESSION_EXPIRY = 86400  # s the broker keeps a device's queue while it sleeps
-INBOX_MAX = 1024  # envelopes buffered between paho's thread and the caller
+INBOX_MAX = 1024  # safety bound; Receive Maximum keeps the inbox at <= max_inflight
 
 
 class LinkError(OSError):
@@ -58,6 +61,8 @@ class MqttLink:
                  session_expiry: int = DEFAULT_SESSION_EXPIRY, keepalive: int = 30,
                  max_inflight: int = 100,
                  on_envelope: Callable[[bytes], None] | None = None) -> None:
+        if not 0 < max_inflight <= INBOX_MAX:
+            raise ValueError(f"max_inflight must be 1..{INBOX_MAX}")
         self.device_id = device_id
         self.host, self.port = host, port
         self.up_topic = UP_PREFIX + device_id
@@ -66,14 +71,14 @@ class MqttLink:
         self.refused: str | None = None
         self.dropped = 0
         self.received = 0
-        self._inbox: "queue.Queue[bytes]" = queue.Queue(INBOX_MAX)
+        self._inbox: "queue.Queue[tuple[bytes, int, int]]" = queue.Queue(INBOX_MAX)
         self._on_envelope = on_envelope
         self._clean_start = clean_start
         self._session_expiry = session_expiry
         self._keepalive = keepalive
         self._max_inflight = max_inflight
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"moteseal-{device_id}",
-                        protocol=mqtt.MQTTv5)
+                        protocol=mqtt.MQTTv5, manual_ack=True)
         if username:
             c.username_pw_set(username, password)
         if tls:
@@ -112,10 +117,13 @@ class MqttLink:
         seconds (0: do not wait; None: wait forever)."""
         try:
             if timeout == 0.0:
-                return self._inbox.get_nowait()
-            return self._inbox.get(timeout=timeout)
+                payload, mid, qos = self._inbox.get_nowait()
+            else:
+                payload, mid, qos = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+        self._ack(mid, qos)
+        return payload
 
     def close(self) -> None:
         """Disconnect. The broker keeps the session (and queues for it) for
@@ -142,17 +150,27 @@ class MqttLink:
             return
         self.connected.set()
 
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos:
+            # After a reconnect the broker redelivers what was not acknowledged,
+            # under the same packet id; a duplicate is the replay window's job.
+            self.client.ack(mid, qos)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic != self.down_topic:
+            self._ack(msg.mid, msg.qos)
             return
         self.received += 1
         payload = bytes(msg.payload)
         if self._on_envelope is not None:
             self._on_envelope(payload)
+            self._ack(msg.mid, msg.qos)
             return
         try:
-            self._inbox.put_nowait(payload)
+            self._inbox.put_nowait((payload, msg.mid, msg.qos))
         except queue.Full:
+            # Cannot happen while Receive Maximum <= INBOX_MAX; if it does, the
+            # envelope stays unacknowledged and the broker redelivers it.
             self.dropped += 1
 
 

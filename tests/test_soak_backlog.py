@@ -19,12 +19,6 @@ from device.mqtt_link import MqttLink
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reported: MqttLink without on_envelope drops the newest envelope when its "
-    "1024-entry inbox is full, after paho has acknowledged it (PUBACK on return "
-    "from on_message), so a peer that returns to a backlog loses messages for "
-    "good. Fix: block in _on_message until the inbox has room (TCP backpressure), "
-    "or use paho's manual_ack and acknowledge when recv() hands the envelope over."))
 def test_a_peer_back_to_a_large_backlog_gets_every_message(mosquitto, mqtt_client):
     broker = mosquitto(auth=True, accounts={"gw": "gateway", "hub": "device"})
     link = MqttLink("hub", "127.0.0.1", broker.port, username="hub",
