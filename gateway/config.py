@@ -20,7 +20,7 @@ Example (every key optional except where noted)::
     tls = false                      # true: CA in ca_file (system CAs if empty)
     ca_file = ""
     client_id = "moteseal-gateway-gw1"
-    share_group = "moteseal"         # "" subscribes without $share
+    share_group = ""                 # "moteseal": $share among several gateways
     session_expiry = 3600            # s the broker keeps our queue while we are down
     keepalive = 30
     max_inflight = 100               # forwards awaiting PUBACK (capped by the broker)
@@ -72,7 +72,7 @@ class MqttConfig:
     tls: bool = False
     ca_file: str = ""
     client_id: str = ""
-    share_group: str = "moteseal"
+    share_group: str = ""  # one gateway: a plain subscription survives broker restarts
     session_expiry: int = 3600
     keepalive: int = 30
     max_inflight: int = 100
