@@ -17,53 +17,41 @@ import importlib
 
 import click
 
-# (module, attribute) of each click command or group; --help lists them sorted.
-_SUBCOMMANDS: list[tuple[str, str]] = [
-    ("gateway.cli", "gateway_group"),
-    ("gateway.broker_cli", "broker_group"),
-    ("device.simulate", "device_group"),
-    ("device.peer_listen", "peer_group"),
-    ("device.demo", "demo"),
-    ("device.keys_cli", "keygen"),
-    ("device.keys_cli", "fingerprint"),
-    ("device.keys_cli", "provision"),
-    ("device.registry_cli", "registry"),
-    ("device.registry_cli", "rotate"),
-    ("device.conformance_cli", "vectors_group"),
-    ("device.conformance_cli", "interop_cmd"),
-    ("device.flash_cli", "flash_group"),
-]
+# command name -> (module, attribute) of its click command or group.
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "gateway": ("gateway.cli", "gateway_group"),
+    "broker": ("gateway.broker_cli", "broker_group"),
+    "device": ("device.simulate", "device_group"),
+    "peer": ("device.peer_listen", "peer_group"),
+    "demo": ("device.demo", "demo"),
+    "keygen": ("device.keys_cli", "keygen"),
+    "fingerprint": ("device.keys_cli", "fingerprint"),
+    "provision": ("device.keys_cli", "provision"),
+    "registry": ("device.registry_cli", "registry"),
+    "rotate": ("device.registry_cli", "rotate"),
+    "vectors": ("device.conformance_cli", "vectors_group"),
+    "interop": ("device.conformance_cli", "interop_cmd"),
+    "flash": ("device.flash_cli", "flash_group"),
+}
 
 
 class _LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand (or the
-    listing in --help) needs it, so one slow or broken module neither slows
-    nor breaks the others."""
+    """Imports a subcommand's module only when that subcommand runs (or
+    --help lists it), so one slow or broken module neither slows nor breaks
+    the others."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(super().list_commands(ctx))
-        for mod, attr in _SUBCOMMANDS:
-            cmd = self._load(mod, attr)
-            if cmd is not None:
-                names.add(cmd.name)
-        return sorted(names)
+        return sorted(set(super().list_commands(ctx)) | set(_SUBCOMMANDS))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)
-        if cmd is not None:
+        if cmd is not None or name not in _SUBCOMMANDS:
             return cmd
-        for mod, attr in _SUBCOMMANDS:
-            loaded = self._load(mod, attr)
-            if loaded is not None and loaded.name == name:
-                return loaded
-        return None
-
-    @staticmethod
-    def _load(mod: str, attr: str) -> click.Command | None:
+        mod, attr = _SUBCOMMANDS[name]
         try:
             return getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as e:
-            click.echo(f"moteseal: subcommand {mod}:{attr} unavailable: {e}", err=True)
+            click.echo(f"moteseal: subcommand {name} ({mod}:{attr}) unavailable: {e}", err=True)
             return None
 
 
