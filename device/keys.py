@@ -234,6 +234,10 @@ def _decode_map(data: bytes, source: str, fmt: str) -> dict[str, Any]:
         raise KeyFileError(f"{source}: not a {fmt} file (truncated or corrupted CBOR)") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise KeyFileError(f"{source}: not a {fmt} file")
+    if cbor2.dumps(doc, canonical=True) != bytes(data):
+        # We write canonical CBOR and nothing after it: anything else (bytes
+        # appended, a re-encoded field) was not written by moteseal.
+        raise KeyFileError(f"{source}: not a {fmt} file (trailing or non-canonical bytes)")
     if doc.get("v") != 1:
         raise KeyFileError(f"{source}: unsupported {fmt} version {doc.get('v')!r} (this moteseal reads 1)")
     return doc

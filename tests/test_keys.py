@@ -218,3 +218,15 @@ def test_qr_png_and_svg_encode_the_digits(tmp_path: Path) -> None:
         fp.qr_save(n, tmp_path / "k.gif")
     term = fp.qr_terminal(n)
     assert "\u2588" in term and len(term.splitlines()) > 10
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_bytes_appended_to_a_key_file_are_refused(encrypted: bool) -> None:
+    """cbor2 alone would ignore them; a key file is exactly what we wrote."""
+    from device.keys import KeyFileError, decode_key_file, encode_key_file, generate_keypair
+    pw = b"correct horse" if encrypted else None
+    data = encode_key_file(generate_keypair(), pw, kdf="interactive") if encrypted \
+        else encode_key_file(generate_keypair())
+    assert decode_key_file(data, pw).priv
+    with pytest.raises(KeyFileError, match="trailing"):
+        decode_key_file(data + b"\x00", pw)
