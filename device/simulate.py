@@ -150,7 +150,9 @@ class SimulatedSensor:
             # or pinned key). The next reading retries, at most once per
             # min_handshake_gap, on the next pinned key if there is one.
             self.counts["refused"] += 1
-            self._emit(event="refused")
+            self._emit(event="refused", why="the peer refused message 1: unknown or revoked "
+                       "device, wrong PSK, or a pinned peer key it does not hold "
+                       "(compare: moteseal fingerprint)")
         elif ev == EV_REHANDSHAKE:
             self.counts["rehandshakes"] += 1
             self.session_lost = True
