@@ -70,8 +70,9 @@ def _uint_size(v):
     return 9
 
 
-def _put_head(buf, off, major, v):
-    # CBOR initial byte + argument in shortest form (RFC 8949 section 3).
+def put_head(buf, off, major, v):
+    """Writes a CBOR initial byte and argument in shortest form (RFC 8949
+    section 3); returns the offset after it. Allocates nothing."""
     m = major << 5
     if v < 24:
         buf[off] = m | v
@@ -133,10 +134,10 @@ def encode_header_into(buf, head, src, dst, sid, nonce, msg_len):
     buf[1] = head
     off = _put_id(buf, 2, src)
     off = _put_id(buf, off, dst)
-    off = _put_head(buf, off, 0, sid)
+    off = put_head(buf, off, 0, sid)
     if head == HEAD_DATA:
-        off = _put_head(buf, off, 0, nonce)
-    return _put_head(buf, off, 0 if head == HEAD_HINT else 2, msg_len)
+        off = put_head(buf, off, 0, nonce)
+    return put_head(buf, off, 0 if head == HEAD_HINT else 2, msg_len)
 
 
 def encode(head, src, dst, sid, msg, nonce=-1):

@@ -39,6 +39,7 @@ from time import ticks_add, ticks_diff, ticks_ms
 
 from device.counter import DEFAULT_CHUNK, Msg1Counter
 from device.counter_file import FileCounterStore
+from device.envelope import put_head
 from device.errors import LocalError, RemoteError, SessionExpired
 from device.session import (EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE,
                             DeviceSession)
@@ -88,29 +89,6 @@ class MqttDeviceLink:
         self.client.disconnect()
 
 
-def _put_uint(buf, off, v):
-    # CBOR unsigned integer, shortest form (values below 2^32).
-    if v < 24:
-        buf[off] = v
-        return off + 1
-    if v < 0x100:
-        buf[off] = 0x18
-        buf[off + 1] = v
-        return off + 2
-    if v < 0x10000:
-        buf[off] = 0x19
-        size = 2
-    else:
-        buf[off] = 0x1A
-        size = 4
-    i = size
-    while i > 0:
-        buf[off + i] = v & 0xFF
-        v >>= 8
-        i -= 1
-    return off + 1 + size
-
-
 def encode_reading_into(buf, seq, up_s):
     """The reading as canonical CBOR ``{"up": up_s, "seq": seq}`` (keys in
     length-first order), the shape ``device.simulate.decode_reading``
@@ -119,12 +97,12 @@ def encode_reading_into(buf, seq, up_s):
     buf[1] = 0x62  # text(2) "up"
     buf[2] = 0x75
     buf[3] = 0x70
-    off = _put_uint(buf, 4, up_s)
+    off = put_head(buf, 4, 0, up_s)
     buf[off] = 0x63  # text(3) "seq"
     buf[off + 1] = 0x73
     buf[off + 2] = 0x65
     buf[off + 3] = 0x71
-    return _put_uint(buf, off + 4, seq)
+    return put_head(buf, off + 4, 0, seq)
 
 
 class Device:
