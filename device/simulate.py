@@ -38,9 +38,11 @@ Event = dict[str, Any]
 
 
 def encode_reading(seq: int, temp_c: float, rh: float, battery_mv: int) -> bytes:
-    """The telemetry payload: canonical CBOR ``{"seq", "t", "rh", "bat"}``."""
+    """The telemetry payload: CBOR ``{"seq", "t", "rh", "bat"}``. Floats are
+    always 64-bit (not canonical CBOR's shortest form), so a ciphertext's
+    length does not reveal whether a reading happened to be a round value."""
     return cbor2.dumps({"seq": seq, "t": round(temp_c, 2), "rh": round(rh, 1),
-                        "bat": battery_mv}, canonical=True)
+                        "bat": battery_mv})
 
 
 def decode_reading(payload: bytes) -> dict[str, Any] | None:

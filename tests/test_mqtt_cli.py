@@ -64,3 +64,12 @@ def test_provisioned_sensors_talk_to_a_listening_peer(tmp_path, mosquitto, gatew
         assert mine[0]["via"] == "hs1" and "seq" in mine[0]["reading"]
     # The counters persisted: a second run continues above the first run's counter.
     assert all((tmp_path / "state" / f"{s}.counter").exists() for s in SENSORS)
+
+
+def test_reading_sizes_do_not_depend_on_the_values():
+    """Canonical CBOR would shrink round floats to 16 bits, and the envelope
+    length would then tell an observer that a reading was a round value."""
+    from device.simulate import decode_reading, encode_reading
+    a, b = encode_reading(7, 21.0, 50.0, 3000), encode_reading(7, 21.37, 50.3, 3000)
+    assert len(a) == len(b)
+    assert decode_reading(a) == {"seq": 7, "t": 21.0, "rh": 50.0, "bat": 3000}
