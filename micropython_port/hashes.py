@@ -53,12 +53,10 @@ _ZERO_BLOCK = bytes(BLOCKLEN)
 
 
 class _HmacHash:
+    """HMAC (RFC 2104) over a subclass's ``digest(data)``, the 32-byte hash."""
+
     HASHLEN = HASHLEN
     BLOCKLEN = BLOCKLEN
-
-    def digest(self, data):
-        """The 32-byte hash of ``data``."""
-        raise NotImplementedError
 
     def _two_part(self, a, b):
         """digest(a || b) without building a || b when the hash streams."""
