@@ -46,31 +46,38 @@ def rate(fn, seconds=0.3 if QUICK else 1.0):
     return best
 
 
+def pair_ours(b, priv, pub, psk, **limits):
+    """A finished moteseal handshake: (initiator, responder) transports."""
+    i = NKInitiator(b, pub, psk=psk, suite=SUITE)
+    r = NKResponder(b, (priv, pub), psk=psk, suite=SUITE)
+    r.read_message(i.write_message(b""))
+    i.read_message(r.write_message(b""))
+    return i.into_transport(**limits), r.into_transport(**limits)
+
+
 def hs_ours(b, priv, pub, psk):
-    def run():
-        i = NKInitiator(b, pub, psk=psk, suite=SUITE)
-        r = NKResponder(b, (priv, pub), psk=psk, suite=SUITE)
-        r.read_message(i.write_message(b""))
-        i.read_message(r.write_message(b""))
-        i.into_transport(), r.into_transport()
-    return run
+    return lambda: pair_ours(b, priv, pub, psk)
+
+
+def pair_theirs(priv, pub, psk):
+    """A finished noiseprotocol handshake: (initiator, responder)."""
+    i = NoiseConnection.from_name(SUITE.encode())
+    i.set_as_initiator()
+    i.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, pub)
+    i.set_psks(psk)
+    r = NoiseConnection.from_name(SUITE.encode())
+    r.set_as_responder()
+    r.set_keypair_from_private_bytes(Keypair.STATIC, priv)
+    r.set_psks(psk)
+    i.start_handshake()
+    r.start_handshake()
+    r.read_message(i.write_message(b""))
+    i.read_message(r.write_message(b""))
+    return i, r
 
 
 def hs_theirs(priv, pub, psk):
-    def run():
-        i = NoiseConnection.from_name(SUITE.encode())
-        i.set_as_initiator()
-        i.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, pub)
-        i.set_psks(psk)
-        r = NoiseConnection.from_name(SUITE.encode())
-        r.set_as_responder()
-        r.set_keypair_from_private_bytes(Keypair.STATIC, priv)
-        r.set_psks(psk)
-        i.start_handshake()
-        r.start_handshake()
-        r.read_message(i.write_message(b""))
-        i.read_message(r.write_message(b""))
-    return run
+    return lambda: pair_theirs(priv, pub, psk)
 
 
 def hs_bound(priv, pub):
@@ -107,12 +114,8 @@ def main() -> None:
     for size in (16, 64, 256, 4096):
         pt = os.urandom(size)
         # (a) moteseal Transport, explicit nonces, buffers reused.
-        i = NKInitiator(b, pub, psk=psk, suite=SUITE)
-        r = NKResponder(b, (priv, pub), psk=psk, suite=SUITE)
-        r.read_message(i.write_message(b""))
-        i.read_message(r.write_message(b""))
-        ti, tr = i.into_transport(max_payload=4096, window=4096, rekey_interval=1 << 20), \
-            r.into_transport(max_payload=4096, window=4096, rekey_interval=1 << 20)
+        ti, tr = pair_ours(b, priv, pub, psk, max_payload=4096, window=4096,
+                           rekey_interval=1 << 20)
         ct = bytearray(size + 16)
         back = bytearray(size)
 
@@ -132,18 +135,7 @@ def main() -> None:
             peer.receive(bytes(env[:n]))
         t_env = rate(envelope_rt)
         # noiseprotocol (implicit nonces; its own API).
-        ni = NoiseConnection.from_name(SUITE.encode())
-        ni.set_as_initiator()
-        ni.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, pub)
-        ni.set_psks(psk)
-        nr = NoiseConnection.from_name(SUITE.encode())
-        nr.set_as_responder()
-        nr.set_keypair_from_private_bytes(Keypair.STATIC, priv)
-        nr.set_psks(psk)
-        ni.start_handshake()
-        nr.start_handshake()
-        nr.read_message(ni.write_message(b""))
-        ni.read_message(nr.write_message(b""))
+        ni, nr = pair_theirs(priv, pub, psk)
         t_np = rate(lambda: nr.decrypt(ni.encrypt(pt)))
         # Raw libsodium AEAD (no framework at all): the limit.
         key = os.urandom(32)
