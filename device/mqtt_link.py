@@ -16,7 +16,11 @@ Invariants:
   only once the application has it: when ``recv`` hands it over, or when
   ``on_envelope`` returns. Until then the broker keeps it, and with Receive
   Maximum = ``max_inflight`` it sends at most that many unacknowledged, so
-  a slow or absent reader is backpressure, never loss.
+  a slow or absent reader is backpressure, never loss. The link does not
+  rely on the broker honouring Receive Maximum: when the inbox is full,
+  paho's network thread waits for ``recv`` to make room (TCP backpressure),
+  and a redelivery (DUP) of an envelope still waiting in the inbox is not
+  queued a second time.
 - TCP_NODELAY on the socket: one small envelope must not wait ~40 ms for
   Nagle's algorithm.
 """
@@ -40,7 +44,7 @@ __all__ = ["UP_PREFIX", "DOWN_PREFIX", "MqttLink", "LinkError"]
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
 DEFAULT_SESSION_EXPIRY = 86400  # s the broker keeps a device's queue while it sleeps
-INBOX_MAX = 1024  # safety bound; Receive Maximum keeps the inbox at <= max_inflight
+INBOX_MAX = 1024  # bound on envelopes held for ``recv``; a full inbox stalls the reader thread
 
 
 class LinkError(OSError):
@@ -59,19 +63,25 @@ class MqttLink:
                  tls: bool = False, ca_file: str | None = None,
                  client_id: str | None = None, clean_start: bool = False,
                  session_expiry: int = DEFAULT_SESSION_EXPIRY, keepalive: int = 30,
-                 max_inflight: int = 100,
+                 max_inflight: int = 100, inbox_size: int = INBOX_MAX,
                  on_envelope: Callable[[bytes], None] | None = None) -> None:
-        if not 0 < max_inflight <= INBOX_MAX:
-            raise ValueError(f"max_inflight must be 1..{INBOX_MAX}")
+        if not 0 < max_inflight <= 65535:
+            raise ValueError("max_inflight must be 1..65535 (MQTT 5 Receive Maximum)")
+        if inbox_size < 1:
+            raise ValueError("inbox_size must be at least 1")
         self.device_id = device_id
         self.host, self.port = host, port
         self.up_topic = UP_PREFIX + device_id
         self.down_topic = DOWN_PREFIX + device_id
         self.connected = threading.Event()  # set once the down subscription is held
         self.refused: str | None = None
-        self.dropped = 0
-        self.received = 0
-        self._inbox: "queue.Queue[tuple[bytes, int, int]]" = queue.Queue(INBOX_MAX)
+        self.received = 0  # envelopes taken into the inbox or handed to on_envelope
+        self.redelivered = 0  # broker redeliveries of an envelope already waiting here
+        self.stalls = 0  # times the inbox was full and the network thread waited
+        self._pending: set[int] = set()  # packet ids in the inbox, not yet acknowledged
+        self._pending_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._inbox: "queue.Queue[tuple[bytes, int, int]]" = queue.Queue(inbox_size)
         self._on_envelope = on_envelope
         self._clean_start = clean_start
         self._session_expiry = session_expiry
@@ -122,12 +132,17 @@ class MqttLink:
                 payload, mid, qos = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+        if qos:
+            with self._pending_lock:
+                self._pending.discard(mid)
         self._ack(mid, qos)
         return payload
 
     def close(self) -> None:
         """Disconnect. The broker keeps the session (and queues for it) for
-        the session expiry interval."""
+        the session expiry interval. Envelopes still in the inbox were never
+        acknowledged, so the broker delivers them again next time."""
+        self._closing.set()
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
@@ -142,11 +157,19 @@ class MqttLink:
                 client.disconnect()
             return
         client.subscribe(self.down_topic, options=SubscribeOptions(qos=1))
+        if flags.session_present:
+            # The broker kept our session (client id ``moteseal-<id>``, which
+            # only this link uses, and it always subscribes), so it holds the
+            # subscription and may send its backlog before the SUBACK; a full
+            # inbox would hold that SUBACK back behind the reader, so the link
+            # counts as up already. A refused SUBACK still clears it.
+            self.connected.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any,
                       props: Any) -> None:
         if any(rc.is_failure for rc in rcs):
             self.refused = f"subscription to {self.down_topic} refused"
+            self.connected.clear()
             return
         self.connected.set()
 
@@ -160,18 +183,37 @@ class MqttLink:
         if msg.topic != self.down_topic:
             self._ack(msg.mid, msg.qos)
             return
-        self.received += 1
         payload = bytes(msg.payload)
         if self._on_envelope is not None:
+            self.received += 1
             self._on_envelope(payload)
             self._ack(msg.mid, msg.qos)
             return
+        if msg.qos:
+            with self._pending_lock:
+                if msg.mid in self._pending:
+                    # A packet id stays ours until we acknowledge it, so this
+                    # is the same envelope again (MQTT 5 section 4.3.2): the
+                    # copy in the inbox will be acknowledged when it is read.
+                    self.redelivered += 1
+                    return
+                self._pending.add(msg.mid)
+        self.received += 1
+        item = (payload, msg.mid, msg.qos)
         try:
-            self._inbox.put_nowait((payload, msg.mid, msg.qos))
+            self._inbox.put_nowait(item)
+            return
         except queue.Full:
-            # Cannot happen while Receive Maximum <= INBOX_MAX; if it does, the
-            # envelope stays unacknowledged and the broker redelivers it.
-            self.dropped += 1
+            self.stalls += 1
+        # Backpressure: wait for the reader rather than drop. Reading from the
+        # socket stops meanwhile, so the broker holds the rest. On close the
+        # envelope stays unacknowledged and the broker delivers it next session.
+        while not self._closing.is_set():
+            try:
+                self._inbox.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
 
 def _nodelay(sock: Any) -> None:
