@@ -132,11 +132,14 @@ def test_board_info_reports_the_unix_port_and_removes_shadowing_py(built, tmp_pa
     board = tmp_path / "board"
     (board / "device").mkdir(parents=True)
     (board / "device" / "session.py").write_text("raise ImportError('stale')\n")
+    (board / "device" / "__init__.py").write_text("# left by an older flash\n")
     (board / "boot.py").write_text("# kept\n")
     mpys = [p for p, _, _ in manifest.files if p.endswith(".mpy")]
     major, sub, arch, removed = parse_board_info(_exec_on(board, board_info_script(mpys)))
     assert (major, sub, arch) == (6, 3, ARCHES["x64"])
-    assert removed == ["device/session.py"] and not (board / "device" / "session.py").exists()
+    assert removed == ["device/__init__.py", "device/session.py"]
+    assert not (board / "device" / "session.py").exists()
+    assert not (board / "device" / "__init__.py").exists()
     assert (board / "boot.py").exists() and (board / "micropython_port").is_dir()
     check_board(manifest, major, sub, arch)
     with pytest.raises(FlashError, match="native architecture is x64"):
@@ -270,8 +273,10 @@ def test_package_json_installs_what_a_flash_build_ships() -> None:
     core, port = source_dirs()
     doc = json.loads((port / "package.json").read_text())
     targets = [t for t, _ in doc["urls"]]
+    # No package __init__ (MicroPython imports a directory as a package).
     assert sorted(targets) == sorted([f"device/{m}.py" for m in CORE_MODULES] +
-                                     [f"micropython_port/{p.name}" for p in port.glob("*.py")])
+                                     [f"micropython_port/{p.name}" for p in port.glob("*.py")
+                                      if p.name != "__init__.py"])
     for target, url in doc["urls"]:
         src = (port / url).resolve()
         assert src.is_file() and src == (core.parent / target).resolve(), (target, url)
