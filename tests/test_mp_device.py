@@ -308,7 +308,9 @@ LOCKED_DEVICE = """
 import sys, gc, json, micropython
 import micropython_port.main as M
 opts = M._args(["main", "--bundle", sys.argv[1], "--state", sys.argv[2]])
-dev = M.Device(M._load_bundle(opts["bundle"]), opts["state"], None)
+bundle = M._load_bundle(opts["bundle"])
+from micropython_port.app import Device
+dev = Device(bundle, opts["state"], None)
 dev.interval_ms = 0
 dev.link.open()
 dev.step()  # the handshake allocates (Noise objects, message 1)
