@@ -93,7 +93,7 @@ t0 = time.ticks_ms()
 while (len(got) < 5 or c.inflight()) and time.ticks_diff(time.ticks_ms(), t0) < 15000:
     c.poll(20)
 c.disconnect()
-print(json.dumps({"got": got, "inflight": c.inflight(), "dropped": c.dropped_connections}))
+print(json.dumps({"got": got, "inflight": c.inflight(), "reconnects": c.reconnects}))
 """
 
 
@@ -110,7 +110,7 @@ def test_qos0_and_qos1_both_ways_with_credentials_and_acls(mosquitto, mqtt_clien
         out = mp.finish()
     finally:
         mp.stop()
-    assert out == {"got": [f"cmd {i}" for i in range(5)], "inflight": 0, "dropped": 0}
+    assert out == {"got": [f"cmd {i}" for i in range(5)], "inflight": 0, "reconnects": 0}
     ups = [p for t, p in mon.collect(30, timeout=10) if t == UP + "m1"]
     assert ups == [b"m%02d" % i for i in range(25)]
 
@@ -124,10 +124,11 @@ try:
     c.connect()
     print("connected")
 except OSError as e:
-    print("refused", e)
+    print("refused", e.errno, e.args[1])
 print("closed", c.connected)
 """)
-    assert "refused MQTT connection refused, CONNACK return code 5" in out
+    # ECONNREFUSED (111) with the CONNACK return code 5, "not authorized"
+    assert "refused 111 5" in out
     assert "closed False" in out
 
 
@@ -141,13 +142,14 @@ c.connect()
 t0 = time.ticks_ms()
 while time.ticks_diff(time.ticks_ms(), t0) < 5500:
     c.poll(50)
-print(json.dumps({{"pings": c.pings, "up": c.connected, "dropped": c.dropped_connections,
-                   "waiting": c._ping_sent >= 0}}))
+print(json.dumps({{"up": c.connected, "reconnects": c.reconnects}}))
 """)
     res = _last_json(out)
-    # keepalive 2 s: a PINGREQ after each 1 s of silence, each answered
-    # (an unanswered one would drop the connection after 2 s).
-    assert res["pings"] >= 4 and res["up"] and res["dropped"] == 0
+    # keepalive 2 s: the client sends nothing but a PINGREQ after each 1 s
+    # of silence. Without them Mosquitto closes the connection after 1.5 x
+    # the keepalive (3 s) and the client would have reconnected; an
+    # unanswered PINGREQ would drop it after 2 s.
+    assert res == {"up": True, "reconnects": 0}
 
 
 SELF_LOOP = """
@@ -181,7 +183,7 @@ t0 = time.ticks_ms()
 while (len(seen) < 30 or c.inflight()) and time.ticks_diff(time.ticks_ms(), t0) < 30000:
     c.poll(20)
 print(json.dumps({"distinct": len(seen), "inflight": c.inflight(), "reconnects": c.reconnects,
-                  "session_present": c.session_present, "retransmits": c.retransmits}))
+                  "session_present": c.session_present}))
 """
 
 
@@ -281,15 +283,16 @@ def test_missing_puback_is_retransmitted_oversized_is_acked_and_garbage_reconnec
         out = run_mp(f"""
 import json, time
 from micropython_port.mqtt import MQTTClient
+got = []
 c = MQTTClient("dup", "127.0.0.1", {srv.port}, keepalive=0, retry_ms=300,
-               backoff_min_ms=50)
+               backoff_min_ms=50, on_message=lambda b, n: got.append(n))
 c.connect()
 c.publish(b"t", b"data", 4, 1)
 t0 = time.ticks_ms()
-while time.ticks_diff(time.ticks_ms(), t0) < 3000 and (c.dropped_connections == 0 or not c.connected):
+while time.ticks_diff(time.ticks_ms(), t0) < 3000 and (c.reconnects == 0 or not c.connected):
     c.poll(20)
-print(json.dumps({{"inflight": c.inflight(), "retransmits": c.retransmits,
-                   "dropped": c.dropped_connections, "up": c.connected, "oversized": c.oversized}}))
+print(json.dumps({{"inflight": c.inflight(), "reconnects": c.reconnects, "up": c.connected,
+                   "delivered": got}}))
 """, timeout=60)
     finally:
         t.join(15)
@@ -300,8 +303,8 @@ print(json.dumps({{"inflight": c.inflight(), "retransmits": c.retransmits,
     assert first[1:] == again[1:]  # same packet id, topic and payload
     assert result["reconnect"] == 0x10
     assert result["ack_oversized"] == bytes.fromhex("40 02 07 77")
-    assert _last_json(out) == {"inflight": 0, "retransmits": 1, "dropped": 1, "up": True,
-                               "oversized": 1}
+    # The oversized message was acknowledged but never delivered.
+    assert _last_json(out) == {"inflight": 0, "reconnects": 1, "up": True, "delivered": []}
 
 
 def test_a_client_started_before_its_broker_connects_and_subscribes_later(tmp_path) -> None:

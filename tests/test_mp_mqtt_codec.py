@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.errors import DecodeError
-from micropython_port.mqtt_codec import (TOPIC_MAX_BYTES, PacketParser,
-                                         encode_ack_into, encode_connect_into,
-                                         encode_subscribe_into,
-                                         publish_header_into)
+from device.errors import DecodeError, LocalError
+# CPython keeps the module-private const names (MicroPython inlines them).
+from micropython_port.mqtt_codec import _TOPIC_MAX_BYTES as TOPIC_MAX_BYTES
+from micropython_port.mqtt_codec import (PacketParser, encode_connect_into, encode_publish_into,
+                                         encode_subscribe_into)
 from tests.mp_helpers import run_mp
 
 # (name, wire bytes, expected [(type, flags, head bytes, payload bytes, pid)])
@@ -120,16 +120,29 @@ def test_an_oversized_publish_is_skipped_whole_and_the_stream_goes_on() -> None:
 def test_publish_payload_lands_at_offset_zero_for_receive_into() -> None:
     p = PacketParser(64)
     out = bytearray(80)
-    off = publish_header_into(out, b"moteseal/v1/down/mote-1", 5, 1, 9)
-    out[off:off + 5] = b"\x86\x06ABC"
+    n = encode_publish_into(out, b"moteseal/v1/down/mote-1", b"\x86\x06ABC--", 5, 1, 9)
     seen = []
-    p.feed_into(out, off + 5, lambda t, f: seen.append((p.topic_is(b"moteseal/v1/down/mote-1"),
-                                                       bytes(p.payload[:p.payload_len]), p.pid)))
-    assert seen == [(True, b"\x86\x06ABC", 9)]
+    p.feed_into(out, n, lambda t, f: seen.append((bytes(p.head[:p.head_len]),
+                                                  bytes(p.payload[:p.payload_len]), p.pid)))
+    # head: topic length, topic, packet id; payload: only the 5 bytes asked for
+    assert seen == [(b"\x00\x17moteseal/v1/down/mote-1\x00\x09", b"\x86\x06ABC", 9)]
+
+
+def test_caller_mistakes_raise_local_error() -> None:
+    buf = bytearray(200)
+    long_topic = b"t" * (TOPIC_MAX_BYTES + 1)
+    with pytest.raises(LocalError):
+        encode_publish_into(buf, long_topic, b"x", 1, 1, 1)
+    with pytest.raises(LocalError):
+        encode_subscribe_into(buf, 1, long_topic, 1)
+    assert encode_subscribe_into(buf, 1, long_topic[1:], 1) == 2 + 2 + 2 + TOPIC_MAX_BYTES + 1
+    p = PacketParser(16)
+    with pytest.raises(LocalError):
+        p.feed_into(b"\xd0\x00", 3, lambda t, f: None)
 
 
 def test_encoders_match_the_spec_bytes() -> None:
-    buf = bytearray(128)
+    buf = bytearray(256)
     # CONNECT, 3.1.1, clean session off, keepalive 30, user "u", password "pw"
     n = encode_connect_into(buf, b"moteseal-m1", 30, b"u", b"pw", False)
     assert bytes(buf[:n]) == bytes.fromhex(
@@ -139,10 +152,11 @@ def test_encoders_match_the_spec_bytes() -> None:
     assert bytes(buf[:n]) == bytes.fromhex("10 0d 0004 4d515454 04 02 0000 0001 63")
     n = encode_subscribe_into(buf, 0x0102, b"a/b", 1)
     assert bytes(buf[:n]) == bytes.fromhex("82 08 0102 0003 612f62 01")
-    n = encode_ack_into(buf, 0x40, 0xBEEF)
-    assert bytes(buf[:n]) == bytes.fromhex("40 02 be ef")
-    off = publish_header_into(buf, b"t", 200, 1, 5, dup=True)
-    assert bytes(buf[:off]) == bytes.fromhex("3a cd 01 0001 74 0005")
+    # PUBLISH QoS 1, pid 5, 200-byte payload: remaining length 205 = 0xCD 0x01
+    n = encode_publish_into(buf, b"t", bytes(range(200)), 200, 1, 5)
+    assert bytes(buf[:n]) == bytes.fromhex("32 cd 01 0001 74 0005") + bytes(range(200))
+    n = encode_publish_into(buf, b"a/b", b"hi", 2, 0, 0)
+    assert bytes(buf[:n]) == bytes.fromhex("30 07 0003 612f62 6869")
 
 
 @settings(max_examples=400, deadline=None)
@@ -160,9 +174,8 @@ def test_fuzz_parser_returns_packets_or_raises_decode_error(data: bytes, step: i
        st.integers(0, 1), st.integers(1, 65535))
 def test_every_publish_we_encode_parses_back(topic: bytes, payload: bytes, qos: int, pid: int) -> None:
     buf = bytearray(5 + 2 + len(topic) + 2 + len(payload))
-    off = publish_header_into(buf, topic, len(payload), qos, pid)
-    buf[off:off + len(payload)] = payload
-    [(t, flags, head, body, got_pid)] = _parse(bytes(buf[:off + len(payload)]), None, 256)
+    n = encode_publish_into(buf, topic, payload, len(payload), qos, pid)
+    [(t, flags, head, body, got_pid)] = _parse(bytes(buf[:n]), None, 256)
     assert (t, flags >> 1, bytes.fromhex(body)) == (0x30, qos, payload)
     assert got_pid == (pid if qos else 0)
 
@@ -175,7 +188,7 @@ def test_parser_on_micropython_same_results_and_no_allocation() -> None:
 import json, micropython
 from binascii import unhexlify, hexlify
 from device.errors import DecodeError
-from micropython_port.mqtt_codec import PacketParser
+from micropython_port.mqtt_codec import PacketParser, encode_publish_into, encode_subscribe_into
 p = PacketParser(1024)
 got = []
 def on_packet(t, f):
@@ -195,8 +208,10 @@ for w in {bad!r}:
         p.feed_into(d, len(d), lambda t, f: None)
     except DecodeError:
         refused += 1
-# The parse path allocates nothing: a 200-byte PUBLISH and a PUBACK, heap locked.
+# The parse and encode paths allocate nothing: a 200-byte PUBLISH and a
+# PUBACK parsed, a PUBLISH and a SUBSCRIBE encoded, heap locked.
 d = bytearray(unhexlify("30cb0100017" + "4" + "00" * 200 + "40020001"))
+out = bytearray(300)
 n = [0]
 def count(t, f):
     n[0] += 1
@@ -204,11 +219,13 @@ p.reset()
 micropython.heap_lock()
 try:
     p.feed_into(d, len(d), count)
+    m = encode_publish_into(out, b"t", d, 200, 1, 7) + encode_subscribe_into(out, 1, b"t", 1)
 finally:
     micropython.heap_unlock()
-print(json.dumps([res, refused, n[0]]))
+print(json.dumps([res, refused, n[0], m]))
 """
-    res, refused, locked = json.loads(run_mp(code).splitlines()[-1])
+    res, refused, locked, encoded = json.loads(run_mp(code).splitlines()[-1])
     assert [[tuple(x) for x in r] for r in res] == [exp for _, exp in rows]
     assert refused == len(BAD)
     assert locked == 2
+    assert encoded == (3 + 3 + 2 + 200) + (2 + 2 + 3 + 1)

@@ -456,11 +456,9 @@ def _mqtt_seeds() -> list[bytes]:
     from micropython_port import mqtt_codec as M
     topic = b"moteseal/v1/down/sensor-1"
     env = _W.down[0]
-    buf = bytearray(200)
-    n = M.publish_header_into(buf, topic, len(env), 1, 7)
-    pub1 = bytes(buf[:n]) + env
-    n = M.publish_header_into(buf, topic, len(env), 0, 0)
-    pub0 = bytes(buf[:n]) + env
+    buf = bytearray(5 + 2 + len(topic) + 2 + len(env))
+    pub1 = bytes(buf[:M.encode_publish_into(buf, topic, env, len(env), 1, 7)])
+    pub0 = bytes(buf[:M.encode_publish_into(buf, topic, env, len(env), 0, 0)])
     return [b"\x20\x02\x00\x00" + pub1 + b"\x40\x02\x00\x07" + b"\xd0\x00",
             b"\x90\x03\x00\x01\x01" + pub0, pub1 * 3]
 
@@ -478,7 +476,7 @@ def fuzz_mqtt_parser(data: bytes) -> None:
     runs = []
     for pieces in ([stream], [stream[i:i + 1] for i in range(len(stream))],
                    list(chunks(stream, data[-3:]))):
-        p = PacketParser()
+        p = PacketParser(1200)  # one envelope, as the device client
         got: list[tuple] = []
 
         def on_packet(t, flags, p=p, got=got):
