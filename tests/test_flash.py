@@ -12,6 +12,7 @@ argument parsers. What cannot run here: mpremote's serial transport itself
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import shutil
@@ -25,7 +26,7 @@ from device.backend_nacl import NaclBackend
 from device.flash import (ARCHES, BOARDS, CORE_MODULES, FlashError, Manifest,
                           board_info_script, build, check_board, compare_hashes,
                           deploy, hash_script, mpremote_argv, parse_board_info,
-                          parse_hashes, verify_local)
+                          parse_hashes, source_dirs, verify_local)
 from device.flash_cli import flash_group
 from device.provision import Bundle, write_bundle
 from tests.mp_helpers import mp_binary
@@ -268,8 +269,6 @@ def test_package_json_installs_what_a_flash_build_ships() -> None:
     """``mpremote mip install micropython_port/package.json`` copies the same
     modules (as source) that ``flash build`` compiles; relative URLs resolve
     from the package.json's directory, as mip resolves them."""
-    from device.flash import source_dirs
-
     core, port = source_dirs()
     doc = json.loads((port / "package.json").read_text())
     targets = [t for t, _ in doc["urls"]]
@@ -296,3 +295,93 @@ def test_wifi_credentials_go_in_a_private_file_listed_by_hash_only(bundle_file, 
                         "print(network_up('wifi.json'))"], cwd=out, capture_output=True, text=True,
                        timeout=60, env={"MICROPYPATH": str(out), "PATH": "/usr/bin:/bin"})
     assert (p.returncode, p.stdout.strip()) == (0, "False"), p.stderr
+
+
+# --- dead-code elimination for the device build --------------------------------
+
+
+def test_every_host_only_name_exists_and_is_left_out_of_the_compiled_module() -> None:
+    from device.flash import HOST_ONLY, strip_definitions
+
+    core, _ = source_dirs()
+    for module, names in HOST_ONLY.items():
+        src = (core.parent / f"{module}.py").read_text()
+        out = strip_definitions(src, names)
+        assert out.count("\n") == src.count("\n")  # line numbers kept for tracebacks
+        defined = set()
+        for node in ast.parse(out).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                defined |= {f"{node.name}.{m.name}" for m in node.body
+                            if isinstance(m, ast.FunctionDef)}
+        assert not defined & set(names), module
+        assert len(defined) > 0, module
+
+
+def test_strip_keeps_a_class_valid_when_its_only_method_goes_and_refuses_unknown_names() -> None:
+    from device.flash import strip_definitions
+
+    src = "class A:\n    @property\n    def x(self):\n        return 1\n\n\ndef f():\n    return A\n"
+    out = strip_definitions(src, ["A.x"])
+    ns: dict = {}
+    exec(compile(out, "m", "exec"), ns)
+    assert not hasattr(ns["A"](), "x") and ns["f"]() is ns["A"]
+    with pytest.raises(FlashError, match="not defined"):
+        strip_definitions(src, ["A.y"])
+
+
+def test_the_device_build_runs_without_host_only_code_and_all_modules_keeps_it(bundle_file, tmp_path) -> None:
+    lean = tmp_path / "lean"
+    build(bundle_file, lean, "x64")
+    full = tmp_path / "full"
+    build(bundle_file, full, "x64", all_modules=True)
+    assert (lean / "device/noise.mpy").stat().st_size < (full / "device/noise.mpy").stat().st_size
+    script = ("import device.noise as N, device.session as S, device.envelope as E\n"
+              "print(hasattr(N, 'NKResponder'), hasattr(N, 'NKInitiator'), "
+              "hasattr(S.DeviceSession, 'receive_into'), hasattr(E, 'encode'))\n")
+    for d, want in ((lean, "False True True False"), (full, "True True True True")):
+        p = subprocess.run([mp_binary(), "-c", script], cwd=d, capture_output=True, text=True,
+                           timeout=60, env={"MICROPYPATH": ".frozen", "PATH": "/usr/bin:/bin"})
+        assert p.returncode == 0 and p.stdout.split("\n")[0] == want, p.stdout + p.stderr
+
+
+def test_no_shipped_module_refers_to_a_stripped_top_level_name() -> None:
+    """A static check that the lean build cannot hit a NameError or an
+    AttributeError on a stripped function or class: no shipped module
+    (after stripping) names one, directly, through ``from device.x import``,
+    or as ``alias.name`` of a module alias."""
+    from device.flash import HOST_ONLY, strip_definitions
+
+    core, port = source_dirs()
+    shipped = {f"device/{m}": core / f"{m}.py" for m in CORE_MODULES}
+    shipped.update({f"micropython_port/{p.stem}": p for p in port.glob("*.py")
+                    if p.stem != "__init__"})
+    stripped_top = {m: {n for n in names if "." not in n} for m, names in HOST_ONLY.items()}
+    for mod, path in shipped.items():
+        src = path.read_text()
+        if mod in HOST_ONLY:
+            src = strip_definitions(src, HOST_ONLY[mod])
+        tree = ast.parse(src)
+        aliases: dict[str, str] = {}  # local name -> "device/x"
+        refs: set[tuple[str, str]] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for a in node.names:
+                    target = f"{node.module}.{a.name}".replace(".", "/")
+                    if target in shipped:
+                        aliases[a.asname or a.name] = target
+                    else:
+                        refs.add((node.module.replace(".", "/"), a.name))
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        aliases[a.asname] = a.name.replace(".", "/")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in aliases:
+                refs.add((aliases[node.value.id], node.attr))
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                refs.add((mod, node.id))
+        bad = {(m, n) for m, n in refs if n in stripped_top.get(m, set())}
+        assert not bad, f"{mod} refers to stripped {sorted(bad)}"
