@@ -1,12 +1,12 @@
 """BLAKE2s-256 (RFC 7693) on Python integers: the fallback of
-``micropython_port.hashes`` where ``_blake2s_viper`` cannot load. Kept apart
+``micropython_port.blake2s`` where ``_blake2s_viper`` cannot load. Kept apart
 so that a board with the native emitter never loads it into RAM.
 
 Invariant: every word is masked to 32 bits after each addition and left
 shift; the result equals ``hashlib.blake2s`` on CPython (tested).
 """
 
-from micropython_port.hashes import _IV, _PARAM0, _ZERO_BLOCK, BLOCKLEN, HASHLEN
+from micropython_port.blake2s import BLOCKLEN, HASHLEN, IV, PARAM0
 
 _M32 = 0xFFFFFFFF
 _SIGMA = (
@@ -31,7 +31,7 @@ def _compress(h, block, t, last):
     with byte counter ``t``; ``last`` marks the final block."""
     m = [block[4 * i] | (block[4 * i + 1] << 8) | (block[4 * i + 2] << 16) | (block[4 * i + 3] << 24)
          for i in range(16)]
-    v = list(h) + list(_IV)
+    v = list(h) + list(IV)
     v[12] ^= t & _M32
     v[13] ^= (t >> 32) & _M32
     if last:
@@ -76,13 +76,13 @@ def _words_le(h):
 def blake2s_int(data):
     """Unkeyed BLAKE2s-256 of ``data``."""
     data = bytes(data)
-    h = list(_IV)
-    h[0] ^= _PARAM0
+    h = list(IV)
+    h[0] ^= PARAM0
     n = len(data)
     off = 0
     while n - off > BLOCKLEN:
         _compress(h, data[off:off + BLOCKLEN], off + BLOCKLEN, False)
         off += BLOCKLEN
     last = data[off:]
-    _compress(h, last + _ZERO_BLOCK[len(last):], n, True)
+    _compress(h, last + bytes(BLOCKLEN - len(last)), n, True)
     return _words_le(h)

@@ -5,12 +5,15 @@ emitter never loads it into RAM.
 
 Invariants: the same as ``chacha20poly1305``'s. The tag is checked, by OR of
 XORs, before any plaintext is written; ranges are checked first. Unlike the
-viper path this allocates per call.
+viper path this allocates per call. The nonce's first word, ``_state[13]``,
+stays zero (Noise section 12.3); only ``tests/mp_primitive_hooks.py`` sets it, for the
+RFC 8439 vectors' 12-byte nonces.
 """
 
 from device.errors import AuthError
-from micropython_port.chacha20poly1305 import (IV_BYTES, TAG_BYTES, LocalError, _check_nonce,
-                                               _check_ranges, _Cipher)
+from micropython_port.chacha20poly1305 import _check
+
+TAG_BYTES = 16
 
 _M32 = 0xFFFFFFFF
 _P1305 = (1 << 130) - 5
@@ -35,7 +38,7 @@ def _le32(b, o):
     return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
-class PyChaCha20Poly1305(_Cipher):
+class PyChaCha20Poly1305:
     """ChaCha20-Poly1305 on Python integers and bytearrays."""
 
     def __init__(self, key):
@@ -49,10 +52,15 @@ class PyChaCha20Poly1305(_Cipher):
         ``nonce`` (uint64) and ``ad[:ad_len]``; write ciphertext || tag at
         ``dst[dst_off:]``; return ``src_len + 16``. Raises ``LocalError`` for
         a bad range or nonce, ``BufferTooSmall`` if ``dst`` is too short."""
-        _check_nonce(nonce)
-        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
+        _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
         self._set_nonce(nonce)
-        return self._seal(ad, ad_len, src, src_off, src_len, dst, dst_off)
+        self._start()  # Poly1305 key from block 0; counter is now 1
+        self._xor(src, src_off, dst, dst_off, src_len)
+        self._mac(ad, ad_len, dst, dst_off, src_len)
+        tag = self._tag_bytes()
+        for i in range(TAG_BYTES):
+            dst[dst_off + src_len + i] = tag[i]
+        return src_len + TAG_BYTES
 
     def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
         """Verify and decrypt ``src[src_off:src_off+src_len]`` (ciphertext ||
@@ -60,12 +68,21 @@ class PyChaCha20Poly1305(_Cipher):
         ``src_len - 16``. Raises ``AuthError``, writing nothing, if the tag is
         wrong or ``src_len < 16``; ``LocalError``/``BufferTooSmall`` for bad
         ranges."""
-        _check_nonce(nonce)
         if src_len < TAG_BYTES:
             raise AuthError("authentication failed")
-        _check_ranges(ad, ad_len, src, src_off, src_len, dst, dst_off, src_len - TAG_BYTES)
+        ct_len = src_len - TAG_BYTES
+        _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, ct_len)
         self._set_nonce(nonce)
-        return self._open(ad, ad_len, src, src_off, src_len, dst, dst_off)
+        self._start()
+        self._mac(ad, ad_len, src, src_off, ct_len)
+        tag = self._tag_bytes()
+        acc = 0
+        for i in range(TAG_BYTES):
+            acc |= src[src_off + ct_len + i] ^ tag[i]
+        if acc:
+            raise AuthError("authentication failed")
+        self._xor(src, src_off, dst, dst_off, ct_len)
+        return ct_len
 
     def _mac(self, ad, ad_len, ct, ct_off, ct_len):
         # RFC 8439 section 2.8: ad || pad16 || ct || pad16 || le64(ad_len) || le64(ct_len)
@@ -80,15 +97,8 @@ class PyChaCha20Poly1305(_Cipher):
         self._poly_update(lens, 0, 16)
 
     def _set_nonce(self, nonce):
-        self._state[13] = 0
         self._state[14] = nonce & _M32
         self._state[15] = nonce >> 32
-
-    def _set_iv(self, iv):
-        if len(iv) != IV_BYTES:
-            raise LocalError("nonce must be 12 bytes")
-        for i in range(3):
-            self._state[13 + i] = _le32(iv, 4 * i)
 
     def _block(self):
         """Keystream block for the current counter into self._ks; counter += 1."""
@@ -145,15 +155,3 @@ class PyChaCha20Poly1305(_Cipher):
 
     def _tag_bytes(self):
         return ((self._h + self._s) & ((1 << 128) - 1)).to_bytes(16, "little")
-
-    def _poly_finish(self, out, off):
-        tag = self._tag_bytes()
-        for i in range(16):
-            out[off + i] = tag[i]
-
-    def _tag_matches(self, src, off):
-        tag = self._tag_bytes()
-        acc = 0
-        for i in range(16):
-            acc |= src[off + i] ^ tag[i]
-        return acc == 0

@@ -23,17 +23,21 @@ Buffers and parameters (to keep viper calls at <= 4 arguments and free of
 heap objects):
 - ``st``: 48 words. 0..15 the ChaCha20 input state (constants, key, block
   counter, nonce); 16 = source offset, 17 = destination offset, 18 = length;
-  20..23 = a 64-bit Noise nonce as four 16-bit pieces; 32..47 the keystream
-  block ``chacha_block`` just made.
+  20..25 = the 96-bit nonce as six 16-bit pieces, little-endian, which
+  ``chacha_polykey`` assembles into st[13..15] (a Noise nonce, section 12.3,
+  is 32 zero bits then a little-endian uint64: its writer sets 22..25 and
+  leaves 20 and 21 zero); 32..47 the keystream block ``chacha_block`` just
+  made.
 - The rounds exist once, in ``chacha_block``; ``chacha_xor`` and
   ``chacha_polykey`` call it (one viper-to-viper call per 64-byte block). They
   take the state as a plain object (``sto``) and cast it, so that the call
   passes the array itself rather than its address as an integer, which could
   be a heap integer on a 32-bit port. Unrolling the XOR and a second copy of
   the rounds was no faster within noise and cost 5.5 KB of native code.
-- ``ps``: 40 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = offset,
-  29 = length, 30 = mode bits (see ``poly_update``), 31 = AD length,
-  32 = ciphertext length, 33 = tag offset.
+- ``ps``: 40 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = message
+  offset, 29 = message length, 30 = mode bits (see ``poly_update``),
+  31 = AD length. The tag sits right after the message, at offset
+  ps[28] + ps[29], in the AEAD and in plain Poly1305 alike.
 - Multi-byte values are assembled from single bytes, so nothing depends on the
   machine's byte order.
 """
@@ -56,23 +60,6 @@ def chacha_setkey(st: ptr32, key: ptr8):
     st[9] = (uint(key[23]) << 24) | (key[22] << 16) | (key[21] << 8) | key[20]
     st[10] = (uint(key[27]) << 24) | (key[26] << 16) | (key[25] << 8) | key[24]
     st[11] = (uint(key[31]) << 24) | (key[30] << 16) | (key[29] << 8) | key[28]
-
-
-@micropython.viper
-def chacha_setiv(st: ptr32, iv: ptr8):
-    """st[13..15] = a 12-byte nonce (RFC 8439 section 2.3)."""
-    st[13] = (uint(iv[3]) << 24) | (iv[2] << 16) | (iv[1] << 8) | iv[0]
-    st[14] = (uint(iv[7]) << 24) | (iv[6] << 16) | (iv[5] << 8) | iv[4]
-    st[15] = (uint(iv[11]) << 24) | (iv[10] << 16) | (iv[9] << 8) | iv[8]
-
-
-@micropython.viper
-def chacha_setnonce(st: ptr32):
-    """Noise nonce: st[13] = 0, st[14..15] = the uint64 in st[20..23]
-    (four 16-bit pieces, little-endian), Noise section 12.3."""
-    st[13] = 0
-    st[14] = (uint(st[21]) << 16) | st[20]
-    st[15] = (uint(st[23]) << 16) | st[22]
 
 
 @micropython.viper
@@ -216,9 +203,13 @@ def chacha_block(st: ptr32):
 def chacha_polykey(sto, ps: ptr32):
     """RFC 8439 section 2.6: the Poly1305 key is the first 32 bytes of
     ChaCha20 block 0; set r (clamped, 13-bit limbs), s and h = 0 in ps
-    straight from the block words. Leaves the block counter at 1."""
+    straight from the block words. The nonce words st[13..15] come from
+    the six 16-bit pieces st[20..25]. Leaves the block counter at 1."""
     st = ptr32(sto)
     st[12] = 0
+    st[13] = (uint(st[21]) << 16) | st[20]
+    st[14] = (uint(st[23]) << 16) | st[22]
+    st[15] = (uint(st[25]) << 16) | st[24]
     chacha_block(sto)
     x0 = uint(st[32]) & 0x0FFFFFFF
     x1 = uint(st[33]) & 0x0FFFFFFC
@@ -295,60 +286,25 @@ def chacha_xor(sto, src: ptr8, dst: ptr8):
 
 
 @micropython.viper
-def poly_init(ps: ptr32, key: ptr8):
-    """h = 0; r = clamp(key[0..15]) as 13-bit limbs; s = key[16..31]."""
-    t0 = key[0] | (key[1] << 8)
-    t1 = key[2] | ((key[3] & 15) << 8)
-    t2 = (key[4] & 252) | (key[5] << 8)
-    t3 = key[6] | ((key[7] & 15) << 8)
-    t4 = (key[8] & 252) | (key[9] << 8)
-    t5 = key[10] | ((key[11] & 15) << 8)
-    t6 = (key[12] & 252) | (key[13] << 8)
-    t7 = key[14] | ((key[15] & 15) << 8)
-    ps[10] = (t0) & 0x1FFF
-    ps[0] = 0
-    ps[11] = ((t0 >> 13) | (t1 << 3)) & 0x1FFF
-    ps[1] = 0
-    ps[12] = ((t1 >> 10) | (t2 << 6)) & 0x1FFF
-    ps[2] = 0
-    ps[13] = ((t2 >> 7) | (t3 << 9)) & 0x1FFF
-    ps[3] = 0
-    ps[14] = ((t3 >> 4) | (t4 << 12)) & 0x1FFF
-    ps[4] = 0
-    ps[15] = ((t4 >> 1)) & 0x1FFF
-    ps[5] = 0
-    ps[16] = ((t4 >> 14) | (t5 << 2)) & 0x1FFF
-    ps[6] = 0
-    ps[17] = ((t5 >> 11) | (t6 << 5)) & 0x1FFF
-    ps[7] = 0
-    ps[18] = ((t6 >> 8) | (t7 << 8)) & 0x1FFF
-    ps[8] = 0
-    ps[19] = ((t7 >> 5)) & 0x1FFF
-    ps[9] = 0
-    ps[20] = key[16] | (key[17] << 8)
-    ps[21] = key[18] | (key[19] << 8)
-    ps[22] = key[20] | (key[21] << 8)
-    ps[23] = key[22] | (key[23] << 8)
-    ps[24] = key[24] | (key[25] << 8)
-    ps[25] = key[26] | (key[27] << 8)
-    ps[26] = key[28] | (key[29] << 8)
-    ps[27] = key[30] | (key[31] << 8)
-
-
-@micropython.viper
-def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:
-    """Absorb m[ps[28]:][:ps[29]] into h. Mode bits in ps[30]: 1 = zero-pad
-    a short block to 16 bytes and treat it as full (AEAD, RFC 8439 section
-    2.8), else append 0x01 without the high bit (plain Poly1305); 2 = then
-    absorb le64(ps[31]) || le64(ps[32]) (the AEAD length block); 4 = then
-    finish: write the tag to out[ps[33]:][:16], or with 8 as well, compare
-    it with those bytes instead and return the OR of the byte XORs (0 iff
+def poly_update(ps: ptr32, ad: ptr8, m: ptr8, blk: ptr8) -> int:
+    """Absorb ad[:ps[31]], then m[ps[28]:][:ps[29]], into h. Mode bits in
+    ps[30]: 1 = zero-pad each of the two to a whole block (AEAD, RFC 8439
+    section 2.8), else append 0x01 without the high bit (plain Poly1305,
+    with ps[31] = 0); 2 = then absorb le64(ps[31]) || le64(ps[29]) (the
+    AEAD length block); 4 = then finish: write the tag to the 16 bytes
+    after the message, m[ps[28] + ps[29]:], or with 8 as well, compare it
+    with those bytes instead and return the OR of the byte XORs (0 iff
     equal; no early exit, so the time does not depend on where they
     differ). Returns 0 otherwise. blk: 16 bytes of scratch."""
-    o = int(ps[28])
-    n = int(ps[29])
+    mo = int(ps[28])
+    mn = int(ps[29])
+    an = int(ps[31])
     mode = int(ps[30])
     lens = mode & 2
+    src = ad
+    o = 0
+    n = an
+    on_m = 0  # 1 once the AD is done and m is being absorbed
     h0 = int(ps[0])
     r0 = int(ps[10])
     h1 = int(ps[1])
@@ -379,7 +335,7 @@ def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:
     s8 = r8 * 5
     s9 = r9 * 5
     while True:
-        p = m
+        p = src
         hibit = 1 << 11  # 2**128 = bit 11 of limb 9 (9 * 13 + 11 = 128)
         if n >= 16:
             n -= 16
@@ -387,21 +343,25 @@ def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:
             for i in range(16):
                 blk[i] = 0
             for i in range(n):
-                blk[i] = m[o + i]
+                blk[i] = src[o + i]
             if (mode & 1) == 0:
                 blk[n] = 1
                 hibit = 0
             p = blk
             o = 0
             n = 0
+        elif on_m == 0:
+            src = m
+            o = mo
+            n = mn
+            on_m = 1
+            continue
         elif lens:
-            a = int(ps[31])
-            b = int(ps[32])
             for i in range(16):
                 blk[i] = 0
             for i in range(4):
-                blk[i] = (a >> (i << 3)) & 0xFF
-                blk[8 + i] = (b >> (i << 3)) & 0xFF
+                blk[i] = (an >> (i << 3)) & 0xFF
+                blk[8 + i] = (mn >> (i << 3)) & 0xFF
             p = blk
             o = 0
             lens = 0
@@ -597,7 +557,7 @@ def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:
     ps[8] = h8
     ps[9] = h9
     if mode & 4:
-        o = int(ps[33])
+        o = mo + mn
         c = h1 >> 13
         h1 &= 0x1FFF
         h2 += c
@@ -730,37 +690,37 @@ def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:
         f >>= 16
         if mode & 8:
             acc = 0
-            acc |= out[o + 0] ^ (w0 & 0xFF)
-            acc |= out[o + 1] ^ (w0 >> 8)
-            acc |= out[o + 2] ^ (w1 & 0xFF)
-            acc |= out[o + 3] ^ (w1 >> 8)
-            acc |= out[o + 4] ^ (w2 & 0xFF)
-            acc |= out[o + 5] ^ (w2 >> 8)
-            acc |= out[o + 6] ^ (w3 & 0xFF)
-            acc |= out[o + 7] ^ (w3 >> 8)
-            acc |= out[o + 8] ^ (w4 & 0xFF)
-            acc |= out[o + 9] ^ (w4 >> 8)
-            acc |= out[o + 10] ^ (w5 & 0xFF)
-            acc |= out[o + 11] ^ (w5 >> 8)
-            acc |= out[o + 12] ^ (w6 & 0xFF)
-            acc |= out[o + 13] ^ (w6 >> 8)
-            acc |= out[o + 14] ^ (w7 & 0xFF)
-            acc |= out[o + 15] ^ (w7 >> 8)
+            acc |= m[o + 0] ^ (w0 & 0xFF)
+            acc |= m[o + 1] ^ (w0 >> 8)
+            acc |= m[o + 2] ^ (w1 & 0xFF)
+            acc |= m[o + 3] ^ (w1 >> 8)
+            acc |= m[o + 4] ^ (w2 & 0xFF)
+            acc |= m[o + 5] ^ (w2 >> 8)
+            acc |= m[o + 6] ^ (w3 & 0xFF)
+            acc |= m[o + 7] ^ (w3 >> 8)
+            acc |= m[o + 8] ^ (w4 & 0xFF)
+            acc |= m[o + 9] ^ (w4 >> 8)
+            acc |= m[o + 10] ^ (w5 & 0xFF)
+            acc |= m[o + 11] ^ (w5 >> 8)
+            acc |= m[o + 12] ^ (w6 & 0xFF)
+            acc |= m[o + 13] ^ (w6 >> 8)
+            acc |= m[o + 14] ^ (w7 & 0xFF)
+            acc |= m[o + 15] ^ (w7 >> 8)
             return acc
-        out[o + 0] = w0 & 0xFF
-        out[o + 1] = w0 >> 8
-        out[o + 2] = w1 & 0xFF
-        out[o + 3] = w1 >> 8
-        out[o + 4] = w2 & 0xFF
-        out[o + 5] = w2 >> 8
-        out[o + 6] = w3 & 0xFF
-        out[o + 7] = w3 >> 8
-        out[o + 8] = w4 & 0xFF
-        out[o + 9] = w4 >> 8
-        out[o + 10] = w5 & 0xFF
-        out[o + 11] = w5 >> 8
-        out[o + 12] = w6 & 0xFF
-        out[o + 13] = w6 >> 8
-        out[o + 14] = w7 & 0xFF
-        out[o + 15] = w7 >> 8
+        m[o + 0] = w0 & 0xFF
+        m[o + 1] = w0 >> 8
+        m[o + 2] = w1 & 0xFF
+        m[o + 3] = w1 >> 8
+        m[o + 4] = w2 & 0xFF
+        m[o + 5] = w2 >> 8
+        m[o + 6] = w3 & 0xFF
+        m[o + 7] = w3 >> 8
+        m[o + 8] = w4 & 0xFF
+        m[o + 9] = w4 >> 8
+        m[o + 10] = w5 & 0xFF
+        m[o + 11] = w5 >> 8
+        m[o + 12] = w6 & 0xFF
+        m[o + 13] = w6 >> 8
+        m[o + 14] = w7 & 0xFF
+        m[o + 15] = w7 >> 8
     return 0

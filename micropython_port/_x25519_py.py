@@ -8,11 +8,13 @@ all 255 steps run whatever the scalar (Python integers are not constant time
 themselves; this is the best a big-integer fallback can do).
 """
 
-from micropython_port.x25519 import A24, P
+P = 2**255 - 19
+A24 = 121665  # (486662 - 2) / 4, RFC 7748 section 5
 
 
 def ladder_int(kb, u):
-    """RFC 7748 section 5 ladder on Python integers."""
+    """RFC 7748 section 5 ladder on Python integers: X25519 of the clamped
+    scalar bytes ``kb`` and the u-coordinate ``u`` (an int), reduced mod p."""
     x1 = u % P
     x2, z2, x3, z3 = 1, 0, x1, 1
     swap = 0

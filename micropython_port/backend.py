@@ -9,67 +9,50 @@ Invariants:
 - The same class imports and runs on CPython (viper is absent there, so it
   uses the pure-Python paths), which lets tests compare it with
   ``NaclBackend``.
-- ``x25519`` returns 32 zero bytes for a low-order point rather than raise;
-  the core's ``noise.dh`` rejects that output.
-- ``fixed_ephemeral_key_for_testing_only`` starts as ``None``; the core reads
-  it, this class never does.
+- ``x25519``, ``x25519_base`` and ``cipher`` are the primitive modules'
+  functions themselves (no wrapper to keep in RAM); each raises
+  ``LocalError`` for a key of the wrong length. ``x25519`` returns 32 zero
+  bytes for a low-order point rather than raise; the core's ``noise.dh``
+  rejects that output.
+- ``fixed_ephemeral_key_for_testing_only`` is ``None`` unless a test sets it
+  on an instance; the core reads it, this class never does.
 """
 
 try:
-    from os import urandom as _urandom
+    from os import urandom
 except ImportError:  # older MicroPython ports name it uos
-    from uos import urandom as _urandom
+    from uos import urandom
 
 from device.errors import LocalError
-from micropython_port import chacha20poly1305 as _aead
-from micropython_port import hashes as _hashes
-from micropython_port import x25519 as _x
-
-_KEY_BYTES = 32
+from micropython_port import hashes
+from micropython_port.chacha20poly1305 import ChaCha20Poly1305
+from micropython_port.x25519 import x25519, x25519_base
 
 
 class MicroBackend:
     """Primitives for the core on MicroPython (and, more slowly, CPython)."""
 
     name = "micropython"
-
-    def __init__(self):
-        self.fixed_ephemeral_key_for_testing_only = None
-
-    def x25519(self, priv, pub):
-        """RFC 7748 X25519; 32 zero bytes for a low-order ``pub``. Raises
-        ``LocalError`` unless both are 32 bytes."""
-        if len(priv) != _KEY_BYTES or len(pub) != _KEY_BYTES:
-            raise LocalError("X25519 keys are 32 bytes")
-        return _x.x25519(priv, pub)
-
-    def x25519_base(self, priv):
-        """The public key of the 32-byte ``priv``. Raises ``LocalError``."""
-        if len(priv) != _KEY_BYTES:
-            raise LocalError("X25519 keys are 32 bytes")
-        return _x.x25519_base(priv)
-
-    def random_bytes(self, n):
-        """``n`` bytes from the platform CSPRNG."""
-        return bytes(_urandom(n))
+    fixed_ephemeral_key_for_testing_only = None
+    x25519 = staticmethod(x25519)  # (priv, pub) -> 32 bytes
+    x25519_base = staticmethod(x25519_base)  # priv -> its public key
+    random_bytes = staticmethod(urandom)  # n -> n bytes from the platform CSPRNG
+    cipher = staticmethod(ChaCha20Poly1305)  # 32-byte key -> AEAD object
 
     def generate_keypair(self):
         """A fresh (private, public) X25519 key pair."""
-        priv = self.random_bytes(_KEY_BYTES)
-        return priv, _x.x25519_base(priv)
-
-    def cipher(self, key):
-        """A ChaCha20-Poly1305 object for the 32-byte ``key`` (raises
-        ``LocalError`` for another length)."""
-        return _aead.ChaCha20Poly1305(key)
+        priv = urandom(32)
+        return priv, x25519_base(priv)
 
     def hash(self, name):
-        """``"SHA256"`` or ``"BLAKE2s"``; raises ``LocalError`` otherwise."""
+        """``"SHA256"`` or ``"BLAKE2s"``: a module with ``HASHLEN``,
+        ``BLOCKLEN``, ``digest`` and ``hmac``. Raises ``LocalError`` for any
+        other name."""
         if name == "SHA256":
-            return _hashes.SHA256
+            return hashes
         if name == "BLAKE2s":
-            return _hashes.BLAKE2S
+            from micropython_port import blake2s
+
+            return blake2s
         raise LocalError("unsupported hash")
 
-
-__all__ = ["MicroBackend"]

@@ -70,7 +70,8 @@ _MP_PRELUDE = """
 import json
 from binascii import hexlify, unhexlify
 from micropython_port import x25519 as X
-X.force_fallback_for_testing_only({fallback})
+from tests import mp_primitive_hooks as T
+T.force_fallback_for_testing_only({fallback})
 def hx(b):
     return hexlify(b).decode()
 """
@@ -82,7 +83,7 @@ def _mp_x25519(path: str, body: str, timeout: float = 120) -> object:
 
 
 def test_x25519_fast_path_loads_on_the_unix_port() -> None:
-    assert _mp_x25519("fast", "print(json.dumps(X.has_fast_path()))") is True
+    assert _mp_x25519("fast", "print(json.dumps(T.has_fast_path()))") == [True, True, True]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -333,7 +334,6 @@ def test_ladder_under_the_32_bit_model_matches_the_rfc(monkeypatch: pytest.Monke
         **{n: Model._wrap(getattr(fe, n)) for n in ("fe_mul", "fe_addsub", "fe_sub", "fe_a24_add", "fe_cswap")}
     )
     monkeypatch.setattr(X, "_fe", model)
-    monkeypatch.setattr(X, "_use_fast", True)
     k, u, want = RFC7748_5_2[1]
     assert X.x25519(bytes.fromhex(k), bytes.fromhex(u)).hex() == want
     u_max = ((1 << 255) - 1).to_bytes(32, "little")  # non-canonical, all limbs high
@@ -410,8 +410,9 @@ _MP_AEAD_PRELUDE = """
 import json
 from binascii import hexlify, unhexlify
 from micropython_port import chacha20poly1305 as C
+from tests import mp_primitive_hooks as T
 from device.errors import AuthError
-C.force_fallback_for_testing_only({fallback})
+T.force_fallback_for_testing_only({fallback})
 def hx(b):
     return hexlify(b).decode()
 """
@@ -433,13 +434,13 @@ def test_rfc8439_vectors_are_the_published_ones() -> None:
 
 
 def test_aead_fast_path_loads_on_the_unix_port() -> None:
-    assert _mp_aead("fast", "print(json.dumps(C.has_fast_path()))") is True
+    assert _mp_aead("fast", "print(json.dumps(T.has_fast_path()[1]))") is True
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_rfc8439_section_2_3_2_block_function(path: str) -> None:
     k, ctr, iv, want = RFC8439_2_3_2
-    out = _mp_aead(path, f"print(json.dumps(hx(C.chacha20_block(unhexlify('{k}'), {ctr}, unhexlify('{iv}')))))")
+    out = _mp_aead(path, f"print(json.dumps(hx(T.chacha20_block(unhexlify('{k}'), {ctr}, unhexlify('{iv}')))))")
     assert out == want
 
 
@@ -448,7 +449,7 @@ def test_rfc8439_section_2_4_2_chacha20_encryption(path: str) -> None:
     k, ctr, iv, want = RFC8439_2_4_2
     out = _mp_aead(
         path,
-        f"print(json.dumps(hx(C.chacha20_encrypt(unhexlify('{k}'), {ctr}, unhexlify('{iv}'), unhexlify('{SUNSCREEN.hex()}')))))",
+        f"print(json.dumps(hx(T.chacha20_encrypt(unhexlify('{k}'), {ctr}, unhexlify('{iv}'), unhexlify('{SUNSCREEN.hex()}')))))",
     )
     assert out == want
 
@@ -456,7 +457,7 @@ def test_rfc8439_section_2_4_2_chacha20_encryption(path: str) -> None:
 @pytest.mark.parametrize("path", PATHS)
 def test_rfc8439_section_2_5_2_poly1305(path: str) -> None:
     k, msg, want = RFC8439_2_5_2
-    out = _mp_aead(path, f"print(json.dumps(hx(C.poly1305(unhexlify('{k}'), unhexlify('{msg}')))))")
+    out = _mp_aead(path, f"print(json.dumps(hx(T.poly1305(unhexlify('{k}'), unhexlify('{msg}')))))")
     assert out == want
 
 
@@ -494,7 +495,7 @@ def test_poly1305_edge_cases_match_cryptography(path: str) -> None:
     cases = _poly1305_edge_cases()
     want = [Poly1305.generate_tag(k, m).hex() for k, m in cases]
     body = f"""
-print(json.dumps([hx(C.poly1305(unhexlify(k), unhexlify(m))) for k, m in {[(k.hex(), m.hex()) for k, m in cases]!r}]))
+print(json.dumps([hx(T.poly1305(unhexlify(k), unhexlify(m))) for k, m in {[(k.hex(), m.hex()) for k, m in cases]!r}]))
 """
     assert _mp_aead(path, body) == want
 
@@ -503,9 +504,9 @@ print(json.dumps([hx(C.poly1305(unhexlify(k), unhexlify(m))) for k, m in {[(k.he
 def test_rfc8439_section_2_8_2_aead_encryption(path: str) -> None:
     k, iv, ad, pt, ct = RFC8439_2_8_2
     body = f"""
-c = C.ChaCha20Poly1305(unhexlify('{k}'))
-ct = c.encrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))
-print(json.dumps([hx(ct), hx(c.decrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), ct))]))
+k = unhexlify('{k}')
+ct = T.encrypt_iv(k, unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))
+print(json.dumps([hx(ct), hx(T.decrypt_iv(k, unhexlify('{iv}'), unhexlify('{ad}'), ct))]))
 """
     assert _mp_aead(path, body) == [ct, pt]
 
@@ -514,8 +515,7 @@ print(json.dumps([hx(ct), hx(c.decrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), 
 def test_rfc8439_appendix_a_5_decryption(path: str) -> None:
     k, iv, ad, ct, pt = RFC8439_A_5
     body = f"""
-c = C.ChaCha20Poly1305(unhexlify('{k}'))
-print(json.dumps(hx(c.decrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{ct}')))))
+print(json.dumps(hx(T.decrypt_iv(unhexlify('{k}'), unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{ct}')))))
 """
     assert _mp_aead(path, body) == pt
 
@@ -638,7 +638,7 @@ def test_aead_fallback_matches_fast_path_on_one_interpreter() -> None:
     body = """
 res = []
 for fb in (False, True):
-    C.force_fallback_for_testing_only(fb)
+    T.force_fallback_for_testing_only(fb)
     c = C.ChaCha20Poly1305(bytes(range(1, 33)))
     out = []
     for n in (0, 5, 64, 130):
@@ -758,8 +758,10 @@ def test_chacha20_viper_code_is_word_size_independent(uint: type) -> None:
     cp.uint = uint  # type: ignore[attr-defined]
     k, ctr, iv, want = RFC8439_2_4_2
     st = [0] * 48
+    ps = [0] * 40
     cp.chacha_setkey(_Ptr32(st), _Ptr8(bytearray.fromhex(k)))
-    cp.chacha_setiv(_Ptr32(st), _Ptr8(bytearray.fromhex(iv)))
+    st[20:26] = [int.from_bytes(bytes.fromhex(iv)[2 * i : 2 * i + 2], "little") for i in range(6)]
+    cp.chacha_polykey(_Ptr32(st), _Ptr32(ps))  # assembles the nonce words st[13..15]
     st[12], st[16], st[17], st[18] = ctr, 0, 0, len(SUNSCREEN)
     out = bytearray(len(SUNSCREEN))
     cp.chacha_xor(_Ptr32(st), _Ptr8(bytearray(SUNSCREEN)), _Ptr8(out))
@@ -768,7 +770,7 @@ def test_chacha20_viper_code_is_word_size_independent(uint: type) -> None:
     key = bytes(range(0x80, 0xA0))
     iv12 = bytes.fromhex("000000000001020304050607")
     cp.chacha_setkey(_Ptr32(st), _Ptr8(bytearray(key)))
-    cp.chacha_setiv(_Ptr32(st), _Ptr8(bytearray(iv12)))
+    st[20:26] = [int.from_bytes(iv12[2 * i : 2 * i + 2], "little") for i in range(6)]
     ps = [0] * 40
     cp.chacha_polykey(_Ptr32(st), _Ptr32(ps))
     block0 = Cipher(algorithms.ChaCha20(key, bytes(4) + iv12), mode=None).encryptor().update(bytes(32))
@@ -802,9 +804,10 @@ def test_poly1305_worst_case_limbs_fit_32_bits() -> None:
         ps[0:10] = h_limbs
         ps[10:20] = r_limbs
         ps[20:28] = [rng.randrange(1 << 16) for _ in range(8)]
-        ps[28], ps[29], ps[30], ps[33] = 0, len(msg), 1 | 4, 0
-        tag = bytearray(16)
-        cp.poly_update(_Ptr32(ps), _Ptr8(bytearray(msg)), _Ptr8(bytearray(16)), _Ptr8(tag))
+        ps[28], ps[29], ps[30], ps[31] = 0, len(msg), 1 | 4, 0
+        buf = bytearray(msg) + bytearray(16)  # the tag goes after the message
+        cp.poly_update(_Ptr32(ps), _Ptr8(bytearray()), _Ptr8(buf), _Ptr8(bytearray(16)))
+        tag = buf[len(msg):]
         assert max(ps[0:10]) <= gen.H_AFTER_MUL
         # the same computation on big integers
         h = sum(x << (13 * i) for i, x in enumerate(h_limbs))
@@ -823,9 +826,9 @@ def test_poly1305_final_reduction_at_the_edges_of_p() -> None:
     for h in [P1305 - 3, P1305 - 1, P1305, P1305 + 1, P1305 + 3, (1 << 130) - 1, 0, 1]:
         ps = [0] * 40
         ps[0:10] = [(h >> (13 * i)) & 0x1FFF for i in range(10)]
-        ps[28], ps[29], ps[30], ps[33] = 0, 0, 4, 0
+        ps[28], ps[29], ps[30], ps[31] = 0, 0, 4, 0
         tag = bytearray(16)
-        cp.poly_update(_Ptr32(ps), _Ptr8(bytearray(0)), _Ptr8(bytearray(16)), _Ptr8(tag))
+        cp.poly_update(_Ptr32(ps), _Ptr8(bytearray(0)), _Ptr8(tag), _Ptr8(bytearray(16)))
         assert int.from_bytes(tag, "little") == (h % P1305) % (1 << 128)
 
 
@@ -846,13 +849,13 @@ def test_generated_viper_code_is_current(name: str) -> None:
 def test_blake2s_viper_code_is_word_size_independent(uint: type) -> None:
     import hashlib
 
-    from micropython_port import hashes
+    from micropython_port import blake2s
 
     b2 = _load_viper_model("_blake2s_viper")
     b2.uint = uint  # type: ignore[attr-defined]
     for msg in (b"", b"abc", bytes(range(64)), bytes(range(200))):
-        h = list(hashes._IV)
-        h[0] ^= hashes._PARAM0
+        h = list(blake2s.IV)
+        h[0] ^= blake2s.PARAM0
         bs = h + [0] * 24
         off = 0
         while len(msg) - off > 64:
@@ -885,12 +888,11 @@ def test_viper_code_has_no_literal_beyond_a_32_bit_small_int(target: str) -> Non
 _MP_BACKEND_PRELUDE = """
 import json
 from binascii import hexlify, unhexlify
-from micropython_port import x25519 as X, chacha20poly1305 as C, hashes
+from micropython_port import x25519 as X, chacha20poly1305 as C, blake2s
+from tests import mp_primitive_hooks as T
 from micropython_port.backend import MicroBackend
 from device.errors import LocalError, AuthError
-X.force_fallback_for_testing_only({fallback})
-C.force_fallback_for_testing_only({fallback})
-hashes.force_fallback_for_testing_only({fallback})
+T.force_fallback_for_testing_only({fallback})
 def hx(b):
     return hexlify(b).decode()
 """
@@ -902,7 +904,7 @@ def _mp_backend(path: str, body: str, timeout: float = 120) -> object:
 
 
 def test_blake2s_fast_path_loads_on_the_unix_port() -> None:
-    assert _mp_backend("fast", "print(json.dumps(hashes.has_fast_path()))") is True
+    assert _mp_backend("fast", "print(json.dumps(T.has_fast_path()[2]))") is True
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -912,8 +914,8 @@ def test_blake2s_rfc7693_vector_and_lengths_around_the_block_size(path: str) -> 
     lengths = [0, 1, 3, 63, 64, 65, 127, 128, 129, 300]
     msgs = [bytes((7 * i + n) & 0xFF for i in range(n)) for n in lengths]
     body = f"""
-out = [hx(hashes.blake2s(b"abc"))]
-out += [hx(hashes.blake2s(unhexlify(m))) for m in {[m.hex() for m in msgs]!r}]
+out = [hx(blake2s.digest(b"abc"))]
+out += [hx(blake2s.digest(unhexlify(m))) for m in {[m.hex() for m in msgs]!r}]
 print(json.dumps(out))
 """
     out = _mp_backend(path, body)
@@ -1090,7 +1092,8 @@ print(json.dumps(res))
 _MPY_ARCH = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em",
              7: "armv7emsp", 8: "armv7emdp", 9: "xtensa", 10: "xtensawin", 11: "rv32imc", 12: "rv64imc"}
 _PRIMITIVE_MODULES = ["__init__", "x25519", "_fe25519_viper", "chacha20poly1305", "_chachapoly_viper",
-                      "hashes", "_blake2s_viper", "backend"]
+                      "hashes", "blake2s", "_blake2s_viper", "backend",
+                      "_chachapoly_py"]  # which tests/mp_primitive_hooks.py imports
 
 
 def test_vectors_pass_from_mpy_built_for_the_native_arch(tmp_path: Path) -> None:
@@ -1112,6 +1115,7 @@ def test_vectors_pass_from_mpy_built_for_the_native_arch(tmp_path: Path) -> None
 import json, micropython
 from binascii import hexlify, unhexlify
 from micropython_port import x25519 as X, chacha20poly1305 as C
+from tests import mp_primitive_hooks as T
 from micropython_port.backend import MicroBackend
 c = C.ChaCha20Poly1305(unhexlify('{key}'))
 buf = bytearray(200)
@@ -1120,9 +1124,9 @@ micropython.heap_lock()
 n = c.encrypt_into(3, b"", 0, buf, 0, 100, buf, 0)
 m = c.decrypt_into(3, b"", 0, buf, 0, n, buf, 0)
 micropython.heap_unlock()
-print(json.dumps([X.__file__, C.__file__, X.has_fast_path(), C.has_fast_path(),
+print(json.dumps([X.__file__, C.__file__, T.has_fast_path()[0], T.has_fast_path()[1],
     hexlify(X.x25519(unhexlify('{k}'), unhexlify('{u}'))).decode(),
-    hexlify(c.encrypt_iv(unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))).decode(),
+    hexlify(T.encrypt_iv(unhexlify('{key}'), unhexlify('{iv}'), unhexlify('{ad}'), unhexlify('{pt}'))).decode(),
     hexlify(MicroBackend().hash("SHA256").hmac(b"k", b"d")).decode(),
     hexlify(MicroBackend().hash("BLAKE2s").digest(b"abc")).decode(), [n, m]]))
 """

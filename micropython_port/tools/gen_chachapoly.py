@@ -47,17 +47,21 @@ Buffers and parameters (to keep viper calls at <= 4 arguments and free of
 heap objects):
 - ``st``: 48 words. 0..15 the ChaCha20 input state (constants, key, block
   counter, nonce); 16 = source offset, 17 = destination offset, 18 = length;
-  20..23 = a 64-bit Noise nonce as four 16-bit pieces; 32..47 the keystream
-  block ``chacha_block`` just made.
+  20..25 = the 96-bit nonce as six 16-bit pieces, little-endian, which
+  ``chacha_polykey`` assembles into st[13..15] (a Noise nonce, section 12.3,
+  is 32 zero bits then a little-endian uint64: its writer sets 22..25 and
+  leaves 20 and 21 zero); 32..47 the keystream block ``chacha_block`` just
+  made.
 - The rounds exist once, in ``chacha_block``; ``chacha_xor`` and
   ``chacha_polykey`` call it (one viper-to-viper call per 64-byte block). They
   take the state as a plain object (``sto``) and cast it, so that the call
   passes the array itself rather than its address as an integer, which could
   be a heap integer on a 32-bit port. Unrolling the XOR and a second copy of
   the rounds was no faster within noise and cost 5.5 KB of native code.
-- ``ps``: 40 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = offset,
-  29 = length, 30 = mode bits (see ``poly_update``), 31 = AD length,
-  32 = ciphertext length, 33 = tag offset.
+- ``ps``: 40 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = message
+  offset, 29 = message length, 30 = mode bits (see ``poly_update``),
+  31 = AD length. The tag sits right after the message, at offset
+  ps[28] + ps[29], in the AEAD and in plain Poly1305 alike.
 - Multi-byte values are assembled from single bytes, so nothing depends on the
   machine's byte order.
 """
@@ -77,23 +81,6 @@ def gen_setkey():
         b = 4 * i
         L.append(f"    st[{4 + i}] = (uint(key[{b + 3}]) << 24) | (key[{b + 2}] << 16) | (key[{b + 1}] << 8) | key[{b}]")
     return L
-
-
-def gen_setiv():
-    return ["@micropython.viper", "def chacha_setiv(st: ptr32, iv: ptr8):",
-            '    """st[13..15] = a 12-byte nonce (RFC 8439 section 2.3)."""'] + [
-        f"    st[{13 + i}] = (uint(iv[{4 * i + 3}]) << 24) | (iv[{4 * i + 2}] << 16) | (iv[{4 * i + 1}] << 8) | iv[{4 * i}]"
-        for i in range(3)
-    ]
-
-
-def gen_setnonce():
-    return ["@micropython.viper", "def chacha_setnonce(st: ptr32):",
-            '    """Noise nonce: st[13] = 0, st[14..15] = the uint64 in st[20..23]',
-            '    (four 16-bit pieces, little-endian), Noise section 12.3."""',
-            "    st[13] = 0",
-            "    st[14] = (uint(st[21]) << 16) | st[20]",
-            "    st[15] = (uint(st[23]) << 16) | st[22]"]
 
 
 def qr(a, b, c, d):
@@ -142,9 +129,13 @@ def gen_polykey():
     L = ["@micropython.viper", "def chacha_polykey(sto, ps: ptr32):",
          '    """RFC 8439 section 2.6: the Poly1305 key is the first 32 bytes of',
          '    ChaCha20 block 0; set r (clamped, 13-bit limbs), s and h = 0 in ps',
-         '    straight from the block words. Leaves the block counter at 1."""',
+         '    straight from the block words. The nonce words st[13..15] come from',
+         '    the six 16-bit pieces st[20..25]. Leaves the block counter at 1."""',
          "    st = ptr32(sto)",
          "    st[12] = 0",
+         "    st[13] = (uint(st[21]) << 16) | st[20]",
+         "    st[14] = (uint(st[23]) << 16) | st[22]",
+         "    st[15] = (uint(st[25]) << 16) | st[24]",
          "    chacha_block(sto)"]
     clamp = ["0x0FFFFFFF", "0x0FFFFFFC", "0x0FFFFFFC", "0x0FFFFFFC"]
     for i in range(8):
@@ -206,23 +197,6 @@ def limb_from_words(i, w):
     return "(" + " | ".join(parts) + ") & 0x1FFF"
 
 
-def gen_init():
-    L = ["@micropython.viper", "def poly_init(ps: ptr32, key: ptr8):",
-         '    """h = 0; r = clamp(key[0..15]) as 13-bit limbs; s = key[16..31]."""']
-    clamp = {3: 15, 7: 15, 11: 15, 15: 15, 4: 252, 8: 252, 12: 252}
-    for k in range(8):
-        b0, b1 = 2 * k, 2 * k + 1
-        e0 = f"(key[{b0}] & {clamp[b0]})" if b0 in clamp else f"key[{b0}]"
-        e1 = f"(key[{b1}] & {clamp[b1]})" if b1 in clamp else f"key[{b1}]"
-        L.append(f"    t{k} = {e0} | ({e1} << 8)")
-    for i in range(10):
-        L.append(f"    ps[{10 + i}] = " + limb_from_words(i, lambda k: f"t{k}"))
-        L.append(f"    ps[{i}] = 0")
-    for k in range(8):
-        L.append(f"    ps[{20 + k}] = key[{16 + 2 * k}] | (key[{17 + 2 * k}] << 8)")
-    return L
-
-
 def column_schedule():
     """For each output column i, the list of (j, coef) terms and after which
     term to split; returns code lines and the carry bound out of column 9."""
@@ -261,26 +235,32 @@ def column_schedule():
 
 
 def gen_update():
-    L = ["@micropython.viper", "def poly_update(ps: ptr32, m: ptr8, blk: ptr8, out: ptr8) -> int:",
-         '    """Absorb m[ps[28]:][:ps[29]] into h. Mode bits in ps[30]: 1 = zero-pad',
-         '    a short block to 16 bytes and treat it as full (AEAD, RFC 8439 section',
-         '    2.8), else append 0x01 without the high bit (plain Poly1305); 2 = then',
-         '    absorb le64(ps[31]) || le64(ps[32]) (the AEAD length block); 4 = then',
-         '    finish: write the tag to out[ps[33]:][:16], or with 8 as well, compare',
-         '    it with those bytes instead and return the OR of the byte XORs (0 iff',
+    L = ["@micropython.viper", "def poly_update(ps: ptr32, ad: ptr8, m: ptr8, blk: ptr8) -> int:",
+         '    """Absorb ad[:ps[31]], then m[ps[28]:][:ps[29]], into h. Mode bits in',
+         '    ps[30]: 1 = zero-pad each of the two to a whole block (AEAD, RFC 8439',
+         '    section 2.8), else append 0x01 without the high bit (plain Poly1305,',
+         '    with ps[31] = 0); 2 = then absorb le64(ps[31]) || le64(ps[29]) (the',
+         '    AEAD length block); 4 = then finish: write the tag to the 16 bytes',
+         '    after the message, m[ps[28] + ps[29]:], or with 8 as well, compare it',
+         '    with those bytes instead and return the OR of the byte XORs (0 iff',
          '    equal; no early exit, so the time does not depend on where they',
          '    differ). Returns 0 otherwise. blk: 16 bytes of scratch."""',
-         "    o = int(ps[28])",
-         "    n = int(ps[29])",
+         "    mo = int(ps[28])",
+         "    mn = int(ps[29])",
+         "    an = int(ps[31])",
          "    mode = int(ps[30])",
-         "    lens = mode & 2"]
+         "    lens = mode & 2",
+         "    src = ad",
+         "    o = 0",
+         "    n = an",
+         "    on_m = 0  # 1 once the AD is done and m is being absorbed"]
     for i in range(10):
         L.append(f"    h{i} = int(ps[{i}])")
         L.append(f"    r{i} = int(ps[{10 + i}])")
     for i in range(1, 10):
         L.append(f"    s{i} = r{i} * 5")
     L += ["    while True:",
-          "        p = m",
+          "        p = src",
           "        hibit = 1 << 11  # 2**128 = bit 11 of limb 9 (9 * 13 + 11 = 128)",
           "        if n >= 16:",
           "            n -= 16",
@@ -288,21 +268,25 @@ def gen_update():
           "            for i in range(16):",
           "                blk[i] = 0",
           "            for i in range(n):",
-          "                blk[i] = m[o + i]",
+          "                blk[i] = src[o + i]",
           "            if (mode & 1) == 0:",
           "                blk[n] = 1",
           "                hibit = 0",
           "            p = blk",
           "            o = 0",
           "            n = 0",
+          "        elif on_m == 0:",
+          "            src = m",
+          "            o = mo",
+          "            n = mn",
+          "            on_m = 1",
+          "            continue",
           "        elif lens:",
-          "            a = int(ps[31])",
-          "            b = int(ps[32])",
           "            for i in range(16):",
           "                blk[i] = 0",
           "            for i in range(4):",
-          "                blk[i] = (a >> (i << 3)) & 0xFF",
-          "                blk[8 + i] = (b >> (i << 3)) & 0xFF",
+          "                blk[i] = (an >> (i << 3)) & 0xFF",
+          "                blk[8 + i] = (mn >> (i << 3)) & 0xFF",
           "            p = blk",
           "            o = 0",
           "            lens = 0",
@@ -336,9 +320,9 @@ def gen_update():
 
 
 def finish_lines():
-    """out[ps[33]:][:16] = (h mod p + s) mod 2**128 from locals h0..h9, h
+    """m[mo + mn:][:16] = (h mod p + s) mod 2**128 from locals h0..h9, h
     reduced in constant time (select h or h - p with a mask)."""
-    L = ["    o = int(ps[33])"]
+    L = ["    o = mo + mn"]
     L.append("    c = h1 >> 13")
     L.append("    h1 &= 0x1FFF")
     for i in range(2, 10):
@@ -378,18 +362,17 @@ def finish_lines():
     L.append("    if mode & 8:")
     L.append("        acc = 0")
     for k in range(8):
-        L += [f"        acc |= out[o + {2 * k}] ^ (w{k} & 0xFF)",
-              f"        acc |= out[o + {2 * k + 1}] ^ (w{k} >> 8)"]
+        L += [f"        acc |= m[o + {2 * k}] ^ (w{k} & 0xFF)",
+              f"        acc |= m[o + {2 * k + 1}] ^ (w{k} >> 8)"]
     L.append("        return acc")
     for k in range(8):
-        L += [f"    out[o + {2 * k}] = w{k} & 0xFF",
-              f"    out[o + {2 * k + 1}] = w{k} >> 8"]
+        L += [f"    m[o + {2 * k}] = w{k} & 0xFF",
+              f"    m[o + {2 * k + 1}] = w{k} >> 8"]
     return L
 
 
 def generate():
-    parts = [gen_setkey(), gen_setiv(), gen_setnonce(), gen_block(), gen_polykey(), gen_xor(),
-             gen_init(), gen_update()]
+    parts = [gen_setkey(), gen_block(), gen_polykey(), gen_xor(), gen_update()]
     body = "\n\n\n".join("\n".join(p) for p in parts)
     hdr = HEADER.format(h_max=H_MAX, r_max=R_MAX, h_after=H_AFTER_MUL)
     return hdr + "\n" + body + "\n"
