@@ -13,11 +13,14 @@ Invariants:
   in-flight slots) are allocated in ``__init__``. A PUBLISH payload lands
   at offset 0 of ``parser.payload``, ready for ``DeviceSession.receive_into``.
 - Rule 3: QoS 1 publishes are kept in a fixed set of in-flight slots until
-  their PUBACK arrives. They are sent again with DUP set after
-  ``retry_ms`` without a PUBACK and after every reconnect (MQTT 3.1.1
-  section 4.4), so a reading survives a dropped connection. Incoming QoS 1
-  messages are acknowledged after ``on_message`` returns (at least once).
-- Rule 4: the session is persistent (``clean_session`` False by default), so
+  their PUBACK arrives. They are sent again, with DUP set and their packet
+  ids, after every reconnect, so a reading survives a dropped connection.
+  That is the only time MQTT 3.1.1 requires a resend (section 4.4): TCP
+  does not lose a packet on a live connection, and a broker that stops
+  answering is caught by the keepalive, which drops and reconnects.
+  Incoming QoS 1 messages are acknowledged after ``on_message`` returns
+  (at least once).
+- Rule 4: the session is persistent (CONNECT without clean session), so
   the broker keeps our subscription and queues down-topic messages while
   the device is offline; if the broker answers "no session", the client
   subscribes again before anything else is sent.
@@ -46,6 +49,7 @@ _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
+_BACKOFF_MAX_MS = const(8000)  # the reconnect backoff doubles from backoff_min_ms up to here
 _RX_CHUNK_BYTES = const(256)  # one socket read; the parser copies from here
 _DEFAULT_MAX_PAYLOAD = const(1200)  # device.envelope.ENVELOPE_MAX_BYTES
 _IPPROTO_TCP = const(6)  # the same in Linux and lwIP
@@ -75,42 +79,39 @@ class MQTTClient:
     """
 
     def __init__(self, client_id, host, port=1883, user=None, password=None,
-                 keepalive=60, clean_session=False, max_payload=_DEFAULT_MAX_PAYLOAD,
-                 inflight=2, retry_ms=5000, timeout_ms=5000, on_message=None,
-                 backoff_min_ms=200, backoff_max_ms=8000):
+                 keepalive=60, max_payload=_DEFAULT_MAX_PAYLOAD, inflight=2,
+                 timeout_ms=5000, on_message=None, backoff_min_ms=200):
         self.host = host
         self.port = port
         self.keepalive = keepalive
-        self.retry_ms = retry_ms
         self.timeout_ms = timeout_ms
         self.on_message = on_message
         self.backoff_min_ms = backoff_min_ms
-        self.backoff_max_ms = backoff_max_ms
         self.parser = PacketParser(max_payload)
         self._rx = bytearray(_RX_CHUNK_BYTES)
         # fixed header (5) + topic length, topic and packet id (the
         # parser's head) + payload: a PUBLISH, or a smaller control packet.
         cap = 5 + len(self.parser.head) + max_payload
         self._pkt = bytearray(cap)  # QoS 0 publishes and control packets
-        self._slots = [bytearray(cap) for _ in range(inflight)]
+        self._slots = []
+        for _ in range(inflight):
+            self._slots.append(bytearray(cap))
         self._slot_len = [0] * inflight  # 0 = free
         self._slot_pid = [0] * inflight
-        self._slot_t = [0] * inflight  # when last sent
         # The CONNECT is the same every time: encoded once, at its size
         # (fixed header 5 + 10 + three 2-byte length fields).
         client_id = _b(client_id)
         user = _b(user)
         password = _b(password)
         pkt = bytearray(21 + len(client_id) + len(user or b"") + len(password or b""))
-        self._connect = pkt[:encode_connect_into(pkt, client_id, keepalive, user, password,
-                                                 clean_session)]
+        self._connect = pkt[:encode_connect_into(pkt, client_id, keepalive, user, password)]
         self._subs = []  # [(topic, qos)] to restore on a fresh session
         self._pid = 0
         self._sock = None
         self.connected = False
         self.session_present = False
         self._backoff = backoff_min_ms
-        self._next_try = 0
+        self._next_try = ticks_ms()  # start() connects at once
         self._waited = -1  # return code of a CONNACK or SUBACK, see _await
         self._on_packet = self._packet  # bound once: no allocation per feed
         self.reconnects = 0
@@ -147,47 +148,36 @@ class MQTTClient:
             if not self.session_present:
                 for topic, qos in self._subs:
                     self.subscribe(topic, qos)
-            self._resend(0)
+            for i in range(len(self._slots)):
+                if self._slot_len[i]:
+                    pkt = self._slots[i]
+                    pkt[0] |= 0x08  # DUP: a resend (section 3.3.1.1)
+                    self._write(pkt, self._slot_len[i])
         except Exception:
-            self._drop()
+            self.disconnect()
             raise
         self._backoff = self.backoff_min_ms
         return self.session_present
 
-    def start(self):
-        """``connect()`` now if the broker answers, otherwise later from
-        ``poll()`` with backoff; never raises for network trouble, so a
-        board that boots before its broker keeps trying. Returns True if
-        connected now."""
-        try:
-            self.connect()
-        except (OSError, DecodeError):
-            pass
-        return self.connected
-
     def disconnect(self):
-        """Send DISCONNECT (if connected) and close. In-flight publishes
-        stay in their slots and go out again on the next ``connect``."""
+        """Send DISCONNECT (if connected) and close; ``poll()`` connects
+        again once the backoff has passed. In-flight publishes stay in
+        their slots and go out again on the next ``connect``. Also how a
+        failed connection is dropped: the DISCONNECT is one non-blocking
+        write attempt, so a stalled stream does not hold it up."""
         s = self._sock
         if s is not None:
             if self.connected:
                 self._pkt[0] = _DISCONNECT
                 self._pkt[1] = 0
                 try:
-                    self._write(self._pkt, 2)
+                    s.write(self._pkt, 0, 2)
                 except OSError:
                     pass
             s.close()
         self._sock = None
         self.connected = False
-
-    def _drop(self):
-        # A connection that failed: close it, and let poll() try again
-        # after a backoff that doubles up to backoff_max_ms.
-        self.connected = False  # no DISCONNECT on a broken stream
-        self.disconnect()
         self._next_try = ticks_add(ticks_ms(), self._backoff)
-        self._backoff = min(self._backoff * 2, self.backoff_max_ms)
 
     # -- I/O --------------------------------------------------------------
 
@@ -293,8 +283,8 @@ class MQTTClient:
         lost when not connected. Raises ``OSError`` if no slot frees up in
         time, ``LocalError`` for a payload larger than ``max_payload`` or a
         topic too long."""
-        if n < 0 or n > len(self.parser.payload):
-            raise LocalError("payload larger than max_payload")
+        if n > len(self.parser.payload):
+            raise LocalError("too long")  # the slots hold max_payload
         pkt = self._pkt
         if qos:
             deadline = ticks_add(ticks_ms(), self.timeout_ms)
@@ -309,30 +299,17 @@ class MQTTClient:
         if qos:
             self._slot_pid[i] = self._pid
             self._slot_len[i] = m
-            self._slot_t[i] = ticks_ms()
         if self.connected:
             try:
                 self._write(pkt, m)
             except OSError:
-                self._drop()
+                self.disconnect()
         return self._pid if qos else 0
-
-    def _resend(self, retry_ms):
-        # Publishes unacknowledged for retry_ms go out again with DUP
-        # (section 3.3.1.1); connect() passes 0: all of them.
-        now = ticks_ms()
-        for i in range(len(self._slots)):
-            if self._slot_len[i] and ticks_diff(now, self._slot_t[i]) >= retry_ms:
-                pkt = self._slots[i]
-                pkt[0] |= 0x08
-                self._slot_t[i] = now
-                self._write(pkt, self._slot_len[i])
 
     def poll(self, timeout_ms=0):
         """Read and dispatch what arrives within ``timeout_ms``; send a
-        PINGREQ when the keepalive is half used; retransmit publishes
-        unacknowledged for ``retry_ms``; reconnect after a failure once the
-        backoff has passed. Returns True if the connection is up
+        PINGREQ when the keepalive is half used; reconnect after a failure
+        once the backoff has passed. Returns True if the connection is up
         afterwards."""
         if not self.connected:
             if ticks_diff(ticks_ms(), self._next_try) >= 0:
@@ -340,16 +317,13 @@ class MQTTClient:
                     self.connect()
                     self.reconnects += 1
                 except (OSError, DecodeError):
-                    pass  # connect() dropped it: next try after the backoff
+                    # connect() closed it; the next try waits longer.
+                    self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
             if not self.connected:
-                if timeout_ms > 0:
-                    sleep_ms(min(timeout_ms, max(0, ticks_diff(self._next_try, ticks_ms()))))
+                sleep_ms(max(0, min(timeout_ms, ticks_diff(self._next_try, ticks_ms()))))
                 return False
         try:
             self._read(timeout_ms)
-            if not self.connected:  # on_message disconnected
-                return False
-            self._resend(self.retry_ms)
             ka = self.keepalive * 1000
             now = ticks_ms()
             if ka:
@@ -362,6 +336,11 @@ class MQTTClient:
                     self._write(self._pkt, 2)
                     self._ping_sent = now
         except (OSError, DecodeError):
-            self._drop()
+            self.disconnect()
             return False
         return True
+
+    # ``start()``: connect now if the broker answers, otherwise later from
+    # poll() with backoff; never raises for network trouble, so a board that
+    # boots before its broker keeps trying. Returns True if connected now.
+    start = poll

@@ -70,13 +70,14 @@ class PacketParser:
     ``feed_into(data, n, on_packet)`` calls ``on_packet(ptype, flags)`` for
     each whole packet; during the call ``head[:head_len]`` holds the
     variable header (for PUBLISH: topic length, topic, packet id; ``pid``
-    holds the packet id of a PUBLISH, PUBACK or SUBACK) and
+    holds the packet id of a QoS 1 PUBLISH or a PUBACK, else 0) and
     ``payload[:payload_len]`` a PUBLISH payload (``oversize`` True and no
     bytes if it exceeded ``max_payload``). Raises ``DecodeError`` (Rule 1)
     for: a reserved or client-only packet type, wrong fixed-header flags,
     QoS 3, a remaining length longer than 4 bytes, a topic empty, longer
-    than ``_TOPIC_MAX_BYTES`` or beyond the packet, a QoS 1 PUBLISH with
-    packet id 0, a CONNACK/PUBACK/SUBACK/PINGRESP of the wrong length.
+    than ``_TOPIC_MAX_BYTES`` or beyond the packet, a QoS 1 PUBLISH or a
+    PUBACK with packet id 0, a CONNACK/PUBACK/SUBACK/PINGRESP of the wrong
+    length (checked once the remaining length is in).
     """
 
     def __init__(self, max_payload):
@@ -91,11 +92,11 @@ class PacketParser:
 
     def feed_into(self, data, n, on_packet):
         """Parse ``data[:n]``; ``on_packet(ptype, flags)`` per packet. Raises
-        ``DecodeError`` (Rule 1); ``LocalError`` if ``n`` is out of range.
+        ``DecodeError`` (Rule 1); ``LocalError`` if ``n > len(data)``.
         An exception from ``on_packet`` propagates; the parser is then at
         the start of the next packet."""
-        if n < 0 or n > len(data):
-            raise LocalError("n out of range")
+        if n > len(data):
+            raise LocalError("too long")
         head = self.head
         i = 0
         while i < n:
@@ -117,24 +118,14 @@ class PacketParser:
                 if g == 2 and self._byte1 & 0xF0 == _PUBLISH:
                     # The topic length is in: the payload starts after the
                     # topic and, for QoS 1, the packet id.
-                    s = (head[0] << 8) | head[1]
-                    if s < 1 or s > _TOPIC_MAX_BYTES:
-                        raise DecodeError("bad topic")
-                    s += 4 if self._byte1 & 0x06 else 2
-                    if s > self._rem:
+                    n_topic = (head[0] << 8) | head[1]
+                    s = n_topic + (4 if self._byte1 & 0x06 else 2)
+                    if n_topic < 1 or n_topic > _TOPIC_MAX_BYTES or s > self._rem:
                         raise DecodeError("bad topic")
                     self.oversize = self._rem - s > len(self.payload)  # skipped: see Limits
                     self._split = s
             elif st == _S_TYPE:
-                # Only what a broker sends a QoS 0/1 client: PUBLISH (not
-                # QoS 3), CONNACK, PUBACK, SUBACK, PINGRESP with flags 0.
-                # CONNECT, SUBSCRIBE, PINGREQ, DISCONNECT come only from
-                # clients; PUBREC/PUBREL/PUBCOMP only with QoS 2, which we
-                # never ask for; 0x00 and 0xF0 are reserved.
-                if not (b & 0xF0 == _PUBLISH and b & 0x06 != 0x06 or b == _CONNACK
-                        or b == _PUBACK or b == _SUBACK or b == _PINGRESP):
-                    raise DecodeError("bad type")
-                self._byte1 = b
+                self._byte1 = b  # checked with the length, below
                 self._rem = 0
                 self._got = 0  # remaining-length bytes so far
                 st = _S_LEN
@@ -144,24 +135,29 @@ class PacketParser:
                 self._rem = rem
                 self._got = g + 1
                 if b & 0x80:
-                    if g + 1 == _LENGTH_MAX_BYTES:
-                        raise DecodeError("bad length")
+                    if g == _LENGTH_MAX_BYTES - 1:
+                        raise DecodeError("bad header")
                 else:
-                    t = self._byte1 & 0xF0
-                    if t == _PUBLISH:
+                    # The fixed header is in. Only what a broker sends a
+                    # QoS 0/1 client passes, at a length its body needs:
+                    # CONNECT, SUBSCRIBE, PINGREQ, DISCONNECT come only from
+                    # clients; PUBREC/PUBREL/PUBCOMP only with QoS 2, which
+                    # we never ask for; 0x00 and 0xF0 are reserved; flags
+                    # are 0 but for PUBLISH, where QoS 3 is invalid.
+                    b = self._byte1
+                    self._split = rem  # all of the body is head
+                    if b & 0xF0 == _PUBLISH:
                         # topic length (2) + topic (1 or more) + payload
-                        bad = rem < 3
+                        ok = b & 0x06 != 0x06 and rem > 2
                         self._split = 2  # until the topic length is in
+                    elif b == _SUBACK:
+                        ok = 2 < rem <= _HEAD_BYTES  # packet id, a code per filter
+                    elif b == _PINGRESP:
+                        ok = rem == 0
                     else:
-                        if t == _SUBACK:
-                            bad = rem < 3 or rem > _HEAD_BYTES
-                        elif t == _PINGRESP:
-                            bad = rem != 0
-                        else:  # CONNACK, PUBACK
-                            bad = rem != 2
-                        self._split = rem  # all of it is head
-                    if bad:
-                        raise DecodeError("bad length")
+                        ok = (b == _CONNACK or b == _PUBACK) and rem == 2
+                    if not ok:
+                        raise DecodeError("bad header")
                     self._got = 0  # body bytes so far
                     self.oversize = False
                     st = _S_BODY
@@ -173,14 +169,13 @@ class PacketParser:
                 s = self._split
                 self.head_len = s
                 self.payload_len = 0 if self.oversize else self._rem - s
-                if b & 0xF0 == _PUBLISH:
-                    self.pid = 0
-                    if b & 0x06:
-                        self.pid = (head[s - 2] << 8) | head[s - 1]
-                        if self.pid == 0:
-                            raise DecodeError("bad pid")
-                elif b == _PUBACK or b == _SUBACK:
-                    self.pid = (head[0] << 8) | head[1]
+                pid = 0
+                if b & 0x06 or b == _PUBACK:  # QoS 1 PUBLISH (others have flags 0)
+                    # The last two bytes of the head; never 0 (section 2.3.1).
+                    pid = (head[s - 2] << 8) | head[s - 1]
+                    if pid == 0:
+                        raise DecodeError("bad pid")
+                self.pid = pid
                 st = _S_TYPE
             self._state = st
             if st == _S_TYPE:
@@ -214,28 +209,30 @@ def _put_str(buf, off, s):
     return off + n
 
 
-def encode_connect_into(buf, client_id, keepalive, user, password, clean_session):
-    """CONNECT (section 3.1); ``client_id`` and ``user``, ``password``
-    (each bytes or None) are bytes. Returns the length."""
-    # protocol name (2 + 4) + level (1) + flags (1) + keepalive (2) = 10
-    rem = 10 + 2 + len(client_id)
-    flags = 0x02 if clean_session else 0
+def encode_connect_into(buf, client_id, keepalive, user, password):
+    """CONNECT (section 3.1) for a persistent session (clean session 0);
+    ``client_id`` and ``user``, ``password`` (each bytes or None) are
+    bytes. Returns the length. Raises
+    ``LocalError`` if it would not fit a one-byte remaining length (127:
+    the three fields 111 bytes together), ``IndexError`` if not ``buf``."""
+    buf[0] = _CONNECT
+    off = _put_str(buf, 2, b"MQTT")
+    buf[off] = 4  # protocol level 4 = 3.1.1
+    flags = 0
     if user is not None:
-        rem += 2 + len(user)
         flags |= 0x80
     if password is not None:
-        rem += 2 + len(password)
         flags |= 0x40
-    off = _put_str(buf, _put_header(buf, _CONNECT, rem), b"MQTT")
-    buf[off] = 4  # protocol level 4 = 3.1.1
     buf[off + 1] = flags
     buf[off + 2] = keepalive >> 8
     buf[off + 3] = keepalive & 0xFF
     off = _put_str(buf, off + 4, client_id)
-    if user is not None:
-        off = _put_str(buf, off, user)
-    if password is not None:
-        off = _put_str(buf, off, password)
+    for s in (user, password):
+        if s is not None:
+            off = _put_str(buf, off, s)
+    if off - 2 > 0x7F:
+        raise LocalError("too long")
+    buf[1] = off - 2
     return off
 
 
@@ -244,7 +241,7 @@ def encode_publish_into(buf, topic, payload, n, qos, pid):
     and RETAIN clear; ``pid`` only for QoS 1. Returns the length. Raises
     ``LocalError`` for a topic longer than ``_TOPIC_MAX_BYTES``."""
     if len(topic) > _TOPIC_MAX_BYTES:
-        raise LocalError("topic too long")
+        raise LocalError("too long")
     off = _put_header(buf, _PUBLISH | (qos << 1), 2 + len(topic) + (2 if qos else 0) + n)
     off = _put_str(buf, off, topic)
     if qos:
@@ -261,7 +258,7 @@ def encode_subscribe_into(buf, pid, topic, qos):
     """SUBSCRIBE (section 3.8) to one topic filter. Returns the length.
     Raises ``LocalError`` for a topic longer than ``_TOPIC_MAX_BYTES``."""
     if len(topic) > _TOPIC_MAX_BYTES:
-        raise LocalError("topic too long")
+        raise LocalError("too long")
     off = _put_header(buf, _SUBSCRIBE, 2 + 2 + len(topic) + 1)
     buf[off] = pid >> 8
     buf[off + 1] = pid & 0xFF

@@ -25,8 +25,9 @@ PACKETS = [
     ("connack", bytes.fromhex("20 02 01 00"), [(0x20, 0, "0100", "", 0)]),
     # PUBACK for packet id 0x1234 (section 3.4)
     ("puback", bytes.fromhex("40 02 12 34"), [(0x40, 0, "1234", "", 0x1234)]),
-    # SUBACK pid 7, granted QoS 1 (section 3.9)
-    ("suback", bytes.fromhex("90 03 00 07 01"), [(0x90, 0, "000701", "", 7)]),
+    # SUBACK pid 7, granted QoS 1 (section 3.9); pid is only parsed for a
+    # PUBACK or a QoS 1 PUBLISH (the client waits for one SUBACK at a time)
+    ("suback", bytes.fromhex("90 03 00 07 01"), [(0x90, 0, "000701", "", 0)]),
     ("pingresp", bytes.fromhex("d0 00"), [(0xD0, 0, "", "", 0)]),
     # PUBLISH QoS 0 "a/b" payload "hi": no packet id
     ("publish qos0", bytes.fromhex("30 07 00 03 61 2f 62 68 69"),
@@ -58,6 +59,7 @@ BAD = [
     ("topic past the packet", "30 04 00 05 74 74"),
     ("topic too long", "30 43 00 41" + " 74" * 65),
     ("QoS 1 packet id 0", "32 05 00 01 74 00 00"),
+    ("PUBACK packet id 0", "40 02 00 00"),
 ]
 
 
@@ -113,7 +115,7 @@ def test_an_oversized_publish_is_skipped_whole_and_the_stream_goes_on() -> None:
         chunks = [wire] if step is None else [wire[i:i + step] for i in range(0, len(wire), step)]
         for c in chunks:
             p.feed_into(c, len(c), lambda t, f: got.append((t, p.oversize, p.payload_len, p.pid)))
-        assert got == [(0x30, True, 0, 42), (0xD0, False, 0, 42)]
+        assert got == [(0x30, True, 0, 42), (0xD0, False, 0, 0)]
         assert bytes(p.payload) == bytes(1024)  # nothing of it was stored
 
 
@@ -139,17 +141,22 @@ def test_caller_mistakes_raise_local_error() -> None:
     p = PacketParser(16)
     with pytest.raises(LocalError):
         p.feed_into(b"\xd0\x00", 3, lambda t, f: None)
+    with pytest.raises(LocalError):  # 128 bytes would need a two-byte remaining length
+        encode_connect_into(buf, b"c" * 50, 60, b"u" * 30, b"p" * (128 - 10 - 52 - 32 - 2))
 
 
 def test_encoders_match_the_spec_bytes() -> None:
     buf = bytearray(256)
     # CONNECT, 3.1.1, clean session off, keepalive 30, user "u", password "pw"
-    n = encode_connect_into(buf, b"moteseal-m1", 30, b"u", b"pw", False)
+    n = encode_connect_into(buf, b"moteseal-m1", 30, b"u", b"pw")
     assert bytes(buf[:n]) == bytes.fromhex(
         "10 1e 0004 4d515454 04 c0 001e 000b") + b"moteseal-m1" + bytes.fromhex("0001") + b"u" + \
         bytes.fromhex("0002") + b"pw"
-    n = encode_connect_into(buf, b"c", 0, None, None, True)
-    assert bytes(buf[:n]) == bytes.fromhex("10 0d 0004 4d515454 04 02 0000 0001 63")
+    n = encode_connect_into(buf, b"c", 0, None, None)
+    assert bytes(buf[:n]) == bytes.fromhex("10 0d 0004 4d515454 04 00 0000 0001 63")
+    # The largest CONNECT with a one-byte remaining length: 127.
+    n = encode_connect_into(buf, b"c" * 50, 60, b"u" * 30, b"p" * (127 - 10 - 52 - 32 - 2))
+    assert n == 2 + 127 and buf[1] == 127
     n = encode_subscribe_into(buf, 0x0102, b"a/b", 1)
     assert bytes(buf[:n]) == bytes.fromhex("82 08 0102 0003 612f62 01")
     # PUBLISH QoS 1, pid 5, 200-byte payload: remaining length 205 = 0xCD 0x01
