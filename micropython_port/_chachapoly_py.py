@@ -38,7 +38,7 @@ def _le32(b, o):
     return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
 
 
-class PyChaCha20Poly1305:
+class ChaCha20Poly1305:
     """ChaCha20-Poly1305 on Python integers and bytearrays."""
 
     def __init__(self, key):
@@ -69,7 +69,7 @@ class PyChaCha20Poly1305:
         wrong or ``src_len < 16``; ``LocalError``/``BufferTooSmall`` for bad
         ranges."""
         if src_len < TAG_BYTES:
-            raise AuthError("authentication failed")
+            raise AuthError
         ct_len = src_len - TAG_BYTES
         _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, ct_len)
         self._set_nonce(nonce)
@@ -80,7 +80,7 @@ class PyChaCha20Poly1305:
         for i in range(TAG_BYTES):
             acc |= src[src_off + ct_len + i] ^ tag[i]
         if acc:
-            raise AuthError("authentication failed")
+            raise AuthError
         self._xor(src, src_off, dst, dst_off, ct_len)
         return ct_len
 

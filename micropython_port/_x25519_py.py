@@ -12,7 +12,7 @@ P = 2**255 - 19
 A24 = 121665  # (486662 - 2) / 4, RFC 7748 section 5
 
 
-def ladder_int(kb, u):
+def ladder(kb, u):
     """RFC 7748 section 5 ladder on Python integers: X25519 of the clamped
     scalar bytes ``kb`` and the u-coordinate ``u`` (an int), reduced mod p."""
     x1 = u % P

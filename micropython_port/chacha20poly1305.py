@@ -48,30 +48,26 @@ def ChaCha20Poly1305(key):  # noqa: N802 - a factory standing in for a class
     ``decrypt_into`` (see ``device/backend.py``). Raises ``LocalError`` for a
     key of the wrong length."""
     if len(key) != 32:
-        raise LocalError("ChaCha20-Poly1305 key must be 32 bytes")
+        raise LocalError("key must be 32 bytes")
     if _v:
         return _Viper(key)
-    from micropython_port._chachapoly_py import PyChaCha20Poly1305
+    from micropython_port import _chachapoly_py
 
-    return PyChaCha20Poly1305(key)
+    return _chachapoly_py.ChaCha20Poly1305(key)
 
 
 def _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, out_len):
-    """Raise ``LocalError`` (``BufferTooSmall`` for a short ``dst``) unless
-    ``nonce`` is a uint64 and every range lies inside its buffer."""
-    if nonce < 0 or nonce >> 64:
-        raise LocalError("nonce must be a uint64")
-    if dst.__class__ is bytes:
-        # viper would write into an immutable (possibly frozen, in-flash) object
-        raise LocalError("dst must be writable")
-    if ad_len < 0 or src_off < 0 or src_len < 0 or dst_off < 0:
-        raise LocalError("negative offset or length")
-    if ad_len > len(ad):
-        raise LocalError("ad_len exceeds ad")
-    if src_off + src_len > len(src):
-        raise LocalError("src range exceeds src")
+    """Raise ``LocalError`` unless ``nonce`` is a uint64, ``dst`` is writable
+    and every range lies inside its buffer; ``BufferTooSmall`` if only the
+    ``out_len`` bytes at ``dst_off`` do not fit in ``dst``."""
+    # One message for all of them: each distinct string costs heap.
+    if (nonce < 0 or nonce >> 64 or ad_len < 0 or src_off < 0 or src_len < 0 or dst_off < 0
+            or ad_len > len(ad) or src_off + src_len > len(src)
+            # viper would write into an immutable (possibly frozen, in-flash) object
+            or dst.__class__ is bytes):
+        raise LocalError("bad nonce, range or dst")
     if dst_off + out_len > len(dst):
-        raise BufferTooSmall("dst cannot hold the output")
+        raise BufferTooSmall("dst too small")
 
 
 class _Viper:
@@ -110,7 +106,7 @@ class _Viper:
 
     def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off):
         if src_len < _TAG_BYTES:
-            raise AuthError("authentication failed")
+            raise AuthError
         ct_len = src_len - _TAG_BYTES
         _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, ct_len)
         st = self._st
@@ -125,7 +121,7 @@ class _Viper:
         ps[30] = _OPEN  # compare, in constant time, with the tag after it
         ps[31] = ad_len
         if _v.poly_update(ps, ad, src, self._blk):
-            raise AuthError("authentication failed")
+            raise AuthError
         st[16] = src_off
         st[17] = dst_off
         st[18] = ct_len

@@ -19,10 +19,6 @@ from hashlib import sha256
 HASHLEN = 32
 BLOCKLEN = 64
 
-# RFC 2104 section 2: ipad = 0x36 and opad = 0x5C, each repeated BLOCKLEN times
-_IPAD = int.from_bytes(b"\x36" * BLOCKLEN, "big")
-_OPAD = int.from_bytes(b"\x5c" * BLOCKLEN, "big")
-
 
 def digest(data):
     """SHA-256 of ``data``: 32 bytes."""
@@ -35,5 +31,9 @@ def hmac(key, data, h=digest):
     if len(key) > BLOCKLEN:
         key = h(key)
     k = int.from_bytes(bytes(key), "big") << (8 * (BLOCKLEN - len(key)))  # zero-padded
-    inner = h((k ^ _IPAD).to_bytes(BLOCKLEN, "big") + bytes(data))
-    return h((k ^ _OPAD).to_bytes(BLOCKLEN, "big") + inner)
+    # ipad = 0x36 and opad = 0x5C, each repeated BLOCKLEN times (RFC 2104
+    # section 2); made per call rather than held in RAM between handshakes.
+    pad = int.from_bytes(b"\x36" * BLOCKLEN, "big")
+    inner = h((k ^ pad).to_bytes(BLOCKLEN, "big") + bytes(data))
+    pad = int.from_bytes(b"\x5c" * BLOCKLEN, "big")
+    return h((k ^ pad).to_bytes(BLOCKLEN, "big") + inner)

@@ -63,7 +63,7 @@ def x25519(k, u):
     Returns 32 bytes (all zero for a low-order ``u``). Raises ``LocalError``
     unless both are 32 bytes."""
     if len(k) != 32 or len(u) != 32:
-        raise LocalError("X25519 keys are 32 bytes")
+        raise LocalError("key must be 32 bytes")
     kb = bytearray(k)
     kb[0] &= 248
     kb[31] &= 127
@@ -72,11 +72,11 @@ def x25519(k, u):
     # are and are reduced by the arithmetic.
     un = int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
     if _fe:
-        r = _ladder(kb, un)
+        r = ladder(kb, un)
     else:
-        from micropython_port._x25519_py import ladder_int
+        from micropython_port import _x25519_py
 
-        r = ladder_int(kb, un)
+        r = _x25519_py.ladder(kb, un)
     return (r % _P).to_bytes(32, "little")
 
 
@@ -86,9 +86,11 @@ def x25519_base(k):
     return x25519(k, b"\x09" + bytes(31))
 
 
-def _ladder(kb, u):
-    """The RFC 7748 section 5 ladder on viper field elements; returns
-    x2 / z2 as an integer below 2**260 (the caller reduces it mod p)."""
+def ladder(kb, u):
+    """The RFC 7748 section 5 ladder on viper field elements, for the
+    clamped scalar bytes ``kb`` and the u-coordinate ``u`` (an int); returns
+    x2 / z2 as an integer below 2**260, which ``x25519`` reduces mod p.
+    ``_x25519_py.ladder`` is the same on Python integers."""
     mv = memoryview(array("I", bytes(4 * _LIMBS * 16)))
     fe = [mv[_LIMBS * i : _LIMBS * (i + 1)] for i in range(16)]
     # (x2, z2) and (x3, z3) are adjacent, so one fe_cswap over 40 words
@@ -96,8 +98,7 @@ def _ladder(kb, u):
     x2, z2, x3, z3, x1, a, b, c, d, aa, bb, e, da, cb, t1, t = fe
     p2 = mv[0 : 2 * _LIMBS]
     p3 = mv[2 * _LIMBS : 4 * _LIMBS]
-    mul, addsub = _fe.fe_mul, _fe.fe_addsub
-    sub, a24, cswap = _fe.fe_sub, _fe.fe_a24_add, _fe.fe_cswap
+    mul, addsub, a24, cswap = _fe.fe_mul, _fe.fe_addsub, _fe.fe_a24_add, _fe.fe_cswap
     for i in range(_LIMBS):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
         x1[i] = x3[i] = u & 0x1FFF
         u >>= 13
@@ -111,7 +112,7 @@ def _ladder(kb, u):
         addsub(c, d, x3, z3)  # C = x3 + z3, D = x3 - z3
         mul(aa, a, a)  # AA = A^2
         mul(bb, b, b)  # BB = B^2
-        sub(e, aa, bb)  # E = AA - BB
+        addsub(t, e, aa, bb)  # E = AA - BB (t, the sum, is not used)
         mul(da, d, a)  # DA = D * A
         mul(cb, c, b)  # CB = C * B
         addsub(x3, t1, da, cb)  # DA + CB, DA - CB

@@ -18,7 +18,7 @@ from device.errors import LocalError
 from micropython_port import blake2s as B
 from micropython_port import chacha20poly1305 as C
 from micropython_port import x25519 as X
-from micropython_port._chachapoly_py import PyChaCha20Poly1305
+from micropython_port._chachapoly_py import ChaCha20Poly1305 as PyChaCha20Poly1305
 
 # The viper modules as the primitives loaded them (None where they could not).
 _FAST = (X._fe, C._v, B._bv)

@@ -155,15 +155,6 @@ def gen_addsub(K):
     return L
 
 
-def gen_sub(K):
-    L = ["@micropython.viper", "def fe_sub(r: ptr32, a: ptr32, b: ptr32):",
-         '    """r = a - b mod p (limbs per invariant L)."""']
-    for i in range(N):
-        L.append(f"    r{i} = a[{i}] + {K[i]} - b[{i}]")
-    L += tail("r", "r")
-    return L
-
-
 def gen_a24():
     L = ["@micropython.viper", "def fe_a24_add(r: ptr32, e: ptr32, aa: ptr32):",
          f'    """r = aa + {A24} * e mod p (RFC 7748 ladder: AA + a24 * E)."""']
@@ -187,7 +178,7 @@ def gen_cswap():
 
 def generate():
     K = k_constant()
-    parts = [gen_mul(), gen_addsub(K), gen_sub(K), gen_a24(), gen_cswap()]
+    parts = [gen_mul(), gen_addsub(K), gen_a24(), gen_cswap()]
     body = "\n\n\n".join("\n".join(p) for p in parts)
     return HEADER + "\n" + body + "\n"
 
