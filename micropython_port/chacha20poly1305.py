@@ -80,7 +80,7 @@ class _Viper:
 
     def __init__(self, key):
         self._st = array("I", bytes(4 * 48))
-        self._ps = array("I", bytes(4 * 40))
+        self._ps = array("I", bytes(4 * 32))
         self._blk = bytearray(16)
         _v.chacha_setkey(self._st, key)
 

@@ -92,7 +92,9 @@ def ladder(kb, u):
     x2 / z2 as an integer below 2**260, which ``x25519`` reduces mod p.
     ``_x25519_py.ladder`` is the same on Python integers."""
     mv = memoryview(array("I", bytes(4 * _LIMBS * 16)))
-    fe = [mv[_LIMBS * i : _LIMBS * (i + 1)] for i in range(16)]
+    fe = []
+    for i in range(0, 16 * _LIMBS, _LIMBS):
+        fe.append(mv[i : i + _LIMBS])
     # (x2, z2) and (x3, z3) are adjacent, so one fe_cswap over 40 words
     # swaps both pairs.
     x2, z2, x3, z3, x1, a, b, c, d, aa, bb, e, da, cb, t1, t = fe

@@ -84,7 +84,7 @@ def poly1305(key, msg):
         p._h = 0
         p._poly_update(msg, 0, len(msg), pad=False)
         return p._tag_bytes()
-    ps = array("I", bytes(4 * 40))
+    ps = array("I", bytes(4 * 32))
     for i in range(10):
         ps[10 + i] = (r >> (13 * i)) & 0x1FFF
     for i in range(8):

@@ -58,7 +58,7 @@ heap objects):
   passes the array itself rather than its address as an integer, which could
   be a heap integer on a 32-bit port. Unrolling the XOR and a second copy of
   the rounds was no faster within noise and cost 5.5 KB of native code.
-- ``ps``: 40 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = message
+- ``ps``: 32 words. 0..9 h, 10..19 r, 20..27 s as 16-bit words; 28 = message
   offset, 29 = message length, 30 = mode bits (see ``poly_update``),
   31 = AD length. The tag sits right after the message, at offset
   ps[28] + ps[29], in the AEAD and in plain Poly1305 alike.
