@@ -185,19 +185,6 @@ class PacketParser:
 # --- encoders (into caller buffers; return the byte count) -----------------
 
 
-def _put_header(buf, byte1, rem):
-    # Fixed header (section 2.2): type and flags, then the remaining length
-    # (section 2.2.3). Returns the offset after it.
-    buf[0] = byte1
-    off = 1
-    while rem > 0x7F:
-        buf[off] = (rem & 0x7F) | 0x80
-        rem >>= 7
-        off += 1
-    buf[off] = rem
-    return off + 1
-
-
 def _put_str(buf, off, s):
     # A string or binary field (section 1.5.3): 2-byte length, the bytes.
     n = len(s)
@@ -242,8 +229,16 @@ def encode_publish_into(buf, topic, payload, n, qos, pid):
     ``LocalError`` for a topic longer than ``_TOPIC_MAX_BYTES``."""
     if len(topic) > _TOPIC_MAX_BYTES:
         raise LocalError("too long")
-    off = _put_header(buf, _PUBLISH | (qos << 1), 2 + len(topic) + (2 if qos else 0) + n)
-    off = _put_str(buf, off, topic)
+    buf[0] = _PUBLISH | (qos << 1)
+    # The remaining length, 7 bits a byte, low first (section 2.2.3).
+    rem = 2 + len(topic) + (2 if qos else 0) + n
+    off = 1
+    while rem > 0x7F:
+        buf[off] = (rem & 0x7F) | 0x80
+        rem >>= 7
+        off += 1
+    buf[off] = rem
+    off = _put_str(buf, off + 1, topic)
     if qos:
         buf[off] = pid >> 8
         buf[off + 1] = pid & 0xFF
@@ -259,9 +254,10 @@ def encode_subscribe_into(buf, pid, topic, qos):
     Raises ``LocalError`` for a topic longer than ``_TOPIC_MAX_BYTES``."""
     if len(topic) > _TOPIC_MAX_BYTES:
         raise LocalError("too long")
-    off = _put_header(buf, _SUBSCRIBE, 2 + 2 + len(topic) + 1)
-    buf[off] = pid >> 8
-    buf[off + 1] = pid & 0xFF
-    off = _put_str(buf, off + 2, topic)
+    buf[0] = _SUBSCRIBE
+    buf[1] = 2 + 2 + len(topic) + 1  # under 128: a one-byte remaining length
+    buf[2] = pid >> 8
+    buf[3] = pid & 0xFF
+    off = _put_str(buf, 4, topic)
     buf[off] = qos
     return off + 1
