@@ -52,17 +52,16 @@ _DISCONNECT = const(0xE0)
 _BACKOFF_MAX_MS = const(8000)  # the reconnect backoff doubles from backoff_min_ms up to here
 _RX_CHUNK_BYTES = const(256)  # one socket read; the parser copies from here
 _DEFAULT_MAX_PAYLOAD = const(1200)  # device.envelope.ENVELOPE_MAX_BYTES
-_IPPROTO_TCP = const(6)  # the same in Linux and lwIP
+# Socket numbers, the same in Linux and lwIP (and MicroPython's POLLIN).
+_SOCK_STREAM = const(1)
+_IPPROTO_TCP = const(6)
 _TCP_NODELAY = const(1)
+_POLLIN = const(1)
 # errno values (Linux numbering, which MicroPython uses on every port).
 _ECONNRESET = const(104)
 _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
 _ECONNREFUSED = const(111)
-
-
-def _b(s):
-    return s.encode() if isinstance(s, str) else s
 
 
 class MQTTClient:
@@ -96,13 +95,15 @@ class MQTTClient:
         self._slots = []
         for _ in range(inflight):
             self._slots.append(bytearray(cap))
-        self._slot_len = [0] * inflight  # 0 = free
-        self._slot_pid = [0] * inflight
+        self._slot_pid = [0] * inflight  # 0 = free (a packet id is never 0)
+        self._slot_len = [0] * inflight
         # The CONNECT is the same every time: encoded once, at its size
         # (fixed header 5 + 10 + three 2-byte length fields).
-        client_id = _b(client_id)
-        user = _b(user)
-        password = _b(password)
+        # str or bytes (a bundle's link settings come as str).
+        fields = []
+        for s in (client_id, user, password):
+            fields.append(s.encode() if isinstance(s, str) else s)
+        client_id, user, password = fields
         pkt = bytearray(21 + len(client_id) + len(user or b"") + len(password or b""))
         self._connect = pkt[:encode_connect_into(pkt, client_id, keepalive, user, password)]
         self._subs = []  # [(topic, qos)] to restore on a fresh session
@@ -126,8 +127,8 @@ class MQTTClient:
         ``DecodeError``; then ``poll()`` tries again after the backoff."""
         self.disconnect()
         try:
-            ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
-            s = socket.socket(ai[0], socket.SOCK_STREAM)
+            ai = socket.getaddrinfo(self.host, self.port, 0, _SOCK_STREAM)[0]
+            s = socket.socket(ai[0], _SOCK_STREAM)
             self._sock = s
             try:
                 s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
@@ -137,7 +138,7 @@ class MQTTClient:
             s.connect(ai[-1])
             s.setblocking(False)
             self._poller = select.poll()
-            self._poller.register(s, select.POLLIN)
+            self._poller.register(s, _POLLIN)
             self.parser.reset()
             self._ping_sent = -1  # ticks of an unanswered PINGREQ, or -1
             self._write(self._connect, len(self._connect))
@@ -149,7 +150,7 @@ class MQTTClient:
                 for topic, qos in self._subs:
                     self.subscribe(topic, qos)
             for i in range(len(self._slots)):
-                if self._slot_len[i]:
+                if self._slot_pid[i]:
                     pkt = self._slots[i]
                     pkt[0] |= 0x08  # DUP: a resend (section 3.3.1.1)
                     self._write(pkt, self._slot_len[i])
@@ -231,7 +232,7 @@ class MQTTClient:
             # An oversized message is acknowledged below, never delivered.
             if not p.oversize and self.on_message is not None:
                 self.on_message(p.payload, p.payload_len)
-            if flags & 0x06:  # QoS 1: PUBACK (section 3.4)
+            if p.pid:  # QoS 1 (never 0 then): PUBACK (section 3.4)
                 b = self._pkt
                 b[0] = _PUBACK
                 b[1] = 2
@@ -239,10 +240,10 @@ class MQTTClient:
                 b[3] = p.pid & 0xFF
                 self._write(b, 4)
         elif t == _PUBACK:
-            # A free slot's stale packet id matches harmlessly.
-            for i in range(len(self._slots)):
-                if self._slot_pid[i] == p.pid:
-                    self._slot_len[i] = 0
+            # In-flight packet ids are distinct: at most ``inflight`` of
+            # 65535. A PUBACK for none of them (a duplicate) is ignored.
+            if p.pid in self._slot_pid:
+                self._slot_pid[self._slot_pid.index(p.pid)] = 0
         elif t == _PINGRESP:
             self._ping_sent = -1
         elif t == _CONNACK:
@@ -254,11 +255,10 @@ class MQTTClient:
     # -- operations -----------------------------------------------------------
 
     def subscribe(self, topic, qos=1):
-        """Subscribe and wait for the SUBACK; remembered and restored on a
+        """Subscribe to ``topic`` (bytes) and wait for the SUBACK; remembered and restored on a
         new session. While disconnected it is only remembered (returns
         None) and sent on the next connect. Raises ``OSError`` (refused, no
         answer), ``LocalError`` (topic too long)."""
-        topic = _b(topic)
         self._pid = self._pid % 65535 + 1
         n = encode_subscribe_into(self._pkt, self._pid, topic, qos)  # checks the topic
         if (topic, qos) not in self._subs:
@@ -273,7 +273,7 @@ class MQTTClient:
 
     def inflight(self):
         """QoS 1 publishes not yet acknowledged."""
-        return len(self._slot_len) - self._slot_len.count(0)
+        return len(self._slot_pid) - self._slot_pid.count(0)
 
     def publish(self, topic, buf, n, qos=1):
         """Send ``buf[:n]`` on ``topic`` (bytes). QoS 1 waits (polling, up
@@ -288,11 +288,11 @@ class MQTTClient:
         pkt = self._pkt
         if qos:
             deadline = ticks_add(ticks_ms(), self.timeout_ms)
-            while 0 not in self._slot_len:
+            while 0 not in self._slot_pid:
                 if ticks_diff(deadline, ticks_ms()) <= 0:
                     raise OSError(_ETIMEDOUT)  # no PUBACK freed a slot
                 self.poll(20)
-            i = self._slot_len.index(0)
+            i = self._slot_pid.index(0)
             pkt = self._slots[i]
             self._pid = self._pid % 65535 + 1
         m = encode_publish_into(pkt, topic, buf, n, qos, self._pid)
@@ -337,8 +337,7 @@ class MQTTClient:
                     self._ping_sent = now
         except (OSError, DecodeError):
             self.disconnect()
-            return False
-        return True
+        return self.connected
 
     # ``start()``: connect now if the broker answers, otherwise later from
     # poll() with backoff; never raises for network trouble, so a board that
