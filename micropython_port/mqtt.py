@@ -37,9 +37,10 @@ from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
-from device.errors import DecodeError, LocalError
-from micropython_port.mqtt_codec import (PacketParser, encode_connect_into,
-                                         encode_publish_into, encode_subscribe_into)
+from device.errors import DecodeError
+# One global for the codec, not one per name: a module's globals are a hash
+# table on the device heap, and it grows in steps (the next one at 13).
+from micropython_port import mqtt_codec
 
 # Packet types the client dispatches on or sends itself (section 2.2.1).
 _CONNACK = const(0x20)
@@ -86,7 +87,7 @@ class MQTTClient:
         self.timeout_ms = timeout_ms
         self.on_message = on_message
         self.backoff_min_ms = backoff_min_ms
-        self.parser = PacketParser(max_payload)
+        self.parser = mqtt_codec.PacketParser(max_payload)
         self._rx = bytearray(_RX_CHUNK_BYTES)
         # fixed header (5) + topic length, topic and packet id (the
         # parser's head) + payload: a PUBLISH, or a smaller control packet.
@@ -105,7 +106,8 @@ class MQTTClient:
             fields.append(s.encode() if isinstance(s, str) else s)
         client_id, user, password = fields
         pkt = bytearray(21 + len(client_id) + len(user or b"") + len(password or b""))
-        self._connect = pkt[:encode_connect_into(pkt, client_id, keepalive, user, password)]
+        self._connect = pkt[:mqtt_codec.encode_connect_into(pkt, client_id, keepalive, user,
+                                                            password)]
         self._subs = []  # [(topic, qos)] to restore on a fresh session
         self._pid = 0
         self._sock = None
@@ -260,7 +262,7 @@ class MQTTClient:
         None) and sent on the next connect. Raises ``OSError`` (refused, no
         answer), ``LocalError`` (topic too long)."""
         self._pid = self._pid % 65535 + 1
-        n = encode_subscribe_into(self._pkt, self._pid, topic, qos)  # checks the topic
+        n = mqtt_codec.encode_subscribe_into(self._pkt, self._pid, topic, qos)  # checks the topic
         if (topic, qos) not in self._subs:
             self._subs.append((topic, qos))
         if not self.connected:
@@ -281,10 +283,8 @@ class MQTTClient:
         there and returns its packet id; it is sent now if connected,
         otherwise after the reconnect (Rule 3). QoS 0 returns 0, and is
         lost when not connected. Raises ``OSError`` if no slot frees up in
-        time, ``LocalError`` for a payload larger than ``max_payload`` or a
-        topic too long."""
-        if n > len(self.parser.payload):
-            raise LocalError("too long")  # the slots hold max_payload
+        time, ``LocalError`` for a topic over 64 bytes or a packet larger
+        than a slot (every payload up to ``max_payload`` fits)."""
         pkt = self._pkt
         if qos:
             deadline = ticks_add(ticks_ms(), self.timeout_ms)
@@ -295,7 +295,7 @@ class MQTTClient:
             i = self._slot_pid.index(0)
             pkt = self._slots[i]
             self._pid = self._pid % 65535 + 1
-        m = encode_publish_into(pkt, topic, buf, n, qos, self._pid)
+        m = mqtt_codec.encode_publish_into(pkt, topic, buf, n, qos, self._pid)
         if qos:
             self._slot_pid[i] = self._pid
             self._slot_len[i] = m

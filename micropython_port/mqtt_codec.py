@@ -226,12 +226,14 @@ def encode_connect_into(buf, client_id, keepalive, user, password):
 def encode_publish_into(buf, topic, payload, n, qos, pid):
     """PUBLISH (section 3.3) of ``payload[:n]`` on ``topic`` (bytes), DUP
     and RETAIN clear; ``pid`` only for QoS 1. Returns the length. Raises
-    ``LocalError`` for a topic longer than ``_TOPIC_MAX_BYTES``."""
-    if len(topic) > _TOPIC_MAX_BYTES:
+    ``LocalError`` for a topic longer than ``_TOPIC_MAX_BYTES`` or a
+    packet that might not fit ``buf`` (the fixed header counted at its
+    largest, 5 bytes), before writing anything."""
+    rem = 2 + len(topic) + (2 if qos else 0) + n
+    if len(topic) > _TOPIC_MAX_BYTES or 5 + rem > len(buf):
         raise LocalError("too long")
     buf[0] = _PUBLISH | (qos << 1)
     # The remaining length, 7 bits a byte, low first (section 2.2.3).
-    rem = 2 + len(topic) + (2 if qos else 0) + n
     off = 1
     while rem > 0x7F:
         buf[off] = (rem & 0x7F) | 0x80

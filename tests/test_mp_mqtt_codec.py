@@ -138,6 +138,13 @@ def test_caller_mistakes_raise_local_error() -> None:
     with pytest.raises(LocalError):
         encode_subscribe_into(buf, 1, long_topic, 1)
     assert encode_subscribe_into(buf, 1, long_topic[1:], 1) == 2 + 2 + 2 + TOPIC_MAX_BYTES + 1
+    # A packet that might not fit the buffer is refused before a byte is
+    # written: 5 (largest fixed header) + 2 + 1 + 2 + 190 = 200 fits, 191 not.
+    assert encode_publish_into(buf, b"t", bytes(190), 190, 1, 1) == 1 + 2 + (2 + 1 + 2 + 190)
+    small = bytearray(199)
+    with pytest.raises(LocalError):
+        encode_publish_into(small, b"t", bytes(190), 190, 1, 1)
+    assert small == bytearray(199)
     p = PacketParser(16)
     with pytest.raises(LocalError):
         p.feed_into(b"\xd0\x00", 3, lambda t, f: None)
