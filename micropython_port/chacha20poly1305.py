@@ -92,6 +92,9 @@ class _Viper:
         st[23] = (nonce >> 16) & 0xFFFF
         st[24] = (nonce >> 32) & 0xFFFF
         st[25] = nonce >> 48
+        # RFC 8439 section 2.8: the one-time key is block 0 (section 2.6), the
+        # plaintext is XORed from block 1, and the tag covers AD || pad16 ||
+        # ciphertext || pad16 || le64(len(AD)) || le64(len(ciphertext)).
         _v.chacha_polykey(st, ps)  # block 0 -> r, s; counter = 1
         st[16] = src_off
         st[17] = dst_off
@@ -116,6 +119,7 @@ class _Viper:
         st[24] = (nonce >> 32) & 0xFFFF
         st[25] = nonce >> 48
         _v.chacha_polykey(st, ps)
+        # The tag first, over the ciphertext as received; plaintext only after.
         ps[28] = src_off
         ps[29] = ct_len
         ps[30] = _OPEN  # compare, in constant time, with the tag after it

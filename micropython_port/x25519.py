@@ -40,8 +40,10 @@ _LIMBS = const(20)
 
 # z ** (p - 2) = 1 / z (RFC 7748 section 5) with the addition chain of ref10:
 # 254 squarings and 11 multiplications. Each step (dst, src, n, m) computes
-# fe[dst] = fe[src] ** (2 ** n) * fe[m] over the ladder's field elements,
-# 1 = z (z2 of the ladder), 5..14 the powers below, 3 = the result.
+# fe[dst] = fe[src] ** (2 ** n) * fe[m] over the ladder's field elements
+# (see ``ladder``): z is fe[1] (z2), the powers go into fe[5..14] (the
+# ladder's temporaries, free by then), fe[15] (t) holds the squarings, and
+# the result goes into fe[3] (z3).
 _INVERT_CHAIN = const(
     b"\x05\x01\x00\x01"  # 5 = z**2
     b"\x06\x05\x02\x01"  # 6 = z**9
