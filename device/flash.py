@@ -219,14 +219,15 @@ def strip_definitions(source: str, names: Iterable[str]) -> str:
 def unused_modules(link_kind: str, suite: str) -> set[str]:
     """Modules a device with this link and suite never imports, left out of
     its build to save flash and RAM: the other link, and BLAKE2s for a
-    SHA-256 suite (``hashes`` loads ``_blake2s_viper`` only if present)."""
+    SHA-256 suite (the backend imports ``blake2s`` only for a BLAKE2s suite)."""
     unused = set()
     if link_kind == "mqtt":
         unused |= {"micropython_port/uart_link", "device/framing"}
     elif link_kind == "serial":
         unused |= {"micropython_port/mqtt", "micropython_port/mqtt_codec"}
     if not suite.endswith("_BLAKE2s"):
-        unused |= {"micropython_port/_blake2s_viper", "micropython_port/_blake2s_py"}
+        unused |= {"micropython_port/blake2s", "micropython_port/_blake2s_viper",
+                   "micropython_port/_blake2s_py"}
     return unused
 
 

@@ -55,11 +55,11 @@ def test_build_writes_the_core_the_port_the_bundle_and_a_true_manifest(built, bu
     out, manifest = built
     paths = [p for p, _, _ in manifest.files]
     assert {f"device/{m}.mpy" for m in CORE_MODULES if m != "framing"} <= set(paths)
-    assert {"micropython_port/main.mpy", "micropython_port/mqtt.mpy", "micropython_port/mqtt_codec.mpy",
+    assert {"micropython_port/main.mpy", "micropython_port/app.mpy", "micropython_port/mqtt.mpy", "micropython_port/mqtt_codec.mpy",
             "micropython_port/backend.mpy", "main.py", "moteseal.bundle"} <= set(paths)
     # An MQTT device with a SHA-256 suite: no UART link, no BLAKE2s.
     assert not {"micropython_port/uart_link.mpy", "device/framing.mpy",
-                "micropython_port/_blake2s_viper.mpy"} & set(paths)
+                "micropython_port/_blake2s_viper.mpy", "micropython_port/blake2s.mpy"} & set(paths)
     on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert on_disk == sorted(paths + ["manifest.json"])
     for path, size, digest in manifest.files:
