@@ -115,8 +115,6 @@ class MQTTClient:
         self.session_present = False
         self._backoff = backoff_min_ms
         self._next_try = ticks_ms()  # start() connects at once
-        self._waited = -1  # return code of a CONNACK or SUBACK, see _await
-        self._on_packet = self._packet  # bound once: no allocation per feed
         self.reconnects = 0
 
     # -- connection -----------------------------------------------------
@@ -144,7 +142,7 @@ class MQTTClient:
             self.parser.reset()
             self._ping_sent = -1  # ticks of an unanswered PINGREQ, or -1
             self._write(self._connect, len(self._connect))
-            rc = self._await()
+            rc = self._read(self.timeout_ms, True)
             if rc:
                 raise OSError(_ECONNREFUSED, rc)  # "[Errno 111] ECONNREFUSED: 5"
             self.connected = True
@@ -202,57 +200,54 @@ class MQTTClient:
                 sleep_ms(5)  # the send buffer is full
         self._last_tx = ticks_ms()
 
-    def _read(self, timeout_ms):
-        # Feeds whatever arrives within timeout_ms to the parser.
-        for _ in self._poller.ipoll(timeout_ms):
-            while self._sock is not None:
-                n = self._sock.readinto(self._rx)
-                if n is None:
-                    break
-                if n == 0:
-                    raise OSError(_ECONNRESET)  # closed by the broker
-                self.parser.feed_into(self._rx, n, self._on_packet)
-                if n < _RX_CHUNK_BYTES:
-                    break
-
-    def _await(self):
-        # Reads until a CONNACK or SUBACK arrives; returns its return code.
-        # One request is outstanding at a time: connect() and subscribe()
-        # wait here before returning.
+    def _read(self, timeout_ms, answer):
+        # Reads what arrives within timeout_ms and handles each packet.
+        # With ``answer``, reads until a CONNACK or SUBACK arrives and
+        # returns its return code (one request is outstanding at a time:
+        # connect() and subscribe() wait here), or raises ETIMEDOUT.
         self._waited = -1
-        deadline = ticks_add(ticks_ms(), self.timeout_ms)
-        while self._waited < 0:
-            left = ticks_diff(deadline, ticks_ms())
-            if left <= 0:
-                raise OSError(_ETIMEDOUT)  # no answer from the broker
-            self._read(left)
-        return self._waited
-
-    def _packet(self, t, flags):
         p = self.parser
-        if t == _PUBLISH:
-            # An oversized message is acknowledged below, never delivered.
-            if not p.oversize and self.on_message is not None:
-                self.on_message(p.payload, p.payload_len)
-            if p.pid:  # QoS 1 (never 0 then): PUBACK (section 3.4)
-                b = self._pkt
-                b[0] = _PUBACK
-                b[1] = 2
-                b[2] = p.pid >> 8
-                b[3] = p.pid & 0xFF
-                self._write(b, 4)
-        elif t == _PUBACK:
-            # In-flight packet ids are distinct: at most ``inflight`` of
-            # 65535. A PUBACK for none of them (a duplicate) is ignored.
-            if p.pid in self._slot_pid:
-                self._slot_pid[self._slot_pid.index(p.pid)] = 0
-        elif t == _PINGRESP:
-            self._ping_sent = -1
-        elif t == _CONNACK:
-            self.session_present = p.head[0] & 1 == 1
-            self._waited = p.head[1]
-        else:  # SUBACK, the only other type the parser delivers
-            self._waited = p.head[2]
+        deadline = ticks_add(ticks_ms(), timeout_ms)
+        while True:
+            s = self._sock
+            if s is None:  # on_message disconnected
+                raise OSError(_ENOTCONN)
+            for _ in self._poller.ipoll(max(0, ticks_diff(deadline, ticks_ms()))):
+                break  # readable, or an error that readinto reports
+            n = s.readinto(self._rx)  # None: nothing yet
+            if n == 0:
+                raise OSError(_ECONNRESET)  # closed by the broker
+            off = 0
+            while n and off < n:
+                off = p.feed_into(self._rx, off, n)
+                t = p.packet & 0xF0
+                if t == _PUBLISH:
+                    # An oversized message is acknowledged, never delivered.
+                    if not p.oversize and self.on_message is not None:
+                        self.on_message(p.payload, p.payload_len)
+                    if p.pid:  # QoS 1 (never 0 then): PUBACK (section 3.4)
+                        b = self._pkt
+                        b[0] = _PUBACK
+                        b[1] = 2
+                        b[2] = p.pid >> 8
+                        b[3] = p.pid & 0xFF
+                        self._write(b, 4)
+                elif t == _PUBACK:
+                    # In-flight packet ids are distinct: at most ``inflight``
+                    # of 65535. A PUBACK for none of them is ignored.
+                    if p.pid in self._slot_pid:
+                        self._slot_pid[self._slot_pid.index(p.pid)] = 0
+                elif t == _PINGRESP:
+                    self._ping_sent = -1
+                elif t == _CONNACK:
+                    self.session_present = p.head[0] & 1 == 1
+                    self._waited = p.head[1]
+                elif t:  # SUBACK, the only other type the parser delivers
+                    self._waited = p.head[2]
+            if not answer or self._waited >= 0:
+                return self._waited
+            if ticks_diff(deadline, ticks_ms()) <= 0:
+                raise OSError(_ETIMEDOUT)  # no answer from the broker
 
     # -- operations -----------------------------------------------------------
 
@@ -268,7 +263,7 @@ class MQTTClient:
         if not self.connected:
             return None
         self._write(self._pkt, n)
-        rc = self._await()
+        rc = self._read(self.timeout_ms, True)
         if rc & 0x80:
             raise OSError(_ECONNREFUSED, rc)
         return rc
@@ -323,7 +318,7 @@ class MQTTClient:
                 sleep_ms(max(0, min(timeout_ms, ticks_diff(self._next_try, ticks_ms()))))
                 return False
         try:
-            self._read(timeout_ms)
+            self._read(timeout_ms, False)
             ka = self.keepalive * 1000
             now = ticks_ms()
             if ka:

@@ -67,9 +67,12 @@ _S_FAILED = const(3)
 class PacketParser:
     """Bytes from the broker in, packets out (sans-I/O).
 
-    ``feed_into(data, n, on_packet)`` calls ``on_packet(ptype, flags)`` for
-    each whole packet; during the call ``head[:head_len]`` holds the
-    variable header (for PUBLISH: topic length, topic, packet id; ``pid``
+    ``feed_into(data, off, n)`` parses ``data[off:n]`` up to the end of the
+    first whole packet and returns the offset after the bytes it used (a
+    pull parser, like h11's ``next_event``: no callback runs inside it).
+    ``packet`` is then that packet's first byte (type and flags), or 0 if
+    the bytes ran out first; until the next call ``head[:head_len]`` holds
+    its variable header (for PUBLISH: topic length, topic, packet id; ``pid``
     holds the packet id of a QoS 1 PUBLISH or a PUBACK, else 0) and
     ``payload[:payload_len]`` a PUBLISH payload (``oversize`` True and no
     bytes if it exceeded ``max_payload``). Raises ``DecodeError`` (Rule 1)
@@ -90,18 +93,17 @@ class PacketParser:
         self._state = _S_TYPE
         self.pid = 0
 
-    def feed_into(self, data, n, on_packet):
-        """Parse ``data[:n]``; ``on_packet(ptype, flags)`` per packet. Raises
-        ``DecodeError`` (Rule 1); ``LocalError`` if ``n > len(data)``.
-        An exception from ``on_packet`` propagates; the parser is then at
-        the start of the next packet."""
+    def feed_into(self, data, off, n):
+        """Parse ``data[off:n]`` up to the end of one packet (see the class);
+        returns the offset after the bytes used. Raises ``DecodeError``
+        (Rule 1); ``LocalError`` if ``n > len(data)``."""
         if n > len(data):
             raise LocalError("too long")
         head = self.head
-        i = 0
-        while i < n:
-            b = data[i]
-            i += 1
+        self.packet = 0
+        while off < n:
+            b = data[off]
+            off += 1
             st = self._state
             # Failed until this byte is accepted: a raise below leaves the
             # parser refusing everything until reset() (Rule 1).
@@ -179,7 +181,9 @@ class PacketParser:
                 st = _S_TYPE
             self._state = st
             if st == _S_TYPE:
-                on_packet(b & 0xF0, b & 0x0F)
+                self.packet = b
+                break
+        return off
 
 
 # --- encoders (into caller buffers; return the byte count) -----------------

@@ -63,6 +63,16 @@ BAD = [
 ]
 
 
+def feed(p: PacketParser, data: bytes, on_packet) -> None:
+    """Every whole packet in ``data`` to ``on_packet(ptype, flags)``, the
+    way the client's read loop takes them from the pull parser."""
+    off = 0
+    while off < len(data):
+        off = p.feed_into(data, off, len(data))
+        if p.packet:
+            on_packet(p.packet & 0xF0, p.packet & 0x0F)
+
+
 def _parse(data: bytes, step: int | None = None, max_payload: int = 1024) -> list[tuple]:
     p = PacketParser(max_payload)
     got: list[tuple] = []
@@ -72,11 +82,11 @@ def _parse(data: bytes, step: int | None = None, max_payload: int = 1024) -> lis
                     bytes(p.payload[:p.payload_len]).hex(), p.pid))
 
     if step is None:
-        p.feed_into(data, len(data), on_packet)
+        feed(p, data, on_packet)
     else:
         for i in range(0, len(data), step):
             chunk = data[i:i + step]
-            p.feed_into(chunk, len(chunk), on_packet)
+            feed(p, chunk, on_packet)
     return got
 
 
@@ -92,14 +102,27 @@ def test_bad_broker_bytes_raise_decode_error_and_stay_refused(name: str, wire: s
     p = PacketParser(1024)
     data = bytes.fromhex(wire)
     with pytest.raises(DecodeError):
-        p.feed_into(data, len(data), lambda t, f: None)
+        feed(p, data, lambda t, f: None)
     # Out of step: everything is refused until reset().
     with pytest.raises(DecodeError):
-        p.feed_into(b"\xd0\x00", 2, lambda t, f: None)
+        feed(p, b"\xd0\x00", lambda t, f: None)
     p.reset()
     seen = []
-    p.feed_into(b"\xd0\x00", 2, lambda t, f: seen.append(t))
+    feed(p, b"\xd0\x00", lambda t, f: seen.append(t))
     assert seen == [0xD0]
+
+
+def test_feed_into_stops_after_each_whole_packet() -> None:
+    # PINGRESP, PUBACK 1, then the first 3 bytes of a PUBACK.
+    data = bytes.fromhex("d0 00 40 02 00 01 40 02 00")
+    p = PacketParser(16)
+    got = []
+    off = 0
+    while off < len(data):
+        off = p.feed_into(data, off, len(data))
+        got.append((off, p.packet, p.pid))
+    assert got == [(2, 0xD0, 0), (6, 0x40, 1), (9, 0, 1)]
+    assert (p.feed_into(b"\x02", 0, 1), p.packet, p.pid) == (1, 0x40, 2)
 
 
 def test_an_oversized_publish_is_skipped_whole_and_the_stream_goes_on() -> None:
@@ -114,7 +137,7 @@ def test_an_oversized_publish_is_skipped_whole_and_the_stream_goes_on() -> None:
         p.reset()
         chunks = [wire] if step is None else [wire[i:i + step] for i in range(0, len(wire), step)]
         for c in chunks:
-            p.feed_into(c, len(c), lambda t, f: got.append((t, p.oversize, p.payload_len, p.pid)))
+            feed(p, c, lambda t, f: got.append((t, p.oversize, p.payload_len, p.pid)))
         assert got == [(0x30, True, 0, 42), (0xD0, False, 0, 0)]
         assert bytes(p.payload) == bytes(1024)  # nothing of it was stored
 
@@ -124,7 +147,7 @@ def test_publish_payload_lands_at_offset_zero_for_receive_into() -> None:
     out = bytearray(80)
     n = encode_publish_into(out, b"moteseal/v1/down/mote-1", b"\x86\x06ABC--", 5, 1, 9)
     seen = []
-    p.feed_into(out, n, lambda t, f: seen.append((bytes(p.head[:p.head_len]),
+    feed(p, bytes(out[:n]), lambda t, f: seen.append((bytes(p.head[:p.head_len]),
                                                   bytes(p.payload[:p.payload_len]), p.pid)))
     # head: topic length, topic, packet id; payload: only the 5 bytes asked for
     assert seen == [(b"\x00\x17moteseal/v1/down/mote-1\x00\x09", b"\x86\x06ABC", 9)]
@@ -147,7 +170,7 @@ def test_caller_mistakes_raise_local_error() -> None:
     assert small == bytearray(199)
     p = PacketParser(16)
     with pytest.raises(LocalError):
-        p.feed_into(b"\xd0\x00", 3, lambda t, f: None)
+        p.feed_into(b"\xd0\x00", 0, 3)
     with pytest.raises(LocalError):  # 128 bytes would need a two-byte remaining length
         encode_connect_into(buf, b"c" * 50, 60, b"u" * 30, b"p" * (128 - 10 - 52 - 32 - 2))
 
@@ -204,6 +227,12 @@ from binascii import unhexlify, hexlify
 from device.errors import DecodeError
 from micropython_port.mqtt_codec import PacketParser, encode_publish_into, encode_subscribe_into
 p = PacketParser(1024)
+def feed(d, on_packet):
+    off = 0
+    while off < len(d):
+        off = p.feed_into(d, off, len(d))
+        if p.packet:
+            on_packet(p.packet & 0xF0, p.packet & 0x0F)
 got = []
 def on_packet(t, f):
     got.append([t, f, hexlify(p.head[:p.head_len]).decode(), hexlify(p.payload[:p.payload_len]).decode(), p.pid])
@@ -212,14 +241,14 @@ for w, _ in {rows!r}:
     got = []
     d = unhexlify(w)
     p.reset()
-    p.feed_into(d, len(d), on_packet)
+    feed(d, on_packet)
     res.append(got)
 refused = 0
 for w in {bad!r}:
     d = unhexlify(w.replace(" ", ""))
     p.reset()
     try:
-        p.feed_into(d, len(d), lambda t, f: None)
+        feed(d, lambda t, f: None)
     except DecodeError:
         refused += 1
 # The parse and encode paths allocate nothing: a 200-byte PUBLISH and a
@@ -232,7 +261,7 @@ def count(t, f):
 p.reset()
 micropython.heap_lock()
 try:
-    p.feed_into(d, len(d), count)
+    feed(d, count)
     m = encode_publish_into(out, b"t", d, 200, 1, 7) + encode_subscribe_into(out, 1, b"t", 1)
 finally:
     micropython.heap_unlock()

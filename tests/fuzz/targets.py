@@ -484,23 +484,30 @@ def fuzz_mqtt_parser(data: bytes) -> None:
             got.append((t, flags, bytes(p.head[:p.head_len]), bytes(p.payload[:p.payload_len]),
                         p.pid))
 
+        def feed(piece, p=p, on_packet=on_packet):
+            off = 0  # the pull parser stops after each whole packet
+            while off < len(piece):
+                off = p.feed_into(piece, off, len(piece))
+                if p.packet:
+                    on_packet(p.packet & 0xF0, p.packet & 0x0F)
+
         failed = False
         for piece in pieces:
             try:
-                p.feed_into(piece, len(piece), on_packet)
+                feed(piece)
             except RemoteError:
                 failed = True
                 break
         if failed:
             try:
-                p.feed_into(b"\xd0\x00", 2, on_packet)
+                feed(b"\xd0\x00")
             except RemoteError:
                 pass
             else:
                 raise AssertionError("a failed parser accepted more bytes")
             p.reset()
             n = len(got)
-            p.feed_into(b"\xd0\x00", 2, on_packet)  # after reset it parses again
+            feed(b"\xd0\x00")  # after reset it parses again
             assert len(got) == n + 1
             got.pop()
         runs.append((got, failed))
