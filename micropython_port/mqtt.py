@@ -2,7 +2,7 @@
 allocated once; the packets themselves are ``micropython_port.mqtt_codec``
 (sans-I/O, fuzzed on CPython).
 
-Used by ``micropython_port/main.py`` to publish envelopes on
+Used by ``micropython_port/app.py`` to publish envelopes on
 ``moteseal/v1/up/<id>`` and receive them on ``moteseal/v1/down/<id>``, over
 MicroPython's ``socket`` and ``select.poll`` (unix port and boards).
 
@@ -68,14 +68,23 @@ _ECONNREFUSED = const(111)
 class MQTTClient:
     """An MQTT 3.1.1 client with preallocated buffers (Rules 2-4).
 
-    ``connect()``, ``subscribe(topic, qos)``, ``publish(topic, buf, n, qos)``
-    and ``poll(timeout_ms)``, which reads, calls ``on_message(buf, n)`` for
-    each PUBLISH, sends PINGREQ, retransmits and reconnects with backoff
-    after a failure. Raises ``OSError`` for a connection that cannot be
-    made or a refusal (``connect``); ``poll`` and ``publish`` never raise
-    for network trouble: they drop the connection and reconnect later
+    ``connect()`` or ``start()``, ``subscribe(topic, qos)``,
+    ``publish(topic, buf, n, qos)`` and ``poll(timeout_ms)``, which reads,
+    calls ``on_message(buf, n)`` for each PUBLISH, sends PINGREQ and
+    reconnects with backoff after a failure. Errors are ``OSError`` with
+    an errno: ``ECONNREFUSED`` (the CONNACK or SUBACK code as the second
+    argument), ``ETIMEDOUT``, ``ECONNRESET``, ``ENOTCONN``. ``connect``
+    raises them; ``start``, ``poll`` and ``publish`` never raise for
+    network trouble: they drop the connection and reconnect later
     (``connected`` says which state it is in; ``reconnects`` counts the
-    reconnections ``poll`` made).
+    connections ``poll`` and ``start`` made). The constructor raises
+    ``LocalError`` if client id, user and password take more than 111
+    bytes together (a CONNECT over 127).
+
+    ``on_message`` runs inside the read loop, with the payload in the
+    parser's buffer: it may call ``disconnect()`` and a QoS 0 ``publish``,
+    not ``poll``, ``subscribe`` or a QoS 1 ``publish`` (those may read the
+    socket, which the loop is in the middle of).
     """
 
     def __init__(self, client_id, host, port=1883, user=None, password=None,
@@ -99,8 +108,8 @@ class MQTTClient:
         self._slot_pid = [0] * inflight  # 0 = free (a packet id is never 0)
         self._slot_len = [0] * inflight
         # The CONNECT is the same every time: encoded once, at its size
-        # (fixed header 5 + 10 + three 2-byte length fields).
-        # str or bytes (a bundle's link settings come as str).
+        # (fixed header 5 + 10 + three 2-byte length fields). The fields
+        # may be str (a bundle's link settings are).
         fields = []
         for s in (client_id, user, password):
             fields.append(s.encode() if isinstance(s, str) else s)
@@ -123,7 +132,7 @@ class MQTTClient:
         """Open the connection (closing a previous one) and wait for
         CONNACK; restore subscriptions and resend unacknowledged publishes.
         Returns ``session_present``. Raises ``OSError`` (unreachable,
-        timeout, refused: the message names the CONNACK return code),
+        timeout, refused: ``ECONNREFUSED`` with the CONNACK return code),
         ``DecodeError``; then ``poll()`` tries again after the backoff."""
         self.disconnect()
         try:
@@ -252,10 +261,11 @@ class MQTTClient:
     # -- operations -----------------------------------------------------------
 
     def subscribe(self, topic, qos=1):
-        """Subscribe to ``topic`` (bytes) and wait for the SUBACK; remembered and restored on a
-        new session. While disconnected it is only remembered (returns
-        None) and sent on the next connect. Raises ``OSError`` (refused, no
-        answer), ``LocalError`` (topic too long)."""
+        """Subscribe to ``topic`` (bytes) and wait for the SUBACK; remembered
+        and restored on a new session. While disconnected it is only
+        remembered (returns None) and sent on the next connect. Raises
+        ``OSError`` (refused, no answer), ``LocalError`` (topic over 64
+        bytes)."""
         self._pid = self._pid % 65535 + 1
         n = mqtt_codec.encode_subscribe_into(self._pkt, self._pid, topic, qos)  # checks the topic
         if (topic, qos) not in self._subs:

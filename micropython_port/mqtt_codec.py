@@ -1,13 +1,14 @@
 """MQTT 3.1.1 packets for the device client (``micropython_port.mqtt``):
 a sans-I/O parser and encoders into caller buffers.
 
-Used by ``micropython_port/main.py`` to publish envelopes on
+Used through the client by ``micropython_port/app.py`` to publish envelopes on
 ``moteseal/v1/up/<id>`` and receive them on ``moteseal/v1/down/<id>``.
 Runs on MicroPython (unix port and boards, over its ``socket`` and
 ``select.poll``); the parser also runs on CPython, where it is fuzzed.
 
 Invariants:
-- Rule 1: ``PacketParser.feed_into`` either delivers whole packets or raises
+- Rule 1: ``PacketParser.feed_into`` either delivers whole packets (one
+  per call: it is a pull parser, and runs no callback) or raises
   ``DecodeError``; it never asserts on and never raises anything else for
   remote bytes (MicroPython drops asserts at opt level >= 1; umqtt.simple
   relies on them). After a ``DecodeError`` the stream is out of step: the
