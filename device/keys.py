@@ -234,6 +234,10 @@ def _decode_map(data: bytes, source: str, fmt: str) -> dict[str, Any]:
         raise KeyFileError(f"{source}: not a {fmt} file (truncated or corrupted CBOR)") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise KeyFileError(f"{source}: not a {fmt} file")
+    if not all(type(k) is str and type(v) in (int, bytes, str) for k, v in doc.items()):
+        # Key files are flat; and canonical re-encoding of nested maps costs
+        # cbor2 time exponential in their depth, so it never sees them.
+        raise KeyFileError(f"{source}: not a {fmt} file (nested or non-text fields)")
     if cbor2.dumps(doc, canonical=True) != bytes(data):
         # We write canonical CBOR and nothing after it: anything else (bytes
         # appended, a re-encoded field) was not written by moteseal.

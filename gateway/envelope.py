@@ -56,8 +56,7 @@ _SID_MAX = 0xFFFFFFFF
 _NONCE_MAX = 0xFFFFFFFFFFFFFFFE
 _ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,16}\Z")
 # Definite-length arrays of 1..23 items start with one byte 0x81..0x97; an
-# envelope of any version is such an array, and checking it first keeps
-# cbor2 away from deeply nested junk.
+# envelope of any version is such an array.
 _ARRAY_FIRST = range(0x81, 0x98)
 
 
@@ -88,17 +87,46 @@ def _uint(x: object, limit: int) -> bool:
     return type(x) is int and 0 <= x <= limit
 
 
+def _flat(data: bytes) -> bool:
+    """True if ``data`` is one definite array of flat items (integers, byte or
+    text strings, simple values) and nothing after it. Linear in
+    ``len(data)``. cbor2 only ever sees such arrays: canonical re-encoding
+    of nested maps costs cbor2 time exponential in the depth (map keys are
+    sorted by their encodings at every level; a fuzzer found a 104-byte
+    envelope that took minutes), and no envelope of any version nests."""
+    n = len(data)
+    off = 1
+    for _ in range(data[0] & 0x1F):
+        if off >= n:
+            return False
+        b = data[off]
+        major, ai = b >> 5, b & 0x1F
+        if major in (4, 5, 6) or ai > 27:  # array, map, tag; reserved or indefinite
+            return False
+        off += 1
+        value = ai
+        if ai >= 24:
+            size = 1 << (ai - 24)
+            if off + size > n:
+                return False
+            value = int.from_bytes(data[off:off + size], "big")
+            off += size
+        if major in (2, 3):  # byte or text string: skip its contents
+            off += value
+    return off == n
+
+
 def read_header(data: bytes, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> Header:
     """Validate an envelope and return its routing header.
 
     Raises ``Rejected(OVERSIZE)`` above ``max_bytes``, ``Rejected(UNKNOWN_VERSION)``
-    for a well-formed array whose head names another version, and
+    for a well-formed array of flat items whose head names another version, and
     ``Rejected(MALFORMED)`` for anything else that is not a canonical v1
     envelope (docs/protocol.md CDDL).
     """
     if len(data) > max_bytes:
         raise Rejected(OVERSIZE)
-    if not data or data[0] not in _ARRAY_FIRST:
+    if not data or data[0] not in _ARRAY_FIRST or not _flat(data):
         raise Rejected(MALFORMED)
     try:
         items = cbor2.loads(data)

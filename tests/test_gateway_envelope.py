@@ -72,6 +72,56 @@ def test_malformed_envelopes_are_rejected(data):
     assert e.value.reason == MALFORMED
 
 
+class _Cbor2Spy:
+    """cbor2 itself, counting the calls the reader makes into it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(cbor2, name)
+        if not callable(real):
+            return real
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return real(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize("depth", [1, 8, 40])
+def test_nested_items_are_malformed_before_cbor2_sees_them(depth, monkeypatch):
+    """Maps used as map keys, nested ``depth`` deep, inside an otherwise
+    plausible hs1 envelope: cbor2's canonical re-encoding of that is
+    exponential in the depth (the fuzzer found a 104-byte envelope that
+    stalled the gateway for minutes), so the reader refuses any nested item
+    before calling cbor2 at all. No envelope of any version nests."""
+    import gateway.envelope as G
+
+    spy = _Cbor2Spy()
+    monkeypatch.setattr(G, "cbor2", spy)
+    prefix = bytes([0x85, 0x04, 0x41, 0x73, 0x43]) + b"hub"
+    nested = (b"\xa1" * depth + b"\x2f" * (depth + 1),  # {{{...-16: -16}...}: -16}
+              b"\x81" * depth + b"\x00",  # [[[...0]]]
+              b"\xc2" * depth + b"\x40")  # tags
+    for item in nested:
+        with pytest.raises(Rejected) as e:
+            read_header(prefix + item + (b"" if item[0] == 0xA1 else b"\x40"))
+        assert e.value.reason == MALFORMED
+    assert spy.calls == 0
+    read_header(env(4, b"s", b"hub", 1, b"msg"))  # a flat one does reach cbor2
+    assert spy.calls == 2  # loads, then the canonical dumps
+
+
+def test_the_fuzzers_stalling_envelope_is_malformed():
+    data = bytes.fromhex(
+        "8507436875624873656ea1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1")
+    data += bytes.fromhex("a1a1") + b"/" * 62 + b"\xa1"
+    with pytest.raises(Rejected) as e:
+        read_header(data)
+    assert e.value.reason == MALFORMED
+
+
 def test_other_versions_are_unknown_not_malformed():
     for head in (0, 3, 8, 11, 255):
         with pytest.raises(Rejected) as e:

@@ -230,3 +230,16 @@ def test_bytes_appended_to_a_key_file_are_refused(encrypted: bool) -> None:
     assert decode_key_file(data, pw).priv
     with pytest.raises(KeyFileError, match="trailing"):
         decode_key_file(data + b"\x00", pw)
+
+
+def test_a_key_file_with_a_nested_field_is_refused_before_canonical_reencoding() -> None:
+    """Canonical re-encoding of maps nested as map keys is exponential in
+    cbor2; a key file is flat, so a nested field is refused first."""
+    from device.keys import KeyFileError, decode_key_file, encode_key_file, generate_keypair
+    doc = cbor2.loads(encode_key_file(generate_keypair()))
+    deep: object = 0
+    for _ in range(3):
+        deep = {"k": deep}
+    doc["extra"] = deep
+    with pytest.raises(KeyFileError, match="nested"):
+        decode_key_file(cbor2.dumps(doc, canonical=True), None)
