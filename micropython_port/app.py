@@ -13,266 +13,278 @@ Invariants:
 - Rule 1: the device handshakes again when it has no session, when its
   session is spent (``SessionExpired``), when the peer says it lost the
   session (``EV_REHANDSHAKE``, which ``DeviceSession`` accepts at most once
-  per ``hint_interval``), or when message 2 does not come within
-  ``hs_timeout_ms``; handshakes are at least ``HS_GAP_MS`` apart whatever
-  the trigger, so forged hints cannot make it flood the peer.
+  per ``hint_interval``), after a refusal (``EV_REFUSED``: the next pinned
+  key), or when message 2 does not come within ``hs_timeout_ms``; nothing
+  else is sent while message 2 is awaited, and handshakes are at least
+  ``_HS_GAP_MS`` apart whatever the trigger, so forged hints cannot make it
+  flood the peer.
 - Rule 2: the message-1 counter lives in ``FileCounterStore`` on flash,
-  reserved in chunks (``device/counter.py``): one flash write per ``chunk``
+  reserved in chunks (``device/counter.py``): one flash write per chunk of
   handshakes, and a reboot never reuses a value.
 - Rule 3: bad envelopes from the link (``RemoteError``) are counted and
-  ignored; nothing printed holds a key, the PSK or a plaintext.
+  ignored; nothing logged holds a key, the PSK or a plaintext.
 - Rule 4: after the handshake, one reading costs no heap allocation: the
   reading is encoded into a fixed buffer, sealed with ``send_into`` into a
   second, and published from preallocated MQTT slots (or framed into the
   UART link's buffer). The clock passed to the session is a whole-second
   counter kept in small ints (``ticks_ms`` wraps; floats would allocate).
+
+Memory: this module and its objects stay on a 64 KiB heap for the device's
+life, so constants are module-private (inlined by ``const``), the module
+has at most 12 globals (its table grows a step at 13) and the methods are
+few.
 """
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
-
+from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
-from device.counter import DEFAULT_CHUNK, Msg1Counter
+from device.counter import Msg1Counter
 from device.counter_file import FileCounterStore
 from device.envelope import put_head
 from device.errors import LocalError, RemoteError, SessionExpired
-from device.session import (EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE,
-                            DeviceSession)
+from device.session import DeviceSession
 
-UP_PREFIX = b"moteseal/v1/up/"
-DOWN_PREFIX = b"moteseal/v1/down/"
-MAX_PAYLOAD_BYTES = const(128)  # a reading; sizes every buffer below
-ENV_BYTES = const(53 + 32 + 4 + 128 + 16)  # HEADER_MAX_BYTES + the largest hs1 message
-HS_GAP_MS = const(1000)
-DEFAULT_INTERVAL_MS = const(10000)
-DEFAULT_HS_TIMEOUT_MS = const(5000)
+# device.session's events (EV_*), inlined here instead of imported as globals.
+_EV_HANDSHAKE = const(1)
+_EV_DATA = const(2)
+_EV_REHANDSHAKE = const(3)
+_EV_REFUSED = const(4)
+
+_MAX_PAYLOAD_BYTES = const(128)  # a reading or a reply; sizes the buffers below
+_HEADER_MAX_BYTES = const(53)  # device.envelope.HEADER_MAX_BYTES
+# A data envelope: header + reading + tag.
+_DATA_ENV_BYTES = const(_HEADER_MAX_BYTES + _MAX_PAYLOAD_BYTES + 16)
+# The largest envelope on the link, message 1: header + e + counter + reading + tag.
+_ENV_BYTES = const(_HEADER_MAX_BYTES + 32 + 4 + _MAX_PAYLOAD_BYTES + 16)
+_HS_GAP_MS = const(1000)
+# The longest interval a reply may set: a day, so ``ticks_add`` stays in
+# range (half the ticks period is 2**29 ms on 32-bit ports) and every
+# step of the reply parser's arithmetic stays a small int.
+_MAX_INTERVAL_MS = const(86400000)
 
 
 class MqttDeviceLink:
-    """The device's MQTT link: one up topic, one down topic."""
+    """The device's MQTT link, with ``UartLink``'s shape: ``open()``,
+    ``send(buf, n)``, ``poll(timeout_ms)``, ``flush(timeout_ms)``,
+    ``close()``; ``client`` is the ``MQTTClient``."""
 
-    def __init__(self, device_id, link, on_envelope, max_payload=ENV_BYTES):
+    def __init__(self, device_id, link, on_envelope):
         from micropython_port.mqtt import MQTTClient
-        self.up = UP_PREFIX + device_id
-        self.down = DOWN_PREFIX + device_id
-        self.client = MQTTClient(b"moteseal-" + device_id, link.get("host", "127.0.0.1"),
-                                 link.get("port", 1883), link.get("username"),
-                                 link.get("password"), keepalive=30,
-                                 max_payload=max_payload, on_message=on_envelope)
-
-    def open(self):
-        """Connect and subscribe, or keep trying from ``poll`` if the broker
-        is not there yet (a board may boot before its broker)."""
-        # Remembered, and sent with every CONNECT that finds no session,
-        # ahead of any publish (so message 2 cannot beat the subscription).
-        self.client.subscribe(self.down, 1)
-        self.client.start()
+        c = MQTTClient(b"moteseal-" + device_id, link.get("host", "127.0.0.1"),
+                       link.get("port", 1883), link.get("username"), link.get("password"),
+                       keepalive=30, max_payload=_ENV_BYTES, on_message=on_envelope)
+        # Remembered now (not connected yet), and sent with every CONNECT
+        # that finds no session, ahead of any publish, so message 2 cannot
+        # beat the subscription.
+        c.subscribe(b"moteseal/v1/down/" + device_id, 1)
+        self.client = c
+        self.up = b"moteseal/v1/up/" + device_id
+        # The client's own methods, bound once (cheaper than methods that
+        # forward to them). ``open``: connect now, or keep trying from
+        # ``poll`` if the broker is not there yet (a board may boot first).
+        self.open = c.start
+        self.poll = c.poll
+        self.close = c.disconnect
 
     def send(self, buf, n):
         self.client.publish(self.up, buf, n, 1)
 
-    def poll(self, timeout_ms):
-        self.client.poll(timeout_ms)
-
     def flush(self, timeout_ms):
         """Wait until every QoS 1 publish is acknowledged (or timeout)."""
-        t0 = ticks_ms()
-        while self.client.inflight() and ticks_diff(ticks_ms(), t0) < timeout_ms:
+        t = ticks_add(ticks_ms(), timeout_ms)
+        while self.client.inflight() and ticks_diff(t, ticks_ms()) > 0:
             self.client.poll(20)
-
-    def close(self):
-        self.client.disconnect()
-
-
-def encode_reading_into(buf, seq, up_s):
-    """The reading as canonical CBOR ``{"up": up_s, "seq": seq}`` (keys in
-    length-first order), the shape ``device.simulate.decode_reading``
-    accepts. Returns its length; allocates nothing."""
-    buf[0] = 0xA2  # map(2)
-    buf[1] = 0x62  # text(2) "up"
-    buf[2] = 0x75
-    buf[3] = 0x70
-    off = put_head(buf, 4, 0, up_s)
-    buf[off] = 0x63  # text(3) "seq"
-    buf[off + 1] = 0x73
-    buf[off + 2] = 0x65
-    buf[off + 3] = 0x71
-    return put_head(buf, off + 4, 0, seq)
 
 
 class Device:
-    """One device: a session, a link, readings and replies (Rules 1-4)."""
+    """One device: a session, a link, readings and replies (Rules 1-4).
 
-    def __init__(self, bundle, counter_path, link_override=None, chunk=DEFAULT_CHUNK,
-                 hs_timeout_ms=DEFAULT_HS_TIMEOUT_MS, backend=None, log=None):
-        if backend is None:
-            from micropython_port.backend import MicroBackend
-            backend = MicroBackend()
-        self.counter = Msg1Counter(FileCounterStore(counter_path), chunk)
-        self.session = DeviceSession(backend, bundle.device_id, bundle.peer_id,
-                                     bundle.peer_keys, bundle.psk, self.counter,
-                                     bundle.suite, max_payload=MAX_PAYLOAD_BYTES)
-        link = dict(bundle.link)
+    ``bundle`` is the provisioned record ``(device_id, peer_id, peer_keys,
+    psk, suite, link)`` (``micropython_port.main``); entries of
+    ``link_override`` replace those of the bundle's ``link`` dict (which is
+    updated in place). ``log(event, detail)``, if given, is called on
+    handshakes, hints and refusals. ``interval_ms`` and ``hs_timeout_ms``
+    may be set before ``run``. Raises ``LocalError`` if the bundle names no
+    link, ``OSError`` if the counter file is damaged.
+    """
+
+    def __init__(self, bundle, counter_path, link_override=None, log=None):
+        from micropython_port.backend import MicroBackend
+        device_id, peer_id, peer_keys, psk, suite, link = bundle
+        self.session = DeviceSession(MicroBackend(), device_id, peer_id, peer_keys, psk,
+                                     Msg1Counter(FileCounterStore(counter_path)), suite,
+                                     max_payload=_MAX_PAYLOAD_BYTES)
         if link_override:
             link.update(link_override)
-        self._on_env = self._envelope  # bound once
-        if link.get("kind") == "serial":
+        kind = link.get("kind")
+        if kind == "serial":
             from micropython_port.uart_link import UartLink
-            self.link = UartLink(link.get("port", "1"), self._on_env, link.get("baud", 115200),
-                                 opened=False)
-        elif link.get("kind") == "mqtt":
-            self.link = MqttDeviceLink(bundle.device_id, link, self._on_env)
+            self.link = UartLink(link.get("port", "1"), self._envelope,
+                                 link.get("baud", 115200), opened=False)
+        elif kind == "mqtt":
+            self.link = MqttDeviceLink(device_id, link, self._envelope)
         else:
             raise LocalError("the bundle names no link (kind 'none'); provision with --link")
-        self.hs_timeout_ms = hs_timeout_ms
         self.log = log
-        self._reading = bytearray(MAX_PAYLOAD_BYTES)
-        self._out = bytearray(ENV_BYTES)
-        self._pt = bytearray(MAX_PAYLOAD_BYTES)
-        self.interval_ms = DEFAULT_INTERVAL_MS
-        self.seq = 0
+        # The reading being sent, and the plaintext of a reply: a reading
+        # is sealed into _out before the link can deliver anything.
+        self._buf = bytearray(_MAX_PAYLOAD_BYTES)
+        self._out = bytearray(_DATA_ENV_BYTES)
+        self.interval_ms = 10000
+        self.hs_timeout_ms = 5000
+        # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0}
         self._need_hs = True
-        self._hs_at = 0
-        self._hs_done = False
-        self._t_last = ticks_ms()
-        self._ms = 0
+        self._hs_at = 0  # ticks of the last handshake
+        self._t = ticks_ms()  # ticks at which self.now last advanced
         self.now = 0  # whole seconds since start (Rule 4)
 
-    def _event(self, name, detail=None):
-        if self.log is not None:
-            self.log(name, detail)
-
     def _tick(self):
-        t = ticks_ms()
-        self._ms += ticks_diff(t, self._t_last)
-        self._t_last = t
-        while self._ms >= 1000:
-            self._ms -= 1000
-            self.now += 1
-
-    # -- replies -------------------------------------------------------------
+        d = ticks_diff(ticks_ms(), self._t) // 1000
+        if d > 0:
+            self.now += d
+            self._t = ticks_add(self._t, d * 1000)
 
     def _envelope(self, buf, n):
+        # The link's on_envelope: one envelope from the peer (Rules 1, 3).
         self._tick()
+        c = self.counts
         try:
-            ev = self.session.receive_into(buf, n, self._pt, self.now)
+            ev = self.session.receive_into(buf, n, self._buf, self.now)
         except RemoteError:
-            self.counts["bad_envelopes"] += 1
+            c["bad_envelopes"] += 1
             return
         except SessionExpired:
             self._need_hs = True  # too old to receive on: handshake again
             return
-        if ev == EV_HANDSHAKE:
-            self._hs_done = True
-            self._event("handshake", None)
-        elif ev == EV_DATA:
-            self.counts["replies"] += 1
-            self.on_reply(self._pt, self.session.last_len)
-        elif ev == EV_REHANDSHAKE:
-            self.counts["rehandshakes"] += 1
-            self._need_hs = True
-            self._event("rehandshake", "hint")
-        elif ev == EV_REFUSED:
-            # The peer refused message 1 (the hint is unauthenticated, so
-            # this only ends the attempt); the next one tries the next
-            # pinned key, at most once per HS_GAP_MS (Rule 1).
-            self.counts["refused"] += 1
-            self._need_hs = True
-            self._event("refused", None)
+        if ev == _EV_DATA:
+            c["replies"] += 1
+            self.on_reply(self._buf, self.session.last_len)
+            return
+        if ev == _EV_HANDSHAKE:
+            name = "handshake"
+        elif ev == _EV_REHANDSHAKE:
+            c["rehandshakes"] += 1
+            name = "rehandshake"
+        elif ev == _EV_REFUSED:
+            # The hint is unauthenticated, so this only ends the attempt;
+            # the next one tries the next pinned key (Rule 1).
+            c["refused"] += 1
+            name = "refused"
+        else:
+            return  # an ignored hint
+        self._need_hs = ev != _EV_HANDSHAKE
+        if self.log:
+            self.log(name, "hint" if ev == _EV_REHANDSHAKE else None)
 
     def on_reply(self, buf, n):
-        """A command from the peer. Understood: ``interval=<seconds>`` and
-        ``interval_ms=<ms>``; anything else is counted and ignored."""
-        if _starts(buf, n, b"interval_ms="):
-            v = _digits(buf, 12, n)
-        elif _starts(buf, n, b"interval="):
-            v = _digits(buf, 9, n)
-            if v >= 0:
-                v *= 1000
+        """A command from the peer in ``buf[:n]``: ``interval=<seconds>`` or
+        ``interval_ms=<ms>``, up to a day, sets ``interval_ms``; anything
+        else is ignored. Allocates nothing."""
+        p = b"interval_ms="
+        i = 0
+        while i < n and i < 12 and buf[i] == p[i]:
+            i += 1
+        if i == 12:
+            unit = 1
+        elif i == 8 and n > 9 and buf[8] == 0x3D:  # "interval="
+            i = 9
+            unit = 1000
         else:
             return
-        if v >= 0:
-            self.interval_ms = v
-
-    # -- readings ---------------------------------------------------------
-
-    def _handshake(self, why):
-        n = encode_reading_into(self._reading, self.seq, self.now)
-        env = self.session.handshake(memoryview(self._reading)[:n], self.now)
-        self.seq += 1
-        self.counts["readings"] += 1
-        self.counts["handshakes"] += 1
-        self._need_hs = False
-        self._hs_done = False
-        self._hs_at = ticks_ms()
-        self.link.send(env, len(env))
-        self._event("handshake_sent", why)
-
-    def _send_reading(self):
-        n = encode_reading_into(self._reading, self.seq, self.now)
-        try:
-            m = self.session.send_into(self._reading, n, self._out, self.now)
-        except SessionExpired:
-            self._need_hs = True
-            return False
-        self.seq += 1
-        self.counts["readings"] += 1
-        self.counts["data"] += 1
-        self.link.send(self._out, m)
-        return True
+        if i == n:
+            return  # no digits
+        v = 0
+        while i < n:
+            d = buf[i] - 0x30
+            if d < 0 or d > 9:
+                return
+            v = v * 10 + d
+            if v * unit > _MAX_INTERVAL_MS:
+                return
+            i += 1
+        self.interval_ms = v * unit
 
     def step(self):
-        """Send one reading (in message 1 or a data envelope), handshaking
-        first if needed; waits up to ``hs_timeout_ms`` per handshake
-        attempt for message 2. Returns True if a reading went out."""
+        """Send one reading: in message 1 if a handshake is due (Rule 1),
+        otherwise in a data envelope. Returns True if a reading went out,
+        False while message 2 is awaited or a handshake must wait for
+        ``_HS_GAP_MS``. Raises ``OSError`` if the link fails."""
         self._tick()
         s = self.session
-        if self._need_hs or s.transport is None:
-            if s.handshaking and not self._need_hs:
-                # Waiting for message 2; try again once it is overdue.
-                if ticks_diff(ticks_ms(), self._hs_at) < self.hs_timeout_ms:
-                    return False
+        c = self.counts
+        # The reading: canonical CBOR {"up": now, "seq": n} (keys in
+        # length-first order), the shape device.simulate.decode_reading
+        # accepts.
+        b = self._buf
+        b[0] = 0xA2  # map(2)
+        b[1] = 0x62  # text(2) "up"
+        b[2] = 0x75
+        b[3] = 0x70
+        i = put_head(b, 4, 0, self.now)
+        b[i] = 0x63  # text(3) "seq"
+        b[i + 1] = 0x73
+        b[i + 2] = 0x65
+        b[i + 3] = 0x71
+        n = put_head(b, i + 4, 0, c["readings"])
+        if self._need_hs or s.transport is None or s.handshaking:
+            since = ticks_diff(ticks_ms(), self._hs_at)
+            if not self._need_hs and s.handshaking:
+                if since < self.hs_timeout_ms:
+                    return False  # message 2 may still come
                 why = "timeout"
             else:
-                why = "hint" if s.transport is not None else "new"
-            if ticks_diff(ticks_ms(), self._hs_at) < HS_GAP_MS and self.counts["handshakes"]:
+                why = "new" if s.transport is None else "hint"
+            if since < _HS_GAP_MS and c["handshakes"]:
                 return False
-            self._handshake(why)
-            return True
-        if not self._send_reading():
-            return False
+            out = s.handshake(memoryview(b)[:n], self.now)
+            n = len(out)
+            c["handshakes"] += 1
+            self._need_hs = False
+            self._hs_at = ticks_ms()
+            if self.log:
+                self.log("handshake_sent", why)
+        else:
+            out = self._out
+            try:
+                n = s.send_into(b, n, out, self.now)
+            except SessionExpired:
+                self._need_hs = True
+                return False
+            c["data"] += 1
+        c["readings"] += 1
+        self.link.send(out, n)
         return True
 
     def wait_session(self, timeout_ms):
-        """Poll the link until a session exists (or timeout)."""
-        t0 = ticks_ms()
-        while self.session.transport is None or self.session.handshaking:
-            if self._need_hs or ticks_diff(ticks_ms(), t0) >= timeout_ms:
+        """Poll the link until the handshake in progress finishes. Returns
+        False if it fails or is refused, or ``timeout_ms`` passes first."""
+        t = ticks_add(ticks_ms(), timeout_ms)
+        s = self.session
+        while s.transport is None or s.handshaking:
+            if self._need_hs or ticks_diff(t, ticks_ms()) <= 0:
                 return False
             self.link.poll(20)
-            if self.session.handshaking and \
-                    ticks_diff(ticks_ms(), self._hs_at) >= self.hs_timeout_ms:
-                return False
         return True
 
     def run(self, count=None, linger_ms=0):
-        """Send ``count`` readings (forever if None), one per
-        ``interval_ms``, then poll for replies for ``linger_ms``."""
-        self.link.open()
+        """Open the link and send ``count`` readings (forever if None), one
+        per ``interval_ms``; then wait up to ``hs_timeout_ms`` for the link
+        to deliver them, poll for replies for ``linger_ms`` and close the
+        link. Link failures are counted (``send_errors``). Returns
+        ``counts``."""
+        link = self.link
+        link.open()
         sent = 0
-        next_at = ticks_ms()
+        t = ticks_ms()  # when the next reading is due
         while count is None or sent < count:
-            if ticks_diff(ticks_ms(), next_at) < 0:
-                self.link.poll(min(50, -ticks_diff(ticks_ms(), next_at)))
+            wait = ticks_diff(t, ticks_ms())
+            if wait > 0:
+                # Short polls: the MQTT client sends its keepalive pings
+                # from poll, and an interval may be longer than the keepalive.
+                link.poll(min(50, wait))
                 continue
-            if self.session.handshaking:
-                self.wait_session(self.hs_timeout_ms)
             try:
                 ok = self.step()
             except OSError:
@@ -280,38 +292,11 @@ class Device:
                 ok = False
             if ok:
                 sent += 1
-                next_at = ticks_add(ticks_ms(), self.interval_ms)
-                if self.session.handshaking:
-                    self.wait_session(self.hs_timeout_ms)
-            else:
-                self.link.poll(20)
-            self.link.poll(0)
-        self.link.flush(self.hs_timeout_ms)
-        t0 = ticks_ms()
-        while ticks_diff(ticks_ms(), t0) < linger_ms:
-            self.link.poll(20)
-        self.link.close()
+                t = ticks_add(ticks_ms(), self.interval_ms)
+            link.poll(0 if ok else 20)
+        link.flush(self.hs_timeout_ms)
+        t = ticks_add(ticks_ms(), linger_ms)
+        while ticks_diff(t, ticks_ms()) > 0:
+            link.poll(20)
+        link.close()
         return self.counts
-
-
-def _starts(buf, n, prefix):
-    if n < len(prefix):
-        return False
-    for i in range(len(prefix)):
-        if buf[i] != prefix[i]:
-            return False
-    return True
-
-
-def _digits(buf, off, n):
-    # A decimal number in buf[off:n]; -1 if empty or not digits.
-    if off >= n or n - off > 9:
-        return -1
-    v = 0
-    for i in range(off, n):
-        c = buf[i]
-        if c < 48 or c > 57:
-            return -1
-        v = v * 10 + c - 48
-    return v
-

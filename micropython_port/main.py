@@ -13,60 +13,44 @@ Invariants:
 - Rule 2: nothing printed holds a key, the PSK or a plaintext.
 """
 
+import gc
+import json
 import sys
-
-from time import ticks_diff, ticks_ms
 
 from device.errors import LocalError
 
+
 def _args(argv):
-    # --name value pairs (boards have no argparse); flags take no value.
+    # --name value pairs (boards have no argparse); --quiet takes no value.
     opts = {}
     i = 1
     while i < len(argv):
         a = argv[i]
-        if not a.startswith("--"):
-            raise LocalError("unexpected argument " + a)
         if a == "--quiet":
             opts["quiet"] = True
             i += 1
-            continue
-        if i + 1 >= len(argv):
-            raise LocalError(a + " needs a value")
-        opts[a[2:]] = argv[i + 1]
-        i += 2
+        elif a.startswith("--") and i + 1 < len(argv):
+            opts[a[2:]] = argv[i + 1]
+            i += 2
+        else:
+            raise LocalError("bad argument " + a)
     return opts
-
-
-class Provisioned:
-    """What the device keeps of its bundle: ``device_id``, ``peer_id``,
-    ``peer_keys`` (newest first), ``psk``, ``suite``, ``link``. A plain
-    object, so holding it does not hold the bundle reader's module (a
-    ``Bundle``'s class would). ``repr`` shows neither the PSK nor the link."""
-
-    def __init__(self, bundle):
-        self.device_id = bundle.device_id
-        self.peer_id = bundle.peer_id
-        self.peer_keys = bundle.peer_keys
-        self.psk = bundle.psk
-        self.suite = bundle.suite
-        self.link = bundle.link
-
-    def __repr__(self):
-        return "Provisioned(device=%r, suite=%r)" % (self.device_id, self.suite)
 
 
 def _load_bundle(path):
     # Rule 1: the bundle reader runs once; its module goes before the
-    # application's modules come, so its RAM is free for the session.
-    import gc
+    # application's modules come, so its RAM is free for the session. What
+    # the device keeps is a tuple (device_id, peer_id, peer_keys newest
+    # first, psk, suite, link): a Bundle would hold its class, and so the
+    # reader's module.
     from device.bundle import load_bundle
     try:
-        return Provisioned(load_bundle(path))
+        b = load_bundle(path)
+        return b.device_id, b.peer_id, b.peer_keys, b.psk, b.suite, b.link
     finally:
         sys.modules.pop("device.bundle", None)
         pkg = sys.modules.get("device")
-        if pkg is not None and hasattr(pkg, "bundle"):
+        if hasattr(pkg, "bundle"):
             delattr(pkg, "bundle")
         gc.collect()
 
@@ -75,33 +59,27 @@ def network_up(path="wifi.json", timeout_ms=20000):
     """On a board with ``network.WLAN`` (ESP32, Pico W): join the Wi-Fi
     named in ``path`` (``{"ssid": ..., "password": ...}``, written by
     ``moteseal flash build --wifi-ssid``) unless already connected. Does
-    nothing on the unix port or without the file. Raises ``OSError`` if the
-    network does not come up in time."""
+    nothing and returns False on the unix port or without the file. Raises
+    ``OSError`` (``ETIMEDOUT``) if the network does not come up in time."""
     try:
         import network
-    except ImportError:
-        return False
-    try:
         with open(path) as f:
-            import json
             cfg = json.load(f)
-    except OSError:
+    except (ImportError, OSError):
         return False
+    from time import sleep_ms
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
     if not wlan.isconnected():
         wlan.connect(cfg["ssid"], cfg.get("password", ""))
-        t0 = ticks_ms()
-        while not wlan.isconnected():
-            if ticks_diff(ticks_ms(), t0) > timeout_ms:
-                raise OSError("Wi-Fi did not connect")
-            from time import sleep_ms
-            sleep_ms(100)
-    return True
+    for _ in range(timeout_ms // 100):
+        if wlan.isconnected():
+            return True
+        sleep_ms(100)
+    raise OSError(110)  # ETIMEDOUT
 
 
 def _print_event(name, detail):
-    import json
     print(json.dumps({"event": name, "detail": detail}))
 
 
@@ -110,9 +88,7 @@ def main(argv=None):
     (default moteseal.bundle), --state PATH (counter file, default
     moteseal.ctr), --count N, --interval-ms MS, --linger-ms MS,
     --hs-timeout-ms MS, --host H, --port P, --serial PATH, --quiet.
-    Prints JSON event lines and a summary line."""
-    import gc
-    import json
+    Prints JSON event lines and a summary line; returns the summary."""
     # Rule 1: collect every 4 KiB allocated, so start-up garbage is gone
     # before long-lived objects land between it (measured: 4 KiB less heap
     # needed; after the handshake nothing allocates, so it costs nothing).
@@ -121,30 +97,32 @@ def main(argv=None):
     opts = _args(sys.argv if argv is None else argv)
     network_up()
     bundle = _load_bundle(opts.get("bundle", "moteseal.bundle"))
-    from micropython_port.app import DEFAULT_HS_TIMEOUT_MS, Device
+    from micropython_port.app import Device
     gc.collect()
-    override = {}
+    link = {}
     if "host" in opts:
-        override["host"] = opts["host"]
+        link["host"] = opts["host"]
     if "port" in opts:
-        override["port"] = int(opts["port"])
+        link["port"] = int(opts["port"])
     if "serial" in opts:
-        override["kind"] = "serial"
-        override["port"] = opts["serial"]
-    dev = Device(bundle, opts.get("state", "moteseal.ctr"), override,
-                 hs_timeout_ms=int(opts.get("hs-timeout-ms", DEFAULT_HS_TIMEOUT_MS)),
-                 log=None if opts.get("quiet") else _print_event)
+        link["kind"] = "serial"
+        link["port"] = opts["serial"]
+    dev = Device(bundle, opts.get("state", "moteseal.ctr"), link,
+                 None if "quiet" in opts else _print_event)
     bundle = None
     gc.collect()
     if "interval-ms" in opts:
         dev.interval_ms = int(opts["interval-ms"])
-    count = int(opts["count"]) if "count" in opts else None
-    counts = dev.run(count, int(opts.get("linger-ms", 0)))
+    if "hs-timeout-ms" in opts:
+        dev.hs_timeout_ms = int(opts["hs-timeout-ms"])
+    summary = dev.run(int(opts["count"]) if "count" in opts else None,
+                      int(opts.get("linger-ms", 0)))
     gc.collect()
-    summary = {"event": "summary", "interval_ms": dev.interval_ms, "mem_free": gc.mem_free()}
-    summary.update(counts)
+    summary["event"] = "summary"
+    summary["interval_ms"] = dev.interval_ms
+    summary["mem_free"] = gc.mem_free()
     print(json.dumps(summary))
-    return counts
+    return summary
 
 
 if __name__ == "__main__":
