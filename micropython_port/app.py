@@ -38,11 +38,8 @@ few.
 from micropython import const
 from time import ticks_add, ticks_diff, ticks_ms
 
-from device.counter import Msg1Counter
-from device.counter_file import FileCounterStore
 from device.envelope import put_head
-from device.errors import LocalError, RemoteError, SessionExpired
-from device.session import DeviceSession
+from device.errors import RemoteError, SessionExpired
 
 # device.session's events (EV_*), inlined here instead of imported as globals.
 _EV_HANDSHAKE = const(1)
@@ -50,7 +47,10 @@ _EV_DATA = const(2)
 _EV_REHANDSHAKE = const(3)
 _EV_REFUSED = const(4)
 
-_MAX_PAYLOAD_BYTES = const(128)  # a reading or a reply; sizes the buffers below
+# A reading (at most 26 bytes: the map, "up" and "seq" with 9-byte heads)
+# or a reply (a command, 21 bytes at most); sizes every buffer below, the
+# MQTT client's too. The peer sends nothing larger to a device.
+_MAX_PAYLOAD_BYTES = const(64)
 _HEADER_MAX_BYTES = const(53)  # device.envelope.HEADER_MAX_BYTES
 # A data envelope: header + reading + tag.
 _DATA_ENV_BYTES = const(_HEADER_MAX_BYTES + _MAX_PAYLOAD_BYTES + 16)
@@ -109,6 +109,11 @@ class Device:
     """
 
     def __init__(self, bundle, counter_path, link_override=None, log=None):
+        # Imported here, not as module globals: they are needed only once.
+        from device.counter import Msg1Counter
+        from device.counter_file import FileCounterStore
+        from device.errors import LocalError
+        from device.session import DeviceSession
         from micropython_port.backend import MicroBackend
         device_id, peer_id, peer_keys, psk, suite, link = bundle
         self.session = DeviceSession(MicroBackend(), device_id, peer_id, peer_keys, psk,
