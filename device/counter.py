@@ -66,7 +66,7 @@ class Msg1Counter:
         """The next counter value. Raises ``LocalError`` when exhausted."""
         v = self._next
         if v >= COUNTER_MAX:
-            raise LocalError("message-1 counter exhausted; provision the device again")
+            raise LocalError("counter exhausted; reprovision")
         if v >= self._ceiling:
             ceiling = min(v + self._chunk, COUNTER_MAX)
             self._store.store(ceiling)  # durable before v is used (Rule 1)

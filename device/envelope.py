@@ -174,21 +174,15 @@ class Envelope:
         bad id, trailing bytes). Fields are undefined after an error."""
         if n > limit:
             raise DecodeError("envelope oversized")
-        if n > len(buf):
-            raise DecodeError("envelope truncated")
-        if n < 1:
+        if n > len(buf) or n < 2:
             raise DecodeError("envelope truncated")
         first = buf[0]
-        if first != 0x85 and first != 0x86:
-            raise DecodeError("envelope is not a 5- or 6-item array")
-        if n < 2:
-            raise DecodeError("envelope truncated")
         head = buf[1]
         if head > 23 or (head >> 2) != VERSION:
             raise DecodeError("unknown envelope version")
         typ = head & 3
-        if (typ == DATA) != (first == 0x86):
-            raise DecodeError("wrong item count for the envelope type")
+        if first != (0x86 if typ == DATA else 0x85):
+            raise DecodeError("wrong array or item count")
         self.head = head
         self.type = typ
         off = self._id(buf, 2, n)
@@ -198,13 +192,13 @@ class Envelope:
         off = self._uint(buf, off, n, 0)
         self.sid = self._v
         if self._v > SID_MAX:
-            raise DecodeError("session id out of range")
+            raise DecodeError("sid or nonce out of range")
         self.nonce = -1
         self.reason = -1
         if typ == DATA:
             off = self._uint(buf, off, n, 0)
             if self._v > NONCE_MAX:
-                raise DecodeError("nonce out of range")
+                raise DecodeError("sid or nonce out of range")
             self.nonce = self._v
         if typ == HINT:
             off = self._uint(buf, off, n, 0)
@@ -226,14 +220,12 @@ class Envelope:
         if off >= n:
             raise DecodeError("envelope truncated")
         b = buf[off]
-        if b >> 5 != major:
-            raise DecodeError("unexpected CBOR item")
         ai = b & 31
+        if b >> 5 != major or ai > 27:
+            raise DecodeError("unexpected CBOR item")
         if ai < 24:
             self._v = ai
             return off + 1
-        if ai > 27:
-            raise DecodeError("indefinite or reserved CBOR item")
         size = 1 << (ai - 24)
         if off + 1 + size > n:
             raise DecodeError("envelope truncated")
@@ -248,7 +240,7 @@ class Envelope:
     def _id(self, buf, off, n):
         off = self._uint(buf, off, n, 2)
         if self._v < 1 or self._v > ID_MAX_BYTES:
-            raise DecodeError("id must be 1..16 bytes")
+            raise DecodeError("ids are 1..16 bytes")
         if off + self._v > n:
             raise DecodeError("envelope truncated")
         self._idlen = self._v

@@ -55,15 +55,7 @@ class AuthError(RemoteError):
     """Anything that does not authenticate (coarse on purpose)."""
 
 
-__all__ = [
-    "MotesealError",
-    "LocalError",
-    "HandshakeFailed",
-    "SessionExpired",
-    "BufferTooSmall",
-    "MessageTooLarge",
-    "RemoteError",
-    "DecodeError",
-    "ReplayError",
-    "AuthError",
-]
+
+# No ``__all__``: every public name here is one of the classes above, so
+# ``import *`` exports exactly them, and the package ``__init__`` is the one
+# public surface (STYLE.md section 6). A list here would cost devices heap.

@@ -45,8 +45,7 @@ SUITES = (
     "Noise_NKpsk2_25519_ChaChaPoly_BLAKE2s",
 )
 
-_MAXNONCE = 0xFFFFFFFFFFFFFFFF
-_ZEROS32 = bytes(32)
+_MAXNONCE = const(0xFFFFFFFFFFFFFFFF)
 
 
 def parse_suite(name):
@@ -102,7 +101,7 @@ class CipherState:
 def rekey(backend, k):
     """Noise section 11.3: REKEY(k) = ENCRYPT(k, maxnonce, zerolen, zeros)[:32]."""
     out = bytearray(48)
-    backend.cipher(k).encrypt_into(_MAXNONCE, b"", 0, _ZEROS32, 0, 32, out, 0)
+    backend.cipher(k).encrypt_into(_MAXNONCE, b"", 0, bytes(32), 0, 32, out, 0)
     return bytes(out[:32])
 
 
@@ -111,7 +110,6 @@ class SymmetricState:
     ``CipherState``."""
 
     def __init__(self, backend, protocol_name, hash_name):
-        self._backend = backend
         self._hash = backend.hash(hash_name)
         name = protocol_name.encode()
         if len(name) <= self._hash.HASHLEN:
@@ -166,15 +164,6 @@ def dh(backend, priv, pub):
     return out
 
 
-def _ephemeral(backend):
-    fixed = getattr(backend, "fixed_ephemeral_key_for_testing_only", None)
-    if fixed:
-        priv = fixed.pop(0)
-    else:
-        priv = backend.random_bytes(32)
-    return priv, backend.x25519_base(priv)
-
-
 # Handshake steps (Rule 2).
 _W1 = const(0)  # next: message 1
 _R2 = const(1)  # next: message 2
@@ -183,7 +172,11 @@ _FAILED = const(3)
 
 
 class _Handshake:
-    def __init__(self, backend, suite, psk, prologue, max_payload):
+    # ``_rs`` is the responder's static public key (the initiator's ``<- s``
+    # pre-message); a responder holds None there: NK never sends the
+    # initiator's static key, so that is also how a handshake knows its role.
+
+    def __init__(self, backend, suite, psk, prologue, max_payload, rs, s_pub):
         self._backend = backend
         self.suite = suite
         self._psk_pos, hash_name = parse_suite(suite)
@@ -194,11 +187,13 @@ class _Handshake:
             raise LocalError("this suite needs a 32-byte PSK")
         self._psk = psk
         self._max_payload = max_payload
+        self._rs = rs
         self._ss = SymmetricState(backend, suite, hash_name)
         self._ss.mix_hash(prologue)
+        self._ss.mix_hash(s_pub)  # pre-message: <- s
         self._e = None
         self._re = None
-        self._step = _W1
+        self._step = _W1 if rs else _R2  # a responder reads message 1 first
 
     @property
     def handshake_hash(self):
@@ -211,13 +206,14 @@ class _Handshake:
         if self._step != step:
             raise LocalError("handshake message out of turn")
 
-    def _check_payload(self, payload):
-        if len(payload) > self._max_payload:
-            raise MessageTooLarge("payload exceeds the maximum message size")
-
     def _read_e(self, msg):
-        if len(msg) < DHLEN_BYTES:
-            raise DecodeError("handshake message truncated")
+        # Also bounds the whole message: at least e, at most Noise's 65535
+        # bytes (section 3) and e + our payload bound + tag. A read error is
+        # final either way (Rule 3).
+        n = len(msg)
+        if n < DHLEN_BYTES or n > NOISE_MAX_BYTES or \
+                n - DHLEN_BYTES > self._max_payload + TAG_BYTES:
+            raise DecodeError("bad handshake message length")
         re = bytes(msg[:DHLEN_BYTES])
         self._ss.mix_hash(re)
         if self._psk_pos >= 0:
@@ -225,27 +221,28 @@ class _Handshake:
         self._re = re
 
     def _write_e(self):
-        priv, pub = _ephemeral(self._backend)
+        b = self._backend
+        fixed = getattr(b, "fixed_ephemeral_key_for_testing_only", None)
+        priv = fixed.pop(0) if fixed else b.random_bytes(32)
+        pub = b.x25519_base(priv)
         self._e = (priv, pub)
         self._ss.mix_hash(pub)
         if self._psk_pos >= 0:
             self._ss.mix_key(pub)
         return pub
 
-    def _check_size(self, msg, fixed):
-        if len(msg) > NOISE_MAX_BYTES:
-            raise DecodeError("handshake message longer than 65535 bytes")
-        if len(msg) - fixed > self._max_payload + TAG_BYTES:
-            raise DecodeError("handshake payload exceeds the maximum message size")
-
-    def _split(self, initiator, **limits):
+    def into_transport(self, **limits):
+        """The finished handshake's ``Transport`` (Noise section 5.2 Split:
+        the initiator sends with the first key, the responder with the
+        second). Raises ``LocalError`` before the handshake is done, and
+        ``HandshakeFailed`` on a second call (the keys are spent)."""
         from device.transport import Transport
         self._expect(_DONE)
         k1, k2 = self._ss.split()
         self._step = _FAILED  # spent: a second into_transport() would reuse keys
-        if initiator:
-            return Transport(self._backend, k1, k2, self._rs_pub(), self._ss.h, **limits)
-        return Transport(self._backend, k2, k1, self._rs_pub(), self._ss.h, **limits)
+        if self._rs is None:
+            k1, k2 = k2, k1
+        return Transport(self._backend, k1, k2, self._rs, self._ss.h, **limits)
 
 
 class NKInitiator(_Handshake):
@@ -260,18 +257,15 @@ class NKInitiator(_Handshake):
     def __init__(self, backend, remote_static, psk=None, prologue=b"",
                  suite=DEFAULT_SUITE, max_payload=MAX_PAYLOAD_BYTES):
         if len(remote_static) != DHLEN_BYTES:
-            raise LocalError("remote static key must be 32 bytes")
-        _Handshake.__init__(self, backend, suite, psk, prologue, max_payload)
-        self._rs = bytes(remote_static)
-        self._ss.mix_hash(self._rs)  # pre-message: <- s
-
-    def _rs_pub(self):
-        return self._rs
+            raise LocalError("remote_static must be 32 bytes")
+        rs = bytes(remote_static)
+        _Handshake.__init__(self, backend, suite, psk, prologue, max_payload, rs, rs)
 
     def write_message(self, payload=b""):
         """Message 1. Raises ``LocalError`` (out of turn, payload too large)."""
         self._expect(_W1)
-        self._check_payload(payload)
+        if len(payload) > self._max_payload:
+            raise MessageTooLarge("payload exceeds max_payload")
         ss = self._ss
         if self._psk_pos == 0:
             ss.mix_key_and_hash(self._psk)  # psk
@@ -286,7 +280,6 @@ class NKInitiator(_Handshake):
         and moves to the terminal state (Rule 3)."""
         self._expect(_R2)
         try:
-            self._check_size(msg, DHLEN_BYTES)
             ss = self._ss
             self._read_e(msg)  # e
             ss.mix_key(dh(self._backend, self._e[0], self._re))  # ee: MixKey(DH(e, re))
@@ -298,10 +291,6 @@ class NKInitiator(_Handshake):
             raise
         self._step = _DONE
         return payload
-
-    def into_transport(self, **limits):
-        """The finished handshake's ``Transport`` (Noise section 5.2 Split)."""
-        return self._split(True, **limits)
 
 
 class NKResponder(_Handshake):
@@ -316,20 +305,15 @@ class NKResponder(_Handshake):
         priv, pub = static
         if len(priv) != DHLEN_BYTES or len(pub) != DHLEN_BYTES:
             raise LocalError("static key must be 32 bytes")
-        _Handshake.__init__(self, backend, suite, psk, prologue, max_payload)
+        # NK: the initiator is anonymous to Noise (the PSK authenticates it).
+        _Handshake.__init__(self, backend, suite, psk, prologue, max_payload, None, bytes(pub))
         self._s = (bytes(priv), bytes(pub))
-        self._ss.mix_hash(self._s[1])  # pre-message: <- s
-        self._step = _R2  # a responder reads message 1 first
-
-    def _rs_pub(self):
-        return None  # NK: the initiator is anonymous to Noise (the PSK authenticates it)
 
     def read_message(self, msg):
         """Message 1 -> its payload. Raises ``DecodeError`` or ``AuthError``
         and moves to the terminal state (Rule 3)."""
         self._expect(_R2)
         try:
-            self._check_size(msg, DHLEN_BYTES)
             ss = self._ss
             if self._psk_pos == 0:
                 ss.mix_key_and_hash(self._psk)  # psk
@@ -345,7 +329,8 @@ class NKResponder(_Handshake):
     def write_message(self, payload=b""):
         """Message 2. Raises ``LocalError`` (out of turn, payload too large)."""
         self._expect(_W1)
-        self._check_payload(payload)
+        if len(payload) > self._max_payload:
+            raise MessageTooLarge("payload exceeds max_payload")
         ss = self._ss
         e = self._write_e()  # e
         ss.mix_key(dh(self._backend, self._e[0], self._re))  # ee: MixKey(DH(e, re))
@@ -355,10 +340,6 @@ class NKResponder(_Handshake):
         self._step = _DONE
         return out
 
-    def into_transport(self, **limits):
-        """The finished handshake's ``Transport`` (Noise section 5.2 Split)."""
-        return self._split(False, **limits)
 
-
-__all__ = ["NKInitiator", "NKResponder", "CipherState", "SymmetricState",
-           "SUITES", "DEFAULT_SUITE", "parse_suite", "rekey", "dh", "ct_equal"]
+__all__ = ("NKInitiator", "NKResponder", "CipherState", "SymmetricState",
+           "SUITES", "DEFAULT_SUITE", "parse_suite", "rekey", "dh", "ct_equal")

@@ -28,7 +28,7 @@ class ReplayWindow:
 
     def __init__(self, size=DEFAULT_WINDOW):
         if size < 8 or size > MAX_WINDOW or size % 8:
-            raise LocalError("replay window must be a multiple of 8 in 8..4096")
+            raise LocalError("window must be 8..4096, step 8")
         self.size = size
         self.hi = -1
         self._bits = bytearray(size // 8)
@@ -38,7 +38,7 @@ class ReplayWindow:
         if n > self.hi:
             return
         if n <= self.hi - self.size:
-            raise ReplayError("message older than the replay window")
+            raise ReplayError("message older than the window")
         i = n % self.size
         if self._bits[i >> 3] & (1 << (i & 7)):
             raise ReplayError("duplicate message")

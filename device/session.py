@@ -35,7 +35,7 @@ Invariants:
 from device import envelope as E
 from device.counter import COUNTER_BYTES, put_counter
 from device.errors import DecodeError, LocalError, MessageTooLarge, SessionExpired
-from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES,
+from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES, SUITES,
                           TAG_BYTES, NKInitiator, parse_suite)
 
 try:
@@ -56,19 +56,14 @@ EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
 EV_REFUSED = const(4)  # the peer refused our message 1 (wrong pinned key, PSK, revoked)
 
 
-SESSION_SUITES = (
-    "Noise_NK_25519_ChaChaPoly_SHA256",
-    "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
-    "Noise_NK_25519_ChaChaPoly_BLAKE2s",
-    "Noise_NKpsk0_25519_ChaChaPoly_BLAKE2s",
-)
+# NK and NKpsk0 of each hash (Rule 6); the same str objects as noise.SUITES.
+SESSION_SUITES = tuple(s for s in SUITES if "NKpsk2" not in s)
 
 
 def _session_suite(suite):
     parse_suite(suite)
     if suite not in SESSION_SUITES:
-        raise LocalError("sessions use NK or NKpsk0; NKpsk2 leaves message 1 "
-                         "unauthenticated (device/session.py Rule 6)")
+        raise LocalError("sessions refuse NKpsk2 (Rule 6)")
 
 
 def _limits(opts, now):
@@ -110,7 +105,6 @@ class DeviceSession:
         self.suite = suite
         self._opts = opts
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
-        self._hint_interval = opts.get("hint_interval", DEFAULT_HINT_INTERVAL)
         self._last_hint = None
         self._hs = None
         self._pending_sid = -1
@@ -121,14 +115,13 @@ class DeviceSession:
         self.last_len = 0
         self._env = E.Envelope()
         self._hdr = bytearray(E.HEADER_MAX_BYTES)
-        self._limit = E.envelope_limit(self.max_payload)
 
     def handshake(self, payload=b"", now=None):
         """Starts a new handshake; returns the hs1 envelope. The current
         session (if any) keeps working until message 2 arrives. Raises
         ``MessageTooLarge``, ``LocalError`` (counter exhausted)."""
         if len(payload) > self.max_payload:
-            raise MessageTooLarge("payload exceeds the maximum message size")
+            raise MessageTooLarge("payload exceeds max_payload")
         c = self._counter.next()
         sid = c % SID_SPACE
         if sid == self.sid:
@@ -164,9 +157,9 @@ class DeviceSession:
         ``DecodeError`` (malformed, not for us, unexpected), ``ReplayError``,
         ``AuthError``; on any error the session is unchanged, except that a
         message 2 that fails authentication ends that handshake attempt."""
-        env = self._env.decode_into(buf, n, self._limit)
+        env = self._env.decode_into(buf, n, E.envelope_limit(self.max_payload))
         if not env.dst_is(self.device_id) or not env.src_is(self.peer_id):
-            raise DecodeError("envelope not addressed to this device")
+            raise DecodeError("envelope not addressed to us")
         t = env.type
         if t == E.DATA:
             tr = self.transport
@@ -180,9 +173,9 @@ class DeviceSession:
         if t == E.HS2:
             hs = self._hs
             if hs is None or env.sid != self._pending_sid:
-                raise DecodeError("unexpected handshake message 2")
+                raise DecodeError("unexpected handshake message")
             if env.msg_len - DHLEN_BYTES - TAG_BYTES > len(out):
-                raise DecodeError("handshake payload larger than the buffer")
+                raise DecodeError("hs2 payload larger than out")
             # Spent whatever happens: a Noise handshake cannot be retried, so
             # a replayed message 2 meets "unexpected", a remote error.
             self._hs = None
@@ -204,12 +197,12 @@ class DeviceSession:
                 return EV_REFUSED
             if env.sid != self.sid and env.sid != self._pending_sid:
                 return EV_NONE  # about a session we no longer have
-            if now is not None and self._last_hint is not None and \
-                    now - self._last_hint < self._hint_interval:
+            gap = self._opts.get("hint_interval", DEFAULT_HINT_INTERVAL)
+            if now is not None and self._last_hint is not None and now - self._last_hint < gap:
                 return EV_NONE  # Rule 4
             self._last_hint = now
             return EV_REHANDSHAKE
-        raise DecodeError("a device does not accept handshake message 1")
+        raise DecodeError("unexpected handshake message")  # hs1: devices only send it
 
     def receive(self, data, now=None):
         """Allocating convenience: returns ``(event, payload_bytes)``."""

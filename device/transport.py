@@ -26,8 +26,8 @@ Invariants:
   buffers with offsets and lengths (``*_into`` returning a byte count).
 """
 
-from device.errors import (BufferTooSmall, DecodeError, LocalError,
-                           MessageTooLarge, ReplayError, SessionExpired)
+from device.errors import (DecodeError, LocalError, MessageTooLarge, ReplayError,
+                           SessionExpired)
 from device.noise import MAX_PAYLOAD_BYTES, TAG_BYTES, rekey
 from device.replay import DEFAULT_WINDOW, ReplayWindow
 
@@ -51,7 +51,7 @@ class Transport:
                  max_messages=DEFAULT_MAX_MESSAGES, max_age=None, now=None,
                  max_payload=MAX_PAYLOAD_BYTES):
         if rekey_interval < window:
-            raise LocalError("rekey_interval must be at least the replay window")
+            raise LocalError("rekey_interval < window")
         self._backend = backend
         self.remote_static = remote_static
         self.handshake_hash = handshake_hash
@@ -64,7 +64,7 @@ class Transport:
         self._s_epoch = 0
         self._s_key = send_key
         self._s = backend.cipher(send_key)
-        self._s_next = min(rekey_interval, max_messages)  # first nonce needing _send_slow
+        self._s_next = min(rekey_interval, max_messages)  # first nonce needing the slow path
         self._r_epoch = 0
         self._r_key = recv_key
         self._r_cur = backend.cipher(recv_key)
@@ -73,16 +73,11 @@ class Transport:
 
     def expired(self, now=None):
         """True once this session must be replaced by a new handshake."""
-        if self.send_nonce >= self.max_messages:
-            return True
-        if now is not None and self.max_age is not None and self.started is not None:
-            return now - self.started > self.max_age
-        return False
+        return self.send_nonce >= self.max_messages or self._too_old(now)
 
-    def _check_age(self, now):
-        if now is not None and self.max_age is not None and self.started is not None \
-                and now - self.started > self.max_age:
-            raise SessionExpired("session too old; handshake again")
+    def _too_old(self, now):
+        return now is not None and self.max_age is not None and self.started is not None \
+            and now - self.started > self.max_age
 
     def encrypt_into(self, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None):
         """Seals ``src[src_off:src_off+src_len]`` under nonce ``self.send_nonce``
@@ -90,25 +85,22 @@ class Transport:
         at ``dst_off``; returns the ciphertext length (``src_len + 16``).
         Raises ``MessageTooLarge``, ``BufferTooSmall``, ``SessionExpired``."""
         if src_len > self.max_payload:
-            raise MessageTooLarge("plaintext exceeds the maximum message size")
+            raise MessageTooLarge("message exceeds max_payload")
         n = self.send_nonce
         if n >= self._s_next or (now is not None and self.max_age is not None):
-            self._send_slow(n, now)  # epoch boundary, message limit or age limit
+            # The slow path: an epoch boundary, the message limit or the age limit.
+            if self.expired(now):
+                raise SessionExpired("session spent; handshake again")
+            epoch = n // self._interval
+            if epoch != self._s_epoch:
+                # Sending is sequential, so the epoch only ever moves up by one.
+                self._s_key = rekey(self._backend, self._s_key)
+                self._s = self._backend.cipher(self._s_key)
+                self._s_epoch = epoch
+            self._s_next = min((epoch + 1) * self._interval, self.max_messages)
         w = self._s.encrypt_into(n, ad, ad_len, src, src_off, src_len, dst, dst_off)
         self.send_nonce = n + 1
         return w
-
-    def _send_slow(self, n, now):
-        if n >= self.max_messages:
-            raise SessionExpired("message limit reached; handshake again")
-        self._check_age(now)
-        epoch = n // self._interval
-        if epoch != self._s_epoch:
-            # Sending is sequential, so the epoch only ever moves up by one.
-            self._s_key = rekey(self._backend, self._s_key)
-            self._s = self._backend.cipher(self._s_key)
-            self._s_epoch = epoch
-        self._s_next = min((epoch + 1) * self._interval, self.max_messages)
 
     def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None):
         """Opens a message sealed under ``nonce``; returns the plaintext length.
@@ -117,11 +109,11 @@ class Transport:
         does not authenticate), ``SessionExpired``. On any error nothing
         changes (Rule 3)."""
         if nonce < 0 or nonce >= self.max_messages:
-            raise DecodeError("nonce outside the session's range")
+            raise DecodeError("nonce out of session range")
         if src_len - TAG_BYTES > self.max_payload:
-            raise DecodeError("message exceeds the maximum message size")
-        if now is not None and self.max_age is not None:
-            self._check_age(now)
+            raise DecodeError("message exceeds max_payload")
+        if self._too_old(now):
+            raise SessionExpired("session spent; handshake again")
         w = self.window
         w.check(nonce)
         epoch = nonce // self._interval
@@ -140,7 +132,7 @@ class Transport:
             self.window.commit(nonce)
             return n
         if epoch < cur:
-            raise ReplayError("message older than the replay window")
+            raise ReplayError("message older than the window")
         if epoch - cur > MAX_EPOCH_SKIP:
             raise DecodeError("nonce too far ahead")
         new_key = self._r_key
