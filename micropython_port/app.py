@@ -49,7 +49,7 @@ _EV_REFUSED = const(4)
 
 # A reading (at most 26 bytes: the map, "up" and "seq" with 9-byte heads)
 # or a reply (a command, 21 bytes at most); sizes every buffer below, the
-# MQTT client's too. The peer sends nothing larger to a device.
+# MQTT client's and the UART link's too. The peer sends nothing larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
 _HEADER_MAX_BYTES = const(53)  # device.envelope.HEADER_MAX_BYTES
 # A data envelope: header + reading + tag.
@@ -124,8 +124,8 @@ class Device:
         kind = link.get("kind")
         if kind == "serial":
             from micropython_port.uart_link import UartLink
-            self.link = UartLink(link.get("port", "1"), self._envelope,
-                                 link.get("baud", 115200), opened=False)
+            self.link = UartLink(link.get("port", "1"), self._envelope, link.get("baud", 115200),
+                                 max_payload=_ENV_BYTES, opened=False)
         elif kind == "mqtt":
             self.link = MqttDeviceLink(device_id, link, self._envelope)
         else:

@@ -8,29 +8,25 @@ gateway end is ``gateway/serial_bridge.py`` over ``device/serial_link.py``.
 
 Invariants:
 - Rule 1: line noise never raises: the core's ``FrameDecoder`` drops and
-  counts bad frames (``drops``), and only intact frames reach
+  counts bad frames (``decoder.drops``), and only intact frames reach
   ``on_envelope(buf, n)``; ``buf[:n]`` is valid only during the call.
 - Rule 2: a hello (an empty frame) is sent when the link opens, and every
   hello received is answered with one, so a gateway that restarts learns
   that the device listens; hellos never reach ``on_envelope``.
-- Rule 3: buffers (one receive chunk, one frame) are allocated in
-  ``__init__``; ``send`` and ``poll`` allocate nothing per frame on a board.
+- Rule 3: buffers (one receive chunk, one frame in each direction, sized
+  by ``max_payload``) are allocated in ``__init__``; ``send`` and ``poll``
+  allocate nothing per frame on a board.
   The unix port reads a tty one byte per call while ``poll`` says more is
   waiting, because MicroPython's ``readinto`` on a blocking file reads
   exactly the length it is given.
 """
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from micropython import const
 
-from device.framing import (FRAME_PAYLOAD_MAX_BYTES, FrameDecoder, encode_into,
-                            encoded_len)
+from device.framing import FrameDecoder, encode_into, encoded_len
 
-RX_CHUNK_BYTES = const(128)  # one UART read; the decoder takes it byte by byte
-DEFAULT_BAUD = const(115200)
+_RX_CHUNK_BYTES = const(128)  # one UART read; the decoder takes it byte by byte
+_MAX_PAYLOAD_BYTES = const(1200)  # device.framing.FRAME_PAYLOAD_MAX_BYTES
 
 
 class _TtyPort:
@@ -115,61 +111,43 @@ class _UartPort:
             pass
 
 
-class _StreamPort(_TtyPort):
-    # Any object with readinto/write/fileno (e.g. an opened pty in a test).
-    def __init__(self, stream):
-        import select
-        self._f = stream
-        self._poll = select.poll()
-        self._poll.register(stream, select.POLLIN)
-
-
-def open_port(port, baud=DEFAULT_BAUD, rxbuf=2048):
-    """``port`` is a UART number (an int, or a string of digits) on a board,
-    a tty path on the unix port, or an open stream. Raises ``OSError``."""
-    if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
-        return _UartPort(int(port), baud, rxbuf)
-    if isinstance(port, str):
-        return _TtyPort(port, baud)
-    return _StreamPort(port)
-
-
 class UartLink:
-    """Envelopes over a serial port: ``send(buf, n)``, ``poll(timeout_ms)``.
+    """Envelopes over a serial port: ``open()``, ``send(buf, n)``,
+    ``poll(timeout_ms)``, ``flush(timeout_ms)``, ``close()``.
 
-    ``on_envelope(buf, n)`` gets each intact non-empty frame (Rule 1).
-    ``send`` raises ``MessageTooLarge`` for an envelope over
-    ``max_payload`` and ``OSError`` if the port fails.
+    ``port`` is a UART number (an int, or a string of digits) on a board, a
+    tty path on the unix port, or an object with ``wait``, ``readinto``,
+    ``write`` and ``close`` (like the port classes here). ``on_envelope(buf,
+    n)`` gets each intact non-empty frame (Rule 1). ``send`` raises
+    ``MessageTooLarge`` for an envelope over ``max_payload`` (at most
+    ``device.framing.FRAME_PAYLOAD_MAX_BYTES``) and ``OSError`` if the port
+    fails; ``open`` raises ``OSError``.
     """
 
-    def __init__(self, port, on_envelope, baud=DEFAULT_BAUD,
-                 max_payload=FRAME_PAYLOAD_MAX_BYTES, opened=True):
+    def __init__(self, port, on_envelope, baud=115200, max_payload=_MAX_PAYLOAD_BYTES,
+                 opened=True):
         self.on_envelope = on_envelope
-        self._spec = (port, baud)
-        self._port = None
-        self._dec = FrameDecoder(max_payload)
-        self._rx = bytearray(RX_CHUNK_BYTES)
+        self._port = port
+        self._baud = baud
+        self.decoder = FrameDecoder(max_payload)
+        self._rx = bytearray(_RX_CHUNK_BYTES)
         self._tx = bytearray(encoded_len(max_payload))
         self._on_frame = self._frame  # bound once: no allocation per frame
-        self.hellos_rx = 0
-        self.frames_rx = 0
-        self.frames_tx = 0
         if opened:
             self.open()
 
     def open(self):
-        """Open the port and say hello (Rule 2). Raises ``OSError``."""
-        port, baud = self._spec
-        self._port = port if hasattr(port, "wait") else open_port(port, baud)
+        """Open the port and say hello (Rule 2)."""
+        port = self._port
+        if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+            port = _UartPort(int(port), self._baud, 2048)
+        elif isinstance(port, str):
+            port = _TtyPort(port, self._baud)
+        self._port = port
         self.hello()
 
     def flush(self, timeout_ms=0):
         """Writes are complete when ``send`` returns: nothing to wait for."""
-
-    @property
-    def drops(self):
-        """Frames dropped by reason (``device.framing.DROP_REASONS``)."""
-        return self._dec.drop_counts()
 
     def hello(self):
         """Send an empty frame (Rule 2)."""
@@ -180,15 +158,12 @@ class UartLink:
         """Frame ``buf[:n]`` and write it."""
         k = encode_into(buf, n, self._tx)
         self._port.write(self._tx, k)
-        self.frames_tx += 1
 
     def _frame(self, buf, n):
-        if n == 0:
-            self.hellos_rx += 1
+        if n:
+            self.on_envelope(buf, n)
+        else:
             self.hello()
-            return
-        self.frames_rx += 1
-        self.on_envelope(buf, n)
 
     def poll(self, timeout_ms=0):
         """Wait up to ``timeout_ms`` for bytes, then decode all that are
@@ -202,10 +177,10 @@ class UartLink:
             if not n:
                 return total
             total += n
-            self._dec.feed_into(rx, n, self._on_frame)
+            self.decoder.feed_into(rx, n, self._on_frame)
 
     def close(self):
         self._port.close()
 
 
-__all__ = ["UartLink", "open_port"]
+__all__ = ["UartLink"]
