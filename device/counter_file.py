@@ -26,7 +26,7 @@ class FileCounterStore:
         except ValueError:
             # A damaged file must not restart the counter at 0 (replays would
             # be refused by the peer forever); refuse to guess.
-            raise OSError("counter file " + self.path + " is damaged")
+            raise OSError("damaged counter file " + self.path)
 
     def store(self, value):
         tmp = self.path + ".tmp"

@@ -186,9 +186,9 @@ class Envelope:
         self.head = head
         self.type = typ
         off = self._id(buf, 2, n)
-        self.src_off, self.src_len = off - self._idlen, self._idlen
+        self.src_off, self.src_len = off - self._v, self._v
         off = self._id(buf, off, n)
-        self.dst_off, self.dst_len = off - self._idlen, self._idlen
+        self.dst_off, self.dst_len = off - self._v, self._v
         off = self._uint(buf, off, n, 0)
         self.sid = self._v
         if self._v > SID_MAX:
@@ -243,8 +243,7 @@ class Envelope:
             raise DecodeError("ids are 1..16 bytes")
         if off + self._v > n:
             raise DecodeError("envelope truncated")
-        self._idlen = self._v
-        return off + self._v
+        return off + self._v  # self._v is still the id's length
 
     # Allocating accessors (CPython side, tests, logs).
     @property

@@ -92,14 +92,14 @@ class DeviceSession:
         self._backend = backend
         self.device_id = bytes(device_id)
         self.peer_id = bytes(peer_id)
-        # One pinned key, or several (newest first) during a key rotation overlap.
+        # One pinned key, or several (newest first) during a key rotation
+        # overlap; the next handshake uses the first (a refusal rotates them).
         pins = [peer_static] if len(peer_static) == DHLEN_BYTES and \
             isinstance(peer_static[0], int) else list(peer_static)
         self._pins = [bytes(k) for k in pins]
         for k in self._pins:
             if len(k) != DHLEN_BYTES:
                 raise LocalError("pinned peer keys are 32 bytes")
-        self._pin = 0
         self._psk = psk
         self._counter = counter
         self.suite = suite
@@ -114,7 +114,6 @@ class DeviceSession:
         self._prev_sid = -1
         self.last_len = 0
         self._env = E.Envelope()
-        self._hdr = bytearray(E.HEADER_MAX_BYTES)
 
     def handshake(self, payload=b"", now=None):
         """Starts a new handshake; returns the hs1 envelope. The current
@@ -132,10 +131,10 @@ class DeviceSession:
         put_counter(pt, 0, c)
         pt[COUNTER_BYTES:] = payload
         msg_len = DHLEN_BYTES + len(pt) + TAG_BYTES  # e, then the sealed payload
-        off = E.encode_header_into(self._hdr, E.HEAD_HS1, self.device_id,
-                                   self.peer_id, sid, -1, msg_len)
-        header = bytes(self._hdr[:off])
-        hs = NKInitiator(self._backend, self.peer_static, self._psk,
+        hdr = bytearray(E.HEADER_MAX_BYTES)
+        off = E.encode_header_into(hdr, E.HEAD_HS1, self.device_id, self.peer_id, sid, -1, msg_len)
+        header = bytes(hdr[:off])
+        hs = NKInitiator(self._backend, self._pins[0], self._psk,
                          E.PROLOGUE + header, self.suite,
                          self.max_payload + COUNTER_BYTES)
         msg = hs.write_message(pt)
@@ -146,7 +145,7 @@ class DeviceSession:
     @property
     def peer_static(self):
         """The pinned peer key the next handshake uses."""
-        return self._pins[self._pin]
+        return self._pins[0]
 
     @property
     def handshaking(self):
@@ -193,7 +192,7 @@ class DeviceSession:
                 # Unauthenticated, so it only ends this attempt; the next
                 # handshake tries the next pinned key, if there is one.
                 self._hs = None
-                self._pin = (self._pin + 1) % len(self._pins)
+                self._pins.append(self._pins.pop(0))
                 return EV_REFUSED
             if env.sid != self.sid and env.sid != self._pending_sid:
                 return EV_NONE  # about a session we no longer have

@@ -117,39 +117,34 @@ class Transport:
         w = self.window
         w.check(nonce)
         epoch = nonce // self._interval
-        if epoch == self._r_epoch:
-            n = self._r_cur.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
-            w.commit(nonce)
-            return n
-        return self._decrypt_other_epoch(epoch, nonce, ad, ad_len, src, src_off, src_len,
-                                         dst, dst_off)
-
-    def _decrypt_other_epoch(self, epoch, nonce, ad, ad_len, src, src_off, src_len,
-                             dst, dst_off):
         cur = self._r_epoch
-        if epoch == cur - 1 and self._r_prev is not None:
-            n = self._r_prev.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
-            self.window.commit(nonce)
-            return n
-        if epoch < cur:
+        if epoch == cur:
+            c = self._r_cur
+        elif epoch == cur - 1 and self._r_prev is not None:
+            c = self._r_prev
+        elif epoch < cur:
             raise ReplayError("message older than the window")
-        if epoch - cur > MAX_EPOCH_SKIP:
+        elif epoch - cur > MAX_EPOCH_SKIP:
             raise DecodeError("nonce too far ahead")
-        new_key = self._r_key
-        prev_key = None
-        while cur < epoch:
-            prev_key = new_key
-            new_key = rekey(self._backend, new_key)
-            cur += 1
-        c = self._backend.cipher(new_key)
+        else:
+            # A later epoch: Rekey() forward from the current key (Rule 2),
+            # keeping the key before it as the new previous epoch's.
+            new_key = self._r_key
+            prev_key = None
+            while cur < epoch:
+                prev_key = new_key
+                new_key = rekey(self._backend, new_key)
+                cur += 1
+            c = self._backend.cipher(new_key)
         n = c.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
         # Authenticated: commit (Rule 3).
-        self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \
-            else self._backend.cipher(prev_key)
-        self._r_cur = c
-        self._r_key = new_key
-        self._r_epoch = epoch
-        self.window.commit(nonce)
+        if epoch > self._r_epoch:
+            self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \
+                else self._backend.cipher(prev_key)
+            self._r_cur = c
+            self._r_key = new_key
+            self._r_epoch = epoch
+        w.commit(nonce)
         return n
 
     # Convenience forms that allocate (CPython, tests, examples). The bare wire
