@@ -9,10 +9,10 @@ Invariants:
   garbage leave the heap before the session's long-lived objects arrive
   (docs/micropython.md, "Memory": fragmentation, not only size, decides
   the smallest heap a device runs in). For the same reason the collector
-  runs every 4 KiB of allocation during start-up, and ``main`` deletes
-  the start-up helpers (``_args``, ``_load_bundle``, ``network_up``) once
-  they have run: their code is not needed again (``main`` runs once per
-  boot).
+  runs every 4 KiB of allocation during start-up. Once the device is
+  made, ``main`` deletes the start-up functions (``_start`` and what it
+  calls): their code is not needed again (``main`` runs once per boot),
+  and the handshake reuses their room.
 - Rule 2: nothing printed holds a key, the PSK or a plaintext.
 """
 
@@ -86,22 +86,12 @@ def _print_event(name, detail):
     print(json.dumps({"event": name, "detail": detail}))
 
 
-def main(argv=None):
-    """Options (unix port; a board runs with none): --bundle PATH
-    (default moteseal.bundle), --state PATH (counter file, default
-    moteseal.ctr), --count N, --interval-ms MS, --linger-ms MS,
-    --hs-timeout-ms MS, --host H, --port P, --serial PATH, --quiet.
-    Prints JSON event lines and a summary line; returns the summary."""
-    global _args, _load_bundle, network_up  # deleted once they have run (Rule 1)
-    # Rule 1: collect every 4 KiB allocated, so start-up garbage is gone
-    # before long-lived objects land between it (measured: 4 KiB less heap
-    # needed; after the handshake nothing allocates, so it costs nothing).
-    if hasattr(gc, "threshold"):  # absent where MICROPY_GC_ALLOC_THRESHOLD is off
-        gc.threshold(4096)
-    opts = _args(sys.argv if argv is None else argv)
+def _start(argv):
+    # Options, Wi-Fi, the bundle, then the application (Rule 1); returns
+    # the device and run()'s arguments.
+    opts = _args(argv)
     network_up()
     bundle = _load_bundle(opts.get("bundle", "moteseal.bundle"))
-    del _args, _load_bundle, network_up  # Rule 1
     from micropython_port.app import Device
     gc.collect()
     link = {}
@@ -114,14 +104,29 @@ def main(argv=None):
         link["port"] = opts["serial"]
     dev = Device(bundle, opts.get("state", "moteseal.ctr"), link,
                  None if "quiet" in opts else _print_event)
-    bundle = None
-    gc.collect()
     if "interval-ms" in opts:
         dev.interval_ms = int(opts["interval-ms"])
     if "hs-timeout-ms" in opts:
         dev.hs_timeout_ms = int(opts["hs-timeout-ms"])
-    summary = dev.run(int(opts["count"]) if "count" in opts else None,
-                      int(opts.get("linger-ms", 0)))
+    return dev, int(opts["count"]) if "count" in opts else None, int(opts.get("linger-ms", 0))
+
+
+def main(argv=None):
+    """Options (unix port; a board runs with none): --bundle PATH
+    (default moteseal.bundle), --state PATH (counter file, default
+    moteseal.ctr), --count N, --interval-ms MS, --linger-ms MS,
+    --hs-timeout-ms MS, --host H, --port P, --serial PATH, --quiet.
+    Prints JSON event lines and a summary line; returns the summary."""
+    global _args, _load_bundle, network_up, _start  # deleted once they have run (Rule 1)
+    # Rule 1: collect every 4 KiB allocated, so start-up garbage is gone
+    # before long-lived objects land between it (measured: 4 KiB less heap
+    # needed; after the handshake nothing allocates, so it costs nothing).
+    if hasattr(gc, "threshold"):  # absent where MICROPY_GC_ALLOC_THRESHOLD is off
+        gc.threshold(4096)
+    dev, count, linger_ms = _start(sys.argv if argv is None else argv)
+    del _args, _load_bundle, network_up, _start
+    gc.collect()
+    summary = dev.run(count, linger_ms)
     gc.collect()
     summary["event"] = "summary"
     summary["interval_ms"] = dev.interval_ms
