@@ -16,7 +16,7 @@ Invariants:
   caller's buffer, not copies) and allocates nothing for ids or messages.
 """
 
-from device.errors import BufferTooSmall, DecodeError, LocalError
+from device import errors
 
 try:
     from micropython import const
@@ -101,7 +101,7 @@ def put_head(buf, off, major, v):
 def _put_id(buf, off, ident):
     n = len(ident)
     if n < 1 or n > ID_MAX_BYTES:
-        raise LocalError("ids are 1..16 bytes")
+        raise errors.LocalError("ids are 1..16 bytes")
     buf[off] = 0x40 | n
     off += 1
     for i in range(n):
@@ -125,11 +125,11 @@ def encode_header_into(buf, head, src, dst, sid, nonce, msg_len):
     length for ``data``. Raises ``LocalError`` for bad fields,
     ``BufferTooSmall``."""
     if sid < 0 or sid > SID_MAX or msg_len < 0:
-        raise LocalError("bad envelope field")
+        raise errors.LocalError("bad envelope field")
     if head == HEAD_DATA and (nonce < 0 or nonce > NONCE_MAX):
-        raise LocalError("bad nonce")
+        raise errors.LocalError("bad nonce")
     if len(buf) < header_size(src, dst, sid, nonce if head == HEAD_DATA else -1, msg_len):
-        raise BufferTooSmall("envelope buffer too small")
+        raise errors.BufferTooSmall("envelope buffer too small")
     buf[0] = 0x86 if head == HEAD_DATA else 0x85  # array(6) or array(5)
     buf[1] = head
     off = _put_id(buf, 2, src)
@@ -173,16 +173,16 @@ class Envelope:
         what is wrong (truncated, oversized, not canonical, unknown version,
         bad id, trailing bytes). Fields are undefined after an error."""
         if n > limit:
-            raise DecodeError("envelope oversized")
+            raise errors.DecodeError("envelope oversized")
         if n > len(buf) or n < 2:
-            raise DecodeError("envelope truncated")
+            raise errors.DecodeError("envelope truncated")
         first = buf[0]
         head = buf[1]
         if head > 23 or (head >> 2) != VERSION:
-            raise DecodeError("unknown envelope version")
+            raise errors.DecodeError("unknown envelope version")
         typ = head & 3
         if first != (0x86 if typ == DATA else 0x85):
-            raise DecodeError("wrong array or item count")
+            raise errors.DecodeError("wrong array or item count")
         self.head = head
         self.type = typ
         off = self._id(buf, 2, n)
@@ -192,13 +192,13 @@ class Envelope:
         off = self._uint(buf, off, n, 0)
         self.sid = self._v
         if self._v > SID_MAX:
-            raise DecodeError("sid or nonce out of range")
+            raise errors.DecodeError("sid or nonce out of range")
         self.nonce = -1
         self.reason = -1
         if typ == DATA:
             off = self._uint(buf, off, n, 0)
             if self._v > NONCE_MAX:
-                raise DecodeError("sid or nonce out of range")
+                raise errors.DecodeError("sid or nonce out of range")
             self.nonce = self._v
         if typ == HINT:
             off = self._uint(buf, off, n, 0)
@@ -211,38 +211,39 @@ class Envelope:
             self.msg_len = self._v
             off += self._v
         if off != n:
-            raise DecodeError("envelope truncated" if off > n else "trailing bytes after envelope")
+            raise errors.DecodeError("envelope truncated" if off > n
+                                     else "trailing bytes after envelope")
         self.buf = buf
         return self
 
     def _uint(self, buf, off, n, major):
         # Reads a canonical head of the given major type; value in self._v.
         if off >= n:
-            raise DecodeError("envelope truncated")
+            raise errors.DecodeError("envelope truncated")
         b = buf[off]
         ai = b & 31
         if b >> 5 != major or ai > 27:
-            raise DecodeError("unexpected CBOR item")
+            raise errors.DecodeError("unexpected CBOR item")
         if ai < 24:
             self._v = ai
             return off + 1
         size = 1 << (ai - 24)
         if off + 1 + size > n:
-            raise DecodeError("envelope truncated")
+            raise errors.DecodeError("envelope truncated")
         v = 0
         for i in range(size):
             v = (v << 8) | buf[off + 1 + i]
         if (size == 1 and v < 24) or (size > 1 and v < (1 << (4 * size))):
-            raise DecodeError("non-canonical CBOR integer")
+            raise errors.DecodeError("non-canonical CBOR integer")
         self._v = v
         return off + 1 + size
 
     def _id(self, buf, off, n):
         off = self._uint(buf, off, n, 2)
         if self._v < 1 or self._v > ID_MAX_BYTES:
-            raise DecodeError("ids are 1..16 bytes")
+            raise errors.DecodeError("ids are 1..16 bytes")
         if off + self._v > n:
-            raise DecodeError("envelope truncated")
+            raise errors.DecodeError("envelope truncated")
         return off + self._v  # self._v is still the id's length
 
     # Allocating accessors (CPython side, tests, logs).
@@ -259,19 +260,20 @@ class Envelope:
         return bytes(self.buf[self.msg_off:self.msg_off + self.msg_len])
 
     def src_is(self, ident):
-        return _same(self.buf, self.src_off, self.src_len, ident)
+        return self._same(self.src_off, self.src_len, ident)
 
     def dst_is(self, ident):
-        return _same(self.buf, self.dst_off, self.dst_len, ident)
+        return self._same(self.dst_off, self.dst_len, ident)
 
-
-def _same(buf, off, n, ident):
-    if n != len(ident):
-        return False
-    for i in range(n):
-        if buf[off + i] != ident[i]:
+    def _same(self, off, n, ident):
+        # Compares in place: no slice of the buffer is allocated (Rule 3).
+        buf = self.buf
+        if n != len(ident):
             return False
-    return True
+        for i in range(n):
+            if buf[off + i] != ident[i]:
+                return False
+        return True
 
 
 def decode(data, limit=ENVELOPE_MAX_BYTES):

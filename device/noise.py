@@ -20,8 +20,7 @@ Invariants:
 """
 
 from device.backend import ct_equal, is_all_zero
-from device.errors import (AuthError, DecodeError, HandshakeFailed,
-                           LocalError, MessageTooLarge)
+from device import errors
 
 try:
     from micropython import const
@@ -52,7 +51,7 @@ def parse_suite(name):
     """Return ``(psk_position, hash_name)`` for a supported suite name;
     ``psk_position`` is -1 for plain NK. Raises ``LocalError`` otherwise."""
     if name not in SUITES:
-        raise LocalError("unsupported suite " + str(name))
+        raise errors.LocalError("unsupported suite " + str(name))
     parts = name.split("_")
     pattern = parts[1]
     psk = -1 if pattern == "NK" else int(pattern[5:])
@@ -80,7 +79,7 @@ class CipherState:
         if self._c is None:
             return bytes(plaintext)
         if self.n >= _MAXNONCE:
-            raise LocalError("nonce exhausted")
+            raise errors.LocalError("nonce exhausted")
         out = bytearray(len(plaintext) + TAG_BYTES)
         self._c.encrypt_into(self.n, ad, len(ad), plaintext, 0, len(plaintext), out, 0)
         self.n += 1
@@ -91,7 +90,7 @@ class CipherState:
         if self._c is None:
             return bytes(ciphertext)
         if len(ciphertext) < TAG_BYTES:
-            raise AuthError("message does not authenticate")
+            raise errors.AuthError("message does not authenticate")
         out = bytearray(len(ciphertext) - TAG_BYTES)
         self._c.decrypt_into(self.n, ad, len(ad), ciphertext, 0, len(ciphertext), out, 0)
         self.n += 1
@@ -160,7 +159,7 @@ def dh(backend, priv, pub):
     """DH(priv, pub) with the low-order check (Rule 4)."""
     out = backend.x25519(priv, pub)
     if is_all_zero(out):
-        raise AuthError("message does not authenticate")
+        raise errors.AuthError("message does not authenticate")
     return out
 
 
@@ -182,9 +181,9 @@ class _Handshake:
         self._psk_pos, hash_name = parse_suite(suite)
         if self._psk_pos < 0:
             if psk is not None:
-                raise LocalError("plain NK takes no PSK")
+                raise errors.LocalError("plain NK takes no PSK")
         elif psk is None or len(psk) != PSK_BYTES:
-            raise LocalError("this suite needs a 32-byte PSK")
+            raise errors.LocalError("this suite needs a 32-byte PSK")
         self._psk = psk
         self._max_payload = max_payload
         self._rs = rs
@@ -202,9 +201,9 @@ class _Handshake:
 
     def _expect(self, step):
         if self._step == _FAILED:
-            raise HandshakeFailed("handshake failed earlier")
+            raise errors.HandshakeFailed("handshake failed earlier")
         if self._step != step:
-            raise LocalError("handshake message out of turn")
+            raise errors.LocalError("handshake message out of turn")
 
     def _read_e(self, msg):
         # Also bounds the whole message: at least e, at most Noise's 65535
@@ -213,7 +212,7 @@ class _Handshake:
         n = len(msg)
         if n < DHLEN_BYTES or n > NOISE_MAX_BYTES or \
                 n - DHLEN_BYTES > self._max_payload + TAG_BYTES:
-            raise DecodeError("bad handshake message length")
+            raise errors.DecodeError("bad handshake message length")
         re = bytes(msg[:DHLEN_BYTES])
         self._ss.mix_hash(re)
         if self._psk_pos >= 0:
@@ -257,7 +256,7 @@ class NKInitiator(_Handshake):
     def __init__(self, backend, remote_static, psk=None, prologue=b"",
                  suite=DEFAULT_SUITE, max_payload=MAX_PAYLOAD_BYTES):
         if len(remote_static) != DHLEN_BYTES:
-            raise LocalError("remote_static must be 32 bytes")
+            raise errors.LocalError("remote_static must be 32 bytes")
         rs = bytes(remote_static)
         _Handshake.__init__(self, backend, suite, psk, prologue, max_payload, rs, rs)
 
@@ -265,7 +264,7 @@ class NKInitiator(_Handshake):
         """Message 1. Raises ``LocalError`` (out of turn, payload too large)."""
         self._expect(_W1)
         if len(payload) > self._max_payload:
-            raise MessageTooLarge("payload exceeds max_payload")
+            raise errors.MessageTooLarge("payload exceeds max_payload")
         ss = self._ss
         if self._psk_pos == 0:
             ss.mix_key_and_hash(self._psk)  # psk
@@ -304,7 +303,7 @@ class NKResponder(_Handshake):
                  suite=DEFAULT_SUITE, max_payload=MAX_PAYLOAD_BYTES):
         priv, pub = static
         if len(priv) != DHLEN_BYTES or len(pub) != DHLEN_BYTES:
-            raise LocalError("static key must be 32 bytes")
+            raise errors.LocalError("static key must be 32 bytes")
         # NK: the initiator is anonymous to Noise (the PSK authenticates it).
         _Handshake.__init__(self, backend, suite, psk, prologue, max_payload, None, bytes(pub))
         self._s = (bytes(priv), bytes(pub))
@@ -330,7 +329,7 @@ class NKResponder(_Handshake):
         """Message 2. Raises ``LocalError`` (out of turn, payload too large)."""
         self._expect(_W1)
         if len(payload) > self._max_payload:
-            raise MessageTooLarge("payload exceeds max_payload")
+            raise errors.MessageTooLarge("payload exceeds max_payload")
         ss = self._ss
         e = self._write_e()  # e
         ss.mix_key(dh(self._backend, self._e[0], self._re))  # ee: MixKey(DH(e, re))

@@ -110,8 +110,7 @@ class DeviceSession:
         self._pending_sid = -1
         self.transport = None
         self.sid = -1
-        self._prev = None  # the session before the current one, for downlink in flight
-        self._prev_sid = -1
+        self._prev = None  # (transport, sid) of the session before, for downlink in flight
         self.last_len = 0
         self._env = E.Envelope()
 
@@ -163,7 +162,8 @@ class DeviceSession:
         if t == E.DATA:
             tr = self.transport
             if env.sid != self.sid or tr is None:
-                tr = self._prev if env.sid == self._prev_sid else None
+                prev = self._prev
+                tr = prev[0] if prev is not None and env.sid == prev[1] else None
                 if tr is None:
                     raise DecodeError("no such session")
             self.last_len = tr.decrypt_into(env.nonce, buf, env.msg_off, buf, env.msg_off,
@@ -180,7 +180,7 @@ class DeviceSession:
             self._hs = None
             payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
             if self.transport is not None:
-                self._prev, self._prev_sid = self.transport, self.sid
+                self._prev = (self.transport, self.sid)
             self.transport = hs.into_transport(**_limits(self._opts, now))
             self.sid = self._pending_sid
             out[:len(payload)] = payload

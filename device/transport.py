@@ -26,8 +26,7 @@ Invariants:
   buffers with offsets and lengths (``*_into`` returning a byte count).
 """
 
-from device.errors import (DecodeError, LocalError, MessageTooLarge, ReplayError,
-                           SessionExpired)
+from device import errors
 from device.noise import MAX_PAYLOAD_BYTES, TAG_BYTES, rekey
 from device.replay import DEFAULT_WINDOW, ReplayWindow
 
@@ -51,7 +50,7 @@ class Transport:
                  max_messages=DEFAULT_MAX_MESSAGES, max_age=None, now=None,
                  max_payload=MAX_PAYLOAD_BYTES):
         if rekey_interval < window:
-            raise LocalError("rekey_interval < window")
+            raise errors.LocalError("rekey_interval < window")
         self._backend = backend
         self.remote_static = remote_static
         self.handshake_hash = handshake_hash
@@ -64,7 +63,6 @@ class Transport:
         self._s_epoch = 0
         self._s_key = send_key
         self._s = backend.cipher(send_key)
-        self._s_next = min(rekey_interval, max_messages)  # first nonce needing the slow path
         self._r_epoch = 0
         self._r_key = recv_key
         self._r_cur = backend.cipher(recv_key)
@@ -85,19 +83,19 @@ class Transport:
         at ``dst_off``; returns the ciphertext length (``src_len + 16``).
         Raises ``MessageTooLarge``, ``BufferTooSmall``, ``SessionExpired``."""
         if src_len > self.max_payload:
-            raise MessageTooLarge("message exceeds max_payload")
+            raise errors.MessageTooLarge("message exceeds max_payload")
         n = self.send_nonce
-        if n >= self._s_next or (now is not None and self.max_age is not None):
-            # The slow path: an epoch boundary, the message limit or the age limit.
+        epoch = n // self._interval
+        if epoch != self._s_epoch or n >= self.max_messages or \
+                (now is not None and self.max_age is not None):
+            # The slow path: a new epoch, the message limit or the age limit.
             if self.expired(now):
-                raise SessionExpired("session spent; handshake again")
-            epoch = n // self._interval
+                raise errors.SessionExpired("session spent; handshake again")
             if epoch != self._s_epoch:
                 # Sending is sequential, so the epoch only ever moves up by one.
                 self._s_key = rekey(self._backend, self._s_key)
                 self._s = self._backend.cipher(self._s_key)
                 self._s_epoch = epoch
-            self._s_next = min((epoch + 1) * self._interval, self.max_messages)
         w = self._s.encrypt_into(n, ad, ad_len, src, src_off, src_len, dst, dst_off)
         self.send_nonce = n + 1
         return w
@@ -109,11 +107,11 @@ class Transport:
         does not authenticate), ``SessionExpired``. On any error nothing
         changes (Rule 3)."""
         if nonce < 0 or nonce >= self.max_messages:
-            raise DecodeError("nonce out of session range")
+            raise errors.DecodeError("nonce out of session range")
         if src_len - TAG_BYTES > self.max_payload:
-            raise DecodeError("message exceeds max_payload")
+            raise errors.DecodeError("message exceeds max_payload")
         if self._too_old(now):
-            raise SessionExpired("session spent; handshake again")
+            raise errors.SessionExpired("session spent; handshake again")
         w = self.window
         w.check(nonce)
         epoch = nonce // self._interval
@@ -123,9 +121,9 @@ class Transport:
         elif epoch == cur - 1 and self._r_prev is not None:
             c = self._r_prev
         elif epoch < cur:
-            raise ReplayError("message older than the window")
+            raise errors.ReplayError("message older than the window")
         elif epoch - cur > MAX_EPOCH_SKIP:
-            raise DecodeError("nonce too far ahead")
+            raise errors.DecodeError("nonce too far ahead")
         else:
             # A later epoch: Rekey() forward from the current key (Rule 2),
             # keeping the key before it as the new previous epoch's.
@@ -162,7 +160,7 @@ class Transport:
     def decrypt(self, message, ad=b"", now=None):
         """Opens ``encrypt()``'s output. Raises as ``decrypt_into``."""
         if len(message) < NONCE_BYTES + TAG_BYTES:
-            raise DecodeError("transport message truncated")
+            raise errors.DecodeError("transport message truncated")
         n = 0
         for i in range(NONCE_BYTES):
             n = (n << 8) | message[i]
