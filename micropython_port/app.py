@@ -48,14 +48,10 @@ _EV_REHANDSHAKE = const(3)
 _EV_REFUSED = const(4)
 
 # A reading (at most 26 bytes: the map, "up" and "seq" with 9-byte heads)
-# or a reply (a command, 21 bytes at most); sizes every buffer below, the
-# MQTT client's and the UART link's too. The peer sends nothing larger to a device.
+# or a reply (a command, 21 bytes at most); sizes the device's buffers and
+# the link's (by device.envelope.envelope_limit). The peer sends nothing
+# larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
-_HEADER_MAX_BYTES = const(53)  # device.envelope.HEADER_MAX_BYTES
-# A data envelope: header + reading + tag.
-_DATA_ENV_BYTES = const(_HEADER_MAX_BYTES + _MAX_PAYLOAD_BYTES + 16)
-# The largest envelope on the link, message 1: header + e + counter + reading + tag.
-_ENV_BYTES = const(_HEADER_MAX_BYTES + 32 + 4 + _MAX_PAYLOAD_BYTES + 16)
 _HS_GAP_MS = const(1000)
 # The longest interval a reply may set: a day, so ``ticks_add`` stays in
 # range (half the ticks period is 2**29 ms on 32-bit ports) and every
@@ -68,11 +64,11 @@ class MqttDeviceLink:
     ``send(buf, n)``, ``poll(timeout_ms)``, ``flush(timeout_ms)``,
     ``close()``; ``client`` is the ``MQTTClient``."""
 
-    def __init__(self, device_id, link, on_envelope):
+    def __init__(self, device_id, link, on_envelope, max_payload):
         from micropython_port.mqtt import MQTTClient
         c = MQTTClient(b"moteseal-" + device_id, link.get("host", "127.0.0.1"),
                        link.get("port", 1883), link.get("username"), link.get("password"),
-                       keepalive=30, max_payload=_ENV_BYTES, on_message=on_envelope)
+                       keepalive=30, max_payload=max_payload, on_message=on_envelope)
         # Remembered now (not connected yet), and sent with every CONNECT
         # that finds no session, ahead of any publish, so message 2 cannot
         # beat the subscription.
@@ -112,6 +108,7 @@ class Device:
         # Imported here, not as module globals: they are needed only once.
         from device.counter import Msg1Counter
         from device.counter_file import FileCounterStore
+        from device.envelope import envelope_limit
         from device.errors import LocalError
         from device.session import DeviceSession
         from micropython_port.backend import MicroBackend
@@ -121,20 +118,21 @@ class Device:
                                      max_payload=_MAX_PAYLOAD_BYTES)
         if link_override:
             link.update(link_override)
+        env_bytes = envelope_limit(_MAX_PAYLOAD_BYTES)  # message 1, the largest envelope
         kind = link.get("kind")
         if kind == "serial":
             from micropython_port.uart_link import UartLink
             self.link = UartLink(link.get("port", "1"), self._envelope, link.get("baud", 115200),
-                                 max_payload=_ENV_BYTES, opened=False)
+                                 max_payload=env_bytes, opened=False)
         elif kind == "mqtt":
-            self.link = MqttDeviceLink(device_id, link, self._envelope)
+            self.link = MqttDeviceLink(device_id, link, self._envelope, env_bytes)
         else:
-            raise LocalError("the bundle names no link (kind 'none'); provision with --link")
+            raise LocalError("no link: provision with --link")
         self.log = log
         # The reading being sent, and the plaintext of a reply: a reading
         # is sealed into _out before the link can deliver anything.
         self._buf = bytearray(_MAX_PAYLOAD_BYTES)
-        self._out = bytearray(_DATA_ENV_BYTES)
+        self._out = bytearray(env_bytes - 32 - 4)  # a data envelope: no e, no counter
         self.interval_ms = 10000
         self.hs_timeout_ms = 5000
         # "readings" is also the next reading's seq.
