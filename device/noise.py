@@ -119,14 +119,15 @@ class SymmetricState:
         self.cs = CipherState(backend)
 
     def _hkdf(self, ikm, outputs):
-        # Noise section 4.3: HKDF with HMAC-HASH, 2 or 3 outputs.
+        # Noise section 4.3: HKDF with HMAC-HASH, 2 or 3 outputs. bytes([i]) is
+        # byte(i), built per call: a constant b"\x01" would stay on the heap.
         hm = self._hash.hmac
         temp = hm(self.ck, ikm)
-        o1 = hm(temp, b"\x01")
-        o2 = hm(temp, o1 + b"\x02")
+        o1 = hm(temp, bytes([1]))
+        o2 = hm(temp, o1 + bytes([2]))
         if outputs == 2:
             return o1, o2, None
-        return o1, o2, hm(temp, o2 + b"\x03")
+        return o1, o2, hm(temp, o2 + bytes([3]))
 
     def mix_key(self, ikm):
         self.ck, temp_k, _ = self._hkdf(ikm, 2)

@@ -96,10 +96,11 @@ class DeviceSession:
         # overlap; the next handshake uses the first (a refusal rotates them).
         pins = [peer_static] if len(peer_static) == DHLEN_BYTES and \
             isinstance(peer_static[0], int) else list(peer_static)
-        self._pins = [bytes(k) for k in pins]
-        for k in self._pins:
+        self._pins = []
+        for k in pins:
             if len(k) != DHLEN_BYTES:
                 raise LocalError("pinned peer keys are 32 bytes")
+            self._pins.append(bytes(k))
         self._psk = psk
         self._counter = counter
         self.suite = suite
