@@ -19,8 +19,11 @@ Invariants:
   key, RFC 7748 section 6.1) raises ``AuthError``, like a bad tag.
 """
 
-from device.backend import ct_equal, is_all_zero
 from device import errors
+from device.backend import ct_equal, is_all_zero  # noqa: F401 (ct_equal: re-exported)
+
+# No ``__all__``: the package ``__init__`` is the public surface (STYLE.md
+# section 6), and a tuple of names here would cost devices heap.
 
 try:
     from micropython import const
@@ -340,6 +343,3 @@ class NKResponder(_Handshake):
         self._step = _DONE
         return out
 
-
-__all__ = ("NKInitiator", "NKResponder", "CipherState", "SymmetricState",
-           "SUITES", "DEFAULT_SUITE", "parse_suite", "rekey", "dh", "ct_equal")
