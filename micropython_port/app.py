@@ -49,8 +49,7 @@ _EV_REFUSED = const(4)
 
 # A reading (at most 26 bytes: the map, "up" and "seq" with 9-byte heads)
 # or a reply (a command, 21 bytes at most); sizes the device's buffers and
-# the link's (by device.envelope.envelope_limit). The peer sends nothing
-# larger to a device.
+# the link's. The peer sends nothing larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
 _HS_GAP_MS = const(1000)
 # The longest interval a reply may set: a day, so ``ticks_add`` stays in
@@ -108,7 +107,7 @@ class Device:
         # Imported here, not as module globals: they are needed only once.
         from device.counter import Msg1Counter
         from device.counter_file import FileCounterStore
-        from device.envelope import envelope_limit
+        from device.envelope import HEADER_MAX_BYTES
         from device.errors import LocalError
         from device.session import DeviceSession
         from micropython_port.backend import MicroBackend
@@ -118,7 +117,8 @@ class Device:
                                      max_payload=_MAX_PAYLOAD_BYTES)
         if link_override:
             link.update(link_override)
-        env_bytes = envelope_limit(_MAX_PAYLOAD_BYTES)  # message 1, the largest envelope
+        # Message 1, the largest envelope: header + e + counter + reading + tag.
+        env_bytes = HEADER_MAX_BYTES + 32 + 4 + _MAX_PAYLOAD_BYTES + 16
         kind = link.get("kind")
         if kind == "serial":
             from micropython_port.uart_link import UartLink
@@ -132,7 +132,7 @@ class Device:
         # The reading being sent, and the plaintext of a reply: a reading
         # is sealed into _out before the link can deliver anything.
         self._buf = bytearray(_MAX_PAYLOAD_BYTES)
-        self._out = bytearray(env_bytes - 32 - 4)  # a data envelope: no e, no counter
+        self._out = bytearray(HEADER_MAX_BYTES + _MAX_PAYLOAD_BYTES + 16)  # a data envelope
         self.interval_ms = 10000
         self.hs_timeout_ms = 5000
         # "readings" is also the next reading's seq.
