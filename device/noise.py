@@ -196,7 +196,7 @@ class _Handshake:
         self._ss.mix_hash(s_pub)  # pre-message: <- s
         self._e = None
         self._re = None
-        self._step = _W1 if rs else _R2  # a responder reads message 1 first
+        self._step = _W1 if rs is not None else _R2  # a responder reads message 1 first
 
     @property
     def handshake_hash(self):
