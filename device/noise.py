@@ -242,6 +242,7 @@ class _Handshake:
         from device.transport import Transport
         self._expect(_DONE)
         k1, k2 = self._ss.split()
+        self._ss.cs = None  # its key is spent; freed before the transport's two ciphers
         self._step = _FAILED  # spent: a second into_transport() would reuse keys
         if self._rs is None:
             k1, k2 = k2, k1

@@ -93,15 +93,16 @@ def ladder(kb, u):
     clamped scalar bytes ``kb`` and the u-coordinate ``u`` (an int); returns
     x2 / z2 as an integer below 2**260, which ``x25519`` reduces mod p.
     ``_x25519_py.ladder`` is the same on Python integers."""
-    mv = memoryview(array("I", bytes(4 * _LIMBS * 16)))
-    fe = []
-    for i in range(0, 16 * _LIMBS, _LIMBS):
-        fe.append(mv[i : i + _LIMBS])
-    # (x2, z2) and (x3, z3) are adjacent, so one fe_cswap over 40 words
-    # swaps both pairs.
+    # Scratch in small arrays rather than one 1280-byte block: a handshake
+    # runs on a fragmented heap, where 80- and 160-byte holes are plentiful
+    # and a long run of free blocks may not be. (x2, z2) and (x3, z3) share
+    # one array each, so one fe_cswap over 40 words swaps both pairs.
+    p2 = memoryview(array("I", bytes(8 * _LIMBS)))
+    p3 = memoryview(array("I", bytes(8 * _LIMBS)))
+    fe = [p2[:_LIMBS], p2[_LIMBS:], p3[:_LIMBS], p3[_LIMBS:]]
+    for _ in range(12):
+        fe.append(memoryview(array("I", bytes(4 * _LIMBS))))
     x2, z2, x3, z3, x1, a, b, c, d, aa, bb, e, da, cb, t1, t = fe
-    p2 = mv[0 : 2 * _LIMBS]
-    p3 = mv[2 * _LIMBS : 4 * _LIMBS]
     mul, addsub, a24, cswap = _fe.fe_mul, _fe.fe_addsub, _fe.fe_a24_add, _fe.fe_cswap
     for i in range(_LIMBS):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
         x1[i] = x3[i] = u & 0x1FFF

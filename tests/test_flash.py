@@ -385,3 +385,51 @@ def test_no_shipped_module_refers_to_a_stripped_top_level_name() -> None:
                 refs.add((mod, node.id))
         bad = {(m, n) for m, n in refs if n in stripped_top.get(m, set())}
         assert not bad, f"{mod} refers to stripped {sorted(bad)}"
+
+
+def test_strip_messages_empties_long_raise_texts_and_nothing_else() -> None:
+    from device.flash import strip_messages
+
+    src = ('def f(x):\n'
+           '    if x == 1:\n'
+           '        raise ValueError("a long message about x")\n'
+           '    if x == 2:\n'
+           '        raise KeyError("short")\n'
+           '    if x == 3:\n'
+           '        raise OSError(110)\n'
+           '    return "a long string that is not raised"\n')
+    out = strip_messages(src)
+    assert out.count("\n") == src.count("\n")
+    ns: dict = {}
+    exec(compile(out, "m", "exec"), ns)
+    with pytest.raises(ValueError) as e:
+        ns["f"](1)
+    assert str(e.value) == ""
+    with pytest.raises(KeyError, match="short"):
+        ns["f"](2)
+    assert ns["f"](4) == "a long string that is not raised"
+
+
+def test_the_default_build_is_lean_and_debug_keeps_lines_and_messages(bundle_file, tmp_path) -> None:
+    """The device sees the same error classes either way; only the lean
+    build's texts are empty and its tracebacks carry no line numbers."""
+    script = ("import sys\n"
+              "from device.envelope import Envelope\n"
+              "from device.errors import DecodeError\n"
+              "try:\n"
+              "    Envelope().decode_into(b'\\x85\\x40', 2)\n"
+              "except DecodeError as e:\n"
+              "    print(repr(str(e)))\n"
+              "    sys.print_exception(e)\n")
+    runs = {}
+    for name, debug in (("lean", False), ("debug", True)):
+        d = tmp_path / name
+        build(bundle_file, d, "x64", debug=debug)
+        p = subprocess.run([mp_binary(), "-c", script], cwd=d, capture_output=True, text=True,
+                           timeout=60, env={"MICROPYPATH": ".frozen", "PATH": "/usr/bin:/bin"})
+        assert p.returncode == 0, p.stdout + p.stderr
+        runs[name] = p.stdout
+    assert runs["lean"].startswith("''") and "DecodeError" in runs["lean"]
+    assert runs["debug"].split("\n")[0] not in ("''", "") and "DecodeError" in runs["debug"]
+    assert 'device/envelope.py", line 1,' in runs["lean"]
+    assert 'device/envelope.py", line 1,' not in runs["debug"]

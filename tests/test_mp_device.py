@@ -34,11 +34,10 @@ pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeou
 
 DEVICE = "mote-1"
 PEER = "hub"
-# Every device run here is limited to this heap: the smallest one the whole
-# device runs in on the 64-bit unix port (bench/bench_mp_device.py: 116 KiB)
-# plus a margin. The issue's goal is 64 KiB; see the xfail test below and
-# docs/micropython.md ("Memory").
-DEVICE_HEAP = "128k"
+# Every device run here is limited to the issue's 64 KiB heap, from the lean
+# .mpy build (the default; bench/bench_mp_device.py measures the smallest heap
+# and docs/micropython.md, "Memory", says where it goes).
+DEVICE_HEAP = "64k"
 
 
 class Fleet:
@@ -290,13 +289,9 @@ def test_the_flash_build_runs_the_cli_and_refuses_a_readable_bundle(fleet, tmp_p
     assert not (tmp_path / "f2").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=MicroPythonFailed,
-                   reason="the device needs ~116 KiB on the 64-bit unix port: about 78 KiB is "
-                          "the loaded .mpy code itself (docs/micropython.md, Memory)")
 def test_whole_device_runs_in_a_64k_heap_from_the_mpy_build(mqtt_setup, fleet, tmp_path) -> None:
     """The issue's target: core, port, MQTT link, one handshake and 100
-    telemetry messages in ``-X heapsize=64k``. Strict: once it fits, this
-    XPASS fails the suite and DEVICE_HEAP above should drop to 64k."""
+    telemetry messages in ``-X heapsize=64k``, from the built .mpy."""
     broker, peer = mqtt_setup
     summary, _ = run_device(fleet, _mqtt_bundle(fleet, broker), tmp_path / "ctr", "--count", "101",
                             "--interval-ms", "0", "--quiet", heap="64k")
