@@ -19,30 +19,48 @@ from device.mqtt_link import MqttLink
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
 
 
-def test_a_peer_back_to_a_large_backlog_gets_every_message(mosquitto, mqtt_client):
+def _back_to_a_backlog(mosquitto, mqtt_client, n: int, **kw):
+    """The hub's link subscribes and goes away (its session and subscription
+    stay), the gateway publishes ``n`` envelopes to it (each PUBACKed, so
+    the broker holds them), and the hub comes back with ``kw``. Returns the
+    link, the envelopes sent, and a function that opens another hub link."""
     broker = mosquitto(auth=True, accounts={"gw": "gateway", "hub": "device"})
-    link = MqttLink("hub", "127.0.0.1", broker.port, username="hub",
-                    password=broker.passwords["hub"]).start()
-    link.close()  # the peer goes away; its session (and subscription) stays
+
+    def hub(**options) -> MqttLink:
+        return MqttLink("hub", "127.0.0.1", broker.port, username="hub",
+                        password=broker.passwords["hub"], **options).start()
+    hub(**kw).close()
     gw = mqtt_client(broker, user="gw")
-    n = 1500
-    for i in range(n):
-        assert gw.publish("moteseal/v1/down/hub", b"envelope-%d" % i) == 0  # PUBACKed
-    link = MqttLink("hub", "127.0.0.1", broker.port, username="hub",
-                    password=broker.passwords["hub"]).start()
+    sent = {b"envelope-%d" % i for i in range(n)}
+    for env in sent:
+        assert gw.publish("moteseal/v1/down/hub", env) == 0  # PUBACKed
+    return hub(**kw), sent, hub
+
+
+def _drain(link: MqttLink, timeout: float = 3.0) -> list[bytes]:
+    got = []
+    while (env := link.recv(timeout=timeout)) is not None:
+        got.append(env)
+    return got
+
+
+def _wait_for_a_stall(link: MqttLink) -> None:
+    deadline = time.monotonic() + 10
+    while link.stalls == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert link.stalls >= 1
+
+
+def test_a_peer_back_to_a_large_backlog_gets_every_message(mosquitto, mqtt_client):
+    link, sent, _ = _back_to_a_backlog(mosquitto, mqtt_client, 1500)
     try:
         # The application is busy for a moment (opening its registry, say)
         # while paho takes the backlog in.
         time.sleep(2.0)
-        got = []
-        while True:
-            env = link.recv(timeout=3.0)
-            if env is None:
-                break
-            got.append(env)
+        got = _drain(link)
         # Exactly once: a broker redelivery of an envelope still waiting in
         # the inbox is not queued twice.
-        assert sorted(got) == sorted(b"envelope-%d" % i for i in range(n))
+        assert sorted(got) == sorted(sent)
     finally:
         link.close()
 
@@ -50,60 +68,28 @@ def test_a_peer_back_to_a_large_backlog_gets_every_message(mosquitto, mqtt_clien
 def test_a_full_inbox_stalls_the_link_instead_of_dropping(mosquitto, mqtt_client):
     # Receive Maximum (100) above the inbox (10): the broker may send more than
     # the inbox holds, so the network thread has to wait for the reader.
-    broker = mosquitto(auth=True, accounts={"gw": "gateway", "hub": "device"})
-    kw = dict(username="hub", password=broker.passwords["hub"], max_inflight=100, inbox_size=10)
-    link = MqttLink("hub", "127.0.0.1", broker.port, **kw).start()
-    link.close()
-    gw = mqtt_client(broker, user="gw")
-    n = 300
-    for i in range(n):
-        assert gw.publish("moteseal/v1/down/hub", b"e-%d" % i) == 0
-    link = MqttLink("hub", "127.0.0.1", broker.port, **kw).start()
+    link, sent, _ = _back_to_a_backlog(mosquitto, mqtt_client, 300,
+                                       max_inflight=100, inbox_size=10)
     try:
-        deadline = time.monotonic() + 10
-        while link.stalls == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert link.stalls >= 1 and link.received == 11  # 10 queued, 1 waiting
+        _wait_for_a_stall(link)
+        assert link.received == 11  # 10 queued, 1 waiting
         time.sleep(0.3)
         assert link.received == 11  # still waiting: nothing dropped, nothing more read
-        got = []
-        while True:
-            env = link.recv(timeout=3.0)
-            if env is None:
-                break
-            got.append(env)
-        assert sorted(got) == sorted(b"e-%d" % i for i in range(n))
+        assert sorted(_drain(link)) == sorted(sent)
     finally:
         link.close()
 
 
 def test_a_link_closed_while_stalled_leaves_the_rest_to_the_broker(mosquitto, mqtt_client):
-    broker = mosquitto(auth=True, accounts={"gw": "gateway", "hub": "device"})
-    kw = dict(username="hub", password=broker.passwords["hub"], max_inflight=50, inbox_size=5)
-    link = MqttLink("hub", "127.0.0.1", broker.port, **kw).start()
-    link.close()
-    gw = mqtt_client(broker, user="gw")
-    n = 40
-    for i in range(n):
-        assert gw.publish("moteseal/v1/down/hub", b"e-%d" % i) == 0
-    link = MqttLink("hub", "127.0.0.1", broker.port, **kw).start()
+    link, sent, hub = _back_to_a_backlog(mosquitto, mqtt_client, 40, max_inflight=50, inbox_size=5)
     first = [link.recv(timeout=5.0) for _ in range(3)]  # read and acknowledged
-    deadline = time.monotonic() + 10
-    while link.stalls == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert link.stalls >= 1
+    _wait_for_a_stall(link)
     link.close()  # the waiting thread gives up; nothing it held was acknowledged
-    link = MqttLink("hub", "127.0.0.1", broker.port, username="hub",
-                    password=broker.passwords["hub"]).start()
+    link = hub()
     try:
-        rest = []
-        while True:
-            env = link.recv(timeout=2.0)
-            if env is None:
-                break
-            rest.append(env)
+        rest = _drain(link, timeout=2.0)
         assert None not in first
-        assert set(first) | set(rest) == {b"e-%d" % i for i in range(n)}
+        assert set(first) | set(rest) == sent
         assert not set(first) & set(rest)  # acknowledged ones are not sent again
     finally:
         link.close()
