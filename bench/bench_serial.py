@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import statistics
 import sys
 import threading

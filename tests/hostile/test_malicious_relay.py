@@ -17,7 +17,7 @@ import random
 import pytest
 
 from device import envelope as E
-from device.errors import AuthError, DecodeError, LocalError, RemoteError, ReplayError
+from device.errors import AuthError, LocalError, RemoteError
 from device.noise import NKInitiator, NKResponder
 from device.session import EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REHANDSHAKE
 
