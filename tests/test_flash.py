@@ -433,3 +433,15 @@ def test_the_default_build_is_lean_and_debug_keeps_lines_and_messages(bundle_fil
     assert runs["debug"].split("\n")[0] not in ("''", "") and "DecodeError" in runs["debug"]
     assert 'device/envelope.py", line 1,' in runs["lean"]
     assert 'device/envelope.py", line 1,' not in runs["debug"]
+
+
+def test_the_cli_debug_flag_builds_with_line_numbers(bundle_file, tmp_path) -> None:
+    sizes = {}
+    for name, extra in (("lean", []), ("debug", ["--debug"])):
+        out = tmp_path / name
+        r = CliRunner().invoke(flash_group, ["build", "--device", "mote-1", "--bundle", str(bundle_file),
+                                             "--board", "unix", "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        sizes[name] = (out / "device" / "envelope.mpy").stat().st_size
+    # Line-number tables and the message texts make the debug module larger.
+    assert sizes["debug"] > sizes["lean"]
