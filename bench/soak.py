@@ -70,6 +70,7 @@ from device.mqtt_link import MqttLink  # noqa: E402
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
 from device.simulate import SimulatedSensor, decode_reading  # noqa: E402
 from gateway.broker import LocalBroker  # noqa: E402
+from tests.serial_fixtures import SocatPair  # noqa: E402
 
 PEER = "hub"
 
@@ -234,34 +235,6 @@ file = "gateway.log"
                 proc.wait(10)
 
 
-class Socat:
-    """A pty pair joined by socat: stopping it pulls the cable for both ends."""
-
-    def __init__(self, a: Path, b: Path) -> None:
-        self.a, self.b = a, b
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={self.a}",
-                                      f"pty,raw,echo=0,link={self.b}"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not (self.a.exists() and self.b.exists()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("socat did not create its ptys")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 class Soak:
     """Set up the world, run faults for ``seconds``, drain, and account."""
 
@@ -275,7 +248,7 @@ class Soak:
         self.interval = interval
         self.seconds = seconds
         self.use_mp = micropython and shutil.which(os.environ.get("MICROPYTHON", "micropython")) is not None
-        self.use_serial = serial and shutil.which("socat") is not None
+        self.use_serial = serial and SocatPair.available()
         self.rng = random.Random(seed)
         self.fault_names = tuple(faults if faults is not None else self.FAULTS)
         self.drain_timeout = drain_timeout
@@ -309,7 +282,7 @@ class Soak:
         self.mp_procs: list[tuple[subprocess.Popen[str], Path]] = []
         self.broker: LocalBroker | None = None
         self.gateway: GatewayProc | None = None
-        self.socat: Socat | None = None
+        self.socat: SocatPair | None = None
         self.peer_link: MqttLink | None = None
 
     # -- the world ------------------------------------------------------------
@@ -328,7 +301,7 @@ class Soak:
             self.directory.add(name.encode(), self.psks[name])
         serial_port = None
         if self.use_serial:
-            self.socat = Socat(self.workdir / "tty-device", self.workdir / "tty-gateway")
+            self.socat = SocatPair(self.workdir / "tty-device", self.workdir / "tty-gateway")
             self.socat.start()
             serial_port = self.socat.b
         self.gateway = GatewayProc(self.workdir / "gateway", b, serial_port, ["serial-1"],
