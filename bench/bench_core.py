@@ -22,7 +22,7 @@ from nacl._sodium import ffi, lib  # noqa: E402
 from noise.connection import Keypair, NoiseConnection  # noqa: E402
 
 from device import envelope as E  # noqa: E402
-from device.backend_nacl import NaclBackend  # noqa: E402
+from moteseal.crypto.backend_nacl import NaclBackend  # noqa: E402
 from device.noise import NKInitiator, NKResponder  # noqa: E402
 from tests.pair import Pair  # noqa: E402
 

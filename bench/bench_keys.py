@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from device.backend_nacl import NaclBackend  # noqa: E402
+from moteseal.crypto.backend_nacl import NaclBackend  # noqa: E402
 from device.counter import Msg1Counter, NonpersistingCounterStore  # noqa: E402
-from device.keys import KDF_COSTS, encode_key_file, decode_key_file, generate_keypair, write_key_file  # noqa: E402
-from device.provision import decode_bundle, encode_bundle, provision_device, write_bundle  # noqa: E402
-from device.registry import Registry  # noqa: E402
+from moteseal.keys.keyfile import KDF_COSTS, encode_key_file, decode_key_file, generate_keypair, write_key_file  # noqa: E402
+from moteseal.keys.provision import decode_bundle, encode_bundle, provision_device, write_bundle  # noqa: E402
+from moteseal.keys.registry import Registry  # noqa: E402
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
 
 SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"

@@ -38,9 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from device.backend_nacl import NaclBackend  # noqa: E402
+from moteseal.crypto.backend_nacl import NaclBackend  # noqa: E402
 from device.counter import Msg1Counter, NonpersistingCounterStore  # noqa: E402
-from device.flash import CORE_MODULES, build, source_dirs  # noqa: E402
+from moteseal.flash.build import CORE_MODULES, build, source_dirs  # noqa: E402
 from device.noise import NKInitiator, NKResponder  # noqa: E402
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
 from tests.mp_helpers import mp_binary, run_mp_json  # noqa: E402
@@ -176,9 +176,9 @@ class DeviceRig:
     """Mosquitto, a gateway, a CPython peer and a built flash directory."""
 
     def __init__(self, root: Path) -> None:
-        from device.mqtt_link import MqttLink
-        from device.peer_listen import PeerListener
-        from device.provision import Bundle, write_bundle
+        from moteseal.links.mqtt_link import MqttLink
+        from moteseal.peer.listen import PeerListener
+        from moteseal.keys.provision import Bundle, write_bundle
         from gateway.broker import LocalBroker
         from tests.conftest import GatewayProcess
 
@@ -310,7 +310,7 @@ def main() -> None:
                   f"{'n/a':>12} {'':>8}  (goal 48 KiB; 64-bit unix port)")
             flash, bundle = rig.flash, rig.bundle
         else:
-            from device.provision import Bundle, write_bundle
+            from moteseal.keys.provision import Bundle, write_bundle
             b = NaclBackend()
             bundle = root / "d.bundle"
             write_bundle(bundle, Bundle(b"mote-1", [(b"hub", [b.generate_keypair()[1]])],

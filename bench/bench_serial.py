@@ -7,7 +7,7 @@ Side by side in one run, with ratios against the plain pty:
               receiver reads the byte stream in bulk, so its frames/s is
               a byte-rate bound, not a per-message cost)
 - framing:    device.framing encode + FrameDecoder on the same fds
-- SerialLink: framing on the device end, device.serial_link (pyserial,
+- SerialLink: framing on the device end, moteseal.links.serial_link (pyserial,
               reader thread, callback) on the other: what the gateway
               bridge uses
 
@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from device.framing import FRAME_MAX_BYTES, FrameDecoder, encode_into  # noqa: E402
-from device.serial_link import SerialLink  # noqa: E402
+from moteseal.links.serial_link import SerialLink  # noqa: E402
 
 
 def pty_pair() -> tuple[int, int, str]:

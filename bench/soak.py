@@ -9,9 +9,9 @@ with every message accounted for (issue 8).
 The world: a real Mosquitto (``broker_config/local.conf``, persistence on),
 a real ``moteseal gateway run`` process with an MQTT link and a serial link,
 the peer (``PeerSessions`` on its own MQTT link, in this process), ``N``
-simulated CPython sensors (``device.simulate.SimulatedSensor``, each on its
+simulated CPython sensors (``moteseal.sim.simulate.SimulatedSensor``, each on its
 own MQTT connection, persistent session, QoS 1), one CPython sensor on a
-serial cable (``device.serial_link.SerialLink`` over a socat pty pair) and
+serial cable (``moteseal.links.serial_link.SerialLink`` over a socat pty pair) and
 one real MicroPython device (``micropython micropython_port/main.py``, its
 own MQTT client).
 
@@ -62,13 +62,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from device.backend_nacl import NaclBackend  # noqa: E402
+from moteseal.crypto.backend_nacl import NaclBackend  # noqa: E402
 from device.counter import Msg1Counter  # noqa: E402
 from device.counter_file import FileCounterStore  # noqa: E402
 from device.errors import LocalError, RemoteError  # noqa: E402
-from device.mqtt_link import MqttLink  # noqa: E402
+from moteseal.links.mqtt_link import MqttLink  # noqa: E402
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
-from device.simulate import SimulatedSensor, decode_reading  # noqa: E402
+from moteseal.sim.simulate import SimulatedSensor, decode_reading  # noqa: E402
 from gateway.broker import LocalBroker  # noqa: E402
 from tests.serial_fixtures import SocatPair  # noqa: E402
 
@@ -120,7 +120,7 @@ class SerialSensorLink:
     sensor sees as a failed send (``last`` is False)."""
 
     def __init__(self, path: str, on_envelope: Callable[[bytes], None]) -> None:
-        from device.serial_link import SerialLink
+        from moteseal.links.serial_link import SerialLink
         self.link = SerialLink(path, on_frame=on_envelope, answer_hello=True,
                                backoff_initial=0.05, backoff_max=0.5, name="serial-sensor")
         self.last: bool | None = None
@@ -130,7 +130,7 @@ class SerialSensorLink:
         return self
 
     def send(self, envelope: bytes) -> None:
-        from device.serial_link import LinkDown
+        from moteseal.links.serial_link import LinkDown
         try:
             self.link.send(envelope)
             self.last = True
@@ -203,7 +203,7 @@ file = "gateway.log"
             pass
         with open(self.workdir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "device.cli", "gateway", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "moteseal.cli.main", "gateway", "run", "--config", str(self.config)],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
         deadline = time.monotonic() + timeout
@@ -437,7 +437,7 @@ class Soak:
 
     def _start_mp(self, count: int, interval_ms: int) -> None:
         from device.bundle import Bundle
-        from device.provision import encode_bundle
+        from moteseal.keys.provision import encode_bundle
         assert self.broker is not None
         bundle_path = self.workdir / "mp-1.bundle"
         if not bundle_path.exists():

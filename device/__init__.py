@@ -4,7 +4,7 @@ The public API is re-exported here, lazily (PEP 562 module ``__getattr__``,
 which MicroPython also has): importing one module of the package, such as
 ``device.framing`` in the gateway's serial bridge, loads no Noise, session
 or key code. Core modules run unchanged on MicroPython; CPython-only modules
-(``cli``, ``backend_nacl``, transports) are imported by name where needed.
+(the CLI, the PyNaCl backend, links) live in the host package ``moteseal``.
 """
 
 _EXPORTS = {
@@ -20,7 +20,6 @@ _EXPORTS = {
     "DeviceSession": "device.session", "PeerSessions": "device.peer",
     "NonpersistingDirectory": "device.peer", "Received": "device.peer",
     "FrameDecoder": "device.framing",
-    "NaclBackend": "device.backend_nacl",  # CPython only
 }
 
 __all__ = list(_EXPORTS)

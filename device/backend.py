@@ -4,7 +4,7 @@ The protocol core (``noise``, ``transport``, ``session``) never imports a
 crypto library, reads a clock or draws randomness. It receives a backend
 object, the way snow receives a ``CryptoResolver``. Two backends exist:
 
-- ``device.backend_nacl.NaclBackend`` on CPython: PyNaCl's libsodium for
+- ``moteseal.crypto.backend_nacl.NaclBackend`` on CPython: PyNaCl's libsodium for
   X25519 and ChaCha20-Poly1305, hashlib/hmac for SHA-256 and BLAKE2s.
 - ``micropython_port.backend.MicroBackend`` on MicroPython: our own
   primitives over the built-in ``hashlib.sha256``.

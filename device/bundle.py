@@ -3,7 +3,7 @@
 A bundle is what ``moteseal provision`` writes for a device to be flashed
 with; its CDDL is in ``docs/keys.md``. MicroPython has no cbor2, so this
 module reads the one shape a bundle has with a small canonical-CBOR reader
-of its own; ``device.provision`` (CPython) writes bundles with cbor2 and
+of its own; ``moteseal.keys.provision`` (CPython) writes bundles with cbor2 and
 reads them back through this same code, so the two runtimes accept exactly
 the same files.
 
@@ -258,7 +258,7 @@ def decode_bundle(data):
 
 def load_bundle(path):
     """Read and decode a bundle file on the device. Raises ``BundleError``
-    and ``OSError``. (On CPython, ``device.provision.read_bundle`` also
+    and ``OSError``. (On CPython, ``moteseal.keys.provision.read_bundle`` also
     checks the file's permissions.)"""
     with open(path, "rb") as f:
         data = f.read(BUNDLE_MAX_BYTES + 1)

@@ -28,7 +28,7 @@ from device.session import DEFAULT_MAX_DEVICES, _limits, _session_suite
 
 class NonpersistingDirectory:
     """An in-memory peer directory: forgets counters and devices on restart.
-    Tests and the demo only; ``device.registry.Registry`` persists.
+    Tests and the demo only; ``moteseal.keys.registry.Registry`` persists.
 
     The directory duck type PeerSessions needs: ``psk_for(id)``,
     ``is_revoked(id)``, ``counter_get(id)``, ``counter_set(id, v)`` (durable),

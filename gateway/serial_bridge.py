@@ -1,7 +1,7 @@
 """Serial links as relay links: devices on a UART talk to MQTT peers.
 
 Each ``[[serial]]`` table of the gateway config becomes one ``SerialBridge``:
-a ``device.serial_link.SerialLink`` (framing over pyserial, re-plug
+a ``moteseal.links.serial_link.SerialLink`` (framing over pyserial, re-plug
 recovery) attached to the ``gateway.relay.Relay`` under the table's name,
 with the table's device ids routed to it.
 
@@ -25,7 +25,7 @@ Invariants:
 - Per destination, envelopes reach the port in the order the relay handed
   them over, across outages and restarts (queue first, then live writes).
 - The bridge moves opaque envelopes: it needs only the framing and the
-  port adapter from ``device`` (``device.framing``, ``device.serial_link``),
+  port adapter from ``device`` (``device.framing``, ``moteseal.links.serial_link``),
   imported when the first bridge is built, so a gateway without serial
   links loads nothing from ``device``.
 """
@@ -189,7 +189,7 @@ class SerialBridge:
         self._status_lock = threading.Lock()  # status reads vs closing the queue
         self._last_counters: dict[str, int] = {}
         from device.framing import FRAME_PAYLOAD_MAX_BYTES
-        from device.serial_link import SerialLink
+        from moteseal.links.serial_link import SerialLink
 
         self._frame_max = FRAME_PAYLOAD_MAX_BYTES
         self.link = SerialLink(
@@ -301,7 +301,7 @@ class SerialBridge:
                 try:
                     self.link.send(envelope)
                     self.written += 1
-                except OSError:  # device.serial_link.LinkDown
+                except OSError:  # moteseal.links.serial_link.LinkDown
                     self._enqueue_locked(dst, envelope)
             else:
                 self._enqueue_locked(dst, envelope)
@@ -366,7 +366,7 @@ class SerialBridge:
 
 
 class _JsonLogHandler(logging.Handler):
-    """Sends ``device.serial_link``'s stdlib log records (port opened,
+    """Sends ``moteseal.links.serial_link``'s stdlib log records (port opened,
     failed, reopened; never payload bytes) to the gateway's JSON log."""
 
     def __init__(self, jlog: Any) -> None:

@@ -218,7 +218,7 @@ class Device:
         s = self.session
         c = self.counts
         # The reading: canonical CBOR {"up": now, "seq": n} (keys in
-        # length-first order), the shape device.simulate.decode_reading
+        # length-first order), the shape moteseal.sim.simulate.decode_reading
         # accepts.
         b = self._buf
         b[0] = 0xA2  # map(2)

@@ -4,7 +4,7 @@ port.
 
 Wire format and hellos: docs/protocol.md, "Serial framing" and "Hello
 frames". This module is a thin adapter: the framing is the core's, the
-gateway end is ``gateway/serial_bridge.py`` over ``device/serial_link.py``.
+gateway end is ``gateway/serial_bridge.py`` over ``moteseal/links/serial_link.py``.
 
 Invariants:
 - Rule 1: line noise never raises: the core's ``FrameDecoder`` drops and

@@ -209,7 +209,7 @@ file = "gateway.log"
             pass
         with open(self.workdir / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "device.cli", "gateway", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "moteseal.cli.main", "gateway", "run", "--config", str(self.config)],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

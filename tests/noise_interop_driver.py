@@ -34,7 +34,7 @@ class DriverFailed(AssertionError):
 
 def moteseal_cmd(*args: str) -> list[str]:
     """``moteseal <args>`` through this interpreter (no PATH lookup)."""
-    return [sys.executable, "-m", "device.cli", *args]
+    return [sys.executable, "-m", "moteseal.cli.main", *args]
 
 
 def _line(out: IO[bytes], what: str) -> bytes:

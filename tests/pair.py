@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import RemoteError
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions

@@ -7,7 +7,7 @@ import nacl.bindings as nb
 import pytest
 
 from device.backend import is_all_zero
-from device.backend_nacl import LARGE_BYTES, NaclBackend, NaclCipher
+from moteseal.crypto.backend_nacl import LARGE_BYTES, NaclBackend, NaclCipher
 from device.errors import AuthError, BufferTooSmall, LocalError
 
 SIZES = [0, 1, 63, LARGE_BYTES - 1, LARGE_BYTES, 1024, 4096]

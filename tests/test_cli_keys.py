@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from device.cli import main
-from device.provision import read_bundle
-from device.registry import Registry
+from moteseal.cli.main import main
+from moteseal.keys.provision import read_bundle
+from moteseal.keys.registry import Registry
 
 PW = "tr0ub4dor&3"
 

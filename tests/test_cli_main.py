@@ -4,7 +4,7 @@ own name, and --help lists them all."""
 import click
 from click.testing import CliRunner
 
-from device.cli import _SUBCOMMANDS, main
+from moteseal.cli.main import _SUBCOMMANDS, main
 
 
 def test_every_registered_subcommand_loads_under_its_name():

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from device.cli import main
+from moteseal.cli.main import main
 from device.noise import SUITES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def run_cli(tmp_path: Path, doc: dict[str, Any] | None, *extra: str) -> tuple[in
 def test_the_shared_file_passes_every_vector_in_both_roles(shared_vectors: Path) -> None:
     path = shared_vectors / "vectors" / "noise_nk_cacophony.json"
     # The installed entry point, as a user runs it.
-    p = subprocess.run([sys.executable, "-m", "device.cli", "vectors", "run", str(path)],
+    p = subprocess.run([sys.executable, "-m", "moteseal.cli.main", "vectors", "run", str(path)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     lines = p.stdout.splitlines()
     assert p.returncode == 0, p.stdout + p.stderr

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 from noise.connection import Keypair, NoiseConnection
 
-from device import vectorgen
-from device.cli import main
+from moteseal.conformance import vectorgen
+from moteseal.cli.main import main
 from device.session import SESSION_SUITES as SUITES
 
 

@@ -1,5 +1,5 @@
 """The same runner under the real MicroPython unix port:
-``micropython -m device.conformance FILE`` prints the same lines as
+``micropython -m moteseal.conformance.runner FILE`` prints the same lines as
 ``moteseal vectors run FILE`` and exits the same way (docs/conformance.md).
 
 A BLAKE2s vector may differ in exactly one way: if this MicroPython's
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from device import conformance, vectorgen
+from moteseal.conformance import runner as conformance
+from moteseal.conformance import vectorgen
 from tests.mp_helpers import ROOT, mp_binary, mp_env, run_mp
 from tests.test_conformance import mixed_doc, shared_doc
 
@@ -24,7 +25,7 @@ TIMEOUT = 300  # pure-Python fallbacks on a slow CI core
 
 
 def _mp(*files: Path) -> tuple[int, list[str]]:
-    p = subprocess.run([mp_binary(), "-m", "device.conformance", *map(str, files)],
+    p = subprocess.run([mp_binary(), "-m", "moteseal.conformance.runner", *map(str, files)],
                        capture_output=True, text=True, timeout=TIMEOUT, env=mp_env(), cwd=ROOT)
     assert "Traceback" not in p.stderr, p.stderr
     return p.returncode, p.stdout.splitlines()
@@ -110,7 +111,7 @@ def test_a_backend_without_blake2s_skips_those_vectors_with_the_reason(shared_ve
     # LocalError, as a port without BLAKE2s does (device/backend.py contract).
     path = shared_vectors / "vectors" / "noise_nk_cacophony.json"
     out = run_mp(f"""
-from device import conformance
+from moteseal.conformance import runner as conformance
 from device.errors import LocalError
 from micropython_port.backend import MicroBackend
 
@@ -140,7 +141,7 @@ def test_the_runner_fits_a_256k_heap(shared_vectors: Path) -> None:
     path = shared_vectors / "vectors" / "noise_nk_cacophony.json"
     out = run_mp(f"""
 import sys
-from device import conformance
+from moteseal.conformance import runner as conformance
 sys.exit(conformance.main([{str(path)!r}]))
 """, heapsize="256k", timeout=TIMEOUT)
     _same(_cpython(path)[1], out.splitlines())

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.mosquitto
 
-CLI = [sys.executable, "-m", "device.cli"]
+CLI = [sys.executable, "-m", "moteseal.cli.main"]
 
 
 def port_open(port: int) -> bool:

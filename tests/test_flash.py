@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from device.backend_nacl import NaclBackend
-from device.flash import (ARCHES, BOARDS, CORE_MODULES, FlashError, Manifest,
+from moteseal.crypto.backend_nacl import NaclBackend
+from moteseal.flash.build import (ARCHES, BOARDS, CORE_MODULES, FlashError, Manifest,
                           board_info_script, build, check_board, compare_hashes,
                           deploy, hash_script, mpremote_argv, parse_board_info,
                           parse_hashes, source_dirs, verify_local)
-from device.flash_cli import flash_group
-from device.provision import Bundle, write_bundle
+from moteseal.cli.flash import flash_group
+from moteseal.keys.provision import Bundle, write_bundle
 from tests.mp_helpers import mp_binary
 
 pytestmark = pytest.mark.timeout(180)
@@ -301,7 +301,7 @@ def test_wifi_credentials_go_in_a_private_file_listed_by_hash_only(bundle_file, 
 
 
 def test_every_host_only_name_exists_and_is_left_out_of_the_compiled_module() -> None:
-    from device.flash import HOST_ONLY, strip_definitions
+    from moteseal.flash.build import HOST_ONLY, strip_definitions
 
     core, _ = source_dirs()
     for module, names in HOST_ONLY.items():
@@ -320,7 +320,7 @@ def test_every_host_only_name_exists_and_is_left_out_of_the_compiled_module() ->
 
 
 def test_strip_keeps_a_class_valid_when_its_only_method_goes_and_refuses_unknown_names() -> None:
-    from device.flash import strip_definitions
+    from moteseal.flash.build import strip_definitions
 
     src = "class A:\n    @property\n    def x(self):\n        return 1\n\n\ndef f():\n    return A\n"
     out = strip_definitions(src, ["A.x"])
@@ -351,7 +351,7 @@ def test_no_shipped_module_refers_to_a_stripped_top_level_name() -> None:
     AttributeError on a stripped function or class: no shipped module
     (after stripping) names one, directly, through ``from device.x import``,
     or as ``alias.name`` of a module alias."""
-    from device.flash import HOST_ONLY, strip_definitions
+    from moteseal.flash.build import HOST_ONLY, strip_definitions
 
     core, port = source_dirs()
     shipped = {f"device/{m}": core / f"{m}.py" for m in CORE_MODULES}
@@ -388,7 +388,7 @@ def test_no_shipped_module_refers_to_a_stripped_top_level_name() -> None:
 
 
 def test_strip_messages_empties_long_raise_texts_and_nothing_else() -> None:
-    from device.flash import strip_messages
+    from moteseal.flash.build import strip_messages
 
     src = ('def f(x):\n'
            '    if x == 1:\n'

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.mosquitto
 
 ACCOUNTS = {"gw": "gateway", "hub": "device", "sensor-1": "device", "sensor-2": "device",
             "bad": "device", "mon": "monitor"}
-REPO_CLI = [sys.executable, "-m", "device.cli"]
+REPO_CLI = [sys.executable, "-m", "moteseal.cli.main"]
 
 
 def data(src: str, dst: str, nonce: int, ct: bytes = b"\x5a" * 40) -> bytes:

@@ -169,7 +169,7 @@ def _imported_modules(path: Path) -> set[str]:
 
 # The serial bridge may use the byte framing shared with devices; nothing
 # else from device/ (no keys, Noise, transport, session or backend code).
-ALLOWED_DEVICE_MODULES = {"device.framing", "device.serial_link", "device.errors"}
+ALLOWED_DEVICE_MODULES = {"device.framing", "moteseal.links.serial_link", "device.errors"}
 FORBIDDEN_ROOTS = {"noise", "nacl", "cryptography", "micropython_port"}
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 from noise.connection import Keypair, NoiseConnection
 
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.noise import SUITES, NKInitiator, NKResponder
 
 SUITES_THEIRS = [s for s in SUITES]

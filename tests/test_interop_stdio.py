@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.noise import SUITES
 from tests.noise_interop_driver import REPO, DriverFailed, moteseal_cmd, run_against
 

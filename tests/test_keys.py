@@ -10,9 +10,9 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from device import fingerprint as fp
+from moteseal.keys import fingerprint as fp
 from device.errors import LocalError
-from device.keys import (
+from moteseal.keys.keyfile import (
     KeyFileError,
     KeyPermissionError,
     PassphraseRequired,
@@ -223,7 +223,7 @@ def test_qr_png_and_svg_encode_the_digits(tmp_path: Path) -> None:
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_bytes_appended_to_a_key_file_are_refused(encrypted: bool) -> None:
     """cbor2 alone would ignore them; a key file is exactly what we wrote."""
-    from device.keys import KeyFileError, decode_key_file, encode_key_file, generate_keypair
+    from moteseal.keys.keyfile import KeyFileError, decode_key_file, encode_key_file, generate_keypair
     pw = b"correct horse" if encrypted else None
     data = encode_key_file(generate_keypair(), pw, kdf="interactive") if encrypted \
         else encode_key_file(generate_keypair())
@@ -235,7 +235,7 @@ def test_bytes_appended_to_a_key_file_are_refused(encrypted: bool) -> None:
 def test_a_key_file_with_a_nested_field_is_refused_before_canonical_reencoding() -> None:
     """Canonical re-encoding of maps nested as map keys is exponential in
     cbor2; a key file is flat, so a nested field is refused first."""
-    from device.keys import KeyFileError, decode_key_file, encode_key_file, generate_keypair
+    from moteseal.keys.keyfile import KeyFileError, decode_key_file, encode_key_file, generate_keypair
     doc = cbor2.loads(encode_key_file(generate_keypair()))
     deep: object = 0
     for _ in range(3):

@@ -5,7 +5,7 @@ replies, a re-handshake when the peer forgets the session, the message-1
 counter persisted across runs, and the same over a pty to the gateway's
 serial bridge.
 
-The peer is ``device.peer_listen.PeerListener`` (what ``moteseal peer
+The peer is ``moteseal.peer.listen.PeerListener`` (what ``moteseal peer
 listen`` runs) over its own MQTT link, in this process so the test can read
 its reports and make it reply or forget sessions.
 """
@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from device.backend_nacl import NaclBackend
-from device.flash import build
-from device.mqtt_link import MqttLink
-from device.peer_listen import PeerListener
-from device.provision import Bundle, write_bundle
+from moteseal.crypto.backend_nacl import NaclBackend
+from moteseal.flash.build import build
+from moteseal.links.mqtt_link import MqttLink
+from moteseal.peer.listen import PeerListener
+from moteseal.keys.provision import Bundle, write_bundle
 from device.session import NonpersistingDirectory, PeerSessions
 from tests.mp_helpers import MicroPythonFailed, mp_binary
 from tests.serial_fixtures import SocatPair, wait_for
@@ -271,7 +271,7 @@ def test_a_bundle_for_another_peer_key_is_refused_not_retried_in_a_storm(mqtt_se
 def test_the_flash_build_runs_the_cli_and_refuses_a_readable_bundle(fleet, tmp_path) -> None:
     bundle = fleet.bundle({"kind": "none"})
     out = tmp_path / "flash"
-    cli = [sys.executable, "-m", "device.cli", "flash", "build", "--device", DEVICE,
+    cli = [sys.executable, "-m", "moteseal.cli.main", "flash", "build", "--device", DEVICE,
            "--bundle", str(bundle), "--board", "unix", "--out", str(out), "--json"]
     r = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

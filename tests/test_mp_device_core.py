@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from device.backend_nacl import NaclBackend
-from device.flash import build, compile_module, source_dirs
+from moteseal.crypto.backend_nacl import NaclBackend
+from moteseal.flash.build import build, compile_module, source_dirs
 from device.noise import SUITES, NKInitiator, NKResponder
-from device.provision import Bundle, write_bundle
+from moteseal.keys.provision import Bundle, write_bundle
 from device.session import EV_DATA, NonpersistingDirectory, PeerSessions
 from tests.mp_helpers import ROOT, MicroPythonFailed, mp_binary, mp_env
 from tests.test_mp_primitives import (LOW_ORDER, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1,
@@ -200,11 +200,12 @@ def flash_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "flash"
     build(root / "d.bundle", out, "x64", all_modules=True)  # the vectors need BLAKE2s too
     # The vector runner and the peer side are not part of a device build; compile them beside
-    # the rest so `-m device.conformance` loads only .mpy.
+    # the rest so `-m moteseal.conformance.runner` loads only .mpy.
     core, _ = source_dirs()
-    for name in ("conformance", "peer"):  # the runner plays the peer too
-        compile_module(core / f"{name}.py", out / "device" / f"{name}.mpy", "x64",
-                       f"device/{name}.py")
+    compile_module(core / "peer.py", out / "device" / "peer.mpy", "x64", "device/peer.py")  # the runner plays the peer too
+    runner = core.parent / "moteseal" / "conformance" / "runner.py"
+    compile_module(runner, out / "moteseal" / "conformance" / "runner.mpy", "x64",
+                   "moteseal/conformance/runner.py")
     # The primitives' test hooks and raw RFC 8439 functions (never on a device).
     hooks = Path(__file__).parent / "mp_primitive_hooks.py"
     compile_module(hooks, out / "tests" / "mp_primitive_hooks.mpy", "x64", "tests/mp_primitive_hooks.py")
@@ -221,7 +222,7 @@ def _mp_flash(flash: Path, *args: str, timeout: float = 300) -> subprocess.Compl
 
 def test_cacophony_vectors_pass_from_the_mpy_build(flash_dir: Path, shared_vectors: Path) -> None:
     path = shared_vectors / "vectors" / "noise_nk_cacophony.json"
-    p = _mp_flash(flash_dir, "-m", "device.conformance", str(path))
+    p = _mp_flash(flash_dir, "-m", "moteseal.conformance.runner", str(path))
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     assert " 0 failed" in lines[-1], lines[-1]

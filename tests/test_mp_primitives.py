@@ -1025,7 +1025,7 @@ print(json.dumps(out))
 
 def test_micro_backend_on_cpython_matches_nacl_backend() -> None:
     # The same class runs on CPython (pure-Python paths) for cross-checks.
-    from device.backend_nacl import NaclBackend
+    from moteseal.crypto.backend_nacl import NaclBackend
     from micropython_port.backend import MicroBackend
 
     mb, nb = MicroBackend(), NaclBackend()

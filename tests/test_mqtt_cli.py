@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.mosquitto
 
-CLI = [sys.executable, "-m", "device.cli"]
+CLI = [sys.executable, "-m", "moteseal.cli.main"]
 SENSORS = ["s-1", "s-2"]
 
 
@@ -69,7 +69,7 @@ def test_provisioned_sensors_talk_to_a_listening_peer(tmp_path, mosquitto, gatew
 def test_reading_sizes_do_not_depend_on_the_values():
     """Canonical CBOR would shrink round floats to 16 bits, and the envelope
     length would then tell an observer that a reading was a round value."""
-    from device.simulate import decode_reading, encode_reading
+    from moteseal.sim.simulate import decode_reading, encode_reading
     a, b = encode_reading(7, 21.0, 50.0, 3000), encode_reading(7, 21.37, 50.3, 3000)
     assert len(a) == len(b)
     assert decode_reading(a) == {"seq": 7, "t": 21.0, "rh": 50.0, "bat": 3000}

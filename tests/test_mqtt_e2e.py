@@ -11,12 +11,12 @@ import time
 import cbor2
 import pytest
 
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
-from device.mqtt_link import MqttLink
-from device.peer_listen import PeerListener
+from moteseal.links.mqtt_link import MqttLink
+from moteseal.peer.listen import PeerListener
 from device.session import DeviceSession, NonpersistingDirectory, PeerSessions
-from device.simulate import Fleet, SimulatedSensor
+from moteseal.sim.simulate import Fleet, SimulatedSensor
 
 pytestmark = pytest.mark.mosquitto
 

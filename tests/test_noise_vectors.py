@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.errors import AuthError, HandshakeFailed, LocalError
 from device.noise import SUITES, NKInitiator, NKResponder
 

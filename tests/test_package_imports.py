@@ -7,10 +7,10 @@ import sys
 
 
 def test_the_serial_bridge_loads_no_crypto_or_session_module():
-    code = ("import sys, gateway.serial_bridge, device.framing, device.serial_link\n"
+    code = ("import sys, gateway.serial_bridge, device.framing, moteseal.links.serial_link\n"
             "bad = [m for m in sys.modules if m in ('device.noise', 'device.transport', "
-            "'device.session', 'device.backend_nacl', 'device.keys', 'device.registry', "
-            "'device.provision', 'nacl', 'cryptography', 'noise')]\n"
+            "'device.session', 'moteseal.crypto.backend_nacl', 'moteseal.keys.keyfile', 'moteseal.keys.registry', "
+            "'moteseal.keys.provision', 'nacl', 'cryptography', 'noise')]\n"
             "print(bad); sys.exit(1 if bad else 0)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -10,8 +10,8 @@ import cbor2
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from device.keys import KeyPermissionError, generate_keypair, write_key_file
-from device.provision import (
+from moteseal.keys.keyfile import KeyPermissionError, generate_keypair, write_key_file
+from moteseal.keys.provision import (
     Bundle,
     BundleError,
     decode_bundle,
@@ -21,7 +21,7 @@ from device.provision import (
     read_bundle,
     write_bundle,
 )
-from device.registry import Registry
+from moteseal.keys.registry import Registry
 
 SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from device import bundle as core
 from device.bundle import BundleError
-from device.provision import Bundle, encode_bundle, write_bundle
+from moteseal.keys.provision import Bundle, encode_bundle, write_bundle
 from tests.mp_helpers import run_mp
 
 ID = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1, max_size=16)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from device.keys import KeyFileError, KeyPermissionError, generate_keypair, write_key_file
-from device.registry import Registry, RegistryError, RegistryRefusal, UNKNOWN_DEVICE, parse_id
+from moteseal.keys.keyfile import KeyFileError, KeyPermissionError, generate_keypair, write_key_file
+from moteseal.keys.registry import Registry, RegistryError, RegistryRefusal, UNKNOWN_DEVICE, parse_id
 
 SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
 

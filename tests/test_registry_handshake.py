@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from device import envelope as E
-from device.backend_nacl import NaclBackend
-from device.cli import main
+from moteseal.crypto.backend_nacl import NaclBackend
+from moteseal.cli.main import main
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import AuthError, ReplayError
-from device.provision import device_session, read_bundle
-from device.registry import Registry
+from moteseal.keys.provision import device_session, read_bundle
+from moteseal.keys.registry import Registry
 from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, DeviceSession, PeerSessions
 
 

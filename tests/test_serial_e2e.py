@@ -146,14 +146,14 @@ def test_cable_pulled_and_gateway_restarted_delivers_the_queue(
 def test_noise_session_between_a_serial_device_and_an_mqtt_peer(
     mosquitto, mqtt_client, gateway_process, tmp_path: Path
 ) -> None:
-    """A CPython device on ``device.serial_link`` (one end of a socat pty
+    """A CPython device on ``moteseal.links.serial_link`` (one end of a socat pty
     pair; the gateway holds the other) runs a real NKpsk0 session with a
     peer on MQTT: 0-RTT telemetry, transport messages both ways, then the
     cable is pulled and the gateway SIGKILLed while the peer keeps sending;
     everything decrypts at the device, in order, once it is back."""
-    from device import NaclBackend
+    from moteseal import NaclBackend
     from device.counter import Msg1Counter, NonpersistingCounterStore
-    from device.serial_link import SerialLink
+    from moteseal.links.serial_link import SerialLink
     from device.session import (EV_DATA, EV_HANDSHAKE, DeviceSession,
                                 NonpersistingDirectory, PeerSessions)
 

@@ -1,4 +1,4 @@
-"""The pyserial transport (device/serial_link.py) on real pseudo-terminals,
+"""The pyserial transport (moteseal/links/serial_link.py) on real pseudo-terminals,
 loop:// and socket://, including a pulled and re-plugged cable."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from device.errors import MessageTooLarge
 from device.framing import FRAME_PAYLOAD_MAX_BYTES, FrameDecoder, encode
-from device.serial_link import HELLO_ANSWER_INTERVAL_S, LinkDown, SerialLink
+from moteseal.links.serial_link import HELLO_ANSWER_INTERVAL_S, LinkDown, SerialLink
 from tests.serial_fixtures import PlugPty, Rfc2217Server, SocatPair, wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from device.mqtt_link import MqttLink
+from moteseal.links.mqtt_link import MqttLink
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(120)]
 

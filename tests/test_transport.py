@@ -11,7 +11,7 @@ from tests.pair import LossyLink, Pair, deliver
 
 
 def transports(**limits):
-    from device.backend_nacl import NaclBackend
+    from moteseal.crypto.backend_nacl import NaclBackend
     from device.noise import NKInitiator, NKResponder
     b = NaclBackend()
     s = b.generate_keypair()

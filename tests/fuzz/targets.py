@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 
 from device import envelope as E
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import HandshakeFailed, RemoteError
 from device.noise import DEFAULT_SUITE, NKInitiator, NKResponder
@@ -518,7 +518,7 @@ def fuzz_mqtt_parser(data: bytes) -> None:
 
 
 def _bundle_seeds() -> list[bytes]:
-    from device.provision import Bundle, encode_bundle
+    from moteseal.keys.provision import Bundle, encode_bundle
     b = Bundle(device_id=DEV, peers=[(PEER, [STATIC[1]])], psk=PSK, suite=DEFAULT_SUITE,
                link={"kind": "mqtt", "host": "127.0.0.1", "port": 1883, "username": "sensor-1",
                      "password": "pw"})
@@ -533,7 +533,7 @@ def _bundle_mutator() -> Mutator:
         return Mutator(_bundle_seeds())
     except TypeError:
         # Bundle's constructor is (device_id, peers, psk, suite, link, generation).
-        from device.provision import Bundle, encode_bundle
+        from moteseal.keys.provision import Bundle, encode_bundle
         b = Bundle(DEV, [(PEER, [STATIC[1]])], PSK, DEFAULT_SUITE, {"kind": "none"})
         return Mutator([encode_bundle(b)])
 
@@ -543,10 +543,10 @@ BUNDLE_MUTATOR = _bundle_mutator()
 
 def fuzz_bundle(data: bytes) -> None:
     """``device.bundle.decode_bundle`` (the reader devices run) and
-    ``device.provision.decode_bundle``: a ``Bundle`` or ``BundleError``;
+    ``moteseal.keys.provision.decode_bundle``: a ``Bundle`` or ``BundleError``;
     nothing accepted but the genuine files."""
     from device.bundle import BundleError, decode_bundle
-    from device.provision import decode_bundle as provision_decode
+    from moteseal.keys.provision import decode_bundle as provision_decode
 
     blob = BUNDLE_MUTATOR(data)
     try:
@@ -563,7 +563,7 @@ def fuzz_bundle(data: bytes) -> None:
 
 
 def _key_seeds() -> tuple[list[bytes], tuple[bytes, bytes]]:
-    from device.keys import KeyPair, encode_key_file, public_of
+    from moteseal.keys.keyfile import KeyPair, encode_key_file, public_of
     priv = bytearray(STATIC_PRIV)
     priv[0] &= 248
     priv[31] = (priv[31] & 127) | 64
@@ -576,11 +576,11 @@ KEY_MUTATOR = Mutator(_key_files)
 
 
 def fuzz_key_file(data: bytes) -> None:
-    """``device.keys``: ``decode_key_file`` (without a passphrase, so no
+    """``moteseal.keys.keyfile``: ``decode_key_file`` (without a passphrase, so no
     argon2 per input), ``public_from_key_file`` and ``parse_public`` return a
     result or raise ``KeyFileError``; a plain key file is accepted only
     when genuine."""
-    from device.keys import KeyFileError, decode_key_file, parse_public, public_from_key_file
+    from moteseal.keys.keyfile import KeyFileError, decode_key_file, parse_public, public_from_key_file
 
     blob = KEY_MUTATOR(data)
     try:

@@ -5,7 +5,7 @@
    docs/protocol.md: the same accept/reject decision and the same fields on
    every input, valid, near-valid or random.
 2. ``micropython_port.backend.MicroBackend`` against
-   ``device.backend_nacl.NaclBackend``: the same outputs and the same
+   ``moteseal.crypto.backend_nacl.NaclBackend``: the same outputs and the same
    accept/reject decisions on random inputs, on CPython (pure-Python paths)
    and under the real MicroPython unix port (viper paths).
 """
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from device import envelope as E
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.errors import AuthError, DecodeError, RemoteError
 from device.noise import dh
 from micropython_port.backend import MicroBackend

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from device import envelope as E
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.errors import AuthError
 from device.noise import dh
 from micropython_port.backend import MicroBackend

@@ -19,7 +19,7 @@ import collections
 import os
 
 from device import envelope as E
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import RemoteError
 from device.noise import DEFAULT_SUITE

@@ -1,6 +1,6 @@
 """``moteseal registry`` and ``moteseal rotate`` (CPython).
 
-Exit codes and ``--json`` behave as in ``device.keys_cli`` (whose plumbing
+Exit codes and ``--json`` behave as in ``moteseal.cli.keys`` (whose plumbing
 this module shares): 0 ok, 1 failure found, 2 usage, 3 security refusal.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import click
 
-from device import fingerprint as fp
-from device.config import KDF_LEVELS, load_config
-from device.keys import normalize_passphrase
-from device.keys_cli import (
+from moteseal.keys import fingerprint as fp
+from moteseal.config import KDF_LEVELS, load_config
+from moteseal.keys.keyfile import normalize_passphrase
+from moteseal.cli.keys import (
     PASS_HELP,
     common_options,
     emit,
@@ -21,7 +21,7 @@ from device.keys_cli import (
     registry_options,
     when,
 )
-from device.registry import DeviceRecord, parse_id, show_id
+from moteseal.keys.registry import DeviceRecord, parse_id, show_id
 
 
 # ---------------------------------------------------------------- registry

@@ -23,9 +23,9 @@ import time
 from typing import Any, Callable
 
 from device.errors import RemoteError
-from device.mqtt_link import MqttLink
+from moteseal.links.mqtt_link import MqttLink
 from device.peer import PeerSessions
-from device.simulate import decode_reading
+from moteseal.sim.simulate import decode_reading
 
 __all__ = ["PeerListener", "format_report"]
 
@@ -165,12 +165,12 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
     Example:
       moteseal peer listen --registry hub.sqlite --password-file hub.mqtt --json
     """
-    from device.backend_nacl import NaclBackend
-    from device.config import load_config
+    from moteseal.crypto.backend_nacl import NaclBackend
+    from moteseal.config import load_config
     from device.errors import LocalError
-    from device.keys import passphrase_from_env
-    from device.keys_cli import open_registry
-    from device.mqtt_link import LinkError
+    from moteseal.keys.keyfile import passphrase_from_env
+    from moteseal.cli.keys import open_registry
+    from moteseal.links.mqtt_link import LinkError
     from device.session import DEFAULT_SUITE
 
     try:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from device.errors import LocalError
-from device.keys import KeyFileError, KeyPair, check_private_mode, read_key_file
+from moteseal.keys.keyfile import KeyFileError, KeyPair, check_private_mode, read_key_file
 
 SCHEMA_VERSION = 1
 PSK_BYTES = 32

@@ -21,17 +21,17 @@ import click
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.cli", "gateway_group"),
     "broker": ("gateway.broker_cli", "broker_group"),
-    "device": ("device.simulate", "device_group"),
-    "peer": ("device.peer_listen", "peer_group"),
-    "demo": ("device.demo", "demo"),
-    "keygen": ("device.keys_cli", "keygen"),
-    "fingerprint": ("device.keys_cli", "fingerprint"),
-    "provision": ("device.keys_cli", "provision"),
-    "registry": ("device.registry_cli", "registry"),
-    "rotate": ("device.registry_cli", "rotate"),
-    "vectors": ("device.conformance_cli", "vectors_group"),
-    "interop": ("device.conformance_cli", "interop_cmd"),
-    "flash": ("device.flash_cli", "flash_group"),
+    "device": ("moteseal.sim.simulate", "device_group"),
+    "peer": ("moteseal.peer.listen", "peer_group"),
+    "demo": ("moteseal.sim.demo", "demo"),
+    "keygen": ("moteseal.cli.keys", "keygen"),
+    "fingerprint": ("moteseal.cli.keys", "fingerprint"),
+    "provision": ("moteseal.cli.keys", "provision"),
+    "registry": ("moteseal.cli.registry", "registry"),
+    "rotate": ("moteseal.cli.registry", "rotate"),
+    "vectors": ("moteseal.cli.vectors", "vectors_group"),
+    "interop": ("moteseal.cli.vectors", "interop_cmd"),
+    "flash": ("moteseal.cli.flash", "flash_group"),
 }
 
 

@@ -50,13 +50,13 @@ def run_demo(sensors: int = 3, seconds: float | None = None, interval: float = 1
     """Run the demo; returns 0 if the peer decrypted readings from every
     sensor, else 1. Raises ``gateway.broker.BrokerError`` if Mosquitto is
     missing or does not start."""
-    from device.backend_nacl import NaclBackend
+    from moteseal.crypto.backend_nacl import NaclBackend
     from device.counter import Msg1Counter, NonpersistingCounterStore
-    from device.mqtt_link import MqttLink
-    from device.peer_listen import PeerListener
+    from moteseal.links.mqtt_link import MqttLink
+    from moteseal.peer.listen import PeerListener
     from device.peer import NonpersistingDirectory, PeerSessions
     from device.session import DeviceSession
-    from device.simulate import Fleet, SimulatedSensor
+    from moteseal.sim.simulate import Fleet, SimulatedSensor
     from gateway.broker import LocalBroker
     from gateway.config import GatewayConfig
     from gateway.envelope import KIND_NAMES

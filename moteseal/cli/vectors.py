@@ -1,7 +1,7 @@
 """``moteseal vectors run | generate`` and ``moteseal interop`` (CPython).
 
-The runner core is ``device.conformance`` (also runs on MicroPython), the
-generator ``device.vectorgen`` and the stdio peer ``device.interop``; this
+The runner core is ``moteseal.conformance.runner`` (also runs on MicroPython), the
+generator ``moteseal.conformance.vectorgen`` and the stdio peer ``moteseal.conformance.interop``; this
 module only parses options. Formats and examples: docs/conformance.md.
 
 Exit codes: 0 success, 1 a vector or the exchange failed, 2 usage error
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from device import conformance
+from moteseal.conformance import runner as conformance
 from device.errors import LocalError
 from device.noise import SUITES
 
@@ -81,7 +81,7 @@ def generate_cmd(out: str) -> None:
     Example:
       moteseal vectors generate --out moteseal_transport.json
     """
-    from device import vectorgen
+    from moteseal.conformance import vectorgen
 
     doc = vectorgen.generate()
     counts = conformance.run_vectors(doc, conformance.default_backend(), lambda line: None)
@@ -145,8 +145,8 @@ def interop_cmd(role: str, suite: str, static: str | None, remote_static: str | 
     pk = _hex("--psk", psk)
     pro = _hex("--prologue", prologue, None) or b""
     payloads = [_hex("--send", s, None) or b"" for s in sends] if sends else None
-    from device import interop
-    from device.backend_nacl import NaclBackend
+    from moteseal.conformance import interop
+    from moteseal.crypto.backend_nacl import NaclBackend
 
     try:
         code = interop.run(NaclBackend(), role, suite, sys.stdin.buffer, sys.stdout.buffer,

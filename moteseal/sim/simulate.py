@@ -1,7 +1,7 @@
 """Simulated sensors on CPython: encrypted telemetry over MQTT.
 
 Each sensor owns a ``device.session.DeviceSession`` and a
-``device.mqtt_link.MqttLink``. Readings are a small CBOR map encoded *inside*
+``moteseal.links.mqtt_link.MqttLink``. Readings are a small CBOR map encoded *inside*
 the encrypted payload: the first reading rides in handshake message 1
 (0-RTT), later ones in data envelopes. One thread drives every sensor of a
 ``Fleet``, so the (not thread-safe) sessions are only touched there.
@@ -29,7 +29,7 @@ from typing import Any, Callable
 import cbor2
 
 from device.errors import LocalError, RemoteError, SessionExpired
-from device.mqtt_link import MqttLink
+from moteseal.links.mqtt_link import MqttLink
 from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE, DeviceSession
 
 __all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading"]
@@ -222,7 +222,7 @@ def device_group() -> None:
 
 
 def _bundles(bundle_files: tuple[str, ...], bundle_dir: str | None, count: int | None) -> list[Any]:
-    from device.provision import read_bundle
+    from moteseal.keys.provision import read_bundle
 
     paths = [_Path(p) for p in bundle_files]
     if bundle_dir:
@@ -268,12 +268,12 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
     Example:
       moteseal device simulate --bundle-dir bundles --count 5 --interval 2
     """
-    from device.backend_nacl import NaclBackend
+    from moteseal.crypto.backend_nacl import NaclBackend
     from device.counter import Msg1Counter
     from device.counter_file import FileCounterStore
     from device.errors import LocalError as _LocalError
-    from device.mqtt_link import LinkError
-    from device.provision import device_session
+    from moteseal.links.mqtt_link import LinkError
+    from moteseal.keys.provision import device_session
 
     try:
         bundles = _bundles(bundle_files, bundle_dir, count)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from device.flash import ARCHES, BOARDS, FlashError, build, deploy
+from moteseal.flash.build import ARCHES, BOARDS, FlashError, build, deploy
 
 __all__ = ["flash_group"]
 
@@ -71,10 +71,10 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
       MOTESEAL_WIFI_PASSWORD=... moteseal flash build --device sensor-7 --wifi-ssid farm
     """
     from device.bundle import BundleError
-    from device.keys import KeyFileError
+    from moteseal.keys.keyfile import KeyFileError
 
     if bundle_path is None:
-        from device.config import ConfigError, load_config
+        from moteseal.config import ConfigError, load_config
         try:
             out = Path(load_config(config_path).get("provision", "out_dir"))
         except ConfigError as exc:
@@ -131,7 +131,7 @@ def deploy_cmd(port: str, directory: Path | None, device_id: str | None, as_json
         if device_id is None:
             raise click.UsageError("give --dir DIR or --device ID")
         directory = Path("flash") / device_id
-    from device.flash import Manifest
+    from moteseal.flash.build import Manifest
 
     try:
         total = Manifest.load(directory).total_bytes

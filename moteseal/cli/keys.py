@@ -1,5 +1,5 @@
 """``moteseal keygen | fingerprint | provision``, and the plumbing that
-``device.registry_cli`` (``registry``, ``rotate``) shares (CPython).
+``moteseal.cli.registry`` (``registry``, ``rotate``) shares (CPython).
 
 Exit codes (as for every moteseal command):
   0  success
@@ -27,10 +27,10 @@ from typing import Any, Callable, TypeVar
 import cbor2
 import click
 
-from device import fingerprint as fp
-from device.config import KDF_LEVELS, SUITES, Config, ConfigError, load_config
+from moteseal.keys import fingerprint as fp
+from moteseal.config import KDF_LEVELS, SUITES, Config, ConfigError, load_config
 from device.errors import LocalError
-from device.keys import (
+from moteseal.keys.keyfile import (
     MAX_KEY_FILE_BYTES,
     PUB_PREFIX,
     KeyFileError,
@@ -46,8 +46,8 @@ from device.keys import (
     write_public_file,
 )
 from device.bundle import is_text
-from device.provision import MAX_BUNDLE_BYTES, decode_bundle, describe_bundle, provision_device, write_bundle
-from device.registry import Registry, RegistryError, RegistryRefusal, parse_id, show_id
+from moteseal.keys.provision import MAX_BUNDLE_BYTES, decode_bundle, describe_bundle, provision_device, write_bundle
+from moteseal.keys.registry import Registry, RegistryError, RegistryRefusal, parse_id, show_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,7 +1,7 @@
 """Conformance runner: Noise test-vector files and moteseal's own vectors.
 
 Runs unchanged on CPython (``moteseal vectors run FILE...``) and on
-MicroPython (``micropython -m device.conformance FILE...``) and prints the
+MicroPython (``micropython -m moteseal.conformance.runner FILE...``) and prints the
 same lines on both. File formats: docs/conformance.md.
 
 Invariants:
@@ -420,15 +420,15 @@ def default_backend():
     if sys.implementation.name == "micropython":
         from micropython_port.backend import MicroBackend
         return MicroBackend
-    from device.backend_nacl import NaclBackend
+    from moteseal.crypto.backend_nacl import NaclBackend
     return NaclBackend
 
 
 def main(argv):
-    """``micropython -m device.conformance FILE...``: exit 0 if nothing
+    """``micropython -m moteseal.conformance.runner FILE...``: exit 0 if nothing
     failed, 1 on any failure, 2 for no file or an unreadable file."""
     if not argv:
-        print("usage: micropython -m device.conformance FILE...")
+        print("usage: micropython -m moteseal.conformance.runner FILE...")
         return 2
     counts, unreadable = run_paths(argv, default_backend(), print)
     print(summary(counts))

@@ -17,7 +17,7 @@ A flash directory::
                              "mpy": [major, sub], "files": [{"path", "size", "sha256"}]}
 
 Invariants:
-- Rule 1: ``build`` reads the bundle through ``device.provision.read_bundle``
+- Rule 1: ``build`` reads the bundle through ``moteseal.keys.provision.read_bundle``
   (permissions, checksum, every field), so a tampered or world-readable
   bundle never reaches a board. The directory is 0700 and the bundle 0600.
 - Rule 2: the manifest lists exactly the files that go to the board; the
@@ -270,7 +270,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     Raises ``FlashError`` (exists, compile failure), ``BundleError`` /
     ``KeyPermissionError`` (a bad bundle), ``FileNotFoundError``.
     """
-    from device.provision import read_bundle
+    from moteseal.keys.provision import read_bundle
 
     bundle = read_bundle(bundle_path)  # Rule 1: permissions, checksum, fields
     if device_id is not None and bundle.device_id != device_id.encode():

@@ -29,9 +29,9 @@ import nacl.utils
 from device import bundle as core
 from device.bundle import BUNDLE_MAX_BYTES as MAX_BUNDLE_BYTES
 from device.bundle import BUNDLE_VERSION, CHECK_BYTES, Bundle, BundleError
-from device.config import SUITES
-from device.keys import KeyFileError, read_private_file, write_private_file
-from device.registry import PSK_BYTES, DeviceRecord, Registry
+from moteseal.config import SUITES
+from moteseal.keys.keyfile import KeyFileError, read_private_file, write_private_file
+from moteseal.keys.registry import PSK_BYTES, DeviceRecord, Registry
 
 __all__ = ["Bundle", "BundleError", "MAX_BUNDLE_BYTES", "decode_bundle", "describe_bundle", "device_session",
            "encode_bundle", "new_psk", "provision_device", "read_bundle", "write_bundle"]

@@ -15,7 +15,7 @@ Invariants:
   ``WindowModel``, a set-based restatement of docs/protocol.md "Transport",
   and tampered ones are written down by hand from docs/protocol.md "Errors".
   ``moteseal vectors generate`` then runs the file through
-  ``device.conformance`` and writes nothing if moteseal disagrees.
+  ``moteseal.conformance.runner`` and writes nothing if moteseal disagrees.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import json
 from typing import Any, Callable
 
 from device import envelope as E
-from device.backend_nacl import NaclBackend
+from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.session import SESSION_SUITES as SUITES
 from device.peer import NonpersistingDirectory, PeerSessions

@@ -1,0 +1,1 @@
+"""Building a device's flash bundle and deploying it to a board (CPython only)."""

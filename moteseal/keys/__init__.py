@@ -1,0 +1,2 @@
+"""Keys, fingerprints, the peer's device registry and provisioning
+(CPython only)."""

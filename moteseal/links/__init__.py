@@ -1,0 +1,1 @@
+"""CPython links that carry envelopes: MQTT (paho) and serial (pyserial)."""
