@@ -1,9 +1,12 @@
 # The two commands the README gives: `make setup` and `make test`.
-PYTHON ?= python3
+# Both use the virtual environment in .venv/ that `make setup` creates.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 
 .PHONY: setup test
 setup:
 	./scripts/setup.sh
 
 test:
-	$(PYTHON) -m pytest -q
+	@test -x $(PYTHON) || { echo "no $(VENV)/: run 'make setup' first" >&2; exit 2; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PYTHON) -m pytest -q

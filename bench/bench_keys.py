@@ -28,7 +28,8 @@ from device.counter import Msg1Counter, NonpersistingCounterStore  # noqa: E402
 from moteseal.keys.keyfile import KDF_COSTS, encode_key_file, decode_key_file, generate_keypair, write_key_file  # noqa: E402
 from moteseal.keys.provision import decode_bundle, encode_bundle, provision_device, write_bundle  # noqa: E402
 from moteseal.keys.registry import Registry  # noqa: E402
-from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
+from device.session import DeviceSession  # noqa: E402
+from device.peer import NonpersistingDirectory, PeerSessions  # noqa: E402
 
 SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
 QUICK = "--quick" in sys.argv

@@ -42,7 +42,8 @@ from moteseal.crypto.backend_nacl import NaclBackend  # noqa: E402
 from device.counter import Msg1Counter, NonpersistingCounterStore  # noqa: E402
 from moteseal.flash.build import CORE_MODULES, build, source_dirs  # noqa: E402
 from device.noise import NKInitiator, NKResponder  # noqa: E402
-from device.session import DeviceSession, NonpersistingDirectory, PeerSessions  # noqa: E402
+from device.session import DeviceSession  # noqa: E402
+from device.peer import NonpersistingDirectory, PeerSessions  # noqa: E402
 from tests.mp_helpers import mp_binary, run_mp_json  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -54,7 +55,8 @@ import json, time, gc, micropython
 from binascii import unhexlify as U
 from micropython_port.backend import MicroBackend
 from device.noise import NKInitiator
-from device.session import DeviceSession, PeerSessions, NonpersistingDirectory
+from device.session import DeviceSession
+from device.peer import PeerSessions, NonpersistingDirectory
 from device.counter import Msg1Counter, NonpersistingCounterStore
 pub, psk, e, msg1, msg2 = [U(x) for x in %r]
 suite, prologue, n_hs, n_env = %r, %r, %d, %d
@@ -231,7 +233,7 @@ class DeviceRig:
     def locked_messages(self) -> int:
         """Device messages (reading -> socket -> PUBACK) sent under
         heap_lock; the script fails with MemoryError at the first allocation."""
-        from tests.test_mp_device import LOCKED_DEVICE
+        from tests.micropython.test_mp_device import LOCKED_DEVICE
 
         script = self.root / "locked.py"
         script.write_text(LOCKED_DEVICE)

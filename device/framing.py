@@ -37,7 +37,7 @@ from device.errors import BufferTooSmall, LocalError, MessageTooLarge
 
 CRC_BYTES = const(2)
 # Largest payload a frame carries: one whole envelope, equal to
-# envelope.ENVELOPE_MAX_BYTES (tests/test_framing.py keeps them equal; not
+# envelope.ENVELOPE_MAX_BYTES (tests/device/test_framing.py keeps them equal; not
 # imported, so the gateway's framing needs no envelope code). A bound so
 # that a receiver needs one fixed buffer.
 FRAME_PAYLOAD_MAX_BYTES = const(1200)

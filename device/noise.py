@@ -21,6 +21,9 @@ Invariants:
 
 from device import errors
 from device.backend import ct_equal, is_all_zero  # noqa: F401 (ct_equal: re-exported)
+# One direction only (transport imports nothing from here): a handshake yields a
+# Transport, and the AEAD constants live with the phase that uses them most.
+from device.transport import MAX_PAYLOAD_BYTES, TAG_BYTES, Transport  # noqa: F401 (re-exported)
 
 # No ``__all__``: the package ``__init__`` is the public surface (STYLE.md
 # section 6), and a tuple of names here would cost devices heap.
@@ -32,10 +35,8 @@ except ImportError:
         return x
 
 DHLEN_BYTES = const(32)
-TAG_BYTES = const(16)
 PSK_BYTES = const(32)
 NOISE_MAX_BYTES = const(65535)  # Noise section 3: every message <= 65535 bytes
-MAX_PAYLOAD_BYTES = const(1024)  # default plaintext bound for every buffer
 
 DEFAULT_SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
 SUITES = (
@@ -98,13 +99,6 @@ class CipherState:
         self._c.decrypt_into(self.n, ad, len(ad), ciphertext, 0, len(ciphertext), out, 0)
         self.n += 1
         return bytes(out)
-
-
-def rekey(backend, k):
-    """Noise section 11.3: REKEY(k) = ENCRYPT(k, maxnonce, zerolen, zeros)[:32]."""
-    out = bytearray(48)
-    backend.cipher(k).encrypt_into(_MAXNONCE, b"", 0, bytes(32), 0, 32, out, 0)
-    return bytes(out[:32])
 
 
 class SymmetricState:
@@ -239,7 +233,6 @@ class _Handshake:
         the initiator sends with the first key, the responder with the
         second). Raises ``LocalError`` before the handshake is done, and
         ``HandshakeFailed`` on a second call (the keys are spent)."""
-        from device.transport import Transport
         self._expect(_DONE)
         k1, k2 = self._ss.split()
         self._ss.cs = None  # its key is spent; freed before the transport's two ciphers

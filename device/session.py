@@ -227,12 +227,3 @@ class DeviceSession:
         """Allocating convenience: returns the data envelope bytes."""
         out = bytearray(E.HEADER_MAX_BYTES + len(payload) + TAG_BYTES)
         return bytes(out[:self.send_into(payload, len(payload), out, now)])
-
-
-def __getattr__(name):
-    # The peer side lives in device/peer.py so that devices never load it;
-    # these names stay importable from here (PEP 562; MicroPython has it too).
-    if name in ("PeerSessions", "NonpersistingDirectory", "Received"):
-        from device import peer
-        return getattr(peer, name)
-    raise AttributeError(name)

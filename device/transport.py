@@ -27,7 +27,6 @@ Invariants:
 """
 
 from device import errors
-from device.noise import MAX_PAYLOAD_BYTES, TAG_BYTES, rekey
 from device.replay import DEFAULT_WINDOW, ReplayWindow
 
 try:
@@ -36,10 +35,20 @@ except ImportError:
     def const(x):
         return x
 
+TAG_BYTES = const(16)  # ChaCha20-Poly1305 (RFC 8439 section 2.8)
+MAX_PAYLOAD_BYTES = const(1024)  # default plaintext bound for every buffer
+_MAXNONCE = const(0xFFFFFFFFFFFFFFFF)
 NONCE_BYTES = const(8)  # the bare wire form of encrypt(): 8-byte big-endian nonce || ct
 DEFAULT_REKEY_INTERVAL = const(65536)
 DEFAULT_MAX_MESSAGES = 1 << 32  # per direction; Noise allows up to 2^64 - 2
 MAX_EPOCH_SKIP = const(8)  # bounds the Rekey() work a forged far-future nonce can cause
+
+
+def rekey(backend, k):
+    """Noise section 11.3: REKEY(k) = ENCRYPT(k, maxnonce, zerolen, zeros)[:32]."""
+    out = bytearray(48)
+    backend.cipher(k).encrypt_into(_MAXNONCE, b"", 0, bytes(32), 0, 32, out, 0)
+    return bytes(out[:32])
 
 
 class Transport:

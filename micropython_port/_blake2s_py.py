@@ -6,7 +6,9 @@ Invariant: every word is masked to 32 bits after each addition and left
 shift; the result equals ``hashlib.blake2s`` on CPython (tested).
 """
 
-from micropython_port.blake2s import BLOCKLEN, HASHLEN, IV, PARAM0
+# The IV and parameter word come from the caller (``blake2s``), which this
+# module must not import: the fallback sits below its facade.
+from micropython_port.hashes import BLOCKLEN, HASHLEN
 
 _M32 = 0xFFFFFFFF
 _SIGMA = (
@@ -26,12 +28,12 @@ _STEPS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
           (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
 
 
-def _compress(h, block, t, last):
+def _compress(h, block, t, last, iv):
     """RFC 7693 section 3.2 F: mix one 64-byte ``block`` into ``h`` (8 words)
     with byte counter ``t``; ``last`` marks the final block."""
     m = [block[4 * i] | (block[4 * i + 1] << 8) | (block[4 * i + 2] << 16) | (block[4 * i + 3] << 24)
          for i in range(16)]
-    v = list(h) + list(IV)
+    v = list(h) + list(iv)
     v[12] ^= t & _M32
     v[13] ^= (t >> 32) & _M32
     if last:
@@ -73,16 +75,17 @@ def _words_le(h):
     return bytes(out)
 
 
-def blake2s_int(data):
-    """Unkeyed BLAKE2s-256 of ``data``."""
+def blake2s_int(data, iv, param0):
+    """Unkeyed BLAKE2s-256 of ``data``; ``iv`` and ``param0`` as RFC 7693
+    section 2.6 and 2.8 give them (``blake2s.IV``, ``blake2s.PARAM0``)."""
     data = bytes(data)
-    h = list(IV)
-    h[0] ^= PARAM0
+    h = list(iv)
+    h[0] ^= param0
     n = len(data)
     off = 0
     while n - off > BLOCKLEN:
-        _compress(h, data[off:off + BLOCKLEN], off + BLOCKLEN, False)
+        _compress(h, data[off:off + BLOCKLEN], off + BLOCKLEN, False, iv)
         off += BLOCKLEN
     last = data[off:]
-    _compress(h, last + bytes(BLOCKLEN - len(last)), n, True)
+    _compress(h, last + bytes(BLOCKLEN - len(last)), n, True, iv)
     return _words_le(h)

@@ -11,7 +11,6 @@ RFC 8439 vectors' 12-byte nonces.
 """
 
 from device.errors import AuthError
-from micropython_port.chacha20poly1305 import _check
 
 TAG_BYTES = 16
 
@@ -41,7 +40,10 @@ def _le32(b, o):
 class ChaCha20Poly1305:
     """ChaCha20-Poly1305 on Python integers and bytearrays."""
 
-    def __init__(self, key):
+    def __init__(self, key, check):
+        # ``check`` is the facade's range check (``chacha20poly1305._check``),
+        # passed in because this fallback must not import its facade.
+        self._check = check
         self._state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574]
         self._state += [_le32(key, 4 * i) for i in range(8)] + [0, 0, 0, 0]
         self._lens = bytearray(16)
@@ -52,7 +54,7 @@ class ChaCha20Poly1305:
         ``nonce`` (uint64) and ``ad[:ad_len]``; write ciphertext || tag at
         ``dst[dst_off:]``; return ``src_len + 16``. Raises ``LocalError`` for
         a bad range or nonce, ``BufferTooSmall`` if ``dst`` is too short."""
-        _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
+        self._check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, src_len + TAG_BYTES)
         self._set_nonce(nonce)
         self._start()  # Poly1305 key from block 0; counter is now 1
         self._xor(src, src_off, dst, dst_off, src_len)
@@ -71,7 +73,7 @@ class ChaCha20Poly1305:
         if src_len < TAG_BYTES:
             raise AuthError
         ct_len = src_len - TAG_BYTES
-        _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, ct_len)
+        self._check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, ct_len)
         self._set_nonce(nonce)
         self._start()
         self._mac(ad, ad_len, src, src_off, ct_len)

@@ -38,7 +38,7 @@ def digest(data):
     if not _bv:
         from micropython_port._blake2s_py import blake2s_int
 
-        return blake2s_int(data)
+        return blake2s_int(data, IV, PARAM0)
     # The viper state (see _blake2s_viper): h = IV ^ parameter block, t = 0,
     # f = 0, then scratch.
     bs = array("I", bytes(4 * 32))

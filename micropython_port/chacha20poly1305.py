@@ -53,7 +53,7 @@ def ChaCha20Poly1305(key):  # noqa: N802 - a factory standing in for a class
         return _Viper(key)
     from micropython_port import _chachapoly_py
 
-    return _chachapoly_py.ChaCha20Poly1305(key)
+    return _chachapoly_py.ChaCha20Poly1305(key, _check)
 
 
 def _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, out_len):

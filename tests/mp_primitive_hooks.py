@@ -78,7 +78,7 @@ def poly1305(key, msg):
         raise LocalError("Poly1305 key must be 32 bytes")
     r = int.from_bytes(bytes(key[0:16]), "little") & _CLAMP
     if not C._v:
-        p = PyChaCha20Poly1305(bytes(32))
+        p = PyChaCha20Poly1305(bytes(32), C._check)
         p._r = r
         p._s = int.from_bytes(bytes(key[16:32]), "little")
         p._h = 0

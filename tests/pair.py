@@ -9,7 +9,8 @@ import random
 from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import RemoteError
-from device.session import DeviceSession, NonpersistingDirectory, PeerSessions
+from device.session import DeviceSession
+from device.peer import NonpersistingDirectory, PeerSessions
 
 
 class Pair:

@@ -2,7 +2,7 @@
 arithmetic mod p = 2**255 - 19 on 20 limbs of 13 bits.
 
 Run ``python3 micropython_port/tools/gen_fe25519.py`` after editing; a test
-(``tests/test_mp_primitives.py``) checks that the committed file is current.
+(``tests/micropython/test_mp_primitives.py``) checks that the committed file is current.
 Unrolling matters: a viper loop over limb indices costs ~3x the unrolled
 code on the unix port (1.7 us against 0.5 us per multiplication). Squaring
 uses ``fe_mul(r, a, a)``: a dedicated unrolled square saved ~0.15 ms per

@@ -29,8 +29,9 @@ from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import HandshakeFailed, RemoteError
 from device.noise import DEFAULT_SUITE, NKInitiator, NKResponder
-from device.session import (EV_DATA, EV_HANDSHAKE, DeviceSession, NonpersistingDirectory,
-                            PeerSessions)
+from device.session import EV_DATA, EV_HANDSHAKE, DeviceSession
+from device.peer import NonpersistingDirectory, PeerSessions
+from tests.fuzz.mutator import Mutator, chunks
 
 DEV, PEER = b"sensor-1", b"hub"
 
@@ -65,55 +66,6 @@ BACKEND = FixedBackend()
 STATIC_PRIV = _key("peer-static")
 STATIC = (STATIC_PRIV, BACKEND.x25519_base(STATIC_PRIV))
 PSK = _key("psk")
-
-
-class Mutator:
-    """Turns fuzz bytes into an input: byte 0 chooses the seed (``% len``)
-    and the mode, the rest are the mutation's parameters."""
-
-    def __init__(self, seeds: list[bytes]) -> None:
-        self.seeds = seeds
-
-    def __call__(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        sel, rest = data[0], data[1:]
-        seed = self.seeds[(sel >> 3) % len(self.seeds)]
-        mode = sel & 7
-        if mode == 0:
-            return rest  # raw bytes
-        if mode == 1:
-            return seed  # the genuine message itself
-        if mode in (2, 3):  # xor bytes at positions: pairs (pos, value)
-            b = bytearray(seed)
-            for i in range(0, len(rest) - 1, 2):
-                if b:
-                    b[rest[i] * 7 % len(b) if mode == 3 else rest[i] % len(b)] ^= rest[i + 1] or 1
-            return bytes(b)
-        if mode == 4:  # truncate
-            return seed[:rest[0] % (len(seed) + 1)] if rest else seed[:-1]
-        if mode == 5:  # extend
-            return seed + rest
-        if mode == 6:  # splice: a prefix of the seed, then fuzz bytes
-            cut = rest[0] % (len(seed) + 1) if rest else 0
-            return seed[:cut] + rest[1:]
-        # mode 7: overwrite a window starting at rest[0]
-        if not rest:
-            return seed
-        b = bytearray(seed)
-        start = rest[0] % (len(b) + 1)
-        b[start:start + len(rest) - 1] = rest[1:]
-        return bytes(b)
-
-
-def chunks(data: bytes, sizes: bytes):
-    """Splits ``data`` into pieces whose lengths follow ``sizes`` (1..16)."""
-    i = j = 0
-    while i < len(data):
-        k = 1 + (sizes[j % len(sizes)] % 16 if sizes else 0)
-        yield data[i:i + k]
-        i += k
-        j += 1
 
 
 # -- snapshots: "no state change on failure" ---------------------------------

@@ -17,8 +17,8 @@ from device import envelope as E
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import AuthError
 from device.noise import NKResponder
-from device.session import (EV_HANDSHAKE, EV_NONE, EV_REFUSED, EV_REHANDSHAKE, DeviceSession,
-                            NonpersistingDirectory, PeerSessions)
+from device.session import EV_HANDSHAKE, EV_NONE, EV_REFUSED, EV_REHANDSHAKE, DeviceSession
+from device.peer import NonpersistingDirectory, PeerSessions
 
 from .world import PEER, World, hint
 

@@ -23,8 +23,8 @@ from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import RemoteError
 from device.noise import DEFAULT_SUITE
-from device.session import (EV_DATA, EV_HANDSHAKE, EV_REHANDSHAKE, DeviceSession,
-                            NonpersistingDirectory, PeerSessions)
+from device.session import EV_DATA, EV_HANDSHAKE, EV_REHANDSHAKE, DeviceSession
+from device.peer import NonpersistingDirectory, PeerSessions
 
 PEER = b"hub"
 HOUR = 3600.0

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.queue import DurableQueue
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:

@@ -1,6 +1,6 @@
 """The gateway's serial bridge (gateway/serial_bridge.py) on real ptys, with
 the real relay and the durable queue; the MQTT side here is a recording
-link (the end-to-end test through Mosquitto is tests/test_serial_e2e.py)."""
+link (the end-to-end test through Mosquitto is tests/e2e/test_serial_e2e.py)."""
 
 from __future__ import annotations
 

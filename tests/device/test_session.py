@@ -133,7 +133,7 @@ def test_device_with_a_wrong_pinned_key_cannot_complete():
     with pytest.raises(AuthError):
         p.peer.receive(dev.handshake())
     # And a relay answering with its own static key cannot forge message 2.
-    from device.session import NonpersistingDirectory, PeerSessions
+    from device.peer import NonpersistingDirectory, PeerSessions
     d = NonpersistingDirectory([impostor])
     d.add(b"sensor-1", p.psk)
     mitm = PeerSessions(p.backend, b"hub", d)
@@ -169,7 +169,7 @@ def test_unknown_session_hint_and_rate_limited_rehandshake():
     p.handshake()
     fresh_peer_side = Pair()  # a peer that restarted and lost its sessions
     fresh_peer_side.directory = p.directory
-    from device.session import PeerSessions
+    from device.peer import PeerSessions
     restarted = PeerSessions(p.backend, b"hub", p.directory)
     r = restarted.receive(p.device.send(b"x"))
     assert r.kind == "hint"

@@ -14,7 +14,7 @@ import pytest
 from gateway.relay import (LINK_ERROR, RATE_LIMITED, SRC_MISMATCH, UNKNOWN_DESTINATION,
                            UNKNOWN_SOURCE, RateLimiter, Relay, RouteTable)
 
-GATEWAY_DIR = Path(__file__).resolve().parent.parent / "gateway"
+GATEWAY_DIR = Path(__file__).resolve().parents[2] / "gateway"
 
 
 class MemoryLink:

@@ -17,7 +17,8 @@ from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.errors import AuthError, ReplayError
 from moteseal.keys.provision import device_session, read_bundle
 from moteseal.keys.registry import Registry
-from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, DeviceSession, PeerSessions
+from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, DeviceSession
+from device.peer import PeerSessions
 
 
 class Fleet:

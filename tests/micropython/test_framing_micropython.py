@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_framing import DROP_VECTORS, FRAME_VECTORS
+from tests.device.test_framing import DROP_VECTORS, FRAME_VECTORS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.micropython,

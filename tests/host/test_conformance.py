@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from moteseal.cli.main import main
 from device.noise import SUITES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Protocols this build cannot run, with the reason the runner must give.
 UNSUPPORTED = {

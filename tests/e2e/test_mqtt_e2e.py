@@ -15,7 +15,8 @@ from moteseal.crypto.backend_nacl import NaclBackend
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.peer.listen import PeerListener
-from device.session import DeviceSession, NonpersistingDirectory, PeerSessions
+from device.session import DeviceSession
+from device.peer import NonpersistingDirectory, PeerSessions
 from moteseal.sim.simulate import Fleet, SimulatedSensor
 
 pytestmark = pytest.mark.mosquitto

@@ -26,7 +26,7 @@ from moteseal.flash.build import build
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.peer.listen import PeerListener
 from moteseal.keys.provision import Bundle, write_bundle
-from device.session import NonpersistingDirectory, PeerSessions
+from device.peer import NonpersistingDirectory, PeerSessions
 from tests.mp_helpers import MicroPythonFailed, mp_binary
 from tests.serial_fixtures import SocatPair, wait_for
 

@@ -154,8 +154,8 @@ def test_noise_session_between_a_serial_device_and_an_mqtt_peer(
     from moteseal import NaclBackend
     from device.counter import Msg1Counter, NonpersistingCounterStore
     from moteseal.links.serial_link import SerialLink
-    from device.session import (EV_DATA, EV_HANDSHAKE, DeviceSession,
-                                NonpersistingDirectory, PeerSessions)
+    from device.session import EV_DATA, EV_HANDSHAKE, DeviceSession
+    from device.peer import NonpersistingDirectory, PeerSessions
 
     backend = NaclBackend()
     priv, pub = backend.generate_keypair()

@@ -16,9 +16,10 @@ from moteseal.crypto.backend_nacl import NaclBackend
 from moteseal.flash.build import build, compile_module, source_dirs
 from device.noise import SUITES, NKInitiator, NKResponder
 from moteseal.keys.provision import Bundle, write_bundle
-from device.session import EV_DATA, NonpersistingDirectory, PeerSessions
+from device.session import EV_DATA
+from device.peer import NonpersistingDirectory, PeerSessions
 from tests.mp_helpers import ROOT, MicroPythonFailed, mp_binary, mp_env
-from tests.test_mp_primitives import (LOW_ORDER, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1,
+from tests.mp_vectors import (LOW_ORDER, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1,
                                       RFC7748_ITER_1000, RFC8439_2_8_2, RFC8439_A_5)
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(300)]
@@ -207,7 +208,7 @@ def flash_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     compile_module(runner, out / "moteseal" / "conformance" / "runner.mpy", "x64",
                    "moteseal/conformance/runner.py")
     # The primitives' test hooks and raw RFC 8439 functions (never on a device).
-    hooks = Path(__file__).parent / "mp_primitive_hooks.py"
+    hooks = Path(__file__).parents[1] / "mp_primitive_hooks.py"
     compile_module(hooks, out / "tests" / "mp_primitive_hooks.mpy", "x64", "tests/mp_primitive_hooks.py")
     assert [p.name for p in out.rglob("*.py")] == ["main.py"]
     return out
@@ -274,7 +275,7 @@ PEER_DRIVER = """
 import sys, json
 from binascii import hexlify, unhexlify
 from micropython_port.backend import MicroBackend
-from device.session import PeerSessions, NonpersistingDirectory
+from device.peer import PeerSessions, NonpersistingDirectory
 from device.errors import RemoteError
 priv, psk, suite = unhexlify(sys.argv[1]), unhexlify(sys.argv[2]) or None, sys.argv[3]
 b = MicroBackend()

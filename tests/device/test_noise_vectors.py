@@ -36,7 +36,7 @@ def pytest_generate_tests(metafunc):
     if "vector" in metafunc.fixturenames:
         from pathlib import Path
         import os
-        shared = Path(os.environ.get("MOTESEAL_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+        shared = Path(os.environ.get("MOTESEAL_SHARED") or Path(__file__).resolve().parents[3] / "shared")
         vs = _vectors(shared)
         metafunc.parametrize("vector", vs, ids=[v["protocol_name"] for v in vs])
 

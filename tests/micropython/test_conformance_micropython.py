@@ -17,7 +17,7 @@ import pytest
 from moteseal.conformance import runner as conformance
 from moteseal.conformance import vectorgen
 from tests.mp_helpers import ROOT, mp_binary, mp_env, run_mp
-from tests.test_conformance import mixed_doc, shared_doc
+from tests.host.test_conformance import mixed_doc, shared_doc
 
 pytestmark = pytest.mark.micropython
 
