@@ -16,3 +16,6 @@ if [ ${#need[@]} -gt 0 ]; then
     ($SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true)
 fi
 ${PYTHON:-python3} -m pip install -q -e '.[test]'
+# The 32-bit lane (tests/qemu): Cortex-M toolchain and qemu from Debian, the
+# firmware into its cache. Not fatal: without it those tests skip with the reason.
+./qemu/setup.sh || echo "setup: qemu lane not set up; tests/qemu will skip" >&2
