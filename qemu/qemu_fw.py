@@ -64,7 +64,7 @@ def missing_tools() -> list[str]:
     missing = []
     gcc = shutil.which(CROSS + "gcc")
     if not gcc:
-        missing.append("gcc-arm-none-eabi")
+        missing += ["gcc-arm-none-eabi", "libnewlib-arm-none-eabi"]
     else:
         libc = subprocess.run(
             [gcc, "-mthumb", "-mcpu=cortex-m3", "--specs=nano.specs", "-print-file-name=libc_nano.a"],
@@ -131,7 +131,10 @@ def _extract(tarball: Path, into: Path) -> Path:
                    if m.name.split("/", 2)[1:2] in (["py"], ["shared"])
                    and (m.isfile() or m.isdir())
                    and ".." not in Path(m.name).parts and not m.name.startswith("/")]
-        tf.extractall(into, members=members)
+        if hasattr(tarfile, "data_filter"):  # 3.12+, and 3.11.4+
+            tf.extractall(into, members=members, filter="data")
+        else:
+            tf.extractall(into, members=members)
     return into / SDIST_FILE[: -len(".tar.gz")]
 
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-missing=$($PY qemu/qemu_fw.py --check | sed -n 's/^missing: //p')
+missing=$( ($PY qemu/qemu_fw.py --check || true) | sed -n "s/^missing: //p")
 if [ -n "$missing" ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
