@@ -10,3 +10,5 @@ setup:
 test:
 	@test -x $(PYTHON) || { echo "no $(VENV)/: run 'make setup' first" >&2; exit 2; }
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PYTHON) -m pytest -q
+
+include qemu/qemu.mk

