@@ -22,7 +22,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from device.errors import RemoteError
+from device.errors import LocalError, RemoteError
+from moteseal.peer.delivery import Inbox, ReadingStore, StoreError
 from moteseal.links.mqtt_link import MqttLink
 from device.peer import PeerSessions
 from moteseal.sim.simulate import decode_reading
@@ -38,13 +39,18 @@ class PeerListener:
     def __init__(self, sessions: PeerSessions, link: MqttLink,
                  on_report: Callable[[Report], None],
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 inbox: Inbox | None = None) -> None:
         self.sessions = sessions
+        # Framed readings are deduplicated, stored and acknowledged through
+        # the inbox (exactly once, in order: moteseal/peer/delivery.py).
+        self.inbox = inbox if inbox is not None else Inbox(ReadingStore(":memory:"))
         self.link = link
         self.on_report = on_report
         self.clock = clock
         self.wall_clock = wall_clock
-        self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0}
+        self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0,
+                       "duplicates": 0, "store_errors": 0, "lost": 0}
         self._lock = threading.Lock()
 
     def handle(self, data: bytes) -> Report:
@@ -72,14 +78,30 @@ class PeerListener:
                 return self._report({"event": "hint_sent", "device": device, "size": len(data)})
             if got.kind == "hs1":
                 self.counts["handshakes"] += 1
+            try:
+                acc = self.inbox.accept(device, got.payload or b"")
+            except StoreError as exc:  # fail closed: no ack, the device sends it again
+                self.counts["store_errors"] += 1
+                return self._report({"event": "store_failed", "device": device, "error": str(exc)})
+            if acc.ack is not None:
+                try:
+                    self.link.send(self.sessions.send(got.device_id, acc.ack, now))
+                except LocalError:
+                    pass  # no session to answer on: the device resends, the ack follows then
+            if acc.body is None:
+                self.counts["duplicates"] += 1
+                return self._report({"event": "duplicate", "device": device, "seq": acc.seq})
             self.counts["telemetry"] += 1
+            self.counts["lost"] += acc.lost
             report: Report = {"event": "telemetry", "device": device, "via": got.kind,
                               "size": len(data)}
-            reading = decode_reading(got.payload or b"")
+            if acc.seq >= 0:
+                report["delivery"] = {"boot": acc.boot, "seq": acc.seq, "lost": acc.lost}
+            reading = decode_reading(acc.body)
             if reading is not None:
                 report["reading"] = reading
             else:
-                report["payload_bytes"] = len(got.payload or b"")
+                report["payload_bytes"] = len(acc.body)
             return self._report(report)
 
     def send(self, device_id: str, payload: bytes) -> bytes:
@@ -152,9 +174,14 @@ def peer_group() -> None:
 @click.option("--seconds", type=click.FloatRange(0), default=None,
               help="Stop after this long (default: until Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
+              help="SQLite file of delivered readings: each reading is stored and "
+                   "acknowledged exactly once, also across peer restarts (default: in "
+                   "memory, so after a restart a resent reading may show again).")
 def listen(registry_path: str | None, peer: str | None, config_path: str | None, host: str,
            port: int, username: str | None, password_file: str | None, tls: bool,
-           ca_file: str | None, suite: str | None, seconds: float | None, as_json: bool) -> None:
+           ca_file: str | None, suite: str | None, seconds: float | None, as_json: bool,
+           store_path: str | None) -> None:
     """Answer handshakes and print decrypted telemetry, one line per message.
 
     Private keys come from the registry's key files (a passphrase-protected
@@ -202,7 +229,13 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
         timer = threading.Timer(seconds, stop.set)
         timer.daemon = True
         timer.start()
-    listener = PeerListener(sessions, link, show)
+    try:
+        inbox = Inbox(ReadingStore(store_path)) if store_path else None
+    except StoreError as exc:
+        link.close()
+        reg.close()
+        raise click.ClickException(str(exc)) from None
+    listener = PeerListener(sessions, link, show, inbox=inbox)
     if not as_json:
         click.echo(f"peer {peer_id} listening on {host}:{port} (Ctrl-C stops)", err=True)
     try:
