@@ -1,25 +1,34 @@
-"""The gateway's lean MQTT link: the same contract as ``gateway.mqtt.MqttLink``
-over a small MQTT 5 client of our own (``gateway.mqtt_wire``).
+"""The gateway's MQTT link: the relay core's ``mqtt`` link over a small
+MQTT 5 client of our own (``gateway.mqtt_wire``).
 
-Chosen with ``[mqtt] client = "lean"``. It exists for latency: a paho
-client spends most of a relay hop in its own machinery (``bench/bench_relay.py``
-shows a bare paho republisher at about 2x the direct p50, a raw-socket one at
-about 1.5x). It does only what the relay needs, and keeps the guarantees of
-``MqttLink``:
+Subscribes to ``moteseal/v1/up/+`` (or ``$share/<group>/moteseal/v1/up/+``,
+an MQTT v5 shared subscription, so that several gateways split the load) and
+publishes to ``moteseal/v1/down/<id>``. Topics are in docs/protocol.md, "MQTT
+topics".
+
+It is the gateway's only MQTT client. A paho-based link with the same
+contract was measured against it with ``bench/bench_relay.py`` and removed:
+paho's own machinery costs more per hop than the relay's throughput goal
+allows (docs/gateway.md, "Why not paho"). This one does only what the relay
+needs, and keeps these guarantees:
 
 - QoS 1 both ways; an inbound message is acknowledged only when the relay is
   done with it (dropped, or forwarded and PUBACKed), so a killed gateway
-  loses nothing.
+  loses nothing: the broker re-delivers what was not acknowledged (a
+  duplicate is possible and the receiver's replay window discards it).
 - A persistent session (clean start off, a session expiry interval, a fixed
-  client id); after a reconnect, forwards not yet acknowledged are sent
-  again with DUP set (section 4.4).
+  client id), so the broker queues for the gateway while it restarts; after
+  a reconnect, forwards not yet acknowledged are sent again with DUP set
+  (section 4.4). No device state is kept here.
 - At most ``window`` forwards await a PUBACK (our ``max_inflight`` and the
   broker's Receive Maximum, whichever is smaller); the rest wait in order.
-- TCP_NODELAY; TLS with ``tls``/``ca_file``; keepalive pings; reconnects
-  with backoff (1 s doubling to 5 s).
-- One network thread owns the socket: writes from other threads (a serial
-  link's ``send``, an ``ack`` from a serial ``done``) are queued and the
-  thread is woken through a socket pair.
+- TCP_NODELAY (small envelopes must not wait for Nagle's algorithm); TLS with
+  ``tls``/``ca_file``; keepalive pings; reconnects with backoff (1 s
+  doubling to 5 s).
+- One network thread owns the socket: a forward or an ack made on it (the
+  MQTT-to-MQTT hot path) is written at once; writes from other threads (a
+  serial link's ``send``, an ``ack`` from a serial ``done``) are queued and
+  the thread is woken through a socket pair.
 """
 
 from __future__ import annotations
@@ -35,15 +44,24 @@ from typing import Any
 from gateway import mqtt_wire as W
 from gateway.config import MqttConfig
 from gateway.logs import JsonLog
-from gateway.mqtt import DOWN_PREFIX, LINK_NAME, UP_PREFIX, up_subscription
 from gateway.relay import Done, Relay
 
-__all__ = ["LeanMqttLink"]
+__all__ = ["UP_PREFIX", "DOWN_PREFIX", "LINK_NAME", "LeanMqttLink", "up_subscription"]
+
+UP_PREFIX = "moteseal/v1/up/"
+DOWN_PREFIX = "moteseal/v1/down/"
+LINK_NAME = "mqtt"
 
 # Largest packet we accept (announced as Maximum Packet Size): an envelope of
 # the largest configurable size plus topic and headers, with room to spare.
 MAX_PACKET_BYTES = 65536 + 1024
 _SUB_PID = 1  # packet id of our one SUBSCRIBE; PUBLISH ids start above it
+
+
+def up_subscription(share_group: str) -> str:
+    """The up-topic filter, shared among gateways when ``share_group`` is set."""
+    topic = UP_PREFIX + "+"
+    return f"$share/{share_group}/{topic}" if share_group else topic
 
 
 class _Lost(Exception):
@@ -211,7 +229,7 @@ class LeanMqttLink:
         topic_filter = up_subscription(cfg.share_group)
         self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1))
         self.log.event("mqtt_connected", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
-                       subscription=topic_filter, session_present=session_present, client="lean")
+                       subscription=topic_filter, session_present=session_present)
 
     def _read_first(self, timeout: float) -> list[tuple[int, int, bytes]]:
         deadline = time.monotonic() + timeout
