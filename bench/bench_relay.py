@@ -447,7 +447,7 @@ def main() -> None:
             line += f" {s['ratio']:5.2f}x ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})"
         print(line)
     print()
-    print("gateway: moteseal gateway run (gateway/mqtt_lean.py); bare: paho republishing "
+    print("gateway: moteseal gateway run (gateway/mqtt.py); bare: paho republishing "
           "unchecked (reference); raw: the same over a raw socket (reference)")
     tput, p50 = summary["gateway"]["throughput"], summary["gateway"]["p50"]
     print(f"goal: gateway throughput >= 0.60x direct: {tput['ratio']:.2f}x "

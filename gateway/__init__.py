@@ -4,7 +4,7 @@ It decodes only the outer envelope (with cbor2) to route, and imports no key,
 session or decryption code: nothing from ``device`` but the serial framing
 (``tests/gateway/test_gateway_relay.py`` enforces that).
 
-Public surface: the relay core below (no I/O); ``gateway.mqtt_lean.LeanMqttLink`` and
+Public surface: the relay core below (no I/O); ``gateway.mqtt.MqttLink`` and
 ``gateway.serial_bridge`` are its links, ``gateway.runner.Gateway`` runs them,
 ``gateway.broker`` manages Mosquitto accounts. Docs: docs/gateway.md.
 """

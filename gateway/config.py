@@ -5,7 +5,7 @@ an integer from 1 to 65535``). Unknown keys are errors too, so that a typo
 does not silently fall back to a default.
 
 Removed keys: ``[mqtt] client`` (the gateway had a paho and a "lean" MQTT
-client; it has one now, ``gateway/mqtt_lean.py``). ``client = "paho"`` or
+client; it has one now, ``gateway/mqtt.py``). ``client = "paho"`` or
 ``"lean"`` is still accepted, ignored, and reported in
 ``GatewayConfig.warnings`` (the gateway logs a ``config_deprecated`` warning
 at start); any other value is an error.
@@ -205,7 +205,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
             raise t._err("client", f"this key was removed (the gateway has one MQTT client); "
                                    f"delete the line (got {client!r})")
         cfg.warnings.append(f"{source}: [mqtt] client = {client!r} is ignored: the gateway has "
-                            f"one MQTT client now (gateway/mqtt_lean.py); delete the line")
+                            f"one MQTT client now (gateway/mqtt.py); delete the line")
     t.done()
 
     t = _Table(source, "rate_limit", data.get("rate_limit", {}))

@@ -1,4 +1,4 @@
-"""The MQTT 5 packets the gateway's MQTT link (``gateway.mqtt_lean``) needs, sans-I/O
+"""The MQTT 5 packets the gateway's MQTT link (``gateway.mqtt``) needs, sans-I/O
 (OASIS MQTT 5.0).
 
 Encoders return whole packets; ``PacketReader.feed`` splits a byte stream

@@ -23,7 +23,7 @@ from typing import Any
 from gateway.config import ConfigError, GatewayConfig
 from gateway.logs import DropLog, JsonLog
 from gateway.metrics import serve_metrics, write_status_file
-from gateway.mqtt_lean import LeanMqttLink
+from gateway.mqtt import MqttLink
 from gateway.relay import RateLimiter, Relay, RouteTable
 
 __all__ = ["Gateway"]
@@ -48,7 +48,7 @@ class Gateway:
         self.relay = Relay(RouteTable(cfg.routes), RateLimiter(cfg.rate, cfg.burst),
                            max_envelope_bytes=cfg.max_envelope_bytes,
                            on_drop=DropLog(self.log))
-        self.mqtt = LeanMqttLink(cfg.mqtt, self.relay, self.log)
+        self.mqtt = MqttLink(cfg.mqtt, self.relay, self.log)
         self.relay.add_link(self.mqtt.name, self.mqtt)
         self.extra_links: list[Any] = []
         if cfg.serial:

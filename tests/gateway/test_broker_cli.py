@@ -175,14 +175,14 @@ def test_production_config_serves_tls_and_loopback_with_acls(tmp_path):
 
         from gateway.config import MqttConfig
         from gateway.logs import JsonLog
-        from gateway.mqtt_lean import LeanMqttLink
+        from gateway.mqtt import MqttLink
         from gateway.relay import RateLimiter, Relay, RouteTable
 
         mon.on_message = lambda c, u, m: got.append((m.topic, m.payload))
         cfg = MqttConfig(host="127.0.0.1", port=tls_port, tls=True, ca_file=str(crt),
                          username="gw", password="pw3", client_id="gw-tls", session_expiry=0)
         relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
-        link = LeanMqttLink(cfg, relay, JsonLog(open(os.devnull, "w")))
+        link = MqttLink(cfg, relay, JsonLog(open(os.devnull, "w")))
         relay.add_link("mqtt", link)
         link.start()
         try:

@@ -153,7 +153,7 @@ def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(bro
     free slots, and each ``done`` runs once."""
     from gateway.config import MqttConfig
     from gateway.logs import JsonLog
-    from gateway.mqtt_lean import LeanMqttLink
+    from gateway.mqtt import MqttLink
     from gateway.relay import RateLimiter, Relay, RouteTable
 
     hub = mqtt_client(broker, "hub")
@@ -161,7 +161,7 @@ def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(bro
     cfg = MqttConfig(port=broker.port, username="gw", password=broker.passwords["gw"],
                      client_id="window-test", max_inflight=2, session_expiry=0)
     relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
-    link = LeanMqttLink(cfg, relay, JsonLog(open("/dev/null", "w")))
+    link = MqttLink(cfg, relay, JsonLog(open("/dev/null", "w")))
     link.start()
     try:
         assert link.connected.wait(10)

@@ -46,7 +46,7 @@ from gateway.config import MqttConfig
 from gateway.logs import JsonLog
 from gateway.relay import Done, Relay
 
-__all__ = ["UP_PREFIX", "DOWN_PREFIX", "LINK_NAME", "LeanMqttLink", "up_subscription"]
+__all__ = ["UP_PREFIX", "DOWN_PREFIX", "LINK_NAME", "MqttLink", "up_subscription"]
 
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
@@ -68,7 +68,7 @@ class _Lost(Exception):
     """The connection is gone; reconnect."""
 
 
-class LeanMqttLink:
+class MqttLink:
     """The ``mqtt`` link of a relay (see module docstring)."""
 
     name = LINK_NAME
