@@ -98,9 +98,11 @@ class ReadingStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.execute(
+                    ts = self._clock()
+                    cur = self._db.execute(
                         "INSERT INTO readings (device, boot, seq, received_at, body) VALUES (?, ?, ?, ?, ?)",
-                        (device, boot, seq, self._clock(), bytes(body)))
+                        (device, boot, seq, ts, bytes(body)))
+                    self._in_delivery(cur.lastrowid, device, ts, bytes(body))
                     self._db.execute(
                         "INSERT INTO delivery (device, boot, seq, lost) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT (device) DO UPDATE SET boot = excluded.boot, seq = excluded.seq, "
@@ -111,6 +113,10 @@ class ReadingStore:
                     raise
             except sqlite3.Error as e:
                 raise StoreError(f"reading store {self.path}: {e}") from None
+
+    def _in_delivery(self, reading_id: int, device: str, ts: float, body: bytes) -> None:
+        """Hook inside ``deliver``'s transaction (the hub's store adds its
+        per-field rows here); the caller holds the lock."""
 
     def readings(self, device: str | None = None) -> list[tuple[str, int, int, float, bytes]]:
         """``(device, boot, seq, received_at, body)`` in delivery order."""
