@@ -1,8 +1,11 @@
-"""``moteseal peer listen`` on a registry whose disk fills up: a real tmpfs
-(mounted here; needs root) holds the registry, a real Mosquitto carries the
-envelopes, and the peer is the real command in a child process.
+"""``moteseal peer listen`` as a child process on a real Mosquitto, with a
+test client playing the gateway.
 
-While the disk is full the peer keeps running and fails closed: a message 1
+Its sessions age out: ``[peer] max_session_age`` (default 24 h) ends a
+session that is never re-handshaken; its data then gets an expiry hint.
+
+On a registry whose disk fills up (a real tmpfs, mounted here; needs root),
+while the disk is full the peer keeps running and fails closed: a message 1
 whose counter cannot be stored gets no message 2 and no delivery, and is
 reported (``unstored``) and counted. When space returns, the next message 1
 goes through with no restart, and the refusal count reaches the registry.
@@ -139,3 +142,59 @@ def test_peer_listen_survives_a_full_disk_fails_closed_and_recovers(
     shown = json.loads(cli("registry", "show", "s1", "--registry", reg, "--json").stdout)
     assert {"reason": "unstored", "count": 1} in [{"reason": r["reason"], "count": r["count"]}
                                                    for r in shown["refusals"]]
+
+
+def test_peer_listen_ends_sessions_older_than_the_configured_max_session_age(
+        tmp_path: Path, mosquitto, mqtt_client) -> None:
+    (tmp_path / "peer.toml").write_text("[peer]\nmax_session_age = 1\n")
+    env = dict(os.environ, MOTESEAL_CONFIG=str(tmp_path / "peer.toml"))
+    reg = str(tmp_path / "hub.sqlite")
+    for args in (["keygen", "--out", str(tmp_path / "hub.key"), "--peer", "hub", "--registry", reg],
+                 ["provision", "s1", "--registry", reg, "--out", str(tmp_path / "s1.bundle"),
+                  "--link", "none"]):
+        r = subprocess.run(CLI + args, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    broker = mosquitto(accounts={"gw": "gateway", "hub": "device"})
+    (tmp_path / "hub.mqtt").write_text(broker.passwords["hub"])
+    gw = mqtt_client(broker, "gw")
+    gw.subscribe(UP)
+    backend = NaclBackend()
+    store = NonpersistingCounterStore()
+    out_path = tmp_path / "peer.out"
+    with open(out_path, "w") as out:
+        peer = subprocess.Popen(CLI + ["peer", "listen", "--registry", reg, "--port", str(broker.port),
+                                       "--password-file", str(tmp_path / "hub.mqtt"), "--json"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        for _ in range(20):
+            dev = device_session(backend, read_bundle(tmp_path / "s1.bundle"), Msg1Counter(store))
+            gw.publish(DOWN, dev.handshake(b"hello"))
+            got = gw.collect(1, timeout=1.0)
+            if got:
+                break
+        assert got and dev.receive(got[0][1])[0] == EV_HANDSHAKE, out_path.read_text()
+        started = time.monotonic()
+        gw.publish(DOWN, dev.send(b"young"))
+        assert gw.quiet(0.3) == []  # delivered, nothing to answer
+        time.sleep(max(0.0, started + 1.5 - time.monotonic()))  # past the 1 s age limit
+        gw.publish(DOWN, dev.send(b"too old"))
+        got = gw.collect(1, timeout=20)
+        assert got, out_path.read_text()
+        hint = E.Envelope().decode_into(got[0][1], len(got[0][1]))
+        assert hint.type == E.HINT and hint.reason == E.HINT_SESSION_EXPIRED
+    finally:
+        peer.terminate()
+        peer.wait(10)
+    events = [(r["event"], r.get("via")) for r in reports(out_path)]
+    assert events == [("telemetry", "hs1"), ("telemetry", "data"), ("hint_sent", None)], events
+
+
+def test_the_default_max_session_age_is_a_day_and_the_environment_overrides_it(tmp_path: Path) -> None:
+    from moteseal.config import ConfigError, load_config
+    (tmp_path / "empty.toml").write_text("")
+    assert load_config(tmp_path / "empty.toml", env={}).get("peer", "max_session_age") == 86400
+    cfg = load_config(tmp_path / "empty.toml", env={"MOTESEAL_PEER_MAX_SESSION_AGE": "600"})
+    assert cfg.get("peer", "max_session_age") == 600
+    (tmp_path / "bad.toml").write_text("[peer]\nmax_session_age = 0\n")
+    with pytest.raises(ConfigError, match=r"\[peer\] max_session_age"):
+        load_config(tmp_path / "bad.toml", env={})
