@@ -130,7 +130,8 @@ class NonpersistingDirectory:
 
 
 class Received:
-    """What ``PeerSessions.receive`` made of one envelope."""
+    """What ``PeerSessions.receive`` made of one envelope. A plain value:
+    safe to hand to another thread once returned."""
 
     def __init__(self, kind, device_id, payload, reply, early=None):
         self.kind = kind  # "hs1" (0-RTT payload), "data", or "hint"

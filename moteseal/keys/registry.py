@@ -9,7 +9,8 @@ refusal counts. The peer's responder reads it at handshake time through the
 (the duck type ``device.session.PeerSessions`` takes), and the CLI writes
 it. Both may run at once: the file is in WAL mode and every directory read
 goes to the database, so a revocation or a re-provisioning takes effect at
-the device's next handshake message 1 without restarting the peer.
+the device's next handshake message 1 without restarting the peer, and
+ends the sessions it already holds (``revision()`` below).
 
 Invariants:
 - The file holds PSKs: it is created 0600 (directory 0700 when we create
