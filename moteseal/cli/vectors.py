@@ -81,7 +81,10 @@ def generate_cmd(out: str) -> None:
     Example:
       moteseal vectors generate --out moteseal_transport.json
     """
+    from moteseal.cli.errors import require_parent
     from moteseal.conformance import vectorgen
+
+    require_parent(out, "--out")
 
     doc = vectorgen.generate()
     counts = conformance.run_vectors(doc, conformance.default_backend(), lambda line: None)
@@ -110,7 +113,8 @@ def _hex(name: str, value: str | None, size: int | None = 32) -> bytes | None:
 
 
 @click.command("interop")
-@click.option("--role", required=True, type=click.Choice(["initiator", "responder"]))
+@click.option("--role", required=True, type=click.Choice(["initiator", "responder"]),
+              help="initiator: the Noise NK client side; responder: the side holding the static key.")
 @click.option("--suite", required=True, type=click.Choice(list(SUITES)),
               help="Noise protocol name.")
 @click.option("--static", "static", metavar="HEX",
