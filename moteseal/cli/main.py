@@ -39,6 +39,12 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "flash": ("moteseal.cli.flash", "flash_group"),
 }
 
+# Commands added to a group that lives below moteseal/ and may not hold them:
+# `broker certs` needs the cryptography package, which gateway/ never imports.
+_EXTRA_COMMANDS: dict[str, list[tuple[str, str]]] = {
+    "broker": [("moteseal.cli.certs", "certs_cmd")],
+}
+
 
 class _LazyGroup(click.Group):
     """Imports a subcommand's module only when that subcommand runs (or
@@ -54,7 +60,11 @@ class _LazyGroup(click.Group):
             return cmd
         mod, attr = _SUBCOMMANDS[name]
         try:
-            return getattr(importlib.import_module(mod), attr)
+            cmd = getattr(importlib.import_module(mod), attr)
+            for extra_mod, extra_attr in _EXTRA_COMMANDS.get(name, []):
+                extra = getattr(importlib.import_module(extra_mod), extra_attr)
+                cmd.add_command(extra)
+            return cmd
         except (ImportError, AttributeError) as e:
             click.echo(f"moteseal: subcommand {name} ({mod}:{attr}) unavailable: {e}", err=True)
             return None
