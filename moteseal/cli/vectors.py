@@ -54,13 +54,16 @@ def run_cmd(files: tuple[str, ...], as_json: bool) -> None:
     lines: list[str] = []
     emit = lines.append if as_json else click.echo
     counts, unreadable = conformance.run_paths(list(files), conformance.default_backend(), emit)
+    doc = {"lines": lines, "passed": counts[0], "failed": counts[1], "skipped": counts[2],
+           "unreadable": [{"file": p, "error": e} for p, e in unreadable]}
+    if unreadable:  # a usage error: the same {"error", "exit_code"} as every command
+        doc.update(error="; ".join(f"{p}: {e}" for p, e in unreadable), exit_code=2)
     if as_json:
-        click.echo(json.dumps({"lines": lines, "passed": counts[0], "failed": counts[1],
-                               "skipped": counts[2],
-                               "unreadable": [{"file": p, "error": e} for p, e in unreadable]}))
+        click.echo(json.dumps(doc))
     else:
         click.echo(conformance.summary(counts))
     if unreadable:
+        click.echo(f"moteseal: error: {doc['error']}", err=True)
         sys.exit(2)
     sys.exit(1 if counts[1] else 0)
 
