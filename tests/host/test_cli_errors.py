@@ -194,3 +194,11 @@ def test_keygen_refuses_a_missing_directory_before_making_a_registry(tmp_path: P
     assert r.returncode == 2 and "keys does not exist" in r.stderr
     assert not (tmp_path / "hub2.sqlite").exists() and not (tmp_path / "keys").exists()
     shutil.rmtree(tmp_path / "cfg", ignore_errors=True)
+
+
+def test_peer_listen_names_the_variable_it_reads_not_an_option_it_lacks(world: Path) -> None:
+    r = run(["peer", "listen", "--registry", "reg.sqlite"], world)
+    assert r.returncode == 2 and "MOTESEAL_PASSPHRASE" in r.stderr
+    assert "--passphrase" not in r.stderr  # peer listen has no such option
+    assert "--passphrase" not in run(["peer", "listen", "--help"], world).stdout.replace(
+        "passphrase from $MOTESEAL_PASSPHRASE", "")
