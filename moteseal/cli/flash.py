@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -192,7 +193,7 @@ def monitor_cmd(port: str, baud: int, seconds: float | None, as_json: bool) -> N
     _monitor(resolve_port(port) if port == "auto" else port, baud, seconds, as_json)
 
 
-def _open_serial(port: str, baud: int, wait: float) -> "serial.Serial":  # type: ignore[name-defined] # noqa: F821
+def _open_serial(port: str, baud: int, wait: float) -> Any:
     """Open ``port``, retrying for ``wait`` seconds while it does not exist."""
     import time
 
