@@ -20,8 +20,37 @@ _DEFAULT_DIR = Path("/etc/mosquitto/moteseal")
 _DEFAULT_PID = Path("/run/mosquitto/mosquitto.pid")
 
 
+class MissingDirectory(click.ClickException):
+    """A directory to write into does not exist (exit 2, a usage error): we
+    never create it, so a typo cannot leave a password file somewhere new."""
+
+    exit_code = 2
+
+
 def _files(dir_: Path, passwd_file: Path | None, acl_file: Path | None) -> tuple[Path, Path]:
-    return passwd_file or dir_ / "passwd", acl_file or dir_ / "acl"
+    pw_path, acl_path = passwd_file or dir_ / "passwd", acl_file or dir_ / "acl"
+    for path in (pw_path, acl_path):
+        if not path.parent.is_dir():
+            raise MissingDirectory(f"{path}: directory {path.parent} does not exist; create it "
+                                   "first (Mosquitto's package makes /etc/mosquitto; then "
+                                   f"`sudo install -d -o mosquitto -m 0750 {path.parent}`)")
+    return pw_path, acl_path
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a password for its consumer: 0600 from the start, replaced
+    atomically, owned by whoever runs this (the peer's or gateway's user)."""
+    if not path.parent.is_dir():
+        raise MissingDirectory(f"--password-file {path}: directory {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _valid_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -81,13 +110,15 @@ def _with_common(f):  # type: ignore[no-untyped-def]
 
 @click.group("broker")
 def broker_group() -> None:
-    """Manage Mosquitto accounts and ACLs (broker_config/mosquitto.conf).
+    """Manage Mosquitto accounts, ACLs and TLS certificates (broker_config/mosquitto.conf).
 
     \b
     Examples:
-      moteseal broker add-device sensor-01
-      moteseal broker add-device gw1 --role gateway
-      moteseal broker remove-device sensor-01
+      sudo moteseal broker certs --dns pi.local --ip 192.168.1.20
+      sudo moteseal broker add-device hub1 --password-file ~/hub1.mqtt
+      sudo moteseal broker add-device gw1 --role gateway --password-file ~/gw1.mqtt
+      sudo moteseal broker add-device sensor-01 --password-file sensor-01.mqtt
+      sudo moteseal broker remove-device sensor-01
       moteseal broker list --dir ./broker
       moteseal broker config > /etc/mosquitto/mosquitto.conf
     """
@@ -99,20 +130,40 @@ def broker_group() -> None:
               help="device: own up/down topics; gateway: all up (read) and down "
                    "(write); monitor: read everything.")
 @click.option("--password", default=None,
-              help="MQTT password (default: a new random one, printed once).")
+              help="MQTT password (default: a new random one). Prefer the default: argv is visible to ps.")
+@click.option("--password-file", "secret_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="Also write the password here (0600) for its consumer: `peer listen "
+                   "--password-file`, `[mqtt] password_file` of gateway.toml, or "
+                   "$MOTESEAL_LINK_PASSWORD for `moteseal provision`. Without it a generated "
+                   "password is printed once.")
 @_with_common
-def add_device(device_id: str, role: str, password: str | None, dir_: Path,
-               passwd_file: Path | None, acl_file: Path | None, pid_file: Path,
+def add_device(device_id: str, role: str, password: str | None, secret_file: Path | None,
+               dir_: Path, passwd_file: Path | None, acl_file: Path | None, pid_file: Path,
                no_reload: bool, owner: str, as_json: bool) -> None:
     """Create or update the MQTT account DEVICE_ID and its ACL block.
 
     The password is a broker credential, not a moteseal key: it only lets the
-    account reach its own topics.
+    account reach its own topics. With --password-file it goes straight to
+    where its consumer reads it and is never printed; the file is replaced
+    if it exists (the old password stops working at once).
+
+    \b
+    Examples:
+      sudo moteseal broker add-device hub1 --password-file /home/pi/hub1.mqtt
+      sudo moteseal broker add-device gw1 --role gateway --password-file /etc/moteseal/gw1.mqtt
+      sudo moteseal broker add-device sensor-01 --password-file sensor-01.mqtt
+      moteseal broker add-device sensor-02 --dir ./broker --no-reload --json
     """
     pw_path, acl_path = _files(dir_, passwd_file, acl_file)
+    if secret_file is not None and not secret_file.parent.is_dir():
+        raise MissingDirectory(f"--password-file {secret_file}: directory "
+                               f"{secret_file.parent} does not exist")
     generated = password is None
     password = password or secrets.token_urlsafe(18)
     try:
+        if secret_file is not None:  # first: a password nobody holds is no use
+            _write_secret(secret_file, password)
         broker.set_password(pw_path, device_id, password)
         broker.set_acl_account(acl_path, device_id, role)
         _give_to(owner, pw_path, acl_path)
@@ -121,13 +172,16 @@ def add_device(device_id: str, role: str, password: str | None, dir_: Path,
     reload_note = _reload(pid_file, no_reload)
     if as_json:
         out = {"id": device_id, "role": role, "passwd_file": str(pw_path),
-               "acl_file": str(acl_path), "reload": reload_note}
-        if generated:
+               "acl_file": str(acl_path), "reload": reload_note,
+               "password_file": None if secret_file is None else str(secret_file)}
+        if generated and secret_file is None:
             out["password"] = password
         click.echo(json.dumps(out))
         return
     click.echo(f"added {role} {device_id} to {pw_path} and {acl_path}")
-    if generated:
+    if secret_file is not None:
+        click.echo(f"password written to {secret_file} (0600)")
+    elif generated:
         click.echo(f"password: {password}")
     click.echo(reload_note)
 
@@ -140,7 +194,13 @@ def remove_device(device_id: str, dir_: Path, passwd_file: Path | None,
                   as_json: bool) -> None:
     """Delete the MQTT account DEVICE_ID and its ACL block.
 
-    Exits 1 if the account was in neither file.
+    Exits 1 if the account was in neither file. A connected client keeps
+    its connection until Mosquitto drops it; its next connect is refused.
+
+    \b
+    Examples:
+      sudo moteseal broker remove-device sensor-01
+      moteseal broker remove-device sensor-02 --dir ./broker --no-reload --json
     """
     pw_path, acl_path = _files(dir_, passwd_file, acl_file)
     try:
@@ -162,17 +222,30 @@ def remove_device(device_id: str, dir_: Path, passwd_file: Path | None,
 @broker_group.command("config")
 @click.option("--local", is_flag=True, help="The loopback-only config (no TLS) instead.")
 def show_config(local: bool) -> None:
-    """Print the Mosquitto config moteseal ships (broker_config/)."""
+    """Print the Mosquitto config moteseal ships (broker_config/).
+
+    \b
+    Examples:
+      moteseal broker config | sudo tee /etc/mosquitto/mosquitto.conf
+      moteseal broker config --local > local.conf
+    """
     click.echo(broker.config_template("local.conf" if local else "mosquitto.conf"), nl=False)
 
 
 @broker_group.command("list")
 @click.option("--dir", "dir_", type=click.Path(path_type=Path), default=_DEFAULT_DIR,
               show_default=True, help="Directory holding acl.")
-@click.option("--acl-file", type=click.Path(path_type=Path), default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--acl-file", type=click.Path(path_type=Path), default=None,
+              help="ACL file (default: DIR/acl).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
 def list_accounts(dir_: Path, acl_file: Path | None, as_json: bool) -> None:
-    """List the accounts in the ACL file with their role."""
+    """List the accounts in the ACL file with their role.
+
+    \b
+    Examples:
+      sudo moteseal broker list
+      moteseal broker list --dir ./broker --json
+    """
     acl_path = acl_file or dir_ / "acl"
     _header, blocks = broker.read_acl(acl_path)
     rows = []

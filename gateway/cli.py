@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import sys
@@ -42,14 +43,26 @@ def _load(path: Path) -> Any:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
               help="gateway.toml (see docs/gateway.md).")
 def run(config_path: Path) -> None:
-    """Relay envelopes until SIGINT or SIGTERM. Logs JSON lines (no payloads)."""
+    """Relay envelopes until SIGINT or SIGTERM. Logs JSON lines (no payloads).
+
+    Logs go to stderr, or to [gateway] log_file when set (then one line on
+    stderr says where). A metrics port in use is named in the error.
+
+    \b
+    Examples:
+      moteseal gateway run --config gateway.toml
+      moteseal gateway run --config /etc/moteseal/gateway.toml 2>>gateway.err
+    """
     from gateway.runner import Gateway  # the MQTT link and prometheus only when running
 
     cfg = _load(config_path)
     if cfg.log_file:  # the log file gets them too (config_deprecated); say it where run
         for warning in cfg.warnings:
             click.echo(f"warning: {warning}", err=True)
-    stream = open(cfg.log_file, "a", buffering=1) if cfg.log_file else sys.stderr
+    try:
+        stream = open(cfg.log_file, "a", buffering=1) if cfg.log_file else sys.stderr
+    except OSError as exc:
+        raise click.UsageError(f"log_file {cfg.log_file}: {exc.strerror}") from None
     log = JsonLog(stream, level=cfg.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,8 +73,12 @@ def run(config_path: Path) -> None:
         raise click.UsageError(str(exc)) from None
     try:
         gw.start()
-    except OSError as exc:
-        raise click.ClickException(f"cannot start: {exc}") from None
+    except OSError as exc:  # the metrics server starts first: nothing else runs yet
+        where = (f" (metrics port {cfg.metrics_host}:{cfg.metrics_port}: another gateway or "
+                 "program holds it; change [metrics] port)") if exc.errno == errno.EADDRINUSE else ""
+        raise click.ClickException(f"cannot start: {exc.strerror or exc}{where}") from None
+    if cfg.log_file:
+        click.echo(f"gateway {cfg.name} running; logging to {cfg.log_file} (Ctrl-C stops)", err=True)
     try:
         while not stop.wait(1.0):
             pass
@@ -116,7 +133,8 @@ def _human(s: dict[str, Any]) -> str:
 @gateway_group.command("status")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="gateway.toml: use its status_file, else its metrics port.")
-@click.option("--status-file", type=click.Path(path_type=Path), default=None)
+@click.option("--status-file", type=click.Path(path_type=Path), default=None,
+              help="The gateway's status file ([gateway] status_file), instead of --config.")
 @click.option("--url", default=None, help="Prometheus endpoint, e.g. http://127.0.0.1:9108/metrics")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(config_path: Path | None, status_file: Path | None, url: str | None,
@@ -125,6 +143,12 @@ def status(config_path: Path | None, status_file: Path | None, url: str | None,
 
     Exits 1 if the gateway cannot be reached or its status file is stale
     (not rewritten for three status intervals).
+
+    \b
+    Examples:
+      moteseal gateway status --config gateway.toml
+      moteseal gateway status --status-file /var/lib/moteseal/gw1.status.json --json
+      moteseal gateway status --url http://127.0.0.1:9108/metrics
     """
     if config_path is not None and status_file is None and url is None:
         cfg = _load(config_path)

@@ -36,7 +36,7 @@ Example (every key optional except where noted)::
     burst = 40
 
     [routes]                         # link name -> device ids or patterns
-    mqtt = ["hub", "sensor-*"]
+    mqtt = ["hub1", "sensor-*"]
 
     [metrics]
     host = "127.0.0.1"

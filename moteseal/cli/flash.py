@@ -6,19 +6,19 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from moteseal.flash.build import ARCHES, BOARDS, FlashError, build, deploy
+from moteseal.cli.errors import fail
+from moteseal.flash.build import (ARCHES, BOARDS, USUAL_PORTS, FlashError, build, deploy,
+                                  mpremote_argv, resolve_port, run_mpremote)
 
 __all__ = ["flash_group"]
 
 
 def _fail(message: str, code: int, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"error": message, "exit_code": code}))
-    click.echo(f"moteseal: error: {message}", err=True)
-    sys.exit(code)
+    fail(message, code, as_json)
 
 
 @click.group("flash")
@@ -29,6 +29,8 @@ def flash_group() -> None:
     Examples:
       moteseal flash build --device sensor-7 --board esp32
       moteseal flash deploy --dir flash/sensor-7 --port /dev/ttyUSB0
+      moteseal flash deploy --device sensor-7 --port auto --monitor
+      moteseal flash monitor --port /dev/ttyACM0
     """
 
 
@@ -37,7 +39,7 @@ def flash_group() -> None:
 @click.option("--bundle", "bundle_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The device's bundle (default: <[provision] out_dir>/<device>.bundle).")
 @click.option("--board", type=click.Choice(sorted(BOARDS)), default="esp32", show_default=True,
-              help="Target board family (sets --arch).")
+              help="Target board family (sets --arch). esp8266 is refused: too little heap.")
 @click.option("--arch", type=click.Choice(sorted(ARCHES)), default=None,
               help="mpy-cross native architecture (overrides --board).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -85,7 +87,8 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
         manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id,
                          all_modules=all_modules, debug=debug,
                          wifi=None if wifi_ssid is None else
-                         (wifi_ssid, os.environ.get("MOTESEAL_WIFI_PASSWORD", "")))
+                         (wifi_ssid, os.environ.get("MOTESEAL_WIFI_PASSWORD", "")),
+                         board=None if arch else board)
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or bundle_path}: no such file (moteseal provision {device_id} writes it)",
               2, as_json)
@@ -104,27 +107,37 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     else:
         click.echo(f"wrote {out_dir}: {len(manifest.files)} files, {manifest.total_bytes} bytes "
                    f"(.mpy v{doc['mpy']}, {manifest.arch})")
-        click.echo(f"next: moteseal flash deploy --dir {out_dir} --port /dev/ttyUSB0")
+        port = USUAL_PORTS.get(board, "auto") if not arch else "auto"
+        click.echo(f"next: moteseal flash deploy --dir {out_dir} --port {port} --monitor"
+                   + ("" if port == "auto" else "  (or --port auto: the only board plugged in)"))
 
 
 @flash_group.command("deploy")
-@click.option("--port", required=True, help="The board's serial port, e.g. /dev/ttyUSB0 or /dev/ttyACM0.")
+@click.option("--port", required=True,
+              help="The board's serial port, e.g. /dev/ttyUSB0 (ESP32) or /dev/ttyACM0 (Pico W); "
+                   "'auto' picks the only board plugged in.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Flash directory from `flash build` (default: flash/<device>).")
 @click.option("--device", "device_id", default=None, help="Device id (for the default --dir).")
+@click.option("--monitor", is_flag=True,
+              help="Then reset the board and show its events, as `flash monitor` (Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
-def deploy_cmd(port: str, directory: Path | None, device_id: str | None, as_json: bool) -> None:
+def deploy_cmd(port: str, directory: Path | None, device_id: str | None, monitor: bool,
+               as_json: bool) -> None:
     """Copy a flash directory to a board with mpremote and verify it.
 
-    Checks the local files against the manifest, the board's .mpy version
-    and architecture against the build, removes stale .py files that would
-    shadow the new .mpy, copies each file (with a progress bar), and reads
-    every file's SHA-256 back from the board. Exit 1 names the files that
-    did not verify. Reset the board afterwards to start main.py.
+    Checks the port first (a missing one is named with the serial ports
+    that do exist; no access means joining the dialout group), the local
+    files against the manifest, the board's .mpy version and architecture
+    against the build, removes stale .py files that would shadow the new
+    .mpy, copies each file (with a progress bar), and reads every file's
+    SHA-256 back from the board. Exit 1 names the files that did not
+    verify. Reset the board afterwards to start main.py, or pass --monitor.
 
     \b
     Examples:
       moteseal flash deploy --device sensor-7 --port /dev/ttyUSB0
+      moteseal flash deploy --device sensor-7 --port auto --monitor
       moteseal flash deploy --dir /tmp/s7 --port /dev/ttyACM0 --json
     """
     if directory is None:
@@ -133,23 +146,113 @@ def deploy_cmd(port: str, directory: Path | None, device_id: str | None, as_json
         directory = Path("flash") / device_id
     from moteseal.flash.build import Manifest
 
-    try:
-        total = Manifest.load(directory).total_bytes
-    except FlashError as exc:
-        _fail(str(exc), exc.exit_code, as_json)
-        return
+    total = Manifest.load(directory).total_bytes  # FlashError: exit 2, no manifest
+    port = resolve_port(port)
     with click.progressbar(length=total, label=f"deploying to {port}", file=sys.stderr,
                            show_pos=True) as bar:
         try:
             manifest = deploy(directory, port, progress=lambda path, size: bar.update(size))
-        except FlashError as exc:
+        except FlashError:
             bar.render_finish()
-            _fail(str(exc), exc.exit_code, as_json)
-            return
+            raise
     doc = {"device": manifest.device, "port": port, "files": len(manifest.files),
            "total_bytes": manifest.total_bytes, "verified": True}
     if as_json:
         click.echo(json.dumps(doc, sort_keys=True))
     else:
         click.echo(f"deployed {manifest.device} to {port}: {len(manifest.files)} files verified "
-                   "(SHA-256 read back); reset the board to start it")
+                   "(SHA-256 read back)" + ("" if monitor else "; reset the board to start it"))
+    if monitor:
+        run_mpremote([*mpremote_argv(port, "reset")[:5], "reset"])  # hard reset: boot.py, main.py
+        _monitor(port, 115200, None, as_json)
+
+
+@flash_group.command("monitor")
+@click.option("--port", required=True,
+              help="The board's serial port, e.g. /dev/ttyUSB0 or /dev/ttyACM0; 'auto' picks the only board.")
+@click.option("--baud", type=click.IntRange(1), default=115200, show_default=True,
+              help="Baud rate of the board's console.")
+@click.option("--seconds", type=click.FloatRange(0), default=None,
+              help="Stop after this long (default: until Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line (console lines as {\"event\": \"console\"}).")
+def monitor_cmd(port: str, baud: int, seconds: float | None, as_json: bool) -> None:
+    """Show a board's events as they happen (its console, read-only).
+
+    The device prints one JSON event per line (handshake, sent, hint,
+    error, summary); each is shown with the time it arrived. Other console
+    output (boot messages, a traceback of a --debug build) is shown as it
+    is. Waits up to 10 s for a port that is not there yet (a board
+    re-enumerating after a reset). Ctrl-C stops.
+
+    \b
+    Examples:
+      moteseal flash monitor --port /dev/ttyACM0
+      moteseal flash monitor --port auto --json --seconds 60
+    """
+    _monitor(resolve_port(port) if port == "auto" else port, baud, seconds, as_json)
+
+
+def _open_serial(port: str, baud: int, wait: float) -> Any:
+    """Open ``port``, retrying for ``wait`` seconds while it does not exist."""
+    import time
+
+    import serial
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return serial.Serial(port, baud, timeout=0.2)
+        except serial.SerialException as exc:
+            if os.path.exists(port) or time.monotonic() > deadline:
+                resolve_port(port)  # names missing ports and the dialout group
+                raise FlashError(f"{port}: cannot open it ({exc.strerror or exc})", 1) from None
+            time.sleep(0.2)
+
+
+def _event_line(line: str, as_json: bool) -> str:
+    import time
+
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        ev = None
+    if not isinstance(ev, dict) or "event" not in ev:
+        ev = {"event": "console", "line": line}
+    ev["ts"] = round(time.time(), 3)
+    if as_json:
+        return json.dumps(ev, sort_keys=True)
+    when = time.strftime("%H:%M:%S", time.gmtime(ev["ts"])) + "Z"
+    if ev["event"] == "console":
+        return f"{when} | {line}"
+    rest = ev.get("detail") if "detail" in ev else {k: v for k, v in ev.items() if k not in ("event", "ts")}
+    return f"{when} {ev['event']:<10} {rest if rest not in (None, {}, '') else ''}".rstrip()
+
+
+def _monitor(port: str, baud: int, seconds: float | None, as_json: bool) -> None:
+    """Print each line the board writes until Ctrl-C (exit 0) or ``seconds``."""
+    import time
+
+    import serial
+
+    conn = _open_serial(port, baud, wait=10.0)
+    if not as_json:
+        click.echo(f"monitoring {port} at {baud} baud (Ctrl-C stops)", err=True)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    pending = b""
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                chunk = conn.read(256)
+            except serial.SerialException as exc:
+                raise FlashError(f"{port}: the board went away ({exc})", 1) from None
+            pending += chunk
+            while b"\n" in pending:
+                raw, pending = pending.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                if line:
+                    click.echo(_event_line(line, as_json))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()

@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 import cbor2
 import click
 
+from moteseal.cli.errors import describe, fail, require_parent
 from moteseal.keys import fingerprint as fp
 from moteseal.config import KDF_LEVELS, SUITES, Config, ConfigError, load_config
 from device.errors import LocalError
@@ -55,31 +56,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 # ---------------------------------------------------------------- plumbing
 
 
-def _fail(message: str, code: int, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"error": message, "exit_code": code}))
-    click.echo(f"moteseal: error: {message}", err=True)
-    sys.exit(code)
-
-
 def handle_errors(f: F) -> F:
-    """Turn expected failures into one line and an exit code (no traceback)."""
+    """Turn expected failures into one line and an exit code (no traceback),
+    through the one mapping in ``moteseal.cli.errors``."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json"))
         try:
             return f(*args, **kwargs)
-        except LocalError as e:
-            _fail(str(e), getattr(e, "exit_code", 1), as_json)
-        except FileExistsError as e:
-            _fail(f"{e.filename}: already exists; refusing to overwrite it", 2, as_json)
-        except FileNotFoundError as e:
-            _fail(f"{e.filename}: no such file", 2, as_json)
-        except OSError as e:
-            _fail(f"{e.filename or ''}: {e.strerror}", 1, as_json)
-        except sqlite3.Error as e:  # e.g. locked past the timeout, disk full
-            _fail(f"registry: {e}", 1, as_json)
+        except click.ClickException:
+            raise
+        except (LocalError, OSError, sqlite3.Error) as e:
+            message, code = describe(e)
+            fail(message, code or 1, as_json)
 
     return wrapper  # type: ignore[return-value]
 
@@ -155,6 +145,8 @@ def key_paths(out: str, pub_out: str | None, force: bool, hint: str) -> str:
     """The public key path for ``out``; raises ``FileInTheWay`` if either
     file exists and not ``force``."""
     pub_path = pub_out or (str(Path(out).with_suffix(".pub")) if Path(out).suffix == ".key" else out + ".pub")
+    require_parent(out, "--out")
+    require_parent(pub_path, "--pub")
     if not force:
         for p in (out, pub_path):
             if os.path.exists(p):
@@ -349,7 +341,7 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
             )
         if out.exists():
             raise RegistryError(f"{out}: already exists; pass --replace to overwrite it, or choose --out")
-    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # before the registry changes
+    require_parent(out, "--out")  # before the registry changes
     rec, bundle = provision_device(reg, device_id, suite, link, replace=replace)
     try:
         write_bundle(out, bundle, overwrite=replace)
@@ -417,6 +409,8 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
             raise click.UsageError("give a DEVICE_ID or --from-csv FILE")
         reg = open_registry(cfg, peer, registry_path)
         try:
+            if out is None:  # the bundle directory (not a typed --out) is ours to create
+                bundle_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             target = Path(out) if out else bundle_dir / f"{device_id}.bundle"
             result = _provision_one(reg, device_id, suite, _link(cfg, cli_link), target, replace)
         finally:
@@ -431,7 +425,9 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
 
 
 def _read_fleet_csv(csv_path: str, cfg: Config) -> list[dict[str, str]]:
-    with open(csv_path, newline="") as f:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which
+    # would otherwise become part of the first column's name.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = set(reader.fieldnames or ())
         if "device_id" not in cols:
@@ -473,6 +469,8 @@ def _provision_rows(cfg: Config, csv_path: str, rows: list[dict[str, str]], peer
                 regs[key] = open_registry(cfg, rpeer, registry_path)
             reg = regs[key]
             target = Path(r["out"]) if r.get("out") else bundle_dir / f"{r['device_id']}.bundle"
+            if r.get("out"):
+                require_parent(target, f"{csv_path}: out")
             if not replace:
                 if reg.psk_for(r["device_id"].encode()) is not None:
                     raise RegistryError(f"{csv_path}: device {r['device_id']} is already provisioned; pass --replace")

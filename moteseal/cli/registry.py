@@ -47,7 +47,7 @@ def _device_line(d: DeviceRecord) -> str:
     status = "REVOKED" if d.revoked else ("old-key" if d.on_old_key else "ok")
     last = d.last_key_state or "-"
     return (f"{show_id(d.device_id):16}  {status:8}  gen {d.generation:<3} pins {pins:17} "
-            f"last {last:8} seen {when(d.last_seen)}")
+            f"last {last:8} handshake {when(d.last_seen)}")
 
 
 @registry.command("list")
@@ -61,8 +61,12 @@ def registry_list(old_key: bool, peer: str | None, registry_path: str | None, co
 
     Status 'old-key' means the device pins no current peer key or last
     handshook on the previous one; 'pins' shows the state of each key the
-    device pins (current, previous, retired); 'refused' counts its refused
-    handshakes ('registry show' gives them by reason).
+    device pins (current, previous, retired); 'last' is the peer key of its
+    last handshake and 'handshake' that handshake's time (in --json:
+    last_seen): the registry is written at handshakes, not per message, so
+    a device sending on a long session shows its session's start (`peer
+    listen` shows every message). 'refused' counts its refused handshakes
+    ('registry show' gives them by reason).
 
     \b
     Examples:
@@ -102,7 +106,8 @@ def registry_show(device_id: str, peer: str | None, registry_path: str | None, c
     lines = [f"device       {doc['device_id']}", f"generation   {d.generation} (provisioned {when(d.provisioned_at)})",
              f"suite        {d.suite}",
              f"revoked      {'yes, ' + when(d.revoked_at) + ': ' + (d.revoke_reason or '') if d.revoked else 'no'}",
-             f"counter      {d.counter}", f"last seen    {when(d.last_seen)} on {d.last_key_state or '-'} key"]
+             f"counter      {d.counter}",
+             f"handshake    {when(d.last_seen)} on {d.last_key_state or '-'} key (the last one; not per message)"]
     for p, s in zip(d.pins, d.pin_states()):
         lines.append(f"pins         {fp.short_id(p)} ... ({s})")
     for r in doc["refusals"]:

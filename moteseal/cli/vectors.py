@@ -54,13 +54,16 @@ def run_cmd(files: tuple[str, ...], as_json: bool) -> None:
     lines: list[str] = []
     emit = lines.append if as_json else click.echo
     counts, unreadable = conformance.run_paths(list(files), conformance.default_backend(), emit)
+    doc = {"lines": lines, "passed": counts[0], "failed": counts[1], "skipped": counts[2],
+           "unreadable": [{"file": p, "error": e} for p, e in unreadable]}
+    if unreadable:  # a usage error: the same {"error", "exit_code"} as every command
+        doc.update(error="; ".join(f"{p}: {e}" for p, e in unreadable), exit_code=2)
     if as_json:
-        click.echo(json.dumps({"lines": lines, "passed": counts[0], "failed": counts[1],
-                               "skipped": counts[2],
-                               "unreadable": [{"file": p, "error": e} for p, e in unreadable]}))
+        click.echo(json.dumps(doc))
     else:
         click.echo(conformance.summary(counts))
     if unreadable:
+        click.echo(f"moteseal: error: {doc['error']}", err=True)
         sys.exit(2)
     sys.exit(1 if counts[1] else 0)
 
@@ -81,7 +84,10 @@ def generate_cmd(out: str) -> None:
     Example:
       moteseal vectors generate --out moteseal_transport.json
     """
+    from moteseal.cli.errors import require_parent
     from moteseal.conformance import vectorgen
+
+    require_parent(out, "--out")
 
     doc = vectorgen.generate()
     counts = conformance.run_vectors(doc, conformance.default_backend(), lambda line: None)
@@ -110,7 +116,8 @@ def _hex(name: str, value: str | None, size: int | None = 32) -> bytes | None:
 
 
 @click.command("interop")
-@click.option("--role", required=True, type=click.Choice(["initiator", "responder"]))
+@click.option("--role", required=True, type=click.Choice(["initiator", "responder"]),
+              help="initiator: the Noise NK client side; responder: the side holding the static key.")
 @click.option("--suite", required=True, type=click.Choice(list(SUITES)),
               help="Noise protocol name.")
 @click.option("--static", "static", metavar="HEX",

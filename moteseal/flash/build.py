@@ -77,6 +77,17 @@ BOARDS = {
     "unix": "x64",
 }
 
+# Boards the device does not fit, with the reason `flash build` gives.
+UNSUPPORTED_BOARDS = {
+    "esp8266": "the ESP8266 leaves about 36 KiB of heap to Python; the device needs "
+               "at least 48 KiB (docs/micropython.md): use an ESP32 or a Pico W",
+}
+# Where a board's serial port usually appears on Linux (the next-step hint).
+USUAL_PORTS = {
+    "esp32": "/dev/ttyUSB0", "esp32s3": "/dev/ttyACM0", "esp32c3": "/dev/ttyACM0",
+    "rp2": "/dev/ttyACM0", "rp2350": "/dev/ttyACM0", "stm32": "/dev/ttyACM0",
+}
+
 
 class FlashError(LocalError):
     """A build or deploy step failed; the message says which and why.
@@ -257,21 +268,47 @@ def unused_modules(link_kind: str, suite: str) -> set[str]:
     return unused
 
 
+def check_target(board: str | None, link: dict[str, Any], wifi: tuple[str, str] | None) -> None:
+    """Refuse a build that cannot run: a board too small, a serial link
+    without a usable UART, Wi-Fi without a password. Raises ``FlashError``
+    (exit 2) with the reason."""
+    if board in UNSUPPORTED_BOARDS:
+        raise FlashError(f"--board {board}: {UNSUPPORTED_BOARDS[board]}", 2)
+    if wifi is not None and not wifi[1]:
+        raise FlashError("--wifi-ssid without a password: set $MOTESEAL_WIFI_PASSWORD "
+                         "(open networks are not supported)", 2)
+    if board and board.startswith("esp32") and link.get("kind") == "serial":
+        uart = str(link.get("port", ""))
+        if not uart.isdigit():
+            raise FlashError(f"the bundle's serial port is {uart!r}; an ESP32 needs a UART number "
+                             "(`moteseal provision ID --link serial --serial-port 2 --replace`)", 2)
+        if uart == "0":
+            raise FlashError("UART 0 is the ESP32's REPL console; provision the device with "
+                             "--serial-port 2 (or 1 on an ESP32-S3/C3)", 2)
+        if uart == "1" and board == "esp32":
+            raise FlashError("UART 1's default pins on an ESP32 are the flash pins (GPIO 9/10) "
+                             "and a bundle cannot name other pins; provision with --serial-port 2 "
+                             "(TX GPIO 17, RX GPIO 16)", 2)
+
+
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
-          wifi: tuple[str, str] | None = None, debug: bool = False) -> Manifest:
+          wifi: tuple[str, str] | None = None, debug: bool = False,
+          board: str | None = None) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
     ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
     numbers) and with long exception messages stripped (``strip_messages``);
     together about 3 KiB of device heap on the 64-bit unix port.
 
-    Raises ``FlashError`` (exists, compile failure), ``BundleError`` /
-    ``KeyPermissionError`` (a bad bundle), ``FileNotFoundError``.
+    Raises ``FlashError`` (exists, compile failure, ``check_target`` for
+    ``board``), ``BundleError`` / ``KeyPermissionError`` (a bad bundle),
+    ``FileNotFoundError``.
     """
     from moteseal.keys.provision import read_bundle
 
     bundle = read_bundle(bundle_path)  # Rule 1: permissions, checksum, fields
+    check_target(board, bundle.link, wifi)
     if device_id is not None and bundle.device_id != device_id.encode():
         raise FlashError(f"{bundle_path} belongs to {bundle.device_id.decode('ascii')}, "
                          f"not {device_id}", 3)
@@ -450,9 +487,43 @@ def run_mpremote(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FlashError(f"mpremote failed: {exc}") from None
     if proc.returncode != 0:
-        raise FlashError(f"mpremote {' '.join(argv[3:])} failed: "
+        # argv[6] is the command (exec, fs); the script it ran is no news to anyone.
+        raise FlashError(f"mpremote {' '.join(argv[4:7])} failed: "
                          f"{(proc.stderr or proc.stdout).strip()[-400:]}")
     return proc.stdout
+
+
+def serial_ports() -> list[str]:
+    """The serial ports present, USB ones (boards) first."""
+    from serial.tools import list_ports
+
+    ports = sorted(list_ports.comports(), key=lambda p: (p.vid is None, p.device))
+    return [p.device for p in ports]
+
+
+def resolve_port(port: str) -> str:
+    """``port``, checked to exist and be usable, or with ``auto`` the one
+    USB serial port present. Raises ``FlashError`` (exit 2) naming the
+    ports there are and, for a permission problem, the dialout group."""
+    from serial.tools import list_ports
+
+    if port == "auto":
+        boards = sorted(p.device for p in list_ports.comports() if p.vid is not None)
+        if len(boards) == 1:
+            return boards[0]
+        if not boards:
+            raise FlashError("--port auto: no board found (no USB serial port); plug it in with a "
+                             "data cable, or give --port", 2)
+        raise FlashError(f"--port auto: {len(boards)} boards found ({', '.join(boards)}); "
+                         "pick one with --port", 2)
+    if not os.path.exists(port):
+        present = serial_ports()
+        there = f"serial ports present: {', '.join(present)}" if present else "no serial port is present"
+        raise FlashError(f"{port} does not exist ({there}); is the board plugged in?", 2)
+    if not os.access(port, os.R_OK | os.W_OK):
+        raise FlashError(f"{port}: permission denied; add your user to the dialout group "
+                         "(sudo usermod -aG dialout $USER, then log in again)", 2)
+    return port
 
 
 def deploy(directory: Path, port: str, runner: Runner = run_mpremote,

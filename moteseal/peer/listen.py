@@ -77,6 +77,7 @@ class PeerListener:
                 else:
                     self.counts["rejected"] += 1
                     report = {"event": "rejected", "error": type(exc).__name__, "size": len(data)}
+                report["device"] = _sender(data)
                 return self._report(report)
             except StorageError:
                 # Fail closed: no message 2 without a stored counter (Rule 2).
@@ -153,7 +154,9 @@ class PeerListener:
 
 
 def format_report(r: Report) -> str:
-    """One human-readable line for a report."""
+    """One human-readable line for a report: UTC time, device, what happened."""
+    ts = r.get("ts")
+    when = time.strftime("%H:%M:%S", time.gmtime(ts)) + "Z" if ts is not None else "-"
     ev = r["event"]
     if ev == "telemetry":
         reading = r.get("reading")
@@ -161,14 +164,32 @@ def format_report(r: Report) -> str:
             body = "  ".join(f"{k}={v}" for k, v in sorted(reading.items()))
         else:
             body = f"{r.get('payload_bytes', 0)} bytes"
-        return f"{r['device']:<16} {r['via']:<4} {body}"
+        return f"{when} {r['device']:<16} {r['via']:<4} {body}"
     if ev == "hint_sent":
-        return f"{r['device']:<16} unknown session: asked it to handshake again"
+        return f"{when} {r['device']:<16} unknown session: asked it to handshake again"
     if ev == "held":
-        return f"{r['device']:<16} handshake after a registry restore: reading held until it confirms"
+        return f"{when} {r['device']:<16} handshake after a registry restore: reading held until it confirms"
     if ev == "unstored":
-        return f"{'?':<16} registry cannot write (disk full?): message 1 refused, the device retries"
-    return f"{'?':<16} {ev}: {r.get('error', '')} {r.get('reason', '')}".rstrip()
+        return f"{when} {'?':<16} registry cannot write (disk full?): message 1 refused, the device retries"
+    if ev == "duplicate":
+        return f"{when} {r['device']:<16} duplicate of reading {r.get('seq')}: acknowledged again"
+    if ev == "command_sent":
+        return f"{when} {r['device']:<16} command {r.get('id')} sent ({r.get('size')} bytes)"
+    line = f"{when} {r.get('device') or '?':<16} {ev}: {r.get('error', '')} {r.get('reason', '')}".rstrip()
+    if r.get("note"):
+        line += f" ({r['note']})"
+    return line
+
+
+def _sender(data: bytes) -> str | None:
+    """The envelope's source id, for naming a refused device in the output;
+    None if the bytes do not even decode as an envelope."""
+    from device import envelope as E
+    try:
+        env = E.Envelope().decode_into(data, len(data), len(data))
+    except (RemoteError, ValueError, IndexError):
+        return None
+    return bytes(env.src).decode("ascii", "replace")
 
 
 # ---------------------------------------------------------------- CLI
@@ -182,7 +203,54 @@ import click  # noqa: E402
 
 @click.group("peer")
 def peer_group() -> None:
-    """The peer: the responder that decrypts telemetry."""
+    """The peer: the responder that decrypts telemetry.
+
+    \b
+    Examples:
+      moteseal peer listen --peer hub1 --password-file hub1.mqtt
+      moteseal peer listen --registry hub1.sqlite --json --seconds 60
+    """
+
+
+def _read_password(path: str | None) -> str | None:
+    """The MQTT password from ``path`` (first line). Raises ``ConfigError``."""
+    from moteseal.config import ConfigError
+
+    if path is None:
+        return None
+    try:
+        text = _Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"--password-file {path}: no such file "
+                          "(`moteseal broker add-device ID --password-file FILE` writes it)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--password-file {path}: cannot read it ({exc})") from None
+    return text.strip()
+
+
+def _check_suite(suite: str | None) -> str:
+    from device.session import DEFAULT_SUITE, SESSION_SUITES
+
+    if suite is None:
+        return DEFAULT_SUITE
+    if suite not in SESSION_SUITES:
+        raise click.BadParameter(f"{suite!r}: a peer runs one of {', '.join(SESSION_SUITES)}",
+                                 param_hint="--suite")
+    return suite
+
+
+def _suite_note(reg: Any, device: str | None, suite: str) -> str | None:
+    """Why a device's handshake cannot authenticate if the registry says it
+    was provisioned for another suite than this peer runs."""
+    if not device:
+        return None
+    try:
+        rec = reg.get(device.encode())
+    except Exception:  # unknown device, closed registry: nothing to add
+        return None
+    if rec.suite != suite:
+        return f"{device} is provisioned for {rec.suite}, this peer runs {suite}: restart it with --suite {rec.suite}"
+    return None
 
 
 @peer_group.command("listen")
@@ -192,13 +260,16 @@ def peer_group() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="moteseal config.toml (see `moteseal provision --help`).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Broker host.")
-@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True,
+              help="Broker port (8883 for the TLS listener of broker_config/mosquitto.conf).")
 @click.option("--username", default=None, help="MQTT account (default: the peer id).")
 @click.option("--password-file", type=click.Path(dir_okay=False), default=None,
-              help="File holding the MQTT password.")
-@click.option("--tls", is_flag=True)
-@click.option("--ca-file", type=click.Path(dir_okay=False), default=None)
-@click.option("--suite", default=None, help="Noise suite (default: the library default).")
+              help="File holding the MQTT password (written by `moteseal broker add-device`).")
+@click.option("--tls", is_flag=True, help="Connect to the broker with TLS (with --ca-file to verify it).")
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None,
+              help="CA certificate that signed the broker's (from `moteseal broker certs`); implies --tls.")
+@click.option("--suite", default=None,
+              help="Noise suite the devices were provisioned for (default: the library default).")
 @click.option("--seconds", type=click.FloatRange(0), default=None,
               help="Stop after this long (default: until Ctrl-C).")
 @click.option("--max-session-age", type=click.IntRange(1), default=None,
@@ -215,45 +286,57 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
            max_session_age: int | None, as_json: bool, store_path: str | None) -> None:
     """Answer handshakes and print decrypted telemetry, one line per message.
 
-    Private keys come from the registry's key files (a passphrase-protected
-    key file reads the passphrase from $MOTESEAL_PASSPHRASE). Nothing secret
-    is printed.
+    Each line starts with the UTC time, then the device. Private keys come
+    from the registry's key files (a passphrase-protected key file reads the
+    passphrase from $MOTESEAL_PASSPHRASE). A refused device is named with
+    the reason; if the registry has it under another suite than --suite,
+    the line says so. Nothing secret is printed.
 
     \b
-    Example:
-      moteseal peer listen --registry hub.sqlite --password-file hub.mqtt --json
+    Examples:
+      moteseal peer listen --peer hub1 --password-file hub1.mqtt
+      moteseal peer listen --registry hub1.sqlite --password-file hub1.mqtt --json
+      moteseal peer listen --peer hub1 --host pi.local --port 8883 --ca-file ca.crt \\
+          --password-file hub1.mqtt
     """
     from moteseal.crypto.backend_nacl import NaclBackend
     from moteseal.config import load_config
-    from device.errors import LocalError
-    from moteseal.keys.keyfile import passphrase_from_env
+    from moteseal.keys.keyfile import PASSPHRASE_ENV, PassphraseRequired, passphrase_from_env
     from moteseal.cli.keys import open_registry
-    from moteseal.links.mqtt_link import LinkError
-    from device.session import DEFAULT_SUITE
 
+    suite = _check_suite(suite)
+    password = _read_password(password_file)
+    reg = open_registry(load_config(config_path), peer, registry_path,
+                        passphrase=passphrase_from_env())
     try:
-        cfg = load_config(config_path)
-        reg = open_registry(cfg, peer, registry_path, passphrase=passphrase_from_env())
         reg.check_statics()
-    except LocalError as exc:
-        raise click.ClickException(str(exc)) from None
+    except PassphraseRequired:
+        reg.close()
+        raise PassphraseRequired(f"the peer's key file is encrypted: set {PASSPHRASE_ENV} "
+                                 "(peer listen reads the passphrase from it)") from None
+    except BaseException:
+        reg.close()
+        raise
     peer_id = reg.peer_id.decode()
-    password = _Path(password_file).read_text().strip() if password_file else None
     lock = threading.Lock()
 
     def show(r: Report) -> None:
+        if r["event"] == "refused" and r.get("reason") == "auth":
+            note = _suite_note(reg, r.get("device"), suite)
+            if note:
+                r["note"] = note
         with lock:
             click.echo(_json.dumps(r, sort_keys=True) if as_json else format_report(r))
 
-    max_age = max_session_age or cfg.get("peer", "max_session_age")
-    sessions = PeerSessions(NaclBackend(), reg.peer_id, reg, suite or DEFAULT_SUITE, max_age=max_age)
+    max_age = max_session_age or load_config(config_path).get("peer", "max_session_age")
+    sessions = PeerSessions(NaclBackend(), reg.peer_id, reg, suite, max_age=max_age)
     link = MqttLink(peer_id, host, port, username=username or peer_id, password=password,
-                    tls=tls, ca_file=ca_file)
+                    tls=tls or ca_file is not None, ca_file=ca_file)
     try:
         link.start()
-    except LinkError as exc:
+    except BaseException:
         reg.close()
-        raise click.ClickException(str(exc)) from None
+        raise  # a LinkError: exit 1 with its message (moteseal.cli.errors)
     stop = threading.Event()
     for sig in (_signal.SIGINT, _signal.SIGTERM):
         _signal.signal(sig, lambda *_: stop.set())
@@ -263,10 +346,10 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
         timer.start()
     try:
         inbox = Inbox(ReadingStore(store_path)) if store_path else None
-    except StoreError as exc:
+    except StoreError:
         link.close()
         reg.close()
-        raise click.ClickException(str(exc)) from None
+        raise  # exit 2 with its message (moteseal.cli.errors)
     listener = PeerListener(sessions, link, show, inbox=inbox)
     if not as_json:
         click.echo(f"peer {peer_id} listening on {host}:{port} (Ctrl-C stops)", err=True)

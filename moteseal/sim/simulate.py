@@ -297,7 +297,13 @@ import click  # noqa: E402
 
 @click.group("device")
 def device_group() -> None:
-    """Device-side tools on CPython (simulated sensors)."""
+    """Device-side tools on CPython (simulated sensors).
+
+    \b
+    Examples:
+      moteseal device simulate --bundle sensor-7.bundle --seconds 30
+      moteseal device simulate --bundle-dir bundles --count 5 --interval 2
+    """
 
 
 def _bundles(bundle_files: tuple[str, ...], bundle_dir: str | None, count: int | None) -> list[Any]:
@@ -326,7 +332,8 @@ def _bundles(bundle_files: tuple[str, ...], bundle_dir: str | None, count: int |
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Broker port (default: the bundle's, else 1883).")
 @click.option("--tls", is_flag=True, help="Connect with TLS.")
-@click.option("--ca-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None,
+              help="CA certificate that signed the broker's (from `moteseal broker certs`); implies --tls.")
 @click.option("--interval", type=click.FloatRange(0.01), default=5.0, show_default=True,
               help="Seconds between readings per sensor.")
 @click.option("--seconds", type=click.FloatRange(0), default=None,
@@ -349,22 +356,23 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
     MQTT account unless overridden. Readings (CBOR) travel inside the
     encryption; the broker and the gateway see only envelopes.
 
+    A bundle that is missing exits 2; one that is truncated, tampered with
+    or readable by others exits 3, as in every moteseal command.
+
     \b
-    Example:
+    Examples:
       moteseal device simulate --bundle-dir bundles --count 5 --interval 2
       moteseal device simulate --bundle-dir bundles --readings 200 --retain 64
+      moteseal device simulate --bundle sensor-7.bundle --port 8883 --ca-file ca.crt --json
     """
     from moteseal.crypto.backend_nacl import NaclBackend
     from device.counter import Msg1Counter
     from device.counter_file import FileCounterStore
-    from device.errors import LocalError as _LocalError
-    from moteseal.links.mqtt_link import LinkError
     from moteseal.keys.provision import device_session
 
-    try:
-        bundles = _bundles(bundle_files, bundle_dir, count)
-    except _LocalError as exc:
-        raise click.UsageError(str(exc)) from None
+    # A bad bundle raises BundleError / KeyFileError (exit 3), a missing one
+    # FileNotFoundError (exit 2): moteseal.cli.errors maps them.
+    bundles = _bundles(bundle_files, bundle_dir, count)
     state = _Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     backend = NaclBackend()
@@ -392,16 +400,17 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
             link = MqttLink(name, host or link_cfg.get("host", "127.0.0.1"),
                             port or link_cfg.get("port", 1883),
                             username=link_cfg.get("username", name),
-                            password=link_cfg.get("password"), tls=tls, ca_file=ca_file,
+                            password=link_cfg.get("password"), tls=tls or ca_file is not None,
+                            ca_file=ca_file,
                             on_envelope=fleet.deliver(sensor))
             sensor.link = link
             links.append(link)
             link.start()
             fleet.add(sensor, stagger=interval * i / max(1, len(bundles)))
-    except LinkError as exc:
+    except BaseException:  # a LinkError exits 1 with its message (moteseal.cli.errors)
         for link in links:
             link.close()
-        raise click.ClickException(str(exc)) from None
+        raise
     for sig in (_signal.SIGINT, _signal.SIGTERM):
         _signal.signal(sig, lambda *_: stop.set())
     if seconds is not None:

@@ -46,17 +46,24 @@ def main(argv: list[str]) -> int:
             rc |= subprocess.call([sys.executable, "-m", "tests.fuzz.run", name] + argv[2:])
         return rc
     name = argv[1]
+    extra = argv[2:]
+    replay = [a for a in extra if not a.startswith("-")]
+    corpus = os.environ.get("MOTESEAL_FUZZ_CORPUS")
+    if not replay and corpus is None:
+        # libFuzzer ends the process with exit(), past any finally or atexit:
+        # the seed corpus lives in a temporary directory this parent removes.
+        with tempfile.TemporaryDirectory(prefix=f"moteseal-fuzz-{name}-") as corpus:
+            return subprocess.call([sys.executable, "-m", "tests.fuzz.run", *argv[1:]],
+                                   env=dict(os.environ, MOTESEAL_FUZZ_CORPUS=corpus))
     with atheris.instrument_imports(include=["device", "gateway", "micropython_port"]):
         from tests.fuzz.targets import SEEDS, TARGETS
     target = TARGETS[name]
     seconds = int(os.environ.get("MOTESEAL_FUZZ_SECONDS", "60"))
     artifacts = os.environ.get("MOTESEAL_FUZZ_ARTIFACTS", ".")
-    extra = argv[2:]
-    replay = [a for a in extra if not a.startswith("-")]
     args = [argv[0], f"-artifact_prefix={os.path.join(artifacts, '')}", "-max_len=2048",
             "-rss_limit_mb=4096"]
     if not replay:
-        corpus = tempfile.mkdtemp(prefix=f"moteseal-fuzz-{name}-")
+        assert corpus is not None  # set by the parent above
         _seed_corpus(SEEDS[name], corpus)
         args += [f"-max_total_time={seconds}", "-timeout=20"]
         extra = extra + [corpus]

@@ -52,11 +52,13 @@ def test_target_under_hypothesis(name):
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_target_under_atheris(name, tmp_path):
+    (tmp_path / "tmp").mkdir()
     env = dict(os.environ, MOTESEAL_FUZZ_SECONDS=str(ATHERIS_SECONDS),
-               MOTESEAL_FUZZ_ARTIFACTS=str(tmp_path))
+               MOTESEAL_FUZZ_ARTIFACTS=str(tmp_path), TMPDIR=str(tmp_path / "tmp"))
     r = subprocess.run([sys.executable, "-m", "tests.fuzz.run", name], cwd=REPO, env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=60 + 2 * ATHERIS_SECONDS)
     out = r.stderr.decode(errors="replace")
     crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-")))
     assert r.returncode == 0 and not crashes, f"{crashes}\n{out[-4000:]}"
     assert " runs in " in out  # libFuzzer's closing line: it really ran
+    assert list((tmp_path / "tmp").iterdir()) == []  # the seed corpus is cleaned up

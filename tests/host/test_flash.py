@@ -28,6 +28,7 @@ from moteseal.flash.build import (ARCHES, BOARDS, CORE_MODULES, FlashError, Mani
                           deploy, hash_script, mpremote_argv, parse_board_info,
                           parse_hashes, source_dirs, verify_local)
 from moteseal.cli.flash import flash_group
+from moteseal.cli.main import main
 from moteseal.keys.provision import Bundle, write_bundle
 from tests.mp_helpers import mp_binary
 
@@ -256,13 +257,14 @@ def test_deploy_refuses_a_changed_flash_dir_before_touching_the_board(built, tmp
     assert board.commands == []
 
 
-def test_deploy_cli_without_a_board_fails_with_mpremotes_reason(built, tmp_path) -> None:
+def test_deploy_cli_without_a_board_names_the_missing_port(built, tmp_path) -> None:
     out, _ = built
-    r = CliRunner().invoke(flash_group, ["deploy", "--dir", str(out), "--port",
-                                         str(tmp_path / "no-such-tty"), "--json"])
-    assert r.exit_code == 1, r.output
+    r = CliRunner().invoke(main, ["flash", "deploy", "--dir", str(out), "--port",
+                                  str(tmp_path / "no-such-tty"), "--json"])
+    assert r.exit_code == 2, r.output
     doc = json.loads([ln for ln in r.output.splitlines() if ln.startswith("{")][0])
-    assert "mpremote" in doc["error"] and "no-such-tty" in doc["error"]
+    assert "no-such-tty does not exist" in doc["error"] and "serial port" in doc["error"]
+    assert "import" not in r.output  # not the script mpremote would have run
 
 
 def test_package_json_installs_what_a_flash_build_ships() -> None:
