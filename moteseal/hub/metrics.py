@@ -7,13 +7,12 @@ reason); no value is ever secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from moteseal.hub.service import Hub
+Hub = Any  # moteseal.hub.service.Hub, which imports this module
 
 COUNTS = {
     "telemetry": ("moteseal_hub_readings", "Readings stored and handed to the sinks"),
@@ -30,7 +29,7 @@ COUNTS = {
 class HubCollector:
     """Reads the hub's counters at scrape time (no second bookkeeping)."""
 
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
     def collect(self) -> Iterator[Any]:
@@ -63,15 +62,15 @@ class HubCollector:
         yield errors
 
 
-def registry_for(hub: "Hub") -> CollectorRegistry:
+def registry_for(hub: Hub) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(HubCollector(hub))  # type: ignore[arg-type]
     return reg
 
 
-def render(hub: "Hub") -> bytes:
+def render(hub: Hub) -> bytes:
     return generate_latest(registry_for(hub))
 
 
-def serve_metrics(hub: "Hub", bind: str, port: int) -> None:
+def serve_metrics(hub: Hub, bind: str, port: int) -> None:
     start_http_server(port, addr=bind, registry=registry_for(hub))
