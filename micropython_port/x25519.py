@@ -11,13 +11,18 @@ Invariants:
 - The ladder swaps with an arithmetic mask (``fe_cswap``), not a branch on a
   scalar bit, and runs all 255 steps whatever the scalar; the inversion is a
   fixed addition chain.
-- Fast path: viper field arithmetic on 20 limbs of 13 bits
-  (``_fe25519_viper``, whose docstring proves the 32-bit bounds), in scratch
-  that one call allocates and drops, so nothing stays on the heap between
-  handshakes. It is used when the port has the native emitter; otherwise,
-  and on CPython, the big-integer ladder of ``_x25519_py`` runs (imported
-  only then, so a board with the emitter never loads it into RAM).
-  ``tests/mp_primitive_hooks.py`` switches paths for tests.
+- Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) the inline
+  Thumb-2 assembler's field arithmetic on 8 words of 32 bits
+  (``_fe25519_thumb``, UMULL/UMLAL, its docstring proves the carries);
+  elsewhere viper on 20 limbs of 13 bits (``_fe25519_viper``, whose
+  docstring proves the 32-bit bounds); otherwise, and on CPython, the
+  big-integer ladder of ``_x25519_py`` (imported only then, so a board with
+  a fast path never loads it into RAM). Scratch is allocated by one call and
+  dropped, so nothing stays on the heap between handshakes. ``PATH`` names
+  the path in use ("asm_thumb", "viper" or "python"), and a fallback happens
+  only when the interpreter cannot load a module (see ``_NO_EMITTER``),
+  never on a MemoryError. ``tests/mp_primitive_hooks.py`` switches paths
+  for tests.
 """
 
 from device.errors import LocalError
@@ -27,16 +32,40 @@ try:
 except ImportError:  # CPython
     const = lambda x: x  # noqa: E731
 
-try:
-    from array import array
+import sys
+from array import array
 
-    from micropython_port import _fe25519_viper as _fe
-except Exception:  # noqa: BLE001 - CPython (no micropython module), or a port
-    # without the native emitter (the viper decorator fails to compile).
-    _fe = None
+# The fast paths, best first. Only "this interpreter cannot load it" is
+# caught, never MemoryError (a tight heap must fail loudly, not quietly run
+# the 2.4x slower Python ladder):
+# - ImportError: CPython (raised here: the modules are MicroPython code, and
+#   under pytest ``import micropython`` finds tests/micropython/), or a
+#   build without the file;
+# - SyntaxError: the port's compiler lacks the emitter: "invalid micropython
+#   decorator" without the native emitter (viper) or the inline Thumb
+#   assembler, "unsupported Thumb instruction" for the ARMv7-M instructions
+#   on an ARMv6-M (Cortex-M0) build;
+# - ValueError: a precompiled .mpy whose native code this port cannot run
+#   ("native code in .mpy unsupported", "incompatible .mpy arch").
+_NO_EMITTER = (ImportError, SyntaxError, ValueError)
+try:
+    if sys.implementation.name != "micropython":
+        raise ImportError
+    from micropython_port import _fe25519_thumb as _fe
+
+    PATH = "asm_thumb"
+except _NO_EMITTER:
+    try:
+        if sys.implementation.name != "micropython":
+            raise ImportError
+        from micropython_port import _fe25519_viper as _fe
+
+        PATH = "viper"
+    except _NO_EMITTER:
+        _fe = None
+        PATH = "python"
 
 _P = const(2**255 - 19)
-_LIMBS = const(20)
 
 # z ** (p - 2) = 1 / z (RFC 7748 section 5) with the addition chain of ref10:
 # 254 squarings and 11 multiplications. Each step (dst, src, n, m) computes
@@ -91,27 +120,32 @@ def x25519_base(k):
 def ladder(kb, u):
     """The RFC 7748 section 5 ladder on viper field elements, for the
     clamped scalar bytes ``kb`` and the u-coordinate ``u`` (an int); returns
-    x2 / z2 as an integer below 2**260, which ``x25519`` reduces mod p.
+    x2 / z2 as an integer below 2**260 (2**256 on the asm_thumb path), which ``x25519`` reduces mod p.
     ``_x25519_py.ladder`` is the same on Python integers."""
     # Scratch in small arrays rather than one 1280-byte block: a handshake
     # runs on a fragmented heap, where 80- and 160-byte holes are plentiful
     # and a long run of free blocks may not be. (x2, z2) and (x3, z3) share
     # one array each, so one fe_cswap over 40 words swaps both pairs.
-    p2 = memoryview(array("I", bytes(8 * _LIMBS)))
-    p3 = memoryview(array("I", bytes(8 * _LIMBS)))
-    fe = [p2[:_LIMBS], p2[_LIMBS:], p3[:_LIMBS], p3[_LIMBS:]]
+    # The limb layout is the module's: 8 x 32 bits (asm_thumb) or 20 x 13
+    # bits (viper, the default, also for the CPython model in the tests).
+    bits = getattr(_fe, "LIMB_BITS", 13)
+    nl = (255 + bits) // bits  # 8 or 20 limbs
+    p2 = memoryview(array("I", bytes(8 * nl)))
+    p3 = memoryview(array("I", bytes(8 * nl)))
+    fe = [p2[:nl], p2[nl:], p3[:nl], p3[nl:]]
     for _ in range(12):
-        fe.append(memoryview(array("I", bytes(4 * _LIMBS))))
+        fe.append(memoryview(array("I", bytes(4 * nl))))
     x2, z2, x3, z3, x1, a, b, c, d, aa, bb, e, da, cb, t1, t = fe
     mul, addsub, a24, cswap = _fe.fe_mul, _fe.fe_addsub, _fe.fe_a24_add, _fe.fe_cswap
-    for i in range(_LIMBS):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
-        x1[i] = x3[i] = u & 0x1FFF
-        u >>= 13
+    mask = (1 << bits) - 1
+    for i in range(nl):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
+        x1[i] = x3[i] = u & mask
+        u >>= bits
     x2[0] = z3[0] = 1
     swap = 0
     for i in range(254, -1, -1):
         kt = (kb[i >> 3] >> (i & 7)) & 1
-        cswap(p2, p3, 2 * _LIMBS, swap ^ kt)
+        cswap(p2, p3, 2 * nl, swap ^ kt)
         swap = kt
         addsub(a, b, x2, z2)  # A = x2 + z2, B = x2 - z2
         addsub(c, d, x3, z3)  # C = x3 + z3, D = x3 - z3
@@ -127,7 +161,7 @@ def ladder(kb, u):
         mul(x2, aa, bb)  # x2 = AA * BB
         a24(t1, e, aa)  # AA + a24 * E
         mul(z2, e, t1)  # z2 = E * (AA + a24 * E)
-    cswap(p2, p3, 2 * _LIMBS, swap)
+    cswap(p2, p3, 2 * nl, swap)
     ch = _INVERT_CHAIN
     for i in range(0, len(ch), 4):
         n = ch[i + 2]
@@ -140,6 +174,6 @@ def ladder(kb, u):
         mul(fe[ch[i]], src, fe[ch[i + 3]])
     mul(x2, x2, z3)  # x2 * z2 ** (p - 2)
     r = 0
-    for i in range(_LIMBS - 1, -1, -1):
-        r = (r << 13) + x2[i]
+    for i in range(nl - 1, -1, -1):
+        r = (r << bits) + x2[i]
     return r
