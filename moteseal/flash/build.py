@@ -70,7 +70,28 @@ CORE_MODULES = (
 ARCHES = {
     "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6,
     "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11,
+    "rv64imc": 12,
 }
+# The fast paths (native code) and the primitive each one runs. A board must
+# load them or it quietly runs the pure-Python fallbacks (X25519 2.4x the
+# instructions, far more on a 32-bit board), so ``build`` refuses an arch
+# mpy-cross cannot compile one of them for (e.g. rv64imc: no viper emitter),
+# unless ``allow_slow``. The asm_thumb X25519 exists for ARMv7-M and ARMv7E-M
+# only and is simply left out elsewhere (X25519 then runs on viper).
+FAST_MODULES = {
+    "micropython_port/_fe25519_viper": "x25519",
+    "micropython_port/_chachapoly_viper": "aead",
+    "micropython_port/_blake2s_viper": "blake2s",
+}
+THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
+ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
+
+
+def fast_paths(arch: str) -> dict[str, str]:
+    """The code each primitive runs on a board of ``arch`` whose port loads
+    native code: what ``micropython_port.backend.paths()`` prints at boot."""
+    return {"x25519": "asm_thumb" if arch in THUMB2_ARCHES else "viper",
+            "aead": "viper", "blake2s": "viper"}
 BOARDS = {
     "esp32": "xtensawin", "esp32s3": "xtensawin", "esp32c3": "rv32imc",
     "esp8266": "xtensa", "rp2": "armv6m", "rp2350": "armv7emsp", "stm32": "armv7emsp",
@@ -92,11 +113,13 @@ class Manifest:
     """What a flash directory holds: ``files`` is ``[(path, size, sha256)]``."""
 
     def __init__(self, device: str, arch: str, mpy: tuple[int, int],
-                 files: list[tuple[str, int, str]]) -> None:
+                 files: list[tuple[str, int, str]], slow: list[str] | None = None) -> None:
         self.device = device
         self.arch = arch
         self.mpy = mpy
         self.files = files
+        # Primitives built without their fast path (``allow_slow``).
+        self.slow = slow or []
 
     @property
     def total_bytes(self) -> int:
@@ -104,7 +127,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "moteseal-flash", "v": 1, "device": self.device, "arch": self.arch,
-                "mpy": list(self.mpy), "total_bytes": self.total_bytes,
+                "mpy": list(self.mpy), "total_bytes": self.total_bytes, "slow": self.slow,
                 "files": [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]}
 
     @classmethod
@@ -120,7 +143,7 @@ class Manifest:
                 if p.startswith("/") or ".." in p.split("/") or "'" in p or "\\" in p:
                     raise ValueError(f"unsafe path {p!r}")
             return cls(str(doc["device"]), str(doc["arch"]), (int(doc["mpy"][0]), int(doc["mpy"][1])),
-                       files)
+                       files, [str(x) for x in doc.get("slow", [])])
         except FileNotFoundError:
             raise FlashError(f"{path}: no manifest; run `moteseal flash build` first", 2) from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -259,12 +282,18 @@ def unused_modules(link_kind: str, suite: str) -> set[str]:
 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
-          wifi: tuple[str, str] | None = None, debug: bool = False) -> Manifest:
+          wifi: tuple[str, str] | None = None, debug: bool = False,
+          allow_slow: bool = False) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
     ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
     numbers) and with long exception messages stripped (``strip_messages``);
     together about 3 KiB of device heap on the 64-bit unix port.
+
+    Every fast-path module (``FAST_MODULES``, and the asm_thumb X25519 on
+    ``THUMB2_ARCHES``) must compile for ``arch``, or ``FlashError`` (exit 2)
+    says the board would run the slow fallback; ``allow_slow`` leaves that
+    module out instead and lists its primitive in ``Manifest.slow``.
 
     Raises ``FlashError`` (exists, compile failure), ``BundleError`` /
     ``KeyPermissionError`` (a bad bundle), ``FileNotFoundError``.
@@ -288,6 +317,9 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     paths: list[str] = []
     port_modules = sorted(p.stem for p in port.glob("*.py") if p.stem != "__init__")
     skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
+    if arch not in THUMB2_ARCHES:
+        skip.add(ASM_THUMB_MODULE)  # its instructions are ARMv7-M's
+    slow: list[str] = []
     for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, port_modules)):
         for name in names:
             if f"{pkg}/{name}" in skip:
@@ -302,7 +334,21 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             with tempfile.TemporaryDirectory() as tmp:
                 src = Path(tmp) / f"{name}.py"
                 src.write_text(text)
-                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+                try:
+                    compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+                except FlashError as exc:
+                    prim = FAST_MODULES.get(f"{pkg}/{name}") or \
+                        ("x25519" if f"{pkg}/{name}" == ASM_THUMB_MODULE else None)
+                    if prim is None:
+                        raise
+                    if not allow_slow:
+                        shutil.rmtree(out_dir)
+                        raise FlashError(
+                            f"a {arch} board cannot load the fast {prim} path ({pkg}/{name}: {exc}); "
+                            "it would run the pure-Python fallback. Pass --allow-slow to build "
+                            "without it", 2) from None
+                    slow.append(prim)
+                    continue
             paths.append(rel)
     (out_dir / "main.py").write_text(MAIN_PY)
     paths.append("main.py")
@@ -318,7 +364,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             json.dump({"ssid": wifi[0], "password": wifi[1]}, f)
         paths.append(WIFI_NAME)
     files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
-    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files)
+    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return manifest
 
