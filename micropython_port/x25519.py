@@ -48,8 +48,13 @@ from array import array
 # - ValueError: a precompiled .mpy whose native code this port cannot run
 #   ("native code in .mpy unsupported", "incompatible .mpy arch").
 _NO_EMITTER = (ImportError, SyntaxError, ValueError)
+# The native architecture (py/persistentcode.h MP_NATIVE_ARCH_*; 0 where the
+# port does not say). asm_thumb is tried only on ARMv7-M/ARMv7E-M (5..8) or
+# an unknown arch: elsewhere it cannot run, and merely parsing its source
+# would take more heap than a 64 KiB device has.
+_ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 try:
-    if sys.implementation.name != "micropython":
+    if sys.implementation.name != "micropython" or not (_ARCH == 0 or 5 <= _ARCH <= 8):
         raise ImportError
     from micropython_port import _fe25519_thumb as _fe
 

@@ -36,6 +36,27 @@ print(repr((x25519.PATH, chacha20poly1305.PATH, backend.paths())))
     assert got == ("asm_thumb", "viper", "x25519=asm_thumb aead=viper")
 
 
+@pytest.mark.parametrize("exc, want", [("MemoryError", "MemoryError"),
+                                       ("SyntaxError('unsupported Thumb instruction')", "viper")])
+def test_only_a_missing_assembler_falls_back_never_a_memory_error(qemu_firmware: Any, exc: str,
+                                                                   want: str) -> None:
+    import qemu_board
+
+    from tests.qemu.conftest import target_files
+
+    files = [(n, f"raise {exc}\n".encode() if n == "micropython_port/_fe25519_thumb.py" else d)
+             for n, d in target_files()]
+    with qemu_board.Board(qemu_firmware, files=files) as b:
+        got = run(b, """
+try:
+    from micropython_port import x25519
+    print(repr(x25519.PATH))
+except MemoryError:
+    print(repr("MemoryError"))
+""")
+    assert got == want
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_rfc7748_vectors_on_each_path(board: Any, path: str) -> None:
     v = RFC7748_6_1
