@@ -11,8 +11,8 @@ Invariants:
 - The ladder swaps with an arithmetic mask (``fe_cswap``), not a branch on a
   scalar bit, and runs all 255 steps whatever the scalar; the inversion is a
   fixed addition chain.
-- Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) the inline
-  Thumb-2 assembler's field arithmetic on 8 words of 32 bits
+- Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) the whole
+  ladder and inversion in inline Thumb-2 assembler on 8 words of 32 bits
   (``_fe25519_thumb``, UMULL/UMLAL, its docstring proves the carries);
   elsewhere viper on 20 limbs of 13 bits (``_fe25519_viper``, whose
   docstring proves the 32-bit bounds); otherwise, and on CPython, the
@@ -71,6 +71,7 @@ except _NO_EMITTER:
         PATH = "python"
 
 _P = const(2**255 - 19)
+_LIMBS = const(20)  # the viper path's 13-bit limbs
 
 # z ** (p - 2) = 1 / z (RFC 7748 section 5) with the addition chain of ref10:
 # 254 squarings and 11 multiplications. Each step (dst, src, n, m) computes
@@ -107,7 +108,9 @@ def x25519(k, u):
     # Mask the top bit (RFC 7748 section 5); values in [p, 2**255) stay as they
     # are and are reduced by the arithmetic.
     un = int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
-    if _fe:
+    if PATH == "asm_thumb":
+        r = ladder_asm(kb, un)
+    elif _fe:
         r = ladder(kb, un)
     else:
         from micropython_port import _x25519_py
@@ -122,35 +125,48 @@ def x25519_base(k):
     return x25519(k, b"\x09" + bytes(31))
 
 
+def ladder_asm(kb, u):
+    """The same ladder and inversion run by one call of
+    ``_fe25519_thumb.x25519_core`` on 8-word field elements (see its
+    docstring); returns x2 / z2 as an integer below 2**256."""
+    # One 512-byte block: the assembler addresses the 16 field elements from
+    # one base register. fe 0..4 are x2, z2, x3, z3, x1 (the ladder's order).
+    st = array("I", bytes(512))
+    for i in range(8):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
+        st[16 + i] = st[32 + i] = u & 0xFFFFFFFF
+        u >>= 32
+    st[0] = st[24] = 1
+    _fe.x25519_core(st, kb, 0)
+    r = 0
+    for i in range(7, -1, -1):
+        r = (r << 32) + st[i]
+    return r
+
+
 def ladder(kb, u):
     """The RFC 7748 section 5 ladder on viper field elements, for the
     clamped scalar bytes ``kb`` and the u-coordinate ``u`` (an int); returns
-    x2 / z2 as an integer below 2**260 (2**256 on the asm_thumb path), which ``x25519`` reduces mod p.
+    x2 / z2 as an integer below 2**260, which ``x25519`` reduces mod p.
     ``_x25519_py.ladder`` is the same on Python integers."""
     # Scratch in small arrays rather than one 1280-byte block: a handshake
     # runs on a fragmented heap, where 80- and 160-byte holes are plentiful
     # and a long run of free blocks may not be. (x2, z2) and (x3, z3) share
     # one array each, so one fe_cswap over 40 words swaps both pairs.
-    # The limb layout is the module's: 8 x 32 bits (asm_thumb) or 20 x 13
-    # bits (viper, the default, also for the CPython model in the tests).
-    bits = getattr(_fe, "LIMB_BITS", 13)
-    nl = (255 + bits) // bits  # 8 or 20 limbs
-    p2 = memoryview(array("I", bytes(8 * nl)))
-    p3 = memoryview(array("I", bytes(8 * nl)))
-    fe = [p2[:nl], p2[nl:], p3[:nl], p3[nl:]]
+    p2 = memoryview(array("I", bytes(8 * _LIMBS)))
+    p3 = memoryview(array("I", bytes(8 * _LIMBS)))
+    fe = [p2[:_LIMBS], p2[_LIMBS:], p3[:_LIMBS], p3[_LIMBS:]]
     for _ in range(12):
-        fe.append(memoryview(array("I", bytes(4 * nl))))
+        fe.append(memoryview(array("I", bytes(4 * _LIMBS))))
     x2, z2, x3, z3, x1, a, b, c, d, aa, bb, e, da, cb, t1, t = fe
     mul, addsub, a24, cswap = _fe.fe_mul, _fe.fe_addsub, _fe.fe_a24_add, _fe.fe_cswap
-    mask = (1 << bits) - 1
-    for i in range(nl):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
-        x1[i] = x3[i] = u & mask
-        u >>= bits
+    for i in range(_LIMBS):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
+        x1[i] = x3[i] = u & 0x1FFF
+        u >>= 13
     x2[0] = z3[0] = 1
     swap = 0
     for i in range(254, -1, -1):
         kt = (kb[i >> 3] >> (i & 7)) & 1
-        cswap(p2, p3, 2 * nl, swap ^ kt)
+        cswap(p2, p3, 2 * _LIMBS, swap ^ kt)
         swap = kt
         addsub(a, b, x2, z2)  # A = x2 + z2, B = x2 - z2
         addsub(c, d, x3, z3)  # C = x3 + z3, D = x3 - z3
@@ -166,7 +182,7 @@ def ladder(kb, u):
         mul(x2, aa, bb)  # x2 = AA * BB
         a24(t1, e, aa)  # AA + a24 * E
         mul(z2, e, t1)  # z2 = E * (AA + a24 * E)
-    cswap(p2, p3, 2 * nl, swap)
+    cswap(p2, p3, 2 * _LIMBS, swap)
     ch = _INVERT_CHAIN
     for i in range(0, len(ch), 4):
         n = ch[i + 2]
@@ -179,6 +195,6 @@ def ladder(kb, u):
         mul(fe[ch[i]], src, fe[ch[i + 3]])
     mul(x2, x2, z3)  # x2 * z2 ** (p - 2)
     r = 0
-    for i in range(nl - 1, -1, -1):
-        r = (r << bits) + x2[i]
+    for i in range(_LIMBS - 1, -1, -1):
+        r = (r << 13) + x2[i]
     return r

@@ -57,7 +57,8 @@ def test_every_data_encoding_is_what_gnu_as_assembles(tmp_path: Path) -> None:
 
 
 class _Cpu:
-    """Registers, the C and Z flags, and word memory at byte addresses."""
+    """Registers, the C and Z flags, word memory at byte addresses, and the
+    number of instructions run."""
 
     def __init__(self) -> None:
         self.r = [0] * 16
@@ -65,6 +66,7 @@ class _Cpu:
         self.z = 0
         self.mem: dict[int, int] = {}
         self.r[13] = 0x20010000
+        self.count = 0
 
     def ld(self, a: int) -> int:
         assert a % 4 == 0
@@ -83,6 +85,8 @@ class _Cpu:
 
 
 def _reg(node: ast.expr) -> int:
+    if isinstance(node, ast.Name) and node.id == "lr":
+        return 14
     assert isinstance(node, ast.Name) and re.fullmatch(r"r\d+", node.id), ast.dump(node)
     return int(node.id[1:])
 
@@ -96,12 +100,15 @@ def _data32(cpu: _Cpu, hw1: int, hw2: int) -> None:
     elif hw1 & 0xFFF0 == 0xFBE0:  # umlal
         lo, hi, n, m = hw2 >> 12, (hw2 >> 8) & 15, hw1 & 15, hw2 & 15
         p = r[n] * r[m] + (r[hi] << 32) + r[lo]
-        r[lo], r[hi] = p & M32, (p >> 32) & M32
         assert p < 2**64, "umlal overflow"
+        r[lo], r[hi] = p & M32, p >> 32
     elif hw1 & 0xFFF0 == 0xF140 and hw2 & 0xF0FF == 0:  # adc.w rd, rn, #0 (no flags)
         v = r[hw1 & 15] + cpu.c
         assert v <= M32, "adc.w #0 wrapped: a carry was lost"
         r[(hw2 >> 8) & 15] = v
+    elif hw1 & 0xFBF0 == 0xF200 and not hw2 & 0x8000:  # addw rd, rn, #imm12
+        imm = ((hw1 >> 10) & 1) << 11 | ((hw2 >> 12) & 7) << 8 | (hw2 & 0xFF)
+        r[(hw2 >> 8) & 15] = (r[hw1 & 15] + imm) & M32
     elif hw1 == 0xF8DD:  # ldr.w rt, [sp, #imm12]
         r[hw2 >> 12] = cpu.ld(r[13] + (hw2 & 0xFFF))
     elif hw1 == 0xF8CD:  # str.w rt, [sp, #imm12]
@@ -119,114 +126,161 @@ def _data16(cpu: _Cpu, hw: int) -> None:
         raise AssertionError(f"unknown 16-bit encoding {hw:04x}")
 
 
-def _run(body: list[ast.stmt], cpu: _Cpu) -> None:
-    labels = {}
-    calls = []
+def _arg(node: ast.expr) -> object:
+    if isinstance(node, ast.Constant):
+        return ("imm", node.value)
+    if isinstance(node, ast.List):  # [base, offset]
+        return ("mem", _reg(node.elts[0]), node.elts[1].value)  # type: ignore[attr-defined]
+    if isinstance(node, ast.Set):  # {r8, r9, ...}
+        return ("regs", sorted(_reg(e) for e in node.elts))
+    if isinstance(node, ast.Name) and not re.fullmatch(r"r\d+|lr", node.id):
+        return ("label", node.id)
+    return ("reg", _reg(node))
+
+
+def _compile(body: list[ast.stmt]) -> tuple[list[tuple], dict[str, int]]:
+    prog, labels = [], {}
     for st in body:
         assert isinstance(st, ast.Expr) and isinstance(st.value, ast.Call), ast.dump(st)
         call = st.value
         assert isinstance(call.func, ast.Name)
         if call.func.id == "label":
-            labels[call.args[0].id] = len(calls)  # type: ignore[attr-defined]
-        calls.append(call)
-    pc = 0
-    r = cpu.r
-    steps = 0
-    while pc < len(calls):
-        steps += 1
-        assert steps < 100_000
-        call = calls[pc]
-        op, a = call.func.id, call.args  # type: ignore[attr-defined]
-        pc += 1
-        if op == "label":
+            labels[call.args[0].id] = len(prog)  # type: ignore[attr-defined]
             continue
+        prog.append((call.func.id, [_arg(a) for a in call.args]))
+    return prog, labels
+
+
+def _run(prog: list[tuple], labels: dict[str, int], cpu: _Cpu) -> None:
+    r = cpu.r
+    pc = 0
+    ret = len(prog)  # bl pushes nothing: lr is an index here
+    while pc < len(prog):
+        cpu.count += 1
+        op, a = prog[pc]
+        pc += 1
         if op == "data":
-            vals = [x.value for x in a[1:]]  # type: ignore[attr-defined]
-            assert a[0].value == 2  # type: ignore[attr-defined]
+            vals = [x[1] for x in a[1:]]
+            assert a[0][1] == 2
             if len(vals) == 2:
                 _data32(cpu, *vals)
             else:
                 _data16(cpu, vals[0])
-        elif op in ("ldr", "str"):
-            t = _reg(a[0])
-            base, off = a[1].elts  # type: ignore[attr-defined]
-            addr = r[_reg(base)] + off.value
+        elif op in ("ldr", "str", "ldrb"):
+            _, base, off = a[1]
+            addr = r[base] + off
             if op == "ldr":
-                r[t] = cpu.ld(addr)
+                r[a[0][1]] = cpu.ld(addr)
+            elif op == "ldrb":
+                r[a[0][1]] = (cpu.ld(addr & ~3) >> (8 * (addr & 3))) & 0xFF
             else:
-                cpu.st(addr, r[t])
+                cpu.st(addr, r[a[0][1]])
         elif op == "mov":
-            d = _reg(a[0])
-            if isinstance(a[1], ast.Constant):
-                r[d] = cpu.setzc(a[1].value)  # movs: N, Z; C unchanged
+            d = a[0][1]
+            if a[1][0] == "imm":
+                r[d] = cpu.setzc(a[1][1])  # movs: N, Z; C unchanged
             else:
-                r[d] = r[_reg(a[1])]
-        elif op == "movwt":
-            r[_reg(a[0])] = a[1].value  # type: ignore[attr-defined]
+                r[d] = r[a[1][1]]  # mov with a high register: flags unchanged
+        elif op in ("movw", "movwt"):
+            r[a[0][1]] = a[1][1]
         elif op in ("add", "sub") and len(a) == 3:
-            d, n = _reg(a[0]), _reg(a[1])
-            m = a[2].value if isinstance(a[2], ast.Constant) else r[_reg(a[2])]
+            d, n = a[0][1], a[1][1]
+            m = a[2][1] if a[2][0] == "imm" else r[a[2][1]]
             if op == "add":
                 v = r[n] + m
                 r[d] = cpu.setzc(v, int(v > M32))
             else:
                 v = r[n] - m
                 r[d] = cpu.setzc(v, int(v >= 0))
+        elif op == "cmp":
+            m = a[1][1] if a[1][0] == "imm" else r[a[1][1]]
+            v = r[a[0][1]] - m
+            cpu.setzc(v, int(v >= 0))
         elif op == "adc":
-            d, m = _reg(a[0]), _reg(a[1])
+            d, m = a[0][1], a[1][1]
             v = r[d] + r[m] + cpu.c
             r[d] = cpu.setzc(v, int(v > M32))
         elif op == "sbc":
-            d, m = _reg(a[0]), _reg(a[1])
+            d, m = a[0][1], a[1][1]
             v = r[d] - r[m] - (1 - cpu.c)
             r[d] = cpu.setzc(v, int(v >= 0))
         elif op == "mul":
-            d, m = _reg(a[0]), _reg(a[1])
+            d, m = a[0][1], a[1][1]
             r[d] = cpu.setzc(r[d] * r[m])  # muls: N, Z; C unchanged (ARMv7-M)
         elif op in ("and_", "eor"):
-            d, m = _reg(a[0]), _reg(a[1])
+            d, m = a[0][1], a[1][1]
             r[d] = cpu.setzc(r[d] & r[m] if op == "and_" else r[d] ^ r[m])
+        elif op == "lsr":
+            if len(a) == 3:  # lsrs rd, rm, #imm (imm > 0 here)
+                d, m, n = a[0][1], a[1][1], a[2][1]
+                assert 0 < n < 32
+                cpu.c = (r[m] >> (n - 1)) & 1
+                r[d] = cpu.setzc(r[m] >> n)
+            else:  # lsrs rd, rs: by the low byte of rs (< 8 here)
+                d, sh = a[0][1], r[a[1][1]] & 0xFF
+                assert sh < 32
+                if sh:
+                    cpu.c = (r[d] >> (sh - 1)) & 1
+                r[d] = cpu.setzc(r[d] >> sh)
         elif op == "neg":
-            d, m = _reg(a[0]), _reg(a[1])
+            d, m = a[0][1], a[1][1]
             v = -r[m]
             r[d] = cpu.setzc(v, int(r[m] == 0))
-        elif op == "bne":
-            if not cpu.z:
-                pc = labels[a[0].id]  # type: ignore[attr-defined]
+        elif op in ("bne", "bne_w", "beq_w"):
+            if cpu.z == (op == "beq_w"):
+                pc = labels[a[0][1]]
+        elif op == "bl":
+            r[14] = pc
+            pc = labels[a[0][1]]
+        elif op == "bx":
+            assert a[0] == ("reg", 14)
+            pc = r[14]
+        elif op == "push":
+            for reg in reversed(a[0][1]):
+                r[13] -= 4
+                cpu.st(r[13], r[reg])
+        elif op == "pop":
+            for reg in a[0][1]:
+                r[reg] = cpu.ld(r[13])
+                r[13] += 4
         else:
             raise AssertionError(f"the model lacks {op}")
+    assert pc == ret
 
 
-def _functions() -> dict[str, tuple[int, list[ast.stmt]]]:
+def _core() -> tuple[list[tuple], dict[str, int]]:
     tree = ast.parse(MOD.read_text())
-    return {f.name: (len(f.args.args), f.body) for f in tree.body
-            if isinstance(f, ast.FunctionDef)}
+    (f,) = [f for f in tree.body if isinstance(f, ast.FunctionDef)]
+    assert f.name == "x25519_core" and len(f.args.args) == 3
+    return _compile(f.body)
 
 
-FUNCS = _functions()
-BASE = (0x20000000, 0x20000100, 0x20000200, 0x20000300)
+CORE = _core()
+STATE, KEY = 0x20000000, 0x20000400
 
 
-def _call(name: str, *args: int | list[int]) -> tuple[list[list[int]], int]:
-    """Run ``name`` with word lists placed in memory (ints passed as they are);
-    returns the arrays after the call and r0."""
-    nargs, body = FUNCS[name]
-    assert nargs == len(args)
+def _call(fes: dict[int, int], k: int | bytes, op: int) -> tuple[list[int], _Cpu]:
+    """Run x25519_core(state, k, op) on the model with field element i of
+    the state = ``fes[i]`` (others zero); returns the 16 values after it."""
     cpu = _Cpu()
-    arrays = []
-    for i, v in enumerate(args):
-        if isinstance(v, list):
-            for j, w in enumerate(v):
-                cpu.st(BASE[i] + 4 * j, w)
-            cpu.r[i] = BASE[i]
-            arrays.append(i)
-        else:
-            cpu.r[i] = v
+    for i in range(16):
+        for j, w in enumerate(_w(fes.get(i, 0))):
+            cpu.st(STATE + 32 * i + 4 * j, w)
+    if isinstance(k, bytes):
+        for j in range(0, 32, 4):
+            cpu.st(KEY + j, int.from_bytes(k[j:j + 4], "little"))
+        cpu.r[1] = KEY
+    else:
+        cpu.r[1] = k
+    cpu.r[0], cpu.r[2] = STATE, op
     sp = cpu.r[13]
-    _run(body, cpu)
+    for reg in (8, 9, 10, 11):
+        cpu.r[reg] = 0x1000 + reg  # callee-saved: must come back unchanged
+    _run(*CORE, cpu)
     assert cpu.r[13] == sp, "stack not balanced"
-    out = [[cpu.mem[BASE[i] + 4 * j] for j in range(len(args[i]))] for i in arrays]  # type: ignore[arg-type]
-    return out, cpu.r[0]
+    assert [cpu.r[reg] for reg in (8, 9, 10, 11)] == [0x1000 + reg for reg in (8, 9, 10, 11)]
+    assert cpu.r[0] == 0
+    return [_v([cpu.mem[STATE + 32 * i + 4 * j] for j in range(8)]) for i in range(16)], cpu
 
 
 def _w(x: int) -> list[int]:
@@ -247,46 +301,58 @@ def _inputs() -> list[int]:
         [rng.getrandbits(32) << (32 * rng.randrange(8)) for _ in range(20)]
 
 
+def _check_ops(x: int, y: int) -> None:
+    got, _ = _call({1: x, 2: y}, 0, 1)
+    assert got[0] % P == x * y % P, (x, y)
+    got, _ = _call({1: x}, 0, 2)
+    assert got[0] % P == x * x % P, x
+    got, _ = _call({1: x, 2: y}, 0, 3)
+    assert (got[0] % P, got[3] % P) == ((x + y) % P, (x - y) % P), (x, y)
+    got, _ = _call({1: x, 2: y}, 0, 4)
+    assert got[0] % P == (y + 121665 * x) % P, (x, y)
+
+
 def test_the_model_at_every_pair_of_carry_edges() -> None:
     # The second folds (a sum that wraps twice, a difference that borrows
     # twice) need both operands near 2**256 or 0: every pair of edges.
     for x in EDGES:
         for y in EDGES:
-            (s, d, _a, _b), _ = _call("fe_addsub", [0] * 8, [0] * 8, _w(x), _w(y))
-            assert (_v(s) % P, _v(d) % P) == ((x + y) % P, (x - y) % P), (x, y)
-            (o, _e, _aa), _ = _call("fe_a24_add", [0] * 8, _w(x), _w(y))
-            assert _v(o) % P == (y + 121665 * x) % P, (x, y)
-            (o, _a, _b), _ = _call("fe_mul", [0] * 8, _w(x), _w(y))
-            assert _v(o) % P == x * y % P, (x, y)
+            _check_ops(x, y)
 
 
 def test_the_model_runs_every_operation_to_a_congruent_8_word_result() -> None:
     ins = _inputs()
     rng = random.Random(8439)
     for x in ins:
+        _check_ops(x, rng.choice(ins))
         y = rng.choice(ins)
-        (o, _a, _b), r0 = _call("fe_mul", [0] * 8, _w(x), _w(y))
-        assert _v(o) % P == x * y % P and r0 == 0
-        (o, _a), _ = _call("fe_sq", [0] * 8, _w(x))
-        assert _v(o) % P == x * x % P
-        (s, d, _a, _b), _ = _call("fe_addsub", [0] * 8, [0] * 8, _w(x), _w(y))
-        assert (_v(s) % P, _v(d) % P) == ((x + y) % P, (x - y) % P)
-        (o, _e, _aa), _ = _call("fe_a24_add", [0] * 8, _w(x), _w(y))
-        assert _v(o) % P == (y + 121665 * x) % P
         for bit in (0, 1):
-            (p, q), _ = _call("fe_cswap", _w(x), _w(y), 8, bit)
-            assert (_v(p), _v(q)) == ((y, x) if bit else (x, y))
+            got, _ = _call({0: x, 1: y, 2: y ^ 5, 3: x ^ 7}, bit, 5)
+            assert got[0:4] == ([y ^ 5, x ^ 7, x, y] if bit else [x, y, y ^ 5, x ^ 7])
 
 
-def test_the_model_allows_the_documented_aliasing() -> None:
-    # fe_mul and fe_sq may write over an input; fe_a24_add too (word by word).
-    for x in _inputs()[:40]:
-        cpu = _Cpu()
-        for j, w in enumerate(_w(x)):
-            cpu.st(BASE[0] + 4 * j, w)
-        cpu.r[0] = cpu.r[1] = cpu.r[2] = BASE[0]
-        _run(FUNCS["fe_mul"][1], cpu)
-        assert _v([cpu.mem[BASE[0] + 4 * j] for j in range(8)]) % P == x * x % P
-        cpu.r[0] = cpu.r[1] = BASE[0]
-        _run(FUNCS["fe_sq"][1], cpu)
-        assert _v([cpu.mem[BASE[0] + 4 * j] for j in range(8)]) % P == pow(x, 4, P)
+def test_the_inversion_chain_is_the_one_x25519_py_documents() -> None:
+    ns: dict = {"__name__": "gen", "__file__": str(GEN)}
+    exec(compile(GEN.read_text(), str(GEN), "exec"), ns)
+    src = (ROOT / "micropython_port" / "x25519.py").read_text()
+    chain = b"".join(ast.literal_eval(m) for m in re.findall(r'^\s+(b"[^"]+")', src, re.M))
+    assert [tuple(chain[i:i + 4]) for i in range(0, len(chain), 4)] == ns["INVERT_CHAIN"]
+    # and it computes z ** (p - 2): exponents as the chain combines them
+    e = {1: 1}
+    for dst, src_, n, m in ns["INVERT_CHAIN"]:
+        e[dst] = e[src_] * 2**n + e[m]
+    assert e[3] == P - 2
+
+
+def test_the_whole_ladder_on_the_model_matches_pynacl() -> None:
+    import nacl.bindings
+
+    rng = random.Random(7748)
+    k = bytearray(rng.randbytes(32))
+    u = rng.randrange(2**255)
+    k[0] &= 248
+    k[31] = (k[31] & 127) | 64
+    got, cpu = _call({2: u, 4: u, 0: 1, 3: 1}, bytes(k), 0)
+    want = nacl.bindings.crypto_scalarmult(bytes(k), (u % P).to_bytes(32, "little"))
+    assert (got[0] % P).to_bytes(32, "little") == want
+    assert 1_000_000 < cpu.count < 2_000_000  # the whole X25519 in one call
