@@ -452,13 +452,27 @@ def parse_board_info(out: str) -> tuple[int, int, int, list[str]]:
     return value & 0xFF, (value >> 8) & 3, value >> 10, removed
 
 
+def arch_loads(board_code: int, bundle_arch: str) -> bool:
+    """Whether a board whose ``sys.implementation._mpy`` names native arch
+    ``board_code`` loads .mpy native code built for ``bundle_arch``: the same
+    arch, or on ARM an older Thumb one (py/persistentcode.h,
+    MPY_FEATURE_ARCH_TEST: armv6m <= x <= the board's). A Cortex-M3's
+    MicroPython names itself armv7em (it picks the arch from the compiler's
+    __thumb2__ and FPU macros), and loads an armv7m build."""
+    code = ARCHES[bundle_arch]
+    lo, hi = ARCHES["armv6m"], ARCHES["armv7emdp"]
+    if lo <= board_code <= hi:
+        return lo <= code <= board_code
+    return code == board_code
+
+
 def check_board(manifest: Manifest, major: int, sub: int, arch_code: int) -> None:
     """Raises ``FlashError`` if the board cannot load the manifest's .mpy."""
     if (major, sub) != tuple(manifest.mpy):
         raise FlashError(f"the board loads .mpy v{major}.{sub}; this bundle is "
                          f"v{manifest.mpy[0]}.{manifest.mpy[1]}: use an mpy-cross that matches "
                          "the board's MicroPython, or update the firmware")
-    if arch_code and arch_code != ARCHES[manifest.arch]:
+    if arch_code and not arch_loads(arch_code, manifest.arch):
         names = {v: k for k, v in ARCHES.items()}
         raise FlashError(f"the board's native architecture is {names.get(arch_code, arch_code)}; "
                          f"the bundle was built for {manifest.arch} (flash build --arch)")

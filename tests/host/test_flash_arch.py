@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from moteseal.cli.flash import flash_group
-from moteseal.flash.build import ARCHES, THUMB2_ARCHES, FlashError, Manifest, build, fast_paths
+from moteseal.flash.build import (ARCHES, THUMB2_ARCHES, FlashError, Manifest, arch_loads, build,
+                                  check_board, fast_paths)
 from tests.host.test_flash import bundle_file  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(180)
@@ -67,3 +68,15 @@ def test_the_cli_refuses_with_exit_2_and_builds_with_allow_slow(bundle_file: Pat
     r = CliRunner().invoke(flash_group, args + ["--allow-slow"])
     assert r.exit_code == 0, r.output
     assert sorted(json.loads(r.output.strip().splitlines()[-1])["slow"]) == ["aead", "x25519"]
+
+
+def test_a_cortex_m3_board_naming_itself_armv7em_takes_an_armv7m_build() -> None:
+    # MicroPython on a Cortex-M3 reports armv7em (6) in sys.implementation._mpy
+    # (seen on the qemu target); it loads armv6m..armv7em native code.
+    assert arch_loads(ARCHES["armv7em"], "armv7m") and arch_loads(ARCHES["armv7em"], "armv6m")
+    check_board(Manifest("d", "armv7m", (6, 3), []), 6, 3, ARCHES["armv7em"])
+    for board, bundle in (("armv6m", "armv7m"), ("armv7em", "armv7emsp"), ("xtensawin", "xtensa"),
+                          ("x64", "x86"), ("armv7m", "xtensawin")):
+        assert not arch_loads(ARCHES[board], bundle)
+        with pytest.raises(FlashError):
+            check_board(Manifest("d", bundle, (6, 3), []), 6, 3, ARCHES[board])
