@@ -37,7 +37,8 @@ from array import array
 
 # The fast paths, best first. Only "this interpreter cannot load it" is
 # caught, never MemoryError (a tight heap must fail loudly, not quietly run
-# the 2.4x slower Python ladder):
+# the Python ladder: on a Cortex-M3, 29x the instructions of asm_thumb and
+# 2.3x those of viper):
 # - ImportError: CPython (raised here: the modules are MicroPython code, and
 #   under pytest ``import micropython`` finds tests/micropython/), or a
 #   build without the file;
