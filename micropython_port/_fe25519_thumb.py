@@ -54,7 +54,10 @@ t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
 and UMLAL take 3-5 and 4-7 cycles depending on their operands (early
 termination, ARM DDI 0337 section 18.2): on real M3 hardware their timing
 is data-dependent, which this code does not mask (the M4's are fixed; qemu
-counts instructions either way). ``x25519_core`` returns 0, so a call
+counts instructions either way). In NK the device's only X25519 secret is
+its ephemeral key, used for one handshake, so such a leak is one trace per
+key; a multiply from 16x16-bit MULs (constant-time on the M3) would remove
+it at about twice the instructions. ``x25519_core`` returns 0, so a call
 allocates nothing for its result.
 
 The module only compiles where the inline assembler accepts ARMv7-M
