@@ -1,7 +1,7 @@
 """The MicroPython device vs the same operations on CPython, side by side in
 one run, with ratios. Not a test: figures vary by machine.
 
-    python3 bench/bench_mp_device.py [--quick] [--no-heap]
+    python3 bench/bench_mp_device.py [--quick] [--no-heap] [--no-qemu]
 
 Prints:
 - full Noise_NKpsk0 initiator handshake (write message 1, read message 2,
@@ -19,7 +19,13 @@ Prints:
   run`` to a CPython peer) completes: binary search in 4 KiB steps;
 - the ``.mpy`` flash directory size for the unix port (x64) and, compiled
   only, for an RP2040 (armv6m) and an ESP32 (xtensawin), next to the size of
-  the same modules as CPython source.
+  the same modules as CPython source;
+- on the 32-bit target (our Cortex-M3 MicroPython under ``qemu-system-arm
+  -icount shift=0``, see qemu/; skipped with ``--no-qemu`` or without the
+  tools), guest instructions for one X25519 on each path (asm_thumb, viper,
+  pure Python) and one ChaCha20-Poly1305 seal/open of 64 B and 1 KiB,
+  beside the figures before the asm_thumb path (the "before" column).
+  Instructions, not time: the same on every host.
 
 The ratio is MicroPython time / CPython time (2.0x = half as fast).
 """
@@ -278,9 +284,93 @@ def mpy_sizes(flash: Path, bundle: Path, root: Path) -> dict[str, int]:
         out = root / f"flash-{arch}"
         sizes[arch] = build(bundle, out, arch).total_bytes
     core, port = source_dirs()
-    src = [core / f"{m}.py" for m in CORE_MODULES] + list(port.glob("*.py"))
+    # The asm_thumb X25519 (60 KiB of generated source) ships to ARMv7-M only.
+    src = [core / f"{m}.py" for m in CORE_MODULES] + [p for p in port.glob("*.py")
+                                                       if p.name != "_fe25519_thumb.py"]
     sizes["cpython_source"] = sum(p.stat().st_size for p in src)
     return sizes
+
+
+QEMU_BENCH = """
+import time
+import mp_primitive_hooks as T
+from micropython_port import x25519 as X
+from micropython_port.backend import MicroBackend
+k = bytes(range(32))
+out = {}
+def instr(f, n):  # -icount shift=0: ticks_us = instructions / 1000
+    f()
+    t0 = time.ticks_us()
+    for _ in range(n):
+        f()
+    return time.ticks_diff(time.ticks_us(), t0) * 1000 // n
+for path in ("asm_thumb", "viper", "python"):
+    T.force_x25519_path_for_testing_only(path)
+    out["x25519_" + path] = instr(lambda: X.x25519_base(k), 1 if path == "python" else 3)
+pub, psk, e, msg1, msg2 = [bytes.fromhex(x) for x in KEYS]
+from device.noise import NKInitiator
+b = MicroBackend()
+def handshake():
+    b.fixed_ephemeral_key_for_testing_only = [e]
+    hs = NKInitiator(b, pub, psk, PROLOGUE, SUITE)
+    assert hs.write_message(b"") == msg1
+    hs.read_message(msg2)
+    hs.into_transport()
+T.force_x25519_path_for_testing_only(X_PATH)
+out["handshake"] = instr(handshake, 2)
+c = MicroBackend().cipher(k)
+for size in (64, 1024):
+    pt = bytearray(size)
+    ct = bytearray(size + 16)
+    back = bytearray(size)
+    out["seal_%d" % size] = instr(lambda: c.encrypt_into(7, b"hdr", 3, pt, 0, size, ct, 0), 20)
+    out["open_%d" % size] = instr(lambda: c.decrypt_into(7, b"hdr", 3, ct, 0, size + 16, back, 0), 20)
+print(repr(out))
+"""
+# Guest instructions on the Cortex-M3 target before the asm_thumb X25519
+# (the qemu lane's first figures).
+QEMU_BEFORE = {"x25519_viper": 19.0e6, "x25519_python": 45.3e6, "seal_64": 51e3}
+
+
+def qemu_figures() -> dict[str, int] | None:
+    """Instruction counts on the qemu Cortex-M3 target, or None (and why)."""
+    import ast
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "qemu"))
+    import qemu_board
+    import qemu_fw
+
+    missing = qemu_fw.missing_tools()
+    if missing:
+        print(f"32-bit target skipped: missing {', '.join(missing)}")
+        return None
+    root = Path(__file__).resolve().parents[1]
+    files = qemu_board.repo_files(root)
+    files.append(("mp_primitive_hooks.py", (root / "tests" / "mp_primitive_hooks.py").read_bytes()))
+    pub, psk, e, msg1, msg2 = fixed_handshake()
+    head = (f"KEYS = {[x.hex() for x in (pub, psk, e, msg1, msg2)]!r}\n"
+            f"PROLOGUE, SUITE = {PROLOGUE!r}, {SUITE!r}\n")
+    with qemu_board.Board(qemu_fw.build(), files=files) as board:
+        # The asm_thumb module first: compiling it from source needs room.
+        board.exec("import micropython_port.x25519 as X\nX_PATH = X.PATH")
+        out = board.exec(head + QEMU_BENCH, timeout=600)
+    return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+def print_qemu(q: dict[str, int]) -> None:
+    print(f"\n{'32-bit target (Cortex-M3, qemu)':<40} {'instructions':>12} {'before':>12} {'ratio':>8}")
+    rows = [("X25519, asm_thumb (default)", "x25519_asm_thumb", "x25519_viper"),
+            ("X25519, viper", "x25519_viper", "x25519_viper"),
+            ("X25519, pure Python", "x25519_python", "x25519_python"),
+            ("NKpsk0 initiator handshake", "handshake", None),
+            ("AEAD seal, 64 B", "seal_64", "seal_64"), ("AEAD open, 64 B", "open_64", None),
+            ("AEAD seal, 1 KiB", "seal_1024", None), ("AEAD open, 1 KiB", "open_1024", None)]
+    for name, key, ref in rows:
+        v = q[key]
+        fmt = (lambda x: f"{x / 1e6:>10.2f} M") if v > 1e6 else (lambda x: f"{x / 1e3:>10.1f} k")
+        before = QEMU_BEFORE.get(ref) if ref else None
+        tail = f"{fmt(before)} {v / before:>7.2f}x" if before else f"{'':>12} {'':>8}"
+        print(f"{name:<40} {fmt(v)} {tail}")
 
 
 def main() -> None:
@@ -328,6 +418,10 @@ def main() -> None:
             rig.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if "--no-qemu" not in sys.argv:
+        q = qemu_figures()
+        if q is not None:
+            print_qemu(q)
 
 
 if __name__ == "__main__":

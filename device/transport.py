@@ -23,7 +23,9 @@ Invariants:
   ``SessionExpired`` says to handshake again. The core has no clock: callers
   pass ``now``.
 - Rule 5: the hot path allocates nothing on MicroPython: callers pass
-  buffers with offsets and lengths (``*_into`` returning a byte count).
+  buffers with offsets and lengths (``*_into`` returning a byte count), and
+  with the default ``max_messages`` (2^30 - 1) every nonce stays a small int
+  even on a 32-bit port (tests/qemu/test_qemu_heap.py).
 """
 
 from device import errors
@@ -40,7 +42,14 @@ MAX_PAYLOAD_BYTES = const(1024)  # default plaintext bound for every buffer
 _MAXNONCE = const(0xFFFFFFFFFFFFFFFF)
 NONCE_BYTES = const(8)  # the bare wire form of encrypt(): 8-byte big-endian nonce || ct
 DEFAULT_REKEY_INTERVAL = const(65536)
-DEFAULT_MAX_MESSAGES = 1 << 32  # per direction; Noise allows up to 2^64 - 2
+# Per direction. Noise allows up to 2^64 - 2; we stop at 2^30 - 1 so that every
+# nonce (at most 2^30 - 2) and the next send_nonce (at most 2^30 - 1) are small
+# ints on a 32-bit MicroPython port (31-bit signed: 2^30 - 1 is the largest),
+# where a larger nonce is a heap integer and the message path would allocate.
+# At one message a second that is 34 years; SessionExpired asks for a new
+# handshake before then. A caller passing a larger max_messages gets an
+# allocating message path from nonce 2^30 on 32-bit ports.
+DEFAULT_MAX_MESSAGES = const(0x3FFFFFFF)  # 2^30 - 1
 MAX_EPOCH_SKIP = const(8)  # bounds the Rekey() work a forged far-future nonce can cause
 
 

@@ -56,3 +56,18 @@ class MicroBackend:
             return blake2s
         raise LocalError("unsupported hash")
 
+
+def paths():
+    """Which code runs each primitive, for the device to print at boot, e.g.
+    ``"x25519=asm_thumb aead=viper"`` (and ``blake2s=...`` once a BLAKE2s
+    suite has imported it; this never imports it). A "python" there on a
+    board means the slow fallback: its port cannot load the fast path."""
+    import sys
+
+    from micropython_port import chacha20poly1305, x25519
+
+    out = "x25519=" + x25519.PATH + " aead=" + chacha20poly1305.PATH
+    b = sys.modules.get("micropython_port.blake2s")
+    if b:
+        out += " blake2s=" + b.PATH
+    return out

@@ -12,19 +12,29 @@ Invariants:
   ``_blake2s_py``, imported only then (about 60 us per 64-byte block on a
   fast unix host, and far slower on a 32-bit board, where every word above
   2**30 is a heap integer). ``tests/mp_primitive_hooks.py`` switches paths for tests.
-  SHA-256 is still the one to pick on a device: it is built in.
+  SHA-256 is still the one to pick on a device: it is built in. ``PATH``
+  says which ("viper" or "python"); a MemoryError while loading the viper
+  code is raised, not swallowed.
 - Equals ``hashlib.blake2s`` on CPython (tested).
 """
 
 from micropython_port.hashes import BLOCKLEN, HASHLEN
 from micropython_port.hashes import hmac as _hmac
 
-try:
-    from array import array
+import sys
+from array import array
 
+# Only "this interpreter cannot load the viper code" falls back, never
+# MemoryError (see ``x25519`` for the three exception types and why).
+try:
+    if sys.implementation.name != "micropython":
+        raise ImportError  # CPython
     from micropython_port import _blake2s_viper as _bv
-except Exception:  # noqa: BLE001 - CPython, or a port without the native emitter
+
+    PATH = "viper"
+except (ImportError, SyntaxError, ValueError):
     _bv = None
+    PATH = "python"
 
 IV = (
     0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,

@@ -15,7 +15,9 @@ Invariants:
 - Every offset and length is checked (``_check``) before viper code touches
   memory: viper does no bounds checks.
 - Fast path: ``_chachapoly_viper`` (32-bit-safe viper, see its docstring),
-  used when the port has the native emitter; otherwise, and on CPython, the
+  used when the port has the native emitter (``PATH`` is "viper", else
+  "python"; a MemoryError while loading it is raised, not swallowed);
+  otherwise, and on CPython, the
   pure-Python class of ``_chachapoly_py`` runs (imported only then, so a
   board with the emitter never loads it into RAM).
 - The raw RFC 8439 functions (block, stream, one-time authenticator, AEAD
@@ -30,12 +32,20 @@ try:
 except ImportError:  # CPython
     const = lambda x: x  # noqa: E731
 
-try:
-    from array import array
+import sys
+from array import array
 
+# Only "this interpreter cannot load the viper code" falls back, never
+# MemoryError (see ``x25519`` for the three exception types and why).
+try:
+    if sys.implementation.name != "micropython":
+        raise ImportError  # CPython
     from micropython_port import _chachapoly_viper as _v
-except Exception:  # noqa: BLE001 - CPython, or a port without the native emitter
+
+    PATH = "viper"
+except (ImportError, SyntaxError, ValueError):
     _v = None
+    PATH = "python"
 
 _TAG_BYTES = const(16)
 # poly_update mode bits (see _chachapoly_viper): pad, length block, finish

@@ -11,13 +11,18 @@ Invariants:
 - The ladder swaps with an arithmetic mask (``fe_cswap``), not a branch on a
   scalar bit, and runs all 255 steps whatever the scalar; the inversion is a
   fixed addition chain.
-- Fast path: viper field arithmetic on 20 limbs of 13 bits
-  (``_fe25519_viper``, whose docstring proves the 32-bit bounds), in scratch
-  that one call allocates and drops, so nothing stays on the heap between
-  handshakes. It is used when the port has the native emitter; otherwise,
-  and on CPython, the big-integer ladder of ``_x25519_py`` runs (imported
-  only then, so a board with the emitter never loads it into RAM).
-  ``tests/mp_primitive_hooks.py`` switches paths for tests.
+- Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) the whole
+  ladder and inversion in inline Thumb-2 assembler on 8 words of 32 bits
+  (``_fe25519_thumb``, UMULL/UMLAL, its docstring proves the carries);
+  elsewhere viper on 20 limbs of 13 bits (``_fe25519_viper``, whose
+  docstring proves the 32-bit bounds); otherwise, and on CPython, the
+  big-integer ladder of ``_x25519_py`` (imported only then, so a board with
+  a fast path never loads it into RAM). Scratch is allocated by one call and
+  dropped, so nothing stays on the heap between handshakes. ``PATH`` names
+  the path in use ("asm_thumb", "viper" or "python"), and a fallback happens
+  only when the interpreter cannot load a module (see ``_NO_EMITTER``),
+  never on a MemoryError. ``tests/mp_primitive_hooks.py`` switches paths
+  for tests.
 """
 
 from device.errors import LocalError
@@ -27,16 +32,47 @@ try:
 except ImportError:  # CPython
     const = lambda x: x  # noqa: E731
 
-try:
-    from array import array
+import sys
+from array import array
 
-    from micropython_port import _fe25519_viper as _fe
-except Exception:  # noqa: BLE001 - CPython (no micropython module), or a port
-    # without the native emitter (the viper decorator fails to compile).
-    _fe = None
+# The fast paths, best first. Only "this interpreter cannot load it" is
+# caught, never MemoryError (a tight heap must fail loudly, not quietly run
+# the Python ladder: on a Cortex-M3, 29x the instructions of asm_thumb and
+# 2.3x those of viper):
+# - ImportError: CPython (raised here: the modules are MicroPython code, and
+#   under pytest ``import micropython`` finds tests/micropython/), or a
+#   build without the file;
+# - SyntaxError: the port's compiler lacks the emitter: "invalid micropython
+#   decorator" without the native emitter (viper) or the inline Thumb
+#   assembler, "unsupported Thumb instruction" for the ARMv7-M instructions
+#   on an ARMv6-M (Cortex-M0) build;
+# - ValueError: a precompiled .mpy whose native code this port cannot run
+#   ("native code in .mpy unsupported", "incompatible .mpy arch").
+_NO_EMITTER = (ImportError, SyntaxError, ValueError)
+# The native architecture (py/persistentcode.h MP_NATIVE_ARCH_*; 0 where the
+# port does not say). asm_thumb is tried only on ARMv7-M/ARMv7E-M (5..8) or
+# an unknown arch: elsewhere it cannot run, and merely parsing its source
+# would take more heap than a 64 KiB device has.
+_ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
+try:
+    if sys.implementation.name != "micropython" or not (_ARCH == 0 or 5 <= _ARCH <= 8):
+        raise ImportError
+    from micropython_port import _fe25519_thumb as _fe
+
+    PATH = "asm_thumb"
+except _NO_EMITTER:
+    try:
+        if sys.implementation.name != "micropython":
+            raise ImportError
+        from micropython_port import _fe25519_viper as _fe
+
+        PATH = "viper"
+    except _NO_EMITTER:
+        _fe = None
+        PATH = "python"
 
 _P = const(2**255 - 19)
-_LIMBS = const(20)
+_LIMBS = const(20)  # the viper path's 13-bit limbs
 
 # z ** (p - 2) = 1 / z (RFC 7748 section 5) with the addition chain of ref10:
 # 254 squarings and 11 multiplications. Each step (dst, src, n, m) computes
@@ -73,7 +109,9 @@ def x25519(k, u):
     # Mask the top bit (RFC 7748 section 5); values in [p, 2**255) stay as they
     # are and are reduced by the arithmetic.
     un = int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
-    if _fe:
+    if PATH == "asm_thumb":
+        r = ladder_asm(kb, un)
+    elif _fe:
         r = ladder(kb, un)
     else:
         from micropython_port import _x25519_py
@@ -86,6 +124,24 @@ def x25519_base(k):
     """The public key X25519(k, 9) of the 32-byte private key ``k``. Raises
     ``LocalError`` unless ``k`` is 32 bytes."""
     return x25519(k, b"\x09" + bytes(31))
+
+
+def ladder_asm(kb, u):
+    """The same ladder and inversion run by one call of
+    ``_fe25519_thumb.x25519_core`` on 8-word field elements (see its
+    docstring); returns x2 / z2 as an integer below 2**256."""
+    # One 512-byte block: the assembler addresses the 16 field elements from
+    # one base register. fe 0..4 are x2, z2, x3, z3, x1 (the ladder's order).
+    st = array("I", bytes(512))
+    for i in range(8):  # x1 = x3 = u, x2 = z3 = 1, z2 = 0
+        st[16 + i] = st[32 + i] = u & 0xFFFFFFFF
+        u >>= 32
+    st[0] = st[24] = 1
+    _fe.x25519_core(st, kb, 0)
+    r = 0
+    for i in range(7, -1, -1):
+        r = (r << 32) + st[i]
+    return r
 
 
 def ladder(kb, u):

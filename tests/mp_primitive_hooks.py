@@ -4,9 +4,11 @@ here, not in the port, so that no device build ships them: on a device they
 would only take RAM.
 
 - ``has_fast_path()`` and ``force_fallback_for_testing_only(flag)``: which
-  primitives loaded their viper code, and a switch that makes ``x25519``,
+  primitives loaded their fast (viper or asm_thumb) code, and a switch that makes ``x25519``,
   ``chacha20poly1305`` and ``blake2s`` run their pure-Python fallbacks on
   the same interpreter, so tests and benchmarks cover both paths.
+- ``force_x25519_path_for_testing_only(path)``: X25519 on the asm_thumb,
+  viper or Python field arithmetic.
 - The raw RFC 8439 functions the vectors need (section 2.3 block, 2.4
   stream, 2.5 one-time authenticator, 2.8 AEAD with a 12-byte nonce). They
   drive the same viper code and cipher objects as the device, and allocate.
@@ -31,13 +33,34 @@ def has_fast_path():
     return [m is not None for m in _FAST]
 
 
+_PATHS = (X.PATH, C.PATH, B.PATH)
+
+
 def force_fallback_for_testing_only(flag):
     """Make the three primitives use their pure-Python code (``flag=True``)
-    or their viper code again (``False``); returns the previous setting.
-    Cipher objects made before the switch keep the path they were made with."""
+    or their fast code again (``False``); returns the previous setting.
+    Cipher objects made before the switch keep the path they were made with.
+    Each module's ``PATH`` follows."""
     prev = X._fe is None and _FAST[0] is not None
     X._fe, C._v, B._bv = (None, None, None) if flag else _FAST
+    X.PATH, C.PATH, B.PATH = ("python",) * 3 if flag else _PATHS
     return prev
+
+
+def force_x25519_path_for_testing_only(path):
+    """Run X25519 on ``path``: "asm_thumb", "viper" (imported now, so the
+    port must support it) or "python"; ``X.PATH`` follows."""
+    if path == "python":
+        X._fe = None
+    elif path == "viper":
+        from micropython_port import _fe25519_viper as fe
+
+        X._fe = fe
+    else:
+        from micropython_port import _fe25519_thumb as fe
+
+        X._fe = fe
+    X.PATH = path
 
 
 def _le32(b, o):

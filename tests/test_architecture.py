@@ -32,7 +32,8 @@ SESSION_CODE = ("device.noise", "device.transport", "device.session", "device.pe
                 "device.backend", "device.counter", "device.replay", "moteseal.crypto",
                 "moteseal.keys", "moteseal.peer")
 MAX_LINES = 600
-GENERATED = {"micropython_port/_fe25519_viper.py", "micropython_port/_chachapoly_viper.py"}
+GENERATED = {"micropython_port/_fe25519_viper.py", "micropython_port/_chachapoly_viper.py",
+             "micropython_port/_fe25519_thumb.py"}
 
 
 def _modules(pkg: str) -> dict[str, Path]:

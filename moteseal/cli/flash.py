@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from moteseal.cli.errors import fail
-from moteseal.flash.build import (ARCHES, BOARDS, USUAL_PORTS, FlashError, build, deploy,
-                                  mpremote_argv, resolve_port, run_mpremote)
+from moteseal.flash.build import ARCHES, BOARDS, USUAL_PORTS, FlashError, build
+from moteseal.flash.board import deploy, mpremote_argv, resolve_port, run_mpremote
 
 __all__ = ["flash_group"]
 
@@ -45,6 +45,8 @@ def flash_group() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory to write (default: flash/<device>).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--allow-slow", is_flag=True,
+              help="Build even if the arch cannot load a fast path (the board runs pure Python).")
 @click.option("--all-modules", is_flag=True,
               help="Also ship modules this device's link and suite do not use (e.g. to run vectors).")
 @click.option("--debug", is_flag=True,
@@ -55,7 +57,7 @@ def flash_group() -> None:
               help="moteseal config.toml.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | None,
-              out_dir: Path | None, force: bool, all_modules: bool, debug: bool,
+              out_dir: Path | None, force: bool, allow_slow: bool, all_modules: bool, debug: bool,
               wifi_ssid: str | None, config_path: str | None, as_json: bool) -> None:
     """Compile the core and the MicroPython port to .mpy and add the device's bundle.
 
@@ -85,7 +87,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     out_dir = out_dir or Path("flash") / device_id
     try:
         manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id,
-                         all_modules=all_modules, debug=debug,
+                         all_modules=all_modules, debug=debug, allow_slow=allow_slow,
                          wifi=None if wifi_ssid is None else
                          (wifi_ssid, os.environ.get("MOTESEAL_WIFI_PASSWORD", "")),
                          board=None if arch else board)
@@ -101,7 +103,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
         return
     doc = {"device": manifest.device, "dir": str(out_dir), "arch": manifest.arch,
            "mpy": f"{manifest.mpy[0]}.{manifest.mpy[1]}", "files": len(manifest.files),
-           "total_bytes": manifest.total_bytes}
+           "total_bytes": manifest.total_bytes, "slow": manifest.slow}
     if as_json:
         click.echo(json.dumps(doc, sort_keys=True))
     else:

@@ -1,4 +1,5 @@
-"""Build a device's flash bundle and deploy it to a board (CPython only).
+"""Build a device's flash bundle (CPython only); ``moteseal.flash.board``
+deploys it to a board.
 
 ``build`` compiles the protocol core (``device/``) and the MicroPython port
 (``micropython_port/``) to ``.mpy`` with mpy-cross, adds the device's
@@ -38,18 +39,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from device.errors import LocalError
 
-__all__ = [
-    "ARCHES", "BOARDS", "CORE_MODULES", "FlashError", "Manifest",
-    "build", "deploy", "mpremote_argv", "board_info_script", "hash_script",
-    "parse_board_info", "parse_hashes", "verify_local", "compare_hashes",
-]
+__all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "FlashError", "Manifest", "build", "verify_local"]
 
 MANIFEST = "manifest.json"
 BUNDLE_NAME = "moteseal.bundle"
@@ -70,7 +66,29 @@ CORE_MODULES = (
 ARCHES = {
     "x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6,
     "armv7emsp": 7, "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11,
+    "rv64imc": 12,
 }
+# The fast paths (native code) and the primitive each one runs. A board must
+# load them or it quietly runs the pure-Python fallbacks (X25519 2.4x the
+# instructions, far more on a 32-bit board), so ``build`` refuses an arch
+# mpy-cross cannot compile one of them for (e.g. rv64imc: no viper emitter),
+# unless ``allow_slow``. The asm_thumb X25519 exists for ARMv7-M and ARMv7E-M
+# only and is simply left out elsewhere (X25519 then runs on viper); where it
+# ships, the viper X25519 is left out.
+FAST_MODULES = {
+    "micropython_port/_fe25519_viper": "x25519",
+    "micropython_port/_chachapoly_viper": "aead",
+    "micropython_port/_blake2s_viper": "blake2s",
+}
+THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
+ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
+
+
+def fast_paths(arch: str) -> dict[str, str]:
+    """The code each primitive runs on a board of ``arch`` whose port loads
+    native code: what ``micropython_port.backend.paths()`` prints at boot."""
+    return {"x25519": "asm_thumb" if arch in THUMB2_ARCHES else "viper",
+            "aead": "viper", "blake2s": "viper"}
 BOARDS = {
     "esp32": "xtensawin", "esp32s3": "xtensawin", "esp32c3": "rv32imc",
     "esp8266": "xtensa", "rp2": "armv6m", "rp2350": "armv7emsp", "stm32": "armv7emsp",
@@ -103,11 +121,13 @@ class Manifest:
     """What a flash directory holds: ``files`` is ``[(path, size, sha256)]``."""
 
     def __init__(self, device: str, arch: str, mpy: tuple[int, int],
-                 files: list[tuple[str, int, str]]) -> None:
+                 files: list[tuple[str, int, str]], slow: list[str] | None = None) -> None:
         self.device = device
         self.arch = arch
         self.mpy = mpy
         self.files = files
+        # Primitives built without their fast path (``allow_slow``).
+        self.slow = slow or []
 
     @property
     def total_bytes(self) -> int:
@@ -115,7 +135,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "moteseal-flash", "v": 1, "device": self.device, "arch": self.arch,
-                "mpy": list(self.mpy), "total_bytes": self.total_bytes,
+                "mpy": list(self.mpy), "total_bytes": self.total_bytes, "slow": self.slow,
                 "files": [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]}
 
     @classmethod
@@ -131,7 +151,7 @@ class Manifest:
                 if p.startswith("/") or ".." in p.split("/") or "'" in p or "\\" in p:
                     raise ValueError(f"unsafe path {p!r}")
             return cls(str(doc["device"]), str(doc["arch"]), (int(doc["mpy"][0]), int(doc["mpy"][1])),
-                       files)
+                       files, [str(x) for x in doc.get("slow", [])])
         except FileNotFoundError:
             raise FlashError(f"{path}: no manifest; run `moteseal flash build` first", 2) from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -294,12 +314,17 @@ def check_target(board: str | None, link: dict[str, Any], wifi: tuple[str, str] 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
           wifi: tuple[str, str] | None = None, debug: bool = False,
-          board: str | None = None) -> Manifest:
+          board: str | None = None, allow_slow: bool = False) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
     ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
     numbers) and with long exception messages stripped (``strip_messages``);
     together about 3 KiB of device heap on the 64-bit unix port.
+
+    Every fast-path module (``FAST_MODULES``, and the asm_thumb X25519 on
+    ``THUMB2_ARCHES``) must compile for ``arch``, or ``FlashError`` (exit 2)
+    says the board would run the slow fallback; ``allow_slow`` leaves that
+    module out instead and lists its primitive in ``Manifest.slow``.
 
     Raises ``FlashError`` (exists, compile failure, ``check_target`` for
     ``board``), ``BundleError`` / ``KeyPermissionError`` (a bad bundle),
@@ -325,6 +350,14 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     paths: list[str] = []
     port_modules = sorted(p.stem for p in port.glob("*.py") if p.stem != "__init__")
     skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
+    if arch not in THUMB2_ARCHES:
+        skip.add(ASM_THUMB_MODULE)  # its instructions are ARMv7-M's
+    else:
+        # The .mpy's machine code loads on every ARMv7-M port (the inline
+        # assembler is not needed to run it), so x25519 never reaches viper:
+        # 16 KiB of flash saved.
+        skip.add("micropython_port/_fe25519_viper")
+    slow: list[str] = []
     for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, port_modules)):
         for name in names:
             if f"{pkg}/{name}" in skip:
@@ -339,7 +372,21 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             with tempfile.TemporaryDirectory() as tmp:
                 src = Path(tmp) / f"{name}.py"
                 src.write_text(text)
-                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+                try:
+                    compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+                except FlashError as exc:
+                    prim = FAST_MODULES.get(f"{pkg}/{name}") or \
+                        ("x25519" if f"{pkg}/{name}" == ASM_THUMB_MODULE else None)
+                    if prim is None:
+                        raise
+                    if not allow_slow:
+                        shutil.rmtree(out_dir)
+                        raise FlashError(
+                            f"a {arch} board cannot load the fast {prim} path ({pkg}/{name}: {exc}); "
+                            "it would run the pure-Python fallback. Pass --allow-slow to build "
+                            "without it", 2) from None
+                    slow.append(prim)
+                    continue
             paths.append(rel)
     (out_dir / "main.py").write_text(MAIN_PY)
     paths.append("main.py")
@@ -355,7 +402,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             json.dump({"ssid": wifi[0], "password": wifi[1]}, f)
         paths.append(WIFI_NAME)
     files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
-    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files)
+    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return manifest
 
@@ -368,183 +415,3 @@ def verify_local(directory: Path, manifest: Manifest) -> list[str]:
         if not p.is_file() or p.stat().st_size != size or _sha256(p) != digest:
             bad.append(path)
     return bad
-
-
-# --- the board side: scripts mpremote runs there (MicroPython) -------------
-
-def board_info_script(shipped_mpy: Iterable[str]) -> str:
-    """MicroPython source that prints ``mpy <sys.implementation._mpy>``, makes
-    the package directories and removes every ``.py`` that would shadow a
-    shipped ``.mpy`` (Rule 3), and any package ``__init__`` left by an older
-    flash (builds ship none; an old one would still load and cost RAM),
-    printing ``rm <path>`` for each."""
-    paths = sorted(shipped_mpy)
-    dirs = sorted({p.rsplit("/", 1)[0] for p in paths if "/" in p})
-    stale = [p[:-4] + ".py" for p in paths] + [
-        f"{d}/__init__.{ext}" for d in dirs for ext in ("py", "mpy")]
-    return (
-        "import os, sys\n"
-        "print('mpy', getattr(sys.implementation, '_mpy', 0))\n"
-        f"for d in {dirs!r}:\n"
-        "    try:\n        os.mkdir(d)\n    except OSError:\n        pass\n"
-        f"for p in {sorted(stale)!r}:\n"
-        "    try:\n        os.remove(p)\n        print('rm', p)\n    except OSError:\n        pass\n"
-    )
-
-
-def hash_script(paths: Iterable[str]) -> str:
-    """MicroPython source that prints ``H <path> <sha256 hex>`` per file
-    (``M <path>`` if it is missing), reading in 512-byte blocks so a board
-    needs no room for a whole file."""
-    return (
-        "import hashlib, binascii\n"
-        "b = bytearray(512)\n"
-        "m = memoryview(b)\n"
-        f"for p in {sorted(paths)!r}:\n"
-        "    try:\n"
-        "        f = open(p, 'rb')\n"
-        "    except OSError:\n"
-        "        print('M', p)\n"
-        "        continue\n"
-        "    h = hashlib.sha256()\n"
-        "    while True:\n"
-        "        n = f.readinto(b)\n"
-        "        if not n:\n"
-        "            break\n"
-        "        h.update(m[:n])\n"
-        "    f.close()\n"
-        "    print('H', p, binascii.hexlify(h.digest()).decode())\n"
-    )
-
-
-def parse_board_info(out: str) -> tuple[int, int, int, list[str]]:
-    """``(major, sub, native_arch, removed)`` from ``board_info_script``
-    output. Raises ``FlashError`` if the version line is missing."""
-    value = None
-    removed = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == "mpy":
-            try:
-                value = int(parts[1])
-            except ValueError:
-                pass
-        elif len(parts) == 2 and parts[0] == "rm":
-            removed.append(parts[1])
-    if value is None:
-        raise FlashError("the board did not report its .mpy version (is it running MicroPython?)")
-    # sys.implementation._mpy: bits 0-7 major, 8-9 sub-version, 10+ native arch.
-    return value & 0xFF, (value >> 8) & 3, value >> 10, removed
-
-
-def check_board(manifest: Manifest, major: int, sub: int, arch_code: int) -> None:
-    """Raises ``FlashError`` if the board cannot load the manifest's .mpy."""
-    if (major, sub) != tuple(manifest.mpy):
-        raise FlashError(f"the board loads .mpy v{major}.{sub}; this bundle is "
-                         f"v{manifest.mpy[0]}.{manifest.mpy[1]}: use an mpy-cross that matches "
-                         "the board's MicroPython, or update the firmware")
-    if arch_code and arch_code != ARCHES[manifest.arch]:
-        names = {v: k for k, v in ARCHES.items()}
-        raise FlashError(f"the board's native architecture is {names.get(arch_code, arch_code)}; "
-                         f"the bundle was built for {manifest.arch} (flash build --arch)")
-    if not arch_code:
-        raise FlashError("the board's MicroPython has no native emitter; the viper modules "
-                         "cannot load there")
-
-
-def parse_hashes(out: str) -> dict[str, str | None]:
-    """``{path: sha256 hex or None (missing)}`` from ``hash_script`` output."""
-    got: dict[str, str | None] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "H":
-            got[parts[1]] = parts[2].lower()
-        elif len(parts) == 2 and parts[0] == "M":
-            got[parts[1]] = None
-    return got
-
-
-def compare_hashes(manifest: Manifest, got: dict[str, str | None]) -> list[str]:
-    """Paths the board lacks, or holds with another SHA-256."""
-    return [p for p, _, h in manifest.files if got.get(p) != h]
-
-
-# --- mpremote ----------------------------------------------------------------
-
-Runner = Callable[[list[str]], str]
-
-
-def mpremote_argv(port: str, *command: str) -> list[str]:
-    """``mpremote connect <port> resume <command...>``: ``resume`` keeps the
-    board from soft-resetting (and starting main.py) between steps."""
-    return [sys.executable, "-m", "mpremote", "connect", port, "resume", *command]
-
-
-def run_mpremote(argv: list[str]) -> str:
-    """Run one mpremote command; returns stdout. Raises ``FlashError``."""
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FlashError(f"mpremote failed: {exc}") from None
-    if proc.returncode != 0:
-        # argv[6] is the command (exec, fs); the script it ran is no news to anyone.
-        raise FlashError(f"mpremote {' '.join(argv[4:7])} failed: "
-                         f"{(proc.stderr or proc.stdout).strip()[-400:]}")
-    return proc.stdout
-
-
-def serial_ports() -> list[str]:
-    """The serial ports present, USB ones (boards) first."""
-    from serial.tools import list_ports
-
-    ports = sorted(list_ports.comports(), key=lambda p: (p.vid is None, p.device))
-    return [p.device for p in ports]
-
-
-def resolve_port(port: str) -> str:
-    """``port``, checked to exist and be usable, or with ``auto`` the one
-    USB serial port present. Raises ``FlashError`` (exit 2) naming the
-    ports there are and, for a permission problem, the dialout group."""
-    from serial.tools import list_ports
-
-    if port == "auto":
-        boards = sorted(p.device for p in list_ports.comports() if p.vid is not None)
-        if len(boards) == 1:
-            return boards[0]
-        if not boards:
-            raise FlashError("--port auto: no board found (no USB serial port); plug it in with a "
-                             "data cable, or give --port", 2)
-        raise FlashError(f"--port auto: {len(boards)} boards found ({', '.join(boards)}); "
-                         "pick one with --port", 2)
-    if not os.path.exists(port):
-        present = serial_ports()
-        there = f"serial ports present: {', '.join(present)}" if present else "no serial port is present"
-        raise FlashError(f"{port} does not exist ({there}); is the board plugged in?", 2)
-    if not os.access(port, os.R_OK | os.W_OK):
-        raise FlashError(f"{port}: permission denied; add your user to the dialout group "
-                         "(sudo usermod -aG dialout $USER, then log in again)", 2)
-    return port
-
-
-def deploy(directory: Path, port: str, runner: Runner = run_mpremote,
-           progress: Callable[[str, int], None] | None = None) -> Manifest:
-    """Copy a flash directory to the board on ``port`` and verify it
-    (Rule 3). ``progress(path, size)`` is called after each file. Raises
-    ``FlashError`` naming every file that failed verification."""
-    manifest = Manifest.load(directory)
-    bad = verify_local(directory, manifest)
-    if bad:
-        raise FlashError(f"{directory}: changed since the build: {', '.join(bad)}; build again")
-    mpys = [p for p, _, _ in manifest.files if p.endswith(".mpy")]
-    major, sub, arch_code, _ = parse_board_info(
-        runner(mpremote_argv(port, "exec", board_info_script(mpys))))
-    check_board(manifest, major, sub, arch_code)
-    for path, size, _ in manifest.files:
-        runner(mpremote_argv(port, "fs", "cp", str(directory / path), ":" + path))
-        if progress is not None:
-            progress(path, size)
-    got = parse_hashes(runner(mpremote_argv(port, "exec", hash_script(p for p, _, _ in manifest.files))))
-    wrong = compare_hashes(manifest, got)
-    if wrong:
-        raise FlashError(f"verification failed on the board for: {', '.join(wrong)}")
-    return manifest

@@ -10,6 +10,7 @@
 #include "py/compile.h"
 #include "py/gc.h"
 #include "py/lexer.h"
+#include "py/reader.h"
 #include "py/mperrno.h"
 #include "py/runtime.h"
 #include "py/stackctrl.h"
@@ -126,6 +127,17 @@ mp_lexer_t *mp_lexer_new_from_file(qstr filename) {
         mp_raise_OSError(MP_ENOENT);
     }
     return mp_lexer_new_from_str_len(filename, (const char *)q.data, q.data_len, 0);
+}
+
+// For .mpy files (MICROPY_PERSISTENT_CODE_LOAD): read them in place from the
+// table, as a flash build's modules are read from a board's filesystem.
+void mp_reader_new_file(mp_reader_t *reader, qstr filename) {
+    const char *path = qstr_str(filename);
+    msfs_query_t q = {path, strlen(path), NULL, 0};
+    if (msfs_walk(msfs_stat_fn, &q) != MP_IMPORT_STAT_FILE) {
+        mp_raise_OSError(MP_ENOENT);
+    }
+    mp_reader_new_mem(reader, q.data, q.data_len, 0);
 }
 
 mp_obj_t mp_builtin_open(size_t n_args, const mp_obj_t *args, mp_map_t *kwargs) {

@@ -16,6 +16,10 @@
 #define MICROPY_EMIT_THUMB_ARMV7M           (1)
 #define MICROPY_MAKE_POINTER_CALLABLE(p)    ((void *)((mp_uint_t)(p) | 1))
 
+// .mpy files, native code included (a flash build's modules, as on a board);
+// also makes sys.implementation._mpy name the arch (armv7m).
+#define MICROPY_PERSISTENT_CODE_LOAD        (1)
+#define MICROPY_HAS_FILE_READER             (1)  // mp_reader_new_file in main.c
 #define MICROPY_ENABLE_GC                   (1)
 #define MICROPY_HELPER_REPL                 (1)
 #define MICROPY_REPL_INFO                   (1)

@@ -23,10 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from moteseal.crypto.backend_nacl import NaclBackend
-from moteseal.flash.build import (ARCHES, BOARDS, CORE_MODULES, FlashError, Manifest,
-                          board_info_script, build, check_board, compare_hashes,
-                          deploy, hash_script, mpremote_argv, parse_board_info,
-                          parse_hashes, source_dirs, verify_local)
+from moteseal.flash.build import ARCHES, BOARDS, CORE_MODULES, FlashError, Manifest, build, source_dirs, verify_local
+from moteseal.flash.board import board_info_script, check_board, compare_hashes, deploy, hash_script, mpremote_argv, parse_board_info, parse_hashes
 from moteseal.cli.flash import flash_group
 from moteseal.cli.main import main
 from moteseal.keys.provision import Bundle, write_bundle

@@ -232,6 +232,10 @@ def _cacophony() -> dict:
 
 def test_cacophony_noise_vectors_pass_on_the_target(board: Any) -> None:
     doc = _cacophony()
+    # The primitives first: compiling _fe25519_thumb from source takes about
+    # 125 KiB at its peak, more than is left beside the vectors document in
+    # the 256 KiB heap (a board loads the .mpy of a flash build instead).
+    board.exec("import micropython_port.backend")
     out = board.exec(f"""
 from moteseal.conformance import runner as conformance
 lines = []
