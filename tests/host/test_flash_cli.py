@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from moteseal.cli.main import main
 from moteseal.crypto.backend_nacl import NaclBackend
 from moteseal.flash import build as build_mod
+from moteseal.flash import board as board_mod
 from moteseal.keys.provision import Bundle, write_bundle
 
 pytestmark = pytest.mark.timeout(300)
@@ -84,20 +85,20 @@ def _fake_ports(monkeypatch: pytest.MonkeyPatch, devices: list[tuple[str, int | 
 
 def test_port_auto_picks_the_only_board_and_refuses_none_or_two(monkeypatch) -> None:
     _fake_ports(monkeypatch, [("/dev/ttyS0", None), ("/dev/ttyACM0", 0x2E8A)])
-    assert build_mod.resolve_port("auto") == "/dev/ttyACM0"
+    assert board_mod.resolve_port("auto") == "/dev/ttyACM0"
     _fake_ports(monkeypatch, [("/dev/ttyS0", None)])
     with pytest.raises(build_mod.FlashError, match="no board found") as e:
-        build_mod.resolve_port("auto")
+        board_mod.resolve_port("auto")
     assert e.value.exit_code == 2
     _fake_ports(monkeypatch, [("/dev/ttyUSB0", 0x10C4), ("/dev/ttyACM0", 0x2E8A)])
     with pytest.raises(build_mod.FlashError, match="2 boards found"):
-        build_mod.resolve_port("auto")
+        board_mod.resolve_port("auto")
 
 
 def test_a_missing_port_lists_the_ports_that_exist(monkeypatch, tmp_path: Path) -> None:
     _fake_ports(monkeypatch, [("/dev/ttyACM0", 0x2E8A)])
     with pytest.raises(build_mod.FlashError) as e:
-        build_mod.resolve_port(str(tmp_path / "ttyUSB0"))
+        board_mod.resolve_port(str(tmp_path / "ttyUSB0"))
     assert "does not exist" in str(e.value) and "/dev/ttyACM0" in str(e.value)
 
 
