@@ -11,12 +11,18 @@ Invariants:
   nothing (Mosquitto denies by default once an ACL file is set).
 - Files are replaced atomically (write to a temporary file, then rename), so a
   reload never sees half a file.
+- No password ever appears in a process's argv: password file entries are
+  written here, in Mosquitto 2.0's ``$7$`` format (PBKDF2-HMAC-SHA512, the
+  salt and hash in base64, as ``mosquitto_passwd`` writes them); no
+  ``mosquitto_passwd`` process is started.
 - ``LocalBroker`` owns the one Mosquitto process it starts and stops it
   (terminate, then kill) however the caller leaves.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import secrets
@@ -41,6 +47,8 @@ __all__ = [
     "remove_acl_account",
     "set_password",
     "remove_password",
+    "password_entry",
+    "check_password_entry",
     "reload_broker",
     "config_template",
     "render_config",
@@ -167,40 +175,66 @@ def remove_acl_account(path: Path, user: str) -> bool:
     return True
 
 
-def _mosquitto_passwd() -> str:
-    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not os.path.exists(exe):
-        raise BrokerError("mosquitto_passwd not found; install mosquitto (make setup)")
-    return exe
+# Mosquitto 2.0's "$7$" password hash: PBKDF2-HMAC-SHA512 over a 12-byte
+# salt, 64-byte output (mosquitto's password_mosq.c; the same as
+# `mosquitto_passwd` writes). The broker reads the iteration count from the
+# entry; passwords are random 18-byte tokens, so 1000 rounds are plenty and
+# keep the broker's per-CONNECT check cheap.
+_PW_SALT_BYTES = 12
+_PW_HASH_BYTES = 64
+_PW_ITERATIONS = 1000
+
+
+def password_entry(user: str, password: str, *, salt: bytes | None = None,
+                   iterations: int = _PW_ITERATIONS) -> str:
+    """One password-file line ``user:$7$iterations$salt$hash`` (no newline).
+    Raises ``BrokerError`` for a bad id or an empty password."""
+    check_id(user)
+    if not password:
+        raise BrokerError(f"empty password for {user}")
+    salt = secrets.token_bytes(_PW_SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations,
+                                 _PW_HASH_BYTES)
+    return (f"{user}:$7${iterations}${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(digest).decode()}")
+
+
+def check_password_entry(line: str, password: str) -> bool:
+    """True if the ``$7$`` entry ``line`` holds ``password``."""
+    try:
+        _user, rest = line.strip().split(":", 1)
+        _empty, kind, rounds, salt, digest = rest.split("$")
+        if kind != "7":
+            return False
+        got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt),
+                                  int(rounds), _PW_HASH_BYTES)
+        return secrets.compare_digest(got, base64.b64decode(digest))
+    except (ValueError, TypeError):
+        return False
+
+
+def _password_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [ln for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def set_password(path: Path, user: str, password: str) -> None:
     """Set ``user``'s password in the Mosquitto password file at ``path``
-    (created if missing) with ``mosquitto_passwd -b``. Raises ``BrokerError``."""
-    check_id(user)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        _write_atomic(path, "")
-    result = subprocess.run(
-        [_mosquitto_passwd(), "-b", str(path), user, password],
-        capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise BrokerError(f"mosquitto_passwd failed for {path}: {result.stderr.strip()}")
-    os.chmod(path, 0o600)
+    (created 0600 if missing; other entries kept). Raises ``BrokerError``."""
+    entry = password_entry(user, password)
+    lines = [ln for ln in _password_lines(path) if ln.split(":", 1)[0] != user]
+    lines.append(entry)
+    _write_atomic(path, "\n".join(lines) + "\n")
 
 
 def remove_password(path: Path, user: str) -> bool:
     """Delete ``user`` from the password file; return whether it was there."""
-    if not path.exists():
+    lines = _password_lines(path)
+    kept = [ln for ln in lines if ln.split(":", 1)[0] != user]
+    if len(kept) == len(lines):
         return False
-    names = [line.split(":", 1)[0] for line in path.read_text().splitlines() if ":" in line]
-    if user not in names:
-        return False
-    result = subprocess.run(
-        [_mosquitto_passwd(), "-D", str(path), user],
-        capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise BrokerError(f"mosquitto_passwd -D failed for {path}: {result.stderr.strip()}")
+    _write_atomic(path, "".join(ln + "\n" for ln in kept))
     return True
 
 
@@ -227,15 +261,20 @@ def config_template(name: str) -> str:
 
 
 def render_config(template: str, *, port: int, workdir: Path, auth: bool = True,
-                  extra: list[str] | None = None) -> str:
+                  extra: list[str] | None = None,
+                  overrides: dict[str, str] | None = None) -> str:
     """Rewrite a moteseal Mosquitto config for a scratch broker.
 
     Keeps every setting of ``template`` except: the loopback listener's port
     becomes ``port``; the password, ACL, pid and persistence paths move into
     ``workdir``; other listeners (TLS) and their options are dropped; with
-    ``auth=False`` the broker takes anonymous clients without an ACL. When run
-    as root the broker keeps its user so that it can read ``workdir``.
+    ``auth=False`` the broker takes anonymous clients without an ACL (and
+    without ``use_username_as_clientid``, which needs a username); each
+    ``overrides`` key replaces that setting's value (tests use it to lift a
+    limit). When run as root the broker keeps its user so that it can read
+    ``workdir``.
     """
+    overrides = dict(overrides or {})
     out: list[str] = []
     skip_listener = False
     for line in template.splitlines():
@@ -248,7 +287,11 @@ def render_config(template: str, *, port: int, workdir: Path, auth: bool = True,
             continue
         if skip_listener and key:
             continue
-        if key == "password_file":
+        if key in overrides:
+            out.append(f"{key} {overrides.pop(key)}")
+        elif key == "use_username_as_clientid" and not auth:
+            continue
+        elif key == "password_file":
             if auth:
                 out.append(f"password_file {workdir / 'passwd'}")
         elif key == "acl_file":
@@ -264,6 +307,7 @@ def render_config(template: str, *, port: int, workdir: Path, auth: bool = True,
             continue
         else:
             out.append(line)
+    out.extend(f"{k} {v}" for k, v in overrides.items())
     out.append("log_dest stderr")
     if os.geteuid() == 0:
         out.append("user root")
@@ -292,15 +336,18 @@ class LocalBroker:
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``add()``
     creates accounts (password and ACL block) and reloads a running broker.
+    Not for sharing between threads: one thread starts, changes and stops it.
     """
 
     def __init__(self, workdir: Path, *, auth: bool = True, port: int | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None,
+                 overrides: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.auth = auth
         self.port = port or 0
         self.host = "127.0.0.1"
         self.extra = list(extra or [])
+        self.overrides = dict(overrides or {})
         self.passwords: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mosquitto.log"
@@ -348,7 +395,8 @@ class LocalBroker:
             if not fixed:
                 self.port = free_port()
             text = render_config(config_template("local.conf"), port=self.port,
-                                 workdir=self.workdir, auth=self.auth, extra=self.extra)
+                                 workdir=self.workdir, auth=self.auth, extra=self.extra,
+                                 overrides=self.overrides)
             self.conf_file.write_text(text)
             log = open(self.log_path, "ab")
             try:
