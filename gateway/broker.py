@@ -11,18 +11,15 @@ Invariants:
   nothing (Mosquitto denies by default once an ACL file is set).
 - Files are replaced atomically (write to a temporary file, then rename), so a
   reload never sees half a file.
-- No password ever appears in a process's argv: password file entries are
-  written here, in Mosquitto 2.0's ``$7$`` format (PBKDF2-HMAC-SHA512, the
-  salt and hash in base64, as ``mosquitto_passwd`` writes them); no
-  ``mosquitto_passwd`` process is started.
+- No password ever appears in a process's argv: ``mosquitto_passwd`` gets
+  it on stdin (the gateway package holds no crypto, so hashing stays
+  Mosquitto's), and removing an entry rewrites the file here.
 - ``LocalBroker`` owns the one Mosquitto process it starts and stops it
   (terminate, then kill) however the caller leaves.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 import secrets
@@ -47,8 +44,6 @@ __all__ = [
     "remove_acl_account",
     "set_password",
     "remove_password",
-    "password_entry",
-    "check_password_entry",
     "reload_broker",
     "config_template",
     "render_config",
@@ -175,42 +170,11 @@ def remove_acl_account(path: Path, user: str) -> bool:
     return True
 
 
-# Mosquitto 2.0's "$7$" password hash: PBKDF2-HMAC-SHA512 over a 12-byte
-# salt, 64-byte output (mosquitto's password_mosq.c; the same as
-# `mosquitto_passwd` writes). The broker reads the iteration count from the
-# entry; passwords are random 18-byte tokens, so 1000 rounds are plenty and
-# keep the broker's per-CONNECT check cheap.
-_PW_SALT_BYTES = 12
-_PW_HASH_BYTES = 64
-_PW_ITERATIONS = 1000
-
-
-def password_entry(user: str, password: str, *, salt: bytes | None = None,
-                   iterations: int = _PW_ITERATIONS) -> str:
-    """One password-file line ``user:$7$iterations$salt$hash`` (no newline).
-    Raises ``BrokerError`` for a bad id or an empty password."""
-    check_id(user)
-    if not password:
-        raise BrokerError(f"empty password for {user}")
-    salt = secrets.token_bytes(_PW_SALT_BYTES) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations,
-                                 _PW_HASH_BYTES)
-    return (f"{user}:$7${iterations}${base64.b64encode(salt).decode()}$"
-            f"{base64.b64encode(digest).decode()}")
-
-
-def check_password_entry(line: str, password: str) -> bool:
-    """True if the ``$7$`` entry ``line`` holds ``password``."""
-    try:
-        _user, rest = line.strip().split(":", 1)
-        _empty, kind, rounds, salt, digest = rest.split("$")
-        if kind != "7":
-            return False
-        got = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt),
-                                  int(rounds), _PW_HASH_BYTES)
-        return secrets.compare_digest(got, base64.b64decode(digest))
-    except (ValueError, TypeError):
-        return False
+def _mosquitto_passwd() -> str:
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not os.path.exists(exe):
+        raise BrokerError("mosquitto_passwd not found; install mosquitto (make setup)")
+    return exe
 
 
 def _password_lines(path: Path) -> list[str]:
@@ -221,11 +185,20 @@ def _password_lines(path: Path) -> list[str]:
 
 def set_password(path: Path, user: str, password: str) -> None:
     """Set ``user``'s password in the Mosquitto password file at ``path``
-    (created 0600 if missing; other entries kept). Raises ``BrokerError``."""
-    entry = password_entry(user, password)
-    lines = [ln for ln in _password_lines(path) if ln.split(":", 1)[0] != user]
-    lines.append(entry)
-    _write_atomic(path, "\n".join(lines) + "\n")
+    (created 0600 if missing; other entries kept). The password goes to
+    ``mosquitto_passwd`` on its stdin (it prompts twice), never in argv.
+    Raises ``BrokerError``."""
+    check_id(user)
+    if not password or any(ch in password for ch in "\r\n\0"):
+        raise BrokerError(f"password for {user}: must be non-empty, without line breaks or NUL")
+    if not path.exists():
+        _write_atomic(path, "")
+    result = subprocess.run(
+        [_mosquitto_passwd(), str(path), user], input=f"{password}\n{password}\n",
+        capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise BrokerError(f"mosquitto_passwd failed for {path}: {result.stderr.strip()}")
+    os.chmod(path, 0o600)
 
 
 def remove_password(path: Path, user: str) -> bool:

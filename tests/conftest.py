@@ -156,7 +156,8 @@ class GatewayProcess:
                  user: str = "gw", rate: float = 1000.0, burst: float = 1000.0,
                  routes: dict[str, list[str]] | None = None, share_group: str = "moteseal",
                  metrics_port: int = 0, max_envelope_bytes: int = 1200,
-                 max_inflight: int = 100, client: str = "paho") -> None:
+                 max_inflight: int = 100, client: str = "paho",
+                 peers: list[str] | None = None) -> None:
         import json as _json
 
         self.workdir = workdir
@@ -190,6 +191,9 @@ burst = {burst}
 
 [routes]
 {route_lines}
+
+[policy]
+peers = {_json.dumps(peers or ["hub"])}
 
 [metrics]
 port = {metrics_port}
