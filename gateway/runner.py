@@ -108,6 +108,11 @@ class Gateway:
         self.log.event("gateway_started", name=self.cfg.name, config=self.cfg.source,
                        metrics_port=self.metrics_port,
                        links=",".join([self.mqtt.name] + [x.name for x in self.extra_links]))
+        if self.cfg.mqtt.share_group:
+            # Mosquitto 2.0's ACL file grants every SUBSCRIBE: a device that
+            # joins this group takes (and loses) its share (docs/gateway.md).
+            self.log.event("share_group_untrusted_accounts", level="warning",
+                           share_group=self.cfg.mqtt.share_group)
         return self
 
     def _write_status_loop(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 
 import cbor2
 import pytest
@@ -115,6 +116,27 @@ def test_no_device_takes_uplink_through_any_shared_subscription(
     got = hub.collect(total, timeout=20) + hub.quiet(0.3)
     assert sorted(nonces(got)) == list(range(total))
     assert evil.quiet(0.3) == []
+
+
+def test_a_gateway_share_group_is_joinable_by_devices_as_documented(
+        broker, mqtt_client, gateway_process):
+    """The limit docs/gateway.md states: with a share_group, a device that
+    joins the group takes its round-robin share (denied at delivery, so
+    lost); the gateway warns about it when it starts."""
+    gw = gateway_process(broker, share_group="moteseal")
+    deadline = time.monotonic() + 10
+    while "share_group_untrusted_accounts" not in gw.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "share_group_untrusted_accounts" in gw.log_text()
+    evil = mqtt_client(broker, "evil")
+    evil.subscribe("$share/moteseal/moteseal/v1/up/+")
+    hub = mqtt_client(broker, "hub")
+    assert hub.subscribe("moteseal/v1/down/hub") == [1]
+    s1 = mqtt_client(broker, "sensor-1")
+    for i in range(20):
+        assert s1.publish("moteseal/v1/up/sensor-1", data("sensor-1", "hub", i)) == 0
+    got = hub.collect(20, timeout=3)
+    assert 0 < len(got) < 20 and evil.quiet(0.2) == []
 
 
 # -- size limits ---------------------------------------------------------------
