@@ -249,6 +249,7 @@ class SerialBridge:
         self._outbox: deque[tuple[str, bytes, Done | None]] = deque()
         self._writing_since: float | None = None  # monotonic start of a write
         self.spills = 0  # times the outbox moved to disk
+        self.spill_lost = 0  # envelopes whose move to disk failed (logged)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._backlog = any(self.serves(d) for d in queue.depths())
@@ -347,6 +348,7 @@ class SerialBridge:
             "port_rate_limited": self.port_rate_limited,
             "ids_refused": self.ids_refused,
             "outbox_spills": self.spills,
+            "outbox_lost": self.spill_lost,
         }
 
     def _event(self, name: str, **fields: Any) -> None:
@@ -407,6 +409,7 @@ class SerialBridge:
             try:
                 self._enqueue_locked(dst, envelope)
             except Exception:
+                self.spill_lost += 1
                 log.exception("serial %s: queueing an envelope failed", self.name)
             dones.append(done)
         return dones
@@ -494,7 +497,14 @@ class SerialBridge:
         return True
 
     def _on_frame(self, payload: bytes) -> None:
-        # Runs on the link's reader thread only.
+        # Runs on the link's reader thread only. The port's bucket comes
+        # first, so a flood costs O(1) per frame, before any decoding.
+        if not self._port_limiter.allow(self.name, time.monotonic()):
+            self.port_rate_limited += 1
+            drop = getattr(self._relay, "drop", None)
+            if drop is not None:
+                drop(RATE_LIMITED, self.name, self.name, len(payload))
+            return
         sender = self.name
         if len(payload) <= self._max_envelope_bytes:
             try:
@@ -504,12 +514,6 @@ class SerialBridge:
             else:
                 if self._may_carry(src):
                     sender = src
-        if not self._port_limiter.allow(self.name, time.monotonic()):
-            self.port_rate_limited += 1
-            drop = getattr(self._relay, "drop", None)
-            if drop is not None:
-                drop(RATE_LIMITED, sender, self.name, len(payload))
-            return
         with self._relay_lock:
             self._relay.handle(payload, sender, self.name, None)
 
