@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -137,6 +138,26 @@ def test_a_gateway_share_group_is_joinable_by_devices_as_documented(
         assert s1.publish("moteseal/v1/up/sensor-1", data("sensor-1", "hub", i)) == 0
     got = hub.collect(20, timeout=3)
     assert 0 < len(got) < 20 and evil.quiet(0.2) == []
+
+
+@pytest.mark.parametrize("name", ["mosquitto.conf", "local.conf"])
+def test_every_shipped_listener_binds_client_ids_and_every_limit_is_set(name):
+    # use_username_as_clientid is a per-listener option in Mosquitto 2.0: a
+    # listener without it lets any account claim any client id.
+    text = broker_mod.config_template(name)
+    blocks = text.split("\nlistener ")[1:]
+    assert blocks
+    for block in blocks:
+        assert "\nuse_username_as_clientid true\n" in block + "\n", block.splitlines()[0]
+    settings = dict(line.split(None, 1) for line in text.splitlines()
+                    if line and not line.startswith("#") and " " in line)
+    assert settings["max_packet_size"] == "2048"
+    assert settings["message_size_limit"] == "1200"
+    assert settings["max_queued_messages"] == "10000"
+    assert settings["max_queued_bytes"] == "12000000"
+    # An anonymous scratch broker (tests) cannot use it: no username to take.
+    anon = broker_mod.render_config(text, port=1883, workdir=Path("/tmp/x"), auth=False)
+    assert "\nuse_username_as_clientid" not in anon
 
 
 # -- size limits ---------------------------------------------------------------
