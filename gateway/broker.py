@@ -11,6 +11,9 @@ Invariants:
   nothing (Mosquitto denies by default once an ACL file is set).
 - Files are replaced atomically (write to a temporary file, then rename), so a
   reload never sees half a file.
+- No password ever appears in a process's argv: ``mosquitto_passwd`` gets
+  it on stdin (the gateway package holds no crypto, so hashing stays
+  Mosquitto's), and removing an entry rewrites the file here.
 - ``LocalBroker`` owns the one Mosquitto process it starts and stops it
   (terminate, then kill) however the caller leaves.
 """
@@ -174,15 +177,24 @@ def _mosquitto_passwd() -> str:
     return exe
 
 
+def _password_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [ln for ln in path.read_text().splitlines() if ln.strip()]
+
+
 def set_password(path: Path, user: str, password: str) -> None:
     """Set ``user``'s password in the Mosquitto password file at ``path``
-    (created if missing) with ``mosquitto_passwd -b``. Raises ``BrokerError``."""
+    (created 0600 if missing; other entries kept). The password goes to
+    ``mosquitto_passwd`` on its stdin (it prompts twice), never in argv.
+    Raises ``BrokerError``."""
     check_id(user)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not password or any(ch in password for ch in "\r\n\0"):
+        raise BrokerError(f"password for {user}: must be non-empty, without line breaks or NUL")
     if not path.exists():
         _write_atomic(path, "")
     result = subprocess.run(
-        [_mosquitto_passwd(), "-b", str(path), user, password],
+        [_mosquitto_passwd(), str(path), user], input=f"{password}\n{password}\n",
         capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise BrokerError(f"mosquitto_passwd failed for {path}: {result.stderr.strip()}")
@@ -191,16 +203,11 @@ def set_password(path: Path, user: str, password: str) -> None:
 
 def remove_password(path: Path, user: str) -> bool:
     """Delete ``user`` from the password file; return whether it was there."""
-    if not path.exists():
+    lines = _password_lines(path)
+    kept = [ln for ln in lines if ln.split(":", 1)[0] != user]
+    if len(kept) == len(lines):
         return False
-    names = [line.split(":", 1)[0] for line in path.read_text().splitlines() if ":" in line]
-    if user not in names:
-        return False
-    result = subprocess.run(
-        [_mosquitto_passwd(), "-D", str(path), user],
-        capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise BrokerError(f"mosquitto_passwd -D failed for {path}: {result.stderr.strip()}")
+    _write_atomic(path, "".join(ln + "\n" for ln in kept))
     return True
 
 
@@ -227,15 +234,20 @@ def config_template(name: str) -> str:
 
 
 def render_config(template: str, *, port: int, workdir: Path, auth: bool = True,
-                  extra: list[str] | None = None) -> str:
+                  extra: list[str] | None = None,
+                  overrides: dict[str, str] | None = None) -> str:
     """Rewrite a moteseal Mosquitto config for a scratch broker.
 
     Keeps every setting of ``template`` except: the loopback listener's port
     becomes ``port``; the password, ACL, pid and persistence paths move into
     ``workdir``; other listeners (TLS) and their options are dropped; with
-    ``auth=False`` the broker takes anonymous clients without an ACL. When run
-    as root the broker keeps its user so that it can read ``workdir``.
+    ``auth=False`` the broker takes anonymous clients without an ACL (and
+    without ``use_username_as_clientid``, which needs a username); each
+    ``overrides`` key replaces that setting's value (tests use it to lift a
+    limit). When run as root the broker keeps its user so that it can read
+    ``workdir``.
     """
+    overrides = dict(overrides or {})
     out: list[str] = []
     skip_listener = False
     for line in template.splitlines():
@@ -248,7 +260,11 @@ def render_config(template: str, *, port: int, workdir: Path, auth: bool = True,
             continue
         if skip_listener and key:
             continue
-        if key == "password_file":
+        if key in overrides:
+            out.append(f"{key} {overrides.pop(key)}")
+        elif key == "use_username_as_clientid" and not auth:
+            continue
+        elif key == "password_file":
             if auth:
                 out.append(f"password_file {workdir / 'passwd'}")
         elif key == "acl_file":
@@ -264,6 +280,7 @@ def render_config(template: str, *, port: int, workdir: Path, auth: bool = True,
             continue
         else:
             out.append(line)
+    out.extend(f"{k} {v}" for k, v in overrides.items())
     out.append("log_dest stderr")
     if os.geteuid() == 0:
         out.append("user root")
@@ -292,15 +309,18 @@ class LocalBroker:
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``add()``
     creates accounts (password and ACL block) and reloads a running broker.
+    Not for sharing between threads: one thread starts, changes and stops it.
     """
 
     def __init__(self, workdir: Path, *, auth: bool = True, port: int | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None,
+                 overrides: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.auth = auth
         self.port = port or 0
         self.host = "127.0.0.1"
         self.extra = list(extra or [])
+        self.overrides = dict(overrides or {})
         self.passwords: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "mosquitto.log"
@@ -348,7 +368,8 @@ class LocalBroker:
             if not fixed:
                 self.port = free_port()
             text = render_config(config_template("local.conf"), port=self.port,
-                                 workdir=self.workdir, auth=self.auth, extra=self.extra)
+                                 workdir=self.workdir, auth=self.auth, extra=self.extra,
+                                 overrides=self.overrides)
             self.conf_file.write_text(text)
             log = open(self.log_path, "ab")
             try:

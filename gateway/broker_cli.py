@@ -1,6 +1,7 @@
 """``moteseal broker``: manage Mosquitto accounts and ACLs for moteseal.
 
-Each account is a password (``mosquitto_passwd -b``) plus an ACL block; after
+Each account is a password (set with ``mosquitto_passwd``, fed on stdin so that
+no password is in any argv) plus an ACL block; after
 a change a running Mosquitto is reloaded with SIGHUP through its pid file.
 """
 

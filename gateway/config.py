@@ -38,6 +38,11 @@ Example (every key optional except where noted)::
     [routes]                         # link name -> device ids or patterns
     mqtt = ["hub1", "sensor-*"]
 
+    [policy]                         # who may address whom (gateway.relay.RoutePolicy)
+    peers = ["hub"]                  # peer ids or patterns; every other id is a device
+    any_to_any = false               # true: any id may address any id (no policy)
+    max_labelled = 4096              # ids labelled in last_seen / Prometheus; more are counted
+
     [metrics]
     host = "127.0.0.1"
     port = 9108                      # 0: no Prometheus endpoint
@@ -104,6 +109,11 @@ class GatewayConfig:
     log_file: str = ""
     log_level: str = "info"
     serial: list[dict[str, Any]] = field(default_factory=list)
+    # A device may address only a peer, a peer only devices ("hub": the peer
+    # id of `moteseal keygen --peer hub` and the demo).
+    peers: list[str] = field(default_factory=lambda: ["hub"])
+    any_to_any: bool = False
+    max_labelled: int = 4096
     source: str = "<defaults>"
     warnings: list[str] = field(default_factory=list)  # deprecated keys; the runner logs them
 
@@ -162,7 +172,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     from ``base_dir`` (the config file's directory). Raises ``ConfigError``."""
     base = base_dir or Path.cwd()
     cfg = GatewayConfig(source=source)
-    known = {"gateway", "mqtt", "rate_limit", "routes", "metrics", "log", "serial"}
+    known = {"gateway", "mqtt", "rate_limit", "routes", "metrics", "log", "serial", "policy"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: [{key}]: unknown table")
@@ -216,6 +226,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     if "routes" in data:
         t = _Table(source, "routes", data["routes"])
         cfg.routes = {link: _id_list(t, link, ids) for link, ids in t.data.items()}
+
+    t = _Table(source, "policy", data.get("policy", {}))
+    if "peers" in t.data:
+        cfg.peers = _id_list(t, "peers", t.get("peers", list, []))
+    cfg.any_to_any = t.get("any_to_any", bool, cfg.any_to_any)
+    cfg.max_labelled = t.int_in("max_labelled", cfg.max_labelled, 0, 1_000_000)
+    t.done()
 
     t = _Table(source, "metrics", data.get("metrics", {}))
     cfg.metrics_host = t.get("host", str, cfg.metrics_host)

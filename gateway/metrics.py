@@ -9,6 +9,8 @@ Metric names (all prefixed ``moteseal_gateway_``):
   relayed_total{link}                     envelopes forwarded, by destination link
   dropped_total{reason}                   envelopes dropped, by reason
   device_last_seen_timestamp_seconds{device}  last relayed envelope from a device
+                                          (at most [policy] max_labelled ids)
+  unlabelled_envelopes_total              relayed envelopes from ids beyond that bound
   queue_depth{link}                       envelopes a link holds for delivery
   link_up{link}                           1 if the link is connected
   serial_frames_dropped_total{link,reason}  serial frames failing crc/cobs/size checks
@@ -34,7 +36,8 @@ PREFIX = "moteseal_gateway_"
 
 
 class StatusCollector(Collector):
-    """Turns a ``status()`` dict into Prometheus metric families."""
+    """Turns a ``status()`` dict into Prometheus metric families. May be
+    shared between threads: it keeps no state of its own."""
 
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.status = status
@@ -57,6 +60,9 @@ class StatusCollector(Collector):
         for device, ts in s["last_seen"].items():
             seen.add_metric([device], ts)
         yield seen
+        yield CounterMetricFamily(PREFIX + "unlabelled_envelopes",
+                                  "Relayed envelopes from ids past the last-seen label bound",
+                                  value=s.get("unlabelled", 0))
         depth = GaugeMetricFamily(PREFIX + "queue_depth",
                                   "Envelopes a link holds for delivery", labels=["link"])
         up = GaugeMetricFamily(PREFIX + "link_up", "1 if the link is connected", labels=["link"])

@@ -5,10 +5,18 @@ here, in an embedded SQLite file, and are delivered in arrival order once
 the link returns, across gateway restarts.
 
 Invariants:
-- Bounded twice: at most ``max_per_device`` envelopes per destination (the
-  oldest is dropped to make room, counted as ``full``) and none older than
-  ``max_age_s`` seconds (dropped when next touched, counted as ``expired``).
-  A chatty or long-gone device cannot evict another device's messages.
+- Every envelope records its source (the envelope's ``src``, as the relay
+  authenticated it). Bounds, all checked in one transaction per ``put``:
+  at most ``max_per_device`` envelopes per destination, ``max_per_source``
+  per source, ``max_dests`` destinations and ``max_bytes`` payload bytes in
+  all, and none older than ``max_age_s`` seconds (dropped when next
+  touched, counted ``expired``).
+- One source can never evict another source's envelope. To make room a put
+  drops only its own source's oldest envelopes (counted ``full``); if that
+  is not enough (the room is held by others, or the destination would be
+  one too many) the new envelope itself is refused (counted ``rejected``).
+  So junk addressed to a chosen destination, or to thousands of made-up
+  ones, costs its sender its own queue and nothing of anyone else's.
 - Order: per destination, delivery follows arrival (``id`` is SQLite
   ``AUTOINCREMENT``, never reused, so order holds across restarts).
 - At least once: an envelope is deleted only after ``send`` returned for
@@ -30,13 +38,22 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["DurableQueue", "DEFAULT_MAX_PER_DEVICE", "DEFAULT_MAX_AGE_S"]
+__all__ = ["DurableQueue", "DEFAULT_MAX_PER_DEVICE", "DEFAULT_MAX_AGE_S",
+           "DEFAULT_MAX_PER_SOURCE", "DEFAULT_MAX_DESTS", "DEFAULT_MAX_BYTES"]
 
 log = logging.getLogger("moteseal.gateway.queue")
 
 # 1000 envelopes of at most 1200 bytes: ~1.2 MB per device on disk, room
 # for a day of 1-per-minute commands.
 DEFAULT_MAX_PER_DEVICE = 1000
+# A peer commanding every device of a port queues for all of them: ten
+# devices' worth of full queues.
+DEFAULT_MAX_PER_SOURCE = 10 * DEFAULT_MAX_PER_DEVICE
+# Destinations (distinct device ids) with anything queued, in all.
+DEFAULT_MAX_DESTS = 1024
+# Payload bytes in all (the SQLite file is about this plus overhead):
+# DEFAULT_MAX_PER_SOURCE envelopes of 1200 bytes with room for a second source.
+DEFAULT_MAX_BYTES = 2 * DEFAULT_MAX_PER_SOURCE * 1200
 # Older messages are stale for a sensor (commands, acks); a week covers a
 # device shipped for repair.
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
@@ -48,7 +65,9 @@ CREATE TABLE IF NOT EXISTS queue (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     dest     TEXT NOT NULL,
     enqueued REAL NOT NULL,
-    payload  BLOB NOT NULL
+    payload  BLOB NOT NULL,
+    src      TEXT NOT NULL DEFAULT '',
+    size     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_dest_id ON queue (dest, id);
 CREATE TABLE IF NOT EXISTS counters (
@@ -56,11 +75,16 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
-_COUNTERS = ("enqueued", "delivered", "dropped_full", "dropped_expired")
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS queue_src_id ON queue (src, id);
+CREATE INDEX IF NOT EXISTS queue_dest_src_id ON queue (dest, src, id);
+"""
+_COUNTERS = ("enqueued", "delivered", "dropped_full", "dropped_expired", "rejected")
 
 
 class DurableQueue:
-    """Per-destination FIFO queues in one SQLite file. Thread-safe."""
+    """Per-destination FIFO queues in one SQLite file. Thread-safe: may be
+    shared between threads (one lock serialises every operation)."""
 
     def __init__(
         self,
@@ -68,16 +92,24 @@ class DurableQueue:
         *,
         max_per_device: int = DEFAULT_MAX_PER_DEVICE,
         max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        max_dests: int = DEFAULT_MAX_DESTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_per_device < 1 or max_age_s <= 0:
             raise ValueError("need max_per_device >= 1 and max_age_s > 0")
+        if max_per_source < 1 or max_dests < 1 or max_bytes < 1:
+            raise ValueError("need max_per_source, max_dests and max_bytes >= 1")
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
         self.path = Path(path)
         self.max_per_device = max_per_device
         self.max_age_s = max_age_s
+        self.max_per_source = max_per_source
+        self.max_dests = max_dests
+        self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +117,14 @@ class DurableQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(queue)")}
+        with self._tx():
+            if "src" not in columns:  # a file from before sources were recorded
+                self._db.execute("ALTER TABLE queue ADD COLUMN src TEXT NOT NULL DEFAULT ''")
+            if "size" not in columns:
+                self._db.execute("ALTER TABLE queue ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("UPDATE queue SET size = length(payload)")
+        self._db.executescript(_INDEXES)
         with self._tx():
             for name in _COUNTERS:
                 self._db.execute(
@@ -119,27 +159,79 @@ class DurableQueue:
 
     # -- public ----------------------------------------------------------------
 
-    def put(self, dest: str, payload: bytes) -> None:
-        """Append ``payload`` for ``dest``, dropping that destination's oldest
-        envelopes (counted ``full``) if it already holds ``max_per_device``."""
+    def put(self, dest: str, payload: bytes, src: str = "") -> bool:
+        """Append ``payload`` from ``src`` for ``dest``; return whether it
+        was queued. To stay within the bounds it drops ``src``'s own oldest
+        envelopes (counted ``full``), or else refuses this one (counted
+        ``rejected``); never anything another source queued."""
         now = self._clock()
+        size = len(payload)
         with self._lock, self._tx() as db:
             self._expire(now)
+            evict = self._room_for(db, dest, src, size)
+            if evict is None:
+                self._bump("rejected", 1)
+                log.info("queue: refused an envelope from %s for %s (full)", src, dest)
+                return False
+            if evict:
+                db.executemany("DELETE FROM queue WHERE id = ?", [(r,) for r in evict])
+                self._bump("dropped_full", len(evict))
+                log.info("queue: dropped %d oldest envelopes of %s (full)", len(evict), src)
             db.execute(
-                "INSERT INTO queue (dest, enqueued, payload) VALUES (?, ?, ?)",
-                (dest, now, bytes(payload)),
+                "INSERT INTO queue (dest, enqueued, payload, src, size) VALUES (?, ?, ?, ?, ?)",
+                (dest, now, bytes(payload), src, size),
             )
             self._bump("enqueued", 1)
-            (n,) = db.execute("SELECT COUNT(*) FROM queue WHERE dest = ?", (dest,)).fetchone()
-            over = n - self.max_per_device
-            if over > 0:
-                db.execute(
-                    "DELETE FROM queue WHERE id IN "
-                    "(SELECT id FROM queue WHERE dest = ? ORDER BY id LIMIT ?)",
-                    (dest, over),
-                )
-                self._bump("dropped_full", over)
-                log.info("queue: dropped %d oldest envelopes for %s (full)", over, dest)
+        return True
+
+    def _room_for(self, db: sqlite3.Connection, dest: str, src: str,
+                  size: int) -> list[int] | None:
+        """Ids of ``src``'s own envelopes to drop so that one more of
+        ``size`` bytes from ``src`` to ``dest`` fits every bound, or None if
+        it cannot fit without touching another source's envelopes."""
+        if size > self.max_bytes:
+            return None
+        evict: list[int] = []
+        (n_dest,) = db.execute("SELECT COUNT(*) FROM queue WHERE dest = ?", (dest,)).fetchone()
+        if n_dest == 0:
+            (n_dests,) = db.execute("SELECT COUNT(DISTINCT dest) FROM queue").fetchone()
+            if n_dests >= self.max_dests:
+                return None
+        elif n_dest >= self.max_per_device:
+            rows = db.execute(
+                "SELECT id FROM queue WHERE dest = ? AND src = ? ORDER BY id LIMIT ?",
+                (dest, src, n_dest - self.max_per_device + 1)).fetchall()
+            if len(rows) < n_dest - self.max_per_device + 1:
+                return None
+            evict.extend(r for (r,) in rows)
+        (n_src,) = db.execute("SELECT COUNT(*) FROM queue WHERE src = ?", (src,)).fetchone()
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM queue").fetchone()
+        n_src -= len(evict)
+        total -= self._sizes(db, evict)
+        if n_src < self.max_per_source and total + size <= self.max_bytes:
+            return evict
+        # Walk src's own queue, oldest first, until both bounds hold.
+        chosen = set(evict)
+        for rid, rsize in db.execute(
+                "SELECT id, size FROM queue WHERE src = ? ORDER BY id", (src,)):
+            if n_src < self.max_per_source and total + size <= self.max_bytes:
+                break
+            if rid in chosen:
+                continue
+            evict.append(rid)
+            n_src -= 1
+            total -= rsize
+        if n_src < self.max_per_source and total + size <= self.max_bytes:
+            return evict
+        return None
+
+    @staticmethod
+    def _sizes(db: sqlite3.Connection, ids: list[int]) -> int:
+        total = 0
+        for rid in ids:
+            (n,) = db.execute("SELECT size FROM queue WHERE id = ?", (rid,)).fetchone()
+            total += n
+        return total
 
     def drain(self, dests: Iterable[str], send: Callable[[str, bytes], None]) -> int:
         """Deliver every queued envelope for ``dests``, oldest first per
@@ -182,6 +274,18 @@ class DurableQueue:
                 ).fetchone()
         return int(n)
 
+    def sources(self) -> dict[str, int]:
+        """``{src: envelopes waiting}`` for every source with any."""
+        with self._lock:
+            rows = self._db.execute("SELECT src, COUNT(*) FROM queue GROUP BY src").fetchall()
+        return {s: int(n) for s, n in rows}
+
+    def size_bytes(self) -> int:
+        """Payload bytes waiting in all."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM queue").fetchone()
+        return int(n)
+
     def depths(self) -> dict[str, int]:
         """``{dest: envelopes waiting}`` for every destination with any."""
         with self._lock:
@@ -189,7 +293,8 @@ class DurableQueue:
         return {d: int(n) for d, n in rows}
 
     def counters(self) -> dict[str, int]:
-        """Persistent totals: enqueued, delivered, dropped_full, dropped_expired."""
+        """Persistent totals: enqueued, delivered, dropped_full,
+        dropped_expired, rejected."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM counters").fetchall()
         return {k: int(v) for k, v in rows}

@@ -22,6 +22,11 @@ Invariants:
 - ``handle`` may be called from several links' threads at once: decisions
   and counters are taken under one lock, and ``send`` is called outside it,
   so a slow link never holds up the others.
+- Who may address whom is the ``RoutePolicy``'s call: by default a device
+  addresses only a peer, and a peer only devices.
+- Every table is bounded: token buckets (``RateLimiter.max_senders``), the
+  route cache, and ``last_seen`` (``RelayStats.max_labelled`` ids; envelopes
+  from further ids are counted in ``unlabelled``, never labelled).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ __all__ = [
     "Link",
     "Done",
     "RouteTable",
+    "RoutePolicy",
     "RateLimiter",
     "RelayStats",
     "Relay",
@@ -48,6 +54,7 @@ __all__ = [
     "UNKNOWN_SOURCE",
     "UNKNOWN_DESTINATION",
     "LINK_ERROR",
+    "POLICY",
 ]
 
 Done = Callable[[], None]
@@ -57,8 +64,9 @@ SRC_MISMATCH = "src_mismatch"
 UNKNOWN_SOURCE = "unknown_source"
 UNKNOWN_DESTINATION = "unknown_destination"
 LINK_ERROR = "link_error"
+POLICY = "policy"
 DROP_REASONS = (OVERSIZE, MALFORMED, UNKNOWN_VERSION, RATE_LIMITED, SRC_MISMATCH,
-                UNKNOWN_SOURCE, UNKNOWN_DESTINATION, LINK_ERROR)
+                UNKNOWN_SOURCE, UNKNOWN_DESTINATION, LINK_ERROR, POLICY)
 
 
 class Link(Protocol):
@@ -78,7 +86,8 @@ class RouteTable:
     ``routes`` maps a link name to id patterns (exact ids, or ``fnmatch``
     patterns such as ``sensor-*``). Exact ids win over patterns; patterns are
     tried in the order given. Lookups are cached (ids are at most 16 bytes and
-    the cache is bounded).
+    the cache is bounded). May be shared between threads (``Relay`` calls it
+    under its lock; a lost cache entry costs only a recomputation).
     """
 
     _CACHE_MAX = 65536
@@ -112,12 +121,42 @@ class RouteTable:
         return link
 
 
+class RoutePolicy:
+    """Which source may address which destination.
+
+    ``peers`` are id patterns (exact ids or ``fnmatch`` patterns) of peers
+    (hubs); every other id is a device. A device may address only a peer,
+    and a peer only a device, so no account can make the gateway queue or
+    deliver anything device to device. ``any_to_any=True`` lifts the policy
+    (every id may address every other). May be shared between threads: a
+    lookup only adds to a bounded cache, where a lost entry costs a
+    recomputation.
+    """
+
+    def __init__(self, peers: Iterable[str] = (), *, any_to_any: bool = False) -> None:
+        self.any_to_any = any_to_any
+        self._peers = RouteTable({"peer": list(peers)})
+
+    @classmethod
+    def open(cls) -> "RoutePolicy":
+        """The policy that allows everything (a relay built without one)."""
+        return cls(any_to_any=True)
+
+    def is_peer(self, device_id: str) -> bool:
+        return self._peers.link_for(device_id) is not None
+
+    def allows(self, src: str, dst: str) -> bool:
+        """True if ``src`` may address ``dst``."""
+        return self.any_to_any or self.is_peer(src) != self.is_peer(dst)
+
+
 class RateLimiter:
     """One token bucket per sender: ``rate`` envelopes per second on average,
     bursts up to ``burst``. ``rate <= 0`` disables limiting.
 
     Memory is bounded: past ``max_senders`` buckets, idle (full) ones are
-    forgotten, which changes nothing since a new bucket starts full.
+    forgotten, which changes nothing since a new bucket starts full. Not
+    thread-safe: callers serialise ``allow`` (``Relay`` holds its lock).
     """
 
     def __init__(self, rate: float, burst: float, max_senders: int = 100_000) -> None:
@@ -153,12 +192,28 @@ class RateLimiter:
 
 
 class RelayStats:
-    """Counters read by the metrics endpoint and the status file."""
+    """Counters read by the metrics endpoint and the status file. Not
+    thread-safe by itself: ``Relay`` guards it with its lock.
 
-    def __init__(self) -> None:
+    ``last_seen`` labels at most ``max_labelled`` ids (the status file and
+    Prometheus labels come from it); envelopes from ids beyond that are
+    counted in ``unlabelled``.
+    """
+
+    DEFAULT_MAX_LABELLED = 4096
+
+    def __init__(self, max_labelled: int = DEFAULT_MAX_LABELLED) -> None:
         self.relayed: dict[str, int] = {}  # destination link -> count
         self.dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
         self.last_seen: dict[str, float] = {}  # device id -> wall-clock seconds
+        self.max_labelled = max_labelled
+        self.unlabelled = 0
+
+    def seen(self, device_id: str, when: float) -> None:
+        if device_id in self.last_seen or len(self.last_seen) < self.max_labelled:
+            self.last_seen[device_id] = when
+        else:
+            self.unlabelled += 1
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -166,6 +221,7 @@ class RelayStats:
             "relayed_by_link": dict(self.relayed),
             "dropped": dict(self.dropped),
             "last_seen": dict(self.last_seen),
+            "unlabelled": self.unlabelled,
         }
 
 
@@ -182,6 +238,9 @@ class Relay:
     ``on_forward(header, size, out_link)`` for each forwarded envelope (the
     demo shows what the gateway sees: ids, kinds, sizes). ``clock`` is a
     monotonic clock for the token buckets and ``wall_clock`` stamps last-seen.
+    ``policy`` says who may address whom (``RoutePolicy.open()`` when None;
+    the gateway runner passes the config's). ``handle`` and ``drop`` may be
+    called from any thread.
     """
 
     def __init__(self, routes: RouteTable, limiter: RateLimiter,
@@ -190,8 +249,10 @@ class Relay:
                  on_drop: DropHook | None = None,
                  on_forward: ForwardHook | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 policy: RoutePolicy | None = None) -> None:
         self.routes = routes
+        self.policy = policy or RoutePolicy.open()
         self.limiter = limiter
         self.links: dict[str, Link] = dict(links or {})
         self.max_envelope_bytes = max_envelope_bytes
@@ -230,7 +291,7 @@ class Relay:
         with self._lock:
             stats = self.stats
             stats.relayed[out_name] = stats.relayed.get(out_name, 0) + 1  # type: ignore[index]
-            stats.last_seen[header.src] = self.wall_clock()  # type: ignore[union-attr]
+            stats.seen(header.src, self.wall_clock())  # type: ignore[union-attr]
         if self.on_forward is not None:
             try:
                 self.on_forward(header, len(envelope), out_name)  # type: ignore[arg-type]
@@ -256,7 +317,17 @@ class Relay:
         out_name = self.routes.link_for(header.dst)
         if out_name is None or out_name not in self.links:
             return UNKNOWN_DESTINATION, None, None
+        if not self.policy.allows(header.src, header.dst):
+            return POLICY, None, None
         return None, header, out_name
+
+    def drop(self, reason: str, arrived_from: str, link: str, size: int,
+             done: Done | None = None) -> str:
+        """Count and report a drop a link decided itself (a serial port's
+        own rate limit); ``reason`` is one of ``DROP_REASONS``."""
+        with self._lock:
+            self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        return self._dropped(reason, arrived_from, link, size, done)
 
     def _dropped(self, reason: str, arrived_from: str, link: str, size: int,
                  done: Done | None) -> str:

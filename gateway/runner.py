@@ -24,7 +24,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.logs import DropLog, JsonLog
 from gateway.metrics import serve_metrics, write_status_file
 from gateway.mqtt import MqttLink
-from gateway.relay import RateLimiter, Relay, RouteTable
+from gateway.relay import RateLimiter, Relay, RoutePolicy, RouteTable
 
 __all__ = ["Gateway"]
 
@@ -61,6 +61,9 @@ class Gateway:
             for link in open_links(cfg.serial, self.relay, self.log):
                 self.relay.add_link(link.name, link)
                 self.extra_links.append(link)
+        # Who may address whom, and how many ids get a label (gateway.relay).
+        self.relay.policy = RoutePolicy(cfg.peers, any_to_any=cfg.any_to_any)
+        self.relay.stats.max_labelled = cfg.max_labelled
         self.metrics_server: Any = None
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None
@@ -102,6 +105,11 @@ class Gateway:
         self.log.event("gateway_started", name=self.cfg.name, config=self.cfg.source,
                        metrics_port=self.metrics_port,
                        links=",".join([self.mqtt.name] + [x.name for x in self.extra_links]))
+        if self.cfg.mqtt.share_group:
+            # Mosquitto 2.0's ACL file grants every SUBSCRIBE: a device that
+            # joins this group takes (and loses) its share (docs/gateway.md).
+            self.log.event("share_group_untrusted_accounts", level="warning",
+                           share_group=self.cfg.mqtt.share_group)
         return self
 
     def _write_status_loop(self) -> None:

@@ -156,7 +156,7 @@ class GatewayProcess:
                  user: str = "gw", rate: float = 1000.0, burst: float = 1000.0,
                  routes: dict[str, list[str]] | None = None, share_group: str = "moteseal",
                  metrics_port: int = 0, max_envelope_bytes: int = 1200,
-                 max_inflight: int = 100) -> None:
+                 max_inflight: int = 100, peers: list[str] | None = None) -> None:
         import json as _json
 
         self.workdir = workdir
@@ -189,6 +189,9 @@ burst = {burst}
 
 [routes]
 {route_lines}
+
+[policy]
+peers = {_json.dumps(peers or ["hub"])}
 
 [metrics]
 port = {metrics_port}

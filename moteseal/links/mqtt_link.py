@@ -21,6 +21,10 @@ Invariants:
   paho's network thread waits for ``recv`` to make room (TCP backpressure),
   and a redelivery (DUP) of an envelope still waiting in the inbox is not
   queued a second time.
+- The CONNECT announces Maximum Packet Size ``MAX_PACKET_BYTES`` (MQTT 5
+  section 3.1.2.11.4), so the broker never sends this link a packet larger
+  than one envelope needs: it drops such a message for this client instead
+  of making the device download it.
 - TCP_NODELAY on the socket: one small envelope must not wait ~40 ms for
   Nagle's algorithm.
 """
@@ -39,11 +43,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-__all__ = ["UP_PREFIX", "DOWN_PREFIX", "MqttLink", "LinkError"]
+__all__ = ["UP_PREFIX", "DOWN_PREFIX", "MAX_PACKET_BYTES", "MqttLink", "LinkError"]
 
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
 DEFAULT_SESSION_EXPIRY = 86400  # s the broker keeps a device's queue while it sleeps
+# The largest packet we accept: a 1200-byte envelope (the gateway's
+# max_envelope_bytes) plus fixed header (5), topic (2 + 17 + 16), packet id (2)
+# and properties, with room to spare; the same value as the shipped broker's
+# max_packet_size (broker_config/).
+MAX_PACKET_BYTES = 2048
 INBOX_MAX = 1024  # bound on envelopes held for ``recv``; a full inbox stalls the reader thread
 
 
@@ -108,6 +117,7 @@ class MqttLink:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry
         props.ReceiveMaximum = self._max_inflight
+        props.MaximumPacketSize = MAX_PACKET_BYTES
         self.client.connect_async(self.host, self.port, keepalive=self._keepalive,
                                   clean_start=self._clean_start, properties=props)
         self.client.loop_start()

@@ -31,7 +31,7 @@ def data_env(src: str, dst: str, nonce: int) -> bytes:
 
 
 def _serial_gateway(broker, gateway_process, pty: PlugPty, tmp_path: Path, **kw):
-    gp = gateway_process(broker, start=False, routes={"mqtt": ["peer"]}, **kw)
+    gp = gateway_process(broker, start=False, routes={"mqtt": ["peer"]}, peers=["peer"], **kw)
     with open(gp.config, "a") as f:
         f.write(f"""
 [[serial]]
@@ -169,7 +169,7 @@ def test_noise_session_between_a_serial_device_and_an_mqtt_peer(
     broker = mosquitto(auth=True, accounts={"gw": "gateway", "peer": "device"})
     cable = SocatPair(tmp_path / "gw-tty", tmp_path / "mote-tty")
     cable.start()
-    gp = gateway_process(broker, start=False, routes={"mqtt": ["peer"]})
+    gp = gateway_process(broker, start=False, routes={"mqtt": ["peer"]}, peers=["peer"])
     with open(gp.config, "a") as f:
         f.write(f'\n[[serial]]\nname = "uart0"\nport = "{cable.a}"\n'
                 f'devices = ["mote-1"]\nqueue = "{tmp_path / "q.sqlite"}"\n')

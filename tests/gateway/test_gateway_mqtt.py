@@ -52,8 +52,10 @@ def test_envelopes_are_relayed_both_ways_byte_for_byte(broker, mqtt_client, gate
 def test_bad_envelopes_are_dropped_and_counted_while_good_traffic_continues(
         broker, mqtt_client, gateway_process):
     metrics_port = free_port()
+    # max_envelope_bytes below the broker's message_size_limit (1200), which
+    # would drop a larger envelope before the gateway saw it.
     gw = gateway_process(broker, rate=100, burst=100, metrics_port=metrics_port,
-                         routes={"mqtt": ["hub", "sensor-*", "bad"]})
+                         routes={"mqtt": ["hub", "sensor-*", "bad"]}, max_envelope_bytes=1000)
     hub = mqtt_client(broker, "hub")
     hub.subscribe("moteseal/v1/down/hub")
     good = mqtt_client(broker, "sensor-1")
@@ -61,7 +63,7 @@ def test_bad_envelopes_are_dropped_and_counted_while_good_traffic_continues(
     secret = b"PAYLOAD-MARKER-" * 3
     bad_envelopes = [
         b"\xff not cbor",                                         # malformed
-        data("bad", "hub", 1, ct=secret * 40),                    # oversize (> 1200)
+        data("bad", "hub", 1, ct=secret * 24),                    # oversize (> 1000)
         cbor2.dumps([9, b"bad", b"hub", 1, b"x"]),                # unknown version
         data("bad", "nowhere", 1, ct=secret),                     # unknown destination
         data("sensor-2", "hub", 1, ct=secret),                    # src mismatch

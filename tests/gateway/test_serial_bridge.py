@@ -133,10 +133,14 @@ def test_rate_limit_applies_to_serial_devices_too(tmp_path: Path) -> None:
 
 
 def test_replies_from_mqtt_are_written_to_the_port(rig: Rig) -> None:
+    dones = []
     for i in range(10):
         reason, done = rig.from_peer("sensor-2", i)
-        assert reason is None and done == [1]
+        assert reason is None
+        dones.append(done)
     assert rig.pty.read_frames(10) == [data_env("peer", "sensor-2", i) for i in range(10)]
+    # ``done`` runs once each envelope is written (on the port's worker thread).
+    assert wait_for(lambda: all(d == [1] for d in dones))
     assert rig.bridge.written == 10 and rig.queue.depth() == 0
 
 
@@ -278,7 +282,7 @@ def test_frame_and_queue_drops_reach_the_status_and_metrics(tmp_path: Path) -> N
             relay.handle(data_env("peer", "sensor-1", i), "peer", "mqtt")
         assert wait_for(lambda: bridge.status_extra()["frame_drops"]["cobs"] == 1)
         extra = bridge.status_extra()
-        assert extra["queue_dropped"] == {"full": 1, "expired": 0}
+        assert extra["queue_dropped"] == {"full": 1, "expired": 0, "rejected": 0}
         assert bridge.queue_depth() == 2 and extra["peer_ready"] is False
 
         status = {"relayed_by_link": {}, "dropped": {}, "last_seen": {}, "uptime_s": 1.0,

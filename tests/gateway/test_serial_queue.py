@@ -52,6 +52,7 @@ def test_queue_survives_a_restart_with_its_counters(tmp_path: Path) -> None:
         assert q.depth("dev") == 3
         assert q.counters() == {
             "enqueued": 5, "delivered": 0, "dropped_full": 2, "dropped_expired": 0,
+            "rejected": 0,
         }
         q.put("dev", b"5")
         assert _collect(q, ["dev"]) == [("dev", b"3"), ("dev", b"4"), ("dev", b"5")]
