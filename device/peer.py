@@ -85,7 +85,12 @@ class PeerSessions:
 
     ``receive(data, now)`` -> ``Received``; ``send(device_id, payload, now)``
     -> data envelope. A refused message 1 raises ``AuthError`` or
-    ``ReplayError`` whose ``reply`` attribute holds a refusal hint to send."""
+    ``ReplayError`` whose ``reply`` attribute holds a refusal hint to send.
+
+    Threads: shareable only if made with ``lock=`` (``device/session.py``
+    Rule 7: ``receive`` and ``send`` then run under it); else one thread at
+    a time. The directory must then be usable from any thread that calls.
+    """
 
     def __init__(self, backend, peer_id, directory, suite=DEFAULT_SUITE, **opts):
         _session_suite(suite)
@@ -100,6 +105,7 @@ class PeerSessions:
         self._max_devices = opts.get("max_devices", DEFAULT_MAX_DEVICES)
         self._env = E.Envelope()
         self._limit = E.envelope_limit(self.max_payload)
+        self._lock = opts.get("lock")
 
     def sessions(self, device_id):
         """``[(sid, Transport), ...]`` for a device, newest first (at most 2)."""
@@ -115,6 +121,13 @@ class PeerSessions:
         return err
 
     def receive(self, data, now=None):
+        lk = self._lock
+        if lk is None:
+            return self._receive(data, now)
+        with lk:
+            return self._receive(data, now)
+
+    def _receive(self, data, now):
         env = self._env.decode_into(data, len(data), self._limit)
         if not env.dst_is(self.peer_id):
             raise DecodeError("envelope not addressed to this peer")
@@ -198,6 +211,13 @@ class PeerSessions:
         is known to hold: the newest one it has sent data on, else the
         newest (message 2 may still be on its way). Raises ``LocalError`` if
         the device has no session."""
+        lk = self._lock
+        if lk is None:
+            return self._send(device_id, payload, now)
+        with lk:  # the header's nonce and the sealing nonce are one
+            return self._send(device_id, payload, now)
+
+    def _send(self, device_id, payload, now):
         dev = bytes(device_id)
         s = self._sessions.get(dev)
         if not s:
