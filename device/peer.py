@@ -15,6 +15,10 @@ Invariants:
 - Rule 3: a refused message 1 raises ``AuthError``, ``ReplayError`` or
   ``DecodeError`` with a ``reply`` (a refusal hint) and a ``reason``, and the
   directory counts the refusal by reason. Nothing else changes.
+- Rule 4: a refusal does the same work whatever its reason. For an unknown
+  or revoked id, message 1 is read against a random dummy PSK drawn once
+  per ``PeerSessions``, so the DH and decrypt steps match a known id's bad
+  message: refusal latency does not tell which ids are provisioned.
 """
 
 from device import envelope as E
@@ -106,6 +110,8 @@ class PeerSessions:
         self._env = E.Envelope()
         self._limit = E.envelope_limit(self.max_payload)
         self._lock = opts.get("lock")
+        # Rule 4: read unknown and revoked ids' message 1 against this.
+        self._dummy_psk = backend.random_bytes(32) if self._psk_pos >= 0 else None
 
     def sessions(self, device_id):
         """``[(sid, Transport), ...]`` for a device, newest first (at most 2)."""
@@ -140,13 +146,13 @@ class PeerSessions:
 
     def _hs1(self, data, env, dev, now):
         d = self.directory
-        psk = None
+        psk = refusal = None
         if self._psk_pos >= 0:
-            if d.is_revoked(dev):
-                raise self._refuse(AuthError("message does not authenticate"), env, dev, "revoked")
+            revoked = d.is_revoked(dev)  # both looked up whatever the answer (Rule 4)
             psk = d.psk_for(dev)
-            if psk is None:
-                raise self._refuse(AuthError("message does not authenticate"), env, dev, "unknown-device")
+            if revoked or psk is None:
+                refusal = "revoked" if revoked else "unknown-device"
+                psk = self._dummy_psk  # the same DH/decrypt work, bound to fail
         prologue = E.PROLOGUE + bytes(data[:env.msg_off])
         msg = env.msg
         hs = payload = used = None
@@ -158,9 +164,14 @@ class PeerSessions:
             except AuthError:
                 continue
             except DecodeError as e:
+                if refusal is not None:
+                    break
                 raise self._refuse(e, env, dev, "malformed")
             hs, used = cand, pub
             break
+        if refusal is not None:
+            # Even if the dummy PSK authenticated (it cannot: 256 random bits).
+            raise self._refuse(AuthError("message does not authenticate"), env, dev, refusal)
         if hs is None:
             raise self._refuse(AuthError("message does not authenticate"), env, dev, "auth")
         if len(payload) < COUNTER_BYTES:
