@@ -74,6 +74,14 @@ class Msg1Counter:
         self._next = v + 1
         return v
 
+    def skip_past(self, v):
+        """Never hand out ``v`` or below: the peer has seen ``v`` (an
+        authenticated notice, ``device/session.py`` Rule 8). Only moves
+        forward; ``next()`` stores a new ceiling before handing out a value
+        above the stored one (Rule 1), so nothing is written here."""
+        if v >= self._next:
+            self._next = v + 1
+
 
 def put_counter(buf, off, v):
     for i in range(COUNTER_BYTES):

@@ -22,12 +22,13 @@ Invariants:
 """
 
 from device import envelope as E
-from device.counter import COUNTER_BYTES, get_counter
+from device.counter import COUNTER_BYTES, get_counter, put_counter
 from device.errors import (AuthError, DecodeError, LocalError, ReplayError,
                            SessionExpired)
 from device.noise import (DEFAULT_SUITE, MAX_PAYLOAD_BYTES, TAG_BYTES,
                           NKResponder, parse_suite)
-from device.session import DEFAULT_MAX_DEVICES, _limits, _session_suite
+from device.session import (COUNTER_NOTICE_BYTES, COUNTER_NOTICE_TAG,
+                            DEFAULT_MAX_DEVICES, _limits, _session_suite)
 
 
 class NonpersistingDirectory:
@@ -177,8 +178,17 @@ class PeerSessions:
         if len(payload) < COUNTER_BYTES:
             raise self._refuse(DecodeError("message 1 lacks its counter"), env, dev, "malformed")
         c = get_counter(payload, 0)
-        if c <= d.counter_get(dev):
-            raise self._refuse(ReplayError("replayed handshake message 1"), env, dev, "replay")
+        highest = d.counter_get(dev)
+        if c <= highest:
+            err = self._refuse(ReplayError("replayed handshake message 1"), env, dev, "replay")
+            # session.py Rule 8: tell the holder of this handshake's ephemeral
+            # (authenticated, in message 2) the highest counter we hold; no
+            # session is kept. A replayer cannot read it.
+            notice = bytearray(COUNTER_NOTICE_BYTES)
+            notice[0] = COUNTER_NOTICE_TAG
+            put_counter(notice, 1, highest)
+            err.reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, hs.write_message(notice))
+            raise err
         d.counter_set(dev, c)  # durable before we answer (Rule 2)
         d.note_static_used(dev, used)
         msg2 = hs.write_message(b"")

@@ -34,6 +34,16 @@ Invariants:
   a replay-window check and its commit one step. Without ``lock`` (boards,
   single-threaded hosts), one thread at a time. A ``Transport`` is never
   shared on its own: it is reached through its session's lock.
+- Rule 8: a lost counter store recovers. A message 1 that authenticates
+  but whose counter is not above the highest the peer holds (the device's
+  store was wiped or restored) is refused as before (peer Rule 2), and the
+  peer answers with a message 2 of that same handshake whose payload is
+  ``COUNTER_NOTICE_TAG || highest counter`` (no session is made on either
+  side). Only the peer holding the pinned key (and PSK) can write it, bound
+  to this attempt's ephemeral, so it can be neither forged nor replayed;
+  the device's counter jumps past that value (``EV_COUNTER_BEHIND``) and
+  the next handshake succeeds. Replay protection is unchanged: the peer
+  still refuses every counter at or below the highest it holds.
 - Rule 6: sessions run NK or NKpsk0 (``SESSION_SUITES``). NKpsk2 mixes the
   PSK in only at message 2, so its message 1 (the 0-RTT reading and the
   replay counter) would authenticate nobody: anyone knowing the peer's key
@@ -63,6 +73,12 @@ EV_HANDSHAKE = const(1)  # handshake finished; out holds message 2's payload
 EV_DATA = const(2)  # out holds a transport plaintext
 EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
 EV_REFUSED = const(4)  # the peer refused our message 1 (wrong pinned key, PSK, revoked)
+EV_COUNTER_BEHIND = const(5)  # our message-1 counter was behind the peer's; it jumped: handshake again
+
+# Message 2's payload is empty when the peer accepts message 1; on a stale
+# counter it is this tag and the highest counter the peer holds (Rule 8).
+COUNTER_NOTICE_TAG = const(1)
+COUNTER_NOTICE_BYTES = const(1 + 4)  # the tag, then COUNTER_BYTES (4)
 
 
 # NK and NKpsk0 of each hash (Rule 6); the same str objects as noise.SUITES.
@@ -210,6 +226,16 @@ class DeviceSession:
             # a replayed message 2 meets "unexpected", a remote error.
             self._hs = None
             payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
+            if len(payload) == COUNTER_NOTICE_BYTES and payload[0] == COUNTER_NOTICE_TAG:
+                # Authenticated: our counter store was lost (Rule 8). The
+                # big-endian counter is read here: a device build strips
+                # counter.get_counter (peer-only).
+                v = 0
+                for i in range(1, COUNTER_NOTICE_BYTES):
+                    v = (v << 8) | payload[i]
+                self._counter.skip_past(v)
+                self.last_len = 0
+                return EV_COUNTER_BEHIND
             if self.transport is not None:
                 self._prev = (self.transport, self.sid)
             self.transport = hs.into_transport(**_limits(self._opts, now))
