@@ -19,6 +19,16 @@ opaque ciphertext field with a sequence number and a send time. Goals
 (issue 4): gateway throughput >= 60% of direct; gateway p50 at 1000 msg/s
 <= 1.5x direct.
 
+Repeats are independent and interleaved: each repeat runs every path once
+(direct, gateway, references: ABAB...), and each ratio is taken against the
+direct run of the same repeat, so a slow spell on a shared machine moves
+both sides of a ratio. Reported: the median ratio over repeats and its
+spread (min-max). Each phase counts only its own sequence numbers (a
+straggler is reported as ``stray``, never counted), each gateway run has a
+fresh client id and share group with session expiry 0 (no session, hence no
+queue, survives it), and the sink topic is drained to silence before each
+path.
+
     python3 bench/bench_relay.py [--rate 1000] [--seconds 5] [--flood 20000] [--repeat 3]
 """
 
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import socket
 import statistics
 import struct
@@ -48,6 +59,7 @@ from gateway.broker import LocalBroker  # noqa: E402
 
 ENVELOPE_BYTES = 64
 STAMP = struct.Struct(">QQ")  # seq, send time (ns), at the end of ct
+IDLE_NS = 5_000_000_000  # a phase ends 5 s after its last arrival, complete or not
 
 
 def envelope(seq: int, now_ns: int) -> bytes:
@@ -70,17 +82,23 @@ def client(port: int, name: str, start: bool = True) -> mqtt.Client:
     return c
 
 
-def _sink_main(port: int, topic: str, expect: int, timeout: float, conn) -> None:  # type: ignore[no-untyped-def]
-    """In a child process (own GIL): collect ``expect`` stamped envelopes."""
+def _sink_main(port: int, topic: str, lo: int, hi: int, timeout: float, conn) -> None:  # type: ignore[no-untyped-def]
+    """In a child process (own GIL): collect the stamped envelopes with
+    sequence numbers in ``[lo, hi)``; anything else is a stray, counted apart."""
+    expect = hi - lo
     lat: list[int] = []
     seen: set[int] = set()
     last = [0]
+    stray = [0]
     done = threading.Event()
     ready = threading.Event()
 
     def on_message(c, u, msg) -> None:  # type: ignore[no-untyped-def]
         now = time.perf_counter_ns()  # CLOCK_MONOTONIC: comparable across processes
         seq, sent = STAMP.unpack_from(msg.payload, len(msg.payload) - STAMP.size)
+        if not lo <= seq < hi:
+            stray[0] += 1  # another phase's (or run's) message: never counted
+            return
         if seq in seen:
             return
         seen.add(seq)
@@ -89,7 +107,7 @@ def _sink_main(port: int, topic: str, expect: int, timeout: float, conn) -> None
         if len(seen) >= expect:
             done.set()
 
-    c = client(port, f"bench-sink-{time.monotonic_ns()}", start=False)
+    c = client(port, f"bench-sink-{os.getpid()}-{time.monotonic_ns()}", start=False)
     c.on_subscribe = lambda *a: ready.set()
     c.on_message = on_message
     c.connect("127.0.0.1", port, clean_start=True)
@@ -97,48 +115,86 @@ def _sink_main(port: int, topic: str, expect: int, timeout: float, conn) -> None
     c.subscribe(topic, 1)
     ready.wait(10)
     conn.send("ready")
-    done.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.25) and time.monotonic() < deadline:
+        if last[0] and time.perf_counter_ns() - last[0] > IDLE_NS:
+            break  # the flow has stopped: the rest is lost, no use waiting
     c.disconnect()
     c.loop_stop()
-    conn.send((lat, last[0]))
+    conn.send((lat, last[0], stray[0]))
 
 
 class Sink:
-    """A subscriber in its own process, for one phase of ``expect`` messages."""
+    """A subscriber in its own process, for one phase: sequence numbers
+    ``[lo, hi)``."""
 
-    def __init__(self, port: int, topic: str, expect: int, timeout: float) -> None:
+    def __init__(self, port: int, topic: str, lo: int, hi: int, timeout: float) -> None:
         self.conn, child = mp.Pipe()
-        self.proc = mp.Process(target=_sink_main, args=(port, topic, expect, timeout, child))
+        self.proc = mp.Process(target=_sink_main, args=(port, topic, lo, hi, timeout, child))
         self.proc.start()
         if not self.conn.poll(15) or self.conn.recv() != "ready":
             self.proc.kill()
             raise RuntimeError("sink did not subscribe")
 
-    def result(self) -> tuple[list[int], int]:
-        lat, last = self.conn.recv()
+    def result(self) -> tuple[list[int], int, int]:
+        """Latencies (ns) of this phase's messages, the last arrival, strays."""
+        lat, last, stray = self.conn.recv()
         self.proc.join(10)
-        return lat, last
+        return lat, last, stray
 
 
-_seq = [0]  # sequence numbers never repeat across runs, so a straggler is never counted
+def drain(port: int, topic: str, quiet: float = 0.5, limit: float = 60.0) -> int:
+    """Wait until nothing has arrived on ``topic`` for ``quiet`` s (at most
+    ``limit`` s); returns how many messages were still arriving."""
+    count = [0]
+    last = [time.monotonic()]
+    ready = threading.Event()
+
+    def on_message(c, u, msg) -> None:  # type: ignore[no-untyped-def]
+        count[0] += 1
+        last[0] = time.monotonic()
+
+    c = client(port, f"bench-drain-{os.getpid()}-{time.monotonic_ns()}", start=False)
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_message = on_message
+    c.connect("127.0.0.1", port, clean_start=True)
+    c.loop_start()
+    try:
+        c.subscribe(topic, 1)
+        ready.wait(10)
+        last[0] = time.monotonic()
+        deadline = last[0] + limit
+        while time.monotonic() < deadline and time.monotonic() - last[0] < quiet:
+            time.sleep(0.05)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return count[0]
+
+
+_seq = [0]  # sequence numbers never repeat across phases and runs
 
 
 def run_path(port: int, topic: str, sink_topic: str, rate: float, seconds: float, flood: int) -> dict:
     """Publish on ``topic`` and measure what arrives on ``sink_topic``."""
-    pub = client(port, f"bench-pub-{time.monotonic_ns()}")
+    drained = drain(port, sink_topic)
+    pub = client(port, f"bench-pub-{os.getpid()}-{time.monotonic_ns()}")
     seq = _seq[0]
+    strays = 0
     try:
         # Warm-up.
-        sink = Sink(port, sink_topic, 200, 10)
+        sink = Sink(port, sink_topic, seq, seq + 200, 10)
         for _ in range(200):
             pub.publish(topic, envelope(seq, time.perf_counter_ns()), qos=1)
             seq += 1
             time.sleep(0.001)
-        sink.result()
+        lat, _last, stray = sink.result()
+        strays += stray
+        warm = {"sent": 200, "received": len(lat)}
 
         # Fixed rate.
         n = int(rate * seconds)
-        sink = Sink(port, sink_topic, n, seconds + 30)
+        sink = Sink(port, sink_topic, seq, seq + n, seconds + 30)
         start = time.perf_counter()
         for i in range(n):
             target = start + i / rate
@@ -149,27 +205,29 @@ def run_path(port: int, topic: str, sink_topic: str, rate: float, seconds: float
                 time.sleep(delay if delay > 0.0005 else 0)
             pub.publish(topic, envelope(seq, time.perf_counter_ns()), qos=1)
             seq += 1
-        lat, _last = sink.result()
+        lat, _last, stray = sink.result()
+        strays += stray
         lat.sort()
         fixed = {"sent": n, "received": len(lat),
                  "p50_ms": lat[len(lat) // 2] / 1e6 if lat else float("nan"),
                  "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e6 if lat else float("nan")}
 
         # Flood.
-        sink = Sink(port, sink_topic, flood, 120)
+        sink = Sink(port, sink_topic, seq, seq + flood, 120)
         t0 = time.perf_counter_ns()
         for _ in range(flood):
             pub.publish(topic, envelope(seq, time.perf_counter_ns()), qos=1)
             seq += 1
-        lat, last = sink.result()
+        lat, last, stray = sink.result()
+        strays += stray
         received = len(lat)
         elapsed = (last - t0) / 1e9 if received else float("nan")
         flood_r = {"sent": flood, "received": received,
                    "msgs_per_s": received / elapsed if received else 0.0}
-        return {"fixed": fixed, "flood": flood_r}
+        return {"warmup": warm, "fixed": fixed, "flood": flood_r, "drained": drained,
+                "stray": strays}
     finally:
         _seq[0] = seq
-        time.sleep(0.5)  # let the broker and the gateway go idle between paths
         pub.disconnect()
         pub.loop_stop()
 
@@ -246,7 +304,10 @@ def start_bare_relay(port: int, script: str = BARE_RELAY) -> subprocess.Popen:
     return proc
 
 
-def start_gateway(port: int, workdir: Path, client: str = "paho") -> subprocess.Popen:
+def start_gateway(port: int, workdir: Path, tag: str) -> subprocess.Popen:
+    """A gateway process with a fresh session: its own client id and share
+    group (``tag``), and session expiry 0, so that nothing queued for an
+    earlier run is delivered to a later one."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "gateway.toml"
     cfg.write_text(f"""
@@ -256,11 +317,10 @@ status_file = "status.json"
 status_interval = 1.0
 [mqtt]
 port = {port}
-client_id = "moteseal-gateway-bench-{client}"
-# Own share group: a stopped gateway's persistent session keeps its share.
-share_group = "bench-{client}"
+client_id = "moteseal-gateway-bench-{tag}"
+share_group = "bench-{tag}"
+session_expiry = 0
 max_inflight = 100
-client = "{client}"
 [rate_limit]
 rate = 0
 [routes]
@@ -282,6 +342,33 @@ file = "gateway.log"
     raise RuntimeError("gateway did not start")
 
 
+# The measured paths, in the order each repeat runs them (direct, gateway,
+# then the references); ratios are against "direct" of the same repeat.
+# (name, column title, (up topic, down topic))
+REFERENCES = [("bare", "bare", ("bench/bare/up", "bench/bare/down")),
+              ("raw", "raw", ("bench/raw/up", "bench/raw/down"))]
+ROWS = [("throughput", "flood", "msgs_per_s", "flood throughput (msg/s)"),
+        ("p50", "fixed", "p50_ms", "p50 latency at {rate} msg/s (ms)"),
+        ("p99", "fixed", "p99_ms", "p99 latency at {rate} msg/s (ms)")]
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    """Per path and metric: the median value, and the ratio to the same
+    repeat's direct run as median, min and max over repeats."""
+    out: dict = {}
+    for path, results in runs.items():
+        out[path] = {}
+        for key, part, field, _label in ROWS:
+            values = [r[part][field] for r in results]
+            ratios = [r[part][field] / d[part][field]
+                      for r, d in zip(results, runs["direct"])]
+            out[path][key] = {"median": statistics.median(values),
+                              "ratio": statistics.median(ratios),
+                              "ratio_min": min(ratios), "ratio_max": max(ratios),
+                              "ratios": ratios}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=1000.0)
@@ -291,6 +378,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    runs: dict[str, list[dict]] = {p: [] for p in
+                                   ["direct", "gateway"] + [r[0] for r in REFERENCES]}
     with tempfile.TemporaryDirectory(prefix="moteseal-bench-") as tmp:
         work = Path(tmp)
         broker = LocalBroker(work / "broker", auth=False).start()
@@ -298,26 +387,30 @@ def main() -> None:
         try:
             bare = start_bare_relay(broker.port)
             raw = start_bare_relay(broker.port, RAW_RELAY)
-            runs: dict[str, list[dict]] = {"direct": [], "gateway": [], "lean": [], "bare": [], "raw": []}
-            for _ in range(args.repeat):
-                # Direct uses a topic the gateway does not subscribe to, so
-                # the gateway idles while direct is measured.
+            for rep in range(args.repeat):
+                # Direct uses a topic the gateway does not subscribe to.
                 runs["direct"].append(run_path(broker.port, "bench/direct", "bench/direct",
                                                args.rate, args.seconds, args.flood))
-                for path, client in (("gateway", "paho"), ("lean", "lean")):
-                    # One gateway at a time: both would share the subscription.
-                    gw = start_gateway(broker.port, work / client, client)
-                    try:
-                        runs[path].append(run_path(broker.port, "moteseal/v1/up/bench-dev",
-                                                   "moteseal/v1/down/bench-sink",
-                                                   args.rate, args.seconds, args.flood))
-                    finally:
-                        gw.terminate()
-                        gw.wait(10)
-                runs["bare"].append(run_path(broker.port, "bench/bare/up", "bench/bare/down",
-                                             args.rate, args.seconds, args.flood))
-                runs["raw"].append(run_path(broker.port, "bench/raw/up", "bench/raw/down",
-                                            args.rate, args.seconds, args.flood))
+                # A fresh gateway (and session) each repeat.
+                tag = f"{os.getpid()}-{rep}"
+                gw = start_gateway(broker.port, work / tag, tag)
+                try:
+                    runs["gateway"].append(run_path(broker.port, "moteseal/v1/up/bench-dev",
+                                                    "moteseal/v1/down/bench-sink",
+                                                    args.rate, args.seconds, args.flood))
+                finally:
+                    gw.terminate()
+                    gw.wait(10)
+                try:  # what the gateway forwarded: tells losses before it from losses after
+                    status = json.loads((work / tag / "status.json").read_text())
+                    runs["gateway"][-1]["relayed"] = status["relayed"]
+                    log = (work / tag / "gateway.log").read_text()
+                    runs["gateway"][-1]["disconnects"] = log.count('"event":"mqtt_disconnected"')
+                except (OSError, ValueError, KeyError, IndexError):
+                    pass
+                for path, _title, (up, down) in REFERENCES:
+                    runs[path].append(run_path(broker.port, up, down,
+                                               args.rate, args.seconds, args.flood))
         finally:
             for proc in (bare, raw):
                 if proc is not None:
@@ -325,41 +418,60 @@ def main() -> None:
                     proc.wait(10)
             broker.stop()
 
-    def med(path: str, part: str, key: str) -> float:
-        return statistics.median(r[part][key] for r in runs[path])
-
-    rows = [("flood throughput (msg/s)", "flood", "msgs_per_s"),
-            (f"p50 latency at {args.rate:g} msg/s (ms)", "fixed", "p50_ms"),
-            (f"p99 latency at {args.rate:g} msg/s (ms)", "fixed", "p99_ms")]
-    result = {key: {p: med(p, part, key) for p in runs} for _label, part, key in rows}
+    summary = summarize(runs)
     lost = {p: sum(r["fixed"]["sent"] - r["fixed"]["received"] + r["flood"]["sent"]
                    - r["flood"]["received"] for r in runs[p]) for p in runs}
+    stray = {p: sum(r["stray"] + r["drained"] for r in runs[p]) for p in runs}
     if args.json:
-        print(json.dumps({"median_of": args.repeat, "results": result, "lost": lost, "runs": runs}))
+        print(json.dumps({"repeats": args.repeat, "summary": summary, "lost": lost,
+                          "stray": stray, "runs": runs}))
         return
+    rate = f"{args.rate:g}"
     print(f"moteseal relay benchmark: {ENVELOPE_BYTES}-byte envelopes, QoS 1, "
-          f"median of {args.repeat} runs ({args.seconds:g} s at {args.rate:g} msg/s, "
+          f"{args.repeat} interleaved repeats ({args.seconds:g} s at {rate} msg/s, "
           f"flood of {args.flood})")
-    cols = [("direct", "direct"), ("gateway", "gw paho"), ("lean", "gw lean"), ("bare", "bare"),
-            ("raw", "raw")]
-    print(f"{'':34}" + "".join(f" {title:>9}" + ("" if p == "direct" else f" {'/dir':>6}")
-                                for p, title in cols))
-    for label, _part, key in rows:
-        d = result[key]["direct"]
-        line = f"{label:34} {d:9.3f}"
+    cols = [("direct", "direct"), ("gateway", "gateway")] + [(r[0], r[1]) for r in REFERENCES]
+    print()
+    print("medians")
+    print(f"{'':34}" + "".join(f" {title:>9}" for _p, title in cols))
+    for key, _part, _field, label in ROWS:
+        print(f"{label.format(rate=rate):34}"
+              + "".join(f" {summary[p][key]['median']:9.3f}" for p, _title in cols))
+    print()
+    print("ratio to direct, per repeat: median (min-max)")
+    print(f"{'':34}" + "".join(f" {title:>17}" for _p, title in cols[1:]))
+    for key, _part, _field, label in ROWS:
+        line = f"{label.split(' (')[0].format(rate=rate):34}"
         for p, _title in cols[1:]:
-            v = result[key][p]
-            line += f" {v:9.3f} {v / d:5.2f}x"
+            s = summary[p][key]
+            line += f" {s['ratio']:5.2f}x ({s['ratio_min']:.2f}-{s['ratio_max']:.2f})"
         print(line)
-    print("gw paho / gw lean: the gateway with [mqtt] client = \"paho\" / \"lean\"; "
-          "bare: paho republishing unchecked; raw: the same over a raw socket")
-    for path in ("gateway", "lean"):
-        tput = result["msgs_per_s"][path] / result["msgs_per_s"]["direct"]
-        p50 = result["p50_ms"][path] / result["p50_ms"]["direct"]
-        print(f"goals ({path}): throughput >= 0.60 of direct: {tput:.2f} "
-              f"({'met' if tput >= 0.6 else 'NOT met'}); "
-              f"p50 <= 1.5x direct: {p50:.2f}x ({'met' if p50 <= 1.5 else 'NOT met'})")
+    print()
+    print("gateway: moteseal gateway run (gateway/mqtt.py); bare: paho republishing "
+          "unchecked (reference); raw: the same over a raw socket (reference)")
+    tput, p50 = summary["gateway"]["throughput"], summary["gateway"]["p50"]
+    print(f"goal: gateway throughput >= 0.60x direct: {tput['ratio']:.2f}x "
+          f"({tput['ratio_min']:.2f}-{tput['ratio_max']:.2f}), "
+          f"{'met' if tput['ratio'] >= 0.6 else 'NOT met'}; "
+          f"bare {summary['bare']['throughput']['ratio']:.2f}x, "
+          f"raw {summary['raw']['throughput']['ratio']:.2f}x")
+    print(f"goal: gateway p50 at {rate} msg/s <= 1.5x direct: {p50['ratio']:.2f}x "
+          f"({p50['ratio_min']:.2f}-{p50['ratio_max']:.2f}), "
+          f"{'met' if p50['ratio'] <= 1.5 else 'NOT met'}; "
+          f"bare {summary['bare']['p50']['ratio']:.2f}x, raw {summary['raw']['p50']['ratio']:.2f}x")
     print("messages lost: " + ", ".join(f"{p} {n}" for p, n in lost.items()))
+    if lost["gateway"] and all("relayed" in r for r in runs["gateway"]):
+        phases = [r[k] for r in runs["gateway"] for k in ("warmup", "fixed", "flood")]
+        sent = sum(ph["sent"] for ph in phases)
+        received = sum(ph["received"] for ph in phases)
+        relayed = sum(r["relayed"] for r in runs["gateway"])
+        disconnects = sum(r.get("disconnects", 0) for r in runs["gateway"])
+        print(f"  gateway: {sent - relayed} lost before it, {relayed - received} after it "
+              f"(Mosquitto drops beyond max_queued_messages, 10000, queued for a subscriber "
+              f"that falls behind: the gateway, or the sink; a phase also ends 5 s after its "
+              f"last arrival); the gateway lost its broker connection {disconnects} times")
+    print("stray or drained messages (not counted): "
+          + ", ".join(f"{p} {n}" for p, n in stray.items()))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ class Msg1Counter:
         self._ceiling = store.load()
         self._next = self._ceiling
 
+    def peek(self):
+        """The value ``next()`` will hand out; it grows across reboots, so it
+        also names a device's run (``device.delivery.Outbox.start``)."""
+        return self._next
+
     def next(self):
         """The next counter value. Raises ``LocalError`` when exhausted."""
         v = self._next

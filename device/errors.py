@@ -38,6 +38,12 @@ class MessageTooLarge(LocalError):
     """A plaintext exceeds the configured maximum message size."""
 
 
+class StorageError(MotesealError):
+    """State that must be durable could not be written (a full disk, an I/O
+    error). Neither the caller's nor the wire's fault: nothing was changed,
+    and the same call may succeed once the store recovers."""
+
+
 class RemoteError(MotesealError):
     """Bad bytes from the wire."""
 

@@ -12,23 +12,47 @@ Invariants:
 - Rule 2: message 1 is accepted only if its counter exceeds the highest the
   directory holds for that device, and the new value is stored (durably)
   before message 2 is written.
-- Rule 3: a refused message 1 raises ``AuthError``, ``ReplayError`` or
-  ``DecodeError`` with a ``reply`` (a refusal hint) and a ``reason``, and the
-  directory counts the refusal by reason. Nothing else changes.
-- Rule 4: a refusal does the same work whatever its reason. For an unknown
+- Rule 3: a refused message 1 raises ``AuthError``, ``ReplayError``,
+  ``DecodeError`` (or ``RemoteError`` with reason ``busy``, Rule 5) with a
+  ``reply`` (a refusal hint; Rule 8's notice for a stale counter) and a
+  ``reason``, and the directory counts the refusal by reason. Nothing else
+  changes. A message 1 whose counter the directory cannot store raises
+  ``StorageError`` (reason ``unstored``, counted, no reply: the device
+  retries) and changes no session.
+- Rule 4: a session lives only while the directory backs it. Data in and
+  downlink out first re-check the device's sessions whenever the
+  directory's ``revision()`` changed (read at most once per ``recheck``
+  units of ``now``; on every call without ``now``): a session of a device
+  since revoked or re-provisioned (``device_epoch`` differs; psk suites), or
+  on a peer key since retired, is dropped, so its data gets an
+  unknown-session hint and ``send`` raises ``LocalError``.
+- Rule 5: unconfirmed sessions never push out confirmed ones. At
+  ``max_devices`` a new device's message 1 evicts the oldest device that
+  has no confirmed session; if every device has one, it is refused (``busy``).
+- Rule 6: while the directory marks a device ``restored`` (its counter came
+  from a backup, so recorded message 1s above it may be replays), message
+  1's 0-RTT payload is held in the session, not delivered; the device's
+  first data on that session proves it live (only the holder of the
+  ephemeral key can send it) and releases it as ``Received.early``.
+- Rule 7: a refusal does the same work whatever its reason. For an unknown
   or revoked id, message 1 is read against a random dummy PSK drawn once
   per ``PeerSessions``, so the DH and decrypt steps match a known id's bad
   message: refusal latency does not tell which ids are provisioned.
+- Rule 8: a message 1 refused for its counter (Rule 2) that authenticated
+  is answered with ``device/session.py`` Rule 8's counter notice, a message
+  2 that makes no session, instead of a refusal hint.
 """
 
 from device import envelope as E
 from device.counter import COUNTER_BYTES, get_counter, put_counter
-from device.errors import (AuthError, DecodeError, LocalError, ReplayError,
-                           SessionExpired)
+from device.errors import (AuthError, DecodeError, LocalError, RemoteError,
+                           ReplayError, SessionExpired, StorageError)
 from device.noise import (DEFAULT_SUITE, MAX_PAYLOAD_BYTES, TAG_BYTES,
                           NKResponder, parse_suite)
 from device.session import (COUNTER_NOTICE_BYTES, COUNTER_NOTICE_TAG,
                             DEFAULT_MAX_DEVICES, _limits, _session_suite)
+
+DEFAULT_RECHECK = 0.5  # Rule 4: directory re-read at most this often (units of `now`)
 
 
 class NonpersistingDirectory:
@@ -36,9 +60,15 @@ class NonpersistingDirectory:
     Tests and the demo only; ``moteseal.keys.registry.Registry`` persists.
 
     The directory duck type PeerSessions needs: ``psk_for(id)``,
-    ``is_revoked(id)``, ``counter_get(id)``, ``counter_set(id, v)`` (durable),
-    ``note_static_used(id, pub)``, ``statics()`` (newest first),
-    ``count_refusal(id, reason)``."""
+    ``is_revoked(id)``, ``counter_get(id)``, ``counter_set(id, v)`` (durable;
+    raises ``StorageError`` if it cannot be), ``note_static_used(id, pub)``,
+    ``statics()`` (newest first), ``count_refusal(id, reason)``; for Rule 4
+    ``revision()`` (a value that changes whenever a device or a peer key may
+    have changed), ``device_epoch(id)`` (None if unknown or revoked, else a
+    value that changes on re-provisioning) and ``static_live(pub)``; for
+    Rule 6 ``restored(id)`` and ``clear_restored(id)``.
+
+    Not thread-safe: the ``PeerSessions`` using it serialises its calls."""
 
     def __init__(self, statics):
         self._statics = list(statics)
@@ -47,9 +77,23 @@ class NonpersistingDirectory:
         self.counters = {}
         self.used = {}
         self.refusals = {}
+        self.epochs = {}
+        self.rev = 0
 
     def add(self, device_id, psk):
-        self.psks[bytes(device_id)] = psk
+        device_id = bytes(device_id)
+        self.psks[device_id] = psk
+        self.epochs[device_id] = self.epochs.get(device_id, 0) + 1
+        self.revoked.discard(device_id)
+        self.rev += 1
+
+    def revoke(self, device_id):
+        self.revoked.add(bytes(device_id))
+        self.rev += 1
+
+    def retire(self, static_pub):
+        self._statics = [k for k in self._statics if k[1] != static_pub]
+        self.rev += 1
 
     def psk_for(self, device_id):
         return self.psks.get(bytes(device_id))
@@ -72,15 +116,44 @@ class NonpersistingDirectory:
     def count_refusal(self, device_id, reason):
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
+    def revision(self):
+        return self.rev
+
+    def device_epoch(self, device_id):
+        device_id = bytes(device_id)
+        if device_id in self.revoked:
+            return None
+        return self.epochs.get(device_id)
+
+    def static_live(self, static_pub):
+        for k in self._statics:
+            if k[1] == static_pub:
+                return True
+        return False
+
+    def restored(self, device_id):
+        return False  # nothing here outlives the process, so nothing is restored
+
+    def clear_restored(self, device_id):
+        pass
+
 
 class Received:
-    """What ``PeerSessions.receive`` made of one envelope."""
+    """What ``PeerSessions.receive`` made of one envelope. A plain value:
+    safe to hand to another thread once returned."""
 
-    def __init__(self, kind, device_id, payload, reply):
+    def __init__(self, kind, device_id, payload, reply, early=None):
         self.kind = kind  # "hs1" (0-RTT payload), "data", or "hint"
         self.device_id = device_id
-        self.payload = payload  # decrypted application bytes, or None
+        self.payload = payload  # decrypted application bytes, or None (hint; held, Rule 6)
         self.reply = reply  # envelope to send back to device_id, or None
+        self.early = early  # a held message-1 payload this data released (Rule 6), sent before it
+
+
+# A session entry: [sid, transport, confirmed, epoch, static pub, revision
+# it was last checked at, held 0-RTT payload or None].
+_CONFIRMED = 2
+_HELD = 6
 
 
 class PeerSessions:
@@ -90,11 +163,15 @@ class PeerSessions:
 
     ``receive(data, now)`` -> ``Received``; ``send(device_id, payload, now)``
     -> data envelope. A refused message 1 raises ``AuthError`` or
-    ``ReplayError`` whose ``reply`` attribute holds a refusal hint to send.
+    ``ReplayError`` whose ``reply`` attribute holds a refusal hint to send;
+    one the directory cannot store raises ``StorageError``.
+
+    Options (besides the transport limits): ``max_devices``, ``recheck``
+    (Rule 4), ``lock``.
 
     Threads: shareable only if made with ``lock=`` (``device/session.py``
-    Rule 7: ``receive`` and ``send`` then run under it); else one thread at
-    a time. The directory must then be usable from any thread that calls.
+    Rule 7: ``receive`` and ``send`` then run under it, and so every call
+    into the directory); else one caller at a time.
     """
 
     def __init__(self, backend, peer_id, directory, suite=DEFAULT_SUITE, **opts):
@@ -106,12 +183,16 @@ class PeerSessions:
         self.suite = suite
         self._opts = opts
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
-        self._sessions = {}  # device id -> [(sid, Transport) newest first, <= 2]
+        self._sessions = {}  # device id -> [entry, ...] newest first, <= 2
+        self._unconfirmed = {}  # device ids with no confirmed session (Rule 5), oldest first
         self._max_devices = opts.get("max_devices", DEFAULT_MAX_DEVICES)
+        self._recheck = opts.get("recheck", DEFAULT_RECHECK)
+        self._rev = None
+        self._rev_at = None
         self._env = E.Envelope()
         self._limit = E.envelope_limit(self.max_payload)
         self._lock = opts.get("lock")
-        # Rule 4: read unknown and revoked ids' message 1 against this.
+        # Rule 7: read unknown and revoked ids' message 1 against this.
         self._dummy_psk = backend.random_bytes(32) if self._psk_pos >= 0 else None
 
     def sessions(self, device_id):
@@ -126,6 +207,46 @@ class PeerSessions:
         err.reply = self._hint(env, E.HINT_REFUSED)
         err.reason = reason
         return err
+
+    def _put(self, dev, entries):
+        # Keeps _unconfirmed in step with _sessions (Rule 5).
+        self._unconfirmed.pop(dev, None)
+        if not entries:
+            self._sessions.pop(dev, None)
+            return
+        self._sessions[dev] = entries
+        for e in entries:
+            if e[_CONFIRMED]:
+                return
+        self._unconfirmed[dev] = True
+
+    def _revision(self, now):
+        if now is None or self._rev_at is None or not 0 <= now - self._rev_at < self._recheck:
+            self._rev = self.directory.revision()
+            self._rev_at = now
+        return self._rev
+
+    def _live(self, dev, now):
+        """The device's entries the directory still backs (Rule 4)."""
+        entries = self._sessions.get(dev)
+        if not entries:
+            return None
+        rev = self._revision(now)
+        d = self.directory
+        keep = []
+        for e in entries:
+            if e[5] != rev:
+                if self._psk_pos >= 0:
+                    epoch = d.device_epoch(dev)
+                    if epoch is None or epoch != e[3]:
+                        continue  # revoked or re-provisioned since
+                if not d.static_live(e[4]):
+                    continue  # its peer key was retired
+                e[5] = rev
+            keep.append(e)
+        if len(keep) != len(entries):
+            self._put(dev, keep)
+        return keep
 
     def receive(self, data, now=None):
         lk = self._lock
@@ -147,13 +268,17 @@ class PeerSessions:
 
     def _hs1(self, data, env, dev, now):
         d = self.directory
-        psk = refusal = None
+        # Read before the checks below, so a change made meanwhile shows as
+        # a newer revision and the session is re-checked (Rule 4).
+        rev = self._revision(now)
+        psk = epoch = refusal = None
         if self._psk_pos >= 0:
-            revoked = d.is_revoked(dev)  # both looked up whatever the answer (Rule 4)
+            epoch = d.device_epoch(dev)  # before the PSK: a change between them drops the session
+            revoked = d.is_revoked(dev)  # both looked up whatever the answer (Rule 7)
             psk = d.psk_for(dev)
             if revoked or psk is None:
                 refusal = "revoked" if revoked else "unknown-device"
-                psk = self._dummy_psk  # the same DH/decrypt work, bound to fail
+                psk = self._dummy_psk  # the same DH/decrypt work, bound to fail (Rule 7)
         prologue = E.PROLOGUE + bytes(data[:env.msg_off])
         msg = env.msg
         hs = payload = used = None
@@ -181,38 +306,55 @@ class PeerSessions:
         highest = d.counter_get(dev)
         if c <= highest:
             err = self._refuse(ReplayError("replayed handshake message 1"), env, dev, "replay")
-            # session.py Rule 8: tell the holder of this handshake's ephemeral
-            # (authenticated, in message 2) the highest counter we hold; no
-            # session is kept. A replayer cannot read it.
+            # Rule 8 (session.py Rule 8): tell the holder of this handshake's
+            # ephemeral (authenticated, in message 2) the highest counter we
+            # hold; no session is kept. A replayer cannot read it.
             notice = bytearray(COUNTER_NOTICE_BYTES)
             notice[0] = COUNTER_NOTICE_TAG
             put_counter(notice, 1, highest)
             err.reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, hs.write_message(notice))
             raise err
-        d.counter_set(dev, c)  # durable before we answer (Rule 2)
-        d.note_static_used(dev, used)
+        old = [s for s in self._sessions.get(dev, []) if s[0] != env.sid]
+        victim = None
+        if not old and dev not in self._sessions and len(self._sessions) >= self._max_devices:
+            # Bounded memory: plain NK lets anyone open sessions under new ids,
+            # but only a device without a confirmed session makes room (Rule 5).
+            for victim in self._unconfirmed:
+                break
+            if victim is None:
+                raise self._refuse(RemoteError("every session slot holds a confirmed session"),
+                                   env, dev, "busy")
+        try:
+            d.counter_set(dev, c)  # durable before we answer (Rule 2)
+            d.note_static_used(dev, used)
+        except StorageError as e:
+            d.count_refusal(dev, "unstored")
+            e.reason = "unstored"
+            raise
         msg2 = hs.write_message(b"")
         reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, msg2)
         tr = hs.into_transport(**_limits(self._opts, now))
-        old = [s for s in self._sessions.get(dev, []) if s[0] != env.sid]
-        if not old and len(self._sessions) >= self._max_devices:
-            # Bounded memory: plain NK lets anyone open sessions under new ids.
-            del self._sessions[next(iter(self._sessions))]
+        if victim is not None:
+            self._put(victim, [])
         # Keep the newest confirmed session, so a flood of message 1s (with
         # plain NK, from anybody) cannot push out a working session.
         keep = old[:1]
         for e in old:
-            if e[2]:
+            if e[_CONFIRMED]:
                 keep = [e]
                 break
-        # [sid, transport, confirmed]: confirmed once the device has sent
-        # authenticated data on it, which proves it holds message 2's keys.
-        self._sessions[dev] = [[env.sid, tr, False]] + keep
-        return Received("hs1", dev, bytes(payload[COUNTER_BYTES:]), reply)
+        early = bytes(payload[COUNTER_BYTES:])
+        held = None
+        if d.restored(dev):
+            held, early = early, None  # Rule 6: released by the device's first data
+        # confirmed once the device has sent authenticated data on it, which
+        # proves it holds message 2's keys.
+        self._put(dev, [[env.sid, tr, False, epoch, used, rev, held]] + keep)
+        return Received("hs1", dev, early, reply)
 
     def _data(self, data, env, dev, now):
         tr = entry = None
-        for e in self._sessions.get(dev, []):
+        for e in self._live(dev, now) or ():
             if e[0] == env.sid:
                 entry, tr = e, e[1]
         if tr is None:
@@ -222,16 +364,25 @@ class PeerSessions:
             n = tr.decrypt_into(env.nonce, data, env.msg_off, data, env.msg_off,
                                 env.msg_len, out, 0, now)
         except SessionExpired:
-            self._sessions[dev] = [s for s in self._sessions[dev] if s[1] is not tr]
+            self._put(dev, [s for s in self._sessions[dev] if s[1] is not tr])
             return Received("hint", dev, None, self._hint(env, E.HINT_SESSION_EXPIRED))
-        entry[2] = True
-        return Received("data", dev, bytes(out[:n]), None)
+        early = None
+        if not entry[_CONFIRMED]:
+            entry[_CONFIRMED] = True
+            self._unconfirmed.pop(dev, None)
+            if entry[_HELD] is not None:
+                early, entry[_HELD] = entry[_HELD], None
+                try:
+                    self.directory.clear_restored(dev)
+                except StorageError:
+                    pass  # stays marked: its next 0-RTT payload waits too (the safe side)
+        return Received("data", dev, bytes(out[:n]), None, early)
 
     def send(self, device_id, payload, now=None):
         """A data envelope to ``device_id`` on the newest session the device
         is known to hold: the newest one it has sent data on, else the
         newest (message 2 may still be on its way). Raises ``LocalError`` if
-        the device has no session."""
+        the device has no session (also once revoked, Rule 4)."""
         lk = self._lock
         if lk is None:
             return self._send(device_id, payload, now)
@@ -240,7 +391,7 @@ class PeerSessions:
 
     def _send(self, device_id, payload, now):
         dev = bytes(device_id)
-        s = self._sessions.get(dev)
+        s = self._live(dev, now)
         if not s:
             raise LocalError("no session with that device")
         sid, tr = s[0][0], s[0][1]

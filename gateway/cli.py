@@ -43,9 +43,12 @@ def _load(path: Path) -> Any:
               help="gateway.toml (see docs/gateway.md).")
 def run(config_path: Path) -> None:
     """Relay envelopes until SIGINT or SIGTERM. Logs JSON lines (no payloads)."""
-    from gateway.runner import Gateway  # paho and prometheus only when running
+    from gateway.runner import Gateway  # the MQTT link and prometheus only when running
 
     cfg = _load(config_path)
+    if cfg.log_file:  # the log file gets them too (config_deprecated); say it where run
+        for warning in cfg.warnings:
+            click.echo(f"warning: {warning}", err=True)
     stream = open(cfg.log_file, "a", buffering=1) if cfg.log_file else sys.stderr
     log = JsonLog(stream, level=cfg.log_level)
     stop = threading.Event()

@@ -4,6 +4,12 @@ Every error names the file and the key (``gateway.toml: [mqtt] port: expected
 an integer from 1 to 65535``). Unknown keys are errors too, so that a typo
 does not silently fall back to a default.
 
+Removed keys: ``[mqtt] client`` (the gateway had a paho and a "lean" MQTT
+client; it has one now, ``gateway/mqtt.py``). ``client = "paho"`` or
+``"lean"`` is still accepted, ignored, and reported in
+``GatewayConfig.warnings`` (the gateway logs a ``config_deprecated`` warning
+at start); any other value is an error.
+
 Example (every key optional except where noted)::
 
     [gateway]
@@ -24,7 +30,6 @@ Example (every key optional except where noted)::
     session_expiry = 3600            # s the broker keeps our queue while we are down
     keepalive = 30
     max_inflight = 100               # forwards awaiting PUBACK (capped by the broker)
-    client = "paho"                  # or "lean": gateway/mqtt_lean.py, lower latency
 
     [rate_limit]
     rate = 20.0                      # envelopes/s per device (0: unlimited)
@@ -59,6 +64,12 @@ from gateway.envelope import DEFAULT_MAX_ENVELOPE_BYTES
 __all__ = ["ConfigError", "GatewayConfig", "MqttConfig", "load_config", "parse_config"]
 
 
+# The values ``[mqtt] client`` could take before it was removed: still
+# accepted (with a warning) so that an upgraded gateway starts with its old
+# file; the link and its guarantees are the same for both.
+REMOVED_MQTT_CLIENTS = ("paho", "lean")
+
+
 class ConfigError(ValueError):
     """A configuration file or value is wrong; the message names file and key."""
 
@@ -76,7 +87,6 @@ class MqttConfig:
     session_expiry: int = 3600
     keepalive: int = 30
     max_inflight: int = 100
-    client: str = "paho"
 
 
 @dataclass
@@ -95,6 +105,7 @@ class GatewayConfig:
     log_level: str = "info"
     serial: list[dict[str, Any]] = field(default_factory=list)
     source: str = "<defaults>"
+    warnings: list[str] = field(default_factory=list)  # deprecated keys; the runner logs them
 
 
 class _Table:
@@ -188,9 +199,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     m.session_expiry = t.int_in("session_expiry", m.session_expiry, 0, 0xFFFFFFFF)
     m.keepalive = t.int_in("keepalive", m.keepalive, 5, 65535)
     m.max_inflight = t.int_in("max_inflight", m.max_inflight, 1, 65535)
-    m.client = t.get("client", str, m.client)
-    if m.client not in ("paho", "lean"):
-        raise t._err("client", f"expected \"paho\" or \"lean\", got {m.client!r}")
+    if "client" in t.data:
+        client = t.get("client", str, "")
+        if client not in REMOVED_MQTT_CLIENTS:
+            raise t._err("client", f"this key was removed (the gateway has one MQTT client); "
+                                   f"delete the line (got {client!r})")
+        cfg.warnings.append(f"{source}: [mqtt] client = {client!r} is ignored: the gateway has "
+                            f"one MQTT client now (gateway/mqtt.py); delete the line")
     t.done()
 
     t = _Table(source, "rate_limit", data.get("rate_limit", {}))

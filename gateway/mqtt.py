@@ -1,60 +1,61 @@
-"""The gateway's MQTT link: a paho adapter around the relay core.
+"""The gateway's MQTT link: the relay core's ``mqtt`` link over a small
+MQTT 5 client of our own (``gateway.mqtt_wire``).
 
-Subscribes to ``$share/<group>/moteseal/v1/up/+`` (MQTT v5 shared
-subscription, so several gateways split the load) and publishes to
-``moteseal/v1/down/<id>``. Topics are in docs/protocol.md, "MQTT topics".
+Subscribes to ``moteseal/v1/up/+`` (or ``$share/<group>/moteseal/v1/up/+``,
+an MQTT v5 shared subscription, so that several gateways split the load) and
+publishes to ``moteseal/v1/down/<id>``. Topics are in docs/protocol.md, "MQTT
+topics".
 
-Invariants:
-- QoS 1 both ways, and an inbound message is acknowledged (manual PUBACK)
-  only when the relay is done with it: dropped, or forwarded and the
-  broker's PUBACK for the forwarded copy has arrived. A gateway killed at any
-  point therefore loses nothing; the broker re-delivers what was not
-  acknowledged (a duplicate is possible and the receiver's replay window
-  discards it).
-- The gateway's session is persistent (clean_start False, a session expiry
-  interval) under a fixed client id, so the broker queues for it while it
-  restarts. No device state is kept here.
-- Client sockets run with TCP_NODELAY: small envelopes must not wait for
-  Nagle's algorithm.
-- At most ``window`` forwarded publishes await a PUBACK (the smaller of our
-  ``max_inflight`` and the broker's Receive Maximum); more wait in our own
-  FIFO. paho's own in-flight limit is off because it rescans every
-  outstanding message on each PUBACK (O(window) per message).
-- A forward is written to the socket inside the receive callback, not on the
-  loop's next turn: one select round less on the hot path.
+It is the gateway's only MQTT client. A paho-based link with the same
+contract was measured against it with ``bench/bench_relay.py`` and removed:
+paho's own machinery costs more per hop than the relay's throughput goal
+allows (docs/gateway.md, "Why not paho"). This one does only what the relay
+needs, and keeps these guarantees:
+
+- QoS 1 both ways; an inbound message is acknowledged only when the relay is
+  done with it (dropped, or forwarded and PUBACKed), so a killed gateway
+  loses nothing: the broker re-delivers what was not acknowledged (a
+  duplicate is possible and the receiver's replay window discards it).
+- A persistent session (clean start off, a session expiry interval, a fixed
+  client id), so the broker queues for the gateway while it restarts; after
+  a reconnect, forwards not yet acknowledged are sent again with DUP set
+  (section 4.4). No device state is kept here.
+- At most ``window`` forwards await a PUBACK (our ``max_inflight`` and the
+  broker's Receive Maximum, whichever is smaller); the rest wait in order.
+- TCP_NODELAY (small envelopes must not wait for Nagle's algorithm); TLS with
+  ``tls``/``ca_file``; keepalive pings; reconnects with backoff (1 s
+  doubling to 5 s).
+- One network thread owns the socket: a forward or an ack made on it (the
+  MQTT-to-MQTT hot path) is written at once; writes from other threads (a
+  serial link's ``send``, an ``ack`` from a serial ``done``) are queued and
+  the thread is woken through a socket pair.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from gateway import mqtt_wire as W
 from gateway.config import MqttConfig
 from gateway.logs import JsonLog
 from gateway.relay import Done, Relay
 
-__all__ = ["UP_PREFIX", "DOWN_PREFIX", "MqttLink", "set_nodelay", "up_subscription"]
+__all__ = ["UP_PREFIX", "DOWN_PREFIX", "LINK_NAME", "MqttLink", "up_subscription"]
 
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
 LINK_NAME = "mqtt"
 
-
-def set_nodelay(sock: Any) -> None:
-    """Disable Nagle's algorithm on a paho socket (plain or TLS)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass  # not a TCP socket (e.g. a unix socket in a test); nothing to do
+# Largest packet we accept (announced as Maximum Packet Size): an envelope of
+# the largest configurable size plus topic and headers, with room to spare.
+MAX_PACKET_BYTES = 65536 + 1024
+_SUB_PID = 1  # packet id of our one SUBSCRIBE; PUBLISH ids start above it
 
 
 def up_subscription(share_group: str) -> str:
@@ -63,41 +64,12 @@ def up_subscription(share_group: str) -> str:
     return f"$share/{share_group}/{topic}" if share_group else topic
 
 
-class _Client(mqtt.Client):
-    """paho's client with one change on the hot path: a packet queued from
-    paho's own network thread (a forward or an ack from inside a callback) is
-    not announced through paho's wake-up socket pair, because the loop selects
-    for writing whenever packets are queued anyway. That saves a send and a
-    recv system call per packet. Packets from other threads (a serial link)
-    still wake the loop. Used only if paho's internals match
-    (``_FAST_QUEUE``); otherwise the stock client is used."""
-
-    def _packet_queue(self, command, packet, mid, qos, info=None):  # type: ignore[no-untyped-def]
-        if threading.current_thread() is self._thread:
-            self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
-                                     "to_process": len(packet), "packet": packet, "info": info})
-            return mqtt.MQTT_ERR_SUCCESS
-        return super()._packet_queue(command, packet, mid, qos, info)
-
-
-def _fast_queue_fits() -> bool:
-    import inspect
-
-    try:
-        params = list(inspect.signature(mqtt.Client._packet_queue).parameters)
-    except (AttributeError, TypeError, ValueError):
-        return False
-    probe = mqtt.Client(CallbackAPIVersion.VERSION2)
-    return (params[:6] == ["self", "command", "packet", "mid", "qos", "info"]
-            and hasattr(probe, "_out_packet") and hasattr(probe, "_thread"))
-
-
-_FAST_QUEUE = _fast_queue_fits()
+class _Lost(Exception):
+    """The connection is gone; reconnect."""
 
 
 class MqttLink:
-    """The ``mqtt`` link of a relay: feeds up-topic messages to
-    ``relay.handle`` and implements ``send`` by publishing to down topics."""
+    """The ``mqtt`` link of a relay (see module docstring)."""
 
     name = LINK_NAME
 
@@ -106,137 +78,262 @@ class MqttLink:
         self.relay = relay
         self.log = log
         self.connected = threading.Event()
-        self._lock = threading.Lock()
-        self._pending: dict[int, Done | None] = {}  # mid -> done, awaiting PUBACK
-        self._early: set[int] = set()  # PUBACKs that beat the bookkeeping in send()
-        self._backlog: deque[tuple[str, bytes, Done | None]] = deque()  # beyond the window
         self.window = cfg.max_inflight
-        self._debug = log.enabled("debug")
-        client_class = _Client if _FAST_QUEUE else mqtt.Client
-        c = client_class(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                         protocol=mqtt.MQTTv5, manual_ack=True)
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password or None)
-        if cfg.tls:
-            c.tls_set(ca_certs=cfg.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        c.max_inflight_messages_set(0)  # our own window instead (see Invariants)
-        c.reconnect_delay_set(1, 5)
-        c.on_socket_open = lambda client, userdata, sock: set_nodelay(sock)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_publish = self._on_publish
-        c.on_subscribe = self._on_subscribe
-        self.client = c
+        self._lock = threading.Lock()
+        self._inflight: dict[int, tuple[bytes, bytes, Done | None]] = {}  # pid -> topic, payload, done
+        self._backlog: deque[tuple[bytes, bytes, Done | None]] = deque()
+        self._next_pid = _SUB_PID
+        self._outq: deque[bytes] = deque()  # packets from other threads
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sock: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reader = W.PacketReader(MAX_PACKET_BYTES)
+        self._last_out = 0.0
+        self._last_in = 0.0
+        self._broken = ""  # set by a failed write; the loop then reconnects
+        self._early_packets: list[tuple[int, int, bytes]] = []
+        self._up_len = len(UP_PREFIX)
 
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background (paho retries until the broker is up)."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.cfg.session_expiry
-        props.ReceiveMaximum = self.cfg.max_inflight
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive,
-                                  clean_start=False, properties=props)
-        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="gateway-mqtt", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(10)
         self.connected.clear()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def queue_depth(self) -> int:
-        """Forwarded envelopes awaiting the broker's PUBACK or a window slot."""
-        return len(self._pending) + len(self._backlog)
-
-    # -- paho callbacks (network thread) ---------------------------------
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                    props: Any) -> None:
-        if rc.is_failure:
-            self.log.event("mqtt_connect_failed", level="error", reason=str(rc),
-                           host=self.cfg.host, port=self.cfg.port)
-            return
-        server_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
-        self.window = min(self.cfg.max_inflight, server_max or 65535)
-        topic = up_subscription(self.cfg.share_group)
-        client.subscribe(topic, options=SubscribeOptions(qos=1))
-        self.log.event("mqtt_connected", host=self.cfg.host, port=self.cfg.port,
-                       client_id=self.cfg.client_id, subscription=topic,
-                       session_present=bool(flags.session_present))
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any,
-                      props: Any) -> None:
-        if any(rc.is_failure for rc in rcs):
-            self.log.event("mqtt_subscribe_refused", level="error", reason=str(rcs[0]))
-            return
-        # Ready only once the broker holds our subscription.
-        self.connected.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
-        self.connected.clear()
-        self.log.event("mqtt_disconnected", level="warning", reason=str(rc))
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
-        mid, qos = msg.mid, msg.qos
-        if not topic.startswith(UP_PREFIX):
-            client.ack(mid, qos)
-            return
-        arrived_from = topic[len(UP_PREFIX):]
-        if self._debug:
-            self.log.event("envelope", level="debug", arrived_from=arrived_from[:64],
-                           size=len(msg.payload))
-        # Ack only once the relay is done: dropped, or forwarded and PUBACKed.
-        self.relay.handle(msg.payload, arrived_from, LINK_NAME,
-                          (lambda: client.ack(mid, qos)) if qos else None)
-        # We are on paho's network thread, the socket's only writer: send the
-        # forward now rather than after another select().
-        client.loop_write()
-
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
-                    props: Any) -> None:
-        with self._lock:
-            done = self._pending.pop(mid, _MISSING)
-            if done is _MISSING:
-                self._early.add(mid)
-                return
-            nxt = self._backlog.popleft() if self._backlog else None
-        if done is not None:
-            done()  # type: ignore[operator]
-        if nxt is not None:
-            try:
-                self._publish(*nxt)
-            except OSError as exc:
-                self.log.event("forward_failed", level="error", dst=nxt[0], error=str(exc))
-                if nxt[2] is not None:
-                    nxt[2]()
+        return len(self._inflight) + len(self._backlog)
 
     # -- Link ------------------------------------------------------------
 
     def send(self, dst: str, envelope: bytes, done: Done | None) -> None:
-        """Publish ``envelope`` to ``dst``'s down topic (QoS 1); ``done`` runs
-        on the broker's PUBACK. Raises ``OSError`` if paho refuses it."""
+        """Publish ``envelope`` to ``dst``'s down topic (QoS 1); ``done``
+        runs on the broker's PUBACK. Held in order while the window is full
+        or the broker is unreachable."""
+        topic = (DOWN_PREFIX + dst).encode()
         with self._lock:
-            if len(self._pending) >= self.window or self._backlog:
-                self._backlog.append((dst, envelope, done))
+            if len(self._inflight) >= self.window or self._backlog or not self.connected.is_set():
+                self._backlog.append((topic, envelope, done))
                 return
-        self._publish(dst, envelope, done)
+            pid = self._take_pid()
+            self._inflight[pid] = (topic, envelope, done)
+        self._write(W.encode_publish(topic, pid, envelope))
 
-    def _publish(self, dst: str, envelope: bytes, done: Done | None) -> None:
-        info = self.client.publish(DOWN_PREFIX + dst, envelope, qos=1)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            # NO_CONN: paho keeps the message and sends it after reconnecting.
-            raise OSError(f"paho publish failed: {mqtt.error_string(info.rc)}")
+    def _take_pid(self) -> int:
+        # Caller holds the lock. Ids in flight are never reused.
+        pid = self._next_pid
+        while True:
+            pid = pid + 1 if pid < 0xFFFF else _SUB_PID + 1
+            if pid not in self._inflight:
+                self._next_pid = pid
+                return pid
+
+    def _ack(self, pid: int) -> None:
+        self._write(W.encode_puback(pid))
+
+    def _write(self, packet: bytes) -> None:
+        if threading.current_thread() is self._thread:
+            self._send_now(packet)
+        else:
+            self._outq.append(packet)
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\x00")
+        except (BlockingIOError, OSError):
+            pass  # already awake, or stopping
+
+    def _send_now(self, packet: bytes) -> None:
+        """Write on the network thread. Never raises: a failed write marks the
+        connection broken and the loop reconnects; unacknowledged forwards are
+        resent then, and unacknowledged inbound messages come again."""
+        sock = self._sock
+        if sock is None or self._broken:
+            return
+        try:
+            sock.sendall(packet)
+        except OSError as exc:
+            self._broken = f"send: {exc}"
+            return
+        self._last_out = time.monotonic()
+
+    # -- network thread --------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self._connect()
+                delay = 1.0
+                self._serve()
+            except (_Lost, OSError, W.ProtocolError, ssl.SSLError) as exc:
+                self.log.event("mqtt_disconnected", level="warning", reason=str(exc)[:200])
+            finally:
+                self.connected.clear()
+                self._close()
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, 5.0)
+
+    def _close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _connect(self) -> None:
+        cfg = self.cfg
+        raw = socket.create_connection((cfg.host, cfg.port), timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if cfg.tls:
+            ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+            raw = ctx.wrap_socket(raw, server_hostname=cfg.host)
+        raw.settimeout(30)  # a broker that stops reading us for 30 s is lost
+        self._sock = raw
+        self._broken = ""
+        self._reader.reset()
+        self._outq.clear()  # acks and packets meant for the old connection
+        self._send_now(W.encode_connect(
+            cfg.client_id, cfg.keepalive, clean_start=False, session_expiry=cfg.session_expiry,
+            receive_maximum=cfg.max_inflight, max_packet=MAX_PACKET_BYTES,
+            username=cfg.username, password=cfg.password))
+        packets = self._read_first(10.0)
+        ptype, _flags, body = packets[0]
+        self._early_packets = packets[1:]  # e.g. queued PUBLISHes right behind CONNACK
+        if ptype != W.CONNACK:
+            raise W.ProtocolError(f"expected CONNACK, got packet type {ptype}")
+        session_present, reason, props = W.parse_connack(body)
+        if reason >= 0x80:
+            raise _Lost(f"connection refused, reason 0x{reason:02x}")
+        server_max = props.get(W.RECEIVE_MAXIMUM)
         with self._lock:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-            else:
-                self._pending[info.mid] = done
+            self.window = min(cfg.max_inflight, int(server_max) if server_max else 65535)
+            resend = list(self._inflight.items())
+        # Forwards the broker has not acknowledged go again (same ids, DUP).
+        for pid, (topic, payload, _done) in resend:
+            self._send_now(W.encode_publish(topic, pid, payload, dup=True))
+        topic_filter = up_subscription(cfg.share_group)
+        self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1))
+        self.log.event("mqtt_connected", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
+                       subscription=topic_filter, session_present=session_present)
+
+    def _read_first(self, timeout: float) -> list[tuple[int, int, bytes]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Lost("no answer from the broker")
+            self._sock.settimeout(left)
+            data = self._sock.recv(65536)
+            if not data:
+                raise _Lost("broker closed the connection")
+            packets = self._reader.feed(data)
+            if packets:
+                self._sock.settimeout(30)
+                return packets
+
+    def _serve(self) -> None:
+        keepalive = float(self.cfg.keepalive)
+        self._last_in = self._last_out = time.monotonic()
+        sock = self._sock
+        early, self._early_packets = self._early_packets, []
+        for ptype, flags, body in early:
+            self._handle(ptype, flags, body)
+        while not self._stop.is_set():
+            if self._broken:
+                raise _Lost(self._broken)
+            r, _w, _x = select.select([sock, self._wake_r], [], [], keepalive / 2)
+            if self._wake_r in r:
+                try:
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+            while self._outq:
+                self._send_now(self._outq.popleft())
+            if sock in r:
+                self._read_available(sock)
+            now = time.monotonic()
+            if now - self._last_in > keepalive * 1.5:
+                raise _Lost("keepalive: nothing from the broker")
+            if now - self._last_out >= keepalive / 2:
+                self._send_now(W.PINGREQ_PACKET)
+        self._send_now(W.DISCONNECT_PACKET)  # clean stop; the session stays
+
+    def _read_available(self, sock: Any) -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        if not data:
+            raise _Lost("broker closed the connection")
+        while True:
+            self._last_in = time.monotonic()
+            for ptype, flags, body in self._reader.feed(data):
+                self._handle(ptype, flags, body)
+            pending = getattr(sock, "pending", None)  # TLS: decrypted bytes select cannot see
+            if not pending or not pending():
                 return
-        if done is not None:
-            done()
+            data = sock.recv(65536)
 
+    def _handle(self, ptype: int, flags: int, body: bytes) -> None:
+        if ptype == W.PUBLISH:
+            self._last_in = time.monotonic()
+            topic, pid, payload, qos = W.parse_publish(flags, body)
+            done = (lambda: self._ack(pid)) if qos else None
+            if not topic.startswith(UP_PREFIX):
+                if done is not None:
+                    done()
+                return
+            self.relay.handle(payload, topic[self._up_len:], LINK_NAME, done)
+        elif ptype == W.PUBACK:
+            pid, _reason = W.parse_puback(body)
+            with self._lock:
+                entry = self._inflight.pop(pid, None)
+                nxt = None
+                if self._backlog and len(self._inflight) < self.window:
+                    topic, payload, done2 = self._backlog.popleft()
+                    nxt_pid = self._take_pid()
+                    self._inflight[nxt_pid] = (topic, payload, done2)
+                    nxt = W.encode_publish(topic, nxt_pid, payload)
+            if entry is not None and entry[2] is not None:
+                entry[2]()
+            if nxt is not None:
+                self._send_now(nxt)
+        elif ptype == W.SUBACK:
+            _pid, reasons = W.parse_suback(body)
+            if any(rc >= 0x80 for rc in reasons):
+                self.log.event("mqtt_subscribe_refused", level="error", reason=f"0x{reasons[0]:02x}")
+                raise _Lost("subscription refused")
+            self.connected.set()
+            self._drain_backlog()
+        elif ptype == W.PINGRESP:
+            pass
+        elif ptype == W.DISCONNECT:
+            raise _Lost(f"broker sent DISCONNECT 0x{body[0] if body else 0:02x}")
+        else:
+            raise W.ProtocolError(f"unexpected packet type {ptype}")
 
-_MISSING = object()
+    def _drain_backlog(self) -> None:
+        """Send what waited while we were down, up to the window."""
+        while True:
+            with self._lock:
+                if not self._backlog or len(self._inflight) >= self.window:
+                    return
+                topic, payload, done = self._backlog.popleft()
+                pid = self._take_pid()
+                self._inflight[pid] = (topic, payload, done)
+            self._send_now(W.encode_publish(topic, pid, payload))

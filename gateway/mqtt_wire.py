@@ -1,4 +1,5 @@
-"""The MQTT 5 packets the lean gateway client needs, sans-I/O (OASIS MQTT 5.0).
+"""The MQTT 5 packets the gateway's MQTT link (``gateway.mqtt``) needs, sans-I/O
+(OASIS MQTT 5.0).
 
 Encoders return whole packets; ``PacketReader.feed`` splits a byte stream
 into ``(type, flags, body)``; parsers read the bodies. Only what a relay uses

@@ -1,6 +1,6 @@
 """The relay core: decide, per envelope, to forward it or to drop and count it.
 
-No I/O here. A link (the MQTT adapter ``gateway.mqtt``, the serial bridge)
+No I/O here. A link (the MQTT link ``gateway.mqtt``, the serial bridge)
 hands each envelope it receives to ``Relay.handle(envelope, arrived_from,
 link, done)``, where ``arrived_from`` is the id the link authenticated (the
 MQTT topic, which the broker's ACL binds to the account; the serial port's

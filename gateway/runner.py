@@ -43,15 +43,12 @@ class Gateway:
         self.cfg = cfg
         self.log = log or JsonLog(level=cfg.log_level)
         self.started = time.time()
+        for warning in cfg.warnings:
+            self.log.event("config_deprecated", level="warning", message=warning)
         self.relay = Relay(RouteTable(cfg.routes), RateLimiter(cfg.rate, cfg.burst),
                            max_envelope_bytes=cfg.max_envelope_bytes,
                            on_drop=DropLog(self.log))
-        if cfg.mqtt.client == "lean":
-            from gateway.mqtt_lean import LeanMqttLink
-
-            self.mqtt: Any = LeanMqttLink(cfg.mqtt, self.relay, self.log)
-        else:
-            self.mqtt = MqttLink(cfg.mqtt, self.relay, self.log)
+        self.mqtt = MqttLink(cfg.mqtt, self.relay, self.log)
         self.relay.add_link(self.mqtt.name, self.mqtt)
         self.extra_links: list[Any] = []
         if cfg.serial:

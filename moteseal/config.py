@@ -105,6 +105,10 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "suite": (_one_of(SUITES), DEFAULT_SUITE),
         "out_dir": (_str, "."),
     },
+    "peer": {
+        # `peer listen`: a session older than this (seconds) must handshake again
+        "max_session_age": (_positive_int, 86400),
+    },
     "link": {
         "kind": (_one_of(("mqtt", "serial", "none")), "mqtt"),
         "host": (_str, "127.0.0.1"),

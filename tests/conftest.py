@@ -156,7 +156,7 @@ class GatewayProcess:
                  user: str = "gw", rate: float = 1000.0, burst: float = 1000.0,
                  routes: dict[str, list[str]] | None = None, share_group: str = "moteseal",
                  metrics_port: int = 0, max_envelope_bytes: int = 1200,
-                 max_inflight: int = 100, client: str = "paho") -> None:
+                 max_inflight: int = 100) -> None:
         import json as _json
 
         self.workdir = workdir
@@ -182,7 +182,6 @@ password_file = "gw.password"
 client_id = "moteseal-gateway-{name}"
 share_group = "{share_group}"
 max_inflight = {max_inflight}
-client = "{client}"
 
 [rate_limit]
 rate = {rate}

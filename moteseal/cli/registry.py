@@ -40,6 +40,7 @@ def registry() -> None:
       moteseal registry show sensor-7 --peer hub1
       moteseal registry revoke sensor-7 --peer hub1 --reason "stolen"
       moteseal registry keys --peer hub1
+      moteseal registry backup hub1-backup.sqlite --peer hub1
     """
 
 
@@ -121,8 +122,8 @@ def registry_revoke(device_id: str, reason: str, peer: str | None, registry_path
                     config_path: str | None, as_json: bool) -> None:
     """Revoke a device: the peer refuses its next handshake message 1.
 
-    A running peer sees the revocation at once (it reads the registry at
-    every handshake). Undo by re-provisioning with --replace (new PSK).
+    A running peer ends the device's live sessions within about a second
+    (data refused, no more downlink). Undo by re-provisioning with --replace (new PSK).
 
     \b
     Example:
@@ -131,6 +132,54 @@ def registry_revoke(device_id: str, reason: str, peer: str | None, registry_path
     with open_registry(load_config(config_path), peer, registry_path) as reg:
         d = reg.revoke(parse_id(device_id), reason)
     emit(as_json, d.to_json(), f"revoked {device_id} ({d.revoke_reason})")
+
+
+@registry.command("backup")
+@click.argument("out", type=click.Path(dir_okay=False))
+@registry_options
+@common_options
+@handle_errors
+def registry_backup(out: str, peer: str | None, registry_path: str | None, config_path: str | None,
+                    as_json: bool) -> None:
+    """Write a consistent copy of the registry to OUT (0600; it holds PSKs).
+
+    Safe while the peer runs. Every device is marked 'restored' in the
+    copy, so restoring it cannot re-open message-1 replay (docs/keys.md).
+
+    \b
+    Example:
+      moteseal registry backup /secure/hub1-$(date +%F).sqlite --peer hub1
+    """
+    from moteseal.keys.backup import backup
+    with open_registry(load_config(config_path), peer, registry_path) as reg:
+        n = backup(reg, out)
+    emit(as_json, {"backup": out, "devices": n}, f"backed up {n} device(s) to {out}")
+
+
+@registry.command("restore")
+@click.argument("backup_file", type=click.Path(dir_okay=False))
+@registry_options
+@common_options
+@handle_errors
+def registry_restore(backup_file: str, peer: str | None, registry_path: str | None,
+                     config_path: str | None, as_json: bool) -> None:
+    """Replace the registry's contents with BACKUP_FILE (same peer only).
+
+    Counters go back to the backup's, so every device is marked 'restored':
+    the peer holds its next message-1 reading until the device confirms the
+    session with data, so message 1s recorded since the backup are never
+    delivered again. A running peer drops sessions the backup does not
+    back. Re-provision devices provisioned or replaced since the backup.
+
+    \b
+    Example:
+      moteseal registry restore /secure/hub1-2026-12-01.sqlite --peer hub1
+    """
+    from moteseal.keys.backup import restore
+    with open_registry(load_config(config_path), peer, registry_path) as reg:
+        n = restore(reg, backup_file)
+    emit(as_json, {"restored_from": backup_file, "devices": n},
+         f"restored {n} device(s) from {backup_file}; their next message-1 readings wait for confirmation")
 
 
 @registry.command("keys")

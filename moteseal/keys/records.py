@@ -79,6 +79,11 @@ CREATE TABLE IF NOT EXISTS device_pins (
     position INTEGER NOT NULL,
     PRIMARY KEY (device_id, pub)
 );
+CREATE TABLE IF NOT EXISTS restored (
+    -- devices whose counter came from a backup: their message-1 payloads
+    -- wait for a confirmed session (docs/keys.md, "Backup and restore")
+    device_id BLOB PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS refusals (
     device_id BLOB NOT NULL,
     reason TEXT NOT NULL,
@@ -88,6 +93,10 @@ CREATE TABLE IF NOT EXISTS refusals (
     PRIMARY KEY (device_id, reason)
 );
 """
+
+
+# Added after schema 1 shipped; created on open, so older files gain it.
+RESTORED_DDL = "CREATE TABLE IF NOT EXISTS restored (device_id BLOB PRIMARY KEY)"
 
 
 class DeviceRecord:

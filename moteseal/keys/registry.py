@@ -9,7 +9,8 @@ refusal counts. The peer's responder reads it at handshake time through the
 (the duck type ``device.session.PeerSessions`` takes), and the CLI writes
 it. Both may run at once: the file is in WAL mode and every directory read
 goes to the database, so a revocation or a re-provisioning takes effect at
-the device's next handshake message 1 without restarting the peer.
+the device's next handshake message 1 without restarting the peer, and
+ends the sessions it already holds (``revision()`` below).
 
 Invariants:
 - The file holds PSKs: it is created 0600 (directory 0700 when we create
@@ -30,7 +31,20 @@ Invariants:
   second, and on ``close``), so a flood of forged message 1s costs no fsync
   each, and ``moteseal registry show`` sees a running peer's counts.
   Unknown device ids are folded into one row (``UNKNOWN_DEVICE``) so forged
-  ids cannot grow the file.
+  ids cannot grow the file. A flush that fails (a full disk) keeps the
+  counts pending for the next one.
+- Writes the responder needs durable (``counter_set``, ``note_static_used``,
+  ``clear_restored``) raise ``device.errors.StorageError`` when SQLite
+  cannot write (a full disk, an I/O error): the transaction is rolled back
+  and the next call retries, so a running peer recovers when space returns.
+- ``revision()`` changes whenever this or another connection may have
+  changed a device or a peer key (SQLite's ``data_version`` plus a local
+  count), so a running peer drops the sessions a revocation, a
+  re-provisioning or a retirement ended (``device.peer`` Rule 4).
+- A backup written by ``backup()`` and a registry after ``restore()`` mark
+  every device ``restored``: the peer holds its message-1 payloads until the
+  device confirms a session, because message 1s recorded after the backup
+  carry counters above the restored ones (``device.peer`` Rule 6).
 """
 
 from __future__ import annotations
@@ -43,9 +57,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from device.errors import StorageError
 from moteseal.keys.keyfile import KeyFileError, KeyPair, check_private_mode, read_key_file
 from moteseal.keys.records import (  # noqa: F401 (re-exported: the registry's public names)
-    _DDL, _ID_CHARS, ID_MAX_BYTES, PSK_BYTES, SCHEMA_VERSION, UNKNOWN_DEVICE, DeviceRecord,
+    _DDL, _ID_CHARS, ID_MAX_BYTES, PSK_BYTES, RESTORED_DDL, SCHEMA_VERSION, UNKNOWN_DEVICE, DeviceRecord,
     RegistryError, RegistryRefusal, parse_id, show_id)
 
 _REFUSAL_FLUSH_SECONDS = 1.0
@@ -75,6 +90,8 @@ class Registry:
         self._key_error_logged: dict[str, float] = {}
         self._flush_timer: threading.Timer | None = None
         self._closed = False
+        self._store_error_logged = -1e9
+        self._local_rev = 0  # bumped by this connection's own changes (data_version misses them)
         exists = self.path.exists()
         if not exists:
             if create_for_peer is None:
@@ -100,6 +117,8 @@ class Registry:
                     self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                     self._db.execute("INSERT INTO meta VALUES ('peer_id', ?)", (create_for_peer.decode("ascii"),))
             meta = dict(self._db.execute("SELECT k, v FROM meta").fetchall())
+            if meta.get("schema") == str(SCHEMA_VERSION):
+                self._db.execute(RESTORED_DDL)
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise RegistryError(f"{self.path}: not a moteseal registry ({e})") from None
@@ -120,7 +139,10 @@ class Registry:
             if self._flush_timer is not None:
                 self._flush_timer.cancel()
                 self._flush_timer = None
-            self.flush_refusals()
+            try:
+                self.flush_refusals()
+            except sqlite3.Error as e:
+                log.error("registry %s: refusal counts not written: %s", self.path, e)
             self._closed = True
             self._db.close()
 
@@ -172,6 +194,7 @@ class Registry:
             self.check_can_rotate()
             self._db.execute("UPDATE peer_keys SET state = 'previous' WHERE state = 'current'")
             self._insert_key(pub, key_path)
+            self._local_rev += 1
 
     def check_can_rotate(self) -> None:
         """Raise what ``rotate_to`` would raise, without changing anything."""
@@ -217,6 +240,7 @@ class Registry:
                 "UPDATE peer_keys SET state = 'retired', retired_at = ? WHERE pub = ?", (time.time(), row["pub"])
             )
             self._keys.pop(row["pub"], None)
+            self._local_rev += 1
         return row["pub"]
 
     # ------------------------------------------------------------ devices
@@ -246,6 +270,8 @@ class Registry:
             generation = 1 if old is None else old["generation"] + 1
             self._db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
             self._db.execute("DELETE FROM device_pins WHERE device_id = ?", (device_id,))
+            self._db.execute("DELETE FROM restored WHERE device_id = ?", (device_id,))
+            self._local_rev += 1
             self._db.execute(
                 "INSERT INTO devices (device_id, psk, suite, generation, provisioned_at) VALUES (?, ?, ?, ?, ?)",
                 (device_id, psk, suite, generation, time.time()),
@@ -285,6 +311,7 @@ class Registry:
             )
             if cur.rowcount == 0:
                 self.get(device_id)  # raises for an unknown device; else already revoked
+            self._local_rev += 1
         return self.get(device_id)
 
     def refusals(self, device_id: bytes | None = None) -> list[dict[str, Any]]:
@@ -331,21 +358,60 @@ class Registry:
         return -1 if row is None else row["counter"]
 
     def counter_set(self, device_id: bytes, value: int) -> None:
-        """Durable (committed, fsynced) before it returns."""
-        with self._tx():
+        """Durable (committed, fsynced) before it returns. Raises
+        ``StorageError`` (nothing written) if SQLite cannot write."""
+        with self._storing("counter"), self._tx():
             self._db.execute(
                 "UPDATE devices SET counter = ?, last_seen = ? WHERE device_id = ?",
                 (int(value), time.time(), bytes(device_id)),
             )
 
     def note_static_used(self, device_id: bytes, static_pub: bytes) -> None:
-        """Record which peer key the device last handshook with."""
-        with self._tx():
+        """Record which peer key the device last handshook with. Raises
+        ``StorageError`` if SQLite cannot write."""
+        with self._storing("last peer key"), self._tx():
             self._db.execute(
                 "UPDATE devices SET last_static = ?, last_seen = ? WHERE device_id = ? "
                 "AND (last_static IS NULL OR last_static != ?)",
                 (bytes(static_pub), time.time(), bytes(device_id), bytes(static_pub)),
             )
+
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever a device or peer key may have changed, here or
+        in another process (cheap: no disk read)."""
+        with self._lock:
+            return self._local_rev, self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def device_epoch(self, device_id: bytes) -> int | None:
+        """The device's generation; None if unknown or revoked."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT generation, revoked_at FROM devices WHERE device_id = ?", (bytes(device_id),)
+            ).fetchone()
+        return None if row is None or row["revoked_at"] is not None else row["generation"]
+
+    def static_live(self, static_pub: bytes) -> bool:
+        """True while the peer key is registered and not retired."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM peer_keys WHERE pub = ?", (bytes(static_pub),)).fetchone()
+        return row is not None and row["state"] != "retired"
+
+    def restored(self, device_id: bytes) -> bool:
+        """True while the device's counter comes from a backup and it has
+        not confirmed a session since."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT 1 FROM restored WHERE device_id = ?", (bytes(device_id),)
+            ).fetchone() is not None
+
+    def clear_restored(self, device_id: bytes) -> None:
+        """The device confirmed a session: its stored counter is again above
+        every message 1 it sent before. Raises ``StorageError``."""
+        with self._storing("restore mark"), self._tx():
+            self._db.execute("DELETE FROM restored WHERE device_id = ?", (bytes(device_id),))
+
+    def _storing(self, what: str) -> "_Storing":
+        return _Storing(self, what)
 
     def statics(self) -> list[tuple[bytes, bytes]]:
         """The peer's live static key pairs ``(priv, pub)``, newest first.
@@ -426,7 +492,10 @@ class Registry:
             else:
                 self._last_log[(device_id, key[1])] = (last, suppressed + 1)
             if now - self._last_flush >= _REFUSAL_FLUSH_SECONDS:
-                self.flush_refusals()
+                try:
+                    self.flush_refusals()
+                except sqlite3.Error as e:  # pending still; a full disk must not stop the peer
+                    log.error("registry %s: refusal counts not written: %s", self.path, e)
             elif self._flush_timer is None and not self._closed:
                 # The tail of a burst reaches the file within a second even
                 # if no further refusal comes to flush it.
@@ -453,12 +522,38 @@ class Registry:
                 return
             pending, self._pending = self._pending, {}
             now = time.time()
-            with self._tx():
-                self._db.executemany(
-                    "INSERT INTO refusals VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, reason) "
-                    "DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at",
-                    [(d, r, n, now, now) for (d, r), n in pending.items()],
-                )
+            try:
+                with self._tx():
+                    self._db.executemany(
+                        "INSERT INTO refusals VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, reason) "
+                        "DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at",
+                        [(d, r, n, now, now) for (d, r), n in pending.items()],
+                    )
+            except sqlite3.Error:
+                for k, n in pending.items():  # bounded: ids the file lacks fold into one row
+                    self._pending[k] = self._pending.get(k, 0) + n
+                raise
+
+
+class _Storing:
+    """Turns an SQLite failure inside it into ``StorageError`` (logged,
+    rate-limited): the caller refuses what it could not persist."""
+
+    def __init__(self, reg: Registry, what: str):
+        self._reg = reg
+        self._what = what
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            reg = self._reg
+            now = time.monotonic()
+            if now - reg._store_error_logged >= _REFUSAL_LOG_SECONDS:
+                reg._store_error_logged = now
+                log.error("registry %s: %s not stored: %s", reg.path, self._what, exc)
+            raise StorageError(f"registry {reg.path}: {self._what} not stored ({exc})") from None
 
 
 class _Tx:

@@ -10,8 +10,15 @@ Invariants:
 - Every envelope yields exactly one report: ``telemetry`` (decrypted, from a
   message 1 or a data envelope), ``hint_sent`` (the device's session is
   unknown here, e.g. after a peer restart; the device re-handshakes), or
-  ``refused`` / ``rejected`` with the error's class and reason. Bad bytes
-  never stop the listener.
+  ``refused`` / ``rejected`` with the error's class and reason,
+  ``unstored`` (the registry could not store the message-1 counter, e.g. a
+  full disk: refused, no reply, the device retries) or ``held`` (a restored
+  device's 0-RTT payload, reported as ``telemetry`` via ``hs1`` once the
+  device confirms the session). Bad bytes and a registry that cannot write
+  never stop the listener; it recovers when the registry can write again.
+- Sessions end within ``recheck`` (0.5 s) of a revocation, re-provisioning
+  or key retirement made by any process (``device.peer`` Rule 4), and after
+  ``max_age`` seconds (``peer listen``: ``[peer] max_session_age``).
 - Reports hold ids, sizes, kinds and decrypted readings, never a key, a PSK
   or ciphertext.
 """
@@ -22,7 +29,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from device.errors import RemoteError
+from device.errors import LocalError, RemoteError, StorageError
+from moteseal.peer.delivery import Inbox, ReadingStore, StoreError
 from moteseal.links.mqtt_link import MqttLink
 from device.peer import PeerSessions
 from moteseal.sim.simulate import decode_reading
@@ -33,18 +41,24 @@ Report = dict[str, Any]
 
 
 class PeerListener:
-    """Drive ``sessions`` from ``link``; hand each report to ``on_report``."""
+    """Drive ``sessions`` from ``link``; hand each report to ``on_report``.
+    Thread-safe: ``handle`` and ``send`` serialise on one lock."""
 
     def __init__(self, sessions: PeerSessions, link: MqttLink,
                  on_report: Callable[[Report], None],
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 inbox: Inbox | None = None) -> None:
         self.sessions = sessions
+        # Framed readings are deduplicated, stored and acknowledged through
+        # the inbox (exactly once, in order: moteseal/peer/delivery.py).
+        self.inbox = inbox if inbox is not None else Inbox(ReadingStore(":memory:"))
         self.link = link
         self.on_report = on_report
         self.clock = clock
         self.wall_clock = wall_clock
-        self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0}
+        self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0,
+                       "duplicates": 0, "store_errors": 0, "lost": 0, "unstored": 0, "held": 0}
         self._lock = threading.Lock()
 
     def handle(self, data: bytes) -> Report:
@@ -64,6 +78,11 @@ class PeerListener:
                     self.counts["rejected"] += 1
                     report = {"event": "rejected", "error": type(exc).__name__, "size": len(data)}
                 return self._report(report)
+            except StorageError:
+                # Fail closed: no message 2 without a stored counter (Rule 2).
+                self.counts["unstored"] += 1
+                return self._report({"event": "unstored", "error": "StorageError",
+                                     "reason": "unstored", "size": len(data)})
             device = got.device_id.decode("ascii", "replace")
             if got.reply is not None:
                 self.link.send(got.reply)
@@ -72,15 +91,42 @@ class PeerListener:
                 return self._report({"event": "hint_sent", "device": device, "size": len(data)})
             if got.kind == "hs1":
                 self.counts["handshakes"] += 1
-            self.counts["telemetry"] += 1
-            report: Report = {"event": "telemetry", "device": device, "via": got.kind,
-                              "size": len(data)}
-            reading = decode_reading(got.payload or b"")
-            if reading is not None:
-                report["reading"] = reading
-            else:
-                report["payload_bytes"] = len(got.payload or b"")
-            return self._report(report)
+                if got.payload is None:  # a restored device: held until it confirms
+                    self.counts["held"] += 1
+                    return self._report({"event": "held", "device": device, "size": len(data)})
+            if got.early is not None:
+                self._telemetry(got.device_id, "hs1", got.early, len(data), now)
+            return self._telemetry(got.device_id, got.kind, got.payload, len(data), now)
+
+    def _telemetry(self, device_id: bytes, via: str, payload: bytes | None, size: int,
+                   now: float) -> Report:
+        """A decrypted payload: through the inbox (stored once and
+        acknowledged if it is a framed reading), then reported."""
+        device = device_id.decode("ascii", "replace")
+        try:
+            acc = self.inbox.accept(device, payload or b"")
+        except StoreError as exc:  # fail closed: no ack, the device sends it again
+            self.counts["store_errors"] += 1
+            return self._report({"event": "store_failed", "device": device, "error": str(exc)})
+        if acc.ack is not None:
+            try:
+                self.link.send(self.sessions.send(device_id, acc.ack, now))
+            except LocalError:
+                pass  # no session to answer on: the device resends, the ack follows then
+        if acc.body is None:
+            self.counts["duplicates"] += 1
+            return self._report({"event": "duplicate", "device": device, "seq": acc.seq})
+        self.counts["telemetry"] += 1
+        self.counts["lost"] += acc.lost
+        report: Report = {"event": "telemetry", "device": device, "via": via, "size": size}
+        if acc.seq >= 0:
+            report["delivery"] = {"boot": acc.boot, "seq": acc.seq, "lost": acc.lost}
+        reading = decode_reading(acc.body)
+        if reading is not None:
+            report["reading"] = reading
+        else:
+            report["payload_bytes"] = len(acc.body)
+        return self._report(report)
 
     def send(self, device_id: str, payload: bytes) -> bytes:
         """Encrypt ``payload`` to a device on its current session and publish
@@ -118,6 +164,10 @@ def format_report(r: Report) -> str:
         return f"{r['device']:<16} {r['via']:<4} {body}"
     if ev == "hint_sent":
         return f"{r['device']:<16} unknown session: asked it to handshake again"
+    if ev == "held":
+        return f"{r['device']:<16} handshake after a registry restore: reading held until it confirms"
+    if ev == "unstored":
+        return f"{'?':<16} registry cannot write (disk full?): message 1 refused, the device retries"
     return f"{'?':<16} {ev}: {r.get('error', '')} {r.get('reason', '')}".rstrip()
 
 
@@ -151,10 +201,18 @@ def peer_group() -> None:
 @click.option("--suite", default=None, help="Noise suite (default: the library default).")
 @click.option("--seconds", type=click.FloatRange(0), default=None,
               help="Stop after this long (default: until Ctrl-C).")
+@click.option("--max-session-age", type=click.IntRange(1), default=None,
+              help="Seconds a session may live before the device must handshake again "
+                   "(default: [peer] max_session_age, 86400).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=None,
+              help="SQLite file of delivered readings: each reading is stored and "
+                   "acknowledged exactly once, also across peer restarts (default: in "
+                   "memory, so after a restart a resent reading may show again).")
 def listen(registry_path: str | None, peer: str | None, config_path: str | None, host: str,
            port: int, username: str | None, password_file: str | None, tls: bool,
-           ca_file: str | None, suite: str | None, seconds: float | None, as_json: bool) -> None:
+           ca_file: str | None, suite: str | None, seconds: float | None,
+           max_session_age: int | None, as_json: bool, store_path: str | None) -> None:
     """Answer handshakes and print decrypted telemetry, one line per message.
 
     Private keys come from the registry's key files (a passphrase-protected
@@ -174,8 +232,8 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
     from device.session import DEFAULT_SUITE
 
     try:
-        reg = open_registry(load_config(config_path), peer, registry_path,
-                            passphrase=passphrase_from_env())
+        cfg = load_config(config_path)
+        reg = open_registry(cfg, peer, registry_path, passphrase=passphrase_from_env())
         reg.check_statics()
     except LocalError as exc:
         raise click.ClickException(str(exc)) from None
@@ -187,7 +245,8 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
         with lock:
             click.echo(_json.dumps(r, sort_keys=True) if as_json else format_report(r))
 
-    sessions = PeerSessions(NaclBackend(), reg.peer_id, reg, suite or DEFAULT_SUITE)
+    max_age = max_session_age or cfg.get("peer", "max_session_age")
+    sessions = PeerSessions(NaclBackend(), reg.peer_id, reg, suite or DEFAULT_SUITE, max_age=max_age)
     link = MqttLink(peer_id, host, port, username=username or peer_id, password=password,
                     tls=tls, ca_file=ca_file)
     try:
@@ -202,7 +261,13 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
         timer = threading.Timer(seconds, stop.set)
         timer.daemon = True
         timer.start()
-    listener = PeerListener(sessions, link, show)
+    try:
+        inbox = Inbox(ReadingStore(store_path)) if store_path else None
+    except StoreError as exc:
+        link.close()
+        reg.close()
+        raise click.ClickException(str(exc)) from None
+    listener = PeerListener(sessions, link, show, inbox=inbox)
     if not as_json:
         click.echo(f"peer {peer_id} listening on {host}:{port} (Ctrl-C stops)", err=True)
     try:

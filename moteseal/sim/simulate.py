@@ -30,6 +30,7 @@ import cbor2
 
 from device.errors import LocalError, RemoteError, SessionExpired
 from moteseal.links.mqtt_link import MqttLink
+from device.delivery import Outbox
 from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE, DeviceSession
 
 __all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading"]
@@ -60,8 +61,17 @@ class SimulatedSensor:
     def __init__(self, session: DeviceSession, link: MqttLink, interval: float = 5.0, *,
                  seed: int | None = None, handshake_timeout: float = 5.0,
                  min_handshake_gap: float = 1.0,
-                 on_event: Callable[[Event], None] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None,
+                 outbox: Outbox | None = None, resend_after: float = 3.0,
+                 limit: int | None = None) -> None:
         self.session = session
+        self.limit = limit  # readings to make, then only resend until acknowledged
+        # With an outbox, readings are framed, retained until the peer
+        # acknowledges them and sent again after each handshake and when
+        # ``resend_after`` passes without an acknowledgement
+        # (docs/protocol.md, "Delivery").
+        self.outbox = outbox
+        self.resend_after = resend_after
         self.link = link
         self.id = session.device_id.decode()
         self.interval = interval
@@ -77,7 +87,7 @@ class SimulatedSensor:
         self.last_handshake: float | None = None
         self.session_lost = False
         self.counts = {"readings": 0, "handshakes": 0, "rehandshakes": 0, "refused": 0,
-                       "skipped": 0, "bad_envelopes": 0, "from_peer": 0}
+                       "skipped": 0, "bad_envelopes": 0, "from_peer": 0, "acks": 0, "resent": 0}
 
     def _emit(self, **event: Any) -> None:
         if self.on_event is not None:
@@ -89,7 +99,13 @@ class SimulatedSensor:
         self.battery -= self.rng.randrange(2)
         payload = encode_reading(self.seq, self.temp, self.rh, self.battery)
         self.seq += 1
-        return payload
+        box = self.outbox
+        if box is None:
+            return payload
+        box.start(self.session._counter.peek())  # the run: the first handshake's counter
+        seq = box.add(payload, len(payload))
+        self._outbox_seq = seq
+        return bytes(box.view(seq)[:box.length(seq)])
 
     def _can_handshake(self, now: float) -> bool:
         return self.last_handshake is None or now - self.last_handshake >= self.min_handshake_gap
@@ -100,7 +116,47 @@ class SimulatedSensor:
         self.last_handshake = now
         self.counts["handshakes"] += 1
         self.counts["readings"] += 1
+        if self.outbox is not None:
+            self.outbox.mark_sent(self._outbox_seq, now)
         self._emit(event="handshake", why=why, seq=self.seq - 1, size=len(env))
+
+    def _drain(self, now: float) -> None:
+        """After the last reading: keep the session and resend what the peer
+        has not acknowledged."""
+        s = self.session
+        if self.outbox is None or self.outbox.count() == 0:
+            return
+        stale = s.handshaking and self.last_handshake is not None and \
+            now - self.last_handshake >= self.handshake_timeout
+        if (s.transport is None or self.session_lost) and (not s.handshaking or stale):
+            if self._can_handshake(now):
+                env = s.handshake(b"", now)
+                self.link.send(env)
+                self.last_handshake = now
+                self.counts["handshakes"] += 1
+            return
+        if s.transport is not None and not self.session_lost and \
+                self.outbox.resend_due(now, self.resend_after):
+            try:
+                self._resend(now)
+            except SessionExpired:
+                self.session_lost = True
+
+    def _resend(self, now: float) -> None:
+        """Every retained reading again, oldest first (the peer drops what
+        it already has)."""
+        box = self.outbox
+        assert box is not None
+        for seq in box.pending():
+            self.link.send(self.session.send(bytes(box.view(seq)[:box.length(seq)]), now))
+            box.mark_sent(seq, now)
+            self.counts["resent"] += 1
+
+    @property
+    def done(self) -> bool:
+        """Made ``limit`` readings and, with an outbox, every one acknowledged."""
+        return self.limit is not None and self.seq >= self.limit and \
+            (self.outbox is None or self.outbox.count() == 0)
 
     def tick(self, now: float) -> None:
         """Send a reading if one is due."""
@@ -108,6 +164,9 @@ class SimulatedSensor:
             return
         self.next_due = now + self.interval
         s = self.session
+        if self.limit is not None and self.seq >= self.limit:
+            self._drain(now)
+            return
         stale_hs = (s.handshaking and self.last_handshake is not None
                     and now - self.last_handshake >= self.handshake_timeout)
         need_hs = s.transport is None or self.session_lost
@@ -119,8 +178,15 @@ class SimulatedSensor:
                 self.counts["skipped"] += 1
             return
         if need_hs:  # waiting for message 2
+            if self.outbox is not None:
+                self._next_reading()  # retained, sent after the handshake
             self.counts["skipped"] += 1
             return
+        if self.outbox is not None and self.outbox.resend_due(now, self.resend_after):
+            try:
+                self._resend(now)
+            except SessionExpired:
+                pass
         payload = self._next_reading()
         try:
             env = s.send(payload, now)
@@ -130,6 +196,8 @@ class SimulatedSensor:
                 self._handshake(self._next_reading(), now, "expired")
             return
         self.link.send(env)
+        if self.outbox is not None:
+            self.outbox.mark_sent(self._outbox_seq, now)
         self.counts["readings"] += 1
         self._emit(event="sent", seq=self.seq - 1, size=len(env))
 
@@ -144,6 +212,10 @@ class SimulatedSensor:
         if ev == EV_HANDSHAKE:
             self.session_lost = False
             self._emit(event="session", sid=self.session.sid)
+            if self.outbox is not None:
+                self._resend(now)
+        elif ev == EV_DATA and self.outbox is not None and self.outbox.ack(payload, len(payload)):
+            self.counts["acks"] += 1
         elif ev == EV_DATA:
             self.counts["from_peer"] += 1
             self._emit(event="from_peer", size=len(payload))
@@ -183,8 +255,12 @@ class Fleet:
         """The ``on_envelope`` callback to give ``sensor``'s link."""
         return lambda data: self.inbox.put((sensor, data))
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, until_done: bool = False) -> None:
+        """Tick the sensors until ``stop`` is set (or, with ``until_done``,
+        until every sensor is ``done``)."""
         while not stop.is_set():
+            if until_done and all(s.done for s in self.sensors):
+                return
             now = self.clock()
             for sensor in self.sensors:
                 try:
@@ -204,6 +280,9 @@ class Fleet:
         for s in self.sensors:
             for k, v in s.counts.items():
                 out[k] = out.get(k, 0) + v
+            if s.outbox is not None:
+                out["evicted"] = out.get("evicted", 0) + s.outbox.evicted
+                out["unacknowledged"] = out.get("unacknowledged", 0) + s.outbox.count()
         return out
 
 
@@ -255,9 +334,15 @@ def _bundles(bundle_files: tuple[str, ...], bundle_dir: str | None, count: int |
 @click.option("--state-dir", type=click.Path(file_okay=False), default=".moteseal-sim",
               show_default=True, help="Message-1 counter files, one per device.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.option("--retain", type=click.IntRange(0, 255), default=16, show_default=True,
+              help="Readings each sensor keeps until the peer acknowledges them, and sends "
+                   "again after a peer or link failure (0: no acknowledgements).")
+@click.option("--readings", type=click.IntRange(1), default=None,
+              help="Make this many readings per sensor, then stop once all are acknowledged.")
 def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str | None,
              host: str | None, port: int | None, tls: bool, ca_file: str | None,
-             interval: float, seconds: float | None, state_dir: str, as_json: bool) -> None:
+             interval: float, seconds: float | None, state_dir: str, as_json: bool,
+             retain: int, readings: int | None) -> None:
     """Run simulated sensors that send encrypted telemetry over MQTT.
 
     Each sensor uses its bundle's PSK and pinned peer key, and its bundle's
@@ -267,6 +352,7 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
     \b
     Example:
       moteseal device simulate --bundle-dir bundles --count 5 --interval 2
+      moteseal device simulate --bundle-dir bundles --readings 200 --retain 64
     """
     from moteseal.crypto.backend_nacl import NaclBackend
     from device.counter import Msg1Counter
@@ -301,7 +387,8 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
             link_cfg = b.link if b.link.get("kind") == "mqtt" else {}
             counter = Msg1Counter(FileCounterStore(str(state / f"{name}.counter")))
             session = device_session(backend, b, counter)
-            sensor = SimulatedSensor(session, None, interval, on_event=show)  # type: ignore[arg-type]
+            sensor = SimulatedSensor(session, None, interval, on_event=show,  # type: ignore[arg-type]
+                                     outbox=Outbox(retain) if retain else None, limit=readings)
             link = MqttLink(name, host or link_cfg.get("host", "127.0.0.1"),
                             port or link_cfg.get("port", 1883),
                             username=link_cfg.get("username", name),
@@ -322,7 +409,7 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
         timer.daemon = True
         timer.start()
     try:
-        fleet.run(stop)
+        fleet.run(stop, until_done=readings is not None)
     finally:
         for link in links:
             link.close()

@@ -78,10 +78,12 @@ def transport_state(tr) -> tuple:
 
 
 def peer_state(peer: PeerSessions) -> tuple:
-    table = tuple(sorted((dev, tuple((sid, id(tr), confirmed, transport_state(tr))
-                                     for sid, tr, confirmed in s))
+    # An entry: [sid, transport, confirmed, epoch, static, revision checked, held];
+    # the revision is a cache of the directory re-check, not session state.
+    table = tuple(sorted((dev, tuple((e[0], id(e[1]), e[2], transport_state(e[1]), e[3], e[4], e[6])
+                                     for e in s))
                          for dev, s in peer._sessions.items()))
-    return table, tuple(sorted(peer.directory.counters.items()))
+    return table, tuple(sorted(peer._unconfirmed)), tuple(sorted(peer.directory.counters.items()))
 
 
 def device_state(dev: DeviceSession) -> tuple:

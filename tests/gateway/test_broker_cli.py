@@ -170,35 +170,32 @@ def test_production_config_serves_tls_and_loopback_with_acls(tmp_path):
         time.sleep(0.2)
         assert got == [b"over tls"]
 
-        # Both gateway MQTT clients relay over the TLS listener.
+        # The gateway's MQTT link relays over the TLS listener.
         import cbor2
 
         from gateway.config import MqttConfig
         from gateway.logs import JsonLog
         from gateway.mqtt import MqttLink
-        from gateway.mqtt_lean import LeanMqttLink
         from gateway.relay import RateLimiter, Relay, RouteTable
 
         mon.on_message = lambda c, u, m: got.append((m.topic, m.payload))
-        for n, impl in enumerate((MqttLink, LeanMqttLink)):
-            cfg = MqttConfig(host="127.0.0.1", port=tls_port, tls=True, ca_file=str(crt),
-                             username="gw", password="pw3", client_id=f"gw-tls-{n}",
-                             session_expiry=0)
-            relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
-            link = impl(cfg, relay, JsonLog(open(os.devnull, "w")))
-            relay.add_link("mqtt", link)
-            link.start()
-            try:
-                assert link.connected.wait(10), impl.__name__
-                got.clear()
-                env = cbor2.dumps([6, b"s1", b"s2", 1, n, b"tls"])
-                dev.publish("moteseal/v1/up/s1", env, 1).wait_for_publish(10)
-                deadline = time.monotonic() + 10
-                while ("moteseal/v1/down/s2", env) not in got and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert ("moteseal/v1/down/s2", env) in got, impl.__name__
-            finally:
-                link.stop()
+        cfg = MqttConfig(host="127.0.0.1", port=tls_port, tls=True, ca_file=str(crt),
+                         username="gw", password="pw3", client_id="gw-tls", session_expiry=0)
+        relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
+        link = MqttLink(cfg, relay, JsonLog(open(os.devnull, "w")))
+        relay.add_link("mqtt", link)
+        link.start()
+        try:
+            assert link.connected.wait(10)
+            got.clear()
+            env = cbor2.dumps([6, b"s1", b"s2", 1, 0, b"tls"])
+            dev.publish("moteseal/v1/up/s1", env, 1).wait_for_publish(10)
+            deadline = time.monotonic() + 10
+            while ("moteseal/v1/down/s2", env) not in got and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert ("moteseal/v1/down/s2", env) in got
+        finally:
+            link.stop()
         for c in (dev, mon):
             c.disconnect()
             c.loop_stop()

@@ -60,6 +60,27 @@ def test_empty_config_has_safe_defaults(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg.mqtt.host == "127.0.0.1" and cfg.max_envelope_bytes == 1200
     assert cfg.metrics_port == 0 and cfg.routes == {"mqtt": ["*"]}
+    assert cfg.warnings == []
+
+
+@pytest.mark.parametrize("value", ["paho", "lean"])
+def test_the_removed_mqtt_client_key_is_ignored_with_a_logged_warning(tmp_path, value):
+    """``[mqtt] client`` chose between two MQTT clients; there is one now. An
+    old file still loads (the link's guarantees are the same), and the
+    gateway says, at start, that the line is ignored and can go."""
+    from gateway.runner import Gateway
+
+    path = write(tmp_path, f'[mqtt]\nclient = "{value}"\nport = 1884\n')
+    cfg = load_config(path)
+    assert cfg.mqtt.port == 1884 and not hasattr(cfg.mqtt, "client")
+    [warning] = cfg.warnings
+    assert str(path) in warning and f"[mqtt] client = '{value}' is ignored" in warning
+    stream = io.StringIO()
+    gw = Gateway(cfg, JsonLog(stream))  # logs at construction; nothing connects before start()
+    gw.stop()
+    [line] = [json.loads(text) for text in stream.getvalue().splitlines()
+              if json.loads(text)["event"] == "config_deprecated"]
+    assert line["level"] == "warning" and line["message"] == warning
 
 
 @pytest.mark.parametrize("text,where", [
@@ -74,6 +95,8 @@ def test_empty_config_has_safe_defaults(tmp_path):
     ("[log]\nlevel = \"loud\"\n", "[log] level"),
     ("[gatway]\n", "[gatway]: unknown table"),
     ("[[serial]]\nname = \"mqtt\"\n", "[serial 0] name"),
+    ("[mqtt]\nclient = \"gmqtt\"\n", "[mqtt] client: this key was removed"),
+    ("[mqtt]\nclient = 1\n", "[mqtt] client"),
     ("[mqtt\n", "gateway.toml"),
 ])
 def test_errors_name_the_file_and_key(tmp_path, text, where):

@@ -35,14 +35,8 @@ def broker(mosquitto):
     return mosquitto(accounts=ACCOUNTS)
 
 
-@pytest.fixture(params=["paho", "lean"])
-def gateway(request, gateway_process):
-    """``gateway_process`` with each MQTT client ([mqtt] client)."""
-    return lambda broker, **kw: gateway_process(broker, client=request.param, **kw)
-
-
-def test_envelopes_are_relayed_both_ways_byte_for_byte(broker, mqtt_client, gateway):
-    gateway(broker)
+def test_envelopes_are_relayed_both_ways_byte_for_byte(broker, mqtt_client, gateway_process):
+    gateway_process(broker)
     hub = mqtt_client(broker, "hub")
     hub.subscribe("moteseal/v1/down/hub")
     s1 = mqtt_client(broker, "sensor-1")
@@ -56,9 +50,9 @@ def test_envelopes_are_relayed_both_ways_byte_for_byte(broker, mqtt_client, gate
 
 
 def test_bad_envelopes_are_dropped_and_counted_while_good_traffic_continues(
-        broker, mqtt_client, gateway):
+        broker, mqtt_client, gateway_process):
     metrics_port = free_port()
-    gw = gateway(broker, rate=100, burst=100, metrics_port=metrics_port,
+    gw = gateway_process(broker, rate=100, burst=100, metrics_port=metrics_port,
                          routes={"mqtt": ["hub", "sensor-*", "bad"]})
     hub = mqtt_client(broker, "hub")
     hub.subscribe("moteseal/v1/down/hub")
@@ -112,10 +106,10 @@ def test_bad_envelopes_are_dropped_and_counted_while_good_traffic_continues(
     assert "PAYLOAD-MARKER" not in log and secret.hex() not in log
 
 
-def test_gateway_killed_mid_stream_loses_no_qos1_message(broker, mqtt_client, gateway):
+def test_gateway_killed_mid_stream_loses_no_qos1_message(broker, mqtt_client, gateway_process):
     # A small in-flight window makes the gateway hold a backlog when it dies:
     # a relay that acknowledged before forwarding would lose that backlog.
-    gw = gateway(broker, max_inflight=2)
+    gw = gateway_process(broker, max_inflight=2)
     hub = mqtt_client(broker, "hub", client_id="hub", clean_start=False, session_expiry=600)
     hub.subscribe("moteseal/v1/down/hub")
     s1 = mqtt_client(broker, "sensor-1")
@@ -136,10 +130,10 @@ def test_gateway_killed_mid_stream_loses_no_qos1_message(broker, mqtt_client, ga
 
 
 def test_two_gateways_on_a_shared_subscription_deliver_each_message_once(
-        broker, mqtt_client, gateway):
+        broker, mqtt_client, gateway_process):
     broker.add("gw2", "gateway")
-    g1 = gateway(broker, name="g1")
-    g2 = gateway(broker, name="g2", user="gw2")
+    g1 = gateway_process(broker, name="g1")
+    g2 = gateway_process(broker, name="g2", user="gw2")
     hub = mqtt_client(broker, "hub")
     hub.subscribe("moteseal/v1/down/hub")
     s1, s2 = mqtt_client(broker, "sensor-1"), mqtt_client(broker, "sensor-2")
@@ -153,8 +147,7 @@ def test_two_gateways_on_a_shared_subscription_deliver_each_message_once(
     assert r1 + r2 == 200 and r1 > 0 and r2 > 0, (r1, r2)
 
 
-@pytest.mark.parametrize("impl", ["paho", "lean"])
-def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(broker, mqtt_client, impl):
+def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(broker, mqtt_client):
     """The MQTT link's own window: sends from another thread (as a serial link
     would) beyond ``max_inflight`` are held in order, published as PUBACKs
     free slots, and each ``done`` runs once."""
@@ -168,14 +161,12 @@ def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(bro
     cfg = MqttConfig(port=broker.port, username="gw", password=broker.passwords["gw"],
                      client_id="window-test", max_inflight=2, session_expiry=0)
     relay = Relay(RouteTable({"mqtt": ["*"]}), RateLimiter(0, 1))
-    if impl == "lean":
-        from gateway.mqtt_lean import LeanMqttLink as MqttLink  # noqa: F811
     link = MqttLink(cfg, relay, JsonLog(open("/dev/null", "w")))
     link.start()
     try:
         assert link.connected.wait(10)
         import socket as _socket
-        sock = link.client.socket() if impl == "paho" else link._sock
+        sock = link._sock
         assert sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY) != 0
         done: list[int] = []
         for i in range(60):
@@ -192,12 +183,12 @@ def test_forwards_beyond_the_in_flight_window_wait_their_turn_and_all_arrive(bro
 
 
 def test_a_plain_subscription_survives_a_broker_restart_while_the_gateway_is_down(
-        broker, mqtt_client, gateway):
+        broker, mqtt_client, gateway_process):
     """Mosquitto restores persistent MQTT 5 sessions and their plain
     subscriptions from its persistence file, but not $share subscriptions
     (2.0.x). With share_group = "" the broker queues for the stopped gateway
     across its own restart, so nothing acknowledged to a device is lost."""
-    gw = gateway(broker, share_group="")
+    gw = gateway_process(broker, share_group="")
     gw.stop()  # the gateway's session and subscription stay with the broker
     broker.stop()
     broker.start()  # same port, state restored from the persistence file

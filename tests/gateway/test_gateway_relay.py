@@ -187,8 +187,8 @@ def test_gateway_imports_no_key_noise_or_session_code():
 
 def test_the_relay_path_loads_no_device_module():
     mods = ["gateway.envelope", "gateway.relay"] + [
-        f"gateway.{name}" for name in ("mqtt", "mqtt_lean", "mqtt_wire", "config", "metrics",
-                                       "logs", "runner", "broker", "cli")
+        f"gateway.{name}" for name in ("mqtt", "mqtt_wire", "config", "metrics", "logs",
+                                       "runner", "broker", "cli")
         if (GATEWAY_DIR / f"{name}.py").exists()]
     code = ("import sys, importlib\n"
             f"for m in {mods!r}: importlib.import_module(m)\n"

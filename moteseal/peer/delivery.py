@@ -1,0 +1,188 @@
+"""The peer's half of end-to-end delivery (docs/protocol.md, "Delivery";
+the device's half is ``device/delivery.py``): each reading is stored
+exactly once, in order per device, and acknowledged.
+
+``ReadingStore`` is an SQLite file holding the delivered readings and, per
+device, the high-water mark ``(boot, seq)`` of what it has delivered.
+``Inbox`` decides for each decrypted payload whether it is the reading the
+peer expects next, stores it and returns the acknowledgement to send.
+
+Invariants:
+- Rule 1 (exactly once): a reading and the high-water mark that covers it
+  are written in one transaction, committed (``synchronous=FULL``) before
+  the acknowledgement is handed out. A peer killed at any point either has
+  both or neither; the device keeps what was not acknowledged and sends it
+  again after its next handshake.
+- Rule 2 (in order): within a run the peer accepts only
+  ``max(hw + 1, seq - back)``: the next reading, or the oldest the device
+  still retains when the ones between were evicted (those are counted in
+  ``lost``, never silently skipped). Anything else is a duplicate or early,
+  is not stored, and is answered with the current acknowledgement.
+- Rule 3: a reading of a newer run (``boot``) starts that device afresh; a
+  reading of an older run is a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from device import delivery as D
+from device.errors import LocalError
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (device, boot, seq)
+);
+CREATE INDEX IF NOT EXISTS readings_by_device_time ON readings (device, received_at);
+CREATE TABLE IF NOT EXISTS delivery (
+    device TEXT PRIMARY KEY,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    lost INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class StoreError(LocalError):
+    """The reading store cannot be opened or written (exit 2 in the CLI)."""
+
+    exit_code = 2
+
+
+class ReadingStore:
+    """Delivered readings and per-device high-water marks in one SQLite file
+    (WAL mode, so ``moteseal`` readers work while the peer writes).
+
+    Thread-safe: one connection behind a lock.
+    """
+
+    def __init__(self, path: str | os.PathLike[str],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # Rule 1: durable before the ack
+            self._db.executescript(_DDL)
+        except sqlite3.Error as e:
+            raise StoreError(f"reading store {self.path}: {e}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def high_water(self, device: str) -> tuple[int, int, int]:
+        """``(boot, seq, lost)`` delivered for ``device``; ``(-1, -1, 0)`` if none."""
+        with self._lock:
+            row = self._db.execute("SELECT boot, seq, lost FROM delivery WHERE device = ?",
+                                   (device,)).fetchone()
+        return (row[0], row[1], row[2]) if row else (-1, -1, 0)
+
+    def deliver(self, device: str, boot: int, seq: int, body: bytes, lost: int) -> None:
+        """Stores one reading and moves the high-water mark to it, in one
+        transaction (Rule 1). Raises ``StoreError``; then nothing is written."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    ts = self._clock()
+                    cur = self._db.execute(
+                        "INSERT INTO readings (device, boot, seq, received_at, body) VALUES (?, ?, ?, ?, ?)",
+                        (device, boot, seq, ts, bytes(body)))
+                    self._in_delivery(cur.lastrowid, device, ts, bytes(body))
+                    self._db.execute(
+                        "INSERT INTO delivery (device, boot, seq, lost) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (device) DO UPDATE SET boot = excluded.boot, seq = excluded.seq, "
+                        "lost = delivery.lost + excluded.lost", (device, boot, seq, lost))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"reading store {self.path}: {e}") from None
+
+    def _in_delivery(self, reading_id: int, device: str, ts: float, body: bytes) -> None:
+        """Hook inside ``deliver``'s transaction (the hub's store adds its
+        per-field rows here); the caller holds the lock."""
+
+    def readings(self, device: str | None = None) -> list[tuple[str, int, int, float, bytes]]:
+        """``(device, boot, seq, received_at, body)`` in delivery order."""
+        q = "SELECT device, boot, seq, received_at, body FROM readings"
+        args: tuple = ()
+        if device is not None:
+            q += " WHERE device = ?"
+            args = (device,)
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(q + " ORDER BY id", args)]  # type: ignore[misc]
+
+
+class Accepted:
+    """What ``Inbox.accept`` made of one payload: ``body`` (the reading or
+    raw payload to hand on, or None for a duplicate), ``ack`` (plaintext to
+    send back to the device, or None), and ``seq``/``boot`` when framed."""
+
+    __slots__ = ("body", "ack", "boot", "seq", "duplicate", "lost")
+
+    def __init__(self, body: bytes | None, ack: bytes | None, boot: int = -1, seq: int = -1,
+                 duplicate: bool = False, lost: int = 0) -> None:
+        self.body, self.ack, self.boot, self.seq = body, ack, boot, seq
+        self.duplicate, self.lost = duplicate, lost
+
+
+class Inbox:
+    """Deduplicates framed readings against ``store`` (Rules 2-3) and writes
+    them to it (Rule 1). Unframed payloads pass through unstored and
+    unacknowledged (devices without delivery).
+
+    Thread-safe: one lock around each decision and its write.
+    """
+
+    def __init__(self, store: ReadingStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._hw: dict[str, tuple[int, int]] = {}
+
+    def _high_water(self, device: str) -> tuple[int, int]:
+        hw = self._hw.get(device)
+        if hw is None:
+            boot, seq, _ = self.store.high_water(device)
+            hw = self._hw[device] = (boot, seq)
+        return hw
+
+    def accept(self, device: str, payload: bytes) -> Accepted:
+        if not D.is_reading(payload, len(payload)):
+            return Accepted(payload, None)
+        boot, seq, back = D.parse_reading(payload, len(payload))
+        with self._lock:
+            hb, hs = self._high_water(device)
+            if boot < hb:
+                return Accepted(None, self._ack(hb, hs), boot, seq, duplicate=True)
+            floor = -1 if boot > hb else hs  # Rule 3: a newer run starts afresh
+            expected = max(floor + 1, seq - back)
+            if seq != expected:
+                return Accepted(None, self._ack(hb, hs), boot, seq, duplicate=True)
+            lost = expected - (floor + 1)
+            self.store.deliver(device, boot, seq, payload[D.HEAD_BYTES:], lost)
+            self._hw[device] = (boot, seq)
+            return Accepted(bytes(payload[D.HEAD_BYTES:]), self._ack(boot, seq), boot, seq, lost=lost)
+
+    @staticmethod
+    def _ack(boot: int, seq: int) -> bytes | None:
+        if boot < 0:
+            return None
+        out = bytearray(D.ACK_BYTES)
+        D.encode_ack_into(out, boot, seq)
+        return bytes(out)
