@@ -182,3 +182,51 @@ def test_peer_sessions_with_lock_accepts_each_replayed_message_once_from_threads
 
     assert _hammer(work) == []
     assert sum(opened) == len(envs)
+
+
+def test_one_peer_on_a_real_registry_serves_handshakes_and_data_from_threads(tmp_path):
+    # The peer as a threaded host runs it: one backend, one PeerSessions
+    # (lock=) over one Registry, devices handshaking and sending at once.
+    # Every handshake completes, every reading arrives once and intact, and
+    # the registry holds each device's last counter.
+    import threading as th
+
+    from moteseal.keys.keyfile import generate_keypair, write_key_file
+    from moteseal.keys.registry import Registry
+
+    be = NaclBackend()
+    kp = generate_keypair()
+    write_key_file(tmp_path / "hub.key", kp)
+    reg = Registry(tmp_path / "hub.sqlite", create_for_peer=b"hub")
+    reg.add_peer_key(kp.pub, tmp_path / "hub.key")
+    suite = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
+    ids = [b"s%d" % i for i in range(THREADS)]
+    psks = {d: os.urandom(32) for d in ids}
+    for d in ids:
+        reg.provision(d, psks[d], suite)
+    peer = PeerSessions(be, b"hub", reg, suite, lock=th.Lock())
+    got: list[tuple[bytes, bytes]] = []
+    rounds = [0] * THREADS
+
+    def work(t, deadline):
+        dev = DeviceSession(be, ids[t], b"hub", kp.pub, psks[ids[t]],
+                            Msg1Counter(NonpersistingCounterStore()), suite=suite)
+        while time.monotonic() < deadline and rounds[t] < 200:
+            r = peer.receive(dev.handshake(b"hs %d" % rounds[t]))
+            got.append((r.device_id, r.payload))
+            assert dev.receive(r.reply)[0] == EV_HANDSHAKE
+            p = b"data %d" % rounds[t]
+            d = peer.receive(dev.send(p))
+            got.append((d.device_id, d.payload))
+            rounds[t] += 1
+
+    try:
+        assert _hammer(work) == []
+        want = sorted((ids[t], b"%s %d" % (kind, i)) for t in range(THREADS)
+                      for i in range(rounds[t]) for kind in (b"hs", b"data"))
+        assert sorted(got) == want
+        assert sum(rounds) > 20
+        for t in range(THREADS):
+            assert reg.counter_get(ids[t]) == rounds[t] - 1
+    finally:
+        reg.close()
