@@ -52,7 +52,9 @@ class NonpersistingCounterStore:
 
 
 class Msg1Counter:
-    """Hands out strictly increasing message-1 counters (Rules 1-3)."""
+    """Hands out strictly increasing message-1 counters (Rules 1-3). Not
+    shareable between threads: one device session uses it, under that
+    session's ``lock=`` if it has one."""
 
     def __init__(self, store, chunk=DEFAULT_CHUNK):
         if chunk < 1:
