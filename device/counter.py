@@ -52,7 +52,9 @@ class NonpersistingCounterStore:
 
 
 class Msg1Counter:
-    """Hands out strictly increasing message-1 counters (Rules 1-3)."""
+    """Hands out strictly increasing message-1 counters (Rules 1-3). Not
+    shareable between threads: one device session uses it, under that
+    session's ``lock=`` if it has one."""
 
     def __init__(self, store, chunk=DEFAULT_CHUNK):
         if chunk < 1:
@@ -78,6 +80,14 @@ class Msg1Counter:
             self._ceiling = ceiling
         self._next = v + 1
         return v
+
+    def skip_past(self, v):
+        """Never hand out ``v`` or below: the peer has seen ``v`` (an
+        authenticated notice, ``device/session.py`` Rule 8). Only moves
+        forward; ``next()`` stores a new ceiling before handing out a value
+        above the stored one (Rule 1), so nothing is written here."""
+        if v >= self._next:
+            self._next = v + 1
 
 
 def put_counter(buf, off, v):

@@ -155,7 +155,8 @@ def encode(head, src, dst, sid, msg, nonce=-1):
 
 
 class Envelope:
-    """A decoded envelope: fields, and offsets into the decoded buffer."""
+    """A decoded envelope: fields, and offsets into the decoded buffer.
+    Reused for every decode, so not shareable between threads."""
 
     def __init__(self):
         self.head = 0

@@ -244,7 +244,8 @@ class _Handshake:
 
 class NKInitiator(_Handshake):
     """The device side of NK (Noise section 7.4): it knows the responder's
-    static key ``remote_static`` before the handshake (``<- s``).
+    static key ``remote_static`` before the handshake (``<- s``). Not
+    shareable between threads: one handshake, one caller.
 
     ``write_message(payload)`` -> message 1 (``-> [psk,] e, es``), whose
     payload travels 0-RTT; ``read_message(msg)`` reads message 2
@@ -291,7 +292,8 @@ class NKInitiator(_Handshake):
 
 
 class NKResponder(_Handshake):
-    """The peer side of NK: holds ``static = (priv, pub)``.
+    """The peer side of NK: holds ``static = (priv, pub)``. Not shareable
+    between threads: one handshake, one caller.
 
     ``read_message(msg)`` reads message 1 and returns its payload;
     ``write_message(payload)`` -> message 2; ``into_transport()``.

@@ -14,10 +14,11 @@ Invariants:
   before message 2 is written.
 - Rule 3: a refused message 1 raises ``AuthError``, ``ReplayError``,
   ``DecodeError`` (or ``RemoteError`` with reason ``busy``, Rule 5) with a
-  ``reply`` (a refusal hint) and a ``reason``, and the directory counts the
-  refusal by reason. Nothing else changes. A message 1 whose counter the
-  directory cannot store raises ``StorageError`` (reason ``unstored``,
-  counted, no reply: the device retries) and changes no session.
+  ``reply`` (a refusal hint; Rule 8's notice for a stale counter) and a
+  ``reason``, and the directory counts the refusal by reason. Nothing else
+  changes. A message 1 whose counter the directory cannot store raises
+  ``StorageError`` (reason ``unstored``, counted, no reply: the device
+  retries) and changes no session.
 - Rule 4: a session lives only while the directory backs it. Data in and
   downlink out first re-check the device's sessions whenever the
   directory's ``revision()`` changed (read at most once per ``recheck``
@@ -33,15 +34,23 @@ Invariants:
   1's 0-RTT payload is held in the session, not delivered; the device's
   first data on that session proves it live (only the holder of the
   ephemeral key can send it) and releases it as ``Received.early``.
+- Rule 7: a refusal does the same work whatever its reason. For an unknown
+  or revoked id, message 1 is read against a random dummy PSK drawn once
+  per ``PeerSessions``, so the DH and decrypt steps match a known id's bad
+  message: refusal latency does not tell which ids are provisioned.
+- Rule 8: a message 1 refused for its counter (Rule 2) that authenticated
+  is answered with ``device/session.py`` Rule 8's counter notice, a message
+  2 that makes no session, instead of a refusal hint.
 """
 
 from device import envelope as E
-from device.counter import COUNTER_BYTES, get_counter
+from device.counter import COUNTER_BYTES, get_counter, put_counter
 from device.errors import (AuthError, DecodeError, LocalError, RemoteError,
                            ReplayError, SessionExpired, StorageError)
 from device.noise import (DEFAULT_SUITE, MAX_PAYLOAD_BYTES, TAG_BYTES,
                           NKResponder, parse_suite)
-from device.session import DEFAULT_MAX_DEVICES, _limits, _session_suite
+from device.session import (COUNTER_NOTICE_BYTES, COUNTER_NOTICE_TAG,
+                            DEFAULT_MAX_DEVICES, _limits, _session_suite)
 
 DEFAULT_RECHECK = 0.5  # Rule 4: directory re-read at most this often (units of `now`)
 
@@ -158,7 +167,12 @@ class PeerSessions:
     one the directory cannot store raises ``StorageError``.
 
     Options (besides the transport limits): ``max_devices``, ``recheck``
-    (Rule 4). Not thread-safe: one caller at a time."""
+    (Rule 4), ``lock``.
+
+    Threads: shareable only if made with ``lock=`` (``device/session.py``
+    Rule 7: ``receive`` and ``send`` then run under it, and so every call
+    into the directory); else one caller at a time.
+    """
 
     def __init__(self, backend, peer_id, directory, suite=DEFAULT_SUITE, **opts):
         _session_suite(suite)
@@ -177,6 +191,9 @@ class PeerSessions:
         self._rev_at = None
         self._env = E.Envelope()
         self._limit = E.envelope_limit(self.max_payload)
+        self._lock = opts.get("lock")
+        # Rule 7: read unknown and revoked ids' message 1 against this.
+        self._dummy_psk = backend.random_bytes(32) if self._psk_pos >= 0 else None
 
     def sessions(self, device_id):
         """``[(sid, Transport), ...]`` for a device, newest first (at most 2)."""
@@ -232,6 +249,13 @@ class PeerSessions:
         return keep
 
     def receive(self, data, now=None):
+        lk = self._lock
+        if lk is None:
+            return self._receive(data, now)
+        with lk:
+            return self._receive(data, now)
+
+    def _receive(self, data, now):
         env = self._env.decode_into(data, len(data), self._limit)
         if not env.dst_is(self.peer_id):
             raise DecodeError("envelope not addressed to this peer")
@@ -247,14 +271,14 @@ class PeerSessions:
         # Read before the checks below, so a change made meanwhile shows as
         # a newer revision and the session is re-checked (Rule 4).
         rev = self._revision(now)
-        psk = epoch = None
+        psk = epoch = refusal = None
         if self._psk_pos >= 0:
             epoch = d.device_epoch(dev)  # before the PSK: a change between them drops the session
-            if d.is_revoked(dev):
-                raise self._refuse(AuthError("message does not authenticate"), env, dev, "revoked")
+            revoked = d.is_revoked(dev)  # both looked up whatever the answer (Rule 7)
             psk = d.psk_for(dev)
-            if psk is None:
-                raise self._refuse(AuthError("message does not authenticate"), env, dev, "unknown-device")
+            if revoked or psk is None:
+                refusal = "revoked" if revoked else "unknown-device"
+                psk = self._dummy_psk  # the same DH/decrypt work, bound to fail (Rule 7)
         prologue = E.PROLOGUE + bytes(data[:env.msg_off])
         msg = env.msg
         hs = payload = used = None
@@ -266,16 +290,30 @@ class PeerSessions:
             except AuthError:
                 continue
             except DecodeError as e:
+                if refusal is not None:
+                    break
                 raise self._refuse(e, env, dev, "malformed")
             hs, used = cand, pub
             break
+        if refusal is not None:
+            # Even if the dummy PSK authenticated (it cannot: 256 random bits).
+            raise self._refuse(AuthError("message does not authenticate"), env, dev, refusal)
         if hs is None:
             raise self._refuse(AuthError("message does not authenticate"), env, dev, "auth")
         if len(payload) < COUNTER_BYTES:
             raise self._refuse(DecodeError("message 1 lacks its counter"), env, dev, "malformed")
         c = get_counter(payload, 0)
-        if c <= d.counter_get(dev):
-            raise self._refuse(ReplayError("replayed handshake message 1"), env, dev, "replay")
+        highest = d.counter_get(dev)
+        if c <= highest:
+            err = self._refuse(ReplayError("replayed handshake message 1"), env, dev, "replay")
+            # Rule 8 (session.py Rule 8): tell the holder of this handshake's
+            # ephemeral (authenticated, in message 2) the highest counter we
+            # hold; no session is kept. A replayer cannot read it.
+            notice = bytearray(COUNTER_NOTICE_BYTES)
+            notice[0] = COUNTER_NOTICE_TAG
+            put_counter(notice, 1, highest)
+            err.reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, hs.write_message(notice))
+            raise err
         old = [s for s in self._sessions.get(dev, []) if s[0] != env.sid]
         victim = None
         if not old and dev not in self._sessions and len(self._sessions) >= self._max_devices:
@@ -345,6 +383,13 @@ class PeerSessions:
         is known to hold: the newest one it has sent data on, else the
         newest (message 2 may still be on its way). Raises ``LocalError`` if
         the device has no session (also once revoked, Rule 4)."""
+        lk = self._lock
+        if lk is None:
+            return self._send(device_id, payload, now)
+        with lk:  # the header's nonce and the sealing nonce are one
+            return self._send(device_id, payload, now)
+
+    def _send(self, device_id, payload, now):
         dev = bytes(device_id)
         s = self._live(dev, now)
         if not s:

@@ -24,7 +24,9 @@ MAX_WINDOW = const(4096)  # 512 bytes of bitmap; larger windows buy nothing on a
 
 
 class ReplayWindow:
-    """Remembers which of the last ``size`` nonces were accepted."""
+    """Remembers which of the last ``size`` nonces were accepted. Not
+    shareable between threads (``check`` then ``commit`` are two steps):
+    reached through its ``Transport``'s session lock."""
 
     def __init__(self, size=DEFAULT_WINDOW):
         if size < 8 or size > MAX_WINDOW or size % 8:

@@ -22,9 +22,28 @@ Invariants:
   directory (``count_refusal``).
 - Rule 4: a device re-handshakes on an (unauthenticated) hint at most once
   per ``hint_interval`` of the caller's clock, so forged hints cannot force a
-  storm of handshakes.
+  storm of handshakes. Without a clock (``now=None``) the limit counts
+  instead: at most one per ``hint_interval`` data messages sent.
 - Rule 5: ``DeviceSession.send_into`` and ``receive_into`` allocate nothing
   per message on MicroPython once the session exists.
+- Rule 7: threads. The core imports no threading (MicroPython), so a
+  ``DeviceSession`` or ``PeerSessions`` is shareable between threads only
+  when the host passes ``lock=`` (e.g. ``threading.Lock()``): every public
+  method then runs under it, which makes reading a ``Transport``'s send
+  nonce for the header and using it one step (no nonce goes out twice), and
+  a replay-window check and its commit one step. Without ``lock`` (boards,
+  single-threaded hosts), one thread at a time. A ``Transport`` is never
+  shared on its own: it is reached through its session's lock.
+- Rule 8: a lost counter store recovers. A message 1 that authenticates
+  but whose counter is not above the highest the peer holds (the device's
+  store was wiped or restored) is refused as before (peer Rule 2), and the
+  peer answers with a message 2 of that same handshake whose payload is
+  ``COUNTER_NOTICE_TAG || highest counter`` (no session is made on either
+  side). Only the peer holding the pinned key (and PSK) can write it, bound
+  to this attempt's ephemeral, so it can be neither forged nor replayed;
+  the device's counter jumps past that value (``EV_COUNTER_BEHIND``) and
+  the next handshake succeeds. Replay protection is unchanged: the peer
+  still refuses every counter at or below the highest it holds.
 - Rule 6: sessions run NK or NKpsk0 (``SESSION_SUITES``). NKpsk2 mixes the
   PSK in only at message 2, so its message 1 (the 0-RTT reading and the
   replay counter) would authenticate nobody: anyone knowing the peer's key
@@ -54,6 +73,12 @@ EV_HANDSHAKE = const(1)  # handshake finished; out holds message 2's payload
 EV_DATA = const(2)  # out holds a transport plaintext
 EV_REHANDSHAKE = const(3)  # the peer lost our session: call handshake() again
 EV_REFUSED = const(4)  # the peer refused our message 1 (wrong pinned key, PSK, revoked)
+EV_COUNTER_BEHIND = const(5)  # our message-1 counter was behind the peer's; it jumped: handshake again
+
+# Message 2's payload is empty when the peer accepts message 1; on a stale
+# counter it is this tag and the highest counter the peer holds (Rule 8).
+COUNTER_NOTICE_TAG = const(1)
+COUNTER_NOTICE_BYTES = const(1 + 4)  # the tag, then COUNTER_BYTES (4)
 
 
 # NK and NKpsk0 of each hash (Rule 6); the same str objects as noise.SUITES.
@@ -83,7 +108,10 @@ class DeviceSession:
     ``self.last_len`` bytes of plaintext in ``out``;
     ``send_into(src, n, out, now)`` -> length of a data envelope in ``out``.
     Optional keyword limits: window, rekey_interval, max_messages, max_age,
-    max_payload, hint_interval.
+    max_payload, hint_interval; and ``lock`` (Rule 7).
+
+    Threads: shareable only if made with ``lock=`` (Rule 7); else one
+    thread at a time.
     """
 
     def __init__(self, backend, device_id, peer_id, peer_static, psk, counter,
@@ -107,6 +135,10 @@ class DeviceSession:
         self._opts = opts
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
         self._last_hint = None
+        self._lock = opts.get("lock")
+        # Rule 4 without a clock: data messages still to send before a hint
+        # is acted on again (counts down to 0; stays a small int).
+        self._hint_wait = 0
         self._hs = None
         self._pending_sid = -1
         self.transport = None
@@ -119,6 +151,13 @@ class DeviceSession:
         """Starts a new handshake; returns the hs1 envelope. The current
         session (if any) keeps working until message 2 arrives. Raises
         ``MessageTooLarge``, ``LocalError`` (counter exhausted)."""
+        lk = self._lock
+        if lk is None:
+            return self._handshake(payload)
+        with lk:
+            return self._handshake(payload)
+
+    def _handshake(self, payload):
         if len(payload) > self.max_payload:
             raise MessageTooLarge("payload exceeds max_payload")
         c = self._counter.next()
@@ -156,6 +195,13 @@ class DeviceSession:
         ``DecodeError`` (malformed, not for us, unexpected), ``ReplayError``,
         ``AuthError``; on any error the session is unchanged, except that a
         message 2 that fails authentication ends that handshake attempt."""
+        lk = self._lock
+        if lk is None:
+            return self._receive_into(buf, n, out, now)
+        with lk:
+            return self._receive_into(buf, n, out, now)
+
+    def _receive_into(self, buf, n, out, now):
         env = self._env.decode_into(buf, n, E.envelope_limit(self.max_payload))
         if not env.dst_is(self.device_id) or not env.src_is(self.peer_id):
             raise DecodeError("envelope not addressed to us")
@@ -180,6 +226,16 @@ class DeviceSession:
             # a replayed message 2 meets "unexpected", a remote error.
             self._hs = None
             payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
+            if len(payload) == COUNTER_NOTICE_BYTES and payload[0] == COUNTER_NOTICE_TAG:
+                # Authenticated: our counter store was lost (Rule 8). The
+                # big-endian counter is read here: a device build strips
+                # counter.get_counter (peer-only).
+                v = 0
+                for i in range(1, COUNTER_NOTICE_BYTES):
+                    v = (v << 8) | payload[i]
+                self._counter.skip_past(v)
+                self.last_len = 0
+                return EV_COUNTER_BEHIND
             if self.transport is not None:
                 self._prev = (self.transport, self.sid)
             self.transport = hs.into_transport(**_limits(self._opts, now))
@@ -198,7 +254,13 @@ class DeviceSession:
             if env.sid != self.sid and env.sid != self._pending_sid:
                 return EV_NONE  # about a session we no longer have
             gap = self._opts.get("hint_interval", DEFAULT_HINT_INTERVAL)
-            if now is not None and self._last_hint is not None and now - self._last_hint < gap:
+            if now is None:
+                # Rule 4 without a clock: data messages sent are the clock.
+                if self._hint_wait > 0:
+                    return EV_NONE
+                self._hint_wait = gap
+                return EV_REHANDSHAKE
+            if self._last_hint is not None and now - self._last_hint < gap:
                 return EV_NONE  # Rule 4
             self._last_hint = now
             return EV_REHANDSHAKE
@@ -214,6 +276,13 @@ class DeviceSession:
         """Seals ``src[:n]`` into a data envelope in ``out``; returns its
         length. Raises ``LocalError`` (no session), ``SessionExpired``,
         ``MessageTooLarge``, ``BufferTooSmall``."""
+        lk = self._lock
+        if lk is None:
+            return self._send_into(src, n, out, now)
+        with lk:  # the header's nonce and the sealing nonce are one (Rule 7)
+            return self._send_into(src, n, out, now)
+
+    def _send_into(self, src, n, out, now):
         tr = self.transport
         if tr is None:
             raise LocalError("no session: handshake first")
@@ -221,7 +290,10 @@ class DeviceSession:
             raise SessionExpired("session spent; handshake again")
         off = E.encode_header_into(out, E.HEAD_DATA, self.device_id, self.peer_id,
                                    self.sid, tr.send_nonce, n + TAG_BYTES)
-        return off + tr.encrypt_into(out, off, src, 0, n, out, off, now)
+        w = off + tr.encrypt_into(out, off, src, 0, n, out, off, now)
+        if self._hint_wait > 0:
+            self._hint_wait -= 1
+        return w
 
     def send(self, payload, now=None):
         """Allocating convenience: returns the data envelope bytes."""

@@ -61,7 +61,12 @@ def rekey(backend, k):
 
 
 class Transport:
-    """Encrypts and decrypts transport messages with explicit nonces."""
+    """Encrypts and decrypts transport messages with explicit nonces.
+
+    Threads: not shareable. Reading ``send_nonce`` for a header and sealing
+    under it, or a replay check and its commit, are separate steps; reach a
+    shared one only through a session made with ``lock=``
+    (``device/session.py`` Rule 7)."""
 
     def __init__(self, backend, send_key, recv_key, remote_static, handshake_hash,
                  window=DEFAULT_WINDOW, rekey_interval=DEFAULT_REKEY_INTERVAL,

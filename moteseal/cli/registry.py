@@ -10,7 +10,9 @@ import click
 
 from moteseal.keys import fingerprint as fp
 from moteseal.config import KDF_LEVELS, load_config
-from moteseal.keys.keyfile import normalize_passphrase
+from moteseal.keys.keyfile import (MAX_KEY_FILE_BYTES, KeyFileError, is_encrypted,
+                                   normalize_passphrase, passphrase_from_env,
+                                   read_private_file)
 from moteseal.cli.keys import (
     PASS_HELP,
     common_options,
@@ -220,6 +222,26 @@ def registry_keys(check: bool, passphrase: bool, peer: str | None, registry_path
 # ---------------------------------------------------------------- rotate
 
 
+def _refuse_dropping_protection(reg) -> None:
+    """Raise ``KeyFileError`` (exit 3) if the current key file is
+    passphrase-protected, or cannot be read to tell: a new key written in
+    the clear would silently drop that protection."""
+    for k in reg.peer_keys():
+        if k["state"] != "current":
+            continue
+        path = k["key_path"]
+        try:
+            protected = is_encrypted(read_private_file(path, MAX_KEY_FILE_BYTES), path)
+        except (OSError, KeyFileError) as e:
+            raise KeyFileError(
+                f"cannot tell whether the current key {path} is passphrase-protected ({e}); "
+                "give --passphrase (or set MOTESEAL_PASSPHRASE) to encrypt the new key") from None
+        if protected:
+            raise KeyFileError(
+                f"the current key {path} is passphrase-protected and the new key would be written "
+                "unencrypted; give --passphrase (or set MOTESEAL_PASSPHRASE) to protect it too")
+
+
 @click.command("rotate")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="File for the new private key (0600).")
 @click.option("--pub", "pub_out", type=click.Path(dir_okay=False), help="Public key file (default: OUT with .pub).")
@@ -241,7 +263,9 @@ def rotate(out: str | None, pub_out: str | None, passphrase: bool, kdf: str | No
     or 'registry list --old-key' lists them). Step 3 (--retire): the old key
     is no longer served; refused while devices still pin only it, unless
     --force. A running peer picks up each step at the next handshake (check
-    that it can open the new key: 'registry keys --check').
+    that it can open the new key: 'registry keys --check'). If the current
+    key file is passphrase-protected, so must the new one be: --passphrase
+    or $MOTESEAL_PASSPHRASE, else rotate refuses (exit 3) and writes nothing.
 
     \b
     Examples:
@@ -255,6 +279,8 @@ def rotate(out: str | None, pub_out: str | None, passphrase: bool, kdf: str | No
     with open_registry(cfg, peer, registry_path) as reg:
         if out:
             reg.check_can_rotate()  # refuse before a key file is written
+            if not passphrase and passphrase_from_env() is None:
+                _refuse_dropping_protection(reg)
             kp, pub_path = make_key(out, pub_out, passphrase, kdf or cfg.get("keys", "kdf"), force=False)
             reg.rotate_to(kp.pub, out)
             action = {"rotated_to": kp.pub.hex(), "key_file": out, "public_key_file": pub_path,

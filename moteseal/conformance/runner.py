@@ -33,8 +33,12 @@ DHS = ("25519",)
 CIPHERS = ("ChaChaPoly",)
 HASHES = ("SHA256", "BLAKE2s")
 ROLES = ("initiator", "responder")
-# Noise section 3: a message is at most 65535 bytes; payload = that - e - tag.
-VECTOR_MAX_PAYLOAD_BYTES = 65535 - 32 - 16
+# Noise section 3: a message is at most 65535 bytes.
+NOISE_MAX_MESSAGE_BYTES = 65535
+# A handshake message of NK carries e before its payload: 65535 - e - tag.
+VECTOR_MAX_PAYLOAD_BYTES = NOISE_MAX_MESSAGE_BYTES - 32 - 16
+# A transport message is the sealed payload alone: 65535 - tag.
+VECTOR_MAX_TRANSPORT_PAYLOAD_BYTES = NOISE_MAX_MESSAGE_BYTES - 16
 # Standard Noise never rekeys on its own: one epoch for every 64-bit nonce.
 NO_REKEY = 1 << 64
 MOTESEAL_FORMAT = 1  # the "moteseal_vectors" value this runner reads
@@ -164,6 +168,7 @@ def _noise_role(v, role, make_backend):
     for i in (0, 1):
         m = msgs[i]
         label = "message " + str(i + 1)
+        _noise_limit(label, m)
         if i % 2 == writes:
             _check(label + " ciphertext", hs.write_message(_h(m, "payload")), _h(m, "ciphertext"))
         else:
@@ -177,11 +182,12 @@ def _noise_role(v, role, make_backend):
         notes.append("no handshake_hash in vector: not checked")
     else:
         _check("handshake hash", hs.handshake_hash, want_hash)
-    t = hs.into_transport(rekey_interval=NO_REKEY, max_payload=VECTOR_MAX_PAYLOAD_BYTES)
+    t = hs.into_transport(rekey_interval=NO_REKEY, max_payload=VECTOR_MAX_TRANSPORT_PAYLOAD_BYTES)
     recv_nonce = 0
     for i in range(2, len(msgs)):
         m = msgs[i]
         label = "message " + str(i + 1)
+        _noise_limit(label, m)
         if i % 2 == writes:
             pt = _h(m, "payload")
             out = bytearray(len(pt) + TAG_BYTES)
@@ -197,6 +203,15 @@ def _noise_role(v, role, make_backend):
             recv_nonce += 1
             _check(label + " payload", out[:n], _h(m, "payload"))
     return "; ".join(notes) if notes else None
+
+
+def _noise_limit(label, m):
+    # Over Noise's own limit the vector is invalid: say so, rather than
+    # report our transport's refusal as the message being "rejected".
+    for key, extra in (("ciphertext", 0), ("payload", TAG_BYTES)):
+        if len(_h(m, key)) + extra > NOISE_MAX_MESSAGE_BYTES:
+            raise VectorFailed(label + " is longer than Noise's 65535-byte message limit"
+                               " (section 3): invalid vector")
 
 
 # moteseal's own vectors (``moteseal vectors generate``, docs/conformance.md).

@@ -14,6 +14,13 @@ Invariants:
   messages (bench/bench_core.py prints both). OpenSSL writes plaintext
   before it checks the tag, so on failure that range is zeroed here, as
   libsodium does: no unauthenticated plaintext is left in a caller's buffer.
+- Threads: every object here may be shared between threads. No call writes
+  to state kept between calls: each X25519 writes into its own fresh
+  buffer (libsodium releases the GIL, so a shared scratch buffer handed one
+  thread's DH secret to another), a cipher holds only its immutable key
+  (and ``cryptography``'s stateless AEAD object, made once), a hash object
+  holds constants.
+- A nonce outside 0 .. 2^64 - 1 raises ``LocalError``, as on MicroPython.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ LARGE_BYTES = 448  # plaintext size from which OpenSSL's ChaCha20 beats libsodiu
 
 
 class NaclCipher:
-    """ChaCha20-Poly1305 (RFC 8439) under one 32-byte key."""
+    """ChaCha20-Poly1305 (RFC 8439) under one 32-byte key. May be shared
+    between threads (it keeps no per-call state)."""
 
     __slots__ = ("_key", "_big")
 
@@ -111,7 +119,24 @@ def _writable(buf) -> None:
 _from = ffi.from_buffer
 _encrypt = lib.crypto_aead_chacha20poly1305_ietf_encrypt
 _decrypt = lib.crypto_aead_chacha20poly1305_ietf_decrypt
-_pack = _NONCE.pack
+_pack_struct = _NONCE.pack
+
+
+def _new_out():
+    return ffi.new("unsigned char[32]")
+
+
+def _unpack_out(out) -> bytes:
+    return ffi.buffer(out, 32)[:]
+
+
+def _pack(nonce: int) -> bytes:
+    # The contract's nonce is a uint64 (device/backend.py); struct.error for
+    # anything else would escape the error tree.
+    try:
+        return _pack_struct(nonce)
+    except (struct.error, TypeError):
+        raise LocalError("nonce must be an integer in 0 .. 2^64 - 1") from None
 
 
 class _Hash:
@@ -140,30 +165,36 @@ _HASHES = {
 
 
 class NaclBackend:
-    """Primitives for the core on CPython (contract: device/backend.py)."""
+    """Primitives for the core on CPython (contract: device/backend.py).
+
+    May be shared between threads: every call works on its own buffers (see
+    the module's "Threads" invariant). Only the test hook
+    ``fixed_ephemeral_key_for_testing_only`` is state, and production never
+    sets it."""
 
     name = "nacl"
 
     def __init__(self) -> None:
         self.fixed_ephemeral_key_for_testing_only: list[bytes] | None = None
-        self._out = bytearray(32)
-        self._outp = ffi.from_buffer(self._out)
 
     def x25519(self, priv: bytes, pub: bytes) -> bytes:
         if len(priv) != 32 or len(pub) != 32:
             raise LocalError("X25519 keys are 32 bytes")
+        # A fresh output per call: crypto_scalarmult runs without the GIL.
+        out = _new_out()
         # libsodium returns -1 for a low-order point WITHOUT writing the
-        # output (the buffer would still hold the previous DH result), so
-        # return the all-zero value the contract names; the core rejects it.
-        if lib.crypto_scalarmult(self._outp, priv, pub) != 0:
+        # output, so return the all-zero value the contract names; the core
+        # rejects it.
+        if lib.crypto_scalarmult(out, priv, pub) != 0:
             return bytes(32)
-        return bytes(self._out)
+        return _unpack_out(out)
 
     def x25519_base(self, priv: bytes) -> bytes:
         if len(priv) != 32:
             raise LocalError("X25519 keys are 32 bytes")
-        lib.crypto_scalarmult_base(self._outp, priv)
-        return bytes(self._out)
+        out = _new_out()  # fresh per call, as in x25519
+        lib.crypto_scalarmult_base(out, priv)
+        return _unpack_out(out)
 
     def random_bytes(self, n: int) -> bytes:
         return os.urandom(n)

@@ -27,8 +27,10 @@ Invariants:
   flipped bit anywhere in ``pub`` or ``priv`` is an error, not a silent key
   change. For encrypted files the Poly1305 tag covers ``priv`` and the
   argon2id key covers ``salt``, ``ops`` and ``mem``.
-- The argon2id cost read from a file is bounded (``MEMLIMIT_SENSITIVE``), so a
-  tampered file cannot make us allocate without limit.
+- Every KDF parameter read from a file is bounded before any derivation
+  (``KDF_OPS_MAX``, ``KDF_MEM_MAX``: our costliest profile, "sensitive"),
+  so a tampered file can neither allocate without limit nor keep a process
+  deriving for minutes; it is refused (exit 3) at once.
 - Failures raise ``KeyFileError`` (or a subclass) with the file name and what
   to do; nothing here prints or logs key bytes or passphrases.
 """
@@ -61,6 +63,10 @@ KDF_COSTS = {
     "moderate": (argon2id.OPSLIMIT_MODERATE, argon2id.MEMLIMIT_MODERATE),
     "sensitive": (argon2id.OPSLIMIT_SENSITIVE, argon2id.MEMLIMIT_SENSITIVE),
 }
+# Bounds on the argon2id cost read from a file: nothing we write costs more
+# than the "sensitive" profile (4 passes over 1 GiB, a few seconds).
+KDF_OPS_MIN, KDF_OPS_MAX = argon2id.OPSLIMIT_MIN, argon2id.OPSLIMIT_SENSITIVE  # 1, 4
+KDF_MEM_MIN, KDF_MEM_MAX = argon2id.MEMLIMIT_MIN, argon2id.MEMLIMIT_SENSITIVE  # 8 KiB, 1 GiB
 PASSPHRASE_ENV = "MOTESEAL_PASSPHRASE"
 PUB_PREFIX = "moteseal-pub v1 x25519 "
 
@@ -284,10 +290,10 @@ def decode_key_file(data: bytes, passphrase: bytes | None, source: str = "key fi
         mem = _field(doc, "mem", int, source)
         salt = _field(doc, "salt", bytes, source, SALT_BYTES)
         box = _field(doc, "box", bytes, source, BOX_BYTES)
-        if not (argon2id.OPSLIMIT_MIN <= ops <= argon2id.OPSLIMIT_MAX) or not (
-            argon2id.MEMLIMIT_MIN <= mem <= argon2id.MEMLIMIT_SENSITIVE
-        ):
-            raise KeyFileError(f"{source}: argon2id cost out of range (corrupted file)")
+        if not (KDF_OPS_MIN <= ops <= KDF_OPS_MAX) or not (KDF_MEM_MIN <= mem <= KDF_MEM_MAX):
+            raise KeyFileError(
+                f"{source}: argon2id cost out of range (ops {KDF_OPS_MIN}..{KDF_OPS_MAX}, "
+                f"mem {KDF_MEM_MIN}..{KDF_MEM_MAX} bytes): corrupted or tampered file")
         if passphrase is None:
             raise PassphraseRequired(
                 f"{source}: the key file is encrypted; pass --passphrase to be prompted "

@@ -64,7 +64,8 @@ class MqttLink:
     """One id's MQTT connection: ``send(envelope)``, ``recv(timeout)``.
 
     Pass ``on_envelope`` to get each envelope in paho's network thread
-    instead of through ``recv``.
+    instead of through ``recv``. May be shared between threads: ``send``
+    and ``recv`` may be called from any thread.
     """
 
     def __init__(self, device_id: str, host: str = "127.0.0.1", port: int = 1883, *,

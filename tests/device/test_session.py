@@ -31,7 +31,10 @@ def test_replayed_msg1_is_rejected_and_counted():
     with pytest.raises(ReplayError) as e:
         p.peer.receive(hs1)
     assert p.directory.refusals == {"replay": 1}
-    assert E.decode(e.value.reply).reason == E.HINT_REFUSED
+    # The answer is session.py Rule 8's authenticated counter notice (a
+    # message 2 that makes no session), not a bare refusal hint.
+    assert E.decode(e.value.reply).type == E.HS2
+    assert len(p.peer.sessions(b"sensor-1")) == 1
 
 
 def test_message1_counter_is_monotonic_across_reboots():

@@ -19,7 +19,7 @@ import pytest
 from device import envelope as E
 from device.errors import AuthError, LocalError
 from device.noise import NKInitiator, NKResponder
-from device.session import EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REHANDSHAKE
+from device.session import EV_COUNTER_BEHIND, EV_DATA, EV_HANDSHAKE, EV_NONE, EV_REHANDSHAKE
 
 from .world import HOUR, PEER, World, flips, hint, rewrite
 
@@ -44,10 +44,11 @@ def test_replayed_message1_is_refused_now_and_hours_later(suite):
     before = sessions_of(w, S1)
     for now in (1, HOUR, 48 * HOUR):
         reply = w.up(hs1, now=now)
-        # The refusal is a hint the relay may pass on; the device ignores a
-        # hint about a session it is not waiting for... except its own
-        # current one, which it answers at most once per interval.
-        assert E.decode(reply).reason == E.HINT_REFUSED
+        # The refusal is session.py Rule 8's counter notice: a message 2 of
+        # the replayed handshake, unreadable without its ephemeral; the
+        # device, not waiting for it, drops it as unexpected.
+        assert E.decode(reply).type == E.HS2
+        assert w.down(S1, reply, now=now) == "DecodeError"
     assert w.peer_errors["ReplayError"] == 3
     assert w.directory.refusals == {"replay": 3}
     assert sessions_of(w, S1) == before  # the replay replaced no session
@@ -479,9 +480,14 @@ def test_plain_nk_senders_are_anonymous_as_documented():
     forged = header + mine.write_message(b"\x00\x10\x00\x00" + b"fake!")
     assert w.up(forged) is not None
     assert w.peer_app[-1] == (S1, b"fake!")  # accepted: plain NK cannot tell
-    # ... and the genuine device's next counter is now below the forged one.
-    w.up(w.hs1(S1))
+    # ... and the genuine device's next counter is now below the forged one:
+    # refused once, with the peer's authenticated counter notice (session.py
+    # Rule 8), after which the device's counter is past the forged one.
+    notice = w.up(w.hs1(S1))
     assert w.directory.refusals == {"replay": 1}
+    assert w.down(S1, notice) == EV_COUNTER_BEHIND
+    w.handshake(S1)
+    assert w.directory.counters[S1] == 0x100000 + 1
     # The same attack on NKpsk0 is refused.
     v = World()
     mine = NKInitiator(v.backend, v.static[1], v.backend.random_bytes(32),
