@@ -119,6 +119,14 @@ class Outbox:
         if self.boot < 0:
             self.boot = boot & _U32
 
+    def rename(self, boot):
+        """Names the run anew (``boot`` above every earlier run's), after the
+        peer said our message-1 counter was behind (``EV_COUNTER_BEHIND``: a
+        lost counter file, so this run's first counter repeated an old run's
+        and the peer would take its readings for duplicates). Retained
+        readings go out under the new name when they are sent again."""
+        self.boot = boot & _U32
+
     def count(self):
         """Readings retained, not yet acknowledged."""
         return self.next_seq - self.first
@@ -153,6 +161,7 @@ class Outbox:
         if seq < self.first or seq >= self.next_seq:
             raise LocalError("outbox: no such reading")
         v = self._views[seq % self.slots]
+        _put32(v, 1, self.boot)  # the run's current name (``rename``)
         v[9] = seq - self.first
         return v
 

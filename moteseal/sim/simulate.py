@@ -31,7 +31,8 @@ import cbor2
 from device.errors import LocalError, RemoteError, SessionExpired
 from moteseal.links.mqtt_link import MqttLink
 from device.delivery import Outbox
-from device.session import EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE, DeviceSession
+from device.session import (EV_COUNTER_BEHIND, EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE,
+                            DeviceSession)
 
 __all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading"]
 
@@ -219,6 +220,18 @@ class SimulatedSensor:
         elif ev == EV_DATA:
             self.counts["from_peer"] += 1
             self._emit(event="from_peer", size=len(payload))
+        elif ev == EV_COUNTER_BEHIND:
+            # Our counter file was lost or rolled back; the counter jumped
+            # past the peer's. A new run name keeps retained readings from
+            # looking like an old run's duplicates; handshake again.
+            self.counts["counter_behind"] = self.counts.get("counter_behind", 0) + 1
+            if self.outbox is not None:
+                self.outbox.rename(self.session._counter.peek())
+            self.session_lost = True
+            self._emit(event="counter_behind", action="handshake again")
+            if self._can_handshake(now):
+                self._handshake(self._next_reading(), now, "counter")
+                self.next_due = now + self.interval
         elif ev == EV_REFUSED:
             # The peer refused message 1 (unknown or revoked device, wrong PSK
             # or pinned key). The next reading retries, at most once per

@@ -215,3 +215,23 @@ micropython.heap_unlock()
 print(json.dumps([ok, n, box.count(), box.next_seq, box.evicted]))
 """)
     assert out == [True, 26, 0, 100, 0]
+
+
+def test_a_renamed_run_is_delivered_after_a_lost_counter_file(tmp_path: Path) -> None:
+    """After a lost counter file the device's new run starts with a counter
+    the peer has seen (its readings look like an old run's duplicates); the
+    counter notice (EV_COUNTER_BEHIND) renames the run and the retained
+    readings then arrive."""
+    inbox = Inbox(ReadingStore(tmp_path / "r.db"))
+    before = D.Outbox()
+    before.start(40)
+    before.add(b"old", 3)
+    assert inbox.accept("d", _frame(before, 0)).body == b"old"
+    wiped = D.Outbox()
+    wiped.start(0)  # the counter restarted at 0
+    wiped.add(b"new", 3)
+    assert inbox.accept("d", _frame(wiped, 0)).duplicate  # dropped, never stored
+    wiped.rename(41)  # the counter jumped past the peer's 40
+    got = inbox.accept("d", _frame(wiped, 0))
+    assert got.body == b"new" and D.parse_reading(_frame(wiped, 0), 13)[0] == 41
+    assert [r[4] for r in inbox.store.readings("d")] == [b"old", b"new"]
