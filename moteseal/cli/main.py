@@ -37,6 +37,9 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "vectors": ("moteseal.cli.vectors", "vectors_group"),
     "interop": ("moteseal.cli.vectors", "interop_cmd"),
     "flash": ("moteseal.cli.flash", "flash_group"),
+    "hub": ("moteseal.cli.hub", "hub_group"),
+    "readings": ("moteseal.cli.hub", "readings_cmd"),
+    "send": ("moteseal.cli.hub", "send_cmd"),
 }
 
 # Commands added to a group that lives below moteseal/ and may not hold them:

@@ -31,7 +31,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
              "password_file": (str, ""), "tls": (bool, False), "ca_file": (str, "")},
     "store": {"max_age_days": ((int, float), 365), "max_rows": (int, 10_000_000)},
     "dashboard": {"enabled": (bool, True), "bind": (str, "127.0.0.1"), "port": (int, 8080),
-                  "token_file": (str, "")},
+                  "token_file": (str, ""), "gateway_status": (str, "")},
     "metrics": {"port": (int, 0), "bind": (str, "127.0.0.1")},
     "jsonl": {"enabled": (bool, False), "path": (str, "-")},
     "home_assistant": {"enabled": (bool, False), "host": (str, "127.0.0.1"), "port": (int, 1883),
@@ -66,6 +66,7 @@ enabled = true
 bind = "127.0.0.1"             # anything else requires the token below
 port = 8080
 token_file = "dashboard.token"
+gateway_status = ""            # the gateway's status file (gateway.toml [gateway] status_file), shown on the fleet page
 
 [metrics]
 port = 0                       # Prometheus metrics on this port (0: off; also /metrics on the dashboard)
@@ -150,7 +151,7 @@ def load(path: str | Path) -> HubConfig:
         _check_fields(p, where, table, nested=where == "fields")
     for key in ("port",):
         for section in ("mqtt", "dashboard", "home_assistant"):
-            if not 1 <= values[section][key] <= 65535:
+            if not 0 <= values[section][key] <= 65535:
                 raise HubConfigError(f"{p}: [{section}] {key} must be 1..65535")
     return HubConfig(p, values)
 

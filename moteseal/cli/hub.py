@@ -1,0 +1,240 @@
+"""``moteseal hub init|run``, ``moteseal readings`` and ``moteseal send``:
+the hub's commands (docs/hub.md). Errors map to the README's exit codes
+through ``moteseal.cli.errors``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from moteseal.cli.errors import require_parent
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> float:
+    """``30s``, ``15m``, ``1h``, ``2d``, ``1w`` -> seconds. Raises ``click.BadParameter``."""
+    m = _SINCE.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r}: a number and s, m, h, d or w (e.g. 1h)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@click.group("hub")
+def hub_group() -> None:
+    """The hub: the long-running peer that stores readings, feeds sinks
+    (Home Assistant, JSON lines) and serves the dashboard.
+
+    \b
+    Examples:
+      moteseal hub init --registry hub1.sqlite --out hub.toml
+      moteseal hub run --config hub.toml
+    """
+
+
+@hub_group.command("init")
+@click.option("--registry", required=True, type=click.Path(dir_okay=False),
+              help="The peer's registry (from `moteseal keygen --registry`).")
+@click.option("--out", default="hub.toml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the configuration.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init_cmd(registry: str, out: str, force: bool) -> None:
+    """Write a hub.toml with sensible defaults: the embedded store and the
+    dashboard on, bound to 127.0.0.1, and a random dashboard token (0600)
+    for when you bind it elsewhere.
+
+    \b
+    Examples:
+      moteseal hub init --registry hub1.sqlite
+      moteseal hub init --registry /var/lib/moteseal/hub1.sqlite --out /etc/moteseal/hub.toml
+    """
+    from moteseal.hub.config import TEMPLATE
+    from moteseal.keys.registry import Registry
+
+    require_parent(out, "--out")
+    path = Path(out)
+    if path.exists() and not force:
+        raise click.UsageError(f"{out} exists (--force overwrites it)")
+    reg = Registry(registry)
+    try:
+        peer = reg.peer_id.decode()
+    finally:
+        reg.close()
+    rel = os.path.relpath(Path(registry).resolve(), path.resolve().parent)
+    path.write_text(TEMPLATE.format(registry=rel, peer=peer))
+    token = path.parent / "dashboard.token"
+    if not token.exists():
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+    click.echo(f"wrote {out} for peer {peer}; next: moteseal hub run --config {out}")
+
+
+@hub_group.command("run")
+@click.option("--config", "config_path", default="hub.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="The hub's configuration (moteseal hub init).")
+@click.option("--seconds", type=click.FloatRange(0), default=None,
+              help="Stop after this long (default: until Ctrl-C or SIGTERM).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event on stdout.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def run_cmd(config_path: str, seconds: float | None, as_json: bool, quiet: bool) -> None:
+    """Run the hub: answer handshakes, store and acknowledge every reading,
+    feed the sinks, send queued commands, serve the dashboard. A second hub
+    for the same registry refuses to start. The passphrase of an encrypted
+    peer key comes from $MOTESEAL_PASSPHRASE.
+
+    \b
+    Examples:
+      moteseal hub run --config hub.toml
+      moteseal hub run --config /etc/moteseal/hub.toml --json --seconds 60
+    """
+    from moteseal.hub.config import load
+    from moteseal.hub.service import Hub
+    from moteseal.keys.keyfile import passphrase_from_env
+    from moteseal.peer.listen import format_report
+
+    cfg = load(config_path)
+    lock = threading.Lock()
+
+    def show(r: dict) -> None:
+        if quiet:
+            return
+        with lock:
+            click.echo(json.dumps(r, sort_keys=True) if as_json else format_report(r))
+
+    hub = Hub(cfg, passphrase=passphrase_from_env(), on_report=show).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if seconds is not None:
+        t = threading.Timer(seconds, stop.set)
+        t.daemon = True
+        t.start()
+    if hub.dashboard is not None:
+        click.echo(f"hub {hub.peer_id}: dashboard at {hub.dashboard.url}", err=True)
+        if hub.dashboard.needs_token:
+            click.echo("dashboard bound beyond loopback: every request needs the token "
+                       f"from {cfg.path_of('dashboard', 'token_file')}", err=True)
+    else:
+        click.echo(f"hub {hub.peer_id} running (no dashboard)", err=True)
+    try:
+        hub.run(stop)
+    finally:
+        hub.close()
+
+
+def _store_path(config_path: str | None, store: str | None) -> str:
+    if store:
+        if not Path(store).exists():
+            raise click.UsageError(f"--store {store}: no such file")
+        return store
+    from moteseal.hub.config import load
+    cfg = load(config_path or "hub.toml")
+    path = cfg.path_of("hub", "store")
+    if path is None or not path.exists():
+        raise click.UsageError(f"{cfg.path}: its store {path} does not exist yet (run the hub first)")
+    return str(path)
+
+
+@click.command("readings")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="hub.toml whose store to read (default: ./hub.toml).")
+@click.option("--store", default=None, type=click.Path(dir_okay=False),
+              help="A store file to read instead of the config's.")
+@click.option("--device", default=None, help="Only this device.")
+@click.option("--field", default=None, help="Only this field.")
+@click.option("--since", default=None, help="Only this recent: 30s, 15m, 1h, 2d, 1w.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per field value.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option("--follow", is_flag=True, help="Keep printing new readings as the hub stores them.")
+def readings_cmd(config_path: str | None, store: str | None, device: str | None, field: str | None,
+                 since: str | None, as_json: bool, as_csv: bool, follow: bool) -> None:
+    """Print stored readings, one line per field value, also while the hub
+    runs (the store is read-only here). --follow watches live telemetry
+    without disturbing the hub.
+
+    \b
+    Examples:
+      moteseal readings --since 1h
+      moteseal readings --device sensor-7 --field t --csv > t.csv
+      moteseal readings --follow --json
+    """
+    from moteseal.hub.store import query
+
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
+    path = _store_path(config_path, store)
+    cutoff = time.time() - parse_since(since) if since else None
+    writer = csv.writer(sys.stdout) if as_csv else None
+    if writer is not None:
+        writer.writerow(["time", "device", "seq", "field", "value"])
+    last = 0
+    while True:
+        for rid, dev, seq, ts, name, value in query(path, device, field, cutoff, last):
+            last = max(last, rid)
+            when = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+            if as_json:
+                click.echo(json.dumps({"ts": round(ts, 3), "device": dev, "seq": seq,
+                                       "field": name, "value": value}, sort_keys=True))
+            elif writer is not None:
+                writer.writerow([when.isoformat(timespec="seconds"), dev, seq, name, value])
+            else:
+                shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+                click.echo(f"{when:%Y-%m-%d %H:%M:%S}Z  {dev:<16} {seq:>6}  {name:<10} {shown}")
+        sys.stdout.flush()
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+@click.command("send")
+@click.argument("device")
+@click.argument("command")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="hub.toml of the running hub (default: ./hub.toml).")
+@click.option("--wait", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Seconds to wait until the hub has sent it to the device.")
+@click.option("--json", "as_json", is_flag=True, help="Print the command's state as JSON.")
+def send_cmd(device: str, command: str, config_path: str | None, wait: float, as_json: bool) -> None:
+    """Queue a command for DEVICE through the running hub. It goes down end to
+    end, encrypted, right after the device's next message (sleeping devices
+    too); exit 0 once queued (or, with --wait, once sent; 1 if not sent in
+    time). At most 200 bytes and 16 queued per device.
+
+    \b
+    Examples:
+      moteseal send sensor-7 'interval=30'
+      moteseal send sensor-7 'interval=300' --wait 60 --json
+    """
+    from moteseal.hub.store import HubStore
+
+    path = _store_path(config_path, None)
+    store = HubStore(path)
+    try:
+        cid = store.queue_command(device, command.encode())
+        deadline = time.monotonic() + wait
+        state = store.command(cid)
+        while wait and state and state["state"] != "sent" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            state = store.command(cid)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(state, sort_keys=True))
+    else:
+        click.echo(f"command {cid} for {device}: {state['state'] if state else '?'}")
+    if wait and (state is None or state["state"] != "sent"):
+        sys.exit(1)
