@@ -8,26 +8,22 @@ store holds every reading of every device exactly once, in order.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cbor2
 import pytest
 
+from tests.cli_fleet import CLI, make_fleet
+
 pytestmark = pytest.mark.mosquitto
 
-CLI = [sys.executable, "-m", "moteseal.cli.main"]
 DEVICES = [f"k-{i}" for i in range(10)]
 READINGS = 200
 
-
-def run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, **kw)
 
 
 class Peer:
@@ -72,20 +68,8 @@ def _stored(store: Path) -> dict[str, list[int]]:
 def test_every_reading_arrives_exactly_once_through_peer_and_gateway_kills(
         tmp_path: Path, mosquitto, gateway_process) -> None:
     broker = mosquitto(accounts={"gw": "gateway", "hub": "device"})
-    env = dict(os.environ, MOTESEAL_CONFIG=str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    reg = str(tmp_path / "hub.sqlite")
-    r = run("keygen", "--out", str(tmp_path / "hub.key"), "--peer", "hub", "--registry", reg, env=env)
-    assert r.returncode == 0, r.stderr
-    (tmp_path / "bundles").mkdir()
-    for d in DEVICES:
-        password = broker.add(d, "device")
-        r = run("provision", d, "--registry", reg, "--out", str(tmp_path / "bundles" / f"{d}.bundle"),
-                "--link", "mqtt", "--host", "127.0.0.1", "--port", str(broker.port),
-                "--username", d, env=dict(env, MOTESEAL_LINK_PASSWORD=password))
-        assert r.returncode == 0, r.stdout + r.stderr
+    env, reg = make_fleet(tmp_path, broker, DEVICES)
     gw = gateway_process(broker)
-    (tmp_path / "hub.mqtt").write_text(broker.passwords["hub"])
     store = tmp_path / "readings.sqlite"
     peer = Peer(["peer", "listen", "--registry", reg, "--port", str(broker.port),
                  "--password-file", str(tmp_path / "hub.mqtt"), "--json", "--store", str(store)],

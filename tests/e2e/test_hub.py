@@ -9,10 +9,8 @@ same registry refused.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,16 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_fleet import CLI, make_fleet, run
+
 from tests.conftest import MqttTestClient
 
 pytestmark = pytest.mark.mosquitto
 
-CLI = [sys.executable, "-m", "moteseal.cli.main"]
 SENSORS = ["h-1", "h-2"]
 
-
-def run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, **kw)
 
 
 def _wait(pred, timeout: float = 30.0, step: float = 0.2):
@@ -46,25 +42,13 @@ def _wait(pred, timeout: float = 30.0, step: float = 0.2):
 def world(tmp_path: Path, mosquitto, gateway_process):
     broker = mosquitto(accounts={"gw": "gateway", "hub1": "device"})
     ha_broker = mosquitto(auth=False)
-    env = dict(os.environ, MOTESEAL_CONFIG=str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    reg = tmp_path / "hub1.sqlite"
-    r = run("keygen", "--out", str(tmp_path / "hub1.key"), "--peer", "hub1", "--registry", str(reg), env=env)
-    assert r.returncode == 0, r.stderr
-    (tmp_path / "bundles").mkdir()
-    for s in SENSORS:
-        password = broker.add(s, "device")
-        r = run("provision", s, "--registry", str(reg), "--out", str(tmp_path / "bundles" / f"{s}.bundle"),
-                "--link", "mqtt", "--host", "127.0.0.1", "--port", str(broker.port),
-                "--username", s, env=dict(env, MOTESEAL_LINK_PASSWORD=password))
-        assert r.returncode == 0, r.stdout + r.stderr
+    env, reg = make_fleet(tmp_path, broker, SENSORS, peer="hub1")
     gateway_process(broker, peers=["hub1"])
-    r = run("hub", "init", "--registry", str(reg), "--out", str(tmp_path / "hub.toml"), env=env)
+    r = run("hub", "init", "--registry", reg, "--out", str(tmp_path / "hub.toml"), env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "dashboard.token").stat().st_mode & 0o777 == 0o600
     text = (tmp_path / "hub.toml").read_text()
     assert 'bind = "127.0.0.1"' in text and "enabled = true" in text  # store and dashboard on
-    (tmp_path / "hub1.mqtt").write_text(broker.passwords["hub1"])
     cfg = text.replace("port = 1883", f"port = {broker.port}", 1)
     cfg = cfg.replace("port = 8080", "port = 0")
     cfg = cfg.replace('[jsonl]\nenabled = false\npath = "-"', '[jsonl]\nenabled = true\npath = "readings.jsonl"')

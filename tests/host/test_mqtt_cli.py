@@ -5,39 +5,23 @@ and sensors, create their broker accounts, then `moteseal gateway run`,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import pytest
 
+from tests.cli_fleet import CLI, make_fleet, run
+
 pytestmark = pytest.mark.mosquitto
 
-CLI = [sys.executable, "-m", "moteseal.cli.main"]
 SENSORS = ["s-1", "s-2"]
 
-
-def run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, **kw)
 
 
 def test_provisioned_sensors_talk_to_a_listening_peer(tmp_path, mosquitto, gateway_process):
     broker = mosquitto(accounts={"gw": "gateway", "hub": "device"})
-    env = dict(os.environ, MOTESEAL_CONFIG=str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    reg = str(tmp_path / "hub.sqlite")
-    r = run("keygen", "--out", str(tmp_path / "hub.key"), "--peer", "hub", "--registry", reg, env=env)
-    assert r.returncode == 0, r.stderr
-    (tmp_path / "bundles").mkdir()
-    for s in SENSORS:
-        password = broker.add(s, "device")
-        r = run("provision", s, "--registry", reg, "--out", str(tmp_path / "bundles" / f"{s}.bundle"),
-                "--link", "mqtt", "--host", "127.0.0.1", "--port", str(broker.port),
-                "--username", s, env=dict(env, MOTESEAL_LINK_PASSWORD=password))
-        assert r.returncode == 0, r.stdout + r.stderr
+    env, reg = make_fleet(tmp_path, broker, SENSORS)
     gateway_process(broker)
-    (tmp_path / "hub.mqtt").write_text(broker.passwords["hub"])
     out_path = tmp_path / "peer.out"
     with open(out_path, "w") as out:
         peer = subprocess.Popen(CLI + ["peer", "listen", "--registry", reg, "--port", str(broker.port),
