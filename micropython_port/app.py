@@ -252,6 +252,17 @@ class Device:
         self._tick()
         s = self.session
         c = self.counts
+        hs = self._need_hs or s.transport is None or s.handshaking
+        if hs:  # due, or awaited: checked before read() runs
+            since = ticks_diff(ticks_ms(), self._hs_at)
+            if not self._need_hs and s.handshaking:
+                if since < self.hs_timeout_ms:
+                    return False  # message 2 may still come
+                why = "timeout"
+            else:
+                why = "new" if s.transport is None else "hint"
+            if since < _HS_GAP_MS and c["handshakes"]:
+                return False
         # The reading: {"up": now, "seq": n, <the user's fields>}
         # (docs/protocol.md, "Readings"), in the fixed buffer (Rule 4).
         b = self._buf
@@ -279,16 +290,7 @@ class Device:
             b[i + 2] = 0x65
             b[i + 3] = 0x71
             n = put_head(b, i + 4, 0, c["readings"])
-        if self._need_hs or s.transport is None or s.handshaking:
-            since = ticks_diff(ticks_ms(), self._hs_at)
-            if not self._need_hs and s.handshaking:
-                if since < self.hs_timeout_ms:
-                    return False  # message 2 may still come
-                why = "timeout"
-            else:
-                why = "new" if s.transport is None else "hint"
-            if since < _HS_GAP_MS and c["handshakes"]:
-                return False
+        if hs:
             out = s.handshake(memoryview(b)[:n], self.now)
             n = len(out)
             c["handshakes"] += 1
