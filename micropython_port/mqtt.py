@@ -100,6 +100,12 @@ class MQTTClient:
     ``LocalError`` if client id, user and password take more than 111
     bytes together (a CONNECT over 127).
 
+    ``on_error(event, detail)``, if given, names each failed connection
+    attempt and each lost connection (Rule 7). ``ca`` (DER bytes) and/or
+    ``pin`` (the SHA-256 of the server certificate's DER) make every
+    connection TLS, with ``server_name`` (default ``host``) checked and
+    sent as SNI (Rule 6).
+
     ``on_message`` runs inside the read loop, with the payload in the
     parser's buffer: it may call ``disconnect()`` and a QoS 0 ``publish``,
     not ``poll``, ``subscribe`` or a QoS 1 ``publish`` (those may read the
