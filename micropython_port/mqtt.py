@@ -36,7 +36,8 @@ Invariants:
   named once (``micropython_port.mqtt_tls.name_failure``) (``on_error(event, detail)``; ``error`` holds the last one):
   ``dns_failed``, ``connection_refused``, ``connection_failed`` (errno),
   ``tls_failed`` (``untrusted``, ``expired``, ``not_yet_valid``,
-  ``name_mismatch``, ``pin_mismatch``, ``handshake``), ``mqtt_refused``
+  ``name_mismatch``, ``pin_mismatch``, ``bad_ca``, ``pin_unsupported``,
+  ``out_of_memory``, ``handshake``), ``mqtt_refused``
   (``bad_protocol``, ``id_rejected``, ``server_unavailable``,
   ``bad_credentials``, ``not_authorized``, or the CONNACK code),
   ``connection_closed`` (``connack``: closed before answering), ``not_mqtt``

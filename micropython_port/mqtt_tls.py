@@ -103,7 +103,8 @@ def name_failure(stage, e):
     elif stage == 5 and code == _ECONNREFUSED:
         ev, d = "mqtt_refused", "subscribe"  # SUBACK 0x80: the ACL
     elif stage == 2:
-        ev, d = "tls_failed", "handshake"
+        # MBEDTLS_ERR_SSL_ALLOC_FAILED: the heap is too small for TLS.
+        ev, d = "tls_failed", "out_of_memory" if code == -0x7F00 else "handshake"
     elif stage == 1 and code == _ECONNREFUSED:
         ev, d = "connection_refused", None
     elif stage == 3 and code in (_ECONNRESET, _ENOTCONN):
