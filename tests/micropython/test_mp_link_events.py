@@ -198,3 +198,19 @@ def test_plain_tcp_to_the_tls_port_is_not_mqtt(mosquitto, fleet, pki, tmp_path) 
                      password=broker.passwords[DEVICE])
     _, events = run_device(fleet, bundle, tmp_path / "ctr", *RUN)
     assert _events(events)[0] in (("not_mqtt", "connack"), ("connection_closed", "connack")), events
+
+
+def test_a_broker_that_never_answers_is_a_connack_timeout(fleet, tmp_path) -> None:  # noqa: F811
+    """A listener that accepts the TCP connection and stays silent (a hung
+    broker): the device names the missing CONNACK, not a bare timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    try:
+        bundle = _bundle(fleet, tmp_path / "b", port=srv.getsockname()[1], username=DEVICE,
+                         password="x")
+        _, events = run_device(fleet, bundle, tmp_path / "ctr", "--count", "3",
+                               "--interval-ms", "200", "--run-ms", "7000")
+        assert _events(events)[0] == ("timeout", "connack"), events
+    finally:
+        srv.close()
