@@ -40,13 +40,18 @@ BUNDLE_MAX_BYTES = const(4096)  # a whole bundle; see Rule 4
 CHECK_BYTES = const(16)  # SHA-256 truncated: a checksum, not a signature
 PSK_BYTES = const(32)
 KEY_BYTES = const(32)
+PIN_BYTES = const(32)  # SHA-256
 ID_MAX_BYTES = const(16)  # docs/protocol.md: ids are 1..16 bytes
 _MAX_ITEMS = const(16)  # per array or map: 9 top-level fields, a few peers and keys
 _MAX_DEPTH = const(4)  # map > peers array > peer map > keys array
 
 FIELDS = ("format", "v", "device", "generation", "peers", "psk", "suite", "link", "check")
 LINK_FIELDS = {
-    "mqtt": {"kind": str, "host": str, "port": int, "username": str, "password": str},
+    # TLS (all optional, so older bundles read the same): "ca" the broker's
+    # CA certificate(s), DER; "pin" SHA-256 of the broker's certificate,
+    # DER; "server_name" the name its certificate must carry (default: host).
+    "mqtt": {"kind": str, "host": str, "port": int, "username": str, "password": str,
+             "ca": bytes, "pin": bytes, "server_name": str},
     "serial": {"kind": str, "port": str, "baud": int},
     "none": {"kind": str},
 }
@@ -253,6 +258,10 @@ def decode_bundle(data):
     for k in link:
         if k not in allowed or not isinstance(link[k], allowed[k]):
             raise BundleError("field 'link' missing or malformed")
+    if "pin" in link and len(link["pin"]) != PIN_BYTES:
+        raise BundleError("field 'link' pin is not a SHA-256 hash")
+    if "server_name" in link and "ca" not in link and "pin" not in link:
+        raise BundleError("field 'link' server_name without ca or pin")
     return Bundle(device_id, out, psk, suite, link, gen)
 
 

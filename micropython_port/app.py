@@ -47,9 +47,11 @@ _EV_DATA = const(2)
 _EV_REHANDSHAKE = const(3)
 _EV_REFUSED = const(4)
 
-# A reading (at most 26 bytes: the map, "up" and "seq" with 9-byte heads)
-# or a reply (a command, 21 bytes at most); sizes the device's buffers and
-# the link's. The peer sends nothing larger to a device.
+# A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
+# device up less than 18 hours and 65536 readings; the user's fields share
+# the rest: docs/protocol.md, "Readings") or a
+# command from the peer; sizes the device's buffers and the link's. The
+# peer sends nothing larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
 _HS_GAP_MS = const(1000)
 # The longest interval a reply may set: a day, so ``ticks_add`` stays in
@@ -63,11 +65,15 @@ class MqttDeviceLink:
     ``send(buf, n)``, ``poll(timeout_ms)``, ``flush(timeout_ms)``,
     ``close()``; ``client`` is the ``MQTTClient``."""
 
-    def __init__(self, device_id, link, on_envelope, max_payload):
+    def __init__(self, device_id, link, on_envelope, max_payload, log=None):
         from micropython_port.mqtt import MQTTClient
-        c = MQTTClient(b"moteseal-" + device_id, link.get("host", "127.0.0.1"),
-                       link.get("port", 1883), link.get("username"), link.get("password"),
-                       keepalive=30, max_payload=max_payload, on_message=on_envelope)
+        g = link.get
+        # TLS when the bundle carries the broker's CA or a pinned
+        # certificate hash (device/bundle.py); never plain TCP then.
+        c = MQTTClient(b"moteseal-" + device_id, g("host", "127.0.0.1"), g("port", 1883),
+                       g("username"), g("password"), keepalive=30, max_payload=max_payload,
+                       on_message=on_envelope, on_error=log, ca=g("ca"), pin=g("pin"),
+                       server_name=g("server_name"))
         # Remembered now (not connected yet), and sent with every CONNECT
         # that finds no session, ahead of any publish, so message 2 cannot
         # beat the subscription.
@@ -95,15 +101,29 @@ class Device:
     """One device: a session, a link, readings and replies (Rules 1-4).
 
     ``bundle`` is the provisioned record ``(device_id, peer_id, peer_keys,
-    psk, suite, link)`` (``micropython_port.main``); entries of
+    psk, suite, link)`` (``micropython_port.main.load_bundle``); entries of
     ``link_override`` replace those of the bundle's ``link`` dict (which is
     updated in place). ``log(event, detail)``, if given, is called on
-    handshakes, hints and refusals. ``interval_ms`` and ``hs_timeout_ms``
-    may be set before ``run``. Raises ``LocalError`` if the bundle names no
-    link, ``OSError`` if the counter file is damaged.
+    handshakes, hints, refusals, link failures (docs/micropython.md,
+    "Events") and failed ``read`` or ``on_command`` calls.
+
+    ``read(w)``, if given, adds the user's fields to each reading through
+    ``w``, a ``device.reading.ReadingWriter`` over the device's fixed buffer
+    (``w.int("t_cC", 2150)``, ``w.float``, ``w.bool``, ``w.text``,
+    ``w.bytes``; or ``w.raw(data)`` for a payload that is not a map). The
+    keys "up" (seconds since start) and "seq" are the device's own. A
+    ``read`` that raises skips that reading (counted in ``read_errors``).
+    ``on_command(buf, n)``, if given, gets each command from the peer other
+    than the built-in ``interval=``/``interval_ms=`` (``buf[:n]``, valid
+    only during the call).
+
+    ``interval_ms`` and ``hs_timeout_ms`` may be set before ``run``. Raises
+    ``LocalError`` if the bundle names no link, ``OSError`` if the counter
+    file is damaged.
     """
 
-    def __init__(self, bundle, counter_path, link_override=None, log=None):
+    def __init__(self, bundle, counter_path="moteseal.ctr", link_override=None, log=None,
+                 read=None, on_command=None):
         # Imported here, not as module globals: they are needed only once.
         from device.counter import Msg1Counter
         from device.counter_file import FileCounterStore
@@ -125,7 +145,7 @@ class Device:
             self.link = UartLink(link.get("port", "1"), self._envelope, link.get("baud", 115200),
                                  max_payload=env_bytes, opened=False)
         elif kind == "mqtt":
-            self.link = MqttDeviceLink(device_id, link, self._envelope, env_bytes)
+            self.link = MqttDeviceLink(device_id, link, self._envelope, env_bytes, log)
         else:
             raise LocalError("no link: provision with --link")
         self.log = log
@@ -133,11 +153,17 @@ class Device:
         # is sealed into _out before the link can deliver anything.
         self._buf = bytearray(_MAX_PAYLOAD_BYTES)
         self._out = bytearray(HEADER_MAX_BYTES + _MAX_PAYLOAD_BYTES + 16)  # a data envelope
+        if read:  # the writer is loaded only for user fields (2 KiB of heap)
+            from device.reading import ReadingWriter
+            self.w = ReadingWriter(self._buf)
+        self.read = read
+        self.on_command = on_command
         self.interval_ms = 10000
         self.hs_timeout_ms = 5000
         # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
-                       "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0}
+                       "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
+                       "read_errors": 0, "command_errors": 0}
         self._need_hs = True
         self._hs_at = 0  # ticks of the last handshake
         self._t = ticks_ms()  # ticks at which self.now last advanced
@@ -183,8 +209,9 @@ class Device:
 
     def on_reply(self, buf, n):
         """A command from the peer in ``buf[:n]``: ``interval=<seconds>`` or
-        ``interval_ms=<ms>``, up to a day, sets ``interval_ms``; anything
-        else is ignored. Allocates nothing."""
+        ``interval_ms=<ms>``, up to a day, sets ``interval_ms`` (a malformed
+        one is ignored); anything else goes to ``on_command``. Allocates
+        nothing itself."""
         p = b"interval_ms="
         i = 0
         while i < n and i < 12 and buf[i] == p[i]:
@@ -195,6 +222,13 @@ class Device:
             i = 9
             unit = 1000
         else:
+            if self.on_command:
+                try:
+                    self.on_command(buf, n)
+                except Exception as e:  # the user's bug must not stop the device
+                    self.counts["command_errors"] += 1
+                    if self.log:
+                        self.log("command_failed", e.__class__.__name__)
             return
         if i == n:
             return  # no digits
@@ -213,25 +247,13 @@ class Device:
         """Send one reading: in message 1 if a handshake is due (Rule 1),
         otherwise in a data envelope. Returns True if a reading went out,
         False while message 2 is awaited or a handshake must wait for
-        ``_HS_GAP_MS``. Raises ``OSError`` if the link fails."""
+        ``_HS_GAP_MS``, None if ``read`` failed (the reading is skipped).
+        Raises ``OSError`` if the link fails."""
         self._tick()
         s = self.session
         c = self.counts
-        # The reading: canonical CBOR {"up": now, "seq": n} (keys in
-        # length-first order), the shape moteseal.sim.simulate.decode_reading
-        # accepts.
-        b = self._buf
-        b[0] = 0xA2  # map(2)
-        b[1] = 0x62  # text(2) "up"
-        b[2] = 0x75
-        b[3] = 0x70
-        i = put_head(b, 4, 0, self.now)
-        b[i] = 0x63  # text(3) "seq"
-        b[i + 1] = 0x73
-        b[i + 2] = 0x65
-        b[i + 3] = 0x71
-        n = put_head(b, i + 4, 0, c["readings"])
-        if self._need_hs or s.transport is None or s.handshaking:
+        hs = self._need_hs or s.transport is None or s.handshaking
+        if hs:  # due, or awaited: checked before read() runs
             since = ticks_diff(ticks_ms(), self._hs_at)
             if not self._need_hs and s.handshaking:
                 if since < self.hs_timeout_ms:
@@ -241,6 +263,34 @@ class Device:
                 why = "new" if s.transport is None else "hint"
             if since < _HS_GAP_MS and c["handshakes"]:
                 return False
+        # The reading: {"up": now, "seq": n, <the user's fields>}
+        # (docs/protocol.md, "Readings"), in the fixed buffer (Rule 4).
+        b = self._buf
+        if self.read:
+            w = self.w
+            w.begin(0)
+            w.int("up", self.now)
+            w.int("seq", c["readings"])
+            try:
+                self.read(w)
+                n = w.end()
+            except Exception as e:  # the user's bug or a sensor failure
+                c["read_errors"] += 1
+                if self.log:
+                    self.log("read_failed", e.__class__.__name__)
+                return None
+        else:  # the same two fields, written here: map(2), "up", "seq"
+            b[0] = 0xA2
+            b[1] = 0x62
+            b[2] = 0x75
+            b[3] = 0x70
+            i = put_head(b, 4, 0, self.now)
+            b[i] = 0x63
+            b[i + 1] = 0x73
+            b[i + 2] = 0x65
+            b[i + 3] = 0x71
+            n = put_head(b, i + 4, 0, c["readings"])
+        if hs:
             out = s.handshake(memoryview(b)[:n], self.now)
             n = len(out)
             c["handshakes"] += 1
@@ -271,17 +321,22 @@ class Device:
             self.link.poll(20)
         return True
 
-    def run(self, count=None, linger_ms=0):
+    def run(self, count=None, linger_ms=0, for_ms=None):
         """Open the link and send ``count`` readings (forever if None), one
         per ``interval_ms``; then wait up to ``hs_timeout_ms`` for the link
         to deliver them, poll for replies for ``linger_ms`` and close the
-        link. Link failures are counted (``send_errors``). Returns
-        ``counts``."""
+        link. Link failures are counted (``send_errors``). ``for_ms``, if
+        given, ends the run after that long even if readings are left (a
+        device that cannot reach its broker; the unix port's tests).
+        Returns ``counts``."""
         link = self.link
         link.open()
         sent = 0
         t = ticks_ms()  # when the next reading is due
+        end = ticks_add(t, for_ms or 0)
         while count is None or sent < count:
+            if for_ms is not None and ticks_diff(end, ticks_ms()) <= 0:
+                break
             wait = ticks_diff(t, ticks_ms())
             if wait > 0:
                 # Short polls: the MQTT client sends its keepalive pings
@@ -293,10 +348,10 @@ class Device:
             except OSError:
                 self.counts["send_errors"] += 1
                 ok = False
-            if ok:
+            if ok is not False:  # sent, or skipped by a failed read
                 sent += 1
                 t = ticks_add(ticks_ms(), self.interval_ms)
-            link.poll(0 if ok else 20)
+            link.poll(20 if ok is False else 0)
         link.flush(self.hs_timeout_ms)
         t = ticks_add(ticks_ms(), linger_ms)
         while ticks_diff(t, ticks_ms()) > 0:

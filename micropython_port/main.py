@@ -40,12 +40,14 @@ def _args(argv):
     return opts
 
 
-def _load_bundle(path):
+def load_bundle(path="moteseal.bundle"):
+    """The provisioned bundle at ``path`` as the tuple ``Device`` takes:
+    (device_id, peer_id, peer_keys newest first, psk, suite, link). Call it
+    before importing ``micropython_port.app`` (Rule 1). Raises
+    ``BundleError`` (a ``LocalError``) or ``OSError``."""
     # Rule 1: the bundle reader runs once; its module goes before the
-    # application's modules come, so its RAM is free for the session. What
-    # the device keeps is a tuple (device_id, peer_id, peer_keys newest
-    # first, psk, suite, link): a Bundle would hold its class, and so the
-    # reader's module.
+    # application's modules come, so its RAM is free for the session. A
+    # Bundle would hold its class, and so the reader's module.
     from device.bundle import load_bundle
     try:
         b = load_bundle(path)
@@ -86,12 +88,12 @@ def _print_event(name, detail):
     print(json.dumps({"event": name, "detail": detail}))
 
 
-def _start(argv):
+def _start(argv, read, on_command):
     # Options, Wi-Fi, the bundle, then the application (Rule 1); returns
     # the device and run()'s arguments.
     opts = _args(argv)
     network_up()
-    bundle = _load_bundle(opts.get("bundle", "moteseal.bundle"))
+    bundle = load_bundle(opts.get("bundle", "moteseal.bundle"))
     from micropython_port.app import Device
     gc.collect()
     link = {}
@@ -103,30 +105,36 @@ def _start(argv):
         link["kind"] = "serial"
         link["port"] = opts["serial"]
     dev = Device(bundle, opts.get("state", "moteseal.ctr"), link,
-                 None if "quiet" in opts else _print_event)
+                 None if "quiet" in opts else _print_event, read, on_command)
     if "interval-ms" in opts:
         dev.interval_ms = int(opts["interval-ms"])
     if "hs-timeout-ms" in opts:
         dev.hs_timeout_ms = int(opts["hs-timeout-ms"])
-    return dev, int(opts["count"]) if "count" in opts else None, int(opts.get("linger-ms", 0))
+    run_ms = int(opts["run-ms"]) if "run-ms" in opts else None
+    return (dev, int(opts["count"]) if "count" in opts else None, int(opts.get("linger-ms", 0)),
+            run_ms)
 
 
-def main(argv=None):
-    """Options (unix port; a board runs with none): --bundle PATH
-    (default moteseal.bundle), --state PATH (counter file, default
-    moteseal.ctr), --count N, --interval-ms MS, --linger-ms MS,
-    --hs-timeout-ms MS, --host H, --port P, --serial PATH, --quiet.
-    Prints JSON event lines and a summary line; returns the summary."""
-    global _args, _load_bundle, network_up, _start  # deleted once they have run (Rule 1)
+def main(argv=None, read=None, on_command=None):
+    """Run the device: ``read(w)`` adds the user's fields to each reading
+    and ``on_command(buf, n)`` gets the peer's commands (see
+    ``micropython_port.app.Device``). Options (unix port; a board runs with
+    none): --bundle PATH (default moteseal.bundle), --state PATH (counter
+    file, default moteseal.ctr), --count N, --interval-ms MS, --linger-ms
+    MS, --hs-timeout-ms MS, --run-ms MS (stop after that long), --host H,
+    --port P, --serial PATH, --quiet. Prints JSON event lines and a summary
+    line; returns the summary. Removes ``load_bundle`` and ``network_up``
+    from this module once they have run (Rule 1)."""
+    global _args, load_bundle, network_up, _start  # deleted once they have run (Rule 1)
     # Rule 1: collect every 4 KiB allocated, so start-up garbage is gone
     # before long-lived objects land between it (measured: 4 KiB less heap
     # needed; after the handshake nothing allocates, so it costs nothing).
     if hasattr(gc, "threshold"):  # absent where MICROPY_GC_ALLOC_THRESHOLD is off
         gc.threshold(4096)
-    dev, count, linger_ms = _start(sys.argv if argv is None else argv)
-    del _args, _load_bundle, network_up, _start
+    dev, count, linger_ms, run_ms = _start(sys.argv if argv is None else argv, read, on_command)
+    del _args, load_bundle, network_up, _start
     gc.collect()
-    summary = dev.run(count, linger_ms)
+    summary = dev.run(count, linger_ms, run_ms)
     gc.collect()
     summary["event"] = "summary"
     summary["interval_ms"] = dev.interval_ms

@@ -26,6 +26,25 @@ Invariants:
   subscribes again before anything else is sent.
 - Rule 5: ``TCP_NODELAY`` is set where the port allows it: an envelope is
   one small segment that must not wait for Nagle's algorithm.
+- Rule 6: with a CA (DER) or a pinned certificate hash the client speaks
+  TLS (MicroPython's ``tls``, or ``ssl`` on older ports) and only TLS: a
+  failed handshake, an untrusted, expired or misnamed certificate or a pin
+  mismatch fails the attempt, which is retried the same way, never as
+  plain TCP. Nothing (no CONNECT, so no password) is written before the
+  certificate is checked.
+- Rule 7: every failed connection attempt and every lost connection is
+  named once (``micropython_port.mqtt_tls.name_failure``) (``on_error(event, detail)``; ``error`` holds the last one):
+  ``dns_failed``, ``connection_refused``, ``connection_failed`` (errno),
+  ``tls_failed`` (``untrusted``, ``expired``, ``not_yet_valid``,
+  ``name_mismatch``, ``pin_mismatch``, ``bad_ca``, ``pin_unsupported``,
+  ``out_of_memory``, ``handshake``), ``mqtt_refused``
+  (``bad_protocol``, ``id_rejected``, ``server_unavailable``,
+  ``bad_credentials``, ``not_authorized``, or the CONNACK code),
+  ``connection_closed`` (``connack``: closed before answering), ``not_mqtt``
+  (``connack``: bytes that are no MQTT, e.g. a TLS port spoken to in plain
+  TCP), ``timeout`` (``connect``, ``tls``,
+  ``connack``, ``keepalive``) and ``connection_lost`` (errno). The same
+  failure again is not reported again until a connection succeeds.
 
 Memory: loaded on a device with a 64 KiB heap, so constants are
 module-private (inlined by ``const``) and the methods are few.
@@ -33,6 +52,7 @@ module-private (inlined by ``const``) and the methods are few.
 
 import select
 import socket
+import sys
 from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
@@ -81,6 +101,12 @@ class MQTTClient:
     ``LocalError`` if client id, user and password take more than 111
     bytes together (a CONNECT over 127).
 
+    ``on_error(event, detail)``, if given, names each failed connection
+    attempt and each lost connection (Rule 7). ``ca`` (DER bytes) and/or
+    ``pin`` (the SHA-256 of the server certificate's DER) make every
+    connection TLS, with ``server_name`` (default ``host``) checked and
+    sent as SNI (Rule 6).
+
     ``on_message`` runs inside the read loop, with the payload in the
     parser's buffer: it may call ``disconnect()`` and a QoS 0 ``publish``,
     not ``poll``, ``subscribe`` or a QoS 1 ``publish`` (those may read the
@@ -89,8 +115,15 @@ class MQTTClient:
 
     def __init__(self, client_id, host, port=1883, user=None, password=None,
                  keepalive=60, max_payload=_DEFAULT_MAX_PAYLOAD, inflight=2,
-                 timeout_ms=5000, on_message=None, backoff_min_ms=200):
+                 timeout_ms=5000, on_message=None, backoff_min_ms=200, on_error=None,
+                 ca=None, pin=None, server_name=None):
         self.host = host
+        self.on_error = on_error
+        self.error = None  # (event, detail) of the last failure (Rule 7)
+        # Rule 6: TLS with ``ca`` (DER bytes) and/or ``pin`` (SHA-256 of
+        # the server certificate's DER); the name checked and sent as SNI
+        # is ``server_name``, else ``host``. One attribute: None for TCP.
+        self.tls = (ca, pin, server_name or host) if ca is not None or pin is not None else None
         self.port = port
         self.keepalive = keepalive
         self.timeout_ms = timeout_ms
@@ -133,10 +166,14 @@ class MQTTClient:
         CONNACK; restore subscriptions and resend unacknowledged publishes.
         Returns ``session_present``. Raises ``OSError`` (unreachable,
         timeout, refused: ``ECONNREFUSED`` with the CONNACK return code),
-        ``DecodeError``; then ``poll()`` tries again after the backoff."""
+        ``DecodeError``, ``ValueError`` (TLS: certificate refused, Rule 6),
+        each named by ``on_error`` first (Rule 7); then ``poll()`` tries
+        again after the backoff."""
         self.disconnect()
+        stage = 0  # Rule 7: 0 resolve, 1 TCP, 2 TLS, 3 CONNACK
         try:
             ai = socket.getaddrinfo(self.host, self.port, 0, _SOCK_STREAM)[0]
+            stage = 1
             s = socket.socket(ai[0], _SOCK_STREAM)
             self._sock = s
             try:
@@ -145,6 +182,12 @@ class MQTTClient:
                 pass  # a port without TCP_NODELAY: small envelopes wait for Nagle
             s.settimeout(self.timeout_ms / 1000)
             s.connect(ai[-1])
+            if self.tls:
+                stage = 2
+                from micropython_port.mqtt_tls import wrap  # loaded only for TLS
+                s = wrap(self, s)
+                self._sock = s
+            stage = 3
             s.setblocking(False)
             self._poller = select.poll()
             self._poller.register(s, _POLLIN)
@@ -153,8 +196,10 @@ class MQTTClient:
             self._write(self._connect, len(self._connect))
             rc = self._read(self.timeout_ms, True)
             if rc:
+                stage = 4
                 raise OSError(_ECONNREFUSED, rc)  # "[Errno 111] ECONNREFUSED: 5"
             self.connected = True
+            stage = 5  # after CONNACK: subscribe and resend
             if not self.session_present:
                 for topic, qos in self._subs:
                     self.subscribe(topic, qos)
@@ -163,11 +208,27 @@ class MQTTClient:
                     pkt = self._slots[i]
                     pkt[0] |= 0x08  # DUP: a resend (section 3.3.1.1)
                     self._write(pkt, self._slot_len[i])
-        except Exception:
+        except Exception as e:
             self.disconnect()
+            # The naming code is loaded for the failure and dropped again:
+            # a device that connects never holds it (docs/micropython.md).
+            from micropython_port import mqtt_tls
+            self._report(*mqtt_tls.name_failure(stage, e))
+            if not self.tls:
+                sys.modules.pop("micropython_port.mqtt_tls", None)
+                pkg = sys.modules.get("micropython_port")
+                if hasattr(pkg, "mqtt_tls"):
+                    delattr(pkg, "mqtt_tls")
             raise
         self._backoff = self.backoff_min_ms
+        self.error = None
         return self.session_present
+
+    def _report(self, ev, d):
+        if self.error != (ev, d):
+            self.error = (ev, d)
+            if self.on_error is not None:
+                self.on_error(ev, d)
 
     def disconnect(self):
         """Send DISCONNECT (if connected) and close; ``poll()`` connects
@@ -321,7 +382,7 @@ class MQTTClient:
                 try:
                     self.connect()
                     self.reconnects += 1
-                except (OSError, DecodeError):
+                except (OSError, DecodeError, ValueError):  # ValueError: TLS (Rule 6)
                     # connect() closed it; the next try waits longer.
                     self._backoff = min(self._backoff * 2, _BACKOFF_MAX_MS)
             if not self.connected:
@@ -340,8 +401,13 @@ class MQTTClient:
                     self._pkt[1] = 0
                     self._write(self._pkt, 2)
                     self._ping_sent = now
-        except (OSError, DecodeError):
+        except (OSError, DecodeError) as e:
             self.disconnect()
+            code = e.args[0] if e.args else None
+            if code == _ETIMEDOUT:
+                self._report("timeout", "keepalive")
+            else:
+                self._report("connection_lost", code if isinstance(e, OSError) else "bad_packet")
         return self.connected
 
     # ``start()``: connect now if the broker answers, otherwise later from

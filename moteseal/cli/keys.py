@@ -47,7 +47,8 @@ from moteseal.keys.keyfile import (
     write_public_file,
 )
 from device.bundle import is_text
-from moteseal.keys.provision import MAX_BUNDLE_BYTES, decode_bundle, describe_bundle, provision_device, write_bundle
+from moteseal.keys.provision import (MAX_BUNDLE_BYTES, decode_bundle, describe_bundle, provision_device,
+                                     tls_link_fields, write_bundle)
 from moteseal.keys.registry import Registry, RegistryError, RegistryRefusal, parse_id, show_id
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -376,18 +377,26 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
 @click.option("--password", default=None, help="MQTT password (prefer $MOTESEAL_LINK_PASSWORD: argv is visible to ps).")
 @click.option("--serial-port", default=None, help="Serial device, e.g. /dev/ttyUSB0.")
 @click.option("--baud", type=click.IntRange(1), default=None, help="Serial baud rate.")
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="MQTT over TLS: the broker's CA certificate (PEM or DER; stored as DER).")
+@click.option("--pin-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="MQTT over TLS: pin the broker's certificate (PEM or DER file; its SHA-256 is stored).")
+@click.option("--server-name", default=None,
+              help="MQTT over TLS: the name the broker's certificate carries (default: --host).")
 @click.option("--from-csv", "csv_path", type=click.Path(dir_okay=False, exists=True), help="Provision every row of a CSV.")
 @common_options
 @handle_errors
 def provision(device_id: str | None, peer: str | None, registry_path: str | None, out: str | None, out_dir: str | None,
               replace: bool, suite: str | None, kind: str | None, host: str | None, port: int | None,
               username: str | None, password: str | None, serial_port: str | None, baud: int | None,
+              ca_file: str | None, pin_cert: str | None, server_name: str | None,
               csv_path: str | None, config_path: str | None, as_json: bool) -> None:
     """Provision a device: new PSK, registry entry, bundle to flash.
 
     The bundle (CBOR, mode 0600) holds the device id, the peer id with every
     static key the peer answers on (two during a rotation overlap), the PSK,
-    the suite and the link settings. An already provisioned device is
+    the suite and the link settings (with --ca-file or --pin-cert, MQTT over
+    TLS: the device then never connects in plain TCP). An already provisioned device is
     refused unless --replace. --from-csv takes a header row with device_id
     and optionally peer, kind, host, port, username, password, serial_port,
     baud, suite, out; the whole file is checked before anything is written.
@@ -397,6 +406,7 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
       moteseal provision sensor-7 --peer hub1
       moteseal provision sensor-7 --peer hub1 --replace --out /media/flash/sensor-7.bundle
       moteseal provision sensor-9 --peer hub1 --link serial --serial-port /dev/ttyUSB0
+      moteseal provision sensor-8 --peer hub1 --host mqtt.example.org --port 8883 --ca-file ca.pem
       moteseal provision --from-csv fleet.csv --peer hub1 --out-dir bundles --json
     """
     cfg = load_config(config_path)
@@ -404,15 +414,25 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
     bundle_dir = Path(out_dir or cfg.get("provision", "out_dir"))
     cli_link = {"kind": kind, "host": host, "port": port, "username": username, "password": password,
                 "serial_port": serial_port, "baud": baud}
+    tls = tls_link_fields(ca_file, server_name, pin_cert)
+    if tls and csv_path is not None:
+        raise click.UsageError("--ca-file, --pin-cert and --server-name apply to one device, not --from-csv")
     if csv_path is None:
         if device_id is None:
             raise click.UsageError("give a DEVICE_ID or --from-csv FILE")
+        link = _link(cfg, cli_link)
+        if tls:
+            if link["kind"] != "mqtt":
+                raise click.UsageError("--ca-file, --pin-cert and --server-name need --link mqtt")
+            if not is_text(tls.get("server_name", "")):
+                raise ConfigError("--server-name: only printable ASCII fits in a bundle")
+            link.update(tls)
         reg = open_registry(cfg, peer, registry_path)
         try:
             if out is None:  # the bundle directory (not a typed --out) is ours to create
                 bundle_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             target = Path(out) if out else bundle_dir / f"{device_id}.bundle"
-            result = _provision_one(reg, device_id, suite, _link(cfg, cli_link), target, replace)
+            result = _provision_one(reg, device_id, suite, link, target, replace)
         finally:
             reg.close()
         emit(as_json, result, f"provisioned {device_id} (generation {result['generation']}) -> {result['bundle']}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -34,14 +35,23 @@ from moteseal.keys.keyfile import KeyFileError, read_private_file, write_private
 from moteseal.keys.registry import PSK_BYTES, DeviceRecord, Registry
 
 __all__ = ["Bundle", "BundleError", "MAX_BUNDLE_BYTES", "decode_bundle", "describe_bundle", "device_session",
-           "encode_bundle", "new_psk", "provision_device", "read_bundle", "write_bundle"]
+           "encode_bundle", "new_psk", "provision_device", "read_bundle", "tls_link_fields", "write_bundle"]
+
+# A CA for a device: one certificate, DER (the board's mbedtls parses one DER
+# certificate per load; PEM needs more RAM on the board). Production CAs are
+# 0.5-1.5 KiB; the bundle holds 4 KiB in all.
+CA_MAX_BYTES = 2048
 
 
 def describe_bundle(b: Bundle) -> dict[str, Any]:
     """A JSON-safe summary without the PSK or the link password."""
-    link = {k: v for k, v in b.link.items() if k != "password"}
+    link = {k: v for k, v in b.link.items() if k not in ("password", "ca", "pin")}
     if "password" in b.link:
         link["password"] = "(set)"
+    if "ca" in b.link:  # public, but long: its fingerprint identifies it
+        link["ca_sha256"] = hashlib.sha256(b.link["ca"]).hexdigest()
+    if "pin" in b.link:
+        link["pin_sha256"] = b.link["pin"].hex()
     return {
         "device_id": b.device_id.decode("ascii"),
         "generation": b.generation,
@@ -101,6 +111,48 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
             raise BundleError(str(e)) from None
         raise
     return decode_bundle(data, str(path))
+
+
+def _one_certificate_der(path: str | os.PathLike[str], what: str) -> bytes:
+    # One X.509 certificate from a PEM or DER file, as DER. Raises BundleError.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = Path(path).read_bytes()
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+            if len(certs) != 1:
+                raise BundleError(f"{path}: {what} must hold one certificate, not {len(certs)}")
+            cert = certs[0]
+        else:
+            cert = x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise BundleError(f"{path}: {what} is not a PEM or DER certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+def tls_link_fields(ca_file: str | os.PathLike[str] | None = None, server_name: str | None = None,
+                    pin_cert: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The bundle's TLS link fields (device/bundle.py): ``ca`` (the CA
+    certificate in ``ca_file``, PEM or DER, stored as DER), ``pin`` (SHA-256
+    of the DER of the server certificate in ``pin_cert``) and
+    ``server_name``. Empty without ``ca_file`` and ``pin_cert``. Raises
+    ``BundleError`` for a file that is not one certificate, a CA over
+    ``CA_MAX_BYTES``, or a server name without a CA or pin."""
+    out: dict[str, Any] = {}
+    if ca_file is not None:
+        der = _one_certificate_der(ca_file, "--ca-file")
+        if len(der) > CA_MAX_BYTES:
+            raise BundleError(f"{ca_file}: CA certificate is {len(der)} bytes; a bundle takes {CA_MAX_BYTES}")
+        out["ca"] = der
+    if pin_cert is not None:
+        out["pin"] = hashlib.sha256(_one_certificate_der(pin_cert, "--pin-cert")).digest()
+    if server_name is not None:
+        if not out:
+            raise BundleError("--server-name needs --ca-file or --pin-cert (it names a TLS server)")
+        out["server_name"] = server_name
+    return out
 
 
 def new_psk() -> bytes:

@@ -27,6 +27,11 @@ Invariants:
   of making the device download it.
 - TCP_NODELAY on the socket: one small envelope must not wait ~40 ms for
   Nagle's algorithm.
+- ``start`` with a timeout names a failure as soon as it is known, not when
+  the timeout ends: the first connection attempt runs in the caller's
+  thread, so a refused port, an unresolvable host and a TLS failure raise
+  ``LinkError`` at once with that reason; a CONNACK or SUBACK refusal ends
+  the wait as soon as it arrives. ``timed out`` means no answer at all.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -85,6 +91,7 @@ class MqttLink:
         self.down_topic = DOWN_PREFIX + device_id
         self.connected = threading.Event()  # set once the down subscription is held
         self.refused: str | None = None
+        self._refusal = threading.Event()  # set with ``refused``: start() stops waiting
         self.received = 0  # envelopes taken into the inbox or handed to on_envelope
         self.redelivered = 0  # broker redeliveries of an envelope already waiting here
         self.stalls = 0  # times the inbox was full and the network thread waited
@@ -119,14 +126,31 @@ class MqttLink:
         props.SessionExpiryInterval = self._session_expiry
         props.ReceiveMaximum = self._max_inflight
         props.MaximumPacketSize = MAX_PACKET_BYTES
-        self.client.connect_async(self.host, self.port, keepalive=self._keepalive,
-                                  clean_start=self._clean_start, properties=props)
+        if timeout is None:
+            self.client.connect_async(self.host, self.port, keepalive=self._keepalive,
+                                      clean_start=self._clean_start, properties=props)
+            self.client.loop_start()
+            return self
+        deadline = time.monotonic() + timeout
+        self.client.connect_timeout = max(0.1, timeout)
+        try:
+            self.client.connect(self.host, self.port, keepalive=self._keepalive,
+                                clean_start=self._clean_start, properties=props)
+        except (OSError, ValueError) as e:  # ValueError: paho's for a bad host or port
+            self._fail(_why(e))
         self.client.loop_start()
-        if timeout is not None and not self.connected.wait(timeout):
-            reason = self.refused or "timed out"
-            self.close()
-            raise LinkError(f"MQTT {self.host}:{self.port} as {self.device_id}: {reason}")
+        while not self.connected.is_set() and not self._refusal.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.connected.wait(min(left, 0.05))
+        if not self.connected.is_set():
+            self._fail(self.refused or "timed out")
         return self
+
+    def _fail(self, reason: str) -> None:
+        self.close()
+        raise LinkError(f"MQTT {self.host}:{self.port} as {self.device_id}: {reason}")
 
     def send(self, envelope: bytes) -> mqtt.MQTTMessageInfo:
         """Publish one envelope on the up topic (QoS 1). While disconnected,
@@ -163,7 +187,8 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:
         if rc.is_failure:
-            self.refused = str(rc)
+            self.refused = f"refused by the broker: {rc}"
+            self._refusal.set()
             if rc.value in (134, 135):  # bad credentials, not authorised: retrying is futile
                 client.disconnect()
             return
@@ -180,6 +205,7 @@ class MqttLink:
                       props: Any) -> None:
         if any(rc.is_failure for rc in rcs):
             self.refused = f"subscription to {self.down_topic} refused"
+            self._refusal.set()
             self.connected.clear()
             return
         self.connected.set()
@@ -225,6 +251,23 @@ class MqttLink:
                 return
             except queue.Full:
                 continue
+
+
+def _why(e: BaseException) -> str:
+    """A failed first connection attempt, named for a person."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port)"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve the host ({e.strerror})"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS: {e.verify_message or 'certificate not trusted'}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS: {e.reason or e}"
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return "timed out connecting"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e) or type(e).__name__
 
 
 def _nodelay(sock: Any) -> None:

@@ -33,7 +33,7 @@ from device.errors import LocalError, RemoteError, StorageError
 from moteseal.peer.delivery import Inbox, ReadingStore, StoreError
 from moteseal.links.mqtt_link import MqttLink
 from device.peer import PeerSessions
-from moteseal.sim.simulate import decode_reading
+from moteseal.sim.simulate import decode_reading, describe_payload
 
 __all__ = ["PeerListener", "format_report"]
 
@@ -125,8 +125,8 @@ class PeerListener:
         reading = decode_reading(acc.body)
         if reading is not None:
             report["reading"] = reading
-        else:
-            report["payload_bytes"] = len(acc.body)
+        else:  # not a CBOR map: shown as text or hex, never only a size
+            report["payload"] = describe_payload(acc.body)
         return self._report(report)
 
     def send(self, device_id: str, payload: bytes) -> bytes:
@@ -160,10 +160,11 @@ def format_report(r: Report) -> str:
     ev = r["event"]
     if ev == "telemetry":
         reading = r.get("reading")
-        if reading:
-            body = "  ".join(f"{k}={v}" for k, v in sorted(reading.items()))
+        if reading is not None:  # every field, in the device's order
+            body = "  ".join(f"{k}={v}" for k, v in reading.items()) or "{}"
         else:
-            body = f"{r.get('payload_bytes', 0)} bytes"
+            body = "  ".join(f"{k}={v!r}" if k == "text" else f"{k}={v}"
+                             for k, v in r.get("payload", {}).items()) or "(empty)"
         return f"{when} {r['device']:<16} {r['via']:<4} {body}"
     if ev == "hint_sent":
         return f"{when} {r['device']:<16} unknown session: asked it to handshake again"

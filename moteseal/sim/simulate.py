@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import io
 import queue
 import random
 import threading
@@ -34,7 +35,7 @@ from device.delivery import Outbox
 from device.session import (EV_COUNTER_BEHIND, EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE,
                             DeviceSession)
 
-__all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading"]
+__all__ = ["SimulatedSensor", "Fleet", "encode_reading", "decode_reading", "describe_payload"]
 
 Event = dict[str, Any]
 
@@ -47,13 +48,45 @@ def encode_reading(seq: int, temp_c: float, rh: float, battery_mv: int) -> bytes
                         "bat": battery_mv})
 
 
+def _json_safe(v: Any) -> Any:
+    # A CBOR value as JSON can hold it: byte strings as hex, other
+    # non-JSON values (tags, undefined, nested byte keys) as their repr.
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, dict):
+        return {str(_json_safe(k)): _json_safe(x) for k, x in v.items()}
+    return repr(v)
+
+
 def decode_reading(payload: bytes) -> dict[str, Any] | None:
-    """The reading in a decrypted payload, or None if it is not one."""
+    """The reading in a decrypted payload: any CBOR map (docs/protocol.md,
+    "Readings"), every field kept, keys as text and byte strings as hex; or
+    None if the payload is not exactly one CBOR map."""
+    fp = io.BytesIO(payload)
     try:
-        value = cbor2.loads(payload)
-    except Exception:
+        value = cbor2.CBORDecoder(fp).decode()
+    except Exception:  # cbor2 raises several types for bad input
         return None
-    return value if isinstance(value, dict) and "seq" in value else None
+    if not isinstance(value, dict) or fp.read(1):  # trailing bytes: not one map
+        return None
+    out = _json_safe(value)
+    return out if isinstance(out, dict) else None
+
+
+def describe_payload(payload: bytes) -> dict[str, str]:
+    """A payload that is not a reading, shown as what it is: UTF-8 text
+    (printable) as ``{"text": ...}``, anything else as ``{"hex": ...}``."""
+    try:
+        text = payload.decode("utf-8")
+        if text and text.isprintable():
+            return {"text": text}
+    except UnicodeDecodeError:
+        pass
+    return {"hex": payload.hex()}
 
 
 class SimulatedSensor:

@@ -303,7 +303,7 @@ LOCKED_DEVICE = """
 import sys, gc, json, micropython
 import micropython_port.main as M
 opts = M._args(["main", "--bundle", sys.argv[1], "--state", sys.argv[2]])
-bundle = M._load_bundle(opts["bundle"])
+bundle = M.load_bundle(opts["bundle"])
 from micropython_port.app import Device
 dev = Device(bundle, opts["state"], None)
 dev.interval_ms = 0
