@@ -35,6 +35,8 @@ from moteseal.hub.store import StoreError, query
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "moteseal_token"
+SSE_POLL_S = 0.5  # how soon an event stream notices the hub stopping
+SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing the stream
 
 
 def _loopback(host: str) -> bool:
@@ -217,14 +219,22 @@ class Dashboard:
         await resp.prepare(request)
         q = self.hub.subscribe()
         loop = asyncio.get_running_loop()
+        stopping = self.hub.stop_event
+        idle = 0.0
         try:
             await resp.write(b": moteseal\n\n")
-            while True:
+            # Short waits so that a stopping hub is never held up by an open
+            # page: the executor's threads are joined when the process exits.
+            while not stopping.is_set():
                 try:
-                    ev = await loop.run_in_executor(None, q.get, True, 15.0)
+                    ev = await loop.run_in_executor(None, q.get, True, SSE_POLL_S)
                 except queue.Empty:
-                    await resp.write(b": keepalive\n\n")
+                    idle += SSE_POLL_S
+                    if idle >= SSE_KEEPALIVE_S:
+                        idle = 0.0
+                        await resp.write(b": keepalive\n\n")
                     continue
+                idle = 0.0
                 shown = {k: ev.get(k) for k in ("event", "device", "via", "seq", "ts", "reason", "id")
                          if k in ev}
                 await resp.write(f"data: {json.dumps(shown)}\n\n".encode())
