@@ -185,7 +185,7 @@ def run_demo(sensors: int = 3, seconds: float | None = None, interval: float = 1
     """Run the demo; returns 0 if the hub stored readings from every sensor
     and refused both forgeries (when the run was long enough to make them),
     else 1. Raises ``gateway.broker.BrokerError`` if Mosquitto is missing or
-    does not start, ``moteseal.hub.service.HubError`` if the hub cannot."""
+    does not start, ``HubError`` or ``DashboardError`` if the hub cannot."""
     from device.counter import Msg1Counter, NonpersistingCounterStore
     from device.delivery import Outbox
     from gateway.broker import LocalBroker
@@ -358,6 +358,7 @@ def demo(sensors: int, seconds: float | None, interval: float, as_json: bool, ke
       moteseal demo --sensors 5 --seconds 20
     """
     from gateway.broker import BrokerError
+    from moteseal.hub.dashboard import DashboardError
     from moteseal.hub.service import HubError
 
     stop = threading.Event()
@@ -365,6 +366,6 @@ def demo(sensors: int, seconds: float | None, interval: float, as_json: bool, ke
         signal.signal(sig, lambda *_: stop.set())
     try:
         code = run_demo(sensors, seconds, interval, as_json=as_json, keep=keep, stop=stop)
-    except (BrokerError, HubError) as exc:
+    except (BrokerError, HubError, DashboardError) as exc:
         raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
