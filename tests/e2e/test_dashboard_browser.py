@@ -9,10 +9,10 @@ has no token. Screenshots go to the test's tmp dir.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,13 +22,15 @@ from tests.e2e.test_hub import CLI, _start_hub, _wait, world  # noqa: F401 - wor
 
 pytestmark = pytest.mark.mosquitto
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# $MOTESEAL_CHROMIUM / $MOTESEAL_CHROMEDRIVER point elsewhere (another build, or none to see the skip).
+CHROMIUM = os.environ.get("MOTESEAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = (os.environ.get("MOTESEAL_CHROMEDRIVER") or shutil.which("chromedriver")
+                or "/usr/bin/chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
                                                            "(pip install -e '.[test]')")
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-    pytest.skip("headless Chromium needs Debian's chromium and chromium-driver "
-                "(apt-get install chromium chromium-driver; scripts/setup.sh does)",
+    pytest.skip(f"no headless Chromium: {CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install "
+                "chromium chromium-driver; scripts/setup.sh does)",
                 allow_module_level=True)
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
