@@ -30,11 +30,21 @@ from typing import Any
 
 from aiohttp import web
 
+from device.errors import LocalError
 from moteseal.hub.sinks import read_secret
 from moteseal.hub.store import StoreError, query
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "moteseal_token"
+SSE_POLL_S = 0.5  # how soon an event stream notices the hub stopping
+SSE_KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing the stream
+
+
+class DashboardError(LocalError):
+    """The dashboard cannot start as configured (no token beyond loopback,
+    the port is taken); the hub does not start and the CLI exits 2."""
+
+    exit_code = 2
 
 
 def _loopback(host: str) -> bool:
@@ -59,8 +69,7 @@ class Dashboard:
         self.needs_token = not _loopback(self.bind)
         self.token = read_secret(cfg.path_of("dashboard", "token_file"))
         if self.needs_token and not self.token:
-            from moteseal.hub.service import HubError
-            raise HubError(f"{cfg.path}: [dashboard] bind = {self.bind!r} is not loopback, so it "
+            raise DashboardError(f"{cfg.path}: [dashboard] bind = {self.bind!r} is not loopback, so it "
                            f"needs a token_file (moteseal hub init writes one)")
         self.gateway_status = cfg.path_of("dashboard", "gateway_status")
         self.url = ""
@@ -75,8 +84,7 @@ class Dashboard:
         threading.Thread(target=self._serve, name="hub-dashboard", daemon=True).start()
         self._ready.wait(15)
         if self._error is not None:
-            from moteseal.hub.service import HubError
-            raise HubError(f"dashboard on {self.bind}:{self.port}: {self._error}")
+            raise DashboardError(f"dashboard on {self.bind}:{self.port}: {self._error}")
         return self
 
     def _serve(self) -> None:
@@ -217,14 +225,22 @@ class Dashboard:
         await resp.prepare(request)
         q = self.hub.subscribe()
         loop = asyncio.get_running_loop()
+        stopping = self.hub.stop_event
+        idle = 0.0
         try:
             await resp.write(b": moteseal\n\n")
-            while True:
+            # Short waits so that a stopping hub is never held up by an open
+            # page: the executor's threads are joined when the process exits.
+            while not stopping.is_set():
                 try:
-                    ev = await loop.run_in_executor(None, q.get, True, 15.0)
+                    ev = await loop.run_in_executor(None, q.get, True, SSE_POLL_S)
                 except queue.Empty:
-                    await resp.write(b": keepalive\n\n")
+                    idle += SSE_POLL_S
+                    if idle >= SSE_KEEPALIVE_S:
+                        idle = 0.0
+                        await resp.write(b": keepalive\n\n")
                     continue
+                idle = 0.0
                 shown = {k: ev.get(k) for k in ("event", "device", "via", "seq", "ts", "reason", "id")
                          if k in ev}
                 await resp.write(f"data: {json.dumps(shown)}\n\n".encode())

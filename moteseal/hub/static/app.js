@@ -11,6 +11,9 @@ function fmtAge(s) {
   if (s < 7200) return (s / 60).toFixed(0) + " min";
   return (s / 3600).toFixed(1) + " h";
 }
+function fmtValue(v) {
+  return typeof v === "number" ? String(Math.round(v * 100) / 100) : String(v);
+}
 function cell(tr, text, cls) {
   const td = document.createElement("td");
   td.textContent = text;
@@ -29,6 +32,33 @@ function listen(onEvent) {
   es.onerror = () => live(false);
   es.onmessage = (m) => onEvent(JSON.parse(m.data));
   return es;
+}
+
+function gateway(g) {
+  // The gateway's status file: its links, what it relayed and dropped, how fresh the file is.
+  const box = document.getElementById("gateway");
+  box.innerHTML = "";
+  if (g.error) { box.textContent = g.error; box.className = "warn"; return; }
+  const t = document.createElement("table");
+  const head = t.createTHead().insertRow();
+  for (const h of ["gateway", "link", "connected", "queue", "relayed", "dropped", "up", "updated"]) {
+    const th = document.createElement("th"); th.textContent = h; head.appendChild(th);
+  }
+  const dropped = Object.values(g.dropped || {}).reduce((a, b) => a + b, 0);
+  const age = g.updated ? Date.now() / 1000 - g.updated : null;
+  const body = t.createTBody();
+  for (const [name, link] of Object.entries(g.links || {})) {
+    const tr = body.insertRow();
+    cell(tr, g.name || "-");
+    cell(tr, name);
+    cell(tr, g.stopped ? "stopped" : (link.connected ? "yes" : "no"), link.connected && !g.stopped ? "ok" : "bad");
+    cell(tr, String(link.queue_depth));
+    cell(tr, String((g.relayed_by_link || {})[name] ?? g.relayed), "num");
+    cell(tr, String(dropped), dropped ? "warn" : "");
+    cell(tr, fmtAge(g.uptime_s));
+    cell(tr, age === null ? "-" : fmtAge(age) + " ago", age !== null && age > 60 ? "warn" : "");
+  }
+  box.appendChild(t);
 }
 
 async function fleetPage() {
@@ -56,10 +86,18 @@ async function fleetPage() {
       cell(tr, String(d.lost), d.lost ? "bad" : "");
       body.appendChild(tr);
     }
-    const gw = document.getElementById("gateway");
-    if (doc.gateway) gw.textContent = JSON.stringify(doc.gateway.links || doc.gateway);
-    document.getElementById("counts").textContent = Object.entries(doc.counts)
-      .map(([k, v]) => k + " " + v).join(" · ");
+    if (doc.gateway) gateway(doc.gateway);
+    const counts = document.getElementById("counts");
+    counts.innerHTML = "";
+    for (const [k, v] of Object.entries(doc.counts)) {
+      const span = document.createElement("span");
+      span.className = "count" + (v && /refused|rejected|lost|store_errors|unstored/.test(k) ? " bad" : "");
+      span.textContent = k.replace("_", " ") + " ";
+      const b = document.createElement("b");
+      b.textContent = String(v);
+      span.appendChild(b);
+      counts.appendChild(span);
+    }
   }
   listen((ev) => {
     if (!pending) { pending = true; setTimeout(load, 300); }
@@ -82,11 +120,19 @@ async function devicePage() {
     box.className = "chart";
     box.id = "chart-" + field;
     const h = document.createElement("h3");
-    h.textContent = field;
+    const name = document.createElement("span");
+    name.textContent = field;
+    const latest = document.createElement("span");
+    latest.className = "latest";
+    h.appendChild(name);
+    h.appendChild(latest);
     box.appendChild(h);
     document.getElementById("charts").appendChild(box);
-    const s = { xs: [], ys: [], plot: null, box: box };
-    s.plot = new uPlot({ width: 420, height: 180, series: [{}, { label: field, stroke: "#1a73e8" }],
+    const s = { xs: [], ys: [], plot: null, box: box, latest: latest };
+    s.plot = new uPlot({ width: 400, height: 170, legend: { show: false },
+                         cursor: { drag: { x: true, y: false } },
+                         series: [{}, { label: field, stroke: "#1a73e8", width: 1.5,
+                                        points: { show: false } }],
                          scales: { x: { time: true } } }, [[], []], box);
     series[field] = s;
     return s;
@@ -98,7 +144,7 @@ async function devicePage() {
       cell(tr, fmtTime(r.ts));
       cell(tr, String(r.seq));
       cell(tr, r.field);
-      cell(tr, typeof r.value === "number" ? String(Math.round(r.value * 100) / 100) : String(r.value));
+      cell(tr, fmtValue(r.value), "num");
       body.insertBefore(tr, body.firstChild);
     }
     while (body.rows.length > 50) body.deleteRow(body.rows.length - 1);
@@ -126,7 +172,13 @@ async function devicePage() {
       s.xs.push(row.ts);
       s.ys.push(row.value);
     }
-    for (const f in series) series[f].plot.setData([series[f].xs, series[f].ys]);
+    for (const f in series) {
+      const s = series[f];
+      if (s.xs.length > 5000) { s.xs.splice(0, s.xs.length - 5000); s.ys.splice(0, s.ys.length - 5000); }
+      s.plot.setData([s.xs, s.ys]);
+      s.box.dataset.points = String(s.xs.length);  // what the chart holds, for tests and curious users
+      if (s.ys.length) s.latest.textContent = fmtValue(s.ys[s.ys.length - 1]) + "  ·  " + s.xs.length + " points";
+    }
     recent(fresh);
     events(doc.events);
   }
