@@ -13,6 +13,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# systemd-analyze: tests/host/test_service.py verifies the units `moteseal service install` writes.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The venv module with ensurepip is a separate Debian package.
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

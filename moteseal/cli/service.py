@@ -270,7 +270,7 @@ def render(unit: Unit, layout: Layout, with_broker: bool) -> str:
         after.append(UNIT["broker"])
     if after:
         unit_keys += [("After", " ".join(after)), ("Wants", " ".join(after))]
-    if unit.name == "broker":
+    if unit.name == "broker" and not layout.user_mode:  # Debian's unit, on the same ports
         unit_keys.append(("Conflicts", "mosquitto.service"))
     unit_keys += START_LIMIT
 
