@@ -167,8 +167,9 @@ def _source(layout: Layout, prefix: str, name: str, account: str) -> Path:
 def broker_unit(layout: Layout, config: Path) -> Unit:
     """Mosquitto with the config `moteseal broker config` renders; it writes
     its persistence directory and its pid file, nothing else."""
-    _need(config, "the broker's config", "render it with `moteseal broker config | sudo tee "
-          f"{config}`")
+    render_cmd = ("moteseal broker config --local > " if layout.user_mode
+                  else "moteseal broker config | sudo tee ")
+    _need(config, "the broker's config", f"render it with `{render_cmd}{config}`")
     keys: dict[str, str] = {}
     for line in config.read_text().splitlines():
         parts = line.split(None, 1)
