@@ -59,6 +59,7 @@ Example (every key optional except where noted)::
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,23 @@ from typing import Any
 
 from gateway.envelope import DEFAULT_MAX_ENVELOPE_BYTES
 
-__all__ = ["ConfigError", "GatewayConfig", "MqttConfig", "load_config", "parse_config"]
+__all__ = ["CREDENTIALS_PREFIX", "ConfigError", "GatewayConfig", "MqttConfig", "credential_path",
+           "load_config", "parse_config"]
+
+# A path value starting with this names a systemd credential: the unit's
+# LoadCredential=NAME:SOURCE puts SOURCE's bytes in $CREDENTIALS_DIRECTORY/NAME
+# (`moteseal service install` writes such units).
+CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
+
+
+def credential_path(value: str) -> str | None:
+    """``value`` with a leading ``$CREDENTIALS_DIRECTORY/`` replaced by that
+    variable's value (any other value as it is); None if the variable is
+    unset, i.e. not run by systemd with LoadCredential=."""
+    if not value.startswith(CREDENTIALS_PREFIX):
+        return value
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return os.path.join(directory, value[len(CREDENTIALS_PREFIX):]) if directory else None
 
 
 # The values ``[mqtt] client`` could take before it was removed: still
@@ -195,10 +212,14 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     if pw_file:
         if m.password:
             raise t._err("password_file", "set either password or password_file, not both")
+        expanded = credential_path(pw_file)
+        if expanded is None:
+            raise t._err("password_file", f"{pw_file}: $CREDENTIALS_DIRECTORY is not set (systemd "
+                                          "sets it for a unit with LoadCredential=)")
         try:
-            m.password = (base / pw_file).read_text().strip()
+            m.password = (base / expanded).read_text().strip()
         except OSError as exc:
-            raise t._err("password_file", f"cannot read {base / pw_file}: {exc.strerror}") from None
+            raise t._err("password_file", f"cannot read {base / expanded}: {exc.strerror}") from None
     m.tls = t.get("tls", bool, False)
     ca = t.get("ca_file", str, "")
     m.ca_file = str(base / ca) if ca else ""

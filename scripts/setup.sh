@@ -16,6 +16,8 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 # Headless Chromium and its driver for tests/e2e/test_dashboard_browser.py.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# systemd-analyze: tests/host/test_service.py verifies the units `moteseal service install` writes.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The venv module with ensurepip is a separate Debian package.
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -40,6 +40,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "hub": ("moteseal.cli.hub", "hub_group"),
     "readings": ("moteseal.cli.hub", "readings_cmd"),
     "send": ("moteseal.cli.hub", "send_cmd"),
+    "service": ("moteseal.cli.service", "service_group"),
 }
 
 # Commands added to a group that lives below moteseal/ and may not hold them:

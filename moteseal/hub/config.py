@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from device.errors import LocalError
+from gateway.config import CREDENTIALS_PREFIX, credential_path
 
 
 class HubConfigError(LocalError):
@@ -100,10 +101,18 @@ class HubConfig:
         return self.values[section][key]
 
     def path_of(self, section: str, key: str) -> Path | None:
-        """A path value resolved against the file's directory; None if empty."""
+        """A path value resolved against the file's directory; None if empty.
+        ``$CREDENTIALS_DIRECTORY/NAME`` is a systemd credential; raises
+        ``HubConfigError`` if that variable is not set."""
         v = self.values[section][key]
         if not v:
             return None
+        if v.startswith(CREDENTIALS_PREFIX):  # a systemd credential (moteseal service install)
+            expanded = credential_path(v)
+            if expanded is None:
+                raise HubConfigError(f"{self.path}: [{section}] {key} = {v!r}: $CREDENTIALS_DIRECTORY "
+                                     "is not set (systemd sets it for a unit with LoadCredential=)")
+            return Path(expanded)
         p = Path(v)
         return p if p.is_absolute() else self.path.parent / p
 

@@ -68,6 +68,9 @@ KDF_COSTS = {
 KDF_OPS_MIN, KDF_OPS_MAX = argon2id.OPSLIMIT_MIN, argon2id.OPSLIMIT_SENSITIVE  # 1, 4
 KDF_MEM_MIN, KDF_MEM_MAX = argon2id.MEMLIMIT_MIN, argon2id.MEMLIMIT_SENSITIVE  # 8 KiB, 1 GiB
 PASSPHRASE_ENV = "MOTESEAL_PASSPHRASE"
+# A file holding the passphrase instead (first line): a systemd credential,
+# %d/passphrase in the unit `moteseal service install` writes.
+PASSPHRASE_FILE_ENV = "MOTESEAL_PASSPHRASE_FILE"
 PUB_PREFIX = "moteseal-pub v1 x25519 "
 
 
@@ -137,8 +140,26 @@ def normalize_passphrase(passphrase: str | bytes) -> bytes:
 
 
 def passphrase_from_env() -> bytes | None:
+    """$MOTESEAL_PASSPHRASE, else the first line of the file named by
+    $MOTESEAL_PASSPHRASE_FILE, else None.
+
+    The file's mode is not checked: systemd hands a credential to a service
+    user through an ACL, which shows as group read in the mode bits.
+    Raises ``PassphraseRequired`` (exit 2) if the file is missing or empty.
+    """
     v = os.environ.get(PASSPHRASE_ENV)
-    return normalize_passphrase(v) if v else None
+    if v:
+        return normalize_passphrase(v)
+    path = os.environ.get(PASSPHRASE_FILE_ENV)
+    if not path:
+        return None
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PassphraseRequired(f"${PASSPHRASE_FILE_ENV} {path}: no such file") from None
+    if not lines or not lines[0]:
+        raise PassphraseRequired(f"${PASSPHRASE_FILE_ENV} {path}: the file is empty")
+    return normalize_passphrase(lines[0])
 
 
 # ---------------------------------------------------------------- files
