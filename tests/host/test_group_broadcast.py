@@ -123,15 +123,16 @@ def forge(fleet: Fleet, forger: bytes, payload: bytes, macs: bytes | None = None
     m = fleet.groups[forger].member(GID)
     ctr = m.window.hi + 1
     ct_len = len(payload) + TAG_BYTES
-    buf = bytearray(60 + ct_len + 3 + MAC_BYTES * 10)
+    count = len(fleet.hub.members(GID)) if macs is None else len(macs) // MAC_BYTES
+    buf = bytearray(60 + ct_len + 3 + MAC_BYTES * count)
     off = encode_group_header_into(buf, b"hub", GID, m.epoch, ctr, ct_len)
     body = off + m.cipher.encrypt_into(ctr, buf, off, payload, 0, len(payload), buf, off)
-    at = E.put_head(buf, body, 2, MAC_BYTES * 10)
+    at = E.put_head(buf, body, 2, MAC_BYTES * count)
     tag = bytearray(16)
     m.mac.encrypt_into(ctr, buf, body, tag, 0, 0, tag, 0)
     own = bytes(tag[:MAC_BYTES])
     if macs is None:
-        macs = own * 10  # its own MAC in every slot: the best it can compute
+        macs = own * count  # its own MAC in every slot: the best it can compute
     buf[at:at + len(macs)] = macs
     return bytes(buf[:at + len(macs)])
 
