@@ -386,7 +386,8 @@ class PeerSessions:
         out = bytearray(max(0, env.msg_len - TAG_BYTES))
         try:
             n = tr.decrypt_into(env.nonce, data, env.msg_off, data, env.msg_off,
-                                env.msg_len, out, 0, now, entry[_PAD] is not None)
+                                env.msg_len, out, 0, now,
+                                None if entry[_PAD] is None else unpad_len)
         except SessionExpired:
             self._put(dev, [s for s in self._sessions[dev] if s[1] is not tr])
             return Received("hint", dev, None, self._hint(env, E.HINT_SESSION_EXPIRED))

@@ -51,6 +51,8 @@ Invariants:
   made without pads and strips nothing. The peer decides per device from
   its directory (``padding(id)``), the device from its bundle, so both
   ends agree and a device provisioned before padding existed is unchanged.
+  ``device.padding`` is imported only by a session that pads, so a device
+  that does not pad spends no heap on it (tests/micropython/test_mp_device.py).
 - Rule 6: sessions run NK or NKpsk0 (``SESSION_SUITES``). NKpsk2 mixes the
   PSK in only at message 2, so its message 1 (the 0-RTT reading and the
   replay counter) would authenticate nobody: anyone knowing the peer's key
@@ -62,7 +64,6 @@ from device import envelope as E
 from device.counter import COUNTER_BYTES, put_counter
 from device.errors import (BufferTooSmall, DecodeError, LocalError, MessageTooLarge,
                            SessionExpired)
-from device.padding import pad_into, padded_size, unpad_len
 from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES, SUITES,
                           TAG_BYTES, NKInitiator, parse_suite)
 
@@ -147,6 +148,11 @@ class DeviceSession:
         self._last_hint = None
         self._lock = opts.get("lock")
         self.pad = opts.get("pad")  # Rule 9
+        self._P = self._unpad = None
+        if self.pad is not None:
+            from device import padding
+            self._P = padding  # a module: its functions are looked up without allocating
+            self._unpad = padding.unpad_len
         # Rule 4 without a clock: data messages still to send before a hint
         # is acted on again (counts down to 0; stays a small int).
         self._hint_wait = 0
@@ -174,7 +180,7 @@ class DeviceSession:
     def _handshake(self, payload, buckets):
         n = len(payload)
         pad = self.pad
-        size = n if pad is None else padded_size(n, buckets or pad.hs)
+        size = n if pad is None else self._P.padded_size(n, buckets or pad.hs)
         if size > self.max_payload:
             raise MessageTooLarge("payload exceeds max_payload")
         c = self._counter.next()
@@ -187,7 +193,7 @@ class DeviceSession:
         put_counter(pt, 0, c)
         pt[COUNTER_BYTES:COUNTER_BYTES + n] = payload
         if pad is not None:
-            pad_into(pt, COUNTER_BYTES, n, size)
+            self._P.pad_into(pt, COUNTER_BYTES, n, size)
         msg_len = DHLEN_BYTES + len(pt) + TAG_BYTES  # e, then the sealed payload
         hdr = bytearray(E.HEADER_MAX_BYTES)
         off = E.encode_header_into(hdr, E.HEAD_HS1, self.device_id, self.peer_id, sid, -1, msg_len)
@@ -233,7 +239,8 @@ class DeviceSession:
                 if tr is None:
                     raise DecodeError("no such session")
             self.last_len = tr.decrypt_into(env.nonce, buf, env.msg_off, buf, env.msg_off,
-                                            env.msg_len, out, 0, now, self.pad is not None)
+                                            env.msg_len, out, 0, now,
+                                            None if self.pad is None else self._unpad)
             return EV_DATA
         if t == E.HS2:
             hs = self._hs
@@ -247,7 +254,7 @@ class DeviceSession:
             payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
             pn = len(payload)
             if self.pad is not None:
-                pn = unpad_len(payload, 0, pn)  # Rule 9; DecodeError ends this attempt
+                pn = self._unpad(payload, 0, pn)  # Rule 9; DecodeError ends this attempt
             if pn == COUNTER_NOTICE_BYTES and payload[0] == COUNTER_NOTICE_TAG:
                 # Authenticated: our counter store was lost (Rule 8). The
                 # big-endian counter is read here: a device build strips
@@ -315,7 +322,7 @@ class DeviceSession:
         if tr.expired(now):
             raise SessionExpired("session spent; handshake again")
         pad = self.pad
-        size = n if pad is None else padded_size(n, buckets or pad.up)
+        size = n if pad is None else self._P.padded_size(n, buckets or pad.up)
         if size > tr.max_payload:
             raise MessageTooLarge("message exceeds max_payload")
         off = E.encode_header_into(out, E.HEAD_DATA, self.device_id, self.peer_id,
@@ -327,7 +334,7 @@ class DeviceSession:
                 raise BufferTooSmall("envelope buffer too small")
             for i in range(n):  # no slice: a memoryview slice allocates (STYLE.md 4)
                 out[off + i] = src[i]
-            pad_into(out, off, n, size)
+            self._P.pad_into(out, off, n, size)
             w = off + tr.encrypt_into(out, off, out, off, size, out, off, now)
         if self._hint_wait > 0:
             self._hint_wait -= 1
@@ -337,6 +344,6 @@ class DeviceSession:
         """Allocating convenience: returns the data envelope bytes."""
         size = len(payload)
         if self.pad is not None:
-            size = padded_size(size, buckets or self.pad.up)
+            size = self._P.padded_size(size, buckets or self.pad.up)
         out = bytearray(E.HEADER_MAX_BYTES + size + TAG_BYTES)
         return bytes(out[:self.send_into(payload, len(payload), out, now, buckets)])

@@ -29,7 +29,6 @@ Invariants:
 """
 
 from device import errors
-from device.padding import unpad_len
 from device.replay import DEFAULT_WINDOW, ReplayWindow
 
 try:
@@ -125,9 +124,10 @@ class Transport:
         return w
 
     def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None,
-                     padded=False):
+                     unpad=None):
         """Opens a message sealed under ``nonce``; returns the plaintext length
-        (with ``padded``, the length before its padding, ``device/padding.py``).
+        (with ``unpad``, ``device.padding.unpad_len``: the length before the
+        padding; passed in so a device that does not pad never loads it).
         Raises ``ReplayError`` (duplicate, too old), ``DecodeError`` (nonce
         beyond the session's limits, oversized, malformed padding),
         ``AuthError`` (anything that does not authenticate),
@@ -161,10 +161,10 @@ class Transport:
                 cur += 1
             c = self._backend.cipher(new_key)
         n = c.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
-        if padded:
+        if unpad is not None:
             # Stripped before the commit, so a malformed padding changes
             # nothing either (device/padding.py Rule 2).
-            n = unpad_len(dst, dst_off, n)
+            n = unpad(dst, dst_off, n)
         # Authenticated: commit (Rule 3).
         if epoch > self._r_epoch:
             self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \
