@@ -12,6 +12,7 @@ from device.errors import DecodeError, ReplayError
 from device.padding import (DEFAULT_BUCKETS, PadPolicy, pad_bytes, pad_into, padded_size,
                             unpad_len)
 from device.session import EV_COUNTER_BEHIND, EV_DATA, EV_HANDSHAKE, DeviceSession
+from moteseal.crypto.backend_nacl import NaclBackend
 from tests.pair import Pair
 
 READINGS = [b"", b"t=1", b"t=21.5C", b'{"t":21.5,"h":40}', bytes(31 - 1), b"\x80" * 20,
@@ -156,3 +157,33 @@ def test_a_device_without_padding_keeps_working_beside_padded_ones() -> None:
     assert p.peer.receive(e1).payload == b"abc" and p.peer.receive(e2).payload == b"abc"
     assert p.device.receive(p.peer.send(b"sensor-1", b"x")) == (EV_DATA, b"x")
     assert d2.receive(p.peer.send(b"sensor-2", b"x")) == (EV_DATA, b"x")
+
+
+def test_the_bundle_says_whether_a_device_pads_and_old_bundles_do_not() -> None:
+    import cbor2
+
+    from device.bundle import BundleError
+    from moteseal.keys.provision import Bundle, decode_bundle, device_session, encode_bundle
+
+    peers = [(b"hub", [bytes(range(32))])]
+    link = {"kind": "none"}
+    old = decode_bundle(encode_bundle(Bundle(b"sensor-1", peers, bytes(32), "Noise_NKpsk0_25519_ChaChaPoly_SHA256", link)))
+    assert old.pad is None
+    assert b"pad" not in encode_bundle(old)  # unchanged bytes for devices that do not pad
+    pol = PadPolicy(up=(32, 64), down=(128,), hs=(16,))
+    data = encode_bundle(Bundle(b"sensor-1", peers, bytes(32), "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                                link, pad=pol))
+    b = decode_bundle(data)
+    assert (b.pad.hs, b.pad.up, b.pad.down) == ((16,), (32, 64), (128,))
+    dev = device_session(NaclBackend(), b, Msg1Counter(NonpersistingCounterStore()))
+    assert dev.pad is b.pad
+    # A malformed pad field is refused like any other malformed field.
+    from device.bundle import CHECK_BYTES
+    import hashlib
+    for bad in ({"up": [64, 32]}, {"sideways": [32]}, {"up": []}, [32]):
+        body = cbor2.loads(data)
+        del body["check"]
+        body["pad"] = bad
+        body["check"] = hashlib.sha256(cbor2.dumps(body, canonical=True)).digest()[:CHECK_BYTES]
+        with pytest.raises(BundleError):
+            decode_bundle(cbor2.dumps(body, canonical=True))
