@@ -167,12 +167,12 @@ def test_the_bundle_says_whether_a_device_pads_and_old_bundles_do_not() -> None:
 
     peers = [(b"hub", [bytes(range(32))])]
     link = {"kind": "none"}
-    old = decode_bundle(encode_bundle(Bundle(b"sensor-1", peers, bytes(32), "Noise_NKpsk0_25519_ChaChaPoly_SHA256", link)))
+    suite = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
+    old = decode_bundle(encode_bundle(Bundle(b"sensor-1", peers, bytes(32), suite, link)))
     assert old.pad is None
     assert b"pad" not in encode_bundle(old)  # unchanged bytes for devices that do not pad
     pol = PadPolicy(up=(32, 64), down=(128,), hs=(16,))
-    data = encode_bundle(Bundle(b"sensor-1", peers, bytes(32), "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
-                                link, pad=pol))
+    data = encode_bundle(Bundle(b"sensor-1", peers, bytes(32), suite, link, pad=pol))
     b = decode_bundle(data)
     assert (b.pad.hs, b.pad.up, b.pad.down) == ((16,), (32, 64), (128,))
     dev = device_session(NaclBackend(), b, Msg1Counter(NonpersistingCounterStore()))
