@@ -20,6 +20,7 @@ _EXPORTS = {
     "DeviceSession": "device.session", "PeerSessions": "device.peer",
     "NonpersistingDirectory": "device.peer", "Received": "device.peer",
     "FrameDecoder": "device.framing",
+    "PadPolicy": "device.padding", "Groups": "device.group",
 }
 
 __all__ = list(_EXPORTS)

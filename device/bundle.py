@@ -45,7 +45,8 @@ ID_MAX_BYTES = const(16)  # docs/protocol.md: ids are 1..16 bytes
 _MAX_ITEMS = const(16)  # per array or map: 9 top-level fields, a few peers and keys
 _MAX_DEPTH = const(4)  # map > peers array > peer map > keys array
 
-FIELDS = ("format", "v", "device", "generation", "peers", "psk", "suite", "link", "check")
+FIELDS = ("format", "v", "device", "generation", "peers", "psk", "suite", "link", "pad", "check")
+PAD_KINDS = ("hs", "up", "down")  # device/padding.py PadPolicy; each an array of buckets
 LINK_FIELDS = {
     # TLS (all optional, so older bundles read the same): "ca" the broker's
     # CA certificate(s), DER; "pin" SHA-256 of the broker's certificate,
@@ -88,10 +89,14 @@ class Bundle:
     """What ``device.session.DeviceSession`` needs: ``device_id``,
     ``peer_id`` and ``peer_keys`` (the first peer's pinned static keys,
     newest first), ``psk``, ``suite``; plus ``peers`` (all of them, as
-    ``(peer_id, [pub, ...])``), ``link`` and ``generation``. ``repr`` shows
+    ``(peer_id, [pub, ...])``), ``link``, ``generation`` and ``pad`` (a
+    ``device.padding.PadPolicy`` if the device pads, else None: the field
+    is absent from bundles of devices that do not, so a bundle reader from
+    before padding refuses a padding bundle rather than run unpadded). ``repr`` shows
     neither the PSK nor the link password."""
 
-    def __init__(self, device_id, peers, psk, suite, link, generation=1):
+    def __init__(self, device_id, peers, psk, suite, link, generation=1, pad=None):
+        self.pad = pad
         self.device_id = device_id
         self.peers = peers
         self.psk = psk
@@ -262,7 +267,21 @@ def decode_bundle(data):
         raise BundleError("field 'link' pin is not a SHA-256 hash")
     if "server_name" in link and "ca" not in link and "pin" not in link:
         raise BundleError("field 'link' server_name without ca or pin")
-    return Bundle(device_id, out, psk, suite, link, gen)
+    pad = doc.get("pad")
+    if pad is not None:
+        if not isinstance(pad, dict):
+            raise BundleError("field 'pad' malformed")
+        for k in pad:
+            v = pad[k]
+            if k not in PAD_KINDS or not isinstance(v, list) or not v:
+                raise BundleError("field 'pad' malformed")
+        from device.padding import PadPolicy  # only a device that pads loads it
+
+        try:
+            pad = PadPolicy(hs=pad.get("hs"), up=pad.get("up"), down=pad.get("down"))
+        except LocalError:
+            raise BundleError("field 'pad' malformed")
+    return Bundle(device_id, out, psk, suite, link, gen, pad)
 
 
 def load_bundle(path):

@@ -41,6 +41,12 @@ Invariants:
 - Rule 8: a message 1 refused for its counter (Rule 2) that authenticated
   is answered with ``device/session.py`` Rule 8's counter notice, a message
   2 that makes no session, instead of a refusal hint.
+- Rule 9: padding per device (``device/session.py`` Rule 9). The
+  directory's optional ``padding(id)`` returns a ``PadPolicy`` or None
+  (a directory without the method: None, nobody pads). It is read once
+  per message 1 and kept in the session entry, so a session pads, or not,
+  for its whole life. A message 1 whose padding is malformed is refused
+  as ``malformed`` before its counter is stored.
 """
 
 from device import envelope as E
@@ -49,6 +55,7 @@ from device.errors import (AuthError, DecodeError, LocalError, RemoteError,
                            ReplayError, SessionExpired, StorageError)
 from device.noise import (DEFAULT_SUITE, MAX_PAYLOAD_BYTES, TAG_BYTES,
                           NKResponder, parse_suite)
+from device.padding import pad_bytes, padded_size, pad_into, unpad_len
 from device.session import (COUNTER_NOTICE_BYTES, COUNTER_NOTICE_TAG,
                             DEFAULT_MAX_DEVICES, _limits, _session_suite)
 
@@ -66,7 +73,8 @@ class NonpersistingDirectory:
     ``revision()`` (a value that changes whenever a device or a peer key may
     have changed), ``device_epoch(id)`` (None if unknown or revoked, else a
     value that changes on re-provisioning) and ``static_live(pub)``; for
-    Rule 6 ``restored(id)`` and ``clear_restored(id)``.
+    Rule 6 ``restored(id)`` and ``clear_restored(id)``; optionally, for
+    Rule 9, ``padding(id)`` (a ``PadPolicy`` or None).
 
     Not thread-safe: the ``PeerSessions`` using it serialises its calls."""
 
@@ -78,11 +86,13 @@ class NonpersistingDirectory:
         self.used = {}
         self.refusals = {}
         self.epochs = {}
+        self.pads = {}
         self.rev = 0
 
-    def add(self, device_id, psk):
+    def add(self, device_id, psk, pad=None):
         device_id = bytes(device_id)
         self.psks[device_id] = psk
+        self.pads[device_id] = pad
         self.epochs[device_id] = self.epochs.get(device_id, 0) + 1
         self.revoked.discard(device_id)
         self.rev += 1
@@ -131,6 +141,9 @@ class NonpersistingDirectory:
                 return True
         return False
 
+    def padding(self, device_id):
+        return self.pads.get(bytes(device_id))
+
     def restored(self, device_id):
         return False  # nothing here outlives the process, so nothing is restored
 
@@ -151,9 +164,10 @@ class Received:
 
 
 # A session entry: [sid, transport, confirmed, epoch, static pub, revision
-# it was last checked at, held 0-RTT payload or None].
+# it was last checked at, held 0-RTT payload or None, PadPolicy or None].
 _CONFIRMED = 2
 _HELD = 6
+_PAD = 7
 
 
 class PeerSessions:
@@ -302,6 +316,14 @@ class PeerSessions:
             raise self._refuse(AuthError("message does not authenticate"), env, dev, "auth")
         if len(payload) < COUNTER_BYTES:
             raise self._refuse(DecodeError("message 1 lacks its counter"), env, dev, "malformed")
+        pad = getattr(d, "padding", None)
+        pad = pad(dev) if pad is not None else None  # Rule 9
+        end = len(payload)
+        if pad is not None:
+            try:
+                end = COUNTER_BYTES + unpad_len(payload, COUNTER_BYTES, end - COUNTER_BYTES)
+            except DecodeError as e:
+                raise self._refuse(e, env, dev, "malformed")
         c = get_counter(payload, 0)
         highest = d.counter_get(dev)
         if c <= highest:
@@ -312,6 +334,8 @@ class PeerSessions:
             notice = bytearray(COUNTER_NOTICE_BYTES)
             notice[0] = COUNTER_NOTICE_TAG
             put_counter(notice, 1, highest)
+            if pad is not None:
+                notice = pad_bytes(notice, pad.hs)
             err.reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, hs.write_message(notice))
             raise err
         old = [s for s in self._sessions.get(dev, []) if s[0] != env.sid]
@@ -331,7 +355,7 @@ class PeerSessions:
             d.count_refusal(dev, "unstored")
             e.reason = "unstored"
             raise
-        msg2 = hs.write_message(b"")
+        msg2 = hs.write_message(b"" if pad is None else pad_bytes(b"", pad.hs))
         reply = E.encode(E.HEAD_HS2, self.peer_id, dev, env.sid, msg2)
         tr = hs.into_transport(**_limits(self._opts, now))
         if victim is not None:
@@ -343,13 +367,13 @@ class PeerSessions:
             if e[_CONFIRMED]:
                 keep = [e]
                 break
-        early = bytes(payload[COUNTER_BYTES:])
+        early = bytes(payload[COUNTER_BYTES:end])
         held = None
         if d.restored(dev):
             held, early = early, None  # Rule 6: released by the device's first data
         # confirmed once the device has sent authenticated data on it, which
         # proves it holds message 2's keys.
-        self._put(dev, [[env.sid, tr, False, epoch, used, rev, held]] + keep)
+        self._put(dev, [[env.sid, tr, False, epoch, used, rev, held, pad]] + keep)
         return Received("hs1", dev, early, reply)
 
     def _data(self, data, env, dev, now):
@@ -362,7 +386,8 @@ class PeerSessions:
         out = bytearray(max(0, env.msg_len - TAG_BYTES))
         try:
             n = tr.decrypt_into(env.nonce, data, env.msg_off, data, env.msg_off,
-                                env.msg_len, out, 0, now)
+                                env.msg_len, out, 0, now,
+                                None if entry[_PAD] is None else unpad_len)
         except SessionExpired:
             self._put(dev, [s for s in self._sessions[dev] if s[1] is not tr])
             return Received("hint", dev, None, self._hint(env, E.HINT_SESSION_EXPIRED))
@@ -378,31 +403,38 @@ class PeerSessions:
                     pass  # stays marked: its next 0-RTT payload waits too (the safe side)
         return Received("data", dev, bytes(out[:n]), None, early)
 
-    def send(self, device_id, payload, now=None):
+    def send(self, device_id, payload, now=None, buckets=None):
         """A data envelope to ``device_id`` on the newest session the device
         is known to hold: the newest one it has sent data on, else the
-        newest (message 2 may still be on its way). Raises ``LocalError`` if
-        the device has no session (also once revoked, Rule 4)."""
+        newest (message 2 may still be on its way). If that session pads
+        (Rule 9) the payload pads to ``buckets`` (default: its policy's
+        ``down``). Raises ``LocalError`` if the device has no session (also
+        once revoked, Rule 4), ``MessageTooLarge``."""
         lk = self._lock
         if lk is None:
-            return self._send(device_id, payload, now)
+            return self._send(device_id, payload, now, buckets)
         with lk:  # the header's nonce and the sealing nonce are one
-            return self._send(device_id, payload, now)
+            return self._send(device_id, payload, now, buckets)
 
-    def _send(self, device_id, payload, now):
+    def _send(self, device_id, payload, now, buckets):
         dev = bytes(device_id)
         s = self._live(dev, now)
         if not s:
             raise LocalError("no session with that device")
-        sid, tr = s[0][0], s[0][1]
+        sid, tr, pad = s[0][0], s[0][1], s[0][_PAD]
         for e in s:
             if e[2]:
-                sid, tr = e[0], e[1]
+                sid, tr, pad = e[0], e[1], e[_PAD]
                 break
         if tr.expired(now):
             raise SessionExpired("session spent; the device must handshake again")
-        out = bytearray(E.HEADER_MAX_BYTES + len(payload) + TAG_BYTES)
+        n = len(payload)
+        size = n if pad is None else padded_size(n, buckets or pad.down)
+        out = bytearray(E.HEADER_MAX_BYTES + size + TAG_BYTES)
         off = E.encode_header_into(out, E.HEAD_DATA, self.peer_id, dev, sid,
-                                   tr.send_nonce, len(payload) + TAG_BYTES)
-        n = off + tr.encrypt_into(out, off, payload, 0, len(payload), out, off, now)
+                                   tr.send_nonce, size + TAG_BYTES)
+        out[off:off + n] = payload
+        if pad is not None:
+            pad_into(out, off, n, size)
+        n = off + tr.encrypt_into(out, off, out, off, size, out, off, now)
         return bytes(out[:n])

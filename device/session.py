@@ -44,6 +44,15 @@ Invariants:
   the device's counter jumps past that value (``EV_COUNTER_BEHIND``) and
   the next handshake succeeds. Replay protection is unchanged: the peer
   still refuses every counter at or below the highest it holds.
+- Rule 9: padding (``device/padding.py``). A session made with ``pad=``
+  a ``PadPolicy`` pads message 1's 0-RTT payload (after the counter),
+  message 2's payload (the counter notice too) and every data plaintext
+  to its bucket, and strips the padding from everything it receives; one
+  made without pads and strips nothing. The peer decides per device from
+  its directory (``padding(id)``), the device from its bundle, so both
+  ends agree and a device provisioned before padding existed is unchanged.
+  ``device.padding`` is imported only by a session that pads, so a device
+  that does not pad spends no heap on it (tests/micropython/test_mp_device.py).
 - Rule 6: sessions run NK or NKpsk0 (``SESSION_SUITES``). NKpsk2 mixes the
   PSK in only at message 2, so its message 1 (the 0-RTT reading and the
   replay counter) would authenticate nobody: anyone knowing the peer's key
@@ -53,7 +62,8 @@ Invariants:
 
 from device import envelope as E
 from device.counter import COUNTER_BYTES, put_counter
-from device.errors import DecodeError, LocalError, MessageTooLarge, SessionExpired
+from device.errors import (BufferTooSmall, DecodeError, LocalError, MessageTooLarge,
+                           SessionExpired)
 from device.noise import (DEFAULT_SUITE, DHLEN_BYTES, MAX_PAYLOAD_BYTES, SUITES,
                           TAG_BYTES, NKInitiator, parse_suite)
 
@@ -108,7 +118,8 @@ class DeviceSession:
     ``self.last_len`` bytes of plaintext in ``out``;
     ``send_into(src, n, out, now)`` -> length of a data envelope in ``out``.
     Optional keyword limits: window, rekey_interval, max_messages, max_age,
-    max_payload, hint_interval; and ``lock`` (Rule 7).
+    max_payload, hint_interval; ``lock`` (Rule 7); ``pad``, a
+    ``PadPolicy`` (Rule 9).
 
     Threads: shareable only if made with ``lock=`` (Rule 7); else one
     thread at a time.
@@ -136,6 +147,12 @@ class DeviceSession:
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
         self._last_hint = None
         self._lock = opts.get("lock")
+        self.pad = opts.get("pad")  # Rule 9
+        self._P = self._unpad = None
+        if self.pad is not None:
+            from device import padding
+            self._P = padding  # a module: its functions are looked up without allocating
+            self._unpad = padding.unpad_len
         # Rule 4 without a clock: data messages still to send before a hint
         # is acted on again (counts down to 0; stays a small int).
         self._hint_wait = 0
@@ -147,18 +164,24 @@ class DeviceSession:
         self.last_len = 0
         self._env = E.Envelope()
 
-    def handshake(self, payload=b"", now=None):
+    def handshake(self, payload=b"", now=None, buckets=None):
         """Starts a new handshake; returns the hs1 envelope. The current
-        session (if any) keeps working until message 2 arrives. Raises
-        ``MessageTooLarge``, ``LocalError`` (counter exhausted)."""
+        session (if any) keeps working until message 2 arrives. With
+        padding (Rule 9) the payload pads to ``buckets`` (default: the
+        policy's ``hs``). Raises ``MessageTooLarge`` (also when the padded
+        payload exceeds ``max_payload``), ``LocalError`` (counter
+        exhausted)."""
         lk = self._lock
         if lk is None:
-            return self._handshake(payload)
+            return self._handshake(payload, buckets)
         with lk:
-            return self._handshake(payload)
+            return self._handshake(payload, buckets)
 
-    def _handshake(self, payload):
-        if len(payload) > self.max_payload:
+    def _handshake(self, payload, buckets):
+        n = len(payload)
+        pad = self.pad
+        size = n if pad is None else self._P.padded_size(n, buckets or pad.hs)
+        if size > self.max_payload:
             raise MessageTooLarge("payload exceeds max_payload")
         c = self._counter.next()
         sid = c % SID_SPACE
@@ -166,9 +189,11 @@ class DeviceSession:
             # Never the live session's id: the peer would replace that session
             # at once, and if this attempt then dies the live one is gone too.
             sid = (sid + 1) % SID_SPACE
-        pt = bytearray(COUNTER_BYTES + len(payload))
+        pt = bytearray(COUNTER_BYTES + size)
         put_counter(pt, 0, c)
-        pt[COUNTER_BYTES:] = payload
+        pt[COUNTER_BYTES:COUNTER_BYTES + n] = payload
+        if pad is not None:
+            self._P.pad_into(pt, COUNTER_BYTES, n, size)
         msg_len = DHLEN_BYTES + len(pt) + TAG_BYTES  # e, then the sealed payload
         hdr = bytearray(E.HEADER_MAX_BYTES)
         off = E.encode_header_into(hdr, E.HEAD_HS1, self.device_id, self.peer_id, sid, -1, msg_len)
@@ -214,7 +239,8 @@ class DeviceSession:
                 if tr is None:
                     raise DecodeError("no such session")
             self.last_len = tr.decrypt_into(env.nonce, buf, env.msg_off, buf, env.msg_off,
-                                            env.msg_len, out, 0, now)
+                                            env.msg_len, out, 0, now,
+                                            None if self.pad is None else self._unpad)
             return EV_DATA
         if t == E.HS2:
             hs = self._hs
@@ -226,7 +252,10 @@ class DeviceSession:
             # a replayed message 2 meets "unexpected", a remote error.
             self._hs = None
             payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
-            if len(payload) == COUNTER_NOTICE_BYTES and payload[0] == COUNTER_NOTICE_TAG:
+            pn = len(payload)
+            if self.pad is not None:
+                pn = self._unpad(payload, 0, pn)  # Rule 9; DecodeError ends this attempt
+            if pn == COUNTER_NOTICE_BYTES and payload[0] == COUNTER_NOTICE_TAG:
                 # Authenticated: our counter store was lost (Rule 8). The
                 # big-endian counter is read here: a device build strips
                 # counter.get_counter (peer-only).
@@ -240,8 +269,9 @@ class DeviceSession:
                 self._prev = (self.transport, self.sid)
             self.transport = hs.into_transport(**_limits(self._opts, now))
             self.sid = self._pending_sid
-            out[:len(payload)] = payload
-            self.last_len = len(payload)
+            for i in range(pn):
+                out[i] = payload[i]
+            self.last_len = pn
             return EV_HANDSHAKE
         if t == E.HINT:
             if env.reason == E.HINT_REFUSED and self._hs is not None \
@@ -272,30 +302,48 @@ class DeviceSession:
         ev = self.receive_into(data, len(data), out, now)
         return ev, bytes(out[:self.last_len])
 
-    def send_into(self, src, n, out, now=None):
+    def send_into(self, src, n, out, now=None, buckets=None):
         """Seals ``src[:n]`` into a data envelope in ``out``; returns its
-        length. Raises ``LocalError`` (no session), ``SessionExpired``,
-        ``MessageTooLarge``, ``BufferTooSmall``."""
+        length. With padding (Rule 9) the plaintext is copied into ``out``,
+        padded there to ``buckets`` (default: the policy's ``up``) and sealed
+        in place, so ``out`` needs room for the padded size. Raises
+        ``LocalError`` (no session), ``SessionExpired``, ``MessageTooLarge``,
+        ``BufferTooSmall``."""
         lk = self._lock
         if lk is None:
-            return self._send_into(src, n, out, now)
+            return self._send_into(src, n, out, now, buckets)
         with lk:  # the header's nonce and the sealing nonce are one (Rule 7)
-            return self._send_into(src, n, out, now)
+            return self._send_into(src, n, out, now, buckets)
 
-    def _send_into(self, src, n, out, now):
+    def _send_into(self, src, n, out, now, buckets):
         tr = self.transport
         if tr is None:
             raise LocalError("no session: handshake first")
         if tr.expired(now):
             raise SessionExpired("session spent; handshake again")
+        pad = self.pad
+        size = n if pad is None else self._P.padded_size(n, buckets or pad.up)
+        if size > tr.max_payload:
+            raise MessageTooLarge("message exceeds max_payload")
         off = E.encode_header_into(out, E.HEAD_DATA, self.device_id, self.peer_id,
-                                   self.sid, tr.send_nonce, n + TAG_BYTES)
-        w = off + tr.encrypt_into(out, off, src, 0, n, out, off, now)
+                                   self.sid, tr.send_nonce, size + TAG_BYTES)
+        if pad is None:
+            w = off + tr.encrypt_into(out, off, src, 0, n, out, off, now)
+        else:
+            if off + size + TAG_BYTES > len(out):
+                raise BufferTooSmall("envelope buffer too small")
+            for i in range(n):  # no slice: a memoryview slice allocates (STYLE.md 4)
+                out[off + i] = src[i]
+            self._P.pad_into(out, off, n, size)
+            w = off + tr.encrypt_into(out, off, out, off, size, out, off, now)
         if self._hint_wait > 0:
             self._hint_wait -= 1
         return w
 
-    def send(self, payload, now=None):
+    def send(self, payload, now=None, buckets=None):
         """Allocating convenience: returns the data envelope bytes."""
-        out = bytearray(E.HEADER_MAX_BYTES + len(payload) + TAG_BYTES)
-        return bytes(out[:self.send_into(payload, len(payload), out, now)])
+        size = len(payload)
+        if self.pad is not None:
+            size = self._P.padded_size(size, buckets or self.pad.up)
+        out = bytearray(E.HEADER_MAX_BYTES + size + TAG_BYTES)
+        return bytes(out[:self.send_into(payload, len(payload), out, now, buckets)])

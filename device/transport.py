@@ -123,12 +123,15 @@ class Transport:
         self.send_nonce = n + 1
         return w
 
-    def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None):
-        """Opens a message sealed under ``nonce``; returns the plaintext length.
+    def decrypt_into(self, nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, now=None,
+                     unpad=None):
+        """Opens a message sealed under ``nonce``; returns the plaintext length
+        (with ``unpad``, ``device.padding.unpad_len``: the length before the
+        padding; passed in so a device that does not pad never loads it).
         Raises ``ReplayError`` (duplicate, too old), ``DecodeError`` (nonce
-        beyond the session's limits, oversized), ``AuthError`` (anything that
-        does not authenticate), ``SessionExpired``. On any error nothing
-        changes (Rule 3)."""
+        beyond the session's limits, oversized, malformed padding),
+        ``AuthError`` (anything that does not authenticate),
+        ``SessionExpired``. On any error nothing changes (Rule 3)."""
         if nonce < 0 or nonce >= self.max_messages:
             raise errors.DecodeError("nonce out of session range")
         if src_len - TAG_BYTES > self.max_payload:
@@ -158,6 +161,10 @@ class Transport:
                 cur += 1
             c = self._backend.cipher(new_key)
         n = c.decrypt_into(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off)
+        if unpad is not None:
+            # Stripped before the commit, so a malformed padding changes
+            # nothing either (device/padding.py Rule 2).
+            n = unpad(dst, dst_off, n)
         # Authenticated: commit (Rule 3).
         if epoch > self._r_epoch:
             self._r_prev = self._r_cur if epoch == self._r_epoch + 1 \

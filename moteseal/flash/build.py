@@ -58,7 +58,7 @@ MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 # on the 64-bit unix port for nothing the device uses).
 CORE_MODULES = (
     "errors", "backend", "noise", "transport", "replay", "envelope",
-    "counter", "session", "counter_file", "framing", "bundle", "reading",
+    "counter", "session", "counter_file", "framing", "bundle", "reading", "padding",
 )
 # Every other top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy

@@ -58,6 +58,8 @@ def describe_bundle(b: Bundle) -> dict[str, Any]:
         "peers": [{"peer_id": p.decode("ascii"), "keys": [k.hex() for k in ks]} for p, ks in b.peers],
         "suite": b.suite,
         "link": link,
+        "pad": None if b.pad is None else {"hs": list(b.pad.hs), "up": list(b.pad.up),
+                                           "down": list(b.pad.down)},
     }
 
 
@@ -71,6 +73,10 @@ def _body(b: Bundle) -> dict[str, Any]:
         "psk": b.psk,
         "suite": b.suite,
         "link": dict(b.link),
+        # Only for a device that pads (device/bundle.py): older readers then
+        # refuse the bundle instead of talking unpadded to a padding hub.
+        **({} if b.pad is None else
+           {"pad": {"hs": list(b.pad.hs), "up": list(b.pad.up), "down": list(b.pad.down)}}),
     }
 
 
@@ -189,4 +195,6 @@ def device_session(backend: Any, bundle: Bundle, counter: Any, peer_id: bytes | 
 
     pid = bundle.peer_id if peer_id is None else peer_id
     keys = bundle.pinned_keys(pid)
+    if bundle.pad is not None:
+        opts.setdefault("pad", bundle.pad)
     return DeviceSession(backend, bundle.device_id, pid, keys, bundle.psk, counter, bundle.suite, **opts)

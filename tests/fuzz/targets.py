@@ -576,3 +576,9 @@ SEEDS = {
     "device_receive": DEVICE_MUTATOR, "framing": FRAME_MUTATOR, "mqtt_parser": MQTT_MUTATOR,
     "bundle": BUNDLE_MUTATOR, "key_file": KEY_MUTATOR,
 }
+
+# Group broadcast's decoders live beside this file (it is near 600 lines).
+from tests.fuzz import targets_group as _group  # noqa: E402
+
+TARGETS.update(_group.TARGETS)
+SEEDS.update(_group.SEEDS)
