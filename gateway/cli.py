@@ -77,6 +77,8 @@ def run(config_path: Path) -> None:
         where = (f" (metrics port {cfg.metrics_host}:{cfg.metrics_port}: another gateway or "
                  "program holds it; change [metrics] port)") if exc.errno == errno.EADDRINUSE else ""
         raise click.ClickException(f"cannot start: {exc.strerror or exc}{where}") from None
+    # SIGHUP re-reads [routes] and [policy] without a restart (docs/gateway.md).
+    signal.signal(signal.SIGHUP, lambda *_: gw.reload_routes(config_path))
     if cfg.log_file:
         click.echo(f"gateway {cfg.name} running; logging to {cfg.log_file} (Ctrl-C stops)", err=True)
     try:

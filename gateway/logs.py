@@ -68,11 +68,13 @@ class DropLog:
         self._window: dict[str, list[float | int]] = {}  # reason -> [start, logged, suppressed]
         self._lock = threading.Lock()  # links call the relay from several threads
 
-    def __call__(self, reason: str, arrived_from: str, link: str, size: int) -> None:
+    def __call__(self, reason: str, arrived_from: str, link: str, size: int,
+                 dst: str | None = None) -> None:
         with self._lock:
-            self._log_drop(reason, arrived_from, link, size)
+            self._log_drop(reason, arrived_from, link, size, dst)
 
-    def _log_drop(self, reason: str, arrived_from: str, link: str, size: int) -> None:
+    def _log_drop(self, reason: str, arrived_from: str, link: str, size: int,
+                  dst: str | None) -> None:
         now = self.clock()
         w = self._window.get(reason)
         if w is None or now - w[0] >= 1.0:
@@ -83,7 +85,10 @@ class DropLog:
         if w[1] < self.per_second:
             w[1] += 1
             # The id comes from a topic or a link: bounded, and JSON-escaped.
+            # dst where the envelope got that far (unknown_destination, policy):
+            # a route named "hub" for a peer called "hub1" shows at once.
+            extra = {} if dst is None else {"dst": dst[:64]}
             self.log.event("drop", level="warning", reason=reason,
-                           arrived_from=arrived_from[:64], link=link, size=size)
+                           arrived_from=arrived_from[:64], link=link, size=size, **extra)
         else:
             w[2] += 1

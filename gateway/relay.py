@@ -225,7 +225,7 @@ class RelayStats:
         }
 
 
-DropHook = Callable[[str, str, str, int], None]
+DropHook = Callable[[str, str, str, int, "str | None"], None]  # reason, from, link, size, dst
 ForwardHook = Callable[[Header, int, str], None]
 
 
@@ -233,7 +233,7 @@ class Relay:
     """Validate, route, rate-limit and forward envelopes between links.
 
     ``links`` maps a link name to a ``Link``; links may be added later with
-    ``add_link``. ``on_drop(reason, arrived_from, link, size)`` is called for
+    ``add_link``. ``on_drop(reason, arrived_from, link, size, dst)`` is called for
     each drop (the runner logs it, without payload bytes);
     ``on_forward(header, size, out_link)`` for each forwarded envelope (the
     demo shows what the gateway sees: ids, kinds, sizes). ``clock`` is a
@@ -280,14 +280,15 @@ class Relay:
             if reason is not None:
                 self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
         if reason is not None:
-            return self._dropped(reason, arrived_from, link, len(envelope), done)
+            return self._dropped(reason, arrived_from, link, len(envelope), done,
+                                 header.dst if header is not None else None)
         out = self.links[out_name]  # type: ignore[index]
         try:
             out.send(header.dst, envelope, done)  # type: ignore[union-attr]
         except Exception:
             with self._lock:
                 self.stats.dropped[LINK_ERROR] += 1
-            return self._dropped(LINK_ERROR, arrived_from, link, len(envelope), done)
+            return self._dropped(LINK_ERROR, arrived_from, link, len(envelope), done, header.dst)  # type: ignore[union-attr]
         with self._lock:
             stats = self.stats
             stats.relayed[out_name] = stats.relayed.get(out_name, 0) + 1  # type: ignore[index]
@@ -316,9 +317,9 @@ class Relay:
             return UNKNOWN_SOURCE, None, None
         out_name = self.routes.link_for(header.dst)
         if out_name is None or out_name not in self.links:
-            return UNKNOWN_DESTINATION, None, None
+            return UNKNOWN_DESTINATION, header, None  # the drop line names dst
         if not self.policy.allows(header.src, header.dst):
-            return POLICY, None, None
+            return POLICY, header, None
         return None, header, out_name
 
     def drop(self, reason: str, arrived_from: str, link: str, size: int,
@@ -330,10 +331,10 @@ class Relay:
         return self._dropped(reason, arrived_from, link, size, done)
 
     def _dropped(self, reason: str, arrived_from: str, link: str, size: int,
-                 done: Done | None) -> str:
+                 done: Done | None, dst: str | None = None) -> str:
         if self.on_drop is not None:
             try:
-                self.on_drop(reason, arrived_from, link, size)
+                self.on_drop(reason, arrived_from, link, size, dst)
             except Exception:
                 pass  # a logging failure must not stop the relay
         if done is not None:

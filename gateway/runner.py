@@ -68,6 +68,27 @@ class Gateway:
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None
 
+    def reload_routes(self, path: Any) -> bool:
+        """Re-reads ``[routes]`` and ``[policy]`` from the config file at
+        ``path`` (SIGHUP) and swaps them in at once; links, accounts and
+        limits keep running. A config that does not load leaves the old
+        routes in place and is logged. Returns whether it reloaded."""
+        from gateway.config import load_config
+
+        try:
+            cfg = load_config(path)
+            routes = RouteTable(cfg.routes)
+            policy = RoutePolicy(cfg.peers, any_to_any=cfg.any_to_any)
+        except Exception as exc:  # noqa: BLE001 - from a signal handler: never stop the relay
+            self.log.event("routes_reload_failed", level="error", error=str(exc)[:300])
+            return False
+        with self.relay._lock:  # a whole envelope sees either the old table or the new
+            self.relay.routes = routes
+            self.relay.policy = policy
+        self.log.event("routes_reloaded", links=",".join(sorted(cfg.routes)),
+                       patterns=sum(len(v) for v in cfg.routes.values()))
+        return True
+
     @property
     def metrics_port(self) -> int:
         return int(self.metrics_server.server_port) if self.metrics_server else 0

@@ -92,7 +92,8 @@ def test_bad_envelopes_are_dropped_counted_and_acknowledged(world, env, arrived,
     assert relay.stats.dropped[reason] == 1
     assert sum(relay.stats.dropped.values()) == 1
     assert mqtt.sent == [] and serial.sent == []
-    assert drops == [(reason, arrived, link, len(env))]
+    dst = "nobody" if reason == UNKNOWN_DESTINATION else None  # named where it was read
+    assert drops == [(reason, arrived, link, len(env), dst)]
 
 
 def test_rate_limit_is_per_device_and_refills(world):

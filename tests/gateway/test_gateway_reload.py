@@ -1,0 +1,72 @@
+"""Operating the gateway process: a drop names the destination it could not
+route (so a route named "hub" for a peer called "hub1" shows at once), and
+SIGHUP reloads [routes] and [policy] without a restart; a config that does
+not load keeps the old routes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import cbor2
+import pytest
+
+pytestmark = pytest.mark.mosquitto
+
+
+def data(src: str, dst: str, nonce: int) -> bytes:
+    return cbor2.dumps([6, src.encode(), dst.encode(), 1, nonce, b"\x5a" * 40])
+
+
+def _log_events(gw, name: str) -> list[dict]:
+    out = []
+    for line in gw.log_text().splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("event") == name:
+            out.append(doc)
+    return out
+
+
+def _wait(pred, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    return pred()
+
+
+def test_a_drop_names_its_destination_and_sighup_reloads_the_routes(mosquitto, mqtt_client,
+                                                                      gateway_process):
+    broker = mosquitto(accounts={"gw": "gateway", "hub1": "device", "sensor-1": "device"})
+    # The docs' old mistake: the route says "hub", the peer is "hub1".
+    gw = gateway_process(broker, routes={"mqtt": ["hub", "sensor-*"]}, peers=["hub", "hub1"])
+    peer = mqtt_client(broker, "hub1")
+    peer.subscribe("moteseal/v1/down/hub1")
+    s1 = mqtt_client(broker, "sensor-1")
+    s1.publish("moteseal/v1/up/sensor-1", data("sensor-1", "hub1", 1))
+    drops = _wait(lambda: [d for d in _log_events(gw, "drop") if d["reason"] == "unknown_destination"])
+    assert drops and drops[0]["dst"] == "hub1" and drops[0]["arrived_from"] == "sensor-1", drops
+    assert peer.quiet(0.5) == []
+
+    # A broken config on SIGHUP: logged, the old routes stay.
+    good = gw.config.read_text()
+    gw.config.write_text(good.replace("[routes]", "[routes\n"))
+    gw.proc.send_signal(signal.SIGHUP)
+    assert _wait(lambda: _log_events(gw, "routes_reload_failed"))
+    assert gw.proc.poll() is None
+
+    # The fixed config: routed from now on, without a restart.
+    gw.config.write_text(re.sub(r'mqtt = \[.*\]', 'mqtt = ["hub1", "sensor-*"]', good))
+    gw.proc.send_signal(signal.SIGHUP)
+    assert _wait(lambda: _log_events(gw, "routes_reloaded"))
+    env = data("sensor-1", "hub1", 2)
+    s1.publish("moteseal/v1/up/sensor-1", env)
+    assert peer.collect(1) == [("moteseal/v1/down/hub1", env)]
+    assert gw.proc.poll() is None
