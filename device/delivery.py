@@ -17,6 +17,10 @@ Wire forms (inside the encrypted payload, so the relay sees none of it):
 - an acknowledgement, peer to device: ``0x06 | boot u32 | seq u32``: every
   reading of runs before ``boot``, and of ``boot`` up to ``seq``, is
   delivered. Cumulative, so a lost acknowledgement costs nothing.
+- a command, peer to device: ``0x02 | id u32 | body``; the device answers
+  ``0x03 | id u32`` once it has handed the body to its application, so the
+  sender can see that the device got it (``moteseal send --wait``). A
+  command sent again (the hub resends until answered) carries the same id.
 
 Invariants:
 - Rule 1: a reading stays in the outbox until an acknowledgement covers it;
@@ -40,7 +44,10 @@ except ImportError:
         return x
 
 READING = const(0x01)
+COMMAND = const(0x02)
+COMMAND_ACK = const(0x03)
 ACK = const(0x06)
+COMMAND_HEAD_BYTES = const(5)  # kind, id
 HEAD_BYTES = const(10)  # kind, boot, seq, back
 ACK_BYTES = const(9)  # kind, boot, seq
 DEFAULT_SLOTS = const(16)
@@ -74,6 +81,21 @@ def parse_reading(buf, n):
 
 def is_ack(buf, n):
     return n == ACK_BYTES and buf[0] == ACK
+
+
+def command_id(buf, n):
+    """The id of a command frame ``buf[:n]`` (its body is
+    ``buf[COMMAND_HEAD_BYTES:n]``), or -1 if it is not one."""
+    if n < COMMAND_HEAD_BYTES or buf[0] != COMMAND:
+        return -1
+    return _get32(buf, 1)
+
+
+def encode_command_ack_into(buf, cid):
+    """Writes the device's answer to command ``cid``; returns its length."""
+    buf[0] = COMMAND_ACK
+    _put32(buf, 1, cid & _U32)
+    return COMMAND_HEAD_BYTES
 
 
 def encode_ack_into(buf, boot, seq):

@@ -206,13 +206,14 @@ def readings_cmd(config_path: str | None, store: str | None, device: str | None,
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="hub.toml of the running hub (default: ./hub.toml).")
 @click.option("--wait", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Seconds to wait until the hub has sent it to the device.")
+              help="Seconds to wait until the device has acknowledged it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the command's state as JSON.")
 def send_cmd(device: str, command: str, config_path: str | None, wait: float, as_json: bool) -> None:
     """Queue a command for DEVICE through the running hub. It goes down end to
     end, encrypted, right after the device's next message (sleeping devices
-    too); exit 0 once queued (or, with --wait, once sent; 1 if not sent in
-    time). At most 200 bytes and 16 queued per device.
+    too), and the device acknowledges it by its id: the state goes queued ->
+    sent -> acknowledged. Exit 0 once queued (with --wait: once acknowledged;
+    1 if not in time). At most 200 bytes and 16 waiting per device.
 
     \b
     Examples:
@@ -227,7 +228,7 @@ def send_cmd(device: str, command: str, config_path: str | None, wait: float, as
         cid = store.queue_command(device, command.encode())
         deadline = time.monotonic() + wait
         state = store.command(cid)
-        while wait and state and state["state"] != "sent" and time.monotonic() < deadline:
+        while wait and state and state["state"] != "acknowledged" and time.monotonic() < deadline:
             time.sleep(0.2)
             state = store.command(cid)
     finally:
@@ -236,5 +237,5 @@ def send_cmd(device: str, command: str, config_path: str | None, wait: float, as
         click.echo(json.dumps(state, sort_keys=True))
     else:
         click.echo(f"command {cid} for {device}: {state['state'] if state else '?'}")
-    if wait and (state is None or state["state"] != "sent"):
+    if wait and (state is None or state["state"] != "acknowledged"):
         sys.exit(1)

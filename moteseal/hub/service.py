@@ -33,6 +33,7 @@ from moteseal.hub.config import HubConfig
 from moteseal.hub.sinks import (CallbackSink, HomeAssistantSink, JsonLinesSink, SinkWorker,
                                 read_secret)
 from moteseal.hub.store import HubStore
+from device import delivery as D
 from moteseal.peer.delivery import Inbox
 
 Report = dict[str, Any]
@@ -200,7 +201,9 @@ class Hub:
         if r["event"] == "telemetry":
             for w in self._wake:
                 w.set()
-        if "device" in r and r["event"] in ("telemetry", "duplicate", "held"):
+        if r["event"] == "command_acked" and self.store is not None:
+            self.store.command_acked(r["device"], r["id"])
+        if "device" in r and r["event"] in ("telemetry", "duplicate", "held", "command_acked"):
             self._commands.put(r["device"])
         with self._sub_lock:
             for q in self.subscribers:
@@ -244,8 +247,9 @@ class Hub:
                 now = self.clock()
                 if now - self._last_command.get(device, -1e9) < gap:
                     break  # the next message from the device brings it round again
+                frame = bytes([D.COMMAND]) + cid.to_bytes(4, "big") + payload
                 try:
-                    self.listener.send(device, payload)
+                    self.listener.send(device, frame)
                 except LocalError:
                     break  # no live session: sent after the device's next message
                 self._last_command[device] = now

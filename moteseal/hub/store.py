@@ -11,7 +11,9 @@ Invariants:
   nothing: it catches up from its cursor. Pruning never removes a reading a
   sink has not passed, unless the store is over its size limit.
 - Rule 3: commands are bounded: ``COMMAND_MAX_BYTES`` each and
-  ``COMMANDS_QUEUED_MAX`` queued per device.
+  ``COMMANDS_QUEUED_MAX`` waiting (queued or sent, not yet acknowledged)
+  per device. A command goes ``queued`` -> ``sent`` -> ``acknowledged``
+  (the device answered its id: ``device/delivery.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ CREATE TABLE IF NOT EXISTS commands (
     payload BLOB NOT NULL,
     created_at REAL NOT NULL,
     sent_at REAL,
-    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'failed'))
+    acked_at REAL,
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'acknowledged'))
 );
 CREATE INDEX IF NOT EXISTS commands_by_device_state ON commands (device, state);
 """
@@ -189,15 +192,13 @@ class HubStore(ReadingStore):
     # -- commands (Rule 3) ----------------------------------------------------------
 
     def queue_command(self, device: str, payload: bytes) -> int:
-        """Queues ``payload`` for ``device``; returns the command id. Raises
-        ``StoreError`` if it is too large, starts with the acknowledgement
-        byte, or the device already has ``COMMANDS_QUEUED_MAX`` queued."""
+        """Queues ``payload`` for ``device``; returns the command id (the hub
+        frames it with that id). Raises ``StoreError`` if it is empty or too
+        large, or the device already has ``COMMANDS_QUEUED_MAX`` waiting."""
         if not payload or len(payload) > COMMAND_MAX_BYTES:
             raise StoreError(f"a command is 1..{COMMAND_MAX_BYTES} bytes")
-        if payload[0] in (0x01, 0x06):
-            raise StoreError("a command must not start with byte 0x01 or 0x06 (delivery frames)")
         with self._lock:
-            n = self._db.execute("SELECT count(*) FROM commands WHERE device = ? AND state = 'queued'",
+            n = self._db.execute("SELECT count(*) FROM commands WHERE device = ? AND state != 'acknowledged'",
                                  (device,)).fetchone()[0]
             if n >= COMMANDS_QUEUED_MAX:
                 raise StoreError(f"{device} has {n} commands queued already")
@@ -205,11 +206,23 @@ class HubStore(ReadingStore):
                                    (device, bytes(payload), self._clock()))
             return int(cur.lastrowid)
 
-    def queued_commands(self, device: str) -> list[tuple[int, bytes]]:
+    def queued_commands(self, device: str, resend_after: float = 30.0) -> list[tuple[int, bytes]]:
+        """Commands to send to ``device`` now: queued ones, and sent ones the
+        device has not answered within ``resend_after`` seconds (the same id
+        again: the device acts on an id once)."""
+        cut = self._clock() - resend_after
         with self._lock:
             return [(r[0], bytes(r[1])) for r in self._db.execute(
-                "SELECT id, payload FROM commands WHERE device = ? AND state = 'queued' ORDER BY id",
-                (device,))]
+                "SELECT id, payload FROM commands WHERE device = ? AND (state = 'queued' OR "
+                "(state = 'sent' AND sent_at < ?)) ORDER BY id", (device, cut))]
+
+    def command_acked(self, device: str, command_id: int) -> bool:
+        """The device answered ``command_id``; False if it is not that device's."""
+        with self._lock:
+            cur = self._db.execute("UPDATE commands SET state = 'acknowledged', acked_at = ? "
+                                   "WHERE id = ? AND device = ? AND state != 'acknowledged'",
+                                   (self._clock(), command_id, device))
+            return cur.rowcount == 1
 
     def command_sent(self, command_id: int) -> None:
         with self._lock:
@@ -218,10 +231,10 @@ class HubStore(ReadingStore):
 
     def command(self, command_id: int) -> dict[str, Any] | None:
         with self._lock:
-            r = self._db.execute("SELECT id, device, created_at, sent_at, state FROM commands "
+            r = self._db.execute("SELECT id, device, created_at, sent_at, acked_at, state FROM commands "
                                  "WHERE id = ?", (command_id,)).fetchone()
         return None if r is None else {"id": r[0], "device": r[1], "created_at": r[2],
-                                       "sent_at": r[3], "state": r[4]}
+                                       "sent_at": r[3], "acked_at": r[4], "state": r[5]}
 
 
 def query(path: str, device: str | None = None, field: str | None = None,

@@ -134,12 +134,13 @@ class Accepted:
     raw payload to hand on, or None for a duplicate), ``ack`` (plaintext to
     send back to the device, or None), and ``seq``/``boot`` when framed."""
 
-    __slots__ = ("body", "ack", "boot", "seq", "duplicate", "lost")
+    __slots__ = ("body", "ack", "boot", "seq", "duplicate", "lost", "command_ack")
 
     def __init__(self, body: bytes | None, ack: bytes | None, boot: int = -1, seq: int = -1,
-                 duplicate: bool = False, lost: int = 0) -> None:
+                 duplicate: bool = False, lost: int = 0, command_ack: int = -1) -> None:
         self.body, self.ack, self.boot, self.seq = body, ack, boot, seq
         self.duplicate, self.lost = duplicate, lost
+        self.command_ack = command_ack  # a command id the device answered, or -1
 
 
 class Inbox:
@@ -163,6 +164,8 @@ class Inbox:
         return hw
 
     def accept(self, device: str, payload: bytes) -> Accepted:
+        if len(payload) == D.COMMAND_HEAD_BYTES and payload[0] == D.COMMAND_ACK:
+            return Accepted(None, None, command_ack=int.from_bytes(payload[1:5], "big"))
         if not D.is_reading(payload, len(payload)):
             return Accepted(payload, None)
         boot, seq, back = D.parse_reading(payload, len(payload))

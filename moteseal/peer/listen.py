@@ -58,7 +58,8 @@ class PeerListener:
         self.clock = clock
         self.wall_clock = wall_clock
         self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0,
-                       "duplicates": 0, "store_errors": 0, "lost": 0, "unstored": 0, "held": 0}
+                       "duplicates": 0, "store_errors": 0, "lost": 0, "unstored": 0, "held": 0,
+                       "command_acks": 0}
         self._lock = threading.Lock()
 
     def handle(self, data: bytes) -> Report:
@@ -109,6 +110,9 @@ class PeerListener:
         except StoreError as exc:  # fail closed: no ack, the device sends it again
             self.counts["store_errors"] += 1
             return self._report({"event": "store_failed", "device": device, "error": str(exc)})
+        if acc.command_ack >= 0:
+            self.counts["command_acks"] += 1
+            return self._report({"event": "command_acked", "device": device, "id": acc.command_ack})
         if acc.ack is not None:
             try:
                 self.link.send(self.sessions.send(device_id, acc.ack, now))
@@ -176,6 +180,8 @@ def format_report(r: Report) -> str:
         return f"{when} {r['device']:<16} duplicate of reading {r.get('seq')}: acknowledged again"
     if ev == "command_sent":
         return f"{when} {r['device']:<16} command {r.get('id')} sent ({r.get('size')} bytes)"
+    if ev == "command_acked":
+        return f"{when} {r['device']:<16} command {r.get('id')} acknowledged by the device"
     line = f"{when} {r.get('device') or '?':<16} {ev}: {r.get('error', '')} {r.get('reason', '')}".rstrip()
     if r.get("note"):
         line += f" ({r['note']})"

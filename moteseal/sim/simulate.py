@@ -31,6 +31,7 @@ import cbor2
 
 from device.errors import LocalError, RemoteError, SessionExpired
 from moteseal.links.mqtt_link import MqttLink
+from device import delivery as D
 from device.delivery import Outbox
 from device.session import (EV_COUNTER_BEHIND, EV_DATA, EV_HANDSHAKE, EV_REFUSED, EV_REHANDSHAKE,
                             DeviceSession)
@@ -106,6 +107,7 @@ class SimulatedSensor:
         # (docs/protocol.md, "Delivery").
         self.outbox = outbox
         self.resend_after = resend_after
+        self._done_commands: list[int] = []  # ids acted on (a resend is only answered)
         self.link = link
         self.id = session.device_id.decode()
         self.interval = interval
@@ -153,6 +155,28 @@ class SimulatedSensor:
         if self.outbox is not None:
             self.outbox.mark_sent(self._outbox_seq, now)
         self._emit(event="handshake", why=why, seq=self.seq - 1, size=len(env))
+
+    def _command(self, frame: bytes, now: float) -> None:
+        """A command from the hub (``device/delivery.py``): act on each id
+        once (a resent one is only answered again), then answer its id."""
+        cid = D.command_id(frame, len(frame))
+        body = bytes(frame[D.COMMAND_HEAD_BYTES:])
+        self.counts["from_peer"] += 1
+        if cid not in self._done_commands:
+            self._done_commands.append(cid)
+            del self._done_commands[:-16]
+            if body.startswith(b"interval="):
+                try:
+                    self.interval = max(0.01, float(body[9:].decode("ascii")))
+                except ValueError:
+                    pass
+        self._emit(event="from_peer", command=cid, size=len(frame))
+        ack = bytearray(D.COMMAND_HEAD_BYTES)
+        D.encode_command_ack_into(ack, cid)
+        try:
+            self.link.send(self.session.send(bytes(ack), now))
+        except (LocalError, SessionExpired):
+            pass  # the hub sends it again; the answer goes then
 
     def _drain(self, now: float) -> None:
         """After the last reading: keep the session and resend what the peer
@@ -250,6 +274,8 @@ class SimulatedSensor:
                 self._resend(now)
         elif ev == EV_DATA and self.outbox is not None and self.outbox.ack(payload, len(payload)):
             self.counts["acks"] += 1
+        elif ev == EV_DATA and D.command_id(payload, len(payload)) >= 0:
+            self._command(payload, now)
         elif ev == EV_DATA:
             self.counts["from_peer"] += 1
             self._emit(event="from_peer", size=len(payload))

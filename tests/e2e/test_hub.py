@@ -112,7 +112,8 @@ def test_the_hub_stores_feeds_sinks_sends_commands_and_serves_its_dashboard(worl
         sent = run("send", "h-2", "interval=1", "--config", str(w["tmp"] / "hub.toml"), "--wait", "30",
                    "--json", env=w["env"])
         assert sent.returncode == 0, sent.stdout + sent.stderr
-        assert json.loads(sent.stdout)["state"] == "sent"
+        state = json.loads(sent.stdout)
+        assert state["state"] == "acknowledged" and state["acked_at"] >= state["sent_at"], state
         assert _wait(lambda: any('"event": "from_peer"' in ln and '"device": "h-2"' in ln
                                  for ln in (w["tmp"] / "sim.out").read_text().splitlines()))
         # The JSON-lines sink got readings with every field.
