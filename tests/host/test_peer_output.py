@@ -47,7 +47,7 @@ def test_peer_lines_are_timed_and_name_a_device_refused_for_its_suite(tmp_path, 
         run("provision", dev, "--registry", reg, "--out", str(tmp_path / "b" / f"{dev}.bundle"),
             "--suite", suite, "--link", "mqtt", "--host", "127.0.0.1", "--port", str(broker.port),
             "--username", dev, env=dict(env, MOTESEAL_LINK_PASSWORD=pw.read_text().strip()))
-    gateway_process(broker)
+    gateway_process(broker, peers=["hub1"])
     out_path = tmp_path / "peer.out"
     with open(out_path, "w") as out:
         peer = subprocess.Popen(CLI + ["peer", "listen", "--registry", reg, "--port", str(broker.port),

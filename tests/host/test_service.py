@@ -332,4 +332,4 @@ enabled = false
     (creds / "passphrase").write_text("correct horse\n")
     (creds / "mqtt-password").write_text("not-the-password\n")
     r = run("hub", "run", "--config", str(hub), "--seconds", "2", env=service_env)
-    assert r.returncode == 1 and "as hub1: Not authorized" in r.stderr
+    assert r.returncode == 1 and "as hub1" in r.stderr and "Not authorized" in r.stderr
