@@ -123,6 +123,7 @@ username = "gw"
 password_file = "gw.password"
 client_id = "moteseal-gateway-soak"
 share_group = "{share_group}"
+share_group_trusted = {"true" if share_group else "false"}
 max_inflight = 200
 
 [rate_limit]

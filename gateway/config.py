@@ -106,6 +106,10 @@ class MqttConfig:
     ca_file: str = ""
     client_id: str = ""
     share_group: str = ""  # one gateway: a plain subscription survives broker restarts
+    # A shared subscription lets any account that may SUBSCRIBE join the group
+    # and take a share of the uplink (Mosquitto 2.0 never checks SUBSCRIBE):
+    # refused unless the operator says the broker or its accounts are trusted.
+    share_group_trusted: bool = False
     session_expiry: int = 3600
     keepalive: int = 30
     max_inflight: int = 100
@@ -227,6 +231,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     m.share_group = t.get("share_group", str, m.share_group)
     if any(ch in m.share_group for ch in "/+#"):
         raise t._err("share_group", "must not contain / + or #")
+    m.share_group_trusted = t.get("share_group_trusted", bool, False)
+    if m.share_group and not m.share_group_trusted:
+        raise t._err("share_group", "a shared subscription lets any device account join the "
+                     "group and take a share of the uplink (Mosquitto 2.0 does not check "
+                     "SUBSCRIBE): run one gateway (share_group = \"\"), or set "
+                     "share_group_trusted = true for a broker that checks subscriptions or "
+                     "whose accounts you all trust (docs/gateway.md)")
     m.session_expiry = t.int_in("session_expiry", m.session_expiry, 0, 0xFFFFFFFF)
     m.keepalive = t.int_in("keepalive", m.keepalive, 5, 65535)
     m.max_inflight = t.int_in("max_inflight", m.max_inflight, 1, 65535)

@@ -127,9 +127,10 @@ class Gateway:
                        metrics_port=self.metrics_port,
                        links=",".join([self.mqtt.name] + [x.name for x in self.extra_links]))
         if self.cfg.mqtt.share_group:
-            # Mosquitto 2.0's ACL file grants every SUBSCRIBE: a device that
-            # joins this group takes (and loses) its share (docs/gateway.md).
-            self.log.event("share_group_untrusted_accounts", level="warning",
+            # Only with share_group_trusted (config refuses it otherwise):
+            # Mosquitto 2.0's ACL file grants every SUBSCRIBE, so a device
+            # that joins this group takes its share (docs/gateway.md).
+            self.log.event("share_group_trusted", level="warning",
                            share_group=self.cfg.mqtt.share_group)
         return self
 

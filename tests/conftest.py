@@ -154,7 +154,7 @@ class GatewayProcess:
 
     def __init__(self, broker: LocalBroker, workdir: Path, name: str = "gw",
                  user: str = "gw", rate: float = 1000.0, burst: float = 1000.0,
-                 routes: dict[str, list[str]] | None = None, share_group: str = "moteseal",
+                 routes: dict[str, list[str]] | None = None, share_group: str = "",
                  metrics_port: int = 0, max_envelope_bytes: int = 1200,
                  max_inflight: int = 100, peers: list[str] | None = None) -> None:
         import json as _json
@@ -181,6 +181,7 @@ username = "{user}"
 password_file = "gw.password"
 client_id = "moteseal-gateway-{name}"
 share_group = "{share_group}"
+share_group_trusted = {"true" if share_group else "false"}
 max_inflight = {max_inflight}
 
 [rate_limit]

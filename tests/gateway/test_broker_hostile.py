@@ -126,9 +126,9 @@ def test_a_gateway_share_group_is_joinable_by_devices_as_documented(
     lost); the gateway warns about it when it starts."""
     gw = gateway_process(broker, share_group="moteseal")
     deadline = time.monotonic() + 10
-    while "share_group_untrusted_accounts" not in gw.log_text() and time.monotonic() < deadline:
+    while "share_group_trusted" not in gw.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "share_group_untrusted_accounts" in gw.log_text()
+    assert "share_group_trusted" in gw.log_text()
     evil = mqtt_client(broker, "evil")
     evil.subscribe("$share/moteseal/moteseal/v1/up/+")
     hub = mqtt_client(broker, "hub")

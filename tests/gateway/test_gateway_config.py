@@ -35,6 +35,7 @@ password_file = "pw"
 tls = true
 ca_file = "ca.pem"
 share_group = "fleet"
+share_group_trusted = true
 [rate_limit]
 rate = 2
 burst = 4
@@ -89,6 +90,8 @@ def test_the_removed_mqtt_client_key_is_ignored_with_a_logged_warning(tmp_path, 
     ("[mqtt]\nprot = 1883\n", "[mqtt] prot: unknown key"),
     ("[mqtt]\npassword_file = \"missing\"\n", "[mqtt] password_file"),
     ("[mqtt]\nshare_group = \"a/b\"\n", "[mqtt] share_group"),
+    # A share group any device account could join: refused unless trusted (Hardening 5).
+    ("[mqtt]\nshare_group = \"moteseal\"\n", "[mqtt] share_group: a shared subscription lets any device"),
     ("[gateway]\nmax_envelope_bytes = true\n", "[gateway] max_envelope_bytes"),
     ("[rate_limit]\nrate = -1\n", "[rate_limit] rate"),
     ("[routes]\nmqtt = \"hub\"\n", "[routes] mqtt"),

@@ -134,8 +134,8 @@ def test_gateway_killed_mid_stream_loses_no_qos1_message(broker, mqtt_client, ga
 def test_two_gateways_on_a_shared_subscription_deliver_each_message_once(
         broker, mqtt_client, gateway_process):
     broker.add("gw2", "gateway")
-    g1 = gateway_process(broker, name="g1")
-    g2 = gateway_process(broker, name="g2", user="gw2")
+    g1 = gateway_process(broker, name="g1", share_group="moteseal")
+    g2 = gateway_process(broker, name="g2", user="gw2", share_group="moteseal")
     hub = mqtt_client(broker, "hub")
     hub.subscribe("moteseal/v1/down/hub")
     s1, s2 = mqtt_client(broker, "sensor-1"), mqtt_client(broker, "sensor-2")
