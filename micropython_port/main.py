@@ -60,12 +60,16 @@ def load_bundle(path="moteseal.bundle"):
         gc.collect()
 
 
-def network_up(path="wifi.json", timeout_ms=20000):
+def network_up(path="wifi.json", timeout_ms=20000, report=None, backoff_max_ms=60000):
     """On a board with ``network.WLAN`` (ESP32, Pico W): join the Wi-Fi
     named in ``path`` (``{"ssid": ..., "password": ...}``, written by
     ``moteseal flash build --wifi-ssid``) unless already connected. Does
-    nothing and returns False on the unix port or without the file. Raises
-    ``OSError`` (``ETIMEDOUT``) if the network does not come up in time."""
+    nothing and returns False on the unix port or without the file. A
+    network that is not up within ``timeout_ms`` is reported
+    (``report("wifi_down", attempt)``) and tried again after a backoff
+    (1 s, doubling to ``backoff_max_ms``), for as long as it takes: a
+    device without its network has nothing else to do, and a crash would
+    only restart the same wait. Returns True once up (``wifi_up``)."""
     try:
         import network
         with open(path) as f:
@@ -75,13 +79,29 @@ def network_up(path="wifi.json", timeout_ms=20000):
     from time import sleep_ms
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
-    if not wlan.isconnected():
-        wlan.connect(cfg["ssid"], cfg.get("password", ""))
-    for _ in range(timeout_ms // 100):
-        if wlan.isconnected():
-            return True
-        sleep_ms(100)
-    raise OSError(110)  # ETIMEDOUT
+    attempt = 0
+    pause = 1000
+    while True:
+        attempt += 1
+        if not wlan.isconnected():
+            try:
+                wlan.connect(cfg["ssid"], cfg.get("password", ""))
+            except OSError:
+                pass  # e.g. already connecting: wait as for any other attempt
+        for _ in range(timeout_ms // 100):
+            if wlan.isconnected():
+                if report:
+                    report("wifi_up", attempt)
+                return True
+            sleep_ms(100)
+        if report:
+            report("wifi_down", attempt)
+        try:
+            wlan.disconnect()
+        except OSError:
+            pass
+        sleep_ms(pause)
+        pause = min(pause * 2, backoff_max_ms)
 
 
 def _print_event(name, detail):
@@ -92,7 +112,7 @@ def _start(argv, read, on_command):
     # Options, Wi-Fi, the bundle, then the application (Rule 1); returns
     # the device and run()'s arguments.
     opts = _args(argv)
-    network_up()
+    network_up(report=None if "quiet" in opts else _print_event)
     bundle = load_bundle(opts.get("bundle", "moteseal.bundle"))
     from micropython_port.app import Device
     gc.collect()
