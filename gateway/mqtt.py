@@ -174,12 +174,18 @@ class MqttLink:
     def _run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
+            up = False
             try:
                 self._connect()
+                up = True
                 delay = 1.0
                 self._serve()
             except (_Lost, OSError, W.ProtocolError, ssl.SSLError) as exc:
-                self.log.event("mqtt_disconnected", level="warning", reason=str(exc)[:200])
+                # Said at once, naming the broker: a gateway that cannot reach
+                # it (refused, DNS, TLS, CONNACK) must not look merely idle.
+                self.log.event("mqtt_disconnected" if up else "mqtt_connect_failed",
+                               level="warning" if up else "error", host=self.cfg.host,
+                               port=self.cfg.port, reason=str(exc)[:200], retry_in=delay)
             finally:
                 self.connected.clear()
                 self._close()

@@ -70,3 +70,19 @@ def test_a_drop_names_its_destination_and_sighup_reloads_the_routes(mosquitto, m
     s1.publish("moteseal/v1/up/sensor-1", env)
     assert peer.collect(1) == [("moteseal/v1/down/hub1", env)]
     assert gw.proc.poll() is None
+
+
+def test_a_gateway_that_cannot_reach_its_broker_says_so_at_once_and_keeps_trying(
+        mosquitto, gateway_process):
+    broker = mosquitto(accounts={"gw": "gateway"})
+    gw = gateway_process(broker, start=False)
+    broker.stop()  # nothing listens on the configured port any more
+    import subprocess
+    import sys
+    with open(gw.workdir / "stdout.log", "ab") as out:
+        gw.proc = subprocess.Popen([sys.executable, "-m", "moteseal.cli.main", "gateway", "run",
+                                    "--config", str(gw.config)], stdout=out, stderr=subprocess.STDOUT)
+    fails = _wait(lambda: _log_events(gw, "mqtt_connect_failed"), 10)
+    assert fails and fails[0]["port"] == broker.port and "refused" in fails[0]["reason"].lower(), fails
+    assert _wait(lambda: len(_log_events(gw, "mqtt_connect_failed")) >= 2, 10)  # still trying
+    assert gw.proc.poll() is None
