@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 Hub = Any  # moteseal.hub.service.Hub, which imports this module
 
@@ -49,6 +49,12 @@ class HubCollector:
         for reason, n in sorted(by_reason.items()):
             refusals.add_metric([reason], n)
         yield refusals
+        lag = SummaryMetricFamily("moteseal_hub_ack_lag_seconds",
+                                  "From a decrypted reading to its acknowledgement on the wire "
+                                  "(the durable store commit is most of it)")
+        if hub.listener is not None:
+            lag.add_metric([], count_value=hub.listener.acks, sum_value=hub.listener.ack_seconds)
+        yield lag
         yield GaugeMetricFamily("moteseal_hub_sessions", "Devices with a live session",
                                 value=len(hub.sessions_info()))
         backlog = GaugeMetricFamily("moteseal_hub_sink_backlog", "Readings a sink has not handled yet",

@@ -60,6 +60,8 @@ class PeerListener:
         self.counts = {"telemetry": 0, "handshakes": 0, "hints": 0, "refused": 0, "rejected": 0,
                        "duplicates": 0, "store_errors": 0, "lost": 0, "unstored": 0, "held": 0,
                        "command_acks": 0}
+        self.acks = 0  # acknowledgements sent, and the seconds they took (metrics)
+        self.ack_seconds = 0.0
         self._lock = threading.Lock()
 
     def handle(self, data: bytes) -> Report:
@@ -105,6 +107,7 @@ class PeerListener:
         """A decrypted payload: through the inbox (stored once and
         acknowledged if it is a framed reading), then reported."""
         device = device_id.decode("ascii", "replace")
+        started = time.perf_counter()
         try:
             acc = self.inbox.accept(device, payload or b"")
         except StoreError as exc:  # fail closed: no ack, the device sends it again
@@ -118,6 +121,10 @@ class PeerListener:
                 self.link.send(self.sessions.send(device_id, acc.ack, now))
             except LocalError:
                 pass  # no session to answer on: the device resends, the ack follows then
+            # Acknowledgement lag: from the decrypted reading to its ack on the
+            # wire (the store's durable commit is most of it).
+            self.ack_seconds += time.perf_counter() - started
+            self.acks += 1
         if acc.body is None:
             self.counts["duplicates"] += 1
             return self._report({"event": "duplicate", "device": device, "seq": acc.seq})

@@ -144,6 +144,7 @@ def test_the_hub_stores_feeds_sinks_sends_commands_and_serves_its_dashboard(worl
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{w['metrics']}/metrics", timeout=10).read().decode()
         assert re.search(r"^moteseal_hub_readings_total [1-9]", metrics, re.M), metrics
         assert 'moteseal_hub_sink_backlog{sink="jsonl"}' in metrics
+        assert re.search(r"^moteseal_hub_ack_lag_seconds_count [1-9]", metrics, re.M), metrics
         fleet = json.loads(urllib.request.urlopen(url + "api/fleet", timeout=10).read())
         assert {d["device"] for d in fleet["devices"]} >= set(SENSORS)
         assert all(d["session_age"] is not None for d in fleet["devices"] if d["device"] in SENSORS)
