@@ -99,10 +99,14 @@ class NaclCipher:
                 out[:] = bytes(n)
                 raise AuthError("message does not authenticate") from None
             return n
-        if _decrypt(_from(dst) + dst_off, _NULL, _NULL,
+        try:  # _pack inlined: this is the hub's per-message path
+            nb = _pack_struct(nonce)
+        except (struct.error, TypeError):
+            raise LocalError("nonce must be an integer in 0 .. 2^64 - 1") from None
+        if _decrypt(_from(dst) + dst_off if dst_off else _from(dst), _NULL, _NULL,
                     src if (src_off == 0 and src.__class__ is bytes) else _from(src) + src_off,
                     src_len, ad if ad.__class__ is bytes else _from(ad), ad_len,
-                    _pack(nonce), self._key) != 0:
+                    nb, self._key) != 0:
             raise AuthError("message does not authenticate")
         return n
 
