@@ -21,32 +21,37 @@ import statistics
 import time
 from typing import Callable, Sequence
 
-__all__ = ["MIN_ROUNDS", "rate", "batch_rate", "interleave", "ratios", "summary",
+__all__ = ["MIN_ROUNDS", "CPU", "rate", "batch_rate", "interleave", "ratios", "summary",
            "fmt_ratio", "fmt_rate"]
 
 MIN_ROUNDS = 5  # at least five pairs per ratio, or the median says little
+# For single-threaded, CPU-bound cases in this process: CPU time, not wall
+# time, so that time spent descheduled (other processes on a shared
+# machine) is not charged to whichever case was running.
+CPU = time.process_time
 
 
-def rate(fn: Callable[[], object], seconds: float, batch: int = 50) -> float:
-    """Calls per second of ``fn()`` over about ``seconds`` (checked every
-    ``batch`` calls, so the clock is read rarely)."""
+def rate(fn: Callable[[], object], seconds: float, batch: int = 50,
+         clock: Callable[[], float] = time.perf_counter) -> float:
+    """Calls per second of ``fn()`` over about ``seconds`` of ``clock``
+    (read every ``batch`` calls, so rarely)."""
     n = 0
-    t0 = time.perf_counter()
+    t0 = clock()
     while True:
         for _ in range(batch):
             fn()
         n += batch
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if dt >= seconds:
             return n / dt
 
 
-def batch_rate(run: Callable[[], int]) -> float:
+def batch_rate(run: Callable[[], int], clock: Callable[[], float] = time.perf_counter) -> float:
     """Operations per second of ``run()``, which does its work and returns
     how many operations it did (its set-up belongs before the call)."""
-    t0 = time.perf_counter()
+    t0 = clock()
     n = run()
-    return n / (time.perf_counter() - t0)
+    return n / (clock() - t0)
 
 
 def interleave(cases: dict[str, Callable[[], float]], rounds: int = MIN_ROUNDS,
