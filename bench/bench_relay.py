@@ -39,7 +39,6 @@ import json
 import multiprocessing as mp
 import os
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import abab  # noqa: E402  (bench/: the interleaving helpers shared by the benchmarks)
 from gateway.broker import LocalBroker  # noqa: E402
 
 ENVELOPE_BYTES = 64
@@ -360,12 +360,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         out[path] = {}
         for key, part, field, _label in ROWS:
             values = [r[part][field] for r in results]
-            ratios = [r[part][field] / d[part][field]
-                      for r, d in zip(results, runs["direct"])]
-            out[path][key] = {"median": statistics.median(values),
-                              "ratio": statistics.median(ratios),
-                              "ratio_min": min(ratios), "ratio_max": max(ratios),
-                              "ratios": ratios}
+            rs = abab.ratios(values, [d[part][field] for d in runs["direct"]])
+            med, lo, hi = abab.summary(rs)
+            out[path][key] = {"median": abab.summary(values)[0], "ratio": med,
+                              "ratio_min": lo, "ratio_max": hi, "ratios": rs}
     return out
 
 

@@ -72,16 +72,20 @@ class CipherState:
         self.n = 0
 
     def initialize_key(self, k):
+        # The cipher object is made on first use: most handshake keys are
+        # replaced by the next MixKey before they encrypt anything.
         self.k = k
-        self._c = None if k is None else self._backend.cipher(k)
+        self._c = None
         self.n = 0
 
     def has_key(self):
         return self.k is not None
 
     def encrypt_with_ad(self, ad, plaintext):
-        if self._c is None:
+        if self.k is None:
             return bytes(plaintext)
+        if self._c is None:
+            self._c = self._backend.cipher(self.k)
         if self.n >= _MAXNONCE:
             raise errors.LocalError("nonce exhausted")
         out = bytearray(len(plaintext) + TAG_BYTES)
@@ -91,8 +95,10 @@ class CipherState:
 
     def decrypt_with_ad(self, ad, ciphertext):
         """Raises ``AuthError``; the nonce advances only on success."""
-        if self._c is None:
+        if self.k is None:
             return bytes(ciphertext)
+        if self._c is None:
+            self._c = self._backend.cipher(self.k)
         if len(ciphertext) < TAG_BYTES:
             raise errors.AuthError("message does not authenticate")
         out = bytearray(len(ciphertext) - TAG_BYTES)

@@ -47,6 +47,14 @@ Invariants:
   per message 1 and kept in the session entry, so a session pads, or not,
   for its whole life. A message 1 whose padding is malformed is refused
   as ``malformed`` before its counter is stored.
+- Rule 10: the fast path is a shortcut, never a second parser with its own
+  verdicts. A data envelope (as ``bytes``) whose header up to the nonce is,
+  byte for byte, the canonical header of a session held here (``_fast``,
+  kept in step with ``_sessions`` by ``_put``), whose nonce and length heads
+  are canonical and whose length is exact, goes straight to its session;
+  anything else, or any session not yet re-checked at the current revision
+  (Rule 4), takes the general path, which gives every verdict. On the
+  shortcut the results, errors and state changes are the general path's.
 """
 
 from device import envelope as E
@@ -155,6 +163,8 @@ class Received:
     """What ``PeerSessions.receive`` made of one envelope. A plain value:
     safe to hand to another thread once returned."""
 
+    __slots__ = ("kind", "device_id", "payload", "reply", "early")
+
     def __init__(self, kind, device_id, payload, reply, early=None):
         self.kind = kind  # "hs1" (0-RTT payload), "data", or "hint"
         self.device_id = device_id
@@ -164,10 +174,22 @@ class Received:
 
 
 # A session entry: [sid, transport, confirmed, epoch, static pub, revision
-# it was last checked at, held 0-RTT payload or None, PadPolicy or None].
+# it was last checked at, held 0-RTT payload or None, PadPolicy or None,
+# its fast-path key or None].
 _CONFIRMED = 2
 _HELD = 6
 _PAD = 7
+_FAST_KEY = 8
+_HEAD_DATA = E.HEAD_DATA
+
+
+def _fast_key(dev, peer_id, sid):
+    """The canonical data-envelope header through ``sid`` (Rule 10), or None
+    if the sid takes more than one byte (then only the general path)."""
+    if sid >= 24:
+        return None
+    return (bytes((0x86, E.HEAD_DATA, 0x40 | len(dev))) + dev
+            + bytes((0x40 | len(peer_id),)) + peer_id + bytes((sid,)))
 
 
 class PeerSessions:
@@ -198,6 +220,8 @@ class PeerSessions:
         self._opts = opts
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
         self._sessions = {}  # device id -> [entry, ...] newest first, <= 2
+        self._fast = {}  # Rule 10: fast-path key -> (device id, entry)
+        self._fast_skip = 5 + len(self.peer_id)  # fast-path key length less the src id
         self._unconfirmed = {}  # device ids with no confirmed session (Rule 5), oldest first
         self._max_devices = opts.get("max_devices", DEFAULT_MAX_DEVICES)
         self._recheck = opts.get("recheck", DEFAULT_RECHECK)
@@ -223,8 +247,14 @@ class PeerSessions:
         return err
 
     def _put(self, dev, entries):
-        # Keeps _unconfirmed in step with _sessions (Rule 5).
+        # Keeps _unconfirmed (Rule 5) and _fast (Rule 10) in step with _sessions.
         self._unconfirmed.pop(dev, None)
+        fast = self._fast
+        for e in self._sessions.get(dev, ()):
+            fast.pop(e[_FAST_KEY], None)
+        for e in entries:
+            if e[_FAST_KEY] is not None:
+                fast[e[_FAST_KEY]] = (dev, e)
         if not entries:
             self._sessions.pop(dev, None)
             return
@@ -246,6 +276,11 @@ class PeerSessions:
         if not entries:
             return None
         rev = self._revision(now)
+        for e in entries:
+            if e[5] != rev:
+                break
+        else:
+            return entries  # all checked at this revision: the common case
         d = self.directory
         keep = []
         for e in entries:
@@ -265,11 +300,22 @@ class PeerSessions:
     def receive(self, data, now=None):
         lk = self._lock
         if lk is None:
-            return self._receive(data, now)
+            if data.__class__ is bytes and len(data) > 2 and data[1] == _HEAD_DATA:
+                got = self._fast_data(data, now)  # Rule 10, without a call more
+                if got is not None:
+                    return got
+            return self._general(data, now)
         with lk:
             return self._receive(data, now)
 
     def _receive(self, data, now):
+        if data.__class__ is bytes and len(data) > 2 and data[1] == _HEAD_DATA:
+            got = self._fast_data(data, now)  # Rule 10
+            if got is not None:
+                return got
+        return self._general(data, now)
+
+    def _general(self, data, now):
         env = self._env.decode_into(data, len(data), self._limit)
         if not env.dst_is(self.peer_id):
             raise DecodeError("envelope not addressed to this peer")
@@ -373,8 +419,75 @@ class PeerSessions:
             held, early = early, None  # Rule 6: released by the device's first data
         # confirmed once the device has sent authenticated data on it, which
         # proves it holds message 2's keys.
-        self._put(dev, [[env.sid, tr, False, epoch, used, rev, held, pad]] + keep)
+        self._put(dev, [[env.sid, tr, False, epoch, used, rev, held, pad,
+                         _fast_key(dev, self.peer_id, env.sid)]] + keep)
         return Received("hs1", dev, early, reply)
+
+    def _fast_data(self, data, now):
+        """Rule 10: a ``Received`` for a data envelope on a session held here,
+        or None to take the general path (which then gives every verdict)."""
+        n = len(data)
+        off = self._fast_skip + (data[2] & 31)
+        if n > self._limit or off + 2 > n:
+            return None
+        hit = self._fast.get(data[:off])
+        if hit is None:
+            return None
+        dev, entry = hit
+        at = self._rev_at
+        if now is None or at is None or not 0 <= now - at < self._recheck:
+            rev = self._revision(now)
+        else:
+            rev = self._rev  # as _revision(now) would answer, without the call
+        for e in self._sessions[dev]:
+            if e[5] != rev:
+                return None  # Rule 4 first
+        b = data[off]  # the nonce: canonical uint
+        if b < 24:
+            nonce = b
+            off += 1
+        elif b == 25 and off + 3 <= n:
+            nonce = (data[off + 1] << 8) | data[off + 2]
+            if nonce < 0x100:
+                return None
+            off += 3
+        elif b == 24 and off + 2 <= n:
+            nonce = data[off + 1]
+            if nonce < 24:
+                return None
+            off += 2
+        elif (b == 26 or b == 27) and off + 1 + (1 << (b - 24)) <= n:
+            size = 1 << (b - 24)
+            nonce = int.from_bytes(data[off + 1:off + 1 + size], "big")
+            if nonce > E.NONCE_MAX or nonce < (1 << (4 * size)):
+                return None
+            off += 1 + size
+        else:
+            return None
+        if off + 1 > n:
+            return None
+        b = data[off]  # the ciphertext: canonical bstr head, exact length
+        if 0x40 <= b < 0x58:
+            m = b - 0x40
+            off += 1
+        elif b == 0x58 and off + 2 <= n and data[off + 1] >= 24:
+            m = data[off + 1]
+            off += 2
+        elif b == 0x59 and off + 3 <= n and data[off + 1]:
+            m = (data[off + 1] << 8) | data[off + 2]
+            off += 3
+        else:
+            return None
+        if off + m != n:
+            return None
+        try:
+            if entry[_CONFIRMED] and entry[_PAD] is None:  # the steady state, without _open's call
+                out = bytearray(m - TAG_BYTES if m > TAG_BYTES else 0)
+                entry[1].decrypt_into(nonce, data, off, data, off, m, out, 0, now)
+                return Received("data", dev, bytes(out), None, None)
+            return self._open(data, off, m, nonce, dev, entry, now)
+        except SessionExpired:
+            return None  # nothing changed (Rule 3): the general path answers it
 
     def _data(self, data, env, dev, now):
         tr = entry = None
@@ -383,14 +496,18 @@ class PeerSessions:
                 entry, tr = e, e[1]
         if tr is None:
             return Received("hint", dev, None, self._hint(env, E.HINT_UNKNOWN_SESSION))
-        out = bytearray(max(0, env.msg_len - TAG_BYTES))
         try:
-            n = tr.decrypt_into(env.nonce, data, env.msg_off, data, env.msg_off,
-                                env.msg_len, out, 0, now,
-                                None if entry[_PAD] is None else unpad_len)
+            return self._open(data, env.msg_off, env.msg_len, env.nonce, dev, entry, now)
         except SessionExpired:
             self._put(dev, [s for s in self._sessions[dev] if s[1] is not tr])
             return Received("hint", dev, None, self._hint(env, E.HINT_SESSION_EXPIRED))
+
+    def _open(self, data, msg_off, msg_len, nonce, dev, entry, now):
+        # Decrypts a data message on entry's session; raises as
+        # Transport.decrypt_into.
+        out = bytearray(msg_len - TAG_BYTES if msg_len > TAG_BYTES else 0)
+        n = entry[1].decrypt_into(nonce, data, msg_off, data, msg_off, msg_len, out, 0, now,
+                                  None if entry[_PAD] is None else unpad_len)
         early = None
         if not entry[_CONFIRMED]:
             entry[_CONFIRMED] = True
@@ -401,7 +518,7 @@ class PeerSessions:
                     self.directory.clear_restored(dev)
                 except StorageError:
                     pass  # stays marked: its next 0-RTT payload waits too (the safe side)
-        return Received("data", dev, bytes(out[:n]), None, early)
+        return Received("data", dev, bytes(out) if n == len(out) else bytes(out[:n]), None, early)
 
     def send(self, device_id, payload, now=None, buckets=None):
         """A data envelope to ``device_id`` on the newest session the device

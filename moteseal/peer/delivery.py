@@ -20,6 +20,12 @@ Invariants:
   is not stored, and is answered with the current acknowledgement.
 - Rule 3: a reading of a newer run (``boot``) starts that device afresh; a
   reading of an older run is a duplicate.
+- Rule 4 (group commit): ``Inbox.accept_many`` decides a batch of payloads
+  in order, as ``accept`` would one by one, and writes every reading it
+  accepts in one transaction (``ReadingStore.deliver_many``): one commit,
+  one fsync, for the batch. Its acknowledgements are handed out only after
+  that commit; if it fails, nothing of the batch is written, the
+  high-water marks stay where they were and ``StoreError`` is raised.
 """
 
 from __future__ import annotations
@@ -94,19 +100,27 @@ class ReadingStore:
     def deliver(self, device: str, boot: int, seq: int, body: bytes, lost: int) -> None:
         """Stores one reading and moves the high-water mark to it, in one
         transaction (Rule 1). Raises ``StoreError``; then nothing is written."""
+        self.deliver_many([(device, boot, seq, body, lost)])
+
+    def deliver_many(self, items: list[tuple[str, int, int, bytes, int]]) -> None:
+        """``deliver`` for each ``(device, boot, seq, body, lost)`` in order,
+        all in one transaction: one commit for the batch (Rule 4). Raises
+        ``StoreError``; then nothing of the batch is written."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    ts = self._clock()
-                    cur = self._db.execute(
-                        "INSERT INTO readings (device, boot, seq, received_at, body) VALUES (?, ?, ?, ?, ?)",
-                        (device, boot, seq, ts, bytes(body)))
-                    self._in_delivery(cur.lastrowid, device, ts, bytes(body))
-                    self._db.execute(
-                        "INSERT INTO delivery (device, boot, seq, lost) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (device) DO UPDATE SET boot = excluded.boot, seq = excluded.seq, "
-                        "lost = delivery.lost + excluded.lost", (device, boot, seq, lost))
+                    for device, boot, seq, body, lost in items:
+                        ts = self._clock()
+                        cur = self._db.execute(
+                            "INSERT INTO readings (device, boot, seq, received_at, body) "
+                            "VALUES (?, ?, ?, ?, ?)", (device, boot, seq, ts, bytes(body)))
+                        self._in_delivery(cur.lastrowid, device, ts, bytes(body))
+                        self._db.execute(
+                            "INSERT INTO delivery (device, boot, seq, lost) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (device) DO UPDATE SET boot = excluded.boot, "
+                            "seq = excluded.seq, lost = delivery.lost + excluded.lost",
+                            (device, boot, seq, lost))
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -164,23 +178,44 @@ class Inbox:
         return hw
 
     def accept(self, device: str, payload: bytes) -> Accepted:
-        if len(payload) == D.COMMAND_HEAD_BYTES and payload[0] == D.COMMAND_ACK:
-            return Accepted(None, None, command_ack=int.from_bytes(payload[1:5], "big"))
-        if not D.is_reading(payload, len(payload)):
-            return Accepted(payload, None)
-        boot, seq, back = D.parse_reading(payload, len(payload))
+        """One payload: ``accept_many`` of one. Raises ``StoreError``."""
+        return self.accept_many([(device, payload)])[0]
+
+    def accept_many(self, items: list[tuple[str, bytes]]) -> list[Accepted]:
+        """Decides each ``(device, payload)`` in order (Rules 2-3) against
+        the high-water marks as the batch moves them, and stores the
+        accepted readings in one transaction (Rule 4). Raises
+        ``StoreError``; then nothing is stored and no mark moves."""
+        out: list[Accepted] = []
         with self._lock:
-            hb, hs = self._high_water(device)
-            if boot < hb:
-                return Accepted(None, self._ack(hb, hs), boot, seq, duplicate=True)
-            floor = -1 if boot > hb else hs  # Rule 3: a newer run starts afresh
-            expected = max(floor + 1, seq - back)
-            if seq != expected:
-                return Accepted(None, self._ack(hb, hs), boot, seq, duplicate=True)
-            lost = expected - (floor + 1)
-            self.store.deliver(device, boot, seq, payload[D.HEAD_BYTES:], lost)
-            self._hw[device] = (boot, seq)
-            return Accepted(bytes(payload[D.HEAD_BYTES:]), self._ack(boot, seq), boot, seq, lost=lost)
+            moved: dict[str, tuple[int, int]] = {}  # marks as of this batch, not yet durable
+            writes: list[tuple[str, int, int, bytes, int]] = []
+            for device, payload in items:
+                if len(payload) == D.COMMAND_HEAD_BYTES and payload[0] == D.COMMAND_ACK:
+                    out.append(Accepted(None, None, command_ack=int.from_bytes(payload[1:5], "big")))
+                    continue
+                if not D.is_reading(payload, len(payload)):
+                    out.append(Accepted(payload, None))
+                    continue
+                boot, seq, back = D.parse_reading(payload, len(payload))
+                hb, hs = moved.get(device) or self._high_water(device)
+                if boot < hb:
+                    out.append(Accepted(None, self._ack(hb, hs), boot, seq, duplicate=True))
+                    continue
+                floor = -1 if boot > hb else hs  # Rule 3: a newer run starts afresh
+                expected = max(floor + 1, seq - back)
+                if seq != expected:
+                    out.append(Accepted(None, self._ack(hb, hs), boot, seq, duplicate=True))
+                    continue
+                lost = expected - (floor + 1)
+                body = bytes(payload[D.HEAD_BYTES:])
+                writes.append((device, boot, seq, body, lost))
+                moved[device] = (boot, seq)
+                out.append(Accepted(body, self._ack(boot, seq), boot, seq, lost=lost))
+            if writes:
+                self.store.deliver_many(writes)
+            self._hw.update(moved)
+        return out
 
     @staticmethod
     def _ack(boot: int, seq: int) -> bytes | None:
