@@ -69,9 +69,12 @@ class NaclCipher:
             _writable(dst)
         if src_len >= LARGE_BYTES:
             big = self._big or self._make_big()
-            mv = memoryview(src)
-            big.encrypt_into(_pack(nonce), mv[src_off:src_off + src_len],
-                             memoryview(ad)[:ad_len],
+            # cryptography >= 46 refuses overlapping buffers (an in-place seal
+            # or open, which the core does): seal from a copy then.
+            data = memoryview(src)[src_off:src_off + src_len]
+            if src is dst or (ad is dst and ad_len):
+                data = bytes(data)
+            big.encrypt_into(_pack(nonce), data, bytes(memoryview(ad)[:ad_len]),
                              memoryview(dst)[dst_off:dst_off + src_len + _TAG_BYTES])
             return src_len + _TAG_BYTES
         _encrypt(_from(dst) + dst_off, _NULL,
@@ -92,9 +95,11 @@ class NaclCipher:
         if n >= LARGE_BYTES:
             big = self._big or self._make_big()
             out = memoryview(dst)[dst_off:dst_off + n]
+            data = memoryview(src)[src_off:src_off + src_len]
+            if src is dst:  # in place: see encrypt_into
+                data = bytes(data)
             try:
-                big.decrypt_into(_pack(nonce), memoryview(src)[src_off:src_off + src_len],
-                                 memoryview(ad)[:ad_len], out)
+                big.decrypt_into(_pack(nonce), data, bytes(memoryview(ad)[:ad_len]), out)
             except InvalidTag:
                 out[:] = bytes(n)
                 raise AuthError("message does not authenticate") from None
