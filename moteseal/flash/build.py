@@ -59,6 +59,7 @@ MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 CORE_MODULES = (
     "errors", "backend", "noise", "transport", "replay", "envelope",
     "counter", "session", "counter_file", "framing", "bundle", "reading", "padding",
+    "delivery",
 )
 # Every other top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy
@@ -220,6 +221,9 @@ HOST_ONLY = {
     "device/session": ("DeviceSession.receive", "DeviceSession.send", "DeviceSession.peer_static"),
     "device/transport": ("Transport.encrypt", "Transport.decrypt"),
     "device/counter": ("NonpersistingCounterStore", "get_counter"),
+    # The peer's half of delivery, and conveniences the device's loop does without.
+    "device/delivery": ("is_reading", "parse_reading", "encode_ack_into",
+                        "Outbox.count", "Outbox.pending"),
 }
 
 
