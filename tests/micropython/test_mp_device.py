@@ -297,7 +297,7 @@ def test_whole_device_runs_in_a_64k_heap_from_the_mpy_build(mqtt_setup, fleet, t
     telemetry messages in ``-X heapsize=64k``, from the built .mpy."""
     broker, peer = mqtt_setup
     summary, _ = run_device(fleet, _mqtt_bundle(fleet, broker), tmp_path / "ctr", "--count", "101",
-                            "--interval-ms", "0", "--quiet", heap=DEVICE_HEAP)
+                            "--interval-ms", "0", "--quiet", heap="64k")
     assert summary["data"] == 100
     assert wait_for(lambda: len(peer.telemetry()) == 101, timeout=20)
 
