@@ -34,10 +34,13 @@ pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeou
 
 DEVICE = "mote-1"
 PEER = "hub"
-# Every device run here is limited to the 64 KiB heap, from the lean
-# .mpy build (the default; bench/bench_mp_device.py measures the smallest heap
-# and docs/micropython.md, "Memory", says where it goes).
-DEVICE_HEAP = "80k"
+# The behaviour tests run the lean .mpy build (the default) in the smallest
+# heap the device with its default retention (16 readings) runs in, rounded
+# up: 71 KiB measured (bench/bench_mp_device.py; docs/micropython.md,
+# "Memory", says where it goes). The 64 KiB is its own test below,
+# test_whole_device_runs_in_a_64k_heap_from_the_mpy_build, which the device
+# does not meet yet.
+DEVICE_HEAP = "72k"
 
 
 class Fleet:
