@@ -14,7 +14,9 @@ Invariants:
   session is spent (``SessionExpired``), when the peer says it lost the
   session (``EV_REHANDSHAKE``, which ``DeviceSession`` accepts at most once
   per ``hint_interval``), after a refusal (``EV_REFUSED``: the next pinned
-  key), or when message 2 does not come within ``hs_timeout_ms``; nothing
+  key), after the peer's counter notice (``EV_COUNTER_BEHIND``: the counter
+  has jumped past the peer's), or when message 2 does not come within
+  ``hs_timeout_ms``; nothing
   else is sent while message 2 is awaited, and handshakes are at least
   ``_HS_GAP_MS`` apart whatever the trigger, so forged hints cannot make it
   flood the peer.
@@ -340,9 +342,11 @@ class Device:
     def step(self):
         """Send one reading: in message 1 if a handshake is due (Rule 1),
         otherwise in a data envelope (after any resend that is due, Rule 5).
-        Returns True if a reading went out, False while message 2 is awaited
+        Returns True if a reading went out (or, with retention, was retained
+        to go out after the next handshake), False while message 2 is awaited
         or a handshake must wait for ``_HS_GAP_MS``, None if ``read`` failed
-        (the reading is skipped). Raises ``OSError`` if the link fails."""
+        (the reading is skipped). Raises ``OSError`` if the link fails (a
+        retained reading goes out again later)."""
         self._tick()
         s = self.session
         c = self.counts
@@ -401,7 +405,7 @@ class Device:
             n = s.send_into(b, n, out, self.now)
         except SessionExpired:
             self._need_hs = True
-            return False
+            return box is not None  # retained: it goes out after the next handshake
         c["data"] += 1
         if not box:
             c["readings"] += 1
