@@ -16,7 +16,8 @@ Prints:
 - the smallest ``-X heapsize`` in which the whole device (``main.py`` from
   the built ``.mpy`` flash directory: core, port, MQTT link, one handshake,
   100 telemetry messages through real Mosquitto and ``moteseal gateway
-  run`` to a CPython peer) completes: binary search in 4 KiB steps;
+  run`` to a CPython peer) completes, with its default retention (16
+  readings) and without (``--retain 0``): binary search in 2 KiB steps;
 - the ``.mpy`` flash directory size for the unix port (x64) and, compiled
   only, for an RP2040 (armv6m) and an ESP32 (xtensawin), next to the size of
   the same modules as CPython source;
@@ -221,12 +222,12 @@ class DeviceRig:
         self.flash = root / "flash"
         build(self.bundle, self.flash, "x64")
 
-    def runs_in(self, heap_k: int) -> bool:
+    def runs_in(self, heap_k: int, *extra: str) -> bool:
         before = self.telemetry
         env = {"MICROPYPATH": f"{self.flash}:.frozen", "PATH": "/usr/bin:/bin"}
         p = subprocess.run([mp_binary(), "-X", f"heapsize={heap_k}k", str(self.flash / "main.py"),
                             "--bundle", str(self.bundle), "--state", str(self.root / "ctr"),
-                            "--count", "101", "--interval-ms", "0", "--quiet"],
+                            "--count", "101", "--interval-ms", "0", "--quiet", *extra],
                            capture_output=True, text=True, timeout=120, env=env, cwd=self.flash)
         if p.returncode != 0:
             return False
@@ -264,13 +265,14 @@ class DeviceRig:
         self.broker.stop()
 
 
-def smallest_heap_k(rig: DeviceRig, lo: int = 32, hi: int = 512) -> int:
-    """Binary search (4 KiB steps) for the smallest heap the device run passes in."""
-    if not rig.runs_in(hi):
+def smallest_heap_k(rig: DeviceRig, *extra: str, lo: int = 32, hi: int = 512) -> int:
+    """Binary search (2 KiB steps) for the smallest heap the device run
+    (``main.py`` with ``extra`` options) passes in."""
+    if not rig.runs_in(hi, *extra):
         raise RuntimeError(f"the device does not run even in {hi} KiB")
-    while hi - lo > 4:
-        mid = (lo + hi) // 2 // 4 * 4
-        if rig.runs_in(mid):
+    while hi - lo > 2:
+        mid = (lo + hi) // 2 // 2 * 2
+        if rig.runs_in(mid, *extra):
             hi = mid
         else:
             lo = mid
@@ -399,7 +401,10 @@ def main() -> None:
                   f"   {'':>12} {'':>8}  ({locked}/50 messages over MQTT under heap_lock)")
             heap = smallest_heap_k(rig)
             print(f"{'smallest heap, whole device (.mpy, 101 msgs)':<40} {heap:>9d} KiB "
-                  f"{'n/a':>12} {'':>8}  (goal 48 KiB; 64-bit unix port)")
+                  f"{'n/a':>12} {'':>8}  (retain 16; goal 48 KiB; 64-bit unix port)")
+            heap0 = smallest_heap_k(rig, "--retain", "0")
+            print(f"{'  the same without retention':<40} {heap0:>9d} KiB "
+                  f"{'n/a':>12} {'':>8}  (--retain 0)")
             flash, bundle = rig.flash, rig.bundle
         else:
             from moteseal.keys.provision import Bundle, write_bundle

@@ -15,18 +15,30 @@ serial cable (``moteseal.links.serial_link.SerialLink`` over a socat pty pair) a
 one real MicroPython device (``micropython micropython_port/main.py``, its
 own MQTT client).
 
+Every sensor on MQTT (the CPython ones and the MicroPython device) retains
+its readings in an ``Outbox`` until the peer acknowledges them
+(docs/protocol.md, "Delivery"); the peer takes each payload through an
+``Inbox`` over a ``ReadingStore`` file, which stores each reading once, in
+order, and hands back the acknowledgement.
+
 The faults, in a loop until the time is up: the gateway SIGKILLed and
 restarted, Mosquitto stopped and started (its persistence file carries the
 queues), the serial cable pulled and plugged back, sensors rebooted (a new
 ``DeviceSession`` on the same counter file: a new handshake and a higher
-message-1 counter), the gateway stopped gracefully while sensors reboot.
+message-1 counter), the gateway stopped gracefully while sensors reboot,
+and the peer killed (``peer_kill``: it forgets every session, its store is
+reopened from the same file and its MQTT link closed and opened again, as
+a restarted ``peer listen --store`` would).
 
 The accounting (``Soak.verdict``), per message, keyed by (device, seq):
 - a message whose QoS-1 PUBLISH the broker acknowledged (``PUBACK``) must
   be delivered to the peer's application exactly once: ``lost`` otherwise;
 - a message without a PUBACK (the device rebooted, or the link failed, with
   it in flight) was reported to the sender as failed; it may still arrive
-  once (the PUBACK was lost, not the message);
+  once (the PUBACK was lost, not the message, or the outbox sent it again);
+- what the peer delivers is what its ``Inbox`` accepts: resends of what it
+  already stored are dropped there (``peer_events["duplicate"]``), and no
+  sensor evicts a reading it retains (``evicted``);
 - nothing is delivered twice (``duplicates``) and nothing arrives that no
   device sent (``forged``);
 - message-1 counters accepted by the peer increase strictly per device,
@@ -35,7 +47,7 @@ The serial cable has no acknowledgement: a frame written while the gateway
 is down is gone without a word. For the serial sensor the accounting
 checks duplicates and forgeries, and counts ``serial_unacknowledged_lost``
 (reported, not failed). The MicroPython device reports its counts at exit:
-every reading it did not count as a send error must arrive exactly once.
+every reading it made, none evicted, must arrive exactly once.
 
 Prints one JSON summary; exits 1 if any check failed. ``tests/e2e/test_soak.py``
 runs it for about two minutes in CI.
@@ -65,19 +77,24 @@ if str(REPO) not in sys.path:
 from moteseal.crypto.backend_nacl import NaclBackend  # noqa: E402
 from device.counter import Msg1Counter  # noqa: E402
 from device.counter_file import FileCounterStore  # noqa: E402
+from device.delivery import Outbox  # noqa: E402
 from device.errors import LocalError, RemoteError  # noqa: E402
 from moteseal.links.mqtt_link import MqttLink  # noqa: E402
 from device.session import DeviceSession  # noqa: E402
 from device.peer import PeerSessions  # noqa: E402
+from moteseal.peer.delivery import Inbox, ReadingStore  # noqa: E402
 from moteseal.sim.simulate import SimulatedSensor, decode_reading  # noqa: E402
 from gateway.broker import LocalBroker  # noqa: E402
 from tests.serial_fixtures import SocatPair  # noqa: E402
 
 PEER = "hub"
+# Readings each CPython sensor retains: the longest fault (Mosquitto down
+# while the gateway is, about 6 s) at one reading per 0.5 s, with room.
+RETAIN = 64
 
 
 from bench.soak_parts import (  # noqa: E402
-    AccountingLink, CountingDirectory, GatewayProc, SerialSensorLink, _log, _puback)
+    AccountingLink, CountingDirectory, GatewayProc, SerialSensorLink, _log, _puback, verdict)
 
 
 class Soak:
@@ -118,6 +135,7 @@ class Soak:
         self.mp_delivered: dict[int, Counter[int]] = defaultdict(Counter)
         self.mp_boot = 0
         self.peer_events: Counter[str] = Counter()
+        self.evicted = 0  # readings sensors evicted unacknowledged (must stay 0)
         self.faults: Counter[str] = Counter()
         self.t0 = time.monotonic()
         self.sent_at: dict[tuple[str, int], float] = {}
@@ -153,9 +171,10 @@ class Soak:
                                    self.share_group)
         self.gateway.start()
         self.peer = PeerSessions(self.backend, PEER.encode(), self.directory)
-        self.peer_link = MqttLink(PEER, "127.0.0.1", b.port, username=PEER,
-                                  password=b.passwords[PEER], on_envelope=self._peer_envelope,
-                                  max_inflight=200).start(30)
+        self.store_path = self.workdir / "readings.sqlite"
+        self.store = ReadingStore(self.store_path)
+        self.peer_inbox = Inbox(self.store)
+        self.peer_link = self._peer_connect()
         for name in self.names:
             self._boot(name)
         if self.use_serial:
@@ -168,6 +187,12 @@ class Soak:
         self.log(f"{len(self.sensors)} CPython sensors" + (" + serial" if self.use_serial else "")
                  + (" + MicroPython" if self.use_mp else ""))
 
+    def _peer_connect(self) -> MqttLink:
+        assert self.broker is not None
+        return MqttLink(PEER, "127.0.0.1", self.broker.port, username=PEER,
+                        password=self.broker.passwords[PEER], on_envelope=self._peer_envelope,
+                        max_inflight=200).start(30)
+
     def _counter_store(self, name: str) -> FileCounterStore:
         return FileCounterStore(str(self.workdir / f"{name}.ctr"))
 
@@ -178,9 +203,12 @@ class Soak:
         old = self.sensors.get(name)
         session = DeviceSession(self.backend, name.encode(), PEER.encode(), self.static[1],
                                 self.psks[name], Msg1Counter(self._counter_store(name)))
+        # The serial cable has no broker to resend through and nothing to
+        # acknowledge with, so only the MQTT sensors retain.
         sensor = SimulatedSensor(session, None, self.interval,  # type: ignore[arg-type]
                                  seed=self.rng.randrange(1 << 30), handshake_timeout=3.0,
-                                 on_event=self._device_event)
+                                 on_event=self._device_event,
+                                 outbox=None if name == "serial-1" else Outbox(RETAIN))
         deliver = self._deliver(sensor)
         if name == "serial-1":
             assert self.socat is not None
@@ -200,6 +228,8 @@ class Soak:
     def _reboot(self, name: str) -> None:
         with self.lock:
             old = self.sensors.pop(name)
+            if old.outbox is not None:  # power off: the outbox's RAM is gone
+                self.evicted += old.outbox.evicted
             # Power off: what the broker has not acknowledged is reported failed.
             self._settle(name)
         old.link.close()
@@ -237,7 +267,9 @@ class Soak:
     def _fleet(self) -> None:
         while not self.stop_all.is_set():
             now = time.monotonic()
-            if not self.stop_sending.is_set():
+            # After stop_sending the sensors still tick: they make no new
+            # readings (``limit``), but resend what is unacknowledged.
+            if not self.stop_all.is_set():
                 with self.lock:
                     for s in list(self.sensors.values()):
                         try:
@@ -256,7 +288,10 @@ class Soak:
 
     def _peer_envelope(self, data: bytes) -> None:
         # paho's network thread of the peer's link.
-        assert self.peer_link is not None
+        link = self.peer_link
+        if link is None:
+            return  # the peer is down (peer_kill): the broker keeps it for the next link
+        out = []
         with self.lock:
             try:
                 got = self.peer.receive(data, time.monotonic())
@@ -266,17 +301,37 @@ class Soak:
             else:
                 reply = got.reply
                 self.peer_events[got.kind] += 1
-                if got.payload is not None:
-                    dev = got.device_id.decode()
-                    reading = decode_reading(got.payload)
-                    if reading is None:
-                        self.peer_events["unreadable"] += 1
-                    elif dev == "mp-1":
-                        self.mp_delivered[self.mp_boot][reading["seq"]] += 1
-                    else:
-                        self.delivered[(dev, reading["seq"])] += 1
+                for payload in (got.early, got.payload):
+                    if payload is not None:
+                        out += self._accept(got.device_id, payload)
         if reply is not None:
-            self.peer_link.send(reply)
+            link.send(reply)
+        for env in out:
+            link.send(env)
+
+    def _accept(self, device_id: bytes, payload: bytes) -> list[bytes]:
+        # Caller holds the lock. The payload through the Inbox (stored once,
+        # in order); what it delivers is what the accounting counts. Returns
+        # the acknowledgement to send, if any.
+        dev = device_id.decode()
+        acc = self.peer_inbox.accept(dev, payload)
+        ack = []
+        if acc.ack is not None:
+            try:
+                ack.append(self.peer.send(device_id, acc.ack, time.monotonic()))
+            except LocalError:
+                pass  # no session to answer on: the device resends, the ack follows
+        if acc.body is None:
+            self.peer_events["duplicate"] += 1
+            return ack
+        reading = decode_reading(acc.body)
+        if reading is None:
+            self.peer_events["unreadable"] += 1
+        elif dev == "mp-1":
+            self.mp_delivered[self.mp_boot][reading["seq"]] += 1
+        else:
+            self.delivered[(dev, reading["seq"])] += 1
+        return ack
 
     # -- MicroPython ------------------------------------------------------------
 
@@ -301,6 +356,7 @@ class Soak:
             [exe, str(REPO / "micropython_port" / "main.py"), "--bundle", str(bundle_path),
              "--state", str(self.workdir / "mp-1.ctr"), "--count", str(count),
              "--interval-ms", str(interval_ms), "--hs-timeout-ms", "3000",
+             "--retain", "64", "--resend-s", "2", "--drain-ms", "30000",
              "--port", str(self.broker.port), "--quiet"],
             cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
             stdout=open(out, "w"), stderr=subprocess.STDOUT, text=True)
@@ -377,8 +433,26 @@ class Soak:
         self.gateway.start()
         self.faults["broker_restart_gateway_down"] += 1
 
+    def fault_peer_kill(self) -> None:
+        """The peer dies and comes back (``peer listen --store`` SIGKILLed and
+        restarted): every session forgotten, the store reopened from the
+        same file, its MQTT link closed and opened again. Devices learn it
+        from hints, handshake again and resend what is unacknowledged."""
+        link = self.peer_link
+        self.peer_link = None
+        assert link is not None
+        link.close()
+        with self.lock:
+            self.store.close()
+            self.store = ReadingStore(self.store_path)
+            self.peer_inbox = Inbox(self.store)
+            self.peer = PeerSessions(self.backend, PEER.encode(), self.directory)
+        self._pause(1)
+        self.peer_link = self._peer_connect()
+        self.faults["peer_kill"] += 1
+
     FAULTS = ("gateway_kill", "broker_restart", "serial_cut", "reboots",
-              "gateway_restart_with_reboots")
+              "gateway_restart_with_reboots", "peer_kill")
 
     def run(self) -> None:
         schedule = [getattr(self, "fault_" + name) for name in self.fault_names]
@@ -401,6 +475,9 @@ class Soak:
         """Stop new readings, then wait until every acknowledged message has
         arrived (or ``timeout``, default ``drain_timeout``)."""
         timeout = self.drain_timeout if timeout is None else timeout
+        with self.lock:
+            for s in self.sensors.values():
+                s.limit = s.seq  # no new readings; retained ones go on being resent
         self.stop_sending.set()
         mp_summary = self._wait_mp(max(timeout, 60.0)) if self.use_mp else None
         self.mp_summaries = [mp_summary]
@@ -411,7 +488,9 @@ class Soak:
                            if info is not False and info is not True and not _puback(info)
                            and k not in self.failed]
                 missing = [k for k in self._acked() if self.delivered[k] == 0]
-            if not pending and not missing:
+                unacked = [s.id for s in self.sensors.values()
+                           if s.outbox is not None and s.outbox.count()]
+            if not pending and not missing and not unacked:
                 break
             time.sleep(0.25)
         if self.use_mp:
@@ -429,61 +508,8 @@ class Soak:
                 if info is not False and info is not True and _puback(info)]
 
     def verdict(self) -> dict[str, Any]:
-        with self.lock:
-            acked = set(self._acked())
-            serial_sent = {k for k, v in self.sent.items() if k[0] == "serial-1" and v is True}
-            lost = sorted(k for k in acked if self.delivered[k] == 0)
-            dups = sorted(k for k, c in self.delivered.items() if c > 1)
-            forged = sorted(k for k in self.delivered if k not in self.sent)
-            late_ok = sum(1 for k in self.failed if self.delivered[k] == 1)
-            regress = {d.decode(): v for d, v in self.directory.accepted.items()
-                       if any(b <= a for a, b in zip(v, v[1:]))}
-            serial_lost = sorted(k for k in serial_sent if self.delivered[k] == 0)
-            cuts = [t for i, (t, f) in enumerate(self.fault_log) if f == "done"
-                     and i > 0 and self.fault_log[i - 1][1] == "serial_cut"]
-            serial_recovered = (not cuts) or any(
-                d == "serial-1" and self.sent_at.get((d, q), 0) > cuts[-1]
-                for d, q in self.delivered)
-            # Each rebooted sensor handshook again and was heard after its last reboot.
-            silent = sorted(n for n, first in self.rebooted_at.items()
-                            if not any(d == n and q >= first for d, q in self.delivered))
-            mp = []
-            for boot, summary in enumerate(self.mp_summaries if self.use_mp else [], start=1):
-                got = self.mp_delivered[boot]
-                row: dict[str, Any] = {"boot": boot, "summary": summary,
-                                       "delivered": len(got),
-                                       "missing": sorted(set(range(summary["readings"])) - set(got))
-                                       if summary else None,
-                                       "duplicates": sorted(s for s, c in got.items() if c > 1)}
-                if summary is None:
-                    row["ok"] = False
-                else:
-                    accepted = summary["readings"] - summary["send_errors"]
-                    row["ok"] = (not row["duplicates"] and len(got) >= accepted
-                                 and all(s < summary["readings"] for s in got))
-                mp.append(row)
-            mp_counters = self.directory.accepted.get(b"mp-1", [])
-        result = {
-            "devices": len(self.names) + (1 if self.use_serial else 0) + (1 if self.use_mp else 0),
-            "faults": dict(self.faults),
-            "sent": len(self.sent), "acked": len(acked), "delivered": sum(self.delivered.values()),
-            "reported_failed": len(self.failed), "failed_but_arrived_once": late_ok,
-            "lost": [list(k) + [self.sent_at.get(k)] for k in lost[:20]], "lost_count": len(lost),
-            "fault_log": self.fault_log,
-            "duplicates": [list(k) for k in dups[:20]], "forged": [list(k) for k in forged[:20]],
-            "counter_regressions": regress,
-            "serial_sent": len(serial_sent), "serial_unacknowledged_lost": len(serial_lost),
-            "serial_recovered_after_last_cut": serial_recovered,
-            "micropython": mp, "micropython_counters": mp_counters,
-            "reboots": sum(v - 1 for v in self.boots.values()),
-            "silent_after_reboot": silent,
-            "peer_events": dict(self.peer_events),
-        }
-        result["ok"] = (not lost and not dups and not forged and not regress and not silent
-                        and (not self.use_serial or serial_recovered)
-                        and all(r["ok"] for r in mp)
-                        and (not self.use_mp or len(mp_counters) >= 2))
-        return result
+        """The accounting (module docstring); ``ok`` is the overall check."""
+        return verdict(self)
 
     def close(self) -> None:
         self.stop_sending.set()
@@ -501,6 +527,8 @@ class Soak:
                 pass
         if self.peer_link is not None:
             self.peer_link.close()
+        if hasattr(self, "store"):
+            self.store.close()
         if self.gateway is not None:
             self.gateway.stop()
         if self.socat is not None:

@@ -182,3 +182,75 @@ file = "gateway.log"
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def verdict(self: Any) -> dict[str, Any]:
+    """``Soak.verdict``: every message accounted for (bench/soak.py's
+    docstring says how); ``ok`` is the overall check."""
+    with self.lock:
+        acked = set(self._acked())
+        serial_sent = {k for k, v in self.sent.items() if k[0] == "serial-1" and v is True}
+        lost = sorted(k for k in acked if self.delivered[k] == 0)
+        dups = sorted(k for k, c in self.delivered.items() if c > 1)
+        # Retained readings made while message 2 was awaited go out only
+        # as resends (no "sent" event): what a sensor made is every seq
+        # below its count.
+        made = {n: s.seq for n, s in self.sensors.items()}
+        forged = sorted(k for k in self.delivered
+                        if k not in self.sent and k[1] >= made.get(k[0], 0))
+        late_ok = sum(1 for k in self.failed if self.delivered[k] == 1)
+        regress = {d.decode(): v for d, v in self.directory.accepted.items()
+                   if any(b <= a for a, b in zip(v, v[1:]))}
+        serial_lost = sorted(k for k in serial_sent if self.delivered[k] == 0)
+        cuts = [t for i, (t, f) in enumerate(self.fault_log) if f == "done"
+                 and i > 0 and self.fault_log[i - 1][1] == "serial_cut"]
+        serial_recovered = (not cuts) or any(
+            d == "serial-1" and self.sent_at.get((d, q), 0) > cuts[-1]
+            for d, q in self.delivered)
+        # Each rebooted sensor handshook again and was heard after its last reboot.
+        silent = sorted(n for n, first in self.rebooted_at.items()
+                        if not any(d == n and q >= first for d, q in self.delivered))
+        mp = []
+        for boot, summary in enumerate(self.mp_summaries if self.use_mp else [], start=1):
+            got = self.mp_delivered[boot]
+            row: dict[str, Any] = {"boot": boot, "summary": summary,
+                                   "delivered": len(got),
+                                   "missing": sorted(set(range(summary["readings"])) - set(got))
+                                   if summary else None,
+                                   "duplicates": sorted(s for s, c in got.items() if c > 1)}
+            if summary is None:
+                row["ok"] = False
+            else:
+                # Retention: every reading it made arrives, once.
+                row["ok"] = (not row["duplicates"] and summary.get("evicted") == 0
+                             and sorted(got) == list(range(summary["readings"])))
+            mp.append(row)
+        mp_counters = self.directory.accepted.get(b"mp-1", [])
+        evicted = self.evicted + sum(s.outbox.evicted for s in self.sensors.values()
+                                     if s.outbox is not None)
+        unacked = sum(s.outbox.count() for s in self.sensors.values()
+                      if s.outbox is not None)
+    result = {
+        "devices": len(self.names) + (1 if self.use_serial else 0) + (1 if self.use_mp else 0),
+        "faults": dict(self.faults),
+        "sent": len(self.sent), "acked": len(acked), "delivered": sum(self.delivered.values()),
+        "reported_failed": len(self.failed), "failed_but_arrived_once": late_ok,
+        "lost": [list(k) + [self.sent_at.get(k)] for k in lost[:20]], "lost_count": len(lost),
+        "fault_log": self.fault_log,
+        "duplicates": [list(k) for k in dups[:20]], "forged": [list(k) for k in forged[:20]],
+        "counter_regressions": regress,
+        "serial_sent": len(serial_sent), "serial_unacknowledged_lost": len(serial_lost),
+        "serial_recovered_after_last_cut": serial_recovered,
+        "micropython": mp, "micropython_counters": mp_counters,
+        "reboots": sum(v - 1 for v in self.boots.values()),
+        "silent_after_reboot": silent,
+        "evicted": evicted, "unacknowledged_at_end": unacked,
+        "stored": len(self.store.readings()),
+        "peer_events": dict(self.peer_events),
+    }
+    result["ok"] = (not lost and not dups and not forged and not regress and not silent
+                    and not evicted
+                    and (not self.use_serial or serial_recovered)
+                    and all(r["ok"] for r in mp)
+                    and (not self.use_mp or len(mp_counters) >= 2))
+    return result

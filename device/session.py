@@ -27,13 +27,15 @@ Invariants:
 - Rule 5: ``DeviceSession.send_into`` and ``receive_into`` allocate nothing
   per message on MicroPython once the session exists.
 - Rule 7: threads. The core imports no threading (MicroPython), so a
-  ``DeviceSession`` or ``PeerSessions`` is shareable between threads only
-  when the host passes ``lock=`` (e.g. ``threading.Lock()``): every public
-  method then runs under it, which makes reading a ``Transport``'s send
-  nonce for the header and using it one step (no nonce goes out twice), and
-  a replay-window check and its commit one step. Without ``lock`` (boards,
-  single-threaded hosts), one thread at a time. A ``Transport`` is never
-  shared on its own: it is reached through its session's lock.
+  ``DeviceSession`` is used by one thread at a time (boards,
+  single-threaded hosts). A host that shares one between threads uses
+  ``moteseal.peer.locked.LockedDeviceSession`` (host-only, never shipped:
+  the device's heap pays nothing for it), whose public methods run under a
+  lock, which makes reading a ``Transport``'s send nonce for the header and
+  using it one step (no nonce goes out twice), and a replay-window check and
+  its commit one step; a ``PeerSessions`` takes ``lock=`` itself
+  (``device/peer.py``). A ``Transport`` is never shared on its own: it is
+  reached through its session's lock.
 - Rule 8: a lost counter store recovers. A message 1 that authenticates
   but whose counter is not above the highest the peer holds (the device's
   store was wiped or restored) is refused as before (peer Rule 2), and the
@@ -118,11 +120,11 @@ class DeviceSession:
     ``self.last_len`` bytes of plaintext in ``out``;
     ``send_into(src, n, out, now)`` -> length of a data envelope in ``out``.
     Optional keyword limits: window, rekey_interval, max_messages, max_age,
-    max_payload, hint_interval; ``lock`` (Rule 7); ``pad``, a
-    ``PadPolicy`` (Rule 9).
+    max_payload, hint_interval; ``pad``, a ``PadPolicy`` (Rule 9).
 
-    Threads: shareable only if made with ``lock=`` (Rule 7); else one
-    thread at a time.
+    Threads: one at a time; ``moteseal.peer.locked.LockedDeviceSession``
+    is the shareable one (Rule 7). Raises ``LocalError`` for ``lock=``
+    (a device session takes no lock; sharing it would be unsafe).
     """
 
     def __init__(self, backend, device_id, peer_id, peer_static, psk, counter,
@@ -146,7 +148,8 @@ class DeviceSession:
         self._opts = opts
         self.max_payload = opts.get("max_payload", MAX_PAYLOAD_BYTES)
         self._last_hint = None
-        self._lock = opts.get("lock")
+        if "lock" in opts:  # Rule 7: never ignore a caller who means to share it
+            raise LocalError("DeviceSession takes no lock: use LockedDeviceSession")
         self.pad = opts.get("pad")  # Rule 9
         self._P = self._unpad = None
         if self.pad is not None:
@@ -171,13 +174,6 @@ class DeviceSession:
         policy's ``hs``). Raises ``MessageTooLarge`` (also when the padded
         payload exceeds ``max_payload``), ``LocalError`` (counter
         exhausted)."""
-        lk = self._lock
-        if lk is None:
-            return self._handshake(payload, buckets)
-        with lk:
-            return self._handshake(payload, buckets)
-
-    def _handshake(self, payload, buckets):
         n = len(payload)
         pad = self.pad
         size = n if pad is None else self._P.padded_size(n, buckets or pad.hs)
@@ -220,13 +216,6 @@ class DeviceSession:
         ``DecodeError`` (malformed, not for us, unexpected), ``ReplayError``,
         ``AuthError``; on any error the session is unchanged, except that a
         message 2 that fails authentication ends that handshake attempt."""
-        lk = self._lock
-        if lk is None:
-            return self._receive_into(buf, n, out, now)
-        with lk:
-            return self._receive_into(buf, n, out, now)
-
-    def _receive_into(self, buf, n, out, now):
         env = self._env.decode_into(buf, n, E.envelope_limit(self.max_payload))
         if not env.dst_is(self.device_id) or not env.src_is(self.peer_id):
             raise DecodeError("envelope not addressed to us")
@@ -309,13 +298,6 @@ class DeviceSession:
         in place, so ``out`` needs room for the padded size. Raises
         ``LocalError`` (no session), ``SessionExpired``, ``MessageTooLarge``,
         ``BufferTooSmall``."""
-        lk = self._lock
-        if lk is None:
-            return self._send_into(src, n, out, now, buckets)
-        with lk:  # the header's nonce and the sealing nonce are one (Rule 7)
-            return self._send_into(src, n, out, now, buckets)
-
-    def _send_into(self, src, n, out, now, buckets):
         tr = self.transport
         if tr is None:
             raise LocalError("no session: handshake first")

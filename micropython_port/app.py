@@ -14,7 +14,9 @@ Invariants:
   session is spent (``SessionExpired``), when the peer says it lost the
   session (``EV_REHANDSHAKE``, which ``DeviceSession`` accepts at most once
   per ``hint_interval``), after a refusal (``EV_REFUSED``: the next pinned
-  key), or when message 2 does not come within ``hs_timeout_ms``; nothing
+  key), after the peer's counter notice (``EV_COUNTER_BEHIND``: the counter
+  has jumped past the peer's), or when message 2 does not come within
+  ``hs_timeout_ms``; nothing
   else is sent while message 2 is awaited, and handshakes are at least
   ``_HS_GAP_MS`` apart whatever the trigger, so forged hints cannot make it
   flood the peer.
@@ -24,10 +26,23 @@ Invariants:
 - Rule 3: bad envelopes from the link (``RemoteError``) are counted and
   ignored; nothing logged holds a key, the PSK or a plaintext.
 - Rule 4: after the handshake, one reading costs no heap allocation: the
-  reading is encoded into a fixed buffer, sealed with ``send_into`` into a
-  second, and published from preallocated MQTT slots (or framed into the
-  UART link's buffer). The clock passed to the session is a whole-second
-  counter kept in small ints (``ticks_ms`` wraps; floats would allocate).
+  reading is encoded into a fixed buffer, framed into its outbox slot,
+  sealed with ``send_into`` into a second buffer, and published from
+  preallocated MQTT slots (or framed into the UART link's buffer). The
+  clock passed to the session is a whole-second counter kept in small ints
+  (``ticks_ms`` wraps; floats would allocate).
+- Rule 5: retention (``retain`` readings, default 16; docs/protocol.md,
+  "Delivery"). Each reading is framed by a ``device.delivery.Outbox`` (a
+  fixed buffer) and kept until the peer's cumulative acknowledgement
+  covers it; after every handshake, and when the oldest has waited
+  ``resend_s`` without one, every retained reading is sent again, oldest
+  first (the peer drops what it has). An acknowledgement is never a
+  command. A full outbox evicts its oldest reading: counted
+  (``evicted``) and reported (the ``evicted`` event), never silent. The
+  resend clock is ``now`` (whole seconds, Rule 4), not ``ticks_ms``,
+  whose wrap would break the outbox's plain subtraction. Resends go out
+  from ``run``'s loop, never from inside the link's receive callback
+  (where the MQTT client may not publish at QoS 1).
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -46,6 +61,7 @@ _EV_HANDSHAKE = const(1)
 _EV_DATA = const(2)
 _EV_REHANDSHAKE = const(3)
 _EV_REFUSED = const(4)
+_EV_COUNTER_BEHIND = const(5)
 
 # A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
 # device up less than 18 hours and 65536 readings; the user's fields share
@@ -53,6 +69,7 @@ _EV_REFUSED = const(4)
 # command from the peer; sizes the device's buffers and the link's. The
 # peer sends nothing larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
+_HEAD_BYTES = const(10)  # device.delivery.HEAD_BYTES: a retained reading's frame
 _HS_GAP_MS = const(1000)
 # The longest interval a reply may set: a day, so ``ticks_add`` stays in
 # range (half the ticks period is 2**29 ms on 32-bit ports) and every
@@ -117,13 +134,18 @@ class Device:
     than the built-in ``interval=``/``interval_ms=`` (``buf[:n]``, valid
     only during the call).
 
-    ``interval_ms`` and ``hs_timeout_ms`` may be set before ``run``. Raises
-    ``LocalError`` if the bundle names no link, ``OSError`` if the counter
-    file is damaged.
+    ``retain`` readings are kept until the peer acknowledges them (Rule 5;
+    0: none, readings go out unframed and unacknowledged as before
+    retention); ``box`` is the ``Outbox`` (None without retention).
+
+    ``interval_ms``, ``hs_timeout_ms``, ``resend_s`` and ``drain_ms`` may
+    be set before ``run``. Raises ``LocalError`` if the bundle names no
+    link or ``retain`` is over 255, ``OSError`` if the counter file is
+    damaged.
     """
 
     def __init__(self, bundle, counter_path="moteseal.ctr", link_override=None, log=None,
-                 read=None, on_command=None):
+                 read=None, on_command=None, retain=16):
         # Imported here, not as module globals: they are needed only once.
         from device.counter import Msg1Counter
         from device.counter_file import FileCounterStore
@@ -132,13 +154,19 @@ class Device:
         from device.session import DeviceSession
         from micropython_port.backend import MicroBackend
         device_id, peer_id, peer_keys, psk, suite, link = bundle
+        # A retained reading travels framed: the frame's head comes on top.
+        pay = _MAX_PAYLOAD_BYTES + (_HEAD_BYTES if retain else 0)
+        self.box = None
+        if retain:  # Rule 5
+            from device.delivery import Outbox
+            self.box = Outbox(retain, _MAX_PAYLOAD_BYTES)
         self.session = DeviceSession(MicroBackend(), device_id, peer_id, peer_keys, psk,
                                      Msg1Counter(FileCounterStore(counter_path)), suite,
-                                     max_payload=_MAX_PAYLOAD_BYTES)
+                                     max_payload=pay)
         if link_override:
             link.update(link_override)
         # Message 1, the largest envelope: header + e + counter + reading + tag.
-        env_bytes = HEADER_MAX_BYTES + 32 + 4 + _MAX_PAYLOAD_BYTES + 16
+        env_bytes = HEADER_MAX_BYTES + 32 + 4 + pay + 16
         kind = link.get("kind")
         if kind == "serial":
             from micropython_port.uart_link import UartLink
@@ -151,19 +179,23 @@ class Device:
         self.log = log
         # The reading being sent, and the plaintext of a reply: a reading
         # is sealed into _out before the link can deliver anything.
-        self._buf = bytearray(_MAX_PAYLOAD_BYTES)
-        self._out = bytearray(HEADER_MAX_BYTES + _MAX_PAYLOAD_BYTES + 16)  # a data envelope
+        self._buf = bytearray(pay)
+        self._out = bytearray(HEADER_MAX_BYTES + pay + 16)  # a data envelope
         if read:  # the writer is loaded only for user fields (2 KiB of heap)
             from device.reading import ReadingWriter
-            self.w = ReadingWriter(self._buf)
+            self.w = ReadingWriter(memoryview(self._buf)[:_MAX_PAYLOAD_BYTES])
         self.read = read
         self.on_command = on_command
         self.interval_ms = 10000
         self.hs_timeout_ms = 5000
+        self.resend_s = 3  # Rule 5
+        self.drain_ms = 10000  # run(): how long to wait for the last acknowledgements
+        self._again = False  # a handshake finished: resend what is retained (Rule 5)
         # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
-                       "read_errors": 0, "command_errors": 0}
+                       "read_errors": 0, "command_errors": 0, "acks": 0, "resent": 0,
+                       "evicted": 0, "counter_behind": 0}
         self._need_hs = True
         self._hs_at = 0  # ticks of the last handshake
         self._t = ticks_ms()  # ticks at which self.now last advanced
@@ -187,11 +219,16 @@ class Device:
         except SessionExpired:
             self._need_hs = True  # too old to receive on: handshake again
             return
+        box = self.box
         if ev == _EV_DATA:
+            if box and box.ack(self._buf, self.session.last_len):
+                c["acks"] += 1  # Rule 5: an acknowledgement, never a command
+                return
             c["replies"] += 1
             self.on_reply(self._buf, self.session.last_len)
             return
         if ev == _EV_HANDSHAKE:
+            self._again = True  # Rule 5, sent from run()'s loop
             name = "handshake"
         elif ev == _EV_REHANDSHAKE:
             c["rehandshakes"] += 1
@@ -201,6 +238,14 @@ class Device:
             # the next one tries the next pinned key (Rule 1).
             c["refused"] += 1
             name = "refused"
+        elif ev == _EV_COUNTER_BEHIND:
+            # Our counter file was lost or rolled back and the counter has
+            # jumped past the peer's: a new run name, so retained readings
+            # are not taken for an old run's, and a handshake at once.
+            c["counter_behind"] += 1
+            if box:
+                box.rename(self.session._counter.peek())
+            name = "counter_behind"
         else:
             return  # an ignored hint
         self._need_hs = ev != _EV_HANDSHAKE
@@ -243,26 +288,73 @@ class Device:
             i += 1
         self.interval_ms = v * unit
 
+    def _due(self):
+        # Rule 1: None if no handshake is due, False while one must wait
+        # (message 2 awaited, or _HS_GAP_MS), else why one is due.
+        s = self.session
+        if not (self._need_hs or s.transport is None or s.handshaking):
+            return None
+        since = ticks_diff(ticks_ms(), self._hs_at)
+        if not self._need_hs and s.handshaking:
+            if since < self.hs_timeout_ms:
+                return False  # message 2 may still come
+            why = "timeout"
+        else:
+            why = "new" if s.transport is None else "hint"
+        if since < _HS_GAP_MS and self.counts["handshakes"]:
+            return False
+        return why
+
+    def _hs(self, src, n, why):
+        out = self.session.handshake(memoryview(src)[:n], self.now)
+        self.counts["handshakes"] += 1
+        self._need_hs = False
+        self._hs_at = ticks_ms()
+        if self.log:
+            self.log("handshake_sent", why)
+        self.link.send(out, len(out))
+
+    def resend(self):
+        """Rule 5: if a handshake just finished, or the oldest retained
+        reading has waited ``resend_s``, send every retained reading again
+        on the session, oldest first. Allocates nothing. Raises ``OSError``
+        if the link fails."""
+        box = self.box
+        s = self.session
+        if not box or self._need_hs or s.transport is None or s.handshaking:
+            return
+        if not (self._again or box.resend_due(self.now, self.resend_s)):
+            return
+        self._again = False
+        out = self._out
+        for q in range(box.first, box.next_seq):
+            if q < box.first:
+                continue  # acknowledged while the link waited for a slot
+            try:
+                n = s.send_into(box.view(q), box.length(q), out, self.now)
+            except SessionExpired:
+                self._need_hs = True
+                return
+            box.mark_sent(q, self.now)
+            self.counts["resent"] += 1
+            self.link.send(out, n)
+
     def step(self):
         """Send one reading: in message 1 if a handshake is due (Rule 1),
-        otherwise in a data envelope. Returns True if a reading went out,
-        False while message 2 is awaited or a handshake must wait for
-        ``_HS_GAP_MS``, None if ``read`` failed (the reading is skipped).
-        Raises ``OSError`` if the link fails."""
+        otherwise in a data envelope (after any resend that is due, Rule 5).
+        Returns True if a reading went out (or, with retention, was retained
+        to go out after the next handshake), False while message 2 is awaited
+        or a handshake must wait for ``_HS_GAP_MS``, None if ``read`` failed
+        (the reading is skipped). Raises ``OSError`` if the link fails (a
+        retained reading goes out again later)."""
         self._tick()
         s = self.session
         c = self.counts
-        hs = self._need_hs or s.transport is None or s.handshaking
-        if hs:  # due, or awaited: checked before read() runs
-            since = ticks_diff(ticks_ms(), self._hs_at)
-            if not self._need_hs and s.handshaking:
-                if since < self.hs_timeout_ms:
-                    return False  # message 2 may still come
-                why = "timeout"
-            else:
-                why = "new" if s.transport is None else "hint"
-            if since < _HS_GAP_MS and c["handshakes"]:
-                return False
+        why = self._due()
+        if why is False:  # checked before read() runs
+            return False
+        if why is None:
+            self.resend()
         # The reading: {"up": now, "seq": n, <the user's fields>}
         # (docs/protocol.md, "Readings"), in the fixed buffer (Rule 4).
         b = self._buf
@@ -290,23 +382,33 @@ class Device:
             b[i + 2] = 0x65
             b[i + 3] = 0x71
             n = put_head(b, i + 4, 0, c["readings"])
-        if hs:
-            out = s.handshake(memoryview(b)[:n], self.now)
-            n = len(out)
-            c["handshakes"] += 1
-            self._need_hs = False
-            self._hs_at = ticks_ms()
-            if self.log:
-                self.log("handshake_sent", why)
-        else:
-            out = self._out
-            try:
-                n = s.send_into(b, n, out, self.now)
-            except SessionExpired:
-                self._need_hs = True
-                return False
-            c["data"] += 1
-        c["readings"] += 1
+        box = self.box
+        if box:  # Rule 5: framed and retained before anything can fail
+            box.start(s._counter.peek())  # the run: its first handshake's counter
+            ev = box.evicted
+            q = box.add(b, n)
+            c["readings"] += 1
+            if box.evicted != ev:
+                c["evicted"] = box.evicted
+                if self.log:
+                    self.log("evicted", box.evicted)
+            b = box.view(q)
+            n = box.length(q)
+            box.mark_sent(q, self.now)
+        if why:
+            if not box:
+                c["readings"] += 1
+            self._hs(b, n, why)
+            return True
+        out = self._out
+        try:
+            n = s.send_into(b, n, out, self.now)
+        except SessionExpired:
+            self._need_hs = True
+            return box is not None  # retained: it goes out after the next handshake
+        c["data"] += 1
+        if not box:
+            c["readings"] += 1
         self.link.send(out, n)
         return True
 
@@ -342,6 +444,11 @@ class Device:
                 # Short polls: the MQTT client sends its keepalive pings
                 # from poll, and an interval may be longer than the keepalive.
                 link.poll(min(50, wait))
+                self._tick()
+                try:
+                    self.resend()  # Rule 5
+                except OSError:
+                    self.counts["send_errors"] += 1
                 continue
             try:
                 ok = self.step()
@@ -352,6 +459,23 @@ class Device:
                 sent += 1
                 t = ticks_add(ticks_ms(), self.interval_ms)
             link.poll(20 if ok is False else 0)
+        # Rule 5: the last readings, until the peer has acknowledged them
+        # all (handshaking again, without a reading, if the session is lost).
+        box = self.box
+        t = ticks_add(ticks_ms(), self.drain_ms)
+        while box and box.next_seq > box.first and ticks_diff(t, ticks_ms()) > 0:
+            if for_ms is not None and ticks_diff(end, ticks_ms()) <= 0:
+                break
+            self._tick()
+            try:
+                why = self._due()
+                if why:
+                    self._hs(b"", 0, why)
+                elif why is None:
+                    self.resend()
+            except OSError:
+                self.counts["send_errors"] += 1
+            link.poll(20)
         link.flush(self.hs_timeout_ms)
         t = ticks_add(ticks_ms(), linger_ms)
         while ticks_diff(t, ticks_ms()) > 0:

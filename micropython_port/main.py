@@ -125,11 +125,16 @@ def _start(argv, read, on_command):
         link["kind"] = "serial"
         link["port"] = opts["serial"]
     dev = Device(bundle, opts.get("state", "moteseal.ctr"), link,
-                 None if "quiet" in opts else _print_event, read, on_command)
+                 None if "quiet" in opts else _print_event, read, on_command,
+                 int(opts.get("retain", 16)))
     if "interval-ms" in opts:
         dev.interval_ms = int(opts["interval-ms"])
     if "hs-timeout-ms" in opts:
         dev.hs_timeout_ms = int(opts["hs-timeout-ms"])
+    if "resend-s" in opts:
+        dev.resend_s = int(opts["resend-s"])
+    if "drain-ms" in opts:
+        dev.drain_ms = int(opts["drain-ms"])
     run_ms = int(opts["run-ms"]) if "run-ms" in opts else None
     return (dev, int(opts["count"]) if "count" in opts else None, int(opts.get("linger-ms", 0)),
             run_ms)
@@ -142,7 +147,9 @@ def main(argv=None, read=None, on_command=None):
     none): --bundle PATH (default moteseal.bundle), --state PATH (counter
     file, default moteseal.ctr), --count N, --interval-ms MS, --linger-ms
     MS, --hs-timeout-ms MS, --run-ms MS (stop after that long), --host H,
-    --port P, --serial PATH, --quiet. Prints JSON event lines and a summary
+    --port P, --serial PATH, --retain N (readings kept until the peer
+    acknowledges them, default 16, 0 for none), --resend-s S, --drain-ms MS
+    (how long to wait for the last acknowledgements), --quiet. Prints JSON event lines and a summary
     line; returns the summary. Removes ``load_bundle`` and ``network_up``
     from this module once they have run (Rule 1)."""
     global _args, load_bundle, network_up, _start  # deleted once they have run (Rule 1)

@@ -59,6 +59,7 @@ MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 CORE_MODULES = (
     "errors", "backend", "noise", "transport", "replay", "envelope",
     "counter", "session", "counter_file", "framing", "bundle", "reading", "padding",
+    "delivery",
 )
 # Every other top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy
@@ -220,7 +221,22 @@ HOST_ONLY = {
     "device/session": ("DeviceSession.receive", "DeviceSession.send", "DeviceSession.peer_static"),
     "device/transport": ("Transport.encrypt", "Transport.decrypt"),
     "device/counter": ("NonpersistingCounterStore", "get_counter"),
+    # The peer's: raised by a registry that cannot write, never on a device.
+    "device/errors": ("StorageError",),
+    # Key generation is the host's (provisioning); the handshake draws its
+    # ephemeral through random_bytes and x25519_base.
+    "micropython_port/backend": ("MicroBackend.generate_keypair",),
+    # The peer's half of delivery, and conveniences the device's loop does without.
+    "device/delivery": ("is_reading", "parse_reading", "encode_ack_into",
+                        "Outbox.count", "Outbox.pending"),
 }
+
+
+# The X25519 ladder a board of the arch never runs: the asm_thumb driver
+# elsewhere, the viper ladder where asm_thumb ships (``fast_paths``).
+def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
+    """Definitions left out of a build for ``arch`` only (as ``HOST_ONLY``)."""
+    return {"micropython_port/x25519": ("ladder",) if arch in THUMB2_ARCHES else ("ladder_asm",)}
 
 
 def strip_definitions(source: str, names: Iterable[str]) -> str:
@@ -364,7 +380,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
                 continue
             rel = f"{pkg}/{name}.mpy"
             text = (base / f"{name}.py").read_text()
-            strip = HOST_ONLY.get(f"{pkg}/{name}")
+            strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
             if strip and not all_modules:
                 text = strip_definitions(text, strip)
             if not debug:

@@ -4,11 +4,15 @@
 real MicroPython device send QoS-1 telemetry through real Mosquitto
 (persistence on) and a real ``moteseal gateway run`` process, while the
 harness SIGKILLs and restarts the gateway, stops it gracefully while sensors
-reboot, restarts Mosquitto, pulls and re-plugs the serial cable and reboots
-sensors (a new session on the same counter file). Then every message is accounted for:
-each one the broker acknowledged reached the peer's application exactly
-once, none twice, none forged, message-1 counters only ever went up, and
-the MicroPython device's readings (across a reboot) arrived exactly once.
+reboot, restarts Mosquitto, pulls and re-plugs the serial cable, reboots
+sensors (a new session on the same counter file) and kills the peer (it
+forgets every session; its reading store is reopened from the same file).
+The MQTT sensors retain their readings until the peer's ``Inbox``
+acknowledges them. Then every message is accounted for: each one the
+broker acknowledged reached the peer's application exactly once, none
+twice, none forged, none evicted from a sensor's outbox, message-1
+counters only ever went up, and every reading of the MicroPython device
+(across a reboot) arrived exactly once.
 
 The long mode is ``python bench/soak.py --seconds 3600`` (see its docstring).
 """
@@ -47,13 +51,18 @@ def test_soak_every_acknowledged_message_arrives_exactly_once_through_faults(tmp
                                  "serial_sent", "serial_unacknowledged_lost", "reboots")}
     print(summary)
     assert v["devices"] >= 52  # 50 MQTT + serial + MicroPython
-    for fault in ("gateway_kill", "broker_restart", "serial_cut", "gateway_restart"):
+    for fault in ("gateway_kill", "broker_restart", "serial_cut", "gateway_restart", "peer_kill"):
         assert v["faults"].get(fault, 0) >= 1, v["faults"]
     assert v["reboots"] >= 5
     assert v["acked"] > 1000 and v["serial_sent"] > 0
     assert v["lost"] == [] and v["lost_count"] == 0
     assert v["duplicates"] == [] and v["forged"] == []
     assert v["counter_regressions"] == {}
+    assert v["evicted"] == 0 and v["unacknowledged_at_end"] == 0
+    # The peer's restart cost it sessions: devices re-handshook and resent,
+    # and its Inbox dropped what it had already stored.
+    assert v["peer_events"].get("duplicate", 0) > 0, v["peer_events"]
+    assert v["stored"] > 1000
     assert v["serial_recovered_after_last_cut"]
     assert v["silent_after_reboot"] == []  # every rebooted sensor handshook again and was heard
     assert [m["ok"] for m in v["micropython"]] == [True, True], v["micropython"]

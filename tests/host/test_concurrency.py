@@ -12,11 +12,15 @@ import os
 import threading
 import time
 
+import pytest
+
 from device import envelope as E
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.peer import NonpersistingDirectory, PeerSessions
 from device.session import EV_DATA, EV_HANDSHAKE, DeviceSession
+from device.errors import LocalError
 from moteseal.crypto.backend_nacl import LARGE_BYTES, NaclBackend
+from moteseal.peer.locked import LockedDeviceSession
 
 SECONDS = 2.0
 THREADS = 4
@@ -105,11 +109,21 @@ def _pair(lock):
     d = NonpersistingDirectory([static])
     d.add(b"sensor-1", psk)
     peer = PeerSessions(be, b"hub", d, lock=lock() if lock else None)
-    dev = DeviceSession(be, b"sensor-1", b"hub", static[1], psk,
-                        Msg1Counter(NonpersistingCounterStore()), lock=lock() if lock else None)
+    args = (be, b"sensor-1", b"hub", static[1], psk, Msg1Counter(NonpersistingCounterStore()))
+    dev = LockedDeviceSession(*args, lock=lock()) if lock else DeviceSession(*args)
     r = peer.receive(dev.handshake(b""))
     assert dev.receive(r.reply)[0] == EV_HANDSHAKE
     return peer, dev
+
+
+def test_a_device_session_refuses_a_lock_it_would_not_take():
+    # The core's DeviceSession has no locking (a board never shares it);
+    # lock= there must fail loudly rather than be ignored (session Rule 7).
+    be = NaclBackend()
+    static = be.generate_keypair()
+    with pytest.raises(LocalError):
+        DeviceSession(be, b"sensor-1", b"hub", static[1], bytes(32),
+                      Msg1Counter(NonpersistingCounterStore()), lock=threading.Lock())
 
 
 def _nonce(envelope: bytes) -> int:

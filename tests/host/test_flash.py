@@ -319,6 +319,22 @@ def test_every_host_only_name_exists_and_is_left_out_of_the_compiled_module() ->
         assert len(defined) > 0, module
 
 
+def test_each_arch_leaves_out_the_x25519_ladder_it_never_runs() -> None:
+    # The viper ladder where asm_thumb ships, the asm_thumb driver elsewhere;
+    # the other ladder stays (strip_definitions refuses names it cannot find).
+    from moteseal.flash.build import arch_only, strip_definitions
+
+    core, _ = source_dirs()
+    src = (core.parent / "micropython_port/x25519.py").read_text()
+    for arch, gone, kept in (("armv7m", "ladder", "ladder_asm"), ("x64", "ladder_asm", "ladder"),
+                             ("xtensawin", "ladder_asm", "ladder")):
+        names = arch_only(arch)["micropython_port/x25519"]
+        assert names == (gone,)
+        defined = {n.name for n in ast.parse(strip_definitions(src, names)).body
+                   if isinstance(n, ast.FunctionDef)}
+        assert gone not in defined and kept in defined and "x25519" in defined
+
+
 def test_strip_keeps_a_class_valid_when_its_only_method_goes_and_refuses_unknown_names() -> None:
     from moteseal.flash.build import strip_definitions
 

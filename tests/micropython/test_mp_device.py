@@ -34,10 +34,13 @@ pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeou
 
 DEVICE = "mote-1"
 PEER = "hub"
-# Every device run here is limited to the 64 KiB heap, from the lean
-# .mpy build (the default; bench/bench_mp_device.py measures the smallest heap
-# and docs/micropython.md, "Memory", says where it goes).
-DEVICE_HEAP = "64k"
+# The behaviour tests run the lean .mpy build (the default) in the smallest
+# heap the device with its default retention (16 readings) runs in, rounded
+# up: 71 KiB measured (bench/bench_mp_device.py; docs/micropython.md,
+# "Memory", says where it goes). The 64 KiB is its own test below,
+# test_whole_device_runs_in_a_64k_heap_from_the_mpy_build, which the device
+# does not meet yet.
+DEVICE_HEAP = "72k"
 
 
 class Fleet:
@@ -203,10 +206,12 @@ def test_device_handshakes_again_when_the_peer_forgot_its_session(mqtt_setup, fl
     hints = [r for r in peer.reports if r["event"] == "hint_sent"]
     assert hints, peer.reports
     vias = [r["via"] for r in peer.telemetry()]
-    assert vias.count("hs1") == 2 and vias[0] == "hs1"
-    assert vias[vias.index("hs1", 1) + 1:] and set(vias[vias.index("hs1", 1) + 1:]) == {"data"}
-    # Lost: only readings sent between the peer's restart and the hint.
-    assert len(vias) + len(hints) == summary["readings"]
+    assert vias[0] == "hs1"
+    # Retention (app Rule 5): the readings sent between the peer's restart
+    # and the hint are sent again after the new handshake, so none is lost
+    # and none is delivered twice.
+    assert [r["reading"]["seq"] for r in peer.telemetry()] == list(range(40))
+    assert summary["readings"] == 40 and summary["resent"] >= len(hints)
     assert {"event": "rehandshake", "detail": "hint"} in result["events"]
 
 
@@ -261,7 +266,8 @@ def test_a_bundle_for_another_peer_key_is_refused_not_retried_in_a_storm(mqtt_se
                                 {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port,
                                  "username": DEVICE, "password": broker.passwords[DEVICE]}))
     summary, _ = run_device(fleet, bundle, tmp_path / "ctr", "--count", "3",
-                            "--interval-ms", "0", "--hs-timeout-ms", "1500")
+                            "--interval-ms", "0", "--hs-timeout-ms", "1500",
+                            "--drain-ms", "0")  # no retries for delivery after the 3
     refused = [r for r in peer.reports if r["event"] == "refused"]
     assert peer.telemetry() == []
     assert summary["refused"] >= 1 and len(refused) == summary["handshakes"] == 3
