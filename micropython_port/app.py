@@ -43,6 +43,11 @@ Invariants:
   whose wrap would break the outbox's plain subtraction. Resends go out
   from ``run``'s loop, never from inside the link's receive callback
   (where the MQTT client may not publish at QoS 1).
+- Rule 6: commands. A command frame (``0x02 | id u32 | command``, from the
+  hub) is handed to ``on_reply`` once per id, and the id is answered
+  (``0x03 | id u32``) from ``run``'s loop, so the sender sees that the
+  device got it; a resent command is only answered again. A bare payload
+  is a command without an answer, as before.
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -191,6 +196,9 @@ class Device:
         self.resend_s = 3  # Rule 5
         self.drain_ms = 10000  # run(): how long to wait for the last acknowledgements
         self._again = False  # a handshake finished: resend what is retained (Rule 5)
+        self._cmd_ack = -1  # a command id to answer from run()'s loop (Rule 6)
+        self._cmd_done = -1  # the last command id acted on: a resent one only gets its answer
+        self._ackbuf = bytearray(5)
         # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
@@ -224,8 +232,21 @@ class Device:
             if box and box.ack(self._buf, self.session.last_len):
                 c["acks"] += 1  # Rule 5: an acknowledgement, never a command
                 return
+            b = self._buf
+            m = self.session.last_len
+            if m >= 5 and b[0] == 2:
+                # Rule 6: a command frame (0x02, id, command; device/delivery.py):
+                # act once per id, and answer the id from run()'s loop.
+                cid = (b[1] << 24) | (b[2] << 16) | (b[3] << 8) | b[4]
+                self._cmd_ack = cid
+                if cid == self._cmd_done:
+                    return
+                self._cmd_done = cid
+                m -= 5
+                for k in range(m):
+                    b[k] = b[k + 5]
             c["replies"] += 1
-            self.on_reply(self._buf, self.session.last_len)
+            self.on_reply(b, m)
             return
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
@@ -321,7 +342,24 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
-        if not box or self._need_hs or s.transport is None or s.handshaking:
+        if self._need_hs or s.transport is None or s.handshaking:
+            return
+        cid = self._cmd_ack
+        if cid >= 0:  # Rule 6: answer the command (0x03, id)
+            a = self._ackbuf
+            a[0] = 3
+            a[1] = (cid >> 24) & 0xFF
+            a[2] = (cid >> 16) & 0xFF
+            a[3] = (cid >> 8) & 0xFF
+            a[4] = cid & 0xFF
+            self._cmd_ack = -1
+            try:
+                n = s.send_into(a, 5, self._out, self.now)
+            except SessionExpired:
+                self._need_hs = True
+                return
+            self.link.send(self._out, n)
+        if not box:
             return
         if not (self._again or box.resend_due(self.now, self.resend_s)):
             return
