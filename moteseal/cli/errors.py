@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -76,3 +77,19 @@ def fail(message: str, code: int, as_json: bool) -> NoReturn:
         click.echo(json.dumps({"error": message, "exit_code": code}))
     click.echo(f"moteseal: error: {message}", err=True)
     sys.exit(code)
+
+
+def stop_event(seconds: float | None = None) -> "threading.Event":
+    """The stop signal of a long-running command (``hub run``, ``peer
+    listen``, ``device simulate``): set by SIGINT or SIGTERM, and after
+    ``seconds`` if given."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if seconds is not None:
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from moteseal.cli.errors import require_parent
+from moteseal.cli.errors import require_parent, stop_event
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -116,13 +115,7 @@ def run_cmd(config_path: str, seconds: float | None, as_json: bool, quiet: bool)
             click.echo(json.dumps(r, sort_keys=True) if as_json else format_report(r))
 
     hub = Hub(cfg, passphrase=passphrase_from_env(), on_report=show).start()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    if seconds is not None:
-        t = threading.Timer(seconds, stop.set)
-        t.daemon = True
-        t.start()
+    stop = stop_event(seconds)
     if hub.dashboard is not None:
         click.echo(f"hub {hub.peer_id}: dashboard at {hub.dashboard.url}", err=True)
         if hub.dashboard.needs_token:

@@ -259,7 +259,7 @@ def _sender(data: bytes) -> str | None:
 # ---------------------------------------------------------------- CLI
 
 import json as _json  # noqa: E402
-import signal as _signal  # noqa: E402
+from moteseal.cli.errors import stop_event  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402
 
 import click  # noqa: E402
@@ -401,13 +401,7 @@ def listen(registry_path: str | None, peer: str | None, config_path: str | None,
     except BaseException:
         reg.close()
         raise  # a LinkError: exit 1 with its message (moteseal.cli.errors)
-    stop = threading.Event()
-    for sig in (_signal.SIGINT, _signal.SIGTERM):
-        _signal.signal(sig, lambda *_: stop.set())
-    if seconds is not None:
-        timer = threading.Timer(seconds, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = stop_event(seconds)
     try:
         inbox = Inbox(ReadingStore(store_path)) if store_path else None
     except StoreError:

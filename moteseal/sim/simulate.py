@@ -361,7 +361,7 @@ class Fleet:
 # ---------------------------------------------------------------- CLI
 
 import json as _json  # noqa: E402
-import signal as _signal  # noqa: E402
+from moteseal.cli.errors import stop_event  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402
 
 import click  # noqa: E402
@@ -460,7 +460,6 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
                 click.echo(f"{ev['device']:<16} {ev['event']:<9} {rest}")
 
     links = []
-    stop = threading.Event()
     try:
         for i, b in enumerate(bundles):
             name = b.device_id.decode()
@@ -483,12 +482,7 @@ def simulate(count: int | None, bundle_files: tuple[str, ...], bundle_dir: str |
         for link in links:
             link.close()
         raise
-    for sig in (_signal.SIGINT, _signal.SIGTERM):
-        _signal.signal(sig, lambda *_: stop.set())
-    if seconds is not None:
-        timer = threading.Timer(seconds, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = stop_event(seconds)
     try:
         fleet.run(stop, until_done=readings is not None)
     finally:
