@@ -32,6 +32,8 @@ from tests.serial_fixtures import SocatPair, wait_for
 
 pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeout(240)]
 
+DEVICE = "mote-1"
+PEER = "hub"
 # Every run below gets the heap the device with its default retention (16
 # readings) needs, plus room for a re-handshake's fragmentation: 72 KiB
 # measured for one handshake and 100 readings
