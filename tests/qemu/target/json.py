@@ -6,9 +6,12 @@ Packed into the target's file table by tests/qemu/conftest.py; never part of
 a device build."""
 
 
+_EOPNOTSUPP = 95
+
+
 def load(f):
-    raise NotImplementedError("json.load: not on the qemu test firmware")
+    raise OSError(_EOPNOTSUPP, "json.load: the qemu test firmware has no json")
 
 
 def loads(s):
-    raise NotImplementedError("json.loads: not on the qemu test firmware")
+    raise OSError(_EOPNOTSUPP, "json.loads: the qemu test firmware has no json")
