@@ -17,27 +17,11 @@ from gateway.metrics import StatusCollector
 from gateway.relay import (RATE_LIMITED, SRC_MISMATCH, RateLimiter, Relay, RoutePolicy,
                            RouteTable)
 from gateway.serial_bridge import SerialBridge, SerialConfig
+from tests.gateway.test_serial_bridge import RecordingLink as Recorder
+from tests.gateway.test_serial_bridge import data_env
 from tests.serial_fixtures import PlugPty, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def data_env(src: str, dst: str, nonce: int, ct: bytes = b"\x11" * 24) -> bytes:
-    return cbor2.dumps([6, src.encode(), dst.encode(), 7, nonce, ct], canonical=True)
-
-
-class Recorder:
-    """Stands in for the MQTT link."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[str, bytes]] = []
-        self.lock = threading.Lock()
-
-    def send(self, dst: str, envelope: bytes, done) -> None:
-        with self.lock:
-            self.got.append((dst, envelope))
-        if done is not None:
-            done()
 
 
 class Port:
