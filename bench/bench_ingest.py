@@ -25,6 +25,9 @@ Handshakes (NKpsk0):
 - ``both sides``: initiator and responder in one process (bench_core's
   figure) against ``bound``: six X25519 in raw libsodium (two base-point,
   four variable-base), the work no implementation avoids; goal >= 0.75;
+- ``minimal``: ``bench/hs_floor.py``, the least a Python program does for
+  the same handshake with the same libraries (pre-computed PSK prefix, no
+  checks, unused HKDF outputs skipped): how close to the bound Python gets;
 - ``hub side``: ``PeerSessions.receive`` of a message 1 (responder, with
   directory, counter check and message 2) against its own bound, three
   X25519 (one base-point, two variable-base).
@@ -60,6 +63,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa
 from nacl._sodium import ffi, lib  # noqa: E402
 
 from abab import CPU, batch_rate, fmt_rate, fmt_ratio, interleave, ratios  # noqa: E402
+import hs_floor  # noqa: E402
 from bench_core import SUITE, pair_ours, pair_theirs  # noqa: E402
 from device.counter import Msg1Counter, NonpersistingCounterStore  # noqa: E402
 from device.peer import NonpersistingDirectory, PeerSessions  # noqa: E402
@@ -188,6 +192,15 @@ def handshake_cases(batch: int) -> dict:
             return batch
         return batch_rate(run, CPU)
 
+    pre = hs_floor.prefix(pub, psk)
+
+    def minimal() -> float:
+        def run() -> int:
+            for _ in range(batch):
+                hs_floor.both_sides(priv, pub, pre)
+            return batch
+        return batch_rate(run, CPU)
+
     def theirs() -> float:
         def run() -> int:
             for _ in range(batch):
@@ -214,7 +227,7 @@ def handshake_cases(batch: int) -> dict:
             return batch
         return batch_rate(run, CPU)
 
-    return {"both sides": both, "bound": bound, "noiseprotocol": theirs,
+    return {"both sides": both, "bound": bound, "minimal": minimal, "noiseprotocol": theirs,
             "hub side": hub, "hub bound": hub_bound}
 
 
@@ -318,11 +331,14 @@ def main() -> None:
     hb = 60 if a.quick else 200
     runs = interleave(handshake_cases(hb), a.rounds)
     print("NKpsk0 handshakes, per core")
-    for name in ("both sides", "bound", "noiseprotocol", "hub side", "hub bound"):
+    for name in ("both sides", "bound", "minimal", "noiseprotocol", "hub side", "hub bound"):
         print(f"  {name:<14}{fmt_rate(runs[name])}")
     rb = ratios(runs["both sides"], runs["bound"])
     print(f"  both sides / bound (6 DH)     {fmt_ratio(rb)}   goal >= 0.75: "
           f"{'met' if sorted(rb)[len(rb) // 2] >= 0.75 else 'NOT met'}")
+    print(f"  minimal / bound               {fmt_ratio(ratios(runs['minimal'], runs['bound']))}"
+          "   (the most a Python handshake reaches: bench/hs_floor.py)")
+    print(f"  both sides / minimal          {fmt_ratio(ratios(runs['both sides'], runs['minimal']))}")
     print(f"  both sides / noiseprotocol    {fmt_ratio(ratios(runs['both sides'], runs['noiseprotocol']))}")
     print(f"  hub side / hub bound (3 DH)   {fmt_ratio(ratios(runs['hub side'], runs['hub bound']))}")
     if a.store:
