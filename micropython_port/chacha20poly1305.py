@@ -35,17 +35,30 @@ except ImportError:  # CPython
 import sys
 from array import array
 
-# Only "this interpreter cannot load the viper code" falls back, never
-# MemoryError (see ``x25519`` for the three exception types and why).
+# The fast paths, best first; as in ``x25519``, only "this interpreter cannot
+# load it" falls back (ImportError, SyntaxError, ValueError: see
+# ``x25519._NO_EMITTER`` for which raises what), never MemoryError. The
+# inline-Thumb module is tried only on ARMv7-M/ARMv7E-M (native arch 5..8 in
+# ``sys.implementation._mpy``) or an unknown arch, where importing it is the
+# probe: an ARMv6-M assembler refuses its push of r8-r11 (SyntaxError).
+_NO_EMITTER = (ImportError, SyntaxError, ValueError)
+_ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 try:
-    if sys.implementation.name != "micropython":
-        raise ImportError  # CPython
-    from micropython_port import _chachapoly_viper as _v
+    if sys.implementation.name != "micropython" or not (_ARCH == 0 or 5 <= _ARCH <= 8):
+        raise ImportError  # CPython, or an arch whose assembler is not Thumb-2
+    from micropython_port import _chachapoly_thumb as _v
 
-    PATH = "viper"
-except (ImportError, SyntaxError, ValueError):
-    _v = None
-    PATH = "python"
+    PATH = "asm_thumb"
+except _NO_EMITTER:
+    try:
+        if sys.implementation.name != "micropython":
+            raise ImportError  # CPython
+        from micropython_port import _chachapoly_viper as _v
+
+        PATH = "viper"
+    except _NO_EMITTER:
+        _v = None
+        PATH = "python"
 
 _TAG_BYTES = const(16)
 # poly_update mode bits (see _chachapoly_viper): pad, length block, finish

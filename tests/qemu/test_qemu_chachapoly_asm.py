@@ -1,0 +1,207 @@
+"""ChaCha20-Poly1305 on the Cortex-M3 target's fast paths: the inline
+Thumb-2 assembler (``_chachapoly_thumb``, the default there) and viper
+(``_chachapoly_viper``, what every other 32-bit board runs). The unix
+port's AEAD tests (``tests/micropython/test_mp_chachapoly.py``: RFC 8439
+vectors, Poly1305 edge cases, a flip at every byte, random inputs against
+``cryptography``) run here on both; then random inputs of many lengths in
+place and into caller buffers at odd offsets, a ``heap_lock`` proof, which
+path the device reports, that only a missing assembler falls back, and the
+instruction budget of issue 16 (a 64-byte seal or open in at most 40,000
+guest instructions).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any
+
+import pytest
+
+from tests.micropython import test_mp_chachapoly as U
+from tests.qemu.test_qemu_primitives import run
+
+PATHS = ["asm_thumb", "viper"]
+
+# The unix-port tests' prelude for the target: hooks are a top-level module
+# there, and the firmware has no json (results come back as Python literals).
+_PRELUDE = """
+from binascii import hexlify, unhexlify
+from micropython_port import chacha20poly1305 as C
+import mp_primitive_hooks as T
+from device.errors import AuthError
+class json:
+    dumps = staticmethod(repr)
+def hx(b):
+    return hexlify(b).decode()
+def use(path):  # "viper" becomes the fast path the hooks switch back to
+    if path == "viper":
+        from micropython_port import _chachapoly_viper as V
+        T._FAST = (T._FAST[0], V, T._FAST[2])
+        T._PATHS = (T._PATHS[0], "viper", T._PATHS[2])
+    T.force_fallback_for_testing_only(path == "python")
+use({path!r})
+"""
+
+# Their heap test uses nonces up to 2**40, heap integers on a 32-bit port
+# (splitting one allocates; see chacha20poly1305's docstring): the target's
+# own version is test_the_aead_allocates_nothing_under_heap_lock below.
+_NOT_ON_32_BIT = {"test_aead_allocates_nothing_per_call_under_heap_lock"}
+_UNIX_TESTS = sorted(n for n, f in vars(U).items()
+                     if n.startswith("test_") and callable(f) and n not in _NOT_ON_32_BIT)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", _UNIX_TESTS)
+def test_the_unix_port_aead_tests_pass_on_the_target(board: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     name: str, path: str) -> None:
+    def on_board(p: str, body: str, timeout: float = 120) -> Any:
+        # "fast" is the path under test; "fallback" the pure-Python code
+        return run(board, _PRELUDE.format(path=path if p == "fast" else "python") + body, timeout=timeout)
+
+    monkeypatch.setattr(U, "_mp_aead", on_board)
+    fn = getattr(U, name)
+    fn(**({"path": "fast"} if "path" in inspect.signature(fn).parameters else {}))
+
+
+def test_the_target_reports_asm_thumb_for_the_aead(board: Any) -> None:
+    got = run(board, """
+from micropython_port import backend, chacha20poly1305 as C
+print(repr((C.PATH, C._v.__name__, backend.paths())))
+""")
+    assert got == ("asm_thumb", "micropython_port._chachapoly_thumb", "x25519=asm_thumb aead=asm_thumb")
+
+
+@pytest.mark.parametrize("exc, want", [("MemoryError", "MemoryError"),
+                                       ("SyntaxError('unsupported Thumb instruction')", "viper")])
+def test_only_a_missing_assembler_falls_back_never_a_memory_error(qemu_firmware: Any, exc: str,
+                                                                   want: str) -> None:
+    import qemu_board
+
+    from tests.qemu.conftest import target_files
+
+    files = [(n, f"raise {exc}\n".encode() if n == "micropython_port/_chachapoly_thumb.py" else d)
+             for n, d in target_files()]
+    with qemu_board.Board(qemu_firmware, files=files) as b:
+        got = run(b, """
+try:
+    from micropython_port import chacha20poly1305
+    print(repr(chacha20poly1305.PATH))
+except MemoryError:
+    print(repr("MemoryError"))
+""")
+    assert got == want
+
+
+_LENGTHS = [0, 1, 3, 4, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 1000, 1024]
+
+
+def _cases(seed: int) -> list[tuple[bytes, int, bytes, bytes]]:
+    rng = random.Random(seed)
+    out = []
+    for i, n in enumerate(_LENGTHS):
+        nonce = [0, 1, (1 << 30) - 1, rng.randrange(1 << 64), (1 << 64) - 1][i % 5]
+        ad = rng.randbytes([0, 1, 3, 15, 16, 17, 40][i % 7])
+        out.append((rng.randbytes(32), nonce, ad, rng.randbytes(n)))
+    return out
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_random_inputs_of_many_lengths_match_cryptography_in_place_and_into_buffers(
+        board: Any, path: str) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    cases = _cases(16 + len(path))
+    want = [ChaCha20Poly1305(k).encrypt(b"\0" * 4 + nonce.to_bytes(8, "little"), pt, ad).hex()
+            for k, nonce, ad, pt in cases]
+    # One case per run: the target's heap holds one 1 KiB case's hex easily.
+    for (k, nonce, ad, pt), w in zip(cases, want):
+        got = run(board, _PRELUDE.format(path=path) + f"""
+k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
+c = C.ChaCha20Poly1305(k)
+n = len(pt)
+out = []
+# into a caller buffer at an odd offset, from an odd source offset
+src = bytearray(3) + pt
+dst = bytearray(n + 16 + 6)
+m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
+out.append(hx(dst[5:5 + m]))
+out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
+back = bytearray(n + 2)
+out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
+           and back[0] == 0 and back[n + 1] == 0)
+# in place: the same buffer at the same offset
+buf = bytearray(1) + pt + bytearray(16)
+c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
+out.append(hx(buf[1:]))
+out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
+print(repr(out))
+""")
+        assert got == [w, True, True, w, True], (len(pt), len(ad), nonce)
+
+
+def test_the_aead_allocates_nothing_under_heap_lock(board: Any) -> None:
+    got = run(board, """
+import micropython
+from micropython_port import chacha20poly1305 as C
+c = C.ChaCha20Poly1305(bytes(range(32)))
+ad = bytearray(b"header bytes")
+buf = bytearray(1100)
+out = bytearray(1100)
+for i in range(len(buf)):
+    buf[i] = i & 0xFF
+want = bytes(buf)
+ok = bytearray(40)
+# (length, nonce): nonces stay small ints on a 32-bit port, up to 2**30 - 1
+cases = ((0, 0), (1, 5), (15, 6), (16, 7), (17, 8), (63, 9), (64, 10), (65, 11), (200, 12),
+         (1024, (1 << 30) - 1))
+# every global exists before the lock (a new one could grow the dict), and
+# no function call: a large frame would go on the heap
+i = m = k = n = nonce = ad_len = r = 0
+micropython.heap_lock()
+try:
+    for n, nonce in cases:
+        for ad_len in (0, 5, 12):
+            m = c.encrypt_into(nonce, ad, ad_len, buf, 10, n, out, 3)
+            k = c.decrypt_into(nonce, ad, ad_len, out, 3, m, buf, 10)
+            ok[i] = m == n + 16 and k == n
+            i += 1
+    m = c.encrypt_into(3, ad, 12, buf, 0, 64, buf, 0)  # in place
+    ok[i] = c.decrypt_into(3, ad, 12, buf, 0, m, buf, 0) == 64
+    r = i + 1
+finally:
+    micropython.heap_unlock()
+print(repr([C.PATH, all(ok[:r]), r, bytes(buf[:64]) == want[:64] and bytes(buf[80:]) == want[80:]]))
+""")
+    assert got == ["asm_thumb", True, 31, True]
+
+
+_COUNT = """
+import time
+from micropython_port import chacha20poly1305 as C
+c = C.ChaCha20Poly1305(bytes(range(32)))
+def instr(f, n):  # -icount shift=0: ticks_us = instructions / 1000
+    f()
+    t0 = time.ticks_us()
+    for _ in range(n):
+        f()
+    return time.ticks_diff(time.ticks_us(), t0) * 1000 // n
+out = {"path": C.PATH}
+for size in (64, 1024):
+    pt = bytearray(size)
+    ct = bytearray(size + 16)
+    back = bytearray(size)
+    out["seal_%d" % size] = instr(lambda: c.encrypt_into(7, b"hdr", 3, pt, 0, size, ct, 0), 20)
+    out["open_%d" % size] = instr(lambda: c.decrypt_into(7, b"hdr", 3, ct, 0, size + 16, back, 0), 20)
+print(repr(out))
+"""
+
+
+def test_a_64_byte_seal_or_open_costs_at_most_40k_instructions(board: Any) -> None:
+    # Instructions, not time: under -icount shift=0 the count is the same on
+    # every host and every run (bench/bench_mp_device.py has the table).
+    got = run(board, _COUNT)
+    print(f"\nAEAD on the Cortex-M3 target ({got['path']}): " + ", ".join(
+        f"{k} {v / 1000:.1f}k" for k, v in got.items() if k != "path") + " instructions")
+    assert got["path"] == "asm_thumb"
+    assert got["seal_64"] <= 40_000 and got["open_64"] <= 40_000
