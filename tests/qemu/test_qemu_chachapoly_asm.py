@@ -4,10 +4,12 @@ Thumb-2 assembler (``_chachapoly_thumb``, the default there) and viper
 port's AEAD tests (``tests/micropython/test_mp_chachapoly.py``: RFC 8439
 vectors, Poly1305 edge cases, a flip at every byte, random inputs against
 ``cryptography``) run here on both; then random inputs of many lengths in
-place and into caller buffers at odd offsets, a ``heap_lock`` proof, which
-path the device reports, that only a missing assembler falls back, and the
-instruction budget of issue 16 (a 64-byte seal or open in at most 40,000
-guest instructions).
+place and into caller buffers at odd offsets, Poly1305 at its carry edges
+(biased random keys and messages, and the finish on hand-set limbs at the
+bounds the assembler keeps), a ``heap_lock`` proof, which path the device
+reports, that only a missing assembler falls back, and the instruction
+budget of issue 16 (a 64-byte seal or open in at most 40,000 guest
+instructions).
 """
 
 from __future__ import annotations
@@ -143,6 +145,90 @@ out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and b
 print(repr(out))
 """)
         assert got == [w, True, True, w, True], (len(pt), len(ad), nonce)
+
+
+# A generator both sides run: xorshift32, bytes biased to 0xff and 0x00 so
+# that limbs sit at their carry edges (h close to p and to 2**130, r and s
+# with every allowed bit set).
+_XS = """
+def stream(seed, n):
+    x = seed
+    out = bytearray(n)
+    for i in range(n):
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        k = x & 7
+        out[i] = 0xFF if k < 4 else 0 if k == 4 else (x >> 8) & 0xFF
+    return bytes(out)
+"""
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_poly1305_at_its_carry_edges_matches_cryptography(board: Any, path: str) -> None:
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+    ns: dict = {}
+    exec(_XS, ns)
+    cases = [(i * 7919 + 1, i % 97) for i in range(1, 161)]  # (seed, message length)
+    want = []
+    for seed, n in cases:
+        data = ns["stream"](seed, 32 + n)
+        want.append(Poly1305.generate_tag(data[:32], data[32:]).hex())
+    out = board.exec(_PRELUDE.format(path=path) + _XS + f"""
+import gc
+for seed, n in {cases!r}:
+    data = stream(seed, 32 + n)
+    print(hx(T.poly1305(data[:32], data[32:])))  # a line each: the heap is small
+    gc.collect()
+""", timeout=240)
+    got = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    assert got == want
+
+
+_M26 = (1 << 26) - 1
+# h in radix 2**26 at the finish, at the bounds _chachapoly_thumb keeps
+# (h0, h2, h3, h4 < 2**26, h1 < 2**26 + 2**6): carries that ripple from h1
+# through h4 and back into h0, h0 just below 2**26, h just below and above p.
+_H_EDGES = [(h0, h1, h2, h3, h4)
+            for h0 in (0, _M26 - 5, _M26 - 4, _M26)
+            for h1 in (0, 1, _M26, _M26 + 1, _M26 + 2, _M26 + 64)
+            for h2 in (0, _M26) for h3 in (0, _M26) for h4 in (0, 1 << 24, _M26)]
+
+
+def test_poly1305_finish_at_the_limb_bounds_matches_python_ints(board: Any) -> None:
+    # poly_update with no input (mode 4: finish only) takes h straight from
+    # ps[0..9], 13-bit limbs in pairs: h_i = ps[2i] + (ps[2i + 1] << 13).
+    p = (1 << 130) - 5
+    ss = [0, (1 << 128) - 1, 0x0123456789ABCDEF0123456789ABCDEF]
+    want = []
+    for i, h in enumerate(_H_EDGES):
+        v = sum(x << (26 * k) for k, x in enumerate(h))
+        want.append(((v % p + ss[i % 3]) % (1 << 128)).to_bytes(16, "little").hex())
+    out = board.exec(f"""
+import gc
+from array import array
+from binascii import hexlify
+from micropython_port import _chachapoly_thumb as A
+ps = array("I", bytes(128))
+tag = bytearray(16)
+blk = bytearray(16)
+ss = {ss!r}
+for i, h in enumerate({_H_EDGES!r}):
+    for k in range(5):
+        ps[2 * k] = h[k] & 0x1FFF
+        ps[2 * k + 1] = h[k] >> 13
+    s = ss[i % 3]
+    for k in range(8):
+        ps[20 + k] = (s >> (16 * k)) & 0xFFFF
+    ps[28] = ps[29] = ps[31] = 0
+    ps[30] = 4
+    A.poly_update(ps, b"", tag, blk)
+    print(hexlify(tag).decode())
+    gc.collect()
+""", timeout=240)
+    got = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    assert len(got) == len(_H_EDGES) == 288 and got == want
 
 
 def test_the_aead_allocates_nothing_under_heap_lock(board: Any) -> None:
