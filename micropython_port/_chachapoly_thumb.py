@@ -24,10 +24,13 @@ ChaCha20 (RFC 8439 section 2.3): the 16 state words live in 14 registers
 hold x8, x9 for the first half of a column round and the second half of a
 diagonal round, and x10, x11 otherwise (spilled to the frame in between:
 two LDRD/STRD per half round). A quarter round is 12 instructions (ADD,
-EOR, ROR by 16, 12, 8, 7). A full 64-byte block is added to the input
-state and XORed into the message four words at a time; a final partial
-block is written to the frame as keystream and XORed word by word, then
-byte by byte. The block counter st[12] ends one past the last block used.
+EOR, and a left rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25).
+A full 64-byte block is added to the input state and XORed into the
+message four words at a time; a final partial block is written to the
+frame as keystream and XORed word by word, then byte by byte. ``src`` and
+``dst`` may be the same buffer at the same offset (each word or byte is
+read before it is written). The block counter st[12] ends one past the
+last block used.
 
 Poly1305 (RFC 8439 section 2.5), in the radix 2**26 of poly1305-donna-32
 with UMULL/UMLAL (32x32->64): h = h0..h4, r = r0..r4 (clamped, so r0 <
