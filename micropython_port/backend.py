@@ -59,7 +59,8 @@ class MicroBackend:
 
 def paths():
     """Which code runs each primitive, for the device to print at boot, e.g.
-    ``"x25519=asm_thumb aead=viper"`` (and ``blake2s=...`` once a BLAKE2s
+    ``"x25519=asm_thumb aead=asm_thumb"`` on ARMv7-M, ``"x25519=viper
+    aead=viper"`` elsewhere (and ``blake2s=...`` once a BLAKE2s
     suite has imported it; this never imports it). A "python" there on a
     board means the slow fallback: its port cannot load the fast path."""
     import sys

@@ -9,17 +9,21 @@ Invariants:
   ``decrypt_into`` on the fast path allocate nothing on the heap (a test runs
   them under ``micropython.heap_lock()``): state, keystream, Poly1305 key and
   padding block live in buffers made by ``__init__``, and offsets and lengths
-  reach the viper code through those buffers, never through slices. (A
+  reach the fast code through those buffers, never through slices. (A
   nonce of 2**30 or more on a 32-bit port, or 2**62 on a 64-bit one, is a
   heap integer already; splitting it allocates.)
-- Every offset and length is checked (``_check``) before viper code touches
-  memory: viper does no bounds checks.
-- Fast path: ``_chachapoly_viper`` (32-bit-safe viper, see its docstring),
-  used when the port has the native emitter (``PATH`` is "viper", else
-  "python"; a MemoryError while loading it is raised, not swallowed);
-  otherwise, and on CPython, the
-  pure-Python class of ``_chachapoly_py`` runs (imported only then, so a
-  board with the emitter never loads it into RAM).
+- Every offset and length is checked (``_check``) before fast code touches
+  memory: neither viper nor the assembler does bounds checks.
+- Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) inline
+  Thumb-2 assembler (``_chachapoly_thumb``: UMULL/UMLAL Poly1305, the
+  ChaCha20 state in registers; its docstring has the bounds and the
+  constant-time argument), elsewhere viper (``_chachapoly_viper``, see its
+  docstring). Both take the same arguments and buffer layouts. ``PATH``
+  names the one in use ("asm_thumb", "viper" or "python"); a fallback
+  happens only when the interpreter cannot load a module, never on a
+  MemoryError. Without either, and on CPython, the pure-Python class of
+  ``_chachapoly_py`` runs (imported only then, so a board with a fast path
+  never loads it into RAM).
 - The raw RFC 8439 functions (block, stream, one-time authenticator, AEAD
   with a 12-byte nonce) and the switch to the fallback are test-only and
   live in ``tests/mp_primitive_hooks.py``, which the device never imports.
@@ -35,17 +39,30 @@ except ImportError:  # CPython
 import sys
 from array import array
 
-# Only "this interpreter cannot load the viper code" falls back, never
-# MemoryError (see ``x25519`` for the three exception types and why).
+# The fast paths, best first; as in ``x25519``, only "this interpreter cannot
+# load it" falls back (ImportError, SyntaxError, ValueError: see
+# ``x25519._NO_EMITTER`` for which raises what), never MemoryError. The
+# inline-Thumb module is tried only on ARMv7-M/ARMv7E-M (native arch 5..8 in
+# ``sys.implementation._mpy``) or an unknown arch, where importing it is the
+# probe: an ARMv6-M assembler refuses its push of r8-r11 (SyntaxError).
+_NO_EMITTER = (ImportError, SyntaxError, ValueError)
+_ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 try:
-    if sys.implementation.name != "micropython":
-        raise ImportError  # CPython
-    from micropython_port import _chachapoly_viper as _v
+    if sys.implementation.name != "micropython" or not (_ARCH == 0 or 5 <= _ARCH <= 8):
+        raise ImportError  # CPython, or an arch whose assembler is not Thumb-2
+    from micropython_port import _chachapoly_thumb as _v
 
-    PATH = "viper"
-except (ImportError, SyntaxError, ValueError):
-    _v = None
-    PATH = "python"
+    PATH = "asm_thumb"
+except _NO_EMITTER:
+    try:
+        if sys.implementation.name != "micropython":
+            raise ImportError  # CPython
+        from micropython_port import _chachapoly_viper as _v
+
+        PATH = "viper"
+    except _NO_EMITTER:
+        _v = None
+        PATH = "python"
 
 _TAG_BYTES = const(16)
 # poly_update mode bits (see _chachapoly_viper): pad, length block, finish
@@ -60,7 +77,7 @@ def ChaCha20Poly1305(key):  # noqa: N802 - a factory standing in for a class
     if len(key) != 32:
         raise LocalError("key must be 32 bytes")
     if _v:
-        return _Viper(key)
+        return _Fast(key)
     from micropython_port import _chachapoly_py
 
     return _chachapoly_py.ChaCha20Poly1305(key, _check)
@@ -73,20 +90,22 @@ def _check(nonce, ad, ad_len, src, src_off, src_len, dst, dst_off, out_len):
     # One message for all of them: each distinct string costs heap.
     if (nonce < 0 or nonce >> 64 or ad_len < 0 or src_off < 0 or src_len < 0 or dst_off < 0
             or ad_len > len(ad) or src_off + src_len > len(src)
-            # viper would write into an immutable (possibly frozen, in-flash) object
+            # fast code would write into an immutable (possibly frozen, in-flash) object
             or dst.__class__ is bytes):
         raise LocalError("bad nonce, range or dst")
     if dst_off + out_len > len(dst):
         raise BufferTooSmall("dst too small")
 
 
-class _Viper:
-    """The fast path. ``encrypt_into``/``decrypt_into`` are written out flat
-    (one Python-level call per viper step) because on MicroPython each
-    Python-level call costs about as much as absorbing a Poly1305 block.
-    The buffer layouts (``st``, ``ps``) are documented in
-    ``_chachapoly_viper``; st[20] and st[21], the nonce's first 32 bits,
-    stay zero (Noise section 12.3)."""
+class _Fast:
+    """The fast paths (``_v``: asm_thumb or viper). ``encrypt_into`` and
+    ``decrypt_into`` are written out flat (one Python-level call per fast
+    step) because on MicroPython each Python-level call costs about as much
+    as absorbing a Poly1305 block in viper (and 1.2-1.5 k instructions on a
+    Cortex-M3, more than a ChaCha20 block in asm_thumb). The buffer layouts
+    (``st``, ``ps``) are documented in ``_chachapoly_viper``; st[20] and
+    st[21], the nonce's first 32 bits, stay zero (Noise section 12.3). Not
+    to be shared between threads: a call uses the object's buffers."""
 
     def __init__(self, key):
         self._st = array("I", bytes(4 * 48))

@@ -83,13 +83,14 @@ FAST_MODULES = {
 }
 THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
 ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
+ASM_THUMB_AEAD = "micropython_port/_chachapoly_thumb"  # ARMv7-M only, like ASM_THUMB_MODULE
 
 
 def fast_paths(arch: str) -> dict[str, str]:
     """The code each primitive runs on a board of ``arch`` whose port loads
     native code: what ``micropython_port.backend.paths()`` prints at boot."""
     return {"x25519": "asm_thumb" if arch in THUMB2_ARCHES else "viper",
-            "aead": "viper", "blake2s": "viper"}
+            "aead": "asm_thumb" if arch in THUMB2_ARCHES else "viper", "blake2s": "viper"}
 BOARDS = {
     "esp32": "xtensawin", "esp32s3": "xtensawin", "esp32c3": "rv32imc",
     "esp8266": "xtensa", "rp2": "armv6m", "rp2350": "armv7emsp", "stm32": "armv7emsp",
@@ -368,6 +369,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
     if arch not in THUMB2_ARCHES:
         skip.add(ASM_THUMB_MODULE)  # its instructions are ARMv7-M's
+        skip.add(ASM_THUMB_AEAD)
     else:
         # The .mpy's machine code loads on every ARMv7-M port (the inline
         # assembler is not needed to run it), so x25519 never reaches viper:

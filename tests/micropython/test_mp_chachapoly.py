@@ -1,15 +1,23 @@
 """ChaCha20-Poly1305 (micropython_port.chacha20poly1305) under the real
 MicroPython unix port: RFC 8439 vectors, tag failures at every byte, zero
 allocation under ``micropython.heap_lock()``, both paths, and a differential
-run against ``cryptography``."""
+run against ``cryptography``. The unix port (x86-64) runs the viper code; the
+qemu lane (``tests/qemu/test_qemu_chachapoly_asm.py``) runs every test here
+that goes through ``_mp_aead`` on the Cortex-M3's asm_thumb and viper paths.
+Off the target: the inline-Thumb module is what its generator writes, and
+each of its ``data()`` encodings is what GNU as assembles."""
 
 from __future__ import annotations
 
 import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.mp_helpers import run_mp_json
+from tests.mp_helpers import ROOT, run_mp_json
 
 from tests.mp_vectors import SUNSCREEN, RFC8439_2_3_2, RFC8439_2_4_2, RFC8439_2_5_2, RFC8439_2_8_2, RFC8439_A_5
 
@@ -46,6 +54,40 @@ def test_rfc8439_vectors_are_the_published_ones() -> None:
 
 def test_aead_fast_path_loads_on_the_unix_port() -> None:
     assert _mp_aead("fast", "print(json.dumps(T.has_fast_path()[1]))") is True
+
+
+def test_the_unix_port_chooses_viper_never_the_thumb_module() -> None:
+    # x86-64 (native arch 2) never tries _chachapoly_thumb: viper runs.
+    got = _mp_aead("fast", """
+import sys
+print(json.dumps([C.PATH, C._v.__name__, "micropython_port._chachapoly_thumb" in sys.modules]))
+""")
+    assert got == ["viper", "micropython_port._chachapoly_viper", False]
+
+
+_GEN = ROOT / "micropython_port" / "tools" / "gen_chachapoly_thumb.py"
+_THUMB = ROOT / "micropython_port" / "_chachapoly_thumb.py"
+
+
+def test_the_committed_thumb_module_is_what_the_generator_writes() -> None:
+    ns: dict = {"__name__": "gen", "__file__": str(_GEN)}
+    exec(compile(_GEN.read_text(), str(_GEN), "exec"), ns)
+    assert _THUMB.read_text() == ns["generate"]()
+
+
+@pytest.mark.skipif(not shutil.which("arm-none-eabi-as"), reason="arm-none-eabi-as not installed")
+def test_every_thumb_data_encoding_is_what_gnu_as_assembles(tmp_path: Path) -> None:
+    pairs = sorted(set(re.findall(r"data\(2, (0x[0-9a-f]+(?:, 0x[0-9a-f]+)?)\)  # (.+)", _THUMB.read_text())))
+    (tmp_path / "a.s").write_text(".syntax unified\n.thumb\n" + "".join(f"{asm}\n" for _, asm in pairs))
+    r = subprocess.run(["arm-none-eabi-as", "-mcpu=cortex-m3", "-mthumb", str(tmp_path / "a.s"),
+                        "-o", str(tmp_path / "a.o")], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr, r.stderr  # no warning either (e.g. UNPREDICTABLE)
+    objcopy = shutil.which("arm-none-eabi-objcopy")
+    assert objcopy
+    subprocess.run([objcopy, "-O", "binary", "-j", ".text", str(tmp_path / "a.o"), str(tmp_path / "a.bin")],
+                   check=True)
+    want = b"".join(int(h, 16).to_bytes(2, "little") for hws, _ in pairs for h in hws.split(", "))
+    assert (tmp_path / "a.bin").read_bytes() == want and len(pairs) > 400
 
 
 @pytest.mark.parametrize("path", PATHS)

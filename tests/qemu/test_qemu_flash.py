@@ -1,7 +1,7 @@
 """The flash build on the 32-bit target: ``moteseal flash build --arch armv7m``
 writes the ``.mpy`` files a Cortex-M3 board gets, and the target (whose
 firmware loads ``.mpy`` from its file table like a board from its
-filesystem) runs them: the asm_thumb X25519 from its ``.mpy`` machine code, a
+filesystem) runs them: the asm_thumb X25519 and AEAD from their ``.mpy`` machine code, a
 full NKpsk0 handshake against CPython, transport messages both ways, and the
 device's heap for each deploy mode (MQTT or serial link, SHA-256 or BLAKE2s),
 printed for docs/micropython.md.
@@ -141,6 +141,7 @@ def test_the_armv7m_flash_build_runs_the_device_on_the_target(flash_files, board
     files = flash_files["mqtt, SHA-256"]
     names = {n for n, _ in files}
     assert "micropython_port/_fe25519_thumb.mpy" in names and "micropython_port/_fe25519_viper.mpy" not in names
+    assert "micropython_port/_chachapoly_thumb.mpy" in names
     assert not any(n.endswith(".py") for n in names)  # nothing but the build's .mpy
     code, _ = _script("mqtt, SHA-256")
     board = boards(files)
@@ -148,7 +149,7 @@ def test_the_armv7m_flash_build_runs_the_device_on_the_target(flash_files, board
     _total, _code, _heap, same_msg1, replies, sent, paths, arch = got
     assert same_msg1 and replies == [b"reply 0", b"reply 1", b"reply 2"] and sent == 100
     # The Cortex-M3's MicroPython names its arch armv7em (6); it loads the armv7m .mpy.
-    assert paths == "x25519=asm_thumb aead=viper" and arch == 6
+    assert paths == "x25519=asm_thumb aead=asm_thumb" and arch == 6
 
 
 def _smallest_heap(board: Any, code: str, total: int) -> int:
@@ -174,7 +175,7 @@ def test_device_heap_per_deploy_mode_on_the_32_bit_target(flash_files, boards) -
         total, code_b, heap_b, same, replies, sent, paths, _arch = ast.literal_eval(
             board.exec(code, timeout=120).strip().splitlines()[-1])
         assert same and sent == 100 and len(replies) == 3
-        assert paths.startswith("x25519=asm_thumb aead=viper")
+        assert paths.startswith("x25519=asm_thumb aead=asm_thumb")
         rows.append((mode, code_b, heap_b, _smallest_heap(board, code, total)))
     print("\n32-bit target (armv7m .mpy), per deploy mode: code after import / resident after a "
           "handshake and 100 messages / smallest heap for that run")

@@ -28,12 +28,12 @@ T.force_x25519_path_for_testing_only({path!r})
 """
 
 
-def test_the_target_reports_asm_thumb_for_x25519_and_viper_for_the_aead(board: Any) -> None:
+def test_the_target_reports_asm_thumb_for_x25519_and_the_aead(board: Any) -> None:
     got = run(board, """
 from micropython_port import backend, x25519, chacha20poly1305
 print(repr((x25519.PATH, chacha20poly1305.PATH, backend.paths())))
 """)
-    assert got == ("asm_thumb", "viper", "x25519=asm_thumb aead=viper")
+    assert got == ("asm_thumb", "asm_thumb", "x25519=asm_thumb aead=asm_thumb")
 
 
 @pytest.mark.parametrize("exc, want", [("MemoryError", "MemoryError"),
