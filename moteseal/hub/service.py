@@ -112,7 +112,9 @@ class Hub:
 
         cfg = self.cfg
         reg_path = cfg.path_of("hub", "registry")
-        assert reg_path is not None
+        if reg_path is None:
+            raise HubError(f"{cfg.path}: [hub] registry is empty; a PostgreSQL registry ([registry] url) "
+                           "is served by 'moteseal hub worker' (docs/hub.md, \"Sharded workers\")")
         if not reg_path.exists():
             raise HubError(f"{cfg.path}: [hub] registry {reg_path} does not exist "
                            f"(moteseal keygen --registry creates it)")
