@@ -190,9 +190,9 @@ class PgRegistry(Registry):
     connection per instance. Several instances in several processes may
     share one database (that is its purpose).
 
-    Raises ``RegistryError`` if the database holds no registry (and
-    ``create_for_peer`` is None) or another schema, and ``StorageError`` if
-    the server cannot be reached.
+    Raises ``RegistryError`` if the server cannot be reached, or the
+    database holds no registry (and ``create_for_peer`` is None) or another
+    schema.
     """
 
     _DB_ERRORS = (psycopg.Error,)
@@ -217,7 +217,7 @@ class PgRegistry(Registry):
         try:
             self._db = _PgDb(dsn, password)  # type: ignore[assignment]
         except psycopg.Error as e:
-            raise StorageError(f"registry {self.path}: cannot connect ({_first_line(e)})") from None
+            raise RegistryError(f"registry {self.path}: cannot connect ({_first_line(e)})") from None
         try:
             with self._tx():
                 exists = self._db.execute("SELECT to_regclass('meta') IS NOT NULL AS t").fetchone()["t"]
