@@ -30,7 +30,7 @@ from device.errors import LocalError
 from moteseal.hub.config import HubConfig
 from moteseal.hub.shard import Leases, shard_of
 
-__all__ = ["ShardWorker", "registry_url"]
+__all__ = ["ShardWorker", "registry_url", "single_hub_registry", "PgHubLock"]
 
 DEVICES_REFRESH = 30.0
 Report = dict[str, Any]
@@ -49,6 +49,52 @@ def registry_url(cfg: HubConfig) -> tuple[str, str | None]:
         raise LocalError(f"{cfg.path}: a sharded worker needs [registry] url = \"postgresql://...\" "
                          "(or $MOTESEAL_REGISTRY_URL)")
     return url, read_secret(cfg.path_of("registry", "password_file"))
+
+
+_HUB_LOCK = 0x68756231  # "hub1": exclusive for `hub run`, shared by the sharded workers
+
+
+class PgHubLock:
+    """A session advisory lock on the registry's database: exclusive for
+    one `hub run` (its Rule 1), shared by sharded workers, so a single hub
+    and workers never split one registry's devices. Held until ``close``
+    (or the process dies: the server drops a dead session's locks).
+    Not thread-safe: taken and released by the starting thread."""
+
+    def __init__(self, url: str, password: str | None, shared: bool) -> None:
+        import psycopg
+        from moteseal.keys.registry_pg import show_dsn
+        kw: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        if password is not None:
+            kw["password"] = password
+        fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        try:
+            self._conn = psycopg.connect(url, **kw)
+            got = self._conn.execute(f"SELECT {fn}(%s)", (_HUB_LOCK,)).fetchone()[0]
+        except psycopg.Error as e:
+            raise LocalError(f"registry {show_dsn(url)}: {str(e).strip().splitlines()[0]}") from None
+        if not got:
+            self._conn.close()
+            raise LocalError(f"registry {show_dsn(url)}: " + (
+                "a single hub ('moteseal hub run') serves this registry; stop it before starting workers"
+                if shared else "another hub or sharded workers serve this registry: one hub per peer id, "
+                "or the devices' traffic would be split (stop them first)"))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def single_hub_registry(cfg: HubConfig, passphrase: bytes | None) -> tuple[Any, PgHubLock]:
+    """For `hub run` on a PostgreSQL registry: the exclusive lock, then the
+    registry. Raises ``LocalError`` (exit 2) if anything else serves it."""
+    from moteseal.keys.registry_pg import PgRegistry
+    url, pw = registry_url(cfg)
+    lock = PgHubLock(url, pw, shared=False)
+    try:
+        return PgRegistry(url, passphrase=passphrase, password=pw), lock
+    except BaseException:
+        lock.close()
+        raise
 
 
 class ShardWorker:
@@ -78,6 +124,7 @@ class ShardWorker:
         self._rev: Any = None
         self._thread: threading.Thread | None = None
         self._report_lock = threading.Lock()
+        self._hub_lock: PgHubLock | None = None
 
     def start(self) -> "ShardWorker":
         from device.peer import PeerSessions
@@ -93,6 +140,7 @@ class ShardWorker:
         cfg = self.cfg
         url, pw = registry_url(cfg)
         try:
+            self._hub_lock = PgHubLock(url, pw, shared=True)
             self.registry = PgRegistry(url, passphrase=self.passphrase, password=pw)
             self.registry.check_statics()
             self.store = PgReadingStore(url, worker=self.name, password=pw)
@@ -132,7 +180,7 @@ class ShardWorker:
         if self.leases is not None:
             self.leases.release_all()
             self.leases.close()
-        for part in (self.link, self.registry, self.store):
+        for part in (self.link, self.registry, self.store, self._hub_lock):
             if part is not None:
                 try:
                     part.close()

@@ -118,3 +118,37 @@ def test_registry_copy_moves_a_provisioned_sqlite_registry(tmp_path: Path, pg_ds
     r = run("hub", "registry-copy", "--config", str(tmp_path / "hub.toml"), "--from", reg,
             env=dict(env, MOTESEAL_REGISTRY_URL=pg_dsn))
     assert r.returncode == 2 and "already holds" in r.stderr
+
+
+def test_one_hub_run_or_workers_per_postgresql_registry(tmp_path: Path, pg_dsn: str, mosquitto,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from device.errors import LocalError
+    from moteseal.hub.service import Hub
+    from moteseal.hub.worker import ShardWorker
+    from moteseal.keys.keyfile import generate_keypair, write_key_file
+    from moteseal.keys.registry_pg import PgRegistry
+
+    broker = mosquitto(auth=False)
+    kp = generate_keypair()
+    write_key_file(tmp_path / "hub.key", kp)
+    reg = PgRegistry(pg_dsn, create_for_peer=b"hub")
+    reg.add_peer_key(kp.pub, tmp_path / "hub.key")
+    reg.close()
+    monkeypatch.setenv("MOTESEAL_REGISTRY_URL", pg_dsn)
+    (tmp_path / "hub.toml").write_text(f"[mqtt]\nport = {broker.port}\n[dashboard]\nenabled = false\n")
+    cfg = load(tmp_path / "hub.toml")
+    hub = Hub(cfg).start()
+    try:
+        assert isinstance(hub.registry, PgRegistry)  # `hub run` on the PostgreSQL registry
+        with pytest.raises(LocalError, match="another hub or sharded workers"):
+            Hub(cfg).start()
+        with pytest.raises(LocalError, match="a single hub"):
+            ShardWorker(cfg, "w1").start()
+    finally:
+        hub.close()
+    worker = ShardWorker(cfg, "w1").start()  # free again once the hub stopped
+    try:
+        with pytest.raises(LocalError, match="another hub or sharded workers"):
+            Hub(cfg).start()
+    finally:
+        worker.close()
