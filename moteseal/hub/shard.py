@@ -157,9 +157,10 @@ class Leases:
             if giving_up:  # stop handling first, then release (Rule 1)
                 self._change(self.held - giving_up, set(), giving_up)
             with conn.transaction():
-                if giving_up:
-                    conn.execute("UPDATE shard_lease SET owner = NULL, expires_at = 0 "
-                                 "WHERE owner = %s AND shard = ANY(%s)", (self.worker, sorted(giving_up)))
+                # Every lease held here but not wanted, also one a failed
+                # round left behind (already not handled: Rule 1 holds).
+                conn.execute("UPDATE shard_lease SET owner = NULL, expires_at = 0 "
+                             "WHERE owner = %s AND NOT (shard = ANY(%s))", (self.worker, sorted(want)))
                 renewed = {r[0] for r in conn.execute(
                     f"UPDATE shard_lease SET expires_at = {_NOW} + %s WHERE owner = %s AND shard = ANY(%s) "
                     "RETURNING shard", (self.lease, self.worker, sorted(want)))}
