@@ -18,6 +18,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # systemd-analyze: tests/host/test_service.py verifies the units `moteseal service install` writes.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# PostgreSQL (initdb, postgres) for the sharded hub's registry tests (tests/pg_fixtures.py).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # The venv module with ensurepip is a separate Debian package.
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -25,6 +27,8 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
     # Debian starts a system broker on 1883; moteseal starts its own brokers.
     ($SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true)
+    # Likewise its PostgreSQL cluster on 5432: the tests start their own.
+    ($SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true)
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip

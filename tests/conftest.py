@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from gateway.broker import LocalBroker
+from tests.pg_fixtures import pg_database, pg_dsn, pg_server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 

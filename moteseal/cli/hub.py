@@ -41,6 +41,7 @@ def hub_group() -> None:
     Examples:
       moteseal hub init --registry hub1.sqlite --out hub.toml
       moteseal hub run --config hub.toml
+      moteseal hub worker --config hub.toml --name w1   (sharded, docs/scaling.md)
     """
 
 
@@ -127,6 +128,89 @@ def run_cmd(config_path: str, seconds: float | None, as_json: bool, quiet: bool)
         hub.run(stop)
     finally:
         hub.close()
+
+
+@hub_group.command("worker")
+@click.option("--config", "config_path", default="hub.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="The configuration, with [registry] url and [shards].")
+@click.option("--name", required=True, help="This worker's name, unique in the deployment (e.g. the host name).")
+@click.option("--seconds", type=click.FloatRange(0), default=None,
+              help="Stop after this long (default: until Ctrl-C or SIGTERM).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event on stdout.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def worker_cmd(config_path: str, name: str, seconds: float | None, as_json: bool, quiet: bool) -> None:
+    """Run one worker of a sharded hub: it leases shards of the device ids
+    in PostgreSQL, reads those devices' up topics and answers them, storing
+    readings exactly once in the shared database. Start as many as you like
+    with different --name; a dead worker's shards move to the others within
+    [shards] lease_seconds + renew_seconds (docs/scaling.md). The DSN comes
+    from [registry] url or $MOTESEAL_REGISTRY_URL, its password from
+    [registry] password_file or $PGPASSWORD, never from the command line.
+
+    \b
+    Examples:
+      moteseal hub worker --config hub.toml --name w1
+      MOTESEAL_REGISTRY_URL=postgresql://hub@db.lan/moteseal moteseal hub worker --name w2 --json
+    """
+    from moteseal.hub.config import load
+    from moteseal.hub.worker import ShardWorker
+    from moteseal.keys.keyfile import passphrase_from_env
+    from moteseal.peer.listen import format_report
+
+    cfg = load(config_path)
+    lock = threading.Lock()
+
+    def show(r: dict) -> None:
+        if quiet:
+            return
+        with lock:
+            if as_json:
+                click.echo(json.dumps(r, sort_keys=True))
+            elif r.get("event") in ("shards", "worker_started"):
+                click.echo(" ".join(f"{k}={v}" for k, v in sorted(r.items())))
+            else:
+                click.echo(format_report(r))
+
+    worker = ShardWorker(cfg, name, passphrase=passphrase_from_env(), on_report=show).start()
+    stop = stop_event(seconds)
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()
+
+
+@hub_group.command("registry-copy")
+@click.option("--config", "config_path", default="hub.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="The configuration naming [registry] url.")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="The SQLite registry to copy (moteseal keygen --registry, moteseal provision).")
+def registry_copy_cmd(config_path: str, source: str) -> None:
+    """Copy an SQLite registry (peer keys, devices with their PSKs, counters
+    and pins) into the PostgreSQL registry of a sharded hub, creating it.
+    The target must be empty. Provision with the usual commands into the
+    SQLite file, then copy; stop the SQLite peer first.
+
+    \b
+    Example:
+      moteseal hub registry-copy --config hub.toml --from hub1.sqlite
+    """
+    from moteseal.hub.config import load
+    from moteseal.hub.worker import registry_url
+    from moteseal.keys.registry import Registry
+    from moteseal.keys.registry_pg import PgRegistry
+
+    cfg = load(config_path)
+    url, pw = registry_url(cfg)
+    src = Registry(source)
+    try:
+        dst = PgRegistry(url, create_for_peer=src.peer_id, password=pw)
+        try:
+            n = dst.copy_from(src)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    click.echo(f"copied {n} device(s) of peer {src.peer_id.decode()} to {dst.path}")
 
 
 def _store_path(config_path: str | None, store: str | None) -> str:

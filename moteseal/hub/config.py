@@ -9,6 +9,8 @@ on, bound to 127.0.0.1.
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +26,20 @@ class HubConfigError(LocalError):
     exit_code = 2
 
 
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
+
 # section -> key -> (type, default)
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
-    "hub": {"registry": (str, None), "store": (str, "readings.sqlite"),
+    "hub": {"registry": (str, ""), "store": (str, "readings.sqlite"),
             "max_session_age": (int, 86400), "command_rate": ((int, float), 1.0)},
     "mqtt": {"host": (str, "127.0.0.1"), "port": (int, 1883), "username": (str, ""),
-             "password_file": (str, ""), "tls": (bool, False), "ca_file": (str, "")},
+             "password_file": (str, ""), "tls": (bool, False), "ca_file": (str, ""),
+             "brokers": (list, [])},  # ["host:port", ...]: a sharded worker's failover list
+    # A sharded deployment (docs/scaling.md): the registry, readings and
+    # leases in PostgreSQL ($MOTESEAL_REGISTRY_URL overrides url).
+    "registry": {"url": (str, ""), "password_file": (str, "")},
+    "shards": {"count": (int, 64), "lease_seconds": ((int, float), 5.0),
+               "renew_seconds": ((int, float), 1.0)},
     "store": {"max_age_days": ((int, float), 365), "max_rows": (int, 10_000_000)},
     "dashboard": {"enabled": (bool, True), "bind": (str, "127.0.0.1"), "port": (int, 8080),
                   "token_file": (str, ""), "gateway_status": (str, "")},
@@ -155,6 +165,12 @@ def load(path: str | Path) -> HubConfig:
                     (typ == (int, float) and isinstance(v, bool)):
                 raise HubConfigError(f"{p}: [{section}] {key} must be {_name(typ)}, not {v!r}")
             values[section][key] = v
+    if not values["hub"]["registry"] and not values["registry"]["url"] and \
+            not os.environ.get("MOTESEAL_REGISTRY_URL"):
+        raise HubConfigError(f"{p}: [hub] registry is required")
+    for b in values["mqtt"]["brokers"]:
+        if not isinstance(b, str) or not _HOST_PORT.match(b):
+            raise HubConfigError(f"{p}: [mqtt] brokers: each a \"host:port\" string, not {b!r}")
     for where, table in [("fields", values["home_assistant"]["fields"])] + [
             (f"devices.{d}", t) for d, t in values["home_assistant"]["devices"].items()]:
         _check_fields(p, where, table, nested=where == "fields")
@@ -179,4 +195,4 @@ def _name(typ: Any) -> str:
     if isinstance(typ, tuple):
         return "a number"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            dict: "a table"}[typ]
+            dict: "a table", list: "a list"}[typ]

@@ -6,9 +6,11 @@ dashboard and metrics (docs/hub.md).
 
 Invariants:
 - Rule 1: one hub per peer id. The hub holds an exclusive lock
-  (``fcntl.flock``) on ``<registry>.hub.lock`` while it runs; a second hub
-  with the same registry refuses to start (``HubError``, exit 2) instead of
-  splitting the device traffic with the first.
+  (``fcntl.flock``) on ``<registry>.hub.lock`` while it runs (with a
+  PostgreSQL registry, ``[registry] url``: an advisory lock on the database,
+  which sharded workers hold shared); a second hub with the same registry
+  refuses to start (``HubError``, exit 2) instead of splitting the device
+  traffic with the first.
 - Rule 2: decryption never waits for a sink: sinks read the store on their
   own threads (``moteseal.hub.sinks``).
 - Rule 3: a queued command goes to its device right after a message from
@@ -112,13 +114,18 @@ class Hub:
 
         cfg = self.cfg
         reg_path = cfg.path_of("hub", "registry")
-        assert reg_path is not None
-        if not reg_path.exists():
+        pg = bool(os.environ.get("MOTESEAL_REGISTRY_URL") or cfg.get("registry", "url"))
+        if not pg and (reg_path is None or not reg_path.exists()):
             raise HubError(f"{cfg.path}: [hub] registry {reg_path} does not exist "
                            f"(moteseal keygen --registry creates it)")
-        self._take_lock(reg_path)
+        if pg:  # [registry] url: the registry in PostgreSQL, Rule 1 by an advisory lock
+            from moteseal.hub.worker import single_hub_registry
+            self.registry, self._lock_file = single_hub_registry(cfg, self.passphrase)
+        else:
+            self._take_lock(reg_path)
         try:
-            self.registry = Registry(reg_path, passphrase=self.passphrase)
+            if not pg:
+                self.registry = Registry(reg_path, passphrase=self.passphrase)
             self.registry.check_statics()
             store_path = cfg.path_of("hub", "store")
             self.store = HubStore(str(store_path))

@@ -73,14 +73,19 @@ Passphrase = bytes | None | Callable[[str], "bytes | None"]
 
 class Registry:
     """A peer's registry file. Thread-safe; one connection per instance.
+    (``moteseal.keys.registry_pg.PgRegistry`` is the same API on PostgreSQL.)
 
     ``passphrase`` opens encrypted peer key files for ``statics()``: bytes,
     a callable ``(key_path) -> bytes | None``, or None for
     ``$MOTESEAL_PASSPHRASE``.
     """
 
+    # What the database raises: caught where a write failure must not stop the
+    # peer (refusal counts) or becomes ``StorageError`` (``_Storing``).
+    _DB_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
     def __init__(self, path: str | os.PathLike[str], *, create_for_peer: bytes | None = None, passphrase: Passphrase = None):
-        self.path = Path(path)
+        self.path: Any = Path(path)
         self._passphrase = passphrase
         self._lock = threading.RLock()
         self._keys: dict[bytes, KeyPair] = {}
@@ -141,7 +146,7 @@ class Registry:
                 self._flush_timer = None
             try:
                 self.flush_refusals()
-            except sqlite3.Error as e:
+            except self._DB_ERRORS as e:
                 log.error("registry %s: refusal counts not written: %s", self.path, e)
             self._closed = True
             self._db.close()
@@ -494,7 +499,7 @@ class Registry:
             if now - self._last_flush >= _REFUSAL_FLUSH_SECONDS:
                 try:
                     self.flush_refusals()
-                except sqlite3.Error as e:  # pending still; a full disk must not stop the peer
+                except self._DB_ERRORS as e:  # pending still; a full disk must not stop the peer
                     log.error("registry %s: refusal counts not written: %s", self.path, e)
             elif self._flush_timer is None and not self._closed:
                 # The tail of a burst reaches the file within a second even
@@ -510,7 +515,7 @@ class Registry:
             if not self._closed:
                 try:
                     self.flush_refusals()
-                except sqlite3.Error as e:  # counts stay pending for the next flush
+                except self._DB_ERRORS as e:  # counts stay pending for the next flush
                     log.error("registry %s: refusal counts not written: %s", self.path, e)
 
     def flush_refusals(self) -> None:
@@ -529,7 +534,7 @@ class Registry:
                         "DO UPDATE SET count = count + excluded.count, last_at = excluded.last_at",
                         [(d, r, n, now, now) for (d, r), n in pending.items()],
                     )
-            except sqlite3.Error:
+            except self._DB_ERRORS:
                 for k, n in pending.items():  # bounded: ids the file lacks fold into one row
                     self._pending[k] = self._pending.get(k, 0) + n
                 raise
@@ -547,7 +552,7 @@ class _Storing:
         pass
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, self._reg._DB_ERRORS):
             reg = self._reg
             now = time.monotonic()
             if now - reg._store_error_logged >= _REFUSAL_LOG_SECONDS:

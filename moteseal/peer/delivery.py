@@ -25,7 +25,10 @@ Invariants:
   accepts in one transaction (``ReadingStore.deliver_many``): one commit,
   one fsync, for the batch. Its acknowledgements are handed out only after
   that commit; if it fails, nothing of the batch is written, the
-  high-water marks stay where they were and ``StoreError`` is raised.
+  high-water marks stay where they were and ``StoreError`` is raised; the
+  cached marks of the batch's devices are dropped, so the next decision
+  reads the store (which a second writer may have moved:
+  ``moteseal.hub.pg_store`` Rule 1).
 """
 
 from __future__ import annotations
@@ -213,9 +216,24 @@ class Inbox:
                 moved[device] = (boot, seq)
                 out.append(Accepted(body, self._ack(boot, seq), boot, seq, lost=lost))
             if writes:
-                self.store.deliver_many(writes)
+                try:
+                    self.store.deliver_many(writes)
+                except StoreError:
+                    # Another writer (a second hub worker) may have moved
+                    # these marks: decide again from the store next time.
+                    for device in moved:
+                        self._hw.pop(device, None)
+                    raise
             self._hw.update(moved)
         return out
+
+    def forget(self, devices: list[str]) -> None:
+        """Drop the cached high-water marks of ``devices``: the next payload
+        from each is decided against the store (a sharded hub calls this
+        when it takes a shard over)."""
+        with self._lock:
+            for device in devices:
+                self._hw.pop(device, None)
 
     @staticmethod
     def _ack(boot: int, seq: int) -> bytes | None:
