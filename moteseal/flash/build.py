@@ -83,6 +83,16 @@ FAST_MODULES = {
 }
 THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
 ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
+# The pure-Python fallback of each primitive. A build whose fast path for
+# that primitive compiled leaves its fallback out (flash, and no quiet slow
+# path: a board that then cannot load the fast path stops at boot, see
+# ``micropython_port/main.py`` Rule 3); ``allow_slow`` and ``all_modules``
+# builds keep them.
+FALLBACK_MODULES = {
+    "x25519": "micropython_port/_x25519_py",
+    "aead": "micropython_port/_chachapoly_py",
+    "blake2s": "micropython_port/_blake2s_py",
+}
 
 
 def fast_paths(arch: str) -> dict[str, str]:
@@ -374,36 +384,45 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
         # 16 KiB of flash saved.
         skip.add("micropython_port/_fe25519_viper")
     slow: list[str] = []
-    for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, port_modules)):
-        for name in names:
-            if f"{pkg}/{name}" in skip:
+    # The fast paths first, so that the fallbacks of those that compiled
+    # can be left out (``FALLBACK_MODULES``).
+    fast = set(FAST_MODULES) | {ASM_THUMB_MODULE}
+    order = [(pkg, base, name) for pkg, base, names in
+             (("device", core, CORE_MODULES), ("micropython_port", port, port_modules))
+             for name in names]
+    order.sort(key=lambda m: f"{m[0]}/{m[2]}" not in fast)
+    for pkg, base, name in order:
+        if f"{pkg}/{name}" in skip:
+            continue
+        if not all_modules and any(f"{pkg}/{name}" == mod and prim not in slow
+                                   for prim, mod in FALLBACK_MODULES.items()):
+            continue  # its fast path compiled: no fallback
+        rel = f"{pkg}/{name}.mpy"
+        text = (base / f"{name}.py").read_text()
+        strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
+        if strip and not all_modules:
+            text = strip_definitions(text, strip)
+        if not debug:
+            text = strip_messages(text)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / f"{name}.py"
+            src.write_text(text)
+            try:
+                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+            except FlashError as exc:
+                prim = FAST_MODULES.get(f"{pkg}/{name}") or \
+                    ("x25519" if f"{pkg}/{name}" == ASM_THUMB_MODULE else None)
+                if prim is None:
+                    raise
+                if not allow_slow:
+                    shutil.rmtree(out_dir)
+                    raise FlashError(
+                        f"a {arch} board cannot load the fast {prim} path ({pkg}/{name}: {exc}); "
+                        "it would run the pure-Python fallback. Pass --allow-slow to build "
+                        "without it", 2) from None
+                slow.append(prim)
                 continue
-            rel = f"{pkg}/{name}.mpy"
-            text = (base / f"{name}.py").read_text()
-            strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
-            if strip and not all_modules:
-                text = strip_definitions(text, strip)
-            if not debug:
-                text = strip_messages(text)
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / f"{name}.py"
-                src.write_text(text)
-                try:
-                    compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
-                except FlashError as exc:
-                    prim = FAST_MODULES.get(f"{pkg}/{name}") or \
-                        ("x25519" if f"{pkg}/{name}" == ASM_THUMB_MODULE else None)
-                    if prim is None:
-                        raise
-                    if not allow_slow:
-                        shutil.rmtree(out_dir)
-                        raise FlashError(
-                            f"a {arch} board cannot load the fast {prim} path ({pkg}/{name}: {exc}); "
-                            "it would run the pure-Python fallback. Pass --allow-slow to build "
-                            "without it", 2) from None
-                    slow.append(prim)
-                    continue
-            paths.append(rel)
+        paths.append(rel)
     (out_dir / "main.py").write_text(MAIN_PY)
     paths.append("main.py")
     data = bundle_path.read_bytes()
