@@ -36,7 +36,7 @@ READINGS = 20
 
 # The script the target runs: micropython_port/main.py's main(), as at boot,
 # with the two stand-ins a board does not need (its filesystem).
-_MAIN = """
+_MAIN = """{ballast}
 import gc, sys
 from binascii import unhexlify
 def _standins():
@@ -48,7 +48,7 @@ def _standins():
     b.load_bundle = load
     class RamStore:  # the board's counter file
         def __init__(self, path):
-            self.v = 0
+            self.v = {counter}
         def load(self):
             return self.v
         def store(self, v):
@@ -131,36 +131,69 @@ def setup(mosquitto: Any, gateway_process: Any, tmp_path: Path) -> Any:
         peer.close()
 
 
-def _run_device(setup: Any, tmp_path: Path, heap_kb: int, romfs: bool) -> tuple[Any, str, str]:
+def _device_files(setup: Any, tmp_path: Path, romfs: bool) -> list[tuple[str, bytes]]:
+    """``moteseal flash build --arch armv7m`` (``--romfs``) of an MQTT,
+    SHA-256 device of this broker, as the target's files."""
+    broker, fleet, _ = setup
+    bundle = tmp_path / "d.bundle"
+    if not bundle.exists():
+        write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk,
+                                    "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                                    {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                                     "username": DEVICE, "password": broker.passwords[DEVICE]}))
+    out = tmp_path / ("flash-romfs" if romfs else "flash")
+    m = build(bundle, out, "armv7m", romfs=romfs, force=True)
+    if romfs:
+        # The image the build wrote is the same function's output for its files.
+        assert (out / "romfs.img").read_bytes() == romfs_image(
+            [(p, (out / p).read_bytes()) for p, _, _ in m.files if p.endswith(".mpy")])
+    return _romfs_files(out, tmp_path)
+
+
+def run_device(setup: Any, tmp_path: Path, heap_kb: int, romfs: bool, ballast_kb: int = 0,
+               counter: int = 0) -> tuple[str, str]:
+    """The device's output lines (the relay's requests taken out) and
+    traceback, on a firmware with a ``heap_kb`` heap of which ``ballast_kb``
+    is taken first; ``counter`` is the stored message-1 ceiling it boots
+    with (a second run in the same peer needs a higher one)."""
     import qemu_board
     import qemu_fw
 
-    broker, fleet, peer = setup
-    bundle = tmp_path / "d.bundle"
-    write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk,
-                                "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
-                                {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port,
-                                 "username": DEVICE, "password": broker.passwords[DEVICE]}))
-    m = build(bundle, tmp_path / "flash", "armv7m", romfs=romfs)
-    files = _romfs_files(tmp_path / "flash", tmp_path)
-    if romfs:
-        # The image the build wrote is the same function's output for its files.
-        assert (tmp_path / "flash" / "romfs.img").read_bytes() == romfs_image(
-            [(p, (tmp_path / "flash" / p).read_bytes()) for p, _, _ in m.files if p.endswith(".mpy")])
+    files = _device_files(setup, tmp_path, romfs)
     elf = qemu_fw.build(heap_kb=heap_kb)
     relay = UartRelay()
-    code = _MAIN.format(bundle=bundle.read_bytes().hex(), count=READINGS)
+    ballast = f"_ballast = [bytearray(1008) for _ in range({ballast_kb})]" if ballast_kb else ""
+    code = _MAIN.format(bundle=(tmp_path / "d.bundle").read_bytes().hex(), count=READINGS,
+                        ballast=ballast, counter=counter)
     try:
         with qemu_board.Board(elf, files=files, romfs=romfs) as board:
-            out, err = board.exec_talk(code, relay, timeout=300)
+            return board.exec_talk(code, relay, timeout=300)
     finally:
         relay.close()
-    return peer, out, err
+
+
+def smallest_heap_kb(setup: Any, tmp_path: Path, romfs: bool) -> int:
+    """The smallest heap (KiB) the whole device runs in (handshake,
+    READINGS readings, all acknowledged): ballast of 1 KiB blocks taken
+    first on the 256 KiB firmware, binary search, one qemu per try."""
+    import qemu_fw
+
+    total = qemu_fw.HEAP_KB
+    lo, hi = 0, total  # KiB of ballast known to work / to fail
+    runs = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        runs += 1
+        out, err = run_device(setup, tmp_path, total, romfs, mid, counter=1000 * runs)
+        ok = not err and f'"acks": {READINGS}' in out
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return total - lo
 
 
 def test_the_whole_device_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Path,
                                                          qemu_firmware: Path) -> None:
-    peer, out, err = _run_device(setup, tmp_path, 64, romfs=True)
+    peer = setup[2]
+    out, err = run_device(setup, tmp_path, 64, romfs=True)
     assert not err, err + out
     lines = out.splitlines()
     assert lines[0] == "moteseal paths x25519=asm_thumb aead=viper"
@@ -172,7 +205,7 @@ def test_the_whole_device_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Pa
     tele = peer.telemetry()
     assert [r["reading"]["seq"] for r in tele] == list(range(READINGS))
     assert tele[0]["via"] == "hs1" and {r["via"] for r in tele[1:]} == {"data"}
-    assert '"acks": %d' % READINGS in summary[-1] or '"acks": ' in summary[-1]
+    assert f'"acks": {READINGS}' in summary[-1] and '"handshakes": 1' in summary[-1]
     print(f"\nromfs, 64 KiB heap: {READINGS} readings acknowledged; {free} bytes free at the end")
 
 
@@ -180,5 +213,13 @@ def test_control_the_same_device_loaded_into_ram_does_not_fit_64k(setup: Any, tm
                                                                   qemu_firmware: Path) -> None:
     # The same build and stand-ins from an MSF1 table: each .mpy is read
     # into the heap (a board's filesystem), and 64 KiB is not enough.
-    _, out, err = _run_device(setup, tmp_path, 64, romfs=False)
+    out, err = run_device(setup, tmp_path, 64, romfs=False)
     assert "MemoryError" in err + out, out
+
+
+def test_smallest_heap_per_deploy_mode_on_the_32_bit_target(setup: Any, tmp_path: Path,
+                                                            qemu_firmware: Path) -> None:
+    rows = {mode: smallest_heap_kb(setup, tmp_path, mode == "ROMFS") for mode in ("RAM", "ROMFS")}
+    print(f"\n32-bit target, whole MQTT/SHA-256 device (retention 16, {READINGS} readings): "
+          f"smallest heap RAM-loaded .mpy {rows['RAM']} KiB, ROMFS {rows['ROMFS']} KiB")
+    assert rows["ROMFS"] <= 64 < rows["RAM"]
