@@ -261,7 +261,11 @@ HOST_ONLY = {
     "micropython_port/backend": ("MicroBackend.generate_keypair",),
     # The peer's half of delivery, and conveniences the device's loop does without.
     "device/delivery": ("is_reading", "parse_reading", "encode_ack_into",
-                        "Outbox.count", "Outbox.pending"),
+                        "Outbox.count", "Outbox.pending", "command_id", "encode_command_ack_into"),
+    # The peer pads whole messages (device/peer.py); the device pads in place.
+    "device/padding": ("pad_bytes",),
+    # Checks and views for the host's provisioning tools.
+    "device/bundle": ("is_text", "Bundle.pinned_keys"),
 }
 
 
