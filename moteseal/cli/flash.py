@@ -72,7 +72,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     (mpy-cross -O3, long exception messages stripped) unless --debug. With
     --romfs the .mpy files also go into romfs.img, which `flash deploy`
     writes to the board's ROM partition (rp2, stm32: the recommended mode
-    there; measured on a Cortex-M3, the device needs 58 KiB of heap instead
+    there; measured on a Cortex-M3, the device needs 58-59 KiB of heap instead
     of 79 KiB; docs/micropython.md).
 
     \b
