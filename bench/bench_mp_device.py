@@ -18,15 +18,24 @@ Prints:
   100 telemetry messages through real Mosquitto and ``moteseal gateway
   run`` to a CPython peer) completes, with its default retention (16
   readings) and without (``--retain 0``): binary search in 2 KiB steps;
-- the ``.mpy`` flash directory size for the unix port (x64) and, compiled
-  only, for an RP2040 (armv6m) and an ESP32 (xtensawin), next to the size of
-  the same modules as CPython source;
+- the ``.mpy`` flash directory size of an MQTT/SHA-256 device for the unix
+  port (x64) and, compiled only, for an RP2040 (armv6m), a Cortex-M3/M4
+  (armv7m) and an ESP32 (xtensawin), next to the size of the same modules
+  as CPython source and to the size before issue 16 (the "before" column;
+  goal 32 KiB for armv6m and armv7m);
 - on the 32-bit target (our Cortex-M3 MicroPython under ``qemu-system-arm
   -icount shift=0``, see qemu/; skipped with ``--no-qemu`` or without the
   tools), guest instructions for one X25519 on each path (asm_thumb, viper,
   pure Python) and one ChaCha20-Poly1305 seal/open of 64 B and 1 KiB,
   beside the figures before the asm_thumb path (the "before" column).
-  Instructions, not time: the same on every host.
+  Instructions, not time: the same on every host;
+- on the 32-bit target, the smallest heap the whole device needs in each
+  deploy mode (``tests/qemu/test_qemu_romfs.py``: ``main.py`` of the armv7m
+  MQTT/SHA-256 build, retention 16, a handshake and 20 readings acknowledged
+  by a CPython peer through real Mosquitto): ``.mpy`` loaded into RAM and
+  ROMFS (``flash build --romfs``, bytecode in place), beside the figures of
+  issue 16's independent run. Frozen is not measured: the PyPI sdist has no
+  ``tools/mpy-tool.py`` to freeze with.
 
 The ratio is MicroPython time / CPython time (2.0x = half as fast).
 """
@@ -279,10 +288,19 @@ def smallest_heap_k(rig: DeviceRig, *extra: str, lo: int = 32, hi: int = 512) ->
     return hi
 
 
+# Flash bundle sizes (KiB) of an MQTT/SHA-256 device before issue 16 items 2/6
+# (x64, armv6m, xtensawin: the issue's figures; armv7m: the build at 6bb3432).
+SIZE_BEFORE = {"x64": 92.8, "armv6m": 57.9, "armv7m": 53.0, "xtensawin": 67.3}
+# Smallest heap (KiB) on the 32-bit target before: issue 16's independent run
+# (RAM-loaded .mpy 69-70 KiB, ROMFS about 55 KiB, frozen about 24 KiB).
+HEAP_BEFORE = {"RAM-loaded .mpy": 70, "ROMFS (execute in place)": 55,
+               "ROMFS, armv6m build (RP2040)": 0}
+
+
 def mpy_sizes(flash: Path, bundle: Path, root: Path) -> dict[str, int]:
     sizes = {"x64": sum(p.stat().st_size for p in flash.rglob("*") if p.is_file()
                         and p.name != "manifest.json")}
-    for arch in ("armv6m", "xtensawin"):
+    for arch in ("armv6m", "armv7m", "xtensawin"):
         out = root / f"flash-{arch}"
         sizes[arch] = build(bundle, out, arch).total_bytes
     core, port = source_dirs()
@@ -359,6 +377,39 @@ def qemu_figures() -> dict[str, int] | None:
     return ast.literal_eval(out.strip().splitlines()[-1])
 
 
+def qemu_heap_figures(root: Path) -> dict[str, int] | None:
+    """Smallest heap (KiB) of the whole device per deploy mode on the
+    32-bit target, or None (and why)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "qemu"))
+    import qemu_fw
+    from gateway.broker import LocalBroker
+    from tests.conftest import GatewayProcess
+    from tests.micropython.test_mp_device import Fleet, Peer
+    from tests.qemu.test_qemu_romfs import smallest_heap_kb
+
+    missing = qemu_fw.missing_tools()
+    if missing:
+        print(f"32-bit target heap skipped: missing {', '.join(missing)}")
+        return None
+    broker = LocalBroker(root / "qbroker", auth=True)
+    for user, role in (("gw", "gateway"), ("hub", "device"), ("mote-1", "device")):
+        broker.add(user, role)
+    broker.start()
+    gw = GatewayProcess(broker, root / "qgw").start()
+    fleet = Fleet(root)
+    peer = Peer(fleet, broker)
+    try:
+        setup = (broker, fleet, peer)
+        return {"RAM-loaded .mpy": smallest_heap_kb(setup, root, romfs=False),
+                "ROMFS (execute in place)": smallest_heap_kb(setup, root, romfs=True),
+                "ROMFS, armv6m build (RP2040)": smallest_heap_kb(setup, root, romfs=True,
+                                                                 arch="armv6m")}
+    finally:
+        peer.close()
+        gw.stop()
+        broker.stop()
+
+
 def print_qemu(q: dict[str, int]) -> None:
     print(f"\n{'32-bit target (Cortex-M3, qemu)':<40} {'instructions':>12} {'before':>12} {'ratio':>8}")
     rows = [("X25519, asm_thumb (default)", "x25519_asm_thumb", "x25519_viper"),
@@ -411,14 +462,15 @@ def main() -> None:
             b = NaclBackend()
             bundle = root / "d.bundle"
             write_bundle(bundle, Bundle(b"mote-1", [(b"hub", [b.generate_keypair()[1]])],
-                                        b.random_bytes(32), SUITE, {"kind": "none"}))
+                                        b.random_bytes(32), SUITE,
+                                        {"kind": "mqtt", "host": "127.0.0.1", "port": 1883}))
             flash = root / "flash"
             build(bundle, flash, "x64")
         sizes = mpy_sizes(flash, bundle, root)
-        for arch in ("x64", "armv6m", "xtensawin"):
+        for arch in ("x64", "armv6m", "armv7m", "xtensawin"):
             print(f"{'flash bundle size, ' + arch:<40} {sizes[arch] / 1024:>8.1f} KiB "
                   f"{sizes['cpython_source'] / 1024:>8.1f} KiB {sizes[arch] / sizes['cpython_source']:>7.2f}x"
-                  "  (CPython column: the same modules as source)")
+                  f"  (CPython column: the same modules as source; before {SIZE_BEFORE[arch]} KiB)")
         if rig is not None:
             rig.close()
     finally:
@@ -427,6 +479,20 @@ def main() -> None:
         q = qemu_figures()
         if q is not None:
             print_qemu(q)
+        if "--no-heap" not in sys.argv:
+            root = Path(tempfile.mkdtemp(prefix="bench_mp_device_q_"))
+            try:
+                heaps = qemu_heap_figures(root)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            if heaps is not None:
+                print(f"\n{'32-bit target, smallest heap':<40} {'KiB':>12} {'before':>12} {'ratio':>8}")
+                for mode, kib in heaps.items():
+                    ref = HEAP_BEFORE[mode]
+                    print(f"{'whole device, ' + mode:<40} {kib:>12d} {ref or 'n/a':>12} "
+                          + (f"{kib / ref:>7.2f}x" if ref else ""))
+                print("  (MQTT/SHA-256 armv7m build unless named, retention 16, 20 readings acked; "
+                      "frozen: not measurable, the PyPI sdist has no tools/mpy-tool.py)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,15 @@ Invariants:
   calls): their code is not needed again (``main`` runs once per boot),
   and the handshake reuses their room.
 - Rule 2: nothing printed holds a key, the PSK or a plaintext.
+- Rule 3: before the device starts, one line names the code each
+  primitive runs (``moteseal paths x25519=... aead=...``, from
+  ``micropython_port.backend.paths()``), even with --quiet: a board that
+  runs a slow path says so at every boot. It is not JSON (tools that read
+  the event lines skip it; ``moteseal flash monitor`` shows it as is).
+  A primitive on its pure-Python path whose fallback module is absent (a
+  flash build for a board with a fast path ships none) stops the device
+  there with ``LocalError``: no silent slow path, and no failure deferred
+  to the first handshake.
 """
 
 import gc
@@ -115,6 +124,15 @@ def _start(argv, read, on_command):
     network_up(report=None if "quiet" in opts else _print_event)
     bundle = load_bundle(opts.get("bundle", "moteseal.bundle"))
     from micropython_port.app import Device
+    from micropython_port.backend import paths
+    line = paths()
+    print("moteseal paths " + line)  # Rule 3
+    for prim, mod in (("x25519", "_x25519_py"), ("aead", "_chachapoly_py")):
+        if prim + "=python" in line:
+            try:
+                __import__("micropython_port." + mod)
+            except ImportError:
+                raise LocalError(prim + ": the fast path did not load and this build has no fallback")
     gc.collect()
     link = {}
     if "host" in opts:

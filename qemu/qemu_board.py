@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 MSFS_ADDR = 0x21000000
@@ -104,13 +104,28 @@ class Board:
         files: Iterable[tuple[str, bytes]] | None = None,
         boot_timeout: float = 30,
         extra_args: Sequence[str] = (),
+        romfs: bool = False,
     ) -> None:
+        """``files`` (import path, data) become the board's file table:
+        an MSF1 table (``pack_files``; a ``.mpy`` is read into RAM), or
+        with ``romfs`` a ROMFS image (``moteseal.flash.build.romfs_image``,
+        the format of ``moteseal flash build --romfs``; a ``.mpy``'s
+        bytecode then runs in place, as from a ROMFS mount on rp2/stm32)."""
         qemu = qemu_binary()
         if not qemu:
             raise BoardError("qemu-system-arm not found (apt-get install qemu-system-arm)")
         self._tmp = tempfile.TemporaryDirectory(prefix="moteseal-qemu-")
         table = Path(self._tmp.name) / "files.bin"
-        table.write_bytes(pack_files(repo_files() if files is None else files))
+        files = repo_files() if files is None else list(files)
+        if romfs:
+            from moteseal.flash.build import romfs_image
+
+            image = romfs_image(files)
+            if len(image) > MSFS_MAX:
+                raise ValueError(f"ROMFS image of {len(image)} bytes exceeds the {MSFS_MAX}-byte PSRAM")
+            table.write_bytes(image)
+        else:
+            table.write_bytes(pack_files(files))
         self.cmd = [
             qemu, "-M", "mps2-an385", "-cpu", "cortex-m3",
             "-display", "none", "-monitor", "none", "-nodefaults",
@@ -194,6 +209,15 @@ class Board:
         """Run ``code`` and return (stdout, traceback text or "")."""
         if isinstance(code, str):
             code = code.encode()
+        self._paste(code, timeout)
+        out = self._read_until(b"\x04", timeout)[:-1]
+        err = self._read_until(b"\x04", timeout)[:-1]
+        self._read_until(b">", timeout)
+        return out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _paste(self, code: bytes, timeout: float) -> None:
+        # Send ``code`` in raw-paste mode; returns once the target has
+        # acknowledged its end (it is running then).
         self._write(b"\x05A\x01")  # ctrl-E A ctrl-A: ask for raw paste
         if self._read_n(2, 10) != b"R\x01":
             raise BoardError(f"raw-paste refused; output:\n{self._tail()}")
@@ -217,10 +241,41 @@ class Board:
                 i += len(chunk)
         self._write(b"\x04")
         self._read_until(b"\x04", 10)  # end of the paste acknowledged
-        out = self._read_until(b"\x04", timeout)[:-1]
+
+    def exec_talk(self, code: str | bytes, answer: Callable[[bytes], bytes | None],
+                  timeout: float = 120) -> tuple[str, str]:
+        """Run ``code`` as ``exec_raw`` does, but call ``answer(line)`` for
+        each line it prints (without the line end) as it comes; what
+        ``answer`` returns is written to the target's stdin (the script
+        reads it with ``sys.stdin``). Returns (the lines ``answer`` passed
+        over, i.e. returned None for, joined; traceback text or "")."""
+        if isinstance(code, str):
+            code = code.encode()
+        self._paste(code, timeout)
+        deadline = time.monotonic() + timeout
+        kept = []
+        while True:
+            end = self._buf.find(b"\x04")
+            nl = self._buf.find(b"\n")
+            if nl >= 0 and (end < 0 or nl < end):
+                line = bytes(self._buf[:nl]).rstrip(b"\r")
+                del self._buf[: nl + 1]
+                reply = answer(line)
+                if reply is None:
+                    kept.append(line.decode(errors="replace"))
+                else:
+                    self._write(reply)
+                continue
+            if end >= 0:
+                if end:
+                    kept.append(bytes(self._buf[:end]).decode(errors="replace"))
+                del self._buf[: end + 1]
+                break
+            if not self._fill(deadline):
+                raise BoardError(f"timed out after {timeout}s; output:\n{self._tail()}")
         err = self._read_until(b"\x04", timeout)[:-1]
         self._read_until(b">", timeout)
-        return out.decode(errors="replace"), err.decode(errors="replace")
+        return "\n".join(kept), err.decode(errors="replace")
 
     def exec(self, code: str | bytes, timeout: float = 120) -> str:
         """Run ``code``; return its stdout or raise ``TargetException``."""

@@ -84,9 +84,9 @@ def _compiler_id() -> str:
     return out.splitlines()[0] if out else "?"
 
 
-def firmware_key() -> str:
+def firmware_key(heap_kb: int = HEAP_KB) -> str:
     h = hashlib.sha256()
-    h.update(f"{SDIST_SHA256}\n{_compiler_id()}\nHEAP_KB={HEAP_KB}\n".encode())
+    h.update(f"{SDIST_SHA256}\n{_compiler_id()}\nHEAP_KB={heap_kb}\n".encode())
     for p in sorted(PORT_DIR.rglob("*")):
         if p.is_file():
             h.update(p.relative_to(PORT_DIR).as_posix().encode() + b"\0")
@@ -138,13 +138,16 @@ def _extract(tarball: Path, into: Path) -> Path:
     return into / SDIST_FILE[: -len(".tar.gz")]
 
 
-def build(force: bool = False, jobs: int | None = None, log=sys.stderr) -> Path:
-    """The firmware ELF: from the cache, or built now (raises ``BuildError``)."""
+def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
+          heap_kb: int = HEAP_KB) -> Path:
+    """The firmware ELF with a GC heap of ``heap_kb`` KiB: from the cache, or
+    built now (raises ``BuildError``). The lane's default is 256 KiB (room
+    for the vectors); a 64 KiB build proves what fits a board's heap."""
     missing = missing_tools()
     if missing:
         raise BuildError("missing: " + ", ".join(missing)
                          + " (apt-get install " + " ".join(missing) + ")")
-    key = firmware_key()
+    key = firmware_key(heap_kb)
     out_dir = cache_root() / key
     elf = out_dir / "firmware.elf"
     if elf.exists() and not force:
@@ -161,7 +164,7 @@ def build(force: bool = False, jobs: int | None = None, log=sys.stderr) -> Path:
             mptop = _extract(tarball, Path(tmp))
             build_dir = Path(tmp) / "build"
             cmd = ["make", "-C", str(PORT_DIR), f"-j{jobs or min(2, os.cpu_count() or 1)}",
-                   f"MPTOP={mptop}", f"BUILD={build_dir}", f"HEAP_KB={HEAP_KB}",
+                   f"MPTOP={mptop}", f"BUILD={build_dir}", f"HEAP_KB={heap_kb}",
                    f"CROSS_COMPILE={CROSS}"]
             print("qemu_fw: building", key, file=log, flush=True)
             t1 = time.monotonic()
@@ -176,7 +179,7 @@ def build(force: bool = False, jobs: int | None = None, log=sys.stderr) -> Path:
             (out_dir / "build.log").write_text(proc.stdout + proc.stderr)
             (out_dir / "build.json").write_text(json.dumps({
                 "key": key, "sdist": SDIST_FILE, "sdist_sha256": SDIST_SHA256,
-                "compiler": _compiler_id(), "heap_kb": HEAP_KB,
+                "compiler": _compiler_id(), "heap_kb": heap_kb,
                 "fetch_seconds": round(t_fetch, 1), "build_seconds": round(t_build, 1),
             }, indent=2))
             os.replace(tmp_elf, elf)

@@ -15,16 +15,17 @@ from moteseal.flash.build import ARCHES, FlashError, Manifest, verify_local  # n
 
 # --- the board side: scripts mpremote runs there (MicroPython) -------------
 
-def board_info_script(shipped_mpy: Iterable[str]) -> str:
+def board_info_script(shipped_mpy: Iterable[str], romfs: bool = False) -> str:
     """MicroPython source that prints ``mpy <sys.implementation._mpy>``, makes
     the package directories and removes every ``.py`` that would shadow a
     shipped ``.mpy`` (Rule 3), and any package ``__init__`` left by an older
     flash (builds ship none; an old one would still load and cost RAM),
-    printing ``rm <path>`` for each."""
+    printing ``rm <path>`` for each. With ``romfs`` the ``.mpy`` files on the
+    filesystem go too: they would shadow those in ``/rom``."""
     paths = sorted(shipped_mpy)
     dirs = sorted({p.rsplit("/", 1)[0] for p in paths if "/" in p})
     stale = [p[:-4] + ".py" for p in paths] + [
-        f"{d}/__init__.{ext}" for d in dirs for ext in ("py", "mpy")]
+        f"{d}/__init__.{ext}" for d in dirs for ext in ("py", "mpy")] + (paths if romfs else [])
     return (
         "import os, sys\n"
         "print('mpy', getattr(sys.implementation, '_mpy', 0))\n"
@@ -194,13 +195,25 @@ def deploy(directory: Path, port: str, runner: Runner = run_mpremote,
         raise FlashError(f"{directory}: changed since the build: {', '.join(bad)}; build again")
     mpys = [p for p, _, _ in manifest.files if p.endswith(".mpy")]
     major, sub, arch_code, _ = parse_board_info(
-        runner(mpremote_argv(port, "exec", board_info_script(mpys))))
+        runner(mpremote_argv(port, "exec", board_info_script(mpys, manifest.romfs is not None))))
     check_board(manifest, major, sub, arch_code)
+    if manifest.romfs is not None:
+        # The .mpy files go to the ROM partition in one image; /rom is on
+        # the board's sys.path after the filesystem, whose copies the info
+        # script removed.
+        runner(mpremote_argv(port, "romfs", "deploy", str(directory / manifest.romfs[0])))
+        if progress is not None:
+            progress(manifest.romfs[0], manifest.romfs[1])
     for path, size, _ in manifest.files:
+        if manifest.romfs is not None and path.endswith(".mpy"):
+            continue
         runner(mpremote_argv(port, "fs", "cp", str(directory / path), ":" + path))
         if progress is not None:
             progress(path, size)
-    got = parse_hashes(runner(mpremote_argv(port, "exec", hash_script(p for p, _, _ in manifest.files))))
+    where = {p: ("/rom/" + p if manifest.romfs is not None and p.endswith(".mpy") else p)
+             for p, _, _ in manifest.files}
+    on_board = parse_hashes(runner(mpremote_argv(port, "exec", hash_script(where.values()))))
+    got = {p: on_board.get(w) for p, w in where.items()}
     wrong = compare_hashes(manifest, got)
     if wrong:
         raise FlashError(f"verification failed on the board for: {', '.join(wrong)}")

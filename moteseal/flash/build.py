@@ -15,7 +15,17 @@ A flash directory::
     device/*.mpy            the core, the same files CPython runs (no __init__)
     micropython_port/*.mpy  primitives, backend, MQTT and UART links, the device program
     manifest.json           {"format": "moteseal-flash", "v": 1, "device", "arch",
-                             "mpy": [major, sub], "files": [{"path", "size", "sha256"}]}
+                             "mpy": [major, sub], "files": [{"path", "size", "sha256"}],
+                             "romfs": null or {"path", "size", "sha256"}}
+    romfs.img               with --romfs: every .mpy above in one ROMFS image
+
+Deploy modes (docs/micropython.md, "Deploy modes"): by default the .mpy
+files go to the board's filesystem and are read into RAM at import. With
+``romfs`` (rp2, stm32: MicroPython 1.25+ with a ROM partition) they go to
+the ROM partition as ``romfs.img`` (``mpremote romfs deploy``), where their
+bytecode runs in place from memory-mapped flash and only native code and
+the objects a module makes take heap; ``main.py``, the bundle and Wi-Fi
+settings stay on the filesystem either way.
 
 Invariants:
 - Rule 1: ``build`` reads the bundle through ``moteseal.keys.provision.read_bundle``
@@ -23,6 +33,8 @@ Invariants:
   bundle never reaches a board. The directory is 0700 and the bundle 0600.
 - Rule 2: the manifest lists exactly the files that go to the board; the
   manifest itself stays on the host and holds no secret (hashes only).
+  With ``romfs`` the ``.mpy`` files go inside ``romfs.img`` (which holds
+  nothing else: no secret) and are checked on the board under ``/rom/``.
 - Rule 3: ``deploy`` first checks the local files against the manifest
   (a changed file is refused), then the board's ``.mpy`` version and native
   architecture against the manifest's, removes any ``.py`` on the board that
@@ -50,6 +62,7 @@ __all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "FlashError", "Manifest", "build"
 MANIFEST = "manifest.json"
 BUNDLE_NAME = "moteseal.bundle"
 WIFI_NAME = "wifi.json"
+ROMFS_NAME = "romfs.img"
 MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 
 # The core modules a device imports. No package ``__init__`` goes to a board:
@@ -84,6 +97,16 @@ FAST_MODULES = {
 THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
 ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
 ASM_THUMB_AEAD = "micropython_port/_chachapoly_thumb"  # ARMv7-M only, like ASM_THUMB_MODULE
+# The pure-Python fallback of each primitive. A build whose fast path for
+# that primitive compiled leaves its fallback out (flash, and no quiet slow
+# path: a board that then cannot load the fast path stops at boot, see
+# ``micropython_port/main.py`` Rule 3); ``allow_slow`` and ``all_modules``
+# builds keep them.
+FALLBACK_MODULES = {
+    "x25519": "micropython_port/_x25519_py",
+    "aead": "micropython_port/_chachapoly_py",
+    "blake2s": "micropython_port/_blake2s_py",
+}
 
 
 def fast_paths(arch: str) -> dict[str, str]:
@@ -100,7 +123,8 @@ BOARDS = {
 # Boards the device does not fit, with the reason `flash build` gives.
 UNSUPPORTED_BOARDS = {
     "esp8266": "the ESP8266 leaves about 36 KiB of heap to Python; the device needs "
-               "at least 48 KiB (docs/micropython.md): use an ESP32 or a Pico W",
+               "58 KiB even run from ROMFS, measured on a 32-bit target (docs/micropython.md): "
+               "use an ESP32 or a Pico W",
 }
 # Where a board's serial port usually appears on Linux (the next-step hint).
 USUAL_PORTS = {
@@ -123,13 +147,16 @@ class Manifest:
     """What a flash directory holds: ``files`` is ``[(path, size, sha256)]``."""
 
     def __init__(self, device: str, arch: str, mpy: tuple[int, int],
-                 files: list[tuple[str, int, str]], slow: list[str] | None = None) -> None:
+                 files: list[tuple[str, int, str]], slow: list[str] | None = None,
+                 romfs: tuple[str, int, str] | None = None) -> None:
         self.device = device
         self.arch = arch
         self.mpy = mpy
         self.files = files
         # Primitives built without their fast path (``allow_slow``).
         self.slow = slow or []
+        # (path, size, sha256) of the ROMFS image holding the .mpy files, or None.
+        self.romfs = romfs
 
     @property
     def total_bytes(self) -> int:
@@ -138,6 +165,8 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {"format": "moteseal-flash", "v": 1, "device": self.device, "arch": self.arch,
                 "mpy": list(self.mpy), "total_bytes": self.total_bytes, "slow": self.slow,
+                "romfs": None if self.romfs is None else
+                dict(zip(("path", "size", "sha256"), self.romfs)),
                 "files": [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]}
 
     @classmethod
@@ -152,8 +181,13 @@ class Manifest:
             for p, _, _ in files:
                 if p.startswith("/") or ".." in p.split("/") or "'" in p or "\\" in p:
                     raise ValueError(f"unsafe path {p!r}")
+            rom = doc.get("romfs")
+            if rom is not None:
+                rom = (str(rom["path"]), int(rom["size"]), str(rom["sha256"]))
+                if rom[0] != ROMFS_NAME:
+                    raise ValueError(f"unexpected ROMFS image {rom[0]!r}")
             return cls(str(doc["device"]), str(doc["arch"]), (int(doc["mpy"][0]), int(doc["mpy"][1])),
-                       files, [str(x) for x in doc.get("slow", [])])
+                       files, [str(x) for x in doc.get("slow", [])], rom)
         except FileNotFoundError:
             raise FlashError(f"{path}: no manifest; run `moteseal flash build` first", 2) from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -229,7 +263,11 @@ HOST_ONLY = {
     "micropython_port/backend": ("MicroBackend.generate_keypair",),
     # The peer's half of delivery, and conveniences the device's loop does without.
     "device/delivery": ("is_reading", "parse_reading", "encode_ack_into",
-                        "Outbox.count", "Outbox.pending"),
+                        "Outbox.count", "Outbox.pending", "command_id", "encode_command_ack_into"),
+    # The peer pads whole messages (device/peer.py); the device pads in place.
+    "device/padding": ("pad_bytes",),
+    # Checks and views for the host's provisioning tools.
+    "device/bundle": ("is_text", "Bundle.pinned_keys"),
 }
 
 
@@ -331,7 +369,7 @@ def check_target(board: str | None, link: dict[str, Any], wifi: tuple[str, str] 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
           wifi: tuple[str, str] | None = None, debug: bool = False,
-          board: str | None = None, allow_slow: bool = False) -> Manifest:
+          board: str | None = None, allow_slow: bool = False, romfs: bool = False) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
     ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
@@ -342,6 +380,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     ``THUMB2_ARCHES``) must compile for ``arch``, or ``FlashError`` (exit 2)
     says the board would run the slow fallback; ``allow_slow`` leaves that
     module out instead and lists its primitive in ``Manifest.slow``.
+    ``romfs`` also writes ``romfs.img`` (``write_romfs``; ``Manifest.romfs``).
 
     Raises ``FlashError`` (exists, compile failure, ``check_target`` for
     ``board``), ``BundleError`` / ``KeyPermissionError`` (a bad bundle),
@@ -373,39 +412,49 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     else:
         # The .mpy's machine code loads on every ARMv7-M port (the inline
         # assembler is not needed to run it), so x25519 never reaches viper:
-        # 16 KiB of flash saved.
+        # 16 KiB of flash saved; the same for the AEAD (13 KiB).
         skip.add("micropython_port/_fe25519_viper")
+        skip.add("micropython_port/_chachapoly_viper")
     slow: list[str] = []
-    for pkg, base, names in (("device", core, CORE_MODULES), ("micropython_port", port, port_modules)):
-        for name in names:
-            if f"{pkg}/{name}" in skip:
+    # The fast paths first, so that the fallbacks of those that compiled
+    # can be left out (``FALLBACK_MODULES``).
+    fast = set(FAST_MODULES) | {ASM_THUMB_MODULE, ASM_THUMB_AEAD}
+    order = [(pkg, base, name) for pkg, base, names in
+             (("device", core, CORE_MODULES), ("micropython_port", port, port_modules))
+             for name in names]
+    order.sort(key=lambda m: f"{m[0]}/{m[2]}" not in fast)
+    for pkg, base, name in order:
+        if f"{pkg}/{name}" in skip:
+            continue
+        if not all_modules and any(f"{pkg}/{name}" == mod and prim not in slow
+                                   for prim, mod in FALLBACK_MODULES.items()):
+            continue  # its fast path compiled: no fallback
+        rel = f"{pkg}/{name}.mpy"
+        text = (base / f"{name}.py").read_text()
+        strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
+        if strip and not all_modules:
+            text = strip_definitions(text, strip)
+        if not debug:
+            text = strip_messages(text)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / f"{name}.py"
+            src.write_text(text)
+            try:
+                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+            except FlashError as exc:
+                prim = FAST_MODULES.get(f"{pkg}/{name}") or \
+                    {ASM_THUMB_MODULE: "x25519", ASM_THUMB_AEAD: "aead"}.get(f"{pkg}/{name}")
+                if prim is None:
+                    raise
+                if not allow_slow:
+                    shutil.rmtree(out_dir)
+                    raise FlashError(
+                        f"a {arch} board cannot load the fast {prim} path ({pkg}/{name}: {exc}); "
+                        "it would run the pure-Python fallback. Pass --allow-slow to build "
+                        "without it", 2) from None
+                slow.append(prim)
                 continue
-            rel = f"{pkg}/{name}.mpy"
-            text = (base / f"{name}.py").read_text()
-            strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
-            if strip and not all_modules:
-                text = strip_definitions(text, strip)
-            if not debug:
-                text = strip_messages(text)
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / f"{name}.py"
-                src.write_text(text)
-                try:
-                    compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
-                except FlashError as exc:
-                    prim = FAST_MODULES.get(f"{pkg}/{name}") or \
-                        ("x25519" if f"{pkg}/{name}" == ASM_THUMB_MODULE else None)
-                    if prim is None:
-                        raise
-                    if not allow_slow:
-                        shutil.rmtree(out_dir)
-                        raise FlashError(
-                            f"a {arch} board cannot load the fast {prim} path ({pkg}/{name}: {exc}); "
-                            "it would run the pure-Python fallback. Pass --allow-slow to build "
-                            "without it", 2) from None
-                    slow.append(prim)
-                    continue
-            paths.append(rel)
+        paths.append(rel)
     (out_dir / "main.py").write_text(MAIN_PY)
     paths.append("main.py")
     data = bundle_path.read_bytes()
@@ -421,14 +470,61 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
         paths.append(WIFI_NAME)
     files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
     manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow)
+    if romfs:
+        manifest.romfs = write_romfs(out_dir, manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def romfs_image(files: Iterable[tuple[str, bytes]]) -> bytes:
+    """A ROMFS image (the format ``mpremote romfs deploy`` writes to a
+    board's ROM partition, built with mpremote's own writer) holding
+    ``files`` (relative path, data), directories as in the paths.
+    Raises ``FlashError`` without mpremote or for a non-ASCII path."""
+    try:
+        from mpremote.romfs import VfsRomWriter
+    except ImportError:
+        raise FlashError("--romfs needs mpremote: pip install mpremote") from None
+    tree: dict[str, Any] = {}
+    for path, data in files:
+        *dirs, name = path.split("/")
+        node = tree
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = bytes(data)
+
+    def emit(w: Any, node: dict[str, Any]) -> None:
+        for name in sorted(node):
+            if isinstance(node[name], dict):
+                w.opendir(name)
+                emit(w, node[name])
+                w.closedir()
+            else:
+                w.mkfile(name, node[name])
+
+    writer = VfsRomWriter()
+    try:
+        emit(writer, tree)
+    except UnicodeEncodeError:
+        raise FlashError("a ROMFS path must be ASCII", 2) from None
+    return writer.finalise()
+
+
+def write_romfs(out_dir: Path, manifest: Manifest) -> tuple[str, int, str]:
+    """Write ``romfs.img`` beside the manifest: every ``.mpy`` of the build
+    (the code; ``main.py`` and the bundle stay on the board's filesystem,
+    the bundle being a secret that changes per device). Returns its
+    (name, size, sha256)."""
+    image = romfs_image((p, (out_dir / p).read_bytes()) for p, _, _ in manifest.files
+                        if p.endswith(".mpy"))
+    (out_dir / ROMFS_NAME).write_bytes(image)
+    return ROMFS_NAME, len(image), hashlib.sha256(image).hexdigest()
 
 
 def verify_local(directory: Path, manifest: Manifest) -> list[str]:
     """Files whose size or SHA-256 differs from the manifest (or are missing)."""
     bad = []
-    for path, size, digest in manifest.files:
+    for path, size, digest in manifest.files + ([manifest.romfs] if manifest.romfs else []):
         p = directory / path
         if not p.is_file() or p.stat().st_size != size or _sha256(p) != digest:
             bad.append(path)

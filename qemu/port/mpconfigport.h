@@ -20,6 +20,11 @@
 // also makes sys.implementation._mpy name the arch (armv7m).
 #define MICROPY_PERSISTENT_CODE_LOAD        (1)
 #define MICROPY_HAS_FILE_READER             (1)  // mp_reader_new_file in main.c
+// A ROMFS image in the file table is read in place (main.c): the core's
+// execute-in-place path for .mpy (py/persistentcode.c, MP_READER_IS_ROM),
+// without extmod's vfs_rom (not in the sdist) or its ioctl.
+#define MICROPY_VFS_ROM                     (1)
+#define MICROPY_VFS_ROM_IOCTL               (0)
 #define MICROPY_ENABLE_GC                   (1)
 #define MICROPY_HELPER_REPL                 (1)
 #define MICROPY_REPL_INFO                   (1)
@@ -39,6 +44,7 @@
 #define MICROPY_PY_SYS_EXIT                 (1)
 #define MICROPY_PY_SYS_MAXSIZE              (1)
 #define MICROPY_PY_SYS_MODULES              (1)
+#define MICROPY_PY_SYS_STDFILES             (1)  // sys.stdin: the lane's UART link (tests/qemu)
 #define MICROPY_PY_BUILTINS_BYTES_HEX       (1)
 #define MICROPY_PY_BUILTINS_MEMORYVIEW      (1)
 #define MICROPY_PY_BUILTINS_HELP            (0)

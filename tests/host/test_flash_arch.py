@@ -29,8 +29,9 @@ def _files(m: Manifest) -> set[str]:
 def test_armv7m_ships_the_asm_thumb_x25519_as_armv7m_native_code(bundle_file: Path, tmp_path: Path) -> None:
     m = build(bundle_file, tmp_path / "o", "armv7m", device_id="mote-1")
     assert THUMB in _files(m) and m.slow == []
-    # The viper X25519 would never load there: left out.
-    assert "micropython_port/_chachapoly_viper.mpy" in _files(m)
+    # The viper X25519 and AEAD would never load there: left out.
+    assert "micropython_port/_chachapoly_thumb.mpy" in _files(m)
+    assert "micropython_port/_chachapoly_viper.mpy" not in _files(m)
     assert "micropython_port/_fe25519_viper.mpy" not in _files(m)
     data = (tmp_path / "o" / THUMB).read_bytes()
     assert data[0:2] == b"M\x06" and data[2] >> 2 == ARCHES["armv7m"]  # .mpy header: native arch

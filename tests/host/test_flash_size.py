@@ -1,0 +1,70 @@
+"""The flash bundle of an MQTT/SHA-256 device for the 32-bit boards (issue
+16 item 6): what each architecture ships, and its size.
+
+- Per arch, one native path per primitive: armv7m the asm_thumb X25519 (no
+  viper field code), armv6m the viper one; the pure-Python fallbacks are
+  left out wherever the fast path compiled (a board that cannot load it
+  stops at boot: tests/micropython/test_mp_boot_paths.py).
+- Sizes are held to budgets (a regression guard at today's sizes). The
+  issue's goal of 32 KiB for armv6m and armv7m is NOT met yet: the xfail
+  test below says by how much, and flips to a failure (strict) the day a
+  build meets it, so that its budget can take its place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moteseal.flash.build import Manifest, build
+from tests.host.test_flash import bundle_file  # noqa: F401 - the fixture (an MQTT, SHA-256 device)
+
+pytestmark = pytest.mark.timeout(180)
+
+KIB = 1024
+GOAL = 32 * KIB
+# Today's sizes plus a little (armv7m ships the asm_thumb X25519 and AEAD
+# and neither viper module).
+BUDGET = {"armv6m": 64.5 * KIB, "armv7m": 42 * KIB}
+FALLBACKS = {"micropython_port/_x25519_py.mpy", "micropython_port/_chachapoly_py.mpy",
+             "micropython_port/_blake2s_py.mpy"}
+
+
+def _build(bundle: Path, tmp: Path, arch: str) -> Manifest:
+    return build(bundle, tmp / arch, arch, device_id="mote-1")
+
+
+def _files(m: Manifest) -> dict[str, int]:
+    return {p: s for p, s, _ in m.files}
+
+
+@pytest.mark.parametrize("arch", ["armv6m", "armv7m"])
+def test_each_arch_ships_one_native_path_per_primitive_and_no_fallback(bundle_file: Path,
+                                                                       tmp_path: Path,
+                                                                       arch: str) -> None:
+    files = _files(_build(bundle_file, tmp_path, arch))
+    assert not FALLBACKS & set(files)
+    x25519 = {"armv6m": "micropython_port/_fe25519_viper.mpy",
+              "armv7m": "micropython_port/_fe25519_thumb.mpy"}
+    assert x25519[arch] in files and not (set(x25519.values()) - {x25519[arch]}) & set(files)
+
+
+def test_all_modules_and_allow_slow_builds_keep_the_fallbacks(bundle_file: Path, tmp_path: Path) -> None:
+    m = build(bundle_file, tmp_path / "all", "armv6m", device_id="mote-1", all_modules=True)
+    assert {"micropython_port/_x25519_py.mpy", "micropython_port/_chachapoly_py.mpy"} <= set(_files(m))
+
+
+@pytest.mark.parametrize("arch", ["armv6m", "armv7m"])
+def test_the_bundle_stays_within_its_budget(bundle_file: Path, tmp_path: Path, arch: str) -> None:
+    m = _build(bundle_file, tmp_path, arch)
+    assert m.total_bytes <= BUDGET[arch], (
+        f"{arch}: {m.total_bytes / KIB:.1f} KiB > {BUDGET[arch] / KIB:.1f} KiB; largest: "
+        + ", ".join(f"{p} {s}" for p, s in sorted(_files(m).items(), key=lambda x: -x[1])[:6]))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 item 6: the 32 KiB goal is not met yet "
+                   "(armv6m ~64 KiB, armv7m ~51 KiB; see docs/micropython.md, Flash size)")
+@pytest.mark.parametrize("arch", ["armv6m", "armv7m"])
+def test_the_bundle_meets_the_32k_goal(bundle_file: Path, tmp_path: Path, arch: str) -> None:
+    assert _build(bundle_file, tmp_path, arch).total_bytes <= GOAL

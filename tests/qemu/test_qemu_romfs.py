@@ -1,0 +1,246 @@
+"""The recommended deploy mode for rp2/stm32, proven on the 32-bit target:
+``moteseal flash build --romfs`` (armv7m, MQTT, SHA-256) puts the device's
+``.mpy`` files in a ROMFS image; the qemu firmware serves it as a ROMFS
+mount does on a board (``qemu/port/main.c``: ``MP_READER_IS_ROM``, bytecode
+executed in place), and the whole device -- ``micropython_port/main.py``
+with the default retention of 16 readings, its MQTT client, a DeviceSession
+handshake and readings -- runs in a 64 KiB GC heap against a CPython peer
+(``PeerListener``) through a real Mosquitto and ``moteseal gateway run``.
+
+The firmware has no network, filesystem or json (no extmod/ in the PyPI
+sdist): ``tests/qemu/uart_net/`` tunnels the MQTT client's TCP connection
+over the console UART to the host (relayed here to Mosquitto), the bundle
+is handed to ``device.bundle.decode_bundle`` instead of read from a file,
+and the message-1 counter lives in RAM. Everything else is the build's
+code.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moteseal.flash.build import build, compile_module, romfs_image
+from moteseal.keys.provision import Bundle, write_bundle
+from tests.micropython.test_mp_device import DEVICE, PEER, Fleet, Peer
+from tests.serial_fixtures import wait_for
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(600)]
+
+HERE = Path(__file__).resolve().parent
+READINGS = 20
+
+# The script the target runs: micropython_port/main.py's main(), as at boot,
+# with the two stand-ins a board does not need (its filesystem).
+_MAIN = """{ballast}
+import gc, sys
+from binascii import unhexlify
+def _standins():
+    import device.bundle as b
+    import device.counter_file as cf
+    data = unhexlify({bundle!r})
+    def load(path):  # the board reads moteseal.bundle from its filesystem
+        return b.decode_bundle(data)
+    b.load_bundle = load
+    class RamStore:  # the board's counter file
+        def __init__(self, path):
+            self.v = {counter}
+        def load(self):
+            return self.v
+        def store(self, v):
+            self.v = v
+    cf.FileCounterStore = RamStore
+_standins()
+del _standins
+import micropython_port.main as m
+s = m.main(["main.py", "--count", "{count}", "--interval-ms", "0", "--drain-ms", "20000"])
+gc.collect()
+print("heap", gc.mem_alloc() + gc.mem_free(), gc.mem_free())
+"""
+
+
+class UartRelay:
+    """The host end of ``uart_net``: answers the target's console requests
+    with one TCP connection to the broker. Not thread-safe (one board)."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.lines: list[str] = []
+
+    def __call__(self, line: bytes) -> bytes | None:
+        if not line.startswith(b"~"):
+            return None  # the device's own output
+        op, _, arg = line[1:].decode().partition(" ")
+        if op == "C":
+            host, port = arg.split()
+            try:
+                self.sock = socket.create_connection((host, int(port)), timeout=5)
+                self.sock.setblocking(False)
+                return b"1\n"
+            except OSError:
+                return b"0\n"
+        assert self.sock is not None
+        if op == "W":
+            self.sock.setblocking(True)
+            self.sock.sendall(bytes.fromhex(arg))
+            self.sock.setblocking(False)
+            return b""
+        if op == "R":
+            try:
+                data = self.sock.recv(int(arg))
+            except BlockingIOError:
+                return b"-\n"
+            return data.hex().encode() + b"\n"  # empty: the broker closed it
+        if op == "P":
+            r, _, _ = select.select([self.sock], [], [], min(int(arg), 50) / 1000)
+            return b"1\n" if r else b"0\n"
+        if op == "X":
+            self.sock.close()
+            self.sock = None
+            return b""
+        raise AssertionError(f"unknown request {line!r}")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def _romfs_files(flash: Path, tmp: Path) -> list[tuple[str, bytes]]:
+    """The build's .mpy files plus the stand-ins (compiled too: their
+    bytecode stays in ROM like the build's)."""
+    files = [(p.relative_to(flash).as_posix(), p.read_bytes()) for p in sorted(flash.rglob("*.mpy"))]
+    for name in ("socket", "select", "json"):
+        compile_module(HERE / "uart_net" / f"{name}.py", tmp / f"{name}.mpy", "armv7m", f"{name}.py")
+        files.append((f"{name}.mpy", (tmp / f"{name}.mpy").read_bytes()))
+    return files
+
+
+@pytest.fixture
+def setup(mosquitto: Any, gateway_process: Any, tmp_path: Path) -> Any:
+    broker = mosquitto(auth=True, accounts={"gw": "gateway", PEER: "device", DEVICE: "device"})
+    gateway_process(broker)
+    fleet = Fleet(tmp_path)
+    peer = Peer(fleet, broker)
+    try:
+        yield broker, fleet, peer
+    finally:
+        peer.close()
+
+
+def _device_files(setup: Any, tmp_path: Path, romfs: bool, arch: str) -> list[tuple[str, bytes]]:
+    """``moteseal flash build --arch ARCH`` (``--romfs``) of an MQTT,
+    SHA-256 device of this broker, as the target's files. An armv6m build
+    runs here too (a Cortex-M3 loads ARMv6-M code), with the viper X25519
+    an RP2040 runs."""
+    broker, fleet, _ = setup
+    bundle = tmp_path / "d.bundle"
+    if not bundle.exists():
+        write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk,
+                                    "Noise_NKpsk0_25519_ChaChaPoly_SHA256",
+                                    {"kind": "mqtt", "host": "127.0.0.1", "port": broker.port,
+                                     "username": DEVICE, "password": broker.passwords[DEVICE]}))
+    out = tmp_path / f"flash-{arch}{'-romfs' if romfs else ''}"
+    m = build(bundle, out, arch, romfs=romfs, force=True)
+    if romfs:
+        # The image the build wrote is the same function's output for its files.
+        assert (out / "romfs.img").read_bytes() == romfs_image(
+            [(p, (out / p).read_bytes()) for p, _, _ in m.files if p.endswith(".mpy")])
+    return _romfs_files(out, tmp_path)
+
+
+def run_device(setup: Any, tmp_path: Path, heap_kb: int, romfs: bool, ballast_kb: int = 0,
+               counter: int = 0, arch: str = "armv7m") -> tuple[str, str]:
+    """The device's output lines (the relay's requests taken out) and
+    traceback, on a firmware with a ``heap_kb`` heap of which ``ballast_kb``
+    is taken first; ``counter`` is the stored message-1 ceiling it boots
+    with (a second run in the same peer needs a higher one)."""
+    import qemu_board
+    import qemu_fw
+
+    files = _device_files(setup, tmp_path, romfs, arch)
+    elf = qemu_fw.build(heap_kb=heap_kb)
+    relay = UartRelay()
+    ballast = f"_ballast = [bytearray(1008) for _ in range({ballast_kb})]" if ballast_kb else ""
+    code = _MAIN.format(bundle=(tmp_path / "d.bundle").read_bytes().hex(), count=READINGS,
+                        ballast=ballast, counter=counter)
+    try:
+        with qemu_board.Board(elf, files=files, romfs=romfs) as board:
+            return board.exec_talk(code, relay, timeout=300)
+    finally:
+        relay.close()
+
+
+def all_acked(out: str) -> bool:
+    """Whether the run's summary says every reading was acknowledged (a
+    reading resent after a slow acknowledgement is acknowledged twice)."""
+    lines = [ln for ln in out.splitlines() if '"event": "summary"' in ln]
+    return bool(lines) and json.loads(lines[-1])["acks"] >= READINGS
+
+
+def smallest_heap_kb(setup: Any, tmp_path: Path, romfs: bool, arch: str = "armv7m") -> int:
+    """The smallest heap (KiB) the whole device runs in (handshake,
+    READINGS readings, all acknowledged): ballast of 1 KiB blocks taken
+    first on the 256 KiB firmware, binary search, one qemu per try."""
+    import qemu_fw
+
+    total = qemu_fw.HEAP_KB
+    # KiB of ballast taken as known to work (a 128 KiB heap) / to fail (32 KiB).
+    lo, hi = total - 128, total - 32
+    runs = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        runs += 1
+        out, err = run_device(setup, tmp_path, total, romfs, mid, counter=1000 * runs, arch=arch)
+        ok = not err and all_acked(out)
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return total - lo
+
+
+def test_the_whole_device_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Path,
+                                                         qemu_firmware: Path) -> None:
+    peer = setup[2]
+    out, err = run_device(setup, tmp_path, 64, romfs=True)
+    assert not err, err + out
+    lines = out.splitlines()
+    assert lines[0] == "moteseal paths x25519=asm_thumb aead=viper"
+    summary = [ln for ln in lines if '"event": "summary"' in ln]
+    assert summary, out
+    total, free = map(int, [ln for ln in lines if ln.startswith("heap ")][-1].split()[1:])
+    assert total <= 64 * 1024
+    assert wait_for(lambda: len(peer.telemetry()) == READINGS, timeout=20), peer.reports
+    tele = peer.telemetry()
+    assert [r["reading"]["seq"] for r in tele] == list(range(READINGS))
+    assert tele[0]["via"] == "hs1" and {r["via"] for r in tele[1:]} == {"data"}
+    assert all_acked(out) and json.loads(summary[-1])["handshakes"] == 1
+    print(f"\nromfs, 64 KiB heap: {READINGS} readings acknowledged; {free} bytes free at the end")
+
+
+def test_control_the_same_device_loaded_into_ram_does_not_fit_64k(setup: Any, tmp_path: Path,
+                                                                  qemu_firmware: Path) -> None:
+    # The same build and stand-ins from an MSF1 table: each .mpy is read
+    # into the heap (a board's filesystem), and 64 KiB is not enough.
+    out, err = run_device(setup, tmp_path, 64, romfs=False)
+    assert "MemoryError" in err + out, out
+
+
+def test_smallest_heap_per_deploy_mode_on_the_32_bit_target(setup: Any, tmp_path: Path,
+                                                            qemu_firmware: Path) -> None:
+    rows = {mode: smallest_heap_kb(setup, tmp_path, mode == "ROMFS") for mode in ("RAM", "ROMFS")}
+    print(f"\n32-bit target, whole MQTT/SHA-256 device (retention 16, {READINGS} readings): "
+          f"smallest heap RAM-loaded .mpy {rows['RAM']} KiB, ROMFS {rows['ROMFS']} KiB")
+    assert rows["ROMFS"] <= 64 < rows["RAM"]
+
+
+def test_an_armv6m_build_from_romfs_needs_more_than_64k(setup: Any, tmp_path: Path,
+                                                        qemu_firmware: Path) -> None:
+    # What an RP2040 runs (viper X25519: 16 KiB of native code in the heap
+    # where ARMv7-M has 4 KiB of asm_thumb) does not fit 64 KiB even from
+    # ROMFS (docs/micropython.md): the 64 KiB proof above is ARMv7-M's.
+    out, err = run_device(setup, tmp_path, 64, romfs=True, arch="armv6m")
+    assert out.splitlines()[0] == "moteseal paths x25519=viper aead=viper"
+    assert "MemoryError" in err + out, out
