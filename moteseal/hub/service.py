@@ -81,6 +81,7 @@ class Hub:
         self.store: HubStore | None = None
         self.link: Any = None
         self.dashboard: Any = None
+        self.groups: Any = None  # moteseal.hub.groups.GroupService
         self.started_at = wall_clock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -134,6 +135,7 @@ class Hub:
             self.listener = PeerListener(self.sessions, self.link, self._report, clock=self.clock,
                                          wall_clock=self.wall_clock, inbox=Inbox(self.store))
             self._start_sinks()
+            self._start_groups(store_path)
             self.link.start()
             threading.Thread(target=self._dispatch, name="hub-commands", daemon=True).start()
             threading.Thread(target=self._housekeeping, name="hub-prune", daemon=True).start()
@@ -171,6 +173,21 @@ class Hub:
             self._wake.append(wake)
             self.workers.append(SinkWorker(self.store, sink, wake, tick).start(self.stop_event))
 
+    def _start_groups(self, store_path: Any) -> None:
+        # Fleet broadcast (moteseal/hub/groups.py): restored in new epochs.
+        from moteseal.hub.groups import GroupFile, GroupService, group_file_for
+
+        link = self.link
+
+        def publish(topic: str, payload: bytes) -> None:
+            link.client.publish(topic, payload, qos=1)
+
+        self.group_file = GroupFile(group_file_for(store_path))
+        self.groups = GroupService(self.group_file, self.sessions, self.listener, publish,
+                                   self._report)
+        self.groups.restore()
+        self.groups.start(self.stop_event)
+
     def run(self, stop: threading.Event) -> None:
         """Handle envelopes until ``stop`` is set."""
         self.listener.run(stop)
@@ -188,6 +205,10 @@ class Hub:
             self.registry.close()
         if self.store is not None:
             self.store.close()
+        if self.groups is not None and self.groups.thread is not None:
+            self.groups.thread.join(5)
+            self.group_file.close()
+            self.groups = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -205,6 +226,8 @@ class Hub:
             self.store.command_acked(r["device"], r["id"])
         if "device" in r and r["event"] in ("telemetry", "duplicate", "held", "command_acked"):
             self._commands.put(r["device"])
+            if self.groups is not None:
+                self.groups.seen(r["device"])  # a new session gets its group keys
         with self._sub_lock:
             for q in self.subscribers:
                 try:
