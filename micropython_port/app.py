@@ -48,6 +48,10 @@ Invariants:
   (``0x03 | id u32``) from ``run``'s loop, so the sender sees that the
   device got it; a resent command is only answered again. A bare payload
   is a command without an answer, as before.
+- Rule 7: groups (``device/group.py``). ``Groups`` takes the hub's key
+  messages first; then ``run``'s loop subscribes ``moteseal/v1/group/<gid>``.
+  A group message (byte 1 is 8, never an envelope's) goes to ``on_group``
+  once verified and fresh (a window per group), else counts ``group_refused``.
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -139,6 +143,9 @@ class Device:
     than the built-in ``interval=``/``interval_ms=`` (``buf[:n]``, valid
     only during the call).
 
+    ``groups`` (0: none): joins up to 4 groups of at most that many members,
+    over MQTT only (Rule 7); ``on_group(gid, buf, n)`` set before ``run``.
+
     ``retain`` readings are kept until the peer acknowledges them (Rule 5;
     0: none, readings go out unframed and unacknowledged as before
     retention); ``box`` is the ``Outbox`` (None without retention).
@@ -150,7 +157,7 @@ class Device:
     """
 
     def __init__(self, bundle, counter_path="moteseal.ctr", link_override=None, log=None,
-                 read=None, on_command=None, retain=16):
+                 read=None, on_command=None, retain=16, groups=0):
         # Imported here, not as module globals: they are needed only once.
         from device.counter import Msg1Counter
         from device.counter_file import FileCounterStore
@@ -165,13 +172,23 @@ class Device:
         if retain:  # Rule 5
             from device.delivery import Outbox
             self.box = Outbox(retain, _MAX_PAYLOAD_BYTES)
-        self.session = DeviceSession(MicroBackend(), device_id, peer_id, peer_keys, psk,
+        be = MicroBackend()
+        self.session = DeviceSession(be, device_id, peer_id, peer_keys, psk,
                                      Msg1Counter(FileCounterStore(counter_path)), suite,
                                      max_payload=pay)
+        self.groups = None
+        self.on_group = None
+        self._gsub = 0  # nonzero: subscribe to the group topics (Rule 7)
+        if groups:  # loaded only for a device that joins groups
+            from device.group import Groups
+            self.groups = Groups(be, peer_id, max_payload=_MAX_PAYLOAD_BYTES,
+                                 max_members=groups)
         if link_override:
             link.update(link_override)
         # Message 1, the largest envelope: header + e + counter + reading + tag.
         env_bytes = HEADER_MAX_BYTES + 32 + 4 + pay + 16
+        if self.groups and self.groups.limit > env_bytes:
+            env_bytes = self.groups.limit  # the largest group message (Rule 7)
         kind = link.get("kind")
         if kind == "serial":
             from micropython_port.uart_link import UartLink
@@ -203,7 +220,7 @@ class Device:
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
                        "read_errors": 0, "command_errors": 0, "acks": 0, "resent": 0,
-                       "evicted": 0, "counter_behind": 0}
+                       "evicted": 0, "counter_behind": 0, "group": 0, "group_refused": 0}
         self._need_hs = True
         self._hs_at = 0  # ticks of the last handshake
         self._t = ticks_ms()  # ticks at which self.now last advanced
@@ -219,6 +236,9 @@ class Device:
         # The link's on_envelope: one envelope from the peer (Rules 1, 3).
         self._tick()
         c = self.counts
+        if n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
+            self._group(buf, n)
+            return
         try:
             ev = self.session.receive_into(buf, n, self._buf, self.now)
         except RemoteError:
@@ -229,6 +249,15 @@ class Device:
             return
         box = self.box
         if ev == _EV_DATA:
+            g = self.groups
+            if g:  # Rule 7: a key message from the hub, before anything else
+                try:
+                    if g.take(self._buf, self.session.last_len):
+                        self._gsub = -1  # subscribe from run()'s loop
+                        return
+                except Exception:  # RemoteError, or LocalError: no free slot
+                    c["group_refused"] += 1
+                    return
             if box and box.ack(self._buf, self.session.last_len):
                 c["acks"] += 1  # Rule 5: an acknowledgement, never a command
                 return
@@ -272,6 +301,34 @@ class Device:
         self._need_hs = ev != _EV_HANDSHAKE
         if self.log:
             self.log(name, "hint" if ev == _EV_REHANDSHAKE else None)
+
+    def _group(self, buf, n):
+        # Rule 7: the payload lands in _buf, free while the link delivers.
+        c = self.counts
+        g = self.groups
+        try:
+            k = g.receive_into(buf, n, self._buf)
+            c["group"] += 1
+            if self.on_group:
+                self.on_group(g.last_group.gid, self._buf, k)
+        except RemoteError as e:
+            c["group_refused"] += 1
+            if self.log:
+                self.log("group_refused", e.__class__.__name__)
+        except Exception as e:  # the user's bug must not stop the device
+            c["command_errors"] += 1
+            if self.log:
+                self.log("command_failed", e.__class__.__name__)
+
+    def _subscribe(self):
+        # Rule 7, from run()'s loop; a UART link has no group topics.
+        self._gsub = 0
+        sub = getattr(self.link, "client", None)
+        for m in self.groups.members if sub else ():
+            if m.epoch >= 0:
+                sub.subscribe(b"moteseal/v1/group/" + m.gid, 1)
+                if self.log:
+                    self.log("group_subscribed", m.epoch)
 
     def on_reply(self, buf, n):
         """A command from the peer in ``buf[:n]``: ``interval=<seconds>`` or
@@ -342,6 +399,8 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
+        if self._gsub:
+            self._subscribe()
         if self._need_hs or s.transport is None or s.handshaking:
             return
         cid = self._cmd_ack
