@@ -168,6 +168,8 @@ class Device:
         device_id, peer_id, peer_keys, psk, suite, link = bundle
         # A retained reading travels framed: the frame's head comes on top.
         pay = _MAX_PAYLOAD_BYTES + (_HEAD_BYTES if retain else 0)
+        if groups and pay < 92:  # a key message: 76 + a gid of 16 (device/group.py)
+            pay = 92
         self.box = None
         if retain:  # Rule 5
             from device.delivery import Outbox

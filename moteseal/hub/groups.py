@@ -18,8 +18,13 @@ Invariants:
 - Rule 3: a member gets its keys only inside its pairwise session
   (``PeerListener.send``). A member without a session when its group
   changes gets them when it next handshakes: the service notes every
-  device the hub hears from and sends ``catch_up`` once per new session
-  (its session id differs from the one it last sent keys on).
+  device the hub hears from and sends ``catch_up`` until the keys have
+  gone on the device's newest session. (Until the device confirms a new
+  session the hub still sends on the one it confirmed before, which a
+  rebooted device cannot read: so a re-send on an older session does not
+  count, and the next message from the device brings it round again. A
+  re-sent key of the epoch a member holds changes nothing:
+  ``device/group.py`` Rule 1.)
 - Rule 4: a group message is one MQTT publish whatever the group's size.
   Requests are bounded: ``GROUP_REQUESTS_QUEUED_MAX`` waiting, payloads
   of ``GROUP_MAX_PAYLOAD_BYTES``; a bad request fails with its reason in
@@ -220,7 +225,7 @@ class GroupService:
         self.counts = {"group_messages": 0, "group_bytes": 0, "key_messages": 0,
                        "catch_ups": 0, "group_requests_failed": 0}
         self._seen: "queue.Queue[str]" = queue.Queue()
-        self._keyed: dict[bytes, bytes] = {}  # device -> session id its keys went on (Rule 3)
+        self._keyed: dict[bytes, Any] = {}  # device -> session id its keys went on (Rule 3)
         self.thread: threading.Thread | None = None
 
     def restore(self) -> None:
@@ -254,21 +259,31 @@ class GroupService:
             except LocalError:
                 pass  # the file is busy or failing: the next poll tries again
 
-    def _sid(self, dev: bytes) -> bytes | None:
+    def _sid(self, dev: bytes) -> Any:
         s = self.sessions.sessions(dev)
-        return bytes(s[0][0]) if s else None
+        return s[0][0] if s else None
+
+    def _send(self, dev: bytes, msg: bytes) -> Any:
+        """Sends a key message; returns the id of the session it went on.
+        Raises ``LocalError`` (no session)."""
+        from device.envelope import decode
+
+        return decode(self.listener.send(dev.decode(), msg)).sid
 
     def _catch_up(self, dev: bytes) -> None:
-        sid = self._sid(dev)
-        if sid is None or self._keyed.get(dev) == sid:
+        newest = self._sid(dev)
+        if newest is None or self._keyed.get(dev) == newest:
             return
         msgs = self.hub.catch_up(dev)
+        on = newest
         try:
             for m in msgs:
-                self.listener.send(dev.decode(), m)
+                on = self._send(dev, m)
         except LocalError:
             return  # its session went: the next one brings it round again
-        self._keyed[dev] = sid
+        if on != newest:
+            return  # an older session: again once the device confirms the new one
+        self._keyed[dev] = newest
         if msgs:
             self.counts["catch_ups"] += 1
             self.counts["key_messages"] += len(msgs)
@@ -278,15 +293,16 @@ class GroupService:
         sent = pending = 0
         for dev, m in msgs.items():
             try:
-                self.listener.send(dev.decode(), m)
+                on = self._send(dev, m)
             except LocalError:
                 pending += 1  # Rule 3: keys at its next handshake
                 self._keyed.pop(dev, None)
                 continue
             sent += 1
-            sid = self._sid(dev)
-            if sid is not None:
-                self._keyed[dev] = sid
+            if on == self._sid(dev):
+                self._keyed[dev] = on
+            else:
+                self._keyed.pop(dev, None)
         self.counts["key_messages"] += sent
         return sent, pending
 
