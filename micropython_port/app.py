@@ -127,7 +127,7 @@ class Device:
     """One device: a session, a link, readings and replies (Rules 1-4).
 
     ``bundle`` is the provisioned record ``(device_id, peer_id, peer_keys,
-    psk, suite, link)`` (``micropython_port.main.load_bundle``); entries of
+    psk, suite, link[, pad])`` (``micropython_port.main.load_bundle``); entries of
     ``link_override`` replace those of the bundle's ``link`` dict (which is
     updated in place). ``log(event, detail)``, if given, is called on
     handshakes, hints, refusals, link failures (docs/micropython.md,
@@ -165,11 +165,16 @@ class Device:
         from device.errors import LocalError
         from device.session import DeviceSession
         from micropython_port.backend import MicroBackend
-        device_id, peer_id, peer_keys, psk, suite, link = bundle
+        device_id, peer_id, peer_keys, psk, suite, link = bundle[:6]
+        pad = bundle[6] if len(bundle) > 6 else None  # the bundle's PadPolicy
         # A retained reading travels framed: the frame's head comes on top.
         pay = _MAX_PAYLOAD_BYTES + (_HEAD_BYTES if retain else 0)
         if groups and pay < 92:  # a key message: 76 + a gid of 16 (device/group.py)
             pay = 92
+        if pad:  # room for the largest bucket a message of ours pads to
+            from device.padding import padded_size
+            pay = max(padded_size(pay, pad.hs), padded_size(pay, pad.up),
+                      padded_size(pay, pad.down))
         self.box = None
         if retain:  # Rule 5
             from device.delivery import Outbox
@@ -177,7 +182,7 @@ class Device:
         be = MicroBackend()
         self.session = DeviceSession(be, device_id, peer_id, peer_keys, psk,
                                      Msg1Counter(FileCounterStore(counter_path)), suite,
-                                     max_payload=pay)
+                                     max_payload=pay, pad=pad)
         self.groups = None
         self.on_group = None
         self._gsub = 0  # nonzero: subscribe to the group topics (Rule 7)

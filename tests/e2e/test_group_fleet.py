@@ -15,7 +15,11 @@ through a real Mosquitto with the shipped ACLs, a real gateway and a real
   catches up on the current epoch when it wakes, and what was sent while
   it slept is not replayed to it;
 - a restarted hub restores the groups in a new epoch and every member
-  follows.
+  follows;
+- padding from the registry (issue 17, "Padding"): mp-0 and sim-00 are
+  provisioned with ``--pad``; their readings of different length all
+  travel in envelopes of one length, key messages and group messages
+  reach them padded too.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ GID = "valves"
 TOPIC = "moteseal/v1/group/" + GID
 MPS = ["mp-0", "mp-1", "mp-2"]
 SIMS = [f"sim-{i:02d}" for i in range(10)]
+PADDED = ["mp-0", "sim-00"]
 
 DRIVER = """
 import sys, json
@@ -283,6 +288,13 @@ def forge(sensor: GroupSensor, payload: bytes, members: int) -> bytes:
 def world(tmp_path: Path, mosquitto, gateway_process):
     broker = mosquitto(accounts={"gw": "gateway", HUB: "hub", "mon": "monitor"})
     env, reg = make_fleet(tmp_path, broker, MPS + SIMS, peer=HUB)
+    for d in PADDED:  # padding per device, from the registry into the bundle
+        r = run("provision", d, "--registry", reg, "--replace", "--out",
+                str(tmp_path / "bundles" / f"{d}.bundle"), "--link", "mqtt", "--host", "127.0.0.1",
+                "--port", str(broker.port), "--username", d, "--pad", "32,64,128,256", "--json",
+                env=dict(env, MOTESEAL_LINK_PASSWORD=broker.passwords[d]))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["pad"]["up"] == [32, 64, 128, 256]
     for d in MPS + SIMS:
         broker.set_groups(d, [GID])
     gateway_process(broker, peers=[HUB])
@@ -301,6 +313,15 @@ def world(tmp_path: Path, mosquitto, gateway_process):
 def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hub(world) -> None:
     w = world
     everyone = MPS + SIMS
+    # One monitor (the broker allows one connection per account): group
+    # topics into its queue, up topics into ``ups``.
+    mon = MqttTestClient(w.broker, "mon")
+    ups: list[tuple[str, bytes]] = []
+    mon.client.on_message = lambda c, u, m: (ups.append((m.topic, bytes(m.payload)))
+                                             if "/up/" in m.topic
+                                             else mon.messages.put((m.topic, bytes(m.payload))))
+    assert mon.subscribe("moteseal/v1/up/+") == [1]
+    assert mon.subscribe("moteseal/v1/group/#") == [1]
     w.start_hub()
     for m in w.mps.values():
         m.start()
@@ -318,8 +339,6 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
     assert group_file.stat().st_mode & 0o777 == 0o600
 
     # One publish for thirteen devices.
-    mon = MqttTestClient(w.broker, "mon")
-    assert mon.subscribe("moteseal/v1/group/#") == [1]
     sent = group(w, "send", "--group", GID, "valve=closed")
     # array, head, src "hub1", gid "valves", epoch, ctr, ct head, ct (12 + tag),
     # MAC list head, 13 MACs: the per-message cost (docs/hub.md).
@@ -388,3 +407,22 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
     group(w, "send", "--group", GID, "after restart")
     assert w.wait_all(stay, b"after restart") == {}
     assert b"after restart" not in w.got(gone)
+
+    # Padding: every data envelope of a padded device carries a ciphertext
+    # of one length, though its readings grew (mp-0's "seq" passes 23: one
+    # more CBOR byte; the header's nonce grows in the clear, as
+    # docs/security.md says); an unpadded device's show their lengths.
+    def seqs() -> list[float]:
+        r = run("readings", "--config", str(w.tmp / "hub.toml"), "--device", "mp-0", "--field",
+                "seq", "--json", env=w.env)
+        return [json.loads(ln)["value"] for ln in r.stdout.splitlines()]
+
+    assert _wait(lambda: max(seqs()) >= 24, 120, 1.0), seqs()
+    assert min(seqs()) < 24
+    lengths: dict[str, set[int]] = {}
+    for topic, env in list(ups):
+        e = E.decode(env)
+        if e.head == E.HEAD_DATA:
+            lengths.setdefault(topic.rsplit("/", 1)[1], set()).add(e.msg_len)
+    assert all(len(lengths[d]) == 1 for d in PADDED), repr({d: sorted(v) for d, v in lengths.items()})
+    assert len(lengths["sim-01"]) > 1, lengths
