@@ -16,6 +16,9 @@ Invariants:
   per second per device, and is marked ``sent`` in the store.
 - Rule 4: nothing secret is logged, stored in a sink, shown or exported:
   reports hold ids, sizes, kinds and the devices' own readings.
+- Rule 5: groups (fleet broadcast) run on their own thread
+  (``moteseal.hub.groups``); every device the hub hears from is handed to
+  it, so a member with a new session gets its group keys.
 """
 
 from __future__ import annotations
