@@ -49,6 +49,7 @@ from device.group import GROUP_MAX_PAYLOAD_BYTES
 GROUP_PREFIX = "moteseal/v1/group/"
 GROUP_REQUESTS_QUEUED_MAX = 64
 POLL_SECONDS = 0.2  # how often the hub looks for requests from the CLI
+REQUESTS_KEPT_SECONDS = 86400.0  # finished requests stay this long for `--wait` and `--json`
 OPS = ("create", "add", "remove", "rotate", "send")
 
 _DDL = """
@@ -180,8 +181,13 @@ class GroupFile:
             "SELECT id, op, gid, arg FROM group_requests WHERE state = 'queued' ORDER BY id")]
 
     def finish(self, rid: int, ok: bool, result: str) -> None:
+        """Records a request's outcome; drops those finished more than
+        ``REQUESTS_KEPT_SECONDS`` ago (the file stays bounded)."""
+        now = self._clock()
         self._run("UPDATE group_requests SET state = ?, result = ?, done_at = ? WHERE id = ?",
-                  ("done" if ok else "failed", result, self._clock(), rid))
+                  ("done" if ok else "failed", result, now, rid))
+        self._run("DELETE FROM group_requests WHERE state != 'queued' AND done_at < ?",
+                  (now - REQUESTS_KEPT_SECONDS,))
 
     def result(self, rid: int) -> dict[str, Any] | None:
         rows = self._run("SELECT id, op, gid, state, result, created_at, done_at "
@@ -247,12 +253,20 @@ class GroupService:
         self._seen.put(device)
 
     def _run(self, stop: threading.Event) -> None:
+        polled = 0.0
         while not stop.is_set():
+            devs = set()
             try:
-                dev = self._seen.get(timeout=POLL_SECONDS)
-                self._catch_up(dev.encode())
+                devs.add(self._seen.get(timeout=POLL_SECONDS))
+                while len(devs) < 1000:
+                    devs.add(self._seen.get_nowait())
             except queue.Empty:
                 pass
+            for dev in sorted(devs):
+                self._catch_up(dev.encode())
+            if time.monotonic() - polled < POLL_SECONDS:
+                continue
+            polled = time.monotonic()
             try:
                 for rid, op, gid, arg in self.file.queued():
                     self._request(rid, op, gid, arg)

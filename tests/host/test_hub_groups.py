@@ -232,3 +232,20 @@ def test_cli_group_requests_wait_for_the_hub_and_send_takes_no_device(tmp_path) 
     r = cli("send", "--group", GID, "x" * 300, "--wait", "0.1")
     assert r.returncode == 1 and "1..256 bytes" in r.stderr
     assert json.loads(cli("group", "list", "--json").stdout) == {}
+
+
+def test_finished_requests_are_dropped_after_a_day(tmp_path) -> None:
+    now = [1000.0]
+    gf = GroupFile(tmp_path / "g", clock=lambda: now[0])
+    try:
+        old = gf.request("rotate", GID)
+        gf.finish(old, True, "{}")
+        now[0] += 86400.0 + 1
+        waiting = gf.request("rotate", GID)
+        new = gf.request("rotate", GID)
+        gf.finish(new, False, "LocalError: no group")
+        assert gf.result(old) is None
+        assert gf.result(new)["state"] == "failed"
+        assert [r[0] for r in gf.queued()] == [waiting]  # a queued one is never dropped
+    finally:
+        gf.close()
