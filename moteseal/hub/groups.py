@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sqlite3
 import stat
 import threading
@@ -230,7 +229,9 @@ class GroupService:
         self.hub = GroupHub(NaclBackend(), sessions.peer_id)
         self.counts = {"group_messages": 0, "group_bytes": 0, "key_messages": 0,
                        "catch_ups": 0, "group_requests_failed": 0}
-        self._seen: "queue.Queue[str]" = queue.Queue()
+        self._seen: set[str] = set()  # devices heard from since the last pass: one per device
+        self._seen_lock = threading.Lock()
+        self._wake = threading.Event()
         self._keyed: dict[bytes, Any] = {}  # device -> session id its keys went on (Rule 3)
         self.thread: threading.Thread | None = None
 
@@ -250,18 +251,17 @@ class GroupService:
         return self
 
     def seen(self, device: str) -> None:
-        self._seen.put(device)
+        with self._seen_lock:
+            self._seen.add(device)
+        self._wake.set()
 
     def _run(self, stop: threading.Event) -> None:
         polled = 0.0
         while not stop.is_set():
-            devs = set()
-            try:
-                devs.add(self._seen.get(timeout=POLL_SECONDS))
-                while len(devs) < 1000:
-                    devs.add(self._seen.get_nowait())
-            except queue.Empty:
-                pass
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+            with self._seen_lock:
+                devs, self._seen = self._seen, set()
             for dev in sorted(devs):
                 self._catch_up(dev.encode())
             if time.monotonic() - polled < POLL_SECONDS:
@@ -269,7 +269,13 @@ class GroupService:
             polled = time.monotonic()
             try:
                 for rid, op, gid, arg in self.file.queued():
-                    self._request(rid, op, gid, arg)
+                    try:
+                        self._request(rid, op, gid, arg)
+                    except LocalError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - e.g. the MQTT client: fail the request, not the thread
+                        self.counts["group_requests_failed"] += 1
+                        self.file.finish(rid, False, f"{type(e).__name__}")
             except LocalError:
                 pass  # the file is busy or failing: the next poll tries again
 

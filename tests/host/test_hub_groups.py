@@ -249,3 +249,20 @@ def test_finished_requests_are_dropped_after_a_day(tmp_path) -> None:
         assert [r[0] for r in gf.queued()] == [waiting]  # a queued one is never dropped
     finally:
         gf.close()
+
+
+def test_a_publish_that_fails_fails_its_request_and_the_thread_goes_on(tmp_path, fleet) -> None:
+    hub = Hub(tmp_path, fleet)
+    try:
+        hub.ask("create", b'["dev-01"]')
+
+        def broken(topic: str, payload: bytes) -> None:
+            raise RuntimeError("the MQTT client is gone")
+
+        hub.svc.publish = broken
+        row = hub.ask("send", b"x")
+        assert row["state"] == "failed" and row["result"] == "RuntimeError"
+        hub.svc.publish = lambda t, p: hub.published.append((t, p))
+        assert hub.ask("send", b"y")["state"] == "done" and len(hub.published) == 1
+    finally:
+        hub.close()
