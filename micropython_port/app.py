@@ -48,10 +48,9 @@ Invariants:
   (``0x03 | id u32``) from ``run``'s loop, so the sender sees that the
   device got it; a resent command is only answered again. A bare payload
   is a command without an answer, as before.
-- Rule 7: groups (``device/group.py``). ``Groups`` takes the hub's key
-  messages first; then ``run``'s loop subscribes ``moteseal/v1/group/<gid>``.
-  A group message (byte 1 is 8, never an envelope's) goes to ``on_group``
-  once verified and fresh (a window per group), else counts ``group_refused``.
+- Rule 7: groups (``micropython_port/app_groups.py``, with ``groups``):
+  the hub's key messages are taken first; a group message (byte 1 is 8,
+  never an envelope's) goes to ``on_group`` once verified and fresh.
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -185,11 +184,9 @@ class Device:
                                      max_payload=pay, pad=pad)
         self.groups = None
         self.on_group = None
-        self._gsub = 0  # nonzero: subscribe to the group topics (Rule 7)
-        if groups:  # loaded only for a device that joins groups
-            from device.group import Groups
-            self.groups = Groups(be, peer_id, max_payload=_MAX_PAYLOAD_BYTES,
-                                 max_members=groups)
+        if groups:  # Rule 7, loaded only for a device that joins groups
+            from micropython_port.app_groups import AppGroups
+            self.groups = AppGroups(self, be, peer_id, _MAX_PAYLOAD_BYTES, groups)
         if link_override:
             link.update(link_override)
         # Message 1, the largest envelope: header + e + counter + reading + tag.
@@ -244,7 +241,7 @@ class Device:
         self._tick()
         c = self.counts
         if n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
-            self._group(buf, n)
+            self.groups.receive(buf, n)
             return
         try:
             ev = self.session.receive_into(buf, n, self._buf, self.now)
@@ -256,15 +253,8 @@ class Device:
             return
         box = self.box
         if ev == _EV_DATA:
-            g = self.groups
-            if g:  # Rule 7: a key message from the hub, before anything else
-                try:
-                    if g.take(self._buf, self.session.last_len):
-                        self._gsub = -1  # subscribe from run()'s loop
-                        return
-                except Exception:  # RemoteError, or LocalError: no free slot
-                    c["group_refused"] += 1
-                    return
+            if self.groups and self.groups.take(self._buf, self.session.last_len):
+                return  # Rule 7: a key message from the hub
             if box and box.ack(self._buf, self.session.last_len):
                 c["acks"] += 1  # Rule 5: an acknowledgement, never a command
                 return
@@ -308,34 +298,6 @@ class Device:
         self._need_hs = ev != _EV_HANDSHAKE
         if self.log:
             self.log(name, "hint" if ev == _EV_REHANDSHAKE else None)
-
-    def _group(self, buf, n):
-        # Rule 7: the payload lands in _buf, free while the link delivers.
-        c = self.counts
-        g = self.groups
-        try:
-            k = g.receive_into(buf, n, self._buf)
-            c["group"] += 1
-            if self.on_group:
-                self.on_group(g.last_group.gid, self._buf, k)
-        except RemoteError as e:
-            c["group_refused"] += 1
-            if self.log:
-                self.log("group_refused", e.__class__.__name__)
-        except Exception as e:  # the user's bug must not stop the device
-            c["command_errors"] += 1
-            if self.log:
-                self.log("command_failed", e.__class__.__name__)
-
-    def _subscribe(self):
-        # Rule 7, from run()'s loop; a UART link has no group topics.
-        self._gsub = 0
-        sub = getattr(self.link, "client", None)
-        for m in self.groups.members if sub else ():
-            if m.epoch >= 0:
-                sub.subscribe(b"moteseal/v1/group/" + m.gid, 1)
-                if self.log:
-                    self.log("group_subscribed", m.epoch)
 
     def on_reply(self, buf, n):
         """A command from the peer in ``buf[:n]``: ``interval=<seconds>`` or
@@ -406,8 +368,8 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
-        if self._gsub:
-            self._subscribe()
+        if self.groups and self.groups.pending:
+            self.groups.subscribe()  # Rule 7
         if self._need_hs or s.transport is None or s.handshaking:
             return
         cid = self._cmd_ack
