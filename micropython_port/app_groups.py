@@ -15,7 +15,9 @@ Invariants:
   ``Groups.receive_into`` verified it (our hub, our epoch, fresh in the
   group's window, our MAC, the tag); anything else is counted in
   ``group_refused`` and logged by its error class. The payload lands in
-  the device's plaintext buffer, free while the link delivers.
+  the device's plaintext buffer, free while the link delivers; the path
+  allocates nothing (tests/micropython/test_mp_app_groups.py runs it, the
+  hook included, under ``heap_lock``).
 """
 
 from device.errors import RemoteError
