@@ -116,7 +116,7 @@ def broker_group() -> None:
     \b
     Examples:
       sudo moteseal broker certs --dns pi.local --ip 192.168.1.20
-      sudo moteseal broker add-device hub1 --password-file ~/hub1.mqtt
+      sudo moteseal broker add-device hub1 --role hub --password-file ~/hub1.mqtt
       sudo moteseal broker add-device gw1 --role gateway --password-file ~/gw1.mqtt
       sudo moteseal broker add-device sensor-01 --password-file sensor-01.mqtt
       sudo moteseal broker remove-device sensor-01
@@ -152,7 +152,7 @@ def add_device(device_id: str, role: str, password: str | None, secret_file: Pat
 
     \b
     Examples:
-      sudo moteseal broker add-device hub1 --password-file /home/pi/hub1.mqtt
+      sudo moteseal broker add-device hub1 --role hub --password-file /home/pi/hub1.mqtt
       sudo moteseal broker add-device gw1 --role gateway --password-file /etc/moteseal/gw1.mqtt
       sudo moteseal broker add-device sensor-01 --password-file sensor-01.mqtt
       moteseal broker add-device sensor-02 --dir ./broker --no-reload --json
