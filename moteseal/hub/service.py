@@ -185,9 +185,8 @@ class Hub:
         def publish(topic: str, payload: bytes) -> None:
             link.client.publish(topic, payload, qos=1)
 
-        self.group_file = GroupFile(group_file_for(store_path))
-        self.groups = GroupService(self.group_file, self.sessions, self.listener, publish,
-                                   self._report)
+        gf = GroupFile(group_file_for(store_path))
+        self.groups = GroupService(gf, self.sessions, self.listener, publish, self._report)
         self.groups.restore()
         self.groups.start(self.stop_event)
 
@@ -208,9 +207,10 @@ class Hub:
             self.registry.close()
         if self.store is not None:
             self.store.close()
-        if self.groups is not None and self.groups.thread is not None:
-            self.groups.thread.join(5)
-            self.group_file.close()
+        if self.groups is not None:
+            if self.groups.thread is not None:
+                self.groups.thread.join(5)
+            self.groups.file.close()
             self.groups = None
         if self._lock_file is not None:
             self._lock_file.close()
