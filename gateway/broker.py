@@ -9,6 +9,10 @@ Invariants:
   every up topic and ``write`` on every down topic; a monitor block grants
   ``read`` on everything under ``moteseal/``. An account without a block gets
   nothing (Mosquitto denies by default once an ACL file is set).
+- Group topics (fleet broadcast, ``moteseal/v1/group/<gid>``): a hub block
+  is a device block plus ``write`` on every group topic, and no other role
+  may write one; a device block grants ``read`` on exactly the group topics
+  listed for it (``set_acl_groups``), and nothing else there.
 - Files are replaced atomically (write to a temporary file, then rename), so a
   reload never sees half a file.
 - No password ever appears in a process's argv: ``mosquitto_passwd`` gets
@@ -41,6 +45,8 @@ __all__ = [
     "acl_block",
     "read_acl",
     "set_acl_account",
+    "set_acl_groups",
+    "acl_groups",
     "remove_acl_account",
     "set_password",
     "remove_password",
@@ -54,7 +60,8 @@ __all__ = [
 
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
-ROLES = ("device", "gateway", "monitor")
+GROUP_PREFIX = "moteseal/v1/group/"
+ROLES = ("device", "gateway", "monitor", "hub")
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,16}\Z")
 _ACL_HEADER = [
@@ -76,11 +83,17 @@ def check_id(name: str) -> str:
     return name
 
 
-def acl_block(user: str, role: str) -> list[str]:
-    """The ACL lines for one account. Raises ``BrokerError`` for a bad role."""
+def acl_block(user: str, role: str, groups: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The ACL lines for one account; a device reads the topics of
+    ``groups``. Raises ``BrokerError`` for a bad role or id."""
     check_id(user)
-    if role == "device":
+    if groups and role != "device":
+        raise BrokerError("only a device account reads group topics")
+    if role in ("device", "hub"):
         topics = [f"topic write {UP_PREFIX}{user}", f"topic read {DOWN_PREFIX}{user}"]
+        topics += [f"topic read {GROUP_PREFIX}{check_id(g)}" for g in groups]
+        if role == "hub":
+            topics.append(f"topic write {GROUP_PREFIX}+")
     elif role == "gateway":
         topics = [f"topic read {UP_PREFIX}+", f"topic write {DOWN_PREFIX}+"]
     elif role == "monitor":
@@ -158,6 +171,29 @@ def set_acl_account(path: Path, user: str, role: str) -> None:
     block = acl_block(user, role)
     header, blocks = read_acl(path)
     blocks[user] = block
+    _write_acl(path, header, blocks)
+
+
+def acl_groups(path: Path, user: str) -> tuple[str | None, list[str]]:
+    """``(role, groups)`` of ``user``'s block (``(None, [])`` if none)."""
+    _header, blocks = read_acl(path)
+    block = blocks.get(user)
+    if block is None:
+        return None, []
+    role = next((ln.strip()[2:] for ln in block if ln.strip()[2:] in ROLES
+                 and ln.strip().startswith("# ")), None)
+    pre = f"topic read {GROUP_PREFIX}"
+    return role, [ln.strip()[len(pre):] for ln in block if ln.strip().startswith(pre)]
+
+
+def set_acl_groups(path: Path, user: str, groups: list[str] | tuple[str, ...]) -> None:
+    """Replaces the group topics device ``user`` may read with ``groups``.
+    Raises ``BrokerError`` if ``user`` has no device block or an id is bad."""
+    role, _old = acl_groups(path, user)
+    if role != "device":
+        raise BrokerError(f"{user} has no device account in {path} (moteseal broker add-device)")
+    header, blocks = read_acl(path)
+    blocks[user] = acl_block(user, "device", sorted(set(groups)))
     _write_acl(path, header, blocks)
 
 
@@ -350,6 +386,12 @@ class LocalBroker:
         if self.proc is not None and self.proc.poll() is None:
             reload_broker(self.pid_file)
         return password
+
+    def set_groups(self, user: str, groups: list[str]) -> None:
+        """The group topics device ``user`` may read (``set_acl_groups``)."""
+        set_acl_groups(self.acl_file, user, groups)
+        if self.proc is not None and self.proc.poll() is None:
+            reload_broker(self.pid_file)
 
     def start(self, timeout: float = 10.0) -> "LocalBroker":
         """Start Mosquitto and wait until it accepts connections.

@@ -116,7 +116,7 @@ def broker_group() -> None:
     \b
     Examples:
       sudo moteseal broker certs --dns pi.local --ip 192.168.1.20
-      sudo moteseal broker add-device hub1 --password-file ~/hub1.mqtt
+      sudo moteseal broker add-device hub1 --role hub --password-file ~/hub1.mqtt
       sudo moteseal broker add-device gw1 --role gateway --password-file ~/gw1.mqtt
       sudo moteseal broker add-device sensor-01 --password-file sensor-01.mqtt
       sudo moteseal broker remove-device sensor-01
@@ -129,7 +129,8 @@ def broker_group() -> None:
 @click.argument("device_id", callback=_valid_id)
 @click.option("--role", type=click.Choice(broker.ROLES), default="device", show_default=True,
               help="device: own up/down topics; gateway: all up (read) and down "
-                   "(write); monitor: read everything.")
+                   "(write); monitor: read everything; hub: a device that also writes the "
+                   "group topics.")
 @click.option("--password", default=None,
               help="MQTT password (default: a new random one). Prefer the default: argv is visible to ps.")
 @click.option("--password-file", "secret_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -151,7 +152,7 @@ def add_device(device_id: str, role: str, password: str | None, secret_file: Pat
 
     \b
     Examples:
-      sudo moteseal broker add-device hub1 --password-file /home/pi/hub1.mqtt
+      sudo moteseal broker add-device hub1 --role hub --password-file /home/pi/hub1.mqtt
       sudo moteseal broker add-device gw1 --role gateway --password-file /etc/moteseal/gw1.mqtt
       sudo moteseal broker add-device sensor-01 --password-file sensor-01.mqtt
       moteseal broker add-device sensor-02 --dir ./broker --no-reload --json
@@ -184,6 +185,39 @@ def add_device(device_id: str, role: str, password: str | None, secret_file: Pat
         click.echo(f"password written to {secret_file} (0600)")
     elif generated:
         click.echo(f"password: {password}")
+    click.echo(reload_note)
+
+
+@broker_group.command("set-groups")
+@click.argument("device_id", callback=_valid_id)
+@click.argument("groups", nargs=-1)
+@_with_common
+def set_groups(device_id: str, groups: tuple[str, ...], dir_: Path, passwd_file: Path | None,
+               acl_file: Path | None, pid_file: Path, no_reload: bool, owner: str,
+               as_json: bool) -> None:
+    """Let device DEVICE_ID read the topics of GROUPS (moteseal/v1/group/<G>)
+    and no other group topic; no GROUPS: none. Only a hub account may write
+    group topics.
+
+    \b
+    Examples:
+      sudo moteseal broker set-groups valve-1 valves pumps
+      moteseal broker set-groups valve-2 --dir ./broker --no-reload
+    """
+    _pw_path, acl_path = _files(dir_, passwd_file, acl_file)
+    try:
+        for g in groups:
+            broker.check_id(g)
+        broker.set_acl_groups(acl_path, device_id, list(groups))
+        _give_to(owner, acl_path)
+    except (broker.BrokerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    reload_note = _reload(pid_file, no_reload)
+    if as_json:
+        click.echo(json.dumps({"id": device_id, "groups": sorted(set(groups)),
+                               "reload": reload_note}))
+        return
+    click.echo(f"{device_id} reads groups: {' '.join(sorted(set(groups))) or '(none)'}")
     click.echo(reload_note)
 
 

@@ -48,6 +48,9 @@ Invariants:
   (``0x03 | id u32``) from ``run``'s loop, so the sender sees that the
   device got it; a resent command is only answered again. A bare payload
   is a command without an answer, as before.
+- Rule 7: groups (``micropython_port/app_groups.py``, with ``groups``):
+  the hub's key messages are taken first; a group message (byte 1 is 8,
+  never an envelope's) goes to ``on_group`` once verified and fresh.
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -123,7 +126,7 @@ class Device:
     """One device: a session, a link, readings and replies (Rules 1-4).
 
     ``bundle`` is the provisioned record ``(device_id, peer_id, peer_keys,
-    psk, suite, link)`` (``micropython_port.main.load_bundle``); entries of
+    psk, suite, link[, pad])`` (``micropython_port.main.load_bundle``); entries of
     ``link_override`` replace those of the bundle's ``link`` dict (which is
     updated in place). ``log(event, detail)``, if given, is called on
     handshakes, hints, refusals, link failures (docs/micropython.md,
@@ -139,6 +142,9 @@ class Device:
     than the built-in ``interval=``/``interval_ms=`` (``buf[:n]``, valid
     only during the call).
 
+    ``groups`` (0: none): joins up to 4 groups of at most that many members,
+    over MQTT only (Rule 7); ``on_group(gid, buf, n)`` set before ``run``.
+
     ``retain`` readings are kept until the peer acknowledges them (Rule 5;
     0: none, readings go out unframed and unacknowledged as before
     retention); ``box`` is the ``Outbox`` (None without retention).
@@ -150,7 +156,7 @@ class Device:
     """
 
     def __init__(self, bundle, counter_path="moteseal.ctr", link_override=None, log=None,
-                 read=None, on_command=None, retain=16):
+                 read=None, on_command=None, retain=16, groups=0):
         # Imported here, not as module globals: they are needed only once.
         from device.counter import Msg1Counter
         from device.counter_file import FileCounterStore
@@ -158,20 +164,35 @@ class Device:
         from device.errors import LocalError
         from device.session import DeviceSession
         from micropython_port.backend import MicroBackend
-        device_id, peer_id, peer_keys, psk, suite, link = bundle
+        device_id, peer_id, peer_keys, psk, suite, link = bundle[:6]
+        pad = bundle[6] if len(bundle) > 6 else None  # the bundle's PadPolicy
         # A retained reading travels framed: the frame's head comes on top.
         pay = _MAX_PAYLOAD_BYTES + (_HEAD_BYTES if retain else 0)
+        if groups and pay < 92:  # a key message: 76 + a gid of 16 (device/group.py)
+            pay = 92
+        if pad:  # room for the largest bucket a message of ours pads to
+            from device.padding import padded_size
+            pay = max(padded_size(pay, pad.hs), padded_size(pay, pad.up),
+                      padded_size(pay, pad.down))
         self.box = None
         if retain:  # Rule 5
             from device.delivery import Outbox
             self.box = Outbox(retain, _MAX_PAYLOAD_BYTES)
-        self.session = DeviceSession(MicroBackend(), device_id, peer_id, peer_keys, psk,
+        be = MicroBackend()
+        self.session = DeviceSession(be, device_id, peer_id, peer_keys, psk,
                                      Msg1Counter(FileCounterStore(counter_path)), suite,
-                                     max_payload=pay)
+                                     max_payload=pay, pad=pad)
+        self.groups = None
+        self.on_group = None
+        if groups:  # Rule 7, loaded only for a device that joins groups
+            from micropython_port.app_groups import AppGroups
+            self.groups = AppGroups(self, be, peer_id, _MAX_PAYLOAD_BYTES, groups)
         if link_override:
             link.update(link_override)
         # Message 1, the largest envelope: header + e + counter + reading + tag.
         env_bytes = HEADER_MAX_BYTES + 32 + 4 + pay + 16
+        if self.groups and self.groups.limit > env_bytes:
+            env_bytes = self.groups.limit  # the largest group message (Rule 7)
         kind = link.get("kind")
         if kind == "serial":
             from micropython_port.uart_link import UartLink
@@ -203,7 +224,7 @@ class Device:
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
                        "read_errors": 0, "command_errors": 0, "acks": 0, "resent": 0,
-                       "evicted": 0, "counter_behind": 0}
+                       "evicted": 0, "counter_behind": 0, "group": 0, "group_refused": 0}
         self._need_hs = True
         self._hs_at = 0  # ticks of the last handshake
         self._t = ticks_ms()  # ticks at which self.now last advanced
@@ -219,6 +240,9 @@ class Device:
         # The link's on_envelope: one envelope from the peer (Rules 1, 3).
         self._tick()
         c = self.counts
+        if n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
+            self.groups.receive(buf, n)
+            return
         try:
             ev = self.session.receive_into(buf, n, self._buf, self.now)
         except RemoteError:
@@ -229,6 +253,8 @@ class Device:
             return
         box = self.box
         if ev == _EV_DATA:
+            if self.groups and self.groups.take(self._buf, self.session.last_len):
+                return  # Rule 7: a key message from the hub
             if box and box.ack(self._buf, self.session.last_len):
                 c["acks"] += 1  # Rule 5: an acknowledgement, never a command
                 return
@@ -342,6 +368,8 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
+        if self.groups and self.groups.pending:
+            self.groups.subscribe()  # Rule 7
         if self._need_hs or s.transport is None or s.handshaking:
             return
         cid = self._cmd_ack

@@ -51,7 +51,7 @@ def _args(argv):
 
 def load_bundle(path="moteseal.bundle"):
     """The provisioned bundle at ``path`` as the tuple ``Device`` takes:
-    (device_id, peer_id, peer_keys newest first, psk, suite, link). Call it
+    (device_id, peer_id, peer_keys newest first, psk, suite, link, pad). Call it
     before importing ``micropython_port.app`` (Rule 1). Raises
     ``BundleError`` (a ``LocalError``) or ``OSError``."""
     # Rule 1: the bundle reader runs once; its module goes before the
@@ -60,7 +60,7 @@ def load_bundle(path="moteseal.bundle"):
     from device.bundle import load_bundle
     try:
         b = load_bundle(path)
-        return b.device_id, b.peer_id, b.peer_keys, b.psk, b.suite, b.link
+        return b.device_id, b.peer_id, b.peer_keys, b.psk, b.suite, b.link, b.pad
     finally:
         sys.modules.pop("device.bundle", None)
         pkg = sys.modules.get("device")

@@ -278,27 +278,45 @@ def readings_cmd(config_path: str | None, store: str | None, device: str | None,
 
 
 @click.command("send")
-@click.argument("device")
-@click.argument("command")
+@click.argument("args", nargs=-1, required=True, metavar="[DEVICE] COMMAND")
+@click.option("--group", "group", default=None,
+              help="Send COMMAND to every member of this group: one message, one publish.")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="hub.toml of the running hub (default: ./hub.toml).")
 @click.option("--wait", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Seconds to wait until the device has acknowledged it.")
+              help="Seconds to wait until the device has acknowledged it (with --group: until "
+                   "the hub has published it; default then 10).")
 @click.option("--json", "as_json", is_flag=True, help="Print the command's state as JSON.")
-def send_cmd(device: str, command: str, config_path: str | None, wait: float, as_json: bool) -> None:
+def send_cmd(args: tuple[str, ...], group: str | None, config_path: str | None, wait: float,
+             as_json: bool) -> None:
     """Queue a command for DEVICE through the running hub. It goes down end to
     end, encrypted, right after the device's next message (sleeping devices
     too), and the device acknowledges it by its id: the state goes queued ->
     sent -> acknowledged. Exit 0 once queued (with --wait: once acknowledged;
     1 if not in time). At most 200 bytes and 16 waiting per device.
 
+    With --group G (no DEVICE): the hub seals COMMAND once for every member
+    of G and publishes it once on the group's topic (at most 256 bytes;
+    members awake read it, there is no per-device acknowledgement). Exit 0
+    once published.
+
     \b
     Examples:
       moteseal send sensor-7 'interval=30'
       moteseal send sensor-7 'interval=300' --wait 60 --json
+      moteseal send --group valves 'close'
     """
     from moteseal.hub.store import HubStore
 
+    if group is not None:
+        if len(args) != 1:
+            raise click.UsageError("with --group: exactly one COMMAND, no DEVICE")
+        from moteseal.cli.group import submit
+        submit(config_path, "send", group, args[0].encode(), wait or 10.0, as_json)
+        return
+    if len(args) != 2:
+        raise click.UsageError("expected DEVICE COMMAND (or --group G COMMAND)")
+    device, command = args
     path = _store_path(config_path, None)
     store = HubStore(path)
     try:

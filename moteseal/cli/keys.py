@@ -49,6 +49,7 @@ from moteseal.keys.keyfile import (
 from device.bundle import is_text
 from moteseal.keys.provision import (MAX_BUNDLE_BYTES, decode_bundle, describe_bundle, provision_device,
                                      tls_link_fields, write_bundle)
+from moteseal.keys.records import pad_policy
 from moteseal.keys.registry import Registry, RegistryError, RegistryRefusal, parse_id, show_id
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -332,7 +333,8 @@ def _link(cfg: Config, overrides: dict[str, Any]) -> dict[str, Any]:
     return link
 
 
-def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any], out: Path, replace: bool) -> dict[str, Any]:
+def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any], out: Path, replace: bool,
+                   pad: Any = None) -> dict[str, Any]:
     device_id = parse_id(device)
     if not replace:
         if reg.psk_for(device_id) is not None:
@@ -343,7 +345,7 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
         if out.exists():
             raise RegistryError(f"{out}: already exists; pass --replace to overwrite it, or choose --out")
     require_parent(out, "--out")  # before the registry changes
-    rec, bundle = provision_device(reg, device_id, suite, link, replace=replace)
+    rec, bundle = provision_device(reg, device_id, suite, link, replace=replace, pad=pad)
     try:
         write_bundle(out, bundle, overwrite=replace)
     except OSError as e:
@@ -358,6 +360,8 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
         "pinned_keys": [p.hex() for p in rec.pins],
         "suite": suite,
         "link": describe_bundle(bundle)["link"],
+        "pad": None if bundle.pad is None else {"hs": list(bundle.pad.hs), "up": list(bundle.pad.up),
+                                                "down": list(bundle.pad.down)},
     }
 
 
@@ -383,13 +387,20 @@ def _provision_one(reg: Registry, device: str, suite: str, link: dict[str, Any],
               help="MQTT over TLS: pin the broker's certificate (PEM or DER file; its SHA-256 is stored).")
 @click.option("--server-name", default=None,
               help="MQTT over TLS: the name the broker's certificate carries (default: --host).")
+@click.option("--pad", default=None, metavar="BUCKETS|off",
+              help="Pad this device's messages to size buckets, e.g. 32,64,128,256 (recorded in the "
+                   "registry and the bundle); off: no padding. Default: as the registry has it.")
+@click.option("--pad-hs", default=None, metavar="BUCKETS", help="Buckets for handshake payloads (default: --pad).")
+@click.option("--pad-up", default=None, metavar="BUCKETS", help="Buckets for device-to-peer data (default: --pad).")
+@click.option("--pad-down", default=None, metavar="BUCKETS", help="Buckets for peer-to-device data (default: --pad).")
 @click.option("--from-csv", "csv_path", type=click.Path(dir_okay=False, exists=True), help="Provision every row of a CSV.")
 @common_options
 @handle_errors
 def provision(device_id: str | None, peer: str | None, registry_path: str | None, out: str | None, out_dir: str | None,
               replace: bool, suite: str | None, kind: str | None, host: str | None, port: int | None,
               username: str | None, password: str | None, serial_port: str | None, baud: int | None,
-              ca_file: str | None, pin_cert: str | None, server_name: str | None,
+              ca_file: str | None, pin_cert: str | None, server_name: str | None, pad: str | None,
+              pad_hs: str | None, pad_up: str | None, pad_down: str | None,
               csv_path: str | None, config_path: str | None, as_json: bool) -> None:
     """Provision a device: new PSK, registry entry, bundle to flash.
 
@@ -408,6 +419,7 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
       moteseal provision sensor-9 --peer hub1 --link serial --serial-port /dev/ttyUSB0
       moteseal provision sensor-8 --peer hub1 --host mqtt.example.org --port 8883 --ca-file ca.pem
       moteseal provision --from-csv fleet.csv --peer hub1 --out-dir bundles --json
+      moteseal provision sensor-7 --peer hub1 --replace --pad 32,64,128,256 --pad-up 64
     """
     cfg = load_config(config_path)
     suite = suite or cfg.get("provision", "suite")
@@ -415,6 +427,17 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
     cli_link = {"kind": kind, "host": host, "port": port, "username": username, "password": password,
                 "serial_port": serial_port, "baud": baud}
     tls = tls_link_fields(ca_file, server_name, pin_cert)
+    policy: Any = None
+    if pad == "off":
+        if pad_hs or pad_up or pad_down:
+            raise click.UsageError("--pad off takes no --pad-hs, --pad-up or --pad-down")
+        policy = False
+    elif pad is not None:
+        policy = pad_policy(pad, pad_hs, pad_up, pad_down)
+    elif pad_hs or pad_up or pad_down:
+        raise click.UsageError("--pad-hs, --pad-up and --pad-down need --pad BUCKETS")
+    if policy is not None and csv_path is not None:
+        raise click.UsageError("--pad applies to one device, not --from-csv")
     if tls and csv_path is not None:
         raise click.UsageError("--ca-file, --pin-cert and --server-name apply to one device, not --from-csv")
     if csv_path is None:
@@ -432,7 +455,7 @@ def provision(device_id: str | None, peer: str | None, registry_path: str | None
             if out is None:  # the bundle directory (not a typed --out) is ours to create
                 bundle_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             target = Path(out) if out else bundle_dir / f"{device_id}.bundle"
-            result = _provision_one(reg, device_id, suite, link, target, replace)
+            result = _provision_one(reg, device_id, suite, link, target, replace, policy)
         finally:
             reg.close()
         emit(as_json, result, f"provisioned {device_id} (generation {result['generation']}) -> {result['bundle']}")

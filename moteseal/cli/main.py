@@ -40,6 +40,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "hub": ("moteseal.cli.hub", "hub_group"),
     "readings": ("moteseal.cli.hub", "readings_cmd"),
     "send": ("moteseal.cli.hub", "send_cmd"),
+    "group": ("moteseal.cli.group", "group_group"),
     "service": ("moteseal.cli.service", "service_group"),
 }
 

@@ -18,6 +18,9 @@ Invariants:
   per second per device, and is marked ``sent`` in the store.
 - Rule 4: nothing secret is logged, stored in a sink, shown or exported:
   reports hold ids, sizes, kinds and the devices' own readings.
+- Rule 5: groups (fleet broadcast) run on their own thread
+  (``moteseal.hub.groups``); every device the hub hears from is handed to
+  it, so a member with a new session gets its group keys.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Hub:
         self.store: HubStore | None = None
         self.link: Any = None
         self.dashboard: Any = None
+        self.groups: Any = None  # moteseal.hub.groups.GroupService
         self.started_at = wall_clock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -141,6 +145,7 @@ class Hub:
             self.listener = PeerListener(self.sessions, self.link, self._report, clock=self.clock,
                                          wall_clock=self.wall_clock, inbox=Inbox(self.store))
             self._start_sinks()
+            self._start_groups(store_path)
             self.link.start()
             threading.Thread(target=self._dispatch, name="hub-commands", daemon=True).start()
             threading.Thread(target=self._housekeeping, name="hub-prune", daemon=True).start()
@@ -178,6 +183,20 @@ class Hub:
             self._wake.append(wake)
             self.workers.append(SinkWorker(self.store, sink, wake, tick).start(self.stop_event))
 
+    def _start_groups(self, store_path: Any) -> None:
+        # Fleet broadcast (moteseal/hub/groups.py): restored in new epochs.
+        from moteseal.hub.groups import GroupFile, GroupService, group_file_for
+
+        link = self.link
+
+        def publish(topic: str, payload: bytes) -> None:
+            link.client.publish(topic, payload, qos=1)
+
+        gf = GroupFile(group_file_for(store_path))
+        self.groups = GroupService(gf, self.sessions, self.listener, publish, self._report)
+        self.groups.restore()
+        self.groups.start(self.stop_event)
+
     def run(self, stop: threading.Event) -> None:
         """Handle envelopes until ``stop`` is set."""
         self.listener.run(stop)
@@ -195,6 +214,11 @@ class Hub:
             self.registry.close()
         if self.store is not None:
             self.store.close()
+        if self.groups is not None:
+            if self.groups.thread is not None:
+                self.groups.thread.join(5)
+            self.groups.file.close()
+            self.groups = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -212,6 +236,8 @@ class Hub:
             self.store.command_acked(r["device"], r["id"])
         if "device" in r and r["event"] in ("telemetry", "duplicate", "held", "command_acked"):
             self._commands.put(r["device"])
+            if self.groups is not None:
+                self.groups.seen(r["device"])  # a new session gets its group keys
         with self._sub_lock:
             for q in self.subscribers:
                 try:

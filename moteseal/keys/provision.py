@@ -166,11 +166,15 @@ def new_psk() -> bytes:
 
 
 def provision_device(
-    registry: Registry, device_id: bytes, suite: str, link: dict[str, Any], replace: bool = False
+    registry: Registry, device_id: bytes, suite: str, link: dict[str, Any], replace: bool = False,
+    pad: Any = None,
 ) -> tuple[DeviceRecord, Bundle]:
     """Draw a PSK, record the device (pinning the peer's live keys) and
     return the record and its bundle. Re-provisioning (``replace``)
-    invalidates the old PSK at once.
+    invalidates the old PSK at once. ``pad``: a ``PadPolicy`` to record
+    for the device, False to record that it does not pad, None to keep what
+    the registry holds; the bundle's ``pad`` field carries the result, so
+    the device and the peer agree (``device/padding.py``).
 
     Raises ``RegistryError`` (exists, no peer key, bad id).
     """
@@ -178,7 +182,10 @@ def provision_device(
         raise ValueError(f"unknown suite {suite!r}")
     psk = new_psk()
     rec = registry.provision(device_id, psk, suite, replace=replace)
-    bundle = Bundle(device_id, [(registry.peer_id, rec.pins)], psk, suite, link, rec.generation)
+    if pad is not None:  # after the PSK: a refused provision changes no padding
+        registry.set_padding(device_id, pad or None)
+    bundle = Bundle(device_id, [(registry.peer_id, rec.pins)], psk, suite, link, rec.generation,
+                    pad=registry.padding(device_id))
     return rec, bundle
 
 

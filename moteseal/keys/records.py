@@ -97,6 +97,55 @@ CREATE TABLE IF NOT EXISTS refusals (
 
 # Added after schema 1 shipped; created on open, so older files gain it.
 RESTORED_DDL = "CREATE TABLE IF NOT EXISTS restored (device_id BLOB PRIMARY KEY)"
+# Padding per device (device/padding.py): a device without a row does not
+# pad. Added after schema 1 too; the buckets of each kind as "32,64,...".
+PADDING_DDL = ("CREATE TABLE IF NOT EXISTS padding (device_id BLOB PRIMARY KEY, "
+               "hs TEXT NOT NULL, up TEXT NOT NULL, down TEXT NOT NULL)")
+
+
+def parse_buckets(text: str, what: str = "--pad") -> tuple[int, ...]:
+    """``"32,64,128,256"`` -> ``(32, 64, 128, 256)``: 1..8 strictly rising
+    sizes of 1..65535 bytes (``device.padding.check_buckets``). Raises
+    ``RegistryError``."""
+    from device.padding import check_buckets
+
+    try:
+        buckets = tuple(int(x) for x in text.split(","))
+        check_buckets(buckets)
+    except (ValueError, LocalError) as e:
+        raise RegistryError(f"{what} {text!r}: 1..8 rising sizes of 1..65535 bytes, "
+                            f"e.g. 32,64,128,256 ({e})") from None
+    return buckets
+
+
+def pad_policy(buckets: str, hs: str | None = None, up: str | None = None,
+               down: str | None = None) -> Any:
+    """A ``device.padding.PadPolicy`` from bucket lists (per kind, each
+    defaulting to ``buckets``). Raises ``RegistryError``."""
+    from device.padding import PadPolicy
+
+    b = parse_buckets(buckets)
+    return PadPolicy(b, hs=hs and parse_buckets(hs, "--pad-hs"), up=up and parse_buckets(up, "--pad-up"),
+                     down=down and parse_buckets(down, "--pad-down"))
+
+
+def read_padding(db: sqlite3.Connection, device_id: bytes) -> Any:
+    """The device's ``PadPolicy``, or None if it does not pad."""
+    from device.padding import PadPolicy
+
+    row = db.execute("SELECT hs, up, down FROM padding WHERE device_id = ?", (device_id,)).fetchone()
+    if row is None:
+        return None
+    hs, up, down = (tuple(int(x) for x in str(v).split(",")) for v in tuple(row))
+    return PadPolicy(hs, hs=hs, up=up, down=down)
+
+
+def write_padding(db: sqlite3.Connection, device_id: bytes, policy: Any) -> None:
+    """Sets (``policy`` a ``PadPolicy``) or clears (None) a device's padding."""
+    db.execute("DELETE FROM padding WHERE device_id = ?", (device_id,))
+    if policy is not None:
+        db.execute("INSERT INTO padding (device_id, hs, up, down) VALUES (?, ?, ?, ?)",
+                   (device_id, *(",".join(map(str, k)) for k in (policy.hs, policy.up, policy.down))))
 
 
 class DeviceRecord:

@@ -60,8 +60,8 @@ from typing import Any, Callable
 from device.errors import StorageError
 from moteseal.keys.keyfile import KeyFileError, KeyPair, check_private_mode, read_key_file
 from moteseal.keys.records import (  # noqa: F401 (re-exported: the registry's public names)
-    _DDL, _ID_CHARS, ID_MAX_BYTES, PSK_BYTES, RESTORED_DDL, SCHEMA_VERSION, UNKNOWN_DEVICE, DeviceRecord,
-    RegistryError, RegistryRefusal, parse_id, show_id)
+    _DDL, _ID_CHARS, ID_MAX_BYTES, PADDING_DDL, PSK_BYTES, RESTORED_DDL, SCHEMA_VERSION, UNKNOWN_DEVICE,
+    DeviceRecord, RegistryError, RegistryRefusal, parse_id, read_padding, show_id, write_padding)
 
 _REFUSAL_FLUSH_SECONDS = 1.0
 _REFUSAL_LOG_SECONDS = 10.0
@@ -124,6 +124,7 @@ class Registry:
             meta = dict(self._db.execute("SELECT k, v FROM meta").fetchall())
             if meta.get("schema") == str(SCHEMA_VERSION):
                 self._db.execute(RESTORED_DDL)
+                self._db.execute(PADDING_DDL)
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise RegistryError(f"{self.path}: not a moteseal registry ({e})") from None
@@ -348,6 +349,16 @@ class Registry:
         with self._lock:
             row = self._db.execute("SELECT psk FROM devices WHERE device_id = ?", (bytes(device_id),)).fetchone()
         return None if row is None else row["psk"]
+
+    def padding(self, device_id: bytes) -> Any:
+        """The device's ``PadPolicy`` or None (``device/peer.py`` Rule 9)."""
+        with self._lock:
+            return read_padding(self._db, bytes(device_id))
+
+    def set_padding(self, device_id: bytes, policy: Any) -> None:
+        """Sets or (None) clears the padding ``provision`` puts in bundles."""
+        with self._tx():
+            write_padding(self._db, bytes(device_id), policy)
 
     def is_revoked(self, device_id: bytes) -> bool:
         with self._lock:

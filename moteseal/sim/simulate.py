@@ -122,6 +122,7 @@ class SimulatedSensor:
         self.next_due = 0.0
         self.last_handshake: float | None = None
         self.session_lost = False
+        self.groups: Any = None  # a device.group.Groups: the hub's key messages go there
         self.counts = {"readings": 0, "handshakes": 0, "rehandshakes": 0, "refused": 0,
                        "skipped": 0, "bad_envelopes": 0, "from_peer": 0, "acks": 0, "resent": 0}
 
@@ -272,6 +273,11 @@ class SimulatedSensor:
             self._emit(event="session", sid=self.session.sid)
             if self.outbox is not None:
                 self._resend(now)
+        elif ev == EV_DATA and self.groups is not None and payload[:1] in (b"\x07", b"\x08"):
+            try:  # a group key message (device/group.py), never a command
+                self.groups.take(payload, len(payload))
+            except (RemoteError, LocalError) as exc:
+                self._emit(event="rejected", error=type(exc).__name__, size=len(data))
         elif ev == EV_DATA and self.outbox is not None and self.outbox.ack(payload, len(payload)):
             self.counts["acks"] += 1
         elif ev == EV_DATA and D.command_id(payload, len(payload)) >= 0:

@@ -3,8 +3,9 @@ message to ``moteseal/v1/group/<gid>``, ten members subscribed there each
 open it with their own keys (delivered over their pairwise sessions), and a
 removed member that stays subscribed reads nothing afterwards.
 
-The broker here runs without the shipped ACLs: group topics are not in
-them yet (docs/protocol.md, "Group broadcast")."""
+The broker here runs without ACLs, to show the removal is cryptographic;
+the shipped ACLs for group topics are in tests/gateway/test_group_acl.py
+and the whole path through the hub in tests/e2e/test_group_fleet.py."""
 
 from __future__ import annotations
 
