@@ -48,6 +48,12 @@ Invariants:
   (``0x03 | id u32``) from ``run``'s loop, so the sender sees that the
   device got it; a resent command is only answered again. A bare payload
   is a command without an answer, as before.
+- Rule 7: transfers (docs/protocol.md, "Transfers"). A transfer frame
+  (0x10, 0x11, 0x13) goes to ``micropython_port.update.Updater``, made at
+  the first one (a device that is never updated spends no heap on it);
+  its status goes out from ``run``'s loop like a command answer. While a
+  new application is on trial (``trial``), the first handshake confirms it,
+  and ``resend`` gives up at ``trial_s`` (the next boot rolls back).
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -199,6 +205,9 @@ class Device:
         self._cmd_ack = -1  # a command id to answer from run()'s loop (Rule 6)
         self._cmd_done = -1  # the last command id acted on: a resent one only gets its answer
         self._ackbuf = bytearray(5)
+        self.xfer = None  # Rule 7: the Updater, once a transfer frame came
+        self.trial = False  # Rule 7: set by main.py while a new application is tried
+        self.trial_s = 120
         # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
@@ -234,6 +243,13 @@ class Device:
                 return
             b = self._buf
             m = self.session.last_len
+            if m and 0x10 <= b[0] <= 0x13:  # Rule 7: a transfer frame
+                x = self.xfer
+                if x is None:
+                    from micropython_port.update import Updater
+                    x = self.xfer = Updater(len(b) - 9)  # device.transfer.PIECE_HEAD_BYTES
+                x.frame(b, m)
+                return
             if m >= 5 and b[0] == 2:
                 # Rule 6: a command frame (0x02, id, command; device/delivery.py):
                 # act once per id, and answer the id from run()'s loop.
@@ -250,6 +266,10 @@ class Device:
             return
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
+            if self.trial:  # Rule 7: the new application reached its peer
+                from micropython_port.update import confirm
+                confirm()
+                self.trial = False
             name = "handshake"
         elif ev == _EV_REHANDSHAKE:
             c["rehandshakes"] += 1
@@ -342,8 +362,20 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
+        if self.trial and self.now >= self.trial_s:  # Rule 7
+            from micropython_port.update import give_up
+            give_up()
         if self._need_hs or s.transport is None or s.handshaking:
             return
+        x = self.xfer
+        if x is not None and x.pending:  # Rule 7: a transfer status
+            try:
+                n = s.send_into(x.out, x.pending, self._out, self.now)
+            except SessionExpired:
+                self._need_hs = True
+                return
+            x.pending = 0
+            self.link.send(self._out, n)
         cid = self._cmd_ack
         if cid >= 0:  # Rule 6: answer the command (0x03, id)
             a = self._ackbuf

@@ -16,6 +16,10 @@ Invariants:
   per second per device, and is marked ``sent`` in the store.
 - Rule 4: nothing secret is logged, stored in a sink, shown or exported:
   reports hold ids, sizes, kinds and the devices' own readings.
+- Rule 5: file and application transfers queued in the store
+  (``moteseal push``, ``moteseal update``, ``Hub.push``) run on their own
+  thread (``moteseal.hub.push.TransferService``), paced by the devices'
+  status frames so telemetry keeps flowing.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from moteseal.hub.sinks import (CallbackSink, HomeAssistantSink, JsonLinesSink, 
                                 read_secret)
 from moteseal.hub.store import HubStore
 from device import delivery as D
-from moteseal.peer.delivery import Inbox
 
 Report = dict[str, Any]
 EVENTS_KEPT = 500  # recent events kept in memory for the dashboard
@@ -81,6 +84,7 @@ class Hub:
         self.store: HubStore | None = None
         self.link: Any = None
         self.dashboard: Any = None
+        self.transfers: Any = None  # Rule 5: moteseal.hub.push.TransferService
         self.started_at = wall_clock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -131,12 +135,17 @@ class Hub:
             self.link = MqttLink(peer_id, mq["host"], mq["port"], username=mq["username"] or peer_id,
                                  password=password, tls=mq["tls"],
                                  ca_file=str(cfg.path_of("mqtt", "ca_file") or "") or None)
+            from moteseal.hub.push import TransferInbox, TransferService, TransferStore
+            self.transfers = TransferService(TransferStore(str(store_path)),
+                                             lambda d, f: self.listener.send(d, f), self._report)
             self.listener = PeerListener(self.sessions, self.link, self._report, clock=self.clock,
-                                         wall_clock=self.wall_clock, inbox=Inbox(self.store))
+                                         wall_clock=self.wall_clock,
+                                         inbox=TransferInbox(self.store, self.transfers.on_status))
             self._start_sinks()
             self.link.start()
             threading.Thread(target=self._dispatch, name="hub-commands", daemon=True).start()
             threading.Thread(target=self._housekeeping, name="hub-prune", daemon=True).start()
+            self.transfers.start()
             if cfg.get("dashboard", "enabled"):
                 from moteseal.hub.dashboard import Dashboard
                 self.dashboard = Dashboard(self).start()
@@ -177,6 +186,9 @@ class Hub:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.transfers is not None:
+            self.transfers.stop()
+            self.transfers.store.close()
         for w in self.workers:
             if w.thread is not None:
                 w.thread.join(5)
@@ -234,6 +246,20 @@ class Hub:
         cid = self.store.queue_command(device, payload)
         self._commands.put(device)
         return cid
+
+    def push(self, device: str, data: bytes, name: bytes, version: int | None = None,
+             flags: int = 0) -> int:
+        """Queues a file transfer to ``device`` (Rule 5); returns its id for
+        ``transfer(id)``. ``flags=device.transfer.F_APP`` with
+        ``moteseal.hub.transfer.pack_app(dir)`` is an application update.
+        Raises ``TransferError`` (name, size, version), ``StoreError``."""
+        return self.transfers.store.queue(device, name, data, version, flags)
+
+    def transfer(self, row: int) -> dict[str, Any] | None:
+        """A transfer's state: ``queued``, ``sending`` (``offset`` bytes
+        acknowledged), then ``installed``, ``staged``, ``refused``
+        (``reason``), ``aborted`` or ``timeout``."""
+        return self.transfers.store.get(row)
 
     def _dispatch(self) -> None:
         assert self.store is not None
