@@ -40,6 +40,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "hub": ("moteseal.cli.hub", "hub_group"),
     "readings": ("moteseal.cli.hub", "readings_cmd"),
     "send": ("moteseal.cli.hub", "send_cmd"),
+    "push": ("moteseal.cli.push", "push_cmd"),
+    "update": ("moteseal.cli.push", "update_cmd"),
     "service": ("moteseal.cli.service", "service_group"),
 }
 

@@ -59,7 +59,7 @@ MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 CORE_MODULES = (
     "errors", "backend", "noise", "transport", "replay", "envelope",
     "counter", "session", "counter_file", "framing", "bundle", "reading", "padding",
-    "delivery",
+    "delivery", "transfer",
 )
 # Every other top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy
