@@ -41,11 +41,15 @@ Invariants:
 - Rule 5: bad frames never raise out of ``handle_into``: a malformed frame
   is a counted drop (``DecodeError`` inside), a refused manifest or piece
   is answered with ``ST_REFUSED`` and its reason (``TransferRefused``).
+
+The constants are module-private so that MicroPython inlines them (2.6 KiB
+less heap than as globals); the host's public names for them, and the
+peer's side, are ``moteseal/hub/transfer.py``.
 """
 
 import hashlib
 
-from device.errors import DecodeError, RemoteError, StorageError
+from device.errors import DecodeError, RemoteError
 
 try:
     from micropython import const
@@ -53,48 +57,48 @@ except ImportError:
     def const(x):
         return x
 
-MANIFEST = const(0x10)
-PIECE = const(0x11)
-STATUS = const(0x12)
-ABORT = const(0x13)
+_MANIFEST = const(0x10)
+_PIECE = const(0x11)
+_STATUS = const(0x12)
+_ABORT = const(0x13)
 
-MANIFEST_HEAD_BYTES = const(1 + 4 + 4 + 4 + 1 + 32 + 1)  # kind tid version size flags sha len
-PIECE_HEAD_BYTES = const(1 + 4 + 4)  # kind tid offset
-STATUS_BYTES = const(1 + 4 + 1 + 1 + 4 + 2)  # kind tid state reason offset piece_max
-ABORT_BYTES = const(1 + 4)
+_MANIFEST_HEAD_BYTES = const(1 + 4 + 4 + 4 + 1 + 32 + 1)  # kind tid version size flags sha len
+_PIECE_HEAD_BYTES = const(1 + 4 + 4)  # kind tid offset
+_STATUS_BYTES = const(1 + 4 + 1 + 1 + 4 + 2)  # kind tid state reason offset piece_max
+_ABORT_BYTES = const(1 + 4)
 # A name fits a manifest in the smallest device buffer (64 bytes: 47 + 16
 # < 64), and is a plain file name: no path separator, no "..".
-NAME_MAX_BYTES = const(16)
+_NAME_MAX_BYTES = const(16)
 # The largest file a manifest may announce (the size field is a u32; a
-# device's store may refuse less, ``R_TOO_LARGE``): room on small flash.
-FILE_MAX_BYTES = const(1048576)
-SHA256_BYTES = const(32)
+# device's store may refuse less, ``_R_TOO_LARGE``): room on small flash.
+_FILE_MAX_BYTES = const(1048576)
+_SHA256_BYTES = const(32)
 
-F_APP = const(0x01)  # an application bundle: staged, applied at the next boot
+_F_APP = const(0x01)  # an application bundle: staged, applied at the next boot
 
 # States in a status frame.
-ST_RECEIVING = const(0)  # offset = the resume point (bytes held)
-ST_INSTALLED = const(1)  # swapped in
-ST_STAGED = const(2)  # an application: applied at the next boot
-ST_REFUSED = const(3)  # see the reason; nothing installed
-ST_ABORTED = const(4)  # the peer aborted it; the partial file is gone
-ST_IDLE = const(5)  # no such transfer here (a stray piece or abort)
+_ST_RECEIVING = const(0)  # offset = the resume point (bytes held)
+_ST_INSTALLED = const(1)  # swapped in
+_ST_STAGED = const(2)  # an application: applied at the next boot
+_ST_REFUSED = const(3)  # see the reason; nothing installed
+_ST_ABORTED = const(4)  # the peer aborted it; the partial file is gone
+_ST_IDLE = const(5)  # no such transfer here (a stray piece or abort)
 
-# Reasons (ST_REFUSED).
-R_NONE = const(0)
-R_BAD_NAME = const(1)  # empty, too long, a separator, "..", a control byte
-R_TOO_LARGE = const(2)  # size above FILE_MAX_BYTES or the store's room
-R_OLD_VERSION = const(3)  # version not above the installed one (no rollback)
-R_BUSY = const(4)  # another transfer is in flight
-R_HASH = const(5)  # the bytes received do not hash to the manifest's SHA-256
-R_PAST_END = const(6)  # a piece beyond the announced size
-R_STORAGE = const(7)  # flash failed; nothing installed
-R_FLAGS = const(8)  # unknown flags
-# With ST_RECEIVING, the reason says what the offset means: R_NONE, the
+# Reasons (_ST_REFUSED).
+_R_NONE = const(0)
+_R_BAD_NAME = const(1)  # empty, too long, a separator, "..", a control byte
+_R_TOO_LARGE = const(2)  # size above _FILE_MAX_BYTES or the store's room
+_R_OLD_VERSION = const(3)  # version not above the installed one (no rollback)
+_R_BUSY = const(4)  # another transfer is in flight
+_R_HASH = const(5)  # the bytes received do not hash to the manifest's SHA-256
+_R_PAST_END = const(6)  # a piece beyond the announced size
+_R_STORAGE = const(7)  # flash failed; nothing installed
+_R_FLAGS = const(8)  # unknown flags
+# With _ST_RECEIVING, the reason says what the offset means: _R_NONE, the
 # bytes held so far (a cumulative acknowledgement: pieces beyond it may be
-# in flight); R_RESUME, send again from here (the answer to a manifest, and
+# in flight); _R_RESUME, send again from here (the answer to a manifest, and
 # to the first piece after a gap).
-R_RESUME = const(9)
+_R_RESUME = const(9)
 
 
 class TransferRefused(RemoteError):
@@ -117,79 +121,73 @@ def _get32(buf, off):
     return (buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]
 
 
-def is_transfer(buf, n):
-    """True if ``buf[:n]`` is a transfer frame for the device (0x10, 0x11,
-    0x13): the application hands these to its ``Receiver``."""
-    return n >= 1 and (buf[0] == MANIFEST or buf[0] == PIECE or buf[0] == ABORT)
-
-
 def check_name(name):
-    """Raises ``TransferRefused(R_BAD_NAME)`` unless ``name`` (bytes) is
+    """Raises ``TransferRefused(_R_BAD_NAME)`` unless ``name`` (bytes) is
     1..NAME_MAX_BYTES of printable ASCII without "/", "\\" or "..", and not
     starting with a dot (no hidden or state files)."""
     n = len(name)
-    if n < 1 or n > NAME_MAX_BYTES or name[0] == 0x2E:
-        raise TransferRefused(R_BAD_NAME)
+    if n < 1 or n > _NAME_MAX_BYTES or name[0] == 0x2E:
+        raise TransferRefused(_R_BAD_NAME)
     for c in name:
         if c <= 0x20 or c >= 0x7F or c == 0x2F or c == 0x5C or c == 0x3A:
-            raise TransferRefused(R_BAD_NAME)
+            raise TransferRefused(_R_BAD_NAME)
 
 
 def parse_manifest(buf, n):
     """``(tid, version, size, flags, sha256, name)`` of a manifest frame
     ``buf[:n]``. Raises ``DecodeError`` (malformed) or ``TransferRefused``
-    (``R_BAD_NAME``, ``R_TOO_LARGE``, ``R_FLAGS``)."""
-    if n < MANIFEST_HEAD_BYTES or buf[0] != MANIFEST:
+    (``_R_BAD_NAME``, ``_R_TOO_LARGE``, ``_R_FLAGS``)."""
+    if n < _MANIFEST_HEAD_BYTES or buf[0] != _MANIFEST:
         raise DecodeError("transfer: short manifest")
-    nl = buf[MANIFEST_HEAD_BYTES - 1]
-    if n != MANIFEST_HEAD_BYTES + nl:
+    nl = buf[_MANIFEST_HEAD_BYTES - 1]
+    if n != _MANIFEST_HEAD_BYTES + nl:
         raise DecodeError("transfer: manifest length")
     flags = buf[13]
-    if flags & ~F_APP:
-        raise TransferRefused(R_FLAGS)
-    name = bytes(buf[MANIFEST_HEAD_BYTES:n])
+    if flags & ~_F_APP:
+        raise TransferRefused(_R_FLAGS)
+    name = bytes(buf[_MANIFEST_HEAD_BYTES:n])
     check_name(name)
     size = _get32(buf, 9)
-    if size > FILE_MAX_BYTES:
-        raise TransferRefused(R_TOO_LARGE)
+    if size > _FILE_MAX_BYTES:
+        raise TransferRefused(_R_TOO_LARGE)
     return (_get32(buf, 1), _get32(buf, 5), size, flags,
-            bytes(buf[14:14 + SHA256_BYTES]), name)
+            bytes(buf[14:14 + _SHA256_BYTES]), name)
 
 
 def encode_manifest(tid, version, size, flags, sha, name):
     """The manifest frame (the peer's side; allocates). Raises
     ``TransferRefused`` for a name or size the device would refuse."""
     check_name(name)
-    if size > FILE_MAX_BYTES or len(sha) != SHA256_BYTES:
-        raise TransferRefused(R_TOO_LARGE)
-    b = bytearray(MANIFEST_HEAD_BYTES + len(name))
-    b[0] = MANIFEST
+    if size > _FILE_MAX_BYTES or len(sha) != _SHA256_BYTES:
+        raise TransferRefused(_R_TOO_LARGE)
+    b = bytearray(_MANIFEST_HEAD_BYTES + len(name))
+    b[0] = _MANIFEST
     _put32(b, 1, tid)
     _put32(b, 5, version)
     _put32(b, 9, size)
     b[13] = flags
     b[14:46] = sha
     b[46] = len(name)
-    b[MANIFEST_HEAD_BYTES:] = name
+    b[_MANIFEST_HEAD_BYTES:] = name
     return b
 
 
 def encode_status_into(buf, tid, state, reason, offset, piece_max):
-    """Writes a status frame; returns ``STATUS_BYTES``."""
-    buf[0] = STATUS
+    """Writes a status frame; returns ``_STATUS_BYTES``."""
+    buf[0] = _STATUS
     _put32(buf, 1, tid)
     buf[5] = state
     buf[6] = reason
     _put32(buf, 7, offset)
     buf[11] = (piece_max >> 8) & 0xFF
     buf[12] = piece_max & 0xFF
-    return STATUS_BYTES
+    return _STATUS_BYTES
 
 
 def parse_status(buf, n):
     """``(tid, state, reason, offset, piece_max)`` of a status frame.
     Raises ``DecodeError``."""
-    if n != STATUS_BYTES or buf[0] != STATUS or buf[5] > ST_IDLE:
+    if n != _STATUS_BYTES or buf[0] != _STATUS or buf[5] > _ST_IDLE:
         raise DecodeError("transfer: bad status")
     return _get32(buf, 1), buf[5], buf[6], _get32(buf, 7), (buf[11] << 8) | buf[12]
 
@@ -202,25 +200,27 @@ class MemoryStore:
 
     - ``load()``: the manifest of the transfer in flight, ``(tid, version,
       size, flags, sha256, name)``, or None; ``length()``: bytes held.
-    - ``begin(manifest)``: start a transfer (empty partial file).
+    - ``begin(manifest, frame, n)``: start a transfer (an empty partial
+      file; ``frame[:n]`` is the manifest frame, to keep for ``load``).
     - ``append(buf, off, n)``: add ``buf[off:off + n]`` at the end.
     - ``rehash(h)``: feed the bytes held into the hash ``h``.
-    - ``install()``: swap the file in (or stage it, ``F_APP``) and record
+    - ``install()``: swap the file in (or stage it, ``_F_APP``) and record
       its version and tid; ``discard()``: forget the partial file.
     - ``installed(name)``: the installed version, -1 if none;
       ``finished()``: ``(tid, state)`` of the last finished transfer.
     - ``room()``: the largest size it can take.
-    Failing calls raise ``StorageError`` (or ``OSError``) and leave the
+    Failing calls raise ``OSError`` (the device's ``errors`` module carries
+    no ``StorageError``: a flash build strips it) and leave the
     installed file as it was.
 
     Not thread-safe (one device loop)."""
 
-    def __init__(self, room=FILE_MAX_BYTES):
+    def __init__(self, room=_FILE_MAX_BYTES):
         self.files = {}
         self.versions = {}
         self.man = None
         self.part = bytearray()
-        self.last = (-1, ST_IDLE)
+        self.last = (-1, _ST_IDLE)
         self._room = room
 
     def load(self):
@@ -229,7 +229,7 @@ class MemoryStore:
     def length(self):
         return len(self.part)
 
-    def begin(self, man):
+    def begin(self, man, frame, n):
         self.man = man
         self.part = bytearray()
 
@@ -243,7 +243,7 @@ class MemoryStore:
         tid, version, _size, flags, _sha, name = self.man
         self.files[name] = bytes(self.part)
         self.versions[name] = version
-        self.last = (tid, ST_STAGED if flags & F_APP else ST_INSTALLED)
+        self.last = (tid, _ST_STAGED if flags & _F_APP else _ST_INSTALLED)
         self.discard()
 
     def discard(self):
@@ -264,11 +264,14 @@ class Receiver:
     """The device's side of transfers (Rules 1-5) over ``store``.
 
     ``piece_max`` is the most data a piece may carry: the device's receive
-    buffer less ``PIECE_HEAD_BYTES``. ``ack_every`` pieces in a row are
+    buffer less ``_PIECE_HEAD_BYTES``. ``ack_every`` pieces in a row are
     answered with one status (the sender keeps a window of about twice
     that in flight). ``resume()`` once at boot; then ``handle_into(buf, n,
     out)`` for every transfer frame, which returns the length of the status
-    to send (written into ``out``, ``STATUS_BYTES`` long), or 0.
+    to send (written into ``out``, ``_STATUS_BYTES`` long), or 0.
+
+    ``frame(buf, n)`` is ``handle_into`` that keeps the status in ``out``
+    and its length in ``pending`` (cleared by the caller once sent).
 
     ``counts``: pieces taken, dropped (out of order, stray, malformed) and
     refusals. Not thread-safe: one device loop owns it."""
@@ -286,7 +289,9 @@ class Receiver:
         self._told = False  # the resume point was sent for the current gap
         self.counts = {"pieces": 0, "out_of_order": 0, "stray": 0, "malformed": 0,
                        "refused": 0, "installed": 0}
-        self.last_reason = R_NONE
+        self.last_reason = _R_NONE
+        self.out = bytearray(_STATUS_BYTES)
+        self.pending = 0
 
     def resume(self):
         """Rule 2: continue the store's transfer in flight, if any: the
@@ -305,41 +310,46 @@ class Receiver:
         self.store.rehash(self._h)
 
     def _status(self, out, tid, state, reason):
-        if state == ST_REFUSED:
+        if state == _ST_REFUSED:
             self.counts["refused"] += 1
             self.last_reason = reason
         self._run = 0
         return encode_status_into(out, tid, state, reason,
-                                  self.offset if state == ST_RECEIVING else 0, self.piece_max)
+                                  self.offset if state == _ST_RECEIVING else 0, self.piece_max)
+
+    def frame(self, buf, n):
+        k = self.handle_into(buf, n, self.out)
+        if k:
+            self.pending = k
 
     def handle_into(self, buf, n, out):
         """One decrypted transfer frame ``buf[:n]``; returns the length of the
         status written into ``out`` (0: nothing to send). Never raises for
-        remote bytes (Rule 5); a failing store refuses with ``R_STORAGE``."""
+        remote bytes (Rule 5); a failing store refuses with ``_R_STORAGE``."""
         k = buf[0] if n else 0
         tid = _get32(buf, 1) if n >= 5 else 0
         try:
-            if k == MANIFEST:
+            if k == _MANIFEST:
                 return self._manifest(buf, n, out)
-            if k == PIECE:
+            if k == _PIECE:
                 return self._piece(buf, n, out)
-            if k == ABORT and n == ABORT_BYTES:
+            if k == _ABORT and n == _ABORT_BYTES:
                 if self.man is not None and tid == self.man[0]:
                     self._drop()
-                    return self._status(out, tid, ST_ABORTED, R_NONE)
-                return self._status(out, tid, ST_IDLE, R_NONE)
+                    return self._status(out, tid, _ST_ABORTED, _R_NONE)
+                return self._status(out, tid, _ST_IDLE, _R_NONE)
             raise DecodeError("transfer: unknown frame")
         except TransferRefused as e:
             if self.man is not None and tid == self.man[0]:
                 self._drop()
-            return self._status(out, tid, ST_REFUSED, e.reason)
+            return self._status(out, tid, _ST_REFUSED, e.reason)
         except DecodeError:
             self.counts["malformed"] += 1
             return 0
-        except (StorageError, OSError):
+        except OSError:
             if self.man is not None and tid == self.man[0]:
                 self._drop()
-            return self._status(out, tid, ST_REFUSED, R_STORAGE)
+            return self._status(out, tid, _ST_REFUSED, _R_STORAGE)
 
     def _drop(self):
         self.man = None
@@ -354,28 +364,28 @@ class Receiver:
         if cur is not None:
             if tid == cur[0]:
                 if m != cur:
-                    raise TransferRefused(R_BUSY)  # same id, other file: not ours
+                    raise TransferRefused(_R_BUSY)  # same id, other file: not ours
                 self._told = False
-                return self._status(out, tid, ST_RECEIVING, R_RESUME)  # a resume request
-            raise TransferRefused(R_BUSY)  # Rule 4: one in flight
+                return self._status(out, tid, _ST_RECEIVING, _R_RESUME)  # a resume request
+            raise TransferRefused(_R_BUSY)  # Rule 4: one in flight
         last_tid, last_state = self.store.finished()
         if tid == last_tid:
-            return self._status(out, tid, last_state, R_NONE)  # its answer was lost
+            return self._status(out, tid, last_state, _R_NONE)  # its answer was lost
         if m[1] <= self.store.installed(m[5]):
-            raise TransferRefused(R_OLD_VERSION)  # Rule 4: no rollback
+            raise TransferRefused(_R_OLD_VERSION)  # Rule 4: no rollback
         if m[2] > self.store.room():
-            raise TransferRefused(R_TOO_LARGE)
-        self.store.begin(m)
+            raise TransferRefused(_R_TOO_LARGE)
+        self.store.begin(m, buf, n)
         self.man = m
         self.offset = 0
         self._h = hashlib.sha256()
         self._told = False
         if m[2] == 0:
             return self._finish(out)
-        return self._status(out, tid, ST_RECEIVING, R_RESUME)
+        return self._status(out, tid, _ST_RECEIVING, _R_RESUME)
 
     def _piece(self, buf, n, out):
-        if n <= PIECE_HEAD_BYTES or n - PIECE_HEAD_BYTES > self.piece_max:
+        if n <= _PIECE_HEAD_BYTES or n - _PIECE_HEAD_BYTES > self.piece_max:
             raise DecodeError("transfer: piece size")
         tid = _get32(buf, 1)
         man = self.man
@@ -386,20 +396,20 @@ class Receiver:
                 return 0  # answered once already: the sender is told, not flooded
             self._told = True
             if tid == last_tid:  # late pieces of a finished transfer
-                return self._status(out, tid, last_state, R_NONE)
-            return self._status(out, tid, ST_IDLE, R_NONE)
+                return self._status(out, tid, last_state, _R_NONE)
+            return self._status(out, tid, _ST_IDLE, _R_NONE)
         off = _get32(buf, 5)
         if off != self.offset:  # Rule 1: in order only
             self.counts["out_of_order"] += 1
             if self._told:
                 return 0
             self._told = True
-            return self._status(out, tid, ST_RECEIVING, R_RESUME)
-        d = n - PIECE_HEAD_BYTES
+            return self._status(out, tid, _ST_RECEIVING, _R_RESUME)
+        d = n - _PIECE_HEAD_BYTES
         if off + d > man[2]:
-            raise TransferRefused(R_PAST_END)
-        self.store.append(buf, PIECE_HEAD_BYTES, d)
-        self._h.update(memoryview(buf)[PIECE_HEAD_BYTES:n])
+            raise TransferRefused(_R_PAST_END)
+        self.store.append(buf, _PIECE_HEAD_BYTES, d)
+        self._h.update(memoryview(buf)[_PIECE_HEAD_BYTES:n])
         self.offset = off + d
         self.counts["pieces"] += 1
         self._told = False
@@ -407,7 +417,7 @@ class Receiver:
         if self.offset == man[2]:
             return self._finish(out)
         if self._run >= self.ack_every:
-            return self._status(out, tid, ST_RECEIVING, R_NONE)
+            return self._status(out, tid, _ST_RECEIVING, _R_NONE)
         return 0
 
     def _finish(self, out):
@@ -415,11 +425,11 @@ class Receiver:
         man = self.man
         tid = man[0]
         if self._h.digest() != man[4]:
-            raise TransferRefused(R_HASH)
+            raise TransferRefused(_R_HASH)
         self.store.install()
         self.man = None
         self._h = None
         self.offset = 0
         self.counts["installed"] += 1
         self._told = True  # late pieces are answered once, not each
-        return self._status(out, tid, ST_STAGED if man[3] & F_APP else ST_INSTALLED, R_NONE)
+        return self._status(out, tid, _ST_STAGED if man[3] & _F_APP else _ST_INSTALLED, _R_NONE)

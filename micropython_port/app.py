@@ -49,7 +49,8 @@ Invariants:
   device got it; a resent command is only answered again. A bare payload
   is a command without an answer, as before.
 - Rule 7: transfers (docs/protocol.md, "Transfers"). A transfer frame
-  (0x10, 0x11, 0x13) goes to ``micropython_port.update.Updater``, made at
+  (0x10, 0x11, 0x13) goes to the ``device.transfer.Receiver`` that
+  ``micropython_port.update.receiver`` makes at
   the first one (a device that is never updated spends no heap on it);
   its status goes out from ``run``'s loop like a command answer. While a
   new application is on trial (``trial``), the first handshake confirms it,
@@ -205,7 +206,7 @@ class Device:
         self._cmd_ack = -1  # a command id to answer from run()'s loop (Rule 6)
         self._cmd_done = -1  # the last command id acted on: a resent one only gets its answer
         self._ackbuf = bytearray(5)
-        self.xfer = None  # Rule 7: the Updater, once a transfer frame came
+        self.xfer = None  # Rule 7: the transfer Receiver, once a transfer frame came
         self.trial = False  # Rule 7: set by main.py while a new application is tried
         self.trial_s = 120
         # "readings" is also the next reading's seq.
@@ -246,8 +247,8 @@ class Device:
             if m and 0x10 <= b[0] <= 0x13:  # Rule 7: a transfer frame
                 x = self.xfer
                 if x is None:
-                    from micropython_port.update import Updater
-                    x = self.xfer = Updater(len(b) - 9)  # device.transfer.PIECE_HEAD_BYTES
+                    from micropython_port.update import receiver
+                    x = self.xfer = receiver(len(b) - 9)  # device.transfer.PIECE_HEAD_BYTES
                 x.frame(b, m)
                 return
             if m >= 5 and b[0] == 2:
@@ -267,7 +268,7 @@ class Device:
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
             if self.trial:  # Rule 7: the new application reached its peer
-                from micropython_port.update import confirm
+                from micropython_port.app_update import confirm
                 confirm()
                 self.trial = False
             name = "handshake"
@@ -363,7 +364,7 @@ class Device:
         box = self.box
         s = self.session
         if self.trial and self.now >= self.trial_s:  # Rule 7
-            from micropython_port.update import give_up
+            from micropython_port.app_update import give_up
             give_up()
         if self._need_hs or s.transport is None or s.handshaking:
             return

@@ -16,7 +16,7 @@ Invariants:
 - Rule 2: nothing printed holds a key, the PSK or a plaintext.
 - Rule 3: a staged application update is applied, or an unconfirmed one
   rolled back, before anything else is imported
-  (``micropython_port.update.boot``); a device whose last update came
+  (``micropython_port.app_update.boot``); a device whose last update came
   through untouched skips it with two ``stat`` calls.
 """
 
@@ -115,11 +115,11 @@ def _update_boot():
         os.stat(".xstate")
     except OSError:
         return None
-    import micropython_port.update as U
+    import micropython_port.app_update as U
     try:
         return U.boot()
     finally:  # its modules leave the heap (Rule 1); a transfer loads them again
-        for m in ("micropython_port.update", "device.transfer"):
+        for m in ("micropython_port.app_update", "micropython_port.update", "device.transfer"):
             sys.modules.pop(m, None)
             pkg = sys.modules.get(m.split(".")[0])
             if hasattr(pkg, m.split(".")[1]):

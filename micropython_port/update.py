@@ -1,6 +1,8 @@
 """Transfers on flash (docs/protocol.md, "Transfers"): the storage behind
-``device.transfer.Receiver``, the device's status buffer, and the boot
-step that applies a staged application update or rolls a failed one back.
+``device.transfer.Receiver``. The boot step
+that applies a staged application update or rolls a failed one back is
+``micropython_port/app_update.py`` (loaded only at boot and for a trial,
+so a transfer does not carry its code on the heap).
 
 Files, in the device's working directory (a board's root):
 - ``.part``: the file being received, written piece by piece as it comes.
@@ -21,30 +23,32 @@ Invariants:
 - Rule 2: a file is swapped in with one ``os.rename`` of ``.part`` over
   it, only after the receiver checked the SHA-256; the installed file is
   never opened for writing.
-- Rule 3: an application (``F_APP``) is only staged; ``boot()`` applies it
-  at the next boot (each file written beside as ``.new``, the old one
-  kept as ``.old``, then renamed in) and puts it on trial. The trial ends
-  well when the new application completes a handshake with its peer
-  (``confirm``: the ``.old`` files go, the version is recorded); if it
-  does not within ``TRIAL_S`` (``give_up`` resets the board) or the boot
-  fails, the next ``boot()`` puts every ``.old`` file back.
+- Rule 3: an application (``F_APP``) is only staged (``.stage``);
+  ``micropython_port.app_update`` applies it at the next boot and rolls
+  it back if it fails.
 - Rule 4: nothing here logs file contents.
 """
 
 import json
 import os
 
-from device.errors import StorageError
-from device.transfer import (F_APP, FILE_MAX_BYTES, ST_IDLE, ST_INSTALLED, ST_STAGED,
-                             STATUS_BYTES, Receiver, encode_manifest, parse_manifest)
+from micropython import const
+
+from device.transfer import Receiver, parse_manifest
+
+# device.transfer's constants, inlined here instead of imported as globals.
+_F_APP = const(0x01)
+_FILE_MAX_BYTES = const(1048576)
+_ST_INSTALLED = const(1)
+_ST_STAGED = const(2)
+_ST_IDLE = const(5)
+_STATUS_BYTES = const(13)
 
 _PART = ".part"
 _MAN = ".xfer"
 _STATE = ".xstate"
 _STAGE = ".stage"
 APP_NAME = b"app"  # the manifest name of an application archive
-TRIAL_S = 120  # seconds a new application has to reach its peer
-ARCHIVE_PATH_MAX_BYTES = 64  # a member's path in an application archive
 
 
 def _exists(p):
@@ -71,17 +75,14 @@ def read_state():
             return st
     except (OSError, ValueError):
         pass
-    return {"v": {}, "t": -1, "s": ST_IDLE}
+    return {"v": {}, "t": -1, "s": _ST_IDLE}
 
 
 def write_state(st):
-    """Replaces ``.xstate`` atomically (Rule 2). Raises ``StorageError``."""
-    try:
-        with open(_STATE + ".tmp", "w") as f:
-            json.dump(st, f)
-        os.rename(_STATE + ".tmp", _STATE)
-    except OSError:
-        raise StorageError("transfer state")
+    """Replaces ``.xstate`` atomically (Rule 2). Raises ``OSError``."""
+    with open(_STATE + ".tmp", "w") as f:
+        json.dump(st, f)
+    os.rename(_STATE + ".tmp", _STATE)
 
 
 class FileStore:
@@ -89,7 +90,7 @@ class FileStore:
     ``room`` is the largest file it accepts. Not thread-safe (the device
     loop owns it)."""
 
-    def __init__(self, room=FILE_MAX_BYTES):
+    def __init__(self, room=_FILE_MAX_BYTES):
         self._room = room
         self._f = None
         self._man = None
@@ -114,14 +115,11 @@ class FileStore:
         except OSError:
             return 0
 
-    def begin(self, man):
+    def begin(self, man, frame, n):
         self.discard()
-        try:
-            with open(_MAN, "wb") as f:
-                f.write(encode_manifest(*man))
-            self._f = open(_PART, "wb")
-        except OSError:
-            raise StorageError("transfer begin")
+        with open(_MAN, "wb") as f:
+            f.write(memoryview(frame)[:n])
+        self._f = open(_PART, "wb")
         self._man = man
 
     def append(self, buf, off, n):
@@ -142,14 +140,14 @@ class FileStore:
         self._f.close()
         self._f = None
         st = self._st
-        if flags & F_APP:  # Rule 3: applied at the next boot
+        if flags & _F_APP:  # Rule 3: applied at the next boot
             os.rename(_PART, _STAGE)
             st["stage"] = version
-            state = ST_STAGED
+            state = _ST_STAGED
         else:
             os.rename(_PART, name.decode())  # Rule 2
             st["v"][name.decode()] = version
-            state = ST_INSTALLED
+            state = _ST_INSTALLED
         st["t"] = tid
         st["s"] = state
         write_state(st)
@@ -178,143 +176,11 @@ class FileStore:
         return self._room
 
 
-class Updater:
-    """A ``Receiver`` over a ``FileStore``, with the status waiting to be
-    sent: ``out[:pending]`` (the application sends it from its loop, never
-    from the link's receive callback). Not thread-safe."""
-
-    def __init__(self, piece_max):
-        self.rx = Receiver(FileStore(), piece_max)
-        self.rx.resume()
-        self.out = bytearray(STATUS_BYTES)
-        self.pending = 0
-
-    def frame(self, buf, n):
-        k = self.rx.handle_into(buf, n, self.out)
-        if k:
-            self.pending = k
-
-
-# -- application archives and the boot step (Rule 3) ------------------------------
-
-def _check_path(p):
-    # A relative path of plain names (device.transfer.check_name's charset,
-    # plus "/" between names): no "..", no absolute path, no state file.
-    if not p or len(p) > ARCHIVE_PATH_MAX_BYTES or p[0] in "/." or "//" in p or p[-1] == "/":
-        raise StorageError("archive path")
-    for part in p.split("/"):
-        if part in ("", ".", "..") or part[0] == ".":
-            raise StorageError("archive path")
-        for c in part:
-            if c <= " " or c > "~" or c in "\\:":
-                raise StorageError("archive path")
-
-
-def _members(f):
-    # (path, size) of each member of an open archive, leaving f at its data:
-    # name_len u8 | path | size u32 | data, repeated.
-    while True:
-        h = f.read(1)
-        if not h:
-            return
-        p = f.read(h[0]).decode()
-        s = f.read(4)
-        if len(s) != 4:
-            raise StorageError("archive truncated")
-        yield p, (s[0] << 24) | (s[1] << 16) | (s[2] << 8) | s[3]
-
-
-def _mkdirs(p):
-    i = p.find("/")
-    while i > 0:
-        d = p[:i]
-        if not _exists(d):
-            os.mkdir(d)
-        i = p.find("/", i + 1)
-
-
-def _rollback(st):
-    version, paths = st.pop("trial")
-    for p in paths:
-        _remove(p + ".new")
-        if _exists(p + ".old"):
-            os.rename(p + ".old", p)
-        else:
-            _remove(p)  # a file the new application added
-    st["bad"] = version  # never applied again (no rollback to it, Rule 3)
-    st.pop("stage", None)
-    write_state(st)
-
-
-def _apply(st):
-    paths = []
-    buf = bytearray(256)
-    with open(_STAGE, "rb") as f:
-        for p, size in _members(f):
-            _check_path(p)
-            if size > FILE_MAX_BYTES:
-                raise StorageError("archive member")
-            _mkdirs(p)
-            with open(p + ".new", "wb") as out:
-                while size:
-                    k = f.readinto(memoryview(buf)[:min(size, 256)])
-                    if not k:
-                        raise StorageError("archive truncated")
-                    out.write(memoryview(buf)[:k])
-                    size -= k
-            paths.append(p)
-    st["trial"] = [st.pop("stage"), paths]
-    write_state(st)  # from here on, a failed boot rolls back
-    for p in paths:
-        if _exists(p):
-            os.rename(p, p + ".old")
-        os.rename(p + ".new", p)
-    _remove(_STAGE)
-
-
-def boot():
-    """At boot, before the application is imported (``main.py``): roll an
-    unconfirmed trial back, or apply a staged application and start its
-    trial. Returns ``"rolled_back"``, ``"trial"`` or None (nothing to do).
-    A damaged archive is dropped (the old application stays)."""
-    if not (_exists(_STATE) and (_exists(_STAGE) or "trial" in read_state())):
-        return None
-    st = read_state()
-    if "trial" in st:
-        _rollback(st)
-        return "rolled_back"
-    try:
-        _apply(st)
-    except (OSError, StorageError, UnicodeError):
-        st = read_state()
-        if "trial" in st:
-            _rollback(st)
-        else:
-            st["bad"] = st.pop("stage", -1)
-            write_state(st)
-        _remove(_STAGE)
-        return "rolled_back"
-    return "trial"
-
-
-def confirm():
-    """The new application reached its peer: keep it (Rule 3)."""
-    st = read_state()
-    if "trial" not in st:
-        return
-    version, paths = st.pop("trial")
-    for p in paths:
-        _remove(p + ".old")
-    st["v"][APP_NAME.decode()] = version
-    write_state(st)
-
-
-def give_up():
-    """The trial's deadline passed without a handshake: restart, so that the
-    next ``boot()`` rolls back (Rule 3). On the unix port: exit 4."""
-    try:
-        import machine
-        machine.reset()
-    except ImportError:
-        import sys
-        sys.exit(4)
+def receiver(piece_max):
+    """The device's ``Receiver`` over a ``FileStore``, resumed from flash
+    (``device.transfer`` Rule 2). Its status waits in ``out[:pending]``
+    until the application sends it from its loop, never from the link's
+    receive callback."""
+    rx = Receiver(FileStore(), piece_max)
+    rx.resume()
+    return rx

@@ -146,7 +146,7 @@ def update_cmd(args: tuple[str, ...], group: str | None, version: int | None,
       moteseal update sensor-7 flash-sensor-7/
       moteseal update --group greenhouse flash-new/ --wait 600
     """
-    from device.transfer import F_APP
+    from moteseal.hub.transfer import F_APP
     from moteseal.cli.hub import _store_path
     from moteseal.hub.transfer import pack_app
 

@@ -223,6 +223,8 @@ HOST_ONLY = {
     "device/counter": ("NonpersistingCounterStore", "get_counter"),
     # The peer's: raised by a registry that cannot write, never on a device.
     "device/errors": ("StorageError",),
+    # The test store and the peer's halves of the transfer frames.
+    "device/transfer": ("MemoryStore", "parse_status", "encode_manifest"),
     # Key generation is the host's (provisioning); the handshake draws its
     # ephemeral through random_bytes and x25519_base.
     "micropython_port/backend": ("MicroBackend.generate_keypair",),

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from device import transfer as T
+from moteseal.hub import transfer as T
 from device.errors import LocalError
 from moteseal.hub.transfer import Outgoing, TransferError
 from moteseal.peer.delivery import Accepted, Inbox, StoreError
@@ -179,12 +179,14 @@ class TransferService:
     def __init__(self, store: TransferStore, send: Callable[[str, bytes], Any],
                  report: Callable[[dict[str, Any]], None],
                  clock: Callable[[], float] = time.monotonic, window: int = 16,
-                 retry_s: float = 3.0, timeout_s: float = 600.0, poll_s: float = 0.5) -> None:
+                 retry_s: float = 3.0, timeout_s: float = 600.0, poll_s: float = 0.5,
+                 rate: float = 0.0) -> None:
         self.store = store
         self._send = send
         self.report = report
         self.clock = clock
         self.window, self.retry_s, self.timeout_s, self.poll_s = window, retry_s, timeout_s, poll_s
+        self.rate = rate  # pieces per second per transfer, 0: paced by acknowledgements only
         self.active: dict[str, tuple[int, Outgoing]] = {}
         self._q: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
         self._stop = threading.Event()
@@ -242,7 +244,7 @@ class TransferService:
             try:
                 out = Outgoing(name.encode("ascii"), data, version, flags, tid=tid,
                                window=self.window, retry_s=self.retry_s,
-                               timeout_s=self.timeout_s)
+                               timeout_s=self.timeout_s, rate=self.rate)
             except TransferError as e:
                 self.store.update(row, "refused", 0, str(e))
                 continue

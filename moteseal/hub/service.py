@@ -250,7 +250,7 @@ class Hub:
     def push(self, device: str, data: bytes, name: bytes, version: int | None = None,
              flags: int = 0) -> int:
         """Queues a file transfer to ``device`` (Rule 5); returns its id for
-        ``transfer(id)``. ``flags=device.transfer.F_APP`` with
+        ``transfer(id)``. ``flags=moteseal.hub.transfer.F_APP`` with
         ``moteseal.hub.transfer.pack_app(dir)`` is an application update.
         Raises ``TransferError`` (name, size, version), ``StoreError``."""
         return self.transfers.store.queue(device, name, data, version, flags)

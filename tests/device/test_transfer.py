@@ -11,6 +11,7 @@ import hashlib
 import pytest
 
 from device import transfer as T
+from moteseal.hub import transfer as H
 from device.errors import DecodeError, RemoteError
 from moteseal.hub.transfer import Outgoing, TransferError
 from tests.mp_helpers import run_mp_json
@@ -30,7 +31,7 @@ class Device:
         self.store = store or T.MemoryStore()
         self.rx = T.Receiver(self.store, PIECE_MAX)
         self.rx.resume()
-        self.out = bytearray(T.STATUS_BYTES)
+        self.out = bytearray(H.STATUS_BYTES)
 
     def feed(self, frame: bytes) -> bytes | None:
         n = self.rx.handle_into(bytearray(frame), len(frame), self.out)
@@ -88,7 +89,7 @@ def test_resume_after_a_reboot_rehashes_what_the_store_holds() -> None:
     assert dev.rx.offset == held
     now = 100.0
     todo = snd.due(now)  # silence: the manifest again, answered with the resume point
-    assert todo and todo[0][0] == T.MANIFEST
+    assert todo and todo[0][0] == H.MANIFEST
     while todo:
         st = dev.feed(todo.pop(0))
         if st is not None:
@@ -127,7 +128,7 @@ def test_a_replayed_manifest_of_an_installed_transfer_installs_nothing() -> None
     man = old.manifest()
     # The same manifest again, answered as before (the answer may have been
     # lost), and under a new transfer id refused: the version is not newer.
-    assert T.parse_status(dev.feed(man), T.STATUS_BYTES)[1] == T.ST_REFUSED
+    assert T.parse_status(dev.feed(man), H.STATUS_BYTES)[1] == H.ST_REFUSED
     fresh = Outgoing(b"app.cfg", b"again", 5, tid=old.tid ^ 1)
     run(dev, fresh)
     assert fresh.reason == "old_version" and dev.store.files[b"app.cfg"] == b"old contents"
@@ -139,7 +140,7 @@ def test_a_truncated_transfer_is_never_installed_and_an_abort_discards_it() -> N
     run(dev, snd, limit=20)  # the sender stops part way
     assert not snd.done and dev.store.files[b"app.cfg"] == b"old contents"
     st = dev.feed(snd.abort())
-    assert T.parse_status(st, len(st))[1] == T.ST_ABORTED
+    assert T.parse_status(st, len(st))[1] == H.ST_ABORTED
     assert dev.store.man is None and dev.store.length() == 0
     assert dev.store.files[b"app.cfg"] == b"old contents"
 
@@ -152,9 +153,9 @@ def test_a_piece_past_the_announced_size_is_refused() -> None:
     man = T.encode_manifest(snd.tid, 9, 4, 0, snd.sha, b"app.cfg")
     st = dev.feed(bytes(man))
     snd.on_status(st, 0)
-    piece = bytes([T.PIECE]) + snd.tid.to_bytes(4, "big") + bytes(4) + b"12345678"
+    piece = bytes([H.PIECE]) + snd.tid.to_bytes(4, "big") + bytes(4) + b"12345678"
     st = dev.feed(piece)
-    assert T.parse_status(st, len(st))[1:3] == (T.ST_REFUSED, T.R_PAST_END)
+    assert T.parse_status(st, len(st))[1:3] == (H.ST_REFUSED, H.R_PAST_END)
     assert dev.store.files[b"app.cfg"] == b"old contents"
 
 
@@ -163,7 +164,7 @@ def test_one_transfer_in_flight_at_most() -> None:
     a, b = Outgoing(b"a.txt", _data(3000), 1), Outgoing(b"b.txt", b"b", 1)
     run(dev, a, limit=5)
     st = dev.feed(b.manifest())
-    assert T.parse_status(st, len(st))[1:3] == (T.ST_REFUSED, T.R_BUSY)
+    assert T.parse_status(st, len(st))[1:3] == (H.ST_REFUSED, H.R_BUSY)
     assert dev.store.man[5] == b"a.txt"  # the first goes on
 
 
@@ -176,17 +177,17 @@ def test_a_bad_name_is_refused_on_both_sides(name: bytes) -> None:
     raw = raw[:46] + bytes([len(name)]) + name
     dev = Device()
     st = dev.feed(bytes(raw))
-    assert T.parse_status(st, len(st))[1:3] == (T.ST_REFUSED, T.R_BAD_NAME)
+    assert T.parse_status(st, len(st))[1:3] == (H.ST_REFUSED, H.R_BAD_NAME)
 
 
 def test_size_flags_and_malformed_frames_are_refused_or_counted() -> None:
     dev = Device(T.MemoryStore(room=100))
     st = dev.feed(bytes(T.encode_manifest(1, 1, 101, 0, bytes(32), b"big")))
-    assert T.parse_status(st, len(st))[2] == T.R_TOO_LARGE
+    assert T.parse_status(st, len(st))[2] == H.R_TOO_LARGE
     raw = bytearray(T.encode_manifest(2, 1, 10, 0, bytes(32), b"f"))
     raw[13] = 0x80
     st = dev.feed(bytes(raw))
-    assert T.parse_status(st, len(st))[2] == T.R_FLAGS
+    assert T.parse_status(st, len(st))[2] == H.R_FLAGS
     for bad in (b"\x10", b"\x10" + bytes(50), b"\x11\0\0\0\x02\0\0\0\0", b"\x11" + bytes(8) + bytes(66),
                 b"\x13\0", b"\x14"):
         assert dev.feed(bad) is None
@@ -243,7 +244,7 @@ from device import transfer as T
 data = bytes((i * 7 + (i >> 8)) & 0xFF for i in range(3000))
 store = T.MemoryStore()
 rx = T.Receiver(store, 65)
-out = bytearray(T.STATUS_BYTES)
+out = bytearray(13)
 sha = hashlib.sha256(data).digest()
 def feed(b):
     return rx.handle_into(b, len(b), out)
@@ -254,7 +255,7 @@ buf = bytearray(9 + 65)
 off = 0
 while off < len(data):
     k = min(65, len(data) - off)
-    buf[0] = T.PIECE
+    buf[0] = 17
     buf[1:5] = (7).to_bytes(4, "big")
     buf[5:9] = off.to_bytes(4, "big")
     buf[9:9 + k] = data[off:off + k]
@@ -277,6 +278,20 @@ print(json.dumps({"ok": store.files[b"cfg.bin"] == data, "states": states,
 def test_the_receiver_runs_on_micropython() -> None:
     r = run_mp_json(MP_RECEIVER)
     assert r["ok"]
-    assert r["states"] == [T.ST_RECEIVING, ["gap", T.R_RESUME, 650], T.ST_INSTALLED]
-    assert r["old"] == [T.ST_REFUSED, T.R_OLD_VERSION]
+    assert r["states"] == [H.ST_RECEIVING, ["gap", H.R_RESUME, 650], H.ST_INSTALLED]
+    assert r["old"] == [H.ST_REFUSED, H.R_OLD_VERSION]
     assert r["counts"]["out_of_order"] == 1 and r["counts"]["installed"] == 1
+
+
+def test_the_rate_caps_pieces_per_second_and_the_window_caps_pieces_in_flight() -> None:
+    snd = Outgoing(b"f.bin", _data(65 * 200), 1, rate=10.0, window=4)
+    assert snd.window == 16  # never below twice the device's acknowledgement interval
+    snd.start(0.0)
+    st = bytearray(H.STATUS_BYTES)
+    T.encode_status_into(st, snd.tid, H.ST_RECEIVING, H.R_RESUME, 0, PIECE_MAX)
+    first = snd.on_status(bytes(st), 0.0)
+    assert len(first) == 16  # a full window to start with
+    assert len(snd.due(0.5)) == 0  # window full: nothing until the device acknowledges
+    T.encode_status_into(st, snd.tid, H.ST_RECEIVING, H.R_NONE, 16 * PIECE_MAX, PIECE_MAX)
+    assert len(snd.on_status(bytes(st), 1.0)) == 10  # 1 s at 10 pieces/s
+    assert len(snd.due(1.5)) == 5

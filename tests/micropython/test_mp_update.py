@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 from device import transfer as T
+from moteseal.hub import transfer as H
 from tests.mp_helpers import run_mp_json
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(120)]
@@ -76,7 +77,7 @@ def statuses(dev):
     got = []
     for e in dev.link.out:
         p = peer.receive(e).payload
-        if p and p[0] == T.STATUS:
+        if p and p[0] == 18:
             got.append(list(T.parse_status(p, len(p))))
     dev.link.out.clear()
     return got
@@ -87,7 +88,7 @@ def pieces(tid, data, start=0, stop=None):
     stop = len(data) if stop is None else stop
     while off < stop:
         k = min(65, len(data) - off)
-        yield off, bytes([T.PIECE]) + tid.to_bytes(4, "big") + off.to_bytes(4, "big") + data[off:off + k]
+        yield off, bytes([17]) + tid.to_bytes(4, "big") + off.to_bytes(4, "big") + data[off:off + k]
         off += k
 
 
@@ -95,7 +96,7 @@ def send_all(dev, tid, data, version, name=b"cfg.bin", wrong_at=-1, stop=None):
     sha = hashlib.sha256(data).digest()
     down(dev, T.encode_manifest(tid, version, len(data), 0, sha, name))
     seen = statuses(dev)
-    if seen[-1][1] != T.ST_RECEIVING:
+    if seen[-1][1] != 0:
         return seen
     for off, f in pieces(tid, data, 0, stop):
         if off == wrong_at:
@@ -132,13 +133,13 @@ out["mem_alloc_during"] = gc.mem_alloc()
 
 # A flipped bit and a replayed envelope: dropped by the session.
 bad0 = dev.counts["bad_envelopes"]
-held = dev.xfer.rx.offset
+held = dev.xfer.offset
 e = bytearray(peer.send(b"mote-1", list(pieces(2, v2, held, held + 1))[0][1]))
 e[-20] ^= 1
 dev._envelope(e, len(e))
 replay = bytearray(envs[3])
 dev._envelope(replay, len(replay))
-out["dropped"] = [dev.counts["bad_envelopes"] - bad0, dev.xfer.rx.offset == held]
+out["dropped"] = [dev.counts["bad_envelopes"] - bad0, dev.xfer.offset == held]
 
 # A reboot: a new Device over the same files resumes at what .part holds.
 dev = boot()
@@ -160,7 +161,7 @@ out["same"] = send_all(dev, 5, v2, 6)[-1]
 send_all(dev, 6, v3, 8, stop=1000)
 import os
 out["part_len"] = os.stat(".part")[6]
-down(dev, bytes([T.ABORT]) + (6).to_bytes(4, "big"))
+down(dev, bytes([19]) + (6).to_bytes(4, "big"))
 out["abort"] = statuses(dev)[-1]
 out["after"] = [open("cfg.bin", "rb").read() == v2, sorted(n for n in os.listdir(".") if n[0] == ".")]
 out["xstate"] = json.load(open(".xstate"))
@@ -170,15 +171,15 @@ print(json.dumps(out))
 
 def test_transfers_on_the_micropython_device_install_resume_and_refuse(tmp_path) -> None:
     r = run_mp_json(SCRIPT, heapsize="256k", cwd=tmp_path, timeout=100)
-    assert r["install"][1] == T.ST_INSTALLED and r["file_ok"]
+    assert r["install"][1] == H.ST_INSTALLED and r["file_ok"]
     assert r["dropped"] == [2, True]
-    assert r["resume"][1:3] == [T.ST_RECEIVING, T.R_RESUME] and r["resume"][3] == 65 * 20
-    assert r["resumed_install"][1] == T.ST_INSTALLED and r["v2_ok"]
-    assert r["hash"][1:3] == [T.ST_REFUSED, T.R_HASH]
-    assert r["older"][1:3] == [T.ST_REFUSED, T.R_OLD_VERSION]
-    assert r["same"][1:3] == [T.ST_REFUSED, T.R_OLD_VERSION]
+    assert r["resume"][1:3] == [H.ST_RECEIVING, H.R_RESUME] and r["resume"][3] == 65 * 20
+    assert r["resumed_install"][1] == H.ST_INSTALLED and r["v2_ok"]
+    assert r["hash"][1:3] == [H.ST_REFUSED, H.R_HASH]
+    assert r["older"][1:3] == [H.ST_REFUSED, H.R_OLD_VERSION]
+    assert r["same"][1:3] == [H.ST_REFUSED, H.R_OLD_VERSION]
     assert r["part_len"] == 1040
-    assert r["abort"][1] == T.ST_ABORTED
+    assert r["abort"][1] == H.ST_ABORTED
     assert r["after"] == [True, [".xstate"]]  # installed file untouched, no part left
     assert r["xstate"]["v"] == {"cfg.bin": 6}
     # The heap figure (docs/micropython.md): what one piece allocates on
