@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device import transfer as T
 from moteseal.hub import transfer as H
@@ -295,3 +297,16 @@ def test_the_rate_caps_pieces_per_second_and_the_window_caps_pieces_in_flight() 
     T.encode_status_into(st, snd.tid, H.ST_RECEIVING, H.R_NONE, 16 * PIECE_MAX, PIECE_MAX)
     assert len(snd.on_status(bytes(st), 1.0)) == 10  # 1 s at 10 pieces/s
     assert len(snd.due(1.5)) == 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), max_size=12))
+def test_any_frames_give_a_status_or_a_counted_drop_never_an_exception(frames: list[bytes]) -> None:
+    """Fuzz invariant (STYLE.md section 3) for ``Receiver.handle_into``:
+    arbitrary frames, also after a real manifest, return a status length
+    (0 or ``STATUS_BYTES``) and nothing else escapes."""
+    dev = Device()
+    man = bytes(T.encode_manifest(9, 1, 200, 0, bytes(32), b"f"))
+    for f in [man, *frames, *[bytes([0x11]) + bytes(4) + x for x in frames]]:
+        n = dev.rx.handle_into(bytearray(f), len(f), dev.out)
+        assert n in (0, H.STATUS_BYTES)
