@@ -363,9 +363,11 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
-        if self.trial and self.now >= self.trial_s:  # Rule 7
-            from micropython_port.app_update import give_up
-            give_up()
+        if self.trial and self.now >= self.trial_s:  # Rule 7: restart; the next boot rolls back
+            import machine
+            if hasattr(machine, "reset"):
+                machine.reset()
+            raise SystemExit(4)  # the unix port has no reset
         if self._need_hs or s.transport is None or s.handshaking:
             return
         x = self.xfer

@@ -3,7 +3,8 @@ staged application archive (``.stage``, received through
 ``micropython_port.update``) or roll back one that failed its trial.
 ``micropython_port/main.py`` calls ``boot()`` before it imports the
 application; the application calls ``confirm()`` once it has reached its
-peer, or ``give_up()`` when its trial is over without that.
+peer (when its trial is over without that, the application restarts the
+board: ``micropython_port/app.py`` Rule 7).
 
 The archive: ``name_len u8 | path | size u32 | data``, repeated; a path is
 relative, of plain names joined by "/", at most
@@ -24,8 +25,8 @@ Invariants:
 
 import os
 
-from micropython_port.update import (_STAGE, _STATE, _exists, _remove, APP_NAME, read_state,
-                                     write_state)
+from micropython_port.update_state import (_STAGE, _STATE, _exists, _remove, APP_NAME,
+                                           read_state, write_state)
 
 TRIAL_S = 120  # seconds a new application has to reach its peer (main.py --trial-s)
 ARCHIVE_PATH_MAX_BYTES = 64  # a member's path in an application archive
@@ -87,20 +88,25 @@ def _rollback(st):
 def _apply(st):
     paths = []
     buf = bytearray(256)
-    with open(_STAGE, "rb") as f:
-        for p, size in _members(f):
-            _check_path(p)
-            if size > (1 << 20):  # device.transfer's FILE_MAX_BYTES
-                raise ArchiveError("archive member")
-            _mkdirs(p)
-            with open(p + ".new", "wb") as out:
-                while size:
-                    k = f.readinto(memoryview(buf)[:min(size, 256)])
-                    if not k:
-                        raise ArchiveError("archive truncated")
-                    out.write(memoryview(buf)[:k])
-                    size -= k
-            paths.append(p)
+    try:
+        with open(_STAGE, "rb") as f:
+            for p, size in _members(f):
+                _check_path(p)
+                if size > (1 << 20):  # device.transfer's FILE_MAX_BYTES
+                    raise ArchiveError("archive member")
+                _mkdirs(p)
+                paths.append(p)
+                with open(p + ".new", "wb") as out:
+                    while size:
+                        k = f.readinto(memoryview(buf)[:min(size, 256)])
+                        if not k:
+                            raise ArchiveError("archive truncated")
+                        out.write(memoryview(buf)[:k])
+                        size -= k
+    except Exception:
+        for p in paths:  # Rule 3: nothing of a damaged archive stays
+            _remove(p + ".new")
+        raise
     st["trial"] = [st.pop("stage"), paths]
     write_state(st)  # from here on, a failed boot rolls back
     for p in paths:
@@ -136,7 +142,11 @@ def boot():
 
 
 def confirm():
-    """The new application reached its peer: keep it (Rule 3)."""
+    """The new application reached its peer: keep it (Rule 2). Drops this
+    module and the state module from ``sys.modules`` (they are needed once)."""
+    import sys
+    for m in ("micropython_port.app_update", "micropython_port.update_state"):
+        sys.modules.pop(m, None)
     st = read_state()
     if "trial" not in st:
         return
@@ -145,14 +155,3 @@ def confirm():
         _remove(p + ".old")
     st["v"][APP_NAME.decode()] = version
     write_state(st)
-
-
-def give_up():
-    """The trial's deadline passed without a handshake: restart, so that the
-    next ``boot()`` rolls back (Rule 3). On the unix port: exit 4."""
-    try:
-        import machine
-        machine.reset()
-    except ImportError:
-        import sys
-        sys.exit(4)

@@ -119,7 +119,7 @@ def _update_boot():
     try:
         return U.boot()
     finally:  # its modules leave the heap (Rule 1); a transfer loads them again
-        for m in ("micropython_port.app_update", "micropython_port.update", "device.transfer"):
+        for m in ("micropython_port.app_update", "micropython_port.update_state"):
             sys.modules.pop(m, None)
             pkg = sys.modules.get(m.split(".")[0])
             if hasattr(pkg, m.split(".")[1]):

@@ -29,60 +29,22 @@ Invariants:
 - Rule 4: nothing here logs file contents.
 """
 
-import json
 import os
 
 from micropython import const
 
 from device.transfer import Receiver, parse_manifest
+from micropython_port.update_state import APP_NAME, _STAGE, _remove, read_state, write_state
 
 # device.transfer's constants, inlined here instead of imported as globals.
 _F_APP = const(0x01)
 _FILE_MAX_BYTES = const(1048576)
 _ST_INSTALLED = const(1)
 _ST_STAGED = const(2)
-_ST_IDLE = const(5)
 _STATUS_BYTES = const(13)
 
 _PART = ".part"
 _MAN = ".xfer"
-_STATE = ".xstate"
-_STAGE = ".stage"
-APP_NAME = b"app"  # the manifest name of an application archive
-
-
-def _exists(p):
-    try:
-        os.stat(p)
-        return True
-    except OSError:
-        return False
-
-
-def _remove(p):
-    try:
-        os.remove(p)
-    except OSError:
-        pass
-
-
-def read_state():
-    """The parsed ``.xstate`` (an empty one if absent or damaged)."""
-    try:
-        with open(_STATE) as f:
-            st = json.load(f)
-        if isinstance(st, dict):
-            return st
-    except (OSError, ValueError):
-        pass
-    return {"v": {}, "t": -1, "s": _ST_IDLE}
-
-
-def write_state(st):
-    """Replaces ``.xstate`` atomically (Rule 2). Raises ``OSError``."""
-    with open(_STATE + ".tmp", "w") as f:
-        json.dump(st, f)
-    os.rename(_STATE + ".tmp", _STATE)
 
 
 class FileStore:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pytest
 
-from device import transfer as T
 from moteseal.hub import transfer as H
 from tests.mp_helpers import run_mp_json
 
