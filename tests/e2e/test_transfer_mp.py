@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from moteseal.flash.build import build
+from moteseal.hub.transfer import F_APP, pack_app
 from tests.cli_fleet import make_fleet, run
 from tests.mp_helpers import mp_binary
 
@@ -60,12 +61,12 @@ class Mote:
         self.proc: subprocess.Popen | None = None
         self.boots = 0
 
-    def boot(self, *args: str) -> "Mote":
+    def boot(self, *args: str, heap: str = HEAP) -> "Mote":
         self.boots += 1
         out = open(self.flash.parent / f"boot{self.boots}.out", "w")
         env = {"MICROPYPATH": f"{self.flash}:.frozen", "PATH": "/usr/bin:/bin"}
         self.proc = subprocess.Popen(
-            [mp_binary(), "-X", f"heapsize={HEAP}", str(self.flash / "main.py"),
+            [mp_binary(), "-X", f"heapsize={heap}", str(self.flash / "main.py"),
              "--bundle", str(self.bundle), "--state", str(self.state), "--interval-ms", "1000",
              "--run-ms", "300000", *args],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.flash)
@@ -225,3 +226,30 @@ def test_an_application_update_that_cannot_reach_the_hub_rolls_back(world) -> No
     assert not list(flash.rglob("*.old")) and not list(flash.rglob("*.new"))
     xstate = json.loads((flash / ".xstate").read_text())
     assert xstate["bad"] == 10 and "trial" not in xstate and "app" not in xstate["v"]
+
+
+def test_an_application_update_that_reaches_the_hub_is_kept(world) -> None:
+    w, mote = world, world["mote"]
+    flash = mote.flash
+    new_dir = w["tmp"] / "new-flash"
+    build(w["bundle"], new_dir, "x64", debug=True)
+    new = {p.relative_to(new_dir): p.read_bytes() for p in new_dir.rglob("*.mpy")}
+    mote.boot()
+    assert _wait(lambda: _telemetry(w), 60)
+    row = w["hub"].push(DEVICE, pack_app(new_dir), b"app", version=20, flags=F_APP)
+    assert _wait(lambda: _state(w, row).get("state") == "staged", 240), _state(w, row)
+    mote.kill()
+    n = len(w["reports"])
+    mote.boot("--trial-s", "60")  # applies it; the hub is there
+    assert _wait(lambda: _telemetry(w, n), 60)
+    assert _wait(lambda: "app" in json.loads((flash / ".xstate").read_text())["v"], 30)
+    mote.kill()
+    assert {"event": "update", "detail": "trial"} in mote.events()
+    assert all((flash / p).read_bytes() == b for p, b in new.items())  # the new files stay
+    assert not list(flash.rglob("*.old")) and not list(flash.rglob("*.new"))
+    assert json.loads((flash / ".xstate").read_text())["v"] == {"app": 20}
+    # The same version again is refused: staged once, kept, never re-applied.
+    row = w["hub"].push(DEVICE, pack_app(new_dir), b"app", version=20, flags=F_APP)
+    mote.boot(heap="128k")  # the new application is a debug build: line numbers cost heap
+    assert _wait(lambda: _state(w, row).get("state") == "refused", 120), _state(w, row)
+    assert _state(w, row)["reason"] == "old_version"
