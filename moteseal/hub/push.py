@@ -135,7 +135,8 @@ class TransferStore:
 
 
 class TransferAccepted(Accepted):
-    """A status frame (no reading): the listener reports ``report``."""
+    """A status frame (no reading): the listener reports ``report``. Made
+    once and only read afterwards, so it may be shared between threads."""
 
     __slots__ = ("report",)
 
