@@ -34,10 +34,13 @@ Invariants:
   the manifest; otherwise the partial file is discarded and the installed
   one is untouched.
 - Rule 4 (no rollback, one at a time): a manifest whose version is not
-  above the installed version of that name is refused (``R_OLD_VERSION``),
-  as is one for a different transfer while another is in flight
-  (``R_BUSY``). The same manifest again (same tid) is a resume request and
-  is answered with the current state.
+  above the installed version of that name is refused (``R_OLD_VERSION``).
+  At most one transfer is in flight: an acceptable manifest of another
+  transfer replaces it (its partial file is discarded; the hub runs one
+  transfer per device, so it has given the old one up, e.g. after a
+  timeout that left the device holding a partial file). The same manifest
+  again (same tid) is a resume request and is answered with the current
+  state; the same tid with another manifest is refused (``R_BUSY``).
 - Rule 5: bad frames never raise out of ``handle_into``: a malformed frame
   is a counted drop (``DecodeError`` inside), a refused manifest or piece
   is answered with ``ST_REFUSED`` and its reason (``TransferRefused``).
@@ -89,7 +92,7 @@ _R_NONE = const(0)
 _R_BAD_NAME = const(1)  # empty, too long, a separator, "..", a control byte
 _R_TOO_LARGE = const(2)  # size above _FILE_MAX_BYTES or the store's room
 _R_OLD_VERSION = const(3)  # version not above the installed one (no rollback)
-_R_BUSY = const(4)  # another transfer is in flight
+_R_BUSY = const(4)  # the transfer id is in flight with another manifest
 _R_HASH = const(5)  # the bytes received do not hash to the manifest's SHA-256
 _R_PAST_END = const(6)  # a piece beyond the announced size
 _R_STORAGE = const(7)  # flash failed; nothing installed
@@ -367,7 +370,6 @@ class Receiver:
                     raise TransferRefused(_R_BUSY)  # same id, other file: not ours
                 self._told = False
                 return self._status(out, tid, _ST_RECEIVING, _R_RESUME)  # a resume request
-            raise TransferRefused(_R_BUSY)  # Rule 4: one in flight
         last_tid, last_state = self.store.finished()
         if tid == last_tid:
             return self._status(out, tid, last_state, _R_NONE)  # its answer was lost
@@ -375,6 +377,8 @@ class Receiver:
             raise TransferRefused(_R_OLD_VERSION)  # Rule 4: no rollback
         if m[2] > self.store.room():
             raise TransferRefused(_R_TOO_LARGE)
+        if cur is not None:
+            self._drop()  # Rule 4: the hub moved on; the new transfer replaces it
         self.store.begin(m, buf, n)
         self.man = m
         self.offset = 0

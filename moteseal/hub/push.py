@@ -19,7 +19,11 @@ Invariants:
   ``offset`` follows the device's acknowledgements; a hub restart resumes
   a ``sending`` row from the device's own resume point (the manifest is
   sent again under the same transfer id).
-- Rule 4: no file content is logged or reported; reports carry ids,
+- Rule 4: ``request_abort`` (``Hub.abort``) ends a queued transfer, or
+  sends the device an abort for a sending one; a transfer that times out
+  is aborted on the device too (best effort), so no partial file is left
+  behind on purpose.
+- Rule 5: no file content is logged or reported; reports carry ids,
   names, sizes, versions, offsets and states.
 """
 
@@ -53,6 +57,7 @@ CREATE TABLE IF NOT EXISTS transfers (
     state TEXT NOT NULL DEFAULT 'queued',
     reason TEXT NOT NULL DEFAULT '',
     offset INTEGER NOT NULL DEFAULT 0,
+    abort_requested INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     finished_at REAL
 );
@@ -125,6 +130,20 @@ class TransferStore:
                 seen.add(r[1])
                 out.append(r)
         return out
+
+    def request_abort(self, row: int) -> bool:
+        """Asks the hub to abort a queued or sending transfer (the device
+        drops its partial file); False if it has ended already."""
+        with self._lock:
+            cur = self._db.execute("UPDATE transfers SET abort_requested = 1 WHERE id = ? AND "
+                                   "state IN ('queued', 'sending')", (row,))
+            return cur.rowcount > 0
+
+    def aborts(self) -> list[tuple[int, str]]:
+        """``(row, device)`` of every transfer whose abort was asked for."""
+        with self._lock:
+            return self._db.execute("SELECT id, device FROM transfers WHERE abort_requested = 1 "
+                                    "AND state IN ('queued', 'sending')").fetchall()
 
     def update(self, row: int, state: str, offset: int, reason: str = "") -> None:
         with self._lock:
@@ -238,6 +257,13 @@ class TransferService:
 
     def _start_new(self, now: float) -> None:
         try:
+            aborts = self.store.aborts()
+            for row, device in aborts:
+                cur = self.active.get(device)
+                if cur is not None and cur[0] == row:
+                    self._emit(device, [cur[1].abort()])  # ends as aborted in _progress
+                else:
+                    self.store.update(row, "aborted", 0, "requested")
             rows = self.store.startable(set(self.active))
         except (StoreError, sqlite3.Error):
             return
@@ -259,6 +285,8 @@ class TransferService:
         row, out = self.active[device]
         if out.done:
             del self.active[device]
+            if out.state == "timeout":  # best effort: the device drops its partial file
+                self._emit(device, [bytes([T.ABORT]) + out.tid.to_bytes(4, "big")])
             self.store.update(row, out.state, out.offset, out.reason)
             self.report({"event": "transfer_" + out.state, "device": device, "id": row,
                          "reason": out.reason, "offset": out.offset,

@@ -255,6 +255,11 @@ class Hub:
         Raises ``TransferError`` (name, size, version), ``StoreError``."""
         return self.transfers.store.queue(device, name, data, version, flags)
 
+    def abort(self, row: int) -> bool:
+        """Aborts transfer ``row`` (the device drops its partial file); False
+        if it has ended already."""
+        return self.transfers.store.request_abort(row)
+
     def transfer(self, row: int) -> dict[str, Any] | None:
         """A transfer's state: ``queued``, ``sending`` (``offset`` bytes
         acknowledged), then ``installed``, ``staged``, ``refused``

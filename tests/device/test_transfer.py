@@ -161,13 +161,34 @@ def test_a_piece_past_the_announced_size_is_refused() -> None:
     assert dev.store.files[b"app.cfg"] == b"old contents"
 
 
-def test_one_transfer_in_flight_at_most() -> None:
+def test_one_transfer_in_flight_at_most_a_new_one_replaces_it() -> None:
     dev = Device()
-    a, b = Outgoing(b"a.txt", _data(3000), 1), Outgoing(b"b.txt", b"b", 1)
+    a = Outgoing(b"a.txt", _data(3000), 1)
     run(dev, a, limit=5)
-    st = dev.feed(b.manifest())
+    assert dev.store.man[5] == b"a.txt" and dev.store.length() > 0
+    # A refused manifest of another transfer leaves the one in flight alone.
+    bad = bytearray(Outgoing(b"c.txt", b"c", 1).manifest())
+    bad[13] = 0x80  # unknown flags
+    st = dev.feed(bytes(bad))
+    assert T.parse_status(st, len(st))[1:3] == (H.ST_REFUSED, H.R_FLAGS)
+    assert dev.store.man[5] == b"a.txt"
+    # An acceptable one replaces it: the hub runs one per device, so it
+    # has given the old one up; its partial file goes.
+    b = Outgoing(b"b.txt", b"b", 1)
+    run(dev, b)
+    assert b.state == "installed" and dev.store.man is None and dev.store.length() == 0
+    assert set(dev.store.files) == {b"b.txt"}
+
+
+def test_the_same_transfer_id_with_another_manifest_is_refused_busy() -> None:
+    dev = Device()
+    a = Outgoing(b"a.txt", _data(3000), 1)
+    run(dev, a, limit=5)
+    other = bytearray(Outgoing(b"b.txt", b"b", 1).manifest())
+    other[1:5] = a.tid.to_bytes(4, "big")
+    st = dev.feed(bytes(other))
     assert T.parse_status(st, len(st))[1:3] == (H.ST_REFUSED, H.R_BUSY)
-    assert dev.store.man[5] == b"a.txt"  # the first goes on
+    assert dev.store.man is None and dev.store.files == {}  # neither is taken
 
 
 @pytest.mark.parametrize("name", [b"", b"../x", b"a/b", b"a\\b", b".xstate", b"c:x", b"x" * 17,

@@ -7,8 +7,9 @@ heap plus what the receiver needs).
 - A 100 KiB file arrives intact and is swapped in once while the link
   (the gateway) is cut twice and the device is killed and restarted once
   (it resumes from what its flash holds).
-- Pushed again (the same version, an older one) it is refused and the
-  installed file stays as it is.
+- Pushed again (the same version, an older one), with a wrong piece from
+  the hub (the hash does not match) and truncated then aborted, it is
+  refused and the installed file stays as it is.
 - An application update is staged, applied at the next boot, and rolled
   back at the boot after when the new application cannot reach the hub
   within its trial; one that reaches the hub is kept.
@@ -187,6 +188,41 @@ def test_a_100k_file_survives_two_link_cuts_and_a_reboot_and_is_swapped_in_once(
         got = json.loads(r.stdout)
         assert (got["state"], got["reason"]) == ("refused", "old_version"), got
     assert (mote.flash / "data.bin").read_bytes() == data
+    # A wrong piece from the hub (one byte of the piece at offset 650, every
+    # time it is sent): the device's hash does not match, nothing installed.
+    svc = w["hub"].transfers
+    real = svc._send
+
+    def wrong_piece(device: str, frame: bytes) -> Any:
+        if frame[0] == 0x11 and int.from_bytes(frame[5:9], "big") == 650:
+            frame = frame[:-1] + bytes([frame[-1] ^ 1])
+        return real(device, frame)
+
+    svc._send = wrong_piece
+    row = w["hub"].push(DEVICE, bytes(3000), b"data.bin", version=4)
+    assert _wait(lambda: _state(w, row).get("state") == "refused", 60), _state(w, row)
+    assert _state(w, row)["reason"] == "hash_mismatch"
+    assert (mote.flash / "data.bin").read_bytes() == data
+    assert _wait(lambda: not (mote.flash / ".part").exists(), 10)
+
+    # A truncated transfer (nothing beyond 1300 bytes gets through), then
+    # aborted: nothing installed, the partial file gone.
+    def truncate(device: str, frame: bytes) -> Any:
+        if frame[0] == 0x11 and int.from_bytes(frame[5:9], "big") >= 1300:
+            return None
+        return real(device, frame)
+
+    svc._send = truncate
+    row = w["hub"].push(DEVICE, bytes(3000), b"data.bin", version=5)
+    assert _wait(lambda: _state(w, row).get("offset") == 1300, 60), _state(w, row)
+    assert (mote.flash / ".part").stat().st_size == 1300
+    assert w["hub"].abort(row)
+    assert _wait(lambda: _state(w, row).get("state") == "aborted", 30), _state(w, row)
+    assert _wait(lambda: not (mote.flash / ".part").exists(), 30)
+    assert (mote.flash / "data.bin").read_bytes() == data
+    svc._send = real
+    assert json.loads((mote.flash / ".xstate").read_text())["v"] == {"data.bin": 3}
+
     # A bad name is refused at the CLI, before anything is queued.
     r = run("push", DEVICE, str(other), "--as", "../x", "--config", str(w["tmp"] / "hub.toml"),
             env=w["env"])
