@@ -73,7 +73,7 @@ _ABORT_BYTES = const(1 + 4)
 # < 64), and is a plain file name: no path separator, no "..".
 _NAME_MAX_BYTES = const(16)
 # The largest file a manifest may announce (the size field is a u32; a
-# device's store may refuse less, ``_R_TOO_LARGE``): room on small flash.
+# device's store may refuse less, ``R_TOO_LARGE``): room on small flash.
 _FILE_MAX_BYTES = const(1048576)
 _SHA256_BYTES = const(32)
 
@@ -87,19 +87,19 @@ _ST_REFUSED = const(3)  # see the reason; nothing installed
 _ST_ABORTED = const(4)  # the peer aborted it; the partial file is gone
 _ST_IDLE = const(5)  # no such transfer here (a stray piece or abort)
 
-# Reasons (_ST_REFUSED).
+# Reasons (ST_REFUSED).
 _R_NONE = const(0)
 _R_BAD_NAME = const(1)  # empty, too long, a separator, "..", a control byte
-_R_TOO_LARGE = const(2)  # size above _FILE_MAX_BYTES or the store's room
+_R_TOO_LARGE = const(2)  # size above FILE_MAX_BYTES or the store's room
 _R_OLD_VERSION = const(3)  # version not above the installed one (no rollback)
 _R_BUSY = const(4)  # the transfer id is in flight with another manifest
 _R_HASH = const(5)  # the bytes received do not hash to the manifest's SHA-256
 _R_PAST_END = const(6)  # a piece beyond the announced size
 _R_STORAGE = const(7)  # flash failed; nothing installed
 _R_FLAGS = const(8)  # unknown flags
-# With _ST_RECEIVING, the reason says what the offset means: _R_NONE, the
+# With ST_RECEIVING, the reason says what the offset means: R_NONE, the
 # bytes held so far (a cumulative acknowledgement: pieces beyond it may be
-# in flight); _R_RESUME, send again from here (the answer to a manifest, and
+# in flight); R_RESUME, send again from here (the answer to a manifest, and
 # to the first piece after a gap).
 _R_RESUME = const(9)
 
@@ -125,7 +125,7 @@ def _get32(buf, off):
 
 
 def check_name(name):
-    """Raises ``TransferRefused(_R_BAD_NAME)`` unless ``name`` (bytes) is
+    """Raises ``TransferRefused(R_BAD_NAME)`` unless ``name`` (bytes) is
     1..NAME_MAX_BYTES of printable ASCII without "/", "\\" or "..", and not
     starting with a dot (no hidden or state files)."""
     n = len(name)
@@ -139,7 +139,7 @@ def check_name(name):
 def parse_manifest(buf, n):
     """``(tid, version, size, flags, sha256, name)`` of a manifest frame
     ``buf[:n]``. Raises ``DecodeError`` (malformed) or ``TransferRefused``
-    (``_R_BAD_NAME``, ``_R_TOO_LARGE``, ``_R_FLAGS``)."""
+    (``R_BAD_NAME``, ``R_TOO_LARGE``, ``R_FLAGS``)."""
     if n < _MANIFEST_HEAD_BYTES or buf[0] != _MANIFEST:
         raise DecodeError("transfer: short manifest")
     nl = buf[_MANIFEST_HEAD_BYTES - 1]
@@ -176,7 +176,7 @@ def encode_manifest(tid, version, size, flags, sha, name):
 
 
 def encode_status_into(buf, tid, state, reason, offset, piece_max):
-    """Writes a status frame; returns ``_STATUS_BYTES``."""
+    """Writes a status frame; returns ``STATUS_BYTES``."""
     buf[0] = _STATUS
     _put32(buf, 1, tid)
     buf[5] = state
@@ -207,7 +207,7 @@ class MemoryStore:
       file; ``frame[:n]`` is the manifest frame, to keep for ``load``).
     - ``append(buf, off, n)``: add ``buf[off:off + n]`` at the end.
     - ``rehash(h)``: feed the bytes held into the hash ``h``.
-    - ``install()``: swap the file in (or stage it, ``_F_APP``) and record
+    - ``install()``: swap the file in (or stage it, ``F_APP``) and record
       its version and tid; ``discard()``: forget the partial file.
     - ``installed(name)``: the installed version, -1 if none;
       ``finished()``: ``(tid, state)`` of the last finished transfer.
@@ -267,11 +267,11 @@ class Receiver:
     """The device's side of transfers (Rules 1-5) over ``store``.
 
     ``piece_max`` is the most data a piece may carry: the device's receive
-    buffer less ``_PIECE_HEAD_BYTES``. ``ack_every`` pieces in a row are
+    buffer less ``PIECE_HEAD_BYTES``. ``ack_every`` pieces in a row are
     answered with one status (the sender keeps a window of about twice
     that in flight). ``resume()`` once at boot; then ``handle_into(buf, n,
     out)`` for every transfer frame, which returns the length of the status
-    to send (written into ``out``, ``_STATUS_BYTES`` long), or 0.
+    to send (written into ``out``, ``STATUS_BYTES`` long), or 0.
 
     ``frame(buf, n)`` is ``handle_into`` that keeps the status in ``out``
     and its length in ``pending`` (cleared by the caller once sent).
@@ -328,7 +328,7 @@ class Receiver:
     def handle_into(self, buf, n, out):
         """One decrypted transfer frame ``buf[:n]``; returns the length of the
         status written into ``out`` (0: nothing to send). Never raises for
-        remote bytes (Rule 5); a failing store refuses with ``_R_STORAGE``."""
+        remote bytes (Rule 5); a failing store refuses with ``R_STORAGE``."""
         k = buf[0] if n else 0
         tid = _get32(buf, 1) if n >= 5 else 0
         try:
