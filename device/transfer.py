@@ -299,7 +299,10 @@ class Receiver:
     def resume(self):
         """Rule 2: continue the store's transfer in flight, if any: the
         offset is what flash holds, re-hashed. A store holding more than
-        the manifest announces is discarded."""
+        the manifest announces is discarded; one holding all of it (the
+        device stopped between the last piece and the swap) is finished
+        now (Rule 3), its status left in ``out[:pending]``. Raises
+        ``OSError`` if the store cannot be read."""
         man = self.store.load()
         if man is None:
             return
@@ -311,6 +314,12 @@ class Receiver:
         self.offset = n
         self._h = hashlib.sha256()
         self.store.rehash(self._h)
+        if n == man[2]:
+            try:
+                self.pending = self._finish(self.out)
+            except TransferRefused as e:
+                self._drop()
+                self.pending = self._status(self.out, man[0], _ST_REFUSED, e.reason)
 
     def _status(self, out, tid, state, reason):
         if state == _ST_REFUSED:

@@ -331,3 +331,18 @@ def test_any_frames_give_a_status_or_a_counted_drop_never_an_exception(frames: l
     for f in [man, *frames, *[bytes([0x11]) + bytes(4) + x for x in frames]]:
         n = dev.rx.handle_into(bytearray(f), len(f), dev.out)
         assert n in (0, H.STATUS_BYTES)
+
+
+def test_a_device_stopped_after_the_last_piece_installs_at_resume() -> None:
+    """All bytes on flash but no swap yet (a reboot in between): the next
+    receiver finishes it (or refuses it, if the bytes are wrong)."""
+    data = _data(1000)
+    for tamper, state in ((False, H.ST_INSTALLED), (True, H.ST_REFUSED)):
+        store = T.MemoryStore()
+        man = T.encode_manifest(7, 1, len(data), 0, hashlib.sha256(data).digest(), b"f.bin")
+        store.begin(T.parse_manifest(man, len(man)), man, len(man))
+        store.append(data[:-1] + (b"X" if tamper else data[-1:]), 0, len(data))
+        dev = Device(store)
+        assert dev.rx.pending == H.STATUS_BYTES
+        assert T.parse_status(dev.rx.out, H.STATUS_BYTES)[1] == state
+        assert store.man is None and (store.files.get(b"f.bin") == data) == (not tamper)
