@@ -1,14 +1,15 @@
 """Transfer rate to a MicroPython device and its heap during transfers. Not
 a test: figures vary by machine and load.
 
-    python3 bench/bench_transfer.py [--repeats N] [--kib K] [--heap 88k]
+    python3 bench/bench_transfer.py [--repeats N] [--kib K] [--heap 88k] [--rate R]
 
 Sets up what ``tests/e2e/test_transfer_mp.py`` runs: real Mosquitto on
 loopback, a real ``moteseal gateway run``, the hub (``moteseal.hub.Hub``,
 in this process) and the device's flash build (``.mpy``) on the MicroPython
 unix port, sending a reading a second. Then pushes a K KiB file N times
-(versions 1..N, one after the other; paced only by the device's
-acknowledgements) and prints:
+(versions 1..N, one after the other; at most R pieces a second, the hub's
+default 400, or ``--rate 0``: paced only by the device's acknowledgements)
+and prints:
 
 - the transfer rate in KiB/s (file size / time from queueing to the
   device's ``installed``): median and spread (min..max) over the repeats;
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--kib", type=int, default=100)
     ap.add_argument("--heap", default="88k")
+    ap.add_argument("--rate", type=float, default=None, help="pieces/s (default: the hub's)")
     args = ap.parse_args()
     from moteseal.hub.config import TEMPLATE, load
     from moteseal.hub.service import Hub
@@ -80,6 +82,8 @@ def main() -> None:
                                                        "[dashboard]\nenabled = false"))
             reports: list[dict] = []
             hub = Hub(load(str(root / "hub.toml")), on_report=reports.append).start()
+            if args.rate is not None:
+                hub.transfers.rate = args.rate
             threading.Thread(target=hub.run, args=(stop,), daemon=True).start()
             flash = root / "flash"
             bundle = root / "bundles" / f"{DEVICE}.bundle"
@@ -114,7 +118,8 @@ def main() -> None:
             summary = lines[-1] if lines and lines[-1].get("event") == "summary" else {}
             telemetry = sum(1 for r in reports if r["event"] == "telemetry")
             print(f"transfer of {args.kib} KiB to a MicroPython device over MQTT on loopback "
-                  f"(Mosquitto, gateway, hub; {args.repeats} repeats):")
+                  f"(Mosquitto, gateway, hub; {args.repeats} repeats; rate "
+                  f"{hub.transfers.rate:g} pieces/s):")
             print(f"  rate   median {statistics.median(rates):.1f} KiB/s  "
                   f"spread {min(rates):.1f}..{max(rates):.1f} KiB/s")
             print(f"  device heap {args.heap}: mem_free {summary.get('mem_free', '?')} bytes at the "

@@ -44,6 +44,10 @@ __all__ = ["TransferStore", "TransferService", "TransferInbox", "FINAL_STATES"]
 
 FINAL_STATES = ("installed", "staged", "refused", "aborted", "timeout")
 QUEUED_MAX = 8  # transfers waiting per device
+# Pieces per second per transfer, at most (about 25 KiB/s of 65-byte
+# pieces): leaves the link to telemetry, and bounds what a device's status
+# frames can make the hub send (a "resume" asks for a window again).
+DEFAULT_RATE = 400.0
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS transfers (
@@ -200,13 +204,13 @@ class TransferService:
                  report: Callable[[dict[str, Any]], None],
                  clock: Callable[[], float] = time.monotonic, window: int = 16,
                  retry_s: float = 3.0, timeout_s: float = 600.0, poll_s: float = 0.5,
-                 rate: float = 0.0) -> None:
+                 rate: float = DEFAULT_RATE) -> None:
         self.store = store
         self._send = send
         self.report = report
         self.clock = clock
         self.window, self.retry_s, self.timeout_s, self.poll_s = window, retry_s, timeout_s, poll_s
-        self.rate = rate  # pieces per second per transfer, 0: paced by acknowledgements only
+        self.rate = rate  # pieces per second per transfer (0: by acknowledgements only)
         self.active: dict[str, tuple[int, Outgoing]] = {}
         self._q: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
         self._stop = threading.Event()

@@ -306,6 +306,17 @@ def test_the_receiver_runs_on_micropython() -> None:
     assert r["counts"]["out_of_order"] == 1 and r["counts"]["installed"] == 1
 
 
+def test_resume_statuses_cannot_make_the_sender_exceed_its_rate() -> None:
+    """A device that answers every piece with "resume from 0" gets the
+    window once and then ``rate`` pieces per second, not a window each."""
+    snd = Outgoing(b"f.bin", _data(65 * 400), 1, rate=100.0)
+    snd.start(0.0)
+    st = bytearray(H.STATUS_BYTES)
+    T.encode_status_into(st, snd.tid, H.ST_RECEIVING, H.R_RESUME, 0, PIECE_MAX)
+    sent = sum(len(snd.on_status(bytes(st), 0.001 * i)) for i in range(1000))  # 1000 in 1 s
+    assert sent <= 16 + 100 + 1
+
+
 def test_the_rate_caps_pieces_per_second_and_the_window_caps_pieces_in_flight() -> None:
     snd = Outgoing(b"f.bin", _data(65 * 200), 1, rate=10.0, window=4)
     assert snd.window == 16  # never below twice the device's acknowledgement interval
