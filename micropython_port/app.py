@@ -51,6 +51,13 @@ Invariants:
 - Rule 7: groups (``micropython_port/app_groups.py``, with ``groups``):
   the hub's key messages are taken first; a group message (byte 1 is 8,
   never an envelope's) goes to ``on_group`` once verified and fresh.
+- Rule 8: transfers (docs/protocol.md, "Transfers"). A transfer frame
+  (0x10, 0x11, 0x13) goes to the ``device.transfer.Receiver`` that
+  ``micropython_port.update.receiver`` makes at
+  the first one (a device that is never updated spends no heap on it);
+  its status goes out from ``run``'s loop like a command answer. While a
+  new application is on trial (``trial``), the first handshake confirms it,
+  and ``resend`` gives up at ``trial_s`` (the next boot rolls back).
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -220,6 +227,9 @@ class Device:
         self._cmd_ack = -1  # a command id to answer from run()'s loop (Rule 6)
         self._cmd_done = -1  # the last command id acted on: a resent one only gets its answer
         self._ackbuf = bytearray(5)
+        self.xfer = None  # Rule 8: the transfer Receiver, once a transfer frame came
+        self.trial = False  # Rule 8: set by main.py while a new application is tried
+        self.trial_s = 120
         # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
                        "refused": 0, "replies": 0, "bad_envelopes": 0, "send_errors": 0,
@@ -260,6 +270,13 @@ class Device:
                 return
             b = self._buf
             m = self.session.last_len
+            if m and 0x10 <= b[0] <= 0x13:  # Rule 8: a transfer frame
+                x = self.xfer
+                if x is None:
+                    from micropython_port.update import receiver
+                    x = self.xfer = receiver(len(b) - 9)  # device.transfer.PIECE_HEAD_BYTES
+                x.frame(b, m)
+                return
             if m >= 5 and b[0] == 2:
                 # Rule 6: a command frame (0x02, id, command; device/delivery.py):
                 # act once per id, and answer the id from run()'s loop.
@@ -276,6 +293,10 @@ class Device:
             return
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
+            if self.trial:  # Rule 8: the new application reached its peer
+                from micropython_port.app_update import confirm
+                confirm()
+                self.trial = False
             name = "handshake"
         elif ev == _EV_REHANDSHAKE:
             c["rehandshakes"] += 1
@@ -370,8 +391,24 @@ class Device:
         s = self.session
         if self.groups and self.groups.pending:
             self.groups.subscribe()  # Rule 7
+        if self.trial and self.now >= self.trial_s:  # Rule 8: restart; the next boot rolls back
+            try:
+                import machine
+                machine.reset()
+            except (ImportError, AttributeError):  # the unix port cannot reset
+                pass
+            raise SystemExit(4)
         if self._need_hs or s.transport is None or s.handshaking:
             return
+        x = self.xfer
+        if x is not None and x.pending:  # Rule 8: a transfer status
+            try:
+                n = s.send_into(x.out, x.pending, self._out, self.now)
+            except SessionExpired:
+                self._need_hs = True
+                return
+            x.pending = 0
+            self.link.send(self._out, n)
         cid = self._cmd_ack
         if cid >= 0:  # Rule 6: answer the command (0x03, id)
             a = self._ackbuf

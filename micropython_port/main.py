@@ -23,6 +23,10 @@ Invariants:
   flash build for a board with a fast path ships none) stops the device
   there with ``LocalError``: no silent slow path, and no failure deferred
   to the first handshake.
+- Rule 4: a staged application update is applied, or an unconfirmed one
+  rolled back, before anything else is imported
+  (``micropython_port.app_update.boot``); a device whose last update came
+  through untouched skips it with two ``stat`` calls.
 """
 
 import gc
@@ -113,6 +117,25 @@ def network_up(path="wifi.json", timeout_ms=20000, report=None, backoff_max_ms=6
         pause = min(pause * 2, backoff_max_ms)
 
 
+def _update_boot():
+    # Rule 4: no state file, no update ever finished here: nothing to load.
+    import os
+    try:
+        os.stat(".xstate")
+    except OSError:
+        return None
+    import micropython_port.app_update as U
+    try:
+        return U.boot()
+    finally:  # its modules leave the heap (Rule 1); a transfer loads them again
+        for m in ("micropython_port.app_update", "micropython_port.update_state"):
+            sys.modules.pop(m, None)
+            pkg = sys.modules.get(m.split(".")[0])
+            if hasattr(pkg, m.split(".")[1]):
+                delattr(pkg, m.split(".")[1])
+        gc.collect()
+
+
 def _print_event(name, detail):
     print(json.dumps({"event": name, "detail": detail}))
 
@@ -121,6 +144,7 @@ def _start(argv, read, on_command):
     # Options, Wi-Fi, the bundle, then the application (Rule 1); returns
     # the device and run()'s arguments.
     opts = _args(argv)
+    trial = _update_boot()  # Rule 4
     network_up(report=None if "quiet" in opts else _print_event)
     bundle = load_bundle(opts.get("bundle", "moteseal.bundle"))
     from micropython_port.app import Device
@@ -153,6 +177,11 @@ def _start(argv, read, on_command):
         dev.resend_s = int(opts["resend-s"])
     if "drain-ms" in opts:
         dev.drain_ms = int(opts["drain-ms"])
+    if trial == "trial":
+        dev.trial = True
+        dev.trial_s = int(opts.get("trial-s", 120))
+    if trial and dev.log:
+        dev.log("update", trial)
     run_ms = int(opts["run-ms"]) if "run-ms" in opts else None
     return (dev, int(opts["count"]) if "count" in opts else None, int(opts.get("linger-ms", 0)),
             run_ms)
@@ -165,19 +194,20 @@ def main(argv=None, read=None, on_command=None):
     none): --bundle PATH (default moteseal.bundle), --state PATH (counter
     file, default moteseal.ctr), --count N, --interval-ms MS, --linger-ms
     MS, --hs-timeout-ms MS, --run-ms MS (stop after that long), --host H,
-    --port P, --serial PATH, --retain N (readings kept until the peer
+    --port P, --serial PATH, --trial-s S (how long a new application has
+    to reach its peer before the next boot rolls it back, default 120), --retain N (readings kept until the peer
     acknowledges them, default 16, 0 for none), --resend-s S, --drain-ms MS
     (how long to wait for the last acknowledgements), --quiet. Prints JSON event lines and a summary
     line; returns the summary. Removes ``load_bundle`` and ``network_up``
     from this module once they have run (Rule 1)."""
-    global _args, load_bundle, network_up, _start  # deleted once they have run (Rule 1)
+    global _args, load_bundle, network_up, _start, _update_boot  # deleted once run (Rule 1)
     # Rule 1: collect every 4 KiB allocated, so start-up garbage is gone
     # before long-lived objects land between it (measured: 4 KiB less heap
     # needed; after the handshake nothing allocates, so it costs nothing).
     if hasattr(gc, "threshold"):  # absent where MICROPY_GC_ALLOC_THRESHOLD is off
         gc.threshold(4096)
     dev, count, linger_ms, run_ms = _start(sys.argv if argv is None else argv, read, on_command)
-    del _args, load_bundle, network_up, _start
+    del _args, load_bundle, network_up, _start, _update_boot
     gc.collect()
     summary = dev.run(count, linger_ms, run_ms)
     gc.collect()

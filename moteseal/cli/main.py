@@ -41,6 +41,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "readings": ("moteseal.cli.hub", "readings_cmd"),
     "send": ("moteseal.cli.hub", "send_cmd"),
     "group": ("moteseal.cli.group", "group_group"),
+    "push": ("moteseal.cli.push", "push_cmd"),
+    "update": ("moteseal.cli.push", "update_cmd"),
     "service": ("moteseal.cli.service", "service_group"),
 }
 

@@ -72,7 +72,7 @@ MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 CORE_MODULES = (
     "errors", "backend", "noise", "transport", "replay", "envelope",
     "counter", "session", "counter_file", "framing", "bundle", "reading", "padding",
-    "delivery", "group",
+    "delivery", "group", "transfer",
 )
 # Every other top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy
@@ -258,6 +258,8 @@ HOST_ONLY = {
     "device/counter": ("NonpersistingCounterStore", "get_counter"),
     # The peer's: raised by a registry that cannot write, never on a device.
     "device/errors": ("StorageError",),
+    # The test store and the peer's halves of the transfer frames.
+    "device/transfer": ("MemoryStore", "parse_status", "encode_manifest"),
     # Key generation is the host's (provisioning); the handshake draws its
     # ephemeral through random_bytes and x25519_base.
     "micropython_port/backend": ("MicroBackend.generate_keypair",),

@@ -21,6 +21,10 @@ Invariants:
 - Rule 5: groups (fleet broadcast) run on their own thread
   (``moteseal.hub.groups``); every device the hub hears from is handed to
   it, so a member with a new session gets its group keys.
+- Rule 6: file and application transfers queued in the store
+  (``moteseal push``, ``moteseal update``, ``Hub.push``) run on their own
+  thread (``moteseal.hub.push.TransferService``), paced by the devices'
+  status frames so telemetry keeps flowing.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from moteseal.hub.sinks import (CallbackSink, HomeAssistantSink, JsonLinesSink, 
                                 read_secret)
 from moteseal.hub.store import HubStore
 from device import delivery as D
-from moteseal.peer.delivery import Inbox
 
 Report = dict[str, Any]
 EVENTS_KEPT = 500  # recent events kept in memory for the dashboard
@@ -87,6 +90,7 @@ class Hub:
         self.link: Any = None
         self.dashboard: Any = None
         self.groups: Any = None  # moteseal.hub.groups.GroupService
+        self.transfers: Any = None  # Rule 6: moteseal.hub.push.TransferService
         self.started_at = wall_clock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -142,13 +146,18 @@ class Hub:
             self.link = MqttLink(peer_id, mq["host"], mq["port"], username=mq["username"] or peer_id,
                                  password=password, tls=mq["tls"],
                                  ca_file=str(cfg.path_of("mqtt", "ca_file") or "") or None)
+            from moteseal.hub.push import TransferInbox, TransferService, TransferStore
+            self.transfers = TransferService(TransferStore(str(store_path)),
+                                             lambda d, f: self.listener.send(d, f), self._report)
             self.listener = PeerListener(self.sessions, self.link, self._report, clock=self.clock,
-                                         wall_clock=self.wall_clock, inbox=Inbox(self.store))
+                                         wall_clock=self.wall_clock,
+                                         inbox=TransferInbox(self.store, self.transfers.on_status))
             self._start_sinks()
             self._start_groups(store_path)
             self.link.start()
             threading.Thread(target=self._dispatch, name="hub-commands", daemon=True).start()
             threading.Thread(target=self._housekeeping, name="hub-prune", daemon=True).start()
+            self.transfers.start()
             if cfg.get("dashboard", "enabled"):
                 from moteseal.hub.dashboard import Dashboard
                 self.dashboard = Dashboard(self).start()
@@ -203,6 +212,9 @@ class Hub:
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.transfers is not None:
+            self.transfers.stop()
+            self.transfers.store.close()
         for w in self.workers:
             if w.thread is not None:
                 w.thread.join(5)
@@ -267,6 +279,25 @@ class Hub:
         cid = self.store.queue_command(device, payload)
         self._commands.put(device)
         return cid
+
+    def push(self, device: str, data: bytes, name: bytes, version: int | None = None,
+             flags: int = 0) -> int:
+        """Queues a file transfer to ``device`` (Rule 6); returns its id for
+        ``transfer(id)``. ``flags=moteseal.hub.transfer.F_APP`` with
+        ``moteseal.hub.transfer.pack_app(dir)`` is an application update.
+        Raises ``TransferError`` (name, size, version), ``StoreError``."""
+        return self.transfers.store.queue(device, name, data, version, flags)
+
+    def abort(self, row: int) -> bool:
+        """Aborts transfer ``row`` (the device drops its partial file); False
+        if it has ended already."""
+        return self.transfers.store.request_abort(row)
+
+    def transfer(self, row: int) -> dict[str, Any] | None:
+        """A transfer's state: ``queued``, ``sending`` (``offset`` bytes
+        acknowledged), then ``installed``, ``staged``, ``refused``
+        (``reason``), ``aborted`` or ``timeout``."""
+        return self.transfers.store.get(row)
 
     def _dispatch(self) -> None:
         assert self.store is not None

@@ -153,6 +153,9 @@ class PeerListener:
     def _accepted(self, device_id: bytes, via: str, size: int, acc: Any, now: float,
                   started: float) -> Report:
         device = device_id.decode("ascii", "replace")
+        report = getattr(acc, "report", None)  # a transfer status (moteseal/hub/push.py)
+        if report is not None:
+            return self._report(dict(report, device=device))
         if acc.command_ack >= 0:
             self.counts["command_acks"] += 1
             return self._report({"event": "command_acked", "device": device, "id": acc.command_ack})
