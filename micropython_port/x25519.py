@@ -16,13 +16,14 @@ Invariants:
   (``_fe25519_thumb``, UMULL/UMLAL, its docstring proves the carries); on
   ARMv6-M (Cortex-M0/M0+, RP2040) the same in Thumb-1 (``_fe25519_thumb1``,
   16x16-bit MULS, "asm_thumb1"); elsewhere viper on 20 limbs of 13 bits
-  (``_fe25519_viper``, whose docstring proves the 32-bit bounds); otherwise, and on CPython, the
-  big-integer ladder of ``_x25519_py`` (imported only then, so a board with
-  a fast path never loads it into RAM). Scratch is allocated by one call and
+  (``_fe25519_viper``, whose docstring proves the 32-bit bounds);
+  otherwise, and on CPython, the big-integer ladder of ``_x25519_py``
+  (imported only then, so a board with a fast path never loads it into
+  RAM). Scratch is allocated by one call and
   dropped, so nothing stays on the heap between handshakes. ``PATH`` names
   the path in use ("asm_thumb", "asm_thumb1", "viper" or "python"), and a
-  fallback happens only when the interpreter cannot load a module (see ``_NO_EMITTER``),
-  never on a MemoryError. ``tests/mp_primitive_hooks.py`` switches paths
+  fallback happens only when the interpreter cannot load a module (see
+  ``_NO_EMITTER``), never on a MemoryError. ``tests/mp_primitive_hooks.py`` switches paths
   for tests.
 """
 
