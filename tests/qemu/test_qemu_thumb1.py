@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import nacl.bindings
 import pytest
 
-from tests.mp_vectors import LOW_ORDER, P, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1
+from tests.mp_vectors import LOW_ORDER, P, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1, RFC7748_ITER_1000
 from tests.qemu.conftest import _Session
 from tests.qemu.test_qemu_primitives import run
 from tests.qemu.test_qemu_x25519_asm import _edges, _noncanonical
@@ -169,6 +169,17 @@ print([X.PATH] + [X.x25519(U(a), U(b)).hex() for a, b in {pairs!r}] + [X.x25519_
 """)
     assert got == (["asm_thumb1"] + [w for _, _, w in RFC7748_5_2]
                    + [v["shared"], v["bob_pub"], RFC7748_ITER_1])
+
+
+def test_rfc7748_1000_iterations(m0: Any) -> None:
+    # 1000 ladders (about 5.6 G guest instructions; a few seconds of qemu).
+    got = run(m0, _PRELUDE + """
+k = u = U("09" + "00" * 31)
+for _ in range(1000):
+    k, u = X.x25519(k, u), k
+print(repr(k.hex()))
+""", timeout=600)
+    assert got == RFC7748_ITER_1000
 
 
 def test_every_low_order_point_gives_zero(m0: Any) -> None:
