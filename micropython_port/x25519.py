@@ -53,8 +53,9 @@ from array import array
 _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 # The native architecture (py/persistentcode.h MP_NATIVE_ARCH_*; 0 where the
 # port does not say). asm_thumb is tried only on ARMv7-M/ARMv7E-M (5..8) or
-# an unknown arch: elsewhere it cannot run, and merely parsing its source
-# would take more heap than a 64 KiB device has.
+# an unknown arch, asm_thumb1 only on ARMv6-M (4): elsewhere they cannot run,
+# and merely parsing their source would take more heap than a 64 KiB device
+# has.
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 
 
