@@ -208,7 +208,7 @@ def test_the_whole_device_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Pa
     out, err = run_device(setup, tmp_path, 64, romfs=True)
     assert not err, err + out
     lines = out.splitlines()
-    assert lines[0] == "moteseal paths x25519=asm_thumb aead=viper"
+    assert lines[0] == "moteseal paths x25519=asm_thumb aead=asm_thumb"
     summary = [ln for ln in lines if '"event": "summary"' in ln]
     assert summary, out
     total, free = map(int, [ln for ln in lines if ln.startswith("heap ")][-1].split()[1:])
