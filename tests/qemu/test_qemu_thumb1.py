@@ -165,7 +165,8 @@ def test_rfc7748_vectors_on_asm_thumb1(m0: Any) -> None:
     got = run(m0, _PRELUDE + f"""
 k = u = U("09" + "00" * 31)
 k, u = X.x25519(k, u), k  # RFC 7748 section 5.2: one iteration
-print([X.PATH] + [X.x25519(U(a), U(b)).hex() for a, b in {pairs!r}] + [X.x25519_base(U('{v["bob_priv"]}')).hex(), k.hex()])
+out = [X.PATH] + [X.x25519(U(a), U(b)).hex() for a, b in {pairs!r}]
+print(out + [X.x25519_base(U('{v["bob_priv"]}')).hex(), k.hex()])
 """)
     assert got == (["asm_thumb1"] + [w for _, _, w in RFC7748_5_2]
                    + [v["shared"], v["bob_pub"], RFC7748_ITER_1])
