@@ -169,6 +169,10 @@ def run_device(setup: Any, tmp_path: Path, heap_kb: int, romfs: bool, ballast_kb
     ballast = f"_ballast = [bytearray(1008) for _ in range({ballast_kb})]" if ballast_kb else ""
     code = _MAIN.format(bundle=(tmp_path / "d.bundle").read_bytes().hex(), count=READINGS,
                         ballast=ballast, counter=counter)
+    if arch == "armv6m":  # unaligned accesses fault, as on a Cortex-M0
+        from tests.qemu.test_qemu_thumb1 import TRAP_UNALIGNED
+
+        code = TRAP_UNALIGNED + code
     try:
         with qemu_board.Board(elf, files=files, romfs=romfs) as board:
             return board.exec_talk(code, relay, timeout=300)

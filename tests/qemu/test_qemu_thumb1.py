@@ -7,9 +7,11 @@ arch 4), its native emitters and inline assembler keep to Thumb-1 (it refuses
 the Thumb-2 module), so it selects and compiles the Thumb-1 modules from
 source as an RP2040 would. qemu's only Cortex-M0 machine (``microbit``) has
 16 KiB of RAM, too little for MicroPython and the device, so the firmware runs
-on the Cortex-M3 board, which executes every ARMv6-M instruction (an
-unaligned word access does not fault there as on a Cortex-M0: the modules
-only use byte accesses on caller data, see their docstrings).
+on the Cortex-M3 board, which executes every ARMv6-M instruction. A
+Cortex-M3 performs an unaligned LDR/LDRH/STR/STRH where a Cortex-M0 faults,
+so every board here first sets the M3's CCR.UNALIGN_TRP (``TRAP_UNALIGNED``):
+then an unaligned access faults as on an M0, and the board dies (the control
+``test_the_unaligned_trap_makes_the_m3_fault_as_an_m0_would`` shows it).
 
 Host-side: each generated module is what its generator writes, ``mpy-cross
 -march=armv6m`` accepts it, and every ``data()`` line is the encoding GNU as
@@ -60,10 +62,36 @@ def m0_session(m0_firmware: Path) -> Iterator[_Session]:
         s.close()
 
 
+# Sets CCR.UNALIGN_TRP (bit 3 of 0xE000ED14, ARMv7-M ARM B3.2.8): from then
+# on an unaligned word or halfword access faults, as every access does on
+# ARMv6-M. It survives a soft reset; the firmware's own C code is compiled
+# for ARMv6-M and never makes one.
+TRAP_UNALIGNED = """
+import micropython
+@micropython.asm_thumb
+def _trap_unaligned():
+    mov(r0, 0xE0)
+    lsl(r0, r0, 24)
+    mov(r1, 0xED)
+    lsl(r1, r1, 8)
+    add(r0, r0, r1)
+    add(r0, 0x14)
+    ldr(r1, [r0, 0])
+    mov(r2, 8)
+    orr(r1, r2)
+    str(r1, [r0, 0])
+    mov(r0, 0)
+_trap_unaligned()
+"""
+
+
 @pytest.fixture
 def m0(m0_session: _Session) -> Any:
-    """A board running the ARMv6-M firmware, with a fresh interpreter."""
-    return m0_session.fresh()
+    """A board running the ARMv6-M firmware, with a fresh interpreter and
+    unaligned accesses trapping as on a Cortex-M0."""
+    board = m0_session.fresh()
+    board.exec(TRAP_UNALIGNED)
+    return board
 
 
 # --- host side ---------------------------------------------------------------
@@ -113,6 +141,27 @@ def test_every_thumb1_data_encoding_is_what_gnu_as_assembles_for_armv6m(module: 
 
 
 # --- on the ARMv6-M firmware -----------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_the_unaligned_trap_makes_the_m3_fault_as_an_m0_would(m0_firmware: Path, offset: int) -> None:
+    import qemu_board
+
+    with qemu_board.Board(m0_firmware, files=[]) as b:
+        code = TRAP_UNALIGNED + f"""
+@micropython.asm_thumb
+def load_word(r0):
+    add(r0, {offset})
+    ldr(r0, [r0, 0])
+    mov(r0, 0)
+load_word(bytearray(8))
+print(repr("survived"))
+"""
+        if offset == 0:
+            assert run(b, code) == "survived"
+        else:
+            with pytest.raises(qemu_board.BoardError, match="fault"):
+                b.exec(code, timeout=30)
 
 
 def test_the_armv6m_target_reports_asm_thumb1_for_x25519_and_the_aead(m0: Any) -> None:
