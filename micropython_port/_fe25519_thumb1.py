@@ -28,8 +28,13 @@ it is loaded into the GC heap.
   with the carry propagated to word 7; a second carry means the value
   wrapped to < 38 * 38, so 38 more into word 0 cannot carry). ``out`` may
   alias ``a`` or ``b``: nothing is stored into out before the last load.
-- SQ (out, a): MUL(out, a, a) (the same code: a smaller module rather than
-  a faster square).
+- SQ (out, a): the cross products once, then doubled: rows i = 0..14 add
+  a[i] * a[j], j > i, to limbs i+j as MUL's rows do (same step, same
+  bound), from one unrolled copy of the steps j = 1..15 that row i enters
+  at j = i+1 (a jump by 14 * i bytes, i public). Then limb by limb 2 * t +
+  the square a[i]**2 (its low half at limb 2i, high half at 2i+1) + carry
+  <= 3 * (2**16 - 1) + 3 < 2**18, so the carry is <= 3, and the last one
+  is 0 (the square is < 2**512). Then MUL's reduction.
 - ADDSUB, CSWAP: ``_fe25519_thumb``'s code and bounds (only 16-bit
   encodings: ADDS, ADCS, SUBS, SBCS, ANDS, EORS, NEGS, LDR, STR).
 - A24 (out, e, aa): out = aa + 121665 * e with 121665 = 2**16 + 56129:
@@ -67,8 +72,6 @@ LIMB_BITS = 16
 @micropython.asm_thumb
 def x25519_core(r0, r1, r2):
     bl(MAIN)  # over the subroutines (b reaches only 2 KiB; lr is saved by the entry)
-    label(SQ)
-    mov(r2, r1)
     label(MUL)
     mov(r12, r0)
     data(2, 0xb090)  # sub sp, #64
@@ -82,6 +85,14 @@ def x25519_core(r0, r1, r2):
     str(r3, [r0, 20])
     str(r3, [r0, 24])
     str(r3, [r0, 28])
+    str(r3, [r0, 32])
+    str(r3, [r0, 36])
+    str(r3, [r0, 40])
+    str(r3, [r0, 44])
+    str(r3, [r0, 48])
+    str(r3, [r0, 52])
+    str(r3, [r0, 56])
+    str(r3, [r0, 60])
     data(2, 0xaf08)  # add r7, sp, #32
     label(ROW)
     ldrh(r4, [r1, 0])
@@ -203,6 +214,7 @@ def x25519_core(r0, r1, r2):
     add(r1, 2)
     cmp(r0, r7)
     bne(ROW)  # 16 rows, a public count
+    label(REDUCE)
     data(2, 0xa800)  # add r0, sp, #0
     mov(r1, r12)
     mov(r2, 38)
@@ -352,6 +364,177 @@ def x25519_core(r0, r1, r2):
     str(r4, [r1, 0])
     data(2, 0xb010)  # add sp, #64
     bx(lr)
+    label(SQ)
+    mov(r12, r0)
+    data(2, 0xb090)  # sub sp, #64
+    data(2, 0xa800)  # add r0, sp, #0
+    mov(r3, 0)
+    str(r3, [r0, 0])
+    str(r3, [r0, 4])
+    str(r3, [r0, 8])
+    str(r3, [r0, 12])
+    str(r3, [r0, 16])
+    str(r3, [r0, 20])
+    str(r3, [r0, 24])
+    str(r3, [r0, 28])
+    str(r3, [r0, 32])
+    str(r3, [r0, 36])
+    str(r3, [r0, 40])
+    str(r3, [r0, 44])
+    str(r3, [r0, 48])
+    str(r3, [r0, 52])
+    str(r3, [r0, 56])
+    str(r3, [r0, 60])
+    mov(r2, r1)
+    mov(r7, r1)
+    add(r7, 30)
+    label(XROW)
+    ldrh(r4, [r2, 0])
+    mov(r3, 0)
+    sub(r5, r2, r1)
+    mov(r6, 7)
+    mul(r5, r6)  # 14 * i
+    # to the step for j = i + 1: pc reads as this instruction + 4, the nop's end
+    data(2, 0x44af)  # add pc, r5
+    nop()
+    ldrh(r5, [r1, 2])
+    mul(r5, r4)
+    ldrh(r6, [r0, 2])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 2])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 4])
+    mul(r5, r4)
+    ldrh(r6, [r0, 4])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 4])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 6])
+    mul(r5, r4)
+    ldrh(r6, [r0, 6])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 6])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 8])
+    mul(r5, r4)
+    ldrh(r6, [r0, 8])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 8])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 10])
+    mul(r5, r4)
+    ldrh(r6, [r0, 10])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 10])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 12])
+    mul(r5, r4)
+    ldrh(r6, [r0, 12])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 12])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 14])
+    mul(r5, r4)
+    ldrh(r6, [r0, 14])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 14])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 16])
+    mul(r5, r4)
+    ldrh(r6, [r0, 16])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 16])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 18])
+    mul(r5, r4)
+    ldrh(r6, [r0, 18])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 18])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 20])
+    mul(r5, r4)
+    ldrh(r6, [r0, 20])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 20])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 22])
+    mul(r5, r4)
+    ldrh(r6, [r0, 22])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 22])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 24])
+    mul(r5, r4)
+    ldrh(r6, [r0, 24])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 24])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 26])
+    mul(r5, r4)
+    ldrh(r6, [r0, 26])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 26])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 28])
+    mul(r5, r4)
+    ldrh(r6, [r0, 28])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 28])
+    lsr(r3, r5, 16)
+    ldrh(r5, [r1, 30])
+    mul(r5, r4)
+    ldrh(r6, [r0, 30])
+    add(r5, r5, r6)
+    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1
+    strh(r5, [r0, 30])
+    lsr(r3, r5, 16)
+    strh(r3, [r0, 32])
+    add(r0, 2)
+    add(r2, 2)
+    cmp(r2, r7)
+    bne(XROW)  # 15 rows, a public count
+    data(2, 0xa800)  # add r0, sp, #0
+    mov(r2, r1)
+    mov(r3, 0)
+    add(r7, 2)  # a + 32
+    label(DIAG)
+    ldrh(r4, [r2, 0])
+    mov(r5, r4)
+    mul(r4, r5)
+    lsl(r5, r4, 16)
+    lsr(r5, r5, 16)
+    lsr(r4, r4, 16)
+    ldrh(r6, [r0, 0])
+    add(r6, r6, r6)
+    add(r6, r6, r5)
+    add(r6, r6, r3)
+    strh(r6, [r0, 0])
+    lsr(r3, r6, 16)
+    ldrh(r6, [r0, 2])
+    add(r6, r6, r6)
+    add(r6, r6, r4)
+    add(r6, r6, r3)
+    strh(r6, [r0, 2])
+    lsr(r3, r6, 16)
+    add(r0, 4)
+    add(r2, 2)
+    cmp(r2, r7)
+    bne(DIAG)  # 16 limbs, a public count
+    b(REDUCE)
     label(ADDSUB)
     ldr(r4, [r2, 0])
     ldr(r5, [r3, 0])

@@ -57,8 +57,13 @@ it is loaded into the GC heap.
   with the carry propagated to word 7; a second carry means the value
   wrapped to < 38 * 38, so 38 more into word 0 cannot carry). ``out`` may
   alias ``a`` or ``b``: nothing is stored into out before the last load.
-- SQ (out, a): MUL(out, a, a) (the same code: a smaller module rather than
-  a faster square).
+- SQ (out, a): the cross products once, then doubled: rows i = 0..14 add
+  a[i] * a[j], j > i, to limbs i+j as MUL's rows do (same step, same
+  bound), from one unrolled copy of the steps j = 1..15 that row i enters
+  at j = i+1 (a jump by 14 * i bytes, i public). Then limb by limb 2 * t +
+  the square a[i]**2 (its low half at limb 2i, high half at 2i+1) + carry
+  <= 3 * (2**16 - 1) + 3 < 2**18, so the carry is <= 3, and the last one
+  is 0 (the square is < 2**512). Then MUL's reduction.
 - ADDSUB, CSWAP: ``_fe25519_thumb``'s code and bounds (only 16-bit
   encodings: ADDS, ADCS, SUBS, SBCS, ANDS, EORS, NEGS, LDR, STR).
 - A24 (out, e, aa): out = aa + 121665 * e with 121665 = 2**16 + 56129:
@@ -117,26 +122,10 @@ def add_hi(d, m):
     return _hw("add r%d, r%d" % (d, m), 0x4400 | ((d >> 3) << 7) | (m << 3) | (d & 7))
 
 
-def gen_mul():
-    """MUL (r0 = out, r1 = a, r2 = b) and SQ (r0 = out, r1 = a: b = a)."""
-    lines = ["    label(SQ)", "    mov(r2, r1)", "    label(MUL)", "    mov(r12, r0)", sub_sp(64),
-             add_rd_sp(0, 0), "    mov(r3, 0)"]
-    lines += ["    str(r3, [r0, %d])" % (4 * i) for i in range(8)]  # t[0..15] = 0
-    # Row i (r0 = t + 2i, r1 = a + 2i): t[i..i+15] += a[i] * b, t[i+16] = the
-    # carry. r3 the carry, r4 a[i], r5/r6 scratch, r7 the end of the rows.
-    lines += [add_rd_sp(7, 32), "    label(ROW)", "    ldrh(r4, [r1, 0])", "    mov(r3, 0)"]
-    for j in range(16):
-        lines += ["    ldrh(r5, [r2, %d])" % (2 * j),
-                  "    mul(r5, r4)",
-                  "    ldrh(r6, [r0, %d])" % (2 * j),
-                  "    add(r5, r5, r6)",
-                  "    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1",
-                  "    strh(r5, [r0, %d])" % (2 * j),
-                  "    lsr(r3, r5, 16)"]
-    lines += ["    strh(r3, [r0, 32])", "    add(r0, 2)", "    add(r1, 2)", "    cmp(r0, r7)",
-              "    bne(ROW)  # 16 rows, a public count"]
-    # out = t_lo + 38 * t_hi, limb by limb, then the carry fold on words.
-    lines += [add_rd_sp(0, 0), "    mov(r1, r12)", "    mov(r2, 38)", "    mov(r3, 0)"]
+def _reduce(lines):
+    """REDUCE: out (r12) = t_lo + 38 * t_hi (t: 32 limbs at sp), limb by
+    limb, then the carry fold on words; frees the frame and returns."""
+    lines += ["    label(REDUCE)", add_rd_sp(0, 0), "    mov(r1, r12)", "    mov(r2, 38)", "    mov(r3, 0)"]
     for i in range(16):
         lines += ["    ldrh(r4, [r0, %d])" % (2 * i + 32),
                   "    mul(r4, r2)",
@@ -147,6 +136,67 @@ def gen_mul():
                   "    lsr(r3, r4, 16)"]
     _fold_carry(lines, base=1, c=3, zero=5, k38=2, tmp=4)
     lines += [add_sp(64), "    bx(lr)"]
+
+
+def _zero_t(lines):
+    """r0 = t (64 bytes at sp), all zero; r12 = out (r0 on entry)."""
+    lines += ["    mov(r12, r0)", sub_sp(64), add_rd_sp(0, 0), "    mov(r3, 0)"]
+    lines += ["    str(r3, [r0, %d])" % (4 * i) for i in range(16)]
+
+
+def _step(a_reg, j):
+    """t[i+j] += a[i] * a_reg[j] + carry (r0 = t + 2i, r4 = a[i], r3 the
+    carry): 7 16-bit instructions, 14 bytes (SQ's computed jump counts on it)."""
+    return ["    ldrh(r5, [r%d, %d])" % (a_reg, 2 * j),
+            "    mul(r5, r4)",
+            "    ldrh(r6, [r0, %d])" % (2 * j),
+            "    add(r5, r5, r6)",
+            "    add(r5, r5, r3)  # <= 2 * (2**16 - 1) + (2**16 - 1)**2 = 2**32 - 1",
+            "    strh(r5, [r0, %d])" % (2 * j),
+            "    lsr(r3, r5, 16)"]
+
+
+def gen_mul():
+    """MUL (r0 = out, r1 = a, r2 = b) and SQ (r0 = out, r1 = a), sharing
+    REDUCE (placed between them: B reaches 2 KiB, and BL would overwrite the
+    caller's lr)."""
+    lines = ["    label(MUL)"]
+    _zero_t(lines)
+    # Row i (r0 = t + 2i, r1 = a + 2i): t[i..i+15] += a[i] * b, t[i+16] = the
+    # carry. r3 the carry, r4 a[i], r5/r6 scratch, r7 the end of the rows.
+    lines += [add_rd_sp(7, 32), "    label(ROW)", "    ldrh(r4, [r1, 0])", "    mov(r3, 0)"]
+    for j in range(16):
+        lines += _step(2, j)
+    lines += ["    strh(r3, [r0, 32])", "    add(r0, 2)", "    add(r1, 2)", "    cmp(r0, r7)",
+              "    bne(ROW)  # 16 rows, a public count"]
+    _reduce(lines)
+    lines += ["    label(SQ)"]
+    _zero_t(lines)
+    # Cross rows i = 0..14 (r2 = a + 2i, r0 = t + 2i): t[2i+1..i+15] +=
+    # a[i] * a[i+1..15], t[i+16] = the carry. The 15 steps j = 1..15 are
+    # unrolled once; row i enters at step i+1 by a jump of 14 * i bytes
+    # (ADD PC: a public row index, no secret). r7 the end of the rows.
+    lines += ["    mov(r2, r1)", "    mov(r7, r1)", "    add(r7, 30)",
+              "    label(XROW)", "    ldrh(r4, [r2, 0])", "    mov(r3, 0)",
+              "    sub(r5, r2, r1)", "    mov(r6, 7)", "    mul(r5, r6)  # 14 * i",
+              "    # to the step for j = i + 1: pc reads as this instruction + 4, the nop's end",
+              _hw("add pc, r5", 0x4400 | 0x80 | (5 << 3) | 7),
+              "    nop()"]
+    for j in range(1, 16):
+        lines += _step(1, j)
+    lines += ["    strh(r3, [r0, 32])", "    add(r0, 2)", "    add(r2, 2)", "    cmp(r2, r7)",
+              "    bne(XROW)  # 15 rows, a public count"]
+    # t = 2 t + the squares a[i]**2 at limbs 2i, 2i+1 (r0 = t + 4i, r2 = a +
+    # 2i, r3 the carry: 2 * (2**16 - 1) + (2**16 - 1) + 2 < 2**18, so <= 3).
+    lines += [add_rd_sp(0, 0), "    mov(r2, r1)", "    mov(r3, 0)", "    add(r7, 2)  # a + 32",
+              "    label(DIAG)", "    ldrh(r4, [r2, 0])", "    mov(r5, r4)", "    mul(r4, r5)",
+              "    lsl(r5, r4, 16)", "    lsr(r5, r5, 16)", "    lsr(r4, r4, 16)",
+              "    ldrh(r6, [r0, 0])", "    add(r6, r6, r6)", "    add(r6, r6, r5)", "    add(r6, r6, r3)",
+              "    strh(r6, [r0, 0])", "    lsr(r3, r6, 16)",
+              "    ldrh(r6, [r0, 2])", "    add(r6, r6, r6)", "    add(r6, r6, r4)", "    add(r6, r6, r3)",
+              "    strh(r6, [r0, 2])", "    lsr(r3, r6, 16)",
+              "    add(r0, 4)", "    add(r2, 2)", "    cmp(r2, r7)", "    bne(DIAG)  # 16 limbs, a public count",
+              "    b(REDUCE)"]
     return lines
 
 

@@ -244,7 +244,7 @@ def test_smallest_heap_per_deploy_mode_on_the_32_bit_target(setup: Any, tmp_path
 def test_an_armv6m_build_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Path,
                                                        qemu_firmware: Path) -> None:
     # What an RP2040 runs: the armv6m build on the ARMv6-M firmware, with the
-    # Thumb-1 X25519 and AEAD (2.5 + 3.3 KiB of .mpy; the viper ones, 31 KiB
+    # Thumb-1 X25519 and AEAD (2.8 + 3.3 KiB of .mpy; the viper ones, 31 KiB
     # of native code in the heap, needed 71 KiB): the whole device in 64 KiB.
     peer = setup[2]
     out, err = run_device(setup, tmp_path, 64, romfs=True, arch="armv6m")
