@@ -18,6 +18,7 @@ Command line::
     python qemu/qemu_fw.py            # build if needed, print the ELF's path
     python qemu/qemu_fw.py --check    # only say what is missing, exit 1 if any
     python qemu/qemu_fw.py --force    # rebuild even when cached
+    python qemu/qemu_fw.py --cpu cortex-m0   # the ARMv6-M (RP2040) build
 """
 
 from __future__ import annotations
@@ -202,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only report missing tools")
     ap.add_argument("--force", action="store_true", help="rebuild even when cached")
     ap.add_argument("-j", "--jobs", type=int, default=None)
+    ap.add_argument("--cpu", choices=CPUS, default=CPU, help="cortex-m0: the ARMv6-M (RP2040) build")
     args = ap.parse_args(argv)
     if args.check:
         missing = missing_tools()
         print("missing: " + " ".join(missing) if missing else "ok")
         return 1 if missing else 0
     try:
-        print(build(force=args.force, jobs=args.jobs))
+        print(build(force=args.force, jobs=args.jobs, cpu=args.cpu))
     except BuildError as exc:
         print(f"qemu_fw: {exc}", file=sys.stderr)
         return 1
