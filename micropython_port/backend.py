@@ -59,8 +59,9 @@ class MicroBackend:
 
 def paths():
     """Which code runs each primitive, for the device to print at boot, e.g.
-    ``"x25519=asm_thumb aead=asm_thumb"`` on ARMv7-M, ``"x25519=viper
-    aead=viper"`` elsewhere (and ``blake2s=...`` once a BLAKE2s
+    ``"x25519=asm_thumb aead=asm_thumb"`` on ARMv7-M,
+    ``"x25519=asm_thumb1 aead=asm_thumb1"`` on ARMv6-M (RP2040),
+    ``"x25519=viper aead=viper"`` elsewhere (and ``blake2s=...`` once a BLAKE2s
     suite has imported it; this never imports it). A "python" there on a
     board means the slow fallback: its port cannot load the fast path."""
     import sys

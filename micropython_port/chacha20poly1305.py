@@ -17,9 +17,11 @@ Invariants:
 - Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) inline
   Thumb-2 assembler (``_chachapoly_thumb``: UMULL/UMLAL Poly1305, the
   ChaCha20 state in registers; its docstring has the bounds and the
-  constant-time argument), elsewhere viper (``_chachapoly_viper``, see its
-  docstring). Both take the same arguments and buffer layouts. ``PATH``
-  names the one in use ("asm_thumb", "viper" or "python"); a fallback
+  constant-time argument), on ARMv6-M (Cortex-M0/M0+, RP2040) Thumb-1
+  assembler (``_chachapoly_thumb1``, "asm_thumb1"), elsewhere viper
+  (``_chachapoly_viper``, see its docstring). All take the same arguments
+  and buffer layouts. ``PATH`` names the one in use ("asm_thumb",
+  "asm_thumb1", "viper" or "python"); a fallback
   happens only when the interpreter cannot load a module, never on a
   MemoryError. Without either, and on CPython, the pure-Python class of
   ``_chachapoly_py`` runs (imported only then, so a board with a fast path
@@ -47,22 +49,38 @@ from array import array
 # probe: an ARMv6-M assembler refuses its push of r8-r11 (SyntaxError).
 _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
-try:
-    if sys.implementation.name != "micropython" or not (_ARCH == 0 or 5 <= _ARCH <= 8):
-        raise ImportError  # CPython, or an arch whose assembler is not Thumb-2
-    from micropython_port import _chachapoly_thumb as _v
 
-    PATH = "asm_thumb"
-except _NO_EMITTER:
+
+def _load():
+    """(module, PATH) of the best fast path this interpreter can load: the
+    Thumb-2 module on ARMv7-M (or an unknown arch), the Thumb-1 module on
+    ARMv6-M (Cortex-M0/M0+, RP2040: arch 4), else viper, else (None,
+    "python")."""
+    if sys.implementation.name != "micropython":
+        return None, "python"  # CPython
+    if _ARCH == 0 or 5 <= _ARCH <= 8:
+        try:
+            from micropython_port import _chachapoly_thumb as v
+
+            return v, "asm_thumb"
+        except _NO_EMITTER:
+            pass
+    if _ARCH == 4:
+        try:
+            from micropython_port import _chachapoly_thumb1 as v
+
+            return v, "asm_thumb1"
+        except _NO_EMITTER:
+            pass
     try:
-        if sys.implementation.name != "micropython":
-            raise ImportError  # CPython
-        from micropython_port import _chachapoly_viper as _v
+        from micropython_port import _chachapoly_viper as v
 
-        PATH = "viper"
+        return v, "viper"
     except _NO_EMITTER:
-        _v = None
-        PATH = "python"
+        return None, "python"
+
+
+_v, PATH = _load()
 
 _TAG_BYTES = const(16)
 # poly_update mode bits (see _chachapoly_viper): pad, length block, finish

@@ -13,15 +13,17 @@ Invariants:
   fixed addition chain.
 - Fast paths, best first: on ARMv7-M/ARMv7E-M (Cortex-M3/M4/M7) the whole
   ladder and inversion in inline Thumb-2 assembler on 8 words of 32 bits
-  (``_fe25519_thumb``, UMULL/UMLAL, its docstring proves the carries);
-  elsewhere viper on 20 limbs of 13 bits (``_fe25519_viper``, whose
-  docstring proves the 32-bit bounds); otherwise, and on CPython, the
-  big-integer ladder of ``_x25519_py`` (imported only then, so a board with
-  a fast path never loads it into RAM). Scratch is allocated by one call and
+  (``_fe25519_thumb``, UMULL/UMLAL, its docstring proves the carries); on
+  ARMv6-M (Cortex-M0/M0+, RP2040) the same in Thumb-1 (``_fe25519_thumb1``,
+  16x16-bit MULS, "asm_thumb1"); elsewhere viper on 20 limbs of 13 bits
+  (``_fe25519_viper``, whose docstring proves the 32-bit bounds);
+  otherwise, and on CPython, the big-integer ladder of ``_x25519_py``
+  (imported only then, so a board with a fast path never loads it into
+  RAM). Scratch is allocated by one call and
   dropped, so nothing stays on the heap between handshakes. ``PATH`` names
-  the path in use ("asm_thumb", "viper" or "python"), and a fallback happens
-  only when the interpreter cannot load a module (see ``_NO_EMITTER``),
-  never on a MemoryError. ``tests/mp_primitive_hooks.py`` switches paths
+  the path in use ("asm_thumb", "asm_thumb1", "viper" or "python"), and a
+  fallback happens only when the interpreter cannot load a module (see
+  ``_NO_EMITTER``), never on a MemoryError. ``tests/mp_primitive_hooks.py`` switches paths
   for tests.
 """
 
@@ -51,25 +53,42 @@ from array import array
 _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 # The native architecture (py/persistentcode.h MP_NATIVE_ARCH_*; 0 where the
 # port does not say). asm_thumb is tried only on ARMv7-M/ARMv7E-M (5..8) or
-# an unknown arch: elsewhere it cannot run, and merely parsing its source
-# would take more heap than a 64 KiB device has.
+# an unknown arch, asm_thumb1 only on ARMv6-M (4): elsewhere they cannot run,
+# and merely parsing their source would take more heap than a 64 KiB device
+# has.
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
-try:
-    if sys.implementation.name != "micropython" or not (_ARCH == 0 or 5 <= _ARCH <= 8):
-        raise ImportError
-    from micropython_port import _fe25519_thumb as _fe
 
-    PATH = "asm_thumb"
-except _NO_EMITTER:
+
+def _load():
+    """(module, PATH) of the best fast path this interpreter can load: the
+    Thumb-2 module on ARMv7-M (or an unknown arch), the Thumb-1 module on
+    ARMv6-M (Cortex-M0/M0+, RP2040: arch 4; 16-bit instructions only),
+    else viper, else (None, "python")."""
+    if sys.implementation.name != "micropython":
+        return None, "python"
+    if _ARCH == 0 or 5 <= _ARCH <= 8:
+        try:
+            from micropython_port import _fe25519_thumb as fe
+
+            return fe, "asm_thumb"
+        except _NO_EMITTER:
+            pass
+    if _ARCH == 4:
+        try:
+            from micropython_port import _fe25519_thumb1 as fe
+
+            return fe, "asm_thumb1"
+        except _NO_EMITTER:
+            pass
     try:
-        if sys.implementation.name != "micropython":
-            raise ImportError
-        from micropython_port import _fe25519_viper as _fe
+        from micropython_port import _fe25519_viper as fe
 
-        PATH = "viper"
+        return fe, "viper"
     except _NO_EMITTER:
-        _fe = None
-        PATH = "python"
+        return None, "python"
+
+
+_fe, PATH = _load()
 
 _P = const(2**255 - 19)
 _LIMBS = const(20)  # the viper path's 13-bit limbs
@@ -109,7 +128,7 @@ def x25519(k, u):
     # Mask the top bit (RFC 7748 section 5); values in [p, 2**255) stay as they
     # are and are reduced by the arithmetic.
     un = int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
-    if PATH == "asm_thumb":
+    if PATH[:3] == "asm":  # asm_thumb, asm_thumb1: the same entry and state
         r = ladder_asm(kb, un)
     elif _fe:
         r = ladder(kb, un)

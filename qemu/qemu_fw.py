@@ -18,6 +18,7 @@ Command line::
     python qemu/qemu_fw.py            # build if needed, print the ELF's path
     python qemu/qemu_fw.py --check    # only say what is missing, exit 1 if any
     python qemu/qemu_fw.py --force    # rebuild even when cached
+    python qemu/qemu_fw.py --cpu cortex-m0   # the ARMv6-M (RP2040) build
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ SDIST_SHA256 = "42845bd1f5516c1b1aa0a220e15ffc0f1b8208268a5f9054cbce27e78ada2e89
 PORT_DIR = Path(__file__).resolve().parent / "port"
 CROSS = "arm-none-eabi-"
 HEAP_KB = 256
+# The firmware's CPU (gcc -mcpu): the board is a Cortex-M3, which also runs
+# a "cortex-m0" (ARMv6-M, Thumb-1 only: an RP2040's instruction set) build.
+CPU = "cortex-m3"
+CPUS = ("cortex-m3", "cortex-m0")
 APT_PACKAGES = ("gcc-arm-none-eabi", "libnewlib-arm-none-eabi", "qemu-system-arm", "make")
 
 
@@ -84,9 +89,11 @@ def _compiler_id() -> str:
     return out.splitlines()[0] if out else "?"
 
 
-def firmware_key(heap_kb: int = HEAP_KB) -> str:
+def firmware_key(heap_kb: int = HEAP_KB, cpu: str = CPU) -> str:
     h = hashlib.sha256()
     h.update(f"{SDIST_SHA256}\n{_compiler_id()}\nHEAP_KB={heap_kb}\n".encode())
+    if cpu != CPU:  # the default's key is what it was before CPU existed
+        h.update(f"CPU={cpu}\n".encode())
     for p in sorted(PORT_DIR.rglob("*")):
         if p.is_file():
             h.update(p.relative_to(PORT_DIR).as_posix().encode() + b"\0")
@@ -139,15 +146,19 @@ def _extract(tarball: Path, into: Path) -> Path:
 
 
 def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
-          heap_kb: int = HEAP_KB) -> Path:
+          heap_kb: int = HEAP_KB, cpu: str = CPU) -> Path:
     """The firmware ELF with a GC heap of ``heap_kb`` KiB: from the cache, or
     built now (raises ``BuildError``). The lane's default is 256 KiB (room
-    for the vectors); a 64 KiB build proves what fits a board's heap."""
+    for the vectors); a 64 KiB build proves what fits a board's heap.
+    ``cpu="cortex-m0"`` builds for ARMv6-M (native arch armv6m, an inline
+    assembler without Thumb-2), still run on the Cortex-M3 board."""
+    if cpu not in CPUS:
+        raise BuildError(f"unknown cpu {cpu!r}; one of {', '.join(CPUS)}")
     missing = missing_tools()
     if missing:
         raise BuildError("missing: " + ", ".join(missing)
                          + " (apt-get install " + " ".join(missing) + ")")
-    key = firmware_key(heap_kb)
+    key = firmware_key(heap_kb, cpu)
     out_dir = cache_root() / key
     elf = out_dir / "firmware.elf"
     if elf.exists() and not force:
@@ -165,7 +176,7 @@ def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
             build_dir = Path(tmp) / "build"
             cmd = ["make", "-C", str(PORT_DIR), f"-j{jobs or min(2, os.cpu_count() or 1)}",
                    f"MPTOP={mptop}", f"BUILD={build_dir}", f"HEAP_KB={heap_kb}",
-                   f"CROSS_COMPILE={CROSS}"]
+                   f"CROSS_COMPILE={CROSS}", f"CPU={cpu}"]
             print("qemu_fw: building", key, file=log, flush=True)
             t1 = time.monotonic()
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -179,7 +190,7 @@ def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
             (out_dir / "build.log").write_text(proc.stdout + proc.stderr)
             (out_dir / "build.json").write_text(json.dumps({
                 "key": key, "sdist": SDIST_FILE, "sdist_sha256": SDIST_SHA256,
-                "compiler": _compiler_id(), "heap_kb": heap_kb,
+                "compiler": _compiler_id(), "heap_kb": heap_kb, "cpu": cpu,
                 "fetch_seconds": round(t_fetch, 1), "build_seconds": round(t_build, 1),
             }, indent=2))
             os.replace(tmp_elf, elf)
@@ -192,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only report missing tools")
     ap.add_argument("--force", action="store_true", help="rebuild even when cached")
     ap.add_argument("-j", "--jobs", type=int, default=None)
+    ap.add_argument("--cpu", choices=CPUS, default=CPU, help="cortex-m0: the ARMv6-M (RP2040) build")
     args = ap.parse_args(argv)
     if args.check:
         missing = missing_tools()
         print("missing: " + " ".join(missing) if missing else "ok")
         return 1 if missing else 0
     try:
-        print(build(force=args.force, jobs=args.jobs))
+        print(build(force=args.force, jobs=args.jobs, cpu=args.cpu))
     except BuildError as exc:
         print(f"qemu_fw: {exc}", file=sys.stderr)
         return 1

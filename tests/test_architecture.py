@@ -33,7 +33,8 @@ SESSION_CODE = ("device.noise", "device.transport", "device.session", "device.pe
                 "moteseal.keys", "moteseal.peer")
 MAX_LINES = 600
 GENERATED = {"micropython_port/_fe25519_viper.py", "micropython_port/_chachapoly_viper.py",
-             "micropython_port/_fe25519_thumb.py", "micropython_port/_chachapoly_thumb.py"}
+             "micropython_port/_fe25519_thumb.py", "micropython_port/_chachapoly_thumb.py",
+             "micropython_port/_fe25519_thumb1.py", "micropython_port/_chachapoly_thumb1.py"}
 
 
 def _modules(pkg: str) -> dict[str, Path]:

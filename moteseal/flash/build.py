@@ -97,6 +97,13 @@ FAST_MODULES = {
 THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
 ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
 ASM_THUMB_AEAD = "micropython_port/_chachapoly_thumb"  # ARMv7-M only, like ASM_THUMB_MODULE
+# ARMv6-M (Cortex-M0/M0+, RP2040): the Thumb-1 assembler modules ship instead
+# of the viper ones (2.8 + 3.3 KiB of .mpy against 16.8 + 14.2 KiB).
+THUMB1_ARCHES = ("armv6m",)
+ASM_THUMB1_MODULE = "micropython_port/_fe25519_thumb1"
+ASM_THUMB1_AEAD = "micropython_port/_chachapoly_thumb1"
+_ASM_PRIM = {ASM_THUMB_MODULE: "x25519", ASM_THUMB_AEAD: "aead",
+             ASM_THUMB1_MODULE: "x25519", ASM_THUMB1_AEAD: "aead"}
 # The pure-Python fallback of each primitive. A build whose fast path for
 # that primitive compiled leaves its fallback out (flash, and no quiet slow
 # path: a board that then cannot load the fast path stops at boot, see
@@ -112,8 +119,8 @@ FALLBACK_MODULES = {
 def fast_paths(arch: str) -> dict[str, str]:
     """The code each primitive runs on a board of ``arch`` whose port loads
     native code: what ``micropython_port.backend.paths()`` prints at boot."""
-    return {"x25519": "asm_thumb" if arch in THUMB2_ARCHES else "viper",
-            "aead": "asm_thumb" if arch in THUMB2_ARCHES else "viper", "blake2s": "viper"}
+    asm = "asm_thumb" if arch in THUMB2_ARCHES else "asm_thumb1" if arch in THUMB1_ARCHES else "viper"
+    return {"x25519": asm, "aead": asm, "blake2s": "viper"}
 BOARDS = {
     "esp32": "xtensawin", "esp32s3": "xtensawin", "esp32c3": "rv32imc",
     "esp8266": "xtensa", "rp2": "armv6m", "rp2350": "armv7emsp", "stm32": "armv7emsp",
@@ -277,7 +284,8 @@ HOST_ONLY = {
 # elsewhere, the viper ladder where asm_thumb ships (``fast_paths``).
 def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
     """Definitions left out of a build for ``arch`` only (as ``HOST_ONLY``)."""
-    return {"micropython_port/x25519": ("ladder",) if arch in THUMB2_ARCHES else ("ladder_asm",)}
+    asm = arch in THUMB2_ARCHES or arch in THUMB1_ARCHES
+    return {"micropython_port/x25519": ("ladder",) if asm else ("ladder_asm",)}
 
 
 def strip_definitions(source: str, names: Iterable[str]) -> str:
@@ -408,10 +416,13 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     paths: list[str] = []
     port_modules = sorted(p.stem for p in port.glob("*.py") if p.stem != "__init__")
     skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
+    if arch not in THUMB1_ARCHES:
+        skip.add(ASM_THUMB1_MODULE)  # ARMv7-M has its faster Thumb-2 modules
+        skip.add(ASM_THUMB1_AEAD)
     if arch not in THUMB2_ARCHES:
         skip.add(ASM_THUMB_MODULE)  # its instructions are ARMv7-M's
         skip.add(ASM_THUMB_AEAD)
-    else:
+    if arch in THUMB2_ARCHES or arch in THUMB1_ARCHES:
         # The .mpy's machine code loads on every ARMv7-M port (the inline
         # assembler is not needed to run it), so x25519 never reaches viper:
         # 16 KiB of flash saved; the same for the AEAD (13 KiB).
@@ -420,7 +431,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     slow: list[str] = []
     # The fast paths first, so that the fallbacks of those that compiled
     # can be left out (``FALLBACK_MODULES``).
-    fast = set(FAST_MODULES) | {ASM_THUMB_MODULE, ASM_THUMB_AEAD}
+    fast = set(FAST_MODULES) | set(_ASM_PRIM)
     order = [(pkg, base, name) for pkg, base, names in
              (("device", core, CORE_MODULES), ("micropython_port", port, port_modules))
              for name in names]
@@ -444,8 +455,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             try:
                 compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
             except FlashError as exc:
-                prim = FAST_MODULES.get(f"{pkg}/{name}") or \
-                    {ASM_THUMB_MODULE: "x25519", ASM_THUMB_AEAD: "aead"}.get(f"{pkg}/{name}")
+                prim = FAST_MODULES.get(f"{pkg}/{name}") or _ASM_PRIM.get(f"{pkg}/{name}")
                 if prim is None:
                     raise
                 if not allow_slow:

@@ -11,9 +11,16 @@
 #define MICROPY_CONFIG_ROM_LEVEL            (MICROPY_CONFIG_ROM_LEVEL_CORE_FEATURES)
 
 // Cortex-M3 is ARMv7-M: Thumb-2, no FPU. Viper and @native emit Thumb code.
+// The CPU=cortex-m0 build (ARMv6-M, as an RP2040's) has no Thumb-2: its
+// emitters and inline assembler keep to Thumb-1, and sys.implementation._mpy
+// names armv6m.
 #define MICROPY_EMIT_THUMB                  (1)
 #define MICROPY_EMIT_INLINE_THUMB           (1)
+#if defined(__thumb2__)
 #define MICROPY_EMIT_THUMB_ARMV7M           (1)
+#else
+#define MICROPY_EMIT_THUMB_ARMV7M           (0)
+#endif
 #define MICROPY_MAKE_POINTER_CALLABLE(p)    ((void *)((mp_uint_t)(p) | 1))
 
 // .mpy files, native code included (a flash build's modules, as on a board);

@@ -80,6 +80,7 @@ void fault_report(uint32_t *sp, uint32_t ipsr) {
 }
 
 __attribute__((naked)) void Fault_Handler(void) {
+    #if defined(__thumb2__)
     __asm volatile (
         "tst lr, #4\n"
         "ite eq\n"
@@ -88,6 +89,21 @@ __attribute__((naked)) void Fault_Handler(void) {
         "mrs r1, ipsr\n"
         "b fault_report\n"
         );
+    #else
+    // ARMv6-M (the CPU=cortex-m0 build): no IT, no TST with an immediate.
+    __asm volatile (
+        "movs r0, #4\n"
+        "mov r1, lr\n"
+        "tst r0, r1\n"
+        "beq 1f\n"
+        "mrs r0, psp\n"
+        "b 2f\n"
+        "1: mrs r0, msp\n"
+        "2: mrs r1, ipsr\n"
+        "ldr r2, =fault_report\n"
+        "bx r2\n"
+        );
+    #endif
 }
 
 const uint32_t isr_vector[] __attribute__((section(".isr_vector"), used)) = {

@@ -1,5 +1,6 @@
 """``moteseal flash build`` and the fast paths: the asm_thumb X25519 ships
-for ARMv7-M/ARMv7E-M only (instead of the viper one), and an arch whose board could not load a fast
+for ARMv7-M/ARMv7E-M only (instead of the viper one), the Thumb-1
+asm_thumb1 modules for ARMv6-M only (instead of both viper ones), and an arch whose board could not load a fast
 path (mpy-cross cannot compile it: rv64imc has no viper emitter) is refused
 unless ``--allow-slow``, which records the slow primitives in the manifest."""
 
@@ -39,11 +40,25 @@ def test_armv7m_ships_the_asm_thumb_x25519_as_armv7m_native_code(bundle_file: Pa
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["slow"] == []
 
 
-@pytest.mark.parametrize("arch", ["armv6m", "xtensawin"])
+THUMB1 = {"micropython_port/_fe25519_thumb1.mpy", "micropython_port/_chachapoly_thumb1.mpy"}
+
+
+def test_armv6m_ships_the_thumb1_modules_instead_of_viper(bundle_file: Path, tmp_path: Path) -> None:
+    m = build(bundle_file, tmp_path / "o", "armv6m", device_id="mote-1")
+    assert THUMB1 <= _files(m) and not (VIPER | {THUMB}) & _files(m) and m.slow == []
+    for f in THUMB1:  # armv6m native code (mpy-cross accepted it with no Thumb-2 instruction)
+        data = (tmp_path / "o" / f).read_bytes()
+        assert data[0:2] == b"M\x06" and data[2] >> 2 == ARCHES["armv6m"]
+    assert fast_paths("armv6m") == {"x25519": "asm_thumb1", "aead": "asm_thumb1", "blake2s": "viper"}
+    m7 = build(bundle_file, tmp_path / "o7", "armv7m", device_id="mote-1")
+    assert not THUMB1 & _files(m7)  # ARMv7-M has the faster Thumb-2 modules
+
+
+@pytest.mark.parametrize("arch", ["xtensawin"])
 def test_other_archs_leave_the_thumb_module_out_and_keep_viper(bundle_file: Path, tmp_path: Path,
                                                                 arch: str) -> None:
     m = build(bundle_file, tmp_path / "o", arch, device_id="mote-1")
-    assert THUMB not in _files(m) and VIPER <= _files(m) and m.slow == []
+    assert not ({THUMB} | THUMB1) & _files(m) and VIPER <= _files(m) and m.slow == []
     assert fast_paths(arch) == {"x25519": "viper", "aead": "viper", "blake2s": "viper"}
     assert arch not in THUMB2_ARCHES
 

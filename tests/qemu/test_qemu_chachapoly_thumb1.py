@@ -1,0 +1,198 @@
+"""ChaCha20-Poly1305 in Thumb-1 inline assembler (``_chachapoly_thumb1``) on
+the lane's ARMv6-M firmware (see ``test_qemu_thumb1.py``), where it is the
+fast path the device selects: the unix port's AEAD tests
+(``tests/micropython/test_mp_chachapoly.py``: RFC 8439 vectors, Poly1305
+edge cases, a flip at every byte of ciphertext and tag, random inputs
+against ``cryptography``), random inputs of many lengths in place and into
+caller buffers at odd offsets, Poly1305 at its carry edges, the finish on
+hand-set limbs at their bounds, a ``heap_lock`` proof, and instructions per
+call beside viper's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any
+
+import pytest
+
+from tests.micropython import test_mp_chachapoly as U
+from tests.qemu.test_qemu_chachapoly_asm import _UNIX_TESTS, _XS, _cases
+from tests.qemu.test_qemu_primitives import run
+from tests.qemu.test_qemu_thumb1 import m0, m0_firmware, m0_session  # noqa: F401 - fixtures
+
+_PRELUDE = """
+from binascii import hexlify, unhexlify
+from micropython_port import chacha20poly1305 as C
+import mp_primitive_hooks as T
+from device.errors import AuthError
+class json:
+    dumps = staticmethod(repr)
+def hx(b):
+    return hexlify(b).decode()
+T.force_fallback_for_testing_only({fallback})
+"""
+
+
+@pytest.mark.parametrize("name", _UNIX_TESTS)
+def test_the_unix_port_aead_tests_pass_on_asm_thumb1(m0: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                     name: str) -> None:
+    def on_board(p: str, body: str, timeout: float = 120) -> Any:
+        # "fast" is the firmware's own fast path (asm_thumb1), "fallback" Python
+        return run(m0, _PRELUDE.format(fallback=p != "fast") + body, timeout=timeout)
+
+    monkeypatch.setattr(U, "_mp_aead", on_board)
+    assert run(m0, _PRELUDE.format(fallback=False) + "print(repr(C.PATH))") == "asm_thumb1"
+    fn = getattr(U, name)
+    fn(**({"path": "fast"} if "path" in inspect.signature(fn).parameters else {}))
+
+
+def test_random_inputs_of_many_lengths_match_cryptography_in_place_and_into_buffers(m0: Any) -> None:  # noqa: F811
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    cases = _cases(61)
+    for k, nonce, ad, pt in cases:
+        w = ChaCha20Poly1305(k).encrypt(b"\0" * 4 + nonce.to_bytes(8, "little"), pt, ad).hex()
+        got = run(m0, _PRELUDE.format(fallback=False) + f"""
+k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
+c = C.ChaCha20Poly1305(k)
+n = len(pt)
+out = [C.PATH]
+src = bytearray(3) + pt  # odd offsets: ARMv6-M code must not load words there
+dst = bytearray(n + 16 + 6)
+m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
+out.append(hx(dst[5:5 + m]))
+out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
+back = bytearray(n + 2)
+out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
+           and back[0] == 0 and back[n + 1] == 0)
+buf = bytearray(1) + pt + bytearray(16)
+c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
+out.append(hx(buf[1:]))
+out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
+print(repr(out))
+""")
+        assert got == ["asm_thumb1", w, True, True, w, True], (len(pt), len(ad), nonce)
+
+
+def test_poly1305_at_its_carry_edges_matches_cryptography(m0: Any) -> None:  # noqa: F811
+    from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+    ns: dict = {}
+    exec(_XS, ns)
+    cases = [(i * 7919 + 3, i % 97) for i in range(1, 161)]  # (seed, message length)
+    want = [Poly1305.generate_tag(d[:32], d[32:]).hex() for d in (ns["stream"](s, 32 + n) for s, n in cases)]
+    out = m0.exec(_PRELUDE.format(fallback=False) + _XS + f"""
+import gc
+for seed, n in {cases!r}:
+    data = stream(seed, 32 + n)
+    print(hx(T.poly1305(data[:32], data[32:])))
+    gc.collect()
+""", timeout=240)
+    assert [ln.strip() for ln in out.splitlines() if ln.strip()] == want
+
+
+_M13 = (1 << 13) - 1
+# h as ten 13-bit limbs at the finish, at the bounds the block keeps (limb 1
+# up to 2**13 + 2**11, the others below 2**13): carries that ripple through
+# every limb and back into limb 0, h just below and above p = 2**130 - 5.
+_H_EDGES = ([[_M13] * 10, [_M13 - 4] + [_M13] * 9, [_M13 - 5] + [_M13] * 9, [0] * 10, [5] + [0] * 9,
+             [_M13, _M13 + 2048] + [_M13] * 8, [0, _M13 + 2048] + [0] * 8, [_M13] * 9 + [0]]
+            + [[random.Random(i).choice((0, 1, _M13 - 1, _M13)) for _ in range(10)] for i in range(24)])
+
+
+def test_poly1305_finish_at_the_limb_bounds_matches_python_ints(m0: Any) -> None:  # noqa: F811
+    # poly_update with no input (mode 4: finish only) takes h from ps[0..9].
+    p = (1 << 130) - 5
+    ss = [0, (1 << 128) - 1, 0x0123456789ABCDEF0123456789ABCDEF]
+    want = []
+    for i, h in enumerate(_H_EDGES):
+        v = sum(x << (13 * k) for k, x in enumerate(h))
+        want.append(((v % p + ss[i % 3]) % (1 << 128)).to_bytes(16, "little").hex())
+    out = m0.exec(f"""
+from array import array
+from binascii import hexlify
+from micropython_port import _chachapoly_thumb1 as A
+ps = array("I", bytes(128))
+tag = bytearray(17)
+ss = {ss!r}
+for i, h in enumerate({_H_EDGES!r}):
+    for k in range(10):
+        ps[k] = h[k]
+    s = ss[i % 3]
+    for k in range(8):
+        ps[20 + k] = (s >> (16 * k)) & 0xFFFF
+    ps[28] = 1  # the tag at an odd offset
+    ps[29] = ps[31] = 0
+    ps[30] = 4
+    A.poly_update(ps, b"", tag, bytearray(16))
+    print(hexlify(tag[1:]).decode())
+""", timeout=120)
+    assert [ln.strip() for ln in out.splitlines() if ln.strip()] == want
+
+
+def test_the_aead_allocates_nothing_under_heap_lock(m0: Any) -> None:  # noqa: F811
+    got = run(m0, """
+import micropython
+from micropython_port import chacha20poly1305 as C
+c = C.ChaCha20Poly1305(bytes(range(32)))
+ad = bytearray(b"header bytes")
+buf = bytearray(1100)
+out = bytearray(1100)
+for i in range(len(buf)):
+    buf[i] = i & 0xFF
+want = bytes(buf)
+ok = bytearray(40)
+cases = ((0, 0), (1, 5), (15, 6), (16, 7), (17, 8), (63, 9), (64, 10), (65, 11), (200, 12),
+         (1024, (1 << 30) - 1))
+i = m = k = n = nonce = ad_len = r = 0
+micropython.heap_lock()
+try:
+    for n, nonce in cases:
+        for ad_len in (0, 5, 12):
+            m = c.encrypt_into(nonce, ad, ad_len, buf, 10, n, out, 3)
+            k = c.decrypt_into(nonce, ad, ad_len, out, 3, m, buf, 10)
+            ok[i] = m == n + 16 and k == n
+            i += 1
+    m = c.encrypt_into(3, ad, 12, buf, 0, 64, buf, 0)  # in place
+    ok[i] = c.decrypt_into(3, ad, 12, buf, 0, m, buf, 0) == 64
+    r = i + 1
+finally:
+    micropython.heap_unlock()
+print(repr([C.PATH, all(ok[:r]), r, bytes(buf[:64]) == want[:64] and bytes(buf[80:]) == want[80:]]))
+""")
+    assert got == ["asm_thumb1", True, 31, True]
+
+
+def test_instructions_per_aead_call_asm_thumb1_and_viper(m0: Any) -> None:  # noqa: F811
+    # Measured, not asserted: -icount shift=0, ticks_us = instructions / 1000.
+    got = run(m0, """
+import gc, time
+from micropython_port import chacha20poly1305 as C
+from micropython_port import _chachapoly_viper as V
+def instr(f, n):
+    f()
+    gc.collect()
+    t0 = time.ticks_us()
+    for _ in range(n):
+        f()
+    return time.ticks_diff(time.ticks_us(), t0) * 1000 // n
+res = {}
+for path, mod in (("asm_thumb1", C._v), ("viper", V)):
+    C._v = mod
+    c = C.ChaCha20Poly1305(bytes(range(32)))
+    out = res[path] = {}
+    for size in (64, 1024):
+        pt = bytearray(size)
+        ct = bytearray(size + 16)
+        back = bytearray(size)
+        out["seal_%d" % size] = instr(lambda: c.encrypt_into(7, b"hdr", 3, pt, 0, size, ct, 0), 20)
+        out["open_%d" % size] = instr(lambda: c.decrypt_into(7, b"hdr", 3, ct, 0, size + 16, back, 0), 20)
+print(repr(res))
+""")
+    for path, out in got.items():
+        print(f"\nAEAD on the ARMv6-M firmware, {path}: " + ", ".join(
+            f"{k} {v / 1000:.1f}k" for k, v in sorted(out.items())) + " instructions", end="")
+    print()
+    assert set(got) == {"asm_thumb1", "viper"}
