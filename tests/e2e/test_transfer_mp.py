@@ -276,7 +276,7 @@ def test_an_application_update_that_reaches_the_hub_is_kept(world) -> None:
     assert _wait(lambda: _state(w, row).get("state") == "staged", 240), _state(w, row)
     mote.kill()
     n = len(w["reports"])
-    mote.boot("--trial-s", "60")  # applies it; the hub is there
+    mote.boot("--trial-s", "60", heap="128k")  # applies it (a debug build); the hub is there
     assert _wait(lambda: _telemetry(w, n), 60)
     assert _wait(lambda: "app" in json.loads((flash / ".xstate").read_text())["v"], 30)
     mote.kill()
