@@ -208,6 +208,8 @@ class Hub:
 
     def _report(self, r: Report) -> None:
         # The listener's thread, inside its lock: record, wake, never block.
+        if r["event"] == "transfer_status":
+            return  # Rule 5: one per 8 pieces would crowd out the events; see transfer(id)
         self.events.append(r)
         del self.events[:-EVENTS_KEPT]
         if r["event"] == "telemetry":
