@@ -48,18 +48,19 @@ Invariants:
   (``0x03 | id u32``) from ``run``'s loop, so the sender sees that the
   device got it; a resent command is only answered again. A bare payload
   is a command without an answer, as before.
-- Rule 7: transfers (docs/protocol.md, "Transfers"). A transfer frame
-  (0x10, 0x11, 0x13) goes to the ``device.transfer.Receiver`` that
-  ``micropython_port.update.receiver`` makes at
-  the first one (a device that is never updated spends no heap on it);
-  its status goes out from ``run``'s loop like a command answer. While a
-  new application is on trial (``trial``), the first handshake confirms it,
-  and ``resend`` gives up at ``trial_s`` (the next boot rolls back).
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
 has at most 12 globals (its table grows a step at 13) and the methods are
 few.
+
+Rule 8, transfers (docs/protocol.md, "Transfers"): a transfer frame (0x10,
+0x11, 0x13) goes to the ``device.transfer.Receiver`` that
+``micropython_port.update.receiver`` makes at the first one (a device that
+is never updated spends no heap on it); its status goes out from ``run``'s
+loop like a command answer. While a new application is on trial
+(``trial``), the first handshake confirms it, and ``resend`` restarts the
+board at ``trial_s`` (the next boot rolls back).
 """
 
 from micropython import const
@@ -206,8 +207,8 @@ class Device:
         self._cmd_ack = -1  # a command id to answer from run()'s loop (Rule 6)
         self._cmd_done = -1  # the last command id acted on: a resent one only gets its answer
         self._ackbuf = bytearray(5)
-        self.xfer = None  # Rule 7: the transfer Receiver, once a transfer frame came
-        self.trial = False  # Rule 7: set by main.py while a new application is tried
+        self.xfer = None  # Rule 8: the transfer Receiver, once a transfer frame came
+        self.trial = False  # Rule 8: set by main.py while a new application is tried
         self.trial_s = 120
         # "readings" is also the next reading's seq.
         self.counts = {"readings": 0, "data": 0, "handshakes": 0, "rehandshakes": 0,
@@ -244,7 +245,7 @@ class Device:
                 return
             b = self._buf
             m = self.session.last_len
-            if m and 0x10 <= b[0] <= 0x13:  # Rule 7: a transfer frame
+            if m and 0x10 <= b[0] <= 0x13:  # Rule 8: a transfer frame
                 x = self.xfer
                 if x is None:
                     from micropython_port.update import receiver
@@ -267,7 +268,7 @@ class Device:
             return
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
-            if self.trial:  # Rule 7: the new application reached its peer
+            if self.trial:  # Rule 8: the new application reached its peer
                 from micropython_port.app_update import confirm
                 confirm()
                 self.trial = False
@@ -361,19 +362,19 @@ class Device:
         reading has waited ``resend_s``, send every retained reading again
         on the session, oldest first. Allocates nothing. Raises ``OSError``
         if the link fails."""
-        box = self.box
-        s = self.session
-        if self.trial and self.now >= self.trial_s:  # Rule 7: restart; the next boot rolls back
+        if self.trial and self.now >= self.trial_s:  # Rule 8: restart; the next boot rolls back
             try:
                 import machine
                 machine.reset()
             except (ImportError, AttributeError):  # the unix port cannot reset
                 pass
             raise SystemExit(4)
+        box = self.box
+        s = self.session
         if self._need_hs or s.transport is None or s.handshaking:
             return
         x = self.xfer
-        if x is not None and x.pending:  # Rule 7: a transfer status
+        if x is not None and x.pending:  # Rule 8: a transfer status
             try:
                 n = s.send_into(x.out, x.pending, self._out, self.now)
             except SessionExpired:

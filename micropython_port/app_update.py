@@ -4,7 +4,7 @@ staged application archive (``.stage``, received through
 ``micropython_port/main.py`` calls ``boot()`` before it imports the
 application; the application calls ``confirm()`` once it has reached its
 peer (when its trial is over without that, the application restarts the
-board: ``micropython_port/app.py`` Rule 7).
+board: ``micropython_port/app.py`` Rule 8).
 
 The archive: ``name_len u8 | path | size u32 | data``, repeated; a path is
 relative, of plain names joined by "/", at most

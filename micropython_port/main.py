@@ -14,10 +14,6 @@ Invariants:
   calls): their code is not needed again (``main`` runs once per boot),
   and the handshake reuses their room.
 - Rule 2: nothing printed holds a key, the PSK or a plaintext.
-- Rule 3: a staged application update is applied, or an unconfirmed one
-  rolled back, before anything else is imported
-  (``micropython_port.app_update.boot``); a device whose last update came
-  through untouched skips it with two ``stat`` calls.
 """
 
 import gc
@@ -109,7 +105,10 @@ def network_up(path="wifi.json", timeout_ms=20000, report=None, backoff_max_ms=6
 
 
 def _update_boot():
-    # Rule 3: no state file, no update ever finished here: nothing to load.
+    """Applies a staged application update, or rolls back an unconfirmed
+    one, before anything else is imported (``micropython_port.app_update``);
+    returns what it did. A device that never finished a transfer skips it
+    with one ``stat`` call."""
     import os
     try:
         os.stat(".xstate")
@@ -135,7 +134,7 @@ def _start(argv, read, on_command):
     # Options, Wi-Fi, the bundle, then the application (Rule 1); returns
     # the device and run()'s arguments.
     opts = _args(argv)
-    trial = _update_boot()  # Rule 3
+    trial = _update_boot()  # before the bundle and the application load
     network_up(report=None if "quiet" in opts else _print_event)
     bundle = load_bundle(opts.get("bundle", "moteseal.bundle"))
     from micropython_port.app import Device

@@ -39,9 +39,9 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "flash": ("moteseal.cli.flash", "flash_group"),
     "hub": ("moteseal.cli.hub", "hub_group"),
     "readings": ("moteseal.cli.hub", "readings_cmd"),
-    "send": ("moteseal.cli.hub", "send_cmd"),
     "push": ("moteseal.cli.push", "push_cmd"),
     "update": ("moteseal.cli.push", "update_cmd"),
+    "send": ("moteseal.cli.hub", "send_cmd"),
     "service": ("moteseal.cli.service", "service_group"),
 }
 

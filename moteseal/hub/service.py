@@ -16,10 +16,6 @@ Invariants:
   per second per device, and is marked ``sent`` in the store.
 - Rule 4: nothing secret is logged, stored in a sink, shown or exported:
   reports hold ids, sizes, kinds and the devices' own readings.
-- Rule 5: file and application transfers queued in the store
-  (``moteseal push``, ``moteseal update``, ``Hub.push``) run on their own
-  thread (``moteseal.hub.push.TransferService``), paced by the devices'
-  status frames so telemetry keeps flowing.
 """
 
 from __future__ import annotations
@@ -57,6 +53,12 @@ class Hub:
     ``on_reading(device, fields, meta)`` callbacks (the Python API) run on
     their own sink threads, fed from the store. The public read-only views
     (``counts``, ``events``, ``sessions_info``) may be read from any thread.
+
+    File and application transfers queued in the store (``moteseal push``,
+    ``moteseal update``, ``push``) run on their own thread
+    (``moteseal.hub.push.TransferService``), paced by the devices' status
+    frames and a rate cap so telemetry keeps flowing; ``push``,
+    ``transfer`` and ``abort`` may be called from any thread.
     """
 
     def __init__(self, cfg: HubConfig, passphrase: bytes | None = None,
@@ -79,12 +81,12 @@ class Hub:
         self._wake: list[threading.Event] = []
         self._commands: "queue.Queue[str]" = queue.Queue()
         self._last_command: dict[str, float] = {}
+        self.transfers: Any = None  # moteseal.hub.push.TransferService (see the class docstring)
         self.listener: Any = None
         self.registry: Any = None
         self.store: HubStore | None = None
         self.link: Any = None
         self.dashboard: Any = None
-        self.transfers: Any = None  # Rule 5: moteseal.hub.push.TransferService
         self.started_at = wall_clock()
 
     # -- lifecycle ------------------------------------------------------------
@@ -209,7 +211,7 @@ class Hub:
     def _report(self, r: Report) -> None:
         # The listener's thread, inside its lock: record, wake, never block.
         if r["event"] == "transfer_status":
-            return  # Rule 5: one per 8 pieces would crowd out the events; see transfer(id)
+            return  # one per 8 pieces would crowd out the events; see transfer(id)
         self.events.append(r)
         del self.events[:-EVENTS_KEPT]
         if r["event"] == "telemetry":
@@ -251,7 +253,7 @@ class Hub:
 
     def push(self, device: str, data: bytes, name: bytes, version: int | None = None,
              flags: int = 0) -> int:
-        """Queues a file transfer to ``device`` (Rule 5); returns its id for
+        """Queues a file transfer to ``device``; returns its id for
         ``transfer(id)``. ``flags=moteseal.hub.transfer.F_APP`` with
         ``moteseal.hub.transfer.pack_app(dir)`` is an application update.
         Raises ``TransferError`` (name, size, version), ``StoreError``."""
