@@ -144,5 +144,12 @@ def receiver(piece_max):
     until the application sends it from its loop, never from the link's
     receive callback."""
     rx = Receiver(FileStore(), piece_max)
-    rx.resume()
+    try:
+        rx.resume()
+    except OSError:  # unreadable flash: drop that transfer, the hub starts it again
+        rx.man = None
+        try:
+            rx.store.discard()
+        except OSError:
+            pass
     return rx

@@ -70,9 +70,9 @@ MAIN_PY = "import micropython_port.main as m\nm.main()\n"
 # ``device/__init__`` holds only CPython's lazy re-exports (3.4 KiB of heap
 # on the 64-bit unix port for nothing the device uses).
 CORE_MODULES = (
-    "errors", "backend", "noise", "transport", "replay", "envelope",
+    "errors", "backend", "noise", "transport", "replay", "envelope", "transfer",
     "counter", "session", "counter_file", "framing", "bundle", "reading", "padding",
-    "delivery", "group", "transfer",
+    "delivery", "group",
 )
 # Every other top-level module of micropython_port/ goes too (tools/ is host-side).
 # mpy-cross -march values and the native-arch number in sys.implementation._mpy

@@ -62,6 +62,9 @@ class Hub:
     ``on_reading(device, fields, meta)`` callbacks (the Python API) run on
     their own sink threads, fed from the store. The public read-only views
     (``counts``, ``events``, ``sessions_info``) may be read from any thread.
+
+    ``push``, ``transfer`` and ``abort`` (Rule 6) may be called from any
+    thread.
     """
 
     def __init__(self, cfg: HubConfig, passphrase: bytes | None = None,
@@ -239,6 +242,8 @@ class Hub:
 
     def _report(self, r: Report) -> None:
         # The listener's thread, inside its lock: record, wake, never block.
+        if r["event"] == "transfer_status":
+            return  # one per 8 pieces would crowd out the events; see transfer(id)
         self.events.append(r)
         del self.events[:-EVENTS_KEPT]
         if r["event"] == "telemetry":

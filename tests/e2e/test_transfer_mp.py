@@ -174,8 +174,11 @@ def test_a_100k_file_survives_two_link_cuts_and_a_reboot_and_is_swapped_in_once(
     assert done[0]["pieces"] < -(-SIZE // 65) + 4 * 16 + 50, done[0]
     xstate = json.loads((mote.flash / ".xstate").read_text())
     assert xstate["v"] == {"data.bin": 3}
-    # Telemetry kept flowing while the transfer ran.
+    # Telemetry kept flowing while the transfer ran, and the hub's events
+    # hold its progress, not one status per 8 pieces.
     assert _telemetry(w, n)
+    assert not any(r["event"] == "transfer_status" for r in w["reports"])
+    assert any(r["event"] == "transfer_started" for r in w["hub"].events)
 
     # The same version again (a replayed manifest under a new id), an older
     # one, through `moteseal push`: refused, the installed file untouched.

@@ -185,3 +185,32 @@ def test_transfers_on_the_micropython_device_install_resume_and_refuse(tmp_path)
     # its way through session, receiver and file.
     print("per piece", r["per_piece"], "bytes; mem_free", r["mem_free_during"])
     assert r["per_piece"] < 256
+
+
+DAMAGED = """
+import json, os
+from device import transfer as T
+from micropython_port.update import receiver
+man = T.encode_manifest(3, 1, 100, 0, bytes(32), b"f.bin")
+with open(".xfer", "wb") as f:
+    f.write(man)
+os.mkdir(".part")  # unreadable as a file: flash that fails
+rx = receiver(65)
+out = [rx.man is None]
+os.rmdir(".part")
+with open(".xfer", "wb") as f:
+    f.write(b"\\x10garbage")  # a damaged manifest
+rx = receiver(65)
+out.append(rx.man is None)
+out.append(sorted(n for n in os.listdir(".") if n[0] == "."))
+print(json.dumps(out))
+"""
+
+
+def test_a_damaged_transfer_on_flash_is_dropped_not_raised(tmp_path) -> None:
+    """A device whose transfer state cannot be read starts without it (the
+    hub's next manifest starts the transfer again) instead of failing in the
+    link's receive callback."""
+    r = run_mp_json(DAMAGED, cwd=tmp_path)
+    assert r[0] is True and r[1] is True
+    assert ".xfer" not in r[2]
