@@ -50,14 +50,19 @@ Invariants:
   is a command without an answer, as before.
 - Rule 7: groups (``micropython_port/app_groups.py``, with ``groups``):
   the hub's key messages are taken first; a group message (byte 1 is 8,
-  never an envelope's) goes to ``on_group`` once verified and fresh.
+  never an envelope's) goes to ``on_group`` once verified and fresh. A
+  flash build without groups (``_GROUPS``) refuses ``groups`` with
+  ``LocalError("no groups")``, never silently.
 - Rule 8: transfers (docs/protocol.md, "Transfers"). A transfer frame
   (0x10, 0x11, 0x13) goes to the ``device.transfer.Receiver`` that
   ``micropython_port.update.receiver`` makes at
   the first one (a device that is never updated spends no heap on it);
   its status goes out from ``run``'s loop like a command answer. While a
   new application is on trial (``trial``), the first handshake confirms it,
-  and ``resend`` gives up at ``trial_s`` (the next boot rolls back).
+  and ``resend`` gives up at ``trial_s`` (the next boot rolls back). A
+  flash build without updates (``_UPDATES``) drops a transfer frame,
+  counted in ``bad_envelopes``; without fields (``_FIELDS``) it refuses
+  ``read`` with ``LocalError("no fields")``.
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -77,6 +82,13 @@ _EV_DATA = const(2)
 _EV_REHANDSHAKE = const(3)
 _EV_REFUSED = const(4)
 _EV_COUNTER_BEHIND = const(5)
+
+# Optional features: a flash build without one sets its flag to const(0)
+# (moteseal/flash/build.py FEATURES), so mpy-cross drops the branches that
+# test it and nothing imports the feature's modules, which it leaves out.
+_GROUPS = const(1)  # Rule 7
+_UPDATES = const(1)  # Rule 8
+_FIELDS = const(1)  # the user's fields (``read``)
 
 # A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
 # device up less than 18 hours and 65536 readings; the user's fields share
@@ -192,13 +204,15 @@ class Device:
         self.groups = None
         self.on_group = None
         if groups:  # Rule 7, loaded only for a device that joins groups
+            if not _GROUPS:
+                raise LocalError("no groups")  # moteseal flash build --features groups
             from micropython_port.app_groups import AppGroups
             self.groups = AppGroups(self, be, peer_id, _MAX_PAYLOAD_BYTES, groups)
         if link_override:
             link.update(link_override)
         # Message 1, the largest envelope: header + e + counter + reading + tag.
         env_bytes = HEADER_MAX_BYTES + 32 + 4 + pay + 16
-        if self.groups and self.groups.limit > env_bytes:
+        if _GROUPS and self.groups and self.groups.limit > env_bytes:
             env_bytes = self.groups.limit  # the largest group message (Rule 7)
         kind = link.get("kind")
         if kind == "serial":
@@ -215,6 +229,8 @@ class Device:
         self._buf = bytearray(pay)
         self._out = bytearray(HEADER_MAX_BYTES + pay + 16)  # a data envelope
         if read:  # the writer is loaded only for user fields (2 KiB of heap)
+            if not _FIELDS:
+                raise LocalError("no fields")  # moteseal flash build --features fields
             from device.reading import ReadingWriter
             self.w = ReadingWriter(memoryview(self._buf)[:_MAX_PAYLOAD_BYTES])
         self.read = read
@@ -250,7 +266,7 @@ class Device:
         # The link's on_envelope: one envelope from the peer (Rules 1, 3).
         self._tick()
         c = self.counts
-        if n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
+        if _GROUPS and n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
             self.groups.receive(buf, n)
             return
         try:
@@ -263,7 +279,7 @@ class Device:
             return
         box = self.box
         if ev == _EV_DATA:
-            if self.groups and self.groups.take(self._buf, self.session.last_len):
+            if _GROUPS and self.groups and self.groups.take(self._buf, self.session.last_len):
                 return  # Rule 7: a key message from the hub
             if box and box.ack(self._buf, self.session.last_len):
                 c["acks"] += 1  # Rule 5: an acknowledgement, never a command
@@ -271,6 +287,9 @@ class Device:
             b = self._buf
             m = self.session.last_len
             if m and 0x10 <= b[0] <= 0x13:  # Rule 8: a transfer frame
+                if not _UPDATES:  # a build without updates: dropped, counted
+                    c["bad_envelopes"] += 1
+                    return
                 x = self.xfer
                 if x is None:
                     from micropython_port.update import receiver
@@ -293,7 +312,7 @@ class Device:
             return
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
-            if self.trial:  # Rule 8: the new application reached its peer
+            if _UPDATES and self.trial:  # Rule 8: the new application reached its peer
                 from micropython_port.app_update import confirm
                 confirm()
                 self.trial = False
@@ -389,9 +408,9 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
-        if self.groups and self.groups.pending:
+        if _GROUPS and self.groups and self.groups.pending:
             self.groups.subscribe()  # Rule 7
-        if self.trial and self.now >= self.trial_s:  # Rule 8: restart; the next boot rolls back
+        if _UPDATES and self.trial and self.now >= self.trial_s:  # Rule 8: restart; the next boot rolls back
             try:
                 import machine
                 machine.reset()
@@ -401,7 +420,7 @@ class Device:
         if self._need_hs or s.transport is None or s.handshaking:
             return
         x = self.xfer
-        if x is not None and x.pending:  # Rule 8: a transfer status
+        if _UPDATES and x is not None and x.pending:  # Rule 8: a transfer status
             try:
                 n = s.send_into(x.out, x.pending, self._out, self.now)
             except SessionExpired:
@@ -461,7 +480,7 @@ class Device:
         # The reading: {"up": now, "seq": n, <the user's fields>}
         # (docs/protocol.md, "Readings"), in the fixed buffer (Rule 4).
         b = self._buf
-        if self.read:
+        if _FIELDS and self.read:
             w = self.w
             w.begin(0)
             w.int("up", self.now)

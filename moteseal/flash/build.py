@@ -148,7 +148,8 @@ class Manifest:
 
     def __init__(self, device: str, arch: str, mpy: tuple[int, int],
                  files: list[tuple[str, int, str]], slow: list[str] | None = None,
-                 romfs: tuple[str, int, str] | None = None) -> None:
+                 romfs: tuple[str, int, str] | None = None,
+                 features: list[str] | None = None) -> None:
         self.device = device
         self.arch = arch
         self.mpy = mpy
@@ -157,6 +158,8 @@ class Manifest:
         self.slow = slow or []
         # (path, size, sha256) of the ROMFS image holding the .mpy files, or None.
         self.romfs = romfs
+        # The optional features (``FEATURES``) the build ships.
+        self.features = features or []
 
     @property
     def total_bytes(self) -> int:
@@ -165,6 +168,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {"format": "moteseal-flash", "v": 1, "device": self.device, "arch": self.arch,
                 "mpy": list(self.mpy), "total_bytes": self.total_bytes, "slow": self.slow,
+                "features": self.features,
                 "romfs": None if self.romfs is None else
                 dict(zip(("path", "size", "sha256"), self.romfs)),
                 "files": [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]}
@@ -187,7 +191,8 @@ class Manifest:
                 if rom[0] != ROMFS_NAME:
                     raise ValueError(f"unexpected ROMFS image {rom[0]!r}")
             return cls(str(doc["device"]), str(doc["arch"]), (int(doc["mpy"][0]), int(doc["mpy"][1])),
-                       files, [str(x) for x in doc.get("slow", [])], rom)
+                       files, [str(x) for x in doc.get("slow", [])], rom,
+                       [str(x) for x in doc.get("features", [])])
         except FileNotFoundError:
             raise FlashError(f"{path}: no manifest; run `moteseal flash build` first", 2) from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -280,6 +285,16 @@ def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
     return {"micropython_port/x25519": ("ladder",) if arch in THUMB2_ARCHES else ("ladder_asm",)}
 
 
+def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Definitions left out of a build for a device with ``link`` (as
+    ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
+    no ``pin``; ``mqtt_tls.name_failure`` stays: it names every failed
+    connection)."""
+    if link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link:
+        return {"micropython_port/mqtt_tls": ("wrap",)}
+    return {}
+
+
 def strip_definitions(source: str, names: Iterable[str]) -> str:
     """``source`` without the named top-level functions and classes and
     ``Class.method`` methods. Their lines become blank lines (a ``pass`` on
@@ -330,11 +345,81 @@ def strip_messages(source: str) -> str:
     return "".join(lines)
 
 
-def unused_modules(link_kind: str, suite: str) -> set[str]:
+# Optional features (``moteseal flash build --features``): the modules each
+# brings, left out of a build without it, and the flags (``_NAME =
+# const(1)`` lines) the build turns to ``const(0)`` in the modules that test
+# them, so that mpy-cross folds the feature's branches away and nothing
+# imports its modules. A flag line the build cannot find is an error, like
+# a ``HOST_ONLY`` name. What each costs: docs/micropython.md, "Flash size".
+FEATURES = {
+    # Group messages (device/group.py): a build without them refuses
+    # ``Device(groups=N)`` with LocalError("no groups").
+    "groups": (("device/group", "micropython_port/app_groups"),
+               {"micropython_port/app": "_GROUPS"}),
+    # Transfers and application updates (docs/protocol.md, "Transfers"): a
+    # build without them skips the boot step and drops a transfer frame,
+    # counted in ``bad_envelopes``.
+    "updates": (("device/transfer", "micropython_port/update", "micropython_port/update_state",
+                 "micropython_port/app_update"),
+                {"micropython_port/app": "_UPDATES", "micropython_port/main": "_UPDATES"}),
+    # The user's fields in readings (``main(read=...)``, device/reading.py):
+    # a build without them refuses ``read`` with LocalError("no fields").
+    "fields": (("device/reading",), {"micropython_port/app": "_FIELDS"}),
+}
+DEFAULT_FEATURES = ("fields",)
+
+
+def parse_features(text: str) -> tuple[str, ...]:
+    """``"groups,updates"`` (or ``"default"``, ``"all"``, ``"none"``, or
+    ``"default,groups"``) as a sorted tuple of ``FEATURES`` names. Raises
+    ``FlashError`` (exit 2) for an unknown name."""
+    out: set[str] = set()
+    for name in (n.strip() for n in text.split(",")):
+        if name == "default":
+            out |= set(DEFAULT_FEATURES)
+        elif name == "all":
+            out |= set(FEATURES)
+        elif name in FEATURES:
+            out.add(name)
+        elif name not in ("none", ""):
+            raise FlashError(f"unknown feature {name!r}; features: {', '.join(FEATURES)} "
+                             "(or default, all, none)", 2)
+    return tuple(sorted(out))
+
+
+def feature_flags(features: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The flags to turn off, per module, in a build with ``features``."""
+    off: dict[str, tuple[str, ...]] = {}
+    for name, (_, flags) in FEATURES.items():
+        if name not in features:
+            for module, flag in flags.items():
+                off[module] = off.get(module, ()) + (flag,)
+    return off
+
+
+def clear_flags(source: str, flags: Iterable[str]) -> str:
+    """``source`` with each ``NAME = const(1)`` line of ``flags`` (at the
+    start of a line, exactly once) turned to ``NAME = const(0)``. Raises
+    ``FlashError`` for a flag the source does not set that way."""
+    for flag in flags:
+        line = f"\n{flag} = const(1)"
+        if source.count(line) != 1:
+            raise FlashError(f"feature flag {flag} = const(1) is not set once in this module")
+        source = source.replace(line, f"\n{flag} = const(0)")
+    return source
+
+
+def unused_modules(link_kind: str, suite: str, pad: bool = True,
+                   features: Iterable[str] = tuple(FEATURES)) -> set[str]:
     """Modules a device with this link and suite never imports, left out of
-    its build to save flash and RAM: the other link, and BLAKE2s for a
-    SHA-256 suite (the backend imports ``blake2s`` only for a BLAKE2s suite)."""
-    unused = set()
+    its build to save flash and RAM: the other link, BLAKE2s for a SHA-256
+    suite (the backend imports ``blake2s`` only for a BLAKE2s suite),
+    padding without a ``pad`` policy in the bundle (a session imports
+    ``device.padding`` only to pad), and the modules of every feature not in
+    ``features``."""
+    unused = {m for name, (mods, _) in FEATURES.items() if name not in features for m in mods}
+    if not pad:
+        unused.add("device/padding")
     if link_kind == "mqtt":
         unused |= {"micropython_port/uart_link", "device/framing"}
     elif link_kind == "serial":
@@ -371,7 +456,8 @@ def check_target(board: str | None, link: dict[str, Any], wifi: tuple[str, str] 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
           wifi: tuple[str, str] | None = None, debug: bool = False,
-          board: str | None = None, allow_slow: bool = False, romfs: bool = False) -> Manifest:
+          board: str | None = None, allow_slow: bool = False, romfs: bool = False,
+          features: Iterable[str] | None = None) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
     ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
@@ -383,6 +469,9 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     says the board would run the slow fallback; ``allow_slow`` leaves that
     module out instead and lists its primitive in ``Manifest.slow``.
     ``romfs`` also writes ``romfs.img`` (``write_romfs``; ``Manifest.romfs``).
+    ``features`` (``FEATURES`` names; None: ``DEFAULT_FEATURES``, and all
+    of them with ``all_modules``) says which optional features ship
+    (``Manifest.features``).
 
     Raises ``FlashError`` (exists, compile failure, ``check_target`` for
     ``board``), ``BundleError`` / ``KeyPermissionError`` (a bad bundle),
@@ -407,7 +496,18 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     core, port = source_dirs()
     paths: list[str] = []
     port_modules = sorted(p.stem for p in port.glob("*.py") if p.stem != "__init__")
-    skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
+    if features is None:
+        features = tuple(FEATURES) if all_modules else DEFAULT_FEATURES
+    features = tuple(sorted(set(features)))
+    unknown = set(features) - set(FEATURES)
+    if unknown:
+        raise FlashError(f"unknown feature {sorted(unknown)[0]!r}; features: {', '.join(FEATURES)}", 2)
+    flags = feature_flags(features)
+    skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite,
+                                                    bundle.pad is not None, features)
+    if all_modules:
+        skip = {m for name, (mods, _) in FEATURES.items() if name not in features for m in mods}
+    lean = {} if all_modules else {**HOST_ONLY, **link_only(bundle.link)}
     if arch not in THUMB2_ARCHES:
         skip.add(ASM_THUMB_MODULE)  # its instructions are ARMv7-M's
         skip.add(ASM_THUMB_AEAD)
@@ -433,16 +533,21 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             continue  # its fast path compiled: no fallback
         rel = f"{pkg}/{name}.mpy"
         text = (base / f"{name}.py").read_text()
-        strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
+        strip = lean.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
         if strip and not all_modules:
             text = strip_definitions(text, strip)
+        if f"{pkg}/{name}" in flags:
+            text = clear_flags(text, flags[f"{pkg}/{name}"])
         if not debug:
             text = strip_messages(text)
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / f"{name}.py"
             src.write_text(text)
             try:
-                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+                # The lean build names a module's source by its file name only
+                # (each .mpy holds that name: ~12 bytes less per module).
+                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py" if debug else f"{name}.py",
+                               optimize=not debug)
             except FlashError as exc:
                 prim = FAST_MODULES.get(f"{pkg}/{name}") or \
                     {ASM_THUMB_MODULE: "x25519", ASM_THUMB_AEAD: "aead"}.get(f"{pkg}/{name}")
@@ -471,7 +576,8 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             json.dump({"ssid": wifi[0], "password": wifi[1]}, f)
         paths.append(WIFI_NAME)
     files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
-    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow)
+    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow,
+                        features=list(features))
     if romfs:
         manifest.romfs = write_romfs(out_dir, manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
