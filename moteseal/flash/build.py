@@ -273,8 +273,10 @@ HOST_ONLY = {
                         "Outbox.count", "Outbox.pending", "command_id", "encode_command_ack_into"),
     # The peer pads whole messages (device/peer.py); the device pads in place.
     "device/padding": ("pad_bytes",),
-    # Checks and views for the host's provisioning tools.
-    "device/bundle": ("is_text", "Bundle.pinned_keys"),
+    # Checks and views for the host's provisioning tools; the device never
+    # prints a Bundle (``main.load_bundle`` returns a tuple), and
+    # MicroPython's default repr names no field either.
+    "device/bundle": ("is_text", "Bundle.pinned_keys", "Bundle.__repr__"),
 }
 
 
