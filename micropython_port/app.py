@@ -50,19 +50,14 @@ Invariants:
   is a command without an answer, as before.
 - Rule 7: groups (``micropython_port/app_groups.py``, with ``groups``):
   the hub's key messages are taken first; a group message (byte 1 is 8,
-  never an envelope's) goes to ``on_group`` once verified and fresh. A
-  flash build without groups (``_GROUPS``) refuses ``groups`` with
-  ``LocalError("no groups")``, never silently.
+  never an envelope's) goes to ``on_group`` once verified and fresh.
 - Rule 8: transfers (docs/protocol.md, "Transfers"). A transfer frame
   (0x10, 0x11, 0x13) goes to the ``device.transfer.Receiver`` that
   ``micropython_port.update.receiver`` makes at
   the first one (a device that is never updated spends no heap on it);
   its status goes out from ``run``'s loop like a command answer. While a
   new application is on trial (``trial``), the first handshake confirms it,
-  and ``resend`` gives up at ``trial_s`` (the next boot rolls back). A
-  flash build without updates (``_UPDATES``) drops a transfer frame,
-  counted in ``bad_envelopes``; without fields (``_FIELDS``) it refuses
-  ``read`` with ``LocalError("no fields")``.
+  and ``resend`` gives up at ``trial_s`` (the next boot rolls back).
 
 Memory: this module and its objects stay on a 64 KiB heap for the device's
 life, so constants are module-private (inlined by ``const``), the module
@@ -84,8 +79,9 @@ _EV_REFUSED = const(4)
 _EV_COUNTER_BEHIND = const(5)
 
 # Optional features: a flash build without one sets its flag to const(0)
-# (moteseal/flash/build.py FEATURES), so mpy-cross drops the branches that
-# test it and nothing imports the feature's modules, which it leaves out.
+# (moteseal/flash/features.py): mpy-cross drops what tests it; ``groups``
+# then raises LocalError("no groups"), ``read`` LocalError("no fields"),
+# and a transfer frame is dropped, counted in ``bad_envelopes``.
 _GROUPS = const(1)  # Rule 7
 _UPDATES = const(1)  # Rule 8
 _FIELDS = const(1)  # the user's fields (``read``)
@@ -203,9 +199,9 @@ class Device:
                                      max_payload=pay, pad=pad)
         self.groups = None
         self.on_group = None
+        if groups and not _GROUPS or read and not _FIELDS:  # never silently
+            raise LocalError("no fields" if read and not _FIELDS else "no groups")
         if groups:  # Rule 7, loaded only for a device that joins groups
-            if not _GROUPS:
-                raise LocalError("no groups")  # moteseal flash build --features groups
             from micropython_port.app_groups import AppGroups
             self.groups = AppGroups(self, be, peer_id, _MAX_PAYLOAD_BYTES, groups)
         if link_override:
@@ -229,8 +225,6 @@ class Device:
         self._buf = bytearray(pay)
         self._out = bytearray(HEADER_MAX_BYTES + pay + 16)  # a data envelope
         if read:  # the writer is loaded only for user fields (2 KiB of heap)
-            if not _FIELDS:
-                raise LocalError("no fields")  # moteseal flash build --features fields
             from device.reading import ReadingWriter
             self.w = ReadingWriter(memoryview(self._buf)[:_MAX_PAYLOAD_BYTES])
         self.read = read

@@ -55,9 +55,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from device.errors import LocalError
+from moteseal.flash.errors import FlashError
+from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, clear_flags, feature_flags,  # noqa: F401
+                                     parse_features)
 
-__all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "FlashError", "Manifest", "build", "verify_local"]
+__all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "DEFAULT_FEATURES", "FEATURES", "FlashError", "Manifest",
+           "build", "parse_features", "verify_local"]
 
 MANIFEST = "manifest.json"
 BUNDLE_NAME = "moteseal.bundle"
@@ -131,16 +134,6 @@ USUAL_PORTS = {
     "esp32": "/dev/ttyUSB0", "esp32s3": "/dev/ttyACM0", "esp32c3": "/dev/ttyACM0",
     "rp2": "/dev/ttyACM0", "rp2350": "/dev/ttyACM0", "stm32": "/dev/ttyACM0",
 }
-
-
-class FlashError(LocalError):
-    """A build or deploy step failed; the message says which and why.
-    ``exit_code`` is what the CLI exits with: 1 a failure (compile,
-    verification), 2 bad input, 3 a security refusal (wrong device)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Manifest:
@@ -345,70 +338,6 @@ def strip_messages(source: str) -> str:
         raw = lines[lineno - 1].encode()  # ast offsets are UTF-8 byte offsets
         lines[lineno - 1] = (raw[:start] + b'""' + raw[end:]).decode()
     return "".join(lines)
-
-
-# Optional features (``moteseal flash build --features``): the modules each
-# brings, left out of a build without it, and the flags (``_NAME =
-# const(1)`` lines) the build turns to ``const(0)`` in the modules that test
-# them, so that mpy-cross folds the feature's branches away and nothing
-# imports its modules. A flag line the build cannot find is an error, like
-# a ``HOST_ONLY`` name. What each costs: docs/micropython.md, "Flash size".
-FEATURES = {
-    # Group messages (device/group.py): a build without them refuses
-    # ``Device(groups=N)`` with LocalError("no groups").
-    "groups": (("device/group", "micropython_port/app_groups"),
-               {"micropython_port/app": "_GROUPS"}),
-    # Transfers and application updates (docs/protocol.md, "Transfers"): a
-    # build without them skips the boot step and drops a transfer frame,
-    # counted in ``bad_envelopes``.
-    "updates": (("device/transfer", "micropython_port/update", "micropython_port/update_state",
-                 "micropython_port/app_update"),
-                {"micropython_port/app": "_UPDATES", "micropython_port/main": "_UPDATES"}),
-    # The user's fields in readings (``main(read=...)``, device/reading.py):
-    # a build without them refuses ``read`` with LocalError("no fields").
-    "fields": (("device/reading",), {"micropython_port/app": "_FIELDS"}),
-}
-DEFAULT_FEATURES = ("fields",)
-
-
-def parse_features(text: str) -> tuple[str, ...]:
-    """``"groups,updates"`` (or ``"default"``, ``"all"``, ``"none"``, or
-    ``"default,groups"``) as a sorted tuple of ``FEATURES`` names. Raises
-    ``FlashError`` (exit 2) for an unknown name."""
-    out: set[str] = set()
-    for name in (n.strip() for n in text.split(",")):
-        if name == "default":
-            out |= set(DEFAULT_FEATURES)
-        elif name == "all":
-            out |= set(FEATURES)
-        elif name in FEATURES:
-            out.add(name)
-        elif name not in ("none", ""):
-            raise FlashError(f"unknown feature {name!r}; features: {', '.join(FEATURES)} "
-                             "(or default, all, none)", 2)
-    return tuple(sorted(out))
-
-
-def feature_flags(features: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """The flags to turn off, per module, in a build with ``features``."""
-    off: dict[str, tuple[str, ...]] = {}
-    for name, (_, flags) in FEATURES.items():
-        if name not in features:
-            for module, flag in flags.items():
-                off[module] = off.get(module, ()) + (flag,)
-    return off
-
-
-def clear_flags(source: str, flags: Iterable[str]) -> str:
-    """``source`` with each ``NAME = const(1)`` line of ``flags`` (at the
-    start of a line, exactly once) turned to ``NAME = const(0)``. Raises
-    ``FlashError`` for a flag the source does not set that way."""
-    for flag in flags:
-        line = f"\n{flag} = const(1)"
-        if source.count(line) != 1:
-            raise FlashError(f"feature flag {flag} = const(1) is not set once in this module")
-        source = source.replace(line, f"\n{flag} = const(0)")
-    return source
 
 
 def unused_modules(link_kind: str, suite: str, pad: bool = True,
