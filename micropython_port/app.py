@@ -78,6 +78,14 @@ _EV_REHANDSHAKE = const(3)
 _EV_REFUSED = const(4)
 _EV_COUNTER_BEHIND = const(5)
 
+# Optional features: a flash build without one sets its flag to const(0)
+# (moteseal/flash/features.py): mpy-cross drops what tests it; ``groups``
+# then raises LocalError("no groups"), ``read`` LocalError("no fields"),
+# and a transfer frame is dropped, counted in ``bad_envelopes``.
+_GROUPS = const(1)  # Rule 7
+_UPDATES = const(1)  # Rule 8
+_FIELDS = const(1)  # the user's fields (``read``)
+
 # A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
 # device up less than 18 hours and 65536 readings; the user's fields share
 # the rest: docs/protocol.md, "Readings") or a
@@ -191,6 +199,8 @@ class Device:
                                      max_payload=pay, pad=pad)
         self.groups = None
         self.on_group = None
+        if groups and not _GROUPS or read and not _FIELDS:  # never silently
+            raise LocalError("no fields" if read and not _FIELDS else "no groups")
         if groups:  # Rule 7, loaded only for a device that joins groups
             from micropython_port.app_groups import AppGroups
             self.groups = AppGroups(self, be, peer_id, _MAX_PAYLOAD_BYTES, groups)
@@ -198,7 +208,7 @@ class Device:
             link.update(link_override)
         # Message 1, the largest envelope: header + e + counter + reading + tag.
         env_bytes = HEADER_MAX_BYTES + 32 + 4 + pay + 16
-        if self.groups and self.groups.limit > env_bytes:
+        if _GROUPS and self.groups and self.groups.limit > env_bytes:
             env_bytes = self.groups.limit  # the largest group message (Rule 7)
         kind = link.get("kind")
         if kind == "serial":
@@ -250,7 +260,7 @@ class Device:
         # The link's on_envelope: one envelope from the peer (Rules 1, 3).
         self._tick()
         c = self.counts
-        if n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
+        if _GROUPS and n > 1 and buf[1] == 8 and self.groups:  # a group message (Rule 7)
             self.groups.receive(buf, n)
             return
         try:
@@ -263,7 +273,7 @@ class Device:
             return
         box = self.box
         if ev == _EV_DATA:
-            if self.groups and self.groups.take(self._buf, self.session.last_len):
+            if _GROUPS and self.groups and self.groups.take(self._buf, self.session.last_len):
                 return  # Rule 7: a key message from the hub
             if box and box.ack(self._buf, self.session.last_len):
                 c["acks"] += 1  # Rule 5: an acknowledgement, never a command
@@ -271,6 +281,9 @@ class Device:
             b = self._buf
             m = self.session.last_len
             if m and 0x10 <= b[0] <= 0x13:  # Rule 8: a transfer frame
+                if not _UPDATES:  # a build without updates: dropped, counted
+                    c["bad_envelopes"] += 1
+                    return
                 x = self.xfer
                 if x is None:
                     from micropython_port.update import receiver
@@ -293,7 +306,7 @@ class Device:
             return
         if ev == _EV_HANDSHAKE:
             self._again = True  # Rule 5, sent from run()'s loop
-            if self.trial:  # Rule 8: the new application reached its peer
+            if _UPDATES and self.trial:  # Rule 8: the new application reached its peer
                 from micropython_port.app_update import confirm
                 confirm()
                 self.trial = False
@@ -389,9 +402,9 @@ class Device:
         if the link fails."""
         box = self.box
         s = self.session
-        if self.groups and self.groups.pending:
+        if _GROUPS and self.groups and self.groups.pending:
             self.groups.subscribe()  # Rule 7
-        if self.trial and self.now >= self.trial_s:  # Rule 8: restart; the next boot rolls back
+        if _UPDATES and self.trial and self.now >= self.trial_s:  # Rule 8: restart; the next boot rolls back
             try:
                 import machine
                 machine.reset()
@@ -401,7 +414,7 @@ class Device:
         if self._need_hs or s.transport is None or s.handshaking:
             return
         x = self.xfer
-        if x is not None and x.pending:  # Rule 8: a transfer status
+        if _UPDATES and x is not None and x.pending:  # Rule 8: a transfer status
             try:
                 n = s.send_into(x.out, x.pending, self._out, self.now)
             except SessionExpired:
@@ -461,7 +474,7 @@ class Device:
         # The reading: {"up": now, "seq": n, <the user's fields>}
         # (docs/protocol.md, "Readings"), in the fixed buffer (Rule 4).
         b = self._buf
-        if self.read:
+        if _FIELDS and self.read:
             w = self.w
             w.begin(0)
             w.int("up", self.now)

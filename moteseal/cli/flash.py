@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from moteseal.cli.errors import fail
-from moteseal.flash.build import ARCHES, BOARDS, USUAL_PORTS, FlashError, build
+from moteseal.flash.build import (ARCHES, BOARDS, DEFAULT_FEATURES, FEATURES, USUAL_PORTS, FlashError,
+                                   build, parse_features)
 from moteseal.flash.board import deploy, mpremote_argv, resolve_port, run_mpremote
 
 __all__ = ["flash_group"]
@@ -51,6 +52,11 @@ def flash_group() -> None:
               help="Also ship modules this device's link and suite do not use (e.g. to run vectors).")
 @click.option("--debug", is_flag=True,
               help="Keep line numbers and exception messages in the .mpy (about 3 KiB more heap).")
+@click.option("--features", "features_text", default="default", show_default=True,
+              help="Optional features to ship, comma-separated: "
+                   f"{', '.join(FEATURES)} (default: {', '.join(DEFAULT_FEATURES)}; "
+                   "also all, none, default,groups). groups: Device(groups=N); updates: "
+                   "transfers and application updates; fields: the user's fields in readings.")
 @click.option("--romfs", is_flag=True,
               help="Also write romfs.img: the .mpy files as a ROMFS image, deployed to the board's ROM "
                    "partition (rp2, stm32; the recommended mode there: bytecode runs in place).")
@@ -61,7 +67,8 @@ def flash_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | None,
               out_dir: Path | None, force: bool, allow_slow: bool, all_modules: bool, debug: bool,
-              romfs: bool, wifi_ssid: str | None, config_path: str | None, as_json: bool) -> None:
+              romfs: bool, features_text: str, wifi_ssid: str | None, config_path: str | None,
+              as_json: bool) -> None:
     """Compile the core and the MicroPython port to .mpy and add the device's bundle.
 
     The output directory (0700) holds main.py, moteseal.bundle (0600: it
@@ -69,7 +76,12 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     (sizes and SHA-256 of every file; no secrets). Modules the bundle's link
     and suite never use are left out (the UART link for an MQTT device,
     BLAKE2s for a SHA-256 suite) unless --all-modules. The build is lean
-    (mpy-cross -O3, long exception messages stripped) unless --debug. With
+    (mpy-cross -O3, long exception messages stripped) unless --debug.
+    --features picks the optional features (docs/micropython.md, "Flash
+    size"): without groups, Device(groups=N) raises LocalError("no
+    groups"); without updates, transfer frames are dropped (counted in
+    bad_envelopes); without fields, main(read=...) raises LocalError("no
+    fields"). With
     --romfs the .mpy files also go into romfs.img, which `flash deploy`
     writes to the board's ROM partition (rp2, stm32: the recommended mode
     there; measured on a Cortex-M3, the device needs 58-59 KiB of heap instead
@@ -80,6 +92,7 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
       moteseal flash build --device sensor-7
       moteseal flash build --device sensor-7 --board rp2 --out /tmp/s7 --force --json
       moteseal flash build --device sensor-7 --board stm32 --romfs
+      moteseal flash build --device sensor-7 --features default,updates
       MOTESEAL_WIFI_PASSWORD=... moteseal flash build --device sensor-7 --wifi-ssid farm
     """
     from device.bundle import BundleError
@@ -94,11 +107,13 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
         bundle_path = out / f"{device_id}.bundle"
     out_dir = out_dir or Path("flash") / device_id
     try:
+        # "default" lets build() choose: DEFAULT_FEATURES, or all of them with --all-modules.
+        features = None if features_text == "default" else parse_features(features_text)
         manifest = build(bundle_path, out_dir, arch or BOARDS[board], force=force, device_id=device_id,
                          all_modules=all_modules, debug=debug, allow_slow=allow_slow, romfs=romfs,
                          wifi=None if wifi_ssid is None else
                          (wifi_ssid, os.environ.get("MOTESEAL_WIFI_PASSWORD", "")),
-                         board=None if arch else board)
+                         board=None if arch else board, features=features)
     except FileNotFoundError as exc:
         _fail(f"{exc.filename or bundle_path}: no such file (moteseal provision {device_id} writes it)",
               2, as_json)
@@ -112,12 +127,14 @@ def build_cmd(device_id: str, bundle_path: Path | None, board: str, arch: str | 
     doc = {"device": manifest.device, "dir": str(out_dir), "arch": manifest.arch,
            "mpy": f"{manifest.mpy[0]}.{manifest.mpy[1]}", "files": len(manifest.files),
            "total_bytes": manifest.total_bytes, "slow": manifest.slow,
-           "romfs_bytes": manifest.romfs[1] if manifest.romfs else None}
+           "romfs_bytes": manifest.romfs[1] if manifest.romfs else None,
+           "features": manifest.features}
     if as_json:
         click.echo(json.dumps(doc, sort_keys=True))
     else:
         click.echo(f"wrote {out_dir}: {len(manifest.files)} files, {manifest.total_bytes} bytes "
-                   f"(.mpy v{doc['mpy']}, {manifest.arch})"
+                   f"(.mpy v{doc['mpy']}, {manifest.arch}; features: "
+                   f"{','.join(manifest.features) or 'none'})"
                    + (f"; romfs.img {manifest.romfs[1]} bytes" if manifest.romfs else ""))
         port = USUAL_PORTS.get(board, "auto") if not arch else "auto"
         click.echo(f"next: moteseal flash deploy --dir {out_dir} --port {port} --monitor"

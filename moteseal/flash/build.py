@@ -55,9 +55,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from device.errors import LocalError
+from moteseal.flash.errors import FlashError
+from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, clear_flags, feature_flags,  # noqa: F401
+                                     parse_features)
 
-__all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "FlashError", "Manifest", "build", "verify_local"]
+__all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "DEFAULT_FEATURES", "FEATURES", "FlashError", "Manifest",
+           "build", "parse_features", "verify_local"]
 
 MANIFEST = "manifest.json"
 BUNDLE_NAME = "moteseal.bundle"
@@ -140,22 +143,13 @@ USUAL_PORTS = {
 }
 
 
-class FlashError(LocalError):
-    """A build or deploy step failed; the message says which and why.
-    ``exit_code`` is what the CLI exits with: 1 a failure (compile,
-    verification), 2 bad input, 3 a security refusal (wrong device)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 class Manifest:
     """What a flash directory holds: ``files`` is ``[(path, size, sha256)]``."""
 
     def __init__(self, device: str, arch: str, mpy: tuple[int, int],
                  files: list[tuple[str, int, str]], slow: list[str] | None = None,
-                 romfs: tuple[str, int, str] | None = None) -> None:
+                 romfs: tuple[str, int, str] | None = None,
+                 features: list[str] | None = None) -> None:
         self.device = device
         self.arch = arch
         self.mpy = mpy
@@ -164,6 +158,8 @@ class Manifest:
         self.slow = slow or []
         # (path, size, sha256) of the ROMFS image holding the .mpy files, or None.
         self.romfs = romfs
+        # The optional features (``FEATURES``) the build ships.
+        self.features = features or []
 
     @property
     def total_bytes(self) -> int:
@@ -172,6 +168,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {"format": "moteseal-flash", "v": 1, "device": self.device, "arch": self.arch,
                 "mpy": list(self.mpy), "total_bytes": self.total_bytes, "slow": self.slow,
+                "features": self.features,
                 "romfs": None if self.romfs is None else
                 dict(zip(("path", "size", "sha256"), self.romfs)),
                 "files": [{"path": p, "size": s, "sha256": h} for p, s, h in self.files]}
@@ -194,7 +191,8 @@ class Manifest:
                 if rom[0] != ROMFS_NAME:
                     raise ValueError(f"unexpected ROMFS image {rom[0]!r}")
             return cls(str(doc["device"]), str(doc["arch"]), (int(doc["mpy"][0]), int(doc["mpy"][1])),
-                       files, [str(x) for x in doc.get("slow", [])], rom)
+                       files, [str(x) for x in doc.get("slow", [])], rom,
+                       [str(x) for x in doc.get("features", [])])
         except FileNotFoundError:
             raise FlashError(f"{path}: no manifest; run `moteseal flash build` first", 2) from None
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -275,8 +273,10 @@ HOST_ONLY = {
                         "Outbox.count", "Outbox.pending", "command_id", "encode_command_ack_into"),
     # The peer pads whole messages (device/peer.py); the device pads in place.
     "device/padding": ("pad_bytes",),
-    # Checks and views for the host's provisioning tools.
-    "device/bundle": ("is_text", "Bundle.pinned_keys"),
+    # Checks and views for the host's provisioning tools; the device never
+    # prints a Bundle (``main.load_bundle`` returns a tuple), and
+    # MicroPython's default repr names no field either.
+    "device/bundle": ("is_text", "Bundle.pinned_keys", "Bundle.__repr__"),
 }
 
 
@@ -286,6 +286,16 @@ def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
     """Definitions left out of a build for ``arch`` only (as ``HOST_ONLY``)."""
     asm = arch in THUMB2_ARCHES or arch in THUMB1_ARCHES
     return {"micropython_port/x25519": ("ladder",) if asm else ("ladder_asm",)}
+
+
+def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Definitions left out of a build for a device with ``link`` (as
+    ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
+    no ``pin``; ``mqtt_tls.name_failure`` stays: it names every failed
+    connection)."""
+    if link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link:
+        return {"micropython_port/mqtt_tls": ("wrap",)}
+    return {}
 
 
 def strip_definitions(source: str, names: Iterable[str]) -> str:
@@ -338,11 +348,17 @@ def strip_messages(source: str) -> str:
     return "".join(lines)
 
 
-def unused_modules(link_kind: str, suite: str) -> set[str]:
+def unused_modules(link_kind: str, suite: str, pad: bool = True,
+                   features: Iterable[str] = tuple(FEATURES)) -> set[str]:
     """Modules a device with this link and suite never imports, left out of
-    its build to save flash and RAM: the other link, and BLAKE2s for a
-    SHA-256 suite (the backend imports ``blake2s`` only for a BLAKE2s suite)."""
-    unused = set()
+    its build to save flash and RAM: the other link, BLAKE2s for a SHA-256
+    suite (the backend imports ``blake2s`` only for a BLAKE2s suite),
+    padding without a ``pad`` policy in the bundle (a session imports
+    ``device.padding`` only to pad), and the modules of every feature not in
+    ``features``."""
+    unused = {m for name, (mods, _) in FEATURES.items() if name not in features for m in mods}
+    if not pad:
+        unused.add("device/padding")
     if link_kind == "mqtt":
         unused |= {"micropython_port/uart_link", "device/framing"}
     elif link_kind == "serial":
@@ -379,7 +395,8 @@ def check_target(board: str | None, link: dict[str, Any], wifi: tuple[str, str] 
 def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
           device_id: str | None = None, all_modules: bool = False,
           wifi: tuple[str, str] | None = None, debug: bool = False,
-          board: str | None = None, allow_slow: bool = False, romfs: bool = False) -> Manifest:
+          board: str | None = None, allow_slow: bool = False, romfs: bool = False,
+          features: Iterable[str] | None = None) -> Manifest:
     """Write a flash directory for the device of ``bundle_path`` (Rules 1-2),
     without ``unused_modules`` and ``HOST_ONLY`` definitions unless
     ``all_modules``. Lean unless ``debug``: compiled with ``-O3`` (no line
@@ -391,6 +408,9 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     says the board would run the slow fallback; ``allow_slow`` leaves that
     module out instead and lists its primitive in ``Manifest.slow``.
     ``romfs`` also writes ``romfs.img`` (``write_romfs``; ``Manifest.romfs``).
+    ``features`` (``FEATURES`` names; None: ``DEFAULT_FEATURES``, and all
+    of them with ``all_modules``) says which optional features ship
+    (``Manifest.features``).
 
     Raises ``FlashError`` (exists, compile failure, ``check_target`` for
     ``board``), ``BundleError`` / ``KeyPermissionError`` (a bad bundle),
@@ -415,7 +435,18 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     core, port = source_dirs()
     paths: list[str] = []
     port_modules = sorted(p.stem for p in port.glob("*.py") if p.stem != "__init__")
-    skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite)
+    if features is None:
+        features = tuple(FEATURES) if all_modules else DEFAULT_FEATURES
+    features = tuple(sorted(set(features)))
+    unknown = set(features) - set(FEATURES)
+    if unknown:
+        raise FlashError(f"unknown feature {sorted(unknown)[0]!r}; features: {', '.join(FEATURES)}", 2)
+    flags = feature_flags(features)
+    skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite,
+                                                    bundle.pad is not None, features)
+    if all_modules:
+        skip = {m for name, (mods, _) in FEATURES.items() if name not in features for m in mods}
+    lean = {} if all_modules else {**HOST_ONLY, **link_only(bundle.link)}
     if arch not in THUMB1_ARCHES:
         skip.add(ASM_THUMB1_MODULE)  # ARMv7-M has its faster Thumb-2 modules
         skip.add(ASM_THUMB1_AEAD)
@@ -444,16 +475,21 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             continue  # its fast path compiled: no fallback
         rel = f"{pkg}/{name}.mpy"
         text = (base / f"{name}.py").read_text()
-        strip = HOST_ONLY.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
+        strip = lean.get(f"{pkg}/{name}", ()) + arch_only(arch).get(f"{pkg}/{name}", ())
         if strip and not all_modules:
             text = strip_definitions(text, strip)
+        if f"{pkg}/{name}" in flags:
+            text = clear_flags(text, flags[f"{pkg}/{name}"])
         if not debug:
             text = strip_messages(text)
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / f"{name}.py"
             src.write_text(text)
             try:
-                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py", optimize=not debug)
+                # The lean build names a module's source by its file name only
+                # (each .mpy holds that name: ~12 bytes less per module).
+                compile_module(src, out_dir / rel, arch, f"{pkg}/{name}.py" if debug else f"{name}.py",
+                               optimize=not debug)
             except FlashError as exc:
                 prim = FAST_MODULES.get(f"{pkg}/{name}") or _ASM_PRIM.get(f"{pkg}/{name}")
                 if prim is None:
@@ -481,7 +517,8 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             json.dump({"ssid": wifi[0], "password": wifi[1]}, f)
         paths.append(WIFI_NAME)
     files = [(p, (out_dir / p).stat().st_size, _sha256(out_dir / p)) for p in paths]
-    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow)
+    manifest = Manifest(bundle.device_id.decode("ascii"), arch, mpy, files, slow,
+                        features=list(features))
     if romfs:
         manifest.romfs = write_romfs(out_dir, manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")

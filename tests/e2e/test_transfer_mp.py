@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from moteseal.flash.build import build
+from moteseal.flash.build import build, parse_features
 from moteseal.hub.transfer import F_APP, pack_app
 from tests.cli_fleet import make_fleet, run
 from tests.mp_helpers import mp_binary
@@ -41,6 +41,8 @@ DEVICE = "mote-1"
 # port). Measured: 88k runs this file; 84k runs out of heap at that import.
 HEAP = os.environ.get("MOTESEAL_TEST_TRANSFER_HEAP", "88k")
 SIZE = 100 * 1024
+# The device's flash build ships updates (an opt-in feature: `--features default,updates`).
+UPDATES = parse_features("default,updates")
 
 
 def _wait(pred, timeout: float = 60.0, step: float = 0.1):
@@ -104,7 +106,7 @@ def world(tmp_path: Path, mosquitto, gateway_process):
     os.chmod(tmp_path / "hub1.mqtt", 0o600)
     bundle = tmp_path / "bundles" / f"{DEVICE}.bundle"
     flash = tmp_path / "mote" / "flash"
-    build(bundle, flash, "x64")
+    build(bundle, flash, "x64", features=UPDATES)
     reports: list[dict[str, Any]] = []
     hub = Hub(load(str(tmp_path / "hub.toml")), on_report=reports.append).start()
     hub.transfers.rate = 150  # pieces per second: about 10 s for 100 KiB, time for the cuts
@@ -239,7 +241,7 @@ def test_an_application_update_that_cannot_reach_the_hub_rolls_back(world) -> No
     # The "new" application: the same sources built with line numbers and
     # long messages (different .mpy bytes, the same behaviour).
     new_dir = w["tmp"] / "new-flash"
-    build(w["bundle"], new_dir, "x64", debug=True)
+    build(w["bundle"], new_dir, "x64", debug=True, features=UPDATES)
     mote.boot()
     assert _wait(lambda: _telemetry(w), 60)
     r = run("update", DEVICE, str(new_dir), "--version", "10", "--config",
@@ -271,7 +273,7 @@ def test_an_application_update_that_reaches_the_hub_is_kept(world) -> None:
     w, mote = world, world["mote"]
     flash = mote.flash
     new_dir = w["tmp"] / "new-flash"
-    build(w["bundle"], new_dir, "x64", debug=True)
+    build(w["bundle"], new_dir, "x64", debug=True, features=UPDATES)
     new = {p.relative_to(new_dir): p.read_bytes() for p in new_dir.rglob("*.mpy")}
     mote.boot()
     assert _wait(lambda: _telemetry(w), 60)

@@ -180,6 +180,31 @@ def test_device_sends_0rtt_and_100_readings_and_obeys_a_reply(mqtt_setup, fleet,
     assert peer.directory.counters[DEVICE.encode()] == 32
 
 
+def test_a_build_without_updates_drops_a_transfer_frame_counted_and_runs_on(mqtt_setup, fleet,
+                                                                          tmp_path) -> None:
+    # The default flash build has no updates (moteseal/flash/features.py):
+    # a transfer frame (0x10) from the peer is dropped and counted in
+    # bad_envelopes, never handed to on_reply nor a crash; a reply after it
+    # is obeyed.
+    broker, peer = mqtt_setup
+    sent = threading.Event()
+
+    def frames(report: dict[str, Any]) -> None:
+        peer.reports.append(report)
+        if report["event"] == "telemetry" and report["via"] == "data" and not sent.is_set():
+            sent.set()
+            s = peer.listener.sessions
+            peer.link.send(s.send(DEVICE.encode(), b"\x10" + bytes(20)))
+            peer.link.send(s.send(DEVICE.encode(), b"interval_ms=3"))
+
+    peer.listener.on_report = frames
+    summary, _ = run_device(fleet, _mqtt_bundle(fleet, broker), tmp_path / "moteseal.ctr",
+                            "--count", "30", "--interval-ms", "20", "--linger-ms", "300")
+    assert sent.is_set()
+    assert summary["bad_envelopes"] == 1 and summary["replies"] == 1
+    assert summary["interval_ms"] == 3 and summary["readings"] == 30
+
+
 def test_device_handshakes_again_when_the_peer_forgot_its_session(mqtt_setup, fleet, tmp_path) -> None:
     broker, peer = mqtt_setup
     result: dict[str, Any] = {}
