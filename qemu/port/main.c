@@ -239,7 +239,4 @@ void mp_reader_new_file(mp_reader_t *reader, qstr filename) {
     mp_reader_new_mem(reader, q.data, q.data_len, q.rom ? MP_READER_IS_ROM : 0);
 }
 
-mp_obj_t mp_builtin_open(size_t n_args, const mp_obj_t *args, mp_map_t *kwargs) {
-    mp_raise_OSError(MP_ENOENT);
-}
-MP_DEFINE_CONST_FUN_OBJ_KW(mp_builtin_open_obj, 1, mp_builtin_open);
+// open() is the RAM file system's (ramfs.c), the board's flash emulated.
