@@ -78,7 +78,7 @@ void nlr_jump_fail(void *val) {
 // past it.
 
 #define MSFS_BASE ((const uint8_t *)0x21000000)
-#define MSFS_END (MSFS_BASE + 0x01000000)
+#define MSFS_END (MSFS_BASE + 0x00C00000)  // the RAM file system (ramfs.c) follows
 
 static uint32_t rd32(const uint8_t *p) {
     return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24);

@@ -57,6 +57,10 @@ typedef struct {
 
 #define FS ((ramfs_t *)RAMFS_BASE)
 
+// The table fits before the slots, and the slots end inside the 16 MiB PSRAM.
+_Static_assert(sizeof(ramfs_t) <= RAMFS_DATA - RAMFS_BASE, "ramfs table too large");
+_Static_assert(RAMFS_DATA + RAMFS_FILES * RAMFS_SLOT <= 0x22000000u, "ramfs past the PSRAM");
+
 static uint8_t *slot(int i) {
     return (uint8_t *)(RAMFS_DATA + (uint32_t)i * RAMFS_SLOT);
 }
