@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 MSFS_ADDR = 0x21000000
-MSFS_MAX = 0x01000000
+MSFS_MAX = 0x00C00000  # the PSRAM's last 4 MiB are the RAM file system (port/ramfs.c)
 # The device stack, plus the one host module that runs on MicroPython too: the
 # conformance runner (docs/architecture.md).
 PACKAGES = ("device", "micropython_port", "moteseal/conformance")

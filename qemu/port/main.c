@@ -78,7 +78,7 @@ void nlr_jump_fail(void *val) {
 // past it.
 
 #define MSFS_BASE ((const uint8_t *)0x21000000)
-#define MSFS_END (MSFS_BASE + 0x01000000)
+#define MSFS_END (MSFS_BASE + 0x00C00000)  // the RAM file system (ramfs.c) follows
 
 static uint32_t rd32(const uint8_t *p) {
     return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24);
@@ -239,7 +239,4 @@ void mp_reader_new_file(mp_reader_t *reader, qstr filename) {
     mp_reader_new_mem(reader, q.data, q.data_len, q.rom ? MP_READER_IS_ROM : 0);
 }
 
-mp_obj_t mp_builtin_open(size_t n_args, const mp_obj_t *args, mp_map_t *kwargs) {
-    mp_raise_OSError(MP_ENOENT);
-}
-MP_DEFINE_CONST_FUN_OBJ_KW(mp_builtin_open_obj, 1, mp_builtin_open);
+// open() is the RAM file system's (ramfs.c), the board's flash emulated.

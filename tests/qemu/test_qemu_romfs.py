@@ -7,12 +7,12 @@ with the default retention of 16 readings, its MQTT client, a DeviceSession
 handshake and readings -- runs in a 64 KiB GC heap against a CPython peer
 (``PeerListener``) through a real Mosquitto and ``moteseal gateway run``.
 
-The firmware has no network, filesystem or json (no extmod/ in the PyPI
-sdist): ``tests/qemu/uart_net/`` tunnels the MQTT client's TCP connection
-over the console UART to the host (relayed here to Mosquitto), the bundle
-is handed to ``device.bundle.decode_bundle`` instead of read from a file,
-and the message-1 counter lives in RAM. Everything else is the build's
-code.
+The firmware has no network or json (no extmod/ in the PyPI sdist):
+``tests/qemu/uart_net/`` tunnels the MQTT client's TCP connection over the
+console UART to the host (relayed here to Mosquitto). Its flash is the
+port's RAM file system (``qemu/port/ramfs.c``, outside the GC heap), which
+holds the bundle and the message-1 counter file (the real
+``FileCounterStore``). Everything else is the build's code.
 """
 
 from __future__ import annotations
@@ -35,32 +35,22 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(600)]
 HERE = Path(__file__).resolve().parent
 READINGS = 20
 
-# The script the target runs: micropython_port/main.py's main(), as at boot,
-# with the two stand-ins a board does not need (its filesystem).
+# The script the target runs: micropython_port/main.py's main(), as at boot
+# (the bundle and the counter file on the port's RAM file system, written
+# before the boot by ``_PROVISION``).
 _MAIN = """{ballast}
-import gc, sys
-from binascii import unhexlify
-def _standins():
-    import device.bundle as b
-    import device.counter_file as cf
-    data = unhexlify({bundle!r})
-    def load(path):  # the board reads moteseal.bundle from its filesystem
-        return b.decode_bundle(data)
-    b.load_bundle = load
-    class RamStore:  # the board's counter file
-        def __init__(self, path):
-            self.v = {counter}
-        def load(self):
-            return self.v
-        def store(self, v):
-            self.v = v
-    cf.FileCounterStore = RamStore
-_standins()
-del _standins
+import gc
 import micropython_port.main as m
 s = m.main(["main.py", "--count", "{count}", "--interval-ms", "0", "--drain-ms", "20000"])
 gc.collect()
 print("heap", gc.mem_alloc() + gc.mem_free(), gc.mem_free())
+"""
+
+# What ``moteseal flash`` puts on a board's flash beside the code: the
+# bundle, and here the stored message-1 ceiling (FileCounterStore's file).
+_PROVISION = """from binascii import unhexlify
+open("moteseal.bundle", "wb").write(unhexlify({bundle!r}))
+open("moteseal.ctr", "w").write("{counter}")
 """
 
 
@@ -167,14 +157,16 @@ def run_device(setup: Any, tmp_path: Path, heap_kb: int, romfs: bool, ballast_kb
     elf = qemu_fw.build(heap_kb=heap_kb, cpu="cortex-m0" if arch == "armv6m" else qemu_fw.CPU)
     relay = UartRelay()
     ballast = f"_ballast = [bytearray(1008) for _ in range({ballast_kb})]" if ballast_kb else ""
-    code = _MAIN.format(bundle=(tmp_path / "d.bundle").read_bytes().hex(), count=READINGS,
-                        ballast=ballast, counter=counter)
+    code = _MAIN.format(count=READINGS, ballast=ballast)
     if arch == "armv6m":  # unaligned accesses fault, as on a Cortex-M0
         from tests.qemu.test_qemu_thumb1 import TRAP_UNALIGNED
 
         code = TRAP_UNALIGNED + code
     try:
         with qemu_board.Board(elf, files=files, romfs=romfs) as board:
+            board.exec(_PROVISION.format(bundle=(tmp_path / "d.bundle").read_bytes().hex(),
+                                         counter=counter))
+            board.soft_reset()  # the files stay (flash); the heap is the boot's
             return board.exec_talk(code, relay, timeout=300)
     finally:
         relay.close()

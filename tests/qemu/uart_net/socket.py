@@ -14,7 +14,10 @@ def getaddrinfo(host, port, af=0, type=0):
 
 def _ask(line):
     print(line)
-    return sys.stdin.readline().rstrip("\r\n")
+    got = sys.stdin.readline().rstrip("\r\n")
+    if got == "!":  # the host pressed reset: the program stops here, as at a power cut
+        raise KeyboardInterrupt
+    return got
 
 
 class socket:
