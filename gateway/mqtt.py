@@ -122,6 +122,7 @@ class MqttLink:
         self.host, self.port = self._hosts[0]  # the node in use (or last tried)
         self.failovers = 0  # times the link moved to another node
         self.other_shard = 0  # envelopes left to another gateway's shard
+        self.received = 0  # PUBLISH packets from the broker (redeliveries included)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -341,6 +342,7 @@ class MqttLink:
         if ptype == W.PUBLISH:
             self._last_in = time.monotonic()
             topic, pid, payload, qos = W.parse_publish(flags, body, self.version)
+            self.received += 1
             done = (lambda: self._ack(pid)) if qos else None
             if not topic.startswith(UP_PREFIX) or (
                     self.cfg.shards > 1 and not self._in_shard(topic[self._up_len:], payload)):

@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from gateway.broker import LocalBroker
+from tests.cluster_fixtures import cluster_gateway, nats_cluster  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 
