@@ -276,7 +276,14 @@ class MqttLink:
         for pid, (topic, payload, _done) in resend:
             self._send_now(W.encode_publish(topic, pid, payload, dup=True, version=self.version))
         topic_filter = up_subscription(cfg.share_group)
-        self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1, version=self.version))
+        if session_present and self.version == 4:
+            # The session holds our one subscription (a fixed filter). On NATS
+            # 2.9 a SUBSCRIBE again replaces its JetStream consumer, and what
+            # was queued for the old one can be lost (docs/scaling.md).
+            self.connected.set()
+            self._drain_backlog()
+        else:
+            self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1, version=self.version))
         self.log.event("mqtt_connected", host=host, port=port, client_id=cfg.client_id,
                        subscription=topic_filter, session_present=session_present)
 
