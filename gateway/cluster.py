@@ -43,6 +43,7 @@ from pathlib import Path
 
 from gateway import mqtt_wire as W
 from gateway.broker import BrokerError, check_id, free_port
+from gateway.shard import shard_of
 
 __all__ = ["ClusterAccount", "NodePorts", "find_nats_server", "nats_permissions",
            "render_accounts", "render_node", "write_cluster", "NatsCluster", "shard_of"]
@@ -67,16 +68,6 @@ class NodePorts:
     cluster: int  # routes between nodes
     mqtt: int     # the MQTT 3.1.1 listener our clients use
     http: int     # monitoring: /healthz, /varz
-
-
-def shard_of(device_id: str, shards: int) -> int:
-    """The shard owning ``device_id``: the first 8 bytes of SHA-256 of its
-    UTF-8 id as a big-endian integer, mod ``shards`` (docs/scaling.md). The
-    hub workers shard with the same function."""
-    import hashlib
-
-    digest = hashlib.sha256(device_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % shards
 
 
 def find_nats_server() -> str:
@@ -128,7 +119,8 @@ def render_accounts(accounts: list[ClusterAccount]) -> str:
     return "authorization " + json.dumps({"users": users}, indent=1) + "\n"
 
 
-def render_node(index: int, ports: list[NodePorts], store_dir: Path, *, host: str = "127.0.0.1",
+def render_node(index: int, ports: list[NodePorts], store_dir: Path, *,
+                hosts: list[str] | None = None,
                 cluster_name: str = "moteseal", ack_wait: str = "30s",
                 max_store: str = "1G", replicas: int = 3) -> str:
     """One node's config. Every node lists every node's route (its own is
@@ -137,8 +129,9 @@ def render_node(index: int, ports: list[NodePorts], store_dir: Path, *, host: st
     survives the loss of a node (docs/scaling.md). ``ack_wait``: how long a
     delivered, unacknowledged QoS 1 message waits before JetStream sends it
     again (after a node dies under a subscriber, that is the redelivery time)."""
-    me = ports[index]
-    routes = ", ".join(f"nats-route://{host}:{p.cluster}" for p in ports)
+    hosts = hosts or ["127.0.0.1"] * len(ports)
+    me, host = ports[index], hosts[index]
+    routes = ", ".join(f"nats-route://{h}:{p.cluster}" for h, p in zip(hosts, ports))
     replicas = max(1, min(replicas, len(ports)))
     # Replicated consumers in memory: with file-backed R3 consumers 2.9.10
     # lost more QoS 1 deliveries (docs/scaling.md, "Known losses").
@@ -179,10 +172,11 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_cluster(directory: Path, accounts: list[ClusterAccount], ports: list[NodePorts], *,
-                  host: str = "127.0.0.1", ack_wait: str = "30s",
+                  hosts: list[str] | None = None, ack_wait: str = "30s",
                   replicas: int = 3) -> list[Path]:
     """Write ``accounts.conf`` and ``node<i>.conf`` (one per node, its store in
-    ``node<i>/``) into ``directory``; return the node config paths."""
+    ``node<i>/``) into ``directory``; return the node config paths. ``hosts``:
+    each node's address (default: loopback for all)."""
     directory.mkdir(parents=True, exist_ok=True)
     _write_private(directory / "accounts.conf", render_accounts(accounts))
     paths = []
@@ -190,7 +184,7 @@ def write_cluster(directory: Path, accounts: list[ClusterAccount], ports: list[N
         store = directory / f"node{i + 1}"
         store.mkdir(exist_ok=True)
         path = directory / f"node{i + 1}.conf"
-        _write_private(path, render_node(i, ports, store, host=host, ack_wait=ack_wait,
+        _write_private(path, render_node(i, ports, store.resolve(), hosts=hosts, ack_wait=ack_wait,
                                          replicas=replicas))
         paths.append(path)
     return paths

@@ -39,7 +39,7 @@ needs, and keeps these guarantees:
   (config refuses ``share_group``; ``shards`` replaces it).
 - ``shards > 1``: an envelope is forwarded only if its device (the sender,
   or the destination when the sender is a peer) is in shard ``shard``
-  (``gateway.cluster.shard_of``); others are acknowledged at once and
+  (``gateway.shard.shard_of``); others are acknowledged at once and
   counted in ``other_shard``: another gateway's session forwards them.
 - One network thread owns the socket: a forward or an ack made on it (the
   MQTT-to-MQTT hot path) is written at once; writes from other threads (a
@@ -58,11 +58,11 @@ from collections import deque
 from typing import Any
 
 from gateway import mqtt_wire as W
-from gateway.cluster import shard_of
 from gateway.config import MqttConfig
 from gateway.envelope import Rejected, read_header
 from gateway.logs import JsonLog
 from gateway.relay import Done, Relay
+from gateway.shard import shard_of
 
 __all__ = ["UP_PREFIX", "DOWN_PREFIX", "LINK_NAME", "MqttLink", "up_subscription"]
 

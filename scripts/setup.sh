@@ -13,6 +13,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# NATS server (JetStream + MQTT) for the clustered-broker tests (tests/cluster_fixtures.py).
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 # Headless Chromium and its driver for tests/e2e/test_dashboard_browser.py.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -25,6 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
     # Debian starts a system broker on 1883; moteseal starts its own brokers.
     ($SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true)
+    ($SUDO systemctl disable --now nats-server >/dev/null 2>&1 || true)
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
