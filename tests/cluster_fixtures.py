@@ -56,7 +56,7 @@ class ClusterGateway:
 
     def __init__(self, cluster: NatsCluster, workdir: Path, name: str, user: str,
                  first: int = 0, shards: int = 1, shard: int = 0,
-                 client_id: str = "") -> None:
+                 client_id: str = "", rate: float = 1000.0) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.status_file = workdir / "status.json"
@@ -81,8 +81,8 @@ client_id = "{client_id or 'moteseal-gateway-' + name}"
 keepalive = 10
 
 [rate_limit]
-rate = 1000.0
-burst = 1000.0
+rate = {rate}
+burst = {max(rate, 1.0)}
 
 [policy]
 peers = ["hub"]
