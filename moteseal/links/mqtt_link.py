@@ -219,7 +219,10 @@ class MqttLink:
             return
         if self.protocol == 5:
             client.subscribe(self.down_topic, options=SubscribeOptions(qos=1))
-        else:
+        elif not flags.session_present:
+            # 3.1.1: a resumed session holds the subscription already, and on
+            # NATS 2.9 a second SUBSCRIBE replaces the JetStream consumer
+            # behind it, losing what it had queued (docs/scaling.md).
             client.subscribe(self.down_topic, qos=1)
         if flags.session_present:
             # The broker kept our session (client id ``moteseal-<id>``, which
@@ -244,7 +247,9 @@ class MqttLink:
         try:
             self.client.host, self.client.port = self.host, self.port
         except RuntimeError:
-            pass  # paho still holds the old socket: its next reconnect resets it
+            # paho 2.x refuses the setters until its state says closed, which
+            # its on_disconnect comes before; its reconnect reads these two.
+            self.client._host, self.client._port = self.host, self.port
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any,
                       props: Any) -> None:
