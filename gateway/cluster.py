@@ -143,7 +143,7 @@ def render_node(index: int, ports: list[NodePorts], store_dir: Path, *,
 server_name: moteseal-n{index + 1}
 listen: {host}:{me.client}
 http: {host}:{me.http}
-max_payload: 65536
+max_payload: 2048
 jetstream {{
   store_dir: {json.dumps(str(store_dir))}
   max_memory_store: 64MB

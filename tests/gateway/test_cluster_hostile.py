@@ -129,3 +129,15 @@ def test_generator_refuses_ids_nats_would_split():
     with pytest.raises(BrokerError, match="'.'"):
         nats_permissions("a.b", "device")
     assert nats_permissions("s1", "device")["publish"] == {"allow": ["moteseal.v1.up.s1"]}
+
+
+def test_nats_2_9_delivers_a_publish_over_its_payload_limit_as_documented(cluster, clients):
+    """A known gap (docs/scaling.md): the MQTT listener of nats-server 2.9.10
+    does not apply ``max_payload`` (2048) to MQTT publishes, unlike
+    Mosquitto's ``max_packet_size``; only the gateway's 1200-byte envelope
+    limit stands. This fails once the engine enforces it: update the docs."""
+    mon = clients(cluster, "mon", 2)
+    assert mon.subscribe("moteseal/v1/#") == 1
+    evil = clients(cluster, "evil", 0)
+    evil.c.publish("moteseal/v1/up/evil", b"\x00" * 4000, qos=1)
+    assert [(t, len(p)) for t, p in mon.wait(1)] == [("moteseal/v1/up/evil", 4000)]
