@@ -53,7 +53,8 @@ PROBE_ACCOUNT = "_probe"  # may connect, may publish and subscribe nothing
 
 @dataclass(frozen=True)
 class ClusterAccount:
-    """One MQTT account: ``name`` (a moteseal id), ``role`` (gateway.broker.ROLES)."""
+    """One MQTT account: ``name`` (a moteseal id), ``role`` (gateway.broker.ROLES).
+    Immutable: may be shared between threads."""
 
     name: str
     role: str
@@ -62,7 +63,7 @@ class ClusterAccount:
 
 @dataclass(frozen=True)
 class NodePorts:
-    """The loopback (or other) ports of one node."""
+    """The ports of one node. Immutable: may be shared between threads."""
 
     client: int   # NATS protocol (also what monitoring tools use)
     cluster: int  # routes between nodes
@@ -204,7 +205,8 @@ class NatsCluster:
     ``directory`` with ``accounts`` (``name -> role``; passwords generated,
     in ``.passwords``). ``start()`` waits (bounded) until every node answers
     MQTT; ``kill_node(i)`` SIGKILLs one; ``start_node(i)`` brings it back;
-    ``stop()`` kills all. Not thread-safe: one owner thread."""
+    ``stop()`` kills all. Not thread-safe: one thread at a time (a test may
+    hand ``kill_node`` to a timer thread while it does not touch the cluster)."""
 
     def __init__(self, directory: Path, accounts: dict[str, str], nodes: int = 3,
                  ack_wait: str = "5s", replicas: int = 3, memory_consumers: bool = True) -> None:

@@ -32,7 +32,8 @@ def link(cluster, user: str, first: int) -> MqttLink:
 
 
 class Hub:
-    """Collects what reaches ``moteseal/v1/down/hub``: (src, nonce) in arrival order."""
+    """Collects what reaches ``moteseal/v1/down/hub``: (src, nonce) in arrival
+    order, on its own reader thread; ``wait_for`` may be called from any thread."""
 
     def __init__(self, cluster, first: int) -> None:
         self.got: list[tuple[str, int]] = []

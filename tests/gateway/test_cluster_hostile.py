@@ -22,7 +22,8 @@ ACCOUNTS = {"gw": "gateway", "s1": "device", "evil": "device", "mon": "monitor"}
 
 
 class Client:
-    """A paho MQTT 3.1.1 client on one node: records messages and SUBACK codes."""
+    """A paho MQTT 3.1.1 client on one node: records messages and SUBACK codes
+    (from paho's thread). Not thread-safe beyond that: one test thread."""
 
     def __init__(self, cluster, user: str, node: int, client_id: str = "",
                  clean: bool = True) -> None:
