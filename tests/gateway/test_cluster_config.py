@@ -8,6 +8,7 @@ import json
 import re
 import stat
 import subprocess
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -73,3 +74,26 @@ def test_shard_of_is_the_documented_sha256_prefix():
 
     assert [shard_of("sensor-01", n) for n in (2, 3, 7)] == [0xab7788d22eb7372f % n for n in (2, 3, 7)]
     assert [shard_of("s0", n) for n in (1, 2, 3, 7)] == [0, 1, 2, 0]
+
+
+def test_cluster_nodes_die_with_the_process_that_started_them(tmp_path):
+    """A test process killed without its teardown leaves no broker behind:
+    each node has PR_SET_PDEATHSIG = SIGKILL."""
+    import os
+    import sys
+    import time
+
+    script = ("import os, sys; from pathlib import Path; from gateway.cluster import NatsCluster;"
+              "c = NatsCluster(Path(sys.argv[1]), {'gw': 'gateway'}, nodes=3).start(45);"
+              "print(' '.join(str(p.pid) for p in c.procs), flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], capture_output=True,
+                         text=True, timeout=90, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 3, out.stderr
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
+                 open(f"/proc/{p}/stat").read().split(") ")[1][0] != "Z"]
+        time.sleep(0.1)
+    assert alive == []
