@@ -6,7 +6,9 @@ session or decryption code: nothing from ``device`` but the serial framing
 
 Public surface: the relay core below (no I/O); ``gateway.mqtt.MqttLink`` and
 ``gateway.serial_bridge`` are its links, ``gateway.runner.Gateway`` runs them,
-``gateway.broker`` manages Mosquitto accounts. Docs: docs/gateway.md.
+``gateway.broker`` manages Mosquitto accounts, ``gateway.cluster`` a NATS
+cluster's configuration and processes, ``gateway.shard`` the device-id
+shard function. Docs: docs/gateway.md, docs/scaling.md.
 """
 
 from gateway.envelope import DEFAULT_MAX_ENVELOPE_BYTES, Header, Rejected, read_header

@@ -293,3 +293,62 @@ def list_accounts(dir_: Path, acl_file: Path | None, as_json: bool) -> None:
     else:
         for row in rows:
             click.echo(f"{row['id']}\t{row['role']}")
+
+
+@broker_group.command("cluster-config")
+@click.option("--acl-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=_DEFAULT_DIR / "acl", show_default=True,
+              help="The accounts and roles (`moteseal broker add-device` writes it).")
+@click.option("--password-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Holds <id>.password for every account (the files "
+                                  "add-device --password-file writes).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Directory for accounts.conf and node<i>.conf.")
+@click.option("--node", "nodes", multiple=True, required=True,
+              help="host:client_port:cluster_port:mqtt_port:http_port of one node (repeat; "
+                   "3 for a cluster that survives one node).")
+@click.option("--replicas", type=click.IntRange(1, 5), default=3, show_default=True,
+              help="Copies of MQTT sessions and messages (docs/scaling.md).")
+def cluster_config(acl_file: Path, password_dir: Path, out_dir: Path, nodes: tuple[str, ...],
+                   replicas: int) -> None:
+    """Write a NATS cluster's configuration (JetStream + MQTT 3.1.1) with the
+    same accounts and rights as Mosquitto's ACL (gateway/cluster.py).
+
+    accounts.conf holds the passwords (0600): install it readable only by the
+    nats user. Each node's store directory is ``node<i>/`` beside its config;
+    edit ``store_dir`` for another place.
+
+    \b
+    Example:
+      moteseal broker cluster-config --password-dir /etc/moteseal/mqtt --out ./nats \\
+        --node 10.0.0.1:4222:6222:1883:8222 --node 10.0.0.2:4222:6222:1883:8222 \\
+        --node 10.0.0.3:4222:6222:1883:8222
+    """
+    from gateway import cluster
+
+    _header, blocks = broker.read_acl(acl_file)
+    accounts = []
+    for user, lines in blocks.items():
+        role = next((ln.strip()[2:] for ln in lines if ln.strip()[2:] in broker.ROLES
+                     and ln.strip().startswith("# ")), None)
+        if role is None:
+            raise click.ClickException(f"{acl_file}: account {user} has no role comment")
+        pw_file = password_dir / f"{user}.password"
+        try:
+            password = pw_file.read_text().strip()
+        except OSError as exc:
+            raise click.ClickException(f"{pw_file}: {exc.strerror}") from None
+        accounts.append(cluster.ClusterAccount(user, role, password))
+    hosts, ports = [], []
+    for spec in nodes:
+        parts = spec.rsplit(":", 4)
+        if len(parts) != 5 or not parts[0] or not all(p.isdigit() for p in parts[1:]):
+            raise click.BadParameter(f"{spec!r}: expected host:client:cluster:mqtt:http")
+        hosts.append(parts[0])
+        ports.append(cluster.NodePorts(*(int(p) for p in parts[1:])))
+    try:
+        paths = cluster.write_cluster(out_dir, accounts, ports, hosts=hosts, replicas=replicas)
+    except (broker.BrokerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {out_dir / 'accounts.conf'} (0600) and "
+               + ", ".join(str(p) for p in paths))

@@ -21,6 +21,11 @@ Example (every key optional except where noted)::
     [mqtt]
     host = "127.0.0.1"
     port = 1883
+    hosts = []                       # ["10.0.0.1:1883", ...]: a cluster; replaces host/port,
+                                     # tried in order, the next one on a failure
+    protocol = "5"                   # or "3.1.1" (NATS's MQTT listener; docs/scaling.md)
+    shards = 1                       # >1: forward only devices of shard `shard`
+    shard = 0                        #   (SHA-256 of the device id, docs/scaling.md)
     username = "gw1"
     password_file = "gw1.password"   # or: password = "..."
     tls = false                      # true: CA in ca_file (system CAs if empty)
@@ -100,6 +105,11 @@ class ConfigError(ValueError):
 class MqttConfig:
     host: str = "127.0.0.1"
     port: int = 1883
+    # Broker nodes tried in order (host, port); from ``hosts`` or host/port.
+    hosts: list[tuple[str, int]] = field(default_factory=list)
+    protocol: int = 5  # MQTT protocol level: 5, or 4 (3.1.1)
+    shards: int = 1
+    shard: int = 0
     username: str = ""
     password: str = ""
     tls: bool = False
@@ -181,6 +191,13 @@ class _Table:
             raise self._err(unknown[0], "unknown key")
 
 
+def _host_port(table: _Table, key: str, value: object) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not (host and sep and port.isdigit() and 1 <= int(port) <= 65535):
+        raise table._err(key, f"expected \"host:port\" strings, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
 def _id_list(table: _Table, key: str, value: object) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise table._err(key, "expected a list of device ids or patterns")
@@ -210,6 +227,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     m = cfg.mqtt
     m.host = t.get("host", str, m.host)
     m.port = t.int_in("port", m.port, 1, 65535)
+    m.hosts = [_host_port(t, "hosts", v) for v in t.get("hosts", list, [])] or [(m.host, m.port)]
+    protocol = t.get("protocol", str, "5")
+    if protocol not in ("5", "3.1.1"):
+        raise t._err("protocol", f"expected \"5\" or \"3.1.1\", got {protocol!r}")
+    m.protocol = 5 if protocol == "5" else 4
+    m.shards = t.int_in("shards", 1, 1, 1024)
+    m.shard = t.int_in("shard", 0, 0, m.shards - 1)
     m.username = t.get("username", str, "")
     m.password = t.get("password", str, "")
     pw_file = t.get("password_file", str, "")
@@ -238,6 +262,11 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
                      "SUBSCRIBE): run one gateway (share_group = \"\"), or set "
                      "share_group_trusted = true for a broker that checks subscriptions or "
                      "whose accounts you all trust (docs/gateway.md)")
+    if m.share_group and m.protocol == 4:
+        raise t._err("share_group", "shared subscriptions need MQTT 5 here (NATS's 3.1.1 "
+                     "listener has none): split gateways with shards/shard instead")
+    if m.share_group and m.shards > 1:
+        raise t._err("shards", "set either share_group or shards, not both")
     m.session_expiry = t.int_in("session_expiry", m.session_expiry, 0, 0xFFFFFFFF)
     m.keepalive = t.int_in("keepalive", m.keepalive, 5, 65535)
     m.max_inflight = t.int_in("max_inflight", m.max_inflight, 1, 65535)

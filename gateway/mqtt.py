@@ -25,6 +25,22 @@ needs, and keeps these guarantees:
 - TCP_NODELAY (small envelopes must not wait for Nagle's algorithm); TLS with
   ``tls``/``ca_file``; keepalive pings; reconnects with backoff (1 s
   doubling to 5 s).
+- Several brokers (``hosts``, a cluster's nodes): they are tried in order
+  from the one last used; a failed connect or a lost connection moves to the
+  next at once, and only after every node failed in a row does the backoff
+  apply. The client id and session are the same on every node, so a
+  cluster that shares sessions (NATS JetStream, docs/scaling.md) resumes the
+  subscription and re-delivers what was not acknowledged; forwards not yet
+  acknowledged are sent again (DUP) to the new node.
+- ``protocol = 4`` speaks MQTT 3.1.1 (no properties): Receive Maximum and
+  Maximum Packet Size are not announced (the broker's own limits apply, and
+  our ``PacketReader`` still refuses oversize packets), the session lasts as
+  the broker keeps 3.1.1 sessions, and there are no shared subscriptions
+  (config refuses ``share_group``; ``shards`` replaces it).
+- ``shards > 1``: an envelope is forwarded only if its device (the sender,
+  or the destination when the sender is a peer) is in shard ``shard``
+  (``gateway.shard.shard_of``); others are acknowledged at once and
+  counted in ``other_shard``: another gateway's session forwards them.
 - One network thread owns the socket: a forward or an ack made on it (the
   MQTT-to-MQTT hot path) is written at once; writes from other threads (a
   serial link's ``send``, an ``ack`` from a serial ``done``) are queued and
@@ -43,8 +59,10 @@ from typing import Any
 
 from gateway import mqtt_wire as W
 from gateway.config import MqttConfig
+from gateway.envelope import Rejected, read_header
 from gateway.logs import JsonLog
 from gateway.relay import Done, Relay
+from gateway.shard import shard_of
 
 __all__ = ["UP_PREFIX", "DOWN_PREFIX", "LINK_NAME", "MqttLink", "up_subscription"]
 
@@ -69,7 +87,9 @@ class _Lost(Exception):
 
 
 class MqttLink:
-    """The ``mqtt`` link of a relay (see module docstring)."""
+    """The ``mqtt`` link of a relay (see module docstring). ``send`` may be
+    called from any thread; the rest belongs to the owner and the network
+    thread."""
 
     name = LINK_NAME
 
@@ -96,6 +116,13 @@ class MqttLink:
         self._broken = ""  # set by a failed write; the loop then reconnects
         self._early_packets: list[tuple[int, int, bytes]] = []
         self._up_len = len(UP_PREFIX)
+        self.version = cfg.protocol
+        self._hosts = list(cfg.hosts) or [(cfg.host, cfg.port)]
+        self._host_index = 0
+        self.host, self.port = self._hosts[0]  # the node in use (or last tried)
+        self.failovers = 0  # times the link moved to another node
+        self.other_shard = 0  # envelopes left to another gateway's shard
+        self.received = 0  # PUBLISH packets from the broker (redeliveries included)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -128,7 +155,7 @@ class MqttLink:
                 return
             pid = self._take_pid()
             self._inflight[pid] = (topic, envelope, done)
-        self._write(W.encode_publish(topic, pid, envelope))
+        self._write(W.encode_publish(topic, pid, envelope, version=self.version))
 
     def _take_pid(self) -> int:
         # Caller holds the lock. Ids in flight are never reused.
@@ -173,25 +200,40 @@ class MqttLink:
 
     def _run(self) -> None:
         delay = 1.0
+        failed_in_row = 0  # connect failures since the last good connection
         while not self._stop.is_set():
             up = False
             try:
                 self._connect()
                 up = True
-                delay = 1.0
+                delay, failed_in_row = 1.0, 0
                 self._serve()
             except (_Lost, OSError, W.ProtocolError, ssl.SSLError) as exc:
+                failed_in_row += 0 if up else 1
+                several = len(self._hosts) > 1
+                # Another node is tried at once (a short pause, so a node that
+                # refuses at once cannot make a busy loop); once every node
+                # failed in a row, back off.
+                if several and failed_in_row < len(self._hosts):
+                    wait = 0.1
+                else:
+                    wait, failed_in_row = delay, 0
+                    delay = min(delay * 2, 5.0)
                 # Said at once, naming the broker: a gateway that cannot reach
                 # it (refused, DNS, TLS, CONNACK) must not look merely idle.
                 self.log.event("mqtt_disconnected" if up else "mqtt_connect_failed",
-                               level="warning" if up else "error", host=self.cfg.host,
-                               port=self.cfg.port, reason=str(exc)[:200], retry_in=delay)
+                               level="warning" if up else "error", host=self.host,
+                               port=self.port, reason=str(exc)[:200], retry_in=wait)
+                if several:
+                    self._host_index = (self._host_index + 1) % len(self._hosts)
+                    self.failovers += 1
+            else:
+                wait = delay  # a clean stop: the loop ends below
             finally:
                 self.connected.clear()
                 self._close()
-            if self._stop.wait(delay):
+            if self._stop.wait(wait):
                 break
-            delay = min(delay * 2, 5.0)
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
@@ -203,11 +245,12 @@ class MqttLink:
 
     def _connect(self) -> None:
         cfg = self.cfg
-        raw = socket.create_connection((cfg.host, cfg.port), timeout=10)
+        self.host, self.port = host, port = self._hosts[self._host_index]
+        raw = socket.create_connection((host, port), timeout=10)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if cfg.tls:
             ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
-            raw = ctx.wrap_socket(raw, server_hostname=cfg.host)
+            raw = ctx.wrap_socket(raw, server_hostname=host)
         raw.settimeout(30)  # a broker that stops reading us for 30 s is lost
         self._sock = raw
         self._broken = ""
@@ -216,13 +259,13 @@ class MqttLink:
         self._send_now(W.encode_connect(
             cfg.client_id, cfg.keepalive, clean_start=False, session_expiry=cfg.session_expiry,
             receive_maximum=cfg.max_inflight, max_packet=MAX_PACKET_BYTES,
-            username=cfg.username, password=cfg.password))
+            username=cfg.username, password=cfg.password, version=self.version))
         packets = self._read_first(10.0)
         ptype, _flags, body = packets[0]
         self._early_packets = packets[1:]  # e.g. queued PUBLISHes right behind CONNACK
         if ptype != W.CONNACK:
             raise W.ProtocolError(f"expected CONNACK, got packet type {ptype}")
-        session_present, reason, props = W.parse_connack(body)
+        session_present, reason, props = W.parse_connack(body, self.version)
         if reason >= 0x80:
             raise _Lost(f"connection refused, reason 0x{reason:02x}")
         server_max = props.get(W.RECEIVE_MAXIMUM)
@@ -231,10 +274,17 @@ class MqttLink:
             resend = list(self._inflight.items())
         # Forwards the broker has not acknowledged go again (same ids, DUP).
         for pid, (topic, payload, _done) in resend:
-            self._send_now(W.encode_publish(topic, pid, payload, dup=True))
+            self._send_now(W.encode_publish(topic, pid, payload, dup=True, version=self.version))
         topic_filter = up_subscription(cfg.share_group)
-        self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1))
-        self.log.event("mqtt_connected", host=cfg.host, port=cfg.port, client_id=cfg.client_id,
+        if session_present and self.version == 4:
+            # The session holds our one subscription (a fixed filter). On NATS
+            # 2.9 a SUBSCRIBE again replaces its JetStream consumer, and what
+            # was queued for the old one can be lost (docs/scaling.md).
+            self.connected.set()
+            self._drain_backlog()
+        else:
+            self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1, version=self.version))
+        self.log.event("mqtt_connected", host=host, port=port, client_id=cfg.client_id,
                        subscription=topic_filter, session_present=session_present)
 
     def _read_first(self, timeout: float) -> list[tuple[int, int, bytes]]:
@@ -298,9 +348,11 @@ class MqttLink:
     def _handle(self, ptype: int, flags: int, body: bytes) -> None:
         if ptype == W.PUBLISH:
             self._last_in = time.monotonic()
-            topic, pid, payload, qos = W.parse_publish(flags, body)
+            topic, pid, payload, qos = W.parse_publish(flags, body, self.version)
+            self.received += 1
             done = (lambda: self._ack(pid)) if qos else None
-            if not topic.startswith(UP_PREFIX):
+            if not topic.startswith(UP_PREFIX) or (
+                    self.cfg.shards > 1 and not self._in_shard(topic[self._up_len:], payload)):
                 if done is not None:
                     done()
                 return
@@ -314,13 +366,13 @@ class MqttLink:
                     topic, payload, done2 = self._backlog.popleft()
                     nxt_pid = self._take_pid()
                     self._inflight[nxt_pid] = (topic, payload, done2)
-                    nxt = W.encode_publish(topic, nxt_pid, payload)
+                    nxt = W.encode_publish(topic, nxt_pid, payload, version=self.version)
             if entry is not None and entry[2] is not None:
                 entry[2]()
             if nxt is not None:
                 self._send_now(nxt)
         elif ptype == W.SUBACK:
-            _pid, reasons = W.parse_suback(body)
+            _pid, reasons = W.parse_suback(body, self.version)
             if any(rc >= 0x80 for rc in reasons):
                 self.log.event("mqtt_subscribe_refused", level="error", reason=f"0x{reasons[0]:02x}")
                 raise _Lost("subscription refused")
@@ -342,4 +394,18 @@ class MqttLink:
                 topic, payload, done = self._backlog.popleft()
                 pid = self._take_pid()
                 self._inflight[pid] = (topic, payload, done)
-            self._send_now(W.encode_publish(topic, pid, payload))
+            self._send_now(W.encode_publish(topic, pid, payload, version=self.version))
+
+    def _in_shard(self, arrived_from: str, payload: bytes) -> bool:
+        """Whether this gateway's shard owns the envelope's device. One the
+        relay would reject (unreadable header) stays here to be counted."""
+        device = arrived_from
+        if self.relay.policy.is_peer(arrived_from):
+            try:
+                device = read_header(payload, len(payload)).dst
+            except Rejected:
+                return True
+        if shard_of(device, self.cfg.shards) == self.cfg.shard:
+            return True
+        self.other_shard += 1
+        return False

@@ -1,5 +1,7 @@
 """The MQTT 5 packets the gateway's MQTT link (``gateway.mqtt``) needs, sans-I/O
-(OASIS MQTT 5.0).
+(OASIS MQTT 5.0), and their MQTT 3.1.1 forms (``version=4``: the same packets
+without properties, for brokers that speak only 3.1.1, such as NATS's MQTT
+listener; docs/scaling.md).
 
 Encoders return whole packets; ``PacketReader.feed`` splits a byte stream
 into ``(type, flags, body)``; parsers read the bodies. Only what a relay uses
@@ -67,13 +69,20 @@ def _str(s: bytes) -> bytes:
 
 def encode_connect(client_id: str, keepalive: int, *, clean_start: bool,
                    session_expiry: int, receive_maximum: int, max_packet: int,
-                   username: str = "", password: str = "") -> bytes:
+                   username: str = "", password: str = "", version: int = 5) -> bytes:
+    """CONNECT. With ``version=4`` (MQTT 3.1.1) there are no properties:
+    ``session_expiry``, ``receive_maximum`` and ``max_packet`` are not sent
+    (the broker's own settings apply) and ``clean_start`` is Clean Session."""
     flags = (0x80 if username else 0) | (0x40 if password else 0) | (0x02 if clean_start else 0)
-    props = (b"\x11" + struct.pack(">I", session_expiry)
-             + b"\x21" + struct.pack(">H", receive_maximum)
-             + b"\x27" + struct.pack(">I", max_packet))
-    body = (_str(b"MQTT") + bytes([5, flags]) + struct.pack(">H", keepalive)
-            + varint(len(props)) + props + _str(client_id.encode()))
+    if version == 4:
+        props = b""
+    else:
+        props = (b"\x11" + struct.pack(">I", session_expiry)
+                 + b"\x21" + struct.pack(">H", receive_maximum)
+                 + b"\x27" + struct.pack(">I", max_packet))
+        props = varint(len(props)) + props
+    body = (_str(b"MQTT") + bytes([version, flags]) + struct.pack(">H", keepalive)
+            + props + _str(client_id.encode()))
     if username:
         body += _str(username.encode())
     if password:
@@ -81,13 +90,16 @@ def encode_connect(client_id: str, keepalive: int, *, clean_start: bool,
     return _packet(0x10, body)
 
 
-def encode_subscribe(pid: int, topic_filter: str, qos: int = 1) -> bytes:
-    return _packet(0x82, struct.pack(">H", pid) + b"\x00" + _str(topic_filter.encode()) + bytes([qos]))
+def encode_subscribe(pid: int, topic_filter: str, qos: int = 1, version: int = 5) -> bytes:
+    props = b"" if version == 4 else b"\x00"
+    return _packet(0x82, struct.pack(">H", pid) + props + _str(topic_filter.encode()) + bytes([qos]))
 
 
-def encode_publish(topic: bytes, pid: int, payload: bytes, dup: bool = False) -> bytes:
-    """A QoS 1 PUBLISH without properties."""
-    body = _str(topic) + struct.pack(">H", pid) + b"\x00" + payload
+def encode_publish(topic: bytes, pid: int, payload: bytes, dup: bool = False,
+                   version: int = 5) -> bytes:
+    """A QoS 1 PUBLISH without properties (3.1.1: without the property length)."""
+    props = b"" if version == 4 else b"\x00"
+    body = _str(topic) + struct.pack(">H", pid) + props + payload
     return _packet(0x32 | (0x08 if dup else 0), body)
 
 
@@ -189,21 +201,26 @@ def parse_properties(b: bytes, off: int) -> tuple[dict[int, object], int]:
     return props, end
 
 
-def parse_connack(body: bytes) -> tuple[bool, int, dict[int, object]]:
-    """-> (session_present, reason_code, properties)."""
+def parse_connack(body: bytes, version: int = 5) -> tuple[bool, int, dict[int, object]]:
+    """-> (session_present, reason_code, properties). 3.1.1 return codes 1-5
+    (refusals) come back as 0x80 + code, so ``>= 0x80`` means refused in both."""
     if len(body) < 2:
         raise ProtocolError("short CONNACK")
+    if version == 4:
+        return bool(body[0] & 1), (0x80 + body[1]) if body[1] else 0, {}
     props, _ = parse_properties(body, 2) if len(body) > 2 else ({}, 2)
     return bool(body[0] & 1), body[1], props
 
 
-def parse_suback(body: bytes) -> tuple[int, list[int]]:
+def parse_suback(body: bytes, version: int = 5) -> tuple[int, list[int]]:
     pid = _u16(body, 0)
+    if version == 4:
+        return pid, list(body[2:])
     _props, off = parse_properties(body, 2)
     return pid, list(body[off:])
 
 
-def parse_publish(flags: int, body: bytes) -> tuple[str, int, bytes, int]:
+def parse_publish(flags: int, body: bytes, version: int = 5) -> tuple[str, int, bytes, int]:
     """-> (topic, packet id (0 at QoS 0), payload, qos)."""
     qos = (flags >> 1) & 3
     if qos == 3:
@@ -219,6 +236,8 @@ def parse_publish(flags: int, body: bytes) -> tuple[str, int, bytes, int]:
     pid = 0
     if qos:
         pid, off = _u16(body, off), off + 2
+    if version == 4:
+        return topic, pid, body[off:], qos
     _props, off = parse_properties(body, off)
     return topic, pid, body[off:], qos
 

@@ -96,8 +96,10 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         """Counters, last-seen times and link states, as a JSON-able dict."""
         snap = self.relay.snapshot()
-        links = {self.mqtt.name: {"connected": self.mqtt.connected.is_set(),
-                                  "queue_depth": self.mqtt.queue_depth()}}
+        mq = self.mqtt
+        links = {mq.name: {"connected": mq.connected.is_set(), "queue_depth": mq.queue_depth(),
+                           "broker": f"{mq.host}:{mq.port}", "failovers": mq.failovers,
+                           "other_shard": mq.other_shard, "received": mq.received}}
         for link in self.extra_links:
             links[link.name] = {"connected": _is_connected(link),
                                 "queue_depth": int(link.queue_depth())}

@@ -13,6 +13,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# NATS server (JetStream + MQTT) for the clustered-broker tests (tests/cluster_fixtures.py).
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 # Headless Chromium and its driver for tests/e2e/test_dashboard_browser.py.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -29,6 +31,7 @@ if [ ${#need[@]} -gt 0 ]; then
     ($SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true)
     # Likewise its PostgreSQL cluster on 5432: the tests start their own.
     ($SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true)
+    ($SUDO systemctl disable --now nats-server >/dev/null 2>&1 || true)
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from gateway.broker import LocalBroker
 from tests.pg_fixtures import pg_database, pg_dsn, pg_server  # noqa: F401 (fixtures)
+from tests.cluster_fixtures import cluster_gateway, nats_cluster  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -27,6 +27,14 @@ Invariants:
   of making the device download it.
 - TCP_NODELAY on the socket: one small envelope must not wait ~40 ms for
   Nagle's algorithm.
+- ``hosts`` (a cluster's nodes, ``[(host, port), ...]``): after a lost
+  connection or a failed connect paho's reconnect goes to the next node; the
+  client id and session are the same on every node, so a broker cluster that
+  shares sessions (docs/scaling.md) keeps the subscription and queue.
+- ``protocol=4`` speaks MQTT 3.1.1 (NATS's MQTT listener): no properties,
+  so Receive Maximum and Maximum Packet Size are not announced and the
+  session lasts as long as the broker keeps 3.1.1 sessions; the inbox bound
+  and TCP backpressure above still hold.
 - ``start`` with a timeout names a failure as soon as it is known, not when
   the timeout ends: the first connection attempt runs in the caller's
   thread, so a refused port, an unresolvable host and a TLS failure raise
@@ -80,11 +88,18 @@ class MqttLink:
                  client_id: str | None = None, clean_start: bool = False,
                  session_expiry: int = DEFAULT_SESSION_EXPIRY, keepalive: int = 30,
                  max_inflight: int = 100, inbox_size: int = INBOX_MAX,
-                 on_envelope: Callable[[bytes], None] | None = None) -> None:
+                 on_envelope: Callable[[bytes], None] | None = None,
+                 hosts: list[tuple[str, int]] | None = None, protocol: int = 5) -> None:
         if not 0 < max_inflight <= 65535:
             raise ValueError("max_inflight must be 1..65535 (MQTT 5 Receive Maximum)")
         if inbox_size < 1:
             raise ValueError("inbox_size must be at least 1")
+        if protocol not in (4, 5):
+            raise ValueError("protocol must be 5 (MQTT 5) or 4 (MQTT 3.1.1)")
+        self.hosts = list(hosts) if hosts else [(host, port)]
+        host, port = self.hosts[0]
+        self._host_index = 0
+        self.protocol = protocol
         self.device_id = device_id
         self.host, self.port = host, port
         self.up_topic = UP_PREFIX + device_id
@@ -104,8 +119,10 @@ class MqttLink:
         self._session_expiry = session_expiry
         self._keepalive = keepalive
         self._max_inflight = max_inflight
+        v5 = protocol == 5
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"moteseal-{device_id}",
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+                        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=True,
+                        clean_session=None if v5 else clean_start)
         if username:
             c.username_pw_set(username, password)
         if tls:
@@ -115,29 +132,37 @@ class MqttLink:
         c.on_socket_open = lambda client, userdata, sock: _nodelay(sock)
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe
-        c.on_disconnect = lambda client, userdata, flags, rc, props: self.connected.clear()
+        c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = lambda client, userdata: self._next_host()
         c.on_message = self._on_message
         self.client = c
 
     def start(self, timeout: float | None = 10.0) -> "MqttLink":
         """Connect in the background; with ``timeout``, wait until the down
         subscription is held. Raises ``LinkError`` on refusal or timeout."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._session_expiry
-        props.ReceiveMaximum = self._max_inflight
-        props.MaximumPacketSize = MAX_PACKET_BYTES
+        props: Properties | None = None
+        kw: dict[str, Any] = {}
+        if self.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry
+            props.ReceiveMaximum = self._max_inflight
+            props.MaximumPacketSize = MAX_PACKET_BYTES
+            kw = {"clean_start": self._clean_start, "properties": props}
         if timeout is None:
-            self.client.connect_async(self.host, self.port, keepalive=self._keepalive,
-                                      clean_start=self._clean_start, properties=props)
+            self.client.connect_async(self.host, self.port, keepalive=self._keepalive, **kw)
             self.client.loop_start()
             return self
         deadline = time.monotonic() + timeout
         self.client.connect_timeout = max(0.1, timeout)
-        try:
-            self.client.connect(self.host, self.port, keepalive=self._keepalive,
-                                clean_start=self._clean_start, properties=props)
-        except (OSError, ValueError) as e:  # ValueError: paho's for a bad host or port
-            self._fail(_why(e))
+        while True:
+            try:
+                self.client.connect(self.host, self.port, keepalive=self._keepalive, **kw)
+                break
+            except (OSError, ValueError) as e:  # ValueError: paho's for a bad host or port
+                # Another node may answer: each is tried once before failing.
+                if self._host_index + 1 >= len(self.hosts) or time.monotonic() >= deadline:
+                    self._fail(_why(e))
+                self._next_host()
         self.client.loop_start()
         while not self.connected.is_set() and not self._refusal.is_set():
             left = deadline - time.monotonic()
@@ -192,7 +217,13 @@ class MqttLink:
             if rc.value in (134, 135):  # bad credentials, not authorised: retrying is futile
                 client.disconnect()
             return
-        client.subscribe(self.down_topic, options=SubscribeOptions(qos=1))
+        if self.protocol == 5:
+            client.subscribe(self.down_topic, options=SubscribeOptions(qos=1))
+        elif not flags.session_present:
+            # 3.1.1: a resumed session holds the subscription already, and on
+            # NATS 2.9 a second SUBSCRIBE replaces the JetStream consumer
+            # behind it, losing what it had queued (docs/scaling.md).
+            client.subscribe(self.down_topic, qos=1)
         if flags.session_present:
             # The broker kept our session (client id ``moteseal-<id>``, which
             # only this link uses, and it always subscribes), so it holds the
@@ -200,6 +231,25 @@ class MqttLink:
             # inbox would hold that SUBACK back behind the reader, so the link
             # counts as up already. A refused SUBACK still clears it.
             self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                       props: Any) -> None:
+        self.connected.clear()
+        if not self._closing.is_set():
+            self._next_host()
+
+    def _next_host(self) -> None:
+        """Point paho's next (re)connect at the next node (a no-op with one)."""
+        if len(self.hosts) < 2:
+            return
+        self._host_index = (self._host_index + 1) % len(self.hosts)
+        self.host, self.port = self.hosts[self._host_index]
+        try:
+            self.client.host, self.client.port = self.host, self.port
+        except RuntimeError:
+            # paho 2.x refuses the setters until its state says closed, which
+            # its on_disconnect comes before; its reconnect reads these two.
+            self.client._host, self.client._port = self.host, self.port
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any,
                       props: Any) -> None:
