@@ -79,6 +79,12 @@ CREATE TABLE IF NOT EXISTS device_pins (
     PRIMARY KEY (device_id, pub)
 );
 CREATE TABLE IF NOT EXISTS restored (device_id BYTEA PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS padding (
+    device_id BYTEA PRIMARY KEY,
+    hs TEXT NOT NULL,
+    up TEXT NOT NULL,
+    down TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refusals (
     device_id BYTEA NOT NULL,
     reason TEXT NOT NULL,
@@ -100,6 +106,9 @@ END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS devices_revision ON devices;
 CREATE TRIGGER devices_revision AFTER INSERT OR DELETE OR UPDATE OF psk, generation, revoked_at
     ON devices FOR EACH STATEMENT EXECUTE FUNCTION moteseal_bump_revision();
+DROP TRIGGER IF EXISTS padding_revision ON padding;
+CREATE TRIGGER padding_revision AFTER INSERT OR DELETE OR UPDATE
+    ON padding FOR EACH STATEMENT EXECUTE FUNCTION moteseal_bump_revision();
 DROP TRIGGER IF EXISTS peer_keys_revision ON peer_keys;
 CREATE TRIGGER peer_keys_revision AFTER INSERT OR DELETE OR UPDATE
     ON peer_keys FOR EACH STATEMENT EXECUTE FUNCTION moteseal_bump_revision();
@@ -310,6 +319,11 @@ class PgRegistry(Registry):
                 self._db.executemany("INSERT INTO device_pins VALUES (?, ?, ?)", pins)
             for r in sdb.execute("SELECT device_id FROM restored"):
                 self._db.execute("INSERT INTO restored VALUES (?)", (r[0],))
+            has_padding = sdb.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'padding'").fetchone()
+            for r in sdb.execute("SELECT device_id, hs, up, down FROM padding") if has_padding else ():
+                self._db.execute("INSERT INTO padding VALUES (?, ?, ?, ?)",
+                                 (r["device_id"], r["hs"], r["up"], r["down"]))
             self._local_rev += 1
         return n
 

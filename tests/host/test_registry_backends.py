@@ -96,6 +96,21 @@ def test_a_revocation_by_another_instance_changes_the_revision(backend) -> None:
     assert reg.get(b"s1").revoke_reason == "lost"
 
 
+def test_padding_is_set_read_by_another_instance_and_cleared(backend) -> None:
+    from device.padding import PadPolicy
+    reg, _, open_again = backend
+    reg.provision(b"s1", os.urandom(32), SUITE)
+    assert reg.padding(b"s1") is None  # no row: the device does not pad
+    before = reg.revision()
+    reg.set_padding(b"s1", PadPolicy((32, 64), hs=(64, 128), down=(32,)))
+    other = open_again()
+    pol = other.padding(b"s1")
+    assert pol is not None and other.revision() != before
+    assert (pol.hs, pol.up, pol.down) == ((64, 128), (32, 64), (32,))
+    other.set_padding(b"s1", None)
+    assert reg.padding(b"s1") is None
+
+
 def test_rotation_bookkeeping(tmp_path: Path, backend) -> None:
     reg, kp, _ = backend
     reg.provision(b"old", os.urandom(32), SUITE)
@@ -161,11 +176,14 @@ def test_copy_from_sqlite_moves_every_device_with_its_counter(tmp_path: Path, pg
         src.provision(d, p, SUITE)
     src.counter_set(b"d3", 77)
     src.revoke(b"d4")
+    from device.padding import PadPolicy
+    src.set_padding(b"d1", PadPolicy((32, 64)))
     dst = PgRegistry(pg_dsn, create_for_peer=b"hub1")
     try:
         assert dst.copy_from(src) == 5
         assert all(dst.psk_for(d) == p for d, p in psks.items())
         assert dst.counter_get(b"d3") == 77 and dst.is_revoked(b"d4")
+        assert dst.padding(b"d1") is not None and dst.padding(b"d0") is None
         assert dst.get(b"d0").pins == [kp.pub] and dst.statics() == [(kp.priv, kp.pub)]
         with pytest.raises(RegistryError, match="already holds"):
             dst.copy_from(src)
