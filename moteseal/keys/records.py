@@ -136,7 +136,8 @@ def read_padding(db: sqlite3.Connection, device_id: bytes) -> Any:
     row = db.execute("SELECT hs, up, down FROM padding WHERE device_id = ?", (device_id,)).fetchone()
     if row is None:
         return None
-    hs, up, down = (tuple(int(x) for x in str(v).split(",")) for v in tuple(row))
+    # By name: PostgreSQL's rows (registry_pg._Row) iterate over their keys.
+    hs, up, down = (tuple(int(x) for x in str(row[k]).split(",")) for k in ("hs", "up", "down"))
     return PadPolicy(hs, hs=hs, up=up, down=down)
 
 

@@ -79,6 +79,12 @@ CREATE TABLE IF NOT EXISTS device_pins (
     PRIMARY KEY (device_id, pub)
 );
 CREATE TABLE IF NOT EXISTS restored (device_id BYTEA PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS padding (
+    device_id BYTEA PRIMARY KEY,
+    hs TEXT NOT NULL,
+    up TEXT NOT NULL,
+    down TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refusals (
     device_id BYTEA NOT NULL,
     reason TEXT NOT NULL,
