@@ -70,6 +70,7 @@ NODE_A, NODE_B = 0, 1  # the MicroPython device's node; the node that dies
 # The kills, in seconds after the first reading (the run lasts about
 # READINGS * INTERVAL = 60 s, plus the drain).
 KILL_NODE_AT, KILL_GATEWAY_AT, KILL_WORKER_AT = 12.0, 27.0, 42.0
+WATCHDOG = 30.0  # s without an acknowledgement before a device resets its link
 
 
 def _wait(pred, timeout: float, step: float = 0.1):
@@ -90,6 +91,42 @@ def _owners(dsn: str) -> dict[int, str]:
         return {s: o for s, o in c.execute(
             "SELECT shard, owner FROM shard_lease WHERE owner IS NOT NULL "
             "AND expires_at > extract(epoch from clock_timestamp())")}
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds (user + system, /proc/<pid>/stat) each process spent
+    since ``add``, by kind; ``sample`` before a kill keeps a dead process's
+    share. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self.base: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.kind: dict[int, str] = {}
+
+    @staticmethod
+    def _read(pid: int) -> float:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / _CLK_TCK
+
+    def add(self, kind: str, pid: int) -> None:
+        self.kind[pid] = kind
+        self.base[pid] = self.last[pid] = self._read(pid)
+
+    def sample(self, pid: int | None = None) -> None:
+        for p in [pid] if pid is not None else list(self.kind):
+            try:
+                self.last[p] = self._read(p)
+            except (OSError, IndexError, ValueError):
+                pass  # gone: its last sample stands
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p, k in self.kind.items():
+            out[k] = round(out.get(k, 0.0) + self.last[p] - self.base[p], 1)
+        return out
 
 
 def _hosts(cluster, first: int) -> list[tuple[str, int]]:
@@ -191,6 +228,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
     stop = threading.Event()
     fleet = Fleet()
     runner = threading.Thread(target=fleet.run, args=(stop,), kwargs={"until_done": True})
+    watchdog: list[str] = []
     try:
         workers.start()
         owners = _wait(lambda: any(p.poll() is not None for p in workers.procs.values()) or (
@@ -204,11 +242,11 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         backend = NaclBackend()
         sensors: list[SimulatedSensor] = []
 
-        def connect(i: int) -> MqttLink:
+        def connect(i: int, clean: bool = False) -> MqttLink:
             dev = DEVICES[i]
             link = MqttLink(dev, username=dev, password=cluster.passwords[dev],
                             hosts=_hosts(cluster, i % 3), protocol=4, keepalive=10,
-                            on_envelope=fleet.deliver(sensors[i]))
+                            on_envelope=fleet.deliver(sensors[i]), clean_start=clean)
             sensors[i].link = link
             return link.start(None)  # 300 connects at once: about 5 s, not 140 one by one
 
@@ -246,6 +284,14 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
              "--retain", str(MOTE_READINGS + 10)],  # the whole run: an outage evicts nothing
             stdout=mote_out, stderr=subprocess.STDOUT, env=env, cwd=flash, start_new_session=True)
         mote_out.close()
+        cpu = CpuMeter()
+        for proc in cluster.procs:
+            cpu.add("broker nodes", proc.pid)
+        for gw in (gw1, gw2):
+            cpu.add("gateways", gw.proc.pid)
+        for proc in workers.procs.values():
+            cpu.add("hub workers", proc.pid)
+        devices_cpu = time.process_time()
         runner.start()
         t0 = time.monotonic()
         mark("readings start")
@@ -253,6 +299,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         # 1. A broker node: its clients (gateway gw1, a worker, 100 devices) go elsewhere.
         time.sleep(max(0.0, t0 + KILL_NODE_AT - time.monotonic()))
         dead = _hosts(cluster, NODE_B)[0]
+        cpu.sample(cluster.procs[NODE_B].pid)
         t_kill = time.monotonic()
         cluster.kill_node(NODE_B)
         mark("node B killed")
@@ -268,11 +315,13 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         time.sleep(max(0.0, t0 + KILL_GATEWAY_AT - time.monotonic()))
         relayed_before = gw2.status()["relayed"]
         assert relayed_before > 0
+        cpu.sample(gw2.proc.pid)
         t_kill = time.monotonic()
         gw2.kill()
         mark("gateway gw2 killed")
         standby = cluster_gateway(cluster, "gw2b", "gw2", first=NODE_A, shards=2, shard=1,
                                   client_id="moteseal-gateway-gw2")
+        cpu.add("gateways", standby.proc.pid)
         relaying = _wait(lambda: (s := standby.status()) and s["relayed"] > 0, 90, 0.2)
         gateway_takeover = time.monotonic() - t_kill
         assert relaying, (standby.status(), standby.log_text()[-2000:])
@@ -281,6 +330,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         time.sleep(max(0.0, t0 + KILL_WORKER_AT - time.monotonic()))
         held_by_w2 = {s for s, o in _owners(pg_dsn).items() if o == "w2"}
         assert held_by_w2
+        cpu.sample(workers.procs["w2"].pid)
         t_kill = time.monotonic()
         workers.kill("w2")
         mark("worker w2 killed")
@@ -291,8 +341,28 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
 
         # Drain: every device sends its last reading and waits for every
         # acknowledgement (retention resends what the kills dropped).
-        runner.join(300)
+        # A device whose handshakes go unanswered for WATCHDOG s resets its
+        # link with a clean session: after a node's death NATS 2.9 now and
+        # then stops delivering to a resumed session (docs/scaling.md,
+        # "Known losses"); a device's firmware does the same.
+        progress = {i: (-1, 0.0) for i in range(len(sensors))}
+        deadline = time.monotonic() + 300
+        while runner.is_alive() and time.monotonic() < deadline:
+            runner.join(2.0)
+            now = time.monotonic()
+            for i, sensor in enumerate(sensors):
+                acks = sensor.counts["acks"]
+                if sensor.done or acks != progress[i][0]:
+                    progress[i] = (acks, now)
+                elif now - progress[i][1] > WATCHDOG:
+                    old = links[i]
+                    links[i] = connect(i, clean=True)
+                    old.close()
+                    watchdog.append(DEVICES[i])
+                    progress[i] = (acks, now)
         assert not runner.is_alive(), fleet.totals()
+        cpu.sample()
+        devices_cpu = time.process_time() - devices_cpu
         mark("simulated devices drained")
         mote_proc.wait(300)
         mark("MicroPython device drained")
@@ -322,7 +392,10 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
     mote_sum = (tmp_path / "mote.out").read_text().strip().splitlines()[-1:]
     print(f"{MOTE}: gateway shard {gateway_shard(MOTE, 2)}, worker "
           f"{owners[shard_of(MOTE, SHARDS)]}; summary {mote_sum}")
-    print(f"phases (s from start): {phases}; device links made again at the start: {relinked}")
+    print(f"CPU seconds from the first reading to the drain: {cpu.totals()}, "
+          f"the 300 simulated devices' process {devices_cpu:.1f}")
+    print(f"phases (s from start): {phases}; device links made again at the start: {relinked}, "
+          f"reset by the watchdog: {len(watchdog)} {watchdog}")
     assert totals["evicted"] == 0 and totals["unacknowledged"] == 0, totals
     assert not fleet.errors, fleet.errors
     mote_lines = [json.loads(ln) for ln in (tmp_path / "mote.out").read_text().splitlines()
