@@ -139,7 +139,9 @@ class ShardLink(MqttLink):
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
         if any(rc.is_failure for rc in rcs):
-            self.refused = "subscription to device up topics refused (the worker needs the gateway role)"
+            self.refused = (f"subscription to {self.down_topic} refused (via gateway: the worker needs "
+                            "the peer's own account)" if self.via_gateway else
+                            "subscription to device up topics refused (the worker needs the gateway role)")
             self._refusal.set()
             self.connected.clear()
             return
