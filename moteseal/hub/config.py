@@ -34,12 +34,14 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
             "max_session_age": (int, 86400), "command_rate": ((int, float), 1.0)},
     "mqtt": {"host": (str, "127.0.0.1"), "port": (int, 1883), "username": (str, ""),
              "password_file": (str, ""), "tls": (bool, False), "ca_file": (str, ""),
-             "brokers": (list, [])},  # ["host:port", ...]: a sharded worker's failover list
+             "brokers": (list, []),  # ["host:port", ...]: a sharded worker's failover list
+             "protocol": (str, "5")},  # "5" or "3.1.1" (a NATS cluster's MQTT listener)
     # A sharded deployment (docs/scaling.md): the registry, readings and
     # leases in PostgreSQL ($MOTESEAL_REGISTRY_URL overrides url).
     "registry": {"url": (str, ""), "password_file": (str, "")},
     "shards": {"count": (int, 64), "lease_seconds": ((int, float), 5.0),
-               "renew_seconds": ((int, float), 1.0)},
+               "renew_seconds": ((int, float), 1.0),
+               "via": (str, "direct")},  # "direct": device up topics; "gateway": the peer's down topic
     "store": {"max_age_days": ((int, float), 365), "max_rows": (int, 10_000_000)},
     "dashboard": {"enabled": (bool, True), "bind": (str, "127.0.0.1"), "port": (int, 8080),
                   "token_file": (str, ""), "gateway_status": (str, "")},
@@ -174,6 +176,10 @@ def load(path: str | Path) -> HubConfig:
     for where, table in [("fields", values["home_assistant"]["fields"])] + [
             (f"devices.{d}", t) for d, t in values["home_assistant"]["devices"].items()]:
         _check_fields(p, where, table, nested=where == "fields")
+    if values["mqtt"]["protocol"] not in ("5", "3.1.1"):
+        raise HubConfigError(f"{p}: [mqtt] protocol must be \"5\" or \"3.1.1\"")
+    if values["shards"]["via"] not in ("direct", "gateway"):
+        raise HubConfigError(f"{p}: [shards] via must be \"direct\" or \"gateway\"")
     for key in ("port",):
         for section in ("mqtt", "dashboard", "home_assistant"):
             if not 0 <= values[section][key] <= 65535:

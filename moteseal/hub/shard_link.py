@@ -21,6 +21,15 @@ Invariants:
 - The client id is ``moteseal-<peer>-<worker>`` with a clean session: a
   restarted worker holds no stale subscriptions for shards another worker
   has taken.
+- ``via_gateway=True`` (``[shards] via = "gateway"``): the devices reach the
+  workers through gateways (serial devices, or a deployment whose device
+  traffic the gateways police). Every worker then reads the peer's down
+  topic ``moteseal/v1/down/<peer>`` (where a gateway forwards what devices
+  send to the peer) and keeps only envelopes whose ``src`` it holds; the
+  rest are acknowledged to the broker and counted in ``dropped``, as above.
+  Replies go to ``moteseal/v1/up/<peer>``, which the gateways read and route
+  by ``dst``. The worker's broker account is then the peer's own (device
+  role), not the gateway role.
 """
 
 from __future__ import annotations
@@ -45,9 +54,11 @@ class ShardLink(MqttLink):
     ``set_devices`` may run on the lease thread while ``recv``/``send`` run
     on the listener's."""
 
-    def __init__(self, peer_id: str, worker: str, brokers: list[tuple[str, int]], **kw: Any) -> None:
+    def __init__(self, peer_id: str, worker: str, brokers: list[tuple[str, int]], *,
+                 via_gateway: bool = False, **kw: Any) -> None:
         if not brokers:
             raise ValueError("at least one broker address")
+        self.via_gateway = via_gateway
         self._brokers = list(brokers)
         self._next = 0
         super().__init__(peer_id, brokers[0][0], brokers[0][1], client_id=f"moteseal-{peer_id}-{worker}",
@@ -84,6 +95,8 @@ class ShardLink(MqttLink):
             gone = sorted(self._topics - want)
             new = sorted(want - self._topics)
             self._topics = want
+        if self.via_gateway:
+            return  # one subscription (the peer's down topic) serves every device
         for i in range(0, len(gone), SUBSCRIBE_CHUNK):
             self.client.unsubscribe(gone[i:i + SUBSCRIBE_CHUNK])
         for i in range(0, len(new), SUBSCRIBE_CHUNK):
@@ -101,6 +114,8 @@ class ShardLink(MqttLink):
             env = E.Envelope().decode_into(envelope, len(envelope), len(envelope))
         except (RemoteError, ValueError, IndexError):
             raise LocalError("not an envelope") from None
+        if self.via_gateway:
+            return self.client.publish(self.up_topic, envelope, qos=1)  # the gateways route by dst
         return self.client.publish(DOWN_PREFIX + bytes(env.dst).decode("ascii"), envelope, qos=1)
 
     # paho callbacks (network thread)
@@ -108,6 +123,12 @@ class ShardLink(MqttLink):
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             super()._on_connect(client, userdata, flags, rc, props)
+            return
+        if self.via_gateway:
+            if self.protocol == 5:
+                client.subscribe(self.down_topic, options=SubscribeOptions(qos=1))
+            else:
+                client.subscribe(self.down_topic, qos=1)
             return
         with self._topic_lock:
             topics = sorted(self._topics)
@@ -118,7 +139,9 @@ class ShardLink(MqttLink):
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
         if any(rc.is_failure for rc in rcs):
-            self.refused = "subscription to device up topics refused (the worker needs the gateway role)"
+            self.refused = (f"subscription to {self.down_topic} refused (via gateway: the worker needs "
+                            "the peer's own account)" if self.via_gateway else
+                            "subscription to device up topics refused (the worker needs the gateway role)")
             self._refusal.set()
             self.connected.clear()
             return
@@ -137,6 +160,9 @@ class ShardLink(MqttLink):
             pass  # still open: paho retries the same address once more
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.via_gateway:
+            self._on_forwarded(msg)
+            return
         with self._topic_lock:
             held = msg.topic in self._topics
         if not held:
@@ -147,3 +173,27 @@ class ShardLink(MqttLink):
         # accepts only its own down topic; paho keeps the topic as bytes.
         msg.topic = self.down_topic.encode()  # type: ignore[assignment]
         super()._on_message(client, userdata, msg)
+
+    def _on_forwarded(self, msg: mqtt.MQTTMessage) -> None:
+        """via_gateway: keep an envelope on the peer's down topic only if its
+        sender's shard is held here."""
+        src = None
+        if msg.topic == self.down_topic:
+            payload = bytes(msg.payload)
+            try:
+                src = bytes(E.Envelope().decode_into(payload, len(payload), len(payload)).src)
+            except (RemoteError, ValueError, IndexError):
+                src = None
+        held = False
+        if src is not None:
+            try:
+                topic = UP_PREFIX + src.decode("ascii")
+            except UnicodeDecodeError:
+                topic = ""
+            with self._topic_lock:
+                held = topic in self._topics
+        if not held:
+            self.dropped += 1
+            self._ack(msg.mid, msg.qos)
+            return
+        super()._on_message(self.client, None, msg)

@@ -152,7 +152,9 @@ class ShardWorker:
                                          DEFAULT_SUITE, max_age=cfg.get("hub", "max_session_age"))
             self.link = ShardLink(self.peer_id, self.name, brokers, username=mq["username"] or None,
                                   password=read_secret(cfg.path_of("mqtt", "password_file")),
-                                  tls=mq["tls"], ca_file=str(cfg.path_of("mqtt", "ca_file") or "") or None)
+                                  tls=mq["tls"], ca_file=str(cfg.path_of("mqtt", "ca_file") or "") or None,
+                                  protocol=4 if mq["protocol"] == "3.1.1" else 5,
+                                  via_gateway=cfg.values["shards"]["via"] == "gateway")
             self.inbox = Inbox(self.store)
             self.listener = PeerListener(self.sessions, self.link, self._report, inbox=self.inbox)
             self.link.start()

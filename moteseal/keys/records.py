@@ -136,7 +136,8 @@ def read_padding(db: sqlite3.Connection, device_id: bytes) -> Any:
     row = db.execute("SELECT hs, up, down FROM padding WHERE device_id = ?", (device_id,)).fetchone()
     if row is None:
         return None
-    # By name: sqlite3.Row and PostgreSQL's dict rows both take row["hs"].
+    # By name: sqlite3.Row and PostgreSQL's rows (registry_pg._Row) both
+    # take row["hs"], but the latter iterate over their keys.
     hs, up, down = (tuple(int(x) for x in str(row[k]).split(",")) for k in ("hs", "up", "down"))
     return PadPolicy(hs, hs=hs, up=up, down=down)
 

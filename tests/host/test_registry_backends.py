@@ -204,3 +204,14 @@ def test_the_dsn_password_is_never_in_messages(pg_server, tmp_path: Path) -> Non
     with pytest.raises(RegistryError, match="cannot connect") as e2:
         PgRegistry(bad)
     assert pg_server.password not in str(e2.value) and time.monotonic() - t < 60
+
+
+def test_padding_is_recorded_and_put_in_bundles_on_both_backends(backend) -> None:
+    # PostgreSQL's schema once lacked the padding table: provision failed.
+    from device.padding import PadPolicy
+    from moteseal.keys.provision import provision_device
+    reg, _, open_again = backend
+    assert provision_device(reg, b"p0", SUITE, {})[1].pad is None  # no row: does not pad
+    provision_device(reg, b"p1", SUITE, {}, pad=PadPolicy((32, 64)))
+    again = open_again()
+    assert again.padding(b"p1").up == (32, 64) and again.padding(b"p0") is None
