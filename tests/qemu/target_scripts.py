@@ -52,6 +52,35 @@ print(repr([C.PATH, all(ok[:r]), r, bytes(buf[:64]) == want[:64] and bytes(buf[8
 """
 
 
+def aead_into_buffers(k: bytes, nonce: int, ad: bytes, pt: bytes) -> str:
+    """One AEAD case (after a prelude that imports ``C`` and defines ``hx``),
+    sealed and opened into caller buffers at odd offsets and in place;
+    prints [C.PATH, ciphertext+tag hex, the guard bytes kept, opened right,
+    the in-place ciphertext+tag hex, opened in place right]."""
+    return f"""
+k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
+c = C.ChaCha20Poly1305(k)
+n = len(pt)
+out = [C.PATH]
+# into a caller buffer at an odd offset, from an odd source offset (ARMv6-M
+# code must not load words there)
+src = bytearray(3) + pt
+dst = bytearray(n + 16 + 6)
+m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
+out.append(hx(dst[5:5 + m]))
+out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
+back = bytearray(n + 2)
+out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
+           and back[0] == 0 and back[n + 1] == 0)
+# in place: the same buffer at the same offset
+buf = bytearray(1) + pt + bytearray(16)
+c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
+out.append(hx(buf[1:]))
+out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
+print(repr(out))
+"""
+
+
 def aead_instructions(fast: str) -> str:
     """Instructions per seal and open of 64 and 1024 bytes on the firmware's
     own fast path (named ``fast`` in the result) and on viper: prints

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from tests.micropython import test_mp_chachapoly as U
-from tests.qemu.target_scripts import AEAD_HEAP_LOCKED, aead_instructions, path_when_module_raises
+from tests.qemu.target_scripts import (AEAD_HEAP_LOCKED, aead_instructions, aead_into_buffers,
+                                      path_when_module_raises)
 from tests.qemu.test_qemu_primitives import run
 
 PATHS = ["asm_thumb", "viper"]
@@ -110,28 +111,8 @@ def test_random_inputs_of_many_lengths_match_cryptography_in_place_and_into_buff
             for k, nonce, ad, pt in cases]
     # One case per run: the target's heap holds one 1 KiB case's hex easily.
     for (k, nonce, ad, pt), w in zip(cases, want):
-        got = run(board, _PRELUDE.format(path=path) + f"""
-k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
-c = C.ChaCha20Poly1305(k)
-n = len(pt)
-out = []
-# into a caller buffer at an odd offset, from an odd source offset
-src = bytearray(3) + pt
-dst = bytearray(n + 16 + 6)
-m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
-out.append(hx(dst[5:5 + m]))
-out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
-back = bytearray(n + 2)
-out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
-           and back[0] == 0 and back[n + 1] == 0)
-# in place: the same buffer at the same offset
-buf = bytearray(1) + pt + bytearray(16)
-c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
-out.append(hx(buf[1:]))
-out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
-print(repr(out))
-""")
-        assert got == [w, True, True, w, True], (len(pt), len(ad), nonce)
+        got = run(board, _PRELUDE.format(path=path) + aead_into_buffers(k, nonce, ad, pt))
+        assert got[1:] == [w, True, True, w, True], (len(pt), len(ad), nonce)
 
 
 # A generator both sides run: xorshift32, bytes biased to 0xff and 0x00 so

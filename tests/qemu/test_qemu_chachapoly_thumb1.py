@@ -19,7 +19,7 @@ import pytest
 
 from tests.micropython import test_mp_chachapoly as U
 from tests.qemu.test_qemu_chachapoly_asm import _UNIX_TESTS, _XS, _cases
-from tests.qemu.target_scripts import AEAD_HEAP_LOCKED, aead_instructions
+from tests.qemu.target_scripts import AEAD_HEAP_LOCKED, aead_instructions, aead_into_buffers
 from tests.qemu.test_qemu_primitives import run
 from tests.qemu.test_qemu_thumb1 import m0, m0_firmware, m0_session  # noqa: F401 - fixtures
 
@@ -55,25 +55,7 @@ def test_random_inputs_of_many_lengths_match_cryptography_in_place_and_into_buff
     cases = _cases(61)
     for k, nonce, ad, pt in cases:
         w = ChaCha20Poly1305(k).encrypt(b"\0" * 4 + nonce.to_bytes(8, "little"), pt, ad).hex()
-        got = run(m0, _PRELUDE.format(fallback=False) + f"""
-k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
-c = C.ChaCha20Poly1305(k)
-n = len(pt)
-out = [C.PATH]
-src = bytearray(3) + pt  # odd offsets: ARMv6-M code must not load words there
-dst = bytearray(n + 16 + 6)
-m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
-out.append(hx(dst[5:5 + m]))
-out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
-back = bytearray(n + 2)
-out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
-           and back[0] == 0 and back[n + 1] == 0)
-buf = bytearray(1) + pt + bytearray(16)
-c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
-out.append(hx(buf[1:]))
-out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
-print(repr(out))
-""")
+        got = run(m0, _PRELUDE.format(fallback=False) + aead_into_buffers(k, nonce, ad, pt))
         assert got == ["asm_thumb1", w, True, True, w, True], (len(pt), len(ad), nonce)
 
 

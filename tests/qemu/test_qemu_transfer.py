@@ -32,7 +32,8 @@ import pytest
 
 from moteseal.flash.build import build
 from tests.cli_fleet import run
-from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state, wait_until
+from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state
+from tests.polling import wait_until
 from tests.qemu.test_qemu_romfs import UartRelay, _romfs_files
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(900)]
