@@ -144,6 +144,19 @@ for i, x in enumerate(vals):
 """
 
 
+def x25519_ref(k: bytes, u: bytes) -> str:
+    """X25519(k, u) hex by PyNaCl, u's top bit masked and u reduced mod p
+    as RFC 7748 decodes it; all zeros where PyNaCl refuses a low-order
+    result (X25519 gives zero for it)."""
+    import nacl.bindings
+
+    uu = (int.from_bytes(u, "little") & ((1 << 255) - 1)) % P
+    try:
+        return nacl.bindings.crypto_scalarmult(k, uu.to_bytes(32, "little")).hex()
+    except Exception:
+        return "00" * 32
+
+
 def check_field_edges(out: str, vals: list[int]) -> None:
     """Asserts what ``field_edges`` printed: ops 1-4 congruent mod p to the
     Python-integer results and below 2**256 (invariant F), and fe 0..3 after
