@@ -1,7 +1,9 @@
-"""``moteseal gateway run`` as a real subprocess: the start-and-wait, status,
-log, kill and stop shared by the gateways the fixtures start
-(tests/conftest.py ``GatewayProcess`` on Mosquitto, tests/cluster_fixtures.py
-``ClusterGateway`` on NATS); each subclass writes only its own config.
+"""Subprocesses the tests start: ``stop_process`` (SIGTERM, then SIGKILL
+after a grace period), and ``moteseal gateway run`` as a real subprocess:
+the start-and-wait, status, log, kill and stop shared by the gateways the
+fixtures start (tests/conftest.py ``GatewayProcess`` on Mosquitto,
+tests/cluster_fixtures.py ``ClusterGateway`` on NATS); each subclass writes
+only its own config.
 """
 
 from __future__ import annotations
@@ -13,6 +15,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def stop_process(proc: "subprocess.Popen | None", grace: float = 10.0) -> None:
+    """Stops ``proc`` if it still runs (None or an exited one: nothing):
+    SIGTERM, and SIGKILL if it has not exited within ``grace`` seconds;
+    reaped either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 class GatewaySubprocess:
@@ -72,11 +88,4 @@ class GatewaySubprocess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)

@@ -1,39 +1,18 @@
-"""The end-to-end tests' hub world: bounded polling, a free loopback port,
-and one device's fleet served by the real hub in this process (a real
-Mosquitto and ``moteseal gateway run`` in between), with the transfer
-helpers the update tests share (tests/e2e/test_transfer_mp.py,
-tests/qemu/test_qemu_transfer.py).
+"""The end-to-end tests' hub world: one device's fleet served by the real
+hub in this process (a real Mosquitto and ``moteseal gateway run`` in
+between), with the transfer helpers the update tests share
+(tests/e2e/test_transfer_mp.py, tests/qemu/test_qemu_transfer.py).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.cli_fleet import make_fleet
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 60.0, step: float = 0.1) -> Any:
-    """Poll ``pred()`` every ``step`` seconds until it is truthy or ``timeout``
-    passes; returns its last value (falsy on a timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 just now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def hub_fleet(tmp_path: Path, mosquitto: Any, gateway_process: Any,

@@ -43,8 +43,9 @@ from moteseal.keys.provision import device_session, read_bundle
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.sim.simulate import Fleet, SimulatedSensor
 from tests.cli_fleet import CLI, make_fleet, run
-from tests.hub_world import wait_until
+from tests.polling import wait_until
 from tests.conftest import MqttTestClient
+from tests.gateway_proc import stop_process
 from tests.mp_helpers import mp_binary, mp_env
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython, pytest.mark.timeout(600)]
@@ -178,13 +179,7 @@ class World:
         self.hub_out = out
 
     def stop_hub(self) -> None:
-        if self.hub is not None and self.hub.poll() is None:
-            self.hub.terminate()
-            try:
-                self.hub.wait(20)
-            except subprocess.TimeoutExpired:
-                self.hub.kill()
-                self.hub.wait(10)
+        stop_process(self.hub, 20)
         self.hub = None
 
     def hub_events(self) -> list[dict[str, Any]]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.broker import free_port
 from tests.cli_fleet import CLI, make_fleet, run
-from tests.hub_world import free_port, wait_until
+from tests.polling import wait_until
 
 from tests.conftest import MqttTestClient
 

@@ -26,6 +26,7 @@ import pytest
 
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.delivery import Outbox
+from gateway.broker import free_port
 from moteseal.crypto.backend_nacl import NaclBackend
 from moteseal.hub.shard import shard_of
 from moteseal.keys.keyfile import generate_keypair, write_key_file
@@ -34,7 +35,8 @@ from moteseal.keys.registry_pg import PgRegistry
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.sim.simulate import Fleet, SimulatedSensor
 from tests.cli_fleet import CLI
-from tests.hub_world import free_port, wait_until
+from tests.gateway_proc import stop_process
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(300)]
 
@@ -126,13 +128,7 @@ def test_a_killed_workers_shards_are_taken_over_and_every_reading_lands_once(
         for link in links:
             link.close()
         for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+            stop_process(p, 15)
     totals = fleet.totals()
     assert totals["evicted"] == 0 and totals["unacknowledged"] == 0, totals
     assert not fleet.errors, fleet.errors

@@ -29,7 +29,8 @@ import pytest
 from moteseal.flash.build import build, parse_features
 from moteseal.hub.transfer import F_APP, pack_app
 from tests.cli_fleet import run
-from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state, wait_until
+from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state
+from tests.polling import wait_until
 from tests.mp_helpers import mp_binary
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython, pytest.mark.timeout(600)]
