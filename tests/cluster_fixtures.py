@@ -9,17 +9,14 @@ Every node runs in its own process group and dies with the test process
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
 from gateway.cluster import NatsCluster
+from tests.gateway_proc import GatewaySubprocess
 
-REPO = Path(__file__).resolve().parent.parent
 
 __all__ = ["nats_cluster", "cluster_gateway", "ClusterGateway"]
 
@@ -49,7 +46,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[Callable[..., NatsCluster]]:
             cluster.stop()
 
 
-class ClusterGateway:
+class ClusterGateway(GatewaySubprocess):
     """``moteseal gateway run`` as a subprocess on a NATS cluster: MQTT
     3.1.1, the cluster's nodes as ``hosts`` (``first`` is tried first), an
     optional shard. Not thread-safe."""
@@ -57,12 +54,7 @@ class ClusterGateway:
     def __init__(self, cluster: NatsCluster, workdir: Path, name: str, user: str,
                  first: int = 0, shards: int = 1, shard: int = 0,
                  client_id: str = "", rate: float = 1000.0) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.status_file = workdir / "status.json"
-        self.log_file = workdir / "gateway.log"
-        self.config = workdir / "gateway.toml"
-        (workdir / "gw.password").write_text(cluster.passwords[user])
+        super().__init__(workdir, cluster.passwords[user])
         hosts = cluster.mqtt_hosts[first:] + cluster.mqtt_hosts[:first]
         self.config.write_text(f"""
 [gateway]
@@ -90,56 +82,6 @@ peers = ["hub"]
 [log]
 file = "gateway.log"
 """)
-        self.proc: "subprocess.Popen[bytes] | None" = None
-
-    def start(self, timeout: float = 30.0) -> "ClusterGateway":
-        self.status_file.unlink(missing_ok=True)
-        with open(self.workdir / "stdout.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moteseal.cli.main", "gateway", "run", "--config",
-                 str(self.config)], cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: "
-                                   + (self.workdir / "stdout.log").read_text(errors="replace"))
-            s = self.status()
-            if s and s["links"]["mqtt"]["connected"]:
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError("gateway did not connect; log:\n" + self.log_text())
-
-    def status(self) -> dict | None:
-        try:
-            return json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text()
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, in-flight work lost (the broker keeps it)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from gateway.broker import LocalBroker
+from tests.gateway_proc import GatewaySubprocess
 from tests.pg_fixtures import pg_database, pg_dsn, pg_server  # noqa: F401 (fixtures)
 from tests.cluster_fixtures import cluster_gateway, nats_cluster  # noqa: F401  (fixtures)
 
@@ -151,8 +152,9 @@ def mqtt_client() -> Iterator[Callable[..., MqttTestClient]]:
             c.close()
 
 
-class GatewayProcess:
-    """``moteseal gateway run`` as a real subprocess against a test broker."""
+class GatewayProcess(GatewaySubprocess):
+    """``moteseal gateway run`` as a real subprocess against a test broker.
+    Not thread-safe."""
 
     def __init__(self, broker: LocalBroker, workdir: Path, name: str = "gw",
                  user: str = "gw", rate: float = 1000.0, burst: float = 1000.0,
@@ -161,12 +163,7 @@ class GatewayProcess:
                  max_inflight: int = 100, peers: list[str] | None = None) -> None:
         import json as _json
 
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.status_file = workdir / "status.json"
-        self.log_file = workdir / "gateway.log"
-        self.config = workdir / "gateway.toml"
-        (workdir / "gw.password").write_text(broker.passwords.get(user, ""))
+        super().__init__(workdir, broker.passwords.get(user, ""))
         routes = routes or {"mqtt": ["*"]}
         route_lines = "\n".join(f"{k} = {_json.dumps(v)}" for k, v in routes.items())
         self.config.write_text(f"""
@@ -202,66 +199,6 @@ port = {metrics_port}
 [log]
 file = "gateway.log"
 """)
-        self.proc: "subprocess.Popen[bytes] | None" = None
-
-    def start(self, timeout: float = 15.0) -> "GatewayProcess":
-        import subprocess
-        import sys
-
-        try:
-            self.status_file.unlink()
-        except FileNotFoundError:
-            pass
-        with open(self.workdir / "stdout.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moteseal.cli.main", "gateway", "run", "--config", str(self.config)],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out_text = (self.workdir / "stdout.log").read_text(errors="replace")
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: {out_text}")
-            s = self.status()
-            if s and s["links"]["mqtt"]["connected"]:
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError("gateway did not connect; log:\n" + self.log_text())
-
-    def status(self) -> dict | None:
-        import json as _json
-
-        try:
-            return _json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_file.read_text()
-        except OSError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no final status, in-flight work lost."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self) -> None:
-        import subprocess
-
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 @pytest.fixture

@@ -21,6 +21,23 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# MicroPython source for a script's start: a peer (``peer``, a ``PeerSessions``
+# as "hub") that knows one device "mote-1" (its PSK ``psk``; the peer's key
+# pair ``priv``/``pub``), on ``b`` the ``MicroBackend``. Used by
+# tests/micropython/test_mp_update.py and test_mp_retention.py.
+MP_PEER = """from micropython_port.backend import MicroBackend
+from device.peer import PeerSessions, NonpersistingDirectory
+
+SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
+b = MicroBackend()
+priv = b.random_bytes(32)
+pub = b.x25519_base(priv)
+psk = b.random_bytes(32)
+d = NonpersistingDirectory([(priv, pub)])
+d.add(b"mote-1", psk)
+peer = PeerSessions(b, b"hub", d, SUITE)
+"""
+
 
 class MicroPythonFailed(AssertionError):
     """The MicroPython process failed; the message holds its output."""

@@ -19,7 +19,6 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+
+from gateway.broker import free_port
 
 APT_HINT = "PostgreSQL is not installed: sudo apt-get install postgresql (scripts/setup.sh does)"
 ROLE = "moteseal"
@@ -42,12 +43,6 @@ def pg_bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PgServer:
     """One PostgreSQL server in a temporary directory. Not thread-safe:
     started and stopped by the fixture."""
@@ -56,7 +51,7 @@ class PgServer:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="moteseal-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.password = secrets.token_urlsafe(18)
         self.proc: subprocess.Popen | None = None
         self._as: list[str] = []

@@ -14,6 +14,7 @@ import tty
 from pathlib import Path
 
 from device.framing import FrameDecoder, encode
+from tests.gateway_proc import stop_process
 
 
 class PlugPty:
@@ -116,14 +117,8 @@ class SocatPair:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        stop_process(self.proc, 5)
+        self.proc = None
 
 
 def wait_for(cond, timeout: float = 10.0, step: float = 0.01) -> bool:

@@ -316,11 +316,75 @@ def _ptr(reg, fe):
     return [_enc.addw(reg, 8, 32 * fe)]
 
 
-def _call(sub, *fes):
-    out = []
-    for reg, fe in enumerate(fes):
-        out += _ptr(reg, FE[fe] if isinstance(fe, str) else fe)
-    return out + ["    bl(%s)" % sub]
+def caller(ptr):
+    """``call(sub, *fes)``: r0, r1, ... = the addresses of field elements
+    ``fes`` (by name or number; ``ptr(reg, fe)`` emits one), then ``bl(sub)``.
+    Shared with gen_fe25519_thumb1 (its own ``ptr``)."""
+    def call(sub, *fes):
+        out = []
+        for reg, fe in enumerate(fes):
+            out += ptr(reg, FE[fe] if isinstance(fe, str) else fe)
+        return out + ["    bl(%s)" % sub]
+    return call
+
+
+_call = caller(_ptr)
+
+# The ladder's scalar bit, at label STEP (r9: the clamped scalar; r10: steps
+# left; r11: the last bit): leaves swap ^ k_t in r3 and k_t in r11. Every
+# instruction is a 16-bit Thumb-1 one: gen_fe25519_thumb1 emits it too.
+LADDER_BIT = ["    label(STEP)",
+              "    mov(r1, r10)",
+              "    sub(r1, r1, 1)  # t",
+              "    lsr(r2, r1, 3)",
+              "    mov(r0, r9)",
+              "    add(r2, r2, r0)",
+              "    ldrb(r3, [r2, 0])  # k[t >> 3]: a public address, a secret value",
+              "    mov(r0, 7)",
+              "    and_(r1, r0)",
+              "    lsr(r3, r1)  # by the public t & 7",
+              "    mov(r0, 1)",
+              "    and_(r3, r0)  # k_t",
+              "    mov(r2, r11)",
+              "    eor(r2, r3)  # swap ^ k_t",
+              "    mov(r11, r3)  # swap = k_t",
+              "    mov(r3, r2)"]
+
+
+def ladder_step(call):
+    """One ladder step after the swap (RFC 7748 section 5), by ``call``."""
+    L = call("ADDSUB", "a", "b", "x2", "z2")  # A = x2 + z2, B = x2 - z2
+    L += call("ADDSUB", "c", "d", "x3", "z3")  # C = x3 + z3, D = x3 - z3
+    L += call("SQ", "aa", "a")  # AA = A^2
+    L += call("SQ", "bb", "b")  # BB = B^2
+    L += call("ADDSUB", "t", "e", "aa", "bb")  # E = AA - BB
+    L += call("MUL", "da", "d", "a")  # DA = D * A
+    L += call("MUL", "cb", "c", "b")  # CB = C * B
+    L += call("ADDSUB", "x3", "t1", "da", "cb")  # DA + CB, DA - CB
+    L += call("SQ", "x3", "x3")  # x3 = (DA + CB)^2
+    L += call("SQ", "t1", "t1")
+    L += call("MUL", "z3", "x1", "t1")  # z3 = x1 * (DA - CB)^2
+    L += call("MUL", "x2", "aa", "bb")  # x2 = AA * BB
+    L += call("A24", "t1", "e", "aa")  # AA + a24 * E
+    L += call("MUL", "z2", "e", "t1")  # z2 = E * (AA + a24 * E)
+    return L
+
+
+def invert(call, bne):
+    """x2 = x2 * z2 ** (p - 2) by INVERT_CHAIN, the squaring loops counted
+    in r10 and closed by the branch ``bne`` ("bne_w" or "bne")."""
+    L = []
+    for k, (dst, src, n, m) in enumerate(INVERT_CHAIN):
+        if n:
+            L += call("SQ", 15, src)
+            if n > 1:
+                L += ["    mov(r0, %d)" % (n - 1), "    mov(r10, r0)", "    label(INV%d)" % k]
+                L += call("SQ", 15, 15)
+                L += ["    mov(r0, r10)", "    sub(r0, r0, 1)", "    mov(r10, r0)",
+                      "    %s(INV%d)" % (bne, k)]
+            src = 15
+        L += call("MUL", dst, src, m)
+    return L + call("MUL", "x2", "x2", "z3")
 
 
 def gen_main():
@@ -332,56 +396,16 @@ def gen_main():
         L += ["    cmp(r2, %d)" % op, "    beq_w(OP%d)" % op]
     # --- op 0: the ladder. r9: the clamped scalar (32 bytes); r10: steps
     # left (255 .. 1, so bit t = r10 - 1 is 254 .. 0); r11: swap.
-    L += ["    movw(r0, 255)", "    mov(r10, r0)", "    mov(r0, 0)", "    mov(r11, r0)",
-          "    label(STEP)",
-          "    mov(r1, r10)",
-          "    sub(r1, r1, 1)  # t",
-          "    lsr(r2, r1, 3)",
-          "    mov(r0, r9)",
-          "    add(r2, r2, r0)",
-          "    ldrb(r3, [r2, 0])  # k[t >> 3]: a public address, a secret value",
-          "    mov(r0, 7)",
-          "    and_(r1, r0)",
-          "    lsr(r3, r1)  # by the public t & 7",
-          "    mov(r0, 1)",
-          "    and_(r3, r0)  # k_t",
-          "    mov(r2, r11)",
-          "    eor(r2, r3)  # swap ^ k_t",
-          "    mov(r11, r3)  # swap = k_t",
-          "    mov(r3, r2)",
-          "    mov(r0, r8)",
-          _enc.addw(1, 8, 32 * FE["x3"]),
-          "    mov(r2, 16)"] + ["    bl(CSWAP)  # (x2, z2) <-> (x3, z3) if swap ^ k_t"]
-    L += _call("ADDSUB", "a", "b", "x2", "z2")  # A = x2 + z2, B = x2 - z2
-    L += _call("ADDSUB", "c", "d", "x3", "z3")  # C = x3 + z3, D = x3 - z3
-    L += _call("SQ", "aa", "a")  # AA = A^2
-    L += _call("SQ", "bb", "b")  # BB = B^2
-    L += _call("ADDSUB", "t", "e", "aa", "bb")  # E = AA - BB
-    L += _call("MUL", "da", "d", "a")  # DA = D * A
-    L += _call("MUL", "cb", "c", "b")  # CB = C * B
-    L += _call("ADDSUB", "x3", "t1", "da", "cb")  # DA + CB, DA - CB
-    L += _call("SQ", "x3", "x3")  # x3 = (DA + CB)^2
-    L += _call("SQ", "t1", "t1")
-    L += _call("MUL", "z3", "x1", "t1")  # z3 = x1 * (DA - CB)^2
-    L += _call("MUL", "x2", "aa", "bb")  # x2 = AA * BB
-    L += _call("A24", "t1", "e", "aa")  # AA + a24 * E
-    L += _call("MUL", "z2", "e", "t1")  # z2 = E * (AA + a24 * E)
+    L += ["    movw(r0, 255)", "    mov(r10, r0)", "    mov(r0, 0)", "    mov(r11, r0)"] + LADDER_BIT
+    L += ["    mov(r0, r8)", _enc.addw(1, 8, 32 * FE["x3"]), "    mov(r2, 16)",
+          "    bl(CSWAP)  # (x2, z2) <-> (x3, z3) if swap ^ k_t"]
+    L += ladder_step(_call)
     L += ["    mov(r0, r10)", "    sub(r0, r0, 1)", "    mov(r10, r0)",
           "    bne_w(STEP)  # 255 steps whatever the scalar"]
     L += ["    mov(r3, r11)", "    mov(r0, r8)", _enc.addw(1, 8, 32 * FE["x3"]), "    mov(r2, 16)",
           "    bl(CSWAP)"]
     # --- z2 ** (p - 2) by the fixed chain, then x2 * that.
-    for k, (dst, src, n, m) in enumerate(INVERT_CHAIN):
-        if n:
-            L += _call("SQ", 15, src)
-            if n > 1:
-                L += ["    mov(r0, %d)" % (n - 1), "    mov(r10, r0)", "    label(INV%d)" % k]
-                L += _call("SQ", 15, 15)
-                L += ["    mov(r0, r10)", "    sub(r0, r0, 1)", "    mov(r10, r0)",
-                      "    bne_w(INV%d)" % k]
-            src = 15
-        L += _call("MUL", dst, src, m)
-    L += _call("MUL", "x2", "x2", "z3")
+    L += invert(_call, "bne_w")
     L += ["    cmp(r0, r0)", "    beq_w(DONE)"]
     # --- ops 1-5 (tests): fe0 = fe1 * fe2; fe0 = fe1^2; (fe0, fe3) = fe1 +- fe2;
     # fe0 = fe2 + a24 * fe1; swap (fe0, fe1) with (fe2, fe3) if bits (r1) is 1.

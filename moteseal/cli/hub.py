@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -30,6 +31,30 @@ def parse_since(text: str) -> float:
     if not m:
         raise click.BadParameter(f"{text!r}: a number and s, m, h, d or w (e.g. 1h)")
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _printer(as_json: bool, quiet: bool, plain: Callable[[dict], str]) -> Callable[[dict], None]:
+    """A long-running command's ``on_report``: each report on stdout as one
+    JSON object (``as_json``) or ``plain(report)``, nothing when ``quiet``.
+    Safe to call from several threads: one report's line at a time."""
+    lock = threading.Lock()
+
+    def show(r: dict) -> None:
+        if quiet:
+            return
+        with lock:
+            click.echo(json.dumps(r, sort_keys=True) if as_json else plain(r))
+
+    return show
+
+
+def _serve(service: Any, stop: threading.Event) -> None:
+    """``service.run(stop)`` (a ``Hub`` or ``ShardWorker``), then always
+    ``service.close()``."""
+    try:
+        service.run(stop)
+    finally:
+        service.close()
 
 
 @click.group("hub")
@@ -107,15 +132,8 @@ def run_cmd(config_path: str, seconds: float | None, as_json: bool, quiet: bool)
     from moteseal.peer.listen import format_report
 
     cfg = load(config_path)
-    lock = threading.Lock()
-
-    def show(r: dict) -> None:
-        if quiet:
-            return
-        with lock:
-            click.echo(json.dumps(r, sort_keys=True) if as_json else format_report(r))
-
-    hub = Hub(cfg, passphrase=passphrase_from_env(), on_report=show).start()
+    hub = Hub(cfg, passphrase=passphrase_from_env(),
+              on_report=_printer(as_json, quiet, format_report)).start()
     stop = stop_event(seconds)
     if hub.dashboard is not None:
         click.echo(f"hub {hub.peer_id}: dashboard at {hub.dashboard.url}", err=True)
@@ -124,10 +142,7 @@ def run_cmd(config_path: str, seconds: float | None, as_json: bool, quiet: bool)
                        f"from {cfg.path_of('dashboard', 'token_file')}", err=True)
     else:
         click.echo(f"hub {hub.peer_id} running (no dashboard)", err=True)
-    try:
-        hub.run(stop)
-    finally:
-        hub.close()
+    _serve(hub, stop)
 
 
 @hub_group.command("worker")
@@ -158,25 +173,15 @@ def worker_cmd(config_path: str, name: str, seconds: float | None, as_json: bool
     from moteseal.peer.listen import format_report
 
     cfg = load(config_path)
-    lock = threading.Lock()
 
-    def show(r: dict) -> None:
-        if quiet:
-            return
-        with lock:
-            if as_json:
-                click.echo(json.dumps(r, sort_keys=True))
-            elif r.get("event") in ("shards", "worker_started"):
-                click.echo(" ".join(f"{k}={v}" for k, v in sorted(r.items())))
-            else:
-                click.echo(format_report(r))
+    def plain(r: dict) -> str:
+        if r.get("event") in ("shards", "worker_started"):
+            return " ".join(f"{k}={v}" for k, v in sorted(r.items()))
+        return format_report(r)
 
-    worker = ShardWorker(cfg, name, passphrase=passphrase_from_env(), on_report=show).start()
-    stop = stop_event(seconds)
-    try:
-        worker.run(stop)
-    finally:
-        worker.close()
+    worker = ShardWorker(cfg, name, passphrase=passphrase_from_env(),
+                         on_report=_printer(as_json, quiet, plain)).start()
+    _serve(worker, stop_event(seconds))
 
 
 @hub_group.command("registry-copy")

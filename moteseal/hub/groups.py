@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 from device.errors import LocalError
 from device.group import GROUP_MAX_PAYLOAD_BYTES
+from moteseal.peer.delivery import open_wal
 
 GROUP_PREFIX = "moteseal/v1/group/"
 GROUP_REQUESTS_QUEUED_MAX = 64
@@ -113,14 +114,7 @@ class GroupFile:
         if mode & (stat.S_IRWXG | stat.S_IRWXO):  # Rule 1
             raise GroupFileError(f"group file {self.path} is open to other users "
                                  f"(mode {stat.S_IMODE(mode):o}); chmod 600 it")
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_DDL)
-        except sqlite3.Error as e:
-            raise GroupFileIOError(f"group file {self.path}: {e}") from None
+        self._db = open_wal(self.path, _DDL, lambda m: GroupFileIOError("group file " + m), timeout=10)
 
     def close(self) -> None:
         with self._lock:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from moteseal.hub import transfer as T
 from device.errors import LocalError
 from moteseal.hub.transfer import Outgoing, TransferError
-from moteseal.peer.delivery import Accepted, Inbox, StoreError
+from moteseal.peer.delivery import Accepted, Inbox, StoreError, open_wal
 
 __all__ = ["TransferStore", "TransferService", "TransferInbox", "FINAL_STATES"]
 
@@ -76,13 +76,8 @@ class TransferStore:
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_DDL)
-        except sqlite3.Error as e:
-            raise StoreError(f"transfer store {path}: {e}") from None
+        self._db = open_wal(path, _DDL, lambda m: StoreError("transfer store " + m), durable=False,
+                            timeout=10)
 
     def close(self) -> None:
         with self._lock:

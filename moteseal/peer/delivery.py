@@ -69,6 +69,28 @@ class StoreError(LocalError):
     exit_code = 2
 
 
+def open_wal(path: str | os.PathLike[str], ddl: str, fail: Callable[[str], Exception],
+             durable: bool = True, timeout: float = 5.0) -> sqlite3.Connection:
+    """An SQLite connection to ``path`` for an owner that serialises its use
+    behind one lock (autocommit, any thread), in WAL mode so readers work
+    while it writes, ``synchronous=FULL`` when ``durable`` (a commit is on
+    disk when it returns: Rule 1, durable before the ack), with ``ddl`` run.
+    An SQLite error raises ``fail("<path>: <error>")``, with no connection
+    left open."""
+    db = None
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+        db.execute("PRAGMA journal_mode=WAL")
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
+        db.executescript(ddl)
+        return db
+    except sqlite3.Error as e:
+        if db is not None:
+            db.close()
+        raise fail(f"{path}: {e}") from None
+
+
 class ReadingStore:
     """Delivered readings and per-device high-water marks in one SQLite file
     (WAL mode, so ``moteseal`` readers work while the peer writes).
@@ -81,13 +103,7 @@ class ReadingStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # Rule 1: durable before the ack
-            self._db.executescript(_DDL)
-        except sqlite3.Error as e:
-            raise StoreError(f"reading store {self.path}: {e}") from None
+        self._db = open_wal(self.path, _DDL, lambda m: StoreError("reading store " + m))
 
     def close(self) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ import pytest
 
 from moteseal.flash.build import build
 from tests.cli_fleet import CLI, make_fleet, run
+from tests.gateway_proc import stop_process
 from tests.mp_helpers import mp_binary
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython, pytest.mark.timeout(240)]
@@ -53,13 +54,7 @@ class Peer:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def _stored(store: Path) -> dict[str, list[int]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,9 @@ from moteseal.keys.provision import device_session, read_bundle
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.sim.simulate import Fleet, SimulatedSensor
 from tests.cli_fleet import CLI, make_fleet, run
+from tests.polling import wait_until
 from tests.conftest import MqttTestClient
+from tests.gateway_proc import stop_process
 from tests.mp_helpers import mp_binary, mp_env
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython, pytest.mark.timeout(600)]
@@ -77,15 +78,6 @@ dev.run(None, 0, int(sys.argv[3]))
 print(json.dumps({"event": "summary", "counts": dev.counts}))
 """
 
-
-def _wait(pred, timeout: float = 60.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
 
 
 class GroupSensor(SimulatedSensor):
@@ -187,13 +179,7 @@ class World:
         self.hub_out = out
 
     def stop_hub(self) -> None:
-        if self.hub is not None and self.hub.poll() is None:
-            self.hub.terminate()
-            try:
-                self.hub.wait(20)
-            except subprocess.TimeoutExpired:
-                self.hub.kill()
-                self.hub.wait(10)
+        stop_process(self.hub, 20)
         self.hub = None
 
     def hub_events(self) -> list[dict[str, Any]]:
@@ -240,7 +226,7 @@ class World:
         return g[-1] if g else None
 
     def wait_all(self, names: list[str], value: Any, timeout: float = 60.0) -> dict[str, Any]:
-        ok = _wait(lambda: all(value in self.got(n) for n in names), timeout)
+        ok = wait_until(lambda: all(value in self.got(n) for n in names), timeout, step=0.2)
         return {} if ok else {n: self.got(n)[-3:] for n in names if value not in self.got(n)}
 
     def epoch_everywhere(self, names: list[str], epoch: int, timeout: float = 90.0) -> list[str]:
@@ -254,7 +240,7 @@ class World:
                 elif epoch not in self.mps[n].epochs():
                     out.append(n)
             return out
-        _wait(lambda: not lagging(), timeout)
+        wait_until(lambda: not lagging(), timeout, step=0.2)
         return lagging()
 
 
@@ -327,8 +313,8 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
         m.start()
     w.start_sims()
     # Every device has a session with the hub (it stored a reading of each).
-    assert _wait(lambda: {e["device"] for e in w.hub_events() if e["event"] == "telemetry"}
-                 >= set(everyone), 90), w.hub_events()[-5:]
+    assert wait_until(lambda: {e["device"] for e in w.hub_events() if e["event"] == "telemetry"}
+                      >= set(everyone), 90, step=0.2), w.hub_events()[-5:]
     created = group(w, "group", "create", GID, *everyone)
     assert created["members"] == 13 and created["epoch"] == 0
     assert w.epoch_everywhere(everyone, 0) == []
@@ -361,12 +347,12 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
     forged = forge(w.sims[forger], b"valve=open", 13)
     assert intruder.publish(TOPIC, forged) == 0
     others = [d for d in everyone if d != forger]
-    assert _wait(lambda: all(w.last(d) == "AuthError" for d in others), 60), \
+    assert wait_until(lambda: all(w.last(d) == "AuthError" for d in others), 60, step=0.2), \
         {d: w.got(d)[-2:] for d in others}
     assert w.last(forger) == b"valve=open"  # it fools only itself
     # A replayed genuine message is refused by all.
     assert intruder.publish(TOPIC, genuine) == 0
-    assert _wait(lambda: all(w.last(d) == "ReplayError" for d in others), 60), \
+    assert wait_until(lambda: all(w.last(d) == "ReplayError" for d in others), 60, step=0.2), \
         {d: w.got(d)[-2:] for d in others}
 
     # A removed member reads nothing afterwards (still subscribed and still
@@ -378,7 +364,7 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
     assert w.epoch_everywhere(stay, 1) == []
     group(w, "send", "--group", GID, "after removal")
     assert w.wait_all(stay, b"after removal") == {}
-    assert _wait(lambda: w.mps[gone].got()[-1:] == ["DecodeError"], 30), w.mps[gone].got()
+    assert wait_until(lambda: w.mps[gone].got()[-1:] == ["DecodeError"], 30, step=0.2), w.mps[gone].got()
     assert b"after removal" not in w.got(gone)
 
     # A member off during a rotation (a reboot: no group state) catches up
@@ -401,8 +387,8 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
     # stored), and every member follows when it handshakes again.
     w.stop_hub()
     w.start_hub()
-    assert _wait(lambda: json.loads(run("group", "list", "--config", str(w.tmp / "hub.toml"),
-                                        "--json", env=w.env).stdout)[GID]["epoch"] == 3, 30)
+    assert wait_until(lambda: json.loads(run("group", "list", "--config", str(w.tmp / "hub.toml"),
+                                             "--json", env=w.env).stdout)[GID]["epoch"] == 3, 30, step=0.2)
     assert w.epoch_everywhere(stay, 3, timeout=120) == []
     group(w, "send", "--group", GID, "after restart")
     assert w.wait_all(stay, b"after restart") == {}
@@ -417,7 +403,7 @@ def test_three_micropython_and_ten_simulated_devices_in_one_group_through_the_hu
                 "seq", "--json", env=w.env)
         return [json.loads(ln)["value"] for ln in r.stdout.splitlines()]
 
-    assert _wait(lambda: max(seqs()) >= 24, 120, 1.0), seqs()
+    assert wait_until(lambda: max(seqs()) >= 24, 120, 1.0), seqs()
     assert min(seqs()) < 24
     lengths: dict[str, set[int]] = {}
     for topic, env in list(ups):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.broker import free_port
 from tests.cli_fleet import CLI, make_fleet, run
+from tests.polling import wait_until
 
 from tests.conftest import MqttTestClient
 
@@ -27,15 +29,6 @@ pytestmark = pytest.mark.mosquitto
 SENSORS = ["h-1", "h-2"]
 
 
-
-def _wait(pred, timeout: float = 30.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
 
 
 @pytest.fixture
@@ -56,17 +49,11 @@ def world(tmp_path: Path, mosquitto, gateway_process):
                       "enabled = false\nhost = \"127.0.0.1\"\nport = 1883",
                       "[home_assistant]\nenabled = true\nhost = \"127.0.0.1\"\n"
                       f"port = {ha_broker.port}")
-    metrics_port = _free_port()
+    metrics_port = free_port()
     cfg = cfg.replace("[metrics]\nport = 0", f"[metrics]\nport = {metrics_port}")
     (tmp_path / "hub.toml").write_text(cfg)
     return {"tmp": tmp_path, "env": env, "broker": broker, "ha": ha_broker, "metrics": metrics_port}
 
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_hub(w, name: str = "hub") -> tuple[subprocess.Popen, Path]:
@@ -86,7 +73,8 @@ def test_the_hub_stores_feeds_sinks_sends_commands_and_serves_its_dashboard(worl
     hub, err = _start_hub(w)
     sim = None
     try:
-        url = _wait(lambda: (m := re.search(r"dashboard at (http://\S+)", err.read_text())) and m.group(1))
+        url = wait_until(lambda: (m := re.search(r"dashboard at (http://\S+)", err.read_text()))
+                         and m.group(1), 30, step=0.2)
         assert url, err.read_text()
         # A second hub for the same registry refuses instead of splitting traffic.
         second = run("hub", "run", "--config", str(w["tmp"] / "hub.toml"), env=w["env"], cwd=w["tmp"])
@@ -95,7 +83,7 @@ def test_the_hub_stores_feeds_sinks_sends_commands_and_serves_its_dashboard(worl
                                       "--interval", "0.3", "--seconds", "60", "--json",
                                       "--state-dir", str(w["tmp"] / "state")],
                                stdout=open(w["tmp"] / "sim.out", "w"), stderr=subprocess.STDOUT, env=w["env"])
-        rows = _wait(lambda: _readings(w, "--device", "h-1", "--field", "t"), 40)
+        rows = wait_until(lambda: _readings(w, "--device", "h-1", "--field", "t"), 40, step=0.2)
         assert rows and all(isinstance(r["value"], float) for r in rows), rows
         # --follow shows readings stored after it started, without a restart.
         follow = subprocess.Popen(CLI + ["readings", "--config", str(w["tmp"] / "hub.toml"), "--follow",
@@ -114,11 +102,12 @@ def test_the_hub_stores_feeds_sinks_sends_commands_and_serves_its_dashboard(worl
         assert sent.returncode == 0, sent.stdout + sent.stderr
         state = json.loads(sent.stdout)
         assert state["state"] == "acknowledged" and state["acked_at"] >= state["sent_at"], state
-        assert _wait(lambda: any('"event": "from_peer"' in ln and '"device": "h-2"' in ln
-                                 for ln in (w["tmp"] / "sim.out").read_text().splitlines()))
+        assert wait_until(lambda: any('"event": "from_peer"' in ln and '"device": "h-2"' in ln
+                                      for ln in (w["tmp"] / "sim.out").read_text().splitlines()), 30, step=0.2)
         # The JSON-lines sink got readings with every field.
-        lines = _wait(lambda: [json.loads(x) for x in (w["tmp"] / "readings.jsonl").read_text().splitlines()
-                               if x.strip()] if (w["tmp"] / "readings.jsonl").exists() else [])
+        lines = wait_until(lambda: [json.loads(x) for x in (w["tmp"] / "readings.jsonl").read_text().splitlines()
+                                    if x.strip()] if (w["tmp"] / "readings.jsonl").exists() else [],
+                           30, step=0.2)
         assert lines and {"seq", "t", "rh", "bat"} <= set(lines[0]["fields"]), lines[:2]
         # Home Assistant: the discovery and state messages it would read.
         got = _collect(ha, 10)
@@ -173,7 +162,8 @@ def test_a_dashboard_beyond_loopback_refuses_requests_without_the_token(world) -
     (w["tmp"] / "hub.toml").write_text(cfg)
     hub, err = _start_hub(w)
     try:
-        url = _wait(lambda: (m := re.search(r"dashboard at http://[^:]+:(\d+)/", err.read_text())) and m.group(1))
+        url = wait_until(lambda: (m := re.search(r"dashboard at http://[^:]+:(\d+)/", err.read_text()))
+                         and m.group(1), 30, step=0.2)
         assert url, err.read_text()
         assert "needs the token" in err.read_text()
         base = f"http://127.0.0.1:{url}/"

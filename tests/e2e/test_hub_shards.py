@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ import pytest
 
 from device.counter import Msg1Counter, NonpersistingCounterStore
 from device.delivery import Outbox
+from gateway.broker import free_port
 from moteseal.crypto.backend_nacl import NaclBackend
 from moteseal.hub.shard import shard_of
 from moteseal.keys.keyfile import generate_keypair, write_key_file
@@ -35,6 +35,8 @@ from moteseal.keys.registry_pg import PgRegistry
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.sim.simulate import Fleet, SimulatedSensor
 from tests.cli_fleet import CLI
+from tests.gateway_proc import stop_process
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(300)]
 
@@ -46,20 +48,6 @@ LEASE, RENEW = 3.0, 0.5
 WORKERS = ["w1", "w2", "w3"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
 
 
 def _owners(dsn: str) -> dict[int, str]:
@@ -81,7 +69,7 @@ def test_a_killed_workers_shards_are_taken_over_and_every_reading_lands_once(
     reg.add_peer_key(kp.pub, tmp_path / "hub.key")
     bundles = [provision_device(reg, d.encode(), SUITE, {})[1] for d in DEVICES]
     reg.close()
-    dead = _free_port()
+    dead = free_port()
     (tmp_path / "hub.toml").write_text(
         "[mqtt]\n"
         f'brokers = ["127.0.0.1:{dead}", "127.0.0.1:{broker.port}"]\n'
@@ -102,7 +90,7 @@ def test_a_killed_workers_shards_are_taken_over_and_every_reading_lands_once(
     try:
         assert all(pg_dsn not in " ".join(p.args) for p in procs.values())
         # Every shard leased, spread over the three workers.
-        owners = _wait(lambda: any(p.poll() is not None for p in procs.values()) or (
+        owners = wait_until(lambda: any(p.poll() is not None for p in procs.values()) or (
             (o := _owners(pg_dsn)) and len(o) == SHARDS and set(o.values()) == set(WORKERS) and o), 60)
         assert isinstance(owners, dict), {w: (tmp_path / f"{w}.out").read_text()[-2000:] for w in WORKERS}
         assert owners, {w: (tmp_path / f"{w}.out").read_text()[-2000:] for w in WORKERS}
@@ -126,8 +114,8 @@ def test_a_killed_workers_shards_are_taken_over_and_every_reading_lands_once(
         killed_at = time.monotonic()
         procs["w2"].send_signal(signal.SIGKILL)
         procs["w2"].wait(10)
-        taken = _wait(lambda: (o := _owners(pg_dsn)) and len(o) == SHARDS
-                      and set(o.values()) == {"w1", "w3"}, 30, step=0.05)
+        taken = wait_until(lambda: (o := _owners(pg_dsn)) and len(o) == SHARDS
+                           and set(o.values()) == {"w1", "w3"}, 30, step=0.05)
         takeover = time.monotonic() - killed_at
         assert taken, _owners(pg_dsn)
         # shard Rule 2: at most lease + renew, plus polling and a loaded machine's slack
@@ -140,13 +128,7 @@ def test_a_killed_workers_shards_are_taken_over_and_every_reading_lands_once(
         for link in links:
             link.close()
         for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+            stop_process(p, 15)
     totals = fleet.totals()
     assert totals["evicted"] == 0 and totals["unacknowledged"] == 0, totals
     assert not fleet.errors, fleet.errors

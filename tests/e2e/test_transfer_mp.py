@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ import pytest
 
 from moteseal.flash.build import build, parse_features
 from moteseal.hub.transfer import F_APP, pack_app
-from tests.cli_fleet import make_fleet, run
+from tests.cli_fleet import run
+from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state
+from tests.polling import wait_until
 from tests.mp_helpers import mp_binary
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython, pytest.mark.timeout(600)]
@@ -43,16 +44,6 @@ HEAP = os.environ.get("MOTESEAL_TEST_TRANSFER_HEAP", "88k")
 SIZE = 100 * 1024
 # The device's flash build ships updates (an opt-in feature: `--features default,updates`).
 UPDATES = parse_features("default,updates")
-
-
-def _wait(pred, timeout: float = 60.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
 
 
 class Mote:
@@ -94,77 +85,45 @@ class Mote:
 
 @pytest.fixture
 def world(tmp_path: Path, mosquitto, gateway_process):
-    from moteseal.hub.config import TEMPLATE, load
-    from moteseal.hub.service import Hub
-
-    broker = mosquitto(accounts={"gw": "gateway", "hub1": "device"})
-    env, reg = make_fleet(tmp_path, broker, [DEVICE], peer="hub1")
-    gw = gateway_process(broker, peers=["hub1"])
-    cfg = TEMPLATE.format(registry=reg, peer="hub1").replace("port = 1883", f"port = {broker.port}", 1)
-    cfg = cfg.replace("[dashboard]\nenabled = true", "[dashboard]\nenabled = false")
-    (tmp_path / "hub.toml").write_text(cfg)
-    os.chmod(tmp_path / "hub1.mqtt", 0o600)
-    bundle = tmp_path / "bundles" / f"{DEVICE}.bundle"
+    env, gw, bundle = hub_fleet(tmp_path, mosquitto, gateway_process, DEVICE)
     flash = tmp_path / "mote" / "flash"
     build(bundle, flash, "x64", features=UPDATES)
-    reports: list[dict[str, Any]] = []
-    hub = Hub(load(str(tmp_path / "hub.toml")), on_report=reports.append).start()
-    hub.transfers.rate = 150  # pieces per second: about 10 s for 100 KiB, time for the cuts
-    stop = threading.Event()
-    t = threading.Thread(target=hub.run, args=(stop,), daemon=True)
-    t.start()
+    # 150 pieces per second: about 10 s for 100 KiB, time for the cuts
+    ht = HubThread(tmp_path / "hub.toml", rate=150)
     mote = Mote(flash, bundle, tmp_path / "mote" / "ctr")
-    w = {"tmp": tmp_path, "env": env, "hub": hub, "gw": gw, "reports": reports, "mote": mote,
-         "stop": stop, "thread": t, "bundle": bundle}
+    w = {"tmp": tmp_path, "env": env, "hub": ht.hub, "gw": gw, "reports": ht.reports, "mote": mote,
+         "hub_thread": ht, "bundle": bundle}
     try:
         yield w
     finally:
         mote.kill()
-        if not stop.is_set():
-            stop.set()
-            t.join(10)
-            hub.close()
-
-
-def _telemetry(w, since: int = 0) -> bool:
-    return any(r["event"] == "telemetry" and r.get("device") == DEVICE for r in w["reports"][since:])
-
-
-def _state(w, row: int) -> dict[str, Any]:
-    return w["hub"].transfer(row) or {}
-
-
-def _cut(w, row: int) -> int:
-    """A link cut: the gateway killed (in-flight pieces lost), back after 1 s.
-    Returns the offset the hub had when it went."""
-    at = _state(w, row)["offset"]
-    w["gw"].kill()
-    time.sleep(1.0)
-    w["gw"].start()
-    return at
+        ht.close()
 
 
 def test_a_100k_file_survives_two_link_cuts_and_a_reboot_and_is_swapped_in_once(world) -> None:
     w, mote = world, world["mote"]
     data = bytes((i * 131 + (i >> 9)) & 0xFF for i in range(SIZE))
     mote.boot()
-    assert _wait(lambda: _telemetry(w), 60), mote.events()
+    assert wait_until(lambda: telemetry(w, DEVICE), 60), mote.events()
     row = w["hub"].push(DEVICE, data, b"data.bin", version=3)
-    assert _wait(lambda: _state(w, row).get("offset", 0) >= 20 * 1024, 120), _state(w, row)
-    cuts = [_cut(w, row)]
-    assert _wait(lambda: _state(w, row).get("offset", 0) >= 45 * 1024, 120), _state(w, row)
+    assert wait_until(lambda: transfer_state(w, row).get("offset", 0) >= 20 * 1024,
+                      120), transfer_state(w, row)
+    cuts = [cut_link(w, row)]
+    assert wait_until(lambda: transfer_state(w, row).get("offset", 0) >= 45 * 1024,
+                      120), transfer_state(w, row)
     mote.kill()  # the reboot: what flash holds is the resume point
     held = (mote.flash / ".part").stat().st_size
     assert 0 < held < SIZE and not (mote.flash / "data.bin").exists()
     n = len(w["reports"])
     mote.boot()
-    assert _wait(lambda: _telemetry(w, n), 60)
-    assert _wait(lambda: _state(w, row).get("offset", 0) >= 75 * 1024, 120), _state(w, row)
-    cuts.append(_cut(w, row))
+    assert wait_until(lambda: telemetry(w, DEVICE, n), 60)
+    assert wait_until(lambda: transfer_state(w, row).get("offset", 0) >= 75 * 1024,
+                      120), transfer_state(w, row)
+    cuts.append(cut_link(w, row))
     assert all(c < SIZE for c in cuts), cuts  # both cuts fell inside the transfer
-    assert _wait(lambda: _state(w, row).get("state") in ("installed", "refused", "timeout"),
-                 180), _state(w, row)
-    st = _state(w, row)
+    assert wait_until(lambda: transfer_state(w, row).get("state") in ("installed", "refused", "timeout"),
+                      180), transfer_state(w, row)
+    st = transfer_state(w, row)
     assert st["state"] == "installed" and st["offset"] == SIZE, st
     assert (mote.flash / "data.bin").read_bytes() == data
     assert not (mote.flash / ".part").exists() and not (mote.flash / ".xfer").exists()
@@ -178,7 +137,7 @@ def test_a_100k_file_survives_two_link_cuts_and_a_reboot_and_is_swapped_in_once(
     assert xstate["v"] == {"data.bin": 3}
     # Telemetry kept flowing while the transfer ran, and the hub's events
     # hold its progress, not one status per 8 pieces.
-    assert _telemetry(w, n)
+    assert telemetry(w, DEVICE, n)
     assert not any(r["event"] == "transfer_status" for r in w["reports"])
     assert any(r["event"] == "transfer_started" for r in w["hub"].events)
 
@@ -205,10 +164,11 @@ def test_a_100k_file_survives_two_link_cuts_and_a_reboot_and_is_swapped_in_once(
 
     svc._send = wrong_piece
     row = w["hub"].push(DEVICE, bytes(3000), b"data.bin", version=4)
-    assert _wait(lambda: _state(w, row).get("state") == "refused", 60), _state(w, row)
-    assert _state(w, row)["reason"] == "hash_mismatch"
+    assert wait_until(lambda: transfer_state(w, row).get("state") == "refused",
+                      60), transfer_state(w, row)
+    assert transfer_state(w, row)["reason"] == "hash_mismatch"
     assert (mote.flash / "data.bin").read_bytes() == data
-    assert _wait(lambda: not (mote.flash / ".part").exists(), 10)
+    assert wait_until(lambda: not (mote.flash / ".part").exists(), 10)
 
     # A truncated transfer (nothing beyond 1300 bytes gets through), then
     # aborted: nothing installed, the partial file gone.
@@ -219,11 +179,12 @@ def test_a_100k_file_survives_two_link_cuts_and_a_reboot_and_is_swapped_in_once(
 
     svc._send = truncate
     row = w["hub"].push(DEVICE, bytes(3000), b"data.bin", version=5)
-    assert _wait(lambda: _state(w, row).get("offset") == 1300, 60), _state(w, row)
+    assert wait_until(lambda: transfer_state(w, row).get("offset") == 1300, 60), transfer_state(w, row)
     assert (mote.flash / ".part").stat().st_size == 1300
     assert w["hub"].abort(row)
-    assert _wait(lambda: _state(w, row).get("state") == "aborted", 30), _state(w, row)
-    assert _wait(lambda: not (mote.flash / ".part").exists(), 30)
+    assert wait_until(lambda: transfer_state(w, row).get("state") == "aborted",
+                      30), transfer_state(w, row)
+    assert wait_until(lambda: not (mote.flash / ".part").exists(), 30)
     assert (mote.flash / "data.bin").read_bytes() == data
     svc._send = real
     assert json.loads((mote.flash / ".xstate").read_text())["v"] == {"data.bin": 3}
@@ -243,16 +204,14 @@ def test_an_application_update_that_cannot_reach_the_hub_rolls_back(world) -> No
     new_dir = w["tmp"] / "new-flash"
     build(w["bundle"], new_dir, "x64", debug=True, features=UPDATES)
     mote.boot()
-    assert _wait(lambda: _telemetry(w), 60)
+    assert wait_until(lambda: telemetry(w, DEVICE), 60)
     r = run("update", DEVICE, str(new_dir), "--version", "10", "--config",
             str(w["tmp"] / "hub.toml"), "--wait", "240", "--json", env=w["env"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["state"] == "staged"
     mote.kill()
     # The hub goes away: the new application cannot reach its peer.
-    w["stop"].set()
-    w["thread"].join(10)
-    w["hub"].close()
+    w["hub_thread"].close()
     mote.boot("--trial-s", "3")
     assert mote.wait(60) == 4  # gave up after its trial
     assert {"event": "update", "detail": "trial"} in mote.events()
@@ -276,14 +235,15 @@ def test_an_application_update_that_reaches_the_hub_is_kept(world) -> None:
     build(w["bundle"], new_dir, "x64", debug=True, features=UPDATES)
     new = {p.relative_to(new_dir): p.read_bytes() for p in new_dir.rglob("*.mpy")}
     mote.boot()
-    assert _wait(lambda: _telemetry(w), 60)
+    assert wait_until(lambda: telemetry(w, DEVICE), 60)
     row = w["hub"].push(DEVICE, pack_app(new_dir), b"app", version=20, flags=F_APP)
-    assert _wait(lambda: _state(w, row).get("state") == "staged", 240), _state(w, row)
+    assert wait_until(lambda: transfer_state(w, row).get("state") == "staged",
+                      240), transfer_state(w, row)
     mote.kill()
     n = len(w["reports"])
     mote.boot("--trial-s", "60", heap="128k")  # applies it (a debug build); the hub is there
-    assert _wait(lambda: _telemetry(w, n), 60)
-    assert _wait(lambda: "app" in json.loads((flash / ".xstate").read_text())["v"], 30)
+    assert wait_until(lambda: telemetry(w, DEVICE, n), 60)
+    assert wait_until(lambda: "app" in json.loads((flash / ".xstate").read_text())["v"], 30)
     mote.kill()
     assert {"event": "update", "detail": "trial"} in mote.events()
     assert all((flash / p).read_bytes() == b for p, b in new.items())  # the new files stay
@@ -292,5 +252,6 @@ def test_an_application_update_that_reaches_the_hub_is_kept(world) -> None:
     # The same version again is refused: staged once, kept, never re-applied.
     row = w["hub"].push(DEVICE, pack_app(new_dir), b"app", version=20, flags=F_APP)
     mote.boot(heap="128k")  # the new application is a debug build: line numbers cost heap
-    assert _wait(lambda: _state(w, row).get("state") == "refused", 120), _state(w, row)
-    assert _state(w, row)["reason"] == "old_version"
+    assert wait_until(lambda: transfer_state(w, row).get("state") == "refused",
+                      120), transfer_state(w, row)
+    assert transfer_state(w, row)["reason"] == "old_version"

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 import cbor2
 import pytest
+
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -32,16 +33,6 @@ def _log_events(gw, name: str) -> list[dict]:
     return out
 
 
-def _wait(pred, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    return pred()
-
-
 def test_a_drop_names_its_destination_and_sighup_reloads_the_routes(mosquitto, mqtt_client,
                                                                       gateway_process):
     broker = mosquitto(accounts={"gw": "gateway", "hub1": "device", "sensor-1": "device"})
@@ -51,7 +42,8 @@ def test_a_drop_names_its_destination_and_sighup_reloads_the_routes(mosquitto, m
     peer.subscribe("moteseal/v1/down/hub1")
     s1 = mqtt_client(broker, "sensor-1")
     s1.publish("moteseal/v1/up/sensor-1", data("sensor-1", "hub1", 1))
-    drops = _wait(lambda: [d for d in _log_events(gw, "drop") if d["reason"] == "unknown_destination"])
+    drops = wait_until(lambda: [d for d in _log_events(gw, "drop") if d["reason"] == "unknown_destination"],
+                       15, step=0.1)
     assert drops and drops[0]["dst"] == "hub1" and drops[0]["arrived_from"] == "sensor-1", drops
     assert peer.quiet(0.5) == []
 
@@ -59,13 +51,13 @@ def test_a_drop_names_its_destination_and_sighup_reloads_the_routes(mosquitto, m
     good = gw.config.read_text()
     gw.config.write_text(good.replace("[routes]", "[routes\n"))
     gw.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: _log_events(gw, "routes_reload_failed"))
+    assert wait_until(lambda: _log_events(gw, "routes_reload_failed"), 15, step=0.1)
     assert gw.proc.poll() is None
 
     # The fixed config: routed from now on, without a restart.
     gw.config.write_text(re.sub(r'mqtt = \[.*\]', 'mqtt = ["hub1", "sensor-*"]', good))
     gw.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: _log_events(gw, "routes_reloaded"))
+    assert wait_until(lambda: _log_events(gw, "routes_reloaded"), 15, step=0.1)
     env = data("sensor-1", "hub1", 2)
     s1.publish("moteseal/v1/up/sensor-1", env)
     assert peer.collect(1) == [("moteseal/v1/down/hub1", env)]
@@ -82,7 +74,7 @@ def test_a_gateway_that_cannot_reach_its_broker_says_so_at_once_and_keeps_trying
     with open(gw.workdir / "stdout.log", "ab") as out:
         gw.proc = subprocess.Popen([sys.executable, "-m", "moteseal.cli.main", "gateway", "run",
                                     "--config", str(gw.config)], stdout=out, stderr=subprocess.STDOUT)
-    fails = _wait(lambda: _log_events(gw, "mqtt_connect_failed"), 10)
+    fails = wait_until(lambda: _log_events(gw, "mqtt_connect_failed"), 10, step=0.1)
     assert fails and fails[0]["port"] == broker.port and "refused" in fails[0]["reason"].lower(), fails
-    assert _wait(lambda: len(_log_events(gw, "mqtt_connect_failed")) >= 2, 10)  # still trying
+    assert wait_until(lambda: len(_log_events(gw, "mqtt_connect_failed")) >= 2, 10, step=0.1)  # still trying
     assert gw.proc.poll() is None

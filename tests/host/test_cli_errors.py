@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from gateway.broker import free_port
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +36,6 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpro
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "moteseal.cli.main", *args], cwd=cwd, env=e,
                           capture_output=True, text=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,18 @@ again; its errors and backlog show meanwhile. Plus the Python API sink."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import cbor2
 
 from moteseal.hub.sinks import CallbackSink, SinkWorker
 from moteseal.hub.store import HubStore
+from tests.polling import wait_until
 
 
 def _fill(store: HubStore, device: str, start: int, n: int) -> None:
     for seq in range(start, start + n):
         store.deliver(device, 7, seq, cbor2.dumps({"seq": seq, "t": 20.5}), 0)
-
-
-def _wait(pred, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
 
 
 def test_a_failing_sink_loses_nothing_holds_up_nothing_and_catches_up_in_order(tmp_path: Path) -> None:
@@ -44,12 +35,12 @@ def test_a_failing_sink_loses_nothing_holds_up_nothing_and_catches_up_in_order(t
     worker = SinkWorker(store, CallbackSink(on_reading, "python-0")).start(stop)
     try:
         _fill(store, "d", 0, 30)  # the store takes readings while the sink fails
-        assert _wait(lambda: worker.errors >= 1)
+        assert wait_until(lambda: worker.errors >= 1, 15, step=0.05)
         assert got == [] and worker.backlog() == 30
         broken.clear()
-        assert _wait(lambda: got == list(range(30)), 30), got
+        assert wait_until(lambda: got == list(range(30)), 30, step=0.05), got
         _fill(store, "d", 30, 5)
-        assert _wait(lambda: got == list(range(35)))
+        assert wait_until(lambda: got == list(range(35)), 15, step=0.05)
         assert worker.backlog() == 0 and worker.errors >= 1
     finally:
         stop.set()
@@ -60,7 +51,7 @@ def test_a_failing_sink_loses_nothing_holds_up_nothing_and_catches_up_in_order(t
     w2 = SinkWorker(store, CallbackSink(lambda d, f, m: again.append(f["seq"]), "python-0")).start(stop2)
     try:
         _fill(store, "d", 35, 2)
-        assert _wait(lambda: again == [35, 36]), again
+        assert wait_until(lambda: again == [35, 36], 15, step=0.05), again
     finally:
         stop2.set()
         w2.thread.join(10)
@@ -76,7 +67,7 @@ def test_the_python_api_gets_every_field_and_the_metadata(tmp_path: Path) -> Non
     try:
         store.deliver("sensor-7", 3, 0, cbor2.dumps({"t_cC": 2150, "ok": True, "note": "hi"}), 0)
         store.deliver("sensor-7", 3, 1, b"\x00\xffraw", 0)
-        assert _wait(lambda: len(seen) == 2)
+        assert wait_until(lambda: len(seen) == 2, 15, step=0.05)
     finally:
         stop.set()
         w.thread.join(10)

@@ -15,22 +15,13 @@ from device import envelope as E
 from moteseal.hub.config import HubConfigError, load
 from moteseal.hub.shard_link import ShardLink
 from tests.cli_fleet import run
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.mosquitto
 
 
 def _envelope(src: bytes, dst: bytes) -> bytes:
     return E.encode(E.HEAD_HS2, src, dst, 7, b"\x00" * 48)
-
-
-def _wait(pred, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    return pred()
 
 
 def test_the_link_reads_only_held_devices_and_replies_on_their_down_topics(mosquitto, mqtt_client) -> None:
@@ -66,9 +57,9 @@ def test_the_link_fails_over_to_the_next_broker(mosquitto, mqtt_client) -> None:
         assert link.port == b.port
         link.set_devices(["d1"])
         b.stop()  # b dies; the link goes round the list and finds b again once it is back
-        assert _wait(lambda: not link.connected.is_set(), 10)
+        assert wait_until(lambda: not link.connected.is_set(), 10, step=0.05)
         b.start()
-        assert _wait(lambda: link.connected.is_set(), 60), "no reconnect"
+        assert wait_until(lambda: link.connected.is_set(), 60, step=0.05), "no reconnect"
         probe = mqtt_client(b)
         time.sleep(0.3)
         probe.publish("moteseal/v1/up/d1", _envelope(b"d1", b"hub"))

@@ -9,21 +9,12 @@ at a time.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from device import transfer as T
 from moteseal.hub import transfer as H
 from moteseal.hub.push import TransferService, TransferStore
-
-
-def _wait(pred, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
+from tests.polling import wait_until
 
 
 class Rig:
@@ -59,7 +50,7 @@ def test_a_queued_file_is_installed_and_the_next_waits_its_turn(tmp_path: Path) 
     try:
         a = rig.store.queue("d1", b"a.bin", bytes(range(256)) * 20, 1)
         b = rig.store.queue("d1", b"b.bin", b"second", 1)
-        assert _wait(lambda: (rig.store.get(b) or {}).get("state") == "installed")
+        assert wait_until(lambda: (rig.store.get(b) or {}).get("state") == "installed", 20, step=0.02)
         assert rig.store.get(a)["state"] == "installed" and rig.store.get(a)["offset"] == 5120
         assert rig.dev.store.files[b"a.bin"] == bytes(range(256)) * 20
         started = [r["id"] for r in rig.reports if r["event"] == "transfer_started"]
@@ -74,7 +65,7 @@ def test_a_silent_device_times_out_and_is_sent_an_abort(tmp_path: Path) -> None:
     try:
         rig.up = False
         row = rig.store.queue("d1", b"a.bin", bytes(3000), 1)
-        assert _wait(lambda: (rig.store.get(row) or {}).get("state") == "timeout")
+        assert wait_until(lambda: (rig.store.get(row) or {}).get("state") == "timeout", 20, step=0.02)
         assert rig.sent[-1][0] == H.ABORT and rig.sent.count(rig.sent[0]) >= 2  # asked again
     finally:
         rig.close()
@@ -92,18 +83,18 @@ def test_an_abort_through_the_store_reaches_the_device(tmp_path: Path) -> None:
 
         rig.svc._send = lossy
         row = rig.store.queue("d1", b"a.bin", bytes(3000), 1)
-        assert _wait(lambda: rig.dev.store.length() == 650)
+        assert wait_until(lambda: rig.dev.store.length() == 650, 20, step=0.02)
         assert rig.store.request_abort(row)
-        assert _wait(lambda: (rig.store.get(row) or {}).get("state") == "aborted")
-        assert _wait(lambda: rig.dev.store.man is None and rig.dev.store.length() == 0)
+        assert wait_until(lambda: (rig.store.get(row) or {}).get("state") == "aborted", 20, step=0.02)
+        assert wait_until(lambda: rig.dev.store.man is None and rig.dev.store.length() == 0, 20, step=0.02)
         assert not rig.store.request_abort(row)  # ended already
         # A queued transfer (its device busy with another) ends without starting.
         rig.up = False
         busy = rig.store.queue("d2", b"x", bytes(3000), 1)
-        assert _wait(lambda: (rig.store.get(busy) or {}).get("state") == "sending")
+        assert wait_until(lambda: (rig.store.get(busy) or {}).get("state") == "sending", 20, step=0.02)
         queued = rig.store.queue("d2", b"y", b"y", 1)
         assert rig.store.request_abort(queued)
-        assert _wait(lambda: (rig.store.get(queued) or {}).get("state") == "aborted")
+        assert wait_until(lambda: (rig.store.get(queued) or {}).get("state") == "aborted", 20, step=0.02)
         assert not any(r["event"] == "transfer_started" and r["id"] == queued for r in rig.reports)
     finally:
         rig.close()

@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mp_helpers import run_mp_json
+from tests.mp_helpers import MP_PEER, run_mp_json
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(120)]
 
 RETAINED_LOCKED = """
 import sys, json, micropython
-from micropython_port.backend import MicroBackend
 from micropython_port.app import Device
-from device.peer import PeerSessions, NonpersistingDirectory
 from device.delivery import ACK_BYTES, HEAD_BYTES, encode_ack_into
 
-SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
-b = MicroBackend()
-priv = b.random_bytes(32)
-pub = b.x25519_base(priv)
-psk = b.random_bytes(32)
-d = NonpersistingDirectory([(priv, pub)])
-d.add(b"mote-1", psk)
-peer = PeerSessions(b, b"hub", d, SUITE)
-
+""" + MP_PEER + """
 
 class Link:
     # The device's link: keeps a copy of the last envelope, allocating nothing.

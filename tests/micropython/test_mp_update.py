@@ -17,26 +17,16 @@ from __future__ import annotations
 import pytest
 
 from moteseal.hub import transfer as H
-from tests.mp_helpers import run_mp_json
+from tests.mp_helpers import MP_PEER, run_mp_json
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(120)]
 
 SCRIPT = """
 import sys, json, gc, hashlib
-from micropython_port.backend import MicroBackend
 from micropython_port.app import Device
-from device.peer import PeerSessions, NonpersistingDirectory
 from device import transfer as T
 
-SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
-b = MicroBackend()
-priv = b.random_bytes(32)
-pub = b.x25519_base(priv)
-psk = b.random_bytes(32)
-d = NonpersistingDirectory([(priv, pub)])
-d.add(b"mote-1", psk)
-peer = PeerSessions(b, b"hub", d, SUITE)
-
+""" + MP_PEER + """
 
 class Link:
     def __init__(self):

@@ -88,13 +88,19 @@ class _Session:
             self.board.close()
 
 
-@pytest.fixture(scope="module")
-def qemu_session(qemu_firmware: Path) -> Iterator[_Session]:
-    s = _Session(qemu_firmware)
+def session_on(elf: Path) -> Iterator[_Session]:
+    """The body of a module-scoped session fixture: a ``_Session`` on ``elf``,
+    closed after the module (also ``test_qemu_thumb1.m0_session``)."""
+    s = _Session(elf)
     try:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def qemu_session(qemu_firmware: Path) -> Iterator[_Session]:
+    yield from session_on(qemu_firmware)
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from tests.micropython import test_mp_chachapoly as U
+from tests.qemu.target_scripts import (AEAD_HEAP_LOCKED, aead_instructions, aead_into_buffers,
+                                      path_when_module_raises)
 from tests.qemu.test_qemu_primitives import run
 
 PATHS = ["asm_thumb", "viper"]
@@ -83,21 +85,7 @@ print(repr((C.PATH, C._v.__name__, backend.paths())))
                                        ("SyntaxError('unsupported Thumb instruction')", "viper")])
 def test_only_a_missing_assembler_falls_back_never_a_memory_error(qemu_firmware: Any, exc: str,
                                                                    want: str) -> None:
-    import qemu_board
-
-    from tests.qemu.conftest import target_files
-
-    files = [(n, f"raise {exc}\n".encode() if n == "micropython_port/_chachapoly_thumb.py" else d)
-             for n, d in target_files()]
-    with qemu_board.Board(qemu_firmware, files=files) as b:
-        got = run(b, """
-try:
-    from micropython_port import chacha20poly1305
-    print(repr(chacha20poly1305.PATH))
-except MemoryError:
-    print(repr("MemoryError"))
-""")
-    assert got == want
+    assert path_when_module_raises(qemu_firmware, "_chachapoly_thumb.py", "chacha20poly1305", exc) == want
 
 
 _LENGTHS = [0, 1, 3, 4, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 1000, 1024]
@@ -123,28 +111,8 @@ def test_random_inputs_of_many_lengths_match_cryptography_in_place_and_into_buff
             for k, nonce, ad, pt in cases]
     # One case per run: the target's heap holds one 1 KiB case's hex easily.
     for (k, nonce, ad, pt), w in zip(cases, want):
-        got = run(board, _PRELUDE.format(path=path) + f"""
-k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
-c = C.ChaCha20Poly1305(k)
-n = len(pt)
-out = []
-# into a caller buffer at an odd offset, from an odd source offset
-src = bytearray(3) + pt
-dst = bytearray(n + 16 + 6)
-m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
-out.append(hx(dst[5:5 + m]))
-out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
-back = bytearray(n + 2)
-out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
-           and back[0] == 0 and back[n + 1] == 0)
-# in place: the same buffer at the same offset
-buf = bytearray(1) + pt + bytearray(16)
-c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
-out.append(hx(buf[1:]))
-out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
-print(repr(out))
-""")
-        assert got == [w, True, True, w, True], (len(pt), len(ad), nonce)
+        got = run(board, _PRELUDE.format(path=path) + aead_into_buffers(k, nonce, ad, pt))
+        assert got[1:] == [w, True, True, w, True], (len(pt), len(ad), nonce)
 
 
 # A generator both sides run: xorshift32, bytes biased to 0xff and 0x00 so
@@ -232,65 +200,11 @@ for i, h in enumerate({_H_EDGES!r}):
 
 
 def test_the_aead_allocates_nothing_under_heap_lock(board: Any) -> None:
-    got = run(board, """
-import micropython
-from micropython_port import chacha20poly1305 as C
-c = C.ChaCha20Poly1305(bytes(range(32)))
-ad = bytearray(b"header bytes")
-buf = bytearray(1100)
-out = bytearray(1100)
-for i in range(len(buf)):
-    buf[i] = i & 0xFF
-want = bytes(buf)
-ok = bytearray(40)
-# (length, nonce): nonces stay small ints on a 32-bit port, up to 2**30 - 1
-cases = ((0, 0), (1, 5), (15, 6), (16, 7), (17, 8), (63, 9), (64, 10), (65, 11), (200, 12),
-         (1024, (1 << 30) - 1))
-# every global exists before the lock (a new one could grow the dict), and
-# no function call: a large frame would go on the heap
-i = m = k = n = nonce = ad_len = r = 0
-micropython.heap_lock()
-try:
-    for n, nonce in cases:
-        for ad_len in (0, 5, 12):
-            m = c.encrypt_into(nonce, ad, ad_len, buf, 10, n, out, 3)
-            k = c.decrypt_into(nonce, ad, ad_len, out, 3, m, buf, 10)
-            ok[i] = m == n + 16 and k == n
-            i += 1
-    m = c.encrypt_into(3, ad, 12, buf, 0, 64, buf, 0)  # in place
-    ok[i] = c.decrypt_into(3, ad, 12, buf, 0, m, buf, 0) == 64
-    r = i + 1
-finally:
-    micropython.heap_unlock()
-print(repr([C.PATH, all(ok[:r]), r, bytes(buf[:64]) == want[:64] and bytes(buf[80:]) == want[80:]]))
-""")
+    got = run(board, AEAD_HEAP_LOCKED)
     assert got == ["asm_thumb", True, 31, True]
 
 
-_COUNT = """
-import gc, time
-from micropython_port import chacha20poly1305 as C
-from micropython_port import _chachapoly_viper as V
-def instr(f, n):  # -icount shift=0: ticks_us = instructions / 1000
-    f()
-    gc.collect()  # no collection inside the measured calls
-    t0 = time.ticks_us()
-    for _ in range(n):
-        f()
-    return time.ticks_diff(time.ticks_us(), t0) * 1000 // n
-res = {}
-for path, mod in (("asm_thumb", C._v), ("viper", V)):
-    C._v = mod  # the cipher object is made after the switch
-    c = C.ChaCha20Poly1305(bytes(range(32)))
-    out = res[path] = {}
-    for size in (64, 1024):
-        pt = bytearray(size)
-        ct = bytearray(size + 16)
-        back = bytearray(size)
-        out["seal_%d" % size] = instr(lambda: c.encrypt_into(7, b"hdr", 3, pt, 0, size, ct, 0), 20)
-        out["open_%d" % size] = instr(lambda: c.decrypt_into(7, b"hdr", 3, ct, 0, size + 16, back, 0), 20)
-print(repr(res))
-"""
+_COUNT = aead_instructions("asm_thumb")
 
 
 def test_a_64_byte_seal_or_open_costs_at_most_40k_instructions(board: Any) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.micropython import test_mp_chachapoly as U
 from tests.qemu.test_qemu_chachapoly_asm import _UNIX_TESTS, _XS, _cases
+from tests.qemu.target_scripts import AEAD_HEAP_LOCKED, aead_instructions, aead_into_buffers
 from tests.qemu.test_qemu_primitives import run
 from tests.qemu.test_qemu_thumb1 import m0, m0_firmware, m0_session  # noqa: F401 - fixtures
 
@@ -54,25 +55,7 @@ def test_random_inputs_of_many_lengths_match_cryptography_in_place_and_into_buff
     cases = _cases(61)
     for k, nonce, ad, pt in cases:
         w = ChaCha20Poly1305(k).encrypt(b"\0" * 4 + nonce.to_bytes(8, "little"), pt, ad).hex()
-        got = run(m0, _PRELUDE.format(fallback=False) + f"""
-k, nonce, ad, pt = unhexlify({k.hex()!r}), {nonce}, unhexlify({ad.hex()!r}), unhexlify({pt.hex()!r})
-c = C.ChaCha20Poly1305(k)
-n = len(pt)
-out = [C.PATH]
-src = bytearray(3) + pt  # odd offsets: ARMv6-M code must not load words there
-dst = bytearray(n + 16 + 6)
-m = c.encrypt_into(nonce, ad, len(ad), src, 3, n, dst, 5)
-out.append(hx(dst[5:5 + m]))
-out.append(dst[:5] == bytearray(5) and dst[5 + m] == 0)
-back = bytearray(n + 2)
-out.append(c.decrypt_into(nonce, ad, len(ad), dst, 5, m, back, 1) == n and back[1:1 + n] == pt
-           and back[0] == 0 and back[n + 1] == 0)
-buf = bytearray(1) + pt + bytearray(16)
-c.encrypt_into(nonce, ad, len(ad), buf, 1, n, buf, 1)
-out.append(hx(buf[1:]))
-out.append(c.decrypt_into(nonce, ad, len(ad), buf, 1, n + 16, buf, 1) == n and buf[1:1 + n] == pt)
-print(repr(out))
-""")
+        got = run(m0, _PRELUDE.format(fallback=False) + aead_into_buffers(k, nonce, ad, pt))
         assert got == ["asm_thumb1", w, True, True, w, True], (len(pt), len(ad), nonce)
 
 
@@ -133,64 +116,13 @@ for i, h in enumerate({_H_EDGES!r}):
 
 
 def test_the_aead_allocates_nothing_under_heap_lock(m0: Any) -> None:  # noqa: F811
-    got = run(m0, """
-import micropython
-from micropython_port import chacha20poly1305 as C
-c = C.ChaCha20Poly1305(bytes(range(32)))
-ad = bytearray(b"header bytes")
-buf = bytearray(1100)
-out = bytearray(1100)
-for i in range(len(buf)):
-    buf[i] = i & 0xFF
-want = bytes(buf)
-ok = bytearray(40)
-cases = ((0, 0), (1, 5), (15, 6), (16, 7), (17, 8), (63, 9), (64, 10), (65, 11), (200, 12),
-         (1024, (1 << 30) - 1))
-i = m = k = n = nonce = ad_len = r = 0
-micropython.heap_lock()
-try:
-    for n, nonce in cases:
-        for ad_len in (0, 5, 12):
-            m = c.encrypt_into(nonce, ad, ad_len, buf, 10, n, out, 3)
-            k = c.decrypt_into(nonce, ad, ad_len, out, 3, m, buf, 10)
-            ok[i] = m == n + 16 and k == n
-            i += 1
-    m = c.encrypt_into(3, ad, 12, buf, 0, 64, buf, 0)  # in place
-    ok[i] = c.decrypt_into(3, ad, 12, buf, 0, m, buf, 0) == 64
-    r = i + 1
-finally:
-    micropython.heap_unlock()
-print(repr([C.PATH, all(ok[:r]), r, bytes(buf[:64]) == want[:64] and bytes(buf[80:]) == want[80:]]))
-""")
+    got = run(m0, AEAD_HEAP_LOCKED)
     assert got == ["asm_thumb1", True, 31, True]
 
 
 def test_instructions_per_aead_call_asm_thumb1_and_viper(m0: Any) -> None:  # noqa: F811
     # Measured, not asserted: -icount shift=0, ticks_us = instructions / 1000.
-    got = run(m0, """
-import gc, time
-from micropython_port import chacha20poly1305 as C
-from micropython_port import _chachapoly_viper as V
-def instr(f, n):
-    f()
-    gc.collect()
-    t0 = time.ticks_us()
-    for _ in range(n):
-        f()
-    return time.ticks_diff(time.ticks_us(), t0) * 1000 // n
-res = {}
-for path, mod in (("asm_thumb1", C._v), ("viper", V)):
-    C._v = mod
-    c = C.ChaCha20Poly1305(bytes(range(32)))
-    out = res[path] = {}
-    for size in (64, 1024):
-        pt = bytearray(size)
-        ct = bytearray(size + 16)
-        back = bytearray(size)
-        out["seal_%d" % size] = instr(lambda: c.encrypt_into(7, b"hdr", 3, pt, 0, size, ct, 0), 20)
-        out["open_%d" % size] = instr(lambda: c.decrypt_into(7, b"hdr", 3, ct, 0, size + 16, back, 0), 20)
-print(repr(res))
-""")
+    got = run(m0, aead_instructions("asm_thumb1"))
     for path, out in got.items():
         print(f"\nAEAD on the ARMv6-M firmware, {path}: " + ", ".join(
             f"{k} {v / 1000:.1f}k" for k, v in sorted(out.items())) + " instructions", end="")

@@ -24,7 +24,6 @@ integers, and instructions per X25519 beside viper's.
 
 from __future__ import annotations
 
-import ast
 import random
 import re
 import shutil
@@ -32,11 +31,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-import nacl.bindings
 import pytest
 
-from tests.mp_vectors import LOW_ORDER, P, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1, RFC7748_ITER_1000
-from tests.qemu.conftest import _Session
+from tests.mp_vectors import LOW_ORDER, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1, RFC7748_ITER_1000
+from tests.qemu.conftest import _Session, session_on
+from tests.qemu.target_scripts import check_field_edges, field_edges, x25519_ref
 from tests.qemu.test_qemu_primitives import run
 from tests.qemu.test_qemu_x25519_asm import _edges, _noncanonical
 
@@ -55,11 +54,7 @@ def m0_firmware(qemu_firmware: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def m0_session(m0_firmware: Path) -> Iterator[_Session]:
-    s = _Session(m0_firmware)
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from session_on(m0_firmware)
 
 
 # Sets CCR.UNALIGN_TRP (bit 3 of 0xE000ED14, ARMv7-M ARM B3.2.8): from then
@@ -249,14 +244,7 @@ def test_random_and_non_canonical_inputs_match_pynacl(m0: Any) -> None:
 print([X.x25519(U(k), U(u)).hex() for k, u in {[(k.hex(), u.hex()) for k, u in cases]!r}])
 """, timeout=240)
 
-    def ref(k: bytes, u: bytes) -> str:
-        uu = (int.from_bytes(u, "little") & ((1 << 255) - 1)) % P
-        try:
-            return nacl.bindings.crypto_scalarmult(k, uu.to_bytes(32, "little")).hex()
-        except Exception:  # PyNaCl refuses a low-order result; X25519 gives zero
-            return "00" * 32
-
-    assert got == [ref(k, u) for k, u in cases]
+    assert got == [x25519_ref(k, u) for k, u in cases]
 
 
 def test_field_operations_at_their_carry_edges_match_python_ints(m0: Any) -> None:
@@ -264,42 +252,7 @@ def test_field_operations_at_their_carry_edges_match_python_ints(m0: Any) -> Non
     # all ones give the worst carries (every 16x16 product (2**16 - 1)**2, the
     # A24 limb sums at their bound); ops 1-5 as in _fe25519_thumb.
     vals = _edges()
-    out = m0.exec(f"""
-from array import array
-from micropython_port import _fe25519_thumb1 as F
-st = array("I", bytes(512))
-def load(k, x):
-    for i in range(8):
-        st[8 * k + i] = x & 0xFFFFFFFF
-        x >>= 32
-def val(k):
-    r = 0
-    for i in range(7, -1, -1):
-        r = (r << 32) + st[8 * k + i]
-    return r
-vals = {vals!r}
-for i, x in enumerate(vals):
-    y = vals[(i * 7 + 3) % len(vals)]
-    load(1, x); load(2, y)
-    F.x25519_core(st, 0, 1); m = val(0)
-    F.x25519_core(st, 0, 2); s = val(0)
-    F.x25519_core(st, 0, 3); ad, sb = val(0), val(3)
-    F.x25519_core(st, 0, 4); c = val(0)
-    load(0, x); load(1, y); load(2, 5); load(3, 6)
-    F.x25519_core(st, 1, 5); sw = (val(0), val(1), val(2), val(3))
-    F.x25519_core(st, 0, 5); ns = (val(0), val(1), val(2), val(3))
-    print(repr((m, s, ad, sb, c, sw, ns)))
-""", timeout=120)
-    got = [ast.literal_eval(ln) for ln in out.splitlines() if ln.strip()]
-    want = []
-    for i, x in enumerate(vals):
-        y = vals[(i * 7 + 3) % len(vals)]
-        want.append((x * y % P, x * x % P, (x + y) % P, (x - y) % P, (y + 121665 * x) % P))
-    assert [tuple(v % P for v in r[:5]) for r in got] == want
-    assert all(max(r[:5]) < 2**256 for r in got)
-    ys = [vals[(i * 7 + 3) % len(vals)] for i in range(len(vals))]
-    assert [r[5] for r in got] == [(5, 6, x, y) for x, y in zip(vals, ys)]
-    assert [r[6] for r in got] == [(5, 6, x, y) for x, y in zip(vals, ys)]
+    check_field_edges(m0.exec(field_edges("_fe25519_thumb1", vals), timeout=120), vals)
 
 
 def test_instructions_per_x25519_asm_thumb1_and_viper(m0: Any) -> None:

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from moteseal.flash.build import build
-from tests.cli_fleet import make_fleet, run
+from tests.cli_fleet import run
+from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state
+from tests.polling import wait_until
 from tests.qemu.test_qemu_romfs import UartRelay, _romfs_files
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(900)]
@@ -134,66 +134,23 @@ class Target:
             self.relay.close()
 
 
-def _wait(pred, timeout: float = 60.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
-
-
 @pytest.fixture
 def world(tmp_path: Path, mosquitto, gateway_process, qemu_firmware: Path):
     import qemu_fw
-    from moteseal.hub.config import TEMPLATE, load
-    from moteseal.hub.service import Hub
 
-    broker = mosquitto(accounts={"gw": "gateway", "hub1": "device"})
-    env, reg = make_fleet(tmp_path, broker, [DEVICE], peer="hub1")
-    gw = gateway_process(broker, peers=["hub1"])
-    cfg = TEMPLATE.format(registry=reg, peer="hub1").replace("port = 1883", f"port = {broker.port}", 1)
-    cfg = cfg.replace("[dashboard]\nenabled = true", "[dashboard]\nenabled = false")
-    (tmp_path / "hub.toml").write_text(cfg)
-    os.chmod(tmp_path / "hub1.mqtt", 0o600)
-    bundle = tmp_path / "bundles" / f"{DEVICE}.bundle"
+    env, gw, bundle = hub_fleet(tmp_path, mosquitto, gateway_process, DEVICE)
     flash = tmp_path / "flash"
     build(bundle, flash, "armv7m", romfs=True, force=True)
     files = _romfs_files(flash, tmp_path)
     target = Target(qemu_fw.build(heap_kb=HEAP_KB), files, bundle.read_bytes())
-    reports: list[dict[str, Any]] = []
-    hub = Hub(load(str(tmp_path / "hub.toml")), on_report=reports.append).start()
-    stop = threading.Event()
-    t = threading.Thread(target=hub.run, args=(stop,), daemon=True)
-    t.start()
-    w = {"tmp": tmp_path, "env": env, "hub": hub, "gw": gw, "reports": reports, "target": target,
+    ht = HubThread(tmp_path / "hub.toml")
+    w = {"tmp": tmp_path, "env": env, "hub": ht.hub, "gw": gw, "reports": ht.reports, "target": target,
          "files": files, "bundle": bundle.read_bytes()}
     try:
         yield w
     finally:
         target.close()
-        stop.set()
-        t.join(10)
-        hub.close()
-
-
-def _telemetry(w, since: int = 0) -> bool:
-    return any(r["event"] == "telemetry" and r.get("device") == DEVICE for r in w["reports"][since:])
-
-
-def _state(w, row: int) -> dict[str, Any]:
-    return w["hub"].transfer(row) or {}
-
-
-def _cut(w, row: int) -> int:
-    """A link cut: the gateway killed (in-flight pieces lost), back after
-    1 s. Returns the offset the hub had when it went."""
-    at = _state(w, row)["offset"]
-    w["gw"].kill()
-    time.sleep(1.0)
-    w["gw"].start()
-    return at
+        ht.close()
 
 
 _CHECK = """import os, hashlib
@@ -226,28 +183,31 @@ def test_a_100k_file_survives_two_link_cuts_and_a_reboot_in_a_64k_heap(world) ->
     w, target = world, world["target"]
     data = bytes((i * 131 + (i >> 9)) & 0xFF for i in range(SIZE))
     target.boot()
-    assert _wait(lambda: _telemetry(w), 120), target.result
+    assert wait_until(lambda: telemetry(w, DEVICE), 120), target.result
     t0 = time.monotonic()
     row = w["hub"].push(DEVICE, data, b"data.bin", version=3)
-    assert _wait(lambda: _state(w, row).get("offset", 0) >= 20 * 1024, 300), _state(w, row)
-    cuts = [_cut(w, row)]
-    assert _wait(lambda: _state(w, row).get("offset", 0) >= 45 * 1024, 300), _state(w, row)
+    assert wait_until(lambda: transfer_state(w, row).get("offset", 0) >= 20 * 1024,
+                      300), transfer_state(w, row)
+    cuts = [cut_link(w, row)]
+    assert wait_until(lambda: transfer_state(w, row).get("offset", 0) >= 45 * 1024,
+                      300), transfer_state(w, row)
     out, err = target.press_reset()  # the reboot: what the file system holds is the resume point
     assert "KeyboardInterrupt" in err and "Error" not in err.replace("KeyboardInterrupt", ""), err + out
     (held, _), (installed, _) = _files(w, ".part", "data.bin")
     assert 0 < held < SIZE and installed == -1, (held, installed)
     n = len(w["reports"])
     target.boot()
-    assert _wait(lambda: _telemetry(w, n), 120), target.result
-    resumed = (time.monotonic(), _state(w, row)["offset"])
-    assert _wait(lambda: _state(w, row).get("offset", 0) >= 75 * 1024, 300), _state(w, row)
-    cuts.append(_cut(w, row))
+    assert wait_until(lambda: telemetry(w, DEVICE, n), 120), target.result
+    resumed = (time.monotonic(), transfer_state(w, row)["offset"])
+    assert wait_until(lambda: transfer_state(w, row).get("offset", 0) >= 75 * 1024,
+                      300), transfer_state(w, row)
+    cuts.append(cut_link(w, row))
     seg = (time.monotonic(), cuts[-1])
     assert all(c < SIZE for c in cuts), cuts  # both cuts fell inside the transfer
-    assert _wait(lambda: _state(w, row).get("state") in ("installed", "refused", "timeout"),
-                 300), _state(w, row)
+    assert wait_until(lambda: transfer_state(w, row).get("state") in ("installed", "refused", "timeout"),
+                      300), transfer_state(w, row)
     elapsed = time.monotonic() - t0
-    st = _state(w, row)
+    st = transfer_state(w, row)
     assert st["state"] == "installed" and st["offset"] == SIZE, st
     done = [r for r in w["reports"] if r["event"] == "transfer_installed"]
     assert len(done) == 1
@@ -291,13 +251,13 @@ def _fits(w, ballast_kb: int, runs: int) -> bool:
     try:
         n = len(w["reports"])
         target.boot()
-        if not _wait(lambda: _telemetry(w, n) or not target.thread.is_alive(), 120) \
+        if not wait_until(lambda: telemetry(w, DEVICE, n) or not target.thread.is_alive(), 120) \
                 or not target.thread.is_alive():
             return False
         row = w["hub"].push(DEVICE, bytes(range(256)) * 80, b"f.bin", version=100 + runs)
-        ok = _wait(lambda: _state(w, row).get("state") == "installed" or not target.thread.is_alive(),
-                   120)
-        return ok and _state(w, row).get("state") == "installed" and target.thread.is_alive()
+        ok = wait_until(lambda: transfer_state(w, row).get("state") == "installed"
+                        or not target.thread.is_alive(), 120)
+        return ok and transfer_state(w, row).get("state") == "installed" and target.thread.is_alive()
     finally:
         target.close()
 

@@ -8,14 +8,13 @@ the device reports (``X.PATH``, ``backend.paths()``).
 
 from __future__ import annotations
 
-import ast
 import random
 from typing import Any
 
-import nacl.bindings
 import pytest
 
 from tests.mp_vectors import LOW_ORDER, P, RFC7748_5_2, RFC7748_6_1
+from tests.qemu.target_scripts import check_field_edges, field_edges, path_when_module_raises, x25519_ref
 from tests.qemu.test_qemu_primitives import run
 
 PATHS = ["asm_thumb", "viper", "python"]
@@ -40,21 +39,7 @@ print(repr((x25519.PATH, chacha20poly1305.PATH, backend.paths())))
                                        ("SyntaxError('unsupported Thumb instruction')", "viper")])
 def test_only_a_missing_assembler_falls_back_never_a_memory_error(qemu_firmware: Any, exc: str,
                                                                    want: str) -> None:
-    import qemu_board
-
-    from tests.qemu.conftest import target_files
-
-    files = [(n, f"raise {exc}\n".encode() if n == "micropython_port/_fe25519_thumb.py" else d)
-             for n, d in target_files()]
-    with qemu_board.Board(qemu_firmware, files=files) as b:
-        got = run(b, """
-try:
-    from micropython_port import x25519
-    print(repr(x25519.PATH))
-except MemoryError:
-    print(repr("MemoryError"))
-""")
-    assert got == want
+    assert path_when_module_raises(qemu_firmware, "_fe25519_thumb.py", "x25519", exc) == want
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -92,15 +77,7 @@ def test_random_and_non_canonical_inputs_match_pynacl(board: Any, path: str) -> 
 print([X.x25519(U(k), U(u)).hex() for k, u in {[(k.hex(), u.hex()) for k, u in cases]!r}])
 """)
 
-    def ref(k: bytes, u: bytes) -> str:
-        # PyNaCl refuses a low-order result; X25519 gives zero for it.
-        uu = (int.from_bytes(u, "little") & ((1 << 255) - 1)) % P
-        try:
-            return nacl.bindings.crypto_scalarmult(k, uu.to_bytes(32, "little")).hex()
-        except Exception:
-            return "00" * 32
-
-    assert got == [ref(k, u) for k, u in cases]
+    assert got == [x25519_ref(k, u) for k, u in cases]
 
 
 def _edges() -> list[int]:
@@ -115,41 +92,7 @@ def test_field_operations_at_their_carry_edges_match_python_ints(board: Any) -> 
     # value out; the worst carries come from words of all ones. Ops 1-5 of
     # x25519_core run one field operation on fe 0..3 of the state.
     vals = _edges()
-    out = board.exec(f"""
-from array import array
-from micropython_port import _fe25519_thumb as F
-st = array("I", bytes(512))
-def load(k, x):
-    for i in range(8):
-        st[8 * k + i] = x & 0xFFFFFFFF
-        x >>= 32
-def val(k):
-    r = 0
-    for i in range(7, -1, -1):
-        r = (r << 32) + st[8 * k + i]
-    return r
-vals = {vals!r}
-for i, x in enumerate(vals):
-    y = vals[(i * 7 + 3) % len(vals)]
-    load(1, x); load(2, y)
-    F.x25519_core(st, 0, 1); m = val(0)
-    F.x25519_core(st, 0, 2); s = val(0)
-    F.x25519_core(st, 0, 3); ad, sb = val(0), val(3)
-    F.x25519_core(st, 0, 4); c = val(0)
-    load(0, x); load(1, y); load(2, 5); load(3, 6)
-    F.x25519_core(st, 1, 5); sw = (val(0), val(1), val(2), val(3))
-    F.x25519_core(st, 0, 5); ns = (val(0), val(1), val(2), val(3))
-    print(repr((m, s, ad, sb, c, sw, ns)))  # a row at a time: the heap is small
-""", timeout=120)
-    got = [ast.literal_eval(ln) for ln in out.splitlines() if ln.strip()]
-    want = []
-    for i, x in enumerate(vals):
-        y = vals[(i * 7 + 3) % len(vals)]
-        want.append((x * y % P, x * x % P, (x + y) % P, (x - y) % P, (y + 121665 * x) % P))
-    assert [tuple(v % P for v in r[:5]) for r in got] == want
-    assert all(max(r[:5]) < 2**256 for r in got)
-    assert [r[5] for r in got] == [(5, 6, x, vals[(i * 7 + 3) % len(vals)]) for i, x in enumerate(vals)]
-    assert [r[6] for r in got] == [(5, 6, x, vals[(i * 7 + 3) % len(vals)]) for i, x in enumerate(vals)]
+    check_field_edges(board.exec(field_edges("_fe25519_thumb", vals), timeout=120), vals)
 
 
 def test_instructions_per_x25519_on_each_path(board: Any) -> None:
