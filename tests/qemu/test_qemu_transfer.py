@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from moteseal.flash.build import build
+from moteseal.flash.features import parse_features
 from tests.cli_fleet import run
 from tests.hub_world import HubThread, cut_link, hub_fleet, telemetry, transfer_state
 from tests.polling import wait_until
@@ -140,7 +141,8 @@ def world(tmp_path: Path, mosquitto, gateway_process, qemu_firmware: Path):
 
     env, gw, bundle = hub_fleet(tmp_path, mosquitto, gateway_process, DEVICE)
     flash = tmp_path / "flash"
-    build(bundle, flash, "armv7m", romfs=True, force=True)
+    # Updates are a build feature (docs/micropython.md, "Flashing a board").
+    build(bundle, flash, "armv7m", romfs=True, force=True, features=parse_features("default,updates"))
     files = _romfs_files(flash, tmp_path)
     target = Target(qemu_fw.build(heap_kb=HEAP_KB), files, bundle.read_bytes())
     ht = HubThread(tmp_path / "hub.toml")
