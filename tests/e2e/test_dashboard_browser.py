@@ -18,7 +18,13 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.test_hub import CLI, _start_hub, _wait, world  # noqa: F401 - world is a fixture
+from tests.e2e.test_hub import CLI, _start_hub, world  # noqa: F401 - world is a fixture
+from tests.polling import wait_until
+
+
+def _wait(pred, timeout: float = 30.0):
+    return wait_until(pred, timeout, 0.2)
+
 
 pytestmark = pytest.mark.mosquitto
 
