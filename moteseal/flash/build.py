@@ -288,6 +288,16 @@ def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
     return {"micropython_port/x25519": ("ladder",) if asm else ("ladder_asm",)}
 
 
+def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Definitions left out of a build for a device with ``link`` (as
+    ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
+    no ``pin``; ``mqtt_tls.name_failure`` stays: it names every failed
+    connection)."""
+    if link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link:
+        return {"micropython_port/mqtt_tls": ("wrap",)}
+    return {}
+
+
 def strip_definitions(source: str, names: Iterable[str]) -> str:
     """``source`` without the named top-level functions and classes and
     ``Class.method`` methods. Their lines become blank lines (a ``pass`` on
@@ -436,7 +446,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
                                                     bundle.pad is not None, features)
     if all_modules:
         skip = {m for name, (mods, _) in FEATURES.items() if name not in features for m in mods}
-    lean = {} if all_modules else dict(HOST_ONLY)
+    lean = {} if all_modules else {**HOST_ONLY, **link_only(bundle.link)}
     if arch not in THUMB1_ARCHES:
         skip.add(ASM_THUMB1_MODULE)  # ARMv7-M has its faster Thumb-2 modules
         skip.add(ASM_THUMB1_AEAD)

@@ -99,10 +99,7 @@ def test_the_default_build_has_the_default_features_and_all_modules_has_every_on
     assert set().union(*OPTIONAL.values()) | {"device/padding.mpy"} <= _paths(tmp_path / "a")
 
 
-def test_padding_ships_with_a_pad_policy_and_the_tls_handshake_always(tmp_path: Path) -> None:
-    # The TLS handshake stays in every MQTT build: a bundle re-provisioned
-    # with a CA and copied alone must not meet an ImportError at connect
-    # (micropython/test_mp_link_events.py runs TLS bundles on a plain build).
+def test_padding_ships_with_a_pad_policy_and_the_tls_handshake_with_a_ca(tmp_path: Path) -> None:
     plain = _bundle(tmp_path / "p", {"kind": "mqtt", "host": "h"})
     build(plain, tmp_path / "plain", "x64", features=())
     padded = _bundle(tmp_path / "q", {"kind": "mqtt", "host": "h", "ca": b"\x30\x00"}, PadPolicy((32, 64)))
@@ -111,7 +108,7 @@ def test_padding_ships_with_a_pad_policy_and_the_tls_handshake_always(tmp_path: 
     assert "device/padding.mpy" in _paths(tmp_path / "padded")
     script = ("import micropython_port.mqtt_tls as T\n"
               "print(hasattr(T, 'wrap'), hasattr(T, 'name_failure'))\n")
-    for d, want in (("plain", "True True"), ("padded", "True True")):
+    for d, want in (("plain", "False True"), ("padded", "True True")):
         p = _mp(tmp_path / d, script)
         assert p.returncode == 0 and p.stdout.strip() == want, p.stdout + p.stderr
 
