@@ -25,7 +25,7 @@ from moteseal.crypto.backend_nacl import NaclBackend
 from moteseal.flash.build import build
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.peer.listen import PeerListener
-from moteseal.keys.provision import Bundle, write_bundle
+from moteseal.keys.provision import Bundle, read_bundle, write_bundle
 from device.peer import NonpersistingDirectory, PeerSessions
 from tests.mp_helpers import MicroPythonFailed, mp_binary
 from tests.serial_fixtures import SocatPair, wait_for
@@ -35,9 +35,9 @@ pytestmark = [pytest.mark.micropython, pytest.mark.mosquitto, pytest.mark.timeou
 DEVICE = "mote-1"
 PEER = "hub"
 # Every run below gets the heap the device with its default retention (16
-# readings) needs, plus room for a re-handshake's fragmentation: 72 KiB
+# readings) needs, plus room for a re-handshake's fragmentation: 72-73 KiB
 # measured for one handshake and 100 readings
-# (test_whole_device_with_retention_runs_in_a_72k_heap_from_the_mpy_build;
+# (test_whole_device_with_retention_runs_in_a_74k_heap_from_the_mpy_build;
 # bench/bench_mp_device.py; docs/micropython.md, "Memory").
 DEVICE_HEAP = "76k"
 
@@ -58,13 +58,23 @@ class Fleet:
                                       "Noise_NKpsk0_25519_ChaChaPoly_SHA256", link))
         return path
 
-    def flash(self, kind: str) -> Path:
+    def flash(self, kind: str, tls: bool = False) -> Path:
         """The flash build (compiled core and port) for a device on this kind
         of link, built once per module; each test passes its own bundle
-        (broker port, password) to main.py."""
-        out = self.root / f"flash-{kind}"
+        (broker port, password) to main.py. A plain-TCP build leaves the TLS
+        handshake out (``moteseal.flash.build.link_only``), so a TLS bundle
+        runs on a build made from a bundle with a CA."""
+        out = self.root / f"flash-{kind}{'-tls' if tls else ''}"
         if not out.exists():
-            build(self.bundle({"kind": kind}), out, "x64")
+            link: dict[str, Any] = {"kind": kind}
+            if tls:
+                link["ca"] = b"\x30\x00"  # any CA: the build only asks whether there is one
+                path = self.root / f"{DEVICE}-{kind}-tls.bundle"
+                write_bundle(path, Bundle(DEVICE.encode(), [(PEER.encode(), [self.pub])], self.psk,
+                                          "Noise_NKpsk0_25519_ChaChaPoly_SHA256", link))
+            else:
+                path = self.bundle(link)
+            build(path, out, "x64")
         return out
 
     def directory(self) -> NonpersistingDirectory:
@@ -111,7 +121,12 @@ def run_device(fleet: Fleet, bundle: Path, state: Path, *args: str, heap: str = 
                timeout: float = 120) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``micropython main.py`` from the flash directory; returns the summary
     and the event lines."""
-    flash = fleet.flash("serial" if "serial" in bundle.name else "mqtt")
+    try:
+        link = read_bundle(bundle).link
+    except Exception:  # a test's deliberately bad bundle: the device refuses it
+        link = {}
+    flash = fleet.flash("serial" if "serial" in bundle.name else "mqtt",
+                        tls="ca" in link or "pin" in link)
     env = {"MICROPYPATH": f"{flash}:.frozen", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([mp_binary(), "-X", f"heapsize={heap}", str(flash / "main.py"),
                            "--bundle", str(bundle), "--state", str(state), *args],
@@ -319,17 +334,19 @@ def test_the_flash_build_runs_the_cli_and_refuses_a_readable_bundle(fleet, tmp_p
     assert not (tmp_path / "f2").exists()
 
 
-def test_whole_device_with_retention_runs_in_a_72k_heap_from_the_mpy_build(mqtt_setup, fleet,
+def test_whole_device_with_retention_runs_in_a_74k_heap_from_the_mpy_build(mqtt_setup, fleet,
                                                                            tmp_path) -> None:
     """Core, port, MQTT link, retention of 16 readings (the default), one
     handshake and 100 telemetry messages, all acknowledged, in
-    ``-X heapsize=72k`` from the built .mpy on the 64-bit unix port. (It
+    ``-X heapsize=74k`` from the built .mpy on the 64-bit unix port (it
+    passes at 72k in some runs, not all: readings sent flat out make the
+    outbox's garbage depend on timing). (It
     was 64k before retention, command answers and the hardening of this
     stop; the smallest heap without retention is 66k. Getting the whole
     device back under 64 KiB is open: docs/micropython.md, "Memory".)"""
     broker, peer = mqtt_setup
     summary, _ = run_device(fleet, _mqtt_bundle(fleet, broker), tmp_path / "ctr", "--count", "101",
-                            "--interval-ms", "0", "--quiet", heap="72k")
+                            "--interval-ms", "0", "--quiet", heap="74k")
     assert summary["data"] == 100  # sent flat out: the outbox evicts, the peer still has all
     assert wait_for(lambda: len(peer.telemetry()) == 101, timeout=20)
 
