@@ -53,7 +53,9 @@ from moteseal.keys.registry_pg import PgRegistry
 from moteseal.links.mqtt_link import MqttLink
 from moteseal.sim.simulate import Fleet, SimulatedSensor
 from tests.cli_fleet import CLI
+from tests.e2e.test_hub_shards import _owners
 from tests.mp_helpers import mp_binary
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython, pytest.mark.timeout(600)]
 
@@ -71,26 +73,6 @@ NODE_A, NODE_B = 0, 1  # the MicroPython device's node; the node that dies
 # READINGS * INTERVAL = 60 s, plus the drain).
 KILL_NODE_AT, KILL_GATEWAY_AT, KILL_WORKER_AT = 12.0, 27.0, 42.0
 WATCHDOG = 30.0  # s without an acknowledgement before a device resets its link
-
-
-def _wait(pred, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
-
-
-def _owners(dsn: str) -> dict[int, str]:
-    """Live leases: shard -> owner ({} until a worker made the table)."""
-    with psycopg.connect(dsn) as c:
-        if c.execute("SELECT to_regclass('shard_lease')").fetchone()[0] is None:
-            return {}
-        return {s: o for s, o in c.execute(
-            "SELECT shard, owner FROM shard_lease WHERE owner IS NOT NULL "
-            "AND expires_at > extract(epoch from clock_timestamp())")}
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -231,7 +213,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
     watchdog: list[str] = []
     try:
         workers.start()
-        owners = _wait(lambda: any(p.poll() is not None for p in workers.procs.values()) or (
+        owners = wait_until(lambda: any(p.poll() is not None for p in workers.procs.values()) or (
             (o := _owners(pg_dsn)) and len(o) == SHARDS and set(o.values()) == set(WORKERS) and o),
             90)
         assert isinstance(owners, dict) and owners, {w: workers.log(w)[-2000:] for w in WORKERS}
@@ -262,7 +244,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         # device resets its connection; counted and reported.
         relinked = 0
         for _ in range(3):
-            if _wait(lambda: all(lk.connected.is_set() for lk in links), 40, 0.5):
+            if wait_until(lambda: all(lk.connected.is_set() for lk in links), 40, 0.5):
                 break
             for i, lk in enumerate(links):
                 if not lk.connected.is_set():
@@ -303,7 +285,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         t_kill = time.monotonic()
         cluster.kill_node(NODE_B)
         mark("node B killed")
-        moved = _wait(lambda: all(lk.connected.is_set() and (lk.host, lk.port) != dead for lk in on_b)
+        moved = wait_until(lambda: all(lk.connected.is_set() and (lk.host, lk.port) != dead for lk in on_b)
                       and (s := gw1.status()) and s["links"]["mqtt"]["connected"]
                       and s["links"]["mqtt"]["broker"] != f"{dead[0]}:{dead[1]}", 90, 0.2)
         node_takeover = time.monotonic() - t_kill
@@ -322,7 +304,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         standby = cluster_gateway(cluster, "gw2b", "gw2", first=NODE_A, shards=2, shard=1,
                                   client_id="moteseal-gateway-gw2")
         cpu.add("gateways", standby.proc.pid)
-        relaying = _wait(lambda: (s := standby.status()) and s["relayed"] > 0, 90, 0.2)
+        relaying = wait_until(lambda: (s := standby.status()) and s["relayed"] > 0, 90, 0.2)
         gateway_takeover = time.monotonic() - t_kill
         assert relaying, (standby.status(), standby.log_text()[-2000:])
 
@@ -334,7 +316,7 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         t_kill = time.monotonic()
         workers.kill("w2")
         mark("worker w2 killed")
-        taken = _wait(lambda: (o := _owners(pg_dsn)) and len(o) == SHARDS
+        taken = wait_until(lambda: (o := _owners(pg_dsn)) and len(o) == SHARDS
                       and set(o.values()) == {"w1", "w3"}, 60, 0.05)
         worker_takeover = time.monotonic() - t_kill
         assert taken, _owners(pg_dsn)

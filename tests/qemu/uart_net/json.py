@@ -1,6 +1,7 @@
 # Stand-in: the json the device uses (README.md): dumps for its event
 # lines, dump/load for the transfer state file (.xstate) on the RAM file
-# system. Objects, lists, ints, strings (\" \\ \/ \n \t \uXXXX escapes),
+# system. Objects, lists, ints, strings (\" \\ \/ \n \t and \u escapes
+# of four hex digits),
 # true/false/null; anything else is a ValueError, as json.load raises.
 
 
