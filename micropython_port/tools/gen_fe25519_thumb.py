@@ -240,12 +240,13 @@ def gen_cswap():
 OPS = ["MUL", "SQ", "ADDSUB", "A24"]
 
 
-def gen_unpack(branch):
+def gen_unpack(branch, own_sq=False):
     """The entries ``MUL_P`` .. ``A24_P``: r0 holds up to four field element
     numbers, one per nibble (fe0 in bits 0-3); UNPACK turns them into the
     addresses r0-r3 (r8 + 32 * fe) and goes on to the operation, whose
     ``bx lr`` returns to the caller. ``branch(op)`` emits the conditional
-    jump to op when Z is set. 16-bit Thumb-1 instructions but the jumps."""
+    jump to op when Z is set; SQ is MUL with b = a unless ``own_sq``. 16-bit
+    Thumb-1 instructions but the jumps."""
     L = []
     for k, op in enumerate(OPS[1:], 1):
         L += ["    label(%s_P)" % op, "    mov(r7, %d)" % k, "    b(UNPACK)"]
@@ -254,8 +255,10 @@ def gen_unpack(branch):
     for reg, sh in ((3, 7), (2, 3), (1, -1), (0, -5)):  # fe k: (r0 >> 4k) << 5
         L += ["    lsr(r%d, r0, %d)" % (reg, sh) if sh > 0 else "    lsl(r%d, r0, %d)" % (reg, -sh),
               "    and_(r%d, r5)" % reg, "    add(r%d, r%d, r6)" % (reg, reg)]
-    for k, op in ((2, "ADDSUB"), (3, "A24")):
+    for k, op in ((2, "ADDSUB"), (3, "A24")) + (((1, "SQ"),) if own_sq else ()):
         L += ["    cmp(r7, %d)" % k] + branch(op)
+    if own_sq:
+        return L  # MUL must follow
     return L + ["    cmp(r7, 1)", "    bne(MUL)", "    mov(r2, r1)  # SQ: MUL with b = a"]  # MUL must follow
 
 
