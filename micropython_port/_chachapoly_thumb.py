@@ -107,25 +107,13 @@ def chacha_setkey(r0, r1):
 
 
 @micropython.asm_thumb
-def chacha_polykey(r0, r1):
+def chacha_xor(r0, r1, r2):
     push({r8, r9, r10, r11})
-    data(2, 0xb096)  # sub sp, #88
+    data(2, 0xb098)  # sub sp, #96
     data(2, 0xf8cd, 0x0040)  # str.w r0, [sp, #64]
-    data(2, 0xf8cd, 0x1054)  # str.w r1, [sp, #84]
-    data(2, 0xf04f, 0x0200)  # mov.w r2, #0
-    data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
-    data(2, 0xf8d0, 0x2050)  # ldr.w r2, [r0, #80]
-    data(2, 0xf8d0, 0x3054)  # ldr.w r3, [r0, #84]
-    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x2034)  # str.w r2, [r0, #52]
-    data(2, 0xf8d0, 0x2058)  # ldr.w r2, [r0, #88]
-    data(2, 0xf8d0, 0x305c)  # ldr.w r3, [r0, #92]
-    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x2038)  # str.w r2, [r0, #56]
-    data(2, 0xf8d0, 0x2060)  # ldr.w r2, [r0, #96]
-    data(2, 0xf8d0, 0x3064)  # ldr.w r3, [r0, #100]
-    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x203c)  # str.w r2, [r0, #60]
+    b(START)
+    label(BLOCK)
+    data(2, 0xf8cd, 0xe058)  # str.w lr, [sp, #88]
     data(2, 0xf04f, 0x000a)  # mov.w r0, #10
     data(2, 0xf8cd, 0x0050)  # str.w r0, [sp, #80]
     data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
@@ -246,6 +234,90 @@ def chacha_polykey(r0, r1):
     data(2, 0xe9cd, 0x6706)  # strd r6, r7, [sp, #24]
     data(2, 0xe9cd, 0xab0c)  # strd r10, r11, [sp, #48]
     data(2, 0xe9cd, 0xce0e)  # strd r12, lr, [sp, #56]
+    data(2, 0xf8dd, 0xf058)  # ldr.w r15, [sp, #88]
+    label(START)
+    data(2, 0xf112, 0x0301)  # adds.w r3, r2, #1
+    beq_w(POLYKEY)
+    data(2, 0xf8d0, 0x3040)  # ldr.w r3, [r0, #64]
+    data(2, 0xeb01, 0x0103)  # add.w r1, r1, r3
+    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
+    data(2, 0xf8d0, 0x3044)  # ldr.w r3, [r0, #68]
+    data(2, 0xeb02, 0x0203)  # add.w r2, r2, r3
+    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
+    data(2, 0xf8d0, 0x3048)  # ldr.w r3, [r0, #72]
+    data(2, 0xf8cd, 0x304c)  # str.w r3, [sp, #76]
+    label(NEXT)
+    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
+    data(2, 0xf1b3, 0x0f00)  # cmp.w r3, #0
+    ble_w(DONE)
+    bl(BLOCK)
+    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
+    data(2, 0xf04f, 0x0c04)  # mov.w r12, #4
+    label(KEYSTREAM)
+    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
+    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
+    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
+    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
+    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
+    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
+    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
+    data(2, 0xf1bc, 0x0c01)  # subs.w r12, r12, #1
+    bne_w(KEYSTREAM)  # 4 groups, a public count
+    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
+    data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
+    data(2, 0xf8c0, 0x4030)  # str.w r4, [r0, #48]
+    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
+    data(2, 0xf8dd, 0x1044)  # ldr.w r1, [sp, #68]
+    data(2, 0xf8dd, 0x2048)  # ldr.w r2, [sp, #72]
+    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
+    data(2, 0xf04f, 0x0740)  # mov.w r7, #64
+    data(2, 0xf1b5, 0x0f40)  # cmp.w r5, #64
+    bge_w(WHOLE)
+    data(2, 0xea45, 0x0705)  # orr.w r7, r5, r5
+    label(WHOLE)
+    data(2, 0xeba5, 0x0507)  # sub.w r5, r5, r7
+    data(2, 0xf8cd, 0x504c)  # str.w r5, [sp, #76]
+    label(WORDS)
+    data(2, 0xf1b7, 0x0f04)  # cmp.w r7, #4
+    blt_w(BYTES)
+    data(2, 0xf851, 0x4b04)  # ldr r4, [r1], #4
+    data(2, 0xf853, 0x6b04)  # ldr r6, [r3], #4
+    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
+    data(2, 0xf842, 0x4b04)  # str r4, [r2], #4
+    data(2, 0xf1a7, 0x0704)  # sub.w r7, r7, #4
+    b(WORDS)
+    label(BYTES)
+    data(2, 0xf1b7, 0x0f00)  # cmp.w r7, #0
+    beq_w(BLOCK_END)
+    data(2, 0xf811, 0x4b01)  # ldrb r4, [r1], #1
+    data(2, 0xf813, 0x6b01)  # ldrb r6, [r3], #1
+    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
+    data(2, 0xf802, 0x4b01)  # strb r4, [r2], #1
+    data(2, 0xf1a7, 0x0701)  # sub.w r7, r7, #1
+    b(BYTES)
+    label(BLOCK_END)
+    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
+    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
+    b(NEXT)
+    label(POLYKEY)
+    data(2, 0xf8cd, 0x1054)  # str.w r1, [sp, #84]
+    data(2, 0xf04f, 0x0200)  # mov.w r2, #0
+    data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
+    data(2, 0xf8d0, 0x2050)  # ldr.w r2, [r0, #80]
+    data(2, 0xf8d0, 0x3054)  # ldr.w r3, [r0, #84]
+    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
+    data(2, 0xf8c0, 0x2034)  # str.w r2, [r0, #52]
+    data(2, 0xf8d0, 0x2058)  # ldr.w r2, [r0, #88]
+    data(2, 0xf8d0, 0x305c)  # ldr.w r3, [r0, #92]
+    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
+    data(2, 0xf8c0, 0x2038)  # str.w r2, [r0, #56]
+    data(2, 0xf8d0, 0x2060)  # ldr.w r2, [r0, #96]
+    data(2, 0xf8d0, 0x3064)  # ldr.w r3, [r0, #100]
+    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
+    data(2, 0xf8c0, 0x203c)  # str.w r2, [r0, #60]
+    bl(BLOCK)
     data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
     data(2, 0xe89d, 0x00f0)  # ldmia.w sp, {r4, r5, r6, r7}
     data(2, 0xe890, 0x0f00)  # ldmia.w r0, {r8, r9, r10, r11}
@@ -321,295 +393,9 @@ def chacha_polykey(r0, r1):
     data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
     data(2, 0xf04f, 0x0201)  # mov.w r2, #1
     data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
-    data(2, 0xb016)  # add sp, #88
-    pop({r8, r9, r10, r11})
-    data(2, 0xf04f, 0x0000)  # mov.w r0, #0
-
-
-@micropython.asm_thumb
-def chacha_xor(r0, r1, r2):
-    push({r8, r9, r10, r11})
-    data(2, 0xb096)  # sub sp, #88
-    data(2, 0xf8cd, 0x0040)  # str.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x3040)  # ldr.w r3, [r0, #64]
-    data(2, 0xeb01, 0x0103)  # add.w r1, r1, r3
-    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
-    data(2, 0xf8d0, 0x3044)  # ldr.w r3, [r0, #68]
-    data(2, 0xeb02, 0x0203)  # add.w r2, r2, r3
-    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
-    data(2, 0xf8d0, 0x3048)  # ldr.w r3, [r0, #72]
-    data(2, 0xf8cd, 0x304c)  # str.w r3, [sp, #76]
-    label(NEXT)
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
-    data(2, 0xf1b3, 0x0f00)  # cmp.w r3, #0
-    ble_w(DONE)
-    data(2, 0xf04f, 0x000a)  # mov.w r0, #10
-    data(2, 0xf8cd, 0x0050)  # str.w r0, [sp, #80]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xe9d0, 0xab0a)  # ldrd r10, r11, [r0, #40]
-    data(2, 0xe9cd, 0xab0a)  # strd r10, r11, [sp, #40]
-    data(2, 0xe9d0, 0xab0c)  # ldrd r10, r11, [r0, #48]
-    data(2, 0xe9d0, 0xce0e)  # ldrd r12, lr, [r0, #56]
-    data(2, 0xe890, 0x03ff)  # ldmia.w r0, {r0, r1, r2, r3, r4, r5, r6, r7, r8, r9}
-    label(ROUND)
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9dd, 0x890a)  # ldrd r8, r9, [sp, #40]
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xe9cd, 0x890a)  # strd r8, r9, [sp, #40]
-    data(2, 0xf8dd, 0x8050)  # ldr.w r8, [sp, #80]
-    data(2, 0xf1b8, 0x0801)  # subs.w r8, r8, #1
-    data(2, 0xf8cd, 0x8050)  # str.w r8, [sp, #80]
-    data(2, 0xe9dd, 0x8908)  # ldrd r8, r9, [sp, #32]
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    bne_w(ROUND)
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9cd, 0x0100)  # strd r0, r1, [sp, #0]
-    data(2, 0xe9cd, 0x2302)  # strd r2, r3, [sp, #8]
-    data(2, 0xe9cd, 0x4504)  # strd r4, r5, [sp, #16]
-    data(2, 0xe9cd, 0x6706)  # strd r6, r7, [sp, #24]
-    data(2, 0xe9cd, 0xab0c)  # strd r10, r11, [sp, #48]
-    data(2, 0xe9cd, 0xce0e)  # strd r12, lr, [sp, #56]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8dd, 0x1044)  # ldr.w r1, [sp, #68]
-    data(2, 0xf8dd, 0x2048)  # ldr.w r2, [sp, #72]
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
-    data(2, 0xf1b3, 0x0f40)  # cmp.w r3, #64
-    blt_w(PARTIAL)
-    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8000)  # ldr.w r8, [r1, #0]
-    data(2, 0xf8d1, 0x9004)  # ldr.w r9, [r1, #4]
-    data(2, 0xf8d1, 0xa008)  # ldr.w r10, [r1, #8]
-    data(2, 0xf8d1, 0xb00c)  # ldr.w r11, [r1, #12]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4000)  # str.w r4, [r2, #0]
-    data(2, 0xf8c2, 0x5004)  # str.w r5, [r2, #4]
-    data(2, 0xf8c2, 0x6008)  # str.w r6, [r2, #8]
-    data(2, 0xf8c2, 0x700c)  # str.w r7, [r2, #12]
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8010)  # ldr.w r8, [r1, #16]
-    data(2, 0xf8d1, 0x9014)  # ldr.w r9, [r1, #20]
-    data(2, 0xf8d1, 0xa018)  # ldr.w r10, [r1, #24]
-    data(2, 0xf8d1, 0xb01c)  # ldr.w r11, [r1, #28]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4010)  # str.w r4, [r2, #16]
-    data(2, 0xf8c2, 0x5014)  # str.w r5, [r2, #20]
-    data(2, 0xf8c2, 0x6018)  # str.w r6, [r2, #24]
-    data(2, 0xf8c2, 0x701c)  # str.w r7, [r2, #28]
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8020)  # ldr.w r8, [r1, #32]
-    data(2, 0xf8d1, 0x9024)  # ldr.w r9, [r1, #36]
-    data(2, 0xf8d1, 0xa028)  # ldr.w r10, [r1, #40]
-    data(2, 0xf8d1, 0xb02c)  # ldr.w r11, [r1, #44]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4020)  # str.w r4, [r2, #32]
-    data(2, 0xf8c2, 0x5024)  # str.w r5, [r2, #36]
-    data(2, 0xf8c2, 0x6028)  # str.w r6, [r2, #40]
-    data(2, 0xf8c2, 0x702c)  # str.w r7, [r2, #44]
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8030)  # ldr.w r8, [r1, #48]
-    data(2, 0xf8d1, 0x9034)  # ldr.w r9, [r1, #52]
-    data(2, 0xf8d1, 0xa038)  # ldr.w r10, [r1, #56]
-    data(2, 0xf8d1, 0xb03c)  # ldr.w r11, [r1, #60]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4030)  # str.w r4, [r2, #48]
-    data(2, 0xf8c2, 0x5034)  # str.w r5, [r2, #52]
-    data(2, 0xf8c2, 0x6038)  # str.w r6, [r2, #56]
-    data(2, 0xf8c2, 0x703c)  # str.w r7, [r2, #60]
-    data(2, 0xf101, 0x0140)  # add.w r1, r1, #64
-    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
-    data(2, 0xf102, 0x0240)  # add.w r2, r2, #64
-    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
-    data(2, 0xf1a3, 0x0340)  # sub.w r3, r3, #64
-    data(2, 0xf8cd, 0x304c)  # str.w r3, [sp, #76]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
-    data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
-    data(2, 0xf8c0, 0x4030)  # str.w r4, [r0, #48]
-    b(NEXT)
-    label(PARTIAL)
-    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
-    data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
-    data(2, 0xf8c0, 0x4030)  # str.w r4, [r0, #48]
-    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
-    label(WORDS)
-    data(2, 0xf1b5, 0x0f04)  # cmp.w r5, #4
-    blt_w(BYTES)
-    data(2, 0xf851, 0x4b04)  # ldr r4, [r1], #4
-    data(2, 0xf853, 0x6b04)  # ldr r6, [r3], #4
-    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
-    data(2, 0xf842, 0x4b04)  # str r4, [r2], #4
-    data(2, 0xf1a5, 0x0504)  # sub.w r5, r5, #4
-    b(WORDS)
-    label(BYTES)
-    data(2, 0xf1b5, 0x0f00)  # cmp.w r5, #0
-    beq_w(DONE)
-    data(2, 0xf811, 0x4b01)  # ldrb r4, [r1], #1
-    data(2, 0xf813, 0x6b01)  # ldrb r6, [r3], #1
-    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
-    data(2, 0xf802, 0x4b01)  # strb r4, [r2], #1
-    data(2, 0xf1a5, 0x0501)  # sub.w r5, r5, #1
-    b(BYTES)
+    b(DONE)
     label(DONE)
-    data(2, 0xb016)  # add sp, #88
+    data(2, 0xb018)  # add sp, #96
     pop({r8, r9, r10, r11})
     data(2, 0xf04f, 0x0000)  # mov.w r0, #0
 
@@ -969,3 +755,8 @@ def poly_update(r0, r1, r2, r3):
     label(EXIT)
     data(2, 0xb01e)  # add sp, #120
     pop({r8, r9, r10, r11})
+
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)

@@ -102,8 +102,8 @@ from thumb2 import LR, SP, E, frame as _frame, unframe as _unframe  # noqa: E402
 # Frame of chacha_xor / chacha_polykey (bytes from sp): 0..63 the 16 working
 # words (8..11 are the slots' spill words during the rounds, and the block's
 # keystream at the end), then these.
-F_ST, F_SRC, F_DST, F_N, F_CNT, F_PS = 64, 68, 72, 76, 80, 84
-CHACHA_FRAME = 88
+F_ST, F_SRC, F_DST, F_N, F_CNT, F_PS, F_RET = 64, 68, 72, 76, 80, 84, 88
+CHACHA_FRAME = 96
 # x0..x15 -> registers; "A"/"B" are the two slots r8, r9.
 X = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 12: 10, 13: 11, 14: 12, 15: LR}
 
@@ -119,10 +119,11 @@ def _qr(a, b, c, d):
 
 
 def _block(tag):
-    """Load st (pointer in the frame) into the registers and run the 20
-    rounds; leaves x0..x15 (not yet added to the input) in the frame's
-    words 0..15."""
-    L = []
+    """BLOCK, a subroutine of chacha_xor (``bl``; x15 lives in lr, so the
+    return address waits in the frame and comes back by LDR PC): load st
+    (pointer in the frame) into the registers and run the 20 rounds; leaves
+    x0..x15 (not yet added to the input) in the frame's words 0..15."""
+    L = ["    label(BLOCK)", E.mem("str", LR, SP, F_RET)]
     L.append(E.movi(0, 10))
     L.append(E.mem("str", 0, SP, F_CNT))
     L.append(E.mem("ldr", 0, SP, F_ST))
@@ -153,6 +154,7 @@ def _block(tag):
         L.append(E.dual("strd", i, i + 1, SP, 4 * i))
     L.append(E.dual("strd", 10, 11, SP, 48))
     L.append(E.dual("strd", 12, LR, SP, 56))
+    L.append(E.mem("ldr", 15, SP, F_RET))  # return
     return L
 
 
@@ -177,9 +179,17 @@ def gen_setkey():
 
 
 def gen_xor():
+    """chacha_xor(st, src, dst); with dst = -1 (``chacha_polykey``; no
+    buffer's data sits at 0xFFFFFFFF, while an empty bytearray's pointer may
+    be 0) the Poly1305 key instead: one copy of the rounds serves both."""
     L = ["@micropython.asm_thumb", "def chacha_xor(r0, r1, r2):"]
     L += _frame(CHACHA_FRAME)
     L.append(E.mem("str", 0, SP, F_ST))
+    L.append("    b(START)")
+    L += _block("")
+    L.append("    label(START)")
+    L.append(E.imm("add", 3, 2, 1, s=True))  # dst = -1: chacha_polykey
+    L.append("    beq_w(POLYKEY)")
     L.append(E.mem("ldr", 3, 0, 64))  # st[16]: source offset
     L.append(E.dp("add", 1, 1, 3))
     L.append(E.mem("str", 1, SP, F_SRC))
@@ -192,76 +202,67 @@ def gen_xor():
     L.append(E.mem("ldr", 3, SP, F_N))
     L.append(E.cmp(3, 0))
     L.append("    ble_w(DONE)")
-    L += _block("")
+    L.append("    bl(BLOCK)")
+    # The keystream x + st into the frame, four words at a time (r12 counts).
     L.append(E.mem("ldr", 0, SP, F_ST))
+    L.append(E.add_sp(3, 0))
+    L.append(E.movi(12, 4))
+    L.append("    label(KEYSTREAM)")
+    L.append(E.multi("ldmia", 3, [4, 5, 6, 7]))
+    L.append(E.multi("ldmia", 0, [8, 9, 10, 11], wback=True))
+    for i in range(4):
+        L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
+    L.append(E.multi("stmia", 3, [4, 5, 6, 7], wback=True))
+    L.append(E.imm("sub", 12, 12, 1, s=True))
+    L.append("    bne_w(KEYSTREAM)  # 4 groups, a public count")
+    L += _next_counter()
+    # XOR min(n, 64) bytes: a word at a time while 4 or more remain, then
+    # bytes; n -= that (lengths are public).
+    L.append(E.add_sp(3, 0))
     L.append(E.mem("ldr", 1, SP, F_SRC))
     L.append(E.mem("ldr", 2, SP, F_DST))
-    L.append(E.mem("ldr", 3, SP, F_N))
-    L.append(E.cmp(3, 64))
-    L.append("    blt_w(PARTIAL)")
-    # A whole block: dst = src ^ (x + st), four words at a time.
-    L.append(E.add_sp(3, 0))
-    for g in range(4):
-        L.append(E.multi("ldmia", 3, [4, 5, 6, 7], wback=True))
-        L.append(E.multi("ldmia", 0, [8, 9, 10, 11], wback=True))
-        for i in range(4):
-            L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
-        for i in range(4):
-            L.append(E.mem("ldr", 8 + i, 1, 16 * g + 4 * i))
-        for i in range(4):
-            L.append(E.dp("eor", 4 + i, 4 + i, 8 + i))
-        for i in range(4):
-            L.append(E.mem("str", 4 + i, 2, 16 * g + 4 * i))
-    L.append(E.imm("add", 1, 1, 64))
-    L.append(E.mem("str", 1, SP, F_SRC))
-    L.append(E.imm("add", 2, 2, 64))
-    L.append(E.mem("str", 2, SP, F_DST))
-    L.append(E.mem("ldr", 3, SP, F_N))
-    L.append(E.imm("sub", 3, 3, 64))
-    L.append(E.mem("str", 3, SP, F_N))
-    L += _next_counter()
-    L.append("    b(NEXT)")
-    # The last, partial block (1..63 bytes): the keystream into the frame,
-    # then XOR a word at a time while 4 or more bytes remain, then bytes.
-    L.append("    label(PARTIAL)")
-    L.append(E.add_sp(3, 0))
-    for g in range(4):
-        L.append(E.multi("ldmia", 3, [4, 5, 6, 7]))
-        L.append(E.multi("ldmia", 0, [8, 9, 10, 11], wback=True))
-        for i in range(4):
-            L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
-        L.append(E.multi("stmia", 3, [4, 5, 6, 7], wback=True))
-    L += _next_counter()
-    L.append(E.add_sp(3, 0))
     L.append(E.mem("ldr", 5, SP, F_N))
+    L.append(E.movi(7, 64))
+    L.append(E.cmp(5, 64))
+    L.append("    bge_w(WHOLE)")
+    L.append(E.dp("orr", 7, 5, 5))  # a partial block: all n
+    L.append("    label(WHOLE)")
+    L.append(E.dp("sub", 5, 5, 7))
+    L.append(E.mem("str", 5, SP, F_N))
     L.append("    label(WORDS)")
-    L.append(E.cmp(5, 4))
+    L.append(E.cmp(7, 4))
     L.append("    blt_w(BYTES)")
     L.append(E.post("ldr", 4, 1, 4))
     L.append(E.post("ldr", 6, 3, 4))
     L.append(E.dp("eor", 4, 4, 6))
     L.append(E.post("str", 4, 2, 4))
-    L.append(E.imm("sub", 5, 5, 4))
+    L.append(E.imm("sub", 7, 7, 4))
     L.append("    b(WORDS)")
     L.append("    label(BYTES)")
-    L.append(E.cmp(5, 0))
-    L.append("    beq_w(DONE)")
+    L.append(E.cmp(7, 0))
+    L.append("    beq_w(BLOCK_END)")
     L.append(E.post("ldrb", 4, 1, 1))
     L.append(E.post("ldrb", 6, 3, 1))
     L.append(E.dp("eor", 4, 4, 6))
     L.append(E.post("strb", 4, 2, 1))
-    L.append(E.imm("sub", 5, 5, 1))
+    L.append(E.imm("sub", 7, 7, 1))
     L.append("    b(BYTES)")
+    L.append("    label(BLOCK_END)")
+    L.append(E.mem("str", 1, SP, F_SRC))
+    L.append(E.mem("str", 2, SP, F_DST))
+    L.append("    b(NEXT)")
+    L += _polykey()
     L.append("    label(DONE)")
     L += _unframe(CHACHA_FRAME)
     L.append(E.movi(0, 0))
     return L
 
 
-def gen_polykey():
-    L = ["@micropython.asm_thumb", "def chacha_polykey(r0, r1):"]
-    L += _frame(CHACHA_FRAME)
-    L.append(E.mem("str", 0, SP, F_ST))
+def _polykey():
+    """chacha_xor's dst = -1 branch (r0 = st, r1 = ps): block 0 of the
+    nonce in st[20..25] gives r (clamped, into ps[10..19] as 13-bit limbs)
+    and s (ps[20..27], 16-bit halves); h = 0; st[12] = 1."""
+    L = ["    label(POLYKEY)"]
     L.append(E.mem("str", 1, SP, F_PS))
     L.append(E.movi(2, 0))
     L.append(E.mem("str", 2, 0, 48))  # st[12] = 0: block 0
@@ -270,7 +271,7 @@ def gen_polykey():
         L.append(E.mem("ldr", 3, 0, 84 + 8 * i))
         L.append(E.dp("orr", 2, 2, 3, shift="lsl", amount=16))
         L.append(E.mem("str", 2, 0, 52 + 4 * i))
-    L += _block("")
+    L.append("    bl(BLOCK)")
     # key words 0..7 = x + st; r = words 0..3 clamped, s = words 4..7
     L.append(E.mem("ldr", 0, SP, F_ST))
     L.append(E.multi("ldmia", SP, [4, 5, 6, 7]))
@@ -310,9 +311,10 @@ def gen_polykey():
     L.append(E.mem("ldr", 0, SP, F_ST))
     L.append(E.movi(2, 1))
     L.append(E.mem("str", 2, 0, 48))  # st[12] = 1: the message starts at block 1
-    L += _unframe(CHACHA_FRAME)
-    L.append(E.movi(0, 0))
+    L.append("    b(DONE)")
     return L
+
+
 
 
 # --- Poly1305 -------------------------------------------------------------------
@@ -580,10 +582,19 @@ def _poly_finish():
     return L
 
 
+POLYKEY = '''
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)
+'''
+
+
 def generate():
     out = [HEADER]
-    for gen in (gen_setkey, gen_polykey, gen_xor, gen_poly):
+    for gen in (gen_setkey, gen_xor, gen_poly):
         out.append("\n\n" + "\n".join(gen()) + "\n")
+    out.append(POLYKEY)
     return "".join(out)
 
 
