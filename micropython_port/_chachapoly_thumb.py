@@ -19,15 +19,14 @@ unaligned (unless CCR.UNALIGN_TRP is set, which no MicroPython port does),
 or byte by byte. ``st[32..47]`` (the viper code's keystream block) is not
 used: the keystream stays in the stack frame.
 
-ChaCha20 (RFC 8439 section 2.3): the 16 state words live in 14 registers
-(x0-x7 in r0-r7, x12-x15 in r10, r11, r12, lr) and two slots r8, r9 that
-hold x8, x9 for the first half of a column round and the second half of a
-diagonal round, and x10, x11 otherwise (spilled to the frame in between:
-two LDRD/STRD per half round). A quarter round is 12 instructions (ADD,
-EOR, and a left rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25).
-A full 64-byte block is added to the input state and XORed into the
-message four words at a time; a final partial block is written to the
-frame as keystream and XORed word by word, then byte by byte. ``src`` and
+ChaCha20 (RFC 8439 section 2.3): the 16 state words live in the stack
+frame; one copy of the quarter round (ADD, EOR, and a left rotation by 16,
+12, 8, 7 done as ROR by 16, 20, 24, 25) runs on each column in a loop, and
+a double round is the column round, the rows 1-3 rotated left by 1-3
+words, the column round again (on what are now the diagonals) and the rows
+rotated back: small code, about twice the instructions of an unrolled
+round in registers. A block's keystream (x + st) goes to the frame and is
+XORed into min(n, 64) bytes a word at a time, then byte by byte. ``src`` and
 ``dst`` may be the same buffer at the same offset (each word or byte is
 read before it is written). The block counter st[12] ends one past the
 last block used.
@@ -114,127 +113,83 @@ def chacha_xor(r0, r1, r2):
     b(START)
     label(BLOCK)
     data(2, 0xf8cd, 0xe058)  # str.w lr, [sp, #88]
-    data(2, 0xf04f, 0x000a)  # mov.w r0, #10
-    data(2, 0xf8cd, 0x0050)  # str.w r0, [sp, #80]
     data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xe9d0, 0xab0a)  # ldrd r10, r11, [r0, #40]
-    data(2, 0xe9cd, 0xab0a)  # strd r10, r11, [sp, #40]
-    data(2, 0xe9d0, 0xab0c)  # ldrd r10, r11, [r0, #48]
-    data(2, 0xe9d0, 0xce0e)  # ldrd r12, lr, [r0, #56]
-    data(2, 0xe890, 0x03ff)  # ldmia.w r0, {r0, r1, r2, r3, r4, r5, r6, r7, r8, r9}
-    label(ROUND)
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9dd, 0x890a)  # ldrd r8, r9, [sp, #40]
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xe9cd, 0x890a)  # strd r8, r9, [sp, #40]
-    data(2, 0xf8dd, 0x8050)  # ldr.w r8, [sp, #80]
-    data(2, 0xf1b8, 0x0801)  # subs.w r8, r8, #1
-    data(2, 0xf8cd, 0x8050)  # str.w r8, [sp, #80]
-    data(2, 0xe9dd, 0x8908)  # ldrd r8, r9, [sp, #32]
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    bne_w(ROUND)
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9cd, 0x0100)  # strd r0, r1, [sp, #0]
-    data(2, 0xe9cd, 0x2302)  # strd r2, r3, [sp, #8]
-    data(2, 0xe9cd, 0x4504)  # strd r4, r5, [sp, #16]
-    data(2, 0xe9cd, 0x6706)  # strd r6, r7, [sp, #24]
-    data(2, 0xe9cd, 0xab0c)  # strd r10, r11, [sp, #48]
-    data(2, 0xe9cd, 0xce0e)  # strd r12, lr, [sp, #56]
+    data(2, 0xf10d, 0x0100)  # add.w r1, sp, #0
+    data(2, 0xe8b0, 0x0ff0)  # ldmia.w r0!, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xe8a1, 0x0ff0)  # stmia.w r1!, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xe890, 0x0ff0)  # ldmia.w r0, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xe881, 0x0ff0)  # stmia.w r1, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xf04f, 0x0b0a)  # mov.w r11, #10
+    label(DOUBLE)
+    bl(COLUMNS)
+    data(2, 0xf10d, 0x0710)  # add.w r7, sp, #16
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r1, [r7, 0])
+    str(r2, [r7, 4])
+    str(r3, [r7, 8])
+    str(r0, [r7, 12])
+    data(2, 0xf10d, 0x0720)  # add.w r7, sp, #32
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r2, [r7, 0])
+    str(r3, [r7, 4])
+    str(r0, [r7, 8])
+    str(r1, [r7, 12])
+    data(2, 0xf10d, 0x0730)  # add.w r7, sp, #48
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r3, [r7, 0])
+    str(r0, [r7, 4])
+    str(r1, [r7, 8])
+    str(r2, [r7, 12])
+    bl(COLUMNS)
+    data(2, 0xf10d, 0x0710)  # add.w r7, sp, #16
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r3, [r7, 0])
+    str(r0, [r7, 4])
+    str(r1, [r7, 8])
+    str(r2, [r7, 12])
+    data(2, 0xf10d, 0x0720)  # add.w r7, sp, #32
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r2, [r7, 0])
+    str(r3, [r7, 4])
+    str(r0, [r7, 8])
+    str(r1, [r7, 12])
+    data(2, 0xf10d, 0x0730)  # add.w r7, sp, #48
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r1, [r7, 0])
+    str(r2, [r7, 4])
+    str(r3, [r7, 8])
+    str(r0, [r7, 12])
+    data(2, 0xf1bb, 0x0b01)  # subs.w r11, r11, #1
+    bne_w(DOUBLE)  # 10 double rounds, a public count
     data(2, 0xf8dd, 0xf058)  # ldr.w r15, [sp, #88]
+    label(COLUMNS)
+    data(2, 0xf10d, 0x0700)  # add.w r7, sp, #0
+    data(2, 0xf10d, 0x0610)  # add.w r6, sp, #16
+    label(COLUMN)
+    ldr(r0, [r7, 0])
+    ldr(r1, [r7, 16])
+    ldr(r2, [r7, 32])
+    ldr(r3, [r7, 48])
+    add(r0, r0, r1)
+    eor(r3, r0)
+    data(2, 0xea4f, 0x4333)  # ror.w r3, r3, #16
+    add(r2, r2, r3)
+    eor(r1, r2)
+    data(2, 0xea4f, 0x5131)  # ror.w r1, r1, #20
+    add(r0, r0, r1)
+    eor(r3, r0)
+    data(2, 0xea4f, 0x6333)  # ror.w r3, r3, #24
+    add(r2, r2, r3)
+    eor(r1, r2)
+    data(2, 0xea4f, 0x6171)  # ror.w r1, r1, #25
+    str(r0, [r7, 0])
+    str(r1, [r7, 16])
+    str(r2, [r7, 32])
+    str(r3, [r7, 48])
+    add(r7, 4)
+    cmp(r7, r6)
+    bne(COLUMN)  # 4 columns
+    bx(lr)
     label(START)
     data(2, 0xf112, 0x0301)  # adds.w r3, r2, #1
     beq_w(POLYKEY)

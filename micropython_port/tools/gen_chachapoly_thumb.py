@@ -38,15 +38,14 @@ unaligned (unless CCR.UNALIGN_TRP is set, which no MicroPython port does),
 or byte by byte. ``st[32..47]`` (the viper code's keystream block) is not
 used: the keystream stays in the stack frame.
 
-ChaCha20 (RFC 8439 section 2.3): the 16 state words live in 14 registers
-(x0-x7 in r0-r7, x12-x15 in r10, r11, r12, lr) and two slots r8, r9 that
-hold x8, x9 for the first half of a column round and the second half of a
-diagonal round, and x10, x11 otherwise (spilled to the frame in between:
-two LDRD/STRD per half round). A quarter round is 12 instructions (ADD,
-EOR, and a left rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25).
-A full 64-byte block is added to the input state and XORed into the
-message four words at a time; a final partial block is written to the
-frame as keystream and XORed word by word, then byte by byte. ``src`` and
+ChaCha20 (RFC 8439 section 2.3): the 16 state words live in the stack
+frame; one copy of the quarter round (ADD, EOR, and a left rotation by 16,
+12, 8, 7 done as ROR by 16, 20, 24, 25) runs on each column in a loop, and
+a double round is the column round, the rows 1-3 rotated left by 1-3
+words, the column round again (on what are now the diagonals) and the rows
+rotated back: small code, about twice the instructions of an unrolled
+round in registers. A block's keystream (x + st) goes to the frame and is
+XORed into min(n, 64) bytes a word at a time, then byte by byte. ``src`` and
 ``dst`` may be the same buffer at the same offset (each word or byte is
 read before it is written). The block counter st[12] ends one past the
 last block used.
@@ -104,57 +103,36 @@ from thumb2 import LR, SP, E, frame as _frame, unframe as _unframe  # noqa: E402
 # keystream at the end), then these.
 F_ST, F_SRC, F_DST, F_N, F_CNT, F_PS, F_RET = 64, 68, 72, 76, 80, 84, 88
 CHACHA_FRAME = 96
-# x0..x15 -> registers; "A"/"B" are the two slots r8, r9.
-X = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 12: 10, 13: 11, 14: 12, 15: LR}
-
-
-def _qr(a, b, c, d):
-    """One quarter round on registers (RFC 8439 section 2.1)."""
-    out = []
-    for x, y, z, rot in ((a, b, d, 16), (c, d, b, 12), (a, b, d, 8), (c, d, b, 7)):
-        out.append(E.dp("add", x, x, y))
-        out.append(E.dp("eor", z, z, x))
-        out.append(E.sh("ror", z, z, 32 - rot))
-    return out
-
-
-def _block(tag):
-    """BLOCK, a subroutine of chacha_xor (``bl``; x15 lives in lr, so the
-    return address waits in the frame and comes back by LDR PC): load st
-    (pointer in the frame) into the registers and run the 20 rounds; leaves
-    x0..x15 (not yet added to the input) in the frame's words 0..15."""
-    L = ["    label(BLOCK)", E.mem("str", LR, SP, F_RET)]
-    L.append(E.movi(0, 10))
-    L.append(E.mem("str", 0, SP, F_CNT))
-    L.append(E.mem("ldr", 0, SP, F_ST))
-    L.append(E.dual("ldrd", 10, 11, 0, 40))
-    L.append(E.dual("strd", 10, 11, SP, 40))  # x10, x11 wait in the frame
-    L.append(E.dual("ldrd", 10, 11, 0, 48))
-    L.append(E.dual("ldrd", 12, LR, 0, 56))
-    L.append(E.multi("ldmia", 0, list(range(10))))  # x0..x9 (r0 last)
-    L.append("    label(ROUND%s)" % tag)
-    # column round: (0,4,8,12) (1,5,9,13) with x8, x9 in the slots
-    L += _qr(X[0], X[4], 8, X[12]) + _qr(X[1], X[5], 9, X[13])
-    L.append(E.dual("strd", 8, 9, SP, 32))
-    L.append(E.dual("ldrd", 8, 9, SP, 40))
-    # (2,6,10,14) (3,7,11,15) with x10, x11
-    L += _qr(X[2], X[6], 8, X[14]) + _qr(X[3], X[7], 9, X[15])
-    # diagonal round: (0,5,10,15) (1,6,11,12) with x10, x11
-    L += _qr(X[0], X[5], 8, X[15]) + _qr(X[1], X[6], 9, X[12])
-    L.append(E.dual("strd", 8, 9, SP, 40))
-    L.append(E.mem("ldr", 8, SP, F_CNT))  # the round counter, in a free slot
-    L.append(E.imm("sub", 8, 8, 1, s=True))
-    L.append(E.mem("str", 8, SP, F_CNT))
-    L.append(E.dual("ldrd", 8, 9, SP, 32))  # (flags kept for the branch)
-    # (2,7,8,13) (3,4,9,14) with x8, x9
-    L += _qr(X[2], X[7], 8, X[13]) + _qr(X[3], X[4], 9, X[14])
-    L.append("    bne_w(ROUND%s)" % tag)
-    L.append(E.dual("strd", 8, 9, SP, 32))
-    for i in range(0, 8, 2):
-        L.append(E.dual("strd", i, i + 1, SP, 4 * i))
-    L.append(E.dual("strd", 10, 11, SP, 48))
-    L.append(E.dual("strd", 12, LR, SP, 56))
-    L.append(E.mem("ldr", 15, SP, F_RET))  # return
+def _block(tag=""):
+    """BLOCK, a subroutine of chacha_xor (``bl``; it calls COLUMNS, so its
+    return address waits in the frame and comes back by LDR PC): copy st
+    (pointer in the frame) to the frame's words 0..15 and run the 10 double
+    rounds there; leaves x0..x15 (not yet added to the input) in words
+    0..15. A double round is COLUMNS, the rows 1-3 rotated left by 1-3
+    words (so that the columns are the diagonals), COLUMNS, and the rows
+    rotated back (RFC 8439 section 2.3)."""
+    L = ["    label(BLOCK)", E.mem("str", LR, SP, F_RET), E.mem("ldr", 0, SP, F_ST), E.add_sp(1, 0)]
+    L += [E.multi("ldmia", 0, list(range(4, 12)), wback=True), E.multi("stmia", 1, list(range(4, 12)), wback=True),
+          E.multi("ldmia", 0, list(range(4, 12))), E.multi("stmia", 1, list(range(4, 12)))]
+    L += [E.movi(11, 10), "    label(DOUBLE)", "    bl(COLUMNS)"]
+    for back in (False, True):
+        for row in (1, 2, 3):  # new[j] = old[(j + k) % 4]
+            k = (4 - row) % 4 if back else row
+            L += [E.add_sp(7, 16 * row), E.multi("ldmia", 7, [0, 1, 2, 3])]
+            L += ["    str(r%d, [r7, %d])" % ((j + k) % 4, 4 * j) for j in range(4)]
+        if not back:
+            L.append("    bl(COLUMNS)")
+    L += [E.imm("sub", 11, 11, 1, s=True), "    bne_w(DOUBLE)  # 10 double rounds, a public count",
+          E.mem("ldr", 15, SP, F_RET)]  # return
+    # COLUMNS: the quarter round (RFC 8439 section 2.1) on each column (x_i,
+    # x_4+i, x_8+i, x_12+i) of the frame's words 0..15: ADD, EOR and a left
+    # rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25.
+    L += ["    label(COLUMNS)", E.add_sp(7, 0), E.add_sp(6, 16), "    label(COLUMN)"]
+    L += ["    ldr(r%d, [r7, %d])" % (i, 16 * i) for i in range(4)]
+    for x, y, z, rot in ((0, 1, 3, 16), (2, 3, 1, 12), (0, 1, 3, 8), (2, 3, 1, 7)):
+        L += ["    add(r%d, r%d, r%d)" % (x, x, y), "    eor(r%d, r%d)" % (z, x), E.sh("ror", z, z, 32 - rot)]
+    L += ["    str(r%d, [r7, %d])" % (i, 16 * i) for i in range(4)]
+    L += ["    add(r7, 4)", "    cmp(r7, r6)", "    bne(COLUMN)  # 4 columns", "    bx(lr)"]
     return L
 
 
