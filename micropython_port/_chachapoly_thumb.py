@@ -76,32 +76,25 @@ import micropython
 def chacha_setkey(r0, r1):
     movw(r2, 0x7865)
     movt(r2, 0x6170)
-    data(2, 0xf8c0, 0x2000)  # str.w r2, [r0, #0]
+    str(r2, [r0, 0])
     movw(r2, 0x646e)
     movt(r2, 0x3320)
-    data(2, 0xf8c0, 0x2004)  # str.w r2, [r0, #4]
+    str(r2, [r0, 4])
     movw(r2, 0x2d32)
     movt(r2, 0x7962)
-    data(2, 0xf8c0, 0x2008)  # str.w r2, [r0, #8]
+    str(r2, [r0, 8])
     movw(r2, 0x6574)
     movt(r2, 0x6b20)
-    data(2, 0xf8c0, 0x200c)  # str.w r2, [r0, #12]
-    data(2, 0xf8d1, 0x2000)  # ldr.w r2, [r1, #0]
-    data(2, 0xf8c0, 0x2010)  # str.w r2, [r0, #16]
-    data(2, 0xf8d1, 0x2004)  # ldr.w r2, [r1, #4]
-    data(2, 0xf8c0, 0x2014)  # str.w r2, [r0, #20]
-    data(2, 0xf8d1, 0x2008)  # ldr.w r2, [r1, #8]
-    data(2, 0xf8c0, 0x2018)  # str.w r2, [r0, #24]
-    data(2, 0xf8d1, 0x200c)  # ldr.w r2, [r1, #12]
-    data(2, 0xf8c0, 0x201c)  # str.w r2, [r0, #28]
-    data(2, 0xf8d1, 0x2010)  # ldr.w r2, [r1, #16]
-    data(2, 0xf8c0, 0x2020)  # str.w r2, [r0, #32]
-    data(2, 0xf8d1, 0x2014)  # ldr.w r2, [r1, #20]
-    data(2, 0xf8c0, 0x2024)  # str.w r2, [r0, #36]
-    data(2, 0xf8d1, 0x2018)  # ldr.w r2, [r1, #24]
-    data(2, 0xf8c0, 0x2028)  # str.w r2, [r0, #40]
-    data(2, 0xf8d1, 0x201c)  # ldr.w r2, [r1, #28]
-    data(2, 0xf8c0, 0x202c)  # str.w r2, [r0, #44]
+    str(r2, [r0, 12])
+    add(r0, 16)
+    mov(r3, 8)
+    label(KEY)
+    ldr(r2, [r1, 0])
+    str(r2, [r0, 0])
+    add(r0, 4)
+    add(r1, 4)
+    sub(r3, 1)
+    bne(KEY)  # 8 words
     data(2, 0xf04f, 0x0000)  # mov.w r0, #0
 
 
@@ -274,12 +267,18 @@ def chacha_xor(r0, r1, r2):
     data(2, 0xf8c0, 0x203c)  # str.w r2, [r0, #60]
     bl(BLOCK)
     data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
+    mov(r2, 8)
+    label(KEYW)
+    ldr(r4, [r3, 0])
+    ldr(r5, [r0, 0])
+    add(r4, r4, r5)
+    str(r4, [r3, 0])
+    add(r3, 4)
+    add(r0, 4)
+    sub(r2, 1)
+    bne(KEYW)  # 8 words
     data(2, 0xe89d, 0x00f0)  # ldmia.w sp, {r4, r5, r6, r7}
-    data(2, 0xe890, 0x0f00)  # ldmia.w r0, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
     data(2, 0xf36f, 0x741f)  # bfc r4, #28, #4
     data(2, 0xf36f, 0x751f)  # bfc r5, #28, #4
     data(2, 0xf36f, 0x0501)  # bfc r5, #0, #2
@@ -288,56 +287,33 @@ def chacha_xor(r0, r1, r2):
     data(2, 0xf36f, 0x771f)  # bfc r7, #28, #4
     data(2, 0xf36f, 0x0701)  # bfc r7, #0, #2
     data(2, 0xf8dd, 0x1054)  # ldr.w r1, [sp, #84]
+    data(2, 0xf101, 0x0228)  # add.w r2, r1, #40
+    mov(r3, 10)
+    label(RLIMB)
     data(2, 0xf3c4, 0x080c)  # ubfx r8, r4, #0, #13
-    data(2, 0xf8c1, 0x8028)  # str.w r8, [r1, #40]
-    data(2, 0xf3c4, 0x384c)  # ubfx r8, r4, #13, #13
-    data(2, 0xf8c1, 0x802c)  # str.w r8, [r1, #44]
-    data(2, 0xea4f, 0x6894)  # lsr.w r8, r4, #26
-    data(2, 0xea48, 0x1885)  # orr.w r8, r8, r5, lsl #6
-    data(2, 0xf3c8, 0x080c)  # ubfx r8, r8, #0, #13
-    data(2, 0xf8c1, 0x8030)  # str.w r8, [r1, #48]
-    data(2, 0xf3c5, 0x18cc)  # ubfx r8, r5, #7, #13
-    data(2, 0xf8c1, 0x8034)  # str.w r8, [r1, #52]
-    data(2, 0xea4f, 0x5815)  # lsr.w r8, r5, #20
-    data(2, 0xea48, 0x3806)  # orr.w r8, r8, r6, lsl #12
-    data(2, 0xf3c8, 0x080c)  # ubfx r8, r8, #0, #13
-    data(2, 0xf8c1, 0x8038)  # str.w r8, [r1, #56]
-    data(2, 0xf3c6, 0x084c)  # ubfx r8, r6, #1, #13
-    data(2, 0xf8c1, 0x803c)  # str.w r8, [r1, #60]
-    data(2, 0xf3c6, 0x388c)  # ubfx r8, r6, #14, #13
-    data(2, 0xf8c1, 0x8040)  # str.w r8, [r1, #64]
-    data(2, 0xea4f, 0x68d6)  # lsr.w r8, r6, #27
-    data(2, 0xea48, 0x1847)  # orr.w r8, r8, r7, lsl #5
-    data(2, 0xf3c8, 0x080c)  # ubfx r8, r8, #0, #13
-    data(2, 0xf8c1, 0x8044)  # str.w r8, [r1, #68]
-    data(2, 0xf3c7, 0x280c)  # ubfx r8, r7, #8, #13
-    data(2, 0xf8c1, 0x8048)  # str.w r8, [r1, #72]
-    data(2, 0xf3c7, 0x584a)  # ubfx r8, r7, #21, #11
-    data(2, 0xf8c1, 0x804c)  # str.w r8, [r1, #76]
+    data(2, 0xf842, 0x8b04)  # str r8, [r2], #4
+    lsr(r4, r4, 13)
+    data(2, 0xea44, 0x44c5)  # orr.w r4, r4, r5, lsl #19
+    lsr(r5, r5, 13)
+    data(2, 0xea45, 0x45c6)  # orr.w r5, r5, r6, lsl #19
+    lsr(r6, r6, 13)
+    data(2, 0xea46, 0x46c7)  # orr.w r6, r6, r7, lsl #19
+    lsr(r7, r7, 13)
+    sub(r3, 1)
+    bne(RLIMB)  # 10 limbs
     data(2, 0xf10d, 0x0310)  # add.w r3, sp, #16
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xf100, 0x0010)  # add.w r0, r0, #16
-    data(2, 0xe890, 0x0f00)  # ldmia.w r0, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xf3c4, 0x080f)  # ubfx r8, r4, #0, #16
-    data(2, 0xf8c1, 0x8050)  # str.w r8, [r1, #80]
-    data(2, 0xea4f, 0x4814)  # lsr.w r8, r4, #16
-    data(2, 0xf8c1, 0x8054)  # str.w r8, [r1, #84]
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xf3c5, 0x080f)  # ubfx r8, r5, #0, #16
-    data(2, 0xf8c1, 0x8058)  # str.w r8, [r1, #88]
-    data(2, 0xea4f, 0x4815)  # lsr.w r8, r5, #16
-    data(2, 0xf8c1, 0x805c)  # str.w r8, [r1, #92]
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xf3c6, 0x080f)  # ubfx r8, r6, #0, #16
-    data(2, 0xf8c1, 0x8060)  # str.w r8, [r1, #96]
-    data(2, 0xea4f, 0x4816)  # lsr.w r8, r6, #16
-    data(2, 0xf8c1, 0x8064)  # str.w r8, [r1, #100]
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf3c7, 0x080f)  # ubfx r8, r7, #0, #16
-    data(2, 0xf8c1, 0x8068)  # str.w r8, [r1, #104]
-    data(2, 0xea4f, 0x4817)  # lsr.w r8, r7, #16
-    data(2, 0xf8c1, 0x806c)  # str.w r8, [r1, #108]
+    mov(r6, 4)
+    label(SHALF)
+    ldr(r4, [r3, 0])
+    add(r3, 4)
+    lsl(r5, r4, 16)
+    lsr(r5, r5, 16)
+    str(r5, [r2, 0])
+    lsr(r4, r4, 16)
+    str(r4, [r2, 4])
+    add(r2, 8)
+    sub(r6, 1)
+    bne(SHALF)  # 4 words
     data(2, 0xf04f, 0x0200)  # mov.w r2, #0
     data(2, 0xf04f, 0x0300)  # mov.w r3, #0
     data(2, 0xe9c1, 0x2300)  # strd r2, r3, [r1, #0]
@@ -358,100 +334,70 @@ def chacha_xor(r0, r1, r2):
 @micropython.asm_thumb
 def poly_update(r0, r1, r2, r3):
     push({r8, r9, r10, r11})
-    data(2, 0xb09e)  # sub sp, #120
-    data(2, 0xf8cd, 0x0048)  # str.w r0, [sp, #72]
-    data(2, 0xf8cd, 0x104c)  # str.w r1, [sp, #76]
-    data(2, 0xf8cd, 0x2050)  # str.w r2, [sp, #80]
+    data(2, 0xb0a0)  # sub sp, #128
+    data(2, 0xf8cd, 0x004c)  # str.w r0, [sp, #76]
+    data(2, 0xf8cd, 0x1050)  # str.w r1, [sp, #80]
+    data(2, 0xf8cd, 0x2054)  # str.w r2, [sp, #84]
     data(2, 0xf8d0, 0x4070)  # ldr.w r4, [r0, #112]
-    data(2, 0xf8cd, 0x4060)  # str.w r4, [sp, #96]
+    data(2, 0xf8cd, 0x4064)  # str.w r4, [sp, #100]
     data(2, 0xf8d0, 0x4074)  # ldr.w r4, [r0, #116]
-    data(2, 0xf8cd, 0x405c)  # str.w r4, [sp, #92]
+    data(2, 0xf8cd, 0x4060)  # str.w r4, [sp, #96]
     data(2, 0xf8d0, 0x4078)  # ldr.w r4, [r0, #120]
-    data(2, 0xf8cd, 0x4054)  # str.w r4, [sp, #84]
-    data(2, 0xf8d0, 0x407c)  # ldr.w r4, [r0, #124]
     data(2, 0xf8cd, 0x4058)  # str.w r4, [sp, #88]
-    data(2, 0xf8cd, 0x1064)  # str.w r1, [sp, #100]
-    data(2, 0xf8cd, 0x4068)  # str.w r4, [sp, #104]
-    data(2, 0xf04f, 0x0400)  # mov.w r4, #0
+    data(2, 0xf8d0, 0x407c)  # ldr.w r4, [r0, #124]
+    data(2, 0xf8cd, 0x405c)  # str.w r4, [sp, #92]
+    data(2, 0xf8cd, 0x1068)  # str.w r1, [sp, #104]
     data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
-    data(2, 0xf8d0, 0x4028)  # ldr.w r4, [r0, #40]
-    data(2, 0xf8d0, 0x502c)  # ldr.w r5, [r0, #44]
+    data(2, 0xf04f, 0x0400)  # mov.w r4, #0
+    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    mov(r1, r0)
+    data(2, 0xf10d, 0x0200)  # add.w r2, sp, #0
+    mov(r3, 5)
+    label(LIMBS)
+    ldr(r4, [r1, 40])
+    ldr(r5, [r1, 44])
     data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4010)  # str.w r4, [sp, #16]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
-    data(2, 0xf8d0, 0x5034)  # ldr.w r5, [r0, #52]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4014)  # str.w r4, [sp, #20]
+    str(r4, [r2, 20])
     data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x4000)  # str.w r4, [sp, #0]
-    data(2, 0xf8d0, 0x4038)  # ldr.w r4, [r0, #56]
-    data(2, 0xf8d0, 0x503c)  # ldr.w r5, [r0, #60]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4018)  # str.w r4, [sp, #24]
-    data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x4004)  # str.w r4, [sp, #4]
-    data(2, 0xf8d0, 0x4040)  # ldr.w r4, [r0, #64]
-    data(2, 0xf8d0, 0x5044)  # ldr.w r5, [r0, #68]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x401c)  # str.w r4, [sp, #28]
-    data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x4008)  # str.w r4, [sp, #8]
-    data(2, 0xf8d0, 0x4048)  # ldr.w r4, [r0, #72]
-    data(2, 0xf8d0, 0x504c)  # ldr.w r5, [r0, #76]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4020)  # str.w r4, [sp, #32]
-    data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x400c)  # str.w r4, [sp, #12]
-    data(2, 0xf8d0, 0x4000)  # ldr.w r4, [r0, #0]
-    data(2, 0xf8d0, 0x5004)  # ldr.w r5, [r0, #4]
+    str(r4, [r2, 0])
+    ldr(r4, [r1, 0])
+    ldr(r5, [r1, 4])
     data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4024)  # str.w r4, [sp, #36]
-    data(2, 0xf8d0, 0x4008)  # ldr.w r4, [r0, #8]
-    data(2, 0xf8d0, 0x500c)  # ldr.w r5, [r0, #12]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4028)  # str.w r4, [sp, #40]
-    data(2, 0xf8d0, 0x4010)  # ldr.w r4, [r0, #16]
-    data(2, 0xf8d0, 0x5014)  # ldr.w r5, [r0, #20]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x402c)  # str.w r4, [sp, #44]
-    data(2, 0xf8d0, 0x4018)  # ldr.w r4, [r0, #24]
-    data(2, 0xf8d0, 0x501c)  # ldr.w r5, [r0, #28]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4030)  # str.w r4, [sp, #48]
-    data(2, 0xf8d0, 0x4020)  # ldr.w r4, [r0, #32]
-    data(2, 0xf8d0, 0x5024)  # ldr.w r5, [r0, #36]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4034)  # str.w r4, [sp, #52]
+    str(r4, [r2, 40])
+    add(r1, 8)
+    add(r2, 4)
+    sub(r3, 1)
+    bne(LIMBS)  # 5 limbs
     label(LOOP)
-    data(2, 0xf8dd, 0x5068)  # ldr.w r5, [sp, #104]
+    data(2, 0xf8dd, 0x506c)  # ldr.w r5, [sp, #108]
     data(2, 0xf1b5, 0x0f10)  # cmp.w r5, #16
     blt_w(SHORT)
-    data(2, 0xf8dd, 0x4064)  # ldr.w r4, [sp, #100]
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0xf8dd, 0x4068)  # ldr.w r4, [sp, #104]
+    data(2, 0xf8cd, 0x4074)  # str.w r4, [sp, #116]
     data(2, 0xf104, 0x0410)  # add.w r4, r4, #16
-    data(2, 0xf8cd, 0x4064)  # str.w r4, [sp, #100]
+    data(2, 0xf8cd, 0x4068)  # str.w r4, [sp, #104]
     data(2, 0xf1a5, 0x0510)  # sub.w r5, r5, #16
-    data(2, 0xf8cd, 0x5068)  # str.w r5, [sp, #104]
+    data(2, 0xf8cd, 0x506c)  # str.w r5, [sp, #108]
     data(2, 0xf04f, 0x0701)  # mov.w r7, #1
     data(2, 0xea4f, 0x6707)  # lsl.w r7, r7, #24
-    data(2, 0xf8cd, 0x7074)  # str.w r7, [sp, #116]
+    data(2, 0xf8cd, 0x7078)  # str.w r7, [sp, #120]
     b(BLOCK)
     label(SHORT)
     data(2, 0xf1b5, 0x0f00)  # cmp.w r5, #0
     beq_w(STAGE)
     data(2, 0xf04f, 0x0600)  # mov.w r6, #0
     data(2, 0xf04f, 0x0700)  # mov.w r7, #0
-    data(2, 0xe9cd, 0x670e)  # strd r6, r7, [sp, #56]
-    data(2, 0xe9cd, 0x6710)  # strd r6, r7, [sp, #64]
-    data(2, 0xf8dd, 0x4064)  # ldr.w r4, [sp, #100]
-    data(2, 0xf10d, 0x0738)  # add.w r7, sp, #56
+    data(2, 0xe9cd, 0x670f)  # strd r6, r7, [sp, #60]
+    data(2, 0xe9cd, 0x6711)  # strd r6, r7, [sp, #68]
+    data(2, 0xf8dd, 0x4068)  # ldr.w r4, [sp, #104]
+    data(2, 0xf10d, 0x073c)  # add.w r7, sp, #60
     label(COPY)
     data(2, 0xf814, 0x6b01)  # ldrb r6, [r4], #1
     data(2, 0xf807, 0x6b01)  # strb r6, [r7], #1
     data(2, 0xf1b5, 0x0501)  # subs.w r5, r5, #1
     bne_w(COPY)
-    data(2, 0xf8cd, 0x5068)  # str.w r5, [sp, #104]
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0xf8cd, 0x506c)  # str.w r5, [sp, #108]
+    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
     data(2, 0xf016, 0x0f01)  # tst.w r6, #1
     bne_w(ZEROPAD)
     data(2, 0xf04f, 0x0601)  # mov.w r6, #1
@@ -462,50 +408,50 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf04f, 0x0601)  # mov.w r6, #1
     data(2, 0xea4f, 0x6606)  # lsl.w r6, r6, #24
     label(SETP)
-    data(2, 0xf8cd, 0x6074)  # str.w r6, [sp, #116]
-    data(2, 0xf10d, 0x0438)  # add.w r4, sp, #56
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0xf8cd, 0x6078)  # str.w r6, [sp, #120]
+    data(2, 0xf10d, 0x043c)  # add.w r4, sp, #60
+    data(2, 0xf8cd, 0x4074)  # str.w r4, [sp, #116]
     b(BLOCK)
     label(STAGE)
-    data(2, 0xf8dd, 0x406c)  # ldr.w r4, [sp, #108]
+    data(2, 0xf8dd, 0x4070)  # ldr.w r4, [sp, #112]
     data(2, 0xf1b4, 0x0f00)  # cmp.w r4, #0
     bne_w(STAGE1)
     data(2, 0xf04f, 0x0401)  # mov.w r4, #1
-    data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
-    data(2, 0xf8dd, 0x4050)  # ldr.w r4, [sp, #80]
-    data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
+    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0xf8dd, 0x4054)  # ldr.w r4, [sp, #84]
+    data(2, 0xf8dd, 0x5064)  # ldr.w r5, [sp, #100]
     data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8cd, 0x4064)  # str.w r4, [sp, #100]
-    data(2, 0xf8dd, 0x505c)  # ldr.w r5, [sp, #92]
-    data(2, 0xf8cd, 0x5068)  # str.w r5, [sp, #104]
+    data(2, 0xf8cd, 0x4068)  # str.w r4, [sp, #104]
+    data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
+    data(2, 0xf8cd, 0x506c)  # str.w r5, [sp, #108]
     b(LOOP)
     label(STAGE1)
     data(2, 0xf1b4, 0x0f01)  # cmp.w r4, #1
     bne_w(FINISH)
     data(2, 0xf04f, 0x0402)  # mov.w r4, #2
-    data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
     data(2, 0xf016, 0x0f02)  # tst.w r6, #2
     beq_w(FINISH)
-    data(2, 0xf8dd, 0x4058)  # ldr.w r4, [sp, #88]
-    data(2, 0xf04f, 0x0500)  # mov.w r5, #0
-    data(2, 0xe9cd, 0x450e)  # strd r4, r5, [sp, #56]
     data(2, 0xf8dd, 0x405c)  # ldr.w r4, [sp, #92]
-    data(2, 0xe9cd, 0x4510)  # strd r4, r5, [sp, #64]
-    data(2, 0xf10d, 0x0438)  # add.w r4, sp, #56
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0xf04f, 0x0500)  # mov.w r5, #0
+    data(2, 0xe9cd, 0x450f)  # strd r4, r5, [sp, #60]
+    data(2, 0xf8dd, 0x4060)  # ldr.w r4, [sp, #96]
+    data(2, 0xe9cd, 0x4511)  # strd r4, r5, [sp, #68]
+    data(2, 0xf10d, 0x043c)  # add.w r4, sp, #60
+    data(2, 0xf8cd, 0x4074)  # str.w r4, [sp, #116]
     data(2, 0xf04f, 0x0701)  # mov.w r7, #1
     data(2, 0xea4f, 0x6707)  # lsl.w r7, r7, #24
-    data(2, 0xf8cd, 0x7074)  # str.w r7, [sp, #116]
+    data(2, 0xf8cd, 0x7078)  # str.w r7, [sp, #120]
     label(BLOCK)
-    data(2, 0xf10d, 0x0e24)  # add.w lr, sp, #36
+    data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x001f)  # ldmia.w lr, {r0, r1, r2, r3, r4}
-    data(2, 0xf8dd, 0x5070)  # ldr.w r5, [sp, #112]
+    data(2, 0xf8dd, 0x5074)  # ldr.w r5, [sp, #116]
     data(2, 0xf8d5, 0x6000)  # ldr.w r6, [r5, #0]
     data(2, 0xf8d5, 0x7004)  # ldr.w r7, [r5, #4]
     data(2, 0xf8d5, 0x8008)  # ldr.w r8, [r5, #8]
     data(2, 0xf8d5, 0x900c)  # ldr.w r9, [r5, #12]
-    data(2, 0xf8dd, 0xa074)  # ldr.w r10, [sp, #116]
+    data(2, 0xf8dd, 0xa078)  # ldr.w r10, [sp, #120]
     data(2, 0xf3c6, 0x0b19)  # ubfx r11, r6, #0, #26
     data(2, 0xeb00, 0x000b)  # add.w r0, r0, r11
     data(2, 0xea4f, 0x6b96)  # lsr.w r11, r6, #26
@@ -523,13 +469,14 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xea4f, 0x2b19)  # lsr.w r11, r9, #8
     data(2, 0xea4b, 0x0b0a)  # orr.w r11, r11, r10
     data(2, 0xeb04, 0x040b)  # add.w r4, r4, r11
-    data(2, 0xe89d, 0x0fe0)  # ldmia.w sp, {r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xf10d, 0x0c04)  # add.w r12, sp, #4
+    data(2, 0xe89c, 0x0fe0)  # ldmia.w r12, {r5, r6, r7, r8, r9, r10, r11}
     data(2, 0xfba0, 0xce09)  # umull r12, lr, r0, r9
     data(2, 0xfbe1, 0xce08)  # umlal r12, lr, r1, r8
     data(2, 0xfbe2, 0xce07)  # umlal r12, lr, r2, r7
     data(2, 0xfbe3, 0xce06)  # umlal r12, lr, r3, r6
     data(2, 0xfbe4, 0xce05)  # umlal r12, lr, r4, r5
-    data(2, 0xf8cd, 0xc024)  # str.w r12, [sp, #36]
+    data(2, 0xf8cd, 0xc028)  # str.w r12, [sp, #40]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
@@ -538,7 +485,7 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xfbe2, 0xce08)  # umlal r12, lr, r2, r8
     data(2, 0xfbe3, 0xce07)  # umlal r12, lr, r3, r7
     data(2, 0xfbe4, 0xce06)  # umlal r12, lr, r4, r6
-    data(2, 0xf8cd, 0xc028)  # str.w r12, [sp, #40]
+    data(2, 0xf8cd, 0xc02c)  # str.w r12, [sp, #44]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
@@ -547,17 +494,17 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xfbe2, 0xce09)  # umlal r12, lr, r2, r9
     data(2, 0xfbe3, 0xce08)  # umlal r12, lr, r3, r8
     data(2, 0xfbe4, 0xce07)  # umlal r12, lr, r4, r7
-    data(2, 0xf8cd, 0xc02c)  # str.w r12, [sp, #44]
+    data(2, 0xf8cd, 0xc030)  # str.w r12, [sp, #48]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
-    data(2, 0xe9dd, 0x5607)  # ldrd r5, r6, [sp, #28]
+    data(2, 0xe9dd, 0x5608)  # ldrd r5, r6, [sp, #32]
     data(2, 0xfbe0, 0xce05)  # umlal r12, lr, r0, r5
     data(2, 0xfbe1, 0xce0b)  # umlal r12, lr, r1, r11
     data(2, 0xfbe2, 0xce0a)  # umlal r12, lr, r2, r10
     data(2, 0xfbe3, 0xce09)  # umlal r12, lr, r3, r9
     data(2, 0xfbe4, 0xce08)  # umlal r12, lr, r4, r8
-    data(2, 0xf8cd, 0xc030)  # str.w r12, [sp, #48]
+    data(2, 0xf8cd, 0xc034)  # str.w r12, [sp, #52]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
@@ -569,7 +516,7 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf3cc, 0x0419)  # ubfx r4, r12, #0, #26
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
-    data(2, 0xf10d, 0x0e24)  # add.w lr, sp, #36
+    data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x000f)  # ldmia.w lr, {r0, r1, r2, r3}
     data(2, 0xf36f, 0x609f)  # bfc r0, #26, #6
     data(2, 0xf36f, 0x619f)  # bfc r1, #26, #6
@@ -583,30 +530,24 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xe88e, 0x001f)  # stmia.w lr, {r0, r1, r2, r3, r4}
     b(LOOP)
     label(FINISH)
-    data(2, 0xf10d, 0x0e24)  # add.w lr, sp, #36
+    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
+    data(2, 0xf10d, 0x0628)  # add.w r6, sp, #40
+    mov(r7, 5)
+    label(HOUT)
+    ldr(r4, [r6, 0])
+    add(r6, 4)
+    lsl(r3, r4, 19)
+    lsr(r3, r3, 19)
+    str(r3, [r5, 0])
+    lsr(r4, r4, 13)
+    str(r4, [r5, 4])
+    add(r5, 8)
+    sub(r7, 1)
+    bne(HOUT)  # 5 limbs
+    data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x001f)  # ldmia.w lr, {r0, r1, r2, r3, r4}
-    data(2, 0xf8dd, 0x5048)  # ldr.w r5, [sp, #72]
-    data(2, 0xf3c0, 0x060c)  # ubfx r6, r0, #0, #13
-    data(2, 0xf8c5, 0x6000)  # str.w r6, [r5, #0]
-    data(2, 0xea4f, 0x3650)  # lsr.w r6, r0, #13
-    data(2, 0xf8c5, 0x6004)  # str.w r6, [r5, #4]
-    data(2, 0xf3c1, 0x060c)  # ubfx r6, r1, #0, #13
-    data(2, 0xf8c5, 0x6008)  # str.w r6, [r5, #8]
-    data(2, 0xea4f, 0x3651)  # lsr.w r6, r1, #13
-    data(2, 0xf8c5, 0x600c)  # str.w r6, [r5, #12]
-    data(2, 0xf3c2, 0x060c)  # ubfx r6, r2, #0, #13
-    data(2, 0xf8c5, 0x6010)  # str.w r6, [r5, #16]
-    data(2, 0xea4f, 0x3652)  # lsr.w r6, r2, #13
-    data(2, 0xf8c5, 0x6014)  # str.w r6, [r5, #20]
-    data(2, 0xf3c3, 0x060c)  # ubfx r6, r3, #0, #13
-    data(2, 0xf8c5, 0x6018)  # str.w r6, [r5, #24]
-    data(2, 0xea4f, 0x3653)  # lsr.w r6, r3, #13
-    data(2, 0xf8c5, 0x601c)  # str.w r6, [r5, #28]
-    data(2, 0xf3c4, 0x060c)  # ubfx r6, r4, #0, #13
-    data(2, 0xf8c5, 0x6020)  # str.w r6, [r5, #32]
-    data(2, 0xea4f, 0x3654)  # lsr.w r6, r4, #13
-    data(2, 0xf8c5, 0x6024)  # str.w r6, [r5, #36]
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
+    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
     data(2, 0xf016, 0x0f04)  # tst.w r6, #4
     beq_w(RET0)
     data(2, 0xea4f, 0x6c91)  # lsr.w r12, r1, #26
@@ -677,12 +618,12 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xeb51, 0x0107)  # adcs.w r1, r1, r7
     data(2, 0xeb52, 0x0208)  # adcs.w r2, r2, r8
     data(2, 0xeb43, 0x0309)  # adc.w r3, r3, r9
-    data(2, 0xf8dd, 0x4050)  # ldr.w r4, [sp, #80]
+    data(2, 0xf8dd, 0x4054)  # ldr.w r4, [sp, #84]
+    data(2, 0xf8dd, 0x5064)  # ldr.w r5, [sp, #100]
+    data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
     data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
     data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8dd, 0x505c)  # ldr.w r5, [sp, #92]
-    data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
     data(2, 0xf016, 0x0f08)  # tst.w r6, #8
     bne_w(COMPARE)
     data(2, 0xf8c4, 0x0000)  # str.w r0, [r4, #0]
@@ -708,7 +649,7 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xea46, 0x0607)  # orr.w r6, r6, r7
     data(2, 0xea4f, 0x70d6)  # lsr.w r0, r6, #31
     label(EXIT)
-    data(2, 0xb01e)  # add sp, #120
+    data(2, 0xb020)  # add sp, #128
     pop({r8, r9, r10, r11})
 
 

@@ -148,10 +148,10 @@ def gen_setkey():
         v = int.from_bytes(w, "little")
         L.append("    movw(r2, 0x%04x)" % (v & 0xFFFF))
         L.append("    movt(r2, 0x%04x)" % (v >> 16))
-        L.append(E.mem("str", 2, 0, 4 * i))
-    for i in range(8):
-        L.append(E.mem("ldr", 2, 1, 4 * i))
-        L.append(E.mem("str", 2, 0, 16 + 4 * i))
+        L.append("    str(r2, [r0, %d])" % (4 * i))
+    # the key (any byte offset: single LDRs, which ARMv7-M does unaligned)
+    L += ["    add(r0, 16)", "    mov(r3, 8)", "    label(KEY)", "    ldr(r2, [r1, 0])", "    str(r2, [r0, 0])",
+          "    add(r0, 4)", "    add(r1, 4)", "    sub(r3, 1)", "    bne(KEY)  # 8 words"]
     L.append(E.movi(0, 0))
     return L
 
@@ -250,38 +250,28 @@ def _polykey():
         L.append(E.dp("orr", 2, 2, 3, shift="lsl", amount=16))
         L.append(E.mem("str", 2, 0, 52 + 4 * i))
     L.append("    bl(BLOCK)")
-    # key words 0..7 = x + st; r = words 0..3 clamped, s = words 4..7
-    L.append(E.mem("ldr", 0, SP, F_ST))
+    # key words 0..7 = x + st (in the frame); r = words 0..3 clamped, s =
+    # words 4..7
+    L += [E.mem("ldr", 0, SP, F_ST), E.add_sp(3, 0), "    mov(r2, 8)", "    label(KEYW)",
+          "    ldr(r4, [r3, 0])", "    ldr(r5, [r0, 0])", "    add(r4, r4, r5)", "    str(r4, [r3, 0])",
+          "    add(r3, 4)", "    add(r0, 4)", "    sub(r2, 1)", "    bne(KEYW)  # 8 words"]
     L.append(E.multi("ldmia", SP, [4, 5, 6, 7]))
-    L.append(E.multi("ldmia", 0, [8, 9, 10, 11]))
-    for i in range(4):
-        L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
     L.append(E.bfc(4, 28, 4))  # RFC 8439 section 2.5.1: clamp r
     for i in (5, 6, 7):
         L.append(E.bfc(i, 28, 4))
         L.append(E.bfc(i, 0, 2))
-    L.append(E.mem("ldr", 1, SP, F_PS))
-    w = [4, 5, 6, 7]
-    for k in range(10):  # ps[10 + k] = bits 13k .. 13k + 12 of r
-        b = 13 * k
-        j, off = b // 32, b % 32
-        if off + 13 <= 32 or j == 3:
-            L.append(E.ubfx(8, w[j], off, min(13, 32 - off)))
-        else:
-            L.append(E.sh("lsr", 8, w[j], off))
-            L.append(E.dp("orr", 8, 8, w[j + 1], shift="lsl", amount=32 - off))
-            L.append(E.ubfx(8, 8, 0, 13))
-        L.append(E.mem("str", 8, 1, 4 * (10 + k)))
-    L.append(E.add_sp(3, 16))
-    L.append(E.multi("ldmia", 3, [4, 5, 6, 7]))
-    L.append(E.imm("add", 0, 0, 16))
-    L.append(E.multi("ldmia", 0, [8, 9, 10, 11]))
-    for i in range(4):  # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s
-        L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
-        L.append(E.ubfx(8, 4 + i, 0, 16))
-        L.append(E.mem("str", 8, 1, 4 * (20 + 2 * i)))
-        L.append(E.sh("lsr", 8, 4 + i, 16))
-        L.append(E.mem("str", 8, 1, 4 * (21 + 2 * i)))
+    # ps[10 + k] = bits 13k .. 13k + 12 of r (r7:r6:r5:r4, shifted right by
+    # 13 after each limb); r2 walks ps[10..19]
+    L += [E.mem("ldr", 1, SP, F_PS), E.imm("add", 2, 1, 40), "    mov(r3, 10)", "    label(RLIMB)",
+          E.ubfx(8, 4, 0, 13), E.post("str", 8, 2, 4)]
+    for i in (4, 5, 6):
+        L += ["    lsr(r%d, r%d, 13)" % (i, i), E.dp("orr", i, i, i + 1, shift="lsl", amount=19)]
+    L += ["    lsr(r7, r7, 13)", "    sub(r3, 1)", "    bne(RLIMB)  # 10 limbs"]
+    # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (frame words 4..7);
+    # r2 walks ps[20..27]
+    L += [E.add_sp(3, 16), "    mov(r6, 4)", "    label(SHALF)", "    ldr(r4, [r3, 0])", "    add(r3, 4)",
+          "    lsl(r5, r4, 16)", "    lsr(r5, r5, 16)", "    str(r5, [r2, 0])", "    lsr(r4, r4, 16)",
+          "    str(r4, [r2, 4])", "    add(r2, 8)", "    sub(r6, 1)", "    bne(SHALF)  # 4 words"]
     L.append(E.movi(2, 0))
     L.append(E.movi(3, 0))
     for i in range(0, 10, 2):  # h = 0
@@ -298,13 +288,13 @@ def _polykey():
 # --- Poly1305 -------------------------------------------------------------------
 
 # Frame of poly_update (bytes from sp).
-P_S = 0  # s1..s4 (5 * r1 .. 5 * r4)
-P_R = 16  # r0..r4
-P_H = 36  # h0..h4
-P_PAD = 56  # 16 bytes: a padded last block or the length block
-P_PS, P_AD, P_M, P_MODE, P_AN, P_MN, P_MO = 72, 76, 80, 84, 88, 92, 96
-P_CUR, P_LEFT, P_STAGE, P_P, P_HIBIT = 100, 104, 108, 112, 116
-POLY_FRAME = 120
+P_S = 4  # s1..s4 (5 * r1 .. 5 * r4); word 0 gets 5 * r0, unused
+P_R = 20  # r0..r4
+P_H = 40  # h0..h4
+P_PAD = 60  # 16 bytes: a padded last block or the length block
+P_PS, P_AD, P_M, P_MODE, P_AN, P_MN, P_MO = 76, 80, 84, 88, 92, 96, 100
+P_CUR, P_LEFT, P_STAGE, P_P, P_HIBIT = 104, 108, 112, 116, 120
+POLY_FRAME = 128
 
 
 def _hibit(reg):
@@ -324,19 +314,15 @@ def gen_poly():
     L.append(E.mem("str", 4, SP, P_LEFT))
     L.append(E.movi(4, 0))
     L.append(E.mem("str", 4, SP, P_STAGE))
-    for i in range(5):  # r_i = ps[10 + 2i] | ps[11 + 2i] << 13; s_i = 5 r_i
-        L.append(E.mem("ldr", 4, 0, 4 * (10 + 2 * i)))
-        L.append(E.mem("ldr", 5, 0, 4 * (11 + 2 * i)))
-        L.append(E.dp("orr", 4, 4, 5, shift="lsl", amount=13))
-        L.append(E.mem("str", 4, SP, P_R + 4 * i))
-        if i:
-            L.append(E.dp("add", 4, 4, 4, shift="lsl", amount=2))
-            L.append(E.mem("str", 4, SP, P_S + 4 * (i - 1)))
-    for i in range(5):  # h_i = ps[2i] + (ps[2i + 1] << 13)
-        L.append(E.mem("ldr", 4, 0, 8 * i))
-        L.append(E.mem("ldr", 5, 0, 8 * i + 4))
-        L.append(E.dp("add", 4, 4, 5, shift="lsl", amount=13))
-        L.append(E.mem("str", 4, SP, P_H + 4 * i))
+    # r_i = ps[10 + 2i] | ps[11 + 2i] << 13, s_i = 5 r_i, h_i = ps[2i] +
+    # (ps[2i + 1] << 13): r1 walks ps by pairs, r2 the frame by words
+    L += ["    mov(r1, r0)", E.add_sp(2, 0), "    mov(r3, 5)", "    label(LIMBS)",
+          "    ldr(r4, [r1, 40])", "    ldr(r5, [r1, 44])", E.dp("orr", 4, 4, 5, shift="lsl", amount=13),
+          "    str(r4, [r2, %d])" % P_R, E.dp("add", 4, 4, 4, shift="lsl", amount=2),
+          "    str(r4, [r2, %d])" % (P_S - 4),
+          "    ldr(r4, [r1, 0])", "    ldr(r5, [r1, 4])", E.dp("add", 4, 4, 5, shift="lsl", amount=13),
+          "    str(r4, [r2, %d])" % P_H, "    add(r1, 8)", "    add(r2, 4)", "    sub(r3, 1)",
+          "    bne(LIMBS)  # 5 limbs"]
     # The driver: the next 16 bytes of the AD, then of m, then the length
     # block; p and hibit go to the frame for the block below.
     L.append("    label(LOOP)")
@@ -439,7 +425,8 @@ def _poly_block():
     L.append(E.dp("orr", 11, 11, 10))
     L.append(E.dp("add", 4, 4, 11))
     # r5..r11 = s1 s2 s3 s4 r0 r1 r2 (frame words 0..6); r12:lr the column
-    L.append(E.multi("ldmia", SP, [5, 6, 7, 8, 9, 10, 11]))
+    L.append(E.add_sp(12, P_S))
+    L.append(E.multi("ldmia", 12, [5, 6, 7, 8, 9, 10, 11]))
     s = {1: 5, 2: 6, 3: 7, 4: 8}
     r = {0: 9, 1: 10, 2: 11}
     cols = [
@@ -485,14 +472,14 @@ def _carry(a, b, mask=True):
 
 def _poly_finish():
     L = ["    label(FINISH)"]
+    # h back into ps[0..9] as 13-bit limbs: r5 walks ps by pairs, r6 h
+    L += [E.mem("ldr", 5, SP, P_PS), E.add_sp(6, P_H), "    mov(r7, 5)", "    label(HOUT)",
+          "    ldr(r4, [r6, 0])", "    add(r6, 4)", "    lsl(r3, r4, 19)", "    lsr(r3, r3, 19)",
+          "    str(r3, [r5, 0])", "    lsr(r4, r4, 13)", "    str(r4, [r5, 4])", "    add(r5, 8)",
+          "    sub(r7, 1)", "    bne(HOUT)  # 5 limbs"]
     L.append(E.add_sp(LR, P_H))
     L.append(E.multi("ldmia", LR, [0, 1, 2, 3, 4]))
     L.append(E.mem("ldr", 5, SP, P_PS))
-    for i in range(5):  # h back into ps[0..9] as 13-bit limbs
-        L.append(E.ubfx(6, i, 0, 13))
-        L.append(E.mem("str", 6, 5, 8 * i))
-        L.append(E.sh("lsr", 6, i, 13))
-        L.append(E.mem("str", 6, 5, 8 * i + 4))
     L.append(E.mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 4))
     L.append("    beq_w(RET0)")
