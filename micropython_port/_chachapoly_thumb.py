@@ -102,11 +102,11 @@ def chacha_setkey(r0, r1):
 def chacha_xor(r0, r1, r2):
     push({r8, r9, r10, r11})
     data(2, 0xb098)  # sub sp, #96
-    data(2, 0xf8cd, 0x0040)  # str.w r0, [sp, #64]
+    data(2, 0x9010)  # str r0, [sp, #64]
     b(START)
     label(BLOCK)
     data(2, 0xf8cd, 0xe058)  # str.w lr, [sp, #88]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
     data(2, 0xf10d, 0x0100)  # add.w r1, sp, #0
     data(2, 0xe8b0, 0x0ff0)  # ldmia.w r0!, {r4, r5, r6, r7, r8, r9, r10, r11}
     data(2, 0xe8a1, 0x0ff0)  # stmia.w r1!, {r4, r5, r6, r7, r8, r9, r10, r11}
@@ -186,20 +186,20 @@ def chacha_xor(r0, r1, r2):
     label(START)
     data(2, 0xf112, 0x0301)  # adds.w r3, r2, #1
     beq_w(POLYKEY)
-    data(2, 0xf8d0, 0x3040)  # ldr.w r3, [r0, #64]
+    ldr(r3, [r0, 64])
     data(2, 0xeb01, 0x0103)  # add.w r1, r1, r3
-    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
-    data(2, 0xf8d0, 0x3044)  # ldr.w r3, [r0, #68]
+    data(2, 0x9111)  # str r1, [sp, #68]
+    ldr(r3, [r0, 68])
     data(2, 0xeb02, 0x0203)  # add.w r2, r2, r3
-    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
-    data(2, 0xf8d0, 0x3048)  # ldr.w r3, [r0, #72]
-    data(2, 0xf8cd, 0x304c)  # str.w r3, [sp, #76]
+    data(2, 0x9212)  # str r2, [sp, #72]
+    ldr(r3, [r0, 72])
+    data(2, 0x9313)  # str r3, [sp, #76]
     label(NEXT)
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
+    data(2, 0x9b13)  # ldr r3, [sp, #76]
     data(2, 0xf1b3, 0x0f00)  # cmp.w r3, #0
     ble_w(DONE)
     bl(BLOCK)
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
     data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
     data(2, 0xf04f, 0x0c04)  # mov.w r12, #4
     label(KEYSTREAM)
@@ -212,21 +212,21 @@ def chacha_xor(r0, r1, r2):
     data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
     data(2, 0xf1bc, 0x0c01)  # subs.w r12, r12, #1
     bne_w(KEYSTREAM)  # 4 groups, a public count
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    ldr(r4, [r0, 48])
     data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
-    data(2, 0xf8c0, 0x4030)  # str.w r4, [r0, #48]
+    str(r4, [r0, 48])
     data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xf8dd, 0x1044)  # ldr.w r1, [sp, #68]
-    data(2, 0xf8dd, 0x2048)  # ldr.w r2, [sp, #72]
-    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
+    data(2, 0x9911)  # ldr r1, [sp, #68]
+    data(2, 0x9a12)  # ldr r2, [sp, #72]
+    data(2, 0x9d13)  # ldr r5, [sp, #76]
     data(2, 0xf04f, 0x0740)  # mov.w r7, #64
     data(2, 0xf1b5, 0x0f40)  # cmp.w r5, #64
     bge_w(WHOLE)
     data(2, 0xea45, 0x0705)  # orr.w r7, r5, r5
     label(WHOLE)
     data(2, 0xeba5, 0x0507)  # sub.w r5, r5, r7
-    data(2, 0xf8cd, 0x504c)  # str.w r5, [sp, #76]
+    data(2, 0x9513)  # str r5, [sp, #76]
     label(WORDS)
     data(2, 0xf1b7, 0x0f04)  # cmp.w r7, #4
     blt_w(BYTES)
@@ -246,27 +246,27 @@ def chacha_xor(r0, r1, r2):
     data(2, 0xf1a7, 0x0701)  # sub.w r7, r7, #1
     b(BYTES)
     label(BLOCK_END)
-    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
-    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
+    data(2, 0x9111)  # str r1, [sp, #68]
+    data(2, 0x9212)  # str r2, [sp, #72]
     b(NEXT)
     label(POLYKEY)
-    data(2, 0xf8cd, 0x1054)  # str.w r1, [sp, #84]
+    data(2, 0x9115)  # str r1, [sp, #84]
     data(2, 0xf04f, 0x0200)  # mov.w r2, #0
-    data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
-    data(2, 0xf8d0, 0x2050)  # ldr.w r2, [r0, #80]
-    data(2, 0xf8d0, 0x3054)  # ldr.w r3, [r0, #84]
+    str(r2, [r0, 48])
+    ldr(r2, [r0, 80])
+    ldr(r3, [r0, 84])
     data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x2034)  # str.w r2, [r0, #52]
-    data(2, 0xf8d0, 0x2058)  # ldr.w r2, [r0, #88]
-    data(2, 0xf8d0, 0x305c)  # ldr.w r3, [r0, #92]
+    str(r2, [r0, 52])
+    ldr(r2, [r0, 88])
+    ldr(r3, [r0, 92])
     data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x2038)  # str.w r2, [r0, #56]
-    data(2, 0xf8d0, 0x2060)  # ldr.w r2, [r0, #96]
-    data(2, 0xf8d0, 0x3064)  # ldr.w r3, [r0, #100]
+    str(r2, [r0, 56])
+    ldr(r2, [r0, 96])
+    ldr(r3, [r0, 100])
     data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x203c)  # str.w r2, [r0, #60]
+    str(r2, [r0, 60])
     bl(BLOCK)
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
     data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
     mov(r2, 8)
     label(KEYW)
@@ -286,7 +286,7 @@ def chacha_xor(r0, r1, r2):
     data(2, 0xf36f, 0x0601)  # bfc r6, #0, #2
     data(2, 0xf36f, 0x771f)  # bfc r7, #28, #4
     data(2, 0xf36f, 0x0701)  # bfc r7, #0, #2
-    data(2, 0xf8dd, 0x1054)  # ldr.w r1, [sp, #84]
+    data(2, 0x9915)  # ldr r1, [sp, #84]
     data(2, 0xf101, 0x0228)  # add.w r2, r1, #40
     mov(r3, 10)
     label(RLIMB)
@@ -321,9 +321,9 @@ def chacha_xor(r0, r1, r2):
     data(2, 0xe9c1, 0x2304)  # strd r2, r3, [r1, #16]
     data(2, 0xe9c1, 0x2306)  # strd r2, r3, [r1, #24]
     data(2, 0xe9c1, 0x2308)  # strd r2, r3, [r1, #32]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
     data(2, 0xf04f, 0x0201)  # mov.w r2, #1
-    data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
+    str(r2, [r0, 48])
     b(DONE)
     label(DONE)
     data(2, 0xb018)  # add sp, #96
@@ -335,21 +335,21 @@ def chacha_xor(r0, r1, r2):
 def poly_update(r0, r1, r2, r3):
     push({r8, r9, r10, r11})
     data(2, 0xb0a0)  # sub sp, #128
-    data(2, 0xf8cd, 0x004c)  # str.w r0, [sp, #76]
-    data(2, 0xf8cd, 0x1050)  # str.w r1, [sp, #80]
-    data(2, 0xf8cd, 0x2054)  # str.w r2, [sp, #84]
-    data(2, 0xf8d0, 0x4070)  # ldr.w r4, [r0, #112]
-    data(2, 0xf8cd, 0x4064)  # str.w r4, [sp, #100]
-    data(2, 0xf8d0, 0x4074)  # ldr.w r4, [r0, #116]
-    data(2, 0xf8cd, 0x4060)  # str.w r4, [sp, #96]
-    data(2, 0xf8d0, 0x4078)  # ldr.w r4, [r0, #120]
-    data(2, 0xf8cd, 0x4058)  # str.w r4, [sp, #88]
-    data(2, 0xf8d0, 0x407c)  # ldr.w r4, [r0, #124]
-    data(2, 0xf8cd, 0x405c)  # str.w r4, [sp, #92]
-    data(2, 0xf8cd, 0x1068)  # str.w r1, [sp, #104]
-    data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
+    data(2, 0x9013)  # str r0, [sp, #76]
+    data(2, 0x9114)  # str r1, [sp, #80]
+    data(2, 0x9215)  # str r2, [sp, #84]
+    ldr(r4, [r0, 112])
+    data(2, 0x9419)  # str r4, [sp, #100]
+    ldr(r4, [r0, 116])
+    data(2, 0x9418)  # str r4, [sp, #96]
+    ldr(r4, [r0, 120])
+    data(2, 0x9416)  # str r4, [sp, #88]
+    ldr(r4, [r0, 124])
+    data(2, 0x9417)  # str r4, [sp, #92]
+    data(2, 0x911a)  # str r1, [sp, #104]
+    data(2, 0x941b)  # str r4, [sp, #108]
     data(2, 0xf04f, 0x0400)  # mov.w r4, #0
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0x941c)  # str r4, [sp, #112]
     mov(r1, r0)
     data(2, 0xf10d, 0x0200)  # add.w r2, sp, #0
     mov(r3, 5)
@@ -369,18 +369,18 @@ def poly_update(r0, r1, r2, r3):
     sub(r3, 1)
     bne(LIMBS)  # 5 limbs
     label(LOOP)
-    data(2, 0xf8dd, 0x506c)  # ldr.w r5, [sp, #108]
+    data(2, 0x9d1b)  # ldr r5, [sp, #108]
     data(2, 0xf1b5, 0x0f10)  # cmp.w r5, #16
     blt_w(SHORT)
-    data(2, 0xf8dd, 0x4068)  # ldr.w r4, [sp, #104]
-    data(2, 0xf8cd, 0x4074)  # str.w r4, [sp, #116]
+    data(2, 0x9c1a)  # ldr r4, [sp, #104]
+    data(2, 0x941d)  # str r4, [sp, #116]
     data(2, 0xf104, 0x0410)  # add.w r4, r4, #16
-    data(2, 0xf8cd, 0x4068)  # str.w r4, [sp, #104]
+    data(2, 0x941a)  # str r4, [sp, #104]
     data(2, 0xf1a5, 0x0510)  # sub.w r5, r5, #16
-    data(2, 0xf8cd, 0x506c)  # str.w r5, [sp, #108]
+    data(2, 0x951b)  # str r5, [sp, #108]
     data(2, 0xf04f, 0x0701)  # mov.w r7, #1
     data(2, 0xea4f, 0x6707)  # lsl.w r7, r7, #24
-    data(2, 0xf8cd, 0x7078)  # str.w r7, [sp, #120]
+    data(2, 0x971e)  # str r7, [sp, #120]
     b(BLOCK)
     label(SHORT)
     data(2, 0xf1b5, 0x0f00)  # cmp.w r5, #0
@@ -389,15 +389,15 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf04f, 0x0700)  # mov.w r7, #0
     data(2, 0xe9cd, 0x670f)  # strd r6, r7, [sp, #60]
     data(2, 0xe9cd, 0x6711)  # strd r6, r7, [sp, #68]
-    data(2, 0xf8dd, 0x4068)  # ldr.w r4, [sp, #104]
+    data(2, 0x9c1a)  # ldr r4, [sp, #104]
     data(2, 0xf10d, 0x073c)  # add.w r7, sp, #60
     label(COPY)
     data(2, 0xf814, 0x6b01)  # ldrb r6, [r4], #1
     data(2, 0xf807, 0x6b01)  # strb r6, [r7], #1
     data(2, 0xf1b5, 0x0501)  # subs.w r5, r5, #1
     bne_w(COPY)
-    data(2, 0xf8cd, 0x506c)  # str.w r5, [sp, #108]
-    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
+    data(2, 0x951b)  # str r5, [sp, #108]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f01)  # tst.w r6, #1
     bne_w(ZEROPAD)
     data(2, 0xf04f, 0x0601)  # mov.w r6, #1
@@ -408,47 +408,47 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf04f, 0x0601)  # mov.w r6, #1
     data(2, 0xea4f, 0x6606)  # lsl.w r6, r6, #24
     label(SETP)
-    data(2, 0xf8cd, 0x6078)  # str.w r6, [sp, #120]
+    data(2, 0x961e)  # str r6, [sp, #120]
     data(2, 0xf10d, 0x043c)  # add.w r4, sp, #60
-    data(2, 0xf8cd, 0x4074)  # str.w r4, [sp, #116]
+    data(2, 0x941d)  # str r4, [sp, #116]
     b(BLOCK)
     label(STAGE)
-    data(2, 0xf8dd, 0x4070)  # ldr.w r4, [sp, #112]
+    data(2, 0x9c1c)  # ldr r4, [sp, #112]
     data(2, 0xf1b4, 0x0f00)  # cmp.w r4, #0
     bne_w(STAGE1)
     data(2, 0xf04f, 0x0401)  # mov.w r4, #1
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
-    data(2, 0xf8dd, 0x4054)  # ldr.w r4, [sp, #84]
-    data(2, 0xf8dd, 0x5064)  # ldr.w r5, [sp, #100]
+    data(2, 0x941c)  # str r4, [sp, #112]
+    data(2, 0x9c15)  # ldr r4, [sp, #84]
+    data(2, 0x9d19)  # ldr r5, [sp, #100]
     data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8cd, 0x4068)  # str.w r4, [sp, #104]
-    data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
-    data(2, 0xf8cd, 0x506c)  # str.w r5, [sp, #108]
+    data(2, 0x941a)  # str r4, [sp, #104]
+    data(2, 0x9d18)  # ldr r5, [sp, #96]
+    data(2, 0x951b)  # str r5, [sp, #108]
     b(LOOP)
     label(STAGE1)
     data(2, 0xf1b4, 0x0f01)  # cmp.w r4, #1
     bne_w(FINISH)
     data(2, 0xf04f, 0x0402)  # mov.w r4, #2
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
-    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
+    data(2, 0x941c)  # str r4, [sp, #112]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f02)  # tst.w r6, #2
     beq_w(FINISH)
-    data(2, 0xf8dd, 0x405c)  # ldr.w r4, [sp, #92]
+    data(2, 0x9c17)  # ldr r4, [sp, #92]
     data(2, 0xf04f, 0x0500)  # mov.w r5, #0
     data(2, 0xe9cd, 0x450f)  # strd r4, r5, [sp, #60]
-    data(2, 0xf8dd, 0x4060)  # ldr.w r4, [sp, #96]
+    data(2, 0x9c18)  # ldr r4, [sp, #96]
     data(2, 0xe9cd, 0x4511)  # strd r4, r5, [sp, #68]
     data(2, 0xf10d, 0x043c)  # add.w r4, sp, #60
-    data(2, 0xf8cd, 0x4074)  # str.w r4, [sp, #116]
+    data(2, 0x941d)  # str r4, [sp, #116]
     data(2, 0xf04f, 0x0701)  # mov.w r7, #1
     data(2, 0xea4f, 0x6707)  # lsl.w r7, r7, #24
-    data(2, 0xf8cd, 0x7078)  # str.w r7, [sp, #120]
+    data(2, 0x971e)  # str r7, [sp, #120]
     label(BLOCK)
     data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x001f)  # ldmia.w lr, {r0, r1, r2, r3, r4}
-    data(2, 0xf8dd, 0x5074)  # ldr.w r5, [sp, #116]
-    data(2, 0xf8d5, 0x6000)  # ldr.w r6, [r5, #0]
-    data(2, 0xf8d5, 0x7004)  # ldr.w r7, [r5, #4]
+    data(2, 0x9d1d)  # ldr r5, [sp, #116]
+    ldr(r6, [r5, 0])
+    ldr(r7, [r5, 4])
     data(2, 0xf8d5, 0x8008)  # ldr.w r8, [r5, #8]
     data(2, 0xf8d5, 0x900c)  # ldr.w r9, [r5, #12]
     data(2, 0xf8dd, 0xa078)  # ldr.w r10, [sp, #120]
@@ -530,7 +530,7 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xe88e, 0x001f)  # stmia.w lr, {r0, r1, r2, r3, r4}
     b(LOOP)
     label(FINISH)
-    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
+    data(2, 0x9d13)  # ldr r5, [sp, #76]
     data(2, 0xf10d, 0x0628)  # add.w r6, sp, #40
     mov(r7, 5)
     label(HOUT)
@@ -546,8 +546,8 @@ def poly_update(r0, r1, r2, r3):
     bne(HOUT)  # 5 limbs
     data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x001f)  # ldmia.w lr, {r0, r1, r2, r3, r4}
-    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
-    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
+    data(2, 0x9d13)  # ldr r5, [sp, #76]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f04)  # tst.w r6, #4
     beq_w(RET0)
     data(2, 0xea4f, 0x6c91)  # lsr.w r12, r1, #26
@@ -602,10 +602,10 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xea89, 0x0903)  # eor.w r9, r9, r3
     data(2, 0xea09, 0x090a)  # and.w r9, r9, r10
     data(2, 0xea83, 0x0309)  # eor.w r3, r3, r9
-    data(2, 0xf8d5, 0x6050)  # ldr.w r6, [r5, #80]
+    ldr(r6, [r5, 80])
     data(2, 0xf8d5, 0xb054)  # ldr.w r11, [r5, #84]
     data(2, 0xea46, 0x460b)  # orr.w r6, r6, r11, lsl #16
-    data(2, 0xf8d5, 0x7058)  # ldr.w r7, [r5, #88]
+    ldr(r7, [r5, 88])
     data(2, 0xf8d5, 0xb05c)  # ldr.w r11, [r5, #92]
     data(2, 0xea47, 0x470b)  # orr.w r7, r7, r11, lsl #16
     data(2, 0xf8d5, 0x8060)  # ldr.w r8, [r5, #96]
@@ -618,25 +618,25 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xeb51, 0x0107)  # adcs.w r1, r1, r7
     data(2, 0xeb52, 0x0208)  # adcs.w r2, r2, r8
     data(2, 0xeb43, 0x0309)  # adc.w r3, r3, r9
-    data(2, 0xf8dd, 0x4054)  # ldr.w r4, [sp, #84]
-    data(2, 0xf8dd, 0x5064)  # ldr.w r5, [sp, #100]
+    data(2, 0x9c15)  # ldr r4, [sp, #84]
+    data(2, 0x9d19)  # ldr r5, [sp, #100]
     data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
+    data(2, 0x9d18)  # ldr r5, [sp, #96]
     data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8dd, 0x6058)  # ldr.w r6, [sp, #88]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f08)  # tst.w r6, #8
     bne_w(COMPARE)
-    data(2, 0xf8c4, 0x0000)  # str.w r0, [r4, #0]
-    data(2, 0xf8c4, 0x1004)  # str.w r1, [r4, #4]
-    data(2, 0xf8c4, 0x2008)  # str.w r2, [r4, #8]
-    data(2, 0xf8c4, 0x300c)  # str.w r3, [r4, #12]
+    str(r0, [r4, 0])
+    str(r1, [r4, 4])
+    str(r2, [r4, 8])
+    str(r3, [r4, 12])
     label(RET0)
     data(2, 0xf04f, 0x0000)  # mov.w r0, #0
     b(EXIT)
     label(COMPARE)
-    data(2, 0xf8d4, 0x6000)  # ldr.w r6, [r4, #0]
+    ldr(r6, [r4, 0])
     data(2, 0xea86, 0x0600)  # eor.w r6, r6, r0
-    data(2, 0xf8d4, 0x7004)  # ldr.w r7, [r4, #4]
+    ldr(r7, [r4, 4])
     data(2, 0xea87, 0x0701)  # eor.w r7, r7, r1
     data(2, 0xf8d4, 0x8008)  # ldr.w r8, [r4, #8]
     data(2, 0xea88, 0x0802)  # eor.w r8, r8, r2

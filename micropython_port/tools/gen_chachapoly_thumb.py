@@ -94,6 +94,18 @@ import micropython
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from thumb2 import LR, SP, E, frame as _frame, unframe as _unframe  # noqa: E402
 
+def _mem(op, t, n, off):
+    """``E.mem``, but the 16-bit encoding where one exists (LDR/STR of a
+    low register at [sp, #off] or [low register, #off]; loads and stores
+    set no flags either way)."""
+    if op in ("ldr", "str") and t < 8 and off % 4 == 0:
+        if n == SP and off < 1024:
+            return "    data(2, 0x%04x)  # %s r%d, [sp, #%d]" % ((0x9800 if op == "ldr" else 0x9000)
+                                                              | (t << 8) | (off // 4), op, t, off)
+        if n < 8 and off < 128:
+            return "    %s(r%d, [r%d, %d])" % (op, t, n, off)
+    return E.mem(op, t, n, off)
+
 
 
 # --- ChaCha20 ---------------------------------------------------------------------
@@ -111,7 +123,7 @@ def _block(tag=""):
     0..15. A double round is COLUMNS, the rows 1-3 rotated left by 1-3
     words (so that the columns are the diagonals), COLUMNS, and the rows
     rotated back (RFC 8439 section 2.3)."""
-    L = ["    label(BLOCK)", E.mem("str", LR, SP, F_RET), E.mem("ldr", 0, SP, F_ST), E.add_sp(1, 0)]
+    L = ["    label(BLOCK)", _mem("str", LR, SP, F_RET), _mem("ldr", 0, SP, F_ST), E.add_sp(1, 0)]
     L += [E.multi("ldmia", 0, list(range(4, 12)), wback=True), E.multi("stmia", 1, list(range(4, 12)), wback=True),
           E.multi("ldmia", 0, list(range(4, 12))), E.multi("stmia", 1, list(range(4, 12)))]
     L += [E.movi(11, 10), "    label(DOUBLE)", "    bl(COLUMNS)"]
@@ -123,7 +135,7 @@ def _block(tag=""):
         if not back:
             L.append("    bl(COLUMNS)")
     L += [E.imm("sub", 11, 11, 1, s=True), "    bne_w(DOUBLE)  # 10 double rounds, a public count",
-          E.mem("ldr", 15, SP, F_RET)]  # return
+          _mem("ldr", 15, SP, F_RET)]  # return
     # COLUMNS: the quarter round (RFC 8439 section 2.1) on each column (x_i,
     # x_4+i, x_8+i, x_12+i) of the frame's words 0..15: ADD, EOR and a left
     # rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25.
@@ -138,8 +150,8 @@ def _block(tag=""):
 
 def _next_counter():
     """st[12] += 1: the next block."""
-    return [E.mem("ldr", 0, SP, F_ST), E.mem("ldr", 4, 0, 48), E.imm("add", 4, 4, 1),
-            E.mem("str", 4, 0, 48)]
+    return [_mem("ldr", 0, SP, F_ST), _mem("ldr", 4, 0, 48), E.imm("add", 4, 4, 1),
+            _mem("str", 4, 0, 48)]
 
 
 def gen_setkey():
@@ -162,27 +174,27 @@ def gen_xor():
     be 0) the Poly1305 key instead: one copy of the rounds serves both."""
     L = ["@micropython.asm_thumb", "def chacha_xor(r0, r1, r2):"]
     L += _frame(CHACHA_FRAME)
-    L.append(E.mem("str", 0, SP, F_ST))
+    L.append(_mem("str", 0, SP, F_ST))
     L.append("    b(START)")
     L += _block("")
     L.append("    label(START)")
     L.append(E.imm("add", 3, 2, 1, s=True))  # dst = -1: chacha_polykey
     L.append("    beq_w(POLYKEY)")
-    L.append(E.mem("ldr", 3, 0, 64))  # st[16]: source offset
+    L.append(_mem("ldr", 3, 0, 64))  # st[16]: source offset
     L.append(E.dp("add", 1, 1, 3))
-    L.append(E.mem("str", 1, SP, F_SRC))
-    L.append(E.mem("ldr", 3, 0, 68))  # st[17]: destination offset
+    L.append(_mem("str", 1, SP, F_SRC))
+    L.append(_mem("ldr", 3, 0, 68))  # st[17]: destination offset
     L.append(E.dp("add", 2, 2, 3))
-    L.append(E.mem("str", 2, SP, F_DST))
-    L.append(E.mem("ldr", 3, 0, 72))  # st[18]: length
-    L.append(E.mem("str", 3, SP, F_N))
+    L.append(_mem("str", 2, SP, F_DST))
+    L.append(_mem("ldr", 3, 0, 72))  # st[18]: length
+    L.append(_mem("str", 3, SP, F_N))
     L.append("    label(NEXT)")
-    L.append(E.mem("ldr", 3, SP, F_N))
+    L.append(_mem("ldr", 3, SP, F_N))
     L.append(E.cmp(3, 0))
     L.append("    ble_w(DONE)")
     L.append("    bl(BLOCK)")
     # The keystream x + st into the frame, four words at a time (r12 counts).
-    L.append(E.mem("ldr", 0, SP, F_ST))
+    L.append(_mem("ldr", 0, SP, F_ST))
     L.append(E.add_sp(3, 0))
     L.append(E.movi(12, 4))
     L.append("    label(KEYSTREAM)")
@@ -197,16 +209,16 @@ def gen_xor():
     # XOR min(n, 64) bytes: a word at a time while 4 or more remain, then
     # bytes; n -= that (lengths are public).
     L.append(E.add_sp(3, 0))
-    L.append(E.mem("ldr", 1, SP, F_SRC))
-    L.append(E.mem("ldr", 2, SP, F_DST))
-    L.append(E.mem("ldr", 5, SP, F_N))
+    L.append(_mem("ldr", 1, SP, F_SRC))
+    L.append(_mem("ldr", 2, SP, F_DST))
+    L.append(_mem("ldr", 5, SP, F_N))
     L.append(E.movi(7, 64))
     L.append(E.cmp(5, 64))
     L.append("    bge_w(WHOLE)")
     L.append(E.dp("orr", 7, 5, 5))  # a partial block: all n
     L.append("    label(WHOLE)")
     L.append(E.dp("sub", 5, 5, 7))
-    L.append(E.mem("str", 5, SP, F_N))
+    L.append(_mem("str", 5, SP, F_N))
     L.append("    label(WORDS)")
     L.append(E.cmp(7, 4))
     L.append("    blt_w(BYTES)")
@@ -226,8 +238,8 @@ def gen_xor():
     L.append(E.imm("sub", 7, 7, 1))
     L.append("    b(BYTES)")
     L.append("    label(BLOCK_END)")
-    L.append(E.mem("str", 1, SP, F_SRC))
-    L.append(E.mem("str", 2, SP, F_DST))
+    L.append(_mem("str", 1, SP, F_SRC))
+    L.append(_mem("str", 2, SP, F_DST))
     L.append("    b(NEXT)")
     L += _polykey()
     L.append("    label(DONE)")
@@ -241,18 +253,18 @@ def _polykey():
     nonce in st[20..25] gives r (clamped, into ps[10..19] as 13-bit limbs)
     and s (ps[20..27], 16-bit halves); h = 0; st[12] = 1."""
     L = ["    label(POLYKEY)"]
-    L.append(E.mem("str", 1, SP, F_PS))
+    L.append(_mem("str", 1, SP, F_PS))
     L.append(E.movi(2, 0))
-    L.append(E.mem("str", 2, 0, 48))  # st[12] = 0: block 0
+    L.append(_mem("str", 2, 0, 48))  # st[12] = 0: block 0
     for i in range(3):  # st[13 + i] = st[20 + 2i] | st[21 + 2i] << 16
-        L.append(E.mem("ldr", 2, 0, 80 + 8 * i))
-        L.append(E.mem("ldr", 3, 0, 84 + 8 * i))
+        L.append(_mem("ldr", 2, 0, 80 + 8 * i))
+        L.append(_mem("ldr", 3, 0, 84 + 8 * i))
         L.append(E.dp("orr", 2, 2, 3, shift="lsl", amount=16))
-        L.append(E.mem("str", 2, 0, 52 + 4 * i))
+        L.append(_mem("str", 2, 0, 52 + 4 * i))
     L.append("    bl(BLOCK)")
     # key words 0..7 = x + st (in the frame); r = words 0..3 clamped, s =
     # words 4..7
-    L += [E.mem("ldr", 0, SP, F_ST), E.add_sp(3, 0), "    mov(r2, 8)", "    label(KEYW)",
+    L += [_mem("ldr", 0, SP, F_ST), E.add_sp(3, 0), "    mov(r2, 8)", "    label(KEYW)",
           "    ldr(r4, [r3, 0])", "    ldr(r5, [r0, 0])", "    add(r4, r4, r5)", "    str(r4, [r3, 0])",
           "    add(r3, 4)", "    add(r0, 4)", "    sub(r2, 1)", "    bne(KEYW)  # 8 words"]
     L.append(E.multi("ldmia", SP, [4, 5, 6, 7]))
@@ -262,7 +274,7 @@ def _polykey():
         L.append(E.bfc(i, 0, 2))
     # ps[10 + k] = bits 13k .. 13k + 12 of r (r7:r6:r5:r4, shifted right by
     # 13 after each limb); r2 walks ps[10..19]
-    L += [E.mem("ldr", 1, SP, F_PS), E.imm("add", 2, 1, 40), "    mov(r3, 10)", "    label(RLIMB)",
+    L += [_mem("ldr", 1, SP, F_PS), E.imm("add", 2, 1, 40), "    mov(r3, 10)", "    label(RLIMB)",
           E.ubfx(8, 4, 0, 13), E.post("str", 8, 2, 4)]
     for i in (4, 5, 6):
         L += ["    lsr(r%d, r%d, 13)" % (i, i), E.dp("orr", i, i, i + 1, shift="lsl", amount=19)]
@@ -276,9 +288,9 @@ def _polykey():
     L.append(E.movi(3, 0))
     for i in range(0, 10, 2):  # h = 0
         L.append(E.dual("strd", 2, 3, 1, 4 * i))
-    L.append(E.mem("ldr", 0, SP, F_ST))
+    L.append(_mem("ldr", 0, SP, F_ST))
     L.append(E.movi(2, 1))
-    L.append(E.mem("str", 2, 0, 48))  # st[12] = 1: the message starts at block 1
+    L.append(_mem("str", 2, 0, 48))  # st[12] = 1: the message starts at block 1
     L.append("    b(DONE)")
     return L
 
@@ -304,16 +316,16 @@ def _hibit(reg):
 def gen_poly():
     L = ["@micropython.asm_thumb", "def poly_update(r0, r1, r2, r3):"]
     L += _frame(POLY_FRAME)
-    L.append(E.mem("str", 0, SP, P_PS))
-    L.append(E.mem("str", 1, SP, P_AD))
-    L.append(E.mem("str", 2, SP, P_M))
+    L.append(_mem("str", 0, SP, P_PS))
+    L.append(_mem("str", 1, SP, P_AD))
+    L.append(_mem("str", 2, SP, P_M))
     for off, slot in ((112, P_MO), (116, P_MN), (120, P_MODE), (124, P_AN)):
-        L.append(E.mem("ldr", 4, 0, off))
-        L.append(E.mem("str", 4, SP, slot))
-    L.append(E.mem("str", 1, SP, P_CUR))  # the AD first
-    L.append(E.mem("str", 4, SP, P_LEFT))
+        L.append(_mem("ldr", 4, 0, off))
+        L.append(_mem("str", 4, SP, slot))
+    L.append(_mem("str", 1, SP, P_CUR))  # the AD first
+    L.append(_mem("str", 4, SP, P_LEFT))
     L.append(E.movi(4, 0))
-    L.append(E.mem("str", 4, SP, P_STAGE))
+    L.append(_mem("str", 4, SP, P_STAGE))
     # r_i = ps[10 + 2i] | ps[11 + 2i] << 13, s_i = 5 r_i, h_i = ps[2i] +
     # (ps[2i + 1] << 13): r1 walks ps by pairs, r2 the frame by words
     L += ["    mov(r1, r0)", E.add_sp(2, 0), "    mov(r3, 5)", "    label(LIMBS)",
@@ -326,17 +338,17 @@ def gen_poly():
     # The driver: the next 16 bytes of the AD, then of m, then the length
     # block; p and hibit go to the frame for the block below.
     L.append("    label(LOOP)")
-    L.append(E.mem("ldr", 5, SP, P_LEFT))
+    L.append(_mem("ldr", 5, SP, P_LEFT))
     L.append(E.cmp(5, 16))
     L.append("    blt_w(SHORT)")
-    L.append(E.mem("ldr", 4, SP, P_CUR))
-    L.append(E.mem("str", 4, SP, P_P))
+    L.append(_mem("ldr", 4, SP, P_CUR))
+    L.append(_mem("str", 4, SP, P_P))
     L.append(E.imm("add", 4, 4, 16))
-    L.append(E.mem("str", 4, SP, P_CUR))
+    L.append(_mem("str", 4, SP, P_CUR))
     L.append(E.imm("sub", 5, 5, 16))
-    L.append(E.mem("str", 5, SP, P_LEFT))
+    L.append(_mem("str", 5, SP, P_LEFT))
     L += _hibit(7)
-    L.append(E.mem("str", 7, SP, P_HIBIT))
+    L.append(_mem("str", 7, SP, P_HIBIT))
     L.append("    b(BLOCK)")
     L.append("    label(SHORT)")
     L.append(E.cmp(5, 0))
@@ -345,58 +357,58 @@ def gen_poly():
     L.append(E.movi(7, 0))
     L.append(E.dual("strd", 6, 7, SP, P_PAD))
     L.append(E.dual("strd", 6, 7, SP, P_PAD + 8))
-    L.append(E.mem("ldr", 4, SP, P_CUR))
+    L.append(_mem("ldr", 4, SP, P_CUR))
     L.append(E.add_sp(7, P_PAD))
     L.append("    label(COPY)")
     L.append(E.post("ldrb", 6, 4, 1))
     L.append(E.post("strb", 6, 7, 1))
     L.append(E.imm("sub", 5, 5, 1, s=True))
     L.append("    bne_w(COPY)")
-    L.append(E.mem("str", 5, SP, P_LEFT))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("str", 5, SP, P_LEFT))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 1))
     L.append("    bne_w(ZEROPAD)")
     L.append(E.movi(6, 1))  # plain Poly1305: append 0x01, no 2**128
-    L.append(E.mem("strb", 6, 7, 0))
+    L.append(_mem("strb", 6, 7, 0))
     L.append(E.movi(6, 0))
     L.append("    b(SETP)")
     L.append("    label(ZEROPAD)")  # AEAD: zeros, and 2**128 as for a whole block
     L += _hibit(6)
     L.append("    label(SETP)")
-    L.append(E.mem("str", 6, SP, P_HIBIT))
+    L.append(_mem("str", 6, SP, P_HIBIT))
     L.append(E.add_sp(4, P_PAD))
-    L.append(E.mem("str", 4, SP, P_P))
+    L.append(_mem("str", 4, SP, P_P))
     L.append("    b(BLOCK)")
     L.append("    label(STAGE)")
-    L.append(E.mem("ldr", 4, SP, P_STAGE))
+    L.append(_mem("ldr", 4, SP, P_STAGE))
     L.append(E.cmp(4, 0))
     L.append("    bne_w(STAGE1)")
     L.append(E.movi(4, 1))
-    L.append(E.mem("str", 4, SP, P_STAGE))
-    L.append(E.mem("ldr", 4, SP, P_M))
-    L.append(E.mem("ldr", 5, SP, P_MO))
+    L.append(_mem("str", 4, SP, P_STAGE))
+    L.append(_mem("ldr", 4, SP, P_M))
+    L.append(_mem("ldr", 5, SP, P_MO))
     L.append(E.dp("add", 4, 4, 5))
-    L.append(E.mem("str", 4, SP, P_CUR))
-    L.append(E.mem("ldr", 5, SP, P_MN))
-    L.append(E.mem("str", 5, SP, P_LEFT))
+    L.append(_mem("str", 4, SP, P_CUR))
+    L.append(_mem("ldr", 5, SP, P_MN))
+    L.append(_mem("str", 5, SP, P_LEFT))
     L.append("    b(LOOP)")
     L.append("    label(STAGE1)")
     L.append(E.cmp(4, 1))
     L.append("    bne_w(FINISH)")
     L.append(E.movi(4, 2))
-    L.append(E.mem("str", 4, SP, P_STAGE))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("str", 4, SP, P_STAGE))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 2))
     L.append("    beq_w(FINISH)")
-    L.append(E.mem("ldr", 4, SP, P_AN))  # le64(len(AD)) || le64(len(m))
+    L.append(_mem("ldr", 4, SP, P_AN))  # le64(len(AD)) || le64(len(m))
     L.append(E.movi(5, 0))
     L.append(E.dual("strd", 4, 5, SP, P_PAD))
-    L.append(E.mem("ldr", 4, SP, P_MN))
+    L.append(_mem("ldr", 4, SP, P_MN))
     L.append(E.dual("strd", 4, 5, SP, P_PAD + 8))
     L.append(E.add_sp(4, P_PAD))
-    L.append(E.mem("str", 4, SP, P_P))
+    L.append(_mem("str", 4, SP, P_P))
     L += _hibit(7)
-    L.append(E.mem("str", 7, SP, P_HIBIT))
+    L.append(_mem("str", 7, SP, P_HIBIT))
     L += _poly_block()
     L.append("    b(LOOP)")
     L += _poly_finish()
@@ -410,10 +422,10 @@ def _poly_block():
     L = ["    label(BLOCK)"]
     L.append(E.add_sp(LR, P_H))
     L.append(E.multi("ldmia", LR, [0, 1, 2, 3, 4]))
-    L.append(E.mem("ldr", 5, SP, P_P))
+    L.append(_mem("ldr", 5, SP, P_P))
     for i in range(4):
-        L.append(E.mem("ldr", 6 + i, 5, 4 * i))
-    L.append(E.mem("ldr", 10, SP, P_HIBIT))
+        L.append(_mem("ldr", 6 + i, 5, 4 * i))
+    L.append(_mem("ldr", 10, SP, P_HIBIT))
     L.append(E.ubfx(11, 6, 0, 26))
     L.append(E.dp("add", 0, 0, 11))
     for i, sh in ((1, 26), (2, 20), (3, 14)):  # limb i: bits 26i .. 26i + 25
@@ -446,7 +458,7 @@ def _poly_block():
         if k < 4:
             # the raw low word (its bits 26..31 are cleared below), then the
             # 64-bit accumulator >> 26 starts the next column
-            L.append(E.mem("str", 12, SP, P_H + 4 * k))
+            L.append(_mem("str", 12, SP, P_H + 4 * k))
             L.append(E.sh("lsr", 12, 12, 26))
             L.append(E.dp("orr", 12, 12, LR, shift="lsl", amount=6))
             L.append(E.sh("lsr", LR, LR, 26))
@@ -473,14 +485,14 @@ def _carry(a, b, mask=True):
 def _poly_finish():
     L = ["    label(FINISH)"]
     # h back into ps[0..9] as 13-bit limbs: r5 walks ps by pairs, r6 h
-    L += [E.mem("ldr", 5, SP, P_PS), E.add_sp(6, P_H), "    mov(r7, 5)", "    label(HOUT)",
+    L += [_mem("ldr", 5, SP, P_PS), E.add_sp(6, P_H), "    mov(r7, 5)", "    label(HOUT)",
           "    ldr(r4, [r6, 0])", "    add(r6, 4)", "    lsl(r3, r4, 19)", "    lsr(r3, r3, 19)",
           "    str(r3, [r5, 0])", "    lsr(r4, r4, 13)", "    str(r4, [r5, 4])", "    add(r5, 8)",
           "    sub(r7, 1)", "    bne(HOUT)  # 5 limbs"]
     L.append(E.add_sp(LR, P_H))
     L.append(E.multi("ldmia", LR, [0, 1, 2, 3, 4]))
-    L.append(E.mem("ldr", 5, SP, P_PS))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("ldr", 5, SP, P_PS))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 4))
     L.append("    beq_w(RET0)")
     # carry h1 -> .. -> h4 -> 5 * c into h0, then h0 -> .. -> h4 (unmasked)
@@ -514,29 +526,29 @@ def _poly_finish():
         L.append(E.dp("and", 6 + i, 6 + i, 10))
         L.append(E.dp("eor", i, i, 6 + i))
     for i in range(4):  # s from its 16-bit halves in ps[20..27]
-        L.append(E.mem("ldr", 6 + i, 5, 80 + 8 * i))
-        L.append(E.mem("ldr", 11, 5, 84 + 8 * i))
+        L.append(_mem("ldr", 6 + i, 5, 80 + 8 * i))
+        L.append(_mem("ldr", 11, 5, 84 + 8 * i))
         L.append(E.dp("orr", 6 + i, 6 + i, 11, shift="lsl", amount=16))
     L.append(E.dp("add", 0, 0, 6, s=True))
     L.append(E.dp("adc", 1, 1, 7, s=True))
     L.append(E.dp("adc", 2, 2, 8, s=True))
     L.append(E.dp("adc", 3, 3, 9))
-    L.append(E.mem("ldr", 4, SP, P_M))  # the tag's place: m + mo + mn
-    L.append(E.mem("ldr", 5, SP, P_MO))
+    L.append(_mem("ldr", 4, SP, P_M))  # the tag's place: m + mo + mn
+    L.append(_mem("ldr", 5, SP, P_MO))
     L.append(E.dp("add", 4, 4, 5))
-    L.append(E.mem("ldr", 5, SP, P_MN))
+    L.append(_mem("ldr", 5, SP, P_MN))
     L.append(E.dp("add", 4, 4, 5))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 8))
     L.append("    bne_w(COMPARE)")
     for i in range(4):
-        L.append(E.mem("str", i, 4, 4 * i))
+        L.append(_mem("str", i, 4, 4 * i))
     L.append("    label(RET0)")
     L.append(E.movi(0, 0))
     L.append("    b(EXIT)")
     L.append("    label(COMPARE)")  # OR of the word XORs; 1 iff any differs
     for i in range(4):
-        L.append(E.mem("ldr", 6 + i, 4, 4 * i))
+        L.append(_mem("ldr", 6 + i, 4, 4 * i))
         L.append(E.dp("eor", 6 + i, 6 + i, i))
     L.append(E.dp("orr", 6, 6, 7))
     L.append(E.dp("orr", 8, 8, 9))
