@@ -110,19 +110,19 @@ def x25519_core(r0, r1, r2):
     mov(r2, r1)  # SQ: MUL with b = a
     label(MUL)
     data(2, 0xb092)  # sub sp, #72
-    data(2, 0xf8cd, 0x0040)  # str.w r0, [sp, #64]
+    data(2, 0x9010)  # str r0, [sp, #64]
     mov(r4, 0)
-    data(2, 0xf8cd, 0x4000)  # str.w r4, [sp, #0]
-    data(2, 0xf8cd, 0x4004)  # str.w r4, [sp, #4]
-    data(2, 0xf8cd, 0x4008)  # str.w r4, [sp, #8]
-    data(2, 0xf8cd, 0x400c)  # str.w r4, [sp, #12]
-    data(2, 0xf8cd, 0x4010)  # str.w r4, [sp, #16]
-    data(2, 0xf8cd, 0x4014)  # str.w r4, [sp, #20]
-    data(2, 0xf8cd, 0x4018)  # str.w r4, [sp, #24]
-    data(2, 0xf8cd, 0x401c)  # str.w r4, [sp, #28]
+    data(2, 0x9400)  # str r4, [sp, #0]
+    data(2, 0x9401)  # str r4, [sp, #4]
+    data(2, 0x9402)  # str r4, [sp, #8]
+    data(2, 0x9403)  # str r4, [sp, #12]
+    data(2, 0x9404)  # str r4, [sp, #16]
+    data(2, 0x9405)  # str r4, [sp, #20]
+    data(2, 0x9406)  # str r4, [sp, #24]
+    data(2, 0x9407)  # str r4, [sp, #28]
     mov(r4, r1)
     add(r4, 32)
-    data(2, 0xf8cd, 0x4044)  # str.w r4, [sp, #68]
+    data(2, 0x9411)  # str r4, [sp, #68]
     data(2, 0xa800)  # add r0, sp, #0
     label(ROW)
     ldr(r3, [r1, 0])  # a[i]
@@ -186,10 +186,10 @@ def x25519_core(r0, r1, r2):
     str(r5, [r0, 32])
     add(r0, 4)
     add(r1, 4)
-    data(2, 0xf8dd, 0x4044)  # ldr.w r4, [sp, #68]
+    data(2, 0x9c11)  # ldr r4, [sp, #68]
     cmp(r1, r4)
     bne(ROW)  # 8 rows, a public count
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
     data(2, 0xab00)  # add r3, sp, #0
     mov(r2, 38)
     mov(r1, 0)

@@ -116,20 +116,14 @@ class _enc:
         return _hw(0xF140 | n, d << 8) + "  # adc.w r%d, r%d, #0" % (d, n)
 
     @staticmethod
-    def ldr_sp(t, off):
-        assert off % 4 == 0 and 0 <= off < 4096
-        return _hw(0xF8D0 | 13, (t << 12) | off) + "  # ldr.w r%d, [sp, #%d]" % (t, off)
+    def ldr_sp(t, off):  # ldr rt, [sp, #off] (LDR (SP plus immediate) T2, 16-bit)
+        assert off % 4 == 0 and 0 <= off < 1024 and t < 8
+        return _hw(0x9800 | (t << 8) | (off // 4)) + "  # ldr r%d, [sp, #%d]" % (t, off)
 
     @staticmethod
-    def str_sp(t, off):
-        assert off % 4 == 0 and 0 <= off < 4096
-        return _hw(0xF8C0 | 13, (t << 12) | off) + "  # str.w r%d, [sp, #%d]" % (t, off)
-
-    @staticmethod
-    def addw(d, n, imm):  # addw rd, rn, #imm12 (flags unchanged)
-        assert 0 <= imm < 4096
-        return _hw(0xF200 | ((imm >> 11) << 10) | n, (((imm >> 8) & 7) << 12) | (d << 8) | (imm & 0xFF)) \
-            + "  # addw r%d, r%d, #%d" % (d, n, imm)
+    def str_sp(t, off):  # str rt, [sp, #off] (STR (SP plus immediate) T2, 16-bit)
+        assert off % 4 == 0 and 0 <= off < 1024 and t < 8
+        return _hw(0x9000 | (t << 8) | (off // 4)) + "  # str r%d, [sp, #%d]" % (t, off)
 
     @staticmethod
     def sub_sp(n):
@@ -330,7 +324,7 @@ def gen_sqn(call):
     """SQN (r0 = k >= 1, public): t = t ** (2 ** k), t being field element
     15; the count waits on the stack across the squarings."""
     return ["    label(SQN)", "    push({r0, lr})", "    label(SQN_LOOP)"] + call("SQ", 15, 15) + [
-        "    data(2, 0x9800)  # ldr r0, [sp, #0]", "    sub(r0, 1)", "    data(2, 0x9000)  # str r0, [sp, #0]",
+        _enc.ldr_sp(0, 0), "    sub(r0, 1)", _enc.str_sp(0, 0),
         "    bne(SQN_LOOP)  # k squarings, a public count", "    pop({r0, pc})"]
 
 
