@@ -101,127 +101,77 @@ def chacha_setkey(r0, r1):
     mov(r2, 107)
     strb(r2, [r0, 15])
     add(r0, 16)
+    mov(r3, 32)
+    label(KEY)
     ldrb(r2, [r1, 0])
     strb(r2, [r0, 0])
-    ldrb(r2, [r1, 1])
-    strb(r2, [r0, 1])
-    ldrb(r2, [r1, 2])
-    strb(r2, [r0, 2])
-    ldrb(r2, [r1, 3])
-    strb(r2, [r0, 3])
-    ldrb(r2, [r1, 4])
-    strb(r2, [r0, 4])
-    ldrb(r2, [r1, 5])
-    strb(r2, [r0, 5])
-    ldrb(r2, [r1, 6])
-    strb(r2, [r0, 6])
-    ldrb(r2, [r1, 7])
-    strb(r2, [r0, 7])
-    ldrb(r2, [r1, 8])
-    strb(r2, [r0, 8])
-    ldrb(r2, [r1, 9])
-    strb(r2, [r0, 9])
-    ldrb(r2, [r1, 10])
-    strb(r2, [r0, 10])
-    ldrb(r2, [r1, 11])
-    strb(r2, [r0, 11])
-    ldrb(r2, [r1, 12])
-    strb(r2, [r0, 12])
-    ldrb(r2, [r1, 13])
-    strb(r2, [r0, 13])
-    ldrb(r2, [r1, 14])
-    strb(r2, [r0, 14])
-    ldrb(r2, [r1, 15])
-    strb(r2, [r0, 15])
-    ldrb(r2, [r1, 16])
-    strb(r2, [r0, 16])
-    ldrb(r2, [r1, 17])
-    strb(r2, [r0, 17])
-    ldrb(r2, [r1, 18])
-    strb(r2, [r0, 18])
-    ldrb(r2, [r1, 19])
-    strb(r2, [r0, 19])
-    ldrb(r2, [r1, 20])
-    strb(r2, [r0, 20])
-    ldrb(r2, [r1, 21])
-    strb(r2, [r0, 21])
-    ldrb(r2, [r1, 22])
-    strb(r2, [r0, 22])
-    ldrb(r2, [r1, 23])
-    strb(r2, [r0, 23])
-    ldrb(r2, [r1, 24])
-    strb(r2, [r0, 24])
-    ldrb(r2, [r1, 25])
-    strb(r2, [r0, 25])
-    ldrb(r2, [r1, 26])
-    strb(r2, [r0, 26])
-    ldrb(r2, [r1, 27])
-    strb(r2, [r0, 27])
-    ldrb(r2, [r1, 28])
-    strb(r2, [r0, 28])
-    ldrb(r2, [r1, 29])
-    strb(r2, [r0, 29])
-    ldrb(r2, [r1, 30])
-    strb(r2, [r0, 30])
-    ldrb(r2, [r1, 31])
-    strb(r2, [r0, 31])
+    add(r0, 1)
+    add(r1, 1)
+    sub(r3, 1)
+    bne(KEY)  # 32 bytes
     mov(r0, 0)
 
 
 @micropython.asm_thumb
-def chacha_polykey(r0, r1):
+def chacha_xor(r0, r1, r2):
     data(2, 0xb094)  # sub sp, #80
     data(2, 0x9010)  # str r0, [sp, #64]
+    add(r3, r2, 1)  # dst = -1: chacha_polykey
+    bne(XOR)
+    bl(POLYKEY)
+    label(XOR)
+    ldr(r3, [r0, 64])  # st[16]: source offset
+    add(r1, r1, r3)
     data(2, 0x9111)  # str r1, [sp, #68]
-    mov(r2, 0)
-    str(r2, [r0, 48])  # st[12] = 0: block 0
-    ldr(r2, [r0, 80])
-    ldr(r3, [r0, 84])
-    lsl(r3, r3, 16)
-    orr(r2, r3)
-    str(r2, [r0, 52])
-    ldr(r2, [r0, 88])
-    ldr(r3, [r0, 92])
-    lsl(r3, r3, 16)
-    orr(r2, r3)
-    str(r2, [r0, 56])
-    ldr(r2, [r0, 96])
-    ldr(r3, [r0, 100])
-    lsl(r3, r3, 16)
-    orr(r2, r3)
-    str(r2, [r0, 60])
+    ldr(r3, [r0, 68])  # st[17]: destination offset
+    add(r2, r2, r3)
+    data(2, 0x9212)  # str r2, [sp, #72]
+    ldr(r3, [r0, 72])  # st[18]: length
+    data(2, 0x9313)  # str r3, [sp, #76]
+    label(NEXT)
+    data(2, 0x9b13)  # ldr r3, [sp, #76]
+    cmp(r3, 0)
+    bgt(GO)
+    b(DONE)
+    label(GO)
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    bl(BLOCK)
+    data(2, 0x9b13)  # ldr r3, [sp, #76]
+    mov(r7, r3)
+    cmp(r3, 64)
+    ble(SHORT)
+    mov(r7, 64)
+    label(SHORT)
+    data(2, 0x9911)  # ldr r1, [sp, #68]
+    data(2, 0x9a12)  # ldr r2, [sp, #72]
+    data(2, 0xac00)  # add r4, sp, #0
+    mov(r6, r7)
+    label(BYTES)
+    ldrb(r5, [r1, 0])
+    ldrb(r0, [r4, 0])
+    eor(r5, r0)
+    strb(r5, [r2, 0])
+    add(r1, 1)
+    add(r2, 1)
+    add(r4, 1)
+    sub(r6, 1)
+    bne(BYTES)  # a public count
+    data(2, 0x9111)  # str r1, [sp, #68]
+    data(2, 0x9212)  # str r2, [sp, #72]
+    data(2, 0x9b13)  # ldr r3, [sp, #76]
+    sub(r3, r3, r7)
+    data(2, 0x9313)  # str r3, [sp, #76]
+    b(NEXT)
+    label(BLOCK)
+    data(2, 0xaa00)  # add r2, sp, #0
+    mov(r3, 16)
+    label(LOAD)
     ldr(r1, [r0, 0])
-    data(2, 0x9100)  # str r1, [sp, #0]
-    ldr(r1, [r0, 4])
-    data(2, 0x9101)  # str r1, [sp, #4]
-    ldr(r1, [r0, 8])
-    data(2, 0x9102)  # str r1, [sp, #8]
-    ldr(r1, [r0, 12])
-    data(2, 0x9103)  # str r1, [sp, #12]
-    ldr(r1, [r0, 16])
-    data(2, 0x9104)  # str r1, [sp, #16]
-    ldr(r1, [r0, 20])
-    data(2, 0x9105)  # str r1, [sp, #20]
-    ldr(r1, [r0, 24])
-    data(2, 0x9106)  # str r1, [sp, #24]
-    ldr(r1, [r0, 28])
-    data(2, 0x9107)  # str r1, [sp, #28]
-    ldr(r1, [r0, 32])
-    data(2, 0x9108)  # str r1, [sp, #32]
-    ldr(r1, [r0, 36])
-    data(2, 0x9109)  # str r1, [sp, #36]
-    ldr(r1, [r0, 40])
-    data(2, 0x910a)  # str r1, [sp, #40]
-    ldr(r1, [r0, 44])
-    data(2, 0x910b)  # str r1, [sp, #44]
-    ldr(r1, [r0, 48])
-    data(2, 0x910c)  # str r1, [sp, #48]
-    ldr(r1, [r0, 52])
-    data(2, 0x910d)  # str r1, [sp, #52]
-    ldr(r1, [r0, 56])
-    data(2, 0x910e)  # str r1, [sp, #56]
-    ldr(r1, [r0, 60])
-    data(2, 0x910f)  # str r1, [sp, #60]
+    str(r1, [r2, 0])
+    add(r0, 4)
+    add(r2, 4)
+    sub(r3, 1)
+    bne(LOAD)  # 16 words
     mov(r4, 16)
     mov(r5, 20)
     mov(r6, 24)
@@ -396,73 +346,42 @@ def chacha_polykey(r0, r1):
     b(ROUND)  # 10 double rounds
     label(ROUNDS_DONE)
     data(2, 0x9810)  # ldr r0, [sp, #64]
-    data(2, 0x9900)  # ldr r1, [sp, #0]
+    data(2, 0xab00)  # add r3, sp, #0
+    mov(r4, 16)
+    label(ADDIN)
+    ldr(r1, [r3, 0])
     ldr(r2, [r0, 0])
     add(r1, r1, r2)
-    data(2, 0x9100)  # str r1, [sp, #0]
-    data(2, 0x9901)  # ldr r1, [sp, #4]
-    ldr(r2, [r0, 4])
-    add(r1, r1, r2)
-    data(2, 0x9101)  # str r1, [sp, #4]
-    data(2, 0x9902)  # ldr r1, [sp, #8]
-    ldr(r2, [r0, 8])
-    add(r1, r1, r2)
-    data(2, 0x9102)  # str r1, [sp, #8]
-    data(2, 0x9903)  # ldr r1, [sp, #12]
-    ldr(r2, [r0, 12])
-    add(r1, r1, r2)
-    data(2, 0x9103)  # str r1, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    ldr(r2, [r0, 16])
-    add(r1, r1, r2)
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    ldr(r2, [r0, 20])
-    add(r1, r1, r2)
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    ldr(r2, [r0, 24])
-    add(r1, r1, r2)
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    ldr(r2, [r0, 28])
-    add(r1, r1, r2)
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9908)  # ldr r1, [sp, #32]
-    ldr(r2, [r0, 32])
-    add(r1, r1, r2)
-    data(2, 0x9108)  # str r1, [sp, #32]
-    data(2, 0x9909)  # ldr r1, [sp, #36]
-    ldr(r2, [r0, 36])
-    add(r1, r1, r2)
-    data(2, 0x9109)  # str r1, [sp, #36]
-    data(2, 0x990a)  # ldr r1, [sp, #40]
-    ldr(r2, [r0, 40])
-    add(r1, r1, r2)
-    data(2, 0x910a)  # str r1, [sp, #40]
-    data(2, 0x990b)  # ldr r1, [sp, #44]
-    ldr(r2, [r0, 44])
-    add(r1, r1, r2)
-    data(2, 0x910b)  # str r1, [sp, #44]
-    data(2, 0x990c)  # ldr r1, [sp, #48]
-    ldr(r2, [r0, 48])
-    add(r1, r1, r2)
-    data(2, 0x910c)  # str r1, [sp, #48]
-    data(2, 0x990d)  # ldr r1, [sp, #52]
-    ldr(r2, [r0, 52])
-    add(r1, r1, r2)
-    data(2, 0x910d)  # str r1, [sp, #52]
-    data(2, 0x990e)  # ldr r1, [sp, #56]
-    ldr(r2, [r0, 56])
-    add(r1, r1, r2)
-    data(2, 0x910e)  # str r1, [sp, #56]
-    data(2, 0x990f)  # ldr r1, [sp, #60]
-    ldr(r2, [r0, 60])
-    add(r1, r1, r2)
-    data(2, 0x910f)  # str r1, [sp, #60]
+    str(r1, [r3, 0])
+    add(r0, 4)
+    add(r3, 4)
+    sub(r4, 1)
+    bne(ADDIN)  # 16 words
+    sub(r0, 64)
     ldr(r1, [r0, 48])
     add(r1, 1)
     str(r1, [r0, 48])
+    bx(lr)
+    label(POLYKEY)
+    data(2, 0x9111)  # str r1, [sp, #68]
+    mov(r2, 0)
+    str(r2, [r0, 48])  # st[12] = 0: block 0
+    ldr(r2, [r0, 80])
+    ldr(r3, [r0, 84])
+    lsl(r3, r3, 16)
+    orr(r2, r3)
+    str(r2, [r0, 52])
+    ldr(r2, [r0, 88])
+    ldr(r3, [r0, 92])
+    lsl(r3, r3, 16)
+    orr(r2, r3)
+    str(r2, [r0, 56])
+    ldr(r2, [r0, 96])
+    ldr(r3, [r0, 100])
+    lsl(r3, r3, 16)
+    orr(r2, r3)
+    str(r2, [r0, 60])
+    bl(BLOCK)
     mov(r6, 15)
     lsl(r6, r6, 28)
     mvn(r6, r6)  # 0x0fffffff
@@ -575,328 +494,7 @@ def chacha_polykey(r0, r1):
     data(2, 0x9810)  # ldr r0, [sp, #64]
     mov(r2, 1)
     str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1
-    data(2, 0xb014)  # add sp, #80
-    mov(r0, 0)
-
-
-@micropython.asm_thumb
-def chacha_xor(r0, r1, r2):
-    data(2, 0xb094)  # sub sp, #80
-    data(2, 0x9010)  # str r0, [sp, #64]
-    ldr(r3, [r0, 64])  # st[16]: source offset
-    add(r1, r1, r3)
-    data(2, 0x9111)  # str r1, [sp, #68]
-    ldr(r3, [r0, 68])  # st[17]: destination offset
-    add(r2, r2, r3)
-    data(2, 0x9212)  # str r2, [sp, #72]
-    ldr(r3, [r0, 72])  # st[18]: length
-    data(2, 0x9313)  # str r3, [sp, #76]
-    label(NEXT)
-    data(2, 0x9b13)  # ldr r3, [sp, #76]
-    cmp(r3, 0)
-    bgt(GO)
     b(DONE)
-    label(GO)
-    data(2, 0x9810)  # ldr r0, [sp, #64]
-    ldr(r1, [r0, 0])
-    data(2, 0x9100)  # str r1, [sp, #0]
-    ldr(r1, [r0, 4])
-    data(2, 0x9101)  # str r1, [sp, #4]
-    ldr(r1, [r0, 8])
-    data(2, 0x9102)  # str r1, [sp, #8]
-    ldr(r1, [r0, 12])
-    data(2, 0x9103)  # str r1, [sp, #12]
-    ldr(r1, [r0, 16])
-    data(2, 0x9104)  # str r1, [sp, #16]
-    ldr(r1, [r0, 20])
-    data(2, 0x9105)  # str r1, [sp, #20]
-    ldr(r1, [r0, 24])
-    data(2, 0x9106)  # str r1, [sp, #24]
-    ldr(r1, [r0, 28])
-    data(2, 0x9107)  # str r1, [sp, #28]
-    ldr(r1, [r0, 32])
-    data(2, 0x9108)  # str r1, [sp, #32]
-    ldr(r1, [r0, 36])
-    data(2, 0x9109)  # str r1, [sp, #36]
-    ldr(r1, [r0, 40])
-    data(2, 0x910a)  # str r1, [sp, #40]
-    ldr(r1, [r0, 44])
-    data(2, 0x910b)  # str r1, [sp, #44]
-    ldr(r1, [r0, 48])
-    data(2, 0x910c)  # str r1, [sp, #48]
-    ldr(r1, [r0, 52])
-    data(2, 0x910d)  # str r1, [sp, #52]
-    ldr(r1, [r0, 56])
-    data(2, 0x910e)  # str r1, [sp, #56]
-    ldr(r1, [r0, 60])
-    data(2, 0x910f)  # str r1, [sp, #60]
-    mov(r4, 16)
-    mov(r5, 20)
-    mov(r6, 24)
-    mov(r7, 25)
-    mov(r0, 10)
-    mov(r12, r0)
-    label(ROUND)
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    data(2, 0x9a08)  # ldr r2, [sp, #32]
-    data(2, 0x9b0c)  # ldr r3, [sp, #48]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9208)  # str r2, [sp, #32]
-    data(2, 0x930c)  # str r3, [sp, #48]
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    data(2, 0x9a09)  # ldr r2, [sp, #36]
-    data(2, 0x9b0d)  # ldr r3, [sp, #52]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9209)  # str r2, [sp, #36]
-    data(2, 0x930d)  # str r3, [sp, #52]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    data(2, 0x9a0a)  # ldr r2, [sp, #40]
-    data(2, 0x9b0e)  # ldr r3, [sp, #56]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x920a)  # str r2, [sp, #40]
-    data(2, 0x930e)  # str r3, [sp, #56]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    data(2, 0x9a0b)  # ldr r2, [sp, #44]
-    data(2, 0x9b0f)  # ldr r3, [sp, #60]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x920b)  # str r2, [sp, #44]
-    data(2, 0x930f)  # str r3, [sp, #60]
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    data(2, 0x9a0a)  # ldr r2, [sp, #40]
-    data(2, 0x9b0f)  # ldr r3, [sp, #60]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x920a)  # str r2, [sp, #40]
-    data(2, 0x930f)  # str r3, [sp, #60]
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    data(2, 0x9a0b)  # ldr r2, [sp, #44]
-    data(2, 0x9b0c)  # ldr r3, [sp, #48]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x920b)  # str r2, [sp, #44]
-    data(2, 0x930c)  # str r3, [sp, #48]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    data(2, 0x9a08)  # ldr r2, [sp, #32]
-    data(2, 0x9b0d)  # ldr r3, [sp, #52]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9208)  # str r2, [sp, #32]
-    data(2, 0x930d)  # str r3, [sp, #52]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    data(2, 0x9a09)  # ldr r2, [sp, #36]
-    data(2, 0x9b0e)  # ldr r3, [sp, #56]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9209)  # str r2, [sp, #36]
-    data(2, 0x930e)  # str r3, [sp, #56]
-    mov(r0, r12)
-    sub(r0, r0, 1)
-    mov(r12, r0)
-    beq(ROUNDS_DONE)
-    b(ROUND)  # 10 double rounds
-    label(ROUNDS_DONE)
-    data(2, 0x9810)  # ldr r0, [sp, #64]
-    data(2, 0x9900)  # ldr r1, [sp, #0]
-    ldr(r2, [r0, 0])
-    add(r1, r1, r2)
-    data(2, 0x9100)  # str r1, [sp, #0]
-    data(2, 0x9901)  # ldr r1, [sp, #4]
-    ldr(r2, [r0, 4])
-    add(r1, r1, r2)
-    data(2, 0x9101)  # str r1, [sp, #4]
-    data(2, 0x9902)  # ldr r1, [sp, #8]
-    ldr(r2, [r0, 8])
-    add(r1, r1, r2)
-    data(2, 0x9102)  # str r1, [sp, #8]
-    data(2, 0x9903)  # ldr r1, [sp, #12]
-    ldr(r2, [r0, 12])
-    add(r1, r1, r2)
-    data(2, 0x9103)  # str r1, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    ldr(r2, [r0, 16])
-    add(r1, r1, r2)
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    ldr(r2, [r0, 20])
-    add(r1, r1, r2)
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    ldr(r2, [r0, 24])
-    add(r1, r1, r2)
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    ldr(r2, [r0, 28])
-    add(r1, r1, r2)
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9908)  # ldr r1, [sp, #32]
-    ldr(r2, [r0, 32])
-    add(r1, r1, r2)
-    data(2, 0x9108)  # str r1, [sp, #32]
-    data(2, 0x9909)  # ldr r1, [sp, #36]
-    ldr(r2, [r0, 36])
-    add(r1, r1, r2)
-    data(2, 0x9109)  # str r1, [sp, #36]
-    data(2, 0x990a)  # ldr r1, [sp, #40]
-    ldr(r2, [r0, 40])
-    add(r1, r1, r2)
-    data(2, 0x910a)  # str r1, [sp, #40]
-    data(2, 0x990b)  # ldr r1, [sp, #44]
-    ldr(r2, [r0, 44])
-    add(r1, r1, r2)
-    data(2, 0x910b)  # str r1, [sp, #44]
-    data(2, 0x990c)  # ldr r1, [sp, #48]
-    ldr(r2, [r0, 48])
-    add(r1, r1, r2)
-    data(2, 0x910c)  # str r1, [sp, #48]
-    data(2, 0x990d)  # ldr r1, [sp, #52]
-    ldr(r2, [r0, 52])
-    add(r1, r1, r2)
-    data(2, 0x910d)  # str r1, [sp, #52]
-    data(2, 0x990e)  # ldr r1, [sp, #56]
-    ldr(r2, [r0, 56])
-    add(r1, r1, r2)
-    data(2, 0x910e)  # str r1, [sp, #56]
-    data(2, 0x990f)  # ldr r1, [sp, #60]
-    ldr(r2, [r0, 60])
-    add(r1, r1, r2)
-    data(2, 0x910f)  # str r1, [sp, #60]
-    ldr(r1, [r0, 48])
-    add(r1, 1)
-    str(r1, [r0, 48])
-    data(2, 0x9b13)  # ldr r3, [sp, #76]
-    mov(r7, r3)
-    cmp(r3, 64)
-    ble(SHORT)
-    mov(r7, 64)
-    label(SHORT)
-    data(2, 0x9911)  # ldr r1, [sp, #68]
-    data(2, 0x9a12)  # ldr r2, [sp, #72]
-    data(2, 0xac00)  # add r4, sp, #0
-    mov(r6, r7)
-    label(BYTES)
-    ldrb(r5, [r1, 0])
-    ldrb(r0, [r4, 0])
-    eor(r5, r0)
-    strb(r5, [r2, 0])
-    add(r1, 1)
-    add(r2, 1)
-    add(r4, 1)
-    sub(r6, 1)
-    bne(BYTES)  # a public count
-    data(2, 0x9111)  # str r1, [sp, #68]
-    data(2, 0x9212)  # str r2, [sp, #72]
-    data(2, 0x9b13)  # ldr r3, [sp, #76]
-    sub(r3, r3, r7)
-    data(2, 0x9313)  # str r3, [sp, #76]
-    b(NEXT)
     label(DONE)
     data(2, 0xb014)  # add sp, #80
     mov(r0, 0)
@@ -1714,3 +1312,8 @@ def poly_update(r0, r1, r2, r3):
     bl(FINISH)
     label(EXIT)
     data(2, 0xb02e)  # add sp, #184
+
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)

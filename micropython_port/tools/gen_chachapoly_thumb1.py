@@ -137,12 +137,13 @@ def _qr(a, b, c, d):
     return out + [str_sp(0, 4 * a), str_sp(1, 4 * b), str_sp(2, 4 * c), str_sp(3, 4 * d)]
 
 
-def _block(tag):
-    """r0 = st: the keystream block for st[0..15] into frame words 0..15;
-    then st[12] += 1. Leaves r0 = st."""
-    L = []
-    for i in range(16):
-        L += ["    ldr(r1, [r0, %d])" % (4 * i), str_sp(1, 4 * i)]
+def _block(tag=""):
+    """BLOCK, a subroutine of chacha_xor (r0 = st): the keystream block for
+    st[0..15] into frame words 0..15 (as the caller sees them: sp + 0 there
+    is sp + 0 here, ``bl`` pushes nothing); then st[12] += 1. Leaves r0 =
+    st."""
+    L = ["    label(BLOCK)", add_rd_sp(2, 0), "    mov(r3, 16)", "    label(LOAD)", "    ldr(r1, [r0, 0])",
+         "    str(r1, [r2, 0])", "    add(r0, 4)", "    add(r2, 4)", "    sub(r3, 1)", "    bne(LOAD)  # 16 words"]
     L += ["    mov(r4, 16)", "    mov(r5, 20)", "    mov(r6, 24)", "    mov(r7, 25)",
           "    mov(r0, 10)", "    mov(r12, r0)", "    label(ROUND%s)" % tag]
     for q in ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
@@ -150,10 +151,10 @@ def _block(tag):
         L += _qr(*q)
     L += ["    mov(r0, r12)", "    sub(r0, r0, 1)", "    mov(r12, r0)",
           "    beq(ROUNDS_DONE%s)" % tag, "    b(ROUND%s)  # 10 double rounds" % tag,
-          "    label(ROUNDS_DONE%s)" % tag, ldr_sp(0, F_ST)]
-    for i in range(16):
-        L += [ldr_sp(1, 4 * i), "    ldr(r2, [r0, %d])" % (4 * i), "    add(r1, r1, r2)", str_sp(1, 4 * i)]
-    L += ["    ldr(r1, [r0, 48])", "    add(r1, 1)", "    str(r1, [r0, 48])"]
+          "    label(ROUNDS_DONE%s)" % tag, ldr_sp(0, F_ST), add_rd_sp(3, 0), "    mov(r4, 16)", "    label(ADDIN)",
+          "    ldr(r1, [r3, 0])", "    ldr(r2, [r0, 0])", "    add(r1, r1, r2)", "    str(r1, [r3, 0])",
+          "    add(r0, 4)", "    add(r3, 4)", "    sub(r4, 1)", "    bne(ADDIN)  # 16 words", "    sub(r0, 64)"]
+    L += ["    ldr(r1, [r0, 48])", "    add(r1, 1)", "    str(r1, [r0, 48])", "    bx(lr)"]
     return L
 
 
@@ -161,21 +162,20 @@ def gen_setkey():
     L = ["@micropython.asm_thumb", "def chacha_setkey(r0, r1):"]
     for i, c in enumerate(b"expand 32-byte k"):  # st[0..3], little-endian
         L += ["    mov(r2, %d)" % c, "    strb(r2, [r0, %d])" % i]
-    L.append("    add(r0, 16)")
-    for i in range(32):  # st[4..11] = the key
-        L += ["    ldrb(r2, [r1, %d])" % i, "    strb(r2, [r0, %d])" % i]
-    L.append("    mov(r0, 0)")
+    L += ["    add(r0, 16)", "    mov(r3, 32)", "    label(KEY)"]  # st[4..11] = the key
+    L += ["    ldrb(r2, [r1, 0])", "    strb(r2, [r0, 0])", "    add(r0, 1)", "    add(r1, 1)", "    sub(r3, 1)",
+          "    bne(KEY)  # 32 bytes", "    mov(r0, 0)"]
     return L
 
 
 def gen_xor():
     L = ["@micropython.asm_thumb", "def chacha_xor(r0, r1, r2):", sub_sp(CHACHA_FRAME), str_sp(0, F_ST),
+         "    add(r3, r2, 1)  # dst = -1: chacha_polykey", "    bne(XOR)", "    bl(POLYKEY)", "    label(XOR)",
          "    ldr(r3, [r0, 64])  # st[16]: source offset", "    add(r1, r1, r3)", str_sp(1, F_SRC),
          "    ldr(r3, [r0, 68])  # st[17]: destination offset", "    add(r2, r2, r3)", str_sp(2, F_DST),
          "    ldr(r3, [r0, 72])  # st[18]: length", str_sp(3, F_N),
          "    label(NEXT)", ldr_sp(3, F_N), "    cmp(r3, 0)", "    bgt(GO)", "    b(DONE)",
-         "    label(GO)", ldr_sp(0, F_ST)]
-    L += _block("")
+         "    label(GO)", ldr_sp(0, F_ST), "    bl(BLOCK)"]
     # XOR min(n, 64) bytes of keystream into the message.
     L += [ldr_sp(3, F_N), "    mov(r7, r3)", "    cmp(r3, 64)", "    ble(SHORT)", "    mov(r7, 64)",
           "    label(SHORT)", ldr_sp(1, F_SRC), ldr_sp(2, F_DST), add_rd_sp(4, 0), "    mov(r6, r7)",
@@ -184,18 +184,21 @@ def gen_xor():
           "    add(r1, 1)", "    add(r2, 1)", "    add(r4, 1)", "    sub(r6, 1)",
           "    bne(BYTES)  # a public count",
           str_sp(1, F_SRC), str_sp(2, F_DST), ldr_sp(3, F_N), "    sub(r3, r3, r7)", str_sp(3, F_N),
-          "    b(NEXT)",
-          "    label(DONE)", add_sp(CHACHA_FRAME), "    mov(r0, 0)"]
+          "    b(NEXT)"]
+    L += _block() + _polykey()
+    L += ["    label(DONE)", add_sp(CHACHA_FRAME), "    mov(r0, 0)"]
     return L
 
 
-def gen_polykey():
-    L = ["@micropython.asm_thumb", "def chacha_polykey(r0, r1):", sub_sp(CHACHA_FRAME), str_sp(0, F_ST),
-         str_sp(1, F_PS), "    mov(r2, 0)", "    str(r2, [r0, 48])  # st[12] = 0: block 0"]
+def _polykey():
+    """chacha_xor's dst = -1 branch (``chacha_polykey``; no buffer's data
+    sits at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), r0 =
+    st, r1 = ps: block 0 gives r and s; h = 0; st[12] = 1."""
+    L = ["    label(POLYKEY)", str_sp(1, F_PS), "    mov(r2, 0)", "    str(r2, [r0, 48])  # st[12] = 0: block 0"]
     for i in range(3):  # st[13 + i] = st[20 + 2i] | st[21 + 2i] << 16
         L += ["    ldr(r2, [r0, %d])" % (80 + 8 * i), "    ldr(r3, [r0, %d])" % (84 + 8 * i),
               "    lsl(r3, r3, 16)", "    orr(r2, r3)", "    str(r2, [r0, %d])" % (52 + 4 * i)]
-    L += _block("")
+    L += ["    bl(BLOCK)"]
     # RFC 8439 section 2.5.1: r = key words 0..3 & 0x0ffffffc0ffffffc0ffffffc0fffffff
     L += ["    mov(r6, 15)", "    lsl(r6, r6, 28)", "    mvn(r6, r6)  # 0x0fffffff", "    mov(r7, 3)"]
     for i in range(4):
@@ -220,7 +223,7 @@ def gen_polykey():
     L.append("    mov(r2, 0)")
     L += ["    str(r2, [r1, %d])  # h = 0" % (4 * k) for k in range(10)]
     L += [ldr_sp(0, F_ST), "    mov(r2, 1)", "    str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1",
-          add_sp(CHACHA_FRAME), "    mov(r0, 0)"]
+          "    b(DONE)"]
     return L
 
 
@@ -370,11 +373,19 @@ def gen_poly():
     return L
 
 
+POLYKEY = '''
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)
+'''
+
+
 def generate():
     out = [HEADER]
-    for gen in (gen_setkey, gen_polykey, gen_xor, gen_poly):
+    for gen in (gen_setkey, gen_xor, gen_poly):
         out.append("\n\n" + "\n".join(gen()) + "\n")
-    return "".join(out)
+    return "".join(out) + POLYKEY
 
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_chachapoly_thumb1.py")
