@@ -282,31 +282,35 @@ def _poly_block():
     return L
 
 
+def _carry_loop(label, first, n):
+    """Carry limbs first .. first + n - 1 of h (ps[0..9], r0 = ps) each into
+    the next: limb & 0x1fff stays, limb >> 13 is added to the next."""
+    return ["    mov(r5, r0)"] + (["    add(r5, %d)" % (4 * first)] if first else []) + ["    mov(r6, %d)" % n,
+            "    label(%s)" % label, "    ldr(r1, [r5, 0])", "    lsr(r2, r1, 13)"] + _mask13(1) + [
+        "    str(r1, [r5, 0])", "    ldr(r1, [r5, 4])", "    add(r1, r1, r2)", "    str(r1, [r5, 4])",
+        "    add(r5, 4)", "    sub(r6, 1)", "    bne(%s)  # a public count" % label]
+
+
 def _poly_finish():
     """FINISH (a subroutine): the tag from h and s into P_PAD, then written
     after the message or compared with what is there; r0 = 0 or the OR of
-    the byte XORs."""
-    L = ["    label(FINISH)", ldr_sp(0, P_PS), "    ldr(r1, [r0, 4])"]
-    for k in range(1, 9):  # carry h1 -> .. -> h9
-        L += ["    lsr(r2, r1, 13)"] + _mask13(1) + ["    str(r1, [r0, %d])" % (4 * k),
-                                                  "    ldr(r1, [r0, %d])" % (4 * k + 4), "    add(r1, r1, r2)"]
-    L += ["    lsr(r2, r1, 13)"] + _mask13(1) + ["    str(r1, [r0, 36])",
-                                              "    lsl(r3, r2, 2)", "    add(r2, r2, r3)  # 5 c (2**130 = 5)",
-                                              "    ldr(r1, [r0, 0])", "    add(r1, r1, r2)"]
-    for k in range(9):  # carry h0 -> .. -> h9 (h9 unmasked, <= 2**13)
-        L += ["    lsr(r2, r1, 13)"] + _mask13(1) + ["    str(r1, [r0, %d])" % (4 * k),
-                                                  "    ldr(r1, [r0, %d])" % (4 * k + 4), "    add(r1, r1, r2)"]
-    L += ["    str(r1, [r0, 36])"]
+    the byte XORs. Loops over the limbs and bytes (public counts)."""
+    L = ["    label(FINISH)", ldr_sp(0, P_PS)]
+    L += _carry_loop("CARRY1", 1, 8)  # h1 -> .. -> h9
+    L += ["    ldr(r1, [r0, 36])", "    lsr(r2, r1, 13)"] + _mask13(1) + [
+        "    str(r1, [r0, 36])", "    lsl(r3, r2, 2)", "    add(r2, r2, r3)  # 5 c (2**130 = 5)",
+        "    ldr(r1, [r0, 0])", "    add(r1, r1, r2)", "    str(r1, [r0, 0])"]
+    L += _carry_loop("CARRY2", 0, 9)  # h0 -> .. -> h9 (h9 unmasked, <= 2**13)
     # g = h + 5 - 2**130 into G; mask = -1 iff g < 0 (keep h), else 0 (take g)
-    L += ["    ldr(r1, [r0, 0])", "    add(r1, 5)"]
-    for k in range(9):
-        L += ["    lsr(r2, r1, 13)"] + _mask13(1) + [str_sp(1, P_G + 4 * k), "    ldr(r1, [r0, %d])" % (4 * k + 4),
-                                                  "    add(r1, r1, r2)"]
-    L += ["    mov(r2, 1)", "    lsl(r2, r2, 13)", "    sub(r1, r1, r2)", str_sp(1, P_G + 36),
-          "    asr(r7, r1, 31)  # the mask"]
-    for k in range(10):  # h_k = g_k ^ ((g_k ^ h_k) & mask)
-        L += ["    ldr(r1, [r0, %d])" % (4 * k), ldr_sp(2, P_G + 4 * k), "    eor(r1, r2)", "    and_(r1, r7)",
-              "    eor(r1, r2)", "    str(r1, [r0, %d])" % (4 * k)]
+    L += ["    mov(r5, r0)", add_rd_sp(4, P_G), "    mov(r6, 9)", "    ldr(r1, [r0, 0])", "    add(r1, 5)",
+          "    label(GLIMB)", "    lsr(r2, r1, 13)"] + _mask13(1) + [
+        "    str(r1, [r4, 0])", "    ldr(r1, [r5, 4])", "    add(r1, r1, r2)", "    add(r4, 4)", "    add(r5, 4)",
+        "    sub(r6, 1)", "    bne(GLIMB)  # 9 limbs",
+        "    mov(r2, 1)", "    lsl(r2, r2, 13)", "    sub(r1, r1, r2)", str_sp(1, P_G + 36),
+        "    asr(r7, r1, 31)  # the mask",
+        "    mov(r5, r0)", add_rd_sp(4, P_G), "    mov(r6, 10)", "    label(SELECT)",  # h = g ^ ((g ^ h) & mask)
+        "    ldr(r1, [r5, 0])", "    ldr(r2, [r4, 0])", "    eor(r1, r2)", "    and_(r1, r7)", "    eor(r1, r2)",
+        "    str(r1, [r5, 0])", "    add(r4, 4)", "    add(r5, 4)", "    sub(r6, 1)", "    bne(SELECT)  # 10 limbs"]
     # pack h mod 2**128 into four words at P_PAD
     packs = [[(0, 0), (1, 13), (2, 26)], [(2, -6), (3, 7), (4, 20)],
              [(4, -12), (5, 1), (6, 14), (7, 27)], [(7, -5), (8, 8), (9, 21)]]
@@ -319,20 +323,20 @@ def _poly_finish():
                 L.append("    lsr(r2, r2, %d)" % -sh)
             L.append("    mov(r1, r2)" if n == 0 else "    orr(r1, r2)")
         L.append(str_sp(1, P_PAD + 4 * w))
-    # + s, 16 bits at a time (ps[20..27])
-    L += [add_rd_sp(3, P_PAD), "    mov(r1, 0)"]
-    for k in range(8):
-        L += ["    ldrh(r2, [r3, %d])" % (2 * k), "    ldr(r4, [r0, %d])" % (80 + 4 * k), "    add(r1, r1, r2)",
-              "    add(r1, r1, r4)", "    strh(r1, [r3, %d])" % (2 * k), "    lsr(r1, r1, 16)"]
+    # + s, 16 bits at a time (ps[20..27]): r3 walks the tag's halves, r5 ps
+    L += [add_rd_sp(3, P_PAD), "    mov(r5, r0)", "    add(r5, 80)", "    mov(r6, 8)", "    mov(r1, 0)",
+          "    label(ADDS)", "    ldrh(r2, [r3, 0])", "    ldr(r4, [r5, 0])", "    add(r1, r1, r2)",
+          "    add(r1, r1, r4)", "    strh(r1, [r3, 0])", "    lsr(r1, r1, 16)", "    add(r3, 2)", "    add(r5, 4)",
+          "    sub(r6, 1)", "    bne(ADDS)  # 8 halves", "    sub(r3, 16)"]
     # the tag's place: m + mo + mn
     L += [ldr_sp(4, P_M), ldr_sp(5, P_MO), "    add(r4, r4, r5)", ldr_sp(5, P_MN), "    add(r4, r4, r5)",
-          ldr_sp(6, P_MODE), "    mov(r5, 8)", "    tst(r6, r5)", "    bne(COMPARE)"]
-    for i in range(16):
-        L += ["    ldrb(r2, [r3, %d])" % i, "    strb(r2, [r4, %d])" % i]
-    L += ["    mov(r0, 0)", "    bx(lr)", "    label(COMPARE)", "    mov(r0, 0)"]
-    for i in range(16):  # OR of the byte XORs, no early exit
-        L += ["    ldrb(r2, [r3, %d])" % i, "    ldrb(r5, [r4, %d])" % i, "    eor(r2, r5)", "    orr(r0, r2)"]
-    L.append("    bx(lr)")
+          "    mov(r0, 0)", "    mov(r7, 16)", ldr_sp(6, P_MODE), "    mov(r5, 8)", "    tst(r6, r5)",
+          "    bne(COMPARE)",
+          "    label(WRITE)", "    ldrb(r2, [r3, 0])", "    strb(r2, [r4, 0])", "    add(r3, 1)", "    add(r4, 1)",
+          "    sub(r7, 1)", "    bne(WRITE)  # 16 bytes", "    bx(lr)",
+          "    label(COMPARE)",  # OR of the byte XORs, no early exit
+          "    ldrb(r2, [r3, 0])", "    ldrb(r5, [r4, 0])", "    eor(r2, r5)", "    orr(r0, r2)", "    add(r3, 1)",
+          "    add(r4, 1)", "    sub(r7, 1)", "    bne(COMPARE)  # 16 bytes", "    bx(lr)"]
     return L
 
 
