@@ -456,41 +456,28 @@ def chacha_xor(r0, r1, r2):
     data(2, 0x9a03)  # ldr r2, [sp, #12]
     lsr(r2, r2, 21)
     str(r2, [r1, 76])
-    data(2, 0x9a04)  # ldr r2, [sp, #16]
+    data(2, 0xac04)  # add r4, sp, #16
+    mov(r5, r1)
+    add(r5, 80)
+    mov(r6, 4)
+    label(SHALF)
+    ldr(r2, [r4, 0])
     lsl(r3, r2, 16)
     lsr(r3, r3, 16)
-    str(r3, [r1, 80])
+    str(r3, [r5, 0])
     lsr(r2, r2, 16)
-    str(r2, [r1, 84])
-    data(2, 0x9a05)  # ldr r2, [sp, #20]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 88])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 92])
-    data(2, 0x9a06)  # ldr r2, [sp, #24]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 96])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 100])
-    data(2, 0x9a07)  # ldr r2, [sp, #28]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 104])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 108])
+    str(r2, [r5, 4])
+    add(r4, 4)
+    add(r5, 8)
+    sub(r6, 1)
+    bne(SHALF)  # 4 words
     mov(r2, 0)
+    mov(r6, 10)
+    label(HZERO)
     str(r2, [r1, 0])  # h = 0
-    str(r2, [r1, 4])  # h = 0
-    str(r2, [r1, 8])  # h = 0
-    str(r2, [r1, 12])  # h = 0
-    str(r2, [r1, 16])  # h = 0
-    str(r2, [r1, 20])  # h = 0
-    str(r2, [r1, 24])  # h = 0
-    str(r2, [r1, 28])  # h = 0
-    str(r2, [r1, 32])  # h = 0
-    str(r2, [r1, 36])  # h = 0
+    add(r1, 4)
+    sub(r6, 1)
+    bne(HZERO)  # 10 limbs
     data(2, 0x9810)  # ldr r0, [sp, #64]
     mov(r2, 1)
     str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1
@@ -894,56 +881,20 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0x942a)  # str r4, [sp, #168]
     mov(r4, 0)
     data(2, 0x942b)  # str r4, [sp, #172]
-    ldr(r4, [r0, 40])
-    data(2, 0x9409)  # str r4, [sp, #36]
+    mov(r6, r0)
+    add(r6, 40)
+    data(2, 0xaf09)  # add r7, sp, #36
+    mov(r3, 10)
+    label(ETAB)
+    ldr(r4, [r6, 0])
+    str(r4, [r7, 0])
     lsl(r5, r4, 2)
     add(r5, r5, r4)
-    data(2, 0x9513)  # str r5, [sp, #76]
-    ldr(r4, [r0, 44])
-    data(2, 0x9408)  # str r4, [sp, #32]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x9512)  # str r5, [sp, #72]
-    ldr(r4, [r0, 48])
-    data(2, 0x9407)  # str r4, [sp, #28]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x9511)  # str r5, [sp, #68]
-    ldr(r4, [r0, 52])
-    data(2, 0x9406)  # str r4, [sp, #24]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x9510)  # str r5, [sp, #64]
-    ldr(r4, [r0, 56])
-    data(2, 0x9405)  # str r4, [sp, #20]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950f)  # str r5, [sp, #60]
-    ldr(r4, [r0, 60])
-    data(2, 0x9404)  # str r4, [sp, #16]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950e)  # str r5, [sp, #56]
-    ldr(r4, [r0, 64])
-    data(2, 0x9403)  # str r4, [sp, #12]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950d)  # str r5, [sp, #52]
-    ldr(r4, [r0, 68])
-    data(2, 0x9402)  # str r4, [sp, #8]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950c)  # str r5, [sp, #48]
-    ldr(r4, [r0, 72])
-    data(2, 0x9401)  # str r4, [sp, #4]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950b)  # str r5, [sp, #44]
-    ldr(r4, [r0, 76])
-    data(2, 0x9400)  # str r4, [sp, #0]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950a)  # str r5, [sp, #40]
+    str(r5, [r7, 40])
+    add(r6, 4)
+    sub(r7, 4)
+    sub(r3, 1)
+    bne(ETAB)  # 10 limbs
     label(LOOP)
     data(2, 0x9d2a)  # ldr r5, [sp, #168]
     cmp(r5, 16)

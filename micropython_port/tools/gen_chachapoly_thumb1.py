@@ -217,11 +217,14 @@ def _polykey():
         if off + 13 < 32 or j < 3:  # bits above 13 (w_3 >> 21 has only 11)
             L += _mask13(2)
         L.append("    str(r2, [r1, %d])" % (40 + 4 * k))
-    for i in range(4):  # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (key words 4..7)
-        L += [ldr_sp(2, 16 + 4 * i), "    lsl(r3, r2, 16)", "    lsr(r3, r3, 16)",
-              "    str(r3, [r1, %d])" % (80 + 8 * i), "    lsr(r2, r2, 16)", "    str(r2, [r1, %d])" % (84 + 8 * i)]
-    L.append("    mov(r2, 0)")
-    L += ["    str(r2, [r1, %d])  # h = 0" % (4 * k) for k in range(10)]
+    # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (key words 4..7):
+    # r4 walks the frame, r5 ps
+    L += [add_rd_sp(4, 16), "    mov(r5, r1)", "    add(r5, 80)", "    mov(r6, 4)", "    label(SHALF)",
+          "    ldr(r2, [r4, 0])", "    lsl(r3, r2, 16)", "    lsr(r3, r3, 16)", "    str(r3, [r5, 0])",
+          "    lsr(r2, r2, 16)", "    str(r2, [r5, 4])", "    add(r4, 4)", "    add(r5, 8)", "    sub(r6, 1)",
+          "    bne(SHALF)  # 4 words",
+          "    mov(r2, 0)", "    mov(r6, 10)", "    label(HZERO)", "    str(r2, [r1, 0])  # h = 0", "    add(r1, 4)",
+          "    sub(r6, 1)", "    bne(HZERO)  # 10 limbs"]
     L += [ldr_sp(0, F_ST), "    mov(r2, 1)", "    str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1",
           "    b(DONE)"]
     return L
@@ -348,9 +351,10 @@ def gen_poly():
     for off, slot in ((112, P_MO), (116, P_MN), (120, P_MODE), (124, P_AN)):
         L += ["    ldr(r4, [r0, %d])" % off, str_sp(4, slot)]
     L += [str_sp(1, P_CUR), str_sp(4, P_LEFT), "    mov(r4, 0)", str_sp(4, P_STAGE)]  # the AD first
-    for m in range(10):  # E[9 - m] = r_m, E[19 - m] = 5 r_m
-        L += ["    ldr(r4, [r0, %d])" % (40 + 4 * m), str_sp(4, P_E + 4 * (9 - m)), "    lsl(r5, r4, 2)",
-              "    add(r5, r5, r4)", str_sp(5, P_E + 4 * (19 - m))]
+    # E[9 - m] = r_m, E[19 - m] = 5 r_m: r6 walks r in ps, r7 E[9 - m] down
+    L += ["    mov(r6, r0)", "    add(r6, 40)", add_rd_sp(7, P_E + 36), "    mov(r3, 10)", "    label(ETAB)",
+          "    ldr(r4, [r6, 0])", "    str(r4, [r7, 0])", "    lsl(r5, r4, 2)", "    add(r5, r5, r4)",
+          "    str(r5, [r7, 40])", "    add(r6, 4)", "    sub(r7, 4)", "    sub(r3, 1)", "    bne(ETAB)  # 10 limbs"]
     # The driver: the next 16 bytes of the AD, then of m, then the length block.
     L += ["    label(LOOP)", ldr_sp(5, P_LEFT), "    cmp(r5, 16)", "    blt(SHORT)",
           ldr_sp(4, P_CUR), str_sp(4, P_P), "    add(r4, 16)", str_sp(4, P_CUR), "    sub(r5, 16)",
