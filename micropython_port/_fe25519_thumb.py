@@ -13,7 +13,12 @@ fe0 = fe1 * fe2, fe0 = fe1 ** 2, (fe0, fe3) = (fe1 + fe2, fe1 - fe2),
 fe0 = fe2 + 121665 * fe1, and the swap of (fe0, fe1) with (fe2, fe3) when
 ``k`` is 1. The field operations are subroutines (``bl``/``bx lr``) that
 take pointers in r0-r3 and use only r0-r7 and the stack; the ladder keeps
-its state in r8-r11.
+its state in r8-r11. A call is ``movw r0, #n`` and ``bl OP_P``, n holding
+up to four field element numbers, one per nibble (public constants):
+UNPACK turns them into the addresses r8 + 32 * fe in r0-r3 and goes on to
+the operation. SQN (r0 = k) squares t (fe 15) k times: the inversion's
+runs of squarings. The code is loops rather than unrolled (issue 16 item
+6: a small flash bundle), about 1.5 times the instructions.
 
 Representation: 8 words of 32 bits, little-endian: value = sum(w[i] << 32*i).
 Invariant F: a field element is ANY 8-word value, i.e. any integer in
@@ -22,35 +27,44 @@ Invariant F: a field element is ANY 8-word value, i.e. any integer in
 2**256 = 2 * (p + 19) = 38 (mod p), a carry c out of word 7 is folded back
 by adding 38 * c to word 0.
 
-- MUL (out, a, b): the 512-bit product by columns (product scanning: each
-  column k sums a[i]*b[k-i] from UMULL into a 3-word accumulator; a column
-  is at most 8 * (2**32 - 1)**2 < 2**67), into 16 words on the stack; then
-  t_lo + 38 * t_hi word by word with UMLAL (< 39 * 2**256, so the carry c
-  out of word 7 is <= 38); then 38 * c into word 0 with the carry
-  propagated to word 7, whose carry c2 is 0 or 1; if c2 = 1 the value
-  wrapped, so it is now < 38 * 38 and 38 * c2 is added to word 0 with no
-  further carry. ``out`` may alias ``a`` or ``b`` (nothing is stored
-  before the last load).
-- SQ (out, a): MUL(out, a, a) with each cross product a[i]*a[j], i < j,
-  computed once and added twice (the column is the same sum).
-- ADDSUB (s, d, a, b): s = a + b, d = a - b. The sum's carry c (0 or 1) is
-  folded as 38 * c, and a second carry (only if the sum wrapped, leaving
-  s < 38) as 38 more without propagation. The difference a - b + 2**256 * w
-  (w the borrow) equals a - b + 38 * w (mod p), so 38 * w is subtracted; a
-  second borrow leaves a value >= 2**256 - 38, from which 38 more is
-  subtracted without a borrow. ``s`` and ``d`` must not alias ``a`` or ``b``.
+- MUL (out, a, b): the 512-bit product by rows (operand scanning) into 16
+  words t on the stack: words 0-7 zeroed, then row i = 0..7 (a loop; its
+  8 steps unrolled) adds a[i] * b to t[i..i+7], each step t[i+j] + a[i] *
+  b[j] + carry <= (2**32 - 1) + (2**32 - 1)**2 + (2**32 - 1) = 2**64 - 1
+  (UMLAL into t[i+j]:0, then ADDS/ADC of the carry: no wrap), the low word
+  back into t[i+j], the high word the next carry; t[i+8] (not yet
+  written: row i writes it before row i+1 reads it) = the last carry.
+  Then t_lo + 38 * t_hi word by word with UMLAL (< 39 * 2**256, so the
+  carry c out of word 7 is <= 38), and FOLD(out, c). ``out`` may alias
+  ``a`` or ``b`` (nothing is stored into out before the last load).
+- SQ (out, a): MUL(out, a, a) (UNPACK sets b = a).
+- FOLD (base, c): 38 * c into word 0 with the carry propagated to word 7,
+  whose carry c2 is 0 or 1; if c2 = 1 the value wrapped, so words 1-7 are
+  now 0 and word 0 < 38 * c, and 38 * c2 is added to word 0 with no
+  further carry (38 * c + 38 < 2**32 for every c here: <= 38 after MUL,
+  <= 1 after a sum, <= 121665 after A24). MUL, ADDSUB and A24 end in it.
+- ADDSUB (s, d, a, b): d = a - b, then s = a + b, each a loop over the 8
+  words whose carry (or borrow) waits in a register between words (LSRS
+  r6, r6, 1 puts it back into C, ADCS r6, r6 with r6 = 0 takes it out), so
+  the loop counter may set the flags. The difference a - b + 2**256 * w
+  (w the borrow) equals a - b + 38 * w (mod p), so 38 * w is subtracted
+  with the borrow propagated; a second borrow leaves a value >= 2**256 -
+  38, from which 38 more is subtracted without a borrow. The sum's carry c
+  (0 or 1) goes to FOLD. ``s`` and ``d`` must not alias ``a`` or ``b``.
 - A24 (out, e, aa): out = aa + 121665 * e (RFC 7748 section 5, a24):
-  word by word aa[i] + 121665 * e[i] + carry < 2**64 with UMLAL; the carry
-  out of word 7 is <= 121665, folded as 38 * c < 2**23 and then like the
-  sum. ``out`` may alias ``e`` or ``aa`` (word i is read before it is
+  word by word (a loop) aa[i] + 121665 * e[i] + carry < 2**64 with UMULL
+  and two ADDS/ADC; the carry out of word 7 is <= 121665, then FOLD.
+  ``out`` may alias ``e`` or ``aa`` (word i is read before it is
   written).
 - CSWAP (p, q, n, bit): swaps the n words of p and q if bit is 1, with the
   mask -bit (0 or 0xFFFFFFFF): t = (p ^ q) & mask; p ^= t; q ^= t.
 
 Constant time: no branch and no address depends on the scalar or a field
 element. The ladder's branches count its 255 steps and the chain's
-squarings (public); scalar bit t is read from byte t >> 3 and shifted by
-t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
+squarings (public); every other loop counts words or rows (8, fixed);
+UNPACK's dispatch and addresses come from the call's constant (which
+operation, which field elements: public); scalar bit t is read from byte
+t >> 3 and shifted by t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
 and UMLAL take 3-5 and 4-7 cycles depending on their operands (early
 termination, ARM DDI 0337 section 18.2): on real M3 hardware their timing
 is data-dependent, which this code does not mask (the M4's are fixed; qemu

@@ -24,9 +24,9 @@ it is loaded into the GC heap.
   yet written) = the last carry. Then limb by limb t[i] + 38 * t[i+16] +
   carry (< 39 * 2**16 + 40 < 2**22) into out, the carry being the value >>
   16; the total is t_lo + 38 * t_hi < 39 * 2**256, so the carry out of limb
-  15 is <= 38, and it is folded as in ``_fe25519_thumb`` (38 * c into word 0
-  with the carry propagated to word 7; a second carry means the value
-  wrapped to < 38 * 38, so 38 more into word 0 cannot carry). ``out`` may
+  15 is <= 38, and it is folded by ``_fe25519_thumb``'s FOLD (38 * c into
+  word 0 with the carry propagated to word 7; a second carry means the
+  value wrapped to < 38 * 38, so 38 more into word 0 cannot carry). ``out`` may
   alias ``a`` or ``b``: nothing is stored into out before the last load.
 - SQ (out, a): the cross products once, then doubled: rows i = 0..14 add
   a[i] * a[j], j > i, to limbs i+j as MUL's rows do (same step, same
@@ -35,10 +35,12 @@ it is loaded into the GC heap.
   the square a[i]**2 (its low half at limb 2i, high half at 2i+1) + carry
   <= 3 * (2**16 - 1) + 3 < 2**18, so the carry is <= 3, and the last one
   is 0 (the square is < 2**512). Then MUL's reduction.
-- ADDSUB, CSWAP: ``_fe25519_thumb``'s code and bounds (only 16-bit
-  encodings: ADDS, ADCS, SUBS, SBCS, ANDS, EORS, NEGS, LDR, STR).
+- ADDSUB, FOLD, CSWAP, UNPACK (the packed calls), SQN: ``_fe25519_thumb``'s
+  code and bounds (only 16-bit encodings: ADDS, ADCS, SUBS, SBCS, ANDS,
+  EORS, NEGS, LSLS, LSRS, MULS, LDR, STR, PUSH/POP of low registers with
+  lr/pc); a call loads its packed constant with MOVS, LSLS and ADDS.
 - A24 (out, e, aa): out = aa + 121665 * e with 121665 = 2**16 + 56129:
-  limb by limb v = aa[i] + 56129 * e[i] + e[i-1] + carry, where 56129 *
+  limb by limb (a loop) v = aa[i] + 56129 * e[i] + e[i-1] + carry, where 56129 *
   (2**16 - 1) + 2 * (2**16 - 1) + 56132 < 2**32, and the carry v >> 16 is
   <= 56132; the carry out of limb 15 plus e[15] (the 2**16 part of the top
   limb) is < 2**17, folded as 38 * c < 2**23 like a sum's carry (a second
@@ -48,8 +50,9 @@ it is loaded into the GC heap.
 
 Constant time: no branch and no address depends on the scalar or a field
 element: the ladder's branches count its 255 steps and the chain's
-squarings, the multiplications' loops count rows and SQ's computed jump
-goes by the row index (all public); scalar bit t is read from byte t >> 3 and shifted by
+squarings, the other loops count rows, limbs or words and SQ's computed
+jump goes by the row index, UNPACK's dispatch and addresses come from the
+call's constant (all public); scalar bit t is read from byte t >> 3 and shifted by
 t & 7, both public, and only enters CSWAP's mask. The Cortex-M0/M0+
 multiplier takes a fixed 1 cycle (the RP2040's single-cycle MULS) or 32
 cycles (the small-multiplier option) whatever its operands, so unlike

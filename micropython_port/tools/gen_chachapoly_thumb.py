@@ -28,6 +28,11 @@ module: ``chacha_setkey(st, key)``, ``chacha_polykey(st, ps)``,
 ``chacha_xor(st, src, dst)`` and ``poly_update(ps, ad, m, blk)``. Buffers
 arrive as pointers to their data; every entry returns a small int (0, or
 poly_update's 0/1 verdict), so a call allocates nothing for its result.
+``chacha_polykey`` is the Python function ``chacha_xor(st, ps, -1)``:
+chacha_xor computes the Poly1305 key when dst is -1 (no buffer's data sits
+at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), so the one
+copy of the ChaCha rounds serves both (issue 16 item 6: a small flash
+bundle).
 Offsets and lengths come from ``st``/``ps`` and are checked by the caller
 (``chacha20poly1305._check``): nothing here checks a bound.
 
@@ -72,8 +77,10 @@ iff g >= 2**130 (bit 130), i.e. iff h >= p; then the tag is h + s mod 2**128.
 
 Constant time: no branch and no address depends on the key, the keystream,
 h, r, s, the message or the tag. Branches and addresses depend only on
-lengths, offsets, the mode bits and the round counter, all public. The
-double rounds are a counted loop; the final selection uses the mask
+lengths, offsets, the mode bits and the loop counters (rounds, columns,
+words, limbs), all public; the frame addresses of the quarter rounds are
+fixed per column, and the diagonals come from rotating the rows by fixed
+amounts, not from data. The final selection uses the mask
 -(g >> 130); the tag check ORs the four word XORs together and returns
 (acc | -acc) >> 31, without an early exit. The Cortex-M3's UMULL and UMLAL
 take 3-5 and 4-7 cycles depending on their operands (early termination,

@@ -26,7 +26,12 @@ module's docstring), so ``chacha20poly1305`` drives either module:
 ``chacha_setkey(st, key)``, ``chacha_polykey(st, ps)``, ``chacha_xor(st,
 src, dst)`` and ``poly_update(ps, ad, m, blk)``. Every entry returns a small
 int (0, or poly_update's verdict: the OR of the 16 byte XORs, 0 iff the
-tags are equal), so a call allocates nothing for its result. Offsets and
+tags are equal), so a call allocates nothing for its result.
+``chacha_polykey`` is the Python function ``chacha_xor(st, ps, -1)``:
+chacha_xor computes the Poly1305 key when dst is -1 (no buffer's data sits
+at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), so the one
+copy of the ChaCha block serves both (issue 16 item 6: a small flash
+bundle). Offsets and
 lengths come from ``st``/``ps`` and are checked by the caller
 (``chacha20poly1305._check``): nothing here checks a bound.
 
