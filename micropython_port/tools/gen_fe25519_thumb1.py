@@ -129,9 +129,11 @@ def add_hi(d, m):
 
 def _reduce(lines):
     """REDUCE: out (r12) = t_lo + 38 * t_hi (t: 32 limbs at sp), limb by
-    limb, then the carry fold on words; frees the frame and returns."""
-    lines += ["    label(REDUCE)", add_rd_sp(0, 0), "    mov(r1, r12)", "    mov(r2, 38)", "    mov(r3, 0)"]
-    for i in range(16):
+    limb (a loop, two limbs a step), then FOLD as a tail call (it returns);
+    frees the frame."""
+    lines += ["    label(REDUCE)", add_rd_sp(0, 0), "    mov(r1, r12)", "    mov(r2, 38)", "    mov(r3, 0)",
+              "    mov(r6, 8)", "    label(RED_LOOP)"]
+    for i in range(2):  # two limbs per step, 8 steps
         lines += ["    ldrh(r4, [r0, %d])" % (2 * i + 32),
                   "    mul(r4, r2)",
                   "    ldrh(r5, [r0, %d])" % (2 * i),
@@ -139,7 +141,8 @@ def _reduce(lines):
                   "    add(r4, r4, r3)",
                   "    strh(r4, [r1, %d])" % (2 * i),
                   "    lsr(r3, r4, 16)"]
-    lines += [add_sp(64), "    mov(r0, r1)", "    mov(r1, r3)", "    b(FOLD)"]
+    lines += ["    add(r0, 4)", "    add(r1, 4)", "    sub(r6, 1)", "    bne(RED_LOOP)  # 16 limbs, a public count",
+              add_sp(64), "    mov(r0, r12)", "    mov(r1, r3)", "    b(FOLD)"]
 
 
 def _zero_t(lines):
