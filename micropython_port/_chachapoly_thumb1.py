@@ -406,61 +406,28 @@ def chacha_xor(r0, r1, r2):
     data(2, 0x9003)  # str r0, [sp, #12]
     data(2, 0x9911)  # ldr r1, [sp, #68]
     data(2, 0x9a00)  # ldr r2, [sp, #0]
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 40])
-    data(2, 0x9a00)  # ldr r2, [sp, #0]
-    lsr(r2, r2, 13)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 44])
-    data(2, 0x9a00)  # ldr r2, [sp, #0]
-    lsr(r2, r2, 26)
     data(2, 0x9b01)  # ldr r3, [sp, #4]
-    lsl(r3, r3, 6)
-    orr(r2, r3)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 48])
-    data(2, 0x9a01)  # ldr r2, [sp, #4]
-    lsr(r2, r2, 7)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 52])
-    data(2, 0x9a01)  # ldr r2, [sp, #4]
-    lsr(r2, r2, 20)
-    data(2, 0x9b02)  # ldr r3, [sp, #8]
-    lsl(r3, r3, 12)
-    orr(r2, r3)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 56])
-    data(2, 0x9a02)  # ldr r2, [sp, #8]
-    lsr(r2, r2, 1)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 60])
-    data(2, 0x9a02)  # ldr r2, [sp, #8]
-    lsr(r2, r2, 14)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 64])
-    data(2, 0x9a02)  # ldr r2, [sp, #8]
-    lsr(r2, r2, 27)
-    data(2, 0x9b03)  # ldr r3, [sp, #12]
-    lsl(r3, r3, 5)
-    orr(r2, r3)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 68])
-    data(2, 0x9a03)  # ldr r2, [sp, #12]
-    lsr(r2, r2, 8)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 72])
-    data(2, 0x9a03)  # ldr r2, [sp, #12]
-    lsr(r2, r2, 21)
-    str(r2, [r1, 76])
+    data(2, 0x9c02)  # ldr r4, [sp, #8]
+    data(2, 0x9d03)  # ldr r5, [sp, #12]
+    mov(r7, 10)
+    label(RLIMB)
+    lsl(r0, r2, 19)
+    lsr(r0, r0, 19)
+    str(r0, [r1, 40])
+    add(r1, 4)
+    lsr(r2, r2, 13)
+    lsl(r0, r3, 19)
+    orr(r2, r0)
+    lsr(r3, r3, 13)
+    lsl(r0, r4, 19)
+    orr(r3, r0)
+    lsr(r4, r4, 13)
+    lsl(r0, r5, 19)
+    orr(r4, r0)
+    lsr(r5, r5, 13)
+    sub(r7, 1)
+    bne(RLIMB)  # 10 limbs
+    sub(r1, 40)
     data(2, 0xac04)  # add r4, sp, #16
     mov(r5, r1)
     add(r5, 80)

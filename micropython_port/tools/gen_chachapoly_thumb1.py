@@ -210,18 +210,13 @@ def _polykey():
         if i == 1:
             L.append("    bic(r6, r7)  # 0x0ffffffc")
         L += [ldr_sp(0, 4 * i), "    and_(r0, r6)", str_sp(0, 4 * i)]
-    L.append(ldr_sp(1, F_PS))
-    for k in range(10):  # ps[10 + k] = bits 13k .. 13k + 12 of r
-        b = 13 * k
-        j, off = b // 32, b % 32
-        L.append(ldr_sp(2, 4 * j))
-        if off:
-            L.append("    lsr(r2, r2, %d)" % off)
-        if off + 13 > 32 and j < 3:
-            L += [ldr_sp(3, 4 * (j + 1)), "    lsl(r3, r3, %d)" % (32 - off), "    orr(r2, r3)"]
-        if off + 13 < 32 or j < 3:  # bits above 13 (w_3 >> 21 has only 11)
-            L += _mask13(2)
-        L.append("    str(r2, [r1, %d])" % (40 + 4 * k))
+    # ps[10 + k] = bits 13k .. 13k + 12 of r: r5:r4:r3:r2 shifted right by
+    # 13 after each limb (a loop of 10)
+    L += [ldr_sp(1, F_PS), ldr_sp(2, 0), ldr_sp(3, 4), ldr_sp(4, 8), ldr_sp(5, 12), "    mov(r7, 10)",
+          "    label(RLIMB)"] + ["    lsl(r0, r2, 19)", "    lsr(r0, r0, 19)", "    str(r0, [r1, 40])", "    add(r1, 4)"]
+    for lo in (2, 3, 4):
+        L += ["    lsr(r%d, r%d, 13)" % (lo, lo), "    lsl(r0, r%d, 19)" % (lo + 1), "    orr(r%d, r0)" % lo]
+    L += ["    lsr(r5, r5, 13)", "    sub(r7, 1)", "    bne(RLIMB)  # 10 limbs", "    sub(r1, 40)"]
     # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (key words 4..7):
     # r4 walks the frame, r5 ps
     L += [add_rd_sp(4, 16), "    mov(r5, r1)", "    add(r5, 80)", "    mov(r6, 4)", "    label(SHALF)",
