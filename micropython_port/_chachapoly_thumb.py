@@ -557,52 +557,52 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f04)  # tst.w r6, #4
     beq_w(RET0)
-    data(2, 0xea4f, 0x6c91)  # lsr.w r12, r1, #26
+    lsr(r7, r1, 26)
     data(2, 0xf36f, 0x619f)  # bfc r1, #26, #6
-    data(2, 0xeb02, 0x020c)  # add.w r2, r2, r12
-    data(2, 0xea4f, 0x6c92)  # lsr.w r12, r2, #26
+    add(r2, r2, r7)
+    lsr(r7, r2, 26)
     data(2, 0xf36f, 0x629f)  # bfc r2, #26, #6
-    data(2, 0xeb03, 0x030c)  # add.w r3, r3, r12
-    data(2, 0xea4f, 0x6c93)  # lsr.w r12, r3, #26
+    add(r3, r3, r7)
+    lsr(r7, r3, 26)
     data(2, 0xf36f, 0x639f)  # bfc r3, #26, #6
-    data(2, 0xeb04, 0x040c)  # add.w r4, r4, r12
-    data(2, 0xea4f, 0x6c94)  # lsr.w r12, r4, #26
+    add(r4, r4, r7)
+    lsr(r7, r4, 26)
     data(2, 0xf36f, 0x649f)  # bfc r4, #26, #6
-    data(2, 0xeb0c, 0x0c8c)  # add.w r12, r12, r12, lsl #2
-    data(2, 0xeb00, 0x000c)  # add.w r0, r0, r12
-    data(2, 0xea4f, 0x6c90)  # lsr.w r12, r0, #26
+    data(2, 0xeb07, 0x0787)  # add.w r7, r7, r7, lsl #2
+    add(r0, r0, r7)
+    lsr(r7, r0, 26)
     data(2, 0xf36f, 0x609f)  # bfc r0, #26, #6
-    data(2, 0xeb01, 0x010c)  # add.w r1, r1, r12
-    data(2, 0xea4f, 0x6c91)  # lsr.w r12, r1, #26
+    add(r1, r1, r7)
+    lsr(r7, r1, 26)
     data(2, 0xf36f, 0x619f)  # bfc r1, #26, #6
-    data(2, 0xeb02, 0x020c)  # add.w r2, r2, r12
-    data(2, 0xea4f, 0x6c92)  # lsr.w r12, r2, #26
+    add(r2, r2, r7)
+    lsr(r7, r2, 26)
     data(2, 0xf36f, 0x629f)  # bfc r2, #26, #6
-    data(2, 0xeb03, 0x030c)  # add.w r3, r3, r12
-    data(2, 0xea4f, 0x6c93)  # lsr.w r12, r3, #26
+    add(r3, r3, r7)
+    lsr(r7, r3, 26)
     data(2, 0xf36f, 0x639f)  # bfc r3, #26, #6
-    data(2, 0xeb04, 0x040c)  # add.w r4, r4, r12
+    add(r4, r4, r7)
     data(2, 0xea40, 0x6081)  # orr.w r0, r0, r1, lsl #26
-    data(2, 0xea4f, 0x1191)  # lsr.w r1, r1, #6
+    lsr(r1, r1, 6)
     data(2, 0xea41, 0x5102)  # orr.w r1, r1, r2, lsl #20
-    data(2, 0xea4f, 0x3212)  # lsr.w r2, r2, #12
+    lsr(r2, r2, 12)
     data(2, 0xea42, 0x3283)  # orr.w r2, r2, r3, lsl #14
-    data(2, 0xea4f, 0x4393)  # lsr.w r3, r3, #18
+    lsr(r3, r3, 18)
     data(2, 0xea43, 0x2304)  # orr.w r3, r3, r4, lsl #8
-    data(2, 0xea4f, 0x6414)  # lsr.w r4, r4, #24
-    data(2, 0xf110, 0x0605)  # adds.w r6, r0, #5
+    lsr(r4, r4, 24)
+    add(r6, r0, 5)  # adds: C
     data(2, 0xf151, 0x0700)  # adcs.w r7, r1, #0
     data(2, 0xf152, 0x0800)  # adcs.w r8, r2, #0
     data(2, 0xf153, 0x0900)  # adcs.w r9, r3, #0
     data(2, 0xf144, 0x0a00)  # adc.w r10, r4, #0
     data(2, 0xea4f, 0x0a9a)  # lsr.w r10, r10, #2
     data(2, 0xf1ca, 0x0a00)  # rsb.w r10, r10, #0
-    data(2, 0xea86, 0x0600)  # eor.w r6, r6, r0
+    eor(r6, r0)
     data(2, 0xea06, 0x060a)  # and.w r6, r6, r10
-    data(2, 0xea80, 0x0006)  # eor.w r0, r0, r6
-    data(2, 0xea87, 0x0701)  # eor.w r7, r7, r1
+    eor(r0, r6)
+    eor(r7, r1)
     data(2, 0xea07, 0x070a)  # and.w r7, r7, r10
-    data(2, 0xea81, 0x0107)  # eor.w r1, r1, r7
+    eor(r1, r7)
     data(2, 0xea88, 0x0802)  # eor.w r8, r8, r2
     data(2, 0xea08, 0x080a)  # and.w r8, r8, r10
     data(2, 0xea82, 0x0208)  # eor.w r2, r2, r8
@@ -621,15 +621,15 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf8d5, 0x9068)  # ldr.w r9, [r5, #104]
     data(2, 0xf8d5, 0xb06c)  # ldr.w r11, [r5, #108]
     data(2, 0xea49, 0x490b)  # orr.w r9, r9, r11, lsl #16
-    data(2, 0xeb10, 0x0006)  # adds.w r0, r0, r6
-    data(2, 0xeb51, 0x0107)  # adcs.w r1, r1, r7
+    add(r0, r0, r6)  # adds
+    adc(r1, r7)  # adcs
     data(2, 0xeb52, 0x0208)  # adcs.w r2, r2, r8
     data(2, 0xeb43, 0x0309)  # adc.w r3, r3, r9
     data(2, 0x9c15)  # ldr r4, [sp, #84]
     data(2, 0x9d19)  # ldr r5, [sp, #100]
-    data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
+    add(r4, r4, r5)
     data(2, 0x9d18)  # ldr r5, [sp, #96]
-    data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
+    add(r4, r4, r5)
     data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f08)  # tst.w r6, #8
     bne_w(COMPARE)
@@ -642,19 +642,19 @@ def poly_update(r0, r1, r2, r3):
     b(EXIT)
     label(COMPARE)
     ldr(r6, [r4, 0])
-    data(2, 0xea86, 0x0600)  # eor.w r6, r6, r0
+    eor(r6, r0)
     ldr(r7, [r4, 4])
-    data(2, 0xea87, 0x0701)  # eor.w r7, r7, r1
+    eor(r7, r1)
     data(2, 0xf8d4, 0x8008)  # ldr.w r8, [r4, #8]
     data(2, 0xea88, 0x0802)  # eor.w r8, r8, r2
     data(2, 0xf8d4, 0x900c)  # ldr.w r9, [r4, #12]
     data(2, 0xea89, 0x0903)  # eor.w r9, r9, r3
-    data(2, 0xea46, 0x0607)  # orr.w r6, r6, r7
+    orr(r6, r7)
     data(2, 0xea48, 0x0809)  # orr.w r8, r8, r9
     data(2, 0xea46, 0x0608)  # orr.w r6, r6, r8
     data(2, 0xf1c6, 0x0700)  # rsb.w r7, r6, #0
     data(2, 0xea46, 0x0607)  # orr.w r6, r6, r7
-    data(2, 0xea4f, 0x70d6)  # lsr.w r0, r6, #31
+    lsr(r0, r6, 31)
     label(EXIT)
     data(2, 0xb020)  # add sp, #128
     pop({r8, r9, r10, r11})

@@ -485,8 +485,10 @@ def _poly_block():
     return L
 
 
-def _carry(a, b, mask=True):
-    return [E.sh("lsr", 12, a, 26)] + ([E.bfc(a, 26, 6)] if mask else []) + [E.dp("add", b, b, 12)]
+def _carry(a, b):
+    """Limb a's carry into limb b (r7 the scratch; 16-bit LSRS/ADDS where
+    the registers are low: no flag is live in the carry passes)."""
+    return ["    lsr(r7, r%d, 26)" % a, E.bfc(a, 26, 6), "    add(r%d, r%d, r7)" % (b, b)]
 
 
 def _poly_finish():
@@ -505,46 +507,46 @@ def _poly_finish():
     # carry h1 -> .. -> h4 -> 5 * c into h0, then h0 -> .. -> h4 (unmasked)
     for a in range(1, 4):
         L += _carry(a, a + 1)
-    L.append(E.sh("lsr", 12, 4, 26))
+    L.append("    lsr(r7, r4, 26)")
     L.append(E.bfc(4, 26, 6))
-    L.append(E.dp("add", 12, 12, 12, shift="lsl", amount=2))
-    L.append(E.dp("add", 0, 0, 12))
+    L.append(E.dp("add", 7, 7, 7, shift="lsl", amount=2))
+    L.append("    add(r0, r0, r7)")
     for a in range(4):
         L += _carry(a, a + 1)
     # pack into five words
     L.append(E.dp("orr", 0, 0, 1, shift="lsl", amount=26))
-    L.append(E.sh("lsr", 1, 1, 6))
+    L.append("    lsr(r1, r1, 6)")
     L.append(E.dp("orr", 1, 1, 2, shift="lsl", amount=20))
-    L.append(E.sh("lsr", 2, 2, 12))
+    L.append("    lsr(r2, r2, 12)")
     L.append(E.dp("orr", 2, 2, 3, shift="lsl", amount=14))
-    L.append(E.sh("lsr", 3, 3, 18))
+    L.append("    lsr(r3, r3, 18)")
     L.append(E.dp("orr", 3, 3, 4, shift="lsl", amount=8))
-    L.append(E.sh("lsr", 4, 4, 24))
+    L.append("    lsr(r4, r4, 24)")
     # g = h + 5; h >= p iff g >= 2**130; mask = -(g >> 130)
-    L.append(E.imm("add", 6, 0, 5, s=True))
+    L.append("    add(r6, r0, 5)  # adds: C")
     L.append(E.imm("adc", 7, 1, 0, s=True))
     L.append(E.imm("adc", 8, 2, 0, s=True))
     L.append(E.imm("adc", 9, 3, 0, s=True))
     L.append(E.imm("adc", 10, 4, 0))
     L.append(E.sh("lsr", 10, 10, 2))
     L.append(E.imm("rsb", 10, 10, 0))
-    for i in range(4):  # h ^= (h ^ g) & mask
-        L.append(E.dp("eor", 6 + i, 6 + i, i))
+    for i in range(4):  # h ^= (h ^ g) & mask (16-bit EORS where r6 + i is low)
+        L.append("    eor(r%d, r%d)" % (6 + i, i) if i < 2 else E.dp("eor", 6 + i, 6 + i, i))
         L.append(E.dp("and", 6 + i, 6 + i, 10))
-        L.append(E.dp("eor", i, i, 6 + i))
+        L.append("    eor(r%d, r%d)" % (i, 6 + i) if i < 2 else E.dp("eor", i, i, 6 + i))
     for i in range(4):  # s from its 16-bit halves in ps[20..27]
         L.append(_mem("ldr", 6 + i, 5, 80 + 8 * i))
         L.append(_mem("ldr", 11, 5, 84 + 8 * i))
         L.append(E.dp("orr", 6 + i, 6 + i, 11, shift="lsl", amount=16))
-    L.append(E.dp("add", 0, 0, 6, s=True))
-    L.append(E.dp("adc", 1, 1, 7, s=True))
+    L.append("    add(r0, r0, r6)  # adds")
+    L.append("    adc(r1, r7)  # adcs")
     L.append(E.dp("adc", 2, 2, 8, s=True))
     L.append(E.dp("adc", 3, 3, 9))
     L.append(_mem("ldr", 4, SP, P_M))  # the tag's place: m + mo + mn
     L.append(_mem("ldr", 5, SP, P_MO))
-    L.append(E.dp("add", 4, 4, 5))
+    L.append("    add(r4, r4, r5)")
     L.append(_mem("ldr", 5, SP, P_MN))
-    L.append(E.dp("add", 4, 4, 5))
+    L.append("    add(r4, r4, r5)")
     L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 8))
     L.append("    bne_w(COMPARE)")
@@ -556,13 +558,13 @@ def _poly_finish():
     L.append("    label(COMPARE)")  # OR of the word XORs; 1 iff any differs
     for i in range(4):
         L.append(_mem("ldr", 6 + i, 4, 4 * i))
-        L.append(E.dp("eor", 6 + i, 6 + i, i))
-    L.append(E.dp("orr", 6, 6, 7))
+        L.append("    eor(r%d, r%d)" % (6 + i, i) if i < 2 else E.dp("eor", 6 + i, 6 + i, i))
+    L.append("    orr(r6, r7)")
     L.append(E.dp("orr", 8, 8, 9))
     L.append(E.dp("orr", 6, 6, 8))
     L.append(E.imm("rsb", 7, 6, 0))
     L.append(E.dp("orr", 6, 6, 7))
-    L.append(E.sh("lsr", 0, 6, 31))
+    L.append("    lsr(r0, r6, 31)")
     return L
 
 
