@@ -9,6 +9,11 @@ module: ``chacha_setkey(st, key)``, ``chacha_polykey(st, ps)``,
 ``chacha_xor(st, src, dst)`` and ``poly_update(ps, ad, m, blk)``. Buffers
 arrive as pointers to their data; every entry returns a small int (0, or
 poly_update's 0/1 verdict), so a call allocates nothing for its result.
+``chacha_polykey`` is the Python function ``chacha_xor(st, ps, -1)``:
+chacha_xor computes the Poly1305 key when dst is -1 (no buffer's data sits
+at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), so the one
+copy of the ChaCha rounds serves both (issue 16 item 6: a small flash
+bundle).
 Offsets and lengths come from ``st``/``ps`` and are checked by the caller
 (``chacha20poly1305._check``): nothing here checks a bound.
 
@@ -19,15 +24,14 @@ unaligned (unless CCR.UNALIGN_TRP is set, which no MicroPython port does),
 or byte by byte. ``st[32..47]`` (the viper code's keystream block) is not
 used: the keystream stays in the stack frame.
 
-ChaCha20 (RFC 8439 section 2.3): the 16 state words live in 14 registers
-(x0-x7 in r0-r7, x12-x15 in r10, r11, r12, lr) and two slots r8, r9 that
-hold x8, x9 for the first half of a column round and the second half of a
-diagonal round, and x10, x11 otherwise (spilled to the frame in between:
-two LDRD/STRD per half round). A quarter round is 12 instructions (ADD,
-EOR, and a left rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25).
-A full 64-byte block is added to the input state and XORed into the
-message four words at a time; a final partial block is written to the
-frame as keystream and XORed word by word, then byte by byte. ``src`` and
+ChaCha20 (RFC 8439 section 2.3): the 16 state words live in the stack
+frame; one copy of the quarter round (ADD, EOR, and a left rotation by 16,
+12, 8, 7 done as ROR by 16, 20, 24, 25) runs on each column in a loop, and
+a double round is the column round, the rows 1-3 rotated left by 1-3
+words, the column round again (on what are now the diagonals) and the rows
+rotated back: small code, about twice the instructions of an unrolled
+round in registers. A block's keystream (x + st) goes to the frame and is
+XORed into min(n, 64) bytes a word at a time, then byte by byte. ``src`` and
 ``dst`` may be the same buffer at the same offset (each word or byte is
 read before it is written). The block counter st[12] ends one past the
 last block used.
@@ -54,8 +58,10 @@ iff g >= 2**130 (bit 130), i.e. iff h >= p; then the tag is h + s mod 2**128.
 
 Constant time: no branch and no address depends on the key, the keystream,
 h, r, s, the message or the tag. Branches and addresses depend only on
-lengths, offsets, the mode bits and the round counter, all public. The
-double rounds are a counted loop; the final selection uses the mask
+lengths, offsets, the mode bits and the loop counters (rounds, columns,
+words, limbs), all public; the frame addresses of the quarter rounds are
+fixed per column, and the diagonals come from rotating the rows by fixed
+amounts, not from data. The final selection uses the mask
 -(g >> 130); the tag check ORs the four word XORs together and returns
 (acc | -acc) >> 31, without an early exit. The Cortex-M3's UMULL and UMLAL
 take 3-5 and 4-7 cycles depending on their operands (early termination,
@@ -77,182 +83,209 @@ import micropython
 def chacha_setkey(r0, r1):
     movw(r2, 0x7865)
     movt(r2, 0x6170)
-    data(2, 0xf8c0, 0x2000)  # str.w r2, [r0, #0]
+    str(r2, [r0, 0])
     movw(r2, 0x646e)
     movt(r2, 0x3320)
-    data(2, 0xf8c0, 0x2004)  # str.w r2, [r0, #4]
+    str(r2, [r0, 4])
     movw(r2, 0x2d32)
     movt(r2, 0x7962)
-    data(2, 0xf8c0, 0x2008)  # str.w r2, [r0, #8]
+    str(r2, [r0, 8])
     movw(r2, 0x6574)
     movt(r2, 0x6b20)
-    data(2, 0xf8c0, 0x200c)  # str.w r2, [r0, #12]
-    data(2, 0xf8d1, 0x2000)  # ldr.w r2, [r1, #0]
-    data(2, 0xf8c0, 0x2010)  # str.w r2, [r0, #16]
-    data(2, 0xf8d1, 0x2004)  # ldr.w r2, [r1, #4]
-    data(2, 0xf8c0, 0x2014)  # str.w r2, [r0, #20]
-    data(2, 0xf8d1, 0x2008)  # ldr.w r2, [r1, #8]
-    data(2, 0xf8c0, 0x2018)  # str.w r2, [r0, #24]
-    data(2, 0xf8d1, 0x200c)  # ldr.w r2, [r1, #12]
-    data(2, 0xf8c0, 0x201c)  # str.w r2, [r0, #28]
-    data(2, 0xf8d1, 0x2010)  # ldr.w r2, [r1, #16]
-    data(2, 0xf8c0, 0x2020)  # str.w r2, [r0, #32]
-    data(2, 0xf8d1, 0x2014)  # ldr.w r2, [r1, #20]
-    data(2, 0xf8c0, 0x2024)  # str.w r2, [r0, #36]
-    data(2, 0xf8d1, 0x2018)  # ldr.w r2, [r1, #24]
-    data(2, 0xf8c0, 0x2028)  # str.w r2, [r0, #40]
-    data(2, 0xf8d1, 0x201c)  # ldr.w r2, [r1, #28]
-    data(2, 0xf8c0, 0x202c)  # str.w r2, [r0, #44]
+    str(r2, [r0, 12])
+    add(r0, 16)
+    mov(r3, 8)
+    label(KEY)
+    ldr(r2, [r1, 0])
+    str(r2, [r0, 0])
+    add(r0, 4)
+    add(r1, 4)
+    sub(r3, 1)
+    bne(KEY)  # 8 words
     data(2, 0xf04f, 0x0000)  # mov.w r0, #0
 
 
 @micropython.asm_thumb
-def chacha_polykey(r0, r1):
+def chacha_xor(r0, r1, r2):
     push({r8, r9, r10, r11})
-    data(2, 0xb096)  # sub sp, #88
-    data(2, 0xf8cd, 0x0040)  # str.w r0, [sp, #64]
-    data(2, 0xf8cd, 0x1054)  # str.w r1, [sp, #84]
-    data(2, 0xf04f, 0x0200)  # mov.w r2, #0
-    data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
-    data(2, 0xf8d0, 0x2050)  # ldr.w r2, [r0, #80]
-    data(2, 0xf8d0, 0x3054)  # ldr.w r3, [r0, #84]
-    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x2034)  # str.w r2, [r0, #52]
-    data(2, 0xf8d0, 0x2058)  # ldr.w r2, [r0, #88]
-    data(2, 0xf8d0, 0x305c)  # ldr.w r3, [r0, #92]
-    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x2038)  # str.w r2, [r0, #56]
-    data(2, 0xf8d0, 0x2060)  # ldr.w r2, [r0, #96]
-    data(2, 0xf8d0, 0x3064)  # ldr.w r3, [r0, #100]
-    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
-    data(2, 0xf8c0, 0x203c)  # str.w r2, [r0, #60]
-    data(2, 0xf04f, 0x000a)  # mov.w r0, #10
-    data(2, 0xf8cd, 0x0050)  # str.w r0, [sp, #80]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xe9d0, 0xab0a)  # ldrd r10, r11, [r0, #40]
-    data(2, 0xe9cd, 0xab0a)  # strd r10, r11, [sp, #40]
-    data(2, 0xe9d0, 0xab0c)  # ldrd r10, r11, [r0, #48]
-    data(2, 0xe9d0, 0xce0e)  # ldrd r12, lr, [r0, #56]
-    data(2, 0xe890, 0x03ff)  # ldmia.w r0, {r0, r1, r2, r3, r4, r5, r6, r7, r8, r9}
-    label(ROUND)
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9dd, 0x890a)  # ldrd r8, r9, [sp, #40]
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xe9cd, 0x890a)  # strd r8, r9, [sp, #40]
-    data(2, 0xf8dd, 0x8050)  # ldr.w r8, [sp, #80]
-    data(2, 0xf1b8, 0x0801)  # subs.w r8, r8, #1
-    data(2, 0xf8cd, 0x8050)  # str.w r8, [sp, #80]
-    data(2, 0xe9dd, 0x8908)  # ldrd r8, r9, [sp, #32]
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    bne_w(ROUND)
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9cd, 0x0100)  # strd r0, r1, [sp, #0]
-    data(2, 0xe9cd, 0x2302)  # strd r2, r3, [sp, #8]
-    data(2, 0xe9cd, 0x4504)  # strd r4, r5, [sp, #16]
-    data(2, 0xe9cd, 0x6706)  # strd r6, r7, [sp, #24]
-    data(2, 0xe9cd, 0xab0c)  # strd r10, r11, [sp, #48]
-    data(2, 0xe9cd, 0xce0e)  # strd r12, lr, [sp, #56]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xe89d, 0x00f0)  # ldmia.w sp, {r4, r5, r6, r7}
-    data(2, 0xe890, 0x0f00)  # ldmia.w r0, {r8, r9, r10, r11}
+    data(2, 0xb098)  # sub sp, #96
+    data(2, 0x9010)  # str r0, [sp, #64]
+    b(START)
+    label(BLOCK)
+    data(2, 0xf8cd, 0xe058)  # str.w lr, [sp, #88]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    data(2, 0xf10d, 0x0100)  # add.w r1, sp, #0
+    data(2, 0xe8b0, 0x0ff0)  # ldmia.w r0!, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xe8a1, 0x0ff0)  # stmia.w r1!, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xe890, 0x0ff0)  # ldmia.w r0, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xe881, 0x0ff0)  # stmia.w r1, {r4, r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xf04f, 0x0b0a)  # mov.w r11, #10
+    label(DOUBLE)
+    bl(COLUMNS)
+    data(2, 0xf10d, 0x0710)  # add.w r7, sp, #16
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r1, [r7, 0])
+    str(r2, [r7, 4])
+    str(r3, [r7, 8])
+    str(r0, [r7, 12])
+    data(2, 0xf10d, 0x0720)  # add.w r7, sp, #32
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r2, [r7, 0])
+    str(r3, [r7, 4])
+    str(r0, [r7, 8])
+    str(r1, [r7, 12])
+    data(2, 0xf10d, 0x0730)  # add.w r7, sp, #48
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r3, [r7, 0])
+    str(r0, [r7, 4])
+    str(r1, [r7, 8])
+    str(r2, [r7, 12])
+    bl(COLUMNS)
+    data(2, 0xf10d, 0x0710)  # add.w r7, sp, #16
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r3, [r7, 0])
+    str(r0, [r7, 4])
+    str(r1, [r7, 8])
+    str(r2, [r7, 12])
+    data(2, 0xf10d, 0x0720)  # add.w r7, sp, #32
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r2, [r7, 0])
+    str(r3, [r7, 4])
+    str(r0, [r7, 8])
+    str(r1, [r7, 12])
+    data(2, 0xf10d, 0x0730)  # add.w r7, sp, #48
+    data(2, 0xe897, 0x000f)  # ldmia.w r7, {r0, r1, r2, r3}
+    str(r1, [r7, 0])
+    str(r2, [r7, 4])
+    str(r3, [r7, 8])
+    str(r0, [r7, 12])
+    data(2, 0xf1bb, 0x0b01)  # subs.w r11, r11, #1
+    bne_w(DOUBLE)  # 10 double rounds, a public count
+    data(2, 0xf8dd, 0xf058)  # ldr.w r15, [sp, #88]
+    label(COLUMNS)
+    data(2, 0xf10d, 0x0700)  # add.w r7, sp, #0
+    data(2, 0xf10d, 0x0610)  # add.w r6, sp, #16
+    label(COLUMN)
+    ldr(r0, [r7, 0])
+    ldr(r1, [r7, 16])
+    ldr(r2, [r7, 32])
+    ldr(r3, [r7, 48])
+    add(r0, r0, r1)
+    eor(r3, r0)
+    data(2, 0xea4f, 0x4333)  # ror.w r3, r3, #16
+    add(r2, r2, r3)
+    eor(r1, r2)
+    data(2, 0xea4f, 0x5131)  # ror.w r1, r1, #20
+    add(r0, r0, r1)
+    eor(r3, r0)
+    data(2, 0xea4f, 0x6333)  # ror.w r3, r3, #24
+    add(r2, r2, r3)
+    eor(r1, r2)
+    data(2, 0xea4f, 0x6171)  # ror.w r1, r1, #25
+    str(r0, [r7, 0])
+    str(r1, [r7, 16])
+    str(r2, [r7, 32])
+    str(r3, [r7, 48])
+    add(r7, 4)
+    cmp(r7, r6)
+    bne(COLUMN)  # 4 columns
+    bx(lr)
+    label(START)
+    data(2, 0xf112, 0x0301)  # adds.w r3, r2, #1
+    beq_w(POLYKEY)
+    ldr(r3, [r0, 64])
+    data(2, 0xeb01, 0x0103)  # add.w r1, r1, r3
+    data(2, 0x9111)  # str r1, [sp, #68]
+    ldr(r3, [r0, 68])
+    data(2, 0xeb02, 0x0203)  # add.w r2, r2, r3
+    data(2, 0x9212)  # str r2, [sp, #72]
+    ldr(r3, [r0, 72])
+    data(2, 0x9313)  # str r3, [sp, #76]
+    label(NEXT)
+    data(2, 0x9b13)  # ldr r3, [sp, #76]
+    data(2, 0xf1b3, 0x0f00)  # cmp.w r3, #0
+    ble_w(DONE)
+    bl(BLOCK)
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
+    data(2, 0xf04f, 0x0c04)  # mov.w r12, #4
+    label(KEYSTREAM)
+    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
+    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
     data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
     data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
     data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
     data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
+    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
+    data(2, 0xf1bc, 0x0c01)  # subs.w r12, r12, #1
+    bne_w(KEYSTREAM)  # 4 groups, a public count
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    ldr(r4, [r0, 48])
+    data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
+    str(r4, [r0, 48])
+    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
+    data(2, 0x9911)  # ldr r1, [sp, #68]
+    data(2, 0x9a12)  # ldr r2, [sp, #72]
+    data(2, 0x9d13)  # ldr r5, [sp, #76]
+    data(2, 0xf04f, 0x0740)  # mov.w r7, #64
+    data(2, 0xf1b5, 0x0f40)  # cmp.w r5, #64
+    bge_w(WHOLE)
+    data(2, 0xea45, 0x0705)  # orr.w r7, r5, r5
+    label(WHOLE)
+    data(2, 0xeba5, 0x0507)  # sub.w r5, r5, r7
+    data(2, 0x9513)  # str r5, [sp, #76]
+    label(WORDS)
+    data(2, 0xf1b7, 0x0f04)  # cmp.w r7, #4
+    blt_w(BYTES)
+    data(2, 0xf851, 0x4b04)  # ldr r4, [r1], #4
+    data(2, 0xf853, 0x6b04)  # ldr r6, [r3], #4
+    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
+    data(2, 0xf842, 0x4b04)  # str r4, [r2], #4
+    data(2, 0xf1a7, 0x0704)  # sub.w r7, r7, #4
+    b(WORDS)
+    label(BYTES)
+    data(2, 0xf1b7, 0x0f00)  # cmp.w r7, #0
+    beq_w(BLOCK_END)
+    data(2, 0xf811, 0x4b01)  # ldrb r4, [r1], #1
+    data(2, 0xf813, 0x6b01)  # ldrb r6, [r3], #1
+    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
+    data(2, 0xf802, 0x4b01)  # strb r4, [r2], #1
+    data(2, 0xf1a7, 0x0701)  # sub.w r7, r7, #1
+    b(BYTES)
+    label(BLOCK_END)
+    data(2, 0x9111)  # str r1, [sp, #68]
+    data(2, 0x9212)  # str r2, [sp, #72]
+    b(NEXT)
+    label(POLYKEY)
+    data(2, 0x9115)  # str r1, [sp, #84]
+    data(2, 0xf04f, 0x0200)  # mov.w r2, #0
+    str(r2, [r0, 48])
+    ldr(r2, [r0, 80])
+    ldr(r3, [r0, 84])
+    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
+    str(r2, [r0, 52])
+    ldr(r2, [r0, 88])
+    ldr(r3, [r0, 92])
+    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
+    str(r2, [r0, 56])
+    ldr(r2, [r0, 96])
+    ldr(r3, [r0, 100])
+    data(2, 0xea42, 0x4203)  # orr.w r2, r2, r3, lsl #16
+    str(r2, [r0, 60])
+    bl(BLOCK)
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
+    mov(r2, 8)
+    label(KEYW)
+    ldr(r4, [r3, 0])
+    ldr(r5, [r0, 0])
+    add(r4, r4, r5)
+    str(r4, [r3, 0])
+    add(r3, 4)
+    add(r0, 4)
+    sub(r2, 1)
+    bne(KEYW)  # 8 words
+    data(2, 0xe89d, 0x00f0)  # ldmia.w sp, {r4, r5, r6, r7}
     data(2, 0xf36f, 0x741f)  # bfc r4, #28, #4
     data(2, 0xf36f, 0x751f)  # bfc r5, #28, #4
     data(2, 0xf36f, 0x0501)  # bfc r5, #0, #2
@@ -260,57 +293,34 @@ def chacha_polykey(r0, r1):
     data(2, 0xf36f, 0x0601)  # bfc r6, #0, #2
     data(2, 0xf36f, 0x771f)  # bfc r7, #28, #4
     data(2, 0xf36f, 0x0701)  # bfc r7, #0, #2
-    data(2, 0xf8dd, 0x1054)  # ldr.w r1, [sp, #84]
+    data(2, 0x9915)  # ldr r1, [sp, #84]
+    data(2, 0xf101, 0x0228)  # add.w r2, r1, #40
+    mov(r3, 10)
+    label(RLIMB)
     data(2, 0xf3c4, 0x080c)  # ubfx r8, r4, #0, #13
-    data(2, 0xf8c1, 0x8028)  # str.w r8, [r1, #40]
-    data(2, 0xf3c4, 0x384c)  # ubfx r8, r4, #13, #13
-    data(2, 0xf8c1, 0x802c)  # str.w r8, [r1, #44]
-    data(2, 0xea4f, 0x6894)  # lsr.w r8, r4, #26
-    data(2, 0xea48, 0x1885)  # orr.w r8, r8, r5, lsl #6
-    data(2, 0xf3c8, 0x080c)  # ubfx r8, r8, #0, #13
-    data(2, 0xf8c1, 0x8030)  # str.w r8, [r1, #48]
-    data(2, 0xf3c5, 0x18cc)  # ubfx r8, r5, #7, #13
-    data(2, 0xf8c1, 0x8034)  # str.w r8, [r1, #52]
-    data(2, 0xea4f, 0x5815)  # lsr.w r8, r5, #20
-    data(2, 0xea48, 0x3806)  # orr.w r8, r8, r6, lsl #12
-    data(2, 0xf3c8, 0x080c)  # ubfx r8, r8, #0, #13
-    data(2, 0xf8c1, 0x8038)  # str.w r8, [r1, #56]
-    data(2, 0xf3c6, 0x084c)  # ubfx r8, r6, #1, #13
-    data(2, 0xf8c1, 0x803c)  # str.w r8, [r1, #60]
-    data(2, 0xf3c6, 0x388c)  # ubfx r8, r6, #14, #13
-    data(2, 0xf8c1, 0x8040)  # str.w r8, [r1, #64]
-    data(2, 0xea4f, 0x68d6)  # lsr.w r8, r6, #27
-    data(2, 0xea48, 0x1847)  # orr.w r8, r8, r7, lsl #5
-    data(2, 0xf3c8, 0x080c)  # ubfx r8, r8, #0, #13
-    data(2, 0xf8c1, 0x8044)  # str.w r8, [r1, #68]
-    data(2, 0xf3c7, 0x280c)  # ubfx r8, r7, #8, #13
-    data(2, 0xf8c1, 0x8048)  # str.w r8, [r1, #72]
-    data(2, 0xf3c7, 0x584a)  # ubfx r8, r7, #21, #11
-    data(2, 0xf8c1, 0x804c)  # str.w r8, [r1, #76]
+    data(2, 0xf842, 0x8b04)  # str r8, [r2], #4
+    lsr(r4, r4, 13)
+    data(2, 0xea44, 0x44c5)  # orr.w r4, r4, r5, lsl #19
+    lsr(r5, r5, 13)
+    data(2, 0xea45, 0x45c6)  # orr.w r5, r5, r6, lsl #19
+    lsr(r6, r6, 13)
+    data(2, 0xea46, 0x46c7)  # orr.w r6, r6, r7, lsl #19
+    lsr(r7, r7, 13)
+    sub(r3, 1)
+    bne(RLIMB)  # 10 limbs
     data(2, 0xf10d, 0x0310)  # add.w r3, sp, #16
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xf100, 0x0010)  # add.w r0, r0, #16
-    data(2, 0xe890, 0x0f00)  # ldmia.w r0, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xf3c4, 0x080f)  # ubfx r8, r4, #0, #16
-    data(2, 0xf8c1, 0x8050)  # str.w r8, [r1, #80]
-    data(2, 0xea4f, 0x4814)  # lsr.w r8, r4, #16
-    data(2, 0xf8c1, 0x8054)  # str.w r8, [r1, #84]
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xf3c5, 0x080f)  # ubfx r8, r5, #0, #16
-    data(2, 0xf8c1, 0x8058)  # str.w r8, [r1, #88]
-    data(2, 0xea4f, 0x4815)  # lsr.w r8, r5, #16
-    data(2, 0xf8c1, 0x805c)  # str.w r8, [r1, #92]
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xf3c6, 0x080f)  # ubfx r8, r6, #0, #16
-    data(2, 0xf8c1, 0x8060)  # str.w r8, [r1, #96]
-    data(2, 0xea4f, 0x4816)  # lsr.w r8, r6, #16
-    data(2, 0xf8c1, 0x8064)  # str.w r8, [r1, #100]
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf3c7, 0x080f)  # ubfx r8, r7, #0, #16
-    data(2, 0xf8c1, 0x8068)  # str.w r8, [r1, #104]
-    data(2, 0xea4f, 0x4817)  # lsr.w r8, r7, #16
-    data(2, 0xf8c1, 0x806c)  # str.w r8, [r1, #108]
+    mov(r6, 4)
+    label(SHALF)
+    ldr(r4, [r3, 0])
+    add(r3, 4)
+    lsl(r5, r4, 16)
+    lsr(r5, r5, 16)
+    str(r5, [r2, 0])
+    lsr(r4, r4, 16)
+    str(r4, [r2, 4])
+    add(r2, 8)
+    sub(r6, 1)
+    bne(SHALF)  # 4 words
     data(2, 0xf04f, 0x0200)  # mov.w r2, #0
     data(2, 0xf04f, 0x0300)  # mov.w r3, #0
     data(2, 0xe9c1, 0x2300)  # strd r2, r3, [r1, #0]
@@ -318,298 +328,12 @@ def chacha_polykey(r0, r1):
     data(2, 0xe9c1, 0x2304)  # strd r2, r3, [r1, #16]
     data(2, 0xe9c1, 0x2306)  # strd r2, r3, [r1, #24]
     data(2, 0xe9c1, 0x2308)  # strd r2, r3, [r1, #32]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
+    data(2, 0x9810)  # ldr r0, [sp, #64]
     data(2, 0xf04f, 0x0201)  # mov.w r2, #1
-    data(2, 0xf8c0, 0x2030)  # str.w r2, [r0, #48]
-    data(2, 0xb016)  # add sp, #88
-    pop({r8, r9, r10, r11})
-    data(2, 0xf04f, 0x0000)  # mov.w r0, #0
-
-
-@micropython.asm_thumb
-def chacha_xor(r0, r1, r2):
-    push({r8, r9, r10, r11})
-    data(2, 0xb096)  # sub sp, #88
-    data(2, 0xf8cd, 0x0040)  # str.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x3040)  # ldr.w r3, [r0, #64]
-    data(2, 0xeb01, 0x0103)  # add.w r1, r1, r3
-    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
-    data(2, 0xf8d0, 0x3044)  # ldr.w r3, [r0, #68]
-    data(2, 0xeb02, 0x0203)  # add.w r2, r2, r3
-    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
-    data(2, 0xf8d0, 0x3048)  # ldr.w r3, [r0, #72]
-    data(2, 0xf8cd, 0x304c)  # str.w r3, [sp, #76]
-    label(NEXT)
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
-    data(2, 0xf1b3, 0x0f00)  # cmp.w r3, #0
-    ble_w(DONE)
-    data(2, 0xf04f, 0x000a)  # mov.w r0, #10
-    data(2, 0xf8cd, 0x0050)  # str.w r0, [sp, #80]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xe9d0, 0xab0a)  # ldrd r10, r11, [r0, #40]
-    data(2, 0xe9cd, 0xab0a)  # strd r10, r11, [sp, #40]
-    data(2, 0xe9d0, 0xab0c)  # ldrd r10, r11, [r0, #48]
-    data(2, 0xe9d0, 0xce0e)  # ldrd r12, lr, [r0, #56]
-    data(2, 0xe890, 0x03ff)  # ldmia.w r0, {r0, r1, r2, r3, r4, r5, r6, r7, r8, r9}
-    label(ROUND)
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb00, 0x0004)  # add.w r0, r0, r4
-    data(2, 0xea8a, 0x0a00)  # eor.w r10, r10, r0
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb08, 0x080a)  # add.w r8, r8, r10
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb01, 0x0105)  # add.w r1, r1, r5
-    data(2, 0xea8b, 0x0b01)  # eor.w r11, r11, r1
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb09, 0x090b)  # add.w r9, r9, r11
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9dd, 0x890a)  # ldrd r8, r9, [sp, #40]
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb02, 0x0206)  # add.w r2, r2, r6
-    data(2, 0xea8c, 0x0c02)  # eor.w r12, r12, r2
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb08, 0x080c)  # add.w r8, r8, r12
-    data(2, 0xea86, 0x0608)  # eor.w r6, r6, r8
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb03, 0x0307)  # add.w r3, r3, r7
-    data(2, 0xea8e, 0x0e03)  # eor.w lr, lr, r3
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb09, 0x090e)  # add.w r9, r9, lr
-    data(2, 0xea87, 0x0709)  # eor.w r7, r7, r9
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x4e3e)  # ror.w lr, lr, #16
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x5535)  # ror.w r5, r5, #20
-    data(2, 0xeb00, 0x0005)  # add.w r0, r0, r5
-    data(2, 0xea8e, 0x0e00)  # eor.w lr, lr, r0
-    data(2, 0xea4f, 0x6e3e)  # ror.w lr, lr, #24
-    data(2, 0xeb08, 0x080e)  # add.w r8, r8, lr
-    data(2, 0xea85, 0x0508)  # eor.w r5, r5, r8
-    data(2, 0xea4f, 0x6575)  # ror.w r5, r5, #25
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x4a3a)  # ror.w r10, r10, #16
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x5636)  # ror.w r6, r6, #20
-    data(2, 0xeb01, 0x0106)  # add.w r1, r1, r6
-    data(2, 0xea8a, 0x0a01)  # eor.w r10, r10, r1
-    data(2, 0xea4f, 0x6a3a)  # ror.w r10, r10, #24
-    data(2, 0xeb09, 0x090a)  # add.w r9, r9, r10
-    data(2, 0xea86, 0x0609)  # eor.w r6, r6, r9
-    data(2, 0xea4f, 0x6676)  # ror.w r6, r6, #25
-    data(2, 0xe9cd, 0x890a)  # strd r8, r9, [sp, #40]
-    data(2, 0xf8dd, 0x8050)  # ldr.w r8, [sp, #80]
-    data(2, 0xf1b8, 0x0801)  # subs.w r8, r8, #1
-    data(2, 0xf8cd, 0x8050)  # str.w r8, [sp, #80]
-    data(2, 0xe9dd, 0x8908)  # ldrd r8, r9, [sp, #32]
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x4b3b)  # ror.w r11, r11, #16
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x5737)  # ror.w r7, r7, #20
-    data(2, 0xeb02, 0x0207)  # add.w r2, r2, r7
-    data(2, 0xea8b, 0x0b02)  # eor.w r11, r11, r2
-    data(2, 0xea4f, 0x6b3b)  # ror.w r11, r11, #24
-    data(2, 0xeb08, 0x080b)  # add.w r8, r8, r11
-    data(2, 0xea87, 0x0708)  # eor.w r7, r7, r8
-    data(2, 0xea4f, 0x6777)  # ror.w r7, r7, #25
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x4c3c)  # ror.w r12, r12, #16
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x5434)  # ror.w r4, r4, #20
-    data(2, 0xeb03, 0x0304)  # add.w r3, r3, r4
-    data(2, 0xea8c, 0x0c03)  # eor.w r12, r12, r3
-    data(2, 0xea4f, 0x6c3c)  # ror.w r12, r12, #24
-    data(2, 0xeb09, 0x090c)  # add.w r9, r9, r12
-    data(2, 0xea84, 0x0409)  # eor.w r4, r4, r9
-    data(2, 0xea4f, 0x6474)  # ror.w r4, r4, #25
-    bne_w(ROUND)
-    data(2, 0xe9cd, 0x8908)  # strd r8, r9, [sp, #32]
-    data(2, 0xe9cd, 0x0100)  # strd r0, r1, [sp, #0]
-    data(2, 0xe9cd, 0x2302)  # strd r2, r3, [sp, #8]
-    data(2, 0xe9cd, 0x4504)  # strd r4, r5, [sp, #16]
-    data(2, 0xe9cd, 0x6706)  # strd r6, r7, [sp, #24]
-    data(2, 0xe9cd, 0xab0c)  # strd r10, r11, [sp, #48]
-    data(2, 0xe9cd, 0xce0e)  # strd r12, lr, [sp, #56]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8dd, 0x1044)  # ldr.w r1, [sp, #68]
-    data(2, 0xf8dd, 0x2048)  # ldr.w r2, [sp, #72]
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
-    data(2, 0xf1b3, 0x0f40)  # cmp.w r3, #64
-    blt_w(PARTIAL)
-    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8000)  # ldr.w r8, [r1, #0]
-    data(2, 0xf8d1, 0x9004)  # ldr.w r9, [r1, #4]
-    data(2, 0xf8d1, 0xa008)  # ldr.w r10, [r1, #8]
-    data(2, 0xf8d1, 0xb00c)  # ldr.w r11, [r1, #12]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4000)  # str.w r4, [r2, #0]
-    data(2, 0xf8c2, 0x5004)  # str.w r5, [r2, #4]
-    data(2, 0xf8c2, 0x6008)  # str.w r6, [r2, #8]
-    data(2, 0xf8c2, 0x700c)  # str.w r7, [r2, #12]
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8010)  # ldr.w r8, [r1, #16]
-    data(2, 0xf8d1, 0x9014)  # ldr.w r9, [r1, #20]
-    data(2, 0xf8d1, 0xa018)  # ldr.w r10, [r1, #24]
-    data(2, 0xf8d1, 0xb01c)  # ldr.w r11, [r1, #28]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4010)  # str.w r4, [r2, #16]
-    data(2, 0xf8c2, 0x5014)  # str.w r5, [r2, #20]
-    data(2, 0xf8c2, 0x6018)  # str.w r6, [r2, #24]
-    data(2, 0xf8c2, 0x701c)  # str.w r7, [r2, #28]
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8020)  # ldr.w r8, [r1, #32]
-    data(2, 0xf8d1, 0x9024)  # ldr.w r9, [r1, #36]
-    data(2, 0xf8d1, 0xa028)  # ldr.w r10, [r1, #40]
-    data(2, 0xf8d1, 0xb02c)  # ldr.w r11, [r1, #44]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4020)  # str.w r4, [r2, #32]
-    data(2, 0xf8c2, 0x5024)  # str.w r5, [r2, #36]
-    data(2, 0xf8c2, 0x6028)  # str.w r6, [r2, #40]
-    data(2, 0xf8c2, 0x702c)  # str.w r7, [r2, #44]
-    data(2, 0xe8b3, 0x00f0)  # ldmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xf8d1, 0x8030)  # ldr.w r8, [r1, #48]
-    data(2, 0xf8d1, 0x9034)  # ldr.w r9, [r1, #52]
-    data(2, 0xf8d1, 0xa038)  # ldr.w r10, [r1, #56]
-    data(2, 0xf8d1, 0xb03c)  # ldr.w r11, [r1, #60]
-    data(2, 0xea84, 0x0408)  # eor.w r4, r4, r8
-    data(2, 0xea85, 0x0509)  # eor.w r5, r5, r9
-    data(2, 0xea86, 0x060a)  # eor.w r6, r6, r10
-    data(2, 0xea87, 0x070b)  # eor.w r7, r7, r11
-    data(2, 0xf8c2, 0x4030)  # str.w r4, [r2, #48]
-    data(2, 0xf8c2, 0x5034)  # str.w r5, [r2, #52]
-    data(2, 0xf8c2, 0x6038)  # str.w r6, [r2, #56]
-    data(2, 0xf8c2, 0x703c)  # str.w r7, [r2, #60]
-    data(2, 0xf101, 0x0140)  # add.w r1, r1, #64
-    data(2, 0xf8cd, 0x1044)  # str.w r1, [sp, #68]
-    data(2, 0xf102, 0x0240)  # add.w r2, r2, #64
-    data(2, 0xf8cd, 0x2048)  # str.w r2, [sp, #72]
-    data(2, 0xf8dd, 0x304c)  # ldr.w r3, [sp, #76]
-    data(2, 0xf1a3, 0x0340)  # sub.w r3, r3, #64
-    data(2, 0xf8cd, 0x304c)  # str.w r3, [sp, #76]
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
-    data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
-    data(2, 0xf8c0, 0x4030)  # str.w r4, [r0, #48]
-    b(NEXT)
-    label(PARTIAL)
-    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xe893, 0x00f0)  # ldmia.w r3, {r4, r5, r6, r7}
-    data(2, 0xe8b0, 0x0f00)  # ldmia.w r0!, {r8, r9, r10, r11}
-    data(2, 0xeb04, 0x0408)  # add.w r4, r4, r8
-    data(2, 0xeb05, 0x0509)  # add.w r5, r5, r9
-    data(2, 0xeb06, 0x060a)  # add.w r6, r6, r10
-    data(2, 0xeb07, 0x070b)  # add.w r7, r7, r11
-    data(2, 0xe8a3, 0x00f0)  # stmia.w r3!, {r4, r5, r6, r7}
-    data(2, 0xf8dd, 0x0040)  # ldr.w r0, [sp, #64]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
-    data(2, 0xf104, 0x0401)  # add.w r4, r4, #1
-    data(2, 0xf8c0, 0x4030)  # str.w r4, [r0, #48]
-    data(2, 0xf10d, 0x0300)  # add.w r3, sp, #0
-    data(2, 0xf8dd, 0x504c)  # ldr.w r5, [sp, #76]
-    label(WORDS)
-    data(2, 0xf1b5, 0x0f04)  # cmp.w r5, #4
-    blt_w(BYTES)
-    data(2, 0xf851, 0x4b04)  # ldr r4, [r1], #4
-    data(2, 0xf853, 0x6b04)  # ldr r6, [r3], #4
-    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
-    data(2, 0xf842, 0x4b04)  # str r4, [r2], #4
-    data(2, 0xf1a5, 0x0504)  # sub.w r5, r5, #4
-    b(WORDS)
-    label(BYTES)
-    data(2, 0xf1b5, 0x0f00)  # cmp.w r5, #0
-    beq_w(DONE)
-    data(2, 0xf811, 0x4b01)  # ldrb r4, [r1], #1
-    data(2, 0xf813, 0x6b01)  # ldrb r6, [r3], #1
-    data(2, 0xea84, 0x0406)  # eor.w r4, r4, r6
-    data(2, 0xf802, 0x4b01)  # strb r4, [r2], #1
-    data(2, 0xf1a5, 0x0501)  # sub.w r5, r5, #1
-    b(BYTES)
+    str(r2, [r0, 48])
+    b(DONE)
     label(DONE)
-    data(2, 0xb016)  # add sp, #88
+    data(2, 0xb018)  # add sp, #96
     pop({r8, r9, r10, r11})
     data(2, 0xf04f, 0x0000)  # mov.w r0, #0
 
@@ -617,100 +341,70 @@ def chacha_xor(r0, r1, r2):
 @micropython.asm_thumb
 def poly_update(r0, r1, r2, r3):
     push({r8, r9, r10, r11})
-    data(2, 0xb09e)  # sub sp, #120
-    data(2, 0xf8cd, 0x0048)  # str.w r0, [sp, #72]
-    data(2, 0xf8cd, 0x104c)  # str.w r1, [sp, #76]
-    data(2, 0xf8cd, 0x2050)  # str.w r2, [sp, #80]
-    data(2, 0xf8d0, 0x4070)  # ldr.w r4, [r0, #112]
-    data(2, 0xf8cd, 0x4060)  # str.w r4, [sp, #96]
-    data(2, 0xf8d0, 0x4074)  # ldr.w r4, [r0, #116]
-    data(2, 0xf8cd, 0x405c)  # str.w r4, [sp, #92]
-    data(2, 0xf8d0, 0x4078)  # ldr.w r4, [r0, #120]
-    data(2, 0xf8cd, 0x4054)  # str.w r4, [sp, #84]
-    data(2, 0xf8d0, 0x407c)  # ldr.w r4, [r0, #124]
-    data(2, 0xf8cd, 0x4058)  # str.w r4, [sp, #88]
-    data(2, 0xf8cd, 0x1064)  # str.w r1, [sp, #100]
-    data(2, 0xf8cd, 0x4068)  # str.w r4, [sp, #104]
+    data(2, 0xb0a0)  # sub sp, #128
+    data(2, 0x9013)  # str r0, [sp, #76]
+    data(2, 0x9114)  # str r1, [sp, #80]
+    data(2, 0x9215)  # str r2, [sp, #84]
+    ldr(r4, [r0, 112])
+    data(2, 0x9419)  # str r4, [sp, #100]
+    ldr(r4, [r0, 116])
+    data(2, 0x9418)  # str r4, [sp, #96]
+    ldr(r4, [r0, 120])
+    data(2, 0x9416)  # str r4, [sp, #88]
+    ldr(r4, [r0, 124])
+    data(2, 0x9417)  # str r4, [sp, #92]
+    data(2, 0x911a)  # str r1, [sp, #104]
+    data(2, 0x941b)  # str r4, [sp, #108]
     data(2, 0xf04f, 0x0400)  # mov.w r4, #0
-    data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
-    data(2, 0xf8d0, 0x4028)  # ldr.w r4, [r0, #40]
-    data(2, 0xf8d0, 0x502c)  # ldr.w r5, [r0, #44]
+    data(2, 0x941c)  # str r4, [sp, #112]
+    mov(r1, r0)
+    data(2, 0xf10d, 0x0200)  # add.w r2, sp, #0
+    mov(r3, 5)
+    label(LIMBS)
+    ldr(r4, [r1, 40])
+    ldr(r5, [r1, 44])
     data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4010)  # str.w r4, [sp, #16]
-    data(2, 0xf8d0, 0x4030)  # ldr.w r4, [r0, #48]
-    data(2, 0xf8d0, 0x5034)  # ldr.w r5, [r0, #52]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4014)  # str.w r4, [sp, #20]
+    str(r4, [r2, 20])
     data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x4000)  # str.w r4, [sp, #0]
-    data(2, 0xf8d0, 0x4038)  # ldr.w r4, [r0, #56]
-    data(2, 0xf8d0, 0x503c)  # ldr.w r5, [r0, #60]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4018)  # str.w r4, [sp, #24]
-    data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x4004)  # str.w r4, [sp, #4]
-    data(2, 0xf8d0, 0x4040)  # ldr.w r4, [r0, #64]
-    data(2, 0xf8d0, 0x5044)  # ldr.w r5, [r0, #68]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x401c)  # str.w r4, [sp, #28]
-    data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x4008)  # str.w r4, [sp, #8]
-    data(2, 0xf8d0, 0x4048)  # ldr.w r4, [r0, #72]
-    data(2, 0xf8d0, 0x504c)  # ldr.w r5, [r0, #76]
-    data(2, 0xea44, 0x3445)  # orr.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4020)  # str.w r4, [sp, #32]
-    data(2, 0xeb04, 0x0484)  # add.w r4, r4, r4, lsl #2
-    data(2, 0xf8cd, 0x400c)  # str.w r4, [sp, #12]
-    data(2, 0xf8d0, 0x4000)  # ldr.w r4, [r0, #0]
-    data(2, 0xf8d0, 0x5004)  # ldr.w r5, [r0, #4]
+    str(r4, [r2, 0])
+    ldr(r4, [r1, 0])
+    ldr(r5, [r1, 4])
     data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4024)  # str.w r4, [sp, #36]
-    data(2, 0xf8d0, 0x4008)  # ldr.w r4, [r0, #8]
-    data(2, 0xf8d0, 0x500c)  # ldr.w r5, [r0, #12]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4028)  # str.w r4, [sp, #40]
-    data(2, 0xf8d0, 0x4010)  # ldr.w r4, [r0, #16]
-    data(2, 0xf8d0, 0x5014)  # ldr.w r5, [r0, #20]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x402c)  # str.w r4, [sp, #44]
-    data(2, 0xf8d0, 0x4018)  # ldr.w r4, [r0, #24]
-    data(2, 0xf8d0, 0x501c)  # ldr.w r5, [r0, #28]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4030)  # str.w r4, [sp, #48]
-    data(2, 0xf8d0, 0x4020)  # ldr.w r4, [r0, #32]
-    data(2, 0xf8d0, 0x5024)  # ldr.w r5, [r0, #36]
-    data(2, 0xeb04, 0x3445)  # add.w r4, r4, r5, lsl #13
-    data(2, 0xf8cd, 0x4034)  # str.w r4, [sp, #52]
+    str(r4, [r2, 40])
+    add(r1, 8)
+    add(r2, 4)
+    sub(r3, 1)
+    bne(LIMBS)  # 5 limbs
     label(LOOP)
-    data(2, 0xf8dd, 0x5068)  # ldr.w r5, [sp, #104]
+    data(2, 0x9d1b)  # ldr r5, [sp, #108]
     data(2, 0xf1b5, 0x0f10)  # cmp.w r5, #16
     blt_w(SHORT)
-    data(2, 0xf8dd, 0x4064)  # ldr.w r4, [sp, #100]
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0x9c1a)  # ldr r4, [sp, #104]
+    data(2, 0x941d)  # str r4, [sp, #116]
     data(2, 0xf104, 0x0410)  # add.w r4, r4, #16
-    data(2, 0xf8cd, 0x4064)  # str.w r4, [sp, #100]
+    data(2, 0x941a)  # str r4, [sp, #104]
     data(2, 0xf1a5, 0x0510)  # sub.w r5, r5, #16
-    data(2, 0xf8cd, 0x5068)  # str.w r5, [sp, #104]
+    data(2, 0x951b)  # str r5, [sp, #108]
     data(2, 0xf04f, 0x0701)  # mov.w r7, #1
     data(2, 0xea4f, 0x6707)  # lsl.w r7, r7, #24
-    data(2, 0xf8cd, 0x7074)  # str.w r7, [sp, #116]
+    data(2, 0x971e)  # str r7, [sp, #120]
     b(BLOCK)
     label(SHORT)
     data(2, 0xf1b5, 0x0f00)  # cmp.w r5, #0
     beq_w(STAGE)
     data(2, 0xf04f, 0x0600)  # mov.w r6, #0
     data(2, 0xf04f, 0x0700)  # mov.w r7, #0
-    data(2, 0xe9cd, 0x670e)  # strd r6, r7, [sp, #56]
-    data(2, 0xe9cd, 0x6710)  # strd r6, r7, [sp, #64]
-    data(2, 0xf8dd, 0x4064)  # ldr.w r4, [sp, #100]
-    data(2, 0xf10d, 0x0738)  # add.w r7, sp, #56
+    data(2, 0xe9cd, 0x670f)  # strd r6, r7, [sp, #60]
+    data(2, 0xe9cd, 0x6711)  # strd r6, r7, [sp, #68]
+    data(2, 0x9c1a)  # ldr r4, [sp, #104]
+    data(2, 0xf10d, 0x073c)  # add.w r7, sp, #60
     label(COPY)
     data(2, 0xf814, 0x6b01)  # ldrb r6, [r4], #1
     data(2, 0xf807, 0x6b01)  # strb r6, [r7], #1
     data(2, 0xf1b5, 0x0501)  # subs.w r5, r5, #1
     bne_w(COPY)
-    data(2, 0xf8cd, 0x5068)  # str.w r5, [sp, #104]
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0x951b)  # str r5, [sp, #108]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f01)  # tst.w r6, #1
     bne_w(ZEROPAD)
     data(2, 0xf04f, 0x0601)  # mov.w r6, #1
@@ -721,50 +415,50 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf04f, 0x0601)  # mov.w r6, #1
     data(2, 0xea4f, 0x6606)  # lsl.w r6, r6, #24
     label(SETP)
-    data(2, 0xf8cd, 0x6074)  # str.w r6, [sp, #116]
-    data(2, 0xf10d, 0x0438)  # add.w r4, sp, #56
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0x961e)  # str r6, [sp, #120]
+    data(2, 0xf10d, 0x043c)  # add.w r4, sp, #60
+    data(2, 0x941d)  # str r4, [sp, #116]
     b(BLOCK)
     label(STAGE)
-    data(2, 0xf8dd, 0x406c)  # ldr.w r4, [sp, #108]
+    data(2, 0x9c1c)  # ldr r4, [sp, #112]
     data(2, 0xf1b4, 0x0f00)  # cmp.w r4, #0
     bne_w(STAGE1)
     data(2, 0xf04f, 0x0401)  # mov.w r4, #1
-    data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
-    data(2, 0xf8dd, 0x4050)  # ldr.w r4, [sp, #80]
-    data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
+    data(2, 0x941c)  # str r4, [sp, #112]
+    data(2, 0x9c15)  # ldr r4, [sp, #84]
+    data(2, 0x9d19)  # ldr r5, [sp, #100]
     data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8cd, 0x4064)  # str.w r4, [sp, #100]
-    data(2, 0xf8dd, 0x505c)  # ldr.w r5, [sp, #92]
-    data(2, 0xf8cd, 0x5068)  # str.w r5, [sp, #104]
+    data(2, 0x941a)  # str r4, [sp, #104]
+    data(2, 0x9d18)  # ldr r5, [sp, #96]
+    data(2, 0x951b)  # str r5, [sp, #108]
     b(LOOP)
     label(STAGE1)
     data(2, 0xf1b4, 0x0f01)  # cmp.w r4, #1
     bne_w(FINISH)
     data(2, 0xf04f, 0x0402)  # mov.w r4, #2
-    data(2, 0xf8cd, 0x406c)  # str.w r4, [sp, #108]
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0x941c)  # str r4, [sp, #112]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f02)  # tst.w r6, #2
     beq_w(FINISH)
-    data(2, 0xf8dd, 0x4058)  # ldr.w r4, [sp, #88]
+    data(2, 0x9c17)  # ldr r4, [sp, #92]
     data(2, 0xf04f, 0x0500)  # mov.w r5, #0
-    data(2, 0xe9cd, 0x450e)  # strd r4, r5, [sp, #56]
-    data(2, 0xf8dd, 0x405c)  # ldr.w r4, [sp, #92]
-    data(2, 0xe9cd, 0x4510)  # strd r4, r5, [sp, #64]
-    data(2, 0xf10d, 0x0438)  # add.w r4, sp, #56
-    data(2, 0xf8cd, 0x4070)  # str.w r4, [sp, #112]
+    data(2, 0xe9cd, 0x450f)  # strd r4, r5, [sp, #60]
+    data(2, 0x9c18)  # ldr r4, [sp, #96]
+    data(2, 0xe9cd, 0x4511)  # strd r4, r5, [sp, #68]
+    data(2, 0xf10d, 0x043c)  # add.w r4, sp, #60
+    data(2, 0x941d)  # str r4, [sp, #116]
     data(2, 0xf04f, 0x0701)  # mov.w r7, #1
     data(2, 0xea4f, 0x6707)  # lsl.w r7, r7, #24
-    data(2, 0xf8cd, 0x7074)  # str.w r7, [sp, #116]
+    data(2, 0x971e)  # str r7, [sp, #120]
     label(BLOCK)
-    data(2, 0xf10d, 0x0e24)  # add.w lr, sp, #36
+    data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x001f)  # ldmia.w lr, {r0, r1, r2, r3, r4}
-    data(2, 0xf8dd, 0x5070)  # ldr.w r5, [sp, #112]
-    data(2, 0xf8d5, 0x6000)  # ldr.w r6, [r5, #0]
-    data(2, 0xf8d5, 0x7004)  # ldr.w r7, [r5, #4]
+    data(2, 0x9d1d)  # ldr r5, [sp, #116]
+    ldr(r6, [r5, 0])
+    ldr(r7, [r5, 4])
     data(2, 0xf8d5, 0x8008)  # ldr.w r8, [r5, #8]
     data(2, 0xf8d5, 0x900c)  # ldr.w r9, [r5, #12]
-    data(2, 0xf8dd, 0xa074)  # ldr.w r10, [sp, #116]
+    data(2, 0xf8dd, 0xa078)  # ldr.w r10, [sp, #120]
     data(2, 0xf3c6, 0x0b19)  # ubfx r11, r6, #0, #26
     data(2, 0xeb00, 0x000b)  # add.w r0, r0, r11
     data(2, 0xea4f, 0x6b96)  # lsr.w r11, r6, #26
@@ -782,13 +476,14 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xea4f, 0x2b19)  # lsr.w r11, r9, #8
     data(2, 0xea4b, 0x0b0a)  # orr.w r11, r11, r10
     data(2, 0xeb04, 0x040b)  # add.w r4, r4, r11
-    data(2, 0xe89d, 0x0fe0)  # ldmia.w sp, {r5, r6, r7, r8, r9, r10, r11}
+    data(2, 0xf10d, 0x0c04)  # add.w r12, sp, #4
+    data(2, 0xe89c, 0x0fe0)  # ldmia.w r12, {r5, r6, r7, r8, r9, r10, r11}
     data(2, 0xfba0, 0xce09)  # umull r12, lr, r0, r9
     data(2, 0xfbe1, 0xce08)  # umlal r12, lr, r1, r8
     data(2, 0xfbe2, 0xce07)  # umlal r12, lr, r2, r7
     data(2, 0xfbe3, 0xce06)  # umlal r12, lr, r3, r6
     data(2, 0xfbe4, 0xce05)  # umlal r12, lr, r4, r5
-    data(2, 0xf8cd, 0xc024)  # str.w r12, [sp, #36]
+    data(2, 0xf8cd, 0xc028)  # str.w r12, [sp, #40]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
@@ -797,7 +492,7 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xfbe2, 0xce08)  # umlal r12, lr, r2, r8
     data(2, 0xfbe3, 0xce07)  # umlal r12, lr, r3, r7
     data(2, 0xfbe4, 0xce06)  # umlal r12, lr, r4, r6
-    data(2, 0xf8cd, 0xc028)  # str.w r12, [sp, #40]
+    data(2, 0xf8cd, 0xc02c)  # str.w r12, [sp, #44]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
@@ -806,17 +501,17 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xfbe2, 0xce09)  # umlal r12, lr, r2, r9
     data(2, 0xfbe3, 0xce08)  # umlal r12, lr, r3, r8
     data(2, 0xfbe4, 0xce07)  # umlal r12, lr, r4, r7
-    data(2, 0xf8cd, 0xc02c)  # str.w r12, [sp, #44]
+    data(2, 0xf8cd, 0xc030)  # str.w r12, [sp, #48]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
-    data(2, 0xe9dd, 0x5607)  # ldrd r5, r6, [sp, #28]
+    data(2, 0xe9dd, 0x5608)  # ldrd r5, r6, [sp, #32]
     data(2, 0xfbe0, 0xce05)  # umlal r12, lr, r0, r5
     data(2, 0xfbe1, 0xce0b)  # umlal r12, lr, r1, r11
     data(2, 0xfbe2, 0xce0a)  # umlal r12, lr, r2, r10
     data(2, 0xfbe3, 0xce09)  # umlal r12, lr, r3, r9
     data(2, 0xfbe4, 0xce08)  # umlal r12, lr, r4, r8
-    data(2, 0xf8cd, 0xc030)  # str.w r12, [sp, #48]
+    data(2, 0xf8cd, 0xc034)  # str.w r12, [sp, #52]
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
     data(2, 0xea4f, 0x6e9e)  # lsr.w lr, lr, #26
@@ -828,7 +523,7 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf3cc, 0x0419)  # ubfx r4, r12, #0, #26
     data(2, 0xea4f, 0x6c9c)  # lsr.w r12, r12, #26
     data(2, 0xea4c, 0x1c8e)  # orr.w r12, r12, lr, lsl #6
-    data(2, 0xf10d, 0x0e24)  # add.w lr, sp, #36
+    data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x000f)  # ldmia.w lr, {r0, r1, r2, r3}
     data(2, 0xf36f, 0x609f)  # bfc r0, #26, #6
     data(2, 0xf36f, 0x619f)  # bfc r1, #26, #6
@@ -842,88 +537,82 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xe88e, 0x001f)  # stmia.w lr, {r0, r1, r2, r3, r4}
     b(LOOP)
     label(FINISH)
-    data(2, 0xf10d, 0x0e24)  # add.w lr, sp, #36
+    data(2, 0x9d13)  # ldr r5, [sp, #76]
+    data(2, 0xf10d, 0x0628)  # add.w r6, sp, #40
+    mov(r7, 5)
+    label(HOUT)
+    ldr(r4, [r6, 0])
+    add(r6, 4)
+    lsl(r3, r4, 19)
+    lsr(r3, r3, 19)
+    str(r3, [r5, 0])
+    lsr(r4, r4, 13)
+    str(r4, [r5, 4])
+    add(r5, 8)
+    sub(r7, 1)
+    bne(HOUT)  # 5 limbs
+    data(2, 0xf10d, 0x0e28)  # add.w lr, sp, #40
     data(2, 0xe89e, 0x001f)  # ldmia.w lr, {r0, r1, r2, r3, r4}
-    data(2, 0xf8dd, 0x5048)  # ldr.w r5, [sp, #72]
-    data(2, 0xf3c0, 0x060c)  # ubfx r6, r0, #0, #13
-    data(2, 0xf8c5, 0x6000)  # str.w r6, [r5, #0]
-    data(2, 0xea4f, 0x3650)  # lsr.w r6, r0, #13
-    data(2, 0xf8c5, 0x6004)  # str.w r6, [r5, #4]
-    data(2, 0xf3c1, 0x060c)  # ubfx r6, r1, #0, #13
-    data(2, 0xf8c5, 0x6008)  # str.w r6, [r5, #8]
-    data(2, 0xea4f, 0x3651)  # lsr.w r6, r1, #13
-    data(2, 0xf8c5, 0x600c)  # str.w r6, [r5, #12]
-    data(2, 0xf3c2, 0x060c)  # ubfx r6, r2, #0, #13
-    data(2, 0xf8c5, 0x6010)  # str.w r6, [r5, #16]
-    data(2, 0xea4f, 0x3652)  # lsr.w r6, r2, #13
-    data(2, 0xf8c5, 0x6014)  # str.w r6, [r5, #20]
-    data(2, 0xf3c3, 0x060c)  # ubfx r6, r3, #0, #13
-    data(2, 0xf8c5, 0x6018)  # str.w r6, [r5, #24]
-    data(2, 0xea4f, 0x3653)  # lsr.w r6, r3, #13
-    data(2, 0xf8c5, 0x601c)  # str.w r6, [r5, #28]
-    data(2, 0xf3c4, 0x060c)  # ubfx r6, r4, #0, #13
-    data(2, 0xf8c5, 0x6020)  # str.w r6, [r5, #32]
-    data(2, 0xea4f, 0x3654)  # lsr.w r6, r4, #13
-    data(2, 0xf8c5, 0x6024)  # str.w r6, [r5, #36]
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0x9d13)  # ldr r5, [sp, #76]
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f04)  # tst.w r6, #4
     beq_w(RET0)
-    data(2, 0xea4f, 0x6c91)  # lsr.w r12, r1, #26
+    lsr(r7, r1, 26)
     data(2, 0xf36f, 0x619f)  # bfc r1, #26, #6
-    data(2, 0xeb02, 0x020c)  # add.w r2, r2, r12
-    data(2, 0xea4f, 0x6c92)  # lsr.w r12, r2, #26
+    add(r2, r2, r7)
+    lsr(r7, r2, 26)
     data(2, 0xf36f, 0x629f)  # bfc r2, #26, #6
-    data(2, 0xeb03, 0x030c)  # add.w r3, r3, r12
-    data(2, 0xea4f, 0x6c93)  # lsr.w r12, r3, #26
+    add(r3, r3, r7)
+    lsr(r7, r3, 26)
     data(2, 0xf36f, 0x639f)  # bfc r3, #26, #6
-    data(2, 0xeb04, 0x040c)  # add.w r4, r4, r12
-    data(2, 0xea4f, 0x6c94)  # lsr.w r12, r4, #26
+    add(r4, r4, r7)
+    lsr(r7, r4, 26)
     data(2, 0xf36f, 0x649f)  # bfc r4, #26, #6
-    data(2, 0xeb0c, 0x0c8c)  # add.w r12, r12, r12, lsl #2
-    data(2, 0xeb00, 0x000c)  # add.w r0, r0, r12
-    data(2, 0xea4f, 0x6c90)  # lsr.w r12, r0, #26
+    data(2, 0xeb07, 0x0787)  # add.w r7, r7, r7, lsl #2
+    add(r0, r0, r7)
+    lsr(r7, r0, 26)
     data(2, 0xf36f, 0x609f)  # bfc r0, #26, #6
-    data(2, 0xeb01, 0x010c)  # add.w r1, r1, r12
-    data(2, 0xea4f, 0x6c91)  # lsr.w r12, r1, #26
+    add(r1, r1, r7)
+    lsr(r7, r1, 26)
     data(2, 0xf36f, 0x619f)  # bfc r1, #26, #6
-    data(2, 0xeb02, 0x020c)  # add.w r2, r2, r12
-    data(2, 0xea4f, 0x6c92)  # lsr.w r12, r2, #26
+    add(r2, r2, r7)
+    lsr(r7, r2, 26)
     data(2, 0xf36f, 0x629f)  # bfc r2, #26, #6
-    data(2, 0xeb03, 0x030c)  # add.w r3, r3, r12
-    data(2, 0xea4f, 0x6c93)  # lsr.w r12, r3, #26
+    add(r3, r3, r7)
+    lsr(r7, r3, 26)
     data(2, 0xf36f, 0x639f)  # bfc r3, #26, #6
-    data(2, 0xeb04, 0x040c)  # add.w r4, r4, r12
+    add(r4, r4, r7)
     data(2, 0xea40, 0x6081)  # orr.w r0, r0, r1, lsl #26
-    data(2, 0xea4f, 0x1191)  # lsr.w r1, r1, #6
+    lsr(r1, r1, 6)
     data(2, 0xea41, 0x5102)  # orr.w r1, r1, r2, lsl #20
-    data(2, 0xea4f, 0x3212)  # lsr.w r2, r2, #12
+    lsr(r2, r2, 12)
     data(2, 0xea42, 0x3283)  # orr.w r2, r2, r3, lsl #14
-    data(2, 0xea4f, 0x4393)  # lsr.w r3, r3, #18
+    lsr(r3, r3, 18)
     data(2, 0xea43, 0x2304)  # orr.w r3, r3, r4, lsl #8
-    data(2, 0xea4f, 0x6414)  # lsr.w r4, r4, #24
-    data(2, 0xf110, 0x0605)  # adds.w r6, r0, #5
+    lsr(r4, r4, 24)
+    add(r6, r0, 5)  # adds: C
     data(2, 0xf151, 0x0700)  # adcs.w r7, r1, #0
     data(2, 0xf152, 0x0800)  # adcs.w r8, r2, #0
     data(2, 0xf153, 0x0900)  # adcs.w r9, r3, #0
     data(2, 0xf144, 0x0a00)  # adc.w r10, r4, #0
     data(2, 0xea4f, 0x0a9a)  # lsr.w r10, r10, #2
     data(2, 0xf1ca, 0x0a00)  # rsb.w r10, r10, #0
-    data(2, 0xea86, 0x0600)  # eor.w r6, r6, r0
+    eor(r6, r0)
     data(2, 0xea06, 0x060a)  # and.w r6, r6, r10
-    data(2, 0xea80, 0x0006)  # eor.w r0, r0, r6
-    data(2, 0xea87, 0x0701)  # eor.w r7, r7, r1
+    eor(r0, r6)
+    eor(r7, r1)
     data(2, 0xea07, 0x070a)  # and.w r7, r7, r10
-    data(2, 0xea81, 0x0107)  # eor.w r1, r1, r7
+    eor(r1, r7)
     data(2, 0xea88, 0x0802)  # eor.w r8, r8, r2
     data(2, 0xea08, 0x080a)  # and.w r8, r8, r10
     data(2, 0xea82, 0x0208)  # eor.w r2, r2, r8
     data(2, 0xea89, 0x0903)  # eor.w r9, r9, r3
     data(2, 0xea09, 0x090a)  # and.w r9, r9, r10
     data(2, 0xea83, 0x0309)  # eor.w r3, r3, r9
-    data(2, 0xf8d5, 0x6050)  # ldr.w r6, [r5, #80]
+    ldr(r6, [r5, 80])
     data(2, 0xf8d5, 0xb054)  # ldr.w r11, [r5, #84]
     data(2, 0xea46, 0x460b)  # orr.w r6, r6, r11, lsl #16
-    data(2, 0xf8d5, 0x7058)  # ldr.w r7, [r5, #88]
+    ldr(r7, [r5, 88])
     data(2, 0xf8d5, 0xb05c)  # ldr.w r11, [r5, #92]
     data(2, 0xea47, 0x470b)  # orr.w r7, r7, r11, lsl #16
     data(2, 0xf8d5, 0x8060)  # ldr.w r8, [r5, #96]
@@ -932,40 +621,45 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0xf8d5, 0x9068)  # ldr.w r9, [r5, #104]
     data(2, 0xf8d5, 0xb06c)  # ldr.w r11, [r5, #108]
     data(2, 0xea49, 0x490b)  # orr.w r9, r9, r11, lsl #16
-    data(2, 0xeb10, 0x0006)  # adds.w r0, r0, r6
-    data(2, 0xeb51, 0x0107)  # adcs.w r1, r1, r7
+    add(r0, r0, r6)  # adds
+    adc(r1, r7)  # adcs
     data(2, 0xeb52, 0x0208)  # adcs.w r2, r2, r8
     data(2, 0xeb43, 0x0309)  # adc.w r3, r3, r9
-    data(2, 0xf8dd, 0x4050)  # ldr.w r4, [sp, #80]
-    data(2, 0xf8dd, 0x5060)  # ldr.w r5, [sp, #96]
-    data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8dd, 0x505c)  # ldr.w r5, [sp, #92]
-    data(2, 0xeb04, 0x0405)  # add.w r4, r4, r5
-    data(2, 0xf8dd, 0x6054)  # ldr.w r6, [sp, #84]
+    data(2, 0x9c15)  # ldr r4, [sp, #84]
+    data(2, 0x9d19)  # ldr r5, [sp, #100]
+    add(r4, r4, r5)
+    data(2, 0x9d18)  # ldr r5, [sp, #96]
+    add(r4, r4, r5)
+    data(2, 0x9e16)  # ldr r6, [sp, #88]
     data(2, 0xf016, 0x0f08)  # tst.w r6, #8
     bne_w(COMPARE)
-    data(2, 0xf8c4, 0x0000)  # str.w r0, [r4, #0]
-    data(2, 0xf8c4, 0x1004)  # str.w r1, [r4, #4]
-    data(2, 0xf8c4, 0x2008)  # str.w r2, [r4, #8]
-    data(2, 0xf8c4, 0x300c)  # str.w r3, [r4, #12]
+    str(r0, [r4, 0])
+    str(r1, [r4, 4])
+    str(r2, [r4, 8])
+    str(r3, [r4, 12])
     label(RET0)
     data(2, 0xf04f, 0x0000)  # mov.w r0, #0
     b(EXIT)
     label(COMPARE)
-    data(2, 0xf8d4, 0x6000)  # ldr.w r6, [r4, #0]
-    data(2, 0xea86, 0x0600)  # eor.w r6, r6, r0
-    data(2, 0xf8d4, 0x7004)  # ldr.w r7, [r4, #4]
-    data(2, 0xea87, 0x0701)  # eor.w r7, r7, r1
+    ldr(r6, [r4, 0])
+    eor(r6, r0)
+    ldr(r7, [r4, 4])
+    eor(r7, r1)
     data(2, 0xf8d4, 0x8008)  # ldr.w r8, [r4, #8]
     data(2, 0xea88, 0x0802)  # eor.w r8, r8, r2
     data(2, 0xf8d4, 0x900c)  # ldr.w r9, [r4, #12]
     data(2, 0xea89, 0x0903)  # eor.w r9, r9, r3
-    data(2, 0xea46, 0x0607)  # orr.w r6, r6, r7
+    orr(r6, r7)
     data(2, 0xea48, 0x0809)  # orr.w r8, r8, r9
     data(2, 0xea46, 0x0608)  # orr.w r6, r6, r8
     data(2, 0xf1c6, 0x0700)  # rsb.w r7, r6, #0
     data(2, 0xea46, 0x0607)  # orr.w r6, r6, r7
-    data(2, 0xea4f, 0x70d6)  # lsr.w r0, r6, #31
+    lsr(r0, r6, 31)
     label(EXIT)
-    data(2, 0xb01e)  # add sp, #120
+    data(2, 0xb020)  # add sp, #128
     pop({r8, r9, r10, r11})
+
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)

@@ -8,7 +8,12 @@ module's docstring), so ``chacha20poly1305`` drives either module:
 ``chacha_setkey(st, key)``, ``chacha_polykey(st, ps)``, ``chacha_xor(st,
 src, dst)`` and ``poly_update(ps, ad, m, blk)``. Every entry returns a small
 int (0, or poly_update's verdict: the OR of the 16 byte XORs, 0 iff the
-tags are equal), so a call allocates nothing for its result. Offsets and
+tags are equal), so a call allocates nothing for its result.
+``chacha_polykey`` is the Python function ``chacha_xor(st, ps, -1)``:
+chacha_xor computes the Poly1305 key when dst is -1 (no buffer's data sits
+at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), so the one
+copy of the ChaCha block serves both (issue 16 item 6: a small flash
+bundle). Offsets and
 lengths come from ``st``/``ps`` and are checked by the caller
 (``chacha20poly1305._check``): nothing here checks a bound.
 
@@ -101,481 +106,14 @@ def chacha_setkey(r0, r1):
     mov(r2, 107)
     strb(r2, [r0, 15])
     add(r0, 16)
+    mov(r3, 32)
+    label(KEY)
     ldrb(r2, [r1, 0])
     strb(r2, [r0, 0])
-    ldrb(r2, [r1, 1])
-    strb(r2, [r0, 1])
-    ldrb(r2, [r1, 2])
-    strb(r2, [r0, 2])
-    ldrb(r2, [r1, 3])
-    strb(r2, [r0, 3])
-    ldrb(r2, [r1, 4])
-    strb(r2, [r0, 4])
-    ldrb(r2, [r1, 5])
-    strb(r2, [r0, 5])
-    ldrb(r2, [r1, 6])
-    strb(r2, [r0, 6])
-    ldrb(r2, [r1, 7])
-    strb(r2, [r0, 7])
-    ldrb(r2, [r1, 8])
-    strb(r2, [r0, 8])
-    ldrb(r2, [r1, 9])
-    strb(r2, [r0, 9])
-    ldrb(r2, [r1, 10])
-    strb(r2, [r0, 10])
-    ldrb(r2, [r1, 11])
-    strb(r2, [r0, 11])
-    ldrb(r2, [r1, 12])
-    strb(r2, [r0, 12])
-    ldrb(r2, [r1, 13])
-    strb(r2, [r0, 13])
-    ldrb(r2, [r1, 14])
-    strb(r2, [r0, 14])
-    ldrb(r2, [r1, 15])
-    strb(r2, [r0, 15])
-    ldrb(r2, [r1, 16])
-    strb(r2, [r0, 16])
-    ldrb(r2, [r1, 17])
-    strb(r2, [r0, 17])
-    ldrb(r2, [r1, 18])
-    strb(r2, [r0, 18])
-    ldrb(r2, [r1, 19])
-    strb(r2, [r0, 19])
-    ldrb(r2, [r1, 20])
-    strb(r2, [r0, 20])
-    ldrb(r2, [r1, 21])
-    strb(r2, [r0, 21])
-    ldrb(r2, [r1, 22])
-    strb(r2, [r0, 22])
-    ldrb(r2, [r1, 23])
-    strb(r2, [r0, 23])
-    ldrb(r2, [r1, 24])
-    strb(r2, [r0, 24])
-    ldrb(r2, [r1, 25])
-    strb(r2, [r0, 25])
-    ldrb(r2, [r1, 26])
-    strb(r2, [r0, 26])
-    ldrb(r2, [r1, 27])
-    strb(r2, [r0, 27])
-    ldrb(r2, [r1, 28])
-    strb(r2, [r0, 28])
-    ldrb(r2, [r1, 29])
-    strb(r2, [r0, 29])
-    ldrb(r2, [r1, 30])
-    strb(r2, [r0, 30])
-    ldrb(r2, [r1, 31])
-    strb(r2, [r0, 31])
-    mov(r0, 0)
-
-
-@micropython.asm_thumb
-def chacha_polykey(r0, r1):
-    data(2, 0xb094)  # sub sp, #80
-    data(2, 0x9010)  # str r0, [sp, #64]
-    data(2, 0x9111)  # str r1, [sp, #68]
-    mov(r2, 0)
-    str(r2, [r0, 48])  # st[12] = 0: block 0
-    ldr(r2, [r0, 80])
-    ldr(r3, [r0, 84])
-    lsl(r3, r3, 16)
-    orr(r2, r3)
-    str(r2, [r0, 52])
-    ldr(r2, [r0, 88])
-    ldr(r3, [r0, 92])
-    lsl(r3, r3, 16)
-    orr(r2, r3)
-    str(r2, [r0, 56])
-    ldr(r2, [r0, 96])
-    ldr(r3, [r0, 100])
-    lsl(r3, r3, 16)
-    orr(r2, r3)
-    str(r2, [r0, 60])
-    ldr(r1, [r0, 0])
-    data(2, 0x9100)  # str r1, [sp, #0]
-    ldr(r1, [r0, 4])
-    data(2, 0x9101)  # str r1, [sp, #4]
-    ldr(r1, [r0, 8])
-    data(2, 0x9102)  # str r1, [sp, #8]
-    ldr(r1, [r0, 12])
-    data(2, 0x9103)  # str r1, [sp, #12]
-    ldr(r1, [r0, 16])
-    data(2, 0x9104)  # str r1, [sp, #16]
-    ldr(r1, [r0, 20])
-    data(2, 0x9105)  # str r1, [sp, #20]
-    ldr(r1, [r0, 24])
-    data(2, 0x9106)  # str r1, [sp, #24]
-    ldr(r1, [r0, 28])
-    data(2, 0x9107)  # str r1, [sp, #28]
-    ldr(r1, [r0, 32])
-    data(2, 0x9108)  # str r1, [sp, #32]
-    ldr(r1, [r0, 36])
-    data(2, 0x9109)  # str r1, [sp, #36]
-    ldr(r1, [r0, 40])
-    data(2, 0x910a)  # str r1, [sp, #40]
-    ldr(r1, [r0, 44])
-    data(2, 0x910b)  # str r1, [sp, #44]
-    ldr(r1, [r0, 48])
-    data(2, 0x910c)  # str r1, [sp, #48]
-    ldr(r1, [r0, 52])
-    data(2, 0x910d)  # str r1, [sp, #52]
-    ldr(r1, [r0, 56])
-    data(2, 0x910e)  # str r1, [sp, #56]
-    ldr(r1, [r0, 60])
-    data(2, 0x910f)  # str r1, [sp, #60]
-    mov(r4, 16)
-    mov(r5, 20)
-    mov(r6, 24)
-    mov(r7, 25)
-    mov(r0, 10)
-    mov(r12, r0)
-    label(ROUND)
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    data(2, 0x9a08)  # ldr r2, [sp, #32]
-    data(2, 0x9b0c)  # ldr r3, [sp, #48]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9208)  # str r2, [sp, #32]
-    data(2, 0x930c)  # str r3, [sp, #48]
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    data(2, 0x9a09)  # ldr r2, [sp, #36]
-    data(2, 0x9b0d)  # ldr r3, [sp, #52]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9209)  # str r2, [sp, #36]
-    data(2, 0x930d)  # str r3, [sp, #52]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    data(2, 0x9a0a)  # ldr r2, [sp, #40]
-    data(2, 0x9b0e)  # ldr r3, [sp, #56]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x920a)  # str r2, [sp, #40]
-    data(2, 0x930e)  # str r3, [sp, #56]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    data(2, 0x9a0b)  # ldr r2, [sp, #44]
-    data(2, 0x9b0f)  # ldr r3, [sp, #60]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x920b)  # str r2, [sp, #44]
-    data(2, 0x930f)  # str r3, [sp, #60]
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    data(2, 0x9a0a)  # ldr r2, [sp, #40]
-    data(2, 0x9b0f)  # ldr r3, [sp, #60]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x920a)  # str r2, [sp, #40]
-    data(2, 0x930f)  # str r3, [sp, #60]
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    data(2, 0x9a0b)  # ldr r2, [sp, #44]
-    data(2, 0x9b0c)  # ldr r3, [sp, #48]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x920b)  # str r2, [sp, #44]
-    data(2, 0x930c)  # str r3, [sp, #48]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    data(2, 0x9a08)  # ldr r2, [sp, #32]
-    data(2, 0x9b0d)  # ldr r3, [sp, #52]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9208)  # str r2, [sp, #32]
-    data(2, 0x930d)  # str r3, [sp, #52]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    data(2, 0x9a09)  # ldr r2, [sp, #36]
-    data(2, 0x9b0e)  # ldr r3, [sp, #56]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9209)  # str r2, [sp, #36]
-    data(2, 0x930e)  # str r3, [sp, #56]
-    mov(r0, r12)
-    sub(r0, r0, 1)
-    mov(r12, r0)
-    beq(ROUNDS_DONE)
-    b(ROUND)  # 10 double rounds
-    label(ROUNDS_DONE)
-    data(2, 0x9810)  # ldr r0, [sp, #64]
-    data(2, 0x9900)  # ldr r1, [sp, #0]
-    ldr(r2, [r0, 0])
-    add(r1, r1, r2)
-    data(2, 0x9100)  # str r1, [sp, #0]
-    data(2, 0x9901)  # ldr r1, [sp, #4]
-    ldr(r2, [r0, 4])
-    add(r1, r1, r2)
-    data(2, 0x9101)  # str r1, [sp, #4]
-    data(2, 0x9902)  # ldr r1, [sp, #8]
-    ldr(r2, [r0, 8])
-    add(r1, r1, r2)
-    data(2, 0x9102)  # str r1, [sp, #8]
-    data(2, 0x9903)  # ldr r1, [sp, #12]
-    ldr(r2, [r0, 12])
-    add(r1, r1, r2)
-    data(2, 0x9103)  # str r1, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    ldr(r2, [r0, 16])
-    add(r1, r1, r2)
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    ldr(r2, [r0, 20])
-    add(r1, r1, r2)
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    ldr(r2, [r0, 24])
-    add(r1, r1, r2)
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    ldr(r2, [r0, 28])
-    add(r1, r1, r2)
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9908)  # ldr r1, [sp, #32]
-    ldr(r2, [r0, 32])
-    add(r1, r1, r2)
-    data(2, 0x9108)  # str r1, [sp, #32]
-    data(2, 0x9909)  # ldr r1, [sp, #36]
-    ldr(r2, [r0, 36])
-    add(r1, r1, r2)
-    data(2, 0x9109)  # str r1, [sp, #36]
-    data(2, 0x990a)  # ldr r1, [sp, #40]
-    ldr(r2, [r0, 40])
-    add(r1, r1, r2)
-    data(2, 0x910a)  # str r1, [sp, #40]
-    data(2, 0x990b)  # ldr r1, [sp, #44]
-    ldr(r2, [r0, 44])
-    add(r1, r1, r2)
-    data(2, 0x910b)  # str r1, [sp, #44]
-    data(2, 0x990c)  # ldr r1, [sp, #48]
-    ldr(r2, [r0, 48])
-    add(r1, r1, r2)
-    data(2, 0x910c)  # str r1, [sp, #48]
-    data(2, 0x990d)  # ldr r1, [sp, #52]
-    ldr(r2, [r0, 52])
-    add(r1, r1, r2)
-    data(2, 0x910d)  # str r1, [sp, #52]
-    data(2, 0x990e)  # ldr r1, [sp, #56]
-    ldr(r2, [r0, 56])
-    add(r1, r1, r2)
-    data(2, 0x910e)  # str r1, [sp, #56]
-    data(2, 0x990f)  # ldr r1, [sp, #60]
-    ldr(r2, [r0, 60])
-    add(r1, r1, r2)
-    data(2, 0x910f)  # str r1, [sp, #60]
-    ldr(r1, [r0, 48])
+    add(r0, 1)
     add(r1, 1)
-    str(r1, [r0, 48])
-    mov(r6, 15)
-    lsl(r6, r6, 28)
-    mvn(r6, r6)  # 0x0fffffff
-    mov(r7, 3)
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    and_(r0, r6)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    bic(r6, r7)  # 0x0ffffffc
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    and_(r0, r6)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    and_(r0, r6)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    and_(r0, r6)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9911)  # ldr r1, [sp, #68]
-    data(2, 0x9a00)  # ldr r2, [sp, #0]
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 40])
-    data(2, 0x9a00)  # ldr r2, [sp, #0]
-    lsr(r2, r2, 13)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 44])
-    data(2, 0x9a00)  # ldr r2, [sp, #0]
-    lsr(r2, r2, 26)
-    data(2, 0x9b01)  # ldr r3, [sp, #4]
-    lsl(r3, r3, 6)
-    orr(r2, r3)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 48])
-    data(2, 0x9a01)  # ldr r2, [sp, #4]
-    lsr(r2, r2, 7)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 52])
-    data(2, 0x9a01)  # ldr r2, [sp, #4]
-    lsr(r2, r2, 20)
-    data(2, 0x9b02)  # ldr r3, [sp, #8]
-    lsl(r3, r3, 12)
-    orr(r2, r3)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 56])
-    data(2, 0x9a02)  # ldr r2, [sp, #8]
-    lsr(r2, r2, 1)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 60])
-    data(2, 0x9a02)  # ldr r2, [sp, #8]
-    lsr(r2, r2, 14)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 64])
-    data(2, 0x9a02)  # ldr r2, [sp, #8]
-    lsr(r2, r2, 27)
-    data(2, 0x9b03)  # ldr r3, [sp, #12]
-    lsl(r3, r3, 5)
-    orr(r2, r3)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 68])
-    data(2, 0x9a03)  # ldr r2, [sp, #12]
-    lsr(r2, r2, 8)
-    lsl(r2, r2, 19)
-    lsr(r2, r2, 19)
-    str(r2, [r1, 72])
-    data(2, 0x9a03)  # ldr r2, [sp, #12]
-    lsr(r2, r2, 21)
-    str(r2, [r1, 76])
-    data(2, 0x9a04)  # ldr r2, [sp, #16]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 80])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 84])
-    data(2, 0x9a05)  # ldr r2, [sp, #20]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 88])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 92])
-    data(2, 0x9a06)  # ldr r2, [sp, #24]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 96])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 100])
-    data(2, 0x9a07)  # ldr r2, [sp, #28]
-    lsl(r3, r2, 16)
-    lsr(r3, r3, 16)
-    str(r3, [r1, 104])
-    lsr(r2, r2, 16)
-    str(r2, [r1, 108])
-    mov(r2, 0)
-    str(r2, [r1, 0])  # h = 0
-    str(r2, [r1, 4])  # h = 0
-    str(r2, [r1, 8])  # h = 0
-    str(r2, [r1, 12])  # h = 0
-    str(r2, [r1, 16])  # h = 0
-    str(r2, [r1, 20])  # h = 0
-    str(r2, [r1, 24])  # h = 0
-    str(r2, [r1, 28])  # h = 0
-    str(r2, [r1, 32])  # h = 0
-    str(r2, [r1, 36])  # h = 0
-    data(2, 0x9810)  # ldr r0, [sp, #64]
-    mov(r2, 1)
-    str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1
-    data(2, 0xb014)  # add sp, #80
+    sub(r3, 1)
+    bne(KEY)  # 32 bytes
     mov(r0, 0)
 
 
@@ -583,6 +121,10 @@ def chacha_polykey(r0, r1):
 def chacha_xor(r0, r1, r2):
     data(2, 0xb094)  # sub sp, #80
     data(2, 0x9010)  # str r0, [sp, #64]
+    add(r3, r2, 1)  # dst = -1: chacha_polykey
+    bne(XOR)
+    bl(POLYKEY)
+    label(XOR)
     ldr(r3, [r0, 64])  # st[16]: source offset
     add(r1, r1, r3)
     data(2, 0x9111)  # str r1, [sp, #68]
@@ -598,279 +140,7 @@ def chacha_xor(r0, r1, r2):
     b(DONE)
     label(GO)
     data(2, 0x9810)  # ldr r0, [sp, #64]
-    ldr(r1, [r0, 0])
-    data(2, 0x9100)  # str r1, [sp, #0]
-    ldr(r1, [r0, 4])
-    data(2, 0x9101)  # str r1, [sp, #4]
-    ldr(r1, [r0, 8])
-    data(2, 0x9102)  # str r1, [sp, #8]
-    ldr(r1, [r0, 12])
-    data(2, 0x9103)  # str r1, [sp, #12]
-    ldr(r1, [r0, 16])
-    data(2, 0x9104)  # str r1, [sp, #16]
-    ldr(r1, [r0, 20])
-    data(2, 0x9105)  # str r1, [sp, #20]
-    ldr(r1, [r0, 24])
-    data(2, 0x9106)  # str r1, [sp, #24]
-    ldr(r1, [r0, 28])
-    data(2, 0x9107)  # str r1, [sp, #28]
-    ldr(r1, [r0, 32])
-    data(2, 0x9108)  # str r1, [sp, #32]
-    ldr(r1, [r0, 36])
-    data(2, 0x9109)  # str r1, [sp, #36]
-    ldr(r1, [r0, 40])
-    data(2, 0x910a)  # str r1, [sp, #40]
-    ldr(r1, [r0, 44])
-    data(2, 0x910b)  # str r1, [sp, #44]
-    ldr(r1, [r0, 48])
-    data(2, 0x910c)  # str r1, [sp, #48]
-    ldr(r1, [r0, 52])
-    data(2, 0x910d)  # str r1, [sp, #52]
-    ldr(r1, [r0, 56])
-    data(2, 0x910e)  # str r1, [sp, #56]
-    ldr(r1, [r0, 60])
-    data(2, 0x910f)  # str r1, [sp, #60]
-    mov(r4, 16)
-    mov(r5, 20)
-    mov(r6, 24)
-    mov(r7, 25)
-    mov(r0, 10)
-    mov(r12, r0)
-    label(ROUND)
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    data(2, 0x9a08)  # ldr r2, [sp, #32]
-    data(2, 0x9b0c)  # ldr r3, [sp, #48]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9208)  # str r2, [sp, #32]
-    data(2, 0x930c)  # str r3, [sp, #48]
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    data(2, 0x9a09)  # ldr r2, [sp, #36]
-    data(2, 0x9b0d)  # ldr r3, [sp, #52]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9209)  # str r2, [sp, #36]
-    data(2, 0x930d)  # str r3, [sp, #52]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    data(2, 0x9a0a)  # ldr r2, [sp, #40]
-    data(2, 0x9b0e)  # ldr r3, [sp, #56]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x920a)  # str r2, [sp, #40]
-    data(2, 0x930e)  # str r3, [sp, #56]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    data(2, 0x9a0b)  # ldr r2, [sp, #44]
-    data(2, 0x9b0f)  # ldr r3, [sp, #60]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x920b)  # str r2, [sp, #44]
-    data(2, 0x930f)  # str r3, [sp, #60]
-    data(2, 0x9800)  # ldr r0, [sp, #0]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    data(2, 0x9a0a)  # ldr r2, [sp, #40]
-    data(2, 0x9b0f)  # ldr r3, [sp, #60]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9000)  # str r0, [sp, #0]
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x920a)  # str r2, [sp, #40]
-    data(2, 0x930f)  # str r3, [sp, #60]
-    data(2, 0x9801)  # ldr r0, [sp, #4]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    data(2, 0x9a0b)  # ldr r2, [sp, #44]
-    data(2, 0x9b0c)  # ldr r3, [sp, #48]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9001)  # str r0, [sp, #4]
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x920b)  # str r2, [sp, #44]
-    data(2, 0x930c)  # str r3, [sp, #48]
-    data(2, 0x9802)  # ldr r0, [sp, #8]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    data(2, 0x9a08)  # ldr r2, [sp, #32]
-    data(2, 0x9b0d)  # ldr r3, [sp, #52]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9002)  # str r0, [sp, #8]
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9208)  # str r2, [sp, #32]
-    data(2, 0x930d)  # str r3, [sp, #52]
-    data(2, 0x9803)  # ldr r0, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    data(2, 0x9a09)  # ldr r2, [sp, #36]
-    data(2, 0x9b0e)  # ldr r3, [sp, #56]
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r4)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r5)
-    add(r0, r0, r1)
-    eor(r3, r0)
-    ror(r3, r6)
-    add(r2, r2, r3)
-    eor(r1, r2)
-    ror(r1, r7)
-    data(2, 0x9003)  # str r0, [sp, #12]
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9209)  # str r2, [sp, #36]
-    data(2, 0x930e)  # str r3, [sp, #56]
-    mov(r0, r12)
-    sub(r0, r0, 1)
-    mov(r12, r0)
-    beq(ROUNDS_DONE)
-    b(ROUND)  # 10 double rounds
-    label(ROUNDS_DONE)
-    data(2, 0x9810)  # ldr r0, [sp, #64]
-    data(2, 0x9900)  # ldr r1, [sp, #0]
-    ldr(r2, [r0, 0])
-    add(r1, r1, r2)
-    data(2, 0x9100)  # str r1, [sp, #0]
-    data(2, 0x9901)  # ldr r1, [sp, #4]
-    ldr(r2, [r0, 4])
-    add(r1, r1, r2)
-    data(2, 0x9101)  # str r1, [sp, #4]
-    data(2, 0x9902)  # ldr r1, [sp, #8]
-    ldr(r2, [r0, 8])
-    add(r1, r1, r2)
-    data(2, 0x9102)  # str r1, [sp, #8]
-    data(2, 0x9903)  # ldr r1, [sp, #12]
-    ldr(r2, [r0, 12])
-    add(r1, r1, r2)
-    data(2, 0x9103)  # str r1, [sp, #12]
-    data(2, 0x9904)  # ldr r1, [sp, #16]
-    ldr(r2, [r0, 16])
-    add(r1, r1, r2)
-    data(2, 0x9104)  # str r1, [sp, #16]
-    data(2, 0x9905)  # ldr r1, [sp, #20]
-    ldr(r2, [r0, 20])
-    add(r1, r1, r2)
-    data(2, 0x9105)  # str r1, [sp, #20]
-    data(2, 0x9906)  # ldr r1, [sp, #24]
-    ldr(r2, [r0, 24])
-    add(r1, r1, r2)
-    data(2, 0x9106)  # str r1, [sp, #24]
-    data(2, 0x9907)  # ldr r1, [sp, #28]
-    ldr(r2, [r0, 28])
-    add(r1, r1, r2)
-    data(2, 0x9107)  # str r1, [sp, #28]
-    data(2, 0x9908)  # ldr r1, [sp, #32]
-    ldr(r2, [r0, 32])
-    add(r1, r1, r2)
-    data(2, 0x9108)  # str r1, [sp, #32]
-    data(2, 0x9909)  # ldr r1, [sp, #36]
-    ldr(r2, [r0, 36])
-    add(r1, r1, r2)
-    data(2, 0x9109)  # str r1, [sp, #36]
-    data(2, 0x990a)  # ldr r1, [sp, #40]
-    ldr(r2, [r0, 40])
-    add(r1, r1, r2)
-    data(2, 0x910a)  # str r1, [sp, #40]
-    data(2, 0x990b)  # ldr r1, [sp, #44]
-    ldr(r2, [r0, 44])
-    add(r1, r1, r2)
-    data(2, 0x910b)  # str r1, [sp, #44]
-    data(2, 0x990c)  # ldr r1, [sp, #48]
-    ldr(r2, [r0, 48])
-    add(r1, r1, r2)
-    data(2, 0x910c)  # str r1, [sp, #48]
-    data(2, 0x990d)  # ldr r1, [sp, #52]
-    ldr(r2, [r0, 52])
-    add(r1, r1, r2)
-    data(2, 0x910d)  # str r1, [sp, #52]
-    data(2, 0x990e)  # ldr r1, [sp, #56]
-    ldr(r2, [r0, 56])
-    add(r1, r1, r2)
-    data(2, 0x910e)  # str r1, [sp, #56]
-    data(2, 0x990f)  # ldr r1, [sp, #60]
-    ldr(r2, [r0, 60])
-    add(r1, r1, r2)
-    data(2, 0x910f)  # str r1, [sp, #60]
-    ldr(r1, [r0, 48])
-    add(r1, 1)
-    str(r1, [r0, 48])
+    bl(BLOCK)
     data(2, 0x9b13)  # ldr r3, [sp, #76]
     mov(r7, r3)
     cmp(r3, 64)
@@ -897,6 +167,293 @@ def chacha_xor(r0, r1, r2):
     sub(r3, r3, r7)
     data(2, 0x9313)  # str r3, [sp, #76]
     b(NEXT)
+    label(BLOCK)
+    data(2, 0xaa00)  # add r2, sp, #0
+    mov(r3, 16)
+    label(LOAD)
+    ldr(r1, [r0, 0])
+    str(r1, [r2, 0])
+    add(r0, 4)
+    add(r2, 4)
+    sub(r3, 1)
+    bne(LOAD)  # 16 words
+    mov(r4, 16)
+    mov(r5, 20)
+    mov(r6, 24)
+    mov(r7, 25)
+    mov(r0, 10)
+    mov(r12, r0)
+    label(ROUND)
+    data(2, 0x9800)  # ldr r0, [sp, #0]
+    data(2, 0x9904)  # ldr r1, [sp, #16]
+    data(2, 0x9a08)  # ldr r2, [sp, #32]
+    data(2, 0x9b0c)  # ldr r3, [sp, #48]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9000)  # str r0, [sp, #0]
+    data(2, 0x9104)  # str r1, [sp, #16]
+    data(2, 0x9208)  # str r2, [sp, #32]
+    data(2, 0x930c)  # str r3, [sp, #48]
+    data(2, 0x9801)  # ldr r0, [sp, #4]
+    data(2, 0x9905)  # ldr r1, [sp, #20]
+    data(2, 0x9a09)  # ldr r2, [sp, #36]
+    data(2, 0x9b0d)  # ldr r3, [sp, #52]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9001)  # str r0, [sp, #4]
+    data(2, 0x9105)  # str r1, [sp, #20]
+    data(2, 0x9209)  # str r2, [sp, #36]
+    data(2, 0x930d)  # str r3, [sp, #52]
+    data(2, 0x9802)  # ldr r0, [sp, #8]
+    data(2, 0x9906)  # ldr r1, [sp, #24]
+    data(2, 0x9a0a)  # ldr r2, [sp, #40]
+    data(2, 0x9b0e)  # ldr r3, [sp, #56]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9002)  # str r0, [sp, #8]
+    data(2, 0x9106)  # str r1, [sp, #24]
+    data(2, 0x920a)  # str r2, [sp, #40]
+    data(2, 0x930e)  # str r3, [sp, #56]
+    data(2, 0x9803)  # ldr r0, [sp, #12]
+    data(2, 0x9907)  # ldr r1, [sp, #28]
+    data(2, 0x9a0b)  # ldr r2, [sp, #44]
+    data(2, 0x9b0f)  # ldr r3, [sp, #60]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9003)  # str r0, [sp, #12]
+    data(2, 0x9107)  # str r1, [sp, #28]
+    data(2, 0x920b)  # str r2, [sp, #44]
+    data(2, 0x930f)  # str r3, [sp, #60]
+    data(2, 0x9800)  # ldr r0, [sp, #0]
+    data(2, 0x9905)  # ldr r1, [sp, #20]
+    data(2, 0x9a0a)  # ldr r2, [sp, #40]
+    data(2, 0x9b0f)  # ldr r3, [sp, #60]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9000)  # str r0, [sp, #0]
+    data(2, 0x9105)  # str r1, [sp, #20]
+    data(2, 0x920a)  # str r2, [sp, #40]
+    data(2, 0x930f)  # str r3, [sp, #60]
+    data(2, 0x9801)  # ldr r0, [sp, #4]
+    data(2, 0x9906)  # ldr r1, [sp, #24]
+    data(2, 0x9a0b)  # ldr r2, [sp, #44]
+    data(2, 0x9b0c)  # ldr r3, [sp, #48]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9001)  # str r0, [sp, #4]
+    data(2, 0x9106)  # str r1, [sp, #24]
+    data(2, 0x920b)  # str r2, [sp, #44]
+    data(2, 0x930c)  # str r3, [sp, #48]
+    data(2, 0x9802)  # ldr r0, [sp, #8]
+    data(2, 0x9907)  # ldr r1, [sp, #28]
+    data(2, 0x9a08)  # ldr r2, [sp, #32]
+    data(2, 0x9b0d)  # ldr r3, [sp, #52]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9002)  # str r0, [sp, #8]
+    data(2, 0x9107)  # str r1, [sp, #28]
+    data(2, 0x9208)  # str r2, [sp, #32]
+    data(2, 0x930d)  # str r3, [sp, #52]
+    data(2, 0x9803)  # ldr r0, [sp, #12]
+    data(2, 0x9904)  # ldr r1, [sp, #16]
+    data(2, 0x9a09)  # ldr r2, [sp, #36]
+    data(2, 0x9b0e)  # ldr r3, [sp, #56]
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r4)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r5)
+    add(r0, r0, r1)
+    eor(r3, r0)
+    ror(r3, r6)
+    add(r2, r2, r3)
+    eor(r1, r2)
+    ror(r1, r7)
+    data(2, 0x9003)  # str r0, [sp, #12]
+    data(2, 0x9104)  # str r1, [sp, #16]
+    data(2, 0x9209)  # str r2, [sp, #36]
+    data(2, 0x930e)  # str r3, [sp, #56]
+    mov(r0, r12)
+    sub(r0, r0, 1)
+    mov(r12, r0)
+    beq(ROUNDS_DONE)
+    b(ROUND)  # 10 double rounds
+    label(ROUNDS_DONE)
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    data(2, 0xab00)  # add r3, sp, #0
+    mov(r4, 16)
+    label(ADDIN)
+    ldr(r1, [r3, 0])
+    ldr(r2, [r0, 0])
+    add(r1, r1, r2)
+    str(r1, [r3, 0])
+    add(r0, 4)
+    add(r3, 4)
+    sub(r4, 1)
+    bne(ADDIN)  # 16 words
+    sub(r0, 64)
+    ldr(r1, [r0, 48])
+    add(r1, 1)
+    str(r1, [r0, 48])
+    bx(lr)
+    label(POLYKEY)
+    data(2, 0x9111)  # str r1, [sp, #68]
+    mov(r2, 0)
+    str(r2, [r0, 48])  # st[12] = 0: block 0
+    ldr(r2, [r0, 80])
+    ldr(r3, [r0, 84])
+    lsl(r3, r3, 16)
+    orr(r2, r3)
+    str(r2, [r0, 52])
+    ldr(r2, [r0, 88])
+    ldr(r3, [r0, 92])
+    lsl(r3, r3, 16)
+    orr(r2, r3)
+    str(r2, [r0, 56])
+    ldr(r2, [r0, 96])
+    ldr(r3, [r0, 100])
+    lsl(r3, r3, 16)
+    orr(r2, r3)
+    str(r2, [r0, 60])
+    bl(BLOCK)
+    mov(r6, 15)
+    lsl(r6, r6, 28)
+    mvn(r6, r6)  # 0x0fffffff
+    mov(r7, 3)
+    data(2, 0x9800)  # ldr r0, [sp, #0]
+    and_(r0, r6)
+    data(2, 0x9000)  # str r0, [sp, #0]
+    bic(r6, r7)  # 0x0ffffffc
+    data(2, 0x9801)  # ldr r0, [sp, #4]
+    and_(r0, r6)
+    data(2, 0x9001)  # str r0, [sp, #4]
+    data(2, 0x9802)  # ldr r0, [sp, #8]
+    and_(r0, r6)
+    data(2, 0x9002)  # str r0, [sp, #8]
+    data(2, 0x9803)  # ldr r0, [sp, #12]
+    and_(r0, r6)
+    data(2, 0x9003)  # str r0, [sp, #12]
+    data(2, 0x9911)  # ldr r1, [sp, #68]
+    data(2, 0x9a00)  # ldr r2, [sp, #0]
+    data(2, 0x9b01)  # ldr r3, [sp, #4]
+    data(2, 0x9c02)  # ldr r4, [sp, #8]
+    data(2, 0x9d03)  # ldr r5, [sp, #12]
+    mov(r7, 10)
+    label(RLIMB)
+    lsl(r0, r2, 19)
+    lsr(r0, r0, 19)
+    str(r0, [r1, 40])
+    add(r1, 4)
+    lsr(r2, r2, 13)
+    lsl(r0, r3, 19)
+    orr(r2, r0)
+    lsr(r3, r3, 13)
+    lsl(r0, r4, 19)
+    orr(r3, r0)
+    lsr(r4, r4, 13)
+    lsl(r0, r5, 19)
+    orr(r4, r0)
+    lsr(r5, r5, 13)
+    sub(r7, 1)
+    bne(RLIMB)  # 10 limbs
+    sub(r1, 40)
+    data(2, 0xac04)  # add r4, sp, #16
+    mov(r5, r1)
+    add(r5, 80)
+    mov(r6, 4)
+    label(SHALF)
+    ldr(r2, [r4, 0])
+    lsl(r3, r2, 16)
+    lsr(r3, r3, 16)
+    str(r3, [r5, 0])
+    lsr(r2, r2, 16)
+    str(r2, [r5, 4])
+    add(r4, 4)
+    add(r5, 8)
+    sub(r6, 1)
+    bne(SHALF)  # 4 words
+    mov(r2, 0)
+    mov(r6, 10)
+    label(HZERO)
+    str(r2, [r1, 0])  # h = 0
+    add(r1, 4)
+    sub(r6, 1)
+    bne(HZERO)  # 10 limbs
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    mov(r2, 1)
+    str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1
+    b(DONE)
     label(DONE)
     data(2, 0xb014)  # add sp, #80
     mov(r0, 0)
@@ -1117,55 +674,22 @@ def poly_update(r0, r1, r2, r3):
     bx(lr)
     label(FINISH)
     data(2, 0x9822)  # ldr r0, [sp, #136]
-    ldr(r1, [r0, 4])
+    mov(r5, r0)
+    add(r5, 4)
+    mov(r6, 8)
+    label(CARRY1)
+    ldr(r1, [r5, 0])
     lsr(r2, r1, 13)
     lsl(r1, r1, 19)
     lsr(r1, r1, 19)
-    str(r1, [r0, 4])
-    ldr(r1, [r0, 8])
+    str(r1, [r5, 0])
+    ldr(r1, [r5, 4])
     add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 8])
-    ldr(r1, [r0, 12])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 12])
-    ldr(r1, [r0, 16])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 16])
-    ldr(r1, [r0, 20])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 20])
-    ldr(r1, [r0, 24])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 24])
-    ldr(r1, [r0, 28])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 28])
-    ldr(r1, [r0, 32])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 32])
+    str(r1, [r5, 4])
+    add(r5, 4)
+    sub(r6, 1)
+    bne(CARRY1)  # a public count
     ldr(r1, [r0, 36])
-    add(r1, r1, r2)
     lsr(r2, r1, 13)
     lsl(r1, r1, 19)
     lsr(r1, r1, 19)
@@ -1174,182 +698,56 @@ def poly_update(r0, r1, r2, r3):
     add(r2, r2, r3)  # 5 c (2**130 = 5)
     ldr(r1, [r0, 0])
     add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
     str(r1, [r0, 0])
-    ldr(r1, [r0, 4])
-    add(r1, r1, r2)
+    mov(r5, r0)
+    mov(r6, 9)
+    label(CARRY2)
+    ldr(r1, [r5, 0])
     lsr(r2, r1, 13)
     lsl(r1, r1, 19)
     lsr(r1, r1, 19)
-    str(r1, [r0, 4])
-    ldr(r1, [r0, 8])
+    str(r1, [r5, 0])
+    ldr(r1, [r5, 4])
     add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 8])
-    ldr(r1, [r0, 12])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 12])
-    ldr(r1, [r0, 16])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 16])
-    ldr(r1, [r0, 20])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 20])
-    ldr(r1, [r0, 24])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 24])
-    ldr(r1, [r0, 28])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 28])
-    ldr(r1, [r0, 32])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    str(r1, [r0, 32])
-    ldr(r1, [r0, 36])
-    add(r1, r1, r2)
-    str(r1, [r0, 36])
+    str(r1, [r5, 4])
+    add(r5, 4)
+    sub(r6, 1)
+    bne(CARRY2)  # a public count
+    mov(r5, r0)
+    data(2, 0xac14)  # add r4, sp, #80
+    mov(r6, 9)
     ldr(r1, [r0, 0])
     add(r1, 5)
+    label(GLIMB)
     lsr(r2, r1, 13)
     lsl(r1, r1, 19)
     lsr(r1, r1, 19)
-    data(2, 0x9114)  # str r1, [sp, #80]
-    ldr(r1, [r0, 4])
+    str(r1, [r4, 0])
+    ldr(r1, [r5, 4])
     add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x9115)  # str r1, [sp, #84]
-    ldr(r1, [r0, 8])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x9116)  # str r1, [sp, #88]
-    ldr(r1, [r0, 12])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x9117)  # str r1, [sp, #92]
-    ldr(r1, [r0, 16])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x9118)  # str r1, [sp, #96]
-    ldr(r1, [r0, 20])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x9119)  # str r1, [sp, #100]
-    ldr(r1, [r0, 24])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x911a)  # str r1, [sp, #104]
-    ldr(r1, [r0, 28])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x911b)  # str r1, [sp, #108]
-    ldr(r1, [r0, 32])
-    add(r1, r1, r2)
-    lsr(r2, r1, 13)
-    lsl(r1, r1, 19)
-    lsr(r1, r1, 19)
-    data(2, 0x911c)  # str r1, [sp, #112]
-    ldr(r1, [r0, 36])
-    add(r1, r1, r2)
+    add(r4, 4)
+    add(r5, 4)
+    sub(r6, 1)
+    bne(GLIMB)  # 9 limbs
     mov(r2, 1)
     lsl(r2, r2, 13)
     sub(r1, r1, r2)
     data(2, 0x911d)  # str r1, [sp, #116]
     asr(r7, r1, 31)  # the mask
-    ldr(r1, [r0, 0])
-    data(2, 0x9a14)  # ldr r2, [sp, #80]
+    mov(r5, r0)
+    data(2, 0xac14)  # add r4, sp, #80
+    mov(r6, 10)
+    label(SELECT)
+    ldr(r1, [r5, 0])
+    ldr(r2, [r4, 0])
     eor(r1, r2)
     and_(r1, r7)
     eor(r1, r2)
-    str(r1, [r0, 0])
-    ldr(r1, [r0, 4])
-    data(2, 0x9a15)  # ldr r2, [sp, #84]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 4])
-    ldr(r1, [r0, 8])
-    data(2, 0x9a16)  # ldr r2, [sp, #88]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 8])
-    ldr(r1, [r0, 12])
-    data(2, 0x9a17)  # ldr r2, [sp, #92]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 12])
-    ldr(r1, [r0, 16])
-    data(2, 0x9a18)  # ldr r2, [sp, #96]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 16])
-    ldr(r1, [r0, 20])
-    data(2, 0x9a19)  # ldr r2, [sp, #100]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 20])
-    ldr(r1, [r0, 24])
-    data(2, 0x9a1a)  # ldr r2, [sp, #104]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 24])
-    ldr(r1, [r0, 28])
-    data(2, 0x9a1b)  # ldr r2, [sp, #108]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 28])
-    ldr(r1, [r0, 32])
-    data(2, 0x9a1c)  # ldr r2, [sp, #112]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 32])
-    ldr(r1, [r0, 36])
-    data(2, 0x9a1d)  # ldr r2, [sp, #116]
-    eor(r1, r2)
-    and_(r1, r7)
-    eor(r1, r2)
-    str(r1, [r0, 36])
+    str(r1, [r5, 0])
+    add(r4, 4)
+    add(r5, 4)
+    sub(r6, 1)
+    bne(SELECT)  # 10 limbs
     ldr(r2, [r0, 0])
     mov(r1, r2)
     ldr(r2, [r0, 4])
@@ -1393,164 +791,50 @@ def poly_update(r0, r1, r2, r3):
     orr(r1, r2)
     data(2, 0x9121)  # str r1, [sp, #132]
     data(2, 0xab1e)  # add r3, sp, #120
+    mov(r5, r0)
+    add(r5, 80)
+    mov(r6, 8)
     mov(r1, 0)
+    label(ADDS)
     ldrh(r2, [r3, 0])
-    ldr(r4, [r0, 80])
+    ldr(r4, [r5, 0])
     add(r1, r1, r2)
     add(r1, r1, r4)
     strh(r1, [r3, 0])
     lsr(r1, r1, 16)
-    ldrh(r2, [r3, 2])
-    ldr(r4, [r0, 84])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 2])
-    lsr(r1, r1, 16)
-    ldrh(r2, [r3, 4])
-    ldr(r4, [r0, 88])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 4])
-    lsr(r1, r1, 16)
-    ldrh(r2, [r3, 6])
-    ldr(r4, [r0, 92])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 6])
-    lsr(r1, r1, 16)
-    ldrh(r2, [r3, 8])
-    ldr(r4, [r0, 96])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 8])
-    lsr(r1, r1, 16)
-    ldrh(r2, [r3, 10])
-    ldr(r4, [r0, 100])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 10])
-    lsr(r1, r1, 16)
-    ldrh(r2, [r3, 12])
-    ldr(r4, [r0, 104])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 12])
-    lsr(r1, r1, 16)
-    ldrh(r2, [r3, 14])
-    ldr(r4, [r0, 108])
-    add(r1, r1, r2)
-    add(r1, r1, r4)
-    strh(r1, [r3, 14])
-    lsr(r1, r1, 16)
+    add(r3, 2)
+    add(r5, 4)
+    sub(r6, 1)
+    bne(ADDS)  # 8 halves
+    sub(r3, 16)
     data(2, 0x9c24)  # ldr r4, [sp, #144]
     data(2, 0x9d28)  # ldr r5, [sp, #160]
     add(r4, r4, r5)
     data(2, 0x9d27)  # ldr r5, [sp, #156]
     add(r4, r4, r5)
+    mov(r0, 0)
+    mov(r7, 16)
     data(2, 0x9e25)  # ldr r6, [sp, #148]
     mov(r5, 8)
     tst(r6, r5)
     bne(COMPARE)
+    label(WRITE)
     ldrb(r2, [r3, 0])
     strb(r2, [r4, 0])
-    ldrb(r2, [r3, 1])
-    strb(r2, [r4, 1])
-    ldrb(r2, [r3, 2])
-    strb(r2, [r4, 2])
-    ldrb(r2, [r3, 3])
-    strb(r2, [r4, 3])
-    ldrb(r2, [r3, 4])
-    strb(r2, [r4, 4])
-    ldrb(r2, [r3, 5])
-    strb(r2, [r4, 5])
-    ldrb(r2, [r3, 6])
-    strb(r2, [r4, 6])
-    ldrb(r2, [r3, 7])
-    strb(r2, [r4, 7])
-    ldrb(r2, [r3, 8])
-    strb(r2, [r4, 8])
-    ldrb(r2, [r3, 9])
-    strb(r2, [r4, 9])
-    ldrb(r2, [r3, 10])
-    strb(r2, [r4, 10])
-    ldrb(r2, [r3, 11])
-    strb(r2, [r4, 11])
-    ldrb(r2, [r3, 12])
-    strb(r2, [r4, 12])
-    ldrb(r2, [r3, 13])
-    strb(r2, [r4, 13])
-    ldrb(r2, [r3, 14])
-    strb(r2, [r4, 14])
-    ldrb(r2, [r3, 15])
-    strb(r2, [r4, 15])
-    mov(r0, 0)
+    add(r3, 1)
+    add(r4, 1)
+    sub(r7, 1)
+    bne(WRITE)  # 16 bytes
     bx(lr)
     label(COMPARE)
-    mov(r0, 0)
     ldrb(r2, [r3, 0])
     ldrb(r5, [r4, 0])
     eor(r2, r5)
     orr(r0, r2)
-    ldrb(r2, [r3, 1])
-    ldrb(r5, [r4, 1])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 2])
-    ldrb(r5, [r4, 2])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 3])
-    ldrb(r5, [r4, 3])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 4])
-    ldrb(r5, [r4, 4])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 5])
-    ldrb(r5, [r4, 5])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 6])
-    ldrb(r5, [r4, 6])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 7])
-    ldrb(r5, [r4, 7])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 8])
-    ldrb(r5, [r4, 8])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 9])
-    ldrb(r5, [r4, 9])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 10])
-    ldrb(r5, [r4, 10])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 11])
-    ldrb(r5, [r4, 11])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 12])
-    ldrb(r5, [r4, 12])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 13])
-    ldrb(r5, [r4, 13])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 14])
-    ldrb(r5, [r4, 14])
-    eor(r2, r5)
-    orr(r0, r2)
-    ldrb(r2, [r3, 15])
-    ldrb(r5, [r4, 15])
-    eor(r2, r5)
-    orr(r0, r2)
+    add(r3, 1)
+    add(r4, 1)
+    sub(r7, 1)
+    bne(COMPARE)  # 16 bytes
     bx(lr)
     label(START)
     data(2, 0xb0ae)  # sub sp, #184
@@ -1569,56 +853,20 @@ def poly_update(r0, r1, r2, r3):
     data(2, 0x942a)  # str r4, [sp, #168]
     mov(r4, 0)
     data(2, 0x942b)  # str r4, [sp, #172]
-    ldr(r4, [r0, 40])
-    data(2, 0x9409)  # str r4, [sp, #36]
+    mov(r6, r0)
+    add(r6, 40)
+    data(2, 0xaf09)  # add r7, sp, #36
+    mov(r3, 10)
+    label(ETAB)
+    ldr(r4, [r6, 0])
+    str(r4, [r7, 0])
     lsl(r5, r4, 2)
     add(r5, r5, r4)
-    data(2, 0x9513)  # str r5, [sp, #76]
-    ldr(r4, [r0, 44])
-    data(2, 0x9408)  # str r4, [sp, #32]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x9512)  # str r5, [sp, #72]
-    ldr(r4, [r0, 48])
-    data(2, 0x9407)  # str r4, [sp, #28]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x9511)  # str r5, [sp, #68]
-    ldr(r4, [r0, 52])
-    data(2, 0x9406)  # str r4, [sp, #24]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x9510)  # str r5, [sp, #64]
-    ldr(r4, [r0, 56])
-    data(2, 0x9405)  # str r4, [sp, #20]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950f)  # str r5, [sp, #60]
-    ldr(r4, [r0, 60])
-    data(2, 0x9404)  # str r4, [sp, #16]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950e)  # str r5, [sp, #56]
-    ldr(r4, [r0, 64])
-    data(2, 0x9403)  # str r4, [sp, #12]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950d)  # str r5, [sp, #52]
-    ldr(r4, [r0, 68])
-    data(2, 0x9402)  # str r4, [sp, #8]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950c)  # str r5, [sp, #48]
-    ldr(r4, [r0, 72])
-    data(2, 0x9401)  # str r4, [sp, #4]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950b)  # str r5, [sp, #44]
-    ldr(r4, [r0, 76])
-    data(2, 0x9400)  # str r4, [sp, #0]
-    lsl(r5, r4, 2)
-    add(r5, r5, r4)
-    data(2, 0x950a)  # str r5, [sp, #40]
+    str(r5, [r7, 40])
+    add(r6, 4)
+    sub(r7, 4)
+    sub(r3, 1)
+    bne(ETAB)  # 10 limbs
     label(LOOP)
     data(2, 0x9d2a)  # ldr r5, [sp, #168]
     cmp(r5, 16)
@@ -1714,3 +962,8 @@ def poly_update(r0, r1, r2, r3):
     bl(FINISH)
     label(EXIT)
     data(2, 0xb02e)  # add sp, #184
+
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)

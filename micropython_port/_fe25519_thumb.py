@@ -13,7 +13,12 @@ fe0 = fe1 * fe2, fe0 = fe1 ** 2, (fe0, fe3) = (fe1 + fe2, fe1 - fe2),
 fe0 = fe2 + 121665 * fe1, and the swap of (fe0, fe1) with (fe2, fe3) when
 ``k`` is 1. The field operations are subroutines (``bl``/``bx lr``) that
 take pointers in r0-r3 and use only r0-r7 and the stack; the ladder keeps
-its state in r8-r11.
+its state in r8-r11. A call is ``movw r0, #n`` and ``bl OP_P``, n holding
+up to four field element numbers, one per nibble (public constants):
+UNPACK turns them into the addresses r8 + 32 * fe in r0-r3 and goes on to
+the operation. SQN (r0 = k) squares t (fe 15) k times: the inversion's
+runs of squarings. The code is loops rather than unrolled (issue 16 item
+6: a small flash bundle), about 1.5 times the instructions.
 
 Representation: 8 words of 32 bits, little-endian: value = sum(w[i] << 32*i).
 Invariant F: a field element is ANY 8-word value, i.e. any integer in
@@ -22,35 +27,44 @@ Invariant F: a field element is ANY 8-word value, i.e. any integer in
 2**256 = 2 * (p + 19) = 38 (mod p), a carry c out of word 7 is folded back
 by adding 38 * c to word 0.
 
-- MUL (out, a, b): the 512-bit product by columns (product scanning: each
-  column k sums a[i]*b[k-i] from UMULL into a 3-word accumulator; a column
-  is at most 8 * (2**32 - 1)**2 < 2**67), into 16 words on the stack; then
-  t_lo + 38 * t_hi word by word with UMLAL (< 39 * 2**256, so the carry c
-  out of word 7 is <= 38); then 38 * c into word 0 with the carry
-  propagated to word 7, whose carry c2 is 0 or 1; if c2 = 1 the value
-  wrapped, so it is now < 38 * 38 and 38 * c2 is added to word 0 with no
-  further carry. ``out`` may alias ``a`` or ``b`` (nothing is stored
-  before the last load).
-- SQ (out, a): MUL(out, a, a) with each cross product a[i]*a[j], i < j,
-  computed once and added twice (the column is the same sum).
-- ADDSUB (s, d, a, b): s = a + b, d = a - b. The sum's carry c (0 or 1) is
-  folded as 38 * c, and a second carry (only if the sum wrapped, leaving
-  s < 38) as 38 more without propagation. The difference a - b + 2**256 * w
-  (w the borrow) equals a - b + 38 * w (mod p), so 38 * w is subtracted; a
-  second borrow leaves a value >= 2**256 - 38, from which 38 more is
-  subtracted without a borrow. ``s`` and ``d`` must not alias ``a`` or ``b``.
+- MUL (out, a, b): the 512-bit product by rows (operand scanning) into 16
+  words t on the stack: words 0-7 zeroed, then row i = 0..7 (a loop; its
+  8 steps unrolled) adds a[i] * b to t[i..i+7], each step t[i+j] + a[i] *
+  b[j] + carry <= (2**32 - 1) + (2**32 - 1)**2 + (2**32 - 1) = 2**64 - 1
+  (UMLAL into t[i+j]:0, then ADDS/ADC of the carry: no wrap), the low word
+  back into t[i+j], the high word the next carry; t[i+8] (not yet
+  written: row i writes it before row i+1 reads it) = the last carry.
+  Then t_lo + 38 * t_hi word by word with UMLAL (< 39 * 2**256, so the
+  carry c out of word 7 is <= 38), and FOLD(out, c). ``out`` may alias
+  ``a`` or ``b`` (nothing is stored into out before the last load).
+- SQ (out, a): MUL(out, a, a) (UNPACK sets b = a).
+- FOLD (base, c): 38 * c into word 0 with the carry propagated to word 7,
+  whose carry c2 is 0 or 1; if c2 = 1 the value wrapped, so words 1-7 are
+  now 0 and word 0 < 38 * c, and 38 * c2 is added to word 0 with no
+  further carry (38 * c + 38 < 2**32 for every c here: <= 38 after MUL,
+  <= 1 after a sum, <= 121665 after A24). MUL, ADDSUB and A24 end in it.
+- ADDSUB (s, d, a, b): d = a - b, then s = a + b, each a loop over the 8
+  words whose carry (or borrow) waits in a register between words (LSRS
+  r6, r6, 1 puts it back into C, ADCS r6, r6 with r6 = 0 takes it out), so
+  the loop counter may set the flags. The difference a - b + 2**256 * w
+  (w the borrow) equals a - b + 38 * w (mod p), so 38 * w is subtracted
+  with the borrow propagated; a second borrow leaves a value >= 2**256 -
+  38, from which 38 more is subtracted without a borrow. The sum's carry c
+  (0 or 1) goes to FOLD. ``s`` and ``d`` must not alias ``a`` or ``b``.
 - A24 (out, e, aa): out = aa + 121665 * e (RFC 7748 section 5, a24):
-  word by word aa[i] + 121665 * e[i] + carry < 2**64 with UMLAL; the carry
-  out of word 7 is <= 121665, folded as 38 * c < 2**23 and then like the
-  sum. ``out`` may alias ``e`` or ``aa`` (word i is read before it is
+  word by word (a loop) aa[i] + 121665 * e[i] + carry < 2**64 with UMULL
+  and two ADDS/ADC; the carry out of word 7 is <= 121665, then FOLD.
+  ``out`` may alias ``e`` or ``aa`` (word i is read before it is
   written).
 - CSWAP (p, q, n, bit): swaps the n words of p and q if bit is 1, with the
   mask -bit (0 or 0xFFFFFFFF): t = (p ^ q) & mask; p ^= t; q ^= t.
 
 Constant time: no branch and no address depends on the scalar or a field
 element. The ladder's branches count its 255 steps and the chain's
-squarings (public); scalar bit t is read from byte t >> 3 and shifted by
-t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
+squarings (public); every other loop counts words or rows (8, fixed);
+UNPACK's dispatch and addresses come from the call's constant (which
+operation, which field elements: public); scalar bit t is read from byte
+t >> 3 and shifted by t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
 and UMLAL take 3-5 and 4-7 cycles depending on their operands (early
 termination, ARM DDI 0337 section 18.2): on real M3 hardware their timing
 is data-dependent, which this code does not mask (the M4's are fixed; qemu
@@ -73,1172 +87,254 @@ LIMB_BITS = 32
 
 @micropython.asm_thumb
 def x25519_core(r0, r1, r2):
-    cmp(r0, r0)
-    beq_w(MAIN)  # over the subroutines (b reaches only 2 KiB)
+    b(MAIN)  # over the subroutines
+    label(SQ_P)
+    mov(r7, 1)
+    b(UNPACK)
+    label(ADDSUB_P)
+    mov(r7, 2)
+    b(UNPACK)
+    label(A24_P)
+    mov(r7, 3)
+    b(UNPACK)
+    label(MUL_P)
+    mov(r7, 0)
+    label(UNPACK)
+    mov(r6, r8)
+    mov(r5, 15)
+    lsl(r5, r5, 5)  # 0x1e0: 32 * a nibble
+    lsr(r3, r0, 7)
+    and_(r3, r5)
+    add(r3, r3, r6)
+    lsr(r2, r0, 3)
+    and_(r2, r5)
+    add(r2, r2, r6)
+    lsl(r1, r0, 1)
+    and_(r1, r5)
+    add(r1, r1, r6)
+    lsl(r0, r0, 5)
+    and_(r0, r5)
+    add(r0, r0, r6)
+    cmp(r7, 2)
+    beq_w(ADDSUB)
+    cmp(r7, 3)
+    beq_w(A24)
+    cmp(r7, 1)
+    bne(MUL)
+    mov(r2, r1)  # SQ: MUL with b = a
     label(MUL)
-    data(2, 0xb090)  # sub sp, #64
-    mov(r3, 0)
+    data(2, 0xb092)  # sub sp, #72
+    data(2, 0x9010)  # str r0, [sp, #64]
     mov(r4, 0)
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3000)  # str.w r3, [sp, #0]
-    mov(r3, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4004)  # str.w r4, [sp, #4]
-    mov(r4, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5008)  # str.w r5, [sp, #8]
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x300c)  # str.w r3, [sp, #12]
-    mov(r3, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4010)  # str.w r4, [sp, #16]
-    mov(r4, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5014)  # str.w r5, [sp, #20]
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3018)  # str.w r3, [sp, #24]
-    mov(r3, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x401c)  # str.w r4, [sp, #28]
-    mov(r4, 0)
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5020)  # str.w r5, [sp, #32]
-    mov(r5, 0)
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3024)  # str.w r3, [sp, #36]
-    mov(r3, 0)
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4028)  # str.w r4, [sp, #40]
-    mov(r4, 0)
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x502c)  # str.w r5, [sp, #44]
-    mov(r5, 0)
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3030)  # str.w r3, [sp, #48]
-    mov(r3, 0)
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4034)  # str.w r4, [sp, #52]
-    mov(r4, 0)
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5038)  # str.w r5, [sp, #56]
-    mov(r5, 0)
-    data(2, 0xf8cd, 0x303c)  # str.w r3, [sp, #60]
+    data(2, 0x9400)  # str r4, [sp, #0]
+    data(2, 0x9401)  # str r4, [sp, #4]
+    data(2, 0x9402)  # str r4, [sp, #8]
+    data(2, 0x9403)  # str r4, [sp, #12]
+    data(2, 0x9404)  # str r4, [sp, #16]
+    data(2, 0x9405)  # str r4, [sp, #20]
+    data(2, 0x9406)  # str r4, [sp, #24]
+    data(2, 0x9407)  # str r4, [sp, #28]
+    mov(r4, r1)
+    add(r4, 32)
+    data(2, 0x9411)  # str r4, [sp, #68]
+    data(2, 0xa800)  # add r0, sp, #0
+    label(ROW)
+    ldr(r3, [r1, 0])  # a[i]
+    mov(r5, 0)  # carry
+    ldr(r4, [r2, 0])
+    ldr(r6, [r0, 0])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 0])
+    ldr(r4, [r2, 4])
+    ldr(r6, [r0, 4])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 4])
+    ldr(r4, [r2, 8])
+    ldr(r6, [r0, 8])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 8])
+    ldr(r4, [r2, 12])
+    ldr(r6, [r0, 12])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 12])
+    ldr(r4, [r2, 16])
+    ldr(r6, [r0, 16])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 16])
+    ldr(r4, [r2, 20])
+    ldr(r6, [r0, 20])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 20])
+    ldr(r4, [r2, 24])
+    ldr(r6, [r0, 24])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 24])
+    ldr(r4, [r2, 28])
+    ldr(r6, [r0, 28])
+    mov(r7, 0)
+    data(2, 0xfbe3, 0x6704)  # umlal r6, r7, r3, r4
+    add(r6, r6, r5)
+    data(2, 0xf147, 0x0500)  # adc.w r5, r7, #0
+    str(r6, [r0, 28])
+    str(r5, [r0, 32])
+    add(r0, 4)
+    add(r1, 4)
+    data(2, 0x9c11)  # ldr r4, [sp, #68]
+    cmp(r1, r4)
+    bne(ROW)  # 8 rows, a public count
+    data(2, 0x9810)  # ldr r0, [sp, #64]
+    data(2, 0xab00)  # add r3, sp, #0
     mov(r2, 38)
-    mov(r1, 0)  # carry
-    data(2, 0xf8dd, 0x6020)  # ldr.w r6, [sp, #32]
-    data(2, 0xf8dd, 0x4000)  # ldr.w r4, [sp, #0]
+    mov(r1, 0)
+    mov(r7, 8)
+    label(RED_LOOP)
+    ldr(r6, [r3, 32])
+    ldr(r4, [r3, 0])
     mov(r5, 0)
     data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
     add(r4, r4, r1)
     data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
     str(r4, [r0, 0])
-    data(2, 0xf8dd, 0x6024)  # ldr.w r6, [sp, #36]
-    data(2, 0xf8dd, 0x4004)  # ldr.w r4, [sp, #4]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 4])
-    data(2, 0xf8dd, 0x6028)  # ldr.w r6, [sp, #40]
-    data(2, 0xf8dd, 0x4008)  # ldr.w r4, [sp, #8]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 8])
-    data(2, 0xf8dd, 0x602c)  # ldr.w r6, [sp, #44]
-    data(2, 0xf8dd, 0x400c)  # ldr.w r4, [sp, #12]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 12])
-    data(2, 0xf8dd, 0x6030)  # ldr.w r6, [sp, #48]
-    data(2, 0xf8dd, 0x4010)  # ldr.w r4, [sp, #16]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 16])
-    data(2, 0xf8dd, 0x6034)  # ldr.w r6, [sp, #52]
-    data(2, 0xf8dd, 0x4014)  # ldr.w r4, [sp, #20]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 20])
-    data(2, 0xf8dd, 0x6038)  # ldr.w r6, [sp, #56]
-    data(2, 0xf8dd, 0x4018)  # ldr.w r4, [sp, #24]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 24])
-    data(2, 0xf8dd, 0x603c)  # ldr.w r6, [sp, #60]
-    data(2, 0xf8dd, 0x401c)  # ldr.w r4, [sp, #28]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 28])
+    add(r0, 4)
+    add(r3, 4)
+    sub(r7, 1)
+    bne(RED_LOOP)  # 8 words, a public count
+    sub(r0, 32)
+    data(2, 0xb012)  # add sp, #72
+    b(FOLD)
+    label(FOLD)
+    mov(r2, 38)
     mul(r1, r2)
-    mov(r3, 0)
+    mov(r5, 0)  # movs: C untouched
     ldr(r4, [r0, 0])
     add(r4, r4, r1)
     str(r4, [r0, 0])
     ldr(r4, [r0, 4])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 4])
     ldr(r4, [r0, 8])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 8])
     ldr(r4, [r0, 12])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 12])
     ldr(r4, [r0, 16])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 16])
     ldr(r4, [r0, 20])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 20])
     ldr(r4, [r0, 24])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 24])
     ldr(r4, [r0, 28])
-    adc(r4, r3)
+    adc(r4, r5)
     str(r4, [r0, 28])
-    adc(r3, r3)
-    mul(r3, r2)
+    adc(r5, r5)  # the carry out of word 7
+    mul(r5, r2)
     ldr(r4, [r0, 0])
-    add(r4, r4, r3)
+    add(r4, r4, r5)
     str(r4, [r0, 0])
-    data(2, 0xb010)  # add sp, #64
-    bx(lr)
-    label(SQ)
-    data(2, 0xb090)  # sub sp, #64
-    mov(r2, r1)
-    mov(r3, 0)
-    mov(r4, 0)
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 0])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3000)  # str.w r3, [sp, #0]
-    mov(r3, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4004)  # str.w r4, [sp, #4]
-    mov(r4, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 4])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5008)  # str.w r5, [sp, #8]
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x300c)  # str.w r3, [sp, #12]
-    mov(r3, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 8])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4010)  # str.w r4, [sp, #16]
-    mov(r4, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5014)  # str.w r5, [sp, #20]
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 12])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3018)  # str.w r3, [sp, #24]
-    mov(r3, 0)
-    ldr(r6, [r1, 0])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x401c)  # str.w r4, [sp, #28]
-    mov(r4, 0)
-    ldr(r6, [r1, 4])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 16])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5020)  # str.w r5, [sp, #32]
-    mov(r5, 0)
-    ldr(r6, [r1, 8])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3024)  # str.w r3, [sp, #36]
-    mov(r3, 0)
-    ldr(r6, [r1, 12])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 20])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4028)  # str.w r4, [sp, #40]
-    mov(r4, 0)
-    ldr(r6, [r1, 16])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x502c)  # str.w r5, [sp, #44]
-    mov(r5, 0)
-    ldr(r6, [r1, 20])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 24])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r3, r3, r6)
-    adc(r4, r7)
-    data(2, 0xf145, 0x0500)  # adc.w r5, r5, #0
-    data(2, 0xf8cd, 0x3030)  # str.w r3, [sp, #48]
-    mov(r3, 0)
-    ldr(r6, [r1, 24])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    add(r4, r4, r6)
-    adc(r5, r7)
-    data(2, 0xf143, 0x0300)  # adc.w r3, r3, #0
-    data(2, 0xf8cd, 0x4034)  # str.w r4, [sp, #52]
-    mov(r4, 0)
-    ldr(r6, [r1, 28])
-    ldr(r7, [r2, 28])
-    data(2, 0xfba6, 0x6707)  # umull r6, r7, r6, r7
-    add(r5, r5, r6)
-    adc(r3, r7)
-    data(2, 0xf144, 0x0400)  # adc.w r4, r4, #0
-    data(2, 0xf8cd, 0x5038)  # str.w r5, [sp, #56]
-    mov(r5, 0)
-    data(2, 0xf8cd, 0x303c)  # str.w r3, [sp, #60]
-    mov(r2, 38)
-    mov(r1, 0)  # carry
-    data(2, 0xf8dd, 0x6020)  # ldr.w r6, [sp, #32]
-    data(2, 0xf8dd, 0x4000)  # ldr.w r4, [sp, #0]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 0])
-    data(2, 0xf8dd, 0x6024)  # ldr.w r6, [sp, #36]
-    data(2, 0xf8dd, 0x4004)  # ldr.w r4, [sp, #4]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 4])
-    data(2, 0xf8dd, 0x6028)  # ldr.w r6, [sp, #40]
-    data(2, 0xf8dd, 0x4008)  # ldr.w r4, [sp, #8]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 8])
-    data(2, 0xf8dd, 0x602c)  # ldr.w r6, [sp, #44]
-    data(2, 0xf8dd, 0x400c)  # ldr.w r4, [sp, #12]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 12])
-    data(2, 0xf8dd, 0x6030)  # ldr.w r6, [sp, #48]
-    data(2, 0xf8dd, 0x4010)  # ldr.w r4, [sp, #16]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 16])
-    data(2, 0xf8dd, 0x6034)  # ldr.w r6, [sp, #52]
-    data(2, 0xf8dd, 0x4014)  # ldr.w r4, [sp, #20]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 20])
-    data(2, 0xf8dd, 0x6038)  # ldr.w r6, [sp, #56]
-    data(2, 0xf8dd, 0x4018)  # ldr.w r4, [sp, #24]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 24])
-    data(2, 0xf8dd, 0x603c)  # ldr.w r6, [sp, #60]
-    data(2, 0xf8dd, 0x401c)  # ldr.w r4, [sp, #28]
-    mov(r5, 0)
-    data(2, 0xfbe6, 0x4502)  # umlal r4, r5, r6, r2
-    add(r4, r4, r1)
-    data(2, 0xf145, 0x0100)  # adc.w r1, r5, #0
-    str(r4, [r0, 28])
-    mul(r1, r2)
-    mov(r3, 0)
-    ldr(r4, [r0, 0])
-    add(r4, r4, r1)
-    str(r4, [r0, 0])
-    ldr(r4, [r0, 4])
-    adc(r4, r3)
-    str(r4, [r0, 4])
-    ldr(r4, [r0, 8])
-    adc(r4, r3)
-    str(r4, [r0, 8])
-    ldr(r4, [r0, 12])
-    adc(r4, r3)
-    str(r4, [r0, 12])
-    ldr(r4, [r0, 16])
-    adc(r4, r3)
-    str(r4, [r0, 16])
-    ldr(r4, [r0, 20])
-    adc(r4, r3)
-    str(r4, [r0, 20])
-    ldr(r4, [r0, 24])
-    adc(r4, r3)
-    str(r4, [r0, 24])
-    ldr(r4, [r0, 28])
-    adc(r4, r3)
-    str(r4, [r0, 28])
-    adc(r3, r3)
-    mul(r3, r2)
-    ldr(r4, [r0, 0])
-    add(r4, r4, r3)
-    str(r4, [r0, 0])
-    data(2, 0xb010)  # add sp, #64
     bx(lr)
     label(ADDSUB)
+    mov(r6, 1)
+    mov(r7, 8)
+    label(SUB_LOOP)
     ldr(r4, [r2, 0])
     ldr(r5, [r3, 0])
-    add(r4, r4, r5)
-    str(r4, [r0, 0])
-    ldr(r4, [r2, 4])
-    ldr(r5, [r3, 4])
-    adc(r4, r5)
-    str(r4, [r0, 4])
-    ldr(r4, [r2, 8])
-    ldr(r5, [r3, 8])
-    adc(r4, r5)
-    str(r4, [r0, 8])
-    ldr(r4, [r2, 12])
-    ldr(r5, [r3, 12])
-    adc(r4, r5)
-    str(r4, [r0, 12])
-    ldr(r4, [r2, 16])
-    ldr(r5, [r3, 16])
-    adc(r4, r5)
-    str(r4, [r0, 16])
-    ldr(r4, [r2, 20])
-    ldr(r5, [r3, 20])
-    adc(r4, r5)
-    str(r4, [r0, 20])
-    ldr(r4, [r2, 24])
-    ldr(r5, [r3, 24])
-    adc(r4, r5)
-    str(r4, [r0, 24])
-    ldr(r4, [r2, 28])
-    ldr(r5, [r3, 28])
-    adc(r4, r5)
-    str(r4, [r0, 28])
-    mov(r6, 0)
-    adc(r6, r6)  # carry out of word 7
-    mov(r7, 38)
-    mul(r6, r7)
-    mov(r5, 0)
-    ldr(r4, [r0, 0])
-    add(r4, r4, r6)
-    str(r4, [r0, 0])
-    ldr(r4, [r0, 4])
-    adc(r4, r5)
-    str(r4, [r0, 4])
-    ldr(r4, [r0, 8])
-    adc(r4, r5)
-    str(r4, [r0, 8])
-    ldr(r4, [r0, 12])
-    adc(r4, r5)
-    str(r4, [r0, 12])
-    ldr(r4, [r0, 16])
-    adc(r4, r5)
-    str(r4, [r0, 16])
-    ldr(r4, [r0, 20])
-    adc(r4, r5)
-    str(r4, [r0, 20])
-    ldr(r4, [r0, 24])
-    adc(r4, r5)
-    str(r4, [r0, 24])
-    ldr(r4, [r0, 28])
-    adc(r4, r5)
-    str(r4, [r0, 28])
-    adc(r5, r5)
-    mul(r5, r7)
-    ldr(r4, [r0, 0])
-    add(r4, r4, r5)
-    str(r4, [r0, 0])
-    ldr(r4, [r2, 0])
-    ldr(r5, [r3, 0])
-    sub(r4, r4, r5)
+    lsr(r6, r6, 1)  # C = the previous word's carry; r6 = 0
+    sbc(r4, r5)
+    adc(r6, r6)  # r6 = C
     str(r4, [r1, 0])
-    ldr(r4, [r2, 4])
-    ldr(r5, [r3, 4])
-    sbc(r4, r5)
-    str(r4, [r1, 4])
-    ldr(r4, [r2, 8])
-    ldr(r5, [r3, 8])
-    sbc(r4, r5)
-    str(r4, [r1, 8])
-    ldr(r4, [r2, 12])
-    ldr(r5, [r3, 12])
-    sbc(r4, r5)
-    str(r4, [r1, 12])
-    ldr(r4, [r2, 16])
-    ldr(r5, [r3, 16])
-    sbc(r4, r5)
-    str(r4, [r1, 16])
-    ldr(r4, [r2, 20])
-    ldr(r5, [r3, 20])
-    sbc(r4, r5)
-    str(r4, [r1, 20])
-    ldr(r4, [r2, 24])
-    ldr(r5, [r3, 24])
-    sbc(r4, r5)
-    str(r4, [r1, 24])
-    ldr(r4, [r2, 28])
-    ldr(r5, [r3, 28])
-    sbc(r4, r5)
-    str(r4, [r1, 28])
+    add(r1, 4)
+    add(r2, 4)
+    add(r3, 4)
+    sub(r7, 1)
+    bne(SUB_LOOP)  # 8 words, a public count
+    sub(r1, 32)
+    sub(r2, 32)
+    sub(r3, 32)
+    mov(r5, 1)
+    eor(r6, r5)  # the borrow
+    mov(r5, 38)
+    mul(r6, r5)
+    mov(r7, 8)
+    label(BORROW_LOOP)
+    ldr(r4, [r1, 0])
+    sub(r4, r4, r6)
     mov(r6, 0)
-    sbc(r6, r6)  # -borrow: 0 or 0xFFFFFFFF
-    and_(r6, r7)  # 38 * borrow
-    mov(r5, 0)
+    sbc(r6, r6)  # -borrow
+    neg(r6, r6)
+    str(r4, [r1, 0])
+    add(r1, 4)
+    sub(r7, 1)
+    bne(BORROW_LOOP)  # 8 words, a public count
+    mul(r6, r5)  # 38 * the second borrow
+    sub(r1, 32)
     ldr(r4, [r1, 0])
     sub(r4, r4, r6)
     str(r4, [r1, 0])
-    ldr(r4, [r1, 4])
-    sbc(r4, r5)
-    str(r4, [r1, 4])
-    ldr(r4, [r1, 8])
-    sbc(r4, r5)
-    str(r4, [r1, 8])
-    ldr(r4, [r1, 12])
-    sbc(r4, r5)
-    str(r4, [r1, 12])
-    ldr(r4, [r1, 16])
-    sbc(r4, r5)
-    str(r4, [r1, 16])
-    ldr(r4, [r1, 20])
-    sbc(r4, r5)
-    str(r4, [r1, 20])
-    ldr(r4, [r1, 24])
-    sbc(r4, r5)
-    str(r4, [r1, 24])
-    ldr(r4, [r1, 28])
-    sbc(r4, r5)
-    str(r4, [r1, 28])
-    sbc(r5, r5)
-    and_(r5, r7)
-    ldr(r4, [r1, 0])
-    sub(r4, r4, r5)
-    str(r4, [r1, 0])
-    bx(lr)
-    label(A24)
-    movwt(r7, 121665)
-    mov(r3, 0)  # carry
+    mov(r6, 0)
+    mov(r7, 8)
+    label(ADD_LOOP)
     ldr(r4, [r2, 0])
-    mov(r5, 0)
-    ldr(r6, [r1, 0])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
+    ldr(r5, [r3, 0])
+    lsr(r6, r6, 1)  # C = the previous word's carry; r6 = 0
+    adc(r4, r5)
+    adc(r6, r6)  # r6 = C
     str(r4, [r0, 0])
-    ldr(r4, [r2, 4])
-    mov(r5, 0)
-    ldr(r6, [r1, 4])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 4])
-    ldr(r4, [r2, 8])
-    mov(r5, 0)
-    ldr(r6, [r1, 8])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 8])
-    ldr(r4, [r2, 12])
-    mov(r5, 0)
-    ldr(r6, [r1, 12])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 12])
-    ldr(r4, [r2, 16])
-    mov(r5, 0)
-    ldr(r6, [r1, 16])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 16])
-    ldr(r4, [r2, 20])
-    mov(r5, 0)
-    ldr(r6, [r1, 20])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 20])
-    ldr(r4, [r2, 24])
-    mov(r5, 0)
-    ldr(r6, [r1, 24])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 24])
-    ldr(r4, [r2, 28])
-    mov(r5, 0)
-    ldr(r6, [r1, 28])
-    data(2, 0xfbe6, 0x4507)  # umlal r4, r5, r6, r7
-    add(r4, r4, r3)
-    data(2, 0xf145, 0x0300)  # adc.w r3, r5, #0
-    str(r4, [r0, 28])
-    mov(r7, 38)
-    mul(r3, r7)
-    mov(r5, 0)
-    ldr(r4, [r0, 0])
-    add(r4, r4, r3)
-    str(r4, [r0, 0])
-    ldr(r4, [r0, 4])
-    adc(r4, r5)
-    str(r4, [r0, 4])
-    ldr(r4, [r0, 8])
-    adc(r4, r5)
-    str(r4, [r0, 8])
-    ldr(r4, [r0, 12])
-    adc(r4, r5)
-    str(r4, [r0, 12])
-    ldr(r4, [r0, 16])
-    adc(r4, r5)
-    str(r4, [r0, 16])
-    ldr(r4, [r0, 20])
-    adc(r4, r5)
-    str(r4, [r0, 20])
-    ldr(r4, [r0, 24])
-    adc(r4, r5)
-    str(r4, [r0, 24])
-    ldr(r4, [r0, 28])
-    adc(r4, r5)
-    str(r4, [r0, 28])
-    adc(r5, r5)
-    mul(r5, r7)
-    ldr(r4, [r0, 0])
+    add(r0, 4)
+    add(r2, 4)
+    add(r3, 4)
+    sub(r7, 1)
+    bne(ADD_LOOP)  # 8 words, a public count
+    sub(r0, 32)
+    sub(r2, 32)
+    sub(r3, 32)
+    mov(r1, r6)
+    b(FOLD)
+    label(A24)
+    mov(r3, 0)  # carry
+    mov(r7, 8)
+    label(A24_LOOP)
+    movwt(r6, 121665)
+    ldr(r4, [r2, 0])
+    ldr(r5, [r1, 0])
+    data(2, 0xfba5, 0x5606)  # umull r5, r6, r5, r6
     add(r4, r4, r5)
+    data(2, 0xf146, 0x0600)  # adc.w r6, r6, #0
+    add(r4, r4, r3)
+    data(2, 0xf146, 0x0300)  # adc.w r3, r6, #0
     str(r4, [r0, 0])
-    bx(lr)
+    add(r0, 4)
+    add(r1, 4)
+    add(r2, 4)
+    sub(r7, 1)
+    bne(A24_LOOP)  # 8 words, a public count
+    sub(r0, 32)
+    mov(r1, r3)
+    b(FOLD)
     label(CSWAP)
     neg(r3, r3)  # mask = -bit
     label(CSWAP_LOOP)
@@ -1256,6 +352,16 @@ def x25519_core(r0, r1, r2):
     sub(r2, r2, 1)
     bne(CSWAP_LOOP)  # on the public word count only
     bx(lr)
+    label(SQN)
+    push({r0, lr})
+    label(SQN_LOOP)
+    movw(r0, 0x00ff)
+    bl(SQ_P)
+    data(2, 0x9800)  # ldr r0, [sp, #0]
+    sub(r0, 1)
+    data(2, 0x9000)  # str r0, [sp, #0]
+    bne(SQN_LOOP)  # k squarings, a public count
+    pop({r0, pc})
     label(MAIN)
     push({r8, r9, r10, r11})
     mov(r8, r0)
@@ -1270,7 +376,7 @@ def x25519_core(r0, r1, r2):
     beq_w(OP4)
     cmp(r2, 5)
     beq_w(OP5)
-    movw(r0, 255)
+    mov(r0, 255)
     mov(r10, r0)
     mov(r0, 0)
     mov(r11, r0)
@@ -1291,284 +397,137 @@ def x25519_core(r0, r1, r2):
     mov(r11, r3)  # swap = k_t
     mov(r3, r2)
     mov(r0, r8)
-    data(2, 0xf208, 0x0140)  # addw r1, r8, #64
+    mov(r1, r8)
+    add(r1, 64)
     mov(r2, 16)
-    bl(CSWAP)  # (x2, z2) <-> (x3, z3) if swap ^ k_t
-    data(2, 0xf208, 0x00a0)  # addw r0, r8, #160
-    data(2, 0xf208, 0x01c0)  # addw r1, r8, #192
-    mov(r2, r8)
-    data(2, 0xf208, 0x0320)  # addw r3, r8, #32
-    bl(ADDSUB)
-    data(2, 0xf208, 0x00e0)  # addw r0, r8, #224
-    data(2, 0xf208, 0x1100)  # addw r1, r8, #256
-    data(2, 0xf208, 0x0240)  # addw r2, r8, #64
-    data(2, 0xf208, 0x0360)  # addw r3, r8, #96
-    bl(ADDSUB)
-    data(2, 0xf208, 0x1020)  # addw r0, r8, #288
-    data(2, 0xf208, 0x01a0)  # addw r1, r8, #160
-    bl(SQ)
-    data(2, 0xf208, 0x1040)  # addw r0, r8, #320
-    data(2, 0xf208, 0x01c0)  # addw r1, r8, #192
-    bl(SQ)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x1160)  # addw r1, r8, #352
-    data(2, 0xf208, 0x1220)  # addw r2, r8, #288
-    data(2, 0xf208, 0x1340)  # addw r3, r8, #320
-    bl(ADDSUB)
-    data(2, 0xf208, 0x1080)  # addw r0, r8, #384
-    data(2, 0xf208, 0x1100)  # addw r1, r8, #256
-    data(2, 0xf208, 0x02a0)  # addw r2, r8, #160
-    bl(MUL)
-    data(2, 0xf208, 0x10a0)  # addw r0, r8, #416
-    data(2, 0xf208, 0x01e0)  # addw r1, r8, #224
-    data(2, 0xf208, 0x02c0)  # addw r2, r8, #192
-    bl(MUL)
-    data(2, 0xf208, 0x0040)  # addw r0, r8, #64
-    data(2, 0xf208, 0x11c0)  # addw r1, r8, #448
-    data(2, 0xf208, 0x1280)  # addw r2, r8, #384
-    data(2, 0xf208, 0x13a0)  # addw r3, r8, #416
-    bl(ADDSUB)
-    data(2, 0xf208, 0x0040)  # addw r0, r8, #64
-    data(2, 0xf208, 0x0140)  # addw r1, r8, #64
-    bl(SQ)
-    data(2, 0xf208, 0x10c0)  # addw r0, r8, #448
-    data(2, 0xf208, 0x11c0)  # addw r1, r8, #448
-    bl(SQ)
-    data(2, 0xf208, 0x0060)  # addw r0, r8, #96
-    data(2, 0xf208, 0x0180)  # addw r1, r8, #128
-    data(2, 0xf208, 0x12c0)  # addw r2, r8, #448
-    bl(MUL)
-    mov(r0, r8)
-    data(2, 0xf208, 0x1120)  # addw r1, r8, #288
-    data(2, 0xf208, 0x1240)  # addw r2, r8, #320
-    bl(MUL)
-    data(2, 0xf208, 0x10c0)  # addw r0, r8, #448
-    data(2, 0xf208, 0x1160)  # addw r1, r8, #352
-    data(2, 0xf208, 0x1220)  # addw r2, r8, #288
-    bl(A24)
-    data(2, 0xf208, 0x0020)  # addw r0, r8, #32
-    data(2, 0xf208, 0x1160)  # addw r1, r8, #352
-    data(2, 0xf208, 0x12c0)  # addw r2, r8, #448
-    bl(MUL)
+    bl(CSWAP)
+    movw(r0, 0x1065)
+    bl(ADDSUB_P)
+    movw(r0, 0x3287)
+    bl(ADDSUB_P)
+    movw(r0, 0x0059)
+    bl(SQ_P)
+    movw(r0, 0x006a)
+    bl(SQ_P)
+    movw(r0, 0xa9bf)
+    bl(ADDSUB_P)
+    movw(r0, 0x058c)
+    bl(MUL_P)
+    movw(r0, 0x067d)
+    bl(MUL_P)
+    movw(r0, 0xdce2)
+    bl(ADDSUB_P)
+    movw(r0, 0x0022)
+    bl(SQ_P)
+    movw(r0, 0x00ee)
+    bl(SQ_P)
+    movw(r0, 0x0e43)
+    bl(MUL_P)
+    movw(r0, 0x0a90)
+    bl(MUL_P)
+    movw(r0, 0x09be)
+    bl(A24_P)
+    movw(r0, 0x0eb1)
+    bl(MUL_P)
     mov(r0, r10)
     sub(r0, r0, 1)
     mov(r10, r0)
     bne_w(STEP)  # 255 steps whatever the scalar
     mov(r3, r11)
     mov(r0, r8)
-    data(2, 0xf208, 0x0140)  # addw r1, r8, #64
+    mov(r1, r8)
+    add(r1, 64)
     mov(r2, 16)
     bl(CSWAP)
-    data(2, 0xf208, 0x00a0)  # addw r0, r8, #160
-    data(2, 0xf208, 0x0120)  # addw r1, r8, #32
-    data(2, 0xf208, 0x0220)  # addw r2, r8, #32
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x01a0)  # addw r1, r8, #160
-    bl(SQ)
+    movw(r0, 0x0115)
+    bl(MUL_P)
+    movw(r0, 0x005f)
+    bl(SQ_P)
     mov(r0, 1)
-    mov(r10, r0)
-    label(INV1)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV1)
-    data(2, 0xf208, 0x00c0)  # addw r0, r8, #192
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x0220)  # addw r2, r8, #32
-    bl(MUL)
-    data(2, 0xf208, 0x00e0)  # addw r0, r8, #224
-    data(2, 0xf208, 0x01c0)  # addw r1, r8, #192
-    data(2, 0xf208, 0x02a0)  # addw r2, r8, #160
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x01e0)  # addw r1, r8, #224
-    bl(SQ)
-    data(2, 0xf208, 0x1000)  # addw r0, r8, #256
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x02c0)  # addw r2, r8, #192
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x1100)  # addw r1, r8, #256
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x01f6)
+    bl(MUL_P)
+    movw(r0, 0x0567)
+    bl(MUL_P)
+    movw(r0, 0x007f)
+    bl(SQ_P)
+    movw(r0, 0x06f8)
+    bl(MUL_P)
+    movw(r0, 0x008f)
+    bl(SQ_P)
     mov(r0, 4)
-    mov(r10, r0)
-    label(INV4)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV4)
-    data(2, 0xf208, 0x1020)  # addw r0, r8, #288
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x1200)  # addw r2, r8, #256
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x1120)  # addw r1, r8, #288
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x08f9)
+    bl(MUL_P)
+    movw(r0, 0x009f)
+    bl(SQ_P)
     mov(r0, 9)
-    mov(r10, r0)
-    label(INV5)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV5)
-    data(2, 0xf208, 0x1040)  # addw r0, r8, #320
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x1220)  # addw r2, r8, #288
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x1140)  # addw r1, r8, #320
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x09fa)
+    bl(MUL_P)
+    movw(r0, 0x00af)
+    bl(SQ_P)
     mov(r0, 19)
-    mov(r10, r0)
-    label(INV6)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV6)
-    data(2, 0xf208, 0x1060)  # addw r0, r8, #352
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x1240)  # addw r2, r8, #320
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x1160)  # addw r1, r8, #352
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x0afb)
+    bl(MUL_P)
+    movw(r0, 0x00bf)
+    bl(SQ_P)
     mov(r0, 9)
-    mov(r10, r0)
-    label(INV7)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV7)
-    data(2, 0xf208, 0x1080)  # addw r0, r8, #384
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x1220)  # addw r2, r8, #288
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x1180)  # addw r1, r8, #384
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x09fc)
+    bl(MUL_P)
+    movw(r0, 0x00cf)
+    bl(SQ_P)
     mov(r0, 49)
-    mov(r10, r0)
-    label(INV8)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV8)
-    data(2, 0xf208, 0x10a0)  # addw r0, r8, #416
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x1280)  # addw r2, r8, #384
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11a0)  # addw r1, r8, #416
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x0cfd)
+    bl(MUL_P)
+    movw(r0, 0x00df)
+    bl(SQ_P)
     mov(r0, 99)
-    mov(r10, r0)
-    label(INV9)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV9)
-    data(2, 0xf208, 0x10c0)  # addw r0, r8, #448
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x12a0)  # addw r2, r8, #416
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11c0)  # addw r1, r8, #448
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x0dfe)
+    bl(MUL_P)
+    movw(r0, 0x00ef)
+    bl(SQ_P)
     mov(r0, 49)
-    mov(r10, r0)
-    label(INV10)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV10)
-    data(2, 0xf208, 0x10c0)  # addw r0, r8, #448
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x1280)  # addw r2, r8, #384
-    bl(MUL)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11c0)  # addw r1, r8, #448
-    bl(SQ)
+    bl(SQN)
+    movw(r0, 0x0cfe)
+    bl(MUL_P)
+    movw(r0, 0x00ef)
+    bl(SQ_P)
     mov(r0, 4)
-    mov(r10, r0)
-    label(INV11)
-    data(2, 0xf208, 0x10e0)  # addw r0, r8, #480
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    bl(SQ)
-    mov(r0, r10)
-    sub(r0, r0, 1)
-    mov(r10, r0)
-    bne_w(INV11)
-    data(2, 0xf208, 0x0060)  # addw r0, r8, #96
-    data(2, 0xf208, 0x11e0)  # addw r1, r8, #480
-    data(2, 0xf208, 0x02e0)  # addw r2, r8, #224
-    bl(MUL)
-    mov(r0, r8)
-    mov(r1, r8)
-    data(2, 0xf208, 0x0260)  # addw r2, r8, #96
-    bl(MUL)
-    cmp(r0, r0)
-    beq_w(DONE)
+    bl(SQN)
+    movw(r0, 0x07f3)
+    bl(MUL_P)
+    movw(r0, 0x0300)
+    bl(MUL_P)
+    b(DONE)
     label(OP1)
-    mov(r0, r8)
-    data(2, 0xf208, 0x0120)  # addw r1, r8, #32
-    data(2, 0xf208, 0x0240)  # addw r2, r8, #64
-    bl(MUL)
-    cmp(r0, r0)
-    beq_w(DONE)
+    movw(r0, 0x0210)
+    bl(MUL_P)
+    b(DONE)
     label(OP2)
-    mov(r0, r8)
-    data(2, 0xf208, 0x0120)  # addw r1, r8, #32
-    bl(SQ)
-    cmp(r0, r0)
-    beq_w(DONE)
+    movw(r0, 0x0010)
+    bl(SQ_P)
+    b(DONE)
     label(OP3)
-    mov(r0, r8)
-    data(2, 0xf208, 0x0160)  # addw r1, r8, #96
-    data(2, 0xf208, 0x0220)  # addw r2, r8, #32
-    data(2, 0xf208, 0x0340)  # addw r3, r8, #64
-    bl(ADDSUB)
-    cmp(r0, r0)
-    beq_w(DONE)
+    movw(r0, 0x2130)
+    bl(ADDSUB_P)
+    b(DONE)
     label(OP4)
-    mov(r0, r8)
-    data(2, 0xf208, 0x0120)  # addw r1, r8, #32
-    data(2, 0xf208, 0x0240)  # addw r2, r8, #64
-    bl(A24)
-    cmp(r0, r0)
-    beq_w(DONE)
+    movw(r0, 0x0210)
+    bl(A24_P)
+    b(DONE)
     label(OP5)
     mov(r3, r9)
     mov(r0, r8)
-    data(2, 0xf208, 0x0140)  # addw r1, r8, #64
+    mov(r1, r8)
+    add(r1, 64)
     mov(r2, 16)
     bl(CSWAP)
-    cmp(r0, r0)
-    beq_w(DONE)
+    b(DONE)
     label(DONE)
     pop({r8, r9, r10, r11})
     mov(r0, 0)

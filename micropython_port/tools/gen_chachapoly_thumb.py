@@ -28,6 +28,11 @@ module: ``chacha_setkey(st, key)``, ``chacha_polykey(st, ps)``,
 ``chacha_xor(st, src, dst)`` and ``poly_update(ps, ad, m, blk)``. Buffers
 arrive as pointers to their data; every entry returns a small int (0, or
 poly_update's 0/1 verdict), so a call allocates nothing for its result.
+``chacha_polykey`` is the Python function ``chacha_xor(st, ps, -1)``:
+chacha_xor computes the Poly1305 key when dst is -1 (no buffer's data sits
+at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), so the one
+copy of the ChaCha rounds serves both (issue 16 item 6: a small flash
+bundle).
 Offsets and lengths come from ``st``/``ps`` and are checked by the caller
 (``chacha20poly1305._check``): nothing here checks a bound.
 
@@ -38,15 +43,14 @@ unaligned (unless CCR.UNALIGN_TRP is set, which no MicroPython port does),
 or byte by byte. ``st[32..47]`` (the viper code's keystream block) is not
 used: the keystream stays in the stack frame.
 
-ChaCha20 (RFC 8439 section 2.3): the 16 state words live in 14 registers
-(x0-x7 in r0-r7, x12-x15 in r10, r11, r12, lr) and two slots r8, r9 that
-hold x8, x9 for the first half of a column round and the second half of a
-diagonal round, and x10, x11 otherwise (spilled to the frame in between:
-two LDRD/STRD per half round). A quarter round is 12 instructions (ADD,
-EOR, and a left rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25).
-A full 64-byte block is added to the input state and XORed into the
-message four words at a time; a final partial block is written to the
-frame as keystream and XORed word by word, then byte by byte. ``src`` and
+ChaCha20 (RFC 8439 section 2.3): the 16 state words live in the stack
+frame; one copy of the quarter round (ADD, EOR, and a left rotation by 16,
+12, 8, 7 done as ROR by 16, 20, 24, 25) runs on each column in a loop, and
+a double round is the column round, the rows 1-3 rotated left by 1-3
+words, the column round again (on what are now the diagonals) and the rows
+rotated back: small code, about twice the instructions of an unrolled
+round in registers. A block's keystream (x + st) goes to the frame and is
+XORed into min(n, 64) bytes a word at a time, then byte by byte. ``src`` and
 ``dst`` may be the same buffer at the same offset (each word or byte is
 read before it is written). The block counter st[12] ends one past the
 last block used.
@@ -73,8 +77,10 @@ iff g >= 2**130 (bit 130), i.e. iff h >= p; then the tag is h + s mod 2**128.
 
 Constant time: no branch and no address depends on the key, the keystream,
 h, r, s, the message or the tag. Branches and addresses depend only on
-lengths, offsets, the mode bits and the round counter, all public. The
-double rounds are a counted loop; the final selection uses the mask
+lengths, offsets, the mode bits and the loop counters (rounds, columns,
+words, limbs), all public; the frame addresses of the quarter rounds are
+fixed per column, and the diagonals come from rotating the rows by fixed
+amounts, not from data. The final selection uses the mask
 -(g >> 130); the tag check ORs the four word XORs together and returns
 (acc | -acc) >> 31, without an early exit. The Cortex-M3's UMULL and UMLAL
 take 3-5 and 4-7 cycles depending on their operands (early termination,
@@ -95,6 +101,18 @@ import micropython
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from thumb2 import LR, SP, E, frame as _frame, unframe as _unframe  # noqa: E402
 
+def _mem(op, t, n, off):
+    """``E.mem``, but the 16-bit encoding where one exists (LDR/STR of a
+    low register at [sp, #off] or [low register, #off]; loads and stores
+    set no flags either way)."""
+    if op in ("ldr", "str") and t < 8 and off % 4 == 0:
+        if n == SP and off < 1024:
+            return "    data(2, 0x%04x)  # %s r%d, [sp, #%d]" % ((0x9800 if op == "ldr" else 0x9000)
+                                                              | (t << 8) | (off // 4), op, t, off)
+        if n < 8 and off < 128:
+            return "    %s(r%d, [r%d, %d])" % (op, t, n, off)
+    return E.mem(op, t, n, off)
+
 
 
 # --- ChaCha20 ---------------------------------------------------------------------
@@ -102,64 +120,45 @@ from thumb2 import LR, SP, E, frame as _frame, unframe as _unframe  # noqa: E402
 # Frame of chacha_xor / chacha_polykey (bytes from sp): 0..63 the 16 working
 # words (8..11 are the slots' spill words during the rounds, and the block's
 # keystream at the end), then these.
-F_ST, F_SRC, F_DST, F_N, F_CNT, F_PS = 64, 68, 72, 76, 80, 84
-CHACHA_FRAME = 88
-# x0..x15 -> registers; "A"/"B" are the two slots r8, r9.
-X = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 12: 10, 13: 11, 14: 12, 15: LR}
-
-
-def _qr(a, b, c, d):
-    """One quarter round on registers (RFC 8439 section 2.1)."""
-    out = []
-    for x, y, z, rot in ((a, b, d, 16), (c, d, b, 12), (a, b, d, 8), (c, d, b, 7)):
-        out.append(E.dp("add", x, x, y))
-        out.append(E.dp("eor", z, z, x))
-        out.append(E.sh("ror", z, z, 32 - rot))
-    return out
-
-
-def _block(tag):
-    """Load st (pointer in the frame) into the registers and run the 20
-    rounds; leaves x0..x15 (not yet added to the input) in the frame's
-    words 0..15."""
-    L = []
-    L.append(E.movi(0, 10))
-    L.append(E.mem("str", 0, SP, F_CNT))
-    L.append(E.mem("ldr", 0, SP, F_ST))
-    L.append(E.dual("ldrd", 10, 11, 0, 40))
-    L.append(E.dual("strd", 10, 11, SP, 40))  # x10, x11 wait in the frame
-    L.append(E.dual("ldrd", 10, 11, 0, 48))
-    L.append(E.dual("ldrd", 12, LR, 0, 56))
-    L.append(E.multi("ldmia", 0, list(range(10))))  # x0..x9 (r0 last)
-    L.append("    label(ROUND%s)" % tag)
-    # column round: (0,4,8,12) (1,5,9,13) with x8, x9 in the slots
-    L += _qr(X[0], X[4], 8, X[12]) + _qr(X[1], X[5], 9, X[13])
-    L.append(E.dual("strd", 8, 9, SP, 32))
-    L.append(E.dual("ldrd", 8, 9, SP, 40))
-    # (2,6,10,14) (3,7,11,15) with x10, x11
-    L += _qr(X[2], X[6], 8, X[14]) + _qr(X[3], X[7], 9, X[15])
-    # diagonal round: (0,5,10,15) (1,6,11,12) with x10, x11
-    L += _qr(X[0], X[5], 8, X[15]) + _qr(X[1], X[6], 9, X[12])
-    L.append(E.dual("strd", 8, 9, SP, 40))
-    L.append(E.mem("ldr", 8, SP, F_CNT))  # the round counter, in a free slot
-    L.append(E.imm("sub", 8, 8, 1, s=True))
-    L.append(E.mem("str", 8, SP, F_CNT))
-    L.append(E.dual("ldrd", 8, 9, SP, 32))  # (flags kept for the branch)
-    # (2,7,8,13) (3,4,9,14) with x8, x9
-    L += _qr(X[2], X[7], 8, X[13]) + _qr(X[3], X[4], 9, X[14])
-    L.append("    bne_w(ROUND%s)" % tag)
-    L.append(E.dual("strd", 8, 9, SP, 32))
-    for i in range(0, 8, 2):
-        L.append(E.dual("strd", i, i + 1, SP, 4 * i))
-    L.append(E.dual("strd", 10, 11, SP, 48))
-    L.append(E.dual("strd", 12, LR, SP, 56))
+F_ST, F_SRC, F_DST, F_N, F_CNT, F_PS, F_RET = 64, 68, 72, 76, 80, 84, 88
+CHACHA_FRAME = 96
+def _block(tag=""):
+    """BLOCK, a subroutine of chacha_xor (``bl``; it calls COLUMNS, so its
+    return address waits in the frame and comes back by LDR PC): copy st
+    (pointer in the frame) to the frame's words 0..15 and run the 10 double
+    rounds there; leaves x0..x15 (not yet added to the input) in words
+    0..15. A double round is COLUMNS, the rows 1-3 rotated left by 1-3
+    words (so that the columns are the diagonals), COLUMNS, and the rows
+    rotated back (RFC 8439 section 2.3)."""
+    L = ["    label(BLOCK)", _mem("str", LR, SP, F_RET), _mem("ldr", 0, SP, F_ST), E.add_sp(1, 0)]
+    L += [E.multi("ldmia", 0, list(range(4, 12)), wback=True), E.multi("stmia", 1, list(range(4, 12)), wback=True),
+          E.multi("ldmia", 0, list(range(4, 12))), E.multi("stmia", 1, list(range(4, 12)))]
+    L += [E.movi(11, 10), "    label(DOUBLE)", "    bl(COLUMNS)"]
+    for back in (False, True):
+        for row in (1, 2, 3):  # new[j] = old[(j + k) % 4]
+            k = (4 - row) % 4 if back else row
+            L += [E.add_sp(7, 16 * row), E.multi("ldmia", 7, [0, 1, 2, 3])]
+            L += ["    str(r%d, [r7, %d])" % ((j + k) % 4, 4 * j) for j in range(4)]
+        if not back:
+            L.append("    bl(COLUMNS)")
+    L += [E.imm("sub", 11, 11, 1, s=True), "    bne_w(DOUBLE)  # 10 double rounds, a public count",
+          _mem("ldr", 15, SP, F_RET)]  # return
+    # COLUMNS: the quarter round (RFC 8439 section 2.1) on each column (x_i,
+    # x_4+i, x_8+i, x_12+i) of the frame's words 0..15: ADD, EOR and a left
+    # rotation by 16, 12, 8, 7 done as ROR by 16, 20, 24, 25.
+    L += ["    label(COLUMNS)", E.add_sp(7, 0), E.add_sp(6, 16), "    label(COLUMN)"]
+    L += ["    ldr(r%d, [r7, %d])" % (i, 16 * i) for i in range(4)]
+    for x, y, z, rot in ((0, 1, 3, 16), (2, 3, 1, 12), (0, 1, 3, 8), (2, 3, 1, 7)):
+        L += ["    add(r%d, r%d, r%d)" % (x, x, y), "    eor(r%d, r%d)" % (z, x), E.sh("ror", z, z, 32 - rot)]
+    L += ["    str(r%d, [r7, %d])" % (i, 16 * i) for i in range(4)]
+    L += ["    add(r7, 4)", "    cmp(r7, r6)", "    bne(COLUMN)  # 4 columns", "    bx(lr)"]
     return L
 
 
 def _next_counter():
     """st[12] += 1: the next block."""
-    return [E.mem("ldr", 0, SP, F_ST), E.mem("ldr", 4, 0, 48), E.imm("add", 4, 4, 1),
-            E.mem("str", 4, 0, 48)]
+    return [_mem("ldr", 0, SP, F_ST), _mem("ldr", 4, 0, 48), E.imm("add", 4, 4, 1),
+            _mem("str", 4, 0, 48)]
 
 
 def gen_setkey():
@@ -168,163 +167,153 @@ def gen_setkey():
         v = int.from_bytes(w, "little")
         L.append("    movw(r2, 0x%04x)" % (v & 0xFFFF))
         L.append("    movt(r2, 0x%04x)" % (v >> 16))
-        L.append(E.mem("str", 2, 0, 4 * i))
-    for i in range(8):
-        L.append(E.mem("ldr", 2, 1, 4 * i))
-        L.append(E.mem("str", 2, 0, 16 + 4 * i))
+        L.append("    str(r2, [r0, %d])" % (4 * i))
+    # the key (any byte offset: single LDRs, which ARMv7-M does unaligned)
+    L += ["    add(r0, 16)", "    mov(r3, 8)", "    label(KEY)", "    ldr(r2, [r1, 0])", "    str(r2, [r0, 0])",
+          "    add(r0, 4)", "    add(r1, 4)", "    sub(r3, 1)", "    bne(KEY)  # 8 words"]
     L.append(E.movi(0, 0))
     return L
 
 
 def gen_xor():
+    """chacha_xor(st, src, dst); with dst = -1 (``chacha_polykey``; no
+    buffer's data sits at 0xFFFFFFFF, while an empty bytearray's pointer may
+    be 0) the Poly1305 key instead: one copy of the rounds serves both."""
     L = ["@micropython.asm_thumb", "def chacha_xor(r0, r1, r2):"]
     L += _frame(CHACHA_FRAME)
-    L.append(E.mem("str", 0, SP, F_ST))
-    L.append(E.mem("ldr", 3, 0, 64))  # st[16]: source offset
+    L.append(_mem("str", 0, SP, F_ST))
+    L.append("    b(START)")
+    L += _block("")
+    L.append("    label(START)")
+    L.append(E.imm("add", 3, 2, 1, s=True))  # dst = -1: chacha_polykey
+    L.append("    beq_w(POLYKEY)")
+    L.append(_mem("ldr", 3, 0, 64))  # st[16]: source offset
     L.append(E.dp("add", 1, 1, 3))
-    L.append(E.mem("str", 1, SP, F_SRC))
-    L.append(E.mem("ldr", 3, 0, 68))  # st[17]: destination offset
+    L.append(_mem("str", 1, SP, F_SRC))
+    L.append(_mem("ldr", 3, 0, 68))  # st[17]: destination offset
     L.append(E.dp("add", 2, 2, 3))
-    L.append(E.mem("str", 2, SP, F_DST))
-    L.append(E.mem("ldr", 3, 0, 72))  # st[18]: length
-    L.append(E.mem("str", 3, SP, F_N))
+    L.append(_mem("str", 2, SP, F_DST))
+    L.append(_mem("ldr", 3, 0, 72))  # st[18]: length
+    L.append(_mem("str", 3, SP, F_N))
     L.append("    label(NEXT)")
-    L.append(E.mem("ldr", 3, SP, F_N))
+    L.append(_mem("ldr", 3, SP, F_N))
     L.append(E.cmp(3, 0))
     L.append("    ble_w(DONE)")
-    L += _block("")
-    L.append(E.mem("ldr", 0, SP, F_ST))
-    L.append(E.mem("ldr", 1, SP, F_SRC))
-    L.append(E.mem("ldr", 2, SP, F_DST))
-    L.append(E.mem("ldr", 3, SP, F_N))
-    L.append(E.cmp(3, 64))
-    L.append("    blt_w(PARTIAL)")
-    # A whole block: dst = src ^ (x + st), four words at a time.
+    L.append("    bl(BLOCK)")
+    # The keystream x + st into the frame, four words at a time (r12 counts).
+    L.append(_mem("ldr", 0, SP, F_ST))
     L.append(E.add_sp(3, 0))
-    for g in range(4):
-        L.append(E.multi("ldmia", 3, [4, 5, 6, 7], wback=True))
-        L.append(E.multi("ldmia", 0, [8, 9, 10, 11], wback=True))
-        for i in range(4):
-            L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
-        for i in range(4):
-            L.append(E.mem("ldr", 8 + i, 1, 16 * g + 4 * i))
-        for i in range(4):
-            L.append(E.dp("eor", 4 + i, 4 + i, 8 + i))
-        for i in range(4):
-            L.append(E.mem("str", 4 + i, 2, 16 * g + 4 * i))
-    L.append(E.imm("add", 1, 1, 64))
-    L.append(E.mem("str", 1, SP, F_SRC))
-    L.append(E.imm("add", 2, 2, 64))
-    L.append(E.mem("str", 2, SP, F_DST))
-    L.append(E.mem("ldr", 3, SP, F_N))
-    L.append(E.imm("sub", 3, 3, 64))
-    L.append(E.mem("str", 3, SP, F_N))
+    L.append(E.movi(12, 4))
+    L.append("    label(KEYSTREAM)")
+    L.append(E.multi("ldmia", 3, [4, 5, 6, 7]))
+    L.append(E.multi("ldmia", 0, [8, 9, 10, 11], wback=True))
+    for i in range(4):
+        L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
+    L.append(E.multi("stmia", 3, [4, 5, 6, 7], wback=True))
+    L.append(E.imm("sub", 12, 12, 1, s=True))
+    L.append("    bne_w(KEYSTREAM)  # 4 groups, a public count")
     L += _next_counter()
-    L.append("    b(NEXT)")
-    # The last, partial block (1..63 bytes): the keystream into the frame,
-    # then XOR a word at a time while 4 or more bytes remain, then bytes.
-    L.append("    label(PARTIAL)")
+    # XOR min(n, 64) bytes: a word at a time while 4 or more remain, then
+    # bytes; n -= that (lengths are public).
     L.append(E.add_sp(3, 0))
-    for g in range(4):
-        L.append(E.multi("ldmia", 3, [4, 5, 6, 7]))
-        L.append(E.multi("ldmia", 0, [8, 9, 10, 11], wback=True))
-        for i in range(4):
-            L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
-        L.append(E.multi("stmia", 3, [4, 5, 6, 7], wback=True))
-    L += _next_counter()
-    L.append(E.add_sp(3, 0))
-    L.append(E.mem("ldr", 5, SP, F_N))
+    L.append(_mem("ldr", 1, SP, F_SRC))
+    L.append(_mem("ldr", 2, SP, F_DST))
+    L.append(_mem("ldr", 5, SP, F_N))
+    L.append(E.movi(7, 64))
+    L.append(E.cmp(5, 64))
+    L.append("    bge_w(WHOLE)")
+    L.append(E.dp("orr", 7, 5, 5))  # a partial block: all n
+    L.append("    label(WHOLE)")
+    L.append(E.dp("sub", 5, 5, 7))
+    L.append(_mem("str", 5, SP, F_N))
     L.append("    label(WORDS)")
-    L.append(E.cmp(5, 4))
+    L.append(E.cmp(7, 4))
     L.append("    blt_w(BYTES)")
     L.append(E.post("ldr", 4, 1, 4))
     L.append(E.post("ldr", 6, 3, 4))
     L.append(E.dp("eor", 4, 4, 6))
     L.append(E.post("str", 4, 2, 4))
-    L.append(E.imm("sub", 5, 5, 4))
+    L.append(E.imm("sub", 7, 7, 4))
     L.append("    b(WORDS)")
     L.append("    label(BYTES)")
-    L.append(E.cmp(5, 0))
-    L.append("    beq_w(DONE)")
+    L.append(E.cmp(7, 0))
+    L.append("    beq_w(BLOCK_END)")
     L.append(E.post("ldrb", 4, 1, 1))
     L.append(E.post("ldrb", 6, 3, 1))
     L.append(E.dp("eor", 4, 4, 6))
     L.append(E.post("strb", 4, 2, 1))
-    L.append(E.imm("sub", 5, 5, 1))
+    L.append(E.imm("sub", 7, 7, 1))
     L.append("    b(BYTES)")
+    L.append("    label(BLOCK_END)")
+    L.append(_mem("str", 1, SP, F_SRC))
+    L.append(_mem("str", 2, SP, F_DST))
+    L.append("    b(NEXT)")
+    L += _polykey()
     L.append("    label(DONE)")
     L += _unframe(CHACHA_FRAME)
     L.append(E.movi(0, 0))
     return L
 
 
-def gen_polykey():
-    L = ["@micropython.asm_thumb", "def chacha_polykey(r0, r1):"]
-    L += _frame(CHACHA_FRAME)
-    L.append(E.mem("str", 0, SP, F_ST))
-    L.append(E.mem("str", 1, SP, F_PS))
+def _polykey():
+    """chacha_xor's dst = -1 branch (r0 = st, r1 = ps): block 0 of the
+    nonce in st[20..25] gives r (clamped, into ps[10..19] as 13-bit limbs)
+    and s (ps[20..27], 16-bit halves); h = 0; st[12] = 1."""
+    L = ["    label(POLYKEY)"]
+    L.append(_mem("str", 1, SP, F_PS))
     L.append(E.movi(2, 0))
-    L.append(E.mem("str", 2, 0, 48))  # st[12] = 0: block 0
+    L.append(_mem("str", 2, 0, 48))  # st[12] = 0: block 0
     for i in range(3):  # st[13 + i] = st[20 + 2i] | st[21 + 2i] << 16
-        L.append(E.mem("ldr", 2, 0, 80 + 8 * i))
-        L.append(E.mem("ldr", 3, 0, 84 + 8 * i))
+        L.append(_mem("ldr", 2, 0, 80 + 8 * i))
+        L.append(_mem("ldr", 3, 0, 84 + 8 * i))
         L.append(E.dp("orr", 2, 2, 3, shift="lsl", amount=16))
-        L.append(E.mem("str", 2, 0, 52 + 4 * i))
-    L += _block("")
-    # key words 0..7 = x + st; r = words 0..3 clamped, s = words 4..7
-    L.append(E.mem("ldr", 0, SP, F_ST))
+        L.append(_mem("str", 2, 0, 52 + 4 * i))
+    L.append("    bl(BLOCK)")
+    # key words 0..7 = x + st (in the frame); r = words 0..3 clamped, s =
+    # words 4..7
+    L += [_mem("ldr", 0, SP, F_ST), E.add_sp(3, 0), "    mov(r2, 8)", "    label(KEYW)",
+          "    ldr(r4, [r3, 0])", "    ldr(r5, [r0, 0])", "    add(r4, r4, r5)", "    str(r4, [r3, 0])",
+          "    add(r3, 4)", "    add(r0, 4)", "    sub(r2, 1)", "    bne(KEYW)  # 8 words"]
     L.append(E.multi("ldmia", SP, [4, 5, 6, 7]))
-    L.append(E.multi("ldmia", 0, [8, 9, 10, 11]))
-    for i in range(4):
-        L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
     L.append(E.bfc(4, 28, 4))  # RFC 8439 section 2.5.1: clamp r
     for i in (5, 6, 7):
         L.append(E.bfc(i, 28, 4))
         L.append(E.bfc(i, 0, 2))
-    L.append(E.mem("ldr", 1, SP, F_PS))
-    w = [4, 5, 6, 7]
-    for k in range(10):  # ps[10 + k] = bits 13k .. 13k + 12 of r
-        b = 13 * k
-        j, off = b // 32, b % 32
-        if off + 13 <= 32 or j == 3:
-            L.append(E.ubfx(8, w[j], off, min(13, 32 - off)))
-        else:
-            L.append(E.sh("lsr", 8, w[j], off))
-            L.append(E.dp("orr", 8, 8, w[j + 1], shift="lsl", amount=32 - off))
-            L.append(E.ubfx(8, 8, 0, 13))
-        L.append(E.mem("str", 8, 1, 4 * (10 + k)))
-    L.append(E.add_sp(3, 16))
-    L.append(E.multi("ldmia", 3, [4, 5, 6, 7]))
-    L.append(E.imm("add", 0, 0, 16))
-    L.append(E.multi("ldmia", 0, [8, 9, 10, 11]))
-    for i in range(4):  # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s
-        L.append(E.dp("add", 4 + i, 4 + i, 8 + i))
-        L.append(E.ubfx(8, 4 + i, 0, 16))
-        L.append(E.mem("str", 8, 1, 4 * (20 + 2 * i)))
-        L.append(E.sh("lsr", 8, 4 + i, 16))
-        L.append(E.mem("str", 8, 1, 4 * (21 + 2 * i)))
+    # ps[10 + k] = bits 13k .. 13k + 12 of r (r7:r6:r5:r4, shifted right by
+    # 13 after each limb); r2 walks ps[10..19]
+    L += [_mem("ldr", 1, SP, F_PS), E.imm("add", 2, 1, 40), "    mov(r3, 10)", "    label(RLIMB)",
+          E.ubfx(8, 4, 0, 13), E.post("str", 8, 2, 4)]
+    for i in (4, 5, 6):
+        L += ["    lsr(r%d, r%d, 13)" % (i, i), E.dp("orr", i, i, i + 1, shift="lsl", amount=19)]
+    L += ["    lsr(r7, r7, 13)", "    sub(r3, 1)", "    bne(RLIMB)  # 10 limbs"]
+    # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (frame words 4..7);
+    # r2 walks ps[20..27]
+    L += [E.add_sp(3, 16), "    mov(r6, 4)", "    label(SHALF)", "    ldr(r4, [r3, 0])", "    add(r3, 4)",
+          "    lsl(r5, r4, 16)", "    lsr(r5, r5, 16)", "    str(r5, [r2, 0])", "    lsr(r4, r4, 16)",
+          "    str(r4, [r2, 4])", "    add(r2, 8)", "    sub(r6, 1)", "    bne(SHALF)  # 4 words"]
     L.append(E.movi(2, 0))
     L.append(E.movi(3, 0))
     for i in range(0, 10, 2):  # h = 0
         L.append(E.dual("strd", 2, 3, 1, 4 * i))
-    L.append(E.mem("ldr", 0, SP, F_ST))
+    L.append(_mem("ldr", 0, SP, F_ST))
     L.append(E.movi(2, 1))
-    L.append(E.mem("str", 2, 0, 48))  # st[12] = 1: the message starts at block 1
-    L += _unframe(CHACHA_FRAME)
-    L.append(E.movi(0, 0))
+    L.append(_mem("str", 2, 0, 48))  # st[12] = 1: the message starts at block 1
+    L.append("    b(DONE)")
     return L
+
+
 
 
 # --- Poly1305 -------------------------------------------------------------------
 
 # Frame of poly_update (bytes from sp).
-P_S = 0  # s1..s4 (5 * r1 .. 5 * r4)
-P_R = 16  # r0..r4
-P_H = 36  # h0..h4
-P_PAD = 56  # 16 bytes: a padded last block or the length block
-P_PS, P_AD, P_M, P_MODE, P_AN, P_MN, P_MO = 72, 76, 80, 84, 88, 92, 96
-P_CUR, P_LEFT, P_STAGE, P_P, P_HIBIT = 100, 104, 108, 112, 116
-POLY_FRAME = 120
+P_S = 4  # s1..s4 (5 * r1 .. 5 * r4); word 0 gets 5 * r0, unused
+P_R = 20  # r0..r4
+P_H = 40  # h0..h4
+P_PAD = 60  # 16 bytes: a padded last block or the length block
+P_PS, P_AD, P_M, P_MODE, P_AN, P_MN, P_MO = 76, 80, 84, 88, 92, 96, 100
+P_CUR, P_LEFT, P_STAGE, P_P, P_HIBIT = 104, 108, 112, 116, 120
+POLY_FRAME = 128
 
 
 def _hibit(reg):
@@ -334,43 +323,39 @@ def _hibit(reg):
 def gen_poly():
     L = ["@micropython.asm_thumb", "def poly_update(r0, r1, r2, r3):"]
     L += _frame(POLY_FRAME)
-    L.append(E.mem("str", 0, SP, P_PS))
-    L.append(E.mem("str", 1, SP, P_AD))
-    L.append(E.mem("str", 2, SP, P_M))
+    L.append(_mem("str", 0, SP, P_PS))
+    L.append(_mem("str", 1, SP, P_AD))
+    L.append(_mem("str", 2, SP, P_M))
     for off, slot in ((112, P_MO), (116, P_MN), (120, P_MODE), (124, P_AN)):
-        L.append(E.mem("ldr", 4, 0, off))
-        L.append(E.mem("str", 4, SP, slot))
-    L.append(E.mem("str", 1, SP, P_CUR))  # the AD first
-    L.append(E.mem("str", 4, SP, P_LEFT))
+        L.append(_mem("ldr", 4, 0, off))
+        L.append(_mem("str", 4, SP, slot))
+    L.append(_mem("str", 1, SP, P_CUR))  # the AD first
+    L.append(_mem("str", 4, SP, P_LEFT))
     L.append(E.movi(4, 0))
-    L.append(E.mem("str", 4, SP, P_STAGE))
-    for i in range(5):  # r_i = ps[10 + 2i] | ps[11 + 2i] << 13; s_i = 5 r_i
-        L.append(E.mem("ldr", 4, 0, 4 * (10 + 2 * i)))
-        L.append(E.mem("ldr", 5, 0, 4 * (11 + 2 * i)))
-        L.append(E.dp("orr", 4, 4, 5, shift="lsl", amount=13))
-        L.append(E.mem("str", 4, SP, P_R + 4 * i))
-        if i:
-            L.append(E.dp("add", 4, 4, 4, shift="lsl", amount=2))
-            L.append(E.mem("str", 4, SP, P_S + 4 * (i - 1)))
-    for i in range(5):  # h_i = ps[2i] + (ps[2i + 1] << 13)
-        L.append(E.mem("ldr", 4, 0, 8 * i))
-        L.append(E.mem("ldr", 5, 0, 8 * i + 4))
-        L.append(E.dp("add", 4, 4, 5, shift="lsl", amount=13))
-        L.append(E.mem("str", 4, SP, P_H + 4 * i))
+    L.append(_mem("str", 4, SP, P_STAGE))
+    # r_i = ps[10 + 2i] | ps[11 + 2i] << 13, s_i = 5 r_i, h_i = ps[2i] +
+    # (ps[2i + 1] << 13): r1 walks ps by pairs, r2 the frame by words
+    L += ["    mov(r1, r0)", E.add_sp(2, 0), "    mov(r3, 5)", "    label(LIMBS)",
+          "    ldr(r4, [r1, 40])", "    ldr(r5, [r1, 44])", E.dp("orr", 4, 4, 5, shift="lsl", amount=13),
+          "    str(r4, [r2, %d])" % P_R, E.dp("add", 4, 4, 4, shift="lsl", amount=2),
+          "    str(r4, [r2, %d])" % (P_S - 4),
+          "    ldr(r4, [r1, 0])", "    ldr(r5, [r1, 4])", E.dp("add", 4, 4, 5, shift="lsl", amount=13),
+          "    str(r4, [r2, %d])" % P_H, "    add(r1, 8)", "    add(r2, 4)", "    sub(r3, 1)",
+          "    bne(LIMBS)  # 5 limbs"]
     # The driver: the next 16 bytes of the AD, then of m, then the length
     # block; p and hibit go to the frame for the block below.
     L.append("    label(LOOP)")
-    L.append(E.mem("ldr", 5, SP, P_LEFT))
+    L.append(_mem("ldr", 5, SP, P_LEFT))
     L.append(E.cmp(5, 16))
     L.append("    blt_w(SHORT)")
-    L.append(E.mem("ldr", 4, SP, P_CUR))
-    L.append(E.mem("str", 4, SP, P_P))
+    L.append(_mem("ldr", 4, SP, P_CUR))
+    L.append(_mem("str", 4, SP, P_P))
     L.append(E.imm("add", 4, 4, 16))
-    L.append(E.mem("str", 4, SP, P_CUR))
+    L.append(_mem("str", 4, SP, P_CUR))
     L.append(E.imm("sub", 5, 5, 16))
-    L.append(E.mem("str", 5, SP, P_LEFT))
+    L.append(_mem("str", 5, SP, P_LEFT))
     L += _hibit(7)
-    L.append(E.mem("str", 7, SP, P_HIBIT))
+    L.append(_mem("str", 7, SP, P_HIBIT))
     L.append("    b(BLOCK)")
     L.append("    label(SHORT)")
     L.append(E.cmp(5, 0))
@@ -379,58 +364,58 @@ def gen_poly():
     L.append(E.movi(7, 0))
     L.append(E.dual("strd", 6, 7, SP, P_PAD))
     L.append(E.dual("strd", 6, 7, SP, P_PAD + 8))
-    L.append(E.mem("ldr", 4, SP, P_CUR))
+    L.append(_mem("ldr", 4, SP, P_CUR))
     L.append(E.add_sp(7, P_PAD))
     L.append("    label(COPY)")
     L.append(E.post("ldrb", 6, 4, 1))
     L.append(E.post("strb", 6, 7, 1))
     L.append(E.imm("sub", 5, 5, 1, s=True))
     L.append("    bne_w(COPY)")
-    L.append(E.mem("str", 5, SP, P_LEFT))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("str", 5, SP, P_LEFT))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 1))
     L.append("    bne_w(ZEROPAD)")
     L.append(E.movi(6, 1))  # plain Poly1305: append 0x01, no 2**128
-    L.append(E.mem("strb", 6, 7, 0))
+    L.append(_mem("strb", 6, 7, 0))
     L.append(E.movi(6, 0))
     L.append("    b(SETP)")
     L.append("    label(ZEROPAD)")  # AEAD: zeros, and 2**128 as for a whole block
     L += _hibit(6)
     L.append("    label(SETP)")
-    L.append(E.mem("str", 6, SP, P_HIBIT))
+    L.append(_mem("str", 6, SP, P_HIBIT))
     L.append(E.add_sp(4, P_PAD))
-    L.append(E.mem("str", 4, SP, P_P))
+    L.append(_mem("str", 4, SP, P_P))
     L.append("    b(BLOCK)")
     L.append("    label(STAGE)")
-    L.append(E.mem("ldr", 4, SP, P_STAGE))
+    L.append(_mem("ldr", 4, SP, P_STAGE))
     L.append(E.cmp(4, 0))
     L.append("    bne_w(STAGE1)")
     L.append(E.movi(4, 1))
-    L.append(E.mem("str", 4, SP, P_STAGE))
-    L.append(E.mem("ldr", 4, SP, P_M))
-    L.append(E.mem("ldr", 5, SP, P_MO))
+    L.append(_mem("str", 4, SP, P_STAGE))
+    L.append(_mem("ldr", 4, SP, P_M))
+    L.append(_mem("ldr", 5, SP, P_MO))
     L.append(E.dp("add", 4, 4, 5))
-    L.append(E.mem("str", 4, SP, P_CUR))
-    L.append(E.mem("ldr", 5, SP, P_MN))
-    L.append(E.mem("str", 5, SP, P_LEFT))
+    L.append(_mem("str", 4, SP, P_CUR))
+    L.append(_mem("ldr", 5, SP, P_MN))
+    L.append(_mem("str", 5, SP, P_LEFT))
     L.append("    b(LOOP)")
     L.append("    label(STAGE1)")
     L.append(E.cmp(4, 1))
     L.append("    bne_w(FINISH)")
     L.append(E.movi(4, 2))
-    L.append(E.mem("str", 4, SP, P_STAGE))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("str", 4, SP, P_STAGE))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 2))
     L.append("    beq_w(FINISH)")
-    L.append(E.mem("ldr", 4, SP, P_AN))  # le64(len(AD)) || le64(len(m))
+    L.append(_mem("ldr", 4, SP, P_AN))  # le64(len(AD)) || le64(len(m))
     L.append(E.movi(5, 0))
     L.append(E.dual("strd", 4, 5, SP, P_PAD))
-    L.append(E.mem("ldr", 4, SP, P_MN))
+    L.append(_mem("ldr", 4, SP, P_MN))
     L.append(E.dual("strd", 4, 5, SP, P_PAD + 8))
     L.append(E.add_sp(4, P_PAD))
-    L.append(E.mem("str", 4, SP, P_P))
+    L.append(_mem("str", 4, SP, P_P))
     L += _hibit(7)
-    L.append(E.mem("str", 7, SP, P_HIBIT))
+    L.append(_mem("str", 7, SP, P_HIBIT))
     L += _poly_block()
     L.append("    b(LOOP)")
     L += _poly_finish()
@@ -444,10 +429,10 @@ def _poly_block():
     L = ["    label(BLOCK)"]
     L.append(E.add_sp(LR, P_H))
     L.append(E.multi("ldmia", LR, [0, 1, 2, 3, 4]))
-    L.append(E.mem("ldr", 5, SP, P_P))
+    L.append(_mem("ldr", 5, SP, P_P))
     for i in range(4):
-        L.append(E.mem("ldr", 6 + i, 5, 4 * i))
-    L.append(E.mem("ldr", 10, SP, P_HIBIT))
+        L.append(_mem("ldr", 6 + i, 5, 4 * i))
+    L.append(_mem("ldr", 10, SP, P_HIBIT))
     L.append(E.ubfx(11, 6, 0, 26))
     L.append(E.dp("add", 0, 0, 11))
     for i, sh in ((1, 26), (2, 20), (3, 14)):  # limb i: bits 26i .. 26i + 25
@@ -459,7 +444,8 @@ def _poly_block():
     L.append(E.dp("orr", 11, 11, 10))
     L.append(E.dp("add", 4, 4, 11))
     # r5..r11 = s1 s2 s3 s4 r0 r1 r2 (frame words 0..6); r12:lr the column
-    L.append(E.multi("ldmia", SP, [5, 6, 7, 8, 9, 10, 11]))
+    L.append(E.add_sp(12, P_S))
+    L.append(E.multi("ldmia", 12, [5, 6, 7, 8, 9, 10, 11]))
     s = {1: 5, 2: 6, 3: 7, 4: 8}
     r = {0: 9, 1: 10, 2: 11}
     cols = [
@@ -479,7 +465,7 @@ def _poly_block():
         if k < 4:
             # the raw low word (its bits 26..31 are cleared below), then the
             # 64-bit accumulator >> 26 starts the next column
-            L.append(E.mem("str", 12, SP, P_H + 4 * k))
+            L.append(_mem("str", 12, SP, P_H + 4 * k))
             L.append(E.sh("lsr", 12, 12, 26))
             L.append(E.dp("orr", 12, 12, LR, shift="lsl", amount=6))
             L.append(E.sh("lsr", LR, LR, 26))
@@ -499,91 +485,102 @@ def _poly_block():
     return L
 
 
-def _carry(a, b, mask=True):
-    return [E.sh("lsr", 12, a, 26)] + ([E.bfc(a, 26, 6)] if mask else []) + [E.dp("add", b, b, 12)]
+def _carry(a, b):
+    """Limb a's carry into limb b (r7 the scratch; 16-bit LSRS/ADDS where
+    the registers are low: no flag is live in the carry passes)."""
+    return ["    lsr(r7, r%d, 26)" % a, E.bfc(a, 26, 6), "    add(r%d, r%d, r7)" % (b, b)]
 
 
 def _poly_finish():
     L = ["    label(FINISH)"]
+    # h back into ps[0..9] as 13-bit limbs: r5 walks ps by pairs, r6 h
+    L += [_mem("ldr", 5, SP, P_PS), E.add_sp(6, P_H), "    mov(r7, 5)", "    label(HOUT)",
+          "    ldr(r4, [r6, 0])", "    add(r6, 4)", "    lsl(r3, r4, 19)", "    lsr(r3, r3, 19)",
+          "    str(r3, [r5, 0])", "    lsr(r4, r4, 13)", "    str(r4, [r5, 4])", "    add(r5, 8)",
+          "    sub(r7, 1)", "    bne(HOUT)  # 5 limbs"]
     L.append(E.add_sp(LR, P_H))
     L.append(E.multi("ldmia", LR, [0, 1, 2, 3, 4]))
-    L.append(E.mem("ldr", 5, SP, P_PS))
-    for i in range(5):  # h back into ps[0..9] as 13-bit limbs
-        L.append(E.ubfx(6, i, 0, 13))
-        L.append(E.mem("str", 6, 5, 8 * i))
-        L.append(E.sh("lsr", 6, i, 13))
-        L.append(E.mem("str", 6, 5, 8 * i + 4))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("ldr", 5, SP, P_PS))
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 4))
     L.append("    beq_w(RET0)")
     # carry h1 -> .. -> h4 -> 5 * c into h0, then h0 -> .. -> h4 (unmasked)
     for a in range(1, 4):
         L += _carry(a, a + 1)
-    L.append(E.sh("lsr", 12, 4, 26))
+    L.append("    lsr(r7, r4, 26)")
     L.append(E.bfc(4, 26, 6))
-    L.append(E.dp("add", 12, 12, 12, shift="lsl", amount=2))
-    L.append(E.dp("add", 0, 0, 12))
+    L.append(E.dp("add", 7, 7, 7, shift="lsl", amount=2))
+    L.append("    add(r0, r0, r7)")
     for a in range(4):
         L += _carry(a, a + 1)
     # pack into five words
     L.append(E.dp("orr", 0, 0, 1, shift="lsl", amount=26))
-    L.append(E.sh("lsr", 1, 1, 6))
+    L.append("    lsr(r1, r1, 6)")
     L.append(E.dp("orr", 1, 1, 2, shift="lsl", amount=20))
-    L.append(E.sh("lsr", 2, 2, 12))
+    L.append("    lsr(r2, r2, 12)")
     L.append(E.dp("orr", 2, 2, 3, shift="lsl", amount=14))
-    L.append(E.sh("lsr", 3, 3, 18))
+    L.append("    lsr(r3, r3, 18)")
     L.append(E.dp("orr", 3, 3, 4, shift="lsl", amount=8))
-    L.append(E.sh("lsr", 4, 4, 24))
+    L.append("    lsr(r4, r4, 24)")
     # g = h + 5; h >= p iff g >= 2**130; mask = -(g >> 130)
-    L.append(E.imm("add", 6, 0, 5, s=True))
+    L.append("    add(r6, r0, 5)  # adds: C")
     L.append(E.imm("adc", 7, 1, 0, s=True))
     L.append(E.imm("adc", 8, 2, 0, s=True))
     L.append(E.imm("adc", 9, 3, 0, s=True))
     L.append(E.imm("adc", 10, 4, 0))
     L.append(E.sh("lsr", 10, 10, 2))
     L.append(E.imm("rsb", 10, 10, 0))
-    for i in range(4):  # h ^= (h ^ g) & mask
-        L.append(E.dp("eor", 6 + i, 6 + i, i))
+    for i in range(4):  # h ^= (h ^ g) & mask (16-bit EORS where r6 + i is low)
+        L.append("    eor(r%d, r%d)" % (6 + i, i) if i < 2 else E.dp("eor", 6 + i, 6 + i, i))
         L.append(E.dp("and", 6 + i, 6 + i, 10))
-        L.append(E.dp("eor", i, i, 6 + i))
+        L.append("    eor(r%d, r%d)" % (i, 6 + i) if i < 2 else E.dp("eor", i, i, 6 + i))
     for i in range(4):  # s from its 16-bit halves in ps[20..27]
-        L.append(E.mem("ldr", 6 + i, 5, 80 + 8 * i))
-        L.append(E.mem("ldr", 11, 5, 84 + 8 * i))
+        L.append(_mem("ldr", 6 + i, 5, 80 + 8 * i))
+        L.append(_mem("ldr", 11, 5, 84 + 8 * i))
         L.append(E.dp("orr", 6 + i, 6 + i, 11, shift="lsl", amount=16))
-    L.append(E.dp("add", 0, 0, 6, s=True))
-    L.append(E.dp("adc", 1, 1, 7, s=True))
+    L.append("    add(r0, r0, r6)  # adds")
+    L.append("    adc(r1, r7)  # adcs")
     L.append(E.dp("adc", 2, 2, 8, s=True))
     L.append(E.dp("adc", 3, 3, 9))
-    L.append(E.mem("ldr", 4, SP, P_M))  # the tag's place: m + mo + mn
-    L.append(E.mem("ldr", 5, SP, P_MO))
-    L.append(E.dp("add", 4, 4, 5))
-    L.append(E.mem("ldr", 5, SP, P_MN))
-    L.append(E.dp("add", 4, 4, 5))
-    L.append(E.mem("ldr", 6, SP, P_MODE))
+    L.append(_mem("ldr", 4, SP, P_M))  # the tag's place: m + mo + mn
+    L.append(_mem("ldr", 5, SP, P_MO))
+    L.append("    add(r4, r4, r5)")
+    L.append(_mem("ldr", 5, SP, P_MN))
+    L.append("    add(r4, r4, r5)")
+    L.append(_mem("ldr", 6, SP, P_MODE))
     L.append(E.tst(6, 8))
     L.append("    bne_w(COMPARE)")
     for i in range(4):
-        L.append(E.mem("str", i, 4, 4 * i))
+        L.append(_mem("str", i, 4, 4 * i))
     L.append("    label(RET0)")
     L.append(E.movi(0, 0))
     L.append("    b(EXIT)")
     L.append("    label(COMPARE)")  # OR of the word XORs; 1 iff any differs
     for i in range(4):
-        L.append(E.mem("ldr", 6 + i, 4, 4 * i))
-        L.append(E.dp("eor", 6 + i, 6 + i, i))
-    L.append(E.dp("orr", 6, 6, 7))
+        L.append(_mem("ldr", 6 + i, 4, 4 * i))
+        L.append("    eor(r%d, r%d)" % (6 + i, i) if i < 2 else E.dp("eor", 6 + i, 6 + i, i))
+    L.append("    orr(r6, r7)")
     L.append(E.dp("orr", 8, 8, 9))
     L.append(E.dp("orr", 6, 6, 8))
     L.append(E.imm("rsb", 7, 6, 0))
     L.append(E.dp("orr", 6, 6, 7))
-    L.append(E.sh("lsr", 0, 6, 31))
+    L.append("    lsr(r0, r6, 31)")
     return L
+
+
+POLYKEY = '''
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)
+'''
 
 
 def generate():
     out = [HEADER]
-    for gen in (gen_setkey, gen_polykey, gen_xor, gen_poly):
+    for gen in (gen_setkey, gen_xor, gen_poly):
         out.append("\n\n" + "\n".join(gen()) + "\n")
+    out.append(POLYKEY)
     return "".join(out)
 
 

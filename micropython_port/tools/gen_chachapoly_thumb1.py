@@ -26,7 +26,12 @@ module's docstring), so ``chacha20poly1305`` drives either module:
 ``chacha_setkey(st, key)``, ``chacha_polykey(st, ps)``, ``chacha_xor(st,
 src, dst)`` and ``poly_update(ps, ad, m, blk)``. Every entry returns a small
 int (0, or poly_update's verdict: the OR of the 16 byte XORs, 0 iff the
-tags are equal), so a call allocates nothing for its result. Offsets and
+tags are equal), so a call allocates nothing for its result.
+``chacha_polykey`` is the Python function ``chacha_xor(st, ps, -1)``:
+chacha_xor computes the Poly1305 key when dst is -1 (no buffer's data sits
+at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), so the one
+copy of the ChaCha block serves both (issue 16 item 6: a small flash
+bundle). Offsets and
 lengths come from ``st``/``ps`` and are checked by the caller
 (``chacha20poly1305._check``): nothing here checks a bound.
 
@@ -137,12 +142,13 @@ def _qr(a, b, c, d):
     return out + [str_sp(0, 4 * a), str_sp(1, 4 * b), str_sp(2, 4 * c), str_sp(3, 4 * d)]
 
 
-def _block(tag):
-    """r0 = st: the keystream block for st[0..15] into frame words 0..15;
-    then st[12] += 1. Leaves r0 = st."""
-    L = []
-    for i in range(16):
-        L += ["    ldr(r1, [r0, %d])" % (4 * i), str_sp(1, 4 * i)]
+def _block(tag=""):
+    """BLOCK, a subroutine of chacha_xor (r0 = st): the keystream block for
+    st[0..15] into frame words 0..15 (as the caller sees them: sp + 0 there
+    is sp + 0 here, ``bl`` pushes nothing); then st[12] += 1. Leaves r0 =
+    st."""
+    L = ["    label(BLOCK)", add_rd_sp(2, 0), "    mov(r3, 16)", "    label(LOAD)", "    ldr(r1, [r0, 0])",
+         "    str(r1, [r2, 0])", "    add(r0, 4)", "    add(r2, 4)", "    sub(r3, 1)", "    bne(LOAD)  # 16 words"]
     L += ["    mov(r4, 16)", "    mov(r5, 20)", "    mov(r6, 24)", "    mov(r7, 25)",
           "    mov(r0, 10)", "    mov(r12, r0)", "    label(ROUND%s)" % tag]
     for q in ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
@@ -150,10 +156,10 @@ def _block(tag):
         L += _qr(*q)
     L += ["    mov(r0, r12)", "    sub(r0, r0, 1)", "    mov(r12, r0)",
           "    beq(ROUNDS_DONE%s)" % tag, "    b(ROUND%s)  # 10 double rounds" % tag,
-          "    label(ROUNDS_DONE%s)" % tag, ldr_sp(0, F_ST)]
-    for i in range(16):
-        L += [ldr_sp(1, 4 * i), "    ldr(r2, [r0, %d])" % (4 * i), "    add(r1, r1, r2)", str_sp(1, 4 * i)]
-    L += ["    ldr(r1, [r0, 48])", "    add(r1, 1)", "    str(r1, [r0, 48])"]
+          "    label(ROUNDS_DONE%s)" % tag, ldr_sp(0, F_ST), add_rd_sp(3, 0), "    mov(r4, 16)", "    label(ADDIN)",
+          "    ldr(r1, [r3, 0])", "    ldr(r2, [r0, 0])", "    add(r1, r1, r2)", "    str(r1, [r3, 0])",
+          "    add(r0, 4)", "    add(r3, 4)", "    sub(r4, 1)", "    bne(ADDIN)  # 16 words", "    sub(r0, 64)"]
+    L += ["    ldr(r1, [r0, 48])", "    add(r1, 1)", "    str(r1, [r0, 48])", "    bx(lr)"]
     return L
 
 
@@ -161,21 +167,20 @@ def gen_setkey():
     L = ["@micropython.asm_thumb", "def chacha_setkey(r0, r1):"]
     for i, c in enumerate(b"expand 32-byte k"):  # st[0..3], little-endian
         L += ["    mov(r2, %d)" % c, "    strb(r2, [r0, %d])" % i]
-    L.append("    add(r0, 16)")
-    for i in range(32):  # st[4..11] = the key
-        L += ["    ldrb(r2, [r1, %d])" % i, "    strb(r2, [r0, %d])" % i]
-    L.append("    mov(r0, 0)")
+    L += ["    add(r0, 16)", "    mov(r3, 32)", "    label(KEY)"]  # st[4..11] = the key
+    L += ["    ldrb(r2, [r1, 0])", "    strb(r2, [r0, 0])", "    add(r0, 1)", "    add(r1, 1)", "    sub(r3, 1)",
+          "    bne(KEY)  # 32 bytes", "    mov(r0, 0)"]
     return L
 
 
 def gen_xor():
     L = ["@micropython.asm_thumb", "def chacha_xor(r0, r1, r2):", sub_sp(CHACHA_FRAME), str_sp(0, F_ST),
+         "    add(r3, r2, 1)  # dst = -1: chacha_polykey", "    bne(XOR)", "    bl(POLYKEY)", "    label(XOR)",
          "    ldr(r3, [r0, 64])  # st[16]: source offset", "    add(r1, r1, r3)", str_sp(1, F_SRC),
          "    ldr(r3, [r0, 68])  # st[17]: destination offset", "    add(r2, r2, r3)", str_sp(2, F_DST),
          "    ldr(r3, [r0, 72])  # st[18]: length", str_sp(3, F_N),
          "    label(NEXT)", ldr_sp(3, F_N), "    cmp(r3, 0)", "    bgt(GO)", "    b(DONE)",
-         "    label(GO)", ldr_sp(0, F_ST)]
-    L += _block("")
+         "    label(GO)", ldr_sp(0, F_ST), "    bl(BLOCK)"]
     # XOR min(n, 64) bytes of keystream into the message.
     L += [ldr_sp(3, F_N), "    mov(r7, r3)", "    cmp(r3, 64)", "    ble(SHORT)", "    mov(r7, 64)",
           "    label(SHORT)", ldr_sp(1, F_SRC), ldr_sp(2, F_DST), add_rd_sp(4, 0), "    mov(r6, r7)",
@@ -184,43 +189,44 @@ def gen_xor():
           "    add(r1, 1)", "    add(r2, 1)", "    add(r4, 1)", "    sub(r6, 1)",
           "    bne(BYTES)  # a public count",
           str_sp(1, F_SRC), str_sp(2, F_DST), ldr_sp(3, F_N), "    sub(r3, r3, r7)", str_sp(3, F_N),
-          "    b(NEXT)",
-          "    label(DONE)", add_sp(CHACHA_FRAME), "    mov(r0, 0)"]
+          "    b(NEXT)"]
+    L += _block() + _polykey()
+    L += ["    label(DONE)", add_sp(CHACHA_FRAME), "    mov(r0, 0)"]
     return L
 
 
-def gen_polykey():
-    L = ["@micropython.asm_thumb", "def chacha_polykey(r0, r1):", sub_sp(CHACHA_FRAME), str_sp(0, F_ST),
-         str_sp(1, F_PS), "    mov(r2, 0)", "    str(r2, [r0, 48])  # st[12] = 0: block 0"]
+def _polykey():
+    """chacha_xor's dst = -1 branch (``chacha_polykey``; no buffer's data
+    sits at 0xFFFFFFFF, while an empty bytearray's pointer may be 0), r0 =
+    st, r1 = ps: block 0 gives r and s; h = 0; st[12] = 1."""
+    L = ["    label(POLYKEY)", str_sp(1, F_PS), "    mov(r2, 0)", "    str(r2, [r0, 48])  # st[12] = 0: block 0"]
     for i in range(3):  # st[13 + i] = st[20 + 2i] | st[21 + 2i] << 16
         L += ["    ldr(r2, [r0, %d])" % (80 + 8 * i), "    ldr(r3, [r0, %d])" % (84 + 8 * i),
               "    lsl(r3, r3, 16)", "    orr(r2, r3)", "    str(r2, [r0, %d])" % (52 + 4 * i)]
-    L += _block("")
+    L += ["    bl(BLOCK)"]
     # RFC 8439 section 2.5.1: r = key words 0..3 & 0x0ffffffc0ffffffc0ffffffc0fffffff
     L += ["    mov(r6, 15)", "    lsl(r6, r6, 28)", "    mvn(r6, r6)  # 0x0fffffff", "    mov(r7, 3)"]
     for i in range(4):
         if i == 1:
             L.append("    bic(r6, r7)  # 0x0ffffffc")
         L += [ldr_sp(0, 4 * i), "    and_(r0, r6)", str_sp(0, 4 * i)]
-    L.append(ldr_sp(1, F_PS))
-    for k in range(10):  # ps[10 + k] = bits 13k .. 13k + 12 of r
-        b = 13 * k
-        j, off = b // 32, b % 32
-        L.append(ldr_sp(2, 4 * j))
-        if off:
-            L.append("    lsr(r2, r2, %d)" % off)
-        if off + 13 > 32 and j < 3:
-            L += [ldr_sp(3, 4 * (j + 1)), "    lsl(r3, r3, %d)" % (32 - off), "    orr(r2, r3)"]
-        if off + 13 < 32 or j < 3:  # bits above 13 (w_3 >> 21 has only 11)
-            L += _mask13(2)
-        L.append("    str(r2, [r1, %d])" % (40 + 4 * k))
-    for i in range(4):  # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (key words 4..7)
-        L += [ldr_sp(2, 16 + 4 * i), "    lsl(r3, r2, 16)", "    lsr(r3, r3, 16)",
-              "    str(r3, [r1, %d])" % (80 + 8 * i), "    lsr(r2, r2, 16)", "    str(r2, [r1, %d])" % (84 + 8 * i)]
-    L.append("    mov(r2, 0)")
-    L += ["    str(r2, [r1, %d])  # h = 0" % (4 * k) for k in range(10)]
+    # ps[10 + k] = bits 13k .. 13k + 12 of r: r5:r4:r3:r2 shifted right by
+    # 13 after each limb (a loop of 10)
+    L += [ldr_sp(1, F_PS), ldr_sp(2, 0), ldr_sp(3, 4), ldr_sp(4, 8), ldr_sp(5, 12), "    mov(r7, 10)",
+          "    label(RLIMB)"] + ["    lsl(r0, r2, 19)", "    lsr(r0, r0, 19)", "    str(r0, [r1, 40])", "    add(r1, 4)"]
+    for lo in (2, 3, 4):
+        L += ["    lsr(r%d, r%d, 13)" % (lo, lo), "    lsl(r0, r%d, 19)" % (lo + 1), "    orr(r%d, r0)" % lo]
+    L += ["    lsr(r5, r5, 13)", "    sub(r7, 1)", "    bne(RLIMB)  # 10 limbs", "    sub(r1, 40)"]
+    # ps[20 + 2i], ps[21 + 2i] = the 16-bit halves of s (key words 4..7):
+    # r4 walks the frame, r5 ps
+    L += [add_rd_sp(4, 16), "    mov(r5, r1)", "    add(r5, 80)", "    mov(r6, 4)", "    label(SHALF)",
+          "    ldr(r2, [r4, 0])", "    lsl(r3, r2, 16)", "    lsr(r3, r3, 16)", "    str(r3, [r5, 0])",
+          "    lsr(r2, r2, 16)", "    str(r2, [r5, 4])", "    add(r4, 4)", "    add(r5, 8)", "    sub(r6, 1)",
+          "    bne(SHALF)  # 4 words",
+          "    mov(r2, 0)", "    mov(r6, 10)", "    label(HZERO)", "    str(r2, [r1, 0])  # h = 0", "    add(r1, 4)",
+          "    sub(r6, 1)", "    bne(HZERO)  # 10 limbs"]
     L += [ldr_sp(0, F_ST), "    mov(r2, 1)", "    str(r2, [r0, 48])  # st[12] = 1: the message starts at block 1",
-          add_sp(CHACHA_FRAME), "    mov(r0, 0)"]
+          "    b(DONE)"]
     return L
 
 
@@ -279,31 +285,35 @@ def _poly_block():
     return L
 
 
+def _carry_loop(label, first, n):
+    """Carry limbs first .. first + n - 1 of h (ps[0..9], r0 = ps) each into
+    the next: limb & 0x1fff stays, limb >> 13 is added to the next."""
+    return ["    mov(r5, r0)"] + (["    add(r5, %d)" % (4 * first)] if first else []) + ["    mov(r6, %d)" % n,
+            "    label(%s)" % label, "    ldr(r1, [r5, 0])", "    lsr(r2, r1, 13)"] + _mask13(1) + [
+        "    str(r1, [r5, 0])", "    ldr(r1, [r5, 4])", "    add(r1, r1, r2)", "    str(r1, [r5, 4])",
+        "    add(r5, 4)", "    sub(r6, 1)", "    bne(%s)  # a public count" % label]
+
+
 def _poly_finish():
     """FINISH (a subroutine): the tag from h and s into P_PAD, then written
     after the message or compared with what is there; r0 = 0 or the OR of
-    the byte XORs."""
-    L = ["    label(FINISH)", ldr_sp(0, P_PS), "    ldr(r1, [r0, 4])"]
-    for k in range(1, 9):  # carry h1 -> .. -> h9
-        L += ["    lsr(r2, r1, 13)"] + _mask13(1) + ["    str(r1, [r0, %d])" % (4 * k),
-                                                  "    ldr(r1, [r0, %d])" % (4 * k + 4), "    add(r1, r1, r2)"]
-    L += ["    lsr(r2, r1, 13)"] + _mask13(1) + ["    str(r1, [r0, 36])",
-                                              "    lsl(r3, r2, 2)", "    add(r2, r2, r3)  # 5 c (2**130 = 5)",
-                                              "    ldr(r1, [r0, 0])", "    add(r1, r1, r2)"]
-    for k in range(9):  # carry h0 -> .. -> h9 (h9 unmasked, <= 2**13)
-        L += ["    lsr(r2, r1, 13)"] + _mask13(1) + ["    str(r1, [r0, %d])" % (4 * k),
-                                                  "    ldr(r1, [r0, %d])" % (4 * k + 4), "    add(r1, r1, r2)"]
-    L += ["    str(r1, [r0, 36])"]
+    the byte XORs. Loops over the limbs and bytes (public counts)."""
+    L = ["    label(FINISH)", ldr_sp(0, P_PS)]
+    L += _carry_loop("CARRY1", 1, 8)  # h1 -> .. -> h9
+    L += ["    ldr(r1, [r0, 36])", "    lsr(r2, r1, 13)"] + _mask13(1) + [
+        "    str(r1, [r0, 36])", "    lsl(r3, r2, 2)", "    add(r2, r2, r3)  # 5 c (2**130 = 5)",
+        "    ldr(r1, [r0, 0])", "    add(r1, r1, r2)", "    str(r1, [r0, 0])"]
+    L += _carry_loop("CARRY2", 0, 9)  # h0 -> .. -> h9 (h9 unmasked, <= 2**13)
     # g = h + 5 - 2**130 into G; mask = -1 iff g < 0 (keep h), else 0 (take g)
-    L += ["    ldr(r1, [r0, 0])", "    add(r1, 5)"]
-    for k in range(9):
-        L += ["    lsr(r2, r1, 13)"] + _mask13(1) + [str_sp(1, P_G + 4 * k), "    ldr(r1, [r0, %d])" % (4 * k + 4),
-                                                  "    add(r1, r1, r2)"]
-    L += ["    mov(r2, 1)", "    lsl(r2, r2, 13)", "    sub(r1, r1, r2)", str_sp(1, P_G + 36),
-          "    asr(r7, r1, 31)  # the mask"]
-    for k in range(10):  # h_k = g_k ^ ((g_k ^ h_k) & mask)
-        L += ["    ldr(r1, [r0, %d])" % (4 * k), ldr_sp(2, P_G + 4 * k), "    eor(r1, r2)", "    and_(r1, r7)",
-              "    eor(r1, r2)", "    str(r1, [r0, %d])" % (4 * k)]
+    L += ["    mov(r5, r0)", add_rd_sp(4, P_G), "    mov(r6, 9)", "    ldr(r1, [r0, 0])", "    add(r1, 5)",
+          "    label(GLIMB)", "    lsr(r2, r1, 13)"] + _mask13(1) + [
+        "    str(r1, [r4, 0])", "    ldr(r1, [r5, 4])", "    add(r1, r1, r2)", "    add(r4, 4)", "    add(r5, 4)",
+        "    sub(r6, 1)", "    bne(GLIMB)  # 9 limbs",
+        "    mov(r2, 1)", "    lsl(r2, r2, 13)", "    sub(r1, r1, r2)", str_sp(1, P_G + 36),
+        "    asr(r7, r1, 31)  # the mask",
+        "    mov(r5, r0)", add_rd_sp(4, P_G), "    mov(r6, 10)", "    label(SELECT)",  # h = g ^ ((g ^ h) & mask)
+        "    ldr(r1, [r5, 0])", "    ldr(r2, [r4, 0])", "    eor(r1, r2)", "    and_(r1, r7)", "    eor(r1, r2)",
+        "    str(r1, [r5, 0])", "    add(r4, 4)", "    add(r5, 4)", "    sub(r6, 1)", "    bne(SELECT)  # 10 limbs"]
     # pack h mod 2**128 into four words at P_PAD
     packs = [[(0, 0), (1, 13), (2, 26)], [(2, -6), (3, 7), (4, 20)],
              [(4, -12), (5, 1), (6, 14), (7, 27)], [(7, -5), (8, 8), (9, 21)]]
@@ -316,20 +326,20 @@ def _poly_finish():
                 L.append("    lsr(r2, r2, %d)" % -sh)
             L.append("    mov(r1, r2)" if n == 0 else "    orr(r1, r2)")
         L.append(str_sp(1, P_PAD + 4 * w))
-    # + s, 16 bits at a time (ps[20..27])
-    L += [add_rd_sp(3, P_PAD), "    mov(r1, 0)"]
-    for k in range(8):
-        L += ["    ldrh(r2, [r3, %d])" % (2 * k), "    ldr(r4, [r0, %d])" % (80 + 4 * k), "    add(r1, r1, r2)",
-              "    add(r1, r1, r4)", "    strh(r1, [r3, %d])" % (2 * k), "    lsr(r1, r1, 16)"]
+    # + s, 16 bits at a time (ps[20..27]): r3 walks the tag's halves, r5 ps
+    L += [add_rd_sp(3, P_PAD), "    mov(r5, r0)", "    add(r5, 80)", "    mov(r6, 8)", "    mov(r1, 0)",
+          "    label(ADDS)", "    ldrh(r2, [r3, 0])", "    ldr(r4, [r5, 0])", "    add(r1, r1, r2)",
+          "    add(r1, r1, r4)", "    strh(r1, [r3, 0])", "    lsr(r1, r1, 16)", "    add(r3, 2)", "    add(r5, 4)",
+          "    sub(r6, 1)", "    bne(ADDS)  # 8 halves", "    sub(r3, 16)"]
     # the tag's place: m + mo + mn
     L += [ldr_sp(4, P_M), ldr_sp(5, P_MO), "    add(r4, r4, r5)", ldr_sp(5, P_MN), "    add(r4, r4, r5)",
-          ldr_sp(6, P_MODE), "    mov(r5, 8)", "    tst(r6, r5)", "    bne(COMPARE)"]
-    for i in range(16):
-        L += ["    ldrb(r2, [r3, %d])" % i, "    strb(r2, [r4, %d])" % i]
-    L += ["    mov(r0, 0)", "    bx(lr)", "    label(COMPARE)", "    mov(r0, 0)"]
-    for i in range(16):  # OR of the byte XORs, no early exit
-        L += ["    ldrb(r2, [r3, %d])" % i, "    ldrb(r5, [r4, %d])" % i, "    eor(r2, r5)", "    orr(r0, r2)"]
-    L.append("    bx(lr)")
+          "    mov(r0, 0)", "    mov(r7, 16)", ldr_sp(6, P_MODE), "    mov(r5, 8)", "    tst(r6, r5)",
+          "    bne(COMPARE)",
+          "    label(WRITE)", "    ldrb(r2, [r3, 0])", "    strb(r2, [r4, 0])", "    add(r3, 1)", "    add(r4, 1)",
+          "    sub(r7, 1)", "    bne(WRITE)  # 16 bytes", "    bx(lr)",
+          "    label(COMPARE)",  # OR of the byte XORs, no early exit
+          "    ldrb(r2, [r3, 0])", "    ldrb(r5, [r4, 0])", "    eor(r2, r5)", "    orr(r0, r2)", "    add(r3, 1)",
+          "    add(r4, 1)", "    sub(r7, 1)", "    bne(COMPARE)  # 16 bytes", "    bx(lr)"]
     return L
 
 
@@ -341,9 +351,10 @@ def gen_poly():
     for off, slot in ((112, P_MO), (116, P_MN), (120, P_MODE), (124, P_AN)):
         L += ["    ldr(r4, [r0, %d])" % off, str_sp(4, slot)]
     L += [str_sp(1, P_CUR), str_sp(4, P_LEFT), "    mov(r4, 0)", str_sp(4, P_STAGE)]  # the AD first
-    for m in range(10):  # E[9 - m] = r_m, E[19 - m] = 5 r_m
-        L += ["    ldr(r4, [r0, %d])" % (40 + 4 * m), str_sp(4, P_E + 4 * (9 - m)), "    lsl(r5, r4, 2)",
-              "    add(r5, r5, r4)", str_sp(5, P_E + 4 * (19 - m))]
+    # E[9 - m] = r_m, E[19 - m] = 5 r_m: r6 walks r in ps, r7 E[9 - m] down
+    L += ["    mov(r6, r0)", "    add(r6, 40)", add_rd_sp(7, P_E + 36), "    mov(r3, 10)", "    label(ETAB)",
+          "    ldr(r4, [r6, 0])", "    str(r4, [r7, 0])", "    lsl(r5, r4, 2)", "    add(r5, r5, r4)",
+          "    str(r5, [r7, 40])", "    add(r6, 4)", "    sub(r7, 4)", "    sub(r3, 1)", "    bne(ETAB)  # 10 limbs"]
     # The driver: the next 16 bytes of the AD, then of m, then the length block.
     L += ["    label(LOOP)", ldr_sp(5, P_LEFT), "    cmp(r5, 16)", "    blt(SHORT)",
           ldr_sp(4, P_CUR), str_sp(4, P_P), "    add(r4, 16)", str_sp(4, P_CUR), "    sub(r5, 16)",
@@ -370,11 +381,19 @@ def gen_poly():
     return L
 
 
+POLYKEY = '''
+
+def chacha_polykey(st, ps):
+    # chacha_xor's dst = -1 branch: the rounds' one copy serves both
+    return chacha_xor(st, ps, -1)
+'''
+
+
 def generate():
     out = [HEADER]
-    for gen in (gen_setkey, gen_polykey, gen_xor, gen_poly):
+    for gen in (gen_setkey, gen_xor, gen_poly):
         out.append("\n\n" + "\n".join(gen()) + "\n")
-    return "".join(out)
+    return "".join(out) + POLYKEY
 
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_chachapoly_thumb1.py")

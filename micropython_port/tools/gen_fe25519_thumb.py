@@ -9,12 +9,16 @@ committed file is current and runs a CPython model of every generated
 instruction against Python integers.
 
 MicroPython's inline assembler has no mnemonic for UMULL/UMLAL (32x32->64
-multiplies), for ADC with an immediate or for SP-relative LDR.W/STR.W, but its
-``data(2, hw1, hw2)`` directive emits any Thumb-2 instruction; ``_enc``
+multiplies), for ADC with an immediate or for SP-relative LDR/STR/ADD, but
+its ``data(2, hw1, hw2)`` directive emits any Thumb-2 instruction; ``_enc``
 below encodes those few (ARMv7-M Architecture Reference Manual, A7.7:
-UMULL T1, UMLAL T1, ADC (immediate) T1, LDR (immediate) T3, STR (immediate)
-T3, ADDW T4, ADD/SUB (SP plus immediate) T2/T1), checked against GNU as in
-the test.
+UMULL T1, UMLAL T1, ADC (immediate) T1, LDR/STR (SP plus immediate) T2,
+ADD (SP plus immediate) T1, ADD/SUB (SP plus immediate) T2/T1), checked
+against GNU as in the test.
+
+The field routines that are 16-bit Thumb-1 code (FOLD, ADDSUB, CSWAP,
+UNPACK, SQN, the scalar bit, the calls) are shared with
+``gen_fe25519_thumb1`` (ARMv6-M), which imports them.
 """
 
 import os
@@ -37,7 +41,12 @@ fe0 = fe1 * fe2, fe0 = fe1 ** 2, (fe0, fe3) = (fe1 + fe2, fe1 - fe2),
 fe0 = fe2 + 121665 * fe1, and the swap of (fe0, fe1) with (fe2, fe3) when
 ``k`` is 1. The field operations are subroutines (``bl``/``bx lr``) that
 take pointers in r0-r3 and use only r0-r7 and the stack; the ladder keeps
-its state in r8-r11.
+its state in r8-r11. A call is ``movw r0, #n`` and ``bl OP_P``, n holding
+up to four field element numbers, one per nibble (public constants):
+UNPACK turns them into the addresses r8 + 32 * fe in r0-r3 and goes on to
+the operation. SQN (r0 = k) squares t (fe 15) k times: the inversion's
+runs of squarings. The code is loops rather than unrolled (issue 16 item
+6: a small flash bundle), about 1.5 times the instructions.
 
 Representation: 8 words of 32 bits, little-endian: value = sum(w[i] << 32*i).
 Invariant F: a field element is ANY 8-word value, i.e. any integer in
@@ -46,35 +55,44 @@ Invariant F: a field element is ANY 8-word value, i.e. any integer in
 2**256 = 2 * (p + 19) = 38 (mod p), a carry c out of word 7 is folded back
 by adding 38 * c to word 0.
 
-- MUL (out, a, b): the 512-bit product by columns (product scanning: each
-  column k sums a[i]*b[k-i] from UMULL into a 3-word accumulator; a column
-  is at most 8 * (2**32 - 1)**2 < 2**67), into 16 words on the stack; then
-  t_lo + 38 * t_hi word by word with UMLAL (< 39 * 2**256, so the carry c
-  out of word 7 is <= 38); then 38 * c into word 0 with the carry
-  propagated to word 7, whose carry c2 is 0 or 1; if c2 = 1 the value
-  wrapped, so it is now < 38 * 38 and 38 * c2 is added to word 0 with no
-  further carry. ``out`` may alias ``a`` or ``b`` (nothing is stored
-  before the last load).
-- SQ (out, a): MUL(out, a, a) with each cross product a[i]*a[j], i < j,
-  computed once and added twice (the column is the same sum).
-- ADDSUB (s, d, a, b): s = a + b, d = a - b. The sum's carry c (0 or 1) is
-  folded as 38 * c, and a second carry (only if the sum wrapped, leaving
-  s < 38) as 38 more without propagation. The difference a - b + 2**256 * w
-  (w the borrow) equals a - b + 38 * w (mod p), so 38 * w is subtracted; a
-  second borrow leaves a value >= 2**256 - 38, from which 38 more is
-  subtracted without a borrow. ``s`` and ``d`` must not alias ``a`` or ``b``.
+- MUL (out, a, b): the 512-bit product by rows (operand scanning) into 16
+  words t on the stack: words 0-7 zeroed, then row i = 0..7 (a loop; its
+  8 steps unrolled) adds a[i] * b to t[i..i+7], each step t[i+j] + a[i] *
+  b[j] + carry <= (2**32 - 1) + (2**32 - 1)**2 + (2**32 - 1) = 2**64 - 1
+  (UMLAL into t[i+j]:0, then ADDS/ADC of the carry: no wrap), the low word
+  back into t[i+j], the high word the next carry; t[i+8] (not yet
+  written: row i writes it before row i+1 reads it) = the last carry.
+  Then t_lo + 38 * t_hi word by word with UMLAL (< 39 * 2**256, so the
+  carry c out of word 7 is <= 38), and FOLD(out, c). ``out`` may alias
+  ``a`` or ``b`` (nothing is stored into out before the last load).
+- SQ (out, a): MUL(out, a, a) (UNPACK sets b = a).
+- FOLD (base, c): 38 * c into word 0 with the carry propagated to word 7,
+  whose carry c2 is 0 or 1; if c2 = 1 the value wrapped, so words 1-7 are
+  now 0 and word 0 < 38 * c, and 38 * c2 is added to word 0 with no
+  further carry (38 * c + 38 < 2**32 for every c here: <= 38 after MUL,
+  <= 1 after a sum, <= 121665 after A24). MUL, ADDSUB and A24 end in it.
+- ADDSUB (s, d, a, b): d = a - b, then s = a + b, each a loop over the 8
+  words whose carry (or borrow) waits in a register between words (LSRS
+  r6, r6, 1 puts it back into C, ADCS r6, r6 with r6 = 0 takes it out), so
+  the loop counter may set the flags. The difference a - b + 2**256 * w
+  (w the borrow) equals a - b + 38 * w (mod p), so 38 * w is subtracted
+  with the borrow propagated; a second borrow leaves a value >= 2**256 -
+  38, from which 38 more is subtracted without a borrow. The sum's carry c
+  (0 or 1) goes to FOLD. ``s`` and ``d`` must not alias ``a`` or ``b``.
 - A24 (out, e, aa): out = aa + 121665 * e (RFC 7748 section 5, a24):
-  word by word aa[i] + 121665 * e[i] + carry < 2**64 with UMLAL; the carry
-  out of word 7 is <= 121665, folded as 38 * c < 2**23 and then like the
-  sum. ``out`` may alias ``e`` or ``aa`` (word i is read before it is
+  word by word (a loop) aa[i] + 121665 * e[i] + carry < 2**64 with UMULL
+  and two ADDS/ADC; the carry out of word 7 is <= 121665, then FOLD.
+  ``out`` may alias ``e`` or ``aa`` (word i is read before it is
   written).
 - CSWAP (p, q, n, bit): swaps the n words of p and q if bit is 1, with the
   mask -bit (0 or 0xFFFFFFFF): t = (p ^ q) & mask; p ^= t; q ^= t.
 
 Constant time: no branch and no address depends on the scalar or a field
 element. The ladder's branches count its 255 steps and the chain's
-squarings (public); scalar bit t is read from byte t >> 3 and shifted by
-t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
+squarings (public); every other loop counts words or rows (8, fixed);
+UNPACK's dispatch and addresses come from the call's constant (which
+operation, which field elements: public); scalar bit t is read from byte
+t >> 3 and shifted by t & 7, both public, and only enters CSWAP's mask. The Cortex-M3's UMULL
 and UMLAL take 3-5 and 4-7 cycles depending on their operands (early
 termination, ARM DDI 0337 section 18.2): on real M3 hardware their timing
 is data-dependent, which this code does not mask (the M4's are fixed; qemu
@@ -116,20 +134,14 @@ class _enc:
         return _hw(0xF140 | n, d << 8) + "  # adc.w r%d, r%d, #0" % (d, n)
 
     @staticmethod
-    def ldr_sp(t, off):
-        assert off % 4 == 0 and 0 <= off < 4096
-        return _hw(0xF8D0 | 13, (t << 12) | off) + "  # ldr.w r%d, [sp, #%d]" % (t, off)
+    def ldr_sp(t, off):  # ldr rt, [sp, #off] (LDR (SP plus immediate) T2, 16-bit)
+        assert off % 4 == 0 and 0 <= off < 1024 and t < 8
+        return _hw(0x9800 | (t << 8) | (off // 4)) + "  # ldr r%d, [sp, #%d]" % (t, off)
 
     @staticmethod
-    def str_sp(t, off):
-        assert off % 4 == 0 and 0 <= off < 4096
-        return _hw(0xF8C0 | 13, (t << 12) | off) + "  # str.w r%d, [sp, #%d]" % (t, off)
-
-    @staticmethod
-    def addw(d, n, imm):  # addw rd, rn, #imm12 (flags unchanged)
-        assert 0 <= imm < 4096
-        return _hw(0xF200 | ((imm >> 11) << 10) | n, (((imm >> 8) & 7) << 12) | (d << 8) | (imm & 0xFF)) \
-            + "  # addw r%d, r%d, #%d" % (d, n, imm)
+    def str_sp(t, off):  # str rt, [sp, #off] (STR (SP plus immediate) T2, 16-bit)
+        assert off % 4 == 0 and 0 <= off < 1024 and t < 8
+        return _hw(0x9000 | (t << 8) | (off // 4)) + "  # str r%d, [sp, #%d]" % (t, off)
 
     @staticmethod
     def sub_sp(n):
@@ -140,139 +152,77 @@ class _enc:
         return _hw(0xB000 | (n // 4)) + "  # add sp, #%d" % n
 
 
-def _fold_carry(lines, base, c, zero, k38, tmp):
-    """Add 38 * c (c in register ``c``, k38 holding 38) to the 8 words at
-    ``base``, propagating the carry; then 38 * (carry out of word 7) to word
-    0 alone (see the module docstring for why that cannot carry)."""
-    lines += [
-        "    mul(r%d, r%d)" % (c, k38),
-        "    mov(r%d, 0)" % zero,  # movs: sets N and Z, leaves C alone
-        "    ldr(r%d, [r%d, 0])" % (tmp, base),
-        "    add(r%d, r%d, r%d)" % (tmp, tmp, c),
-        "    str(r%d, [r%d, 0])" % (tmp, base),
-    ]
-    for i in range(1, 8):
-        lines += [
-            "    ldr(r%d, [r%d, %d])" % (tmp, base, 4 * i),
-            "    adc(r%d, r%d)" % (tmp, zero),
-            "    str(r%d, [r%d, %d])" % (tmp, base, 4 * i),
-        ]
-    lines += [
-        "    adc(r%d, r%d)" % (zero, zero),  # zero = carry out of word 7
-        "    mul(r%d, r%d)" % (zero, k38),
-        "    ldr(r%d, [r%d, 0])" % (tmp, base),
-        "    add(r%d, r%d, r%d)" % (tmp, tmp, zero),
-        "    str(r%d, [r%d, 0])" % (tmp, base),
-    ]
+def gen_fold():
+    """FOLD (r0 = base, r1 = c): the 8 words at base += 38 * c (38 * c <
+    2**32), the carry propagated word by word (ADCS; unrolled); then
+    38 * (the carry out of word 7) into word 0 alone: that carry means the
+    value wrapped, so words 1-7 are now 0 and word 0 < 38 * c, and adding 38
+    cannot carry (38 * c + 38 < 2**32 for every caller's c). Clobbers r1,
+    r2, r4, r5; returns by ``bx lr``. Every instruction is a 16-bit Thumb-1
+    one (gen_fe25519_thumb1 emits it too)."""
+    L = ["    label(FOLD)", "    mov(r2, 38)", "    mul(r1, r2)", "    mov(r5, 0)  # movs: C untouched",
+         "    ldr(r4, [r0, 0])", "    add(r4, r4, r1)", "    str(r4, [r0, 0])"]
+    for i in range(1, 8):  # unrolled: the carry stays in C
+        L += ["    ldr(r4, [r0, %d])" % (4 * i), "    adc(r4, r5)", "    str(r4, [r0, %d])" % (4 * i)]
+    return L + ["    adc(r5, r5)  # the carry out of word 7", "    mul(r5, r2)", "    ldr(r4, [r0, 0])",
+                "    add(r4, r4, r5)", "    str(r4, [r0, 0])", "    bx(lr)"]
 
 
-def _reduce_512(lines):
-    """t (16 words at sp) -> out (r0): t_lo + 38 * t_hi, then the carry fold.
-    Uses r1..r6."""
-    lines += ["    mov(r2, 38)", "    mov(r1, 0)  # carry"]
-    for i in range(8):
-        lines += [
-            _enc.ldr_sp(6, 4 * (i + 8)),
-            _enc.ldr_sp(4, 4 * i),
-            "    mov(r5, 0)",
-            _enc.umlal(4, 5, 6, 2),  # r5:r4 = t[i] + 38 * t[i + 8]
-            "    add(r4, r4, r1)",
-            _enc.adc0(1, 5),  # carry = high word + C  (<= 38 + 1 after word 7: < 2**32)
-            "    str(r4, [r0, %d])" % (4 * i),
-        ]
-    _fold_carry(lines, base=0, c=1, zero=3, k38=2, tmp=4)
-
-
-def gen_mul(square):
-    lines = ["    label(%s)" % ("SQ" if square else "MUL")]
-    lines += [_enc.sub_sp(64)]
-    if square:
-        lines.append("    mov(r2, r1)")
-    acc = [3, 4, 5]
-    lines += ["    mov(r3, 0)", "    mov(r4, 0)", "    mov(r5, 0)"]
-    for k in range(15):
-        pairs = [(i, k - i) for i in range(max(0, k - 7), min(7, k) + 1)]
-        c0, c1, c2 = acc
-        if square:
-            cross = [(i, j) for i, j in pairs if i < j]
-            diag = [(i, j) for i, j in pairs if i == j]
-            todo = [(i, j, 2) for i, j in cross] + [(i, j, 1) for i, j in diag]
-        else:
-            todo = [(i, j, 1) for i, j in pairs]
-        for i, j, times in todo:
-            lines += [
-                "    ldr(r6, [r1, %d])" % (4 * i),
-                "    ldr(r7, [r2, %d])" % (4 * j),
-                _enc.umull(6, 7, 6, 7),
-            ]
-            for _ in range(times):
-                lines += [
-                    "    add(r%d, r%d, r6)" % (c0, c0),
-                    "    adc(r%d, r7)" % c1,
-                    _enc.adc0(c2, c2),
-                ]
-        lines.append(_enc.str_sp(c0, 4 * k))
-        lines.append("    mov(r%d, 0)" % c0)
-        acc = [c1, c2, c0]
-    lines.append(_enc.str_sp(acc[0], 4 * 15))  # column 15: the last carry
-    _reduce_512(lines)
-    lines += [_enc.add_sp(64), "    bx(lr)"]
-    return lines
+def _add_or_sub(label, op, out):
+    """A loop over 8 words: out = a op b with the carry (ADCS) or borrow
+    (SBCS) kept in r6 between words (LSRS r6, r6, 1 restores C from it,
+    ADCS r6, r6 with r6 = 0 saves it), so the pointer steps and the counter
+    may set the flags. r2 = a, r3 = b, ``out`` (r0 or r1) advance and are
+    put back; r6 holds the final C."""
+    return ["    mov(r7, 8)",
+            "    label(%s)" % label,
+            "    ldr(r4, [r2, 0])",
+            "    ldr(r5, [r3, 0])",
+            "    lsr(r6, r6, 1)  # C = the previous word's carry; r6 = 0",
+            "    %s(r4, r5)" % op,
+            "    adc(r6, r6)  # r6 = C",
+            "    str(r4, [r%d, 0])" % out,
+            "    add(r%d, 4)" % out,
+            "    add(r2, 4)",
+            "    add(r3, 4)",
+            "    sub(r7, 1)",
+            "    bne(%s)  # 8 words, a public count" % label,
+            "    sub(r%d, 32)" % out,
+            "    sub(r2, 32)",
+            "    sub(r3, 32)"]
 
 
 def gen_addsub():
-    lines = ["    label(ADDSUB)"]
-    # s = a + b into r0
-    for i in range(8):
-        lines += ["    ldr(r4, [r2, %d])" % (4 * i), "    ldr(r5, [r3, %d])" % (4 * i)]
-        lines.append("    add(r4, r4, r5)" if i == 0 else "    adc(r4, r5)")
-        lines.append("    str(r4, [r0, %d])" % (4 * i))
-    lines += ["    mov(r6, 0)", "    adc(r6, r6)  # carry out of word 7", "    mov(r7, 38)"]
-    _fold_carry(lines, base=0, c=6, zero=5, k38=7, tmp=4)
-    # d = a - b into r1
-    for i in range(8):
-        lines += ["    ldr(r4, [r2, %d])" % (4 * i), "    ldr(r5, [r3, %d])" % (4 * i)]
-        lines.append("    sub(r4, r4, r5)" if i == 0 else "    sbc(r4, r5)")
-        lines.append("    str(r4, [r1, %d])" % (4 * i))
-    lines += [
-        "    mov(r6, 0)",
-        "    sbc(r6, r6)  # -borrow: 0 or 0xFFFFFFFF",
-        "    and_(r6, r7)  # 38 * borrow",
-        "    mov(r5, 0)",
-        "    ldr(r4, [r1, 0])",
-        "    sub(r4, r4, r6)",
-        "    str(r4, [r1, 0])",
-    ]
-    for i in range(1, 8):
-        lines += ["    ldr(r4, [r1, %d])" % (4 * i), "    sbc(r4, r5)", "    str(r4, [r1, %d])" % (4 * i)]
-    lines += [
-        "    sbc(r5, r5)",  # -second borrow
-        "    and_(r5, r7)",
-        "    ldr(r4, [r1, 0])",
-        "    sub(r4, r4, r5)",
-        "    str(r4, [r1, 0])",
-        "    bx(lr)",
-    ]
-    return lines
-
-
-def gen_a24():
-    lines = ["    label(A24)"]
-    lines += ["    movwt(r7, %d)" % A24, "    mov(r3, 0)  # carry"]
-    for i in range(8):
-        lines += [
-            "    ldr(r4, [r2, %d])" % (4 * i),
-            "    mov(r5, 0)",
-            "    ldr(r6, [r1, %d])" % (4 * i),
-            _enc.umlal(4, 5, 6, 7),  # r5:r4 = aa[i] + 121665 * e[i]
-            "    add(r4, r4, r3)",
-            _enc.adc0(3, 5),
-            "    str(r4, [r0, %d])" % (4 * i),
-        ]
-    lines.append("    mov(r7, 38)")
-    _fold_carry(lines, base=0, c=3, zero=5, k38=7, tmp=4)
-    lines.append("    bx(lr)")
-    return lines
+    """ADDSUB (r0 = s, r1 = d, r2 = a, r3 = b): d = a - b first (C = 1:
+    no borrow in), then 38 * borrow subtracted from d with the borrow
+    propagated (kept as 0/1 in r6: SBCS r6, r6 with r6 = 0 gives -borrow,
+    NEGS makes it 0/1), a second borrow as 38 more from word 0 alone; then
+    s = a + b and FOLD(s, carry) as a tail call. Every instruction is a
+    16-bit Thumb-1 one (gen_fe25519_thumb1 emits it too)."""
+    L = ["    label(ADDSUB)", "    mov(r6, 1)"] + _add_or_sub("SUB_LOOP", "sbc", 1)
+    L += ["    mov(r5, 1)",
+          "    eor(r6, r5)  # the borrow",
+          "    mov(r5, 38)",
+          "    mul(r6, r5)",
+          "    mov(r7, 8)",
+          "    label(BORROW_LOOP)",
+          "    ldr(r4, [r1, 0])",
+          "    sub(r4, r4, r6)",
+          "    mov(r6, 0)",
+          "    sbc(r6, r6)  # -borrow",
+          "    neg(r6, r6)",
+          "    str(r4, [r1, 0])",
+          "    add(r1, 4)",
+          "    sub(r7, 1)",
+          "    bne(BORROW_LOOP)  # 8 words, a public count",
+          "    mul(r6, r5)  # 38 * the second borrow",
+          "    sub(r1, 32)",
+          "    ldr(r4, [r1, 0])",
+          "    sub(r4, r4, r6)",
+          "    str(r4, [r1, 0])",
+          "    mov(r6, 0)"]
+    L += _add_or_sub("ADD_LOOP", "adc", 0)
+    return L + ["    mov(r1, r6)", "    b(FOLD)"]
 
 
 def gen_cswap():
@@ -297,6 +247,46 @@ def gen_cswap():
     ]
 
 
+# The field operations reached by a packed call (``call`` below): their
+# number in r7 at UNPACK.
+OPS = ["MUL", "SQ", "ADDSUB", "A24"]
+
+
+def gen_unpack(branch, own_sq=False):
+    """The entries ``MUL_P`` .. ``A24_P``: r0 holds up to four field element
+    numbers, one per nibble (fe0 in bits 0-3); UNPACK turns them into the
+    addresses r0-r3 (r8 + 32 * fe) and goes on to the operation, whose
+    ``bx lr`` returns to the caller. ``branch(op)`` emits the conditional
+    jump to op when Z is set; SQ is MUL with b = a unless ``own_sq``. 16-bit
+    Thumb-1 instructions but the jumps."""
+    L = []
+    for k, op in enumerate(OPS[1:], 1):
+        L += ["    label(%s_P)" % op, "    mov(r7, %d)" % k, "    b(UNPACK)"]
+    L += ["    label(MUL_P)", "    mov(r7, 0)", "    label(UNPACK)", "    mov(r6, r8)",
+          "    mov(r5, 15)", "    lsl(r5, r5, 5)  # 0x1e0: 32 * a nibble"]
+    for reg, sh in ((3, 7), (2, 3), (1, -1), (0, -5)):  # fe k: (r0 >> 4k) << 5
+        L += ["    lsr(r%d, r0, %d)" % (reg, sh) if sh > 0 else "    lsl(r%d, r0, %d)" % (reg, -sh),
+              "    and_(r%d, r5)" % reg, "    add(r%d, r%d, r6)" % (reg, reg)]
+    for k, op in ((2, "ADDSUB"), (3, "A24")) + (((1, "SQ"),) if own_sq else ()):
+        L += ["    cmp(r7, %d)" % k] + branch(op)
+    if own_sq:
+        return L  # MUL must follow
+    return L + ["    cmp(r7, 1)", "    bne(MUL)", "    mov(r2, r1)  # SQ: MUL with b = a"]  # MUL must follow
+
+
+def packed(*fes):
+    """The nibbles of field elements ``fes`` (names or numbers)."""
+    v = 0
+    for i, fe in enumerate(fes):
+        v |= (FE[fe] if isinstance(fe, str) else fe) << (4 * i)
+    return v
+
+
+def caller(load):
+    """``call(op, *fes)``: r0 = packed(fes) by ``load(v)``, then ``bl(op_P)``."""
+    return lambda op, *fes: load(packed(*fes)) + ["    bl(%s_P)" % op]
+
+
 # The state block: 16 field elements of 8 words (32 bytes each), named as in
 # x25519.py's ladder (RFC 7748 section 5); (x2, z2) and (x3, z3) are adjacent
 # so one 16-word cswap swaps both pairs.
@@ -307,28 +297,6 @@ FE = {n: i for i, n in enumerate(
 INVERT_CHAIN = [(5, 1, 0, 1), (6, 5, 2, 1), (7, 6, 0, 5), (8, 7, 1, 6), (9, 8, 5, 8),
                 (10, 9, 10, 9), (11, 10, 20, 10), (12, 11, 10, 9), (13, 12, 50, 12),
                 (14, 13, 100, 13), (14, 14, 50, 12), (3, 14, 5, 7)]
-
-
-def _ptr(reg, fe):
-    """reg = address of field element ``fe`` (r8 holds the state block)."""
-    if fe == 0:
-        return ["    mov(r%d, r8)" % reg]
-    return [_enc.addw(reg, 8, 32 * fe)]
-
-
-def caller(ptr):
-    """``call(sub, *fes)``: r0, r1, ... = the addresses of field elements
-    ``fes`` (by name or number; ``ptr(reg, fe)`` emits one), then ``bl(sub)``.
-    Shared with gen_fe25519_thumb1 (its own ``ptr``)."""
-    def call(sub, *fes):
-        out = []
-        for reg, fe in enumerate(fes):
-            out += ptr(reg, FE[fe] if isinstance(fe, str) else fe)
-        return out + ["    bl(%s)" % sub]
-    return call
-
-
-_call = caller(_ptr)
 
 # The ladder's scalar bit, at label STEP (r9: the clamped scalar; r10: steps
 # left; r11: the last bit): leaves swap ^ k_t in r3 and k_t in r11. Every
@@ -370,21 +338,114 @@ def ladder_step(call):
     return L
 
 
-def invert(call, bne):
-    """x2 = x2 * z2 ** (p - 2) by INVERT_CHAIN, the squaring loops counted
-    in r10 and closed by the branch ``bne`` ("bne_w" or "bne")."""
+def gen_sqn(call):
+    """SQN (r0 = k >= 1, public): t = t ** (2 ** k), t being field element
+    15; the count waits on the stack across the squarings."""
+    return ["    label(SQN)", "    push({r0, lr})", "    label(SQN_LOOP)"] + call("SQ", 15, 15) + [
+        _enc.ldr_sp(0, 0), "    sub(r0, 1)", _enc.str_sp(0, 0),
+        "    bne(SQN_LOOP)  # k squarings, a public count", "    pop({r0, pc})"]
+
+
+def invert(call):
+    """x2 = x2 * z2 ** (p - 2) by INVERT_CHAIN (the squarings by SQN)."""
     L = []
-    for k, (dst, src, n, m) in enumerate(INVERT_CHAIN):
+    for dst, src, n, m in INVERT_CHAIN:
         if n:
             L += call("SQ", 15, src)
             if n > 1:
-                L += ["    mov(r0, %d)" % (n - 1), "    mov(r10, r0)", "    label(INV%d)" % k]
-                L += call("SQ", 15, 15)
-                L += ["    mov(r0, r10)", "    sub(r0, r0, 1)", "    mov(r10, r0)",
-                      "    %s(INV%d)" % (bne, k)]
+                L += ["    mov(r0, %d)" % (n - 1), "    bl(SQN)"]
             src = 15
         L += call("MUL", dst, src, m)
     return L + call("MUL", "x2", "x2", "z3")
+
+
+def cswap_call(bit):
+    """(fe0, fe1) <-> (fe2, fe3) if ``bit`` (lines leaving it in r3)."""
+    return bit + ["    mov(r0, r8)", "    mov(r1, r8)", "    add(r1, 64)", "    mov(r2, 16)",
+                  "    bl(CSWAP)"]
+
+
+def test_ops(call):
+    """Ops 1-5 (tests): fe0 = fe1 * fe2; fe0 = fe1^2; (fe0, fe3) = fe1 +-
+    fe2; fe0 = fe2 + a24 * fe1; swap (fe0, fe1) with (fe2, fe3) if k is 1."""
+    return {1: call("MUL", 0, 1, 2), 2: call("SQ", 0, 1), 3: call("ADDSUB", 0, 3, 1, 2),
+            4: call("A24", 0, 1, 2), 5: cswap_call(["    mov(r3, r9)"])}
+
+
+# --- Thumb-2 only: MUL/SQ and A24 (UMLAL), the entry ---------------------------
+
+# MUL's frame: t (16 words), then out and a + 32.
+T_OUT, T_END, T_FRAME = 64, 68, 72
+
+
+def gen_mul():
+    """MUL (r0 = out, r1 = a, r2 = b); SQ is MUL with b = a (see UNPACK).
+    Rows i = 0..7 (a loop; its 8 steps unrolled): t[i+j] += a[i] * b[j] +
+    carry, t[i+8] = the last carry, into t on the stack (words 0-7 zeroed
+    first; word i+8 is written by row i before row i+1 reads it). Then
+    word by word t[i] + 38 * t[i+8] + carry into out, and FOLD(out, carry)
+    as a tail call."""
+    L = ["    label(MUL)", _enc.sub_sp(T_FRAME),
+         _enc.str_sp(0, T_OUT), "    mov(r4, 0)"]
+    L += [_enc.str_sp(4, 4 * i) for i in range(8)]
+    L += ["    mov(r4, r1)", "    add(r4, 32)", _enc.str_sp(4, T_END), _add_rd_sp(0),
+          "    label(ROW)", "    ldr(r3, [r1, 0])  # a[i]", "    mov(r5, 0)  # carry"]
+    for j in range(8):
+        L += ["    ldr(r4, [r2, %d])" % (4 * j),
+              "    ldr(r6, [r0, %d])" % (4 * j),
+              "    mov(r7, 0)",
+              _enc.umlal(6, 7, 3, 4),  # r7:r6 = t[i+j] + a[i] * b[j] < 2**64 - 2**32
+              "    add(r6, r6, r5)",
+              _enc.adc0(5, 7),  # (t + a b + carry) >> 32: no wrap, see the docstring
+              "    str(r6, [r0, %d])" % (4 * j)]
+    L += ["    str(r5, [r0, 32])", "    add(r0, 4)", "    add(r1, 4)", _enc.ldr_sp(4, T_END),
+          "    cmp(r1, r4)", "    bne(ROW)  # 8 rows, a public count"]
+    # t_lo + 38 * t_hi into out: r3 = t + 4i, r1 the carry (<= 38 at the end)
+    L += [_enc.ldr_sp(0, T_OUT), _add_rd_sp(3), "    mov(r2, 38)", "    mov(r1, 0)", "    mov(r7, 8)",
+          "    label(RED_LOOP)",
+          "    ldr(r6, [r3, 32])",
+          "    ldr(r4, [r3, 0])",
+          "    mov(r5, 0)",
+          _enc.umlal(4, 5, 6, 2),  # r5:r4 = t[i] + 38 * t[i + 8]
+          "    add(r4, r4, r1)",
+          _enc.adc0(1, 5),
+          "    str(r4, [r0, 0])",
+          "    add(r0, 4)",
+          "    add(r3, 4)",
+          "    sub(r7, 1)",
+          "    bne(RED_LOOP)  # 8 words, a public count",
+          "    sub(r0, 32)", _enc.add_sp(T_FRAME), "    b(FOLD)"]
+    return L
+
+
+def gen_a24():
+    """A24 (r0 = out, r1 = e, r2 = aa): word by word aa[i] + 121665 * e[i]
+    + carry with UMLAL, then FOLD(out, carry) as a tail call."""
+    L = ["    label(A24)", "    mov(r3, 0)  # carry", "    mov(r7, 8)", "    label(A24_LOOP)",
+         "    movwt(r6, %d)" % A24,
+         "    ldr(r4, [r2, 0])",
+         "    ldr(r5, [r1, 0])",
+         _enc.umull(5, 6, 5, 6),  # r6:r5 = 121665 * e[i]
+         "    add(r4, r4, r5)",
+         _enc.adc0(6, 6),
+         "    add(r4, r4, r3)",
+         _enc.adc0(3, 6),  # aa[i] + 121665 e[i] + carry < 2**64: the next carry
+         "    str(r4, [r0, 0])",
+         "    add(r0, 4)", "    add(r1, 4)", "    add(r2, 4)", "    sub(r7, 1)",
+         "    bne(A24_LOOP)  # 8 words, a public count",
+         "    sub(r0, 32)", "    mov(r1, r3)", "    b(FOLD)"]
+    return L
+
+
+def _add_rd_sp(d):
+    return "    data(2, 0x%04x)  # add r%d, sp, #0" % (0xA800 | (d << 8), d)
+
+
+def _movw(v):
+    return ["    movw(r0, 0x%04x)" % v]
+
+
+_call = caller(_movw)
 
 
 def gen_main():
@@ -396,33 +457,25 @@ def gen_main():
         L += ["    cmp(r2, %d)" % op, "    beq_w(OP%d)" % op]
     # --- op 0: the ladder. r9: the clamped scalar (32 bytes); r10: steps
     # left (255 .. 1, so bit t = r10 - 1 is 254 .. 0); r11: swap.
-    L += ["    movw(r0, 255)", "    mov(r10, r0)", "    mov(r0, 0)", "    mov(r11, r0)"] + LADDER_BIT
-    L += ["    mov(r0, r8)", _enc.addw(1, 8, 32 * FE["x3"]), "    mov(r2, 16)",
-          "    bl(CSWAP)  # (x2, z2) <-> (x3, z3) if swap ^ k_t"]
+    L += ["    mov(r0, 255)", "    mov(r10, r0)", "    mov(r0, 0)", "    mov(r11, r0)"] + LADDER_BIT
+    L += cswap_call([])  # (x2, z2) <-> (x3, z3) if swap ^ k_t
     L += ladder_step(_call)
     L += ["    mov(r0, r10)", "    sub(r0, r0, 1)", "    mov(r10, r0)",
           "    bne_w(STEP)  # 255 steps whatever the scalar"]
-    L += ["    mov(r3, r11)", "    mov(r0, r8)", _enc.addw(1, 8, 32 * FE["x3"]), "    mov(r2, 16)",
-          "    bl(CSWAP)"]
+    L += cswap_call(["    mov(r3, r11)"])
     # --- z2 ** (p - 2) by the fixed chain, then x2 * that.
-    L += invert(_call, "bne_w")
-    L += ["    cmp(r0, r0)", "    beq_w(DONE)"]
-    # --- ops 1-5 (tests): fe0 = fe1 * fe2; fe0 = fe1^2; (fe0, fe3) = fe1 +- fe2;
-    # fe0 = fe2 + a24 * fe1; swap (fe0, fe1) with (fe2, fe3) if bits (r1) is 1.
-    bodies = {1: _call("MUL", 0, 1, 2), 2: _call("SQ", 0, 1), 3: _call("ADDSUB", 0, 3, 1, 2),
-              4: _call("A24", 0, 1, 2),
-              5: ["    mov(r3, r9)", "    mov(r0, r8)", _enc.addw(1, 8, 64), "    mov(r2, 16)",
-                  "    bl(CSWAP)"]}
-    for op, body in bodies.items():
-        L += ["    label(OP%d)" % op] + body + ["    cmp(r0, r0)", "    beq_w(DONE)"]
+    L += invert(_call)
+    L += ["    b(DONE)"]
+    for op, body in test_ops(_call).items():
+        L += ["    label(OP%d)" % op] + body + ["    b(DONE)"]
     L += ["    label(DONE)"]
     return L
 
 
 def generate():
-    body = ["@micropython.asm_thumb", "def x25519_core(r0, r1, r2):",
-            "    cmp(r0, r0)", "    beq_w(MAIN)  # over the subroutines (b reaches only 2 KiB)"]
-    for sub in (gen_mul(False), gen_mul(True), gen_addsub(), gen_a24(), gen_cswap()):
+    body = ["@micropython.asm_thumb", "def x25519_core(r0, r1, r2):", "    b(MAIN)  # over the subroutines"]
+    body += gen_unpack(lambda op: ["    beq_w(%s)" % op])
+    for sub in (gen_mul(), gen_fold(), gen_addsub(), gen_a24(), gen_cswap(), gen_sqn(_call)):
         body += sub
     body += ["    label(MAIN)", "    push({r8, r9, r10, r11})"]
     body += gen_main()

@@ -191,3 +191,20 @@ try:
 except MemoryError:
     print(repr("MemoryError"))
 """)
+
+
+# chacha_xor into an empty bytearray (whose data pointer may be 0) with
+# nothing to do: chacha_polykey's marker is dst = -1, so this must change
+# neither the source nor the state (a marker of 0 would write the Poly1305
+# key over the source and set the block counter).
+XOR_INTO_EMPTY = """
+from array import array
+from micropython_port import chacha20poly1305 as C
+v = C._v
+st = array('I', bytes(4 * 48))
+v.chacha_setkey(st, bytes(range(32)))
+st[12] = 7
+src = bytearray(b'\\xaa' * 128)
+r = v.chacha_xor(st, src, bytearray(0))
+print(repr((v.__name__, r, src == bytearray(b'\\xaa' * 128), list(st[12:19]))))
+"""

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from tests.micropython import test_mp_chachapoly as U
-from tests.qemu.target_scripts import (AEAD_HEAP_LOCKED, aead_instructions, aead_into_buffers,
-                                      path_when_module_raises)
+from tests.qemu.target_scripts import (AEAD_HEAP_LOCKED, XOR_INTO_EMPTY, aead_instructions,
+                                      aead_into_buffers, path_when_module_raises)
 from tests.qemu.test_qemu_primitives import run
 
 PATHS = ["asm_thumb", "viper"]
@@ -202,6 +202,13 @@ for i, h in enumerate({_H_EDGES!r}):
 def test_the_aead_allocates_nothing_under_heap_lock(board: Any) -> None:
     got = run(board, AEAD_HEAP_LOCKED)
     assert got == ["asm_thumb", True, 31, True]
+
+
+def test_chacha_xor_into_an_empty_buffer_is_not_taken_for_chacha_polykey(board: Any) -> None:
+    # chacha_polykey is chacha_xor(st, ps, -1) (one copy of the rounds): an
+    # empty bytearray's data pointer must not select that branch.
+    got = run(board, XOR_INTO_EMPTY)
+    assert got == ("micropython_port._chachapoly_thumb", 0, True, [7, 0, 0, 0, 0, 0, 0])
 
 
 _COUNT = aead_instructions("asm_thumb")

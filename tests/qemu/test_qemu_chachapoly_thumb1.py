@@ -19,7 +19,7 @@ import pytest
 
 from tests.micropython import test_mp_chachapoly as U
 from tests.qemu.test_qemu_chachapoly_asm import _UNIX_TESTS, _XS, _cases
-from tests.qemu.target_scripts import AEAD_HEAP_LOCKED, aead_instructions, aead_into_buffers
+from tests.qemu.target_scripts import AEAD_HEAP_LOCKED, XOR_INTO_EMPTY, aead_instructions, aead_into_buffers
 from tests.qemu.test_qemu_primitives import run
 from tests.qemu.test_qemu_thumb1 import m0, m0_firmware, m0_session  # noqa: F401 - fixtures
 
@@ -118,6 +118,12 @@ for i, h in enumerate({_H_EDGES!r}):
 def test_the_aead_allocates_nothing_under_heap_lock(m0: Any) -> None:  # noqa: F811
     got = run(m0, AEAD_HEAP_LOCKED)
     assert got == ["asm_thumb1", True, 31, True]
+
+
+def test_chacha_xor_into_an_empty_buffer_is_not_taken_for_chacha_polykey(m0: Any) -> None:  # noqa: F811
+    # chacha_polykey is chacha_xor(st, ps, -1) here too.
+    got = run(m0, XOR_INTO_EMPTY)
+    assert got == ("micropython_port._chachapoly_thumb1", 0, True, [7, 0, 0, 0, 0, 0, 0])
 
 
 def test_instructions_per_aead_call_asm_thumb1_and_viper(m0: Any) -> None:  # noqa: F811

@@ -36,7 +36,7 @@ import pytest
 from tests.mp_vectors import LOW_ORDER, RFC7748_5_2, RFC7748_6_1, RFC7748_ITER_1, RFC7748_ITER_1000
 from tests.qemu.conftest import _Session, session_on
 from tests.qemu.target_scripts import check_field_edges, field_edges, x25519_ref
-from tests.qemu.test_qemu_primitives import run
+from tests.qemu.test_qemu_primitives import _cacophony, run
 from tests.qemu.test_qemu_x25519_asm import _edges, _noncanonical
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,6 +225,26 @@ for _ in range(1000):
 print(repr(k.hex()))
 """, timeout=600)
     assert got == RFC7748_ITER_1000
+
+
+def test_cacophony_noise_vectors_pass_on_the_armv6m_firmware(m0: Any) -> None:
+    # The Noise NK/NKpsk0 vectors through the Thumb-1 X25519 and AEAD.
+    doc = _cacophony()
+    out = m0.exec(f"""
+from micropython_port import backend
+from moteseal.conformance import runner as conformance
+lines = []
+counts = conformance.run_vectors({doc!r}, conformance.default_backend(), lines.append)
+for ln in lines:
+    print(ln)
+print(backend.paths())
+print(conformance.summary(counts))
+""", timeout=240)
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    n = len(doc["vectors"])
+    assert lines[-2].startswith("x25519=asm_thumb1 aead=asm_thumb1") and \
+        lines[-1] == f"{2 * n} passed, 0 failed, 0 skipped", \
+        "\n".join(lines)
 
 
 def test_every_low_order_point_gives_zero(m0: Any) -> None:
