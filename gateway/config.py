@@ -30,7 +30,7 @@ Example (every key optional except where noted)::
                                      #   by heartbeats and take a dead one's over
     heartbeat_s = 1.0                # auto: heartbeat period
     peer_timeout_s = 3.0             # auto: a gateway not heard for this long is dead
-    takeover_replay_s = 5.0          # auto: look-back before a dead one's last heartbeat
+    takeover_replay_s = 2.0          # auto: look-back before a dead one's last heartbeat
     takeover_buffer = 20000          # auto: others' envelopes kept for a takeover
     username = "gw1"
     password_file = "gw1.password"   # or: password = "..."
@@ -122,7 +122,7 @@ class MqttConfig:
     auto: bool = False
     heartbeat_s: float = 1.0
     peer_timeout_s: float = 3.0
-    takeover_replay_s: float = 5.0
+    takeover_replay_s: float = 2.0
     takeover_buffer: int = 20000
     username: str = ""
     password: str = ""
