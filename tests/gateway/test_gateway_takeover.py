@@ -12,6 +12,8 @@ takeover)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -146,9 +148,14 @@ def split(a, b) -> bool:
     return not owned_a & owned_b and owned_a | owned_b == set(range(SHARDS))
 
 
-def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink) -> dict:
+def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink,
+                   freeze: bool = False) -> dict:
     """The scenario shared by both brokers: split, kill B, A takes over,
-    B comes back, split again, nothing lost. Returns the measurements."""
+    B comes back, split again, nothing lost. Returns the measurements.
+    ``freeze``: B is stopped (SIGSTOP) instead, as a hung gateway: its
+    connection stays open, so no will is published and A must notice the
+    silence (peer_timeout_s); what reached A meanwhile comes from its
+    buffer. B is SIGKILLed before it comes back."""
     assert wait_for(lambda: split(gw_a, gw_b), 20), (gw_a.status(), gw_b.status())
     b_shards = set(mqtt_of(gw_b)["owned_shards"])
     b_devices = {d for d in DEVICES if shard_of(d, SHARDS) in b_shards}
@@ -157,7 +164,10 @@ def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink
     try:
         time.sleep(2.0)
         takeovers_before = mqtt_of(gw_a)["takeovers"]
-        gw_b.kill()
+        if freeze:
+            os.kill(gw_b.proc.pid, signal.SIGSTOP)
+        else:
+            gw_b.kill()
         t_kill, n_kill = time.monotonic(), pub.sent + 1  # round n_kill starts after the kill
         owns_all = wait_for(lambda: len(mqtt_of(gw_a).get("owned_shards", [])) == SHARDS, 20)
         t_owned = time.monotonic() - t_kill
@@ -169,6 +179,13 @@ def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink
         assert status_a["takeovers"] - takeovers_before == len(b_shards)
         assert status_a["peers"] == []
         time.sleep(2.0)
+        # Before B comes back (its session would bring what it had not
+        # forwarded): A alone delivered every reading so far. Those that
+        # reached A before it knew B was dead come from its buffer.
+        so_far = {(d, n) for d in DEVICES for n in range(pub.sent - 1)}
+        gap = wait_for(lambda: not (so_far - set(sink.keys())), 20, 0.2)
+        assert gap, ("lost at the takeover", sorted(so_far - set(sink.keys()))[:20])
+        gw_b.kill()
         restart_b()
         t_back = time.monotonic()
         assert wait_for(lambda: split(gw_a, gw_b), 20), (gw_a.status(), gw_b.status())
@@ -186,7 +203,8 @@ def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink
             "duplicates": len(got) - len(set(got)), "replayed": status_a["replayed"]}
 
 
-def test_two_auto_gateways_on_mosquitto_take_over_a_killed_one(tmp_path, mosquitto):
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_two_auto_gateways_on_mosquitto_take_over_a_dead_one(tmp_path, mosquitto, how):
     broker = mosquitto(accounts=ACCOUNTS)
     gw_a = AutoGateway(broker, tmp_path / "gw1", "gw1").start()
     gw_b = AutoGateway(broker, tmp_path / "gw2", "gw2").start()
@@ -195,8 +213,8 @@ def test_two_auto_gateways_on_mosquitto_take_over_a_killed_one(tmp_path, mosquit
     links = {d: MqttLink(d, port=broker.port, username=d, password=broker.passwords[d]).start(10)
              for d in DEVICES}
     try:
-        result = takeover_round(gw_a, gw_b, gw_b.start, links, sink)
-        print(f"\nmosquitto takeover: {json.dumps(result)}")
+        result = takeover_round(gw_a, gw_b, gw_b.start, links, sink, freeze=how == "frozen")
+        print(f"\nmosquitto takeover, {how}: {json.dumps(result)}")
     finally:
         for lk in links.values():
             lk.close()
