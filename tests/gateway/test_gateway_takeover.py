@@ -21,6 +21,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from gateway.membership import HEARTBEAT_PREFIX
 from gateway.shard import shard_of
 from moteseal.links.mqtt_link import MqttLink
 from tests.gateway_proc import GatewaySubprocess
@@ -247,3 +248,70 @@ def test_two_auto_gateways_on_a_nats_cluster_take_over_a_killed_one(nats_cluster
             lk.close()
         sink.close()
 
+
+
+def fake_heartbeats(publish, seconds: float = 2.0) -> None:
+    """``up 64`` from a would-be gateway ``fake``, QoS 0 and 1, five a second:
+    heard, it would take about half the shards and black-hole them."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for qos in (0, 1):
+            publish(HEARTBEAT_PREFIX + "fake", b"up 64", qos)
+        time.sleep(0.2)
+
+
+def peers_after_fakes(gw, publish) -> list[str]:
+    fake_heartbeats(publish)
+    time.sleep(0.5)  # a status file is written every 0.2 s
+    return mqtt_of(gw)["peers"]
+
+
+def test_a_device_account_cannot_fake_a_gateway_heartbeat_on_mosquitto(tmp_path, mosquitto,
+                                                                       mqtt_client):
+    broker = mosquitto(accounts={**ACCOUNTS, "mon": "monitor"})
+    gw = AutoGateway(broker, tmp_path / "gw1", "gw1").start()
+    try:
+        evil = mqtt_client(broker, "t0")
+        refused = evil.publish(HEARTBEAT_PREFIX + "fake", b"up 64", 1)
+        assert refused >= 0x80  # "not authorized" PUBACK (MQTT 5)
+        assert peers_after_fakes(gw, lambda t, p, q: evil.publish(t, p, q)) == []
+        assert len(mqtt_of(gw)["owned_shards"]) == SHARDS
+        # A monitor may read heartbeats but not write one.
+        mon = mqtt_client(broker, "mon")
+        assert peers_after_fakes(gw, lambda t, p, q: mon.publish(t, p, q)) == []
+        # Control: the same heartbeats from a gateway account are heard, so
+        # the checks above would see a fake that got through.
+        other = mqtt_client(broker, "gw2")
+        assert peers_after_fakes(gw, lambda t, p, q: other.publish(t, p, q)) == ["fake"]
+        assert len(mqtt_of(gw)["owned_shards"]) < SHARDS
+    finally:
+        gw.stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_device_account_cannot_fake_a_gateway_heartbeat_on_nats(nats_cluster, cluster_gateway):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    cluster = nats_cluster({**ACCOUNTS, "mon": "monitor"})
+    gw = cluster_gateway(cluster, "gw1", "gw1", first=0, shard="auto")
+    clients = []
+
+    def client(user: str, node: int):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"hb-{user}", protocol=mqtt.MQTTv311)
+        c.username_pw_set(user, cluster.passwords[user])
+        host, port = cluster.mqtt_hosts[node].split(":")
+        c.connect(host, int(port), keepalive=10)
+        c.loop_start()
+        clients.append(c)
+        return lambda t, p, q: c.publish(t, p, q)
+
+    try:
+        assert peers_after_fakes(gw, client("t0", 1)) == []
+        assert peers_after_fakes(gw, client("mon", 2)) == []
+        assert len(mqtt_of(gw)["owned_shards"]) == SHARDS
+        assert peers_after_fakes(gw, client("gw2", 1)) == ["fake"]  # control
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
