@@ -20,7 +20,9 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from click.testing import CliRunner
 
+from gateway.cli import gateway_group
 from gateway.membership import HEARTBEAT_PREFIX
 from gateway.shard import shard_of
 from moteseal.links.mqtt_link import MqttLink
@@ -216,6 +218,12 @@ def test_two_auto_gateways_on_mosquitto_take_over_a_dead_one(tmp_path, mosquitto
     try:
         result = takeover_round(gw_a, gw_b, gw_b.start, links, sink, freeze=how == "frozen")
         print(f"\nmosquitto takeover, {how}: {json.dumps(result)}")
+        # `moteseal gateway status` shows the split and the takeovers.
+        out = CliRunner().invoke(gateway_group, ["status", "--status-file",
+                                                 str(gw_a.status_file)]).output
+        s = mqtt_of(gw_a)
+        assert (f"shards      {len(s['owned_shards'])} of {SHARDS} owned, peers "
+                f"moteseal-gateway-gw2, takeovers {s['takeovers']}") in out, out
     finally:
         for lk in links.values():
             lk.close()
