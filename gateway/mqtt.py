@@ -48,7 +48,13 @@ needs, and keeps these guarantees:
   ``down`` there as its will and says ``down`` before a clean DISCONNECT,
   and subscribes to ``moteseal/v1/gw/+``. Other shards' envelopes go to a
   ``TakeoverBuffer``; when shards are taken over, the buffered ones of those
-  shards are handed to the relay again (``replayed``).
+  shards are handed to the relay again (``replayed``). After each connect
+  the link first settles: for ``1.5 * heartbeat_s`` after its heartbeat
+  subscription holds (long enough to hear every live gateway) it holds up
+  envelopes unacknowledged (``held``; at most the broker's in-flight
+  window, so bounded by the broker) and then decides each by the settled
+  live set. So a restarted gateway forwards its own shards' backlog, not
+  every shard's.
 - One network thread owns the socket: a forward or an ack made on it (the
   MQTT-to-MQTT hot path) is written at once; writes from other threads (a
   serial link's ``send``, an ``ack`` from a serial ``done``) are queued and
@@ -139,6 +145,9 @@ class MqttLink:
         self.replayed = 0  # buffered envelopes handed to the relay at a takeover
         self._last_hb = 0.0
         self._peers_logged: list[str] = []
+        self._settle_at: float | None = None  # set at the heartbeat SUBACK; None once settled
+        self._held: list[tuple[int, bytes]] = []  # (flags, body) of PUBLISHes while settling
+        self._settled = not cfg.auto
         if cfg.auto:
             self.membership = Membership(cfg.client_id, cfg.shards, cfg.peer_timeout_s,
                                          cfg.takeover_replay_s)
@@ -290,6 +299,8 @@ class MqttLink:
         self._broken = ""
         self._reader.reset()
         self._outq.clear()  # acks and packets meant for the old connection
+        self._held.clear()  # never acknowledged: the broker sends them again
+        self._settled, self._settle_at = not cfg.auto, None
         self._send_now(W.encode_connect(
             cfg.client_id, cfg.keepalive, clean_start=False, session_expiry=cfg.session_expiry,
             receive_maximum=cfg.max_inflight, max_packet=MAX_PACKET_BYTES,
@@ -393,6 +404,9 @@ class MqttLink:
         if ptype == W.PUBLISH:
             self._last_in = time.monotonic()
             topic, pid, payload, qos = W.parse_publish(flags, body, self.version)
+            if not self._settled and topic.startswith(UP_PREFIX):
+                self._held.append((flags, body))  # decided once settled (module docstring)
+                return
             self.received += 1
             done = (lambda: self._ack(pid)) if qos else None
             if self.membership is not None and topic.startswith(HEARTBEAT_PREFIX):
@@ -429,6 +443,7 @@ class MqttLink:
                                topic=HEARTBEAT_FILTER if pid == _HB_SUB_PID else UP_PREFIX + "+")
                 raise _Lost("subscription refused")
             if pid == _HB_SUB_PID:
+                self._settle_at = time.monotonic() + 1.5 * self.cfg.heartbeat_s
                 return
             self.connected.set()
             self._drain_backlog()
@@ -482,6 +497,13 @@ class MqttLink:
             self._last_hb = now
         gained, since = self.membership.update(now)
         self.buffer.prune(now)
+        if not self._settled and self._settle_at is not None and now >= self._settle_at:
+            self._settled = True
+            held, self._held = self._held, []
+            self.log.event("gateway_settled", peers=",".join(self.membership.peers()),
+                           owned=len(self.membership.owned), held=len(held))
+            for flags, body in held:
+                self._handle(W.PUBLISH, flags, body)
         peers = self.membership.peers()
         if peers != self._peers_logged:
             self.log.event("gateway_peers", peers=",".join(peers),

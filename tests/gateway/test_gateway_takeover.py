@@ -194,6 +194,9 @@ def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink
         assert wait_for(lambda: split(gw_a, gw_b), 20), (gw_a.status(), gw_b.status())
         t_split = time.monotonic() - t_back
         assert set(mqtt_of(gw_b)["owned_shards"]) == b_shards  # took its own back
+        # Back with a backlog of every device's readings in its session, it
+        # settled first (heard A) and relayed only its own devices.
+        assert set(gw_b.status()["last_seen"]) <= b_devices, gw_b.status()["last_seen"]
         time.sleep(2.0)
     finally:
         rounds = pub.stop()
