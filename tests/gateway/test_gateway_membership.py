@@ -158,3 +158,23 @@ def test_config_reads_auto_and_refuses_what_it_cannot_do():
                      ({"shard": "auto", "share_group": "g", "share_group_trusted": True}, "shards")):
         with pytest.raises(ConfigError, match=rf"\[mqtt\] {key}:"):
             parse_config({"mqtt": bad})
+
+
+def test_status_and_prometheus_show_the_owned_shards_peers_and_takeovers():
+    from gateway.metrics import StatusCollector
+    from gateway.runner import Gateway
+
+    gw = Gateway(parse_config({"gateway": {"name": "gw1"}, "mqtt": {"shard": "auto"}}))
+    link = gw.mqtt.shard_status()
+    assert (len(link["owned_shards"]), link["peers"], link["takeovers"]) == (64, [], 0)
+    assert gw.status()["links"]["mqtt"]["shards"] == 64
+    metrics = {m.name: m.samples[0].value for m in StatusCollector(gw.status).collect()
+               if m.samples and not m.samples[0].labels}
+    assert metrics["moteseal_gateway_shards_owned"] == 64
+    assert metrics["moteseal_gateway_gateway_peers"] == 0
+    assert metrics["moteseal_gateway_shard_takeovers"] == 0  # the family name; the sample is _total
+    static = Gateway(parse_config({"mqtt": {"shards": 2, "shard": 1}}))
+    assert "owned_shards" not in static.status()["links"]["mqtt"]
+    assert "moteseal_gateway_shards_owned" not in {m.name for m in StatusCollector(static.status).collect()}
+    for g in (gw, static):  # never started: this closes the links' wake-up sockets
+        g.mqtt.stop()
