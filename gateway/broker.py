@@ -6,7 +6,9 @@ Invariants:
 - The ACL file is made of one block per account (``user <name>`` followed by
   its ``topic`` lines). A device block grants exactly ``write`` on its own up
   topic and ``read`` on its own down topic; a gateway block grants ``read`` on
-  every up topic and ``write`` on every down topic; a monitor block grants
+  every up topic, ``write`` on every down topic and ``readwrite`` on the
+  gateways' heartbeat topics ``moteseal/v1/gw/+`` (no other role may write
+  one: a fake heartbeat would take shards and drop them); a monitor block grants
   ``read`` on everything under ``moteseal/``. An account without a block gets
   nothing (Mosquitto denies by default once an ACL file is set).
 - Group topics (fleet broadcast, ``moteseal/v1/group/<gid>``): a hub block
@@ -61,6 +63,7 @@ __all__ = [
 UP_PREFIX = "moteseal/v1/up/"
 DOWN_PREFIX = "moteseal/v1/down/"
 GROUP_PREFIX = "moteseal/v1/group/"
+GATEWAY_PREFIX = "moteseal/v1/gw/"  # heartbeats, gateway.membership (shard = "auto")
 ROLES = ("device", "gateway", "monitor", "hub")
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,16}\Z")
@@ -95,7 +98,8 @@ def acl_block(user: str, role: str, groups: list[str] | tuple[str, ...] = ()) ->
         if role == "hub":
             topics.append(f"topic write {GROUP_PREFIX}+")
     elif role == "gateway":
-        topics = [f"topic read {UP_PREFIX}+", f"topic write {DOWN_PREFIX}+"]
+        topics = [f"topic read {UP_PREFIX}+", f"topic write {DOWN_PREFIX}+",
+                  f"topic readwrite {GATEWAY_PREFIX}+"]
     elif role == "monitor":
         topics = ["topic read moteseal/#"]
     else:

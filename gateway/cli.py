@@ -126,6 +126,10 @@ def _human(s: dict[str, Any]) -> str:
     for name, info in sorted(s["links"].items()):
         lines.append(f"  link {name:<8} {'up' if info.get('connected') else 'DOWN'}  "
                      f"queue {info.get('queue_depth', 0)}")
+        if "owned_shards" in info:  # shard = "auto"
+            lines.append(f"  shards      {len(info['owned_shards'])} of {info['shards']} owned, "
+                         f"peers {','.join(info['peers']) or '-'}, "
+                         f"takeovers {info['takeovers']}, replayed {info['replayed']}")
     now = time.time()
     for dev, ts in sorted(s["last_seen"].items()):
         lines.append(f"  device {dev:<16} last seen {now - ts:6.1f} s ago")

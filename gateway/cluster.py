@@ -8,7 +8,8 @@ Invariants:
   so are the rights, expressed as NATS subject permissions (an MQTT topic
   ``a/b/c`` is the NATS subject ``a.b.c``): a device may publish only
   ``moteseal.v1.up.<id>`` and subscribe only ``moteseal.v1.down.<id>``; a
-  gateway subscribes to every up subject and publishes every down subject; a
+  gateway subscribes to every up subject and publishes every down subject,
+  and publishes and subscribes the heartbeat subjects ``moteseal.v1.gw.*``; a
   monitor subscribes to everything under ``moteseal``. Every account may also
   subscribe to ``$MQTT.sub.>``: NATS delivers a QoS 1 subscription's
   JetStream consumer through such an internal subject, and an MQTT client
@@ -98,7 +99,9 @@ def nats_permissions(name: str, role: str) -> dict[str, dict[str, list[str]]]:
     if role == "device":
         pub, sub = [_subject(f"moteseal/v1/up/{name}")], [_subject(f"moteseal/v1/down/{name}")]
     elif role == "gateway":
-        pub, sub = [_subject("moteseal/v1/down/+")], [_subject("moteseal/v1/up/+")]
+        # Heartbeats (shard = "auto"): only gateways publish or read them.
+        beat = _subject("moteseal/v1/gw/+")
+        pub, sub = [_subject("moteseal/v1/down/+"), beat], [_subject("moteseal/v1/up/+"), beat]
     elif role == "monitor":
         pub, sub = [], [_subject("moteseal/#")]
     else:

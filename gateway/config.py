@@ -26,6 +26,12 @@ Example (every key optional except where noted)::
     protocol = "5"                   # or "3.1.1" (NATS's MQTT listener; docs/scaling.md)
     shards = 1                       # >1: forward only devices of shard `shard`
     shard = 0                        #   (SHA-256 of the device id, docs/scaling.md)
+                                     # "auto": gateways share `shards` (default 64)
+                                     #   by heartbeats and take a dead one's over
+    heartbeat_s = 1.0                # auto: heartbeat period
+    peer_timeout_s = 3.0             # auto: a gateway not heard for this long is dead
+    takeover_replay_s = 2.0          # auto: look-back before a dead one's last heartbeat
+    takeover_buffer = 20000          # auto: others' envelopes kept for a takeover
     username = "gw1"
     password_file = "gw1.password"   # or: password = "..."
     tls = false                      # true: CA in ca_file (system CAs if empty)
@@ -71,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.envelope import DEFAULT_MAX_ENVELOPE_BYTES
+from gateway.membership import valid_member_name
 
 __all__ = ["CREDENTIALS_PREFIX", "ConfigError", "GatewayConfig", "MqttConfig", "credential_path",
            "load_config", "parse_config"]
@@ -110,6 +117,13 @@ class MqttConfig:
     protocol: int = 5  # MQTT protocol level: 5, or 4 (3.1.1)
     shards: int = 1
     shard: int = 0
+    # shard = "auto" (gateway.membership): ownership by heartbeats among the
+    # gateways; the buffer keeps others' envelopes for max(...) seconds.
+    auto: bool = False
+    heartbeat_s: float = 1.0
+    peer_timeout_s: float = 3.0
+    takeover_replay_s: float = 2.0
+    takeover_buffer: int = 20000
     username: str = ""
     password: str = ""
     tls: bool = False
@@ -232,8 +246,17 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     if protocol not in ("5", "3.1.1"):
         raise t._err("protocol", f"expected \"5\" or \"3.1.1\", got {protocol!r}")
     m.protocol = 5 if protocol == "5" else 4
-    m.shards = t.int_in("shards", 1, 1, 1024)
-    m.shard = t.int_in("shard", 0, 0, m.shards - 1)
+    m.auto = t.data.get("shard") == "auto"
+    if isinstance(t.data.get("shard"), str) and not m.auto:
+        raise t._err("shard", f"expected an integer or \"auto\", got {t.data['shard']!r}")
+    m.shards = t.int_in("shards", 64 if m.auto else 1, 1, 1024)
+    m.shard = 0 if m.auto else t.int_in("shard", 0, 0, m.shards - 1)
+    t.seen.add("shard")
+    m.heartbeat_s = t.number("heartbeat_s", m.heartbeat_s, lo=0.05)
+    m.peer_timeout_s = t.number("peer_timeout_s", max(m.peer_timeout_s, 2 * m.heartbeat_s),
+                                lo=2 * m.heartbeat_s)
+    m.takeover_replay_s = t.number("takeover_replay_s", m.takeover_replay_s)
+    m.takeover_buffer = t.int_in("takeover_buffer", m.takeover_buffer, 0, 10_000_000)
     m.username = t.get("username", str, "")
     m.password = t.get("password", str, "")
     pw_file = t.get("password_file", str, "")
@@ -252,6 +275,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     ca = t.get("ca_file", str, "")
     m.ca_file = str(base / ca) if ca else ""
     m.client_id = t.get("client_id", str, "") or f"moteseal-gateway-{cfg.name}"
+    if m.auto and not valid_member_name(m.client_id):
+        raise t._err("client_id", "with shard = \"auto\" it names the gateway's heartbeat "
+                     "topic: 1 to 64 of A-Z a-z 0-9 _ -")
     m.share_group = t.get("share_group", str, m.share_group)
     if any(ch in m.share_group for ch in "/+#"):
         raise t._err("share_group", "must not contain / + or #")
@@ -265,7 +291,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     if m.share_group and m.protocol == 4:
         raise t._err("share_group", "shared subscriptions need MQTT 5 here (NATS's 3.1.1 "
                      "listener has none): split gateways with shards/shard instead")
-    if m.share_group and m.shards > 1:
+    if m.share_group and (m.shards > 1 or m.auto):
         raise t._err("shards", "set either share_group or shards, not both")
     m.session_expiry = t.int_in("session_expiry", m.session_expiry, 0, 0xFFFFFFFF)
     m.keepalive = t.int_in("keepalive", m.keepalive, 5, 65535)

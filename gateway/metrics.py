@@ -15,6 +15,10 @@ Metric names (all prefixed ``moteseal_gateway_``):
   link_up{link}                           1 if the link is connected
   serial_frames_dropped_total{link,reason}  serial frames failing crc/cobs/size checks
   serial_queue_dropped_total{link,reason}   queued envelopes dropped (full, expired)
+  shard_takeovers_total                   shards taken over from dead gateways (shard = "auto")
+  shard_replayed_total                    buffered envelopes forwarded again at a takeover
+  shards_owned                            shards this gateway owns now (shard = "auto")
+  gateway_peers                           other live gateways it hears (shard = "auto")
   uptime_seconds
 """
 
@@ -83,6 +87,18 @@ class StatusCollector(Collector):
         yield up
         yield frames
         yield qdrop
+        auto = s["links"].get("mqtt", {})
+        if "owned_shards" in auto:
+            yield CounterMetricFamily(PREFIX + "shard_takeovers",
+                                      "Shards taken over from dead gateways",
+                                      value=auto["takeovers"])
+            yield CounterMetricFamily(PREFIX + "shard_replayed",
+                                      "Buffered envelopes forwarded again at a takeover",
+                                      value=auto["replayed"])
+            yield GaugeMetricFamily(PREFIX + "shards_owned", "Shards this gateway owns",
+                                    value=len(auto["owned_shards"]))
+            yield GaugeMetricFamily(PREFIX + "gateway_peers", "Other live gateways heard",
+                                    value=len(auto["peers"]))
         yield GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the gateway started",
                                 value=s["uptime_s"])
 

@@ -41,6 +41,20 @@ needs, and keeps these guarantees:
   or the destination when the sender is a peer) is in shard ``shard``
   (``gateway.shard.shard_of``); others are acknowledged at once and
   counted in ``other_shard``: another gateway's session forwards them.
+- ``shard = "auto"``: the shards (``shards`` of them, 64 by default) are
+  owned as ``gateway.membership.Membership`` says. The link publishes its
+  heartbeat (QoS 0) on ``moteseal/v1/gw/<client id>`` every
+  ``heartbeat_s``, the first right after its up subscription holds, sets
+  ``down`` there as its will and says ``down`` before a clean DISCONNECT,
+  and subscribes to ``moteseal/v1/gw/+``. Other shards' envelopes go to a
+  ``TakeoverBuffer``; when shards are taken over, the buffered ones of those
+  shards are handed to the relay again (``replayed``). After each connect
+  the link first settles: for ``1.5 * heartbeat_s`` after its heartbeat
+  subscription holds (long enough to hear every live gateway) it holds up
+  envelopes unacknowledged (``held``; at most the broker's in-flight
+  window, so bounded by the broker) and then decides each by the settled
+  live set. So a restarted gateway forwards its own shards' backlog, not
+  every shard's.
 - One network thread owns the socket: a forward or an ack made on it (the
   MQTT-to-MQTT hot path) is written at once; writes from other threads (a
   serial link's ``send``, an ``ack`` from a serial ``done``) are queued and
@@ -61,6 +75,8 @@ from gateway import mqtt_wire as W
 from gateway.config import MqttConfig
 from gateway.envelope import Rejected, read_header
 from gateway.logs import JsonLog
+from gateway.membership import (DOWN, HEARTBEAT_FILTER, HEARTBEAT_PREFIX, Membership,
+                                TakeoverBuffer, heartbeat_payload)
 from gateway.relay import Done, Relay
 from gateway.shard import shard_of
 
@@ -73,7 +89,8 @@ LINK_NAME = "mqtt"
 # Largest packet we accept (announced as Maximum Packet Size): an envelope of
 # the largest configurable size plus topic and headers, with room to spare.
 MAX_PACKET_BYTES = 65536 + 1024
-_SUB_PID = 1  # packet id of our one SUBSCRIBE; PUBLISH ids start above it
+_SUB_PID = 1  # packet id of our up SUBSCRIBE; PUBLISH ids start above _HB_SUB_PID
+_HB_SUB_PID = 2  # packet id of the heartbeat SUBSCRIBE (shard = "auto")
 
 
 def up_subscription(share_group: str) -> str:
@@ -123,6 +140,21 @@ class MqttLink:
         self.failovers = 0  # times the link moved to another node
         self.other_shard = 0  # envelopes left to another gateway's shard
         self.received = 0  # PUBLISH packets from the broker (redeliveries included)
+        self.membership: Membership | None = None
+        self.buffer: TakeoverBuffer | None = None
+        self.replayed = 0  # buffered envelopes handed to the relay at a takeover
+        self._last_hb = 0.0
+        self._peers_logged: list[str] = []
+        self._settle_at: float | None = None  # set at the heartbeat SUBACK; None once settled
+        self._held: list[tuple[int, bytes]] = []  # (flags, body) of PUBLISHes while settling
+        self._settled = not cfg.auto
+        if cfg.auto:
+            self.membership = Membership(cfg.client_id, cfg.shards, cfg.peer_timeout_s,
+                                         cfg.takeover_replay_s)
+            # The longest look-back a takeover makes, plus a heartbeat.
+            age = cfg.peer_timeout_s + cfg.takeover_replay_s + cfg.heartbeat_s
+            self.buffer = TakeoverBuffer(cfg.takeover_buffer, age)
+            self._hb_topic = (HEARTBEAT_PREFIX + cfg.client_id).encode()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -138,6 +170,17 @@ class MqttLink:
         self.connected.clear()
         self._wake_r.close()
         self._wake_w.close()
+
+    def shard_status(self) -> dict[str, Any]:
+        """Auto mode's part of the status (empty otherwise). Any thread: it
+        reads attributes the network thread replaces whole."""
+        m, b = self.membership, self.buffer
+        if m is None or b is None:
+            return {}
+        return {"peers": list(self._peers_logged), "owned_shards": sorted(m.owned),
+                "shards": self.cfg.shards, "takeovers": m.takeovers, "replayed": self.replayed,
+                "takeover_buffer": len(b), "takeover_buffer_evicted": b.evicted,
+                "bad_heartbeats": m.bad_heartbeats, "shard_mismatch": m.shard_mismatch}
 
     def queue_depth(self) -> int:
         return len(self._inflight) + len(self._backlog)
@@ -161,8 +204,8 @@ class MqttLink:
         # Caller holds the lock. Ids in flight are never reused.
         pid = self._next_pid
         while True:
-            pid = pid + 1 if pid < 0xFFFF else _SUB_PID + 1
-            if pid not in self._inflight:
+            pid = pid + 1 if pid < 0xFFFF else _HB_SUB_PID + 1
+            if pid not in self._inflight and pid != _HB_SUB_PID:
                 self._next_pid = pid
                 return pid
 
@@ -256,10 +299,13 @@ class MqttLink:
         self._broken = ""
         self._reader.reset()
         self._outq.clear()  # acks and packets meant for the old connection
+        self._held.clear()  # never acknowledged: the broker sends them again
+        self._settled, self._settle_at = not cfg.auto, None
         self._send_now(W.encode_connect(
             cfg.client_id, cfg.keepalive, clean_start=False, session_expiry=cfg.session_expiry,
             receive_maximum=cfg.max_inflight, max_packet=MAX_PACKET_BYTES,
-            username=cfg.username, password=cfg.password, version=self.version))
+            username=cfg.username, password=cfg.password, version=self.version,
+            will=(HEARTBEAT_PREFIX + cfg.client_id, DOWN) if cfg.auto else None))
         packets = self._read_first(10.0)
         ptype, _flags, body = packets[0]
         self._early_packets = packets[1:]  # e.g. queued PUBLISHes right behind CONNACK
@@ -284,6 +330,9 @@ class MqttLink:
             self._drain_backlog()
         else:
             self._send_now(W.encode_subscribe(_SUB_PID, topic_filter, 1, version=self.version))
+        if cfg.auto:  # QoS 0: no JetStream consumer on NATS, so subscribing again is harmless
+            self._send_now(W.encode_subscribe(_HB_SUB_PID, HEARTBEAT_FILTER, 0,
+                                              version=self.version))
         self.log.event("mqtt_connected", host=host, port=port, client_id=cfg.client_id,
                        subscription=topic_filter, session_present=session_present)
 
@@ -312,7 +361,9 @@ class MqttLink:
         while not self._stop.is_set():
             if self._broken:
                 raise _Lost(self._broken)
-            r, _w, _x = select.select([sock, self._wake_r], [], [], keepalive / 2)
+            tick = keepalive / 2 if self.membership is None else min(keepalive / 2,
+                                                                      self.cfg.heartbeat_s / 4)
+            r, _w, _x = select.select([sock, self._wake_r], [], [], tick)
             if self._wake_r in r:
                 try:
                     self._wake_r.recv(4096)
@@ -323,10 +374,14 @@ class MqttLink:
             if sock in r:
                 self._read_available(sock)
             now = time.monotonic()
+            if self.membership is not None:
+                self._membership_tick(now)
             if now - self._last_in > keepalive * 1.5:
                 raise _Lost("keepalive: nothing from the broker")
             if now - self._last_out >= keepalive / 2:
                 self._send_now(W.PINGREQ_PACKET)
+        if self.membership is not None:  # a clean DISCONNECT sends no will
+            self._send_now(W.encode_publish_qos0(self._hb_topic, DOWN, version=self.version))
         self._send_now(W.DISCONNECT_PACKET)  # clean stop; the session stays
 
     def _read_available(self, sock: Any) -> None:
@@ -349,10 +404,20 @@ class MqttLink:
         if ptype == W.PUBLISH:
             self._last_in = time.monotonic()
             topic, pid, payload, qos = W.parse_publish(flags, body, self.version)
+            if not self._settled and topic.startswith(UP_PREFIX):
+                self._held.append((flags, body))  # decided once settled (module docstring)
+                return
             self.received += 1
             done = (lambda: self._ack(pid)) if qos else None
+            if self.membership is not None and topic.startswith(HEARTBEAT_PREFIX):
+                self.membership.heartbeat(topic[len(HEARTBEAT_PREFIX):], payload,
+                                          time.monotonic())
+                if done is not None:
+                    done()
+                return
             if not topic.startswith(UP_PREFIX) or (
-                    self.cfg.shards > 1 and not self._in_shard(topic[self._up_len:], payload)):
+                    (self.cfg.shards > 1 or self.cfg.auto)
+                    and not self._in_shard(topic[self._up_len:], payload)):
                 if done is not None:
                     done()
                 return
@@ -372,10 +437,14 @@ class MqttLink:
             if nxt is not None:
                 self._send_now(nxt)
         elif ptype == W.SUBACK:
-            _pid, reasons = W.parse_suback(body, self.version)
+            pid, reasons = W.parse_suback(body, self.version)
             if any(rc >= 0x80 for rc in reasons):
-                self.log.event("mqtt_subscribe_refused", level="error", reason=f"0x{reasons[0]:02x}")
+                self.log.event("mqtt_subscribe_refused", level="error", reason=f"0x{reasons[0]:02x}",
+                               topic=HEARTBEAT_FILTER if pid == _HB_SUB_PID else UP_PREFIX + "+")
                 raise _Lost("subscription refused")
+            if pid == _HB_SUB_PID:
+                self._settle_at = time.monotonic() + 1.5 * self.cfg.heartbeat_s
+                return
             self.connected.set()
             self._drain_backlog()
         elif ptype == W.PINGRESP:
@@ -405,7 +474,45 @@ class MqttLink:
                 device = read_header(payload, len(payload)).dst
             except Rejected:
                 return True
-        if shard_of(device, self.cfg.shards) == self.cfg.shard:
+        shard = shard_of(device, self.cfg.shards)
+        if self.membership is None:
+            if shard == self.cfg.shard:
+                return True
+        elif shard in self.membership.owned:
             return True
+        else:
+            assert self.buffer is not None
+            self.buffer.add(time.monotonic(), shard, arrived_from, payload)
         self.other_shard += 1
         return False
+
+    def _membership_tick(self, now: float) -> None:
+        """Heartbeat when due (only once the up subscription holds), expire
+        silent peers, and forward again what a takeover needs."""
+        assert self.membership is not None and self.buffer is not None
+        if self.connected.is_set() and now - self._last_hb >= self.cfg.heartbeat_s:
+            self._send_now(W.encode_publish_qos0(self._hb_topic,
+                                                 heartbeat_payload(self.cfg.shards),
+                                                 version=self.version))
+            self._last_hb = now
+        gained, since = self.membership.update(now)
+        self.buffer.prune(now)
+        if not self._settled and self._settle_at is not None and now >= self._settle_at:
+            self._settled = True
+            held, self._held = self._held, []
+            self.log.event("gateway_settled", peers=",".join(self.membership.peers()),
+                           owned=len(self.membership.owned), held=len(held))
+            for flags, body in held:
+                self._handle(W.PUBLISH, flags, body)
+        peers = self.membership.peers()
+        if peers != self._peers_logged:
+            self.log.event("gateway_peers", peers=",".join(peers),
+                           departed=",".join(sorted(set(self._peers_logged) - set(peers))),
+                           owned=len(self.membership.owned))
+            self._peers_logged = peers
+        if gained:
+            again = self.buffer.take(gained, since)
+            self.log.event("shards_taken_over", shards=len(gained), replayed=len(again))
+            for arrived_from, envelope in again:
+                self.replayed += 1
+                self.relay.handle(envelope, arrived_from, LINK_NAME, None)

@@ -69,11 +69,16 @@ def _str(s: bytes) -> bytes:
 
 def encode_connect(client_id: str, keepalive: int, *, clean_start: bool,
                    session_expiry: int, receive_maximum: int, max_packet: int,
-                   username: str = "", password: str = "", version: int = 5) -> bytes:
+                   username: str = "", password: str = "", version: int = 5,
+                   will: tuple[str, bytes] | None = None) -> bytes:
     """CONNECT. With ``version=4`` (MQTT 3.1.1) there are no properties:
     ``session_expiry``, ``receive_maximum`` and ``max_packet`` are not sent
-    (the broker's own settings apply) and ``clean_start`` is Clean Session."""
+    (the broker's own settings apply) and ``clean_start`` is Clean Session.
+    ``will`` = (topic, payload): a QoS 0, not retained will the broker
+    publishes at once when the connection ends without DISCONNECT (section
+    3.1.2.5; no will properties, so no Will Delay)."""
     flags = (0x80 if username else 0) | (0x40 if password else 0) | (0x02 if clean_start else 0)
+    flags |= 0x04 if will else 0
     if version == 4:
         props = b""
     else:
@@ -83,6 +88,8 @@ def encode_connect(client_id: str, keepalive: int, *, clean_start: bool,
         props = varint(len(props)) + props
     body = (_str(b"MQTT") + bytes([version, flags]) + struct.pack(">H", keepalive)
             + props + _str(client_id.encode()))
+    if will:
+        body += (b"" if version == 4 else b"\x00") + _str(will[0].encode()) + _str(will[1])
     if username:
         body += _str(username.encode())
     if password:
@@ -101,6 +108,12 @@ def encode_publish(topic: bytes, pid: int, payload: bytes, dup: bool = False,
     props = b"" if version == 4 else b"\x00"
     body = _str(topic) + struct.pack(">H", pid) + props + payload
     return _packet(0x32 | (0x08 if dup else 0), body)
+
+
+def encode_publish_qos0(topic: bytes, payload: bytes, version: int = 5) -> bytes:
+    """A QoS 0 PUBLISH without properties (no packet id)."""
+    props = b"" if version == 4 else b"\x00"
+    return _packet(0x30, _str(topic) + props + payload)
 
 
 def encode_puback(pid: int) -> bytes:

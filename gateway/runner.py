@@ -99,7 +99,8 @@ class Gateway:
         mq = self.mqtt
         links = {mq.name: {"connected": mq.connected.is_set(), "queue_depth": mq.queue_depth(),
                            "broker": f"{mq.host}:{mq.port}", "failovers": mq.failovers,
-                           "other_shard": mq.other_shard, "received": mq.received}}
+                           "other_shard": mq.other_shard, "received": mq.received,
+                           **mq.shard_status()}}
         for link in self.extra_links:
             links[link.name] = {"connected": _is_connected(link),
                                 "queue_depth": int(link.queue_depth())}

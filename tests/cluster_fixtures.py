@@ -49,10 +49,11 @@ def nats_cluster(tmp_path: Path) -> Iterator[Callable[..., NatsCluster]]:
 class ClusterGateway(GatewaySubprocess):
     """``moteseal gateway run`` as a subprocess on a NATS cluster: MQTT
     3.1.1, the cluster's nodes as ``hosts`` (``first`` is tried first), an
-    optional shard. Not thread-safe."""
+    optional shard (``shard="auto"``: by heartbeats, ``shards`` 64 unless
+    given). Not thread-safe."""
 
     def __init__(self, cluster: NatsCluster, workdir: Path, name: str, user: str,
-                 first: int = 0, shards: int = 1, shard: int = 0,
+                 first: int = 0, shards: int | None = None, shard: int | str = 0,
                  client_id: str = "", rate: float = 1000.0) -> None:
         super().__init__(workdir, cluster.passwords[user])
         hosts = cluster.mqtt_hosts[first:] + cluster.mqtt_hosts[:first]
@@ -65,8 +66,8 @@ status_interval = 0.2
 [mqtt]
 hosts = {json.dumps(hosts)}
 protocol = "3.1.1"
-shards = {shards}
-shard = {shard}
+shards = {shards or (64 if shard == "auto" else 1)}
+shard = {json.dumps(shard)}
 username = "{user}"
 password_file = "gw.password"
 client_id = "{client_id or 'moteseal-gateway-' + name}"

@@ -1,19 +1,21 @@
 """The whole scale-out, one run (issue 18): a three-node NATS cluster with
 the production accounts (one device account per device, two gateway
 accounts, the peer's account for the hub workers), PostgreSQL, two gateways
-sharded by device id, three sharded hub workers, 300 simulated devices
+sharing 64 device-id shards by heartbeat (``shard = "auto"``), three sharded
+hub workers, 300 simulated devices
 (CPython, one process: one thread drives them all, paho's threads carry
 them) and one MicroPython device (the unix port running the flash build).
 During the run one broker node, one gateway and one hub worker are
 SIGKILLed, at different moments. Afterwards every reading of every device
 is in PostgreSQL's ``readings`` table exactly once, and the killed parts'
 work was taken over: the dead node's clients reconnected to other nodes,
-the dead gateway's shard was resumed by its standby, the dead worker's
-shards are leased by the two others.
+the surviving gateway took the dead gateway's shards over by itself and
+forwarded its devices, the dead worker's shards are leased by the two
+others.
 
 Topology: every device speaks MQTT to the cluster; the gateways relay
 (device up topics -> ``moteseal/v1/down/hub``; ``moteseal/v1/up/hub`` ->
-device down topics), each for its half of the device ids; the workers read
+device down topics), each for the device-id shards it owns; the workers read
 ``moteseal/v1/down/hub`` and keep their shards' envelopes (``[shards] via =
 "gateway"``, ``moteseal/hub/shard_link.py``). So every reading and every
 acknowledgement crosses a gateway.
@@ -200,10 +202,17 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
     mote_bundle, flash = _mote(tmp_path, cluster, reg)
     reg.close()
     mark("registry+flash")
-    # Both gateways' devices exist (the kill would prove nothing otherwise).
-    assert {gateway_shard(d, 2) for d in DEVICES} == {0, 1}
-    gw1 = cluster_gateway(cluster, "gw1", "gw1", first=NODE_B, shards=2, shard=0)  # dies with node B
-    gw2 = cluster_gateway(cluster, "gw2", "gw2", first=2, shards=2, shard=1)
+    gw1 = cluster_gateway(cluster, "gw1", "gw1", first=NODE_B, shard="auto")  # its node dies
+    gw2 = cluster_gateway(cluster, "gw2", "gw2", first=2, shard="auto")
+    split = wait_until(lambda: (a := gw1.status()) and (b := gw2.status())
+                       and a["links"]["mqtt"]["peers"] and b["links"]["mqtt"]["peers"]
+                       and len(a["links"]["mqtt"]["owned_shards"])
+                       + len(b["links"]["mqtt"]["owned_shards"]) == SHARDS and b, 30, 0.1)
+    assert split, (gw1.status(), gw2.status())
+    # gw2's devices (the kill would prove nothing without them).
+    on_gw2 = [d for d in DEVICES
+              if gateway_shard(d, SHARDS) in split["links"]["mqtt"]["owned_shards"]]
+    assert 0 < len(on_gw2) < len(DEVICES)
     workers = Workers(tmp_path, cluster, pg_dsn)
     links: list[MqttLink] = []
     mote_proc: subprocess.Popen | None = None
@@ -292,21 +301,26 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
         assert moved, (sum(lk.connected.is_set() for lk in on_b), gw1.status(), cluster.log_tail(0))
         assert gw1.status()["links"]["mqtt"]["failovers"] >= 1
 
-        # 2. A gateway: shard 1's session stays on the cluster, and its standby
-        # (a supervisor's restart, elsewhere, same client id) resumes it.
+        # 2. A gateway: gw1 hears it die (its will, or its silence) and takes
+        # its shards over by itself; nothing is restarted.
         time.sleep(max(0.0, t0 + KILL_GATEWAY_AT - time.monotonic()))
         relayed_before = gw2.status()["relayed"]
         assert relayed_before > 0
+        assert wait_until(lambda: (s := gw1.status()) and s["links"]["mqtt"]["peers"], 30, 0.1), \
+            gw1.status()  # after node B's death the two hear each other again
+        takeovers_before = gw1.status()["links"]["mqtt"]["takeovers"]
         cpu.sample(gw2.proc.pid)
-        t_kill = time.monotonic()
+        t_kill, t_kill_wall = time.monotonic(), time.time()
         gw2.kill()
         mark("gateway gw2 killed")
-        standby = cluster_gateway(cluster, "gw2b", "gw2", first=NODE_A, shards=2, shard=1,
-                                  client_id="moteseal-gateway-gw2")
-        cpu.add("gateways", standby.proc.pid)
-        relaying = wait_until(lambda: (s := standby.status()) and s["relayed"] > 0, 90, 0.2)
+        owns_all = wait_until(lambda: len(gw1.status()["links"]["mqtt"]["owned_shards"]) == SHARDS,
+                              30, 0.05)
+        gateway_owns_all = time.monotonic() - t_kill
+        assert owns_all, gw1.status()
+        relaying = wait_until(lambda: any(gw1.status()["last_seen"].get(d, 0) > t_kill_wall
+                                          for d in on_gw2), 60, 0.1)
         gateway_takeover = time.monotonic() - t_kill
-        assert relaying, (standby.status(), standby.log_text()[-2000:])
+        assert relaying, (gw1.status(), gw1.log_text()[-2000:])
 
         # 3. A hub worker: its leases expire and the two others claim them.
         time.sleep(max(0.0, t0 + KILL_WORKER_AT - time.monotonic()))
@@ -369,10 +383,11 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
           f"resent {totals['resent']}, re-handshakes {totals['rehandshakes']}, "
           f"duplicates suppressed (acknowledged again, not stored) {dups}")
     print(f"takeover: node B -> {len(on_b)} devices and gw1 on other nodes {node_takeover:.1f} s; "
-          f"gw2 -> standby relaying {gateway_takeover:.1f} s; w2 -> {len(held_by_w2)} shards "
+          f"gw2 -> gw1 owns every shard {gateway_owns_all:.1f} s, relays gw2's devices "
+          f"{gateway_takeover:.1f} s; w2 -> {len(held_by_w2)} shards "
           f"leased by w1, w3 {worker_takeover:.1f} s")
     mote_sum = (tmp_path / "mote.out").read_text().strip().splitlines()[-1:]
-    print(f"{MOTE}: gateway shard {gateway_shard(MOTE, 2)}, worker "
+    print(f"{MOTE}: gateway shard {gateway_shard(MOTE, SHARDS)}, worker "
           f"{owners[shard_of(MOTE, SHARDS)]}; summary {mote_sum}")
     print(f"CPU seconds from the first reading to the drain: {cpu.totals()}, "
           f"the 300 simulated devices' process {devices_cpu:.1f}")
@@ -403,5 +418,12 @@ def test_three_nodes_two_gateways_three_workers_301_devices_survive_three_kills(
     gained = {s for w in ("w1", "w3") for e in workers.events(w) if e.get("event") == "shards"
               for s in e["gained"]}
     assert held_by_w2 <= gained
-    # Gateways: each relayed its shard; the standby carried shard 1 on.
-    assert gw1.status()["relayed"] > 0 and standby.status()["relayed"] > 0
+    # Gateways: gw1 took gw2's shards over (counted) and, after the kill,
+    # forwarded every one of gw2's devices (each reading once: above).
+    s1 = gw1.status()["links"]["mqtt"]
+    assert s1["takeovers"] - takeovers_before >= len(split["links"]["mqtt"]["owned_shards"])
+    after_kill = [d for d in on_gw2 if gw1.status()["last_seen"].get(d, 0) > t_kill_wall]
+    print(f"gw1 after gw2's kill: relayed {len(after_kill)} of gw2's {len(on_gw2)} devices; "
+          f"takeovers {s1['takeovers']}, replayed {s1['replayed']}, "
+          f"buffer {s1['takeover_buffer']} (evicted {s1['takeover_buffer_evicted']})")
+    assert len(after_kill) == len(on_gw2), sorted(set(on_gw2) - set(after_kill))[:10]

@@ -53,8 +53,9 @@ def test_cluster_config_writes_valid_private_files_with_each_roles_rights(tmp_pa
     perms = {u["user"]: u["permissions"] for u in users}
     assert perms["s1"] == {"publish": {"allow": ["moteseal.v1.up.s1"]},
                            "subscribe": {"allow": ["moteseal.v1.down.s1", "$MQTT.sub.>"]}}
-    assert perms["gw"] == {"publish": {"allow": ["moteseal.v1.down.*"]},
-                           "subscribe": {"allow": ["moteseal.v1.up.*", "$MQTT.sub.>"]}}
+    assert perms["gw"] == {"publish": {"allow": ["moteseal.v1.down.*", "moteseal.v1.gw.*"]},
+                           "subscribe": {"allow": ["moteseal.v1.up.*", "moteseal.v1.gw.*",
+                                                   "$MQTT.sub.>"]}}
     assert perms["mon"]["publish"] == {"deny": [">"]}
 
 
