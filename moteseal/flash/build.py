@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from moteseal.flash.errors import FlashError
+from moteseal.flash.shrink import Shrinker
 from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, clear_flags, feature_flags,  # noqa: F401
                                      parse_features)
 
@@ -467,6 +468,9 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
              (("device", core, CORE_MODULES), ("micropython_port", port, port_modules))
              for name in names]
     order.sort(key=lambda m: f"{m[0]}/{m[2]}" not in fast)
+    # The lean build's names (moteseal/flash/shrink.py), planned once from
+    # every module's pristine source so that all builds name things alike.
+    shrinker = None if debug or all_modules else _shrinker(order, fast)
     for pkg, base, name in order:
         if f"{pkg}/{name}" in skip:
             continue
@@ -482,6 +486,8 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             text = clear_flags(text, flags[f"{pkg}/{name}"])
         if not debug:
             text = strip_messages(text)
+        if shrinker is not None and f"{pkg}/{name}" not in fast:
+            text = shrinker.apply(f"{pkg}/{name}", text)
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / f"{name}.py"
             src.write_text(text)
@@ -523,6 +529,15 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
         manifest.romfs = write_romfs(out_dir, manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def _shrinker(order: list[tuple[str, Path, str]], native: set[str]) -> Shrinker:
+    """The ``Shrinker`` of every module in ``order`` (``(pkg, dir, name)``),
+    native-code modules (``native``) left as they are."""
+    texts = {f"{pkg}/{name}": (base / f"{name}.py").read_text() for pkg, base, name in order}
+    return Shrinker({m: t for m, t in texts.items() if m not in native},
+                    [t for m, t in texts.items() if m in native],
+                    {m.split("/")[1] for m in texts} | {"device", "micropython_port"})
 
 
 def romfs_image(files: Iterable[tuple[str, bytes]]) -> bytes:
