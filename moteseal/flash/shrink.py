@@ -38,12 +38,27 @@ from typing import Iterable, Iterator
 
 from moteseal.flash.errors import FlashError
 
-__all__ = ["KEEP_CONSTANTS", "Shrinker"]
+__all__ = ["KEEP_CONSTANTS", "KEEP_PRIVATE", "PUBLIC", "Shrinker"]
 
 _PRIVATE = re.compile(r"_[A-Za-z0-9]\w*\Z")
 # Module-level constants a user's program may read on the board (none is
 # documented as device API today; the list is where one would go).
 KEEP_CONSTANTS: frozenset[str] = frozenset()
+
+
+# Private names a test calls on a lean build (tests/host/test_flash_features.py
+# runs main's update boot step on its own), which keep their names.
+KEEP_PRIVATE: frozenset[str] = frozenset({"_update_boot"})
+# Rule 5: functions (or classes: all their methods) whose parameters keep
+# their names, as docs/micropython.md and examples/ call them.
+PUBLIC: dict[str, frozenset[str]] = {
+    "micropython_port/main": frozenset({"main", "load_bundle", "network_up"}),
+    "micropython_port/app": frozenset({"Device", "MqttDeviceLink"}),
+    "micropython_port/mqtt": frozenset({"MQTTClient"}),
+    "micropython_port/mqtt_codec": frozenset({"PacketParser"}),
+    "micropython_port/backend": frozenset({"paths"}),
+    "device/reading": frozenset({"ReadingWriter"}),
+}
 
 
 def _is_private(name: str) -> bool:
@@ -347,7 +362,7 @@ class Shrinker:
         ``module_names``: every module's file name (never renamed). Raises
         ``FlashError`` for a source that does not parse."""
         trees = {name: _parse(name, text) for name, text in sources.items()}
-        frozen: set[str] = set(module_names)
+        frozen: set[str] = set(module_names) | KEEP_PRIVATE
         for text in frozen_sources:
             frozen |= set(_identifiers(_parse("native module", text)))
         taken = set(frozen)
@@ -364,6 +379,15 @@ class Shrinker:
             local |= _local_bindings(t, self.consts) | _attr_reads(t, _module_aliases(t, self.consts), self.consts)
         self.inline = {m: {n for n in c if n not in keep and n not in local}
                        for m, c in self.consts.items()}
+        # Rule 5: a parameter passed by name anywhere, or named in a string,
+        # keeps its name; so do those of anything called with ``**``.
+        self.keywords = set(strings) | frozen
+        for tree in trees.values():
+            for node in ast.walk(tree):
+                if isinstance(node, ast.keyword) and node.arg:
+                    self.keywords.add(node.arg)
+                if isinstance(node, ast.Call) and any(k.arg is None for k in node.keywords):
+                    self.keywords |= set(_called_params(trees, node.func))
         # Rule 1: what may be renamed, the most costly first (each module pays once).
         cost: dict[str, int] = {}
         defined: set[str] = set()
@@ -388,8 +412,104 @@ class Shrinker:
         _drop_const_fallback(tree)
         tree = _Rewriter(module, self.renames, self.consts, self.inline,
                          _module_aliases(tree, self.consts)).visit(tree)
+        _rename_params(tree, self.keywords, PUBLIC.get(module, ()))
         ast.fix_missing_locations(tree)
         return _Unparser().visit(tree) + "\n"
+
+
+def _called_params(trees: dict[str, ast.Module], func: ast.expr) -> Iterator[str]:
+    """The parameter names of every function (or class's ``__init__``) in
+    the build named like the callee ``func``."""
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            fns = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+                fns = [node]
+            elif isinstance(node, ast.ClassDef) and node.name == name:
+                fns = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+            for fn in fns:
+                a = fn.args
+                yield from (x.arg for x in a.posonlyargs + a.args + a.kwonlyargs)
+
+
+def _rename_params(tree: ast.Module, keep: set[str], public: Iterable[str]) -> None:
+    """Rule 5: required parameters (no default) of every function but those
+    of ``public`` (names of functions or classes, all of whose methods are
+    public) and those in ``keep`` get short names, wherever the module then
+    no longer needs the old name at all."""
+    public = set(public)
+    funcs: list[ast.AST] = []
+
+    def collect(body: list[ast.stmt], exposed: bool) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                collect(node.body, exposed or node.name in public)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if not (exposed or node.name in public):
+                    funcs.append(node)
+    collect(tree.body, False)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Lambda):
+            funcs.append(node)
+
+    def required(fn: ast.AST) -> list[ast.arg]:
+        a = fn.args  # type: ignore[attr-defined]
+        pos = a.posonlyargs + a.args
+        n = len(pos) - len(a.defaults)
+        first = 1 if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and pos \
+            and pos[0].arg in ("self", "cls") else 0
+        return pos[first:n]
+
+    def scopes(fn: ast.AST) -> Iterator[ast.AST]:
+        # The function's parameters and body, nested scopes included; not
+        # its defaults or decorators (evaluated outside it).
+        a = fn.args  # type: ignore[attr-defined]
+        yield from a.posonlyargs + a.args + a.kwonlyargs
+        yield from (x for x in (a.vararg, a.kwarg) if x is not None)
+        body = fn.body if isinstance(fn.body, list) else [fn.body]  # type: ignore[attr-defined]
+        for stmt in body:
+            yield from ast.walk(stmt)
+
+    # What each candidate name would need: every function it is a required
+    # parameter of must be renamable, and nothing else may mention it.
+    plans: dict[str, list[ast.AST]] = {}
+    for fn in funcs:
+        for a in required(fn):
+            plans.setdefault(a.arg, []).append(fn)
+    mentioned: dict[str, int] = {}
+    for ident in _identifiers(tree):
+        mentioned[ident] = mentioned.get(ident, 0) + 1
+    covered: dict[str, int] = {}
+    blocked: set[str] = set(keep)
+    for name, fns in plans.items():
+        count = 0
+        for fn in fns:
+            for n in scopes(fn):
+                if isinstance(n, ast.Name) and n.id == name:
+                    count += 1
+                elif isinstance(n, ast.arg) and n.arg == name:
+                    count += 1
+                    if not any(n is a for a in required(fn)):
+                        blocked.add(name)  # rebound by a nested scope or a default
+                elif isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names:
+                    blocked.add(name)
+        covered[name] = count
+    taken = set(mentioned) | set(dir(__builtins__)) | {"self", "cls"}
+    letters = [c for c in string.ascii_lowercase]
+    pool = [c for c in letters if c not in taken] + \
+        [a + b for a in letters for b in letters if a + b not in taken]
+    for fn in funcs:
+        fresh = iter(pool)
+        for a in required(fn):
+            name = a.arg
+            if name in blocked or covered.get(name) != mentioned.get(name) or len(name) <= 2:
+                continue
+            new = next(fresh)
+            a.arg = new
+            for n in scopes(fn):
+                if isinstance(n, ast.Name) and n.id == name:
+                    n.id = new
 
 
 class _Unparser(ast._Unparser):  # type: ignore[name-defined,misc]
