@@ -85,12 +85,12 @@ _EV_COUNTER_BEHIND = const(5)
 _GROUPS = const(1)  # Rule 7
 _UPDATES = const(1)  # Rule 8
 _FIELDS = const(1)  # the user's fields (``read``)
+_SERIAL = const(1)  # the UART link: off in a build for MQTT (no uart_link; build.py link_flags)
 
 # A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
 # device up less than 18 hours and 65536 readings; the user's fields share
-# the rest: docs/protocol.md, "Readings") or a
-# command from the peer; sizes the device's buffers and the link's. The
-# peer sends nothing larger to a device.
+# the rest: docs/protocol.md, "Readings") or a command from the peer; sizes
+# the device's buffers and the link's. The peer sends nothing larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
 _HEAD_BYTES = const(10)  # device.delivery.HEAD_BYTES: a retained reading's frame
 _HS_GAP_MS = const(1000)
@@ -211,7 +211,7 @@ class Device:
         if _GROUPS and self.groups and self.groups.limit > env_bytes:
             env_bytes = self.groups.limit  # the largest group message (Rule 7)
         kind = link.get("kind")
-        if kind == "serial":
+        if _SERIAL and kind == "serial":
             from micropython_port.uart_link import UartLink
             self.link = UartLink(link.get("port", "1"), self._envelope, link.get("baud", 115200),
                                  max_payload=env_bytes, opened=False)

@@ -58,6 +58,13 @@ _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 # has.
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 
+# The paths a build may ship: a flash build for one architecture turns off
+# those it leaves out (moteseal/flash/build.py ``arch_flags``), and
+# mpy-cross drops their tries.
+_THUMB2 = const(1)
+_THUMB1 = const(1)
+_VIPER = const(1)
+
 
 def _load():
     """(module, PATH) of the best fast path this interpreter can load: the
@@ -66,26 +73,28 @@ def _load():
     else viper, else (None, "python")."""
     if sys.implementation.name != "micropython":
         return None, "python"
-    if _ARCH == 0 or 5 <= _ARCH <= 8:
+    if _THUMB2 and (_ARCH == 0 or 5 <= _ARCH <= 8):
         try:
             from micropython_port import _fe25519_thumb as fe
 
             return fe, "asm_thumb"
         except _NO_EMITTER:
             pass
-    if _ARCH == 4:
+    if _THUMB1 and _ARCH == 4:
         try:
             from micropython_port import _fe25519_thumb1 as fe
 
             return fe, "asm_thumb1"
         except _NO_EMITTER:
             pass
-    try:
-        from micropython_port import _fe25519_viper as fe
+    if _VIPER:
+        try:
+            from micropython_port import _fe25519_viper as fe
 
-        return fe, "viper"
-    except _NO_EMITTER:
-        return None, "python"
+            return fe, "viper"
+        except _NO_EMITTER:
+            pass
+    return None, "python"
 
 
 _fe, PATH = _load()

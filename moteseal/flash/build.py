@@ -289,14 +289,46 @@ def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
     return {"micropython_port/x25519": ("ladder",) if asm else ("ladder_asm",)}
 
 
+def arch_flags(arch: str) -> dict[str, tuple[str, ...]]:
+    """The path flags (``_THUMB2``, ``_THUMB1``, ``_VIPER`` in ``x25519``
+    and ``chacha20poly1305``) a build for ``arch`` turns off (as
+    ``FEATURES``' flags): those of the native modules it never ships
+    (``build`` leaves the viper X25519 and AEAD out where an assembler
+    path ships, and each assembler path out of the other arches)."""
+    if arch in THUMB2_ARCHES:
+        off: tuple[str, ...] = ("_THUMB1", "_VIPER")
+    elif arch in THUMB1_ARCHES:
+        off = ("_THUMB2", "_VIPER")
+    else:
+        off = ("_THUMB2", "_THUMB1")
+    return {"micropython_port/x25519": off, "micropython_port/chacha20poly1305": off}
+
+
+def _plain_mqtt(link: dict[str, Any]) -> bool:
+    return link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link
+
+
 def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """Definitions left out of a build for a device with ``link`` (as
     ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
     no ``pin``; ``mqtt_tls.name_failure`` stays: it names every failed
     connection)."""
-    if link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link:
+    if _plain_mqtt(link):
         return {"micropython_port/mqtt_tls": ("wrap",)}
     return {}
+
+
+def link_flags(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The flags a build for a device with ``link`` turns off (as
+    ``FEATURES``' flags): ``name_failure``'s TLS failures on a plain-TCP
+    MQTT link, ``Device``'s UART link on an MQTT one (``uart_link`` is not
+    in that build: ``unused_modules``)."""
+    off: dict[str, tuple[str, ...]] = {}
+    if _plain_mqtt(link):
+        off["micropython_port/mqtt_tls"] = ("_TLS",)
+    if link.get("kind") == "mqtt":
+        off["micropython_port/app"] = ("_SERIAL",)
+    return off
 
 
 def strip_definitions(source: str, names: Iterable[str]) -> str:
@@ -484,6 +516,10 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             text = strip_definitions(text, strip)
         if f"{pkg}/{name}" in flags:
             text = clear_flags(text, flags[f"{pkg}/{name}"])
+        if not all_modules:
+            for more in (arch_flags(arch), link_flags(bundle.link)):
+                if f"{pkg}/{name}" in more:
+                    text = clear_flags(text, more[f"{pkg}/{name}"])
         if not debug:
             text = strip_messages(text)
         if shrinker is not None and f"{pkg}/{name}" not in fast:

@@ -38,7 +38,7 @@ from typing import Iterable, Iterator
 
 from moteseal.flash.errors import FlashError
 
-__all__ = ["KEEP_CONSTANTS", "KEEP_PRIVATE", "PUBLIC", "Shrinker"]
+__all__ = ["INTERNAL", "KEEP_CONSTANTS", "KEEP_PRIVATE", "PUBLIC", "Shrinker"]
 
 _PRIVATE = re.compile(r"_[A-Za-z0-9]\w*\Z")
 # Module-level constants a user's program may read on the board (none is
@@ -49,6 +49,22 @@ KEEP_CONSTANTS: frozenset[str] = frozenset()
 # Private names a test calls on a lean build (tests/host/test_flash_features.py
 # runs main's update boot step on its own), which keep their names.
 KEEP_PRIVATE: frozenset[str] = frozenset({"_update_boot"})
+# Names without a leading underscore that only the build's own modules use
+# on a board (no document, example or user program names them; the host
+# runs the .py sources): renamed like private ones (Rule 1).
+INTERNAL: frozenset[str] = frozenset({
+    # micropython_port/mqtt_codec.py, for mqtt.py
+    "encode_connect_into", "encode_publish_into", "encode_subscribe_into", "payload_len",
+    # device/envelope.py, for the session, reading and app
+    "encode_header_into", "envelope_limit", "put_head",
+    # device/noise.py's spec steps (Noise section 5), called inside noise.py
+    "initialize_key", "encrypt_with_ad", "decrypt_with_ad", "mix_key_and_hash",
+    "encrypt_and_hash", "decrypt_and_hash", "parse_suite",
+    # device/backend.py helpers, device/counter.py and device/session.py for the app
+    "is_all_zero", "ct_equal", "put_counter", "skip_past", "send_nonce", "padded_size", "last_len",
+    # device/delivery.py's Outbox, for the app
+    "resend_due", "mark_sent", "next_seq",
+})
 # Rule 5: functions (or classes: all their methods) whose parameters keep
 # their names, as docs/micropython.md and examples/ call them.
 PUBLIC: dict[str, frozenset[str]] = {
@@ -395,7 +411,8 @@ class Shrinker:
             defined |= set(_defined(tree))
             for ident in set(_identifiers(tree)):
                 cost[ident] = cost.get(ident, 0) + len(ident) + 2
-        candidates = sorted((n for n in defined if _is_private(n) and n not in frozen and n not in strings),
+        candidates = sorted((n for n in defined if (_is_private(n) or n in INTERNAL)
+                             and n not in frozen and n not in strings),
                             key=lambda n: (-cost.get(n, 0), n))
         short = _short_names(taken)
         self.renames: dict[str, str] = {}
