@@ -139,7 +139,7 @@ def x25519(k, u):
     un = int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
     if PATH[:3] == "asm":  # asm_thumb, asm_thumb1: the same entry and state
         r = ladder_asm(kb, un)
-    elif _fe:
+    elif _VIPER and _fe:
         r = ladder(kb, un)
     else:
         from micropython_port import _x25519_py

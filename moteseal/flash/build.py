@@ -308,6 +308,13 @@ def _plain_mqtt(link: dict[str, Any]) -> bool:
     return link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link
 
 
+def suite_flags(suite: str) -> dict[str, tuple[str, ...]]:
+    """The flags a build for a device with ``suite`` turns off: BLAKE2s in
+    the backend for a SHA-256 suite (``blake2s`` is not in that build:
+    ``unused_modules``)."""
+    return {} if suite.endswith("_BLAKE2s") else {"micropython_port/backend": ("_BLAKE2S",)}
+
+
 def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """Definitions left out of a build for a device with ``link`` (as
     ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
@@ -517,7 +524,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
         if f"{pkg}/{name}" in flags:
             text = clear_flags(text, flags[f"{pkg}/{name}"])
         if not all_modules:
-            for more in (arch_flags(arch), link_flags(bundle.link)):
+            for more in (arch_flags(arch), link_flags(bundle.link), suite_flags(bundle.suite)):
                 if f"{pkg}/{name}" in more:
                     text = clear_flags(text, more[f"{pkg}/{name}"])
         if not debug:
