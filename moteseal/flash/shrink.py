@@ -19,10 +19,10 @@ Invariants:
 - Rule 2: a renamed identifier gets the same short name in every module of
   the build, and no short name is an identifier the build already uses, so
   an attribute set in one module and read in another still meets.
-- Rule 3: a module-level ``NAME = const(int)`` whose name ``keep`` does not
-  list is replaced by its value wherever the build reads it (``NAME`` in its
-  module, ``from m import NAME`` and ``m.NAME`` in others) and is no longer
-  a module global. A name some function also binds locally, or that a
+- Rule 3: a module-level ``NAME = const(int)`` (or ``NAME = int`` bound
+  once, a small int) whose name ``keep`` does not list is replaced by its
+  value wherever the build reads it (``NAME`` in its module, ``from m
+  import NAME`` and ``m.NAME`` in others) and is no longer a module global. A name some function also binds locally, or that a
   module left as it is mentions, stays a global.
 - Rule 4: the CPython fallback for ``const`` (``try: from micropython import
   const`` / ``except ImportError: def const(x)``) goes: mpy-cross folds
@@ -187,20 +187,42 @@ def _const_value(node: ast.expr, known: dict[str, int]) -> int | None:
     return None
 
 
+def _const_assign(stmt: ast.stmt) -> ast.expr | None:
+    """The value expression of ``NAME = const(x)`` or of a plain
+    ``NAME = <int expression>`` (the backend contract's sizes), else None."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name)):
+        return None
+    v = stmt.value
+    if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "const" \
+            and len(v.args) == 1 and not v.keywords:
+        return v.args[0]
+    return v if isinstance(v, (ast.Constant, ast.BinOp, ast.UnaryOp)) else None
+
+
 def _module_consts(tree: ast.Module) -> dict[str, int]:
-    """The module's top-level ``NAME = const(int)`` values (public names)."""
+    """The module's top-level ``NAME = const(int)`` values and those of
+    names bound once, at top level, to a small int (below 2**30: a small
+    int on every port) (public names)."""
+    stores: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            stores[node.id] = stores.get(node.id, 0) + 1
     known: dict[str, int] = {}
     out: dict[str, int] = {}
     for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-                and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.Call) \
-                and isinstance(stmt.value.func, ast.Name) and stmt.value.func.id == "const" \
-                and len(stmt.value.args) == 1 and not stmt.value.keywords:
-            v = _const_value(stmt.value.args[0], known)
-            if v is not None:
-                known[stmt.targets[0].id] = v
-                if not stmt.targets[0].id.startswith("_"):
-                    out[stmt.targets[0].id] = v
+        expr = _const_assign(stmt)
+        if expr is None:
+            continue
+        name = stmt.targets[0].id  # type: ignore[attr-defined]
+        v = _const_value(expr, known)
+        if v is None or stores.get(name) != 1:
+            continue
+        is_const = isinstance(stmt.value, ast.Call)  # type: ignore[attr-defined]
+        if is_const or -(1 << 30) <= v < (1 << 30):
+            known[name] = v
+            if not name.startswith("_"):
+                out[name] = v
     return out
 
 
@@ -298,10 +320,8 @@ class _Rewriter(ast.NodeTransformer):
                     if alias.name in self.inline.get(src, ()):
                         self.imported[alias.asname or alias.name] = self.consts[src][alias.name]
         node.body = [stmt for stmt in node.body if not (
-            isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-            and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in self.own
-            and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Name)
-            and stmt.value.func.id == "const")]  # Rule 3: its value is written where it is read
+            _const_assign(stmt) is not None
+            and stmt.targets[0].id in self.own)]  # type: ignore[attr-defined]  # Rule 3: inlined
         self.generic_visit(node)
         node.body = [s for s in node.body if not isinstance(s, ast.Pass)] or [ast.Pass()]
         return node
