@@ -524,7 +524,8 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
         if f"{pkg}/{name}" in flags:
             text = clear_flags(text, flags[f"{pkg}/{name}"])
         if not all_modules:
-            for more in (arch_flags(arch), link_flags(bundle.link), suite_flags(bundle.suite)):
+            for more in (arch_flags(arch), link_flags(bundle.link), suite_flags(bundle.suite),
+                         {} if bundle.pad is not None else {"device/session": ("_PAD",)}):
                 if f"{pkg}/{name}" in more:
                     text = clear_flags(text, more[f"{pkg}/{name}"])
         if not debug:

@@ -297,7 +297,8 @@ class _Rewriter(ast.NodeTransformer):
     """Applies one build's renames and constant values to one module."""
 
     def __init__(self, module: str, renames: dict[str, str], consts: dict[str, dict[str, int]],
-                 inline: dict[str, set[str]], mod_alias: dict[str, str]) -> None:
+                 inline: dict[str, set[str]], mod_alias: dict[str, str],
+                 takes_args: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         self.renames = renames
         self.module = module
         self.own = {n: v for n, v in consts.get(module, {}).items() if n in inline.get(module, ())}
@@ -305,6 +306,7 @@ class _Rewriter(ast.NodeTransformer):
         self.inline = inline
         self.imported: dict[str, int] = {}   # local name -> value (from m import NAME)
         self.mod_alias = mod_alias  # local name -> module ("device/envelope")
+        self.takes_args = takes_args  # classes with an __init__ of their own
 
     def _value(self, name: str) -> int | None:
         if name in self.own:
@@ -332,6 +334,17 @@ class _Rewriter(ast.NodeTransformer):
             node.names = [a for a in node.names if a.name not in self.inline.get(src, ())]
             if not node.names:
                 return ast.Pass()
+        self.generic_visit(node)
+        return node
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST:
+        # Rule 6: ``raise E("")`` (a message the lean build emptied) is
+        # ``raise E``: the same class and an empty message, 4 bytes less.
+        exc = node.exc
+        if isinstance(exc, ast.Call) and len(exc.args) == 1 and not exc.keywords \
+                and isinstance(exc.args[0], ast.Constant) and exc.args[0].value == "" \
+                and isinstance(exc.func, ast.Name) and exc.func.id not in self.takes_args:
+            node.exc = exc.func
         self.generic_visit(node)
         return node
 
@@ -415,6 +428,11 @@ class Shrinker:
             local |= _local_bindings(t, self.consts) | _attr_reads(t, _module_aliases(t, self.consts), self.consts)
         self.inline = {m: {n for n in c if n not in keep and n not in local}
                        for m, c in self.consts.items()}
+        # Rule 6: classes whose own __init__ may need an argument.
+        self.takes_args = {node.name for tree in trees.values() for node in ast.walk(tree)
+                           if isinstance(node, ast.ClassDef)
+                           and any(isinstance(f, ast.FunctionDef) and f.name == "__init__"
+                                   for f in node.body)}
         # Rule 5: a parameter passed by name anywhere, or named in a string,
         # keeps its name; so do those of anything called with ``**``.
         self.keywords = set(strings) | frozen
@@ -448,7 +466,7 @@ class Shrinker:
         tree = _parse(module, text)
         _drop_const_fallback(tree)
         tree = _Rewriter(module, self.renames, self.consts, self.inline,
-                         _module_aliases(tree, self.consts)).visit(tree)
+                         _module_aliases(tree, self.consts), self.takes_args).visit(tree)
         _rename_params(tree, self.keywords, PUBLIC.get(module, ()))
         ast.fix_missing_locations(tree)
         return _Unparser().visit(tree) + "\n"
