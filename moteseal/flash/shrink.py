@@ -127,24 +127,24 @@ def _strings(tree: ast.AST) -> Iterator[str]:
             yield node.value
 
 
-def _short_names(taken: set[str]) -> Iterator[str]:
-    """``_a``, ... ``_Z``, ``_0``, ... ``_9``, ``_aa``, ... skipping ``taken``."""
-    letters = string.ascii_letters + string.digits
-    width = 1
+def _short_names(taken: set[str], prefix: str) -> Iterator[str]:
+    """``prefix`` + ``a``, ... ``Z``, then two characters (a letter, then a
+    letter or digit), ...: identifiers, never a keyword, a builtin or a
+    method of a builtin type, skipping ``taken``."""
+    import builtins
+    import keyword
+    reserved = set(dir(builtins))
+    for t in (object, Exception, bytes, bytearray, memoryview, list, dict, str, int, tuple):
+        reserved |= set(dir(t))
+    first = string.ascii_letters
+    rest = string.ascii_letters + string.digits
+    tails: list[str] = list(first)
     while True:
-        idx = [0] * width
-        while True:
-            name = "_" + "".join(letters[i] for i in idx)
-            if name not in taken:
+        for tail in tails:
+            name = prefix + tail
+            if name not in taken and name not in reserved and not keyword.iskeyword(name):
                 yield name
-            pos = width - 1
-            while pos >= 0 and idx[pos] == len(letters) - 1:
-                idx[pos] = 0
-                pos -= 1
-            if pos < 0:
-                break
-            idx[pos] += 1
-        width += 1
+        tails = [t + c for t in tails for c in rest]
 
 
 def _drop_const_fallback(tree: ast.Module) -> None:
@@ -452,10 +452,14 @@ class Shrinker:
         candidates = sorted((n for n in defined if (_is_private(n) or n in INTERNAL)
                              and n not in frozen and n not in strings),
                             key=lambda n: (-cost.get(n, 0), n))
-        short = _short_names(taken)
+        # A module-level ``_X = const(...)`` must keep its underscore (mpy-cross
+        # then folds it and stores no global); any other name needs none.
+        folded = {stmt.targets[0].id for tree in trees.values() for stmt in tree.body  # type: ignore[attr-defined]
+                  if _const_assign(stmt) is not None and isinstance(stmt.value, ast.Call)}  # type: ignore[attr-defined]
+        pools = {True: _short_names(taken, "_"), False: _short_names(taken, "")}
         self.renames: dict[str, str] = {}
         for name in candidates:
-            new = next(short)
+            new = next(pools[name in folded])
             if len(new) < len(name):
                 self.renames[name] = new
 
@@ -501,8 +505,8 @@ def _rename_params(tree: ast.Module, keep: set[str], public: Iterable[str]) -> N
             if isinstance(node, ast.ClassDef):
                 collect(node.body, exposed or node.name in public)
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if not (exposed or node.name in public):
-                    funcs.append(node)
+                if not ((exposed and not _is_private(node.name)) or node.name in public):
+                    funcs.append(node)  # a public class's private methods are not its API
     collect(tree.body, False)
     for node in ast.walk(tree):
         if isinstance(node, ast.Lambda):
