@@ -57,8 +57,10 @@ from typing import Any, Iterable, Sequence
 
 from moteseal.flash.errors import FlashError
 from moteseal.flash.shrink import Shrinker
-from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, clear_flags, feature_flags,  # noqa: F401
-                                     parse_features)
+from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, arch_flags,  # noqa: F401
+                                     clear_flags, feature_flags, link_flags, parse_features,
+                                     plain_mqtt, suite_flags, target_flags, THUMB1_ARCHES,
+                                     THUMB2_ARCHES)
 
 __all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "DEFAULT_FEATURES", "FEATURES", "FlashError", "Manifest",
            "build", "parse_features", "verify_local"]
@@ -98,12 +100,10 @@ FAST_MODULES = {
     "micropython_port/_chachapoly_viper": "aead",
     "micropython_port/_blake2s_viper": "blake2s",
 }
-THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
 ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
 ASM_THUMB_AEAD = "micropython_port/_chachapoly_thumb"  # ARMv7-M only, like ASM_THUMB_MODULE
 # ARMv6-M (Cortex-M0/M0+, RP2040): the Thumb-1 assembler modules ship instead
 # of the viper ones (2.8 + 3.3 KiB of .mpy against 16.8 + 14.2 KiB).
-THUMB1_ARCHES = ("armv6m",)
 ASM_THUMB1_MODULE = "micropython_port/_fe25519_thumb1"
 ASM_THUMB1_AEAD = "micropython_port/_chachapoly_thumb1"
 _ASM_PRIM = {ASM_THUMB_MODULE: "x25519", ASM_THUMB_AEAD: "aead",
@@ -289,53 +289,14 @@ def arch_only(arch: str) -> dict[str, tuple[str, ...]]:
     return {"micropython_port/x25519": ("ladder",) if asm else ("ladder_asm",)}
 
 
-def arch_flags(arch: str) -> dict[str, tuple[str, ...]]:
-    """The path flags (``_THUMB2``, ``_THUMB1``, ``_VIPER`` in ``x25519``
-    and ``chacha20poly1305``) a build for ``arch`` turns off (as
-    ``FEATURES``' flags): those of the native modules it never ships
-    (``build`` leaves the viper X25519 and AEAD out where an assembler
-    path ships, and each assembler path out of the other arches)."""
-    if arch in THUMB2_ARCHES:
-        off: tuple[str, ...] = ("_THUMB1", "_VIPER")
-    elif arch in THUMB1_ARCHES:
-        off = ("_THUMB2", "_VIPER")
-    else:
-        off = ("_THUMB2", "_THUMB1")
-    return {"micropython_port/x25519": off, "micropython_port/chacha20poly1305": off}
-
-
-def _plain_mqtt(link: dict[str, Any]) -> bool:
-    return link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link
-
-
-def suite_flags(suite: str) -> dict[str, tuple[str, ...]]:
-    """The flags a build for a device with ``suite`` turns off: BLAKE2s in
-    the backend for a SHA-256 suite (``blake2s`` is not in that build:
-    ``unused_modules``)."""
-    return {} if suite.endswith("_BLAKE2s") else {"micropython_port/backend": ("_BLAKE2S",)}
-
-
 def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     """Definitions left out of a build for a device with ``link`` (as
     ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
     no ``pin``; ``mqtt_tls.name_failure`` stays: it names every failed
     connection)."""
-    if _plain_mqtt(link):
+    if plain_mqtt(link):
         return {"micropython_port/mqtt_tls": ("wrap",)}
     return {}
-
-
-def link_flags(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """The flags a build for a device with ``link`` turns off (as
-    ``FEATURES``' flags): ``name_failure``'s TLS failures on a plain-TCP
-    MQTT link, ``Device``'s UART link on an MQTT one (``uart_link`` is not
-    in that build: ``unused_modules``)."""
-    off: dict[str, tuple[str, ...]] = {}
-    if _plain_mqtt(link):
-        off["micropython_port/mqtt_tls"] = ("_TLS",)
-    if link.get("kind") == "mqtt":
-        off["micropython_port/app"] = ("_SERIAL",)
-    return off
 
 
 def strip_definitions(source: str, names: Iterable[str]) -> str:
@@ -482,6 +443,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     if unknown:
         raise FlashError(f"unknown feature {sorted(unknown)[0]!r}; features: {', '.join(FEATURES)}", 2)
     flags = feature_flags(features)
+    target = target_flags(arch, bundle.link, bundle.suite, bundle.pad is not None)
     skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite,
                                                     bundle.pad is not None, features)
     if all_modules:
@@ -523,11 +485,8 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             text = strip_definitions(text, strip)
         if f"{pkg}/{name}" in flags:
             text = clear_flags(text, flags[f"{pkg}/{name}"])
-        if not all_modules:
-            for more in (arch_flags(arch), link_flags(bundle.link), suite_flags(bundle.suite),
-                         {} if bundle.pad is not None else {"device/session": ("_PAD",)}):
-                if f"{pkg}/{name}" in more:
-                    text = clear_flags(text, more[f"{pkg}/{name}"])
+        if not all_modules and f"{pkg}/{name}" in target:
+            text = clear_flags(text, target[f"{pkg}/{name}"])
         if not debug:
             text = strip_messages(text)
         if shrinker is not None and f"{pkg}/{name}" not in fast:

@@ -1,32 +1,42 @@
-"""Build-time name shrinking for the lean device build (CPython only): the
-same modules with shorter names, for flash (docs/micropython.md, "Flash
-size").
+"""Build-time shrinking of the lean device build (CPython only): the same
+modules with shorter names and fewer globals, for flash (docs/micropython.md,
+"Flash size").
 
 Every ``.mpy`` carries its own table of the names it uses (qstrs), so each
-long internal name costs its length once per module that uses it. ``Shrinker``
-rewrites the sources of a build together (``ast``, then ``ast.unparse``);
-the ``.py`` files are unchanged and a debug build does not shrink.
+long name costs its length once per module that uses it. ``Shrinker``
+plans one renaming from the sources of every module a build may ship and
+rewrites each module of a build (``ast``, then unparsed); the ``.py`` files
+are unchanged and a ``--debug`` build is not shrunk.
 
 Invariants:
 - Rule 1: only names private to the build change: identifiers with one
   leading underscore that the build itself defines (a ``def``, a class, an
-  argument, an assigned variable or ``self._x`` attribute, an import alias).
-  A name that also appears as a string anywhere in the build (``getattr``,
-  ``hasattr``, ``delattr``) or in a module left as it is (native code), or
-  that is a module's file name, keeps its name. Public names (the API of
-  docs/micropython.md, everything the host or a user's program reaches)
-  have no leading underscore and never change.
+  argument, an assigned variable or ``self._x`` attribute, an import
+  alias), and the board-internal names of ``INTERNAL``. A name that also
+  appears as a string anywhere in the build (``getattr``, ``hasattr``,
+  ``delattr``) or in a module left as it is (native code), a module's file
+  name and ``KEEP_PRIVATE`` keep their names. The documented API
+  (docs/micropython.md, examples/) and whatever the host reads (the wire,
+  the event and summary lines) have no leading underscore and are not in
+  ``INTERNAL``.
 - Rule 2: a renamed identifier gets the same short name in every module of
-  the build, and no short name is an identifier the build already uses, so
-  an attribute set in one module and read in another still meets.
-- Rule 3: a module-level ``NAME = const(int)`` (or ``NAME = int`` bound
-  once, a small int) whose name ``keep`` does not list is replaced by its
-  value wherever the build reads it (``NAME`` in its module, ``from m
-  import NAME`` and ``m.NAME`` in others) and is no longer a module global. A name some function also binds locally, or that a
-  module left as it is mentions, stays a global.
+  every build (planned from all the pristine sources, whatever a build
+  ships), and no short name is an identifier, builtin or keyword the build
+  uses; only a folded ``_X = const()`` keeps an underscore.
+- Rule 3: a public int constant (``names`` Rule 2) that ``keep`` does not
+  list is written where the build reads it (in its module, through ``from
+  m import NAME`` and ``m.NAME``) and is no longer a module global. A name
+  some function also binds, or that is reached any other way, stays.
 - Rule 4: the CPython fallback for ``const`` (``try: from micropython import
   const`` / ``except ImportError: def const(x)``) goes: mpy-cross folds
   ``const()`` without the import.
+- Rule 5: required parameters (no default) get one- or two-letter names,
+  unless some call passes that name as a keyword (or a string names it),
+  the function is called with ``**``, or it is ``PUBLIC``.
+- Rule 6: ``raise E("")`` (a message ``build.strip_messages`` emptied)
+  becomes ``raise E``, unless ``E`` defines its own ``__init__``.
+- Rule 7: unparsing alone changes no bytecode (``_Unparser``; tested on
+  every device module).
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ import string
 from typing import Iterable, Iterator
 
 from moteseal.flash.errors import FlashError
+from moteseal.flash.names import (add_reexports, attr_reads, const_assign, defined, identifiers,
+                                  local_bindings, module_aliases, module_consts, strings)
 
 __all__ = ["INTERNAL", "KEEP_CONSTANTS", "KEEP_PRIVATE", "PUBLIC", "Shrinker"]
 
@@ -81,52 +93,6 @@ def _is_private(name: str) -> bool:
     return bool(_PRIVATE.match(name)) and not name.endswith("__")
 
 
-def _identifiers(tree: ast.AST) -> Iterator[str]:
-    """Every identifier the tree mentions, and every string constant."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            yield node.id
-        elif isinstance(node, ast.Attribute):
-            yield node.attr
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            yield node.name
-        elif isinstance(node, ast.arg):
-            yield node.arg
-        elif isinstance(node, ast.keyword) and node.arg:
-            yield node.arg
-        elif isinstance(node, ast.alias):
-            yield from node.name.split(".")
-            if node.asname:
-                yield node.asname
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            yield from node.names
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            yield from node.module.split(".")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            yield node.value
-
-
-def _defined(tree: ast.AST) -> Iterator[str]:
-    """Names the tree binds (Rule 1)."""
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            yield node.name
-        elif isinstance(node, ast.arg):
-            yield node.arg
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            yield node.id
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            yield node.attr
-        elif isinstance(node, ast.alias):
-            yield node.asname or node.name.split(".")[0]
-
-
-def _strings(tree: ast.AST) -> Iterator[str]:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            yield node.value
-
-
 def _short_names(taken: set[str], prefix: str) -> Iterator[str]:
     """``prefix`` + ``a``, ... ``Z``, then two characters (a letter, then a
     letter or digit), ...: identifiers, never a keyword, a builtin or a
@@ -164,135 +130,6 @@ def _drop_const_fallback(tree: ast.Module) -> None:
     tree.body = body
 
 
-def _const_value(node: ast.expr, known: dict[str, int]) -> int | None:
-    """The int a ``const(...)`` argument folds to, or None."""
-    if isinstance(node, ast.Constant):
-        return node.value if type(node.value) is int else None
-    if isinstance(node, ast.Name):
-        return known.get(node.id)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Invert)):
-        v = _const_value(node.operand, known)
-        return None if v is None else (-v if isinstance(node.op, ast.USub) else ~v)
-    if isinstance(node, ast.BinOp):
-        a, b = _const_value(node.left, known), _const_value(node.right, known)
-        if a is None or b is None:
-            return None
-        ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-               ast.FloorDiv: lambda: a // b if b else None, ast.Mod: lambda: a % b if b else None,
-               ast.LShift: lambda: a << b if 0 <= b < 64 else None,
-               ast.RShift: lambda: a >> b if b >= 0 else None,
-               ast.BitOr: lambda: a | b, ast.BitAnd: lambda: a & b, ast.BitXor: lambda: a ^ b}
-        fn = ops.get(type(node.op))
-        return None if fn is None else fn()
-    return None
-
-
-def _const_assign(stmt: ast.stmt) -> ast.expr | None:
-    """The value expression of ``NAME = const(x)`` or of a plain
-    ``NAME = <int expression>`` (the backend contract's sizes), else None."""
-    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-            and isinstance(stmt.targets[0], ast.Name)):
-        return None
-    v = stmt.value
-    if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "const" \
-            and len(v.args) == 1 and not v.keywords:
-        return v.args[0]
-    return v if isinstance(v, (ast.Constant, ast.BinOp, ast.UnaryOp)) else None
-
-
-def _module_consts(tree: ast.Module) -> dict[str, int]:
-    """The module's top-level ``NAME = const(int)`` values and those of
-    names bound once, at top level, to a small int (below 2**30: a small
-    int on every port) (public names)."""
-    stores: dict[str, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            stores[node.id] = stores.get(node.id, 0) + 1
-    known: dict[str, int] = {}
-    out: dict[str, int] = {}
-    for stmt in tree.body:
-        expr = _const_assign(stmt)
-        if expr is None:
-            continue
-        name = stmt.targets[0].id  # type: ignore[attr-defined]
-        v = _const_value(expr, known)
-        if v is None or stores.get(name) != 1:
-            continue
-        is_const = isinstance(stmt.value, ast.Call)  # type: ignore[attr-defined]
-        if is_const or -(1 << 30) <= v < (1 << 30):
-            known[name] = v
-            if not name.startswith("_"):
-                out[name] = v
-    return out
-
-
-def _add_reexports(trees: dict[str, ast.Module], consts: dict[str, dict[str, int]]) -> None:
-    """A constant a module imports at top level is one of its own as well:
-    another module may import it from there."""
-    changed = True
-    while changed:
-        changed = False
-        for m, tree in trees.items():
-            for stmt in tree.body:
-                if isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
-                    src = consts.get(stmt.module.replace(".", "/"), {})
-                    for a in stmt.names:
-                        name = a.asname or a.name
-                        if a.name in src and name not in consts[m]:
-                            consts[m][name] = src[a.name]
-                            changed = True
-
-
-def _local_bindings(tree: ast.Module, consts: dict[str, dict[str, int]]) -> set[str]:
-    """Names bound anywhere but at module level (arguments, locals,
-    attributes stored; not a function's ``from m import NAME`` of a
-    constant): a constant named like one of them stays (Rule 3)."""
-    out: set[str] = set()
-    for fn in ast.walk(tree):
-        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            imported = set()
-            for node in ast.walk(fn):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    src = consts.get(node.module.replace(".", "/"), {})
-                    imported |= {a.name for a in node.names if a.name in src and a.asname is None}
-            out |= set(_defined(fn)) - imported
-            if not isinstance(fn, ast.Lambda) and not isinstance(fn, ast.ClassDef):
-                out.discard(fn.name)
-    return out
-
-
-def _module_aliases(tree: ast.Module, consts: dict[str, dict[str, int]]) -> dict[str, str]:
-    """Names bound to a module of the build by an import anywhere in the
-    tree (``from device import envelope``, ``import device.envelope as
-    env``): name -> "device/envelope". A name an import binds to anything
-    else as well is left out."""
-    bound: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                bound.setdefault(alias.asname or alias.name, set()).add(
-                    f"{node.module.replace('.', '/')}/{alias.name}")
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                target = alias.name.replace(".", "/") if alias.asname else "?"
-                bound.setdefault(alias.asname or alias.name.split(".")[0], set()).add(target)
-    return {n: next(iter(m)) for n, m in bound.items() if len(m) == 1 and next(iter(m)) in consts}
-
-
-def _attr_reads(tree: ast.Module, aliases: dict[str, str], consts: dict[str, dict[str, int]]) -> set[str]:
-    """Constant names read as an attribute of something other than a known
-    alias of the module defining them: these stay globals (Rule 3)."""
-    names = set().union(*consts.values()) if consts else set()
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in names:
-            if not (isinstance(node.value, ast.Name) and node.value.id in aliases
-                    and node.attr in consts[aliases[node.value.id]]
-                    and isinstance(node.ctx, ast.Load)):
-                out.add(node.attr)
-    return out
-
-
 class _Rewriter(ast.NodeTransformer):
     """Applies one build's renames and constant values to one module."""
 
@@ -322,7 +159,7 @@ class _Rewriter(ast.NodeTransformer):
                     if alias.name in self.inline.get(src, ()):
                         self.imported[alias.asname or alias.name] = self.consts[src][alias.name]
         node.body = [stmt for stmt in node.body if not (
-            _const_assign(stmt) is not None
+            const_assign(stmt) is not None
             and stmt.targets[0].id in self.own)]  # type: ignore[attr-defined]  # Rule 3: inlined
         self.generic_visit(node)
         node.body = [s for s in node.body if not isinstance(s, ast.Pass)] or [ast.Pass()]
@@ -413,19 +250,20 @@ class Shrinker:
         trees = {name: _parse(name, text) for name, text in sources.items()}
         frozen: set[str] = set(module_names) | KEEP_PRIVATE
         for text in frozen_sources:
-            frozen |= set(_identifiers(_parse("native module", text)))
+            frozen |= set(identifiers(_parse("native module", text)))
         taken = set(frozen)
-        strings: set[str] = set()
+        quoted: set[str] = set()
         for tree in trees.values():
-            taken |= set(_identifiers(tree))
-            strings |= set(_strings(tree))
+            taken |= set(identifiers(tree))
+            quoted |= set(strings(tree))
         # Rule 3: constants, unless some code binds or reaches the same name otherwise.
-        keep = set(keep) | frozen | strings
-        self.consts = {m: _module_consts(t) for m, t in trees.items()}
-        _add_reexports(trees, self.consts)
+        keep = set(keep) | frozen | quoted
+        self.consts = {m: module_consts(t) for m, t in trees.items()}
+        add_reexports(trees, self.consts)
         local: set[str] = set()
         for m, t in trees.items():
-            local |= _local_bindings(t, self.consts) | _attr_reads(t, _module_aliases(t, self.consts), self.consts)
+            local |= local_bindings(t, self.consts)
+            local |= attr_reads(t, module_aliases(t, self.consts), self.consts)
         self.inline = {m: {n for n in c if n not in keep and n not in local}
                        for m, c in self.consts.items()}
         # Rule 6: classes whose own __init__ may need an argument.
@@ -435,7 +273,7 @@ class Shrinker:
                                    for f in node.body)}
         # Rule 5: a parameter passed by name anywhere, or named in a string,
         # keeps its name; so do those of anything called with ``**``.
-        self.keywords = set(strings) | frozen
+        self.keywords = quoted | frozen
         for tree in trees.values():
             for node in ast.walk(tree):
                 if isinstance(node, ast.keyword) and node.arg:
@@ -444,18 +282,20 @@ class Shrinker:
                     self.keywords |= set(_called_params(trees, node.func))
         # Rule 1: what may be renamed, the most costly first (each module pays once).
         cost: dict[str, int] = {}
-        defined: set[str] = set()
+        bound: set[str] = set()
         for tree in trees.values():
-            defined |= set(_defined(tree))
-            for ident in set(_identifiers(tree)):
+            bound |= set(defined(tree))
+            for ident in set(identifiers(tree)):
                 cost[ident] = cost.get(ident, 0) + len(ident) + 2
-        candidates = sorted((n for n in defined if (_is_private(n) or n in INTERNAL)
-                             and n not in frozen and n not in strings),
+        candidates = sorted((n for n in bound if (_is_private(n) or n in INTERNAL)
+                             and n not in frozen and n not in quoted),
                             key=lambda n: (-cost.get(n, 0), n))
         # A module-level ``_X = const(...)`` must keep its underscore (mpy-cross
         # then folds it and stores no global); any other name needs none.
-        folded = {stmt.targets[0].id for tree in trees.values() for stmt in tree.body  # type: ignore[attr-defined]
-                  if _const_assign(stmt) is not None and isinstance(stmt.value, ast.Call)}  # type: ignore[attr-defined]
+        folded = {stmt.targets[0].id  # type: ignore[attr-defined]
+                  for tree in trees.values() for stmt in tree.body
+                  if const_assign(stmt) is not None
+                  and isinstance(stmt.value, ast.Call)}  # type: ignore[attr-defined]
         pools = {True: _short_names(taken, "_"), False: _short_names(taken, "")}
         self.renames: dict[str, str] = {}
         for name in candidates:
@@ -470,7 +310,7 @@ class Shrinker:
         tree = _parse(module, text)
         _drop_const_fallback(tree)
         tree = _Rewriter(module, self.renames, self.consts, self.inline,
-                         _module_aliases(tree, self.consts), self.takes_args).visit(tree)
+                         module_aliases(tree, self.consts), self.takes_args).visit(tree)
         _rename_params(tree, self.keywords, PUBLIC.get(module, ()))
         ast.fix_missing_locations(tree)
         return _Unparser().visit(tree) + "\n"
@@ -537,7 +377,7 @@ def _rename_params(tree: ast.Module, keep: set[str], public: Iterable[str]) -> N
         for a in required(fn):
             plans.setdefault(a.arg, []).append(fn)
     mentioned: dict[str, int] = {}
-    for ident in _identifiers(tree):
+    for ident in identifiers(tree):
         mentioned[ident] = mentioned.get(ident, 0) + 1
     covered: dict[str, int] = {}
     blocked: set[str] = set(keep)
