@@ -16,7 +16,7 @@ import ast
 from typing import Iterator
 
 __all__ = ["add_reexports", "attr_reads", "const_assign", "defined", "identifiers", "local_bindings",
-           "module_aliases", "module_consts", "strings"]
+           "module_aliases", "module_consts", "reached", "strings"]
 
 
 def identifiers(tree: ast.AST) -> Iterator[str]:
@@ -42,6 +42,18 @@ def identifiers(tree: ast.AST) -> Iterator[str]:
             yield from node.module.split(".")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             yield node.value
+
+
+def reached(tree: ast.AST) -> set[str]:
+    """The names the tree reaches in other modules or objects: every
+    attribute it reads or sets and every name it imports."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            out.add(node.attr)
+        elif isinstance(node, ast.ImportFrom):
+            out |= {a.name for a in node.names}
+    return out
 
 
 def defined(tree: ast.AST) -> Iterator[str]:

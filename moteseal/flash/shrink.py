@@ -37,6 +37,9 @@ Invariants:
   becomes ``raise E``, unless ``E`` defines its own ``__init__``.
 - Rule 7: unparsing alone changes no bytecode (``_Unparser``; tested on
   every device module).
+- Rule 8: the names ``STABLE`` modules reach in other modules (attributes,
+  imported names) never change, so that main.py and the update step work
+  with the modules an update brings, shrunk differently or not at all.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ from typing import Iterable, Iterator
 
 from moteseal.flash.errors import FlashError
 from moteseal.flash.names import (add_reexports, attr_reads, const_assign, defined, identifiers,
-                                  local_bindings, module_aliases, module_consts, strings)
+                                  local_bindings, module_aliases, module_consts, reached, strings)
 
-__all__ = ["INTERNAL", "KEEP_CONSTANTS", "KEEP_PRIVATE", "PUBLIC", "Shrinker"]
+__all__ = ["INTERNAL", "KEEP_CONSTANTS", "KEEP_PRIVATE", "PUBLIC", "STABLE", "Shrinker"]
 
 _PRIVATE = re.compile(r"_[A-Za-z0-9]\w*\Z")
 # Module-level constants a user's program may read on the board (none is
@@ -61,6 +64,12 @@ KEEP_CONSTANTS: frozenset[str] = frozenset()
 # Private names a test calls on a lean build (tests/host/test_flash_features.py
 # runs main's update boot step on its own), which keep their names.
 KEEP_PRIVATE: frozenset[str] = frozenset({"_update_boot"})
+# Rule 8: modules that run across an application update
+# (micropython_port/app_update.py swaps every other module's file while
+# they run, and main.py then imports the new ones, which may come from a
+# debug build or another version's sources): every name they reach in
+# another module keeps its name.
+STABLE = ("micropython_port/main", "micropython_port/app_update")
 # Names without a leading underscore that only the build's own modules use
 # on a board (no document, example or user program names them; the host
 # runs the .py sources): renamed like private ones (Rule 1).
@@ -80,7 +89,7 @@ INTERNAL: frozenset[str] = frozenset({
     # envelope.py, counter.py, noise.py), the envelope's routing checks and
     # the bundle's key list, which main.py hands on as a tuple
     "FIELDS", "PAD_KINDS", "LINK_FIELDS", "SID_MAX", "NONCE_MAX", "COUNTER_MAX", "DEFAULT_SUITE",
-    "header_size", "src_is", "dst_is", "peer_keys",
+    "header_size", "src_is", "dst_is",
 })
 # Rule 5: functions (or classes: all their methods) whose parameters keep
 # their names, as docs/micropython.md and examples/ call them.
@@ -254,6 +263,9 @@ class Shrinker:
         ``FlashError`` for a source that does not parse."""
         trees = {name: _parse(name, text) for name, text in sources.items()}
         frozen: set[str] = set(module_names) | KEEP_PRIVATE
+        for module in STABLE:  # Rule 8
+            if module in trees:
+                frozen |= reached(trees[module])
         for text in frozen_sources:
             frozen |= set(identifiers(_parse("native module", text)))
         taken = set(frozen)

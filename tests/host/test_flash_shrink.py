@@ -223,3 +223,31 @@ def test_a_debug_build_is_not_shrunk(bundle_file: Path, tmp_path: Path) -> None:
     lean = qstrs(tmp_path / "l" / "device" / "session.mpy")
     assert "_pending_sid" in debug and "_pending_sid" not in lean
     assert "COUNTER_BYTES" in " ".join(debug) or "put_counter" in debug
+
+
+MIXED = """
+import micropython_port.main as M
+b = M.load_bundle('moteseal.bundle')
+from micropython_port.app import Device
+d = Device(b, 'ctr', None)
+print(len(b), d.interval_ms, d.session.max_payload > 0)
+"""
+
+
+@pytest.mark.parametrize("main_from", ["lean", "debug"])
+def test_main_runs_the_modules_an_update_swaps_in_under_it(bundle_file: Path, tmp_path: Path,  # noqa: F811
+                                                           main_from: str) -> None:
+    # Rule 8: an application update replaces every module but the running
+    # main.py (and the update step) with another build's, here a debug one
+    # (not shrunk), and a rollback the other way round.
+    for name in ("lean", "debug"):
+        build(bundle_file, tmp_path / name, "x64", device_id="mote-1", debug=name == "debug",
+              features=("fields", "updates"))
+    other = "debug" if main_from == "lean" else "lean"
+    mixed = tmp_path / other
+    for mod in ("main", "app_update"):
+        (mixed / "micropython_port" / f"{mod}.mpy").write_bytes(
+            (tmp_path / main_from / "micropython_port" / f"{mod}.mpy").read_bytes())
+    p = subprocess.run([mp_binary(), "-c", MIXED], cwd=mixed, capture_output=True, text=True,
+                       timeout=60, env={"MICROPYPATH": ".frozen", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0 and p.stdout.split() == ["7", "10000", "True"], p.stdout + p.stderr
