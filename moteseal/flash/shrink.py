@@ -59,8 +59,6 @@ _PRIVATE = re.compile(r"_[A-Za-z0-9]\w*\Z")
 # Module-level constants a user's program may read on the board (none is
 # documented as device API today; the list is where one would go).
 KEEP_CONSTANTS: frozenset[str] = frozenset()
-
-
 # Private names a test calls on a lean build (tests/host/test_flash_features.py
 # runs main's update boot step on its own), which keep their names.
 KEEP_PRIVATE: frozenset[str] = frozenset({"_update_boot"})
@@ -86,8 +84,7 @@ INTERNAL: frozenset[str] = frozenset({
     # device/delivery.py's Outbox, for the app
     "resend_due", "mark_sent", "next_seq",
     # module tables and limits read only inside the build (device/bundle.py,
-    # envelope.py, counter.py, noise.py), the envelope's routing checks and
-    # the bundle's key list, which main.py hands on as a tuple
+    # envelope.py, counter.py, noise.py) and the envelope's routing checks
     "FIELDS", "PAD_KINDS", "LINK_FIELDS", "SID_MAX", "NONCE_MAX", "COUNTER_MAX", "DEFAULT_SUITE",
     "header_size", "src_is", "dst_is",
 })

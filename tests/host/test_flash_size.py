@@ -12,9 +12,9 @@
   the TLS handshake are out of all of them (docs/micropython.md, "Flash
   size").
 - The issue's goal of 32 KiB for armv6m and armv7m is NOT met yet (by
-  default armv7m 35.8 KiB: 7.5 KiB of asm_thumb code and 28.0 KiB of
+  default armv7m 35.7 KiB: 7.5 KiB of asm_thumb code and 27.9 KiB of
   Python modules, after the lean build's name shrinking and flags,
-  moteseal/flash/shrink.py; armv6m 34.3 KiB: 6.1 + 28.0); the strict
+  moteseal/flash/shrink.py; armv6m 34.2 KiB: 6.1 + 27.9); the strict
   xfail below says by how much and flips to a failure the day a build
   meets it, so that its budget can take its place.
 """
@@ -86,7 +86,7 @@ def test_each_feature_costs_flash_and_the_sets_nest(bundle_file: Path, tmp_path:
 
 
 @pytest.mark.xfail(strict=True, reason="issue 16 item 6: the 32 KiB goal is not met yet "
-                   "(default features: armv7m 35.8 KiB, armv6m 34.3 KiB; see docs/micropython.md, "
+                   "(default features: armv7m 35.7 KiB, armv6m 34.2 KiB; see docs/micropython.md, "
                    "Flash size)")
 @pytest.mark.parametrize("arch", ["armv6m", "armv7m"])
 def test_the_bundle_meets_the_32k_goal(bundle_file: Path, tmp_path: Path, arch: str) -> None:
