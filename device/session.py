@@ -76,7 +76,7 @@ except ImportError:
         return x
 
 # A flash build for a bundle without a pad policy sets this to const(0)
-# (moteseal/flash/build.py, as ``device/padding``; Rule 9): no padding code ships.
+# (moteseal/flash/features.py ``target_flags``; Rule 9): no padding code ships.
 _PAD = const(1)
 SID_SPACE = const(24)  # sids 0..23 encode in one CBOR byte; consecutive handshakes differ
 DEFAULT_HINT_INTERVAL = const(5)

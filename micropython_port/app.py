@@ -85,7 +85,7 @@ _EV_COUNTER_BEHIND = const(5)
 _GROUPS = const(1)  # Rule 7
 _UPDATES = const(1)  # Rule 8
 _FIELDS = const(1)  # the user's fields (``read``)
-_SERIAL = const(1)  # the UART link: off in a build for MQTT (no uart_link; build.py link_flags)
+_SERIAL = const(1)  # the UART link: off in a build for MQTT (no uart_link; features.py link_flags)
 
 # A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
 # device up less than 18 hours and 65536 readings; the user's fields share

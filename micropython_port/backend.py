@@ -35,7 +35,7 @@ except ImportError:  # CPython
         return x
 
 # A flash build for a SHA-256 suite sets this to const(0) (moteseal/flash/
-# build.py ``suite_flags``): it ships no ``blake2s``, so BLAKE2s is an
+# features.py ``suite_flags``): it ships no ``blake2s``, so BLAKE2s is an
 # unsupported hash there.
 _BLAKE2S = const(1)
 

@@ -32,7 +32,7 @@ _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
 _ECONNREFUSED = const(111)
 # A flash build for a plain-TCP link (no ``ca``, no ``pin``) sets this to
-# const(0) with ``wrap`` left out (moteseal/flash/build.py ``link_only``):
+# const(0) (moteseal/flash/features.py ``link_flags``; ``wrap`` is left out):
 # no TLS failure can happen there, and mpy-cross drops their names.
 _TLS = const(1)
 # CONNACK return codes 1..5 (MQTT 3.1.1 section 3.2.2.3), as event details.

@@ -59,7 +59,7 @@ _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 
 # The paths a build may ship: a flash build for one architecture turns off
-# those it leaves out (moteseal/flash/build.py ``arch_flags``), and
+# those it leaves out (moteseal/flash/features.py ``arch_flags``), and
 # mpy-cross drops their tries.
 _THUMB2 = const(1)
 _THUMB1 = const(1)
