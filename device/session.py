@@ -75,6 +75,9 @@ except ImportError:
     def const(x):
         return x
 
+# A flash build for a bundle without a pad policy sets this to const(0)
+# (moteseal/flash/features.py ``target_flags``; Rule 9): no padding code ships.
+_PAD = const(1)
 SID_SPACE = const(24)  # sids 0..23 encode in one CBOR byte; consecutive handshakes differ
 DEFAULT_HINT_INTERVAL = const(5)
 DEFAULT_MAX_DEVICES = const(65536)  # sessions a peer holds before evicting the oldest
@@ -152,7 +155,7 @@ class DeviceSession:
             raise LocalError("DeviceSession takes no lock: use LockedDeviceSession")
         self.pad = opts.get("pad")  # Rule 9
         self._P = self._unpad = None
-        if self.pad is not None:
+        if _PAD and self.pad is not None:
             from device import padding
             self._P = padding  # a module: its functions are looked up without allocating
             self._unpad = padding.unpad_len
@@ -176,7 +179,7 @@ class DeviceSession:
         exhausted)."""
         n = len(payload)
         pad = self.pad
-        size = n if pad is None else self._P.padded_size(n, buckets or pad.hs)
+        size = n if not _PAD or pad is None else self._P.padded_size(n, buckets or pad.hs)
         if size > self.max_payload:
             raise MessageTooLarge("payload exceeds max_payload")
         c = self._counter.next()
@@ -188,7 +191,7 @@ class DeviceSession:
         pt = bytearray(COUNTER_BYTES + size)
         put_counter(pt, 0, c)
         pt[COUNTER_BYTES:COUNTER_BYTES + n] = payload
-        if pad is not None:
+        if _PAD and pad is not None:
             self._P.pad_into(pt, COUNTER_BYTES, n, size)
         msg_len = DHLEN_BYTES + len(pt) + TAG_BYTES  # e, then the sealed payload
         hdr = bytearray(E.HEADER_MAX_BYTES)
@@ -229,7 +232,7 @@ class DeviceSession:
                     raise DecodeError("no such session")
             self.last_len = tr.decrypt_into(env.nonce, buf, env.msg_off, buf, env.msg_off,
                                             env.msg_len, out, 0, now,
-                                            None if self.pad is None else self._unpad)
+                                            self._unpad)  # None without padding
             return EV_DATA
         if t == E.HS2:
             hs = self._hs
@@ -242,7 +245,7 @@ class DeviceSession:
             self._hs = None
             payload = hs.read_message(memoryview(buf)[env.msg_off:env.msg_off + env.msg_len])
             pn = len(payload)
-            if self.pad is not None:
+            if _PAD and self.pad is not None:
                 pn = self._unpad(payload, 0, pn)  # Rule 9; DecodeError ends this attempt
             if pn == COUNTER_NOTICE_BYTES and payload[0] == COUNTER_NOTICE_TAG:
                 # Authenticated: our counter store was lost (Rule 8). The
@@ -304,12 +307,12 @@ class DeviceSession:
         if tr.expired(now):
             raise SessionExpired("session spent; handshake again")
         pad = self.pad
-        size = n if pad is None else self._P.padded_size(n, buckets or pad.up)
+        size = n if not _PAD or pad is None else self._P.padded_size(n, buckets or pad.up)
         if size > tr.max_payload:
             raise MessageTooLarge("message exceeds max_payload")
         off = E.encode_header_into(out, E.HEAD_DATA, self.device_id, self.peer_id,
                                    self.sid, tr.send_nonce, size + TAG_BYTES)
-        if pad is None:
+        if not _PAD or pad is None:
             w = off + tr.encrypt_into(out, off, src, 0, n, out, off, now)
         else:
             if off + size + TAG_BYTES > len(out):

@@ -85,12 +85,12 @@ _EV_COUNTER_BEHIND = const(5)
 _GROUPS = const(1)  # Rule 7
 _UPDATES = const(1)  # Rule 8
 _FIELDS = const(1)  # the user's fields (``read``)
+_SERIAL = const(1)  # the UART link: off in a build for MQTT (no uart_link; features.py link_flags)
 
 # A reading (the map head, "up" and "seq" take 27 bytes at most, 17 for a
 # device up less than 18 hours and 65536 readings; the user's fields share
-# the rest: docs/protocol.md, "Readings") or a
-# command from the peer; sizes the device's buffers and the link's. The
-# peer sends nothing larger to a device.
+# the rest: docs/protocol.md, "Readings") or a command from the peer; sizes
+# the device's buffers and the link's. The peer sends nothing larger to a device.
 _MAX_PAYLOAD_BYTES = const(64)
 _HEAD_BYTES = const(10)  # device.delivery.HEAD_BYTES: a retained reading's frame
 _HS_GAP_MS = const(1000)
@@ -183,7 +183,7 @@ class Device:
         pad = bundle[6] if len(bundle) > 6 else None  # the bundle's PadPolicy
         # A retained reading travels framed: the frame's head comes on top.
         pay = _MAX_PAYLOAD_BYTES + (_HEAD_BYTES if retain else 0)
-        if groups and pay < 92:  # a key message: 76 + a gid of 16 (device/group.py)
+        if _GROUPS and groups and pay < 92:  # a key message: 76 + a gid of 16 (device/group.py)
             pay = 92
         if pad:  # room for the largest bucket a message of ours pads to
             from device.padding import padded_size
@@ -201,7 +201,7 @@ class Device:
         self.on_group = None
         if groups and not _GROUPS or read and not _FIELDS:  # never silently
             raise LocalError("no fields" if read and not _FIELDS else "no groups")
-        if groups:  # Rule 7, loaded only for a device that joins groups
+        if _GROUPS and groups:  # Rule 7, loaded only for a device that joins groups
             from micropython_port.app_groups import AppGroups
             self.groups = AppGroups(self, be, peer_id, _MAX_PAYLOAD_BYTES, groups)
         if link_override:
@@ -211,7 +211,7 @@ class Device:
         if _GROUPS and self.groups and self.groups.limit > env_bytes:
             env_bytes = self.groups.limit  # the largest group message (Rule 7)
         kind = link.get("kind")
-        if kind == "serial":
+        if _SERIAL and kind == "serial":
             from micropython_port.uart_link import UartLink
             self.link = UartLink(link.get("port", "1"), self._envelope, link.get("baud", 115200),
                                  max_payload=env_bytes, opened=False)
@@ -224,7 +224,7 @@ class Device:
         # is sealed into _out before the link can deliver anything.
         self._buf = bytearray(pay)
         self._out = bytearray(HEADER_MAX_BYTES + pay + 16)  # a data envelope
-        if read:  # the writer is loaded only for user fields (2 KiB of heap)
+        if _FIELDS and read:  # the writer is loaded only for user fields (2 KiB of heap)
             from device.reading import ReadingWriter
             self.w = ReadingWriter(memoryview(self._buf)[:_MAX_PAYLOAD_BYTES])
         self.read = read
@@ -281,14 +281,14 @@ class Device:
             b = self._buf
             m = self.session.last_len
             if m and 0x10 <= b[0] <= 0x13:  # Rule 8: a transfer frame
-                if not _UPDATES:  # a build without updates: dropped, counted
+                if _UPDATES:
+                    x = self.xfer
+                    if x is None:
+                        from micropython_port.update import receiver
+                        x = self.xfer = receiver(len(b) - 9)  # device.transfer.PIECE_HEAD_BYTES
+                    x.frame(b, m)
+                else:  # a build without updates: dropped, counted
                     c["bad_envelopes"] += 1
-                    return
-                x = self.xfer
-                if x is None:
-                    from micropython_port.update import receiver
-                    x = self.xfer = receiver(len(b) - 9)  # device.transfer.PIECE_HEAD_BYTES
-                x.frame(b, m)
                 return
             if m >= 5 and b[0] == 2:
                 # Rule 6: a command frame (0x02, id, command; device/delivery.py):
@@ -413,7 +413,7 @@ class Device:
             raise SystemExit(4)
         if self._need_hs or s.transport is None or s.handshaking:
             return
-        x = self.xfer
+        x = self.xfer if _UPDATES else None
         if _UPDATES and x is not None and x.pending:  # Rule 8: a transfer status
             try:
                 n = s.send_into(x.out, x.pending, self._out, self.now)

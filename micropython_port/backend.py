@@ -28,6 +28,17 @@ from micropython_port import hashes
 from micropython_port.chacha20poly1305 import ChaCha20Poly1305
 from micropython_port.x25519 import x25519, x25519_base
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+# A flash build for a SHA-256 suite sets this to const(0) (moteseal/flash/
+# features.py ``suite_flags``): it ships no ``blake2s``, so BLAKE2s is an
+# unsupported hash there.
+_BLAKE2S = const(1)
+
 
 class MicroBackend:
     """Primitives for the core on MicroPython (and, more slowly, CPython)."""
@@ -50,7 +61,7 @@ class MicroBackend:
         other name."""
         if name == "SHA256":
             return hashes
-        if name == "BLAKE2s":
+        if _BLAKE2S and name == "BLAKE2s":
             from micropython_port import blake2s
 
             return blake2s
@@ -69,7 +80,7 @@ def paths():
     from micropython_port import chacha20poly1305, x25519
 
     out = "x25519=" + x25519.PATH + " aead=" + chacha20poly1305.PATH
-    b = sys.modules.get("micropython_port.blake2s")
+    b = _BLAKE2S and sys.modules.get("micropython_port.blake2s")
     if b:
         out += " blake2s=" + b.PATH
     return out

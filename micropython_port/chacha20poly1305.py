@@ -50,6 +50,13 @@ from array import array
 _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 
+# The paths a build may ship: a flash build for one architecture turns off
+# those it leaves out (moteseal/flash/features.py ``arch_flags``), and
+# mpy-cross drops their tries.
+_THUMB2 = const(1)
+_THUMB1 = const(1)
+_VIPER = const(1)
+
 
 def _load():
     """(module, PATH) of the best fast path this interpreter can load: the
@@ -58,26 +65,28 @@ def _load():
     "python")."""
     if sys.implementation.name != "micropython":
         return None, "python"  # CPython
-    if _ARCH == 0 or 5 <= _ARCH <= 8:
+    if _THUMB2 and (_ARCH == 0 or 5 <= _ARCH <= 8):
         try:
             from micropython_port import _chachapoly_thumb as v
 
             return v, "asm_thumb"
         except _NO_EMITTER:
             pass
-    if _ARCH == 4:
+    if _THUMB1 and _ARCH == 4:
         try:
             from micropython_port import _chachapoly_thumb1 as v
 
             return v, "asm_thumb1"
         except _NO_EMITTER:
             pass
-    try:
-        from micropython_port import _chachapoly_viper as v
+    if _VIPER:
+        try:
+            from micropython_port import _chachapoly_viper as v
 
-        return v, "viper"
-    except _NO_EMITTER:
-        return None, "python"
+            return v, "viper"
+        except _NO_EMITTER:
+            pass
+    return None, "python"
 
 
 _v, PATH = _load()

@@ -187,10 +187,10 @@ def _start(argv, read, on_command):
         dev.resend_s = int(opts["resend-s"])
     if "drain-ms" in opts:
         dev.drain_ms = int(opts["drain-ms"])
-    if trial == "trial":
+    if _UPDATES and trial == "trial":
         dev.trial = True
         dev.trial_s = int(opts.get("trial-s", 120))
-    if trial and dev.log:
+    if _UPDATES and trial and dev.log:
         dev.log("update", trial)
     run_ms = int(opts["run-ms"]) if "run-ms" in opts else None
     return (dev, int(opts["count"]) if "count" in opts else None, int(opts.get("linger-ms", 0)),

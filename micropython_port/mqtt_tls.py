@@ -31,6 +31,10 @@ _ECONNRESET = const(104)
 _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
 _ECONNREFUSED = const(111)
+# A flash build for a plain-TCP link (no ``ca``, no ``pin``) sets this to
+# const(0) (moteseal/flash/features.py ``link_flags``; ``wrap`` is left out):
+# no TLS failure can happen there, and mpy-cross drops their names.
+_TLS = const(1)
 # CONNACK return codes 1..5 (MQTT 3.1.1 section 3.2.2.3), as event details.
 _REFUSALS = ("bad_protocol", "id_rejected", "server_unavailable", "bad_credentials",
              "not_authorized")
@@ -78,7 +82,7 @@ def name_failure(stage, e):
     code = a[0] if a else None
     if stage == 0:
         ev, d = "dns_failed", code
-    elif isinstance(e, ValueError):
+    elif _TLS and isinstance(e, ValueError):
         m = str(code)
         ev = "tls_failed"
         if m == "pin":
@@ -102,7 +106,7 @@ def name_failure(stage, e):
         ev, d = "mqtt_refused", _REFUSALS[c - 1] if 0 < c < 6 else c
     elif stage == 5 and code == _ECONNREFUSED:
         ev, d = "mqtt_refused", "subscribe"  # SUBACK 0x80: the ACL
-    elif stage == 2:
+    elif _TLS and stage == 2:
         # MBEDTLS_ERR_SSL_ALLOC_FAILED: the heap is too small for TLS.
         ev, d = "tls_failed", "out_of_memory" if code == -0x7F00 else "handshake"
     elif stage == 1 and code == _ECONNREFUSED:

@@ -58,6 +58,13 @@ _NO_EMITTER = (ImportError, SyntaxError, ValueError)
 # has.
 _ARCH = getattr(sys.implementation, "_mpy", 0) >> 10
 
+# The paths a build may ship: a flash build for one architecture turns off
+# those it leaves out (moteseal/flash/features.py ``arch_flags``), and
+# mpy-cross drops their tries.
+_THUMB2 = const(1)
+_THUMB1 = const(1)
+_VIPER = const(1)
+
 
 def _load():
     """(module, PATH) of the best fast path this interpreter can load: the
@@ -66,26 +73,28 @@ def _load():
     else viper, else (None, "python")."""
     if sys.implementation.name != "micropython":
         return None, "python"
-    if _ARCH == 0 or 5 <= _ARCH <= 8:
+    if _THUMB2 and (_ARCH == 0 or 5 <= _ARCH <= 8):
         try:
             from micropython_port import _fe25519_thumb as fe
 
             return fe, "asm_thumb"
         except _NO_EMITTER:
             pass
-    if _ARCH == 4:
+    if _THUMB1 and _ARCH == 4:
         try:
             from micropython_port import _fe25519_thumb1 as fe
 
             return fe, "asm_thumb1"
         except _NO_EMITTER:
             pass
-    try:
-        from micropython_port import _fe25519_viper as fe
+    if _VIPER:
+        try:
+            from micropython_port import _fe25519_viper as fe
 
-        return fe, "viper"
-    except _NO_EMITTER:
-        return None, "python"
+            return fe, "viper"
+        except _NO_EMITTER:
+            pass
+    return None, "python"
 
 
 _fe, PATH = _load()
@@ -130,7 +139,7 @@ def x25519(k, u):
     un = int.from_bytes(bytes(u), "little") & ((1 << 255) - 1)
     if PATH[:3] == "asm":  # asm_thumb, asm_thumb1: the same entry and state
         r = ladder_asm(kb, un)
-    elif _fe:
+    elif _VIPER and _fe:
         r = ladder(kb, un)
     else:
         from micropython_port import _x25519_py

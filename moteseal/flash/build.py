@@ -56,8 +56,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from moteseal.flash.errors import FlashError
-from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, clear_flags, feature_flags,  # noqa: F401
-                                     parse_features)
+from moteseal.flash.shrink import Shrinker
+from moteseal.flash.features import (DEFAULT_FEATURES, FEATURES, arch_flags,  # noqa: F401
+                                     clear_flags, feature_flags, link_flags, parse_features,
+                                     plain_mqtt, suite_flags, target_flags, THUMB1_ARCHES,
+                                     THUMB2_ARCHES)
 
 __all__ = ["ARCHES", "BOARDS", "CORE_MODULES", "DEFAULT_FEATURES", "FEATURES", "FlashError", "Manifest",
            "build", "parse_features", "verify_local"]
@@ -97,12 +100,10 @@ FAST_MODULES = {
     "micropython_port/_chachapoly_viper": "aead",
     "micropython_port/_blake2s_viper": "blake2s",
 }
-THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
 ASM_THUMB_MODULE = "micropython_port/_fe25519_thumb"
 ASM_THUMB_AEAD = "micropython_port/_chachapoly_thumb"  # ARMv7-M only, like ASM_THUMB_MODULE
 # ARMv6-M (Cortex-M0/M0+, RP2040): the Thumb-1 assembler modules ship instead
 # of the viper ones (2.8 + 3.3 KiB of .mpy against 16.8 + 14.2 KiB).
-THUMB1_ARCHES = ("armv6m",)
 ASM_THUMB1_MODULE = "micropython_port/_fe25519_thumb1"
 ASM_THUMB1_AEAD = "micropython_port/_chachapoly_thumb1"
 _ASM_PRIM = {ASM_THUMB_MODULE: "x25519", ASM_THUMB_AEAD: "aead",
@@ -293,7 +294,7 @@ def link_only(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     ``HOST_ONLY``): the TLS handshake for a plain-TCP MQTT link (no ``ca``,
     no ``pin``; ``mqtt_tls.name_failure`` stays: it names every failed
     connection)."""
-    if link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link:
+    if plain_mqtt(link):
         return {"micropython_port/mqtt_tls": ("wrap",)}
     return {}
 
@@ -442,6 +443,7 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
     if unknown:
         raise FlashError(f"unknown feature {sorted(unknown)[0]!r}; features: {', '.join(FEATURES)}", 2)
     flags = feature_flags(features)
+    target = target_flags(arch, bundle.link, bundle.suite, bundle.pad is not None)
     skip = set() if all_modules else unused_modules(str(bundle.link.get("kind")), bundle.suite,
                                                     bundle.pad is not None, features)
     if all_modules:
@@ -467,6 +469,9 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
              (("device", core, CORE_MODULES), ("micropython_port", port, port_modules))
              for name in names]
     order.sort(key=lambda m: f"{m[0]}/{m[2]}" not in fast)
+    # The lean build's names (moteseal/flash/shrink.py), planned once from
+    # every module's pristine source so that all builds name things alike.
+    shrinker = None if debug or all_modules else _shrinker(order, fast)
     for pkg, base, name in order:
         if f"{pkg}/{name}" in skip:
             continue
@@ -480,8 +485,12 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
             text = strip_definitions(text, strip)
         if f"{pkg}/{name}" in flags:
             text = clear_flags(text, flags[f"{pkg}/{name}"])
+        if not all_modules and f"{pkg}/{name}" in target:
+            text = clear_flags(text, target[f"{pkg}/{name}"])
         if not debug:
             text = strip_messages(text)
+        if shrinker is not None and f"{pkg}/{name}" not in fast:
+            text = shrinker.apply(f"{pkg}/{name}", text)
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / f"{name}.py"
             src.write_text(text)
@@ -523,6 +532,15 @@ def build(bundle_path: Path, out_dir: Path, arch: str, force: bool = False,
         manifest.romfs = write_romfs(out_dir, manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def _shrinker(order: list[tuple[str, Path, str]], native: set[str]) -> Shrinker:
+    """The ``Shrinker`` of every module in ``order`` (``(pkg, dir, name)``),
+    native-code modules (``native``) left as they are."""
+    texts = {f"{pkg}/{name}": (base / f"{name}.py").read_text() for pkg, base, name in order}
+    return Shrinker({m: t for m, t in texts.items() if m not in native},
+                    [t for m, t in texts.items() if m in native],
+                    {m.split("/")[1] for m in texts} | {"device", "micropython_port"})
 
 
 def romfs_image(files: Iterable[tuple[str, bytes]]) -> bytes:

@@ -18,11 +18,12 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from moteseal.flash.errors import FlashError
 
-__all__ = ["DEFAULT_FEATURES", "FEATURES", "clear_flags", "feature_flags", "parse_features"]
+__all__ = ["DEFAULT_FEATURES", "FEATURES", "arch_flags", "clear_flags", "feature_flags", "link_flags",
+           "parse_features", "plain_mqtt", "suite_flags", "target_flags", "THUMB1_ARCHES", "THUMB2_ARCHES"]
 
 FEATURES = {
     # Group messages (device/group.py): a build without them refuses
@@ -86,3 +87,65 @@ def clear_flags(source: str, flags: Iterable[str]) -> str:
             raise FlashError(f"feature flag {flag} = const(1) is not set once in this module")
         source = source.replace(line, f"\n{flag} = const(0)")
     return source
+
+
+# Flags a build turns off for what its target never uses (not features: the
+# bundle and the arch decide them, not ``--features``); cleared like the
+# features' flags, with the same Rule 1.
+# The ARMv7-M arches (asm_thumb paths) and ARMv6-M (asm_thumb1), as
+# ``moteseal.flash.build`` ships them.
+THUMB2_ARCHES = ("armv7m", "armv7em", "armv7emsp", "armv7emdp")
+THUMB1_ARCHES = ("armv6m",)
+
+
+def plain_mqtt(link: dict[str, Any]) -> bool:
+    """An MQTT link without TLS (no ``ca``, no ``pin``)."""
+    return link.get("kind") == "mqtt" and "ca" not in link and "pin" not in link
+
+
+def arch_flags(arch: str) -> dict[str, tuple[str, ...]]:
+    """The path flags (``_THUMB2``, ``_THUMB1``, ``_VIPER`` in ``x25519``
+    and ``chacha20poly1305``) a build for ``arch`` turns off (as
+    ``FEATURES``' flags): those of the native modules it never ships
+    (``build`` leaves the viper X25519 and AEAD out where an assembler
+    path ships, and each assembler path out of the other arches)."""
+    if arch in THUMB2_ARCHES:
+        off: tuple[str, ...] = ("_THUMB1", "_VIPER")
+    elif arch in THUMB1_ARCHES:
+        off = ("_THUMB2", "_VIPER")
+    else:
+        off = ("_THUMB2", "_THUMB1")
+    return {"micropython_port/x25519": off, "micropython_port/chacha20poly1305": off}
+
+
+def suite_flags(suite: str) -> dict[str, tuple[str, ...]]:
+    """The flags a build for a device with ``suite`` turns off: BLAKE2s in
+    the backend for a SHA-256 suite (``blake2s`` is not in that build:
+    ``unused_modules``)."""
+    return {} if suite.endswith("_BLAKE2s") else {"micropython_port/backend": ("_BLAKE2S",)}
+
+
+def link_flags(link: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The flags a build for a device with ``link`` turns off (as
+    ``FEATURES``' flags): ``name_failure``'s TLS failures on a plain-TCP
+    MQTT link, ``Device``'s UART link on an MQTT one (``uart_link`` is not
+    in that build: ``unused_modules``)."""
+    off: dict[str, tuple[str, ...]] = {}
+    if plain_mqtt(link):
+        off["micropython_port/mqtt_tls"] = ("_TLS",)
+    if link.get("kind") == "mqtt":
+        off["micropython_port/app"] = ("_SERIAL",)
+    return off
+
+
+def target_flags(arch: str, link: dict[str, Any], suite: str, pad: bool) -> dict[str, tuple[str, ...]]:
+    """Every flag a build for this arch, link and suite turns off, per
+    module: ``arch_flags``, ``link_flags``, ``suite_flags``, and padding's
+    in ``device/session`` for a bundle without a pad policy (``pad``
+    False; ``device/padding`` is not in that build)."""
+    off: dict[str, tuple[str, ...]] = {}
+    for flags in (arch_flags(arch), link_flags(link), suite_flags(suite),
+                  {} if pad else {"device/session": ("_PAD",)}):
+        for module, names in flags.items():
+            off[module] = off.get(module, ()) + names
+    return off

@@ -217,12 +217,16 @@ def test_the_whole_device_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Pa
     print(f"\nromfs, 64 KiB heap: {READINGS} readings acknowledged; {free} bytes free at the end")
 
 
-def test_control_the_same_device_loaded_into_ram_does_not_fit_64k(setup: Any, tmp_path: Path,
-                                                                  qemu_firmware: Path) -> None:
+def test_control_in_56k_the_device_runs_from_romfs_but_not_loaded_into_ram(setup: Any, tmp_path: Path,
+                                                                          qemu_firmware: Path) -> None:
     # The same build and stand-ins from an MSF1 table: each .mpy is read
-    # into the heap (a board's filesystem), and 64 KiB is not enough.
-    out, err = run_device(setup, tmp_path, 64, romfs=False)
+    # into the heap (a board's filesystem). Since the lean build shrank the
+    # modules, that fits 64 KiB too (63 KiB, the search below), so the
+    # control is 56 KiB, which the ROMFS image still runs in (44 KiB).
+    out, err = run_device(setup, tmp_path, 56, romfs=False)
     assert "MemoryError" in err + out, out
+    out, err = run_device(setup, tmp_path, 56, romfs=True, counter=500)
+    assert not err and all_acked(out), err + out
 
 
 def test_smallest_heap_per_deploy_mode_on_the_32_bit_target(setup: Any, tmp_path: Path,
@@ -230,7 +234,9 @@ def test_smallest_heap_per_deploy_mode_on_the_32_bit_target(setup: Any, tmp_path
     rows = {mode: smallest_heap_kb(setup, tmp_path, mode == "ROMFS") for mode in ("RAM", "ROMFS")}
     print(f"\n32-bit target, whole MQTT/SHA-256 device (retention 16, {READINGS} readings): "
           f"smallest heap RAM-loaded .mpy {rows['RAM']} KiB, ROMFS {rows['ROMFS']} KiB")
-    assert rows["ROMFS"] <= 64 < rows["RAM"]
+    # ROMFS within the benchmark's 48 KiB (docs/micropython.md, "Memory"),
+    # the same build loaded into RAM well above it.
+    assert rows["ROMFS"] <= 48 < rows["RAM"]
 
 
 def test_an_armv6m_build_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Path,
