@@ -13,6 +13,7 @@ import cbor2
 
 from gateway.shard import shard_of
 from moteseal.links.mqtt_link import MqttLink
+from tests.cluster_fixtures import HubSink
 
 DEVICES = [f"s{i}" for i in range(6)]
 ACCOUNTS = {"gw": "gateway", "gw1": "gateway", "gw2": "gateway", "hub": "device",
@@ -29,43 +30,6 @@ def link(cluster, user: str, first: int) -> MqttLink:
     hosts = hosts[first:] + hosts[:first]
     return MqttLink(user, username=user, password=cluster.passwords[user], hosts=hosts,
                     protocol=4, keepalive=10).start(20)
-
-
-class Hub:
-    """Collects what reaches ``moteseal/v1/down/hub``: (src, nonce) in arrival
-    order, on its own reader thread; ``wait_for`` may be called from any thread."""
-
-    def __init__(self, cluster, first: int) -> None:
-        self.got: list[tuple[str, int]] = []
-        self._lock = threading.Lock()
-        self.link = link(cluster, "hub", first)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._stop = threading.Event()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            env = self.link.recv(0.2)
-            if env is not None:
-                msg = cbor2.loads(env)
-                with self._lock:
-                    self.got.append((msg[1].decode(), msg[4]))
-
-    def wait_for(self, expected: set[tuple[str, int]], timeout: float) -> set[tuple[str, int]]:
-        """Waits until every expected reading arrived; returns the missing ones."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                missing = expected - set(self.got)
-            if not missing:
-                return missing
-            time.sleep(0.1)
-        return missing
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.link.close()
 
 
 def publish_all(devices: dict[str, MqttLink], start: int, n: int, pause: float = 0.0,
@@ -109,13 +73,13 @@ def in_order(got: list[tuple[str, int]], device: str) -> bool:
 def test_qos1_readings_cross_nodes_through_the_gateway(nats_cluster, cluster_gateway):
     cluster = nats_cluster(ACCOUNTS)
     cluster_gateway(cluster, "gw", "gw", first=1)        # gateway on node B
-    hub = Hub(cluster, first=2)                          # hub on node C
+    hub = HubSink(link(cluster, "hub", 2))               # hub on node C
     devices = {d: link(cluster, d, 0) for d in DEVICES}  # devices on node A
     try:
         publish_all(devices, 0, 20)
         expected = {(d, n) for d in DEVICES for n in range(20)}
         assert hub.wait_for(expected, 30) == set()
-        assert all(in_order(hub.got, d) for d in DEVICES)  # nothing failed: order kept
+        assert all(in_order(hub.keys(), d) for d in DEVICES)  # nothing failed: order kept
     finally:
         for lk in devices.values():
             lk.close()
@@ -125,7 +89,7 @@ def test_qos1_readings_cross_nodes_through_the_gateway(nats_cluster, cluster_gat
 def test_killed_broker_node_loses_no_qos1_reading(nats_cluster, cluster_gateway):
     cluster = nats_cluster(ACCOUNTS, replicas=3)  # sessions and messages on every node
     gw = cluster_gateway(cluster, "gw", "gw", first=1)   # on node B, which dies,
-    hub = Hub(cluster, first=1)                          # and so is the hub (paho)
+    hub = HubSink(link(cluster, "hub", 1))               # and so is the hub (paho)
     devices = {d: link(cluster, d, 0) for d in DEVICES}
     try:
         publish_all(devices, 0, 10, pause=0.02)
@@ -145,8 +109,9 @@ def test_killed_broker_node_loses_no_qos1_reading(nats_cluster, cluster_gateway)
         assert status["links"]["mqtt"]["broker"] != cluster.mqtt_hosts[1]
         assert f"{hub.link.host}:{hub.link.port}" != cluster.mqtt_hosts[1]
         assert hub.link.connected.is_set()
+        got = hub.keys()
         print(f"all {len(expected)} readings at the hub {took:.1f} s after the kill; "
-              f"{len(hub.got) - len(set(hub.got))} duplicates")
+              f"{len(got) - len(set(got))} duplicates")
     finally:
         for lk in devices.values():
             lk.close()
@@ -163,13 +128,13 @@ def test_gateway_shards_split_devices_and_a_killed_shard_is_taken_over(nats_clus
     assert set(shards.values()) == {0, 1}  # both gateways have work
     gw1 = cluster_gateway(cluster, "gw1", "gw1", first=0, shards=2, shard=0)
     gw2 = cluster_gateway(cluster, "gw2", "gw2", first=1, shards=2, shard=1)
-    hub = Hub(cluster, first=2)
+    hub = HubSink(link(cluster, "hub", 2))
     devices = {d: link(cluster, d, 2) for d in DEVICES}
     try:
         publish_all(devices, 0, 10)
         first = {(d, n) for d in DEVICES for n in range(10)}
         assert hub.wait_for(first, 30) == set()
-        assert len(hub.got) == len(first)  # each forwarded by exactly one gateway
+        assert len(hub.keys()) == len(first)  # each forwarded by exactly one gateway
         time.sleep(0.5)  # a status file is written every 0.2 s
         s1, s2 = gw1.status(), gw2.status()
         n0 = 10 * sum(1 for s in shards.values() if s == 0)

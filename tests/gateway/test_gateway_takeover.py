@@ -26,6 +26,7 @@ from gateway.cli import gateway_group
 from gateway.membership import HEARTBEAT_PREFIX
 from gateway.shard import shard_of
 from moteseal.links.mqtt_link import MqttLink
+from tests.cluster_fixtures import HubSink, gateway_toml
 from tests.gateway_proc import GatewaySubprocess
 
 SHARDS = 64
@@ -44,65 +45,9 @@ class AutoGateway(GatewaySubprocess):
 
     def __init__(self, broker, workdir: Path, name: str) -> None:
         super().__init__(workdir, broker.passwords[name])
-        self.config.write_text(f"""
-[gateway]
-name = "{name}"
-status_file = "status.json"
-status_interval = 0.2
-
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-shard = "auto"
-username = "{name}"
-password_file = "gw.password"
-
-[rate_limit]
-rate = 1000.0
-burst = 1000.0
-
-[policy]
-peers = ["hub"]
-
-[log]
-file = "gateway.log"
-""")
-
-
-class Sink:
-    """Collects (src, nonce, arrival time) from ``moteseal/v1/down/hub`` on
-    its own thread; the other methods may be called from any thread."""
-
-    def __init__(self, link: MqttLink) -> None:
-        self.link, self.got = link, []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            env = self.link.recv(0.2)
-            if env is not None:
-                msg = cbor2.loads(env)
-                with self._lock:
-                    self.got.append((msg[1].decode(), msg[4], time.monotonic()))
-
-    def keys(self) -> list[tuple[str, int]]:
-        with self._lock:
-            return [(d, n) for d, n, _t in self.got]
-
-    def first_after(self, devices: set[str], nonce_from: dict[str, int]) -> float | None:
-        """Arrival time of the first reading of ``devices`` numbered at or
-        above ``nonce_from[device]``."""
-        with self._lock:
-            times = [t for d, n, t in self.got if d in devices and n >= nonce_from[d]]
-        return min(times) if times else None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.link.close()
+        self.config.write_text(gateway_toml(name, host="127.0.0.1", port=broker.port,
+                                            shard="auto", username=name,
+                                            password_file="gw.password"))
 
 
 class Publisher:
@@ -151,7 +96,7 @@ def split(a, b) -> bool:
     return not owned_a & owned_b and owned_a | owned_b == set(range(SHARDS))
 
 
-def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: Sink,
+def takeover_round(gw_a, gw_b, restart_b, links: dict[str, MqttLink], sink: HubSink,
                    freeze: bool = False) -> dict:
     """The scenario shared by both brokers: split, kill B, A takes over,
     B comes back, split again, nothing lost. Returns the measurements.
@@ -214,7 +159,7 @@ def test_two_auto_gateways_on_mosquitto_take_over_a_dead_one(tmp_path, mosquitto
     broker = mosquitto(accounts=ACCOUNTS)
     gw_a = AutoGateway(broker, tmp_path / "gw1", "gw1").start()
     gw_b = AutoGateway(broker, tmp_path / "gw2", "gw2").start()
-    sink = Sink(MqttLink("hub", port=broker.port, username="hub",
+    sink = HubSink(MqttLink("hub", port=broker.port, username="hub",
                          password=broker.passwords["hub"]).start(10))
     links = {d: MqttLink(d, port=broker.port, username=d, password=broker.passwords[d]).start(10)
              for d in DEVICES}
@@ -249,7 +194,7 @@ def test_two_auto_gateways_on_a_nats_cluster_take_over_a_killed_one(nats_cluster
 
     gw_a = cluster_gateway(cluster, "gw1", "gw1", first=0, shard="auto")
     gw_b = cluster_gateway(cluster, "gw2", "gw2", first=1, shard="auto")
-    sink = Sink(link("hub", 2))
+    sink = HubSink(link("hub", 2))
     links = {d: link(d, i % 3) for i, d in enumerate(DEVICES)}
     try:
         result = takeover_round(gw_a, gw_b, gw_b.start, links, sink)
