@@ -1,0 +1,225 @@
+"""The whole device WITH TLS on the 32-bit target, in the recommended deploy
+mode (ROMFS): ``moteseal flash build --arch armv7m --romfs`` of a bundle
+with the broker's CA (EC P-256) runs ``micropython_port/main.py`` on the
+lane's TLS firmware (``qemu_fw.build(tls=True)``: MicroPython's ``tls`` on
+mbedtls, configured as rp2/stm32 build it, so every mbedtls allocation is
+on the GC heap), its MQTT connection tunnelled over the console UART
+(``tests/qemu/uart_net/``) to a real Mosquitto TLS listener on loopback,
+with ``moteseal gateway run`` and a CPython peer on the broker's plain
+listener, as ``test_qemu_romfs.py`` does without TLS.
+
+The tunnel carries the TLS records: the host only relays bytes, so the
+handshake, the certificate check (chain, name, dates against the board's
+RTC stand-in) and the encryption run on the target. mbedtls's entropy
+there is the port's os.urandom, which is NOT a secure source (the board
+has no TRNG; qemu/port/tls/mbedtls_port.c): the lane proves the code path
+and its heap, not secrecy.
+
+Skipped, with the reason, when the firmware cannot be built (a missing
+tool, or the Debian sources cannot be fetched); a port that does not
+compile is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from moteseal.flash.build import build
+from moteseal.keys.provision import Bundle, write_bundle
+from tests.micropython.test_mp_device import DEVICE, PEER, Fleet, Peer
+from tests.micropython.test_mp_link_events import Pki, _tls_broker
+from tests.qemu.test_qemu_romfs import _MAIN, _PROVISION, READINGS, UartRelay, _romfs_files, all_acked
+from tests.serial_fixtures import wait_for
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(900)]
+
+SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
+# A failing device: three readings' worth of tries within 20 s of its clock.
+_FAILING = """import micropython_port.main as m
+m.main(["main.py", "--count", "3", "--interval-ms", "200", "--run-ms", "20000"])
+"""
+
+
+def tls_elf(heap_kb: int) -> Path:
+    """The TLS firmware with a ``heap_kb`` heap; skips as the lane's
+    ``qemu_firmware`` fixture does when it cannot be built."""
+    import qemu_fw
+
+    missing = qemu_fw.missing_tools()
+    if missing:
+        pytest.skip("qemu lane: missing " + ", ".join(missing)
+                    + " (apt-get install " + " ".join(missing) + ")")
+    try:
+        return qemu_fw.build(heap_kb=heap_kb, tls=True)
+    except qemu_fw.BuildError as exc:
+        if "make failed" in str(exc):
+            raise
+        pytest.skip(f"qemu lane: TLS firmware cannot be built: {exc}")
+
+
+@pytest.fixture(scope="module")
+def tls_firmware() -> Path:
+    return tls_elf(qemu_fw_heap())
+
+
+def qemu_fw_heap() -> int:
+    import qemu_fw
+
+    return qemu_fw.HEAP_KB
+
+
+class TlsRelay(UartRelay):
+    """``UartRelay`` that keeps every byte the target wrote (to show they
+    are TLS records, never plain MQTT) and lets a read wait up to 20 ms for
+    data (the handshake's reads otherwise spin over the UART). Not
+    thread-safe (one board)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.writes: list[bytes] = []
+
+    def __call__(self, line: bytes) -> bytes | None:
+        if line.startswith(b"~W "):
+            data = bytes.fromhex(line[3:].decode())
+            self.sent += data
+            self.writes.append(data)
+        elif line.startswith(b"~R ") and self.sock is not None:
+            select.select([self.sock], [], [], 0.02)
+        return super().__call__(line)
+
+
+@pytest.fixture
+def setup(mosquitto: Any, gateway_process: Any, tmp_path: Path) -> Any:
+    pki = Pki(tmp_path)
+    broker, port, _ = _tls_broker(mosquitto, tmp_path, pki)
+    gateway_process(broker)
+    fleet = Fleet(tmp_path)
+    peer = Peer(fleet, broker)
+    try:
+        yield broker, port, pki, fleet, peer
+    finally:
+        peer.close()
+
+
+def _files(setup: Any, tmp_path: Path, other_ca: bool = False) -> list[tuple[str, bytes]]:
+    """``moteseal flash build --arch armv7m --romfs`` of a TLS device of
+    this broker (its CA, or another CA's), as the target's files."""
+    broker, port, pki, fleet, _ = setup
+    tag = "other" if other_ca else "ca"
+    bundle = tmp_path / f"{tag}.bundle"
+    write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk, SUITE,
+                                {"kind": "mqtt", "host": "127.0.0.1", "port": port,
+                                 "username": DEVICE, "password": broker.passwords[DEVICE],
+                                 "ca": pki.ca_der(other=other_ca), "server_name": "localhost"}))
+    out = tmp_path / f"flash-tls-{tag}"
+    build(bundle, out, "armv7m", romfs=True, force=True)
+    assert (out / "micropython_port" / "mqtt_tls.mpy").exists()  # the build kept the TLS wrap
+    return _romfs_files(out, tmp_path)
+
+
+def run_tls_device(setup: Any, tmp_path: Path, elf: Path, ballast_kb: int = 0, counter: int = 0,
+                   other_ca: bool = False, code: str | None = None) -> tuple[str, str, TlsRelay]:
+    """The device's output lines, traceback, and the relay (what it sent)."""
+    import qemu_board
+
+    files = _files(setup, tmp_path, other_ca)
+    relay = TlsRelay()
+    ballast = f"_ballast = [bytearray(1008) for _ in range({ballast_kb})]" if ballast_kb else ""
+    code = code or _MAIN.format(count=READINGS, ballast=ballast)
+    bundle = (tmp_path / ("other.bundle" if other_ca else "ca.bundle")).read_bytes()
+    try:
+        with qemu_board.Board(elf, files=files, romfs=True) as board:
+            board.exec(_PROVISION.format(bundle=bundle.hex(), counter=counter))
+            board.soft_reset()  # the files stay (flash); the heap is the boot's
+            out, err = board.exec_talk(code, relay, timeout=600)
+            return out, err, relay
+    finally:
+        relay.close()
+
+
+def _events(out: str) -> list[tuple[str, Any]]:
+    evs = []
+    for ln in out.splitlines():
+        if ln.startswith("{"):
+            e = json.loads(ln)
+            evs.append((e["event"], e.get("detail")))
+    return evs
+
+
+def _only_tls_records(relay: TlsRelay, password: str) -> None:
+    # Everything the target wrote is TLS records (content types 20-23,
+    # version 3.x), never a plain MQTT CONNECT, and the password never
+    # crosses in the clear.
+    assert relay.writes, "the target wrote nothing"
+    assert relay.writes[0][:2] == b"\x16\x03", relay.writes[0][:16]  # a ClientHello
+    buf, off = bytes(relay.sent), 0
+    while off < len(buf):
+        assert buf[off] in (20, 21, 22, 23) and buf[off + 1] == 3, (off, buf[off:off + 8])
+        off += 5 + int.from_bytes(buf[off + 3:off + 5], "big")
+    assert off == len(buf)
+    assert password.encode() not in buf
+
+
+def test_the_whole_device_with_tls_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Path) -> None:
+    broker, _, _, _, peer = setup
+    elf = tls_elf(64)
+    t0 = time.monotonic()
+    out, err, relay = run_tls_device(setup, tmp_path, elf)
+    assert not err, err + out
+    lines = out.splitlines()
+    assert lines[0] == "moteseal paths x25519=asm_thumb aead=asm_thumb"
+    total, free = map(int, [ln for ln in lines if ln.startswith("heap ")][-1].split()[1:])
+    assert total <= 64 * 1024
+    assert wait_for(lambda: len(peer.telemetry()) == READINGS, timeout=20), peer.reports
+    tele = peer.telemetry()
+    assert [r["reading"]["seq"] for r in tele] == list(range(READINGS))
+    summary = json.loads([ln for ln in lines if '"event": "summary"' in ln][-1])
+    assert all_acked(out) and summary["handshakes"] == 1
+    assert not [e for e in _events(out) if e[0] in ("tls_failed", "connection_failed", "timeout")], out
+    _only_tls_records(relay, broker.passwords[DEVICE])
+    print(f"\nTLS from romfs, 64 KiB heap: {READINGS} readings acknowledged through Mosquitto's "
+          f"TLS listener; {free} bytes free at the end; {len(relay.sent)} bytes of TLS records "
+          f"sent; {time.monotonic() - t0:.0f} s")
+
+
+def test_a_wrong_ca_is_tls_failed_and_never_plain(setup: Any, tmp_path: Path,
+                                                  tls_firmware: Path) -> None:
+    broker, _, _, _, peer = setup
+    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware, other_ca=True, code=_FAILING)
+    assert not err, err + out
+    evs = [e for e in _events(out) if e[0] not in ("handshake_sent", "read_failed", "summary")]
+    assert evs and evs[0] == ("tls_failed", "untrusted"), out
+    # Every attempt failed the same way: no plain-TCP fallback (it would
+    # show as not_mqtt or a CONNACK result) and nothing reached the peer.
+    assert set(evs) == {("tls_failed", "untrusted")}, out
+    _only_tls_records(relay, broker.passwords[DEVICE])
+    assert all(w[0] in (21, 22) for w in relay.writes)  # handshake and alerts only
+    time.sleep(1)
+    assert peer.telemetry() == []
+
+
+def test_smallest_heap_with_tls_from_romfs(setup: Any, tmp_path: Path, tls_firmware: Path) -> None:
+    # Binary search over 1 KiB ballast blocks on the 256 KiB TLS firmware,
+    # as test_qemu_romfs.smallest_heap_kb does without TLS.
+    import qemu_fw
+
+    total = qemu_fw.HEAP_KB
+    lo, hi = total - 128, total - 40  # ballast known to work (128 KiB heap) / to fail (40 KiB)
+    runs = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        runs += 1
+        out, err, _ = run_tls_device(setup, tmp_path, tls_firmware, mid, counter=1000 * runs)
+        ok = not err and all_acked(out)
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    kb = total - lo
+    print(f"\n32-bit target, whole MQTT/SHA-256 device with TLS (EC P-256 CA, mbedtls records "
+          f"{qemu_fw.TLS_RECORD} B + max_fragment_length): smallest heap from ROMFS {kb} KiB")
+    assert kb <= 128
