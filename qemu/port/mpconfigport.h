@@ -77,6 +77,7 @@
 #define MICROPY_TRACKED_ALLOC               (1)
 #define MICROPY_ENABLE_FINALISER            (1)
 #define MICROPY_PY_IO_IOBASE                (1)  // a Python stream (the lane's socket) under tls
+#define MICROPY_STREAMS_NON_BLOCK           (1)  // EAGAIN is "not yet" (WANT_READ), as on a board
 #endif
 
 // type definitions for the specific machine
