@@ -56,9 +56,10 @@ CPU = "cortex-m3"
 CPUS = ("cortex-m3", "cortex-m0")
 APT_PACKAGES = ("gcc-arm-none-eabi", "libnewlib-arm-none-eabi", "qemu-system-arm", "make")
 # The TLS variant's record buffers (bytes each way; also the
-# max_fragment_length it asks for): port/tls/mbedtls_config_port.h.
+# max_fragment_length it asks for): port/tls/mbedtls_config_port.h. 0 keeps
+# MicroPython's (16 KiB in, 4 KiB out) without max_fragment_length.
 TLS_RECORD = 2048
-TLS_RECORDS = (512, 1024, 2048, 4096)
+TLS_RECORDS = (0, 512, 1024, 2048, 4096)
 
 
 class BuildError(RuntimeError):
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", choices=CPUS, default=CPU, help="cortex-m0: the ARMv6-M (RP2040) build")
     ap.add_argument("--heap-kb", type=int, default=HEAP_KB)
     ap.add_argument("--tls", action="store_true", help="the TLS variant (mbedtls, Debian sources)")
-    ap.add_argument("--tls-record", type=int, choices=TLS_RECORDS, default=TLS_RECORD)
+    ap.add_argument("--tls-record", type=int, choices=TLS_RECORDS, default=TLS_RECORD,
+                    help="record buffer bytes (0: MicroPython's 16 KiB in / 4 KiB out)")
     args = ap.parse_args(argv)
     if args.check:
         missing = missing_tools()

@@ -34,20 +34,32 @@ from moteseal.flash.build import build
 from moteseal.keys.provision import Bundle, write_bundle
 from tests.micropython.test_mp_device import DEVICE, PEER, Fleet, Peer
 from tests.micropython.test_mp_link_events import Pki, _tls_broker
-from tests.qemu.test_qemu_romfs import _MAIN, _PROVISION, READINGS, UartRelay, _romfs_files, all_acked
+from tests.qemu.test_qemu_romfs import _PROVISION, READINGS, UartRelay, _romfs_files, all_acked
 from tests.serial_fixtures import wait_for
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(900)]
 
 SUITE = "Noise_NKpsk0_25519_ChaChaPoly_SHA256"
+# test_qemu_romfs.py's run (main() as at boot, READINGS readings), bounded
+# to 15 s of the target's clock (about 3 s of it when all goes well), so
+# that a device that cannot connect in a small heap stops too.
+_MAIN = """{ballast}
+import gc
+import micropython_port.main as m
+s = m.main(["main.py", "--count", "{count}", "--interval-ms", "0", "--drain-ms", "10000",
+            "--run-ms", "15000"])
+gc.collect()
+print("heap", gc.mem_alloc() + gc.mem_free(), gc.mem_free())
+"""
 # A failing device: three readings' worth of tries within 20 s of its clock.
 _FAILING = """import micropython_port.main as m
 m.main(["main.py", "--count", "3", "--interval-ms", "200", "--run-ms", "20000"])
 """
 
 
-def tls_elf(heap_kb: int) -> Path:
-    """The TLS firmware with a ``heap_kb`` heap; skips as the lane's
+def tls_elf(heap_kb: int, record: int | None = None) -> Path:
+    """The TLS firmware with a ``heap_kb`` heap (and ``record``-byte mbedtls
+    record buffers, default ``qemu_fw.TLS_RECORD``); skips as the lane's
     ``qemu_firmware`` fixture does when it cannot be built."""
     import qemu_fw
 
@@ -56,7 +68,8 @@ def tls_elf(heap_kb: int) -> Path:
         pytest.skip("qemu lane: missing " + ", ".join(missing)
                     + " (apt-get install " + " ".join(missing) + ")")
     try:
-        return qemu_fw.build(heap_kb=heap_kb, tls=True)
+        return qemu_fw.build(heap_kb=heap_kb, tls=True,
+                             tls_record=qemu_fw.TLS_RECORD if record is None else record)
     except qemu_fw.BuildError as exc:
         if "make failed" in str(exc):
             raise
@@ -65,13 +78,10 @@ def tls_elf(heap_kb: int) -> Path:
 
 @pytest.fixture(scope="module")
 def tls_firmware() -> Path:
-    return tls_elf(qemu_fw_heap())
-
-
-def qemu_fw_heap() -> int:
+    """The TLS firmware with the lane's default (256 KiB) heap."""
     import qemu_fw
 
-    return qemu_fw.HEAP_KB
+    return tls_elf(qemu_fw.HEAP_KB)
 
 
 class TlsRelay(UartRelay):
@@ -114,11 +124,13 @@ def _files(setup: Any, tmp_path: Path, other_ca: bool = False) -> list[tuple[str
     broker, port, pki, fleet, _ = setup
     tag = "other" if other_ca else "ca"
     bundle = tmp_path / f"{tag}.bundle"
+    out = tmp_path / f"flash-tls-{tag}"
+    if (out / "romfs.img").exists():  # built for an earlier run of this test
+        return _romfs_files(out, tmp_path)
     write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk, SUITE,
                                 {"kind": "mqtt", "host": "127.0.0.1", "port": port,
                                  "username": DEVICE, "password": broker.passwords[DEVICE],
                                  "ca": pki.ca_der(other=other_ca), "server_name": "localhost"}))
-    out = tmp_path / f"flash-tls-{tag}"
     build(bundle, out, "armv7m", romfs=True, force=True)
     assert (out / "micropython_port" / "mqtt_tls.mpy").exists()  # the build kept the TLS wrap
     return _romfs_files(out, tmp_path)
@@ -205,21 +217,29 @@ def test_a_wrong_ca_is_tls_failed_and_never_plain(setup: Any, tmp_path: Path,
     assert peer.telemetry() == []
 
 
-def test_smallest_heap_with_tls_from_romfs(setup: Any, tmp_path: Path, tls_firmware: Path) -> None:
+@pytest.mark.parametrize("record", [2048, 0])
+def test_smallest_heap_with_tls_from_romfs(setup: Any, tmp_path: Path, record: int) -> None:
     # Binary search over 1 KiB ballast blocks on the 256 KiB TLS firmware,
-    # as test_qemu_romfs.smallest_heap_kb does without TLS.
+    # as test_qemu_romfs.smallest_heap_kb does without TLS. record 0 is
+    # the control: MicroPython's own mbedtls buffers (16 KiB in, 4 KiB out)
+    # without max_fragment_length, which do not fit a 64 KiB heap.
     import qemu_fw
 
+    elf = tls_elf(qemu_fw.HEAP_KB, record)
     total = qemu_fw.HEAP_KB
     lo, hi = total - 128, total - 40  # ballast known to work (128 KiB heap) / to fail (40 KiB)
     runs = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
         runs += 1
-        out, err, _ = run_tls_device(setup, tmp_path, tls_firmware, mid, counter=1000 * runs)
+        out, err, _ = run_tls_device(setup, tmp_path, elf, mid, counter=1000 * runs)
         ok = not err and all_acked(out)
         lo, hi = (mid, hi) if ok else (lo, mid)
     kb = total - lo
-    print(f"\n32-bit target, whole MQTT/SHA-256 device with TLS (EC P-256 CA, mbedtls records "
-          f"{qemu_fw.TLS_RECORD} B + max_fragment_length): smallest heap from ROMFS {kb} KiB")
-    assert kb <= 128
+    what = f"{record} B records + max_fragment_length" if record else "MicroPython's 16 KiB/4 KiB records"
+    print(f"\n32-bit target, whole MQTT/SHA-256 device with TLS (EC P-256 CA, mbedtls with {what}): "
+          f"smallest heap from ROMFS {kb} KiB")
+    if record:
+        assert kb <= 64
+    else:
+        assert kb > 64

@@ -30,11 +30,15 @@ time_t motesealtls_rtc_time(time_t *timer);
 #ifndef MOTESEAL_TLS_RECORD
 #define MOTESEAL_TLS_RECORD (2048)
 #endif
+// 0: MicroPython's own buffers, no max_fragment_length (the lane's
+// control: what a board gets without this choice).
+#if MOTESEAL_TLS_RECORD
 #undef MBEDTLS_SSL_MAX_CONTENT_LEN
 #undef MBEDTLS_SSL_IN_CONTENT_LEN
 #undef MBEDTLS_SSL_OUT_CONTENT_LEN
 #define MBEDTLS_SSL_IN_CONTENT_LEN (MOTESEAL_TLS_RECORD)
 #define MBEDTLS_SSL_OUT_CONTENT_LEN (MOTESEAL_TLS_RECORD)
 #define MBEDTLS_SSL_MAX_FRAGMENT_LENGTH
+#endif
 
 #endif

@@ -73,6 +73,7 @@ struct tm *mbedtls_platform_gmtime_r(const mbedtls_time_t *tt, struct tm *tm_buf
 // that honours the extension (RFC 6066) sends no longer record. A server
 // that ignores it and sends a longer one fails the handshake
 // (tls_failed), never silently.
+#if MOTESEAL_TLS_RECORD
 #if MOTESEAL_TLS_RECORD == 512
 #define MFL_CODE MBEDTLS_SSL_MAX_FRAG_LEN_512
 #elif MOTESEAL_TLS_RECORD == 1024
@@ -92,3 +93,4 @@ int __wrap_mbedtls_ssl_setup(mbedtls_ssl_context *ssl, const mbedtls_ssl_config 
     mbedtls_ssl_conf_max_frag_len((mbedtls_ssl_config *)conf, MFL_CODE);
     return __real_mbedtls_ssl_setup(ssl, conf);
 }
+#endif
