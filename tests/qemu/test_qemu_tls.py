@@ -243,3 +243,59 @@ def test_smallest_heap_with_tls_from_romfs(setup: Any, tmp_path: Path, record: i
         assert kb <= 64
     else:
         assert kb > 64
+
+
+# The handshake's allocations fail on the target: the GC heap is filled
+# with 64-byte blocks until less than LEFT bytes are free (the SSL socket
+# objects fit or not, see the test), then the
+# device's own TLS step (mqtt_tls.wrap) runs and its failure is named as
+# the MQTT client names it (stage 2: TLS).
+_OOM = """import gc
+import socket
+from micropython_port import mqtt_tls
+
+class C:
+    tls = ({ca!r}, None, "localhost")
+
+s = socket.socket()
+s.connect(("127.0.0.1", {port}))
+gc.collect()
+fill = []
+try:
+    while gc.mem_free() > {left}:
+        fill.append(bytearray(48))
+except MemoryError:
+    pass
+try:
+    mqtt_tls.wrap(C(), s)
+    print("wrapped")
+except Exception as e:
+    fill = None
+    gc.collect()
+    print("named", mqtt_tls.name_failure(2, e), repr(e))
+"""
+
+
+@pytest.mark.parametrize("left, raised", [(1500, "MemoryError"), (4000, "OSError(12")])
+def test_no_heap_for_the_handshake_is_named_out_of_memory(setup: Any, tmp_path: Path,
+                                                          tls_firmware: Path, left: int,
+                                                          raised: str) -> None:
+    # 1500 bytes: the SSLContext object (with mbedtls's entropy and DRBG
+    # state in it) does not fit, MemoryError; 4000: it does, and
+    # mbedtls_ssl_setup's record buffers do not (MBEDTLS_ERR_SSL_ALLOC_FAILED,
+    # raised by the tls module as ENOMEM). Both are out_of_memory.
+    import qemu_board
+
+    _, port, pki, _, _ = setup
+    files = _files(setup, tmp_path)
+    relay = TlsRelay()
+    try:
+        with qemu_board.Board(tls_firmware, files=files, romfs=True) as board:
+            out, err = board.exec_talk(_OOM.format(ca=pki.ca_der(), port=port, left=left), relay,
+                                       timeout=120)
+    finally:
+        relay.close()
+    assert not err, err + out
+    named = [ln for ln in out.splitlines() if ln.startswith("named ")]
+    assert named and named[0].startswith("named ('tls_failed', 'out_of_memory') " + raised), out
+    assert not relay.writes  # nothing sent: the buffers were never there
