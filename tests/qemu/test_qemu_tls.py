@@ -84,6 +84,20 @@ def tls_firmware() -> Path:
     return tls_elf(qemu_fw.HEAP_KB)
 
 
+@pytest.fixture(scope="module")
+def tls_firmware_64k() -> Path:
+    """The TLS firmware with a 64 KiB heap, a board's."""
+    return tls_elf(64)
+
+
+@pytest.fixture
+def record_firmware(record: int) -> Path:
+    """The 256 KiB TLS firmware with ``record``-byte record buffers."""
+    import qemu_fw
+
+    return tls_elf(qemu_fw.HEAP_KB, record)
+
+
 class TlsRelay(UartRelay):
     """``UartRelay`` that keeps every byte the target wrote (to show they
     are TLS records, never plain MQTT) and lets a read wait up to 20 ms for
@@ -137,8 +151,10 @@ def _files(setup: Any, tmp_path: Path, other_ca: bool = False) -> list[tuple[str
 
 
 def run_tls_device(setup: Any, tmp_path: Path, elf: Path, ballast_kb: int = 0, counter: int = 0,
-                   other_ca: bool = False, code: str | None = None) -> tuple[str, str, TlsRelay]:
-    """The device's output lines, traceback, and the relay (what it sent)."""
+                   other_ca: bool = False, code: str | None = None,
+                   rtc: int | None = None) -> tuple[str, str, TlsRelay]:
+    """The device's output lines, traceback, and the relay (what it sent);
+    ``rtc`` as ``qemu_board.Board`` takes it (default: the host's time)."""
     import qemu_board
 
     files = _files(setup, tmp_path, other_ca)
@@ -147,7 +163,7 @@ def run_tls_device(setup: Any, tmp_path: Path, elf: Path, ballast_kb: int = 0, c
     code = code or _MAIN.format(count=READINGS, ballast=ballast)
     bundle = (tmp_path / ("other.bundle" if other_ca else "ca.bundle")).read_bytes()
     try:
-        with qemu_board.Board(elf, files=files, romfs=True) as board:
+        with qemu_board.Board(elf, files=files, romfs=True, rtc=rtc) as board:
             board.exec(_PROVISION.format(bundle=bundle.hex(), counter=counter))
             board.soft_reset()  # the files stay (flash); the heap is the boot's
             out, err = board.exec_talk(code, relay, timeout=600)
@@ -179,11 +195,11 @@ def _only_tls_records(relay: TlsRelay, password: str) -> None:
     assert password.encode() not in buf
 
 
-def test_the_whole_device_with_tls_runs_from_romfs_in_a_64k_heap(setup: Any, tmp_path: Path) -> None:
+def test_the_whole_device_with_tls_runs_from_romfs_in_a_64k_heap(tls_firmware_64k: Path, setup: Any,
+                                                                  tmp_path: Path) -> None:
     broker, _, _, _, peer = setup
-    elf = tls_elf(64)
     t0 = time.monotonic()
-    out, err, relay = run_tls_device(setup, tmp_path, elf)
+    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware_64k)
     assert not err, err + out
     lines = out.splitlines()
     assert lines[0] == "moteseal paths x25519=asm_thumb aead=asm_thumb"
@@ -201,16 +217,21 @@ def test_the_whole_device_with_tls_runs_from_romfs_in_a_64k_heap(setup: Any, tmp
           f"sent; {time.monotonic() - t0:.0f} s")
 
 
-def test_a_wrong_ca_is_tls_failed_and_never_plain(setup: Any, tmp_path: Path,
-                                                  tls_firmware: Path) -> None:
+@pytest.mark.parametrize("case, detail", [("wrong_ca", "untrusted"), ("unset_clock", "not_yet_valid")])
+def test_a_refused_certificate_is_tls_failed_and_never_plain(tls_firmware: Path, setup: Any, tmp_path: Path,
+                                                  case: str, detail: str) -> None:
+    # wrong_ca: the bundle holds another CA. unset_clock: the right CA, but
+    # the board's RTC was never set (2000-01-01), so the certificate is not
+    # yet valid: the dates are checked on the target, against its clock.
     broker, _, _, _, peer = setup
-    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware, other_ca=True, code=_FAILING)
+    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware, other_ca=case == "wrong_ca",
+                                     code=_FAILING, rtc=0 if case == "unset_clock" else None)
     assert not err, err + out
     evs = [e for e in _events(out) if e[0] not in ("handshake_sent", "read_failed", "summary")]
-    assert evs and evs[0] == ("tls_failed", "untrusted"), out
+    assert evs and evs[0] == ("tls_failed", detail), out
     # Every attempt failed the same way: no plain-TCP fallback (it would
     # show as not_mqtt or a CONNACK result) and nothing reached the peer.
-    assert set(evs) == {("tls_failed", "untrusted")}, out
+    assert set(evs) == {("tls_failed", detail)}, out
     _only_tls_records(relay, broker.passwords[DEVICE])
     assert all(w[0] in (21, 22) for w in relay.writes)  # handshake and alerts only
     time.sleep(1)
@@ -218,14 +239,15 @@ def test_a_wrong_ca_is_tls_failed_and_never_plain(setup: Any, tmp_path: Path,
 
 
 @pytest.mark.parametrize("record", [2048, 0])
-def test_smallest_heap_with_tls_from_romfs(setup: Any, tmp_path: Path, record: int) -> None:
+def test_smallest_heap_with_tls_from_romfs(record_firmware: Path, setup: Any, tmp_path: Path,
+                                           record: int) -> None:
     # Binary search over 1 KiB ballast blocks on the 256 KiB TLS firmware,
     # as test_qemu_romfs.smallest_heap_kb does without TLS. record 0 is
     # the control: MicroPython's own mbedtls buffers (16 KiB in, 4 KiB out)
     # without max_fragment_length, which do not fit a 64 KiB heap.
     import qemu_fw
 
-    elf = tls_elf(qemu_fw.HEAP_KB, record)
+    elf = record_firmware
     total = qemu_fw.HEAP_KB
     lo, hi = total - 128, total - 40  # ballast known to work (128 KiB heap) / to fail (40 KiB)
     runs = 0
@@ -277,8 +299,8 @@ except Exception as e:
 
 
 @pytest.mark.parametrize("left, raised", [(1500, "MemoryError"), (4000, "OSError(12")])
-def test_no_heap_for_the_handshake_is_named_out_of_memory(setup: Any, tmp_path: Path,
-                                                          tls_firmware: Path, left: int,
+def test_no_heap_for_the_handshake_is_named_out_of_memory(tls_firmware: Path, setup: Any,
+                                                          tmp_path: Path, left: int,
                                                           raised: str) -> None:
     # 1500 bytes: the SSLContext object (with mbedtls's entropy and DRBG
     # state in it) does not fit, MemoryError; 4000: it does, and
