@@ -22,6 +22,7 @@ compile is an error.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import select
 import time
@@ -122,7 +123,7 @@ class TlsRelay(UartRelay):
 @pytest.fixture
 def setup(mosquitto: Any, gateway_process: Any, tmp_path: Path) -> Any:
     pki = Pki(tmp_path)
-    broker, port, _ = _tls_broker(mosquitto, tmp_path, pki)
+    broker, port, pki.server_der = _tls_broker(mosquitto, tmp_path, pki)
     gateway_process(broker)
     fleet = Fleet(tmp_path)
     peer = Peer(fleet, broker)
@@ -132,36 +133,40 @@ def setup(mosquitto: Any, gateway_process: Any, tmp_path: Path) -> Any:
         peer.close()
 
 
-def _files(setup: Any, tmp_path: Path, other_ca: bool = False) -> list[tuple[str, bytes]]:
+def _files(setup: Any, tmp_path: Path, tag: str = "ca") -> list[tuple[str, bytes]]:
     """``moteseal flash build --arch armv7m --romfs`` of a TLS device of
-    this broker (its CA, or another CA's), as the target's files."""
+    this broker, as the target's files: with its CA (``tag`` "ca"),
+    another CA ("other") or, without a CA, the pin of the broker's
+    certificate ("pin")."""
     broker, port, pki, fleet, _ = setup
-    tag = "other" if other_ca else "ca"
+    if tag == "pin":
+        trust = {"pin": hashlib.sha256(pki.server_der).digest()}
+    else:
+        trust = {"ca": pki.ca_der(other=tag == "other"), "server_name": "localhost"}
     bundle = tmp_path / f"{tag}.bundle"
     out = tmp_path / f"flash-tls-{tag}"
     if (out / "romfs.img").exists():  # built for an earlier run of this test
         return _romfs_files(out, tmp_path)
     write_bundle(bundle, Bundle(DEVICE.encode(), [(PEER.encode(), [fleet.pub])], fleet.psk, SUITE,
                                 {"kind": "mqtt", "host": "127.0.0.1", "port": port,
-                                 "username": DEVICE, "password": broker.passwords[DEVICE],
-                                 "ca": pki.ca_der(other=other_ca), "server_name": "localhost"}))
+                                 "username": DEVICE, "password": broker.passwords[DEVICE], **trust}))
     build(bundle, out, "armv7m", romfs=True, force=True)
     assert (out / "micropython_port" / "mqtt_tls.mpy").exists()  # the build kept the TLS wrap
     return _romfs_files(out, tmp_path)
 
 
 def run_tls_device(setup: Any, tmp_path: Path, elf: Path, ballast_kb: int = 0, counter: int = 0,
-                   other_ca: bool = False, code: str | None = None,
+                   tag: str = "ca", code: str | None = None,
                    rtc: int | None = None) -> tuple[str, str, TlsRelay]:
     """The device's output lines, traceback, and the relay (what it sent);
     ``rtc`` as ``qemu_board.Board`` takes it (default: the host's time)."""
     import qemu_board
 
-    files = _files(setup, tmp_path, other_ca)
+    files = _files(setup, tmp_path, tag)
     relay = TlsRelay()
     ballast = f"_ballast = [bytearray(1008) for _ in range({ballast_kb})]" if ballast_kb else ""
     code = code or _MAIN.format(count=READINGS, ballast=ballast)
-    bundle = (tmp_path / ("other.bundle" if other_ca else "ca.bundle")).read_bytes()
+    bundle = (tmp_path / f"{tag}.bundle").read_bytes()
     try:
         with qemu_board.Board(elf, files=files, romfs=True, rtc=rtc) as board:
             board.exec(_PROVISION.format(bundle=bundle.hex(), counter=counter))
@@ -217,6 +222,18 @@ def test_the_whole_device_with_tls_runs_from_romfs_in_a_64k_heap(tls_firmware_64
           f"sent; {time.monotonic() - t0:.0f} s")
 
 
+def test_a_pinned_certificate_delivers_on_the_target(tls_firmware: Path, setup: Any,
+                                                     tmp_path: Path) -> None:
+    # A bundle with the pin of the broker's certificate and no CA
+    # (mqtt_tls.wrap: verify_callback hashes the certificate on the target).
+    broker, _, _, _, peer = setup
+    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware, tag="pin")
+    assert not err, err + out
+    assert all_acked(out), out
+    assert wait_for(lambda: len(peer.telemetry()) == READINGS, timeout=20), peer.reports
+    _only_tls_records(relay, broker.passwords[DEVICE])
+
+
 @pytest.mark.parametrize("case, detail", [("wrong_ca", "untrusted"), ("unset_clock", "not_yet_valid")])
 def test_a_refused_certificate_is_tls_failed_and_never_plain(tls_firmware: Path, setup: Any, tmp_path: Path,
                                                   case: str, detail: str) -> None:
@@ -224,8 +241,9 @@ def test_a_refused_certificate_is_tls_failed_and_never_plain(tls_firmware: Path,
     # the board's RTC was never set (2000-01-01), so the certificate is not
     # yet valid: the dates are checked on the target, against its clock.
     broker, _, _, _, peer = setup
-    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware, other_ca=case == "wrong_ca",
-                                     code=_FAILING, rtc=0 if case == "unset_clock" else None)
+    out, err, relay = run_tls_device(setup, tmp_path, tls_firmware,
+                                     tag="other" if case == "wrong_ca" else "ca", code=_FAILING,
+                                     rtc=0 if case == "unset_clock" else None)
     assert not err, err + out
     evs = [e for e in _events(out) if e[0] not in ("handshake_sent", "read_failed", "summary")]
     assert evs and evs[0] == ("tls_failed", detail), out
