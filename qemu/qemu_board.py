@@ -133,13 +133,14 @@ class Board:
             table.write_bytes(image)
         else:
             table.write_bytes(pack_files(files))
+        clock = int(time.time()) if rtc is None else rtc
         self.cmd = [
             qemu, "-M", "mps2-an385", "-cpu", "cortex-m3",
             "-display", "none", "-monitor", "none", "-nodefaults",
             "-chardev", "stdio,id=uart0,signal=off", "-serial", "chardev:uart0",
             "-semihosting", "-icount", "shift=0",
             "-device", f"loader,file={table},addr={MSFS_ADDR:#x},force-raw=on",
-            "-device", f"loader,addr={RTC_ADDR:#x},data={int(time.time()) if rtc is None else rtc},data-len=4",
+            "-device", f"loader,addr={RTC_ADDR:#x},data={clock},data-len=4",
             "-kernel", str(firmware),
             *extra_args,
         ]
