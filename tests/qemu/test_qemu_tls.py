@@ -256,11 +256,13 @@ def test_a_refused_certificate_is_tls_failed_and_never_plain(tls_firmware: Path,
     assert peer.telemetry() == []
 
 
-@pytest.mark.parametrize("record", [2048, 0])
+@pytest.mark.parametrize("record", [2048, 512, 0])
 def test_smallest_heap_with_tls_from_romfs(record_firmware: Path, setup: Any, tmp_path: Path,
                                            record: int) -> None:
     # Binary search over 1 KiB ballast blocks on the 256 KiB TLS firmware,
-    # as test_qemu_romfs.smallest_heap_kb does without TLS. record 0 is
+    # as test_qemu_romfs.smallest_heap_kb does without TLS. 512: the
+    # smallest max_fragment_length (this test's one-certificate chain fits
+    # it; a longer chain may not). record 0 is
     # the control: MicroPython's own mbedtls buffers (16 KiB in, 4 KiB out)
     # without max_fragment_length, which do not fit a 64 KiB heap.
     import qemu_fw
