@@ -23,13 +23,14 @@ int mbedtls_hardware_poll(void *data, unsigned char *output, size_t len, size_t 
     return 0;
 }
 
-// The clock. A bare-metal board keeps wall time in its RTC, which reads
-// 2000-01-01 until set (ntptime or machine.RTC), and the bare-metal ports
+// The clock. A bare-metal board keeps wall time in its RTC, which reads a
+// fixed past date until set (ntptime or machine.RTC; rp2 starts at
+// 2021-01-01, an stm32 RTC without backup at 2000-01-01), and the ports
 // give mbedtls that RTC (stm32: stm32_rtctime_seconds, rp2: the AON timer).
 // The board has no RTC that qemu models, so its stand-in is a word in the
 // PSRAM that qemu_board.Board writes before the CPU starts (the host's
 // time, as if set by ntptime; 0 leaves it unset), plus the seconds since
-// boot. Unset, it reads 2000-01-01, as an unset RTC does, and every
+// boot. Unset, it reads 2000-01-01, a never-set RTC's date, and every
 // certificate is "not yet valid" (docs/micropython.md).
 #define RTC_WORD (*(volatile uint32_t *)0x21FFFFF8u)
 #define SECONDS_1970_TO_2000 (946684800u)
