@@ -46,40 +46,33 @@ from pathlib import Path
 from typing import Iterator
 
 HERE = Path(__file__).resolve().parent / "tls_heap"
-DEB_SRC = "deb-src http://deb.debian.org/debian trixie main\n"
+sys.path.insert(0, str(HERE.parents[1] / "qemu"))
+import tls_sources  # noqa: E402  (qemu/: the fetch the lane's TLS firmware uses)
+
 MP_CONFIG = "extmod/mbedtls/mbedtls_config_common.h"
 CONFIGS = (("16K in/4K out (MicroPython default)", 0), ("2K/2K + max_fragment_length", 1))
 COLUMNS = ("peak", "setup", "largest", "structs", "total")
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "moteseal" / "tls_heap"
+cache_dir = tls_sources.cache_dir
 
 
 def fetch_sources(cache: Path) -> tuple[Path, Path]:
-    """The mbedtls source tree and MicroPython's config header, in the cache."""
+    """The mbedtls source tree and MicroPython's config header, in the cache
+    (the tarballs fetched by ``qemu/tls_sources.py``, which the qemu lane's
+    TLS firmware is built from too)."""
     src = cache / "src"
     mbedtls = next(src.glob("mbedtls-*/library"), None)
     header = next(src.glob("micropython-*/mbedtls_config_common.h"), None)
     if mbedtls and header:
         return mbedtls.parent, header
-    apt = cache / "apt"
-    for d in (apt / "lists" / "partial", apt / "cache", apt / "parts", src):
-        d.mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(DEB_SRC)
-    opts = ["-o", f"Dir::Etc::SourceList={apt / 'sources.list'}",
-            "-o", f"Dir::Etc::SourceParts={apt / 'parts'}",
-            "-o", f"Dir::State::Lists={apt / 'lists'}",
-            "-o", f"Dir::Cache={apt / 'cache'}"]
-    for cmd in (["update", "--error-on=any"], ["source", "--download-only", "mbedtls", "micropython"]):
-        r = subprocess.run(["apt-get", *opts, "-q", *cmd], cwd=src, capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"tls_heap: cannot fetch the sources through apt ({DEB_SRC.strip()}): "
-                     f"'apt-get {cmd[0]}' failed:\n{r.stderr.strip() or r.stdout.strip()}")
-    with tarfile.open(next(src.glob("mbedtls_*.orig.tar.*"))) as t:
+    try:
+        mbedtls_tar, mp_tar = tls_sources.fetch(cache)
+    except tls_sources.FetchError as exc:
+        sys.exit(f"tls_heap: {exc}")
+    with tarfile.open(mbedtls_tar) as t:
         t.extractall(src, filter="data")
-    with tarfile.open(next(src.glob("micropython_*.orig.tar.*"))) as t:
+    with tarfile.open(mp_tar) as t:
         member = next(m for m in t.getmembers() if m.name.endswith("/" + MP_CONFIG))
         header = src / member.name.split("/")[0] / "mbedtls_config_common.h"  # micropython-<version>/
         header.parent.mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ from micropython import const
 
 from device.errors import DecodeError
 
+_ENOMEM = const(12)
 _ECONNRESET = const(104)
 _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
@@ -107,8 +108,11 @@ def name_failure(stage, e):
     elif stage == 5 and code == _ECONNREFUSED:
         ev, d = "mqtt_refused", "subscribe"  # SUBACK 0x80: the ACL
     elif _TLS and stage == 2:
-        # MBEDTLS_ERR_SSL_ALLOC_FAILED: the heap is too small for TLS.
-        ev, d = "tls_failed", "out_of_memory" if code == -0x7F00 else "handshake"
+        # The heap is too small for TLS: the tls objects (MemoryError) or
+        # mbedtls's buffers (MBEDTLS_ERR_SSL_ALLOC_FAILED, which the tls
+        # module raises as ENOMEM).
+        oom = isinstance(e, MemoryError) or code in (-0x7F00, _ENOMEM)
+        ev, d = "tls_failed", "out_of_memory" if oom else "handshake"
     elif stage == 1 and code == _ECONNREFUSED:
         ev, d = "connection_refused", None
     elif stage == 3 and code in (_ECONNRESET, _ENOTCONN):

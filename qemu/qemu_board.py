@@ -33,6 +33,8 @@ from typing import Callable, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 MSFS_ADDR = 0x21000000
+# The RTC stand-in (port/tls/mbedtls_port.c): above the RAM file system.
+RTC_ADDR = 0x21FFFFF8
 MSFS_MAX = 0x00C00000  # the PSRAM's last 4 MiB are the RAM file system (port/ramfs.c)
 # The device stack, plus the one host module that runs on MicroPython too: the
 # conformance runner (docs/architecture.md).
@@ -105,12 +107,17 @@ class Board:
         boot_timeout: float = 30,
         extra_args: Sequence[str] = (),
         romfs: bool = False,
+        rtc: int | None = None,
     ) -> None:
         """``files`` (import path, data) become the board's file table:
         an MSF1 table (``pack_files``; a ``.mpy`` is read into RAM), or
         with ``romfs`` a ROMFS image (``moteseal.flash.build.romfs_image``,
         the format of ``moteseal flash build --romfs``; a ``.mpy``'s
-        bytecode then runs in place, as from a ROMFS mount on rp2/stm32)."""
+        bytecode then runs in place, as from a ROMFS mount on rp2/stm32).
+        ``rtc``: the board's wall clock at power-on in seconds since 1970
+        (default: the host's time, as if set by ntptime; 0: unset, reads
+        2000-01-01), a word at ``RTC_ADDR`` that the TLS firmware's mbedtls
+        reads for certificate dates (``port/tls/mbedtls_port.c``)."""
         qemu = qemu_binary()
         if not qemu:
             raise BoardError("qemu-system-arm not found (apt-get install qemu-system-arm)")
@@ -126,12 +133,14 @@ class Board:
             table.write_bytes(image)
         else:
             table.write_bytes(pack_files(files))
+        clock = int(time.time()) if rtc is None else rtc
         self.cmd = [
             qemu, "-M", "mps2-an385", "-cpu", "cortex-m3",
             "-display", "none", "-monitor", "none", "-nodefaults",
             "-chardev", "stdio,id=uart0,signal=off", "-serial", "chardev:uart0",
             "-semihosting", "-icount", "shift=0",
             "-device", f"loader,file={table},addr={MSFS_ADDR:#x},force-raw=on",
+            "-device", f"loader,addr={RTC_ADDR:#x},data={clock},data-len=4",
             "-kernel", str(firmware),
             *extra_args,
         ]

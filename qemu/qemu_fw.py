@@ -19,6 +19,12 @@ Command line::
     python qemu/qemu_fw.py --check    # only say what is missing, exit 1 if any
     python qemu/qemu_fw.py --force    # rebuild even when cached
     python qemu/qemu_fw.py --cpu cortex-m0   # the ARMv6-M (RP2040) build
+    python qemu/qemu_fw.py --tls --heap-kb 64   # the TLS variant (mbedtls)
+
+The TLS variant (``build(tls=True)``) adds MicroPython's ``tls`` module on
+mbedtls, configured as a bare-metal board builds it (its memory on the GC
+heap), from Debian's source packages (``tls_sources.py``, fetched only when
+a TLS build is asked for); the plain firmware does not change with it.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ HEAP_KB = 256
 CPU = "cortex-m3"
 CPUS = ("cortex-m3", "cortex-m0")
 APT_PACKAGES = ("gcc-arm-none-eabi", "libnewlib-arm-none-eabi", "qemu-system-arm", "make")
+# The TLS variant's record buffers (bytes each way; also the
+# max_fragment_length it asks for): port/tls/mbedtls_config_port.h. 0 keeps
+# MicroPython's (16 KiB in, 4 KiB out) without max_fragment_length.
+TLS_RECORD = 2048
+TLS_RECORDS = (0, 512, 1024, 2048, 4096)
 
 
 class BuildError(RuntimeError):
@@ -89,11 +100,15 @@ def _compiler_id() -> str:
     return out.splitlines()[0] if out else "?"
 
 
-def firmware_key(heap_kb: int = HEAP_KB, cpu: str = CPU) -> str:
+def firmware_key(heap_kb: int = HEAP_KB, cpu: str = CPU, tls: str = "") -> str:
+    """``tls``: empty for the plain firmware, else what the TLS variant is
+    built from (the sources' digest and the record size)."""
     h = hashlib.sha256()
     h.update(f"{SDIST_SHA256}\n{_compiler_id()}\nHEAP_KB={heap_kb}\n".encode())
     if cpu != CPU:  # the default's key is what it was before CPU existed
         h.update(f"CPU={cpu}\n".encode())
+    if tls:
+        h.update(f"TLS={tls}\n".encode())
     for p in sorted(PORT_DIR.rglob("*")):
         if p.is_file():
             h.update(p.relative_to(PORT_DIR).as_posix().encode() + b"\0")
@@ -146,19 +161,35 @@ def _extract(tarball: Path, into: Path) -> Path:
 
 
 def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
-          heap_kb: int = HEAP_KB, cpu: str = CPU) -> Path:
+          heap_kb: int = HEAP_KB, cpu: str = CPU, tls: bool = False,
+          tls_record: int = TLS_RECORD) -> Path:
     """The firmware ELF with a GC heap of ``heap_kb`` KiB: from the cache, or
     built now (raises ``BuildError``). The lane's default is 256 KiB (room
     for the vectors); a 64 KiB build proves what fits a board's heap.
     ``cpu="cortex-m0"`` builds for ARMv6-M (native arch armv6m, an inline
-    assembler without Thumb-2), still run on the Cortex-M3 board."""
+    assembler without Thumb-2), still run on the Cortex-M3 board.
+    ``tls=True`` builds the TLS variant with ``tls_record``-byte record
+    buffers; its sources are fetched first (a ``BuildError`` saying
+    "TLS sources" when they cannot be)."""
     if cpu not in CPUS:
         raise BuildError(f"unknown cpu {cpu!r}; one of {', '.join(CPUS)}")
+    if tls and tls_record not in TLS_RECORDS:
+        raise BuildError(f"tls_record {tls_record} is not a max_fragment_length ({TLS_RECORDS})")
     missing = missing_tools()
     if missing:
         raise BuildError("missing: " + ", ".join(missing)
                          + " (apt-get install " + " ".join(missing) + ")")
-    key = firmware_key(heap_kb, cpu)
+    tls_src: tuple[Path, Path] | None = None
+    tls_id = ""
+    if tls:
+        import tls_sources
+
+        try:
+            tls_src = tls_sources.fetch()
+            tls_id = f"{tls_sources.digest(tls_src)} RECORD={tls_record}"
+        except (tls_sources.FetchError, OSError) as exc:
+            raise BuildError(f"TLS sources cannot be fetched: {exc}") from None
+    key = firmware_key(heap_kb, cpu, tls_id)
     out_dir = cache_root() / key
     elf = out_dir / "firmware.elf"
     if elf.exists() and not force:
@@ -177,6 +208,12 @@ def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
             cmd = ["make", "-C", str(PORT_DIR), f"-j{jobs or min(2, os.cpu_count() or 1)}",
                    f"MPTOP={mptop}", f"BUILD={build_dir}", f"HEAP_KB={heap_kb}",
                    f"CROSS_COMPILE={CROSS}", f"CPU={cpu}"]
+            tls_versions = ""
+            if tls_src is not None:
+                import tls_sources
+
+                tls_versions = tls_sources.extract_into(tls_src, mptop)
+                cmd += ["TLS=1", f"TLS_RECORD={tls_record}"]
             print("qemu_fw: building", key, file=log, flush=True)
             t1 = time.monotonic()
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -191,6 +228,7 @@ def build(force: bool = False, jobs: int | None = None, log=sys.stderr,
             (out_dir / "build.json").write_text(json.dumps({
                 "key": key, "sdist": SDIST_FILE, "sdist_sha256": SDIST_SHA256,
                 "compiler": _compiler_id(), "heap_kb": heap_kb, "cpu": cpu,
+                **({"tls": tls_versions, "tls_record": tls_record} if tls else {}),
                 "fetch_seconds": round(t_fetch, 1), "build_seconds": round(t_build, 1),
             }, indent=2))
             os.replace(tmp_elf, elf)
@@ -204,13 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even when cached")
     ap.add_argument("-j", "--jobs", type=int, default=None)
     ap.add_argument("--cpu", choices=CPUS, default=CPU, help="cortex-m0: the ARMv6-M (RP2040) build")
+    ap.add_argument("--heap-kb", type=int, default=HEAP_KB)
+    ap.add_argument("--tls", action="store_true", help="the TLS variant (mbedtls, Debian sources)")
+    ap.add_argument("--tls-record", type=int, choices=TLS_RECORDS, default=TLS_RECORD,
+                    help="record buffer bytes (0: MicroPython's 16 KiB in / 4 KiB out)")
     args = ap.parse_args(argv)
     if args.check:
         missing = missing_tools()
         print("missing: " + " ".join(missing) if missing else "ok")
         return 1 if missing else 0
     try:
-        print(build(force=args.force, jobs=args.jobs, cpu=args.cpu))
+        print(build(force=args.force, jobs=args.jobs, cpu=args.cpu, heap_kb=args.heap_kb,
+                    tls=args.tls, tls_record=args.tls_record))
     except BuildError as exc:
         print(f"qemu_fw: {exc}", file=sys.stderr)
         return 1

@@ -14,3 +14,8 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 $PY qemu/qemu_fw.py
+# The TLS variant (qemu/README.md): fetches Debian's mbedtls and micropython
+# source packages once (deb-src, a private apt configuration, nothing
+# installed). Optional: without them tests/qemu/test_qemu_tls.py skips.
+$PY qemu/qemu_fw.py --tls >/dev/null \
+    || echo "qemu/setup.sh: TLS firmware not built (see above); tests/qemu/test_qemu_tls.py will skip" >&2

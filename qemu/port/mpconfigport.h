@@ -67,6 +67,19 @@
 #define MICROPY_PY_MATH                     (0)
 #define MICROPY_PY_CMATH                    (0)
 
+// The TLS variant (make TLS=1): the `tls` module on mbedtls, whose
+// allocations are tracked GC-heap blocks (m_tracked_calloc), with the
+// finaliser that frees them when a context or socket is dropped, as on
+// rp2/stm32; tls/mbedtls_config_port.h configures mbedtls.
+#if MOTESEAL_TLS
+#define MICROPY_PY_SSL                      (1)
+#define MICROPY_SSL_MBEDTLS                 (1)
+#define MICROPY_TRACKED_ALLOC               (1)
+#define MICROPY_ENABLE_FINALISER            (1)
+#define MICROPY_PY_IO_IOBASE                (1)  // a Python stream (the lane's socket) under tls
+#define MICROPY_STREAMS_NON_BLOCK           (1)  // EAGAIN is "not yet" (WANT_READ), as on a board
+#endif
+
 // type definitions for the specific machine
 #define MP_SSIZE_MAX                        (0x7fffffff)
 typedef long mp_off_t;

@@ -1,4 +1,5 @@
 # Stand-in: one TCP connection tunnelled over the console UART (README.md).
+import io
 import sys
 from binascii import hexlify, unhexlify
 
@@ -20,8 +21,14 @@ def _ask(line):
     return got
 
 
-class socket:
-    """Not thread-safe (a device has one thread)."""
+_STREAM_CLOSE = 4  # py/stream.h MP_STREAM_CLOSE
+
+
+class socket(io.IOBase):
+    """Not thread-safe (a device has one thread). An io.IOBase: the stream
+    protocol of a board's socket, so the firmware's ``tls`` can wrap it
+    (its reads and writes come to ``readinto``/``write``, None meaning
+    EAGAIN, and its close to ``ioctl``)."""
 
     def __init__(self, af=AF_INET, type=SOCK_STREAM):
         self.open = False
@@ -53,6 +60,11 @@ class socket:
         data = unhexlify(got)
         buf[:len(data)] = data
         return len(data)
+
+    def ioctl(self, req, arg):
+        if req == _STREAM_CLOSE:
+            self.close()
+        return 0
 
     def close(self):
         if self.open:
