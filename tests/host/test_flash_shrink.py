@@ -19,19 +19,10 @@ from moteseal.flash.build import (CORE_MODULES, arch_flags, build, compile_modul
                                   source_dirs, strip_messages, suite_flags)
 from moteseal.flash.shrink import Shrinker, _Unparser
 from tests.host.test_flash import bundle_file  # noqa: F401 - the fixture (an MQTT, SHA-256 device)
+from tests.host.test_flash_romfs import _uint as _varuint  # the .mpy/ROMFS variable-length uint
 from tests.mp_helpers import mp_binary
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _varuint(b: bytes, i: int) -> tuple[int, int]:
-    v = 0
-    while True:
-        c = b[i]
-        i += 1
-        v = (v << 7) | (c & 0x7F)
-        if not c & 0x80:
-            return v, i
 
 
 def qstrs(mpy: Path) -> list[str]:
