@@ -219,28 +219,52 @@ class NatsCluster:
         self.passwords = {name: secrets.token_urlsafe(12) for name in accounts}
         self.passwords[PROBE_ACCOUNT] = secrets.token_urlsafe(12)
         self.roles = dict(accounts, **{PROBE_ACCOUNT: "probe"})
-        self.ports = [NodePorts(free_port(), free_port(), free_port(), free_port())
-                      for _ in range(nodes)]
-        accs = [ClusterAccount(n, r, self.passwords[n]) for n, r in self.roles.items()]
-        self.configs = write_cluster(self.directory, accs, self.ports, ack_wait=ack_wait,
-                                     replicas=replicas, memory_consumers=memory_consumers)
+        self._nodes = nodes
+        self._write = lambda ports: write_cluster(
+            self.directory, [ClusterAccount(n, r, self.passwords[n]) for n, r in self.roles.items()],
+            ports, ack_wait=ack_wait, replicas=replicas, memory_consumers=memory_consumers)
+        self._pick_ports()
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * nodes
         self._exe = find_nats_server()
+
+    def _pick_ports(self) -> None:
+        self.ports = [NodePorts(free_port(), free_port(), free_port(), free_port())
+                      for _ in range(self._nodes)]
+        self.configs = self._write(self.ports)
 
     @property
     def mqtt_hosts(self) -> list[str]:
         """``host:port`` of every node's MQTT listener, node order."""
         return [f"127.0.0.1:{p.mqtt}" for p in self.ports]
 
+    # A port free_port() saw free can be taken before the node binds it (by
+    # any process's outgoing connection: ephemeral ports share the range);
+    # the node then exits with this in its log, and start() tries again on
+    # fresh ports, at most START_ATTEMPTS times in all.
+    START_ATTEMPTS = 3
+    _PORT_TAKEN = "address already in use"
+
     def start(self, timeout: float = 30.0) -> "NatsCluster":
-        for i in range(len(self.ports)):
-            self._spawn(i)
-        try:
-            self.wait_ready(range(len(self.ports)), timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(self.START_ATTEMPTS):
+            for i in range(len(self.ports)):
+                self._spawn(i)
+            try:
+                self.wait_ready(range(len(self.ports)), timeout)
+                return self
+            except BrokerError as e:
+                self.stop()
+                if self._PORT_TAKEN not in str(e) or attempt == self.START_ATTEMPTS - 1:
+                    raise
+                for i in range(self._nodes):  # a fresh start: no half-made store, log kept aside
+                    shutil.rmtree(self.directory / f"node{i + 1}", ignore_errors=True)
+                    log = self.directory / f"node{i + 1}.log"
+                    if log.exists():
+                        log.rename(self.directory / f"node{i + 1}.attempt{attempt + 1}.log")
+                self._pick_ports()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _spawn(self, i: int) -> None:
         log = open(self.directory / f"node{i + 1}.log", "ab")

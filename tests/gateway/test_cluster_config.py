@@ -98,3 +98,33 @@ def test_cluster_nodes_die_with_the_process_that_started_them(tmp_path):
                  open(f"/proc/{p}/stat").read().split(") ")[1][0] != "Z"]
         time.sleep(0.1)
     assert alive == []
+
+
+def test_a_node_port_taken_before_the_node_binds_it_is_retried_on_fresh_ports(tmp_path, monkeypatch):
+    """free_port() can hand out a port another process takes before the node
+    binds it (CI saw a cluster node die on "address already in use"): the
+    cluster starts again on fresh ports instead of failing the test."""
+    import socket
+
+    import gateway.cluster as cluster_mod
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    real, calls = cluster_mod.free_port, []
+
+    def first_port_taken() -> int:
+        calls.append(1)
+        return taken if len(calls) == 2 else real()  # node 1's cluster (route) port
+
+    monkeypatch.setattr(cluster_mod, "free_port", first_port_taken)
+    c = cluster_mod.NatsCluster(tmp_path / "c", {"gw": "gateway"}, nodes=3)
+    try:
+        c.start(45)
+        assert taken not in {p for n in c.ports for p in (n.client, n.cluster, n.mqtt, n.http)}
+        assert all(p is not None and p.poll() is None for p in c.procs)
+        assert "address already in use" in (tmp_path / "c" / "node1.attempt1.log").read_text()
+    finally:
+        c.stop()
+        held.close()
